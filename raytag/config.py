@@ -1,0 +1,389 @@
+"""Typed settings for one raytag run: YAML in, validated, one place for defaults.
+
+A config is a tree of dataclasses. `Config.from_dict` rejects unknown keys and wrong
+types with the dotted path of the bad key, so a typo in a YAML file or a search
+space ("train.mixup.alhpa") fails before any compute is spent. Search spaces and
+`--set` overrides address settings by the same dotted paths (`apply_overrides`).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type or out of range; the message names it."""
+
+
+# ----------------------------------------------------------------------------- features
+@dataclass
+class FeatureConfig:
+    """Front end: waveform -> [channels, bins, frames]. Cached by `cache_key()`."""
+
+    kind: Literal["logmel", "mfcc", "raw", "colormel"] = "logmel"
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 320
+    n_mels: int = 64
+    fmin: float = 20.0
+    fmax: Optional[float] = None  # None: sample_rate / 2
+    n_mfcc: int = 20  # kind == "mfcc" only
+    top_db: Optional[float] = 80.0  # dynamic range kept by power_to_db; None keeps all
+    deltas: int = 0  # 0: none, 1: + delta channel, 2: + delta and delta-delta channels
+
+    def cache_key(self) -> str:
+        """Hash of every setting that changes the stored features."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def frames_per_second(self) -> float:
+        if self.kind == "raw":
+            return float(self.sample_rate)
+        return self.sample_rate / self.hop_length
+
+
+# ----------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    """Architecture by registry name plus its size knobs (see raytag.models)."""
+
+    name: str = "cnn2d"
+    width: int = 32  # channels of the first block; later blocks scale from it
+    depth: int = 4  # number of blocks (where the family has a variable depth)
+    dropout: float = 0.2
+    params: dict = field(default_factory=dict)  # family-specific extras
+
+
+# ----------------------------------------------------------------------------- training
+@dataclass
+class MixupConfig:
+    alpha: float = 0.4
+    prob: float = 0.5  # probability that a batch is mixed
+
+
+@dataclass
+class SpecAugmentConfig:
+    enabled: bool = True
+    time_masks: int = 2
+    time_width: int = 16  # frames, max width of one mask
+    freq_masks: int = 2
+    freq_width: int = 8  # bins, max width of one mask
+
+
+@dataclass
+class WaveAugmentConfig:
+    """Augmentations applied to the stored features of a crop."""
+
+    gain_db: float = 6.0  # random gain in [-gain_db, +gain_db] (added to log-mel in dB)
+    time_shift: float = 0.1  # fraction of the crop rolled, at most
+
+
+@dataclass
+class LossConfig:
+    name: Literal["bce", "lsoft"] = "bce"
+    label_smoothing: float = 0.0
+    lsoft_beta: float = 0.7  # lsoft: weight of the given label vs the model's own guess
+    noisy_loss: Literal["same", "lsoft"] = "lsoft"  # loss applied to noisy clips
+    noisy_weight: float = 0.5  # per-source weight of noisy (and pseudo-labelled) clips
+    curated_weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    crop_seconds: float = 4.0  # length of the random fixed crops in training
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
+    mixup: MixupConfig = field(default_factory=MixupConfig)
+    specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    augment: WaveAugmentConfig = field(default_factory=WaveAugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    # Ray Train scaling: one worker group runs every stage of a pipeline.
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5  # fractional on a 2-core laptop
+    gpus_per_worker: float = 1.0  # used only when use_gpu; <1 lets trials share a GPU
+    max_failures: int = 2  # worker-group restarts from the last checkpoint
+    torch_threads: int = 1  # intra-op threads per worker (CPU)
+
+
+# ----------------------------------------------------------------------------- CV and inference
+@dataclass
+class CVConfig:
+    n_folds: int = 5
+    folds: Optional[list] = None  # run only these fold ids (None: all)
+    seed: int = 0
+
+
+@dataclass
+class InferenceConfig:
+    segment_seconds: Optional[float] = None  # None: same as train.crop_seconds
+    overlap: float = 0.5  # fraction of a segment shared with the next one
+    reduce: Literal["mean", "max"] = "mean"
+    tta: int = 0  # extra passes with small time shifts, averaged
+
+
+# ----------------------------------------------------------------------------- pipeline
+@dataclass
+class NoisySelectionConfig:
+    """Seed 000's rough noisy subset ("best50s"), rule documented in raytag.pipeline.selection."""
+
+    enabled: bool = True
+    single_label_only: bool = True
+    max_per_class: int = 50
+    min_seconds: float = 1.0
+    max_seconds: float = 15.0
+
+
+@dataclass
+class StageConfig:
+    enabled: bool = True
+    epochs: int = 5
+    lr: Optional[float] = None  # None: train.lr
+
+
+@dataclass
+class WarmupConfig(StageConfig):
+    use: Literal["subset", "all"] = "subset"  # subset = the rough noisy selection
+
+
+@dataclass
+class FilterConfig:
+    enabled: bool = True
+    rule: Literal["min_prob", "clip_lwlrap"] = "clip_lwlrap"
+    threshold: float = 0.5
+
+
+@dataclass
+class LabelSpreadingConfig:
+    enabled: bool = False
+    embedding: Literal["model", "pca"] = "model"
+    pca_components: int = 64
+    gamma: float = 20.0
+    alpha: float = 0.2
+    max_iter: int = 1000
+    groups: Optional[dict] = None  # {group_name: [class, ...]}; spread within each group
+    combine: Literal["or", "and", "only"] = "or"  # with the probability filter
+
+
+@dataclass
+class ThresholdSchedule:
+    start: float = 0.35
+    end: float = 0.65
+    shape: Literal["linear", "constant", "cosine"] = "linear"
+
+
+@dataclass
+class PseudoLabelConfig(StageConfig):
+    enabled: bool = True
+    rounds: int = 2
+    epochs: int = 2  # per round
+    lower: ThresholdSchedule = field(default_factory=ThresholdSchedule)
+    upper: float = 0.98  # leave out clips the model is already sure of
+
+
+@dataclass
+class PipelineConfig:
+    noisy_selection: NoisySelectionConfig = field(default_factory=NoisySelectionConfig)
+    warmup: WarmupConfig = field(default_factory=lambda: WarmupConfig(enabled=True, epochs=5))
+    finetune: StageConfig = field(default_factory=lambda: StageConfig(enabled=True, epochs=10))
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    label_spreading: LabelSpreadingConfig = field(default_factory=LabelSpreadingConfig)
+    pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    # Stages after the filter train on curated + accepted noisy clips.
+    # Inference on noisy/unlabelled clips uses one segment per clip-crop like test clips.
+
+
+# ----------------------------------------------------------------------------- top level
+@dataclass
+class Config:
+    name: str = "raytag"
+    seed: int = 0
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    # -- construction -------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "Config":
+        return _build(cls, data or {}, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of settings")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from err
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Config":
+        return Config.from_dict(apply_overrides(self.to_dict(), overrides))
+
+    # -- derived ------------------------------------------------------------
+    def crop_frames(self) -> int:
+        return max(1, int(round(self.train.crop_seconds * self.features.frames_per_second)))
+
+    def segment_frames(self) -> int:
+        seconds = self.inference.segment_seconds or self.train.crop_seconds
+        return max(1, int(round(seconds * self.features.frames_per_second)))
+
+
+def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
+    """Set dotted keys ("train.mixup.alpha": 0.2) in a nested dict; a copy is returned."""
+    out = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        node = out
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {} if node.get(part) is None else node[part]
+                if not isinstance(node[part], dict):
+                    raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
+def parse_cli_overrides(items: list[str]) -> dict[str, Any]:
+    """`--set train.lr=3e-4` -> {"train.lr": 3e-4}; values parsed as YAML scalars."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+# ----------------------------------------------------------------------------- validation
+def _build(cls, data: Any, path: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(
+            f"unknown setting '{where}{unknown[0]}'; valid keys here: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{path}.{name}" if path else name)
+    obj = cls(**kwargs)
+    _check_ranges(obj, path)
+    return obj
+
+
+def _coerce(tp, value, path):
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            return tp()
+        return _build(tp, value, path)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            if type(None) in get_args(tp):
+                return None
+            raise ConfigError(f"{path}: must not be empty")
+        return _coerce(args[0], value, path) if len(args) == 1 else value
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected text, got {value!r}")
+        return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return value
+    if tp is list or origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return list(value)
+    return value
+
+
+_RANGES = {
+    # (class name, field): (low, high) inclusive; None = open
+    ("FeatureConfig", "sample_rate"): (1000, 192000),
+    ("FeatureConfig", "n_fft"): (16, 1 << 16),
+    ("FeatureConfig", "hop_length"): (1, 1 << 16),
+    ("FeatureConfig", "n_mels"): (4, 512),
+    ("FeatureConfig", "deltas"): (0, 2),
+    ("MixupConfig", "alpha"): (0.0, None),
+    ("MixupConfig", "prob"): (0.0, 1.0),
+    ("TrainConfig", "batch_size"): (1, None),
+    ("TrainConfig", "lr"): (0.0, None),
+    ("TrainConfig", "num_workers"): (1, None),
+    ("TrainConfig", "crop_seconds"): (0.05, None),
+    ("CVConfig", "n_folds"): (2, None),
+    ("InferenceConfig", "overlap"): (0.0, 0.95),
+    ("FilterConfig", "threshold"): (0.0, 1.0),
+    ("PseudoLabelConfig", "upper"): (0.0, 1.0),
+    ("ThresholdSchedule", "start"): (0.0, 1.0),
+    ("ThresholdSchedule", "end"): (0.0, 1.0),
+    ("LossConfig", "label_smoothing"): (0.0, 0.5),
+    ("LossConfig", "lsoft_beta"): (0.0, 1.0),
+}
+
+
+def _check_ranges(obj, path):
+    for (cls_name, name), (low, high) in _RANGES.items():
+        if type(obj).__name__ != cls_name:
+            continue
+        value = getattr(obj, name)
+        where = f"{path}.{name}" if path else name
+        if low is not None and value < low:
+            raise ConfigError(f"{where}: {value} is below the minimum {low}")
+        if high is not None and value > high:
+            raise ConfigError(f"{where}: {value} is above the maximum {high}")
+    if isinstance(obj, FeatureConfig) and obj.fmax is not None and obj.fmax > obj.sample_rate / 2:
+        raise ConfigError(f"{path}.fmax: {obj.fmax} is above the Nyquist frequency {obj.sample_rate / 2}")

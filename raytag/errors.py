@@ -1,0 +1,27 @@
+"""User-facing errors: each says what was wrong and what to do. The CLI prints them
+without a traceback and exits with status 2."""
+
+
+class RaytagError(Exception):
+    """Base of every error raytag expects a user to act on."""
+
+
+class DatasetError(RaytagError):
+    """The dataset folder cannot be used as a whole (not a single bad clip)."""
+
+
+class AudioDecodeError(RaytagError):
+    """One audio file cannot be used; carries the file and the reason."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class ArtifactError(RaytagError):
+    """An ensemble artifact is incomplete, tampered with or of another version."""
+
+
+class StorageError(RaytagError):
+    """A storage path or URI cannot be used (for example local storage on a multi-node cluster)."""

@@ -1,0 +1,62 @@
+"""Shared fixtures. One Ray session serves every test that needs Ray (start-up costs
+seconds); tests that must own a cluster (multi-node) run last and shut it down first."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RAYTAG_SHARED", REPO.parent / "shared"))
+ESC50 = SHARED / "data" / "esc50"
+MAKE_BENCH = SHARED / "bench" / "make_fat_bench.py"
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run tests that own a Ray cluster after all the others (they end the shared session)."""
+    items.sort(key=lambda item: 1 if item.get_closest_marker("cluster") else 0)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray session shared by the whole test run."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=256 * 1024**2,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    yield ray
+    # left running for the other tests; pytest's exit ends it
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory):
+    """A small demo dataset in the 2019 layout, made once per test run."""
+    from raytag.data.demo import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("demo"), seed=0, scale=0.25)
+
+
+@pytest.fixture(scope="session")
+def bench_data(tmp_path_factory):
+    """The real-audio benchmark (10 ESC-50 classes) in the 2019 layout; skipped without ../shared."""
+    if not (ESC50.is_dir() and MAKE_BENCH.is_file()):
+        pytest.skip(f"real audio not available ({ESC50} missing)")
+    out = tmp_path_factory.mktemp("escfat10")
+    subprocess.run(
+        [sys.executable, str(MAKE_BENCH), "--source", str(ESC50), "--out", str(out), "--classes", "10"],
+        check=True, capture_output=True,
+    )
+    return out
