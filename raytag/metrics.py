@@ -1,0 +1,99 @@
+"""Scores of the Freesound Audio Tagging tasks: lwlrap (2019) and MAP@3 (2018).
+
+lwlrap (label-weighted label-ranking average precision). For clip i with positive
+labels P_i and scores s_i, and each positive label j in P_i:
+
+    rank(i, j) = |{k : s_ik >= s_ij}|                 (all labels, j itself included)
+    hits(i, j) = |{k in P_i : s_ik >= s_ij}|          (positive labels only)
+    prec(i, j) = hits(i, j) / rank(i, j)
+
+    lwlrap = sum_i sum_{j in P_i} prec(i, j) / sum_i |P_i|
+
+Every positive label of every clip counts once, so clips with more labels weigh more.
+Clips with no positive label contribute nothing and are dropped.
+
+Per class c, with n_c = |{i : c in P_i}| and N = sum_c n_c:
+
+    per_class[c] = sum_{i : c in P_i} prec(i, c) / n_c,   weight[c] = n_c / N
+    lwlrap = sum_c per_class[c] * weight[c]
+
+Ties: pessimistic, as in sklearn's label_ranking_average_precision_score: a label tied
+with label j counts as ranked above j (the ">=" in rank and hits). A model that gives
+every class the same score therefore gets no credit from ties. With this convention
+lwlrap equals sklearn's LRAP with sample_weight = number of positives per clip.
+
+MAP@3 (2018, one true label per clip): 1/r if the true label is at rank r <= 3, else 0,
+averaged over clips. The rank uses the same pessimistic tie rule.
+
+Ranks come from scipy.stats.rankdata(method="max") along the class axis, which is exactly
+the pessimistic count above and runs vectorised over all clips.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+def _check(truth, scores) -> tuple[np.ndarray, np.ndarray]:
+    truth = np.asarray(truth)
+    scores = np.asarray(scores, dtype=np.float64)
+    if truth.ndim != 2 or scores.ndim != 2:
+        raise ValueError(f"truth and scores must be 2-d (clips, classes); got {truth.shape} and {scores.shape}")
+    if truth.shape != scores.shape:
+        raise ValueError(f"truth {truth.shape} and scores {scores.shape} differ in shape")
+    if not np.all(np.isfinite(scores)):
+        bad = np.argwhere(~np.isfinite(scores))[0]
+        raise ValueError(f"scores must be finite; clip {bad[0]}, class {bad[1]} is {scores[tuple(bad)]}")
+    return truth > 0, scores
+
+
+def _precisions(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """prec(i, j) at positive entries, 0 elsewhere; shape (n, C)."""
+    # rank among all labels: how many scores are >= this one (ties pessimistic)
+    rank = rankdata(-scores, method="max", axis=1)
+    # hits: the same count among positive labels only (negatives pushed to +inf after negation)
+    neg_pos_only = np.where(truth, -scores, np.inf)
+    hits = rankdata(neg_pos_only, method="max", axis=1)
+    return np.where(truth, hits / rank, 0.0)
+
+
+def per_class_lwlrap(truth, scores) -> tuple[np.ndarray, np.ndarray]:
+    """(per_class, weights), both shape (C,), with sum(per_class * weights) == lwlrap.
+
+    A class with no positive clip gets per_class 0 and weight 0 (it cannot be scored).
+    """
+    truth, scores = _check(truth, scores)
+    n_classes = truth.shape[1]
+    prec = _precisions(truth, scores)
+    n_pos = truth.sum(axis=0).astype(np.float64)
+    total = n_pos.sum()
+    if total == 0:
+        raise ValueError("lwlrap is undefined: no clip has a positive label")
+    per_class = np.divide(prec.sum(axis=0), n_pos, out=np.zeros(n_classes), where=n_pos > 0)
+    return per_class, n_pos / total
+
+
+def lwlrap(truth, scores) -> float:
+    """Label-weighted label-ranking average precision; see the module docstring."""
+    truth, scores = _check(truth, scores)
+    total = truth.sum()
+    if total == 0:
+        raise ValueError("lwlrap is undefined: no clip has a positive label")
+    return float(_precisions(truth, scores).sum() / total)
+
+
+def map_at_3(true_idx, scores) -> float:
+    """Mean average precision at 3 with one true class index per clip (2018 metric)."""
+    true_idx = np.asarray(true_idx)
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or true_idx.shape != (scores.shape[0],):
+        raise ValueError(f"expected true_idx (n,) and scores (n, C); got {true_idx.shape} and {scores.shape}")
+    if len(true_idx) == 0:
+        raise ValueError("MAP@3 is undefined for zero clips")
+    if not np.issubdtype(true_idx.dtype, np.integer) or true_idx.min() < 0 or true_idx.max() >= scores.shape[1]:
+        raise ValueError(f"true_idx must be class indices in [0, {scores.shape[1]})")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores must be finite")
+    true_score = scores[np.arange(len(true_idx)), true_idx]
+    rank = (scores >= true_score[:, None]).sum(axis=1)  # pessimistic ties, as lwlrap
+    return float(np.where(rank <= 3, 1.0 / rank, 0.0).mean())

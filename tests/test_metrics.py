@@ -1,0 +1,86 @@
+"""lwlrap, per-class lwlrap and MAP@3 against sklearn and worked examples."""
+import numpy as np
+import pytest
+from sklearn.metrics import label_ranking_average_precision_score
+
+from raytag.metrics import lwlrap, map_at_3, per_class_lwlrap
+
+TRUTH = np.array([[1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 1, 0]])
+SCORES = np.array([[0.9, 0.8, 0.1, 0.3], [0.2, 0.1, 0.7, 0.4], [0.6, 0.5, 0.4, 0.9]])
+
+
+def sklearn_lwlrap(truth, scores):
+    keep = truth.sum(1) > 0
+    return label_ranking_average_precision_score(truth[keep], scores[keep], sample_weight=truth[keep].sum(1))
+
+
+def test_worked_example_from_design():
+    assert lwlrap(TRUTH, SCORES) == pytest.approx(0.611111, abs=1e-6)
+
+
+def test_hand_computed_clip():
+    # positives at scores .9 (rank 1, 1 hit) and .1 (rank 4, 2 hits): (1 + 2/4) / 2
+    assert lwlrap(TRUTH[:1], SCORES[:1]) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_equals_sklearn_weighted_lrap(ties):
+    rng = np.random.default_rng(1 if ties else 0)
+    truth = (rng.random((300, 12)) < 0.2).astype(int)
+    truth[:5] = 0  # clips with no labels: dropped
+    scores = rng.integers(0, 4, truth.shape).astype(float) if ties else rng.random(truth.shape)
+    assert lwlrap(truth, scores) == pytest.approx(sklearn_lwlrap(truth, scores), abs=1e-12)
+
+
+def test_ties_are_pessimistic():
+    # a constant scorer gets no credit from ties: each positive ranks last
+    truth = np.array([[1, 0, 0, 0]])
+    assert lwlrap(truth, np.zeros((1, 4))) == pytest.approx(0.25)
+    assert lwlrap(truth, np.array([[0.5, 0.5, 0.0, 0.0]])) == pytest.approx(0.5)
+
+
+def test_perfect_and_reversed():
+    truth = np.eye(5)
+    assert lwlrap(truth, np.eye(5)) == 1.0
+    assert lwlrap(truth, 1 - np.eye(5) + 1e-3 * np.arange(5)) < 0.5
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_per_class_weights_sum_to_lwlrap(ties):
+    rng = np.random.default_rng(3)
+    truth = (rng.random((200, 9)) < 0.25).astype(int)
+    truth[:, 4] = 0  # a class nobody has: weight 0
+    scores = rng.integers(0, 3, truth.shape).astype(float) if ties else rng.random(truth.shape)
+    per_class, weights = per_class_lwlrap(truth, scores)
+    assert per_class.shape == weights.shape == (9,)
+    assert weights[4] == 0 and per_class[4] == 0
+    assert weights.sum() == pytest.approx(1.0)
+    assert np.sum(per_class * weights) == pytest.approx(lwlrap(truth, scores), abs=1e-12)
+    np.testing.assert_allclose(weights, truth.sum(0) / truth.sum())
+
+
+def test_per_class_worked_example():
+    per_class, weights = per_class_lwlrap(TRUTH, SCORES)
+    # class 0: clip0 prec 1, clip2 rank 2 hits 1 -> 1/2; mean 0.75
+    assert per_class[0] == pytest.approx(0.75)
+    np.testing.assert_allclose(weights, [2 / 6, 2 / 6, 2 / 6, 0])
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="shape"):
+        lwlrap(TRUTH, SCORES[:, :3])
+    bad = SCORES.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        lwlrap(TRUTH, bad)
+    with pytest.raises(ValueError, match="no clip has a positive"):
+        lwlrap(np.zeros((2, 3)), np.zeros((2, 3)))
+
+
+def test_map_at_3():
+    scores = np.array([[0.9, 0.5, 0.3, 0.1], [0.9, 0.5, 0.3, 0.1], [0.9, 0.5, 0.3, 0.1], [0.9, 0.5, 0.3, 0.1]])
+    assert map_at_3(np.array([0, 1, 2, 3]), scores) == pytest.approx((1 + 1 / 2 + 1 / 3 + 0) / 4)
+    # tie with the true label counts against it
+    assert map_at_3(np.array([1]), np.array([[0.5, 0.5, 0.0, 0.0]])) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        map_at_3(np.array([4]), np.zeros((1, 4)))
