@@ -1,0 +1,48 @@
+"""Pseudo-label selection for one round of stage 2 (seed 002's semi-supervised rounds).
+
+A clip is taken when the model's top probability lies in [lower, upper):
+  - the lower bound asks that the model be confident enough to trust its guess
+    (scheduled over rounds, see raytag.pipeline.schedule);
+  - the upper bound leaves out clips the model is already sure of: training on them
+    again teaches little and drives over-fitting to the model's own outputs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def select_pseudo(probs, lower: float, upper: float) -> tuple[np.ndarray, np.ndarray]:
+    """Choose unlabelled clips and their pseudo targets.
+
+    Args:
+        probs: (n, C) sigmoid probabilities of the current model on the unlabelled clips.
+        lower: a clip is taken when its top probability is >= lower ...
+        upper: ... and < upper. `upper >= 1` sets no upper cut (a probability of 1.0 is taken).
+
+    Returns:
+        rows: bool (n,), the clips taken.
+        targets: float32 (n, C) multi-hot targets: for a taken clip, every class whose
+            probability is >= lower (multi-label clips keep all their confident classes),
+            and always its top class (ties: the first in class order); all-zero rows for
+            clips not taken. Targets are hard 0/1, not soft probabilities, as in seed 002.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2:
+        raise ValueError(f"probs must be 2-d (clips, classes), got shape {probs.shape}")
+    if not np.all(np.isfinite(probs)):
+        bad = np.argwhere(~np.isfinite(probs))[0]
+        raise ValueError(f"probs must be finite; clip {bad[0]}, class {bad[1]} is {probs[tuple(bad)]}")
+    if not (0.0 <= lower < upper):
+        raise ValueError(f"need 0 <= lower < upper, got lower={lower}, upper={upper}")
+    n, n_classes = probs.shape
+    targets = np.zeros((n, n_classes), dtype=np.float32)
+    if n == 0 or n_classes == 0:
+        return np.zeros(n, dtype=bool), targets
+    top_idx = probs.argmax(axis=1)
+    top = probs[np.arange(n), top_idx]
+    rows = top >= lower
+    if upper < 1.0:
+        rows &= top < upper
+    targets[rows] = (probs[rows] >= lower).astype(np.float32)
+    targets[np.flatnonzero(rows), top_idx[rows]] = 1.0
+    return rows, targets
