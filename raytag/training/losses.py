@@ -1,0 +1,83 @@
+"""Training losses for noisy multi-label targets.
+
+One callable covers a batch that mixes curated and noisy clips:
+
+- BCE with logits on (possibly soft, e.g. mixup) targets, averaged over classes per clip;
+- label smoothing: y' = y * (1 - s) + s / 2 (towards 0.5 in every class);
+- lsoft (argus-freesound, FAT2019 1st place): the target of a noisy clip becomes
+  y'' = beta * y' + (1 - beta) * sigmoid(logits).detach(), then BCE. The model's own
+  guess softens labels it strongly disagrees with; detach() keeps the guess a target,
+  not a path for gradients. Used for noisy clips when cfg.noisy_loss == "lsoft", for
+  every clip when cfg.name == "lsoft";
+- per-source weights: each clip's loss is weighted by cfg.curated_weight or
+  cfg.noisy_weight and the batch loss is the weighted mean sum(w_i l_i) / sum(w_i).
+
+`is_noisy` may be a bool tensor or a float tensor in [0, 1] (the share of a mixup
+mixture that came from a noisy clip). A clip with share q is scored with
+(1 - q) * curated_loss + q * noisy_loss and weighed with
+(1 - q) * curated_weight + q * noisy_weight, which is what mixing the source weights
+with the same lambda gives. Explicit per-clip `weights` (e.g. from `augment.mixup`)
+replace the source weights when given.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from raytag.config import ConfigError, LossConfig
+
+
+class NoisyLabelLoss:
+    """loss(logits[B, C], targets[B, C], is_noisy[B], weights=None) -> scalar tensor."""
+
+    def __init__(self, cfg: LossConfig):
+        self.cfg = cfg
+
+    def smooth(self, targets: torch.Tensor) -> torch.Tensor:
+        s = self.cfg.label_smoothing
+        return targets * (1.0 - s) + s / 2.0 if s > 0 else targets
+
+    def lsoft_targets(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        beta = self.cfg.lsoft_beta
+        return beta * targets + (1.0 - beta) * torch.sigmoid(logits).detach()
+
+    def per_clip(self, logits: torch.Tensor, targets: torch.Tensor, use_lsoft: bool) -> torch.Tensor:
+        if use_lsoft:
+            targets = self.lsoft_targets(logits, targets)
+        return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=1)
+
+    def source_weights(self, is_noisy: torch.Tensor) -> torch.Tensor:
+        q = is_noisy.to(torch.float32)
+        return (1.0 - q) * self.cfg.curated_weight + q * self.cfg.noisy_weight
+
+    def __call__(self, logits, targets, is_noisy, weights=None) -> torch.Tensor:
+        if logits.shape != targets.shape:
+            raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
+        targets = self.smooth(targets.to(logits.dtype))
+        q = is_noisy.to(device=logits.device, dtype=logits.dtype).reshape(-1)
+        if q.shape[0] != logits.shape[0]:
+            raise ValueError(f"is_noisy has {q.shape[0]} entries for a batch of {logits.shape[0]}")
+        curated_lsoft = self.cfg.name == "lsoft"
+        noisy_lsoft = curated_lsoft or self.cfg.noisy_loss == "lsoft"
+        loss_curated = self.per_clip(logits, targets, curated_lsoft)
+        if noisy_lsoft == curated_lsoft:
+            per_clip = loss_curated
+        else:
+            loss_noisy = self.per_clip(logits, targets, noisy_lsoft)
+            per_clip = (1.0 - q) * loss_curated + q * loss_noisy
+        w = self.source_weights(q) if weights is None else weights.to(device=logits.device, dtype=logits.dtype)
+        total = w.sum()
+        if total <= 0:
+            # every clip weighs 0 (e.g. noisy_weight 0 on an all-noisy batch): no signal,
+            # but keep the graph so backward() still works
+            return (per_clip * 0.0).sum()
+        return (w * per_clip).sum() / total
+
+
+def build_loss(cfg: LossConfig) -> NoisyLabelLoss:
+    """The training loss described by cfg; see the module docstring."""
+    if cfg.curated_weight < 0 or cfg.noisy_weight < 0:
+        raise ConfigError(
+            f"train.loss: curated_weight ({cfg.curated_weight}) and noisy_weight ({cfg.noisy_weight}) must be >= 0"
+        )
+    return NoisyLabelLoss(cfg)
