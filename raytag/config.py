@@ -176,6 +176,7 @@ class LabelSpreadingConfig:
     max_iter: int = 1000
     groups: Optional[dict] = None  # {group_name: [class, ...]}; spread within each group
     combine: Literal["or", "and", "only"] = "or"  # with the probability filter
+    max_graph: int = 4000  # clips per LabelSpreading graph (dense rbf: ~0.4 GB at 4000); noisy clips go in chunks
 
 
 @dataclass
