@@ -1,0 +1,130 @@
+"""Segment-averaged prediction (seed 000): a clip of any length is cut into fixed-length
+segments, each segment is scored, and the clip's score is the mean (or max) of its
+segments' sigmoid probabilities. Optional test-time augmentation adds passes with the
+segments shifted by a fraction of their hop."""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+
+def segment_starts(n_frames: int, segment_frames: int, overlap: float = 0.5) -> list[int]:
+    """Start frames of segments covering a clip; the last segment ends at the clip's end.
+
+    A clip shorter than one segment gets one segment at 0 (zero-padded to length by the
+    caller: padding of a short clip, not missing data)."""
+    if n_frames <= segment_frames:
+        return [0]
+    hop = max(1, int(round(segment_frames * (1.0 - overlap))))
+    starts = list(range(0, n_frames - segment_frames + 1, hop))
+    last = n_frames - segment_frames
+    if starts[-1] != last:
+        starts.append(last)
+    return starts
+
+
+def cut_segment(feats: np.ndarray, start: int, length: int) -> np.ndarray:
+    """feats[..., start:start+length], zero-padded on the right for a short clip."""
+    seg = feats[..., start:start + length]
+    if seg.shape[-1] < length:
+        pad = [(0, 0)] * (seg.ndim - 1) + [(0, length - seg.shape[-1])]
+        seg = np.pad(seg, pad)
+    return seg
+
+
+def _tta_offsets(tta: int, segment_frames: int) -> list[int]:
+    """Pass 0 is unshifted; each extra pass shifts the segment grid by a fraction of a segment."""
+    return [0] + [int(segment_frames * (k / (tta + 1)) * 0.5) for k in range(1, tta + 1)]
+
+
+def _segments(clip: np.ndarray, segment_frames: int, overlap: float, tta: int) -> np.ndarray:
+    n = clip.shape[-1]
+    segs = []
+    for offset in _tta_offsets(tta, segment_frames):
+        starts = segment_starts(max(n - offset, 1), segment_frames, overlap)
+        segs.extend(cut_segment(clip, min(offset, max(n - 1, 0)) + s, segment_frames) for s in starts)
+    return np.stack(segs)
+
+
+def predict_segments(
+    model: torch.nn.Module,
+    clips: Iterable[np.ndarray],
+    segment_frames: int,
+    overlap: float = 0.5,
+    reduce: str = "mean",
+    tta: int = 0,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    mean: np.ndarray | None = None,
+    std: np.ndarray | None = None,
+) -> np.ndarray:
+    """Sigmoid probabilities (n_clips, n_classes) of clips given as (C, F, T) arrays."""
+    return _run_segments(lambda x: torch.sigmoid(model(x)), model, clips, segment_frames, overlap,
+                         reduce, tta, batch_size, device, mean, std)
+
+
+def embed_segments(model, clips, segment_frames, overlap=0.5, batch_size=64, device="cpu",
+                   mean=None, std=None) -> np.ndarray:
+    """Penultimate-layer embeddings (n_clips, D), averaged over each clip's segments."""
+    return _run_segments(model.embed, model, clips, segment_frames, overlap, "mean", 0,
+                         batch_size, device, mean, std)
+
+
+@torch.no_grad()
+def _run_segments(head, model, clips, segment_frames, overlap, reduce, tta, batch_size, device,
+                  mean, std) -> np.ndarray:
+    if reduce not in ("mean", "max"):
+        raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+    was_training = model.training
+    model.eval()
+    norm = _normaliser(mean, std)
+    out: list[np.ndarray] = []
+    pending: list[np.ndarray] = []  # segments waiting for a forward pass
+    owners: list[int] = []  # clip index of each pending segment
+    per_clip: dict[int, list[np.ndarray]] = {}
+
+    def flush():
+        batch = torch.from_numpy(np.stack(pending)).float().to(device)
+        probs = head(norm(batch)).float().cpu().numpy()
+        for owner, p in zip(owners, probs):
+            per_clip.setdefault(owner, []).append(p)
+        pending.clear()
+        owners.clear()
+
+    n_clips = 0
+    for idx, clip in enumerate(clips):
+        n_clips += 1
+        for seg in _segments(np.asarray(clip, dtype=np.float32), segment_frames, overlap, tta):
+            pending.append(seg)
+            owners.append(idx)
+            if len(pending) >= batch_size:
+                flush()
+    if pending:
+        flush()
+    for idx in range(n_clips):
+        segs = np.stack(per_clip[idx])
+        out.append(segs.mean(axis=0) if reduce == "mean" else segs.max(axis=0))
+    model.train(was_training)
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.stack(out).astype(np.float32)
+
+
+def _normaliser(mean, std):
+    if mean is None or std is None:
+        return lambda x: x
+    m = torch.as_tensor(np.asarray(mean, dtype=np.float32))[..., None]  # (C, F, 1)
+    s = torch.as_tensor(np.maximum(np.asarray(std, dtype=np.float32), 1e-5))[..., None]
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return (x - m.to(x.device)) / s.to(x.device)
+
+    return apply
+
+
+def iter_store_clips(store, clip_ids) -> Iterator[np.ndarray]:
+    """Clips of a feature store, one (C, F, T) array at a time (never the whole store)."""
+    for clip_id in clip_ids:
+        yield store.get(clip_id)
