@@ -1,0 +1,48 @@
+"""`crnn`: seed 000's CNN+LSTM. The cnn2d conv blocks, mean over frequency, then a
+bidirectional LSTM over the remaining frames, mean + max pooled over time.
+
+params:
+  lstm_hidden (int, 128)      hidden size per direction; embedding is 2 * lstm_hidden
+  lstm_layers (int, 1)        stacked LSTM layers
+  time_pool_blocks (int, 99)  conv blocks that also halve time (fewer keeps more
+                              frames for the LSTM at more compute); >= depth pools in all
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from raytag.config import ModelConfig
+from raytag.models.cnn2d import conv_stack
+from raytag.models.common import Tagger, block_widths, linear_classifier, time_meanmax
+from raytag.models.registry import family_params, register
+
+
+class CRNN(Tagger):
+    def __init__(self, cfg: ModelConfig, n_classes: int, in_channels: int, n_bins: int):
+        super().__init__(in_channels, n_bins, n_classes)
+        p = family_params(
+            cfg, {"lstm_hidden": 128, "lstm_layers": 1, "time_pool_blocks": 99}, may_be_zero=("time_pool_blocks",)
+        )
+        widths = block_widths(cfg.width, cfg.depth)
+        self.backbone = conv_stack(in_channels, widths, p["time_pool_blocks"])
+        self.lstm = nn.LSTM(
+            widths[-1],
+            p["lstm_hidden"],
+            num_layers=p["lstm_layers"],
+            batch_first=True,
+            bidirectional=True,
+            dropout=cfg.dropout if p["lstm_layers"] > 1 else 0.0,
+        )
+        self.embed_dim = 2 * p["lstm_hidden"]
+        self.classifier = linear_classifier(self.embed_dim, n_classes, cfg.dropout)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        seq = self.backbone(x).mean(dim=2).transpose(1, 2)  # [B, T', C]
+        out, _ = self.lstm(seq)  # [B, T', 2H]
+        return time_meanmax(out.transpose(1, 2))
+
+
+@register("crnn")
+def build_crnn(cfg: ModelConfig, n_classes: int, in_channels: int, n_bins: int) -> Tagger:
+    return CRNN(cfg, n_classes, in_channels, n_bins)

@@ -1,0 +1,94 @@
+"""Models by name: `@register("name")` on a builder, `build_model(cfg, ...)` to make one.
+
+A builder is `fn(cfg: ModelConfig, n_classes, in_channels, n_bins) -> Tagger`. One
+builder can serve several names (resnet18/resnet34) by registering a small closure.
+`MODELS` lists the registered names in registration order; search spaces and the CLI
+read it to say what is valid.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from raytag.config import ModelConfig
+from raytag.errors import RaytagError
+
+Builder = Callable[[ModelConfig, int, int, int], nn.Module]
+
+MODELS: list[str] = []
+_BUILDERS: dict[str, Builder] = {}
+
+
+class ModelConfigError(RaytagError):
+    """A model name, size or family setting cannot be used; the message names it."""
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: make `build_model` find `fn` under `name` (names are unique)."""
+
+    def wrap(fn: Builder) -> Builder:
+        if name in _BUILDERS:
+            raise ValueError(f"model name {name!r} registered twice")
+        _BUILDERS[name] = fn
+        MODELS.append(name)
+        return fn
+
+    return wrap
+
+
+def build_model(cfg: ModelConfig, n_classes: int, in_channels: int, n_bins: int) -> nn.Module:
+    """The model `cfg.name` for inputs [B, in_channels, n_bins, T] and `n_classes` outputs."""
+    builder = _BUILDERS.get(cfg.name)
+    if builder is None:
+        raise ModelConfigError(
+            f"model.name: unknown model {cfg.name!r}; valid names: {', '.join(MODELS)}"
+        )
+    _check_sizes(cfg, n_classes, in_channels, n_bins)
+    return builder(cfg, n_classes, in_channels, n_bins)
+
+
+def _check_sizes(cfg: ModelConfig, n_classes: int, in_channels: int, n_bins: int) -> None:
+    if n_classes < 1:
+        raise ModelConfigError(f"a model needs at least one class, got n_classes={n_classes}")
+    if in_channels < 1 or n_bins < 1:
+        raise ModelConfigError(
+            f"input shape must have channels >= 1 and bins >= 1, got ({in_channels}, {n_bins})"
+        )
+    if cfg.width < 1:
+        raise ModelConfigError(f"model.width: must be >= 1, got {cfg.width}")
+    if cfg.depth < 1:
+        raise ModelConfigError(f"model.depth: must be >= 1, got {cfg.depth}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ModelConfigError(f"model.dropout: must be in [0, 1), got {cfg.dropout}")
+
+
+def family_params(cfg: ModelConfig, defaults: dict, may_be_zero: tuple[str, ...] = ()) -> dict:
+    """`cfg.params` merged over a family's defaults; unknown keys and wrong types are errors.
+
+    A typo in `model.params` would otherwise be silently ignored and a search would
+    spend compute on a setting that never reached the model.
+    """
+    unknown = sorted(set(cfg.params) - set(defaults))
+    if unknown:
+        valid = ", ".join(sorted(defaults)) or "(none)"
+        raise ModelConfigError(
+            f"model.params.{unknown[0]}: not a setting of model {cfg.name!r}; valid keys: {valid}"
+        )
+    out = dict(defaults)
+    for key, value in cfg.params.items():
+        want = type(defaults[key])
+        if want is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or (want is not bool and isinstance(value, bool)):
+            raise ModelConfigError(
+                f"model.params.{key}: expected {want.__name__}, got {value!r} (model {cfg.name!r})"
+            )
+        low_ok = value >= 0 if key in may_be_zero else value > 0
+        if want in (int, float) and not low_ok:
+            bound = ">= 0" if key in may_be_zero else "> 0"
+            raise ModelConfigError(f"model.params.{key}: must be {bound}, got {value!r}")
+        out[key] = value
+    return out

@@ -1,0 +1,90 @@
+"""`resnet18`, `resnet34`: ResNet with basic blocks (He et al. 2016), as seed 003 used on
+1- or 3-channel mel spectrograms.
+
+Written here because torchvision is not installed; layer for layer the same as
+torchvision's resnet18/34 (same parameter count at width 64), but the head pools
+mean over frequency and mean + max over time so any crop length works.
+`width` is the stem width (64 is the standard net; 32 the CPU default);
+stage widths are width * (1, 2, 4, 8). `depth` (1-4) keeps the first `depth` stages.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from raytag.config import ModelConfig
+from raytag.models.common import Tagger, freq_mean_time_meanmax, linear_classifier
+from raytag.models.registry import ModelConfigError, family_params, register
+
+LAYERS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet(Tagger):
+    def __init__(self, layers: tuple[int, ...], cfg: ModelConfig, n_classes: int, in_channels: int, n_bins: int):
+        super().__init__(in_channels, n_bins, n_classes)
+        family_params(cfg, {})
+        if cfg.depth > len(layers):
+            raise ModelConfigError(
+                f"model.depth: {cfg.name} has {len(layers)} stages, got depth={cfg.depth} (use 1-{len(layers)})"
+            )
+        w = cfg.width
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, w, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(w),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        stages, c_in = [], w
+        for i, n_blocks in enumerate(layers[: cfg.depth]):
+            c_out = w * 2**i
+            blocks = [BasicBlock(c_in, c_out, 1 if i == 0 else 2)]
+            blocks += [BasicBlock(c_out, c_out, 1) for _ in range(n_blocks - 1)]
+            stages.append(nn.Sequential(*blocks))
+            c_in = c_out
+        self.stages = nn.Sequential(*stages)
+        self.embed_dim = c_in
+        self.classifier = linear_classifier(c_in, n_classes, cfg.dropout)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # torchvision's initialisation, so a width-64 net trains like the reference.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return freq_mean_time_meanmax(self.stages(self.stem(x)))
+
+
+def _register(name: str) -> None:
+    @register(name)
+    def build(cfg: ModelConfig, n_classes: int, in_channels: int, n_bins: int) -> Tagger:
+        return ResNet(LAYERS[name], cfg, n_classes, in_channels, n_bins)
+
+
+for _name in LAYERS:
+    _register(_name)
