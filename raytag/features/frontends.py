@@ -1,0 +1,199 @@
+"""Torch front ends: waveform [B, N] -> features [B, C, F, T].
+
+Built from `torch.stft` and librosa's own filter/DCT/Savitzky-Golay coefficients (torchaudio
+does not install against the CPU torch used here). Every fixed matrix is a module buffer, so
+`frontend.to("cuda")` moves the whole front end to the GPU. Each kind follows librosa's
+conventions and is tested against librosa:
+
+- logmel:   `librosa.feature.melspectrogram` (hann window, center=True with librosa's default
+            padding, which is zero ("constant") padding since librosa 0.10; slaney mel, power 2)
+            then `librosa.power_to_db(ref=1.0, amin=1e-10, top_db=cfg.top_db)`. top_db clips
+            each clip (each batch row) at its own maximum minus top_db, as librosa does for
+            one clip. C=1, F=n_mels.
+- mfcc:     `librosa.feature.mfcc`: DCT type 2, norm "ortho", of the log-mel above, first
+            n_mfcc coefficients. C=1, F=n_mfcc.
+- colormel: seed 003's "coloured" mel: one mel spectrogram with 3*n_mels bands (same
+            fmin/fmax), converted to dB as one image (one top_db for the clip), whose low,
+            mid and high thirds become channels 0, 1, 2 with n_mels bins each. So the three
+            channels carry different frequency ranges at three times the mel resolution,
+            instead of three copies of one grey image. C=3, F=n_mels.
+- raw:      the waveform itself, C=1, F=1, T=N.
+- deltas:   1 appends the delta channel, 2 also the delta-delta channel, for each base
+            channel (librosa.feature.delta: width 9, mode "interp"; order 2 is the second
+            derivative of the features, not the delta of the delta). C = base C * (1+deltas).
+            Not defined for raw.
+"""
+from __future__ import annotations
+
+import librosa
+import numpy as np
+import scipy.fft
+import scipy.signal
+import torch
+from torch import nn
+
+from raytag.config import ConfigError, FeatureConfig
+
+AMIN = 1e-10  # power floor of power_to_db (librosa's default)
+DELTA_WIDTH = 9  # librosa.feature.delta's default window
+
+
+def frontend_shape(cfg: FeatureConfig) -> tuple[int, int]:
+    """(channels, bins) of the features `build_frontend(cfg)` produces."""
+    _check(cfg)
+    if cfg.kind == "raw":
+        return 1, 1
+    channels = 3 if cfg.kind == "colormel" else 1
+    bins = cfg.n_mfcc if cfg.kind == "mfcc" else cfg.n_mels
+    return channels * (1 + cfg.deltas), bins
+
+
+def build_frontend(cfg: FeatureConfig) -> nn.Module:
+    """The front end for `cfg`: forward(wave[B, N] float32) -> [B, C, F, T]."""
+    _check(cfg)
+    if cfg.kind == "raw":
+        return RawWave()
+    if cfg.kind == "logmel":
+        base: nn.Module = LogMel(cfg, n_mels=cfg.n_mels)
+    elif cfg.kind == "mfcc":
+        base = MFCC(cfg)
+    elif cfg.kind == "colormel":
+        base = ColorMel(cfg)
+    else:  # config validation already restricts kind; this guards new kinds added there only
+        raise ConfigError(f"features.kind: no front end for {cfg.kind!r}")
+    if cfg.deltas:
+        return nn.Sequential(base, Deltas(cfg.deltas))
+    return base
+
+
+def _check(cfg: FeatureConfig) -> None:
+    if cfg.kind == "raw" and cfg.deltas:
+        raise ConfigError("features.deltas: delta channels are not defined for kind 'raw'; set deltas: 0")
+    if cfg.kind == "mfcc" and cfg.n_mfcc > cfg.n_mels:
+        raise ConfigError(f"features.n_mfcc: {cfg.n_mfcc} exceeds features.n_mels ({cfg.n_mels})")
+    if cfg.kind == "mfcc" and cfg.n_mfcc < 1:
+        raise ConfigError("features.n_mfcc: must be at least 1")
+
+
+def power_to_db(power: torch.Tensor, top_db: float | None) -> torch.Tensor:
+    """librosa.power_to_db(ref=1.0, amin=1e-10, top_db) with the top_db floor per batch row."""
+    db = 10.0 * torch.log10(torch.clamp(power, min=AMIN))
+    if top_db is not None:
+        peak = db.flatten(1).amax(dim=1).view(-1, *([1] * (db.dim() - 1)))
+        db = torch.maximum(db, peak - top_db)
+    return db
+
+
+class MelPower(nn.Module):
+    """Power mel spectrogram [B, n_mels, T], as librosa.feature.melspectrogram."""
+
+    def __init__(self, cfg: FeatureConfig, n_mels: int):
+        super().__init__()
+        self.n_fft = cfg.n_fft
+        self.hop_length = cfg.hop_length
+        # librosa's "hann" is the periodic (fftbins=True) window
+        self.register_buffer("window", torch.hann_window(cfg.n_fft, periodic=True, dtype=torch.float32))
+        mel = librosa.filters.mel(
+            sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
+            htk=False, norm="slaney",
+        )
+        self.register_buffer("mel_basis", torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32)))
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(
+            wave, n_fft=self.n_fft, hop_length=self.hop_length, window=self.window,
+            center=True, pad_mode="constant", return_complex=True,
+        )
+        power = spec.real.square() + spec.imag.square()  # [B, n_fft//2+1, T]
+        return torch.matmul(self.mel_basis, power)
+
+
+class LogMel(nn.Module):
+    """Log-mel in dB, [B, 1, n_mels, T]."""
+
+    def __init__(self, cfg: FeatureConfig, n_mels: int):
+        super().__init__()
+        self.mel = MelPower(cfg, n_mels)
+        self.top_db = cfg.top_db
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return power_to_db(self.mel(wave), self.top_db).unsqueeze(1)
+
+
+class MFCC(nn.Module):
+    """MFCC [B, 1, n_mfcc, T]: orthonormal DCT-II of the log-mel (librosa.feature.mfcc)."""
+
+    def __init__(self, cfg: FeatureConfig):
+        super().__init__()
+        self.logmel = LogMel(cfg, n_mels=cfg.n_mels)
+        # rows of the DCT matrix taken from scipy itself so the convention is exactly librosa's
+        dct = scipy.fft.dct(np.eye(cfg.n_mels), type=2, norm="ortho", axis=0)[: cfg.n_mfcc]
+        self.register_buffer("dct", torch.from_numpy(dct.astype(np.float32)))
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(self.dct, self.logmel(wave))
+
+
+class ColorMel(nn.Module):
+    """Seed 003's 3-band colour mel, [B, 3, n_mels, T] (low, mid, high thirds of 3*n_mels)."""
+
+    def __init__(self, cfg: FeatureConfig):
+        super().__init__()
+        self.n_mels = cfg.n_mels
+        self.logmel = LogMel(cfg, n_mels=3 * cfg.n_mels)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        db = self.logmel(wave)  # [B, 1, 3*n_mels, T], low frequencies first
+        return db.reshape(db.shape[0], 3, self.n_mels, db.shape[-1])
+
+
+class RawWave(nn.Module):
+    """The waveform as [B, 1, 1, N]."""
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return wave[:, None, None, :]
+
+
+class Deltas(nn.Module):
+    """Append delta (and delta-delta) channels: [B, C, F, T] -> [B, C*(1+order), F, T].
+
+    Matches librosa.feature.delta(width=9, mode="interp"): a Savitzky-Golay derivative
+    filter inside, and at each edge the derivative of the polynomial fitted to the first
+    (last) 9 frames. Both are linear in the frames, so the weights are read off scipy's
+    savgol_filter applied to the identity (written here because no torch library offers
+    librosa's interp edges). For clips shorter than 9 frames, where librosa refuses, the
+    edge frames are repeated to 9 frames first (documented fallback).
+    """
+
+    def __init__(self, order: int, width: int = DELTA_WIDTH):
+        super().__init__()
+        if order not in (1, 2):
+            raise ConfigError(f"features.deltas: {order} is not 0, 1 or 2")
+        self.order = order
+        self.width = width
+        half = width // 2
+        for k in range(1, order + 1):
+            m = scipy.signal.savgol_filter(np.eye(width), width, polyorder=k, deriv=k, axis=0, mode="interp")
+            self.register_buffer(f"kernel{k}", torch.from_numpy(m[half].astype(np.float32)).view(1, 1, width))
+            self.register_buffer(f"left{k}", torch.from_numpy(m[:half].astype(np.float32)))
+            self.register_buffer(f"right{k}", torch.from_numpy(m[width - half:].astype(np.float32)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, f, t = x.shape
+        flat = x.reshape(b * c * f, t)
+        if t < self.width:  # librosa has no answer here; repeat edge frames to the window
+            extra = self.width - t
+            flat = torch.cat([flat, flat[:, -1:].expand(-1, extra)], dim=1)
+        outs = [x]
+        for k in range(1, self.order + 1):
+            d = self._derivative(flat, k)[:, :t]
+            outs.append(d.reshape(b, c, f, t))
+        return torch.cat(outs, dim=1)
+
+    def _derivative(self, flat: torch.Tensor, k: int) -> torch.Tensor:
+        half = self.width // 2
+        kernel, left, right = getattr(self, f"kernel{k}"), getattr(self, f"left{k}"), getattr(self, f"right{k}")
+        inner = torch.nn.functional.conv1d(flat.unsqueeze(1), kernel).squeeze(1)  # [R, T-2*half]
+        head = flat[:, : self.width] @ left.T  # [R, half]
+        tail = flat[:, -self.width:] @ right.T
+        return torch.cat([head, inner, tail], dim=1)

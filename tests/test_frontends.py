@@ -1,0 +1,159 @@
+"""Front ends against librosa itself, on signals with tones, sweeps, noise and near silence."""
+from __future__ import annotations
+
+import dataclasses
+
+import librosa
+import numpy as np
+import pytest
+import torch
+
+from raytag.config import ConfigError, FeatureConfig
+from raytag.features.frontends import build_frontend, frontend_shape
+
+torch.set_num_threads(1)
+
+
+def realish(sr: int, seconds: float, seed: int = 0) -> np.ndarray:
+    """A sweep, a harmonic tone, a noise burst and a quiet lead-in (so top_db bites)."""
+    rng = np.random.default_rng(seed)
+    n = int(sr * seconds) + 37  # not a multiple of the hop
+    t = np.arange(n) / sr
+    sweep = 0.3 * np.sin(2 * np.pi * (200 * t + 900 * t**2))
+    tone = sum(0.1 / k * np.sin(2 * np.pi * 330 * k * t) for k in range(1, 6))
+    noise = 0.05 * rng.standard_normal(n) * (t > seconds / 2)
+    y = (sweep + tone + noise).astype(np.float32)
+    y[: n // 10] *= 1e-4
+    return y
+
+
+def librosa_logmel(y, cfg: FeatureConfig, n_mels=None):
+    mel = librosa.feature.melspectrogram(
+        y=y, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+        n_mels=n_mels or cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
+    )
+    return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=cfg.top_db)
+
+
+def assert_db_close(ours, ref):
+    """Tight within 80 dB of the clip's peak; bins further down sit at float32 FFT round-off
+    (torch's and numpy's FFTs differ there by a few hundredths of a dB), so looser."""
+    loud = ref > ref.max() - 80.0
+    np.testing.assert_allclose(ours[loud], ref[loud], atol=2e-3, rtol=1e-5)
+    np.testing.assert_allclose(ours[~loud], ref[~loud], atol=0.1)
+
+
+def run(cfg: FeatureConfig, y: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return build_frontend(cfg)(torch.from_numpy(y)[None]).numpy()[0]
+
+
+FAT2019 = dict(sample_rate=44100, n_fft=2560, hop_length=345, n_mels=128, fmin=20.0)
+
+
+@pytest.mark.parametrize("settings", [{}, FAT2019, {"top_db": None}, {"fmax": 6000.0, "n_mels": 40}])
+def test_logmel_matches_librosa(settings):
+    cfg = FeatureConfig(kind="logmel", **settings)
+    y = realish(cfg.sample_rate, 2.0)
+    ours, ref = run(cfg, y), librosa_logmel(y, cfg)
+    assert ours.shape == (1, *ref.shape)
+    assert_db_close(ours[0], ref)
+    if cfg.top_db is not None:  # the clip's own floor is applied, as librosa does
+        assert ours.min() == pytest.approx(ours.max() - cfg.top_db, abs=1e-3)
+
+
+@pytest.mark.parametrize("n_mfcc", [13, 20])
+def test_mfcc_matches_librosa(n_mfcc):
+    cfg = FeatureConfig(kind="mfcc", n_mfcc=n_mfcc)
+    y = realish(cfg.sample_rate, 2.0, seed=1)
+    ref = librosa.feature.mfcc(
+        y=y, sr=cfg.sample_rate, n_mfcc=n_mfcc, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+        n_mels=cfg.n_mels, fmin=cfg.fmin,
+    )
+    ours = run(cfg, y)
+    assert ours.shape == (1, n_mfcc, ref.shape[1])
+    np.testing.assert_allclose(ours[0], ref, atol=2e-3, rtol=1e-5)
+
+
+def test_colormel_is_a_three_times_finer_mel_split_in_thirds():
+    cfg = FeatureConfig(kind="colormel", n_mels=48)
+    y = realish(cfg.sample_rate, 2.0, seed=2)
+    ref = librosa_logmel(y, cfg, n_mels=3 * cfg.n_mels)  # low frequencies first
+    ours = run(cfg, y)
+    assert ours.shape == (3, 48, ref.shape[1])
+    for channel, rows in enumerate([slice(0, 48), slice(48, 96), slice(96, 144)]):
+        np.testing.assert_allclose(ours[channel], ref[rows], atol=2e-3, rtol=1e-5)
+    assert not np.allclose(ours[0], ours[2])  # channels carry different bands, not copies
+
+
+@pytest.mark.parametrize("kind", ["logmel", "mfcc"])
+@pytest.mark.parametrize("deltas", [1, 2])
+def test_deltas_match_librosa(kind, deltas):
+    cfg = FeatureConfig(kind=kind, deltas=deltas)
+    base_cfg = dataclasses.replace(cfg, deltas=0)
+    y = realish(cfg.sample_rate, 1.5, seed=3)
+    base = run(base_cfg, y)[0]
+    ours = run(cfg, y)
+    assert ours.shape == (1 + deltas, *base.shape)
+    np.testing.assert_allclose(ours[0], base, atol=1e-5)
+    for order in range(1, deltas + 1):
+        ref = librosa.feature.delta(base, width=9, order=order, mode="interp", axis=-1)
+        np.testing.assert_allclose(ours[order], ref, atol=1e-4, rtol=1e-5)
+
+
+def test_deltas_on_colormel_append_per_band_channels():
+    cfg = FeatureConfig(kind="colormel", n_mels=32, deltas=1)
+    y = realish(cfg.sample_rate, 1.0, seed=4)
+    ours = run(cfg, y)
+    assert ours.shape[0] == 6 and frontend_shape(cfg) == (6, 32)
+    for c in range(3):
+        np.testing.assert_allclose(ours[3 + c], librosa.feature.delta(ours[c], order=1), atol=1e-4)
+
+
+def test_deltas_on_clips_shorter_than_the_window_run():
+    cfg = FeatureConfig(kind="logmel", deltas=2)
+    y = realish(cfg.sample_rate, 0.05)  # 3 frames; librosa.feature.delta refuses this
+    out = run(cfg, y)
+    assert out.shape == (3, 64, 1 + len(y) // cfg.hop_length)
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("kind", ["logmel", "mfcc", "colormel", "raw"])
+def test_batch_shapes_and_frame_count_match_librosa(kind):
+    cfg = FeatureConfig(kind=kind, n_mels=32)
+    waves = np.stack([realish(cfg.sample_rate, 1.0, seed=s) for s in range(3)])
+    with torch.no_grad():
+        out = build_frontend(cfg)(torch.from_numpy(waves)).numpy()
+    frames = librosa.feature.melspectrogram(
+        y=waves[0], sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length, n_mels=32
+    ).shape[1]
+    expected_t = waves.shape[1] if kind == "raw" else frames
+    assert out.shape == (3, *frontend_shape(cfg), expected_t)
+    # each row is the same as that clip alone (top_db is per clip, not per batch)
+    np.testing.assert_allclose(out[1], run(cfg, waves[1]), atol=1e-4)
+    if kind == "raw":
+        np.testing.assert_array_equal(out[:, 0, 0], waves)
+
+
+def test_filterbanks_are_buffers_that_move_with_the_module():
+    front = build_frontend(FeatureConfig(kind="mfcc", deltas=1))
+    names = {name for name, _ in front.named_buffers()}
+    assert any("mel_basis" in n for n in names) and any("dct" in n for n in names)
+    assert any("kernel1" in n for n in names)
+    front = front.to(torch.float64)
+    assert all(b.dtype == torch.float64 for b in front.buffers())
+    assert not list(front.parameters())  # nothing trainable
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ConfigError, match="raw"):
+        build_frontend(FeatureConfig(kind="raw", deltas=1))
+    with pytest.raises(ConfigError, match="n_mfcc"):
+        frontend_shape(FeatureConfig(kind="mfcc", n_mfcc=80, n_mels=64))
+
+
+def test_logmel_matches_librosa_on_real_audio(bench_data):
+    wav = sorted((bench_data / "train_curated").glob("*.wav"))[0]
+    cfg = FeatureConfig(kind="logmel", sample_rate=16000)
+    y, _ = librosa.load(wav, sr=cfg.sample_rate)
+    np.testing.assert_allclose(run(cfg, y)[0], librosa_logmel(y, cfg), atol=2e-3, rtol=1e-5)
