@@ -1,0 +1,335 @@
+"""`raytag score`, and reading/writing Kaggle submission and truth CSVs.
+
+Two forms, told apart by their columns:
+
+- 2019 (FAT2019): truth `fname,labels` (labels comma-separated); submission `fname` plus
+  one score column per class. Scored with lwlrap (and per-class lwlrap).
+- 2018 (FSDKaggle2018): truth `fname,label` (one label; rows with usage "Ignored" are
+  not scored, as on Kaggle); submission `fname,label` with up to 3 space-separated
+  labels, best first. Scored with MAP@3.
+
+Every problem with a file raises `ScoringError` naming the file and what to fix;
+nothing is dropped silently (clips the truth does not know are reported, not scored).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from raytag.errors import RaytagError
+from raytag.metrics import lwlrap, per_class_lwlrap
+
+LAYOUT_2019 = "fat2019"
+LAYOUT_2018 = "fsd2018"
+_NAN_TEXT = {"", "nan", "na", "n/a", "null", "none", "-nan"}
+_SHOW = 5  # how many offending names an error lists
+
+
+class ScoringError(RaytagError):
+    """A truth or submission file cannot be scored; the message says which and why."""
+
+
+@dataclass
+class Truth:
+    layout: str  # LAYOUT_2019 | LAYOUT_2018
+    fnames: list[str]
+    labels: list[tuple[str, ...]]  # 2018: exactly one label per clip
+    # known classes, if the files tell: 2019 from a sample_submission.csv beside the truth,
+    # 2018 every label in the truth file (unscored rows included)
+    classes: Optional[list[str]] = None
+
+
+@dataclass
+class Submission:
+    layout: str
+    fnames: list[str]
+    classes: Optional[list[str]] = None  # 2019: score columns in file order
+    scores: Optional[np.ndarray] = None  # 2019: (n, C) float64
+    top3: Optional[list[tuple[str, ...]]] = None  # 2018: up to 3 labels per clip, best first
+
+
+# ----------------------------------------------------------------------------- reading
+def _read_csv(path: Path, what: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise ScoringError(f"{what} file not found: {path}")
+    try:
+        # everything as text: "None" or "NA" stay labels, and bad numbers can be reported as written
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ScoringError(f"{path}: the {what} file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ScoringError(f"{path}: not a readable CSV {what} file ({err})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    if "fname" not in df.columns:
+        raise ScoringError(f"{path}: the {what} file has no 'fname' column (columns: {_few(df.columns)})")
+    if len(df) == 0:
+        raise ScoringError(f"{path}: the {what} file has a header but no rows")
+    df["fname"] = df["fname"].str.strip()
+    dup = df["fname"][df["fname"].duplicated()].unique()
+    if len(dup):
+        raise ScoringError(f"{path}: fname appears more than once in the {what} file: {_few(dup)}")
+    if (df["fname"] == "").any():
+        raise ScoringError(f"{path}: {int((df['fname'] == '').sum())} rows of the {what} file have an empty fname")
+    return df
+
+
+def _few(names, n: int = _SHOW) -> str:
+    names = [str(x) for x in names]
+    more = f" ... and {len(names) - n} more" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
+
+
+def _sample_submission_classes(truth_path: Path) -> Optional[list[str]]:
+    """Class columns of a sample_submission.csv next to a 2019 truth file, if there is one."""
+    sample = truth_path.parent / "sample_submission.csv"
+    if not sample.is_file():
+        return None
+    try:
+        cols = [str(c).strip() for c in pd.read_csv(sample, nrows=0).columns]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ScoringError(f"{sample}: not a readable sample submission ({err}); it names the classes") from None
+    return [c for c in cols if c != "fname"] if "fname" in cols and len(cols) > 1 else None
+
+
+def read_truth(path) -> Truth:
+    """Read a 2019 (fname,labels) or 2018 (fname,label[,usage]) truth CSV."""
+    path = Path(path)
+    df = _read_csv(path, "truth")
+    if "labels" in df.columns:
+        labels = [tuple(x.strip() for x in s.split(",") if x.strip()) for s in df["labels"]]
+        return Truth(LAYOUT_2019, df["fname"].tolist(), labels, _sample_submission_classes(path))
+    if "label" in df.columns:
+        all_labels = sorted({s.strip() for s in df["label"] if s.strip()})
+        if "usage" in df.columns:  # Kaggle 2018 padded the test set with unscored clips
+            df = df[df["usage"].str.strip().str.lower() != "ignored"]
+        labels = [s.strip() for s in df["label"]]
+        bad = [f for f, lab in zip(df["fname"], labels) if not lab or " " in lab]
+        if bad:
+            raise ScoringError(f"{path}: a 2018 truth row needs exactly one label; rows with none or several: {_few(bad)}")
+        # known classes: every label in the file, the unscored rows included
+        return Truth(LAYOUT_2018, df["fname"].tolist(), [(lab,) for lab in labels], all_labels)
+    raise ScoringError(
+        f"{path}: a truth file needs a 'labels' column (2019: comma-separated labels) "
+        f"or a 'label' column (2018); found {_few(df.columns)}"
+    )
+
+
+def read_submission(path) -> Submission:
+    """Read a 2019 (fname + class score columns) or 2018 (fname,label top-3) submission."""
+    path = Path(path)
+    df = _read_csv(path, "submission")
+    others = [c for c in df.columns if c != "fname"]
+    if others == ["label"]:
+        top3 = []
+        for fname, text in zip(df["fname"], df["label"]):
+            labels = tuple(text.split())
+            if len(labels) > 3:
+                raise ScoringError(f"{path}: clip {fname} lists {len(labels)} labels; MAP@3 takes at most 3")
+            if len(set(labels)) != len(labels):
+                raise ScoringError(f"{path}: clip {fname} lists a label twice: {text}")
+            top3.append(labels)
+        return Submission(LAYOUT_2018, df["fname"].tolist(), top3=top3)
+    if not others:
+        raise ScoringError(f"{path}: the submission has only an fname column; expected one score column per class")
+    dup = pd.Index(others)[pd.Index(others).duplicated()].unique()
+    if len(dup):
+        raise ScoringError(f"{path}: class columns appear more than once: {_few(dup)}")
+    scores = np.empty((len(df), len(others)), dtype=np.float64)
+    for j, col in enumerate(others):
+        text = df[col].str.strip()
+        values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            missing = text.iloc[rows].str.lower().isin(_NAN_TEXT).to_numpy()
+            shown = _few([f"{df['fname'].iloc[i]}={text.iloc[i]!r}" for i in rows])
+            if missing.all():
+                kind = "empty or NaN scores"
+            elif not missing.any() and np.isinf(values[rows]).all():
+                kind = "infinite scores"
+            else:
+                kind = "non-numeric scores"
+            raise ScoringError(f"{path}: column {col!r} has {len(rows)} {kind}: {shown}; every score must be a finite number")
+        scores[:, j] = values
+    return Submission(LAYOUT_2019, df["fname"].tolist(), classes=others, scores=scores)
+
+
+# ----------------------------------------------------------------------------- writing
+def _check_table(fnames: Sequence[str], classes: Sequence[str], scores) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (len(fnames), len(classes)):
+        raise ValueError(f"scores {scores.shape} do not match {len(fnames)} fnames x {len(classes)} classes")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite (a NaN would be written into the submission)")
+    return scores
+
+
+def write_submission_2019(fnames: Sequence[str], classes: Sequence[str], scores, path) -> Path:
+    """fname + one score column per class, in `classes` order. Returns the path written."""
+    scores = _check_table(fnames, classes, scores)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(scores, columns=list(classes))
+    df.insert(0, "fname", list(fnames))
+    df.to_csv(path, index=False, float_format="%.7g")
+    return path
+
+
+def top3_labels(classes: Sequence[str], scores) -> list[tuple[str, ...]]:
+    """Best three classes per row; ties go to the earlier class (stable sort)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :3]
+    return [tuple(classes[j] for j in row) for row in order]
+
+
+def write_submission_2018(fnames: Sequence[str], classes: Sequence[str], scores, path) -> Path:
+    """fname,label with the top-3 classes space-separated, best first."""
+    scores = _check_table(fnames, classes, scores)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels = [" ".join(t) for t in top3_labels(classes, scores)]
+    pd.DataFrame({"fname": list(fnames), "label": labels}).to_csv(path, index=False)
+    return path
+
+
+# ----------------------------------------------------------------------------- scoring
+def _align(truth: Truth, sub: Submission, truth_path, sub_path) -> tuple[np.ndarray, list[str]]:
+    """Row index into the submission for each truth clip; fnames the truth does not know."""
+    pos = {f: i for i, f in enumerate(sub.fnames)}
+    missing = [f for f in truth.fnames if f not in pos]
+    if missing:
+        raise ScoringError(
+            f"{sub_path}: {len(missing)} of the {len(truth.fnames)} clips in {truth_path} have no row "
+            f"in the submission: {_few(missing)}"
+        )
+    known = set(truth.fnames)
+    extra = [f for f in sub.fnames if f not in known]
+    return np.array([pos[f] for f in truth.fnames], dtype=np.int64), extra
+
+
+def score_2019(truth: Truth, sub: Submission, truth_path="truth", sub_path="submission") -> dict:
+    """lwlrap of a 2019 submission; dict with lwlrap, per-class table and counts."""
+    classes = sub.classes
+    if truth.classes is not None:
+        known = set(truth.classes)
+        unknown = [c for c in classes if c not in known]
+        if unknown:
+            raise ScoringError(
+                f"{sub_path}: class columns not in {Path(truth_path).parent / 'sample_submission.csv'}: "
+                f"{_few(unknown)} (check the spelling of the header)"
+            )
+    col = {c: j for j, c in enumerate(classes)}
+    unknown_labels = sorted({lab for labs in truth.labels for lab in labs if lab not in col})
+    if unknown_labels:
+        raise ScoringError(
+            f"{sub_path}: the truth uses labels that have no score column in the submission: "
+            f"{_few(unknown_labels)} (check the spelling of the header)"
+        )
+    rows, extra = _align(truth, sub, truth_path, sub_path)
+    y = np.zeros((len(truth.fnames), len(classes)), dtype=np.float64)
+    for i, labs in enumerate(truth.labels):
+        y[i, [col[lab] for lab in labs]] = 1
+    scored = y.sum(axis=1) > 0
+    if not scored.any():
+        raise ScoringError(f"{truth_path}: no clip in the truth has a label; nothing to score")
+    scores = sub.scores[rows]
+    per_class, weights = per_class_lwlrap(y[scored], scores[scored])
+    return {
+        "metric": "lwlrap",
+        "lwlrap": lwlrap(y[scored], scores[scored]),
+        "classes": list(classes),
+        "per_class": per_class,
+        "weights": weights,
+        "positives": y[scored].sum(axis=0).astype(int),
+        "n_clips": int(scored.sum()),
+        "unlabelled": [f for f, s in zip(truth.fnames, scored) if not s],
+        "extra": extra,
+    }
+
+
+def map_at_3_from_lists(true_labels: Sequence[str], predicted: Sequence[Sequence[str]]) -> float:
+    """MAP@3 from ranked label lists: 1/(position+1) when the true label is among the first 3.
+
+    Written out rather than via metrics.map_at_3 because a list has no scores for the
+    classes it leaves out (they are simply not predicted, not tied).
+    """
+    total = 0.0
+    for truth, pred in zip(true_labels, predicted):
+        pred = list(pred)[:3]
+        if truth in pred:
+            total += 1.0 / (pred.index(truth) + 1)
+    return total / len(true_labels)
+
+
+def score_2018(truth: Truth, sub: Submission, truth_path="truth", sub_path="submission") -> dict:
+    """MAP@3 of a 2018 submission."""
+    classes = truth.classes or sorted({labs[0] for labs in truth.labels})
+    known = set(classes)
+    rows, extra = _align(truth, sub, truth_path, sub_path)
+    predicted = [sub.top3[r] for r in rows]
+    unknown = sorted({lab for labs in predicted for lab in labs if lab not in known})
+    if unknown:
+        raise ScoringError(
+            f"{sub_path}: labels that no clip of {truth_path} has: {_few(unknown)} "
+            f"(known labels: {_few(classes, 8)}); check their spelling"
+        )
+    return {
+        "metric": "map@3",
+        "map@3": map_at_3_from_lists([labs[0] for labs in truth.labels], predicted),
+        "n_clips": len(truth.fnames),
+        "extra": extra,
+    }
+
+
+def score_files(truth_path, submission_path) -> dict:
+    truth = read_truth(truth_path)
+    sub = read_submission(submission_path)
+    if truth.layout != sub.layout:
+        form = {LAYOUT_2019: "2019 (score columns)", LAYOUT_2018: "2018 (fname,label top-3)"}
+        raise ScoringError(
+            f"the truth {truth_path} is in the {form[truth.layout]} form but the submission "
+            f"{submission_path} is in the {form[sub.layout]} form"
+        )
+    if truth.layout == LAYOUT_2019:
+        return score_2019(truth, sub, truth_path, submission_path)
+    return score_2018(truth, sub, truth_path, submission_path)
+
+
+def score_command(truth, submission, per_class: bool = False) -> dict:
+    """`raytag score`: print lwlrap (2019, optionally per class) or MAP@3 (2018)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    result = score_files(Path(truth), Path(submission))
+    out = Console()
+    err = Console(stderr=True)
+    if result["extra"]:
+        err.print(f"note: {len(result['extra'])} submission rows are not in the truth and were not scored: {_few(result['extra'])}")
+    if result["metric"] == "map@3":
+        out.print(f"MAP@3: {result['map@3']:.6f}  ({result['n_clips']} clips)")
+        if per_class:
+            err.print("note: --per-class applies to lwlrap (2019 form) only")
+        return result
+    if result["unlabelled"]:
+        err.print(f"note: {len(result['unlabelled'])} truth clips have no label and are not scored: {_few(result['unlabelled'])}")
+    out.print(f"lwlrap: {result['lwlrap']:.6f}  ({result['n_clips']} clips, {int(result['positives'].sum())} labels)")
+    if per_class:
+        table = Table(title="per-class lwlrap, worst first", caption="weight: share of all labels")
+        for name, justify in (("class", "left"), ("positives", "right"), ("weight", "right"), ("lwlrap", "right")):
+            table.add_column(name, justify=justify)
+        order = np.lexsort((np.arange(len(result["classes"])), result["per_class"]))
+        for j in order:
+            if result["positives"][j] == 0:
+                continue
+            table.add_row(result["classes"][j], str(result["positives"][j]),
+                          f"{result['weights'][j]:.4f}", f"{result['per_class'][j]:.4f}")
+        out.print(table)
+        absent = [c for c, n in zip(result["classes"], result["positives"]) if n == 0]
+        if absent:
+            out.print(f"classes with no positive clip in the truth (not scored): {_few(absent, 10)}")
+    return result
