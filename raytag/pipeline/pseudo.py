@@ -22,9 +22,9 @@ def select_pseudo(probs, lower: float, upper: float) -> tuple[np.ndarray, np.nda
     Returns:
         rows: bool (n,), the clips taken.
         targets: float32 (n, C) multi-hot targets: for a taken clip, every class whose
-            probability is >= lower (multi-label clips keep all their confident classes),
-            and always its top class (ties: the first in class order); all-zero rows for
-            clips not taken. Targets are hard 0/1, not soft probabilities, as in seed 002.
+            probability is >= lower (multi-label clips keep all their confident classes;
+            its top class is always among them, since it is >= lower); all-zero rows
+            for clips not taken. Targets are hard 0/1, not soft probabilities, as in seed 002.
     """
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2:
@@ -38,11 +38,9 @@ def select_pseudo(probs, lower: float, upper: float) -> tuple[np.ndarray, np.nda
     targets = np.zeros((n, n_classes), dtype=np.float32)
     if n == 0 or n_classes == 0:
         return np.zeros(n, dtype=bool), targets
-    top_idx = probs.argmax(axis=1)
-    top = probs[np.arange(n), top_idx]
+    top = probs.max(axis=1)
     rows = top >= lower
     if upper < 1.0:
         rows &= top < upper
     targets[rows] = (probs[rows] >= lower).astype(np.float32)
-    targets[np.flatnonzero(rows), top_idx[rows]] = 1.0
     return rows, targets
