@@ -1,0 +1,462 @@
+"""Feature store: every clip's features computed once, in parallel Ray tasks, cached on disk
+and read out-of-core.
+
+On disk, `<cache_dir>/<feature_cfg.cache_key()>/`:
+    shard-XXXXX.npy   float16, time-major (T, C, F): the clips of one chunk, concatenated
+    shard-XXXXX.json  that shard's index rows, decode failures, statistics sums and the
+                      signature of its clips (clip_id, path, size, mtime); written after
+                      the .npy, so a shard is trusted only when both are complete
+    index.parquet     clip_id, shard, offset, n_frames (every clip that decoded)
+    failed.csv        file, reason: clips that could not be decoded (left out, never zeros)
+    meta.json         feature settings, (C, F), per-bin mean/std, counts; written last,
+                      so its presence marks a finished store
+
+Clips are sorted by clip_id and cut into chunks of `chunk_size`; one Ray task per chunk
+decodes, runs the torch front end (one thread) and writes its shard atomically (temporary
+file, then rename). A rebuild reuses every shard whose signature still matches, so a
+second build does no audio work and an interrupted build resumes where it stopped. The
+cache folder must be visible to every node that runs tasks (a shared or local disk on
+one machine; on a cluster, a shared file system).
+
+Readers memory-map shards lazily (`np.load(mmap_mode="r")`) and copy out only the frames
+asked for, so no process holds the whole store: FAT2019 at 44.1 kHz, 128 mels, hop 345
+is about 4.6 GB of float16 on disk, read through the page cache. A `FeatureStore`
+pickles as its path and index only; each process reopens the shards it touches.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from raytag.config import FeatureConfig
+from raytag.errors import AudioDecodeError, RaytagError
+from raytag.features.frontends import build_frontend, frontend_shape
+
+log = logging.getLogger("raytag.features")
+
+FORMAT_VERSION = 1
+INDEX_COLUMNS = ["clip_id", "shard", "offset", "n_frames"]
+FAILED_COLUMNS = ["file", "reason"]
+STD_FLOOR = 1e-5  # a constant bin (e.g. an empty mel band) gets this std, so x/std stays finite
+
+
+class FeatureStoreError(RaytagError):
+    """A feature store folder is missing, incomplete or of another format."""
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:05d}.npy"
+
+
+def _sidecar_name(shard: int) -> str:
+    return f"shard-{shard:05d}.json"
+
+
+# ============================================================================ reading
+class FeatureStore:
+    """Read access to a finished store: `get`, `crop`, per-bin `mean`/`std`, `failed`."""
+
+    def __init__(self, path: str | Path, index: pd.DataFrame, meta: dict, failed: pd.DataFrame):
+        self.path = Path(path)
+        self.meta = meta
+        self.failed = failed
+        self._ids = [str(c) for c in index["clip_id"]]
+        self._shard = index["shard"].to_numpy(np.int64)
+        self._offset = index["offset"].to_numpy(np.int64)
+        self._frames = index["n_frames"].to_numpy(np.int64)
+        self._setup()
+
+    def _setup(self):
+        self._pos = {cid: i for i, cid in enumerate(self._ids)}
+        self._maps: dict[int, np.ndarray] = {}  # shard -> memmap, opened on first use
+        self.build_info: dict = dict(self.meta.get("last_build", {}))
+
+    # -- pickling: path + index + meta only; memmaps are reopened per process ------------
+    def __getstate__(self):
+        return {k: getattr(self, k) for k in ("path", "meta", "failed", "_ids", "_shard", "_offset", "_frames")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._setup()
+
+    @classmethod
+    def open(cls, path: str | Path) -> "FeatureStore":
+        """Open a finished store folder (`<cache_dir>/<cache_key>`); cheap, no shard is read."""
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if not meta_path.is_file():
+            raise FeatureStoreError(
+                f"{path}: no finished feature store here (meta.json missing); "
+                "build it with `raytag prepare` (an interrupted build resumes)"
+            )
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise FeatureStoreError(
+                f"{path}: feature store format {meta.get('format')!r}, this raytag reads "
+                f"{FORMAT_VERSION}; delete the folder and run `raytag prepare` again"
+            )
+        index = pd.read_parquet(path / "index.parquet")
+        failed_path = path / "failed.csv"
+        failed = (pd.read_csv(failed_path, dtype=str, keep_default_na=False)
+                  if failed_path.is_file() else pd.DataFrame(columns=FAILED_COLUMNS))
+        return cls(path, index, meta, failed)
+
+    # -- description ------------------------------------------------------------------
+    @property
+    def clip_ids(self) -> list[str]:
+        return list(self._ids)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(channels, bins) of every clip's features."""
+        c, f = self.meta["shape"]
+        return int(c), int(f)
+
+    @property
+    def feature_config(self) -> FeatureConfig:
+        return FeatureConfig(**self.meta["features"])
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Per-bin mean (C, F) over all frames of the non-test clips."""
+        return np.asarray(self.meta["mean"], dtype=np.float32)
+
+    @property
+    def std(self) -> np.ndarray:
+        """Per-bin std (C, F) over the same frames, floored at STD_FLOOR."""
+        return np.maximum(np.asarray(self.meta["std"], dtype=np.float32), STD_FLOOR)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, clip_id) -> bool:
+        return clip_id in self._pos
+
+    def n_frames(self, clip_id: str) -> int:
+        return int(self._frames[self._row(clip_id)])
+
+    # -- data -------------------------------------------------------------------------
+    def get(self, clip_id: str) -> np.ndarray:
+        """All frames of one clip, float32 (C, F, T)."""
+        i = self._row(clip_id)
+        return self._frames_of(i, 0, int(self._frames[i]))
+
+    def crop(self, clip_id: str, start: int, length: int, pad_value: float = 0.0) -> np.ndarray:
+        """Frames [start, start+length) of one clip, float32 (C, F, length).
+
+        Frames past the end of a short clip are filled with `pad_value` (0 by default):
+        that is padding of a clip shorter than the crop, not data and not a decode
+        failure (clips that failed to decode are not in the store at all).
+        """
+        if start < 0 or length < 1:
+            raise ValueError(f"crop of {clip_id!r}: start {start} must be >= 0 and length {length} >= 1")
+        i = self._row(clip_id)
+        stop = min(start + length, int(self._frames[i]))
+        c, f = self.shape
+        out = np.full((c, f, length), pad_value, dtype=np.float32)
+        if stop > start:
+            out[:, :, : stop - start] = self._frames_of(i, start, stop)
+        return out
+
+    def _frames_of(self, i: int, start: int, stop: int) -> np.ndarray:
+        shard = self._map(int(self._shard[i]))
+        base = int(self._offset[i])
+        block = shard[base + start: base + stop]  # (t, C, F) float16, read from the memmap
+        return np.ascontiguousarray(block.transpose(1, 2, 0), dtype=np.float32)
+
+    def _map(self, shard: int) -> np.ndarray:
+        arr = self._maps.get(shard)
+        if arr is None:
+            path = self.path / shard_name(shard)
+            try:
+                arr = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as err:
+                raise FeatureStoreError(
+                    f"{path}: shard unreadable ({err}); run `raytag prepare` again to rebuild it"
+                ) from err
+            self._maps[shard] = arr
+        return arr
+
+    def _row(self, clip_id: str) -> int:
+        try:
+            return self._pos[clip_id]
+        except KeyError:
+            raise KeyError(
+                f"clip {clip_id!r} is not in the feature store {self.path} "
+                f"(not in the dataset, or failed to decode: see failed.csv)"
+            ) from None
+
+
+# ============================================================================ building
+def build_feature_store(
+    dataset, feature_cfg: FeatureConfig, cache_dir: str | Path, progress: bool = True, chunk_size: int = 64
+) -> FeatureStore:
+    """Compute (or reuse) the features of every clip of `dataset` with Ray tasks.
+
+    Returns the opened store; `store.build_info` says how many shards were computed and
+    how many reused, the time taken and the peak RSS of the task processes.
+    """
+    import ray
+
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    shape = frontend_shape(feature_cfg)  # refuses impossible settings before any work
+    key = feature_cfg.cache_key()
+    root = Path(cache_dir).expanduser().absolute() / key
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    clips = dataset.clips.sort_values("clip_id", kind="stable").reset_index(drop=True)
+    chunks = [clips.iloc[i: i + chunk_size] for i in range(0, len(clips), chunk_size)]
+    results: dict[int, dict] = {}
+    todo = []
+    for shard, chunk in enumerate(chunks):
+        rows = [_clip_row(r, dataset.root) for r in chunk.itertuples(index=False)]
+        signature = [r["signature"] for r in rows]
+        done = _finished_shard(root, shard, key, signature)
+        if done is not None:
+            results[shard] = done
+        else:
+            todo.append((shard, rows, signature))
+
+    task_rss = []
+    if todo:
+        if not ray.is_initialized():
+            ray.init(ignore_reinit_error=True)
+        task = ray.remote(num_cpus=1)(_compute_shard)
+        cfg_dict = asdict(feature_cfg)
+        refs = {task.remote(shard, rows, signature, cfg_dict, key, str(root)): shard
+                for shard, rows, signature in todo}
+        with _progress(progress, len(chunks), len(results)) as advance:
+            pending = list(refs)
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                for ref in ready:
+                    try:
+                        out = ray.get(ref)
+                    except ray.exceptions.RayError as err:
+                        raise RaytagError(
+                            f"feature extraction of {root / shard_name(refs[ref])} failed: {err}. "
+                            "Finished shards are kept; run the same command again to resume."
+                        ) from err
+                    task_rss.append(out.pop("peak_rss_mb"))
+                    results[refs[ref]] = out
+                    advance()
+    else:
+        log.info("%s: all %d shards reused, no audio decoded", root, len(chunks))
+
+    build_info = {
+        "chunks": len(chunks), "computed": len(todo), "reused": len(chunks) - len(todo),
+        "seconds": round(time.perf_counter() - started, 3),
+        "task_peak_rss_mb": max(task_rss) if task_rss else None,
+    }
+    _finish(root, results, len(chunks), feature_cfg, shape, key, build_info)
+    store = FeatureStore.open(root)
+    for file, reason in store.failed.itertuples(index=False):
+        log.warning("feature extraction skipped %s: %s", file, reason)
+    return store
+
+
+def _clip_row(row, dataset_root) -> dict:
+    """What a task needs about one clip, and the signature that decides shard reuse."""
+    path = str(row.path)
+    try:
+        st = os.stat(path)
+        stamp = [st.st_size, st.st_mtime_ns]
+    except OSError:
+        stamp = [-1, -1]  # missing now: the task reports the decode failure
+    try:
+        file = str(Path(path).relative_to(dataset_root))
+    except ValueError:
+        file = path
+    return {
+        "clip_id": str(row.clip_id), "path": path, "file": file,
+        "in_stats": row.split != "test",  # statistics over training material only
+        "signature": [str(row.clip_id), path, *stamp],
+    }
+
+
+def _finished_shard(root: Path, shard: int, key: str, signature: list) -> Optional[dict]:
+    """The sidecar of a complete shard of exactly these clips, else None."""
+    side = root / _sidecar_name(shard)
+    npy = root / shard_name(shard)
+    try:
+        info = json.loads(side.read_text())
+        complete = npy.stat().st_size == info["bytes"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if complete and info.get("key") == key and info.get("signature") == signature:
+        return info
+    return None
+
+
+def _compute_shard(shard: int, rows: list, signature: list, cfg_dict: dict, key: str, root: str) -> dict:
+    """Ray task: decode the chunk's clips, run the front end, write the shard atomically."""
+    import torch
+
+    from raytag.data.audio import load_audio
+
+    torch.set_num_threads(1)
+    cfg = FeatureConfig(**cfg_dict)
+    front = build_frontend(cfg).eval()
+    c, f = frontend_shape(cfg)
+    feats, index, failures = [], [], []
+    sums, squares, count = np.zeros(c * f), np.zeros(c * f), 0
+    offset = 0
+    for row in rows:
+        try:
+            wave = load_audio(row["path"], cfg.sample_rate, min_samples=1)
+        except AudioDecodeError as err:
+            failures.append([row["file"], err.reason])
+            continue
+        try:
+            with torch.inference_mode():
+                x = front(torch.from_numpy(wave)[None])[0]  # (C, F, T)
+        except RuntimeError as err:
+            failures.append([row["file"], f"front end failed: {str(err).splitlines()[0]}"])
+            continue
+        x16 = x.permute(2, 0, 1).contiguous().numpy().astype(np.float16)  # (T, C, F)
+        if not np.isfinite(x16).all():
+            failures.append([row["file"], "features are not finite (NaN/inf, or beyond float16 range)"])
+            continue
+        feats.append(x16)
+        index.append([row["clip_id"], shard, offset, int(x16.shape[0])])
+        offset += int(x16.shape[0])
+        if row["in_stats"]:
+            flat = x16.reshape(x16.shape[0], -1).astype(np.float64)
+            sums += flat.sum(axis=0)
+            squares += np.square(flat).sum(axis=0)
+            count += flat.shape[0]
+    data = np.concatenate(feats) if feats else np.zeros((0, c, f), np.float16)
+    out_dir = Path(root)
+    npy = out_dir / shard_name(shard)
+    _atomic_write(npy, lambda fh: np.save(fh, data))
+    info = {
+        "key": key, "shard": shard, "signature": signature, "bytes": npy.stat().st_size,
+        "index": index, "failed": failures,
+        "sums": sums.tolist(), "squares": squares.tolist(), "count": count,
+    }
+    _atomic_write(out_dir / _sidecar_name(shard), lambda fh: fh.write(json.dumps(info).encode()))
+    info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    return info
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _finish(root: Path, results: dict, n_chunks: int, cfg: FeatureConfig, shape, key: str, build_info: dict):
+    """Merge the shards' sidecars into index.parquet, failed.csv and (last) meta.json."""
+    rows, failed = [], []
+    sums, squares, count = np.zeros(shape[0] * shape[1]), np.zeros(shape[0] * shape[1]), 0
+    for shard in range(n_chunks):
+        info = results[shard]
+        rows.extend(info["index"])
+        failed.extend(info["failed"])
+        sums += np.asarray(info["sums"])
+        squares += np.asarray(info["squares"])
+        count += info["count"]
+    for stale in root.glob("shard-*.*"):  # shards of an earlier, larger clip list
+        if stale.suffix in (".npy", ".json") and int(stale.stem.split("-")[1]) >= n_chunks:
+            stale.unlink()
+    index = pd.DataFrame(rows, columns=INDEX_COLUMNS).astype({"shard": "int32", "offset": "int64", "n_frames": "int64"})
+    (root / "meta.json").unlink(missing_ok=True)  # the store is incomplete until meta is rewritten
+    _atomic_write(root / "index.parquet", lambda fh: index.to_parquet(fh, index=False))
+    _atomic_write(root / "failed.csv",
+                  lambda fh: pd.DataFrame(failed, columns=FAILED_COLUMNS).to_csv(fh, index=False))
+    if count:
+        mean = sums / count
+        std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    else:  # no training frames (only test clips, or all failed): nothing to normalise by
+        mean, std = np.zeros_like(sums), np.ones_like(sums)
+    meta = {
+        "format": FORMAT_VERSION, "key": key, "features": asdict(cfg), "shape": list(shape),
+        "dtype": "float16", "layout": "time-major (T, C, F)",
+        "n_clips": len(index), "n_failed": len(failed), "n_shards": n_chunks,
+        "n_frames": int(index["n_frames"].sum()) if len(index) else 0,
+        "stats_frames": count, "stats_over": "all frames of non-test clips",
+        "mean": mean.reshape(shape).tolist(), "std": std.reshape(shape).tolist(),
+        "last_build": build_info,
+    }
+    _atomic_write(root / "meta.json", lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
+
+
+class _progress:
+    """A rich progress bar over chunks (or nothing); `advance()` marks one chunk done."""
+
+    def __init__(self, show: bool, total: int, done: int):
+        self.show, self.total, self.done = show, total, done
+
+    def __enter__(self):
+        if not self.show:
+            return lambda: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("features"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+        )
+        self.bar.start()
+        task = self.bar.add_task("features", total=self.total, completed=self.done)
+        return lambda: self.bar.advance(task)
+
+    def __exit__(self, *exc):
+        if self.show:
+            self.bar.stop()
+        return False
+
+
+# ============================================================================ CLI
+def prepare_command(data, config, cache) -> FeatureStore:
+    """`raytag prepare`: read the dataset, build or reuse its features, print a summary."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from raytag.config import Config
+    from raytag.data.layouts import load_dataset
+
+    cfg = Config.from_yaml(config) if config else Config()
+    dataset = load_dataset(data, sample_rate=cfg.features.sample_rate)
+    started = time.perf_counter()
+    store = build_feature_store(dataset, cfg.features, cache, progress=True)
+    seconds = time.perf_counter() - started
+
+    skipped = pd.concat([dataset.skipped[FAILED_COLUMNS], store.failed[FAILED_COLUMNS]], ignore_index=True)
+    skipped_path = store.path / "skipped.csv"
+    skipped.to_csv(skipped_path, index=False)
+
+    durations = dataset.clips.set_index("clip_id")["duration"]
+    hours = float(durations.reindex(store.clip_ids).sum()) / 3600.0
+    c, f = store.shape
+    info = store.build_info
+    table = Table(title="raytag prepare", show_header=False)
+    table.add_row("dataset", f"{dataset.root} ({dataset.layout}, {len(dataset.classes)} classes)")
+    table.add_row("clips with features", f"{len(store)} ({hours:.2f} h of audio)")
+    table.add_row("features", f"{cfg.features.kind}: {c} channel(s) x {f} bins, {store.meta['n_frames']} frames")
+    table.add_row("time", f"{seconds:.1f} s ({info.get('computed', 0)} shards computed, {info.get('reused', 0)} reused)")
+    table.add_row("cache", str(store.path))
+    table.add_row("skipped by the dataset reader", str(len(dataset.skipped)))
+    table.add_row("failed to decode", str(len(store.failed)))
+    table.add_row("skipped.csv", f"{skipped_path} ({len(skipped)} rows)")
+    Console().print(table)
+    return store

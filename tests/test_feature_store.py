@@ -1,0 +1,191 @@
+"""Feature store: built by Ray tasks on a tiny FAT2019-layout folder, checked against the
+front end run directly, cached, resumed, and honest about clips that cannot be decoded."""
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from raytag.config import FeatureConfig
+from raytag.data.audio import load_audio
+from raytag.data.layouts import load_dataset
+from raytag.features.frontends import build_frontend
+from raytag.features.store import FeatureStore, FeatureStoreError, build_feature_store, prepare_command, shard_name
+
+CFG = FeatureConfig(kind="logmel", sample_rate=16000, n_mels=32, n_fft=512, hop_length=160)
+CLASSES = ["Bark", "Chirp", "Hum"]
+BAD = "nan_clip.wav"  # valid header, only NaN samples: passes the reader, fails decoding
+
+
+def _tone(sr, seconds, freq, seed):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(sr * seconds)) / sr
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def make_fat2019(root, sr=22050):
+    """A minimal FSDKaggle2019 folder: 4 curated, 3 noisy (one undecodable), 2 test clips."""
+    for folder in ("train_curated", "train_noisy", "test"):
+        (root / folder).mkdir(parents=True)
+    specs = {
+        "train_curated": [("c0.wav", "Bark", 1.0), ("c1.wav", "Chirp,Hum", 0.6), ("c2.wav", "Hum", 1.7), ("c3.wav", "Bark", 0.3)],
+        "train_noisy": [("n0.wav", "Chirp", 1.2), ("n1.wav", "Hum", 0.8), (BAD, "Bark", 0.5)],
+        "test": [("t0.wav", "", 0.9), ("t1.wav", "", 1.4)],
+    }
+    seed = 0
+    for folder, clips in specs.items():
+        for fname, _, seconds in clips:
+            seed += 1
+            wave = _tone(sr, seconds, 200 + 150 * seed, seed)
+            if fname == BAD:
+                wave[:] = np.nan
+                sf.write(root / folder / fname, wave, sr, subtype="FLOAT")
+            else:
+                sf.write(root / folder / fname, wave, sr, subtype="PCM_16")
+    for folder, csv in (("train_curated", "train_curated.csv"), ("train_noisy", "train_noisy.csv")):
+        pd.DataFrame([(f, lab) for f, lab, _ in specs[folder]], columns=["fname", "labels"]).to_csv(root / csv, index=False)
+    sub = pd.DataFrame({"fname": [f for f, _, _ in specs["test"]], **{c: 0.0 for c in CLASSES}})
+    sub.to_csv(root / "sample_submission.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return load_dataset(make_fat2019(tmp_path_factory.mktemp("fat")), sample_rate=CFG.sample_rate)
+
+
+@pytest.fixture(scope="module")
+def store(ray_session, dataset, tmp_path_factory):
+    return build_feature_store(dataset, CFG, tmp_path_factory.mktemp("cache"), progress=False, chunk_size=3)
+
+
+def direct(dataset, clip_id, cfg=CFG):
+    path = dataset.clips.set_index("clip_id").loc[clip_id, "path"]
+    with torch.no_grad():
+        return build_frontend(cfg)(torch.from_numpy(load_audio(path, cfg.sample_rate))[None])[0].numpy()
+
+
+def test_store_holds_the_front_end_output_of_every_decodable_clip(store, dataset):
+    good = sorted(c for c in dataset.clips["clip_id"] if not c.endswith(BAD))
+    assert store.clip_ids == good and len(store) == 8
+    assert store.shape == (1, 32) and store.path.name == CFG.cache_key()
+    assert store.meta["n_shards"] == 3  # 9 clips in chunks of 3
+    for clip_id in good:
+        ref = direct(dataset, clip_id)
+        got = store.get(clip_id)
+        assert got.dtype == np.float32 and got.shape == ref.shape
+        assert store.n_frames(clip_id) == ref.shape[-1]
+        np.testing.assert_allclose(got, ref, atol=0.06, rtol=1e-3)  # float16 storage
+
+
+def test_crop_reads_a_window_and_zero_pads_past_the_end(store, dataset):
+    clip_id = "curated/c2.wav"
+    full = store.get(clip_id)
+    n = store.n_frames(clip_id)
+    np.testing.assert_array_equal(store.crop(clip_id, 10, 25), full[:, :, 10:35])
+    tail = store.crop(clip_id, n - 5, 20)
+    assert tail.shape == (1, 32, 20)
+    np.testing.assert_array_equal(tail[:, :, :5], full[:, :, n - 5:])
+    assert (tail[:, :, 5:] == 0).all()  # padding of a short clip
+    assert (store.crop(clip_id, n - 5, 20, pad_value=-80.0)[:, :, 5:] == -80.0).all()
+    with pytest.raises(ValueError):
+        store.crop(clip_id, -1, 10)
+
+
+def test_undecodable_clip_is_reported_with_its_reason_and_left_out(store):
+    assert list(store.failed.columns) == ["file", "reason"]
+    assert store.failed["file"].tolist() == [f"train_noisy/{BAD}"]
+    assert "finite" in store.failed["reason"].iloc[0]
+    assert "noisy/" + BAD not in store
+    with pytest.raises(KeyError, match="failed.csv"):
+        store.get("noisy/" + BAD)
+    on_disk = pd.read_csv(store.path / "failed.csv")
+    assert on_disk["file"].tolist() == [f"train_noisy/{BAD}"]
+    index = pd.read_parquet(store.path / "index.parquet")
+    assert list(index.columns) == ["clip_id", "shard", "offset", "n_frames"]
+    assert not index["clip_id"].str.contains("nan_clip").any()
+
+
+def test_mean_and_std_are_over_frames_of_non_test_clips(store):
+    frames = np.concatenate([store.get(c) for c in store.clip_ids if not c.startswith("test/")], axis=-1)
+    np.testing.assert_allclose(store.mean, frames.mean(axis=-1), atol=1e-3)
+    np.testing.assert_allclose(store.std, frames.std(axis=-1), atol=1e-3)
+    with_test = np.concatenate([store.get(c) for c in store.clip_ids], axis=-1)
+    assert not np.allclose(store.mean, with_test.mean(axis=-1), atol=1e-3)
+
+
+def test_shards_are_memory_mapped_lazily_and_the_store_pickles_cheaply(store):
+    fresh = FeatureStore.open(store.path)
+    assert fresh._maps == {}
+    fresh.get("curated/c0.wav")
+    assert list(fresh._maps) == [0] and isinstance(fresh._maps[0], np.memmap)
+    blob = pickle.dumps(fresh)
+    assert len(blob) < 20_000 and b"memmap" not in blob
+    copy = pickle.loads(blob)
+    assert copy._maps == {}
+    np.testing.assert_array_equal(copy.get("test/t1.wav"), store.get("test/t1.wav"))
+    on_disk = np.load(store.path / shard_name(0), mmap_mode="r")
+    assert on_disk.dtype == np.float16 and on_disk.shape[1:] == (1, 32)  # time-major (T, C, F)
+
+
+def test_second_build_reuses_every_shard_and_decodes_nothing(store, dataset):
+    stamps = {p.name: p.stat().st_mtime_ns for p in store.path.glob("shard-*")}
+    again = build_feature_store(dataset, CFG, store.path.parent, progress=False, chunk_size=3)
+    assert again.build_info["computed"] == 0 and again.build_info["reused"] == 3
+    assert again.build_info["task_peak_rss_mb"] is None  # no task ran
+    assert {p.name: p.stat().st_mtime_ns for p in again.path.glob("shard-*")} == stamps
+    assert again.failed["file"].tolist() == store.failed["file"].tolist()  # failures remembered
+    np.testing.assert_array_equal(again.get("noisy/n1.wav"), store.get("noisy/n1.wav"))
+
+
+def test_interrupted_build_resumes_only_the_missing_shards(ray_session, dataset, tmp_path):
+    first = build_feature_store(dataset, CFG, tmp_path, progress=False, chunk_size=3)
+    expected = {c: first.get(c) for c in first.clip_ids}
+    (first.path / shard_name(1)).unlink()  # as if killed before shard 1 was written
+    with open(first.path / shard_name(2), "r+b") as fh:  # and shard 2 half written
+        fh.truncate(100)
+    (first.path / "meta.json").unlink()
+    with pytest.raises(FeatureStoreError, match="prepare"):
+        FeatureStore.open(first.path)
+    stamp0 = (first.path / shard_name(0)).stat().st_mtime_ns
+    resumed = build_feature_store(dataset, CFG, tmp_path, progress=False, chunk_size=3)
+    assert resumed.build_info["computed"] == 2 and resumed.build_info["reused"] == 1
+    assert (first.path / shard_name(0)).stat().st_mtime_ns == stamp0
+    assert resumed.clip_ids == first.clip_ids
+    for clip_id, ref in expected.items():
+        np.testing.assert_array_equal(resumed.get(clip_id), ref)
+
+
+def test_changed_settings_or_audio_are_not_served_from_the_cache(ray_session, dataset, tmp_path):
+    first = build_feature_store(dataset, CFG, tmp_path, progress=False, chunk_size=3)
+    mfcc = dataclasses.replace(CFG, kind="mfcc", n_mfcc=13, deltas=1)
+    other = build_feature_store(dataset, mfcc, tmp_path, progress=False, chunk_size=3)
+    assert other.path != first.path and other.shape == (2, 13)
+    assert other.build_info["computed"] == 3
+    np.testing.assert_allclose(other.get("test/t0.wav"), direct(dataset, "test/t0.wav", mfcc), atol=0.06, rtol=1e-3)
+    # rewrite one curated clip: only its shard is recomputed
+    path = dataset.clips.set_index("clip_id").loc["curated/c0.wav", "path"]
+    sf.write(path, _tone(22050, 0.7, 950, 99), 22050, subtype="PCM_16")
+    again = build_feature_store(dataset, CFG, tmp_path, progress=False, chunk_size=3)
+    assert again.build_info["computed"] == 1
+    np.testing.assert_allclose(again.get("curated/c0.wav"), direct(dataset, "curated/c0.wav"), atol=0.06, rtol=1e-3)
+
+
+def test_open_refuses_a_folder_that_is_not_a_store(tmp_path):
+    with pytest.raises(FeatureStoreError, match="meta.json"):
+        FeatureStore.open(tmp_path)
+
+
+def test_prepare_command_builds_and_writes_skipped_csv(ray_session, tmp_path, capsys):
+    root = make_fat2019(tmp_path / "data")
+    (root / "train_curated" / "unlisted.wav").write_bytes(b"not listed in the csv")
+    store = prepare_command(data=root, config=None, cache=tmp_path / "cache")
+    skipped = pd.read_csv(store.path / "skipped.csv")
+    assert set(skipped["file"]) == {"train_curated/unlisted.wav", f"train_noisy/{BAD}"}
+    out = capsys.readouterr().out
+    assert "skipped.csv" in out and "failed to decode" in out and str(len(store)) in out
