@@ -1,0 +1,107 @@
+"""raytag.data.audio: decoding, mono mixing, resampling and every decode error."""
+import logging
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from raytag.data.audio import audio_info, load_audio
+from raytag.errors import AudioDecodeError
+
+
+def sine(freq, seconds, sr, channels=1, amp=0.5):
+    t = np.arange(int(seconds * sr)) / sr
+    x = amp * np.sin(2 * np.pi * freq * t)
+    return np.stack([x] * channels, axis=1) if channels > 1 else x
+
+
+def peak_hz(x, sr):
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return np.fft.rfftfreq(len(x), 1 / sr)[spec.argmax()]
+
+
+def test_wav_at_its_own_rate_is_returned_unchanged(tmp_path):
+    x = sine(440, 0.5, 16000)
+    sf.write(tmp_path / "a.wav", x, 16000, subtype="FLOAT")
+    y = load_audio(tmp_path / "a.wav", 16000)
+    assert y.dtype == np.float32 and y.ndim == 1
+    np.testing.assert_allclose(y, x, atol=1e-6)
+    assert load_audio(tmp_path / "a.wav", None).shape == (8000,)
+
+
+def test_stereo_44k_is_mixed_to_mono_and_resampled(tmp_path):
+    left = sine(1000, 1.0, 44100)
+    stereo = np.stack([left, np.zeros_like(left)], axis=1)  # mean of channels halves it
+    sf.write(tmp_path / "s.wav", stereo, 44100, subtype="PCM_16")
+    y = load_audio(tmp_path / "s.wav", 16000)
+    assert y.dtype == np.float32
+    assert abs(len(y) - 16000) <= 1
+    assert peak_hz(y, 16000) == pytest.approx(1000, abs=2)
+    mid = y[2000:-2000]  # away from the resampler's edges
+    assert np.abs(mid).max() == pytest.approx(0.25, abs=0.01)
+
+
+def test_upsampling_keeps_length_and_pitch(tmp_path):
+    sf.write(tmp_path / "low.wav", sine(300, 0.8, 8000), 8000)
+    y = load_audio(tmp_path / "low.wav", 22050)
+    assert abs(len(y) - int(0.8 * 22050)) <= 1
+    assert peak_hz(y, 22050) == pytest.approx(300, abs=2)
+
+
+@pytest.mark.parametrize("ext,kwargs", [("flac", {}), ("ogg", {"format": "OGG", "subtype": "VORBIS"})])
+def test_flac_and_ogg_decode(tmp_path, ext, kwargs):
+    path = tmp_path / f"x.{ext}"
+    sf.write(path, sine(2000, 1.0, 32000, channels=2), 32000, **kwargs)
+    y = load_audio(path, 16000)
+    assert abs(len(y) - 16000) <= 64  # vorbis may pad a little
+    assert peak_hz(y, 16000) == pytest.approx(2000, abs=3)
+    duration, sr, ch = audio_info(path)
+    assert (sr, ch) == (32000, 2) and duration == pytest.approx(1.0, abs=0.01)
+
+
+def test_audio_info_reads_header(tmp_path):
+    sf.write(tmp_path / "a.wav", sine(440, 1.5, 22050, channels=2), 22050)
+    assert audio_info(tmp_path / "a.wav") == (pytest.approx(1.5), 22050, 2)
+
+
+def test_garbage_file_says_what_soundfile_said(tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"this is not audio at all" * 10)
+    with pytest.raises(AudioDecodeError) as err:
+        load_audio(bad, 16000)
+    assert err.value.path == str(bad)
+    assert err.value.reason.startswith("cannot decode:") and len(err.value.reason) > len("cannot decode: ")
+    with pytest.raises(AudioDecodeError, match="unreadable audio header"):
+        audio_info(bad)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(AudioDecodeError, match="cannot decode"):
+        load_audio(tmp_path / "nope.wav", 16000)
+
+
+def test_empty_file(tmp_path):
+    sf.write(tmp_path / "e.wav", np.zeros(0), 16000)
+    assert audio_info(tmp_path / "e.wav")[0] == 0.0
+    with pytest.raises(AudioDecodeError, match="empty"):
+        load_audio(tmp_path / "e.wav", 16000)
+
+
+def test_all_nan_is_an_error_some_nan_are_zeroed_with_a_warning(tmp_path, caplog):
+    sf.write(tmp_path / "nan.wav", np.full(1000, np.nan), 16000, subtype="FLOAT")
+    with pytest.raises(AudioDecodeError, match="no finite samples"):
+        load_audio(tmp_path / "nan.wav", 16000)
+    x = sine(440, 0.1, 16000)
+    x[10:15] = np.inf
+    sf.write(tmp_path / "some.wav", x, 16000, subtype="FLOAT")
+    with caplog.at_level(logging.WARNING, logger="raytag.data"):
+        y = load_audio(tmp_path / "some.wav", 16000)
+    assert np.isfinite(y).all() and (y[10:15] == 0).all()
+    assert "some.wav" in caplog.text and "5 of 1600" in caplog.text
+
+
+def test_shorter_than_one_frame(tmp_path):
+    sf.write(tmp_path / "short.wav", sine(440, 0.01, 16000), 16000)  # 160 samples
+    assert load_audio(tmp_path / "short.wav", 16000, min_samples=160).shape == (160,)
+    with pytest.raises(AudioDecodeError, match="too short: 160 samples .* at least 1024"):
+        load_audio(tmp_path / "short.wav", 16000, min_samples=1024)
