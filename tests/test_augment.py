@@ -154,3 +154,17 @@ def test_random_crop_start():
     assert random_crop_start(100, 30, gen(7)) == random_crop_start(100, 30, gen(7))
     with pytest.raises(ValueError):
         random_crop_start(100, 0, g)
+
+
+def test_gain_pattern_applies_per_bin_on_a_batch_of_any_length():
+    """A [C, F] pattern broadcasts over batch and time (T != F), delta channels untouched."""
+    cfg = FeatureConfig(kind="logmel", n_mels=8, deltas=1)
+    pattern = gain_pattern(cfg)
+    x = torch.zeros(3, 2, 8, 37)
+    out = random_gain_shift(x, WaveAugmentConfig(gain_db=6.0, time_shift=0.0), torch.Generator().manual_seed(0),
+                            is_log=True, pattern=pattern)
+    assert out.shape == x.shape
+    assert torch.all(out[:, 1] == 0)  # delta channel: a gain has no derivative
+    per_clip = out[:, 0, 0, 0]
+    assert torch.all(out[:, 0] == per_clip.view(3, 1, 1))  # one gain per clip, all bins and frames
+    assert per_clip.abs().max() > 0

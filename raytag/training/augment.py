@@ -145,7 +145,7 @@ def random_gain_shift(
     if cfg.gain_db > 0:
         if is_log:
             p = torch.ones(1, 1) if pattern is None else pattern
-            x = x + gain * p.to(device=x.device, dtype=x.dtype).view(1, *p.shape[-2:])
+            x = x + gain * p.to(device=x.device, dtype=x.dtype).view(1, *p.shape[-2:], 1)
         else:
             x = x * torch.pow(10.0, gain / 20.0)
     if max_shift > 0:
