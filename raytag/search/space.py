@@ -1,0 +1,522 @@
+"""Search-space YAML -> a validated space that Optuna samples define-by-run.
+
+A space file has four sections (see search_spaces/quick.yaml for a commented example):
+
+    name: quick                       # experiment name by default (else the file's stem)
+    base:                             # Config overrides applied to every trial
+      cv.n_folds: 2
+    space:                            # dotted Config keys -> distributions
+      model.name: {choice: [cnn2d, crnn]}
+      train.lr: {loguniform: [1.0e-4, 3.0e-3]}
+      train.mixup: {alpha: {uniform: [0.0, 1.0], step: 0.1}}   # nesting = dotted keys
+    conditional:                      # blocks sampled only when their `when` holds
+      - when: {model.name: crnn}      # a value or a list of values (any of)
+        space: {model.params.rnn_hidden: {choice: [64, 128]}}
+        conditional: [...]            # blocks nest
+    search: {samples: 8, metric: cv_lwlrap, mode: max, scheduler: asha, ...}
+    resources: {num_workers: 1, cpus_per_worker: 0.5, gpus_per_worker: 0, use_gpu: false}
+
+Distributions: `choice: [..]`, `uniform: [low, high]`, `loguniform: [low, high]`,
+`randint: [low, high]` (both ends included), each with an optional `step:` (quantized;
+not for loguniform), and the shorthands `quniform: [low, high, step]`,
+`qrandint: [low, high, step]`.
+
+Conditionals are expressed with Optuna's define-by-run interface (`SearchSpace.define_by_run`
+is passed to `OptunaSearch(space=...)`), so a parameter that is inactive in a trial is
+simply never sampled and TPE models it only over the trials where it exists.
+
+Every key and every extreme value is checked against `raytag.config.Config` when the file is
+loaded, so "train.mixup.alhpa" or a threshold range past 1.0 fails before any compute is spent.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, get_type_hints
+
+import yaml
+
+from raytag.config import Config, ConfigError, apply_overrides
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "quniform", "qrandint")
+SCHEDULERS = ("asha", "fifo", "hyperband")
+METRICS = ("cv_lwlrap", "val_lwlrap")
+_SECTIONS = ("name", "description", "base", "space", "conditional", "search", "resources")
+_SCALARS = (type(None), bool, int, float, str)
+
+
+class SpaceError(ConfigError):
+    """A search-space file is malformed; the message names the file and the bad key."""
+
+
+# ----------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class Param:
+    """One searched setting: a dotted Config key and its distribution."""
+
+    key: str
+    kind: str  # choice | uniform | loguniform | randint
+    low: Optional[float] = None
+    high: Optional[float] = None
+    step: Optional[float] = None
+    values: tuple = ()
+
+    @property
+    def _encoded(self) -> bool:
+        # Optuna's categorical takes only scalars; lists/dicts go through as JSON text.
+        return self.kind == "choice" and not all(isinstance(v, _SCALARS) for v in self.values)
+
+    def suggest(self, trial) -> Any:
+        """Sample this parameter from an Optuna trial; returns the Config value."""
+        if self.kind == "choice":
+            if self._encoded:
+                return json.loads(trial.suggest_categorical(self.key, [json.dumps(v) for v in self.values]))
+            return trial.suggest_categorical(self.key, list(self.values))
+        if self.kind == "randint":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1))
+        value = trial.suggest_float(
+            self.key, self.low, self.high, log=self.kind == "loguniform", step=self.step
+        )
+        # Optuna's grid arithmetic gives 0.6000000000000001; the config should read 0.6.
+        return float(f"{value:.10g}") if self.step else value
+
+    def extremes(self) -> list:
+        """Values that span the range: every choice, or the two ends."""
+        if self.kind == "choice":
+            return list(self.values)
+        if self.kind == "randint":
+            return [int(self.low), int(self.high)]
+        return [float(self.low), float(self.high)]
+
+    def optuna_distribution(self):
+        """The Optuna distribution object (used to rebuild a study for importances)."""
+        import optuna.distributions as d
+
+        if self.kind == "choice":
+            return d.CategoricalDistribution(
+                [json.dumps(v) for v in self.values] if self._encoded else list(self.values)
+            )
+        if self.kind == "randint":
+            return d.IntDistribution(int(self.low), int(self.high), step=int(self.step or 1))
+        return d.FloatDistribution(self.low, self.high, log=self.kind == "loguniform", step=self.step)
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return f"choice {list(self.values)}"
+        q = f" step {self.step:g}" if self.step else ""
+        return f"{self.kind} [{self.low:g}, {self.high:g}]{q}"
+
+
+@dataclass(frozen=True)
+class Block:
+    """Parameters sampled together; `when` ({key: allowed values}) gates the block."""
+
+    when: tuple = ()  # ((key, (allowed, ...)), ...)
+    params: tuple = ()  # Param, ...
+    children: tuple = ()  # Block, ...
+
+    def active(self, sampled: dict) -> bool:
+        return all(key in sampled and sampled[key] in allowed for key, allowed in self.when)
+
+
+@dataclass
+class SearchSettings:
+    samples: int = 8
+    metric: str = "cv_lwlrap"
+    mode: str = "max"
+    scheduler: str = "asha"
+    grace_period: int = 2  # ASHA/HyperBand: reports (epochs) before the first cut
+    reduction_factor: float = 3.0  # ASHA/HyperBand: keep the best 1/reduction_factor at a rung
+    max_t: Optional[int] = None  # ASHA/HyperBand horizon in reports; None: from the space
+    max_concurrent_trials: int = 1
+    seed: int = 0
+    startup_trials: Optional[int] = None  # TPE's random start; None: samples // 3, 2..10
+
+
+@dataclass
+class Resources:
+    """Per-trial resources. The trial's own function holds `trial_cpus`; its Ray Train
+    worker group holds num_workers x (cpus_per_worker, gpus_per_worker if use_gpu)."""
+
+    num_workers: Optional[int] = None  # None: the base config's train.num_workers
+    cpus_per_worker: Optional[float] = None
+    gpus_per_worker: Optional[float] = None  # < 1 lets several small trials share a GPU
+    use_gpu: Optional[bool] = None
+    trial_cpus: float = 0.25  # the trial function itself only waits on its trainer
+
+    def overrides(self) -> dict:
+        keys = ("num_workers", "cpus_per_worker", "gpus_per_worker", "use_gpu")
+        return {f"train.{k}": getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+@dataclass
+class SearchSpace:
+    name: str
+    source: str  # the file it came from (for messages)
+    text: str  # the YAML text (stored with the experiment, for resume)
+    base: dict = field(default_factory=dict)  # dotted key -> value
+    root: Block = field(default_factory=Block)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    resources: Resources = field(default_factory=Resources)
+
+    # -- sampling ------------------------------------------------------------
+    def define_by_run(self, trial) -> Optional[dict]:
+        """Optuna define-by-run function: samples the active blocks in order.
+
+        Returns the values that differ from what Optuna recorded (JSON-encoded choices
+        decoded, quantized floats rounded); Ray merges them into the trial config."""
+        sampled: dict = {}
+        decoded: dict = {}
+
+        def visit(block: Block):
+            if not block.active(sampled):
+                return
+            for p in block.params:
+                sampled[p.key] = p.suggest(trial)
+                if p._encoded or p.step:
+                    decoded[p.key] = sampled[p.key]
+            for child in block.children:
+                visit(child)
+
+        visit(self.root)
+        return decoded or None
+
+    def trial_config(self, sampled: dict) -> Config:
+        """base + resources + the sampled values -> the trial's validated Config."""
+        overrides = {**self.base, **self.resources.overrides(), **sampled}
+        return Config.from_dict(apply_overrides({}, overrides))
+
+    def base_config(self) -> Config:
+        return self.trial_config({})
+
+    # -- introspection -------------------------------------------------------
+    def params(self) -> list[Param]:
+        out: list[Param] = []
+
+        def walk(block: Block):
+            out.extend(block.params)
+            for child in block.children:
+                walk(child)
+
+        walk(self.root)
+        return out
+
+    def param_keys(self) -> list[str]:
+        return list(dict.fromkeys(p.key for p in self.params()))
+
+    def max_steps(self) -> int:
+        """Most epoch reports one trial can make (the scheduler's horizon): every numeric
+        setting at its largest value, every enabled-flag on."""
+        top: dict = {}
+        for p in self.params():
+            values = p.extremes()
+            numeric = [v for v in values if isinstance(v, (int, float))]
+            if len(numeric) == len(values):
+                top[p.key] = max(max(numeric), top.get(p.key, -math.inf))
+            elif p.key not in top:
+                top[p.key] = values[0]
+        try:
+            cfg = self.trial_config(top)
+        except ConfigError:
+            cfg = self.base_config()
+        return estimate_steps(cfg)
+
+
+def estimate_steps(cfg: Config) -> int:
+    """Epoch reports of one pipeline run: per fold, every enabled stage's epochs."""
+    p = cfg.pipeline
+    per_fold = 0
+    if p.warmup.enabled:
+        per_fold += p.warmup.epochs
+    if p.finetune.enabled:
+        per_fold += p.finetune.epochs
+    if p.pseudo.enabled:
+        per_fold += p.pseudo.rounds * p.pseudo.epochs
+    folds = len(cfg.cv.folds) if cfg.cv.folds else cfg.cv.n_folds
+    return max(1, per_fold * folds)
+
+
+# ----------------------------------------------------------------------------- loading
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search-space YAML file; SpaceError names the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpaceError(f"search space not found: {path} (see search_spaces/ for examples)")
+    return parse_space(path.read_text(), source=str(path), default_name=path.stem)
+
+
+def parse_space(text: str, source: str = "<space>", default_name: str = "sweep") -> SearchSpace:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise SpaceError(f"{source}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise SpaceError(f"{source}: top level must be a mapping with sections {', '.join(_SECTIONS)}")
+    unknown = sorted(set(data) - set(_SECTIONS))
+    if unknown:
+        raise SpaceError(f"{source}: unknown section '{unknown[0]}'; sections are {', '.join(_SECTIONS)}")
+
+    base = _flatten_values(data.get("base") or {}, source, "base")
+    root = _parse_block(
+        {"space": data.get("space") or {}, "conditional": data.get("conditional") or []},
+        source, "", known={}, when=(),
+    )
+    space = SearchSpace(
+        name=str(data.get("name") or default_name),
+        source=source,
+        text=text,
+        base=base,
+        root=root,
+        search=_parse_dataclass(SearchSettings, data.get("search"), source, "search"),
+        resources=_parse_dataclass(Resources, data.get("resources"), source, "resources"),
+    )
+    _check_settings(space)
+    _validate_against_config(space)
+    return space
+
+
+def _flatten_values(node: Any, source: str, where: str, prefix: str = "") -> dict:
+    """base: nested mappings or dotted keys -> {dotted: value}."""
+    if not isinstance(node, dict):
+        raise SpaceError(f"{source}: {where}: expected a mapping of settings, got {node!r}")
+    out = {}
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        # A Config section is a mapping; free-form dict settings (model.params,
+        # label_spreading.groups) are set whole, so only descend into sections.
+        if isinstance(value, dict) and _is_section(dotted):
+            out.update(_flatten_values(value, source, where, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _is_section(dotted: str) -> bool:
+    node: Any = Config
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+            return False
+        node = get_type_hints(node)[part]
+    return dataclasses.is_dataclass(node)
+
+
+def _parse_block(node: Any, source: str, where: str, known: dict, when: tuple) -> Block:
+    if not isinstance(node, dict):
+        raise SpaceError(f"{source}: {where or 'conditional'}: expected a mapping with 'when' and 'space'")
+    extra = sorted(set(node) - {"when", "space", "conditional"})
+    if extra:
+        raise SpaceError(f"{source}: {where}: unknown entry '{extra[0]}' (a block has when, space, conditional)")
+    params = []
+    space_node = node.get("space") or {}
+    if not isinstance(space_node, dict):
+        raise SpaceError(f"{source}: {where}space: expected a mapping of dotted keys to distributions")
+    for key, spec in _flatten_specs(space_node, source, where + "space"):
+        label = f"{where}space.{key}"
+        if key in known:
+            raise SpaceError(f"{source}: {label}: '{key}' is already searched in an enclosing block")
+        param = _parse_param(key, spec, source, label)
+        params.append(param)
+    scope = {**known, **{p.key: p for p in params}}
+    children = []
+    blocks = node.get("conditional") or []
+    if not isinstance(blocks, list):
+        raise SpaceError(f"{source}: {where}conditional: expected a list of blocks with 'when' and 'space'")
+    for i, child in enumerate(blocks):
+        label = f"{where}conditional[{i}]."
+        if not isinstance(child, dict) or not isinstance(child.get("when"), dict) or not child["when"]:
+            raise SpaceError(f"{source}: {label}when: expected a mapping such as {{model.name: crnn}}")
+        cond = []
+        for key, allowed in child["when"].items():
+            if key not in scope or scope[key].kind != "choice":
+                raise SpaceError(
+                    f"{source}: {label}when.{key}: not a `choice` searched in this or an enclosing "
+                    f"block (searched here: {', '.join(k for k, p in scope.items() if p.kind == 'choice') or 'none'})"
+                )
+            allowed = tuple(allowed) if isinstance(allowed, list) else (allowed,)
+            bad = [a for a in allowed if a not in scope[key].values]
+            if bad:
+                raise SpaceError(
+                    f"{source}: {label}when.{key}: {bad[0]!r} is not one of its choices {list(scope[key].values)}"
+                )
+            cond.append((key, allowed))
+        children.append(_parse_block(child, source, label, scope, tuple(cond)))
+    return Block(when=when, params=tuple(params), children=tuple(children))
+
+
+def _is_spec(value: Any) -> bool:
+    return isinstance(value, dict) and any(k in DISTRIBUTIONS for k in value)
+
+
+def _flatten_specs(node: dict, source: str, where: str, prefix: str = ""):
+    """space: nested mappings -> (dotted key, distribution spec) pairs."""
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        if _is_spec(value):
+            yield dotted, value
+        elif isinstance(value, dict) and value:
+            yield from _flatten_specs(value, source, where, dotted + ".")
+        else:
+            raise SpaceError(
+                f"{source}: {where}.{dotted}: {value!r} is not a distribution; use one of "
+                f"{', '.join(DISTRIBUTIONS)} (fixed values go under base:)"
+            )
+
+
+def _num(value, label, source):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpaceError(f"{source}: {label}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _parse_param(key: str, spec: dict, source: str, label: str) -> Param:
+    kinds = [k for k in spec if k in DISTRIBUTIONS]
+    if len(kinds) != 1:
+        raise SpaceError(f"{source}: {label}: give exactly one of {', '.join(DISTRIBUTIONS)}")
+    kind = kinds[0]
+    extra = sorted(set(spec) - {kind, "step"})
+    if extra:
+        raise SpaceError(f"{source}: {label}: unknown entry '{extra[0]}' (allowed: {kind}, step)")
+    arg = spec[kind]
+    step = spec.get("step")
+    if kind == "choice":
+        if not isinstance(arg, list) or not arg:
+            raise SpaceError(f"{source}: {label}: choice needs a non-empty list of values")
+        if step is not None:
+            raise SpaceError(f"{source}: {label}: step is not used with choice")
+        if len({json.dumps(v, sort_keys=True) for v in arg}) != len(arg):
+            raise SpaceError(f"{source}: {label}: choice lists a value twice")
+        return Param(key, "choice", values=tuple(arg))
+    if kind in ("quniform", "qrandint"):
+        if not isinstance(arg, list) or len(arg) != 3:
+            raise SpaceError(f"{source}: {label}: {kind} needs [low, high, step]")
+        arg, step, kind = arg[:2], arg[2], kind[1:]
+    if not isinstance(arg, list) or len(arg) != 2:
+        raise SpaceError(f"{source}: {label}: {kind} needs [low, high]")
+    low, high = (_num(v, label, source) for v in arg)
+    if not low < high:
+        raise SpaceError(f"{source}: {label}: low {low:g} must be below high {high:g}")
+    if step is not None:
+        step = _num(step, label + ".step", source)
+        if step <= 0 or step > high - low:
+            raise SpaceError(f"{source}: {label}: step {step:g} must be in (0, high - low]")
+    if kind == "loguniform":
+        if low <= 0:
+            raise SpaceError(f"{source}: {label}: loguniform needs low > 0, got {low:g}")
+        if step is not None:
+            raise SpaceError(f"{source}: {label}: loguniform cannot be quantized; use choice")
+    if kind == "randint":
+        if not (low.is_integer() and high.is_integer() and (step is None or step.is_integer())):
+            raise SpaceError(f"{source}: {label}: randint needs whole numbers")
+    return Param(key, kind, low=low, high=high, step=step)
+
+
+def _parse_dataclass(cls, node: Any, source: str, where: str):
+    if node is None:
+        return cls()
+    if not isinstance(node, dict):
+        raise SpaceError(f"{source}: {where}: expected a mapping, got {node!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(node) - set(names))
+    if unknown:
+        raise SpaceError(f"{source}: {where}.{unknown[0]}: unknown setting; valid: {', '.join(names)}")
+    obj = cls(**node)
+    for f in dataclasses.fields(cls):
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        want = f.type if isinstance(f.type, str) else f.type.__name__
+        ok = True
+        if "bool" in want:
+            ok = isinstance(value, bool)
+        elif "int" in want:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif "float" in want:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif "str" in want:
+            ok = isinstance(value, str)
+        if not ok:
+            raise SpaceError(f"{source}: {where}.{f.name}: {value!r} is not a valid {want}")
+    return obj
+
+
+def _check_settings(space: SearchSpace):
+    s, r, src = space.search, space.resources, space.source
+    if s.samples < 1:
+        raise SpaceError(f"{src}: search.samples: must be at least 1, got {s.samples}")
+    if s.metric not in METRICS:
+        raise SpaceError(f"{src}: search.metric: {s.metric!r} is not one of {', '.join(METRICS)}")
+    if s.mode not in ("max", "min"):
+        raise SpaceError(f"{src}: search.mode: {s.mode!r} is not 'max' or 'min'")
+    if s.scheduler not in SCHEDULERS:
+        raise SpaceError(f"{src}: search.scheduler: {s.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    if s.grace_period < 1:
+        raise SpaceError(f"{src}: search.grace_period: must be at least 1")
+    if s.reduction_factor <= 1:
+        raise SpaceError(f"{src}: search.reduction_factor: must be above 1")
+    if s.max_concurrent_trials < 1:
+        raise SpaceError(f"{src}: search.max_concurrent_trials: must be at least 1")
+    if s.max_t is not None and s.max_t <= s.grace_period:
+        raise SpaceError(f"{src}: search.max_t: must be above grace_period ({s.grace_period})")
+    if r.trial_cpus <= 0:
+        raise SpaceError(f"{src}: resources.trial_cpus: must be above 0 (Ray refuses a request of 0)")
+    for name in ("cpus_per_worker", "gpus_per_worker"):
+        value = getattr(r, name)
+        if value is not None and value < 0:
+            raise SpaceError(f"{src}: resources.{name}: must not be negative")
+
+
+def _validate_against_config(space: SearchSpace):
+    """Build a Config for the base alone and for every parameter at each extreme value
+    (with its block's conditions met), so a bad key or value fails now, named."""
+    src = space.source
+    try:
+        base = space.base_config()
+    except ConfigError as err:
+        raise SpaceError(f"{src}: base/resources: {err}") from None
+    _check_model_names(space, base)
+
+    def walk(block: Block, conditions: dict, where: str):
+        for key, allowed in block.when:
+            conditions = {**conditions, key: allowed[0]}
+        for p in block.params:
+            for value in p.extremes():
+                try:
+                    space.trial_config({**conditions, p.key: value})
+                except ConfigError as err:
+                    raise SpaceError(f"{src}: {where}space.{p.key} = {value!r}: {err}") from None
+        for i, child in enumerate(block.children):
+            walk(child, conditions, f"{where}conditional[{i}].")
+
+    walk(space.root, {}, "")
+
+
+def _check_model_names(space: SearchSpace, base: Config):
+    # Config types model.name as free text; the registry knows the valid names.
+    from raytag.models import MODELS
+
+    names = [("base.model.name", base.model.name)]
+    names += [(f"space.{p.key}", v) for p in space.params() if p.key == "model.name" for v in p.values]
+    for where, name in names:
+        if name not in MODELS:
+            raise SpaceError(f"{space.source}: {where}: unknown model {name!r}; valid: {', '.join(MODELS)}")
+
+
+def describe(space: SearchSpace) -> str:
+    """A short human summary of the parameters (for the start of a sweep)."""
+    lines = []
+
+    def walk(block: Block, depth: int):
+        pad = "  " * depth
+        if block.when:
+            cond = ", ".join(f"{k} in {list(v)}" for k, v in block.when)
+            lines.append(f"{pad}when {cond}:")
+        for p in block.params:
+            lines.append(f"{pad}  {p.key}: {p.describe()}")
+        for child in block.children:
+            walk(child, depth + 1)
+
+    walk(space.root, 0)
+    return "\n".join(lines)

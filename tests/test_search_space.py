@@ -1,0 +1,188 @@
+"""Search-space YAML: parsing, validation errors that name the bad key, conditional
+sampling through Optuna's define-by-run interface, and the shipped spaces."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+
+from raytag.config import Config
+from raytag.search.space import SpaceError, estimate_steps, load_space, parse_space
+
+REPO = Path(__file__).resolve().parents[1]
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+GOOD = """
+name: t
+base:
+  cv.n_folds: 2
+  pipeline: {warmup: {epochs: 1}}
+space:
+  model.name: {choice: [cnn2d, crnn]}
+  train.lr: {loguniform: [1.0e-4, 1.0e-2]}
+  train.mixup:
+    alpha: {uniform: [0.0, 1.0], step: 0.1}
+  model.width: {qrandint: [16, 64, 16]}
+  cv.folds: {choice: [[0], [0, 1]]}
+conditional:
+  - when: {model.name: crnn}
+    space:
+      model.params.lstm_hidden: {choice: [32, 64]}
+      train.loss.name: {choice: [bce, lsoft]}
+    conditional:
+      - when: {train.loss.name: lsoft}
+        space:
+          train.loss.lsoft_beta: {uniform: [0.5, 0.9]}
+search: {samples: 4, scheduler: fifo}
+resources: {num_workers: 1, cpus_per_worker: 0.5}
+"""
+
+
+def sample(space, n=40, seed=0):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        extra = space.define_by_run(trial) or {}
+        out.append({**trial.params, **extra})
+        study.tell(trial, 0.0)
+    return out
+
+
+def test_parse_flattens_nested_keys_and_applies_base_and_resources():
+    space = parse_space(GOOD, source="t.yaml")
+    assert space.param_keys() == [
+        "model.name", "train.lr", "train.mixup.alpha", "model.width", "cv.folds",
+        "model.params.lstm_hidden", "train.loss.name", "train.loss.lsoft_beta",
+    ]
+    cfg = space.base_config()
+    assert cfg.cv.n_folds == 2 and cfg.pipeline.warmup.epochs == 1
+    assert cfg.train.num_workers == 1 and cfg.train.cpus_per_worker == 0.5
+    assert space.search.samples == 4 and space.search.scheduler == "fifo"
+
+
+def test_conditionals_sample_only_when_their_condition_holds():
+    space = parse_space(GOOD)
+    samples = sample(space)
+    crnn = [s for s in samples if s["model.name"] == "crnn"]
+    cnn = [s for s in samples if s["model.name"] == "cnn2d"]
+    assert crnn and cnn
+    assert all("model.params.lstm_hidden" in s and "train.loss.name" in s for s in crnn)
+    assert not any("model.params.lstm_hidden" in s or "train.loss.name" in s for s in cnn)
+    # nested conditional: beta only for crnn with lsoft
+    for s in samples:
+        assert ("train.loss.lsoft_beta" in s) == (s.get("train.loss.name") == "lsoft")
+    assert any("train.loss.lsoft_beta" in s for s in samples)
+
+
+def test_distributions_respect_ranges_steps_and_decode_list_choices():
+    space = parse_space(GOOD)
+    for s in sample(space):
+        assert 1e-4 <= s["train.lr"] <= 1e-2
+        assert s["model.width"] in (16, 32, 48, 64)
+        assert round(s["train.mixup.alpha"] * 10) == pytest.approx(s["train.mixup.alpha"] * 10)
+        assert s["train.mixup.alpha"] == float(f"{s['train.mixup.alpha']:.3g}")  # no 0.6000000001
+        assert s["cv.folds"] in ([0], [0, 1])  # lists go through Optuna as JSON, come back as lists
+        cfg = space.trial_config(s)
+        assert isinstance(cfg, Config) and cfg.train.lr == s["train.lr"]
+        assert cfg.cv.folds == s["cv.folds"]
+
+
+def test_tpe_sampling_is_seeded():
+    space = parse_space(GOOD)
+
+    def run(seed):
+        study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=3))
+        out = []
+        for i in range(6):
+            t = study.ask()
+            space.define_by_run(t)
+            study.tell(t, float(i % 3))
+            out.append(t.params)
+        return out
+
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+
+
+@pytest.mark.parametrize(
+    "patch, needle",
+    [
+        ({"space": {"train.mixup.alhpa": {"uniform": [0, 1]}}}, "train.mixup.alhpa"),
+        ({"space": {"pipeline.filter.threshold": {"uniform": [0.3, 1.2]}}}, "pipeline.filter.threshold"),
+        ({"space": {"train.lr": {"loguniform": [0.0, 1.0]}}}, "train.lr: loguniform needs low > 0"),
+        ({"space": {"train.lr": {"uniform": [0.1, 0.01]}}}, "train.lr: low 0.1 must be below high 0.01"),
+        ({"space": {"train.lr": {"normal": [0, 1]}}}, "space.train.lr"),
+        ({"space": {"train.lr": 0.001}}, "fixed values go under base"),
+        ({"space": {"model.name": {"choice": ["cnn2d", "resnet99"]}}}, "resnet99"),
+        ({"space": {"train.batch_size": {"choice": [16, "big"]}}}, "train.batch_size"),
+        ({"space": {"model.width": {"randint": [16.5, 64]}}}, "randint needs whole numbers"),
+        ({"base": {"train.optimiser": "adamw"}}, "train.optimiser"),
+        ({"search": {"scheduler": "pbt"}}, "search.scheduler"),
+        ({"search": {"sampels": 3}}, "search.sampels"),
+        ({"resources": {"gpus": 1}}, "resources.gpus"),
+        ({"resources": {"trial_cpus": 0}}, "resources.trial_cpus"),
+        ({"serch": {}}, "unknown section 'serch'"),
+        ({"conditional": [{"when": {"model.width": 16}, "space": {"train.lr": {"uniform": [0.1, 0.2]}}}]},
+         "when.model.width"),
+        ({"conditional": [{"when": {"model.name": "vgg"}, "space": {"train.lr": {"uniform": [0.1, 0.2]}}}]},
+         "'vgg' is not one of its choices"),
+        ({"conditional": [{"when": {"model.name": "crnn"},
+                           "space": {"model.name": {"choice": ["crnn"]}}}]}, "already searched"),
+        ({"conditional": [{"when": {"model.name": "crnn"},
+                           "space": {"train.mixup.prob": {"uniform": [0.5, 2.0]}}}]}, "train.mixup.prob"),
+    ],
+)
+def test_bad_spaces_fail_with_the_key_named(patch, needle):
+    import yaml
+
+    data = {"space": {"model.name": {"choice": ["cnn2d", "crnn"]}}}
+    for section, value in patch.items():
+        if isinstance(value, dict) and isinstance(data.get(section), dict):
+            data[section] = {**data[section], **value}
+        else:
+            data[section] = value
+    with pytest.raises(SpaceError) as err:
+        parse_space(yaml.safe_dump(data), source="bad.yaml")
+    assert "bad.yaml" in str(err.value) and needle in str(err.value)
+
+
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(SpaceError, match="not found"):
+        load_space(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("space: {model.name: {choice: [a, b]\n")
+    with pytest.raises(SpaceError, match="not valid YAML"):
+        load_space(bad)
+
+
+@pytest.mark.parametrize("name", ["quick", "fat2019", "fsd2018"])
+def test_shipped_spaces_load_and_every_sample_is_a_valid_config(name):
+    space = load_space(REPO / "search_spaces" / f"{name}.yaml")
+    assert space.name == name
+    for s in sample(space, n=25, seed=1):
+        space.trial_config(s)
+    assert space.max_steps() >= estimate_steps(space.base_config())
+
+
+def test_fat2019_searches_what_the_issue_lists():
+    keys = set(load_space(REPO / "search_spaces" / "fat2019.yaml").param_keys())
+    for key in ["model.name", "features.n_mels", "train.mixup.alpha", "train.mixup.prob",
+                "train.specaugment.time_masks", "train.lr", "pipeline.warmup.epochs",
+                "pipeline.finetune.epochs", "pipeline.filter.rule", "pipeline.filter.threshold",
+                "pipeline.pseudo.lower.start", "pipeline.pseudo.lower.end",
+                "pipeline.pseudo.lower.shape", "pipeline.pseudo.upper", "pipeline.pseudo.rounds"]:
+        assert key in keys, key
+
+
+def test_estimate_steps_counts_enabled_stage_epochs_per_fold():
+    cfg = Config.from_dict({"cv": {"n_folds": 3}, "pipeline": {
+        "warmup": {"epochs": 2}, "finetune": {"epochs": 3},
+        "pseudo": {"enabled": True, "rounds": 2, "epochs": 1}}})
+    assert estimate_steps(cfg) == 3 * (2 + 3 + 2)
+    cfg = cfg.with_overrides({"pipeline.pseudo.enabled": False, "cv.folds": [0]})
+    assert estimate_steps(cfg) == 5
