@@ -1,0 +1,293 @@
+"""raytag.data.layouts and raytag.data.labels: both Kaggle layouts, every bad input
+(left out, named in `skipped`, the good clips kept) and the whole-dataset errors."""
+import csv
+import logging
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from raytag.data import labels_to_matrix, load_dataset, matrix_to_labels, parse_label_field
+from raytag.errors import DatasetError
+
+
+# ----------------------------------------------------------------------------- builders
+def write_audio(path, seconds=0.5, sr=16000, channels=1, **kwargs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.3 * np.sin(2 * np.pi * 440 * t)
+    if channels > 1:
+        x = np.stack([x] * channels, axis=1)
+    sf.write(path, x, sr, **kwargs)
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+CLASSES_2019 = ["Bark", "Applause", "Chirp"]  # deliberately not sorted: the column order rules
+
+
+def make_fat2019(root, submission=True):
+    write_audio(root / "train_curated" / "c1.wav")
+    write_audio(root / "train_curated" / "c2.wav", seconds=1.5, sr=44100, channels=2)
+    write_audio(root / "train_curated" / "c3.flac", seconds=0.7, format="FLAC")
+    write_audio(root / "train_curated" / "c4.ogg", seconds=1.0, sr=22050, format="OGG", subtype="VORBIS")
+    write_csv(root / "train_curated.csv", ["fname", "labels"],
+              [("c1.wav", "Bark"), ("c2.wav", "Bark,Applause"), ("c3.flac", "Chirp"), ("c4.ogg", "Applause")])
+    write_audio(root / "train_noisy" / "n1.wav")
+    write_audio(root / "train_noisy" / "n2.wav", seconds=2.0)
+    write_csv(root / "train_noisy.csv", ["fname", "labels"], [("n1.wav", "Chirp"), ("n2.wav", "Bark,Chirp")])
+    write_audio(root / "test" / "t1.wav")
+    write_audio(root / "test" / "t2.wav")
+    if submission:
+        write_csv(root / "sample_submission.csv", ["fname"] + CLASSES_2019,
+                  [("t1.wav", 0, 0, 0), ("t2.wav", 0, 0, 0)])
+    return root
+
+
+def make_fsd2018(root):
+    for name in ("a.wav", "b.wav", "c.wav", "d.wav"):
+        write_audio(root / "audio_train" / name)
+    write_csv(root / "train.csv", ["fname", "label", "manually_verified"],
+              [("a.wav", "Violin", 1), ("b.wav", "Bark", 0), ("c.wav", "Bark", 1), ("d.wav", "Violin", 0)])
+    write_audio(root / "audio_test" / "x.wav")
+    write_csv(root / "sample_submission.csv", ["fname", "label"], [("x.wav", "Bark Violin")])
+    return root
+
+
+def skipped_reason(ds, file):
+    rows = ds.skipped[ds.skipped["file"] == file]
+    assert len(rows) == 1, f"{file} not skipped exactly once:\n{ds.skipped}"
+    return rows["reason"].iloc[0]
+
+
+# ----------------------------------------------------------------------------- good data
+def test_fat2019_layout(tmp_path):
+    root = make_fat2019(tmp_path / "d")
+    write_csv(root / "test_labels.csv", ["fname", "labels"], [("t1.wav", "Bark"), ("t2.wav", "Chirp,Bark")])
+    write_csv(root / "train_noisy_truth.csv", ["fname", "labels"], [("n1.wav", "Bark"), ("n2.wav", "Bark,Chirp")])
+    ds = load_dataset(root, sample_rate=16000)
+    assert ds.layout == "fat2019"
+    assert ds.classes == CLASSES_2019
+    assert ds.skipped.empty and list(ds.skipped.columns) == ["file", "reason"]
+    assert list(ds.clips.columns) == ["clip_id", "fname", "path", "labels", "split", "duration"]
+    assert ds.clips["clip_id"].is_unique
+    assert ds.clips["split"].value_counts().to_dict() == {"curated": 4, "noisy": 2, "test": 2}
+    c2 = ds.clips.set_index("clip_id").loc["curated/c2.wav"]
+    assert c2["labels"] == ("Bark", "Applause")
+    assert c2["duration"] == pytest.approx(1.5)
+    assert os.path.isabs(c2["path"]) and os.path.isfile(c2["path"])
+    assert all(lab == () for lab in ds.split("test")["labels"])
+    y = ds.label_matrix("curated")
+    assert y.dtype == np.float32 and y.shape == (4, 3)
+    np.testing.assert_array_equal(y[1], [1, 1, 0])  # c2: Bark, Applause in column order
+    assert ds.label_matrix().shape == (8, 3)
+    # truth files: reporting only, aligned to the split's clips
+    truth = ds.truth_for("test")
+    assert list(truth["clip_id"]) == ["test/t1.wav", "test/t2.wav"]
+    assert truth["labels"].iloc[1] == ("Chirp", "Bark")
+    assert ds.truth_for("noisy")["labels"].iloc[0] == ("Bark",)
+    assert ds.truth_for("curated")["labels"].iloc[0] == ("Bark",)
+    # decoding through the dataset uses its sample rate (stereo 44.1 kHz -> mono 16 kHz)
+    wave = ds.audio("curated/c2.wav")
+    assert wave.ndim == 1 and abs(len(wave) - 24000) <= 1
+
+
+def test_truth_files_are_optional(tmp_path):
+    ds = load_dataset(make_fat2019(tmp_path / "d"))
+    assert ds.test_truth is None and ds.noisy_truth is None
+    assert ds.truth_for("test") is None
+
+
+def test_fsd2018_layout(tmp_path):
+    ds = load_dataset(make_fsd2018(tmp_path / "d"))
+    assert ds.layout == "fsd2018"
+    assert ds.classes == ["Bark", "Violin"]
+    by_id = ds.clips.set_index("clip_id")
+    assert by_id.loc["curated/a.wav", "labels"] == ("Violin",)
+    assert by_id.loc["noisy/b.wav", "labels"] == ("Bark",)
+    assert set(ds.split("curated")["fname"]) == {"a.wav", "c.wav"}
+    assert set(ds.split("noisy")["fname"]) == {"b.wav", "d.wav"}
+    assert list(ds.split("test")["fname"]) == ["x.wav"]
+    assert ds.skipped.empty
+
+
+def test_fsd2018_bad_manually_verified(tmp_path):
+    root = make_fsd2018(tmp_path / "d")
+    table = pd.read_csv(root / "train.csv", dtype=str)
+    table.loc[3, "manually_verified"] = "yes"
+    table.to_csv(root / "train.csv", index=False)
+    ds = load_dataset(root)
+    assert "manually_verified must be 0 or 1" in skipped_reason(ds, "audio_train/d.wav")
+    assert len(ds.clips) == 4
+
+
+def test_symlinked_audio_folder_is_allowed(tmp_path):
+    """Data kept on another disk and linked in is a normal set-up, not an escape."""
+    elsewhere = make_fat2019(tmp_path / "big_disk")
+    root = tmp_path / "d"
+    root.mkdir()
+    for name in ("train_curated", "train_noisy", "test"):
+        (root / name).symlink_to(elsewhere / name, target_is_directory=True)
+    for name in ("train_curated.csv", "train_noisy.csv", "sample_submission.csv"):
+        (root / name).write_bytes((elsewhere / name).read_bytes())
+    ds = load_dataset(root)
+    assert ds.skipped.empty and len(ds.clips) == 8
+
+
+def test_missing_sample_submission_vocab_from_curated(tmp_path, caplog):
+    root = make_fat2019(tmp_path / "d", submission=False)
+    write_csv(root / "train_noisy.csv", ["fname", "labels"], [("n1.wav", "Chirp"), ("n2.wav", "Meow")])
+    with caplog.at_level(logging.WARNING, logger="raytag.data"):
+        ds = load_dataset(root)
+    assert ds.classes == ["Applause", "Bark", "Chirp"]
+    assert "sample_submission.csv missing" in caplog.text
+    assert "'Meow' is not a class" in skipped_reason(ds, "train_noisy/n2.wav")
+    assert "not listed in sample_submission.csv" in skipped_reason(ds, "test/t1.wav")
+    assert ds.split("test").empty
+
+
+# ----------------------------------------------------------------------------- bad clips
+def test_every_bad_clip_is_skipped_with_its_reason(tmp_path, caplog):
+    root = make_fat2019(tmp_path / "d")
+    outside = tmp_path / "outside.wav"
+    write_audio(outside)
+    write_audio(root / "x.wav")  # inside root but outside train_curated/: still ".." is refused
+    (root / "train_curated" / "link.wav").symlink_to(outside)
+    (root / "train_curated" / "garbage.wav").write_bytes(b"RIFF not really a wave file" * 4)
+    write_audio(root / "train_curated" / "empty.wav", seconds=0)
+    write_audio(root / "train_curated" / "short.wav", seconds=0.01)
+    write_audio(root / "train_curated" / "unlisted.wav")
+    write_audio(root / "train_curated" / "nolabel.wav")
+    write_audio(root / "test" / "stray.wav")
+    write_csv(root / "train_curated.csv", ["fname", "labels"], [
+        ("c1.wav", "Bark"),
+        ("c2.wav", "Bark,Applause"),
+        ("c3.flac", "Chirp"),
+        ("c4.ogg", "Applause"),
+        ("gone.wav", "Bark"),
+        ("c3.flac", "Bark"),  # duplicate: first kept
+        ("../x.wav", "Bark"),
+        (str(outside), "Bark"),
+        ("link.wav", "Bark"),
+        ("garbage.wav", "Bark"),
+        ("empty.wav", "Bark"),
+        ("short.wav", "Bark"),
+        ("nolabel.wav", ""),
+        ("c1.wav ", "Chirp"),  # same fname after trimming spaces: duplicate
+    ])
+    write_csv(root / "train_noisy.csv", ["fname", "labels"], [("n1.wav", "Chirp"), ("n2.wav", "Bark,Woof")])
+    with caplog.at_level(logging.WARNING, logger="raytag.data"):
+        ds = load_dataset(root)
+
+    assert set(ds.split("curated")["fname"]) == {"c1.wav", "c2.wav", "c3.flac", "c4.ogg"}
+    assert ds.split("curated").set_index("fname").loc["c3.flac", "labels"] == ("Chirp",)
+    assert list(ds.split("noisy")["fname"]) == ["n1.wav"]
+    assert len(ds.split("test")) == 2
+
+    assert "file not found" in skipped_reason(ds, "train_curated/gone.wav")
+    assert "train_curated.csv line 6" in skipped_reason(ds, "train_curated/gone.wav")
+    assert "duplicate fname (line 4 is kept)" in skipped_reason(ds, "train_curated/c3.flac")
+    assert "duplicate fname (line 2 is kept)" in skipped_reason(ds, "train_curated/c1.wav")
+    assert "escapes the data folder" in skipped_reason(ds, "train_curated/../x.wav")
+    assert "absolute path" in skipped_reason(ds, str(outside))
+    assert "resolves outside the data folder" in skipped_reason(ds, "train_curated/link.wav")
+    assert "unreadable audio header" in skipped_reason(ds, "train_curated/garbage.wav")
+    assert "empty audio file" in skipped_reason(ds, "train_curated/empty.wav")
+    assert "too short: 0.010 s" in skipped_reason(ds, "train_curated/short.wav")
+    assert "no labels" in skipped_reason(ds, "train_curated/nolabel.wav")
+    assert skipped_reason(ds, "train_curated/unlisted.wav") == "not listed in train_curated.csv"
+    assert skipped_reason(ds, "test/stray.wav") == "not listed in sample_submission.csv"
+    assert "label 'Woof' is not a class" in skipped_reason(ds, "train_noisy/n2.wav")
+    assert len(ds.skipped) == 13
+
+    # one warning per skipped clip, plus a summary
+    lines = [r.getMessage() for r in caplog.records if r.name == "raytag.data"]
+    assert sum(m.startswith("skipped ") for m in lines) == 13
+    assert any("13 clips skipped" in m for m in lines)
+
+    out = ds.write_skipped(tmp_path)
+    assert out == tmp_path / "skipped.csv"
+    back = pd.read_csv(out)
+    assert list(back.columns) == ["file", "reason"] and len(back) == 13
+
+
+def test_min_seconds_is_an_argument(tmp_path):
+    root = make_fat2019(tmp_path / "d")
+    ds = load_dataset(root, min_seconds=0.6)  # c1, n1, t1, t2 are 0.5 s
+    assert set(ds.split("curated")["fname"]) == {"c2.wav", "c3.flac", "c4.ogg"}
+    assert "need at least 0.6 s" in skipped_reason(ds, "train_curated/c1.wav")
+
+
+# ----------------------------------------------------------------------------- whole-dataset errors
+def test_missing_folder(tmp_path):
+    with pytest.raises(DatasetError, match="dataset folder not found"):
+        load_dataset(tmp_path / "nope")
+
+
+def test_file_instead_of_folder(tmp_path):
+    (tmp_path / "f.csv").write_text("x")
+    with pytest.raises(DatasetError, match="pass the dataset folder"):
+        load_dataset(tmp_path / "f.csv")
+
+
+def test_unknown_layout_names_expected_files(tmp_path):
+    (tmp_path / "readme.txt").write_text("hi")
+    with pytest.raises(DatasetError) as err:
+        load_dataset(tmp_path)
+    text = str(err.value)
+    for name in ("train_curated.csv", "train.csv", "sample_submission.csv", "readme.txt"):
+        assert name in text
+
+
+def test_csv_missing_columns(tmp_path):
+    root = make_fat2019(tmp_path / "d")
+    write_csv(root / "train_curated.csv", ["fname", "tags"], [("c1.wav", "Bark")])
+    with pytest.raises(DatasetError, match=r"train_curated.csv: missing column\(s\) labels; found fname, tags"):
+        load_dataset(root)
+    root18 = make_fsd2018(tmp_path / "e")
+    write_csv(root18 / "train.csv", ["fname", "label"], [("a.wav", "Bark")])
+    with pytest.raises(DatasetError, match="manually_verified"):
+        load_dataset(root18)
+
+
+def test_no_usable_curated_clips(tmp_path):
+    root = make_fat2019(tmp_path / "d")
+    write_csv(root / "train_curated.csv", ["fname", "labels"], [("gone.wav", "Bark"), ("c1.wav", "Nope")])
+    with pytest.raises(DatasetError, match="no usable curated clips.*file not found"):
+        load_dataset(root)
+
+
+def test_missing_audio_folder(tmp_path):
+    root = make_fat2019(tmp_path / "d")
+    for p in (root / "train_noisy").iterdir():
+        p.unlink()
+    (root / "train_noisy").rmdir()
+    with pytest.raises(DatasetError, match="train_noisy.csv lists 2 clips but the audio folder train_noisy/ is missing"):
+        load_dataset(root)
+
+
+# ----------------------------------------------------------------------------- labels
+def test_parse_label_field():
+    assert parse_label_field("Bark,Walk_and_footsteps") == ("Bark", "Walk_and_footsteps")
+    assert parse_label_field(" a , b,,a ") == ("a", "b")
+    assert parse_label_field("") == () and parse_label_field(None) == () and parse_label_field(float("nan")) == ()
+
+
+def test_labels_matrix_round_trip():
+    classes = ["x", "y", "z"]
+    y = labels_to_matrix([("z",), ("x", "y"), ()], classes)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, [[0, 0, 1], [1, 1, 0], [0, 0, 0]])
+    assert matrix_to_labels(y, classes) == [("z",), ("x", "y"), ()]
+    assert matrix_to_labels(np.array([[0.2, 0.7, 0.5]]), classes, threshold=0.6) == [("y",)]
+    with pytest.raises(ValueError, match="'w'"):
+        labels_to_matrix([("w",)], classes)
+    with pytest.raises(ValueError, match="3 classes"):
+        matrix_to_labels(np.zeros((1, 2)), classes)
