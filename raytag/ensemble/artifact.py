@@ -1,0 +1,356 @@
+"""The ensemble artifact: one folder that holds everything needed to tag new audio.
+
+    artifact/
+      manifest.json              {"format", "raytag_version", "created", "files": {relpath: sha256}}
+      ensemble.json              combiner, weights, members (in order), classes, layout, scores
+      members/<name>/member.json feature + model settings, classes, normalisation, segments
+      members/<name>/fold{k}.safetensors   one state dict per fold model (tensors only)
+      members/<name>/rank_reference.safetensors   (rank combiner) the member's OOF quantiles
+
+Weights are safetensors: loading them can never run code (unlike a pickle). The manifest
+is written last, so a folder whose writing was interrupted has no manifest and is refused.
+`load_artifact` checks every file against the manifest and refuses a missing file, an
+extra file or a checksum mismatch with an ArtifactError naming the file.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from raytag import __version__, storage
+from raytag.config import Config, ConfigError
+from raytag.ensemble.combiners import COMBINERS, combine
+from raytag.errors import ArtifactError, RaytagError
+
+FORMAT = 1  # bump when the folder layout changes incompatibly
+MANIFEST = "manifest.json"
+ENSEMBLE = "ensemble.json"
+MEMBER = "member.json"
+RANK_REFERENCE = "rank_reference.safetensors"
+_FOLD_FILE = re.compile(r"^fold(\d+)\.safetensors$")
+
+
+# ----------------------------------------------------------------------------- members
+@dataclass
+class MemberSpec:
+    """What the ensemble job hands to `save_artifact` for one trial."""
+
+    name: str  # folder name inside the artifact (a sanitised trial id)
+    outputs_dir: str  # the trial's outputs folder (local path or URI)
+    cv_lwlrap: Optional[float] = None
+    rank_reference: Optional[np.ndarray] = None  # (points, classes); rank combiner only
+
+
+def safe_name(text: str) -> str:
+    """A trial id as a folder name: letters, digits, '-', '_', '.' only."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
+    return name or "member"
+
+
+def trial_settings(outputs_dir: str) -> dict:
+    """A trial's inference settings from its model.json, completed from config.yaml.
+
+    Returns a member.json dict (without the fold list). model.json is the runner's record
+    of what the fold models were built with; config.yaml (the full resolved Config) fills
+    in what model.json leaves out, e.g. the inference section.
+    """
+    model_json_path = storage.join(outputs_dir, "model.json")
+    if not storage.exists(model_json_path):
+        raise ArtifactError(f"{model_json_path}: missing; is {outputs_dir} a finished trial's outputs?")
+    info = json.loads(storage.read_text(model_json_path))
+    cfg_path = storage.join(outputs_dir, "config.yaml")
+    cfg_dict: dict = {}
+    if storage.exists(cfg_path):
+        import yaml
+
+        cfg_dict = yaml.safe_load(storage.read_text(cfg_path)) or {}
+    features = info.get("features", info.get("feature", cfg_dict.get("features")))
+    model = info.get("model", cfg_dict.get("model"))
+    if features is None or model is None:
+        raise ArtifactError(f"{model_json_path}: has no feature or model settings")
+    try:
+        cfg = Config.from_dict({**cfg_dict, "features": features, "model": model})
+    except ConfigError as err:
+        raise ArtifactError(f"{outputs_dir}: settings cannot be read: {err}") from err
+    classes = info.get("classes")
+    if not classes:
+        raise ArtifactError(f"{model_json_path}: has no class list")
+    return {
+        "features": cfg.to_dict()["features"],
+        "model": cfg.to_dict()["model"],
+        "classes": list(classes),
+        "layout": info.get("layout", "fat2019"),
+        "norm_mean": info.get("norm_mean"),
+        "norm_std": info.get("norm_std"),
+        "segment_frames": int(info.get("segment_frames") or cfg.segment_frames()),
+        "crop_frames": int(info.get("crop_frames") or cfg.crop_frames()),
+        "inference": {
+            "overlap": cfg.inference.overlap,
+            "reduce": cfg.inference.reduce,
+            "tta": cfg.inference.tta,
+        },
+    }
+
+
+def fold_files(outputs_dir: str) -> list[str]:
+    """The trial's fold weight files (relative to weights/), in fold order."""
+    weights_dir = storage.join(outputs_dir, "weights")
+    if not storage.is_dir(weights_dir):
+        raise ArtifactError(f"{weights_dir}: missing; the trial has no saved fold models")
+    found = [f for f in storage.list_files(weights_dir) if _FOLD_FILE.match(f)]
+    if not found:
+        raise ArtifactError(f"{weights_dir}: no fold*.safetensors files")
+    return sorted(found, key=lambda f: int(_FOLD_FILE.match(f).group(1)))
+
+
+# ----------------------------------------------------------------------------- save
+def save_artifact(
+    dest: str,
+    members: Sequence[MemberSpec],
+    combiner: str,
+    weights: Optional[Sequence[float]],
+    classes: Sequence[str],
+    layout: str,
+    scores: Optional[dict] = None,
+) -> str:
+    """Write an artifact folder at `dest` (local path or URI), replacing any old one."""
+    if combiner not in COMBINERS:
+        raise ValueError(f"unknown combiner {combiner!r}")
+    if combiner == "weighted" and (weights is None or len(weights) != len(members)):
+        raise ValueError("the weighted combiner needs one weight per member")
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise ValueError(f"member names must be unique, got {names}")
+    storage.remove_tree(dest)  # old files would be 'extra files' and fail verification
+    hashes: dict[str, str] = {}
+
+    def put(rel: str, data: bytes) -> None:
+        storage.write_bytes(storage.join(dest, rel), data)
+        hashes[rel] = storage.sha256_bytes(data)
+
+    for spec in members:
+        settings = trial_settings(spec.outputs_dir)
+        if list(settings["classes"]) != list(classes):
+            raise ArtifactError(f"{spec.outputs_dir}: class list differs from the ensemble's")
+        files = fold_files(spec.outputs_dir)
+        for rel in files:
+            data = storage.read_bytes(storage.join(spec.outputs_dir, "weights", rel))
+            _check_state_dict(data, f"{spec.outputs_dir}/weights/{rel}")
+            put(f"members/{spec.name}/{rel}", data)
+        if combiner == "rank":
+            if spec.rank_reference is None:
+                raise ValueError(f"member {spec.name}: the rank combiner needs a rank reference")
+            ref = torch.from_numpy(np.ascontiguousarray(spec.rank_reference, dtype=np.float64))
+            put(f"members/{spec.name}/{RANK_REFERENCE}", save_safetensors({"quantiles": ref}))
+        settings.update(name=spec.name, folds=files, cv_lwlrap=spec.cv_lwlrap, source=str(spec.outputs_dir))
+        put(f"members/{spec.name}/{MEMBER}", _json_bytes(settings))
+    ensemble = {
+        "format": FORMAT,
+        "raytag_version": __version__,
+        "combiner": combiner,
+        "weights": None if weights is None else [float(w) for w in weights],
+        "members": names,
+        "classes": list(classes),
+        "layout": layout,
+        "scores": scores or {},
+    }
+    put(ENSEMBLE, _json_bytes(ensemble))
+    manifest = {
+        "format": FORMAT,
+        "raytag_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": dict(sorted(hashes.items())),
+    }
+    storage.write_bytes(storage.join(dest, MANIFEST), _json_bytes(manifest))
+    return str(dest)
+
+
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=2, default=_json_default) + "\n").encode("utf-8")
+
+
+def _json_default(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _check_state_dict(data: bytes, where: str) -> dict:
+    try:
+        return load_safetensors(data)
+    except Exception as err:  # safetensors raises its own SafetensorError and others
+        raise ArtifactError(f"{where}: not a readable safetensors state dict ({err})") from err
+
+
+# ----------------------------------------------------------------------------- verify + load
+def read_manifest(path: str) -> dict:
+    manifest_path = storage.join(path, MANIFEST)
+    if not storage.exists(manifest_path):
+        raise ArtifactError(
+            f"{manifest_path}: missing; {path} is not a complete raytag artifact "
+            "(its writing or copying may have been interrupted: run `raytag ensemble` or `raytag pull` again)"
+        )
+    try:
+        manifest = json.loads(storage.read_text(manifest_path))
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ArtifactError(f"{manifest_path}: not a valid manifest ({err})") from err
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{manifest_path}: 'files' must map paths to SHA-256")
+    if int(manifest.get("format", 0)) > FORMAT:
+        raise ArtifactError(
+            f"{path}: artifact format {manifest.get('format')} is newer than this raytag "
+            f"{__version__} reads ({FORMAT}); upgrade raytag"
+        )
+    return manifest
+
+
+def verify_artifact(path: str) -> dict:
+    """Check every file against the manifest; returns the manifest or raises ArtifactError."""
+    manifest = read_manifest(path)
+    expected: dict[str, str] = manifest["files"]
+    present = set(storage.list_files(path)) - {MANIFEST}
+    missing = sorted(set(expected) - present)
+    if missing:
+        raise ArtifactError(f"{path}: file {missing[0]} is listed in the manifest but missing"
+                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    extra = sorted(present - set(expected))
+    if extra:
+        raise ArtifactError(f"{path}: file {extra[0]} is not in the manifest; an artifact must hold "
+                            "only the files it was saved with")
+    for rel, sha in expected.items():
+        actual = storage.sha256_file(storage.join(path, rel))
+        if actual != sha:
+            raise ArtifactError(
+                f"{path}: checksum mismatch for {rel} (manifest {sha[:12]}..., file {actual[:12]}...); "
+                "the file was changed or damaged, copy the artifact again"
+            )
+    return manifest
+
+
+@dataclass
+class Member:
+    name: str
+    settings: dict  # member.json
+    models: list[torch.nn.Module]  # one per fold, eval mode
+    rank_reference: Optional[np.ndarray] = None
+
+    @property
+    def feature_config(self):
+        return Config.from_dict({"features": self.settings["features"]}).features
+
+
+@dataclass
+class Artifact:
+    path: str
+    combiner: str
+    weights: Optional[list[float]]
+    classes: list[str]
+    layout: str
+    members: list[Member]
+    scores: dict = field(default_factory=dict)
+    raytag_version: str = ""
+
+    def combine(self, member_probs: list[np.ndarray]) -> np.ndarray:
+        """Combine per-member probabilities (each (clips, classes)) with the saved combiner."""
+        refs = [m.rank_reference for m in self.members] if self.combiner == "rank" else None
+        return combine(self.combiner, np.stack(member_probs), self.weights, refs).astype(np.float32)
+
+    def predict_files(self, paths, batch_size: int = 32, progress: bool = False):
+        """Tag audio files: (probs DataFrame indexed by file, classes as columns;
+        failures DataFrame file, reason). Unreadable files are only in `failures`."""
+        from raytag.predict import predict_files
+
+        return predict_files(self, paths, batch_size=batch_size, progress=progress)
+
+
+def load_artifact(path, device: str = "cpu") -> Artifact:
+    """Verify and load an artifact folder (local path or URI)."""
+    from raytag.features.frontends import frontend_shape
+    from raytag.models import build_model
+
+    path = str(path)
+    if not storage.is_dir(path):
+        raise ArtifactError(f"{path}: no such artifact folder")
+    manifest = verify_artifact(path)
+    ens = _read_json(path, ENSEMBLE)
+    for key in ("combiner", "members", "classes", "layout"):
+        if key not in ens:
+            raise ArtifactError(f"{path}/{ENSEMBLE}: '{key}' is missing")
+    if ens["combiner"] not in COMBINERS:
+        raise ArtifactError(f"{path}/{ENSEMBLE}: unknown combiner {ens['combiner']!r}")
+    members = []
+    for name in ens["members"]:
+        if not isinstance(name, str) or safe_name(name) != name:
+            raise ArtifactError(f"{path}/{ENSEMBLE}: bad member name {name!r}")
+        settings = _read_json(path, f"members/{name}/{MEMBER}")
+        if list(settings.get("classes", [])) != list(ens["classes"]):
+            raise ArtifactError(f"{path}/members/{name}/{MEMBER}: class list differs from {ENSEMBLE}")
+        try:
+            cfg = Config.from_dict({"features": settings["features"], "model": settings["model"]})
+        except (ConfigError, KeyError) as err:
+            raise ArtifactError(f"{path}/members/{name}/{MEMBER}: bad settings: {err}") from err
+        in_channels, n_bins = frontend_shape(cfg.features)
+        models = []
+        for rel in settings["folds"]:
+            where = f"{path}/members/{name}/{rel}"
+            state = _check_state_dict(storage.read_bytes(storage.join(path, "members", name, rel)), where)
+            try:
+                model = build_model(cfg.model, len(ens["classes"]), in_channels, n_bins)
+                model.load_state_dict(state, strict=True)
+            except (RuntimeError, RaytagError) as err:
+                raise ArtifactError(f"{where}: weights do not fit the model in member.json: {err}") from err
+            models.append(model.to(device).eval())
+        ref = None
+        if ens["combiner"] == "rank":
+            data = storage.read_bytes(storage.join(path, "members", name, RANK_REFERENCE))
+            ref = _check_state_dict(data, f"{path}/members/{name}/{RANK_REFERENCE}")["quantiles"].numpy()
+        members.append(Member(name=name, settings=settings, models=models, rank_reference=ref))
+    return Artifact(
+        path=path,
+        combiner=ens["combiner"],
+        weights=ens.get("weights"),
+        classes=list(ens["classes"]),
+        layout=ens["layout"],
+        members=members,
+        scores=ens.get("scores", {}),
+        raytag_version=manifest.get("raytag_version", ""),
+    )
+
+
+def _read_json(path: str, rel: str) -> dict:
+    try:
+        return json.loads(storage.read_text(storage.join(path, rel)))
+    except ValueError as err:
+        raise ArtifactError(f"{path}/{rel}: not valid JSON ({err})") from err
+
+
+def artifact_size(path: str) -> int:
+    """Bytes of every file in the artifact (manifest included)."""
+    return sum(storage.size(storage.join(path, rel)) for rel in storage.list_files(path))
+
+
+def describe(artifact: Artifact) -> pd.DataFrame:
+    """One row per member: name, model, features, folds, weight, cv_lwlrap."""
+    rows = []
+    for i, m in enumerate(artifact.members):
+        rows.append({
+            "member": m.name,
+            "model": m.settings["model"]["name"],
+            "features": m.settings["features"]["kind"],
+            "folds": len(m.models),
+            "weight": None if artifact.weights is None else artifact.weights[i],
+            "cv_lwlrap": m.settings.get("cv_lwlrap"),
+        })
+    return pd.DataFrame(rows)

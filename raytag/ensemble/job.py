@@ -1,0 +1,391 @@
+"""The ensemble job: `raytag ensemble EXPERIMENT [--top K] [--min-cv X]`.
+
+1. Candidates: finished trials of the sweep's leaderboard, best CV lwlrap first; the top K
+   and/or those over a CV bar.
+2. Each trial's out-of-fold predictions are aligned by clip_id (inner join: trials may use
+   different fold assignments, an OOF prediction is per clip), with the curated truth.
+3. Combiners (mean, geometric, rank, fitted weighted mean) are scored by lwlrap on the OOF
+   predictions only; the weighted mean's score is its nested-CV score (weights fitted
+   without the scored fold, see raytag.ensemble.weights). Test labels, when the dataset
+   has them, are scored and reported, never used to choose.
+4. The best combiner is saved as an artifact; a comparison table (CSV) and a bar chart
+   (PNG) of every single model and every ensemble go next to it, in `<experiment>/ensemble/`.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from raytag import storage
+from raytag.data.labels import labels_to_matrix, parse_label_field
+from raytag.ensemble.artifact import MemberSpec, safe_name, save_artifact, trial_settings
+from raytag.ensemble.combiners import COMBINERS, combine, rank_reference
+from raytag.ensemble.weights import DEFAULT_STEPS, fit_weights, nested_fit
+from raytag.errors import RaytagError
+from raytag.metrics import lwlrap
+
+META_COLUMNS = ("clip_id", "fold", "run", "stage")
+NOT_FINISHED = {"error", "errored", "failed", "running", "pending", "paused"}
+MIN_COVERAGE = 0.9  # a trial whose OOF covers less of the best trial's clips is left out
+
+
+@dataclass
+class Candidate:
+    trial_id: str
+    name: str  # folder-safe name used in the artifact
+    outputs_dir: str
+    leaderboard_cv: float
+
+
+@dataclass
+class TrialPredictions:
+    classes: list[str]
+    oof: pd.DataFrame  # index clip_id, class columns (runs averaged; final stage)
+    oof_fold: pd.Series  # index clip_id -> fold id
+    test: Optional[pd.DataFrame]  # index clip_id, class columns (folds and runs averaged)
+
+
+@dataclass
+class EnsembleResult:
+    table: pd.DataFrame  # one row per single model and per combiner
+    chosen: str  # combiner saved in the artifact
+    artifact_path: str
+    members: list[str] = field(default_factory=list)
+    weights: Optional[list[float]] = None  # the weighted combiner's final weights
+    nested_fold_weights: dict = field(default_factory=dict)
+    skipped: list[dict] = field(default_factory=list)  # candidates left out, with the reason
+    table_path: str = ""
+    chart_path: str = ""
+
+
+# ----------------------------------------------------------------------------- candidates
+def select_candidates(experiment_dir: str, top: Optional[int] = 5,
+                      min_cv: Optional[float] = None) -> tuple[list[Candidate], list[dict]]:
+    """Finished trials with saved predictions, best CV first; the top K and over the bar."""
+    path = storage.join(experiment_dir, "leaderboard.csv")
+    if not storage.exists(path):
+        raise RaytagError(f"{path}: no leaderboard; run `raytag tune` for this experiment first")
+    board = storage.read_csv(path)
+    for col in ("trial_id", "cv_lwlrap", "outputs_dir"):
+        if col not in board.columns:
+            raise RaytagError(f"{path}: column '{col}' is missing")
+    skipped = []
+    rows = []
+    for rec in board.to_dict(orient="records"):
+        status = str(rec.get("status", "")).strip().lower()
+        if status in NOT_FINISHED:
+            skipped.append({"trial_id": str(rec["trial_id"]), "reason": f"status {status}"})
+            continue
+        if pd.isna(rec["cv_lwlrap"]) or pd.isna(rec["outputs_dir"]):
+            skipped.append({"trial_id": str(rec["trial_id"]), "reason": "no CV score or outputs"})
+            continue
+        outputs = _resolve_outputs(experiment_dir, str(rec["outputs_dir"]))
+        if outputs is None:
+            skipped.append({"trial_id": str(rec["trial_id"]),
+                            "reason": f"{rec['outputs_dir']}: no oof.parquet"})
+            continue
+        rows.append(Candidate(str(rec["trial_id"]), safe_name(rec["trial_id"]), outputs, float(rec["cv_lwlrap"])))
+    rows.sort(key=lambda c: -c.leaderboard_cv)
+    if min_cv is not None:
+        kept = [c for c in rows if c.leaderboard_cv > min_cv]
+        skipped += [{"trial_id": c.trial_id, "reason": f"CV {c.leaderboard_cv:.4f} <= {min_cv}"}
+                    for c in rows if c not in kept]
+        rows = kept
+    if top:
+        skipped += [{"trial_id": c.trial_id, "reason": f"not in the top {top}"} for c in rows[top:]]
+        rows = rows[:top]
+    if not rows:
+        bar = f" over CV {min_cv}" if min_cv is not None else ""
+        raise RaytagError(f"{path}: no finished trial with saved predictions{bar}; nothing to ensemble")
+    return rows, skipped
+
+
+def _resolve_outputs(experiment_dir: str, outputs_dir: str) -> Optional[str]:
+    """The trial's outputs folder: as written, or relative to the experiment folder."""
+    tries = [outputs_dir]
+    if not storage.is_uri(outputs_dir) and not outputs_dir.startswith("/"):
+        tries.append(storage.join(experiment_dir, outputs_dir))
+    for path in tries:
+        if storage.exists(storage.join(path, "oof.parquet")):
+            return path
+    return None
+
+
+# ----------------------------------------------------------------------------- reading a trial
+def _classes_of(table, path: str) -> list[str]:
+    meta = table.schema.metadata or {}
+    raw = meta.get(b"raytag.classes")
+    if raw is not None:
+        try:
+            classes = json.loads(raw.decode())
+        except ValueError:
+            classes = raw.decode().split(",")
+        return [str(c) for c in classes]
+    return [c for c in table.column_names if c not in META_COLUMNS]
+
+
+def read_predictions(path: str) -> tuple[pd.DataFrame, list[str]]:
+    """A predictions parquet -> (rows of the final stage, classes in order)."""
+    table = storage.read_parquet_table(path)
+    classes = _classes_of(table, path)
+    df = table.to_pandas()
+    missing = [c for c in ["clip_id", *classes] if c not in df.columns]
+    if missing:
+        raise RaytagError(f"{path}: column '{missing[0]}' is missing")
+    if "stage" in df.columns and df["stage"].nunique() > 1:
+        # several stages saved: the ensemble uses the trial's final model (last stage written)
+        df = df[df["stage"] == df["stage"].iloc[-1]]
+    return df, classes
+
+
+def load_trial(outputs_dir: str) -> TrialPredictions:
+    oof_df, classes = read_predictions(storage.join(outputs_dir, "oof.parquet"))
+    oof = oof_df.groupby("clip_id", sort=True)[classes].mean()  # averages repeated runs
+    if "fold" in oof_df.columns:
+        fold = oof_df.groupby("clip_id", sort=True)["fold"].first()
+    else:
+        fold = pd.Series(0, index=oof.index)
+    test = None
+    test_path = storage.join(outputs_dir, "test.parquet")
+    if storage.exists(test_path):
+        test_df, test_classes = read_predictions(test_path)
+        if test_classes != classes:
+            raise RaytagError(f"{test_path}: class order differs from oof.parquet")
+        test = test_df.groupby("clip_id", sort=True)[classes].mean()  # fold models averaged
+    return TrialPredictions(classes=classes, oof=oof, oof_fold=fold, test=test)
+
+
+def _truth_table(path: str) -> pd.DataFrame:
+    """clip_id/fname + labels CSV -> DataFrame(clip_id, fname, labels tuple)."""
+    df = storage.read_csv(path)
+    if "labels" not in df.columns:
+        raise RaytagError(f"{path}: column 'labels' is missing")
+    if "clip_id" not in df.columns and "fname" not in df.columns:
+        raise RaytagError(f"{path}: needs a clip_id or fname column")
+    out = pd.DataFrame({"labels": [parse_label_field(v) for v in df["labels"]]})
+    out["clip_id"] = df["clip_id"].astype(str) if "clip_id" in df.columns else None
+    out["fname"] = df["fname"].astype(str) if "fname" in df.columns else out["clip_id"].str.split("/").str[-1]
+    return out
+
+
+def truth_matrix(truth: pd.DataFrame, clip_ids, classes) -> np.ndarray:
+    """Multi-hot truth aligned to `clip_ids` (by clip_id, else by file name)."""
+    by_id = dict(zip(truth["clip_id"], truth["labels"])) if truth["clip_id"].notna().all() else {}
+    by_name = dict(zip(truth["fname"], truth["labels"]))
+    rows = []
+    for cid in clip_ids:
+        labels = by_id.get(cid)
+        if labels is None:
+            labels = by_name.get(str(cid).split("/")[-1])
+        if labels is None:
+            raise RaytagError(f"no truth for clip {cid}")
+        rows.append(labels)
+    return labels_to_matrix(rows, classes)
+
+
+def load_oof_truth(outputs_dir: str) -> pd.DataFrame:
+    """The curated labels of the OOF clips: `oof_truth.csv` in the trial outputs, else the
+    dataset named by `data` in model.json (read with raytag.data.layouts)."""
+    path = storage.join(outputs_dir, "oof_truth.csv")
+    if storage.exists(path):
+        return _truth_table(path)
+    info = json.loads(storage.read_text(storage.join(outputs_dir, "model.json")))
+    data = info.get("data")
+    if data:
+        from raytag.data.layouts import load_dataset
+
+        ds = load_dataset(data)
+        clips = ds.clips[ds.clips["split"] != "test"]
+        return pd.DataFrame({"clip_id": clips["clip_id"], "fname": clips["fname"], "labels": clips["labels"]})
+    raise RaytagError(
+        f"{outputs_dir}: no oof_truth.csv and no dataset path in model.json; the ensemble "
+        "needs the curated labels of the out-of-fold clips"
+    )
+
+
+# ----------------------------------------------------------------------------- the job
+def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional[float] = None,
+                   steps: int = DEFAULT_STEPS, console=None) -> EnsembleResult:
+    """Score every combiner on OOF lwlrap, save the best as an artifact, write the table + chart."""
+    experiment_dir = str(experiment_dir)
+    say = console.print if console is not None else (lambda *a, **k: None)
+    candidates, skipped = select_candidates(experiment_dir, top, min_cv)
+    say(f"{len(candidates)} candidate trial(s): {', '.join(c.trial_id for c in candidates)}")
+    trials, members = [], []
+    for cand in candidates:
+        try:
+            pred = load_trial(cand.outputs_dir)
+        except RaytagError as err:
+            skipped.append({"trial_id": cand.trial_id, "reason": str(err)})
+            continue
+        if trials and set(pred.classes) != set(trials[0].classes):
+            skipped.append({"trial_id": cand.trial_id, "reason": "different class list"})
+            continue
+        if trials:
+            base = trials[0].oof.index
+            coverage = len(base.intersection(pred.oof.index)) / len(base)
+            if coverage < MIN_COVERAGE:
+                skipped.append({"trial_id": cand.trial_id,
+                                "reason": f"OOF covers {coverage:.0%} of the best trial's clips"})
+                continue
+        trials.append(pred)
+        members.append(cand)
+    if not trials:
+        raise RaytagError(f"{experiment_dir}: no candidate trial could be read: {skipped}")
+    classes = trials[0].classes
+
+    # align OOF predictions by clip_id (inner join over members)
+    common = trials[0].oof.index
+    for t in trials[1:]:
+        common = common.intersection(t.oof.index)
+    common = common.sort_values()
+    oof = np.stack([t.oof.loc[common, classes].to_numpy(np.float64) for t in trials])
+    y_oof = truth_matrix(load_oof_truth(members[0].outputs_dir), common, classes)
+    has_label = y_oof.sum(axis=1) > 0  # clips without a label carry no lwlrap weight
+    oof, y_oof, common = oof[:, has_label], y_oof[has_label], common[has_label]
+    outer_folds = trials[0].oof_fold.loc[common].to_numpy()
+    references = [rank_reference(t.oof[classes].to_numpy(np.float64)) for t in trials]
+
+    # test predictions and truth: reported only
+    test, y_test = None, None
+    truth_path = storage.join(members[0].outputs_dir, "test_truth.csv")
+    if all(t.test is not None for t in trials) and storage.exists(truth_path):
+        test_ids = trials[0].test.index
+        for t in trials[1:]:
+            test_ids = test_ids.intersection(t.test.index)
+        test_ids = test_ids.sort_values()
+        y_test = truth_matrix(_truth_table(truth_path), test_ids, classes)
+        keep = y_test.sum(axis=1) > 0
+        test = np.stack([t.test.loc[test_ids, classes].to_numpy(np.float64) for t in trials])[:, keep]
+        y_test = y_test[keep]
+
+    def test_score(probs_fn):
+        return float(lwlrap(y_test, probs_fn(test))) if test is not None else np.nan
+
+    rows = []
+    for m, cand in enumerate(members):
+        rows.append({
+            "name": cand.trial_id, "kind": "single", "members": 1,
+            "cv_lwlrap": lwlrap(y_oof, oof[m]), "cv_method": "oof",
+            "test_lwlrap": test_score(lambda p, m=m: p[m]), "weights": "",
+        })
+    for name in ("mean", "geometric", "rank"):
+        rows.append({
+            "name": name, "kind": "ensemble", "members": len(members),
+            "cv_lwlrap": lwlrap(y_oof, combine(name, oof, references=references)), "cv_method": "oof",
+            "test_lwlrap": test_score(lambda p, n=name: combine(n, p, references=references)),
+            "weights": "",
+        })
+    if len(np.unique(outer_folds)) >= 2:
+        nested = nested_fit(oof, y_oof, outer_folds, steps)
+        final, weighted_cv, method, fold_weights = nested.final, nested.nested_lwlrap, "nested oof", nested.fold_weights
+    else:  # one fold only: no clip can be held out from the fit; the table says so
+        final = fit_weights(oof, y_oof, steps)
+        weighted_cv, method, fold_weights = final.train_lwlrap, "in-sample (1 fold)", {}
+    weights = final.weights
+    rows.append({
+        "name": "weighted", "kind": "ensemble", "members": len(members),
+        "cv_lwlrap": weighted_cv, "cv_method": method,
+        "cv_lwlrap_in_sample": final.train_lwlrap,
+        "test_lwlrap": test_score(lambda p: combine("weighted", p, weights)),
+        "weights": " ".join(f"{w:.3f}" for w in weights),
+    })
+    table = pd.DataFrame(rows)
+    ens = table[table["kind"] == "ensemble"]
+    # highest CV wins; ties go to the simpler combiner (COMBINERS order)
+    order = {n: i for i, n in enumerate(COMBINERS)}
+    chosen = min(ens.itertuples(), key=lambda r: (-round(r.cv_lwlrap, 10), order[r.name])).name
+    table["chosen"] = table["name"].eq(chosen) & table["kind"].eq("ensemble")
+
+    out_dir = storage.join(experiment_dir, "ensemble")
+    layout = trial_settings(members[0].outputs_dir)["layout"]
+    specs = [MemberSpec(c.name, c.outputs_dir, float(lwlrap(y_oof, oof[i])), references[i])
+             for i, c in enumerate(members)]
+    chosen_row = table[table["chosen"]].iloc[0]
+    scores = {"cv_lwlrap": float(chosen_row.cv_lwlrap), "cv_method": chosen_row.cv_method,
+              "test_lwlrap": None if pd.isna(chosen_row.test_lwlrap) else float(chosen_row.test_lwlrap),
+              "oof_clips": int(len(common))}
+    artifact_path = save_artifact(
+        storage.join(out_dir, "artifact"), specs, chosen,
+        weights.tolist() if chosen == "weighted" else None, classes, layout, scores,
+    )
+    table_path = storage.join(out_dir, "comparison.csv")
+    storage.write_csv(table, table_path)
+    chart_path = storage.join(out_dir, "comparison.png")
+    storage.write_bytes(chart_path, comparison_chart(table))
+    result = EnsembleResult(
+        table=table, chosen=chosen, artifact_path=artifact_path,
+        members=[c.trial_id for c in members], weights=weights.tolist(),
+        nested_fold_weights=fold_weights, skipped=skipped, table_path=table_path, chart_path=chart_path,
+    )
+    summary = {
+        "chosen": chosen, "members": result.members, "weights": result.weights,
+        "nested_fold_weights": {str(k): v for k, v in fold_weights.items()},
+        "oof_clips": int(len(common)), "test_clips": 0 if y_test is None else int(len(y_test)),
+        "skipped": skipped, "artifact": artifact_path, "scores": scores,
+    }
+    storage.write_text(storage.join(out_dir, "ensemble_summary.json"), json.dumps(summary, indent=2) + "\n")
+    return result
+
+
+# ----------------------------------------------------------------------------- outputs
+def comparison_chart(table: pd.DataFrame) -> bytes:
+    """PNG bytes: horizontal bars of CV (and test, where known) lwlrap per row of the table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.name} ({'nested ' if r.cv_method.startswith('nested') else ''}ensemble)"
+              if r.kind == "ensemble" else str(r.name) for r in table.itertuples()]
+    y = np.arange(len(table))
+    has_test = table["test_lwlrap"].notna().any()
+    height = 0.38 if has_test else 0.7
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(table) + 1.5))
+    cv_colors = ["tab:orange" if c else "tab:blue" for c in table["chosen"]]
+    ax.barh(y - (height / 2 if has_test else 0), table["cv_lwlrap"], height, color=cv_colors, label="CV lwlrap (OOF)")
+    if has_test:
+        ax.barh(y + height / 2, table["test_lwlrap"].fillna(0), height, color="tab:gray", label="test lwlrap (reported only)")
+    for yi, v in zip(y, table["cv_lwlrap"]):
+        ax.text(v, yi - (height / 2 if has_test else 0), f" {v:.4f}", va="center", fontsize=8)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    lo = float(np.nanmin(table[["cv_lwlrap", "test_lwlrap"]].to_numpy(dtype=float)))
+    ax.set_xlim(max(0.0, lo - 0.05), 1.0)
+    ax.set_xlabel("lwlrap (orange: chosen ensemble)")
+    ax.set_title("Single models and ensembles")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def ensemble_command(experiment: str, storage: str = "results", top: Optional[int] = 5,
+                     min_cv: Optional[float] = None) -> EnsembleResult:
+    from rich.console import Console
+    from rich.table import Table
+
+    from raytag import storage as st
+
+    console = Console(stderr=True)
+    result = build_ensemble(st.join(storage, experiment), top=top, min_cv=min_cv, console=console)
+    view = Table(title=f"ensemble of {experiment}")
+    for col in ("name", "kind", "CV lwlrap", "CV on", "test lwlrap", "weights"):
+        view.add_column(col)
+    for r in result.table.itertuples():
+        mark = " *" if r.chosen else ""
+        view.add_row(f"{r.name}{mark}", r.kind, f"{r.cv_lwlrap:.4f}", r.cv_method,
+                     "-" if pd.isna(r.test_lwlrap) else f"{r.test_lwlrap:.4f}", r.weights)
+    console.print(view)
+    for s in result.skipped:
+        console.print(f"left out {s['trial_id']}: {s['reason']}")
+    console.print(f"chosen: [bold]{result.chosen}[/] (*); artifact: [bold]{result.artifact_path}[/]")
+    console.print(f"table: {result.table_path}; chart: {result.chart_path}")
+    return result

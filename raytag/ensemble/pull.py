@@ -1,0 +1,103 @@
+"""`raytag pull EXPERIMENT --storage URI --to DIR`: copy a sweep's best ensemble artifact,
+its leaderboard and its reports from the sweep's storage (s3://, gs://, file:// or a local
+folder, all through pyarrow.fs) to a local folder, and verify the checksums.
+
+Resumable: a file already in DIR with the manifest's size and SHA-256 is not copied again,
+and each file is copied under a ".partial" name and renamed when complete, so re-running
+after an interruption finishes the job. The artifact's manifest is copied last, so DIR
+never holds a manifest whose files are not all there and verified.
+
+    DIR/artifact/            the artifact (for `raytag predict DIR/artifact ...`)
+    DIR/leaderboard.csv      the sweep's leaderboard
+    DIR/ensemble/            comparison.csv, comparison.png, ensemble_summary.json
+    DIR/report/              the sweep's report folder, when it has one
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raytag import storage
+from raytag.ensemble.artifact import MANIFEST, read_manifest, verify_artifact
+from raytag.errors import ArtifactError, StorageError
+
+ENSEMBLE_REPORTS = ("comparison.csv", "comparison.png", "ensemble_summary.json")
+
+
+@dataclass
+class PullResult:
+    artifact: Path
+    copied: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def pull(experiment: str, storage_uri: str, to: Path) -> PullResult:
+    source = storage.join(storage_uri, experiment)
+    src_artifact = storage.join(source, "ensemble", "artifact")
+    if not storage.exists(storage.join(src_artifact, MANIFEST)):
+        where = src_artifact if storage.exists(source) else source
+        raise StorageError(
+            f"{where}: no ensemble artifact; run `raytag ensemble {experiment} --storage {storage_uri}` first"
+        )
+    to = Path(to).resolve()
+    dst_artifact = str(to / "artifact")
+    manifest = read_manifest(src_artifact)
+    expected = manifest["files"]
+    result = PullResult(artifact=Path(dst_artifact))
+
+    # a manifest left from an older artifact must not vouch for a half-new folder
+    old_manifest = Path(dst_artifact) / MANIFEST
+    if old_manifest.exists() and storage.sha256_file(str(old_manifest)) != storage.sha256_file(
+            storage.join(src_artifact, MANIFEST)):
+        old_manifest.unlink()
+    _remove_strays(Path(dst_artifact), set(expected))
+    stats = storage.copy_tree(src_artifact, dst_artifact, files=sorted(expected), expected_sha=expected)
+    result.copied += [f"artifact/{f}" for f in stats.copied]
+    result.skipped += [f"artifact/{f}" for f in stats.skipped]
+    # every copied file is checked against the manifest before the manifest lands
+    for rel in stats.copied:
+        if storage.sha256_file(storage.join(dst_artifact, rel)) != expected[rel]:
+            raise ArtifactError(
+                f"{src_artifact}/{rel}: checksum does not match the manifest after copying; "
+                "the source artifact is damaged, run `raytag ensemble` again"
+            )
+    stats = storage.copy_tree(src_artifact, dst_artifact, files=[MANIFEST])
+    result.copied += [f"artifact/{f}" for f in stats.copied]
+    result.skipped += [f"artifact/{f}" for f in stats.skipped]
+    verify_artifact(dst_artifact)
+
+    reports = ["leaderboard.csv"] + [f"ensemble/{name}" for name in ENSEMBLE_REPORTS]
+    present = [rel for rel in reports if storage.exists(storage.join(source, rel))]
+    stats = storage.copy_tree(source, str(to), files=present)
+    result.copied += stats.copied
+    result.skipped += stats.skipped
+    report_dir = storage.join(source, "report")
+    if storage.is_dir(report_dir):
+        stats = storage.copy_tree(report_dir, str(to / "report"))
+        result.copied += [f"report/{f}" for f in stats.copied]
+        result.skipped += [f"report/{f}" for f in stats.skipped]
+    return result
+
+
+def _remove_strays(folder: Path, keep: set[str]) -> None:
+    """Delete files in a local artifact folder that the source manifest does not list
+    (an older artifact's files, ".partial" leftovers), so verification sees only ours."""
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_file() and rel not in keep and rel != MANIFEST:
+            path.unlink()
+
+
+def pull_command(experiment: str, storage: str, to: Path) -> PullResult:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    result = pull(experiment, storage, to)
+    console.print(
+        f"pulled {experiment}: {len(result.copied)} file(s) copied, {len(result.skipped)} already "
+        f"present and verified; artifact checksums OK"
+    )
+    console.print(f"artifact: [bold]{result.artifact}[/]  (tag audio: raytag predict {result.artifact} FILES...)")
+    return result

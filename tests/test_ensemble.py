@@ -1,0 +1,265 @@
+"""Ensemble job: combiners on known numbers, weight fitting with its nested guard, and the
+whole job on synthetic trial folders written in the trial-outputs format of ARCHITECTURE.md.
+
+`make_trial_outputs` / `make_experiment` are also used by test_artifact.py and test_predict.py.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from raytag import storage
+from raytag.config import Config
+from raytag.ensemble.combiners import (
+    arithmetic_mean, combine, geometric_mean, percentile_ranks, rank_mean, rank_reference,
+)
+from raytag.ensemble.job import build_ensemble, select_candidates
+from raytag.ensemble.weights import fit_weights, nested_fit
+from raytag.errors import RaytagError
+from raytag.metrics import lwlrap
+
+CLASSES = ["Bark", "Meow", "Rain", "Siren", "Crying_baby", "Clock_tick", "Rooster", "Sea_waves"]
+FEATURES = {"kind": "logmel", "sample_rate": 8000, "n_fft": 256, "hop_length": 128, "n_mels": 16}
+MODEL = {"name": "cnn2d", "width": 4, "depth": 1, "params": {"hidden": 8}}
+
+
+# ----------------------------------------------------------------------------- synthetic trials
+def make_truth(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y = np.zeros((n, len(CLASSES)), dtype=np.float32)
+    y[np.arange(n), rng.integers(0, len(CLASSES), n)] = 1
+    extra = rng.random(n) < 0.3
+    y[extra, rng.integers(0, len(CLASSES), extra.sum())] = 1
+    return y
+
+
+def noisy_probs(y: np.ndarray, signal: float, seed: int) -> np.ndarray:
+    """Probabilities that separate positives from negatives by `signal` (0: pure noise)."""
+    rng = np.random.default_rng(seed)
+    logits = signal * (2 * y - 1) + rng.normal(0, 1, y.shape)
+    return (1 / (1 + np.exp(-logits))).astype(np.float32)
+
+
+def make_trial_outputs(out, trial_id: str, y_oof, y_test, signal: float, seed: int,
+                       n_folds: int = 3, layout: str = "fat2019", model: dict | None = None,
+                       features: dict | None = None, fold_of=None):
+    """Write one trial's outputs folder exactly as the runner does; returns its path."""
+    out = storage.join(str(out), trial_id, "outputs")
+    n, n_test = len(y_oof), len(y_test)
+    clip_ids = [f"curated/c{i:04d}.wav" for i in range(n)]
+    test_ids = [f"test/t{i:04d}.wav" for i in range(n_test)]
+    folds = np.arange(n) % n_folds if fold_of is None else fold_of
+    meta = {"raytag.classes": json.dumps(CLASSES)}
+    oof = pd.DataFrame(noisy_probs(y_oof, signal, seed), columns=CLASSES)
+    oof.insert(0, "clip_id", clip_ids)
+    oof.insert(1, "fold", folds)
+    oof.insert(2, "run", 0)
+    oof.insert(3, "stage", "finetune")
+    storage.write_parquet(oof, storage.join(out, "oof.parquet"), metadata=meta)
+    test_rows = []
+    for k in range(n_folds):
+        part = pd.DataFrame(noisy_probs(y_test, signal, seed * 100 + k), columns=CLASSES)
+        part.insert(0, "clip_id", test_ids)
+        part.insert(1, "fold", k)
+        part.insert(2, "run", 0)
+        part.insert(3, "stage", "finetune")
+        test_rows.append(part)
+    storage.write_parquet(pd.concat(test_rows), storage.join(out, "test.parquet"), metadata=meta)
+    label_str = lambda y: [",".join(CLASSES[j] for j in np.flatnonzero(row)) for row in y]  # noqa: E731
+    storage.write_csv(pd.DataFrame({"clip_id": clip_ids, "labels": label_str(y_oof)}),
+                      storage.join(out, "oof_truth.csv"))
+    storage.write_csv(pd.DataFrame({"fname": [t.split("/")[1] for t in test_ids], "labels": label_str(y_test)}),
+                      storage.join(out, "test_truth.csv"))
+    cfg = Config.from_dict({"features": features or FEATURES, "model": model or MODEL,
+                            "train": {"crop_seconds": 0.5}, "inference": {"overlap": 0.5}})
+    from raytag.features.frontends import frontend_shape
+    from raytag.models import build_model
+
+    c, f = frontend_shape(cfg.features)
+    torch.manual_seed(seed)
+    for k in range(n_folds):
+        net = build_model(cfg.model, len(CLASSES), c, f)
+        local = storage.join(out, "weights", f"fold{k}.safetensors")
+        storage.makedirs(storage.join(out, "weights"))
+        save_file({k2: v.contiguous() for k2, v in net.state_dict().items()}, local)
+    rng = np.random.default_rng(seed)
+    model_json = {
+        "features": cfg.to_dict()["features"], "model": cfg.to_dict()["model"], "classes": CLASSES,
+        "layout": layout, "norm_mean": (rng.normal(-40, 1, (c, f))).tolist(),
+        "norm_std": (np.full((c, f), 15.0)).tolist(),
+        "crop_frames": cfg.crop_frames(), "segment_frames": cfg.segment_frames(),
+    }
+    storage.write_text(storage.join(out, "model.json"), json.dumps(model_json))
+    storage.write_text(storage.join(out, "config.yaml"), cfg.to_yaml())
+    cv = lwlrap(y_oof, oof[CLASSES].to_numpy())
+    storage.write_text(storage.join(out, "metrics.json"), json.dumps({"cv_lwlrap": cv}))
+    return out, cv
+
+
+def make_experiment(root, signals=(0.9, 0.8, 0.7, 0.0), n=120, n_test=60, layout="fat2019",
+                    extra_rows=()):
+    """An experiment folder with a leaderboard and one trial per signal strength."""
+    exp = storage.join(str(root), "exp")
+    y_oof, y_test = make_truth(n, 1), make_truth(n_test, 2)
+    rows = []
+    for i, s in enumerate(signals):
+        out, cv = make_trial_outputs(exp, f"trial_{i}", y_oof, y_test, s, seed=10 + i, layout=layout)
+        rows.append({"trial_id": f"trial_{i}", "status": "TERMINATED", "cv_lwlrap": cv,
+                     "test_lwlrap": np.nan, "outputs_dir": out})
+    rows += list(extra_rows)
+    storage.write_csv(pd.DataFrame(rows), storage.join(exp, "leaderboard.csv"))
+    return exp
+
+
+# ----------------------------------------------------------------------------- combiners
+def test_arithmetic_and_geometric_means_on_known_numbers():
+    preds = np.array([[[0.2, 0.8]], [[0.8, 0.2]], [[0.5, 0.5]]])  # 3 members, 1 clip, 2 classes
+    assert np.allclose(arithmetic_mean(preds), [[0.5, 0.5]])
+    assert np.allclose(arithmetic_mean(preds, [1, 0, 1]), [[0.35, 0.65]])
+    g = (0.2 * 0.8 * 0.5) ** (1 / 3)
+    assert np.allclose(geometric_mean(preds), [[g, g]])
+    # a zero cannot veto a class: clipped at EPS
+    assert geometric_mean(np.array([[[0.0]], [[1.0]]]))[0, 0] == pytest.approx(1e-3)
+
+
+def test_rank_mean_uses_each_members_own_scale():
+    # member 0 is calibrated high, member 1 low; ranks make them count equally
+    a = np.array([[0.90, 0.1], [0.95, 0.2], [0.99, 0.3]])
+    b = np.array([[0.03, 0.1], [0.01, 0.2], [0.02, 0.3]])
+    r = rank_mean(np.stack([a, b]))
+    ranks_a0 = percentile_ranks(a, rank_reference(a))[:, 0]
+    assert np.allclose(ranks_a0, [0.0, 0.5, 1.0])
+    assert np.allclose(r[:, 0], ([0, 0.5, 1.0] + np.array([1.0, 0.0, 0.5])) / 2)
+    # a new clip is ranked against the stored reference, not against the other new clips
+    new = rank_mean(np.stack([a[:1], b[:1]]), references=[rank_reference(a), rank_reference(b)])
+    assert np.allclose(new, r[:1])
+
+
+def test_combine_errors_are_clear():
+    preds = np.ones((2, 3, 4)) * 0.5
+    with pytest.raises(ValueError, match="unknown combiner"):
+        combine("median", preds)
+    with pytest.raises(ValueError, match="needs fitted weights"):
+        combine("weighted", preds)
+    with pytest.raises(ValueError, match="2 members but 3 weights"):
+        combine("weighted", preds, [1, 1, 1])
+
+
+# ----------------------------------------------------------------------------- weights
+def test_weights_drop_a_bad_member_and_beat_the_plain_mean():
+    y = make_truth(200, 3)
+    good1, good2, bad = noisy_probs(y, 1.5, 1), noisy_probs(y, 1.5, 2), noisy_probs(y, 0.0, 3)
+    preds = np.stack([bad, good1, good2])
+    fit = fit_weights(preds, y)
+    assert fit.weights[0] < 0.1  # the pure-noise member gets (almost) no weight
+    assert fit.weights.sum() == pytest.approx(1.0)
+    assert fit.train_lwlrap > lwlrap(y, preds.mean(axis=0))
+    assert fit.train_lwlrap >= max(lwlrap(y, p) for p in preds)
+
+
+def test_nested_fit_scores_heldout_folds_only():
+    y = make_truth(150, 4)
+    preds = np.stack([noisy_probs(y, 1.2, 5), noisy_probs(y, 1.2, 6), noisy_probs(y, 0.0, 7)])
+    folds = np.arange(150) % 3
+    res = nested_fit(preds, y, folds)
+    assert set(res.fold_weights) == {0, 1, 2}
+    # held-out predictions of fold 0 are made with the weights fitted on folds 1 and 2
+    w0 = np.array(res.fold_weights[0])
+    assert np.allclose(res.heldout_preds[folds == 0], np.tensordot(w0, preds[:, folds == 0], axes=1))
+    assert res.nested_lwlrap == pytest.approx(lwlrap(y, res.heldout_preds))
+    # the in-sample score is optimistic relative to the nested one (or equal)
+    assert res.final.train_lwlrap >= res.nested_lwlrap - 1e-9
+    with pytest.raises(ValueError, match="2 outer folds"):
+        nested_fit(preds, y, np.zeros(150))
+
+
+# ----------------------------------------------------------------------------- the job
+def test_build_ensemble_table_artifact_and_chart(tmp_path):
+    exp = make_experiment(tmp_path)
+    res = build_ensemble(exp, top=4)
+    t = res.table
+    singles = t[t.kind == "single"]
+    assert set(singles["name"]) == {"trial_0", "trial_1", "trial_2", "trial_3"}
+    assert singles["cv_lwlrap"].is_monotonic_decreasing  # candidates come best first
+    assert set(t[t.kind == "ensemble"]["name"]) == {"mean", "geometric", "rank", "weighted"}
+    weighted = t[t.name == "weighted"].iloc[0]
+    assert weighted.cv_method == "nested oof"
+    assert weighted.cv_lwlrap_in_sample >= weighted.cv_lwlrap - 1e-9
+    assert t["test_lwlrap"].notna().all()  # test truth exists: reported for every row
+    # the noise member (trial_3) gets little weight in the final fit
+    assert res.weights[3] < 0.15
+    chosen = t[t.chosen]
+    assert len(chosen) == 1 and chosen.iloc[0].kind == "ensemble"
+    assert chosen.iloc[0].cv_lwlrap == t[t.kind == "ensemble"]["cv_lwlrap"].max()
+    assert res.chosen == chosen.iloc[0]["name"]
+    assert storage.exists(storage.join(res.artifact_path, "manifest.json"))
+    png = storage.read_bytes(res.chart_path)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = storage.read_csv(res.table_path)
+    assert len(saved) == 8
+
+
+def test_choice_ignores_test_labels(tmp_path):
+    """Swapping the test truth changes test scores but never the chosen combiner or weights."""
+    exp = make_experiment(tmp_path, signals=(1.3, 1.1, 0.2))
+    first = build_ensemble(exp, top=3)
+    for i in range(3):
+        path = storage.join(exp, f"trial_{i}", "outputs", "test_truth.csv")
+        truth = storage.read_csv(path)
+        truth["labels"] = truth["labels"].sample(frac=1.0, random_state=0).to_numpy()
+        storage.write_csv(truth, path)
+    second = build_ensemble(exp, top=3)
+    assert second.chosen == first.chosen
+    assert second.weights == first.weights
+    assert np.allclose(second.table["cv_lwlrap"], first.table["cv_lwlrap"])
+    assert not np.allclose(second.table["test_lwlrap"], first.table["test_lwlrap"])
+
+
+def test_candidates_top_k_min_cv_and_unfinished(tmp_path):
+    extra = [{"trial_id": "broken", "status": "ERROR", "cv_lwlrap": 0.99, "test_lwlrap": np.nan,
+              "outputs_dir": "nowhere"},
+             {"trial_id": "no_outputs", "status": "TERMINATED", "cv_lwlrap": 0.98, "test_lwlrap": np.nan,
+              "outputs_dir": str(tmp_path / "missing")}]
+    exp = make_experiment(tmp_path, extra_rows=extra)
+    cands, skipped = select_candidates(exp, top=2)
+    board = storage.read_csv(storage.join(exp, "leaderboard.csv"))
+    best_two = board[board.trial_id.str.startswith("trial")].nlargest(2, "cv_lwlrap")["trial_id"]
+    assert [c.trial_id for c in cands] == list(best_two)
+    reasons = {s["trial_id"]: s["reason"] for s in skipped}
+    assert "status error" in reasons["broken"] and "no oof.parquet" in reasons["no_outputs"]
+    cv = {c.trial_id: c.leaderboard_cv for c in select_candidates(exp, top=None)[0]}
+    ranked = sorted(cv, key=cv.get, reverse=True)
+    bar = (cv[ranked[1]] + cv[ranked[2]]) / 2
+    over, _ = select_candidates(exp, top=None, min_cv=bar)
+    assert [c.trial_id for c in over] == ranked[:2]
+    with pytest.raises(RaytagError, match="nothing to ensemble"):
+        select_candidates(exp, top=None, min_cv=0.9999)
+
+
+def test_trials_with_different_folds_are_aligned_by_clip(tmp_path):
+    """Two trials with other fold assignments and a shuffled row order still align per clip."""
+    exp = storage.join(str(tmp_path), "exp")
+    y, yt = make_truth(90, 1), make_truth(30, 2)
+    out0, cv0 = make_trial_outputs(exp, "a", y, yt, 1.4, 1)
+    out1, cv1 = make_trial_outputs(exp, "b", y, yt, 1.4, 2, n_folds=3, fold_of=(np.arange(90) // 30))
+    oof_path = storage.join(out1, "oof.parquet")
+    table = storage.read_parquet_table(oof_path)
+    df = table.to_pandas().sample(frac=1.0, random_state=1)
+    storage.write_parquet(df, oof_path, metadata={"raytag.classes": json.dumps(CLASSES)})
+    storage.write_csv(pd.DataFrame([
+        {"trial_id": "a", "status": "TERMINATED", "cv_lwlrap": cv0, "outputs_dir": out0},
+        {"trial_id": "b", "status": "TERMINATED", "cv_lwlrap": cv1, "outputs_dir": out1},
+    ]), storage.join(exp, "leaderboard.csv"))
+    res = build_ensemble(exp, top=2)
+    singles = res.table[res.table.kind == "single"].set_index("name")["cv_lwlrap"]
+    assert singles["a"] == pytest.approx(cv0) and singles["b"] == pytest.approx(cv1)
+
+
+def test_missing_leaderboard_is_a_clear_error(tmp_path):
+    with pytest.raises(RaytagError, match="no leaderboard; run `raytag tune`"):
+        build_ensemble(str(tmp_path / "nothing"))
