@@ -1,0 +1,206 @@
+"""Storage helpers (local paths and file:// URIs), the artifact round trip and its checks,
+and `raytag pull` including a resume after an interrupted copy."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from raytag import __version__, storage
+from raytag.ensemble.artifact import load_artifact, verify_artifact
+from raytag.ensemble.job import build_ensemble
+from raytag.ensemble.pull import pull
+from raytag.errors import ArtifactError, StorageError
+
+from test_ensemble import CLASSES, make_experiment
+
+
+# ----------------------------------------------------------------------------- storage
+@pytest.mark.parametrize("as_uri", [False, True])
+def test_storage_roundtrip_local_and_file_uri(tmp_path, as_uri):
+    base = tmp_path.as_uri() if as_uri else str(tmp_path)
+    path = storage.join(base, "a", "b.bin")
+    assert not storage.exists(path)
+    storage.write_bytes(path, b"hello")
+    assert storage.exists(path) and storage.read_bytes(path) == b"hello"
+    assert storage.size(path) == 5 and storage.is_dir(storage.join(base, "a"))
+    assert storage.sha256_file(path) == storage.sha256_bytes(b"hello")
+    df = pd.DataFrame({"clip_id": ["x", "y"], "Bark": [0.1, 0.9]})
+    storage.write_parquet(df, storage.join(base, "p.parquet"), metadata={"raytag.classes": '["Bark"]'})
+    table = storage.read_parquet_table(storage.join(base, "p.parquet"))
+    assert table.schema.metadata[b"raytag.classes"] == b'["Bark"]'
+    pd.testing.assert_frame_equal(storage.read_parquet(storage.join(base, "p.parquet")), df)
+    storage.write_csv(df, storage.join(base, "t.csv"))
+    pd.testing.assert_frame_equal(storage.read_csv(storage.join(base, "t.csv")), df)
+    assert storage.list_files(base) == ["a/b.bin", "p.parquet", "t.csv"]
+    # no temporary files left behind by the atomic writes
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    with pytest.raises(StorageError, match="no such file"):
+        storage.read_bytes(storage.join(base, "missing"))
+
+
+def test_storage_join_keeps_uri_scheme():
+    assert storage.join("s3://bucket/prefix/", "exp", "leaderboard.csv") == "s3://bucket/prefix/exp/leaderboard.csv"
+    assert storage.join("results", "exp") == "results/exp"
+    with pytest.raises(StorageError, match="cannot open this storage URI"):
+        storage.resolve("nosuchscheme://x/y")
+
+
+def test_copy_tree_resumes_by_size_and_hash(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for name, data in {"a.txt": b"aaaa", "sub/b.txt": b"bbbb", "c.txt": b"cc"}.items():
+        storage.write_bytes(str(src / name), data)
+    first = storage.copy_tree(str(src), str(dst))
+    assert sorted(first.copied) == ["a.txt", "c.txt", "sub/b.txt"]
+    (dst / "sub" / "b.txt").write_bytes(b"bbXb")  # same size, other content
+    (dst / "c.txt").write_bytes(b"c")  # truncated
+    second = storage.copy_tree(str(src), str(dst))
+    assert sorted(second.copied) == ["c.txt", "sub/b.txt"] and second.skipped == ["a.txt"]
+    assert (dst / "sub" / "b.txt").read_bytes() == b"bbbb" and (dst / "c.txt").read_bytes() == b"cc"
+
+
+# ----------------------------------------------------------------------------- artifact
+@pytest.fixture(scope="module")
+def ensemble(tmp_path_factory):
+    exp = make_experiment(tmp_path_factory.mktemp("art"), signals=(0.9, 0.8, 0.0))
+    return build_ensemble(exp, top=3)
+
+
+def test_artifact_round_trip(ensemble):
+    path = ensemble.artifact_path
+    manifest = json.loads(storage.read_text(storage.join(path, "manifest.json")))
+    assert manifest["raytag_version"] == __version__ and manifest["created"]
+    files = set(manifest["files"])
+    assert "ensemble.json" in files
+    for name in ("trial_0", "trial_1", "trial_2"):
+        assert {f"members/{name}/member.json", *(f"members/{name}/fold{k}.safetensors" for k in range(3))} <= files
+    # weights are copied byte for byte from the trials
+    src = storage.read_bytes(str(Path(path).parents[1] / "trial_0" / "outputs" / "weights" / "fold1.safetensors"))
+    assert storage.read_bytes(storage.join(path, "members/trial_0/fold1.safetensors")) == src
+    art = load_artifact(path)
+    assert art.classes == CLASSES and art.combiner == ensemble.chosen
+    assert [m.name for m in art.members] == ensemble.members  # best CV first
+    assert all(len(m.models) == 3 for m in art.members)
+    assert art.members[0].settings["features"]["n_mels"] == 16
+    if art.combiner == "weighted":
+        assert art.weights == pytest.approx(ensemble.weights)
+    # loaded fold models hold the saved tensors
+    from safetensors.torch import load_file
+    saved = load_file(str(Path(path) / "members" / art.members[0].name / "fold0.safetensors"))
+    for key, value in art.members[0].models[0].state_dict().items():
+        assert torch.equal(value, saved[key])
+    # the combiner reproduces the saved choice on given member outputs
+    probs = [np.full((2, len(CLASSES)), 0.5, dtype=np.float32) for _ in art.members]
+    assert art.combine(probs).shape == (2, len(CLASSES))
+
+
+def test_every_combiner_saves_and_loads(ensemble, tmp_path):
+    from raytag.ensemble.artifact import MemberSpec, save_artifact
+    from raytag.ensemble.combiners import rank_reference
+
+    exp = Path(ensemble.artifact_path).parents[1]
+    specs = [MemberSpec(n, str(exp / n / "outputs"), 0.5, rank_reference(np.random.rand(20, len(CLASSES))))
+             for n in ("trial_0", "trial_1")]
+    for combiner, weights in (("mean", None), ("geometric", None), ("rank", None), ("weighted", [0.25, 0.75])):
+        dest = str(tmp_path / combiner)
+        save_artifact(dest, specs, combiner, weights, CLASSES, "fat2019")
+        art = load_artifact(dest)
+        assert art.combiner == combiner
+        assert (art.members[0].rank_reference is not None) == (combiner == "rank")
+        out = art.combine([np.full((1, len(CLASSES)), 0.2), np.full((1, len(CLASSES)), 0.6)])
+        if combiner == "weighted":
+            assert np.allclose(out, 0.5)
+        if combiner == "mean":
+            assert np.allclose(out, 0.4)
+
+
+def _copy_artifact(src: str, dst: Path) -> str:
+    storage.copy_tree(src, str(dst))
+    return str(dst)
+
+
+def test_tampered_file_is_refused(ensemble, tmp_path):
+    path = _copy_artifact(ensemble.artifact_path, tmp_path / "a")
+    weights = Path(path) / "members" / "trial_1" / "fold2.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="checksum mismatch for members/trial_1/fold2.safetensors"):
+        load_artifact(path)
+
+
+def test_extra_missing_and_incomplete_are_refused(ensemble, tmp_path):
+    path = _copy_artifact(ensemble.artifact_path, tmp_path / "b")
+    (Path(path) / "members" / "trial_0" / "notes.txt").write_text("hi")
+    with pytest.raises(ArtifactError, match="members/trial_0/notes.txt is not in the manifest"):
+        verify_artifact(path)
+    (Path(path) / "members" / "trial_0" / "notes.txt").unlink()
+    (Path(path) / "ensemble.json").unlink()
+    with pytest.raises(ArtifactError, match="ensemble.json is listed in the manifest but missing"):
+        verify_artifact(path)
+    (Path(path) / "manifest.json").unlink()
+    with pytest.raises(ArtifactError, match="manifest.json: missing"):
+        load_artifact(path)
+    with pytest.raises(ArtifactError, match="no such artifact folder"):
+        load_artifact(tmp_path / "nowhere")
+
+
+def test_weights_are_never_unpickled(ensemble, tmp_path):
+    """A pickled state dict in place of a safetensors file is refused before loading."""
+    path = _copy_artifact(ensemble.artifact_path, tmp_path / "c")
+    target = Path(path) / "members" / "trial_0" / "fold0.safetensors"
+    torch.save({"x": torch.zeros(1)}, target)
+    manifest_path = Path(path) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["members/trial_0/fold0.safetensors"] = storage.sha256_file(str(target))
+    manifest_path.write_text(json.dumps(manifest))  # checksums now "match"
+    with pytest.raises(ArtifactError, match="not a readable safetensors state dict"):
+        load_artifact(path)
+
+
+# ----------------------------------------------------------------------------- pull
+def test_pull_copies_verifies_and_resumes(ensemble, tmp_path, monkeypatch):
+    exp_dir = Path(ensemble.artifact_path).parents[1]
+    storage_uri = exp_dir.parent.as_uri()  # file:// URI through pyarrow.fs
+    to = tmp_path / "local"
+    real_copy = storage.copy_file
+    calls = {"n": 0}
+
+    def flaky_copy(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 4:  # die in the middle of the 4th file: a .partial is left behind
+            storage.write_bytes(str(dst) + ".partial", b"half")
+            raise OSError("connection reset")
+        real_copy(src, dst)
+
+    monkeypatch.setattr(storage, "copy_file", flaky_copy)
+    with pytest.raises(OSError, match="connection reset"):
+        pull(exp_dir.name, storage_uri, to)
+    assert not (to / "artifact" / "manifest.json").exists()  # never looks complete
+    with pytest.raises(ArtifactError, match="manifest.json: missing"):
+        load_artifact(to / "artifact")
+    monkeypatch.setattr(storage, "copy_file", real_copy)
+    result = pull(exp_dir.name, storage_uri, to)
+    assert len(result.skipped) == 3  # the three files copied before the failure
+    assert "artifact/manifest.json" in result.copied
+    assert (to / "leaderboard.csv").exists() and (to / "ensemble" / "comparison.png").exists()
+    assert not list(to.rglob("*.partial"))
+    load_artifact(to / "artifact")
+    again = pull(exp_dir.name, storage_uri, to)  # a third run copies nothing
+    assert again.copied == [] and len(again.skipped) == len(result.copied) + len(result.skipped)
+
+
+def test_pull_refuses_damaged_source_and_missing_artifact(ensemble, tmp_path):
+    exp_dir = Path(ensemble.artifact_path).parents[1]
+    copy_root = tmp_path / "store"
+    storage.copy_tree(str(exp_dir), str(copy_root / "exp"))
+    with pytest.raises(StorageError, match="no ensemble artifact; run `raytag ensemble other"):
+        pull("other", str(copy_root), tmp_path / "x")
+    victim = copy_root / "exp" / "ensemble" / "artifact" / "members" / "trial_2" / "member.json"
+    victim.write_text(victim.read_text().replace("cnn2d", "cnn2e"))
+    with pytest.raises(ArtifactError, match="members/trial_2/member.json: checksum does not match"):
+        pull("exp", str(copy_root), tmp_path / "y")
