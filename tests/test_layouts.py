@@ -291,3 +291,10 @@ def test_labels_matrix_round_trip():
         labels_to_matrix([("w",)], classes)
     with pytest.raises(ValueError, match="3 classes"):
         matrix_to_labels(np.zeros((1, 2)), classes)
+
+
+def test_unreadable_csv(tmp_path):
+    root = make_fat2019(tmp_path / "d")
+    (root / "train_noisy.csv").write_text('fname,labels\n"n1.wav,Chirp\n')  # quote never closed
+    with pytest.raises(DatasetError, match="train_noisy.csv: not a readable CSV file"):
+        load_dataset(root)
