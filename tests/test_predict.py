@@ -1,0 +1,174 @@
+"""`raytag predict`: tagging wav files with an artifact, a corrupt file reported and left
+out, the 2019 / 2018 / json outputs, and agreement with a by-hand computation."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from raytag.ensemble.artifact import MemberSpec, load_artifact, save_artifact
+from raytag.ensemble.job import build_ensemble
+from raytag.errors import RaytagError
+from raytag.predict import expand_inputs, predict_command, predict_files
+
+from test_ensemble import CLASSES, make_experiment, make_trial_outputs, make_truth
+
+
+def write_audio(folder: Path) -> dict[str, Path]:
+    """Four good files (other rates, stereo, short, long) and two bad ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    t = lambda sr, sec: np.arange(int(sr * sec)) / sr  # noqa: E731
+    files = {
+        "tone.wav": (0.3 * np.sin(2 * np.pi * 440 * t(8000, 1.3)), 8000),
+        "chirp44k.wav": (0.3 * np.sin(2 * np.pi * (200 + 800 * t(44100, 2.0)) * t(44100, 2.0)), 44100),
+        "stereo.wav": (np.stack([np.sin(2 * np.pi * 300 * t(16000, 0.7))] * 2, axis=1) * 0.2, 16000),
+        "noise_long.flac": (np.random.default_rng(0).normal(0, 0.1, 8000 * 5), 8000),
+    }
+    paths = {}
+    for name, (wave, sr) in files.items():
+        sf.write(folder / name, wave.astype(np.float32), sr)
+        paths[name] = folder / name
+    (folder / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk")
+    sf.write(folder / "empty.wav", np.zeros(0, dtype=np.float32), 8000)
+    paths["corrupt.wav"], paths["empty.wav"] = folder / "corrupt.wav", folder / "empty.wav"
+    return paths
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory):
+    return write_audio(tmp_path_factory.mktemp("audio"))
+
+
+@pytest.fixture(scope="module")
+def artifact_2019(tmp_path_factory):
+    exp = make_experiment(tmp_path_factory.mktemp("p19"), signals=(0.9, 0.6), n=60, n_test=20)
+    return build_ensemble(exp, top=2).artifact_path
+
+
+@pytest.fixture(scope="module")
+def artifact_2018(tmp_path_factory):
+    exp = make_experiment(tmp_path_factory.mktemp("p18"), signals=(0.9, 0.6), n=60, n_test=20, layout="fsd2018")
+    return build_ensemble(exp, top=2).artifact_path
+
+
+GOOD = ["tone.wav", "chirp44k.wav", "stereo.wav", "noise_long.flac"]
+
+
+def test_predict_files_reports_bad_audio_and_leaves_it_out(artifact_2019, audio):
+    art = load_artifact(artifact_2019)
+    order = ["tone.wav", "corrupt.wav", "chirp44k.wav", "empty.wav", "stereo.wav", "noise_long.flac"]
+    probs, failures = art.predict_files([audio[n] for n in order])
+    assert list(probs.index) == [str(audio[n]) for n in GOOD]
+    assert list(probs.columns) == CLASSES
+    assert np.isfinite(probs.to_numpy()).all() and ((probs.to_numpy() > 0) & (probs.to_numpy() < 1)).all()
+    assert list(failures["file"]) == [str(audio["corrupt.wav"]), str(audio["empty.wav"])]
+    assert failures["reason"].str.len().gt(0).all()
+    # different clips get different scores (not a constant fill)
+    assert probs.to_numpy().std(axis=0).max() > 1e-4
+
+
+def test_predict_matches_a_by_hand_computation(artifact_2019, audio):
+    """Segment averaging, normalisation, fold averaging and the combiner, done by hand."""
+    from raytag.data.audio import load_audio
+    from raytag.features.frontends import build_frontend
+    from raytag.training.inference import predict_segments
+    import torch
+
+    art = load_artifact(artifact_2019)
+    path = audio["noise_long.flac"]  # 5 s: several segments
+    member_probs = []
+    for m in art.members:
+        cfg = m.feature_config
+        wave = load_audio(path, cfg.sample_rate, cfg.n_fft)
+        with torch.no_grad():
+            feats = build_frontend(cfg)(torch.from_numpy(wave)[None])[0].numpy()
+        s = m.settings
+        assert feats.shape[-1] > 2 * s["segment_frames"]
+        folds = [predict_segments(model, [feats], s["segment_frames"], overlap=s["inference"]["overlap"],
+                                  mean=np.asarray(s["norm_mean"]), std=np.asarray(s["norm_std"]))
+                 for model in m.models]
+        member_probs.append(np.mean(folds, axis=0))
+    expected = art.combine(member_probs)
+    probs, _ = art.predict_files([path])
+    assert np.allclose(probs.to_numpy(), expected, atol=1e-5)
+
+
+def test_batch_size_does_not_change_scores(artifact_2019, audio):
+    art = load_artifact(artifact_2019)
+    files = [audio[n] for n in GOOD]
+    a, _ = predict_files(art, files, batch_size=1)
+    b, _ = predict_files(art, files, batch_size=64)
+    assert np.allclose(a.to_numpy(), b.to_numpy(), atol=1e-5)
+
+
+def test_2019_submission_and_failures_report(artifact_2019, audio, tmp_path):
+    out = tmp_path / "submission.csv"
+    res = predict_command(Path(artifact_2019), [audio["corrupt.wav"].parent], out=out)
+    sub = pd.read_csv(out)
+    assert list(sub.columns) == ["fname", *CLASSES]
+    assert sorted(sub["fname"]) == sorted(GOOD)  # the folder's audio files, bad ones left out
+    fails = pd.read_csv(tmp_path / "submission.failures.csv")
+    assert sorted(Path(f).name for f in fails["file"]) == ["corrupt.wav", "empty.wav"]
+    assert res["tagged"] == 4 and res["failed"] == 2
+
+
+def test_2018_submission_is_top3_labels(artifact_2018, audio, tmp_path):
+    out = tmp_path / "sub2018.csv"
+    predict_command(Path(artifact_2018), [audio[n] for n in GOOD], out=out)
+    sub = pd.read_csv(out)
+    assert list(sub.columns) == ["fname", "label"]
+    art = load_artifact(artifact_2018)
+    probs, _ = art.predict_files([audio[n] for n in GOOD])
+    for row, (_, p) in zip(sub.itertuples(), probs.iterrows()):
+        labels = row.label.split(" ")
+        assert len(labels) == 3 and labels == list(p.sort_values(ascending=False).index[:3])
+
+
+def test_json_output_and_cli(artifact_2019, audio, tmp_path):
+    from raytag.cli import app
+
+    out = tmp_path / "tags.json"
+    result = CliRunner().invoke(app, ["predict", artifact_2019, str(audio["tone.wav"]),
+                                      str(audio["corrupt.wav"]), "--format", "json", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert [Path(f["file"]).name for f in data["files"]] == ["tone.wav"]
+    assert set(data["files"][0]["scores"]) == set(CLASSES) and len(data["files"][0]["top"]) == 3
+    assert [Path(f["file"]).name for f in data["failures"]] == ["corrupt.wav"]
+    bad = CliRunner().invoke(app, ["predict", artifact_2019, str(audio["corrupt.wav"]), "--out",
+                                   str(tmp_path / "none.csv")])
+    assert bad.exit_code == 2 and "could be read" in bad.output
+
+
+def test_input_errors(tmp_path):
+    with pytest.raises(RaytagError, match="no such file or folder"):
+        expand_inputs([tmp_path / "nope.wav"])
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(RaytagError, match="holds no audio files"):
+        expand_inputs([tmp_path / "empty_dir"])
+
+
+def test_members_with_different_front_ends_and_rates(tmp_path, audio):
+    """One member on log-mel at 8 kHz, one on MFCC+deltas at 16 kHz, one on colour mel."""
+    y, yt = make_truth(30, 1), make_truth(10, 2)
+    specs = []
+    variants = [
+        ({"kind": "logmel", "sample_rate": 8000, "n_fft": 256, "hop_length": 128, "n_mels": 16}, "cnn2d"),
+        ({"kind": "mfcc", "sample_rate": 16000, "n_fft": 512, "hop_length": 256, "n_mels": 32,
+          "n_mfcc": 13, "deltas": 1}, "cnn2d"),
+        ({"kind": "colormel", "sample_rate": 16000, "n_fft": 512, "hop_length": 256, "n_mels": 16}, "cnn2d"),
+    ]
+    for i, (feat, model) in enumerate(variants):
+        out, _ = make_trial_outputs(tmp_path / "exp", f"m{i}", y, yt, 1.0, i, n_folds=2, features=feat,
+                                    model={"name": model, "width": 4, "depth": 1, "params": {"hidden": 8}})
+        specs.append(MemberSpec(f"m{i}", out))
+    dest = str(tmp_path / "art")
+    save_artifact(dest, specs, "geometric", None, CLASSES, "fat2019")
+    art = load_artifact(dest)
+    probs, failures = art.predict_files([audio[n] for n in GOOD + ["corrupt.wav"]])
+    assert probs.shape == (4, len(CLASSES)) and len(failures) == 1
