@@ -263,3 +263,27 @@ def test_trials_with_different_folds_are_aligned_by_clip(tmp_path):
 def test_missing_leaderboard_is_a_clear_error(tmp_path):
     with pytest.raises(RaytagError, match="no leaderboard; run `raytag tune`"):
         build_ensemble(str(tmp_path / "nothing"))
+
+
+def test_oof_truth_from_the_sweeps_dataset(tmp_path):
+    """Without oof_truth.csv the curated labels come from the dataset named in sweep.json."""
+    import soundfile as sf
+
+    exp = make_experiment(tmp_path, signals=(0.9, 0.5), n=40, n_test=10)
+    with_file = build_ensemble(exp, top=2).table
+    data = tmp_path / "data"
+    (data / "train_curated").mkdir(parents=True)
+    (data / "test").mkdir()
+    truth = storage.read_csv(storage.join(exp, "trial_0", "outputs", "oof_truth.csv"))
+    for cid in truth["clip_id"]:
+        sf.write(data / "train_curated" / cid.split("/")[1], np.zeros(800, dtype=np.float32), 8000)
+    pd.DataFrame({"fname": truth["clip_id"].str.split("/").str[1], "labels": truth["labels"]}).to_csv(
+        data / "train_curated.csv", index=False)
+    pd.DataFrame(columns=["fname", *CLASSES]).to_csv(data / "sample_submission.csv", index=False)
+    for i in range(2):
+        (tmp_path / "exp" / f"trial_{i}" / "outputs" / "oof_truth.csv").unlink()
+    with pytest.raises(RaytagError, match="needs the curated labels"):
+        build_ensemble(exp, top=2)
+    storage.write_text(storage.join(exp, "sweep.json"), json.dumps({"data": str(data)}))
+    from_data = build_ensemble(exp, top=2).table
+    assert np.allclose(from_data["cv_lwlrap"], with_file["cv_lwlrap"])

@@ -30,7 +30,9 @@ from raytag.errors import RaytagError
 from raytag.metrics import lwlrap
 
 META_COLUMNS = ("clip_id", "fold", "run", "stage")
-NOT_FINISHED = {"error", "errored", "failed", "running", "pending", "paused"}
+# leaderboard statuses of trials that ran their whole pipeline (raytag.search.leaderboard
+# writes "ok"; Tune's own word is "TERMINATED"); "stopped early", "failed", "unfinished" are not
+FINISHED = {"ok", "terminated", "done", "finished", "completed"}
 MIN_COVERAGE = 0.9  # a trial whose OOF covers less of the best trial's clips is left out
 
 
@@ -77,8 +79,8 @@ def select_candidates(experiment_dir: str, top: Optional[int] = 5,
     skipped = []
     rows = []
     for rec in board.to_dict(orient="records"):
-        status = str(rec.get("status", "")).strip().lower()
-        if status in NOT_FINISHED:
+        status = str(rec.get("status", "ok")).strip().lower()
+        if status not in FINISHED:
             skipped.append({"trial_id": str(rec["trial_id"]), "reason": f"status {status}"})
             continue
         if pd.isna(rec["cv_lwlrap"]) or pd.isna(rec["outputs_dir"]):
@@ -130,16 +132,16 @@ def _classes_of(table, path: str) -> list[str]:
 
 
 def read_predictions(path: str) -> tuple[pd.DataFrame, list[str]]:
-    """A predictions parquet -> (rows of the final stage, classes in order)."""
+    """A predictions parquet -> (its rows, classes in order). The runner writes only the
+    final model of each fold there (per-stage predictions go to stage_oof.parquet)."""
     table = storage.read_parquet_table(path)
     classes = _classes_of(table, path)
     df = table.to_pandas()
     missing = [c for c in ["clip_id", *classes] if c not in df.columns]
     if missing:
         raise RaytagError(f"{path}: column '{missing[0]}' is missing")
-    if "stage" in df.columns and df["stage"].nunique() > 1:
-        # several stages saved: the ensemble uses the trial's final model (last stage written)
-        df = df[df["stage"] == df["stage"].iloc[-1]]
+    if df.empty:
+        raise RaytagError(f"{path}: holds no predictions")
     return df, classes
 
 
@@ -188,23 +190,27 @@ def truth_matrix(truth: pd.DataFrame, clip_ids, classes) -> np.ndarray:
     return labels_to_matrix(rows, classes)
 
 
-def load_oof_truth(outputs_dir: str) -> pd.DataFrame:
-    """The curated labels of the OOF clips: `oof_truth.csv` in the trial outputs, else the
-    dataset named by `data` in model.json (read with raytag.data.layouts)."""
+def load_oof_truth(outputs_dir: str, experiment_dir: Optional[str] = None) -> pd.DataFrame:
+    """The curated labels of the OOF clips: `oof_truth.csv` in the trial outputs when the
+    runner wrote one, else the dataset the sweep ran on (`data` in the experiment's
+    sweep.json, or in the trial's model.json), read with raytag.data.layouts."""
     path = storage.join(outputs_dir, "oof_truth.csv")
     if storage.exists(path):
         return _truth_table(path)
-    info = json.loads(storage.read_text(storage.join(outputs_dir, "model.json")))
-    data = info.get("data")
+    data = None
+    sweep = storage.join(experiment_dir, "sweep.json") if experiment_dir else None
+    if sweep and storage.exists(sweep):
+        data = json.loads(storage.read_text(sweep)).get("data")
+    if not data:
+        data = json.loads(storage.read_text(storage.join(outputs_dir, "model.json"))).get("data")
     if data:
         from raytag.data.layouts import load_dataset
 
-        ds = load_dataset(data)
-        clips = ds.clips[ds.clips["split"] != "test"]
-        return pd.DataFrame({"clip_id": clips["clip_id"], "fname": clips["fname"], "labels": clips["labels"]})
+        truth = load_dataset(data).truth_for("curated")
+        return truth[["clip_id", "fname", "labels"]].reset_index(drop=True)
     raise RaytagError(
-        f"{outputs_dir}: no oof_truth.csv and no dataset path in model.json; the ensemble "
-        "needs the curated labels of the out-of-fold clips"
+        f"{outputs_dir}: no oof_truth.csv, and no dataset path in {sweep or 'sweep.json'} or model.json; "
+        "the ensemble needs the curated labels of the out-of-fold clips"
     )
 
 
@@ -245,7 +251,7 @@ def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional
         common = common.intersection(t.oof.index)
     common = common.sort_values()
     oof = np.stack([t.oof.loc[common, classes].to_numpy(np.float64) for t in trials])
-    y_oof = truth_matrix(load_oof_truth(members[0].outputs_dir), common, classes)
+    y_oof = truth_matrix(load_oof_truth(members[0].outputs_dir, experiment_dir), common, classes)
     has_label = y_oof.sum(axis=1) > 0  # clips without a label carry no lwlrap weight
     oof, y_oof, common = oof[:, has_label], y_oof[has_label], common[has_label]
     outer_folds = trials[0].oof_fold.loc[common].to_numpy()
