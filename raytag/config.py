@@ -160,6 +160,13 @@ class WarmupConfig(StageConfig):
 
 
 @dataclass
+class FinetuneConfig(StageConfig):
+    # Noisy clips taken at face value in stage 1: "none" (seed 000), "subset" (the rough
+    # selection) or "all" (the plain curated + noisy baseline the pipeline must beat).
+    noisy: Literal["none", "subset", "all"] = "none"
+
+
+@dataclass
 class FilterConfig:
     enabled: bool = True
     rule: Literal["min_prob", "clip_lwlrap"] = "clip_lwlrap"
@@ -199,12 +206,13 @@ class PseudoLabelConfig(StageConfig):
 class PipelineConfig:
     noisy_selection: NoisySelectionConfig = field(default_factory=NoisySelectionConfig)
     warmup: WarmupConfig = field(default_factory=lambda: WarmupConfig(enabled=True, epochs=5))
-    finetune: StageConfig = field(default_factory=lambda: StageConfig(enabled=True, epochs=10))
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(enabled=True, epochs=10))
     filter: FilterConfig = field(default_factory=FilterConfig)
     label_spreading: LabelSpreadingConfig = field(default_factory=LabelSpreadingConfig)
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
-    # Stages after the filter train on curated + accepted noisy clips.
-    # Inference on noisy/unlabelled clips uses one segment per clip-crop like test clips.
+    # Stage 2 (after the filter) runs whenever the filter, label spreading or pseudo-labelling
+    # is on: pseudo.rounds rounds (1 when pseudo is off) of pseudo.epochs epochs, each on
+    # curated + accepted noisy clips (+ pseudo-labelled clips when pseudo is on).
 
 
 # ----------------------------------------------------------------------------- top level

@@ -1,0 +1,250 @@
+"""Turn a finished run's checkpoint into the trial outputs (docs/ARCHITECTURE.md).
+
+The workers only save raw arrays (clip ids + probabilities per stage and fold); here,
+on the driver, they become the Parquet files the ensemble job reads, the stage table,
+the Kaggle submission, the filter report and the t-SNE plot. Truth files are read
+here for reporting only, after training has finished."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raytag.metrics import lwlrap
+
+
+def _load(path: Path):
+    data = np.load(path)
+    return [str(i) for i in data["ids"]], data["probs"]
+
+
+def _frame(ids, probs, fold, stage, run, classes) -> pd.DataFrame:
+    df = pd.DataFrame(probs, columns=classes) if len(ids) else pd.DataFrame(columns=classes, dtype=np.float32)
+    df.insert(0, "stage", stage)
+    df.insert(0, "run", run)
+    df.insert(0, "fold", fold)
+    df.insert(0, "clip_id", ids)
+    return df
+
+
+def write_parquet(df: pd.DataFrame, path: Path, classes):
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[b"raytag.classes"] = json.dumps(list(classes)).encode()
+    pq.write_table(table.replace_schema_metadata(meta), path)
+
+
+def _split_tag(tag: str):
+    """'finetune__fold2' -> ('finetune', 2); 'warmup' -> ('warmup', -1)."""
+    if "__fold" in tag:
+        stage, fold = tag.split("__fold")
+        return stage, int(fold)
+    return tag, -1
+
+
+def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store) -> tuple[dict, pd.DataFrame]:
+    cfg = plan.config
+    classes = plan.classes
+    run = cfg.name
+    curated_row = {cid: i for i, cid in enumerate(plan.curated_ids)}
+    test_truth = _truth_matrix(dataset, "test", classes)
+    noisy_truth = dataset.truth_for("noisy") if dataset.noisy_truth is not None else None
+
+    # -- per-stage predictions ---------------------------------------------------------
+    stage_oof, stage_test = [], []
+    for path in sorted((ckpt_out / "preds" / "oof").glob("*.npz")):
+        stage, fold = _split_tag(path.stem)
+        stage_oof.append(_frame(*_load(path), fold, stage, run, classes))
+    for path in sorted((ckpt_out / "preds" / "test").glob("*.npz")):
+        stage, fold = _split_tag(path.stem)
+        stage_test.append(_frame(*_load(path), fold, stage, run, classes))
+    stage_oof_df = pd.concat(stage_oof, ignore_index=True)
+    stage_test_df = pd.concat(stage_test, ignore_index=True) if stage_test else _frame([], [], 0, "", run, classes)
+    write_parquet(stage_oof_df, staging / "stage_oof.parquet", classes)
+    write_parquet(stage_test_df, staging / "stage_test.parquet", classes)
+
+    # -- final predictions of each fold (what ensembles use) --------------------------------
+    oof, test, fold_scores = [], [], {}
+    for fold in plan.folds:
+        ids, probs = _load(ckpt_out / "preds" / "final" / f"oof_fold{fold}.npz")
+        stage = _final_stage(stage_oof_df, fold)
+        oof.append(_frame(ids, probs, fold, stage, run, classes))
+        fold_scores[fold] = float(lwlrap(plan.curated_y[[curated_row[c] for c in ids]], probs))
+        tids, tprobs = _load(ckpt_out / "preds" / "final" / f"test_fold{fold}.npz")
+        test.append(_frame(tids, tprobs, fold, stage, run, classes))
+    oof_df = pd.concat(oof, ignore_index=True)
+    test_df = pd.concat(test, ignore_index=True)
+    write_parquet(oof_df, staging / "oof.parquet", classes)
+    write_parquet(test_df, staging / "test.parquet", classes)
+    cv = float(lwlrap(plan.curated_y[[curated_row[c] for c in oof_df["clip_id"]]], oof_df[classes].to_numpy()))
+
+    # -- test: mean over folds -> submission (+ score when truth exists) -------------------
+    test_lw = None
+    if len(test_df):
+        mean_test = test_df.groupby("clip_id", sort=False)[classes].mean()
+        fnames = [c.split("/", 1)[1] for c in mean_test.index]
+        from raytag.scoring import write_submission_2018, write_submission_2019
+
+        writer = write_submission_2019 if plan.layout == "fat2019" else write_submission_2018
+        writer(fnames, classes, mean_test.to_numpy(), staging / "submission.csv")
+        if test_truth is not None:
+            test_lw = _score_against(mean_test, test_truth)
+
+    # -- stage table ----------------------------------------------------------------
+    stages = _stage_table(stage_oof_df, stage_test_df, plan, classes, curated_row, test_truth,
+                          ckpt_out, noisy_truth)
+    stages.to_csv(staging / "stages.csv", index=False)
+
+    # -- weights, model card, config, filter decisions, plots ------------------------------
+    shutil.copytree(ckpt_out / "weights", staging / "weights", dirs_exist_ok=True)
+    (staging / "weights" / "warmup.safetensors").unlink(missing_ok=True)
+    for sub in ("filter", "pseudo"):
+        if (ckpt_out / sub).exists():
+            shutil.copytree(ckpt_out / sub, staging / sub, dirs_exist_ok=True)
+    (staging / "model.json").write_text(json.dumps(model_card(plan), indent=2))
+    (staging / "config.yaml").write_text(cfg.to_yaml())
+    if test_truth is not None:
+        dataset.truth_for("test")[["clip_id", "fname", "labels"]].assign(
+            labels=lambda d: d["labels"].map(",".join)).to_csv(staging / "test_truth.csv", index=False)
+    _tsne(ckpt_out, staging, plan, dataset)
+    skipped = pd.concat([dataset.skipped, getattr(store, "failed", pd.DataFrame(columns=["file", "reason"]))])
+    skipped.to_csv(staging / "skipped.csv", index=False)
+
+    history = _history(ckpt_out)
+    history.to_csv(staging / "history.csv", index=False)
+    metrics = {
+        "cv_lwlrap": cv,
+        "fold_lwlrap": {str(k): v for k, v in fold_scores.items()},
+        "test_lwlrap": test_lw,
+        "epochs_run": int((history["stage"] != "filter").sum()) if len(history) else 0,
+        "n_skipped": int(len(skipped)),
+    }
+    return metrics, stages
+
+
+def _history(ckpt_out: Path) -> pd.DataFrame:
+    """Every report of the run (one per epoch, one per filter step), from the checkpoint."""
+    state = json.loads((ckpt_out.parent / "state.json").read_text())
+    return pd.DataFrame(state["history"])
+
+
+def model_card(plan) -> dict:
+    """Everything needed to rebuild a fold model and its inputs without pickled code."""
+    cfg = plan.config
+    return {
+        "features": cfg.to_dict()["features"],
+        "model": cfg.to_dict()["model"],
+        "inference": cfg.to_dict()["inference"],
+        "classes": list(plan.classes),
+        "layout": plan.layout,
+        "channels": plan.channels,
+        "bins": plan.bins,
+        "crop_frames": cfg.crop_frames(),
+        "segment_frames": cfg.segment_frames(),
+        "norm_mean": np.asarray(plan.norm_mean).tolist(),
+        "norm_std": np.asarray(plan.norm_std).tolist(),
+        "folds": list(plan.folds),
+    }
+
+
+def _final_stage(stage_oof: pd.DataFrame, fold: int) -> str:
+    rows = stage_oof[stage_oof["fold"] == fold]
+    return str(rows["stage"].iloc[-1]) if len(rows) else ""
+
+
+def _truth_matrix(dataset, split, classes):
+    if split == "test" and dataset.test_truth is None:
+        return None
+    truth = dataset.truth_for(split)
+    if truth is None or not len(truth):
+        return None
+    from raytag.data.labels import labels_to_matrix
+
+    return pd.DataFrame(labels_to_matrix(list(truth["labels"]), classes), index=truth["clip_id"], columns=classes)
+
+
+def _score_against(scores: pd.DataFrame, truth: pd.DataFrame) -> float:
+    common = scores.index.intersection(truth.index)
+    return float(lwlrap(truth.loc[common].to_numpy(), scores.loc[common].to_numpy()))
+
+
+def _stage_table(stage_oof, stage_test, plan, classes, curated_row, test_truth, ckpt_out, noisy_truth):
+    rows = []
+    order = sorted(dict.fromkeys(stage_oof["stage"]), key=_stage_order)
+    for stage in order:
+        part = stage_oof[stage_oof["stage"] == stage]
+        y = plan.curated_y[[curated_row[c] for c in part["clip_id"]]]
+        row = {"stage": stage, "folds": int(part["fold"].nunique()),
+               "cv_lwlrap": float(lwlrap(y, part[classes].to_numpy()))}
+        tpart = stage_test[stage_test["stage"] == stage]
+        row["test_lwlrap"] = (_score_against(tpart.groupby("clip_id")[classes].mean(), test_truth)
+                              if test_truth is not None and len(tpart) else float("nan"))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    # counts of the filter and pseudo-label rounds, averaged over folds
+    decisions = [json.loads(p.read_text()) for p in sorted((ckpt_out / "filter").glob("fold*.json"))] \
+        if (ckpt_out / "filter").exists() else []
+    if decisions:
+        n_lab = np.mean([d["n_labelled"] for d in decisions])
+        n_acc = np.mean([d["n_accepted"] for d in decisions])
+        n_unl = np.mean([len(d["unlabelled"]) for d in decisions])
+        table["n_labelled"] = np.nan
+        table["n_accepted"] = np.nan
+        table["n_unlabelled"] = np.nan
+        mask = table["stage"].str.startswith("stage2")
+        table.loc[mask, ["n_labelled", "n_accepted", "n_unlabelled"]] = [n_lab, n_acc, n_unl]
+        if noisy_truth is not None:
+            from raytag.pipeline.report import filter_precision_recall
+
+            given = dict(zip(plan.noisy_ids, _given_labels(plan)))
+            truth = dict(zip(noisy_truth["clip_id"], noisy_truth["labels"]))
+            reports = [filter_precision_recall(d["accepted"], given, truth) for d in decisions]
+            table.loc[mask, "filter_precision"] = np.mean([r["precision"] for r in reports])
+            table.loc[mask, "filter_recall"] = np.mean([r["recall"] for r in reports])
+    pseudo = sorted((ckpt_out / "pseudo").glob("fold*_r*.json")) if (ckpt_out / "pseudo").exists() else []
+    by_round: dict[str, list] = {}
+    for path in pseudo:
+        by_round.setdefault("stage2_r" + path.stem.split("_r")[1], []).append(json.loads(path.read_text()))
+    for stage, infos in by_round.items():  # averaged over folds, like the filter counts
+        mask = table["stage"] == stage
+        table.loc[mask, "pseudo_lower"] = infos[0]["lower"]
+        table.loc[mask, "n_pseudo"] = np.mean([i["n_pseudo"] for i in infos])
+    return table
+
+
+def _stage_order(stage: str):
+    """Pipeline order: warmup, finetune, stage2_r0, stage2_r1, ..."""
+    if stage.startswith("stage2_r"):
+        return (2, int(stage.split("_r")[1]))
+    return ({"warmup": 0, "finetune": 1}.get(stage, 3), 0)
+
+
+def _given_labels(plan):
+    return [tuple(c for c, v in zip(plan.classes, row) if v > 0.5) for row in plan.noisy_y]
+
+
+def _tsne(ckpt_out: Path, staging: Path, plan, dataset):
+    """Seed 002's picture: clip embeddings coloured by class, before and after the filter."""
+    files = sorted((ckpt_out / "embeddings").glob("fold*.npz")) if (ckpt_out / "embeddings").exists() else []
+    if not files:
+        return
+    from raytag.pipeline.report import tsne_plot
+
+    data = np.load(files[0])
+    lab_idx = {c: i for i, c in enumerate(plan.curated_ids)}
+    noisy_idx = {c: i for i, c in enumerate(plan.noisy_ids)}
+    # colour = first given label (curated clips: true; noisy clips: as given, maybe wrong)
+    lab_labels = [int(np.argmax(plan.curated_y[lab_idx[str(c)]])) for c in data["labelled_ids"]]
+    noisy_labels = np.asarray([int(np.argmax(plan.noisy_y[noisy_idx[str(c)]])) for c in data["noisy_ids"]])
+    accepted = data["accepted"].astype(bool)
+    before = np.concatenate([data["labelled"], data["noisy"]])
+    after = np.concatenate([data["labelled"], data["noisy"][accepted]])
+    tsne_plot(before, np.concatenate([lab_labels, noisy_labels]),
+              after, np.concatenate([lab_labels, noisy_labels[accepted]]),
+              plan.classes, staging / "tsne_filter.png", seed=plan.config.seed,
+              title=f"{plan.config.name}: curated + noisy clips (given labels) before / after the filter")

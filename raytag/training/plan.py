@@ -1,0 +1,86 @@
+"""What one pipeline run trains on, fixed on the driver before any worker starts.
+
+The plan holds clip ids, label matrices, fold ids and the rough noisy subset; the
+workers receive it whole (a few MB even at FAT2019 scale). Truth files for test and
+noisy clips never enter it: the workers cannot see them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from raytag.config import Config
+
+
+@dataclass
+class Plan:
+    cfg: dict
+    classes: list[str]
+    layout: str
+    store_path: str
+    curated_ids: list[str]
+    curated_y: np.ndarray  # (n, C) float32
+    curated_fold: np.ndarray  # (n,) int
+    noisy_ids: list[str]
+    noisy_y: np.ndarray
+    noisy_subset: list[str]  # the rough selection (seed 000's best50s)
+    test_ids: list[str]
+    folds: list[int]  # folds this run trains (cv.folds or all)
+    channels: int = 1
+    bins: int = 1
+    norm_mean: np.ndarray = field(default=None)  # (C, F)
+    norm_std: np.ndarray = field(default=None)
+
+    @property
+    def config(self) -> Config:
+        return Config.from_dict(self.cfg)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+def build_plan(cfg: Config, dataset, store) -> Plan:
+    """Folds, the noisy subset and label matrices for the clips the store could decode."""
+    from raytag.data.labels import labels_to_matrix
+    from raytag.pipeline.selection import select_noisy_subset
+    from raytag.training.folds import make_folds
+
+    usable = set(store.clip_ids)
+    clips = dataset.clips[dataset.clips["clip_id"].isin(usable)]
+    curated = clips[clips["split"] == "curated"].reset_index(drop=True)
+    noisy = clips[clips["split"] == "noisy"].reset_index(drop=True)
+    test = clips[clips["split"] == "test"].reset_index(drop=True)
+    classes = list(dataset.classes)
+    curated_y = labels_to_matrix(list(curated["labels"]), classes)
+    fold_ids = make_folds(curated_y, cfg.cv.n_folds, cfg.cv.seed)
+    folds = sorted(set(cfg.cv.folds)) if cfg.cv.folds is not None else list(range(cfg.cv.n_folds))
+    bad = [f for f in folds if not 0 <= f < cfg.cv.n_folds]
+    if bad:
+        from raytag.config import ConfigError
+
+        raise ConfigError(f"cv.folds: {bad} out of range 0..{cfg.cv.n_folds - 1}")
+    subset = (
+        select_noisy_subset(noisy, classes, cfg.pipeline.noisy_selection, cfg.seed)
+        if len(noisy) and cfg.pipeline.noisy_selection.enabled
+        else list(noisy["clip_id"])
+    )
+    channels, bins = store.shape
+    return Plan(
+        cfg=cfg.to_dict(),
+        classes=classes,
+        layout=dataset.layout,
+        store_path=str(store.path),
+        curated_ids=list(curated["clip_id"]),
+        curated_y=curated_y,
+        curated_fold=np.asarray(fold_ids, dtype=np.int64),
+        noisy_ids=list(noisy["clip_id"]),
+        noisy_y=labels_to_matrix(list(noisy["labels"]), classes) if len(noisy) else np.zeros((0, len(classes)), np.float32),
+        noisy_subset=list(subset),
+        test_ids=list(test["clip_id"]),
+        folds=folds,
+        channels=int(channels),
+        bins=int(bins),
+        norm_mean=np.asarray(store.mean, dtype=np.float32),
+        norm_std=np.asarray(store.std, dtype=np.float32),
+    )

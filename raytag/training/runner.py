@@ -1,0 +1,190 @@
+"""One trial = one pipeline run = one `TorchTrainer` worker group (driver side).
+
+`fit_pipeline` loads and checks the dataset, builds (or reuses) the feature store,
+fixes the plan (folds, noisy subset), runs every stage on one worker group, and turns
+the final checkpoint into the trial outputs that search and ensemble read
+(docs/ARCHITECTURE.md, "Trial outputs")."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from raytag.config import Config, parse_cli_overrides
+from raytag.errors import RaytagError
+
+
+@dataclass
+class PipelineResult:
+    run_dir: str
+    outputs_dir: str
+    metrics: dict
+    stages: pd.DataFrame
+
+
+def default_feature_cache() -> str:
+    """Node-local feature cache; features are rebuilt per node, never shared by path."""
+    return os.environ.get("RAYTAG_CACHE", str(Path.home() / ".cache" / "raytag" / "features"))
+
+
+def resolve_storage(storage: str) -> str:
+    """Ray wants an absolute local path or a URI."""
+    if "://" in storage:
+        return storage
+    return str(Path(storage).expanduser().resolve())
+
+
+def ensure_ray():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(ignore_reinit_error=True, log_to_driver=False, configure_logging=False,
+                 include_dashboard=False)
+
+
+def prepare_data(cfg: Config, data, feature_cache: Optional[str], progress: bool):
+    """Dataset + feature store + plan, in that order (each reused from cache where it can)."""
+    from raytag.data.layouts import load_dataset
+    from raytag.features.store import build_feature_store
+    from raytag.training.plan import build_plan
+
+    dataset = load_dataset(_local_data(data), sample_rate=cfg.features.sample_rate)
+    store = build_feature_store(dataset, cfg.features, feature_cache or default_feature_cache(),
+                                progress=progress)
+    return dataset, store, build_plan(cfg, dataset, store)
+
+
+def _local_data(data) -> Path:
+    """A dataset given as a URI is copied to this node's cache first (see raytag.cluster)."""
+    if "://" in str(data):
+        from raytag.cluster import materialize_data
+
+        return Path(materialize_data(str(data)))
+    return Path(data)
+
+
+def fit_pipeline(
+    cfg: Config,
+    data,
+    storage: str,
+    name: str,
+    callbacks: Sequence = (),
+    feature_cache: Optional[str] = None,
+    progress: bool = True,
+) -> PipelineResult:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from raytag.training.worker import train_loop_per_worker
+
+    started = time.time()
+    ensure_ray()
+    storage = resolve_storage(storage)
+    dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
+
+    t = cfg.train
+    resources = {"CPU": t.cpus_per_worker}
+    if t.use_gpu:
+        resources["GPU"] = t.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"plan": plan},
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RaytagError(f"run {name} ended without a checkpoint: {result.error}")
+    run_dir = _join(storage, name)
+    with result.checkpoint.as_directory() as ckpt, tempfile.TemporaryDirectory() as staging:
+        from raytag.training.outputs import write_outputs
+
+        metrics, stages = write_outputs(Path(ckpt) / "outputs", Path(staging), plan, dataset, store)
+        metrics["seconds"] = round(time.time() - started, 1)
+        (Path(staging) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        outputs_dir = _join(run_dir, "outputs")
+        _upload(Path(staging), outputs_dir)
+    return PipelineResult(run_dir=run_dir, outputs_dir=outputs_dir, metrics=metrics, stages=stages)
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def _upload(local: Path, dest: str):
+    """Copy a finished local folder to a local path or URI (pyarrow.fs handles s3/gs)."""
+    import pyarrow.fs as pafs
+
+    if "://" not in dest:
+        import shutil
+
+        shutil.copytree(local, dest, dirs_exist_ok=True)
+        return
+    fs, path = pafs.FileSystem.from_uri(dest)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+# ----------------------------------------------------------------------------- `raytag train`
+def train_command(config: Path, data: Path, storage: str, name: Optional[str], overrides: list[str]):
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    cfg = Config.from_yaml(config)
+    if overrides:
+        cfg = cfg.with_overrides(parse_cli_overrides(overrides))
+    ensure_ray()
+    try:
+        from raytag.cluster import check_storage
+
+        check_storage(storage)
+    except ImportError:  # pragma: no cover - cluster module absent in minimal installs
+        pass
+    name = name or cfg.name
+    console.print(f"[bold]raytag train[/] {name}: {cfg.model.name} on {cfg.features.kind}, "
+                  f"{len(cfg.cv.folds or range(cfg.cv.n_folds))} fold(s), {cfg.train.num_workers} worker(s)")
+    result = fit_pipeline(cfg, data, storage, name)
+    console.print(stage_table(result.stages))
+    table = Table(title="CV lwlrap by fold")
+    table.add_column("fold")
+    table.add_column("lwlrap", justify="right")
+    for fold, value in result.metrics["fold_lwlrap"].items():
+        table.add_row(str(fold), f"{value:.4f}")
+    table.add_row("[bold]overall (OOF)[/]", f"[bold]{result.metrics['cv_lwlrap']:.4f}[/]")
+    console.print(table)
+    if result.metrics.get("test_lwlrap") is not None:
+        console.print(f"test lwlrap (reported only, never used to choose): {result.metrics['test_lwlrap']:.4f}")
+    console.print(f"checkpoints: {result.run_dir}\npredictions, weights, submission: {result.outputs_dir}")
+    return result
+
+
+def stage_table(stages: pd.DataFrame):
+    from rich.table import Table
+
+    table = Table(title="lwlrap by stage")
+    for col in stages.columns:
+        table.add_column(col, justify="right" if stages[col].dtype.kind in "fi" else "left")
+    for _, row in stages.iterrows():
+        table.add_row(*[_fmt(v) for v in row])
+    return table
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "" if np.isnan(v) else f"{v:.4f}" if abs(v) <= 1 else f"{v:.1f}"
+    return str(v)
