@@ -73,10 +73,9 @@ class _MemberRunner:
         x = torch.from_numpy(wave)[None].to(self.device)
         return self.frontend(x)[0].float().cpu().numpy()
 
-    def predict(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+    def predict(self, feats: Sequence[np.ndarray]) -> np.ndarray:
         from raytag.training.inference import predict_segments
 
-        feats = [self.features(w) for w in waves]
         per_fold = [
             predict_segments(
                 model, feats, self.segment_frames,
@@ -90,18 +89,31 @@ class _MemberRunner:
         return np.mean(per_fold, axis=0)  # fold models averaged within the member
 
 
+def _featurise(path: str, runners: list, rates: set) -> list[np.ndarray]:
+    """Each member's features of one file; AudioDecodeError when any step cannot use it.
+    Decoding and front ends follow the feature store (raytag.features.store), so a clip
+    usable in training is usable here and the other way round."""
+    from raytag.data.audio import load_audio
+
+    waves = {rate: load_audio(path, rate, min_samples=1) for rate in rates}
+    feats = []
+    for r in runners:
+        try:
+            x = r.features(waves[r.cfg.sample_rate])
+        except RuntimeError as err:
+            raise AudioDecodeError(path, f"front end failed: {str(err).splitlines()[0]}") from err
+        if not np.isfinite(x).all():
+            raise AudioDecodeError(path, "features are not finite (NaN/inf)")
+        feats.append(x)
+    return feats
+
+
 def predict_files(artifact, paths: Sequence, batch_size: int = 32, progress: bool = False,
                   device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(probs, failures): probs is indexed by file (str) with one column per class, in the
     order of `paths` minus the failures; failures has columns file, reason."""
-    from raytag.data.audio import load_audio
-
     runners = [_MemberRunner(m, batch_size, device) for m in artifact.members]
-    # decode each file once per distinct sample rate, long enough for every front end there
-    min_samples: dict[int, int] = {}
-    for r in runners:
-        need = 1 if r.cfg.kind == "raw" else r.cfg.n_fft
-        min_samples[r.cfg.sample_rate] = max(min_samples.get(r.cfg.sample_rate, 1), need)
+    rates = {r.cfg.sample_rate for r in runners}  # each file is decoded once per rate
     names, rows, failures = [], [], []
     paths = [str(p) for p in paths]
     bar = _progress(progress)
@@ -109,19 +121,18 @@ def predict_files(artifact, paths: Sequence, batch_size: int = 32, progress: boo
         task = bar.add_task("tagging", total=len(paths))
         for start in range(0, len(paths), FILES_PER_CHUNK):
             chunk = paths[start:start + FILES_PER_CHUNK]
-            ok, waves = [], {rate: [] for rate in min_samples}
+            ok, feats = [], [[] for _ in runners]
             for path in chunk:
                 try:
-                    decoded = {rate: load_audio(path, rate, need) for rate, need in min_samples.items()}
+                    per_member = _featurise(path, runners, rates)
                 except AudioDecodeError as err:
                     failures.append({"file": path, "reason": err.reason})
                     continue
                 ok.append(path)
-                for rate, wave in decoded.items():
-                    waves[rate].append(wave)
+                for i, x in enumerate(per_member):
+                    feats[i].append(x)
             if ok:
-                member_probs = [r.predict(waves[r.cfg.sample_rate]) for r in runners]
-                rows.append(artifact.combine(member_probs))
+                rows.append(artifact.combine([r.predict(f) for r, f in zip(runners, feats)]))
                 names.extend(ok)
             bar.update(task, advance=len(chunk))
     probs = np.concatenate(rows) if rows else np.zeros((0, len(artifact.classes)), dtype=np.float32)

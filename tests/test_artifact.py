@@ -204,3 +204,16 @@ def test_pull_refuses_damaged_source_and_missing_artifact(ensemble, tmp_path):
     victim.write_text(victim.read_text().replace("cnn2d", "cnn2e"))
     with pytest.raises(ArtifactError, match="members/trial_2/member.json: checksum does not match"):
         pull("exp", str(copy_root), tmp_path / "y")
+
+
+def test_cli_pull(ensemble, tmp_path):
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+
+    exp_dir = Path(ensemble.artifact_path).parents[1]
+    args = ["pull", exp_dir.name, "--storage", exp_dir.parent.as_uri(), "--to", str(tmp_path / "got")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "checksums OK" in result.output
+    assert (tmp_path / "got" / "artifact" / "manifest.json").exists()

@@ -287,3 +287,17 @@ def test_oof_truth_from_the_sweeps_dataset(tmp_path):
     storage.write_text(storage.join(exp, "sweep.json"), json.dumps({"data": str(data)}))
     from_data = build_ensemble(exp, top=2).table
     assert np.allclose(from_data["cv_lwlrap"], with_file["cv_lwlrap"])
+
+
+def test_cli_ensemble(tmp_path):
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+
+    make_experiment(tmp_path, signals=(0.9, 0.5), n=40, n_test=10)
+    result = CliRunner().invoke(app, ["ensemble", "exp", "--storage", str(tmp_path), "--top", "2"])
+    assert result.exit_code == 0, result.output
+    assert "chosen:" in result.output and "weighted" in result.output
+    assert (tmp_path / "exp" / "ensemble" / "artifact" / "manifest.json").exists()
+    missing = CliRunner().invoke(app, ["ensemble", "nope", "--storage", str(tmp_path)])
+    assert missing.exit_code == 2 and "no leaderboard" in " ".join(missing.output.split())

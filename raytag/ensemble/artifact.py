@@ -94,9 +94,8 @@ def trial_settings(outputs_dir: str) -> dict:
         "segment_frames": int(info.get("segment_frames") or cfg.segment_frames()),
         "crop_frames": int(info.get("crop_frames") or cfg.crop_frames()),
         "inference": {
-            "overlap": cfg.inference.overlap,
-            "reduce": cfg.inference.reduce,
-            "tta": cfg.inference.tta,
+            key: (info.get("inference") or {}).get(key, getattr(cfg.inference, key))
+            for key in ("overlap", "reduce", "tta")
         },
     }
 
