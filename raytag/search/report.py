@@ -1,0 +1,203 @@
+"""Sweep report: leaderboard.csv, importance.csv and search.png (lwlrap over trials and
+against the most important settings), printed again by `raytag report EXPERIMENT`.
+
+Importance is Optuna's fANOVA (`optuna.importance.get_param_importances`) on a study
+rebuilt from the finished trials; it needs a few trials with a score, so a tiny sweep
+falls back to the space's order of settings (and says so in the plot).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+from typing import Optional
+
+import pandas as pd
+
+from raytag.errors import RaytagError
+from raytag import storage as files  # local folder or URI through pyarrow.fs
+from raytag.search.space import SearchSpace, parse_space
+
+PLOT_NAME = "search.png"
+TOP_SETTINGS = 3
+
+
+def param_importance(board: pd.DataFrame, space: SearchSpace) -> Optional[pd.Series]:
+    """fANOVA importance of each setting present in every scored trial; None if too few."""
+    import optuna
+
+    scored = board[board["status"].isin(["ok", "stopped early"]) & board["cv_lwlrap"].notna()]
+    if len(scored) < 3:
+        return None
+    dists = {p.key: p.optuna_distribution() for p in space.params()}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if space.search.mode == "max" else "minimize")
+    for _, row in scored.iterrows():
+        params = {}
+        for key, dist in dists.items():
+            if key not in row or _missing(row[key]):
+                continue
+            value = row[key]
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                value = _as_choice(value, dist.choices)
+                if value is None:
+                    continue
+            params[key] = value
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={k: dists[k] for k in params}, value=float(row["cv_lwlrap"])))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "few trials" warnings: the plot says how many
+            imp = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except (RuntimeError, ValueError):  # e.g. no setting varies across the scored trials
+        return None
+    return pd.Series(imp, name="importance") if imp else None
+
+
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _as_choice(value, choices):
+    """A value read back from a CSV or a decoded JSON choice -> the Optuna choice."""
+    for c in choices:
+        if c == value or str(c) == str(value) or (isinstance(value, (list, dict)) and c == json.dumps(value)):
+            return c
+    return None
+
+
+def plot_search(board: pd.DataFrame, space: SearchSpace, importance: Optional[pd.Series]) -> bytes:
+    """PNG: CV lwlrap by trial (running best line) + lwlrap against the top settings."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    metric = space.search.metric
+    keys = list(importance.index[:TOP_SETTINGS]) if importance is not None else space.param_keys()[:TOP_SETTINGS]
+    fig, axes = plt.subplots(1, 1 + len(keys), figsize=(4.2 * (1 + len(keys)), 3.6), squeeze=False)
+    axes = axes[0]
+
+    order = board.sort_values("order").reset_index(drop=True)
+    ax = axes[0]
+    styles = {"ok": ("o", "C0"), "stopped early": ("x", "0.5"), "unfinished": ("s", "C2")}
+    for status, (marker, colour) in styles.items():
+        part = order[order["status"] == status]
+        ax.scatter(part.index + 1, part["cv_lwlrap"], marker=marker, color=colour, label=status)
+    failed = order[order["status"] == "failed"]
+    if len(failed):
+        lo = order["cv_lwlrap"].min()
+        ax.scatter(failed.index + 1, [0 if math.isnan(lo) else lo] * len(failed), marker="v",
+                   color="C3", label="failed")
+    best = order["cv_lwlrap"].where(order["status"] != "failed")
+    best = (best.cummax() if space.search.mode == "max" else best.cummin()).ffill()
+    ax.step(order.index + 1, best, where="post", color="k", lw=1, label="best so far")
+    ax.set_xlabel("trial (in start order)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{space.name}: {len(board)} trials")
+    ax.legend(fontsize=7)
+
+    scored = board[board["status"].isin(["ok", "stopped early"])]
+    by_key = {p.key: p for p in space.params()}
+    for ax, key in zip(axes[1:], keys):
+        part = scored[[key, "cv_lwlrap", "status"]].dropna() if key in scored else scored.iloc[0:0]
+        p = by_key.get(key)
+        if p is not None and p.kind != "choice":
+            for status, (marker, colour) in styles.items():
+                s = part[part["status"] == status]
+                ax.scatter(s[key].astype(float), s["cv_lwlrap"], marker=marker, color=colour)
+            if p.kind == "loguniform":
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        else:
+            labels = sorted(part[key].astype(str).unique())
+            pos = {v: i for i, v in enumerate(labels)}
+            ax.scatter(part[key].astype(str).map(pos), part["cv_lwlrap"], color="C0", alpha=0.7)
+            ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
+        imp = f" (importance {importance[key]:.2f})" if importance is not None and key in importance else ""
+        ax.set_title(f"{key}{imp}", fontsize=8)
+        ax.set_ylabel(metric)
+    if importance is None and keys:
+        fig.text(0.99, 0.01, "too few scored trials for importance; settings in space order",
+                 ha="right", fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def save_report(exp_dir: str, board: pd.DataFrame, space: SearchSpace) -> Optional[str]:
+    """Write leaderboard.csv, importance.csv (when computed) and search.png; returns the plot path."""
+    files.write_text(files.join(exp_dir, "leaderboard.csv"), board.to_csv(index=False))
+    if board.empty:
+        return None
+    importance = param_importance(board, space)
+    if importance is not None:
+        files.write_text(files.join(exp_dir, "importance.csv"),
+                         importance.rename_axis("setting").reset_index().to_csv(index=False))
+    path = files.join(exp_dir, PLOT_NAME)
+    files.write_bytes(path, plot_search(board, space, importance))
+    return path
+
+
+def print_leaderboard(board: pd.DataFrame, top: int = 20) -> None:
+    """The best `top` rows as a table; failed trials' reasons listed under it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    fixed = {"rank", "trial_id", "order", "status", "reason", "cv_lwlrap", "test_lwlrap",
+             "epochs_run", "seconds", "outputs_dir"}
+    params = [c for c in board.columns if c not in fixed]
+    table = Table(title=f"leaderboard ({len(board)} trials, best {min(top, len(board))} shown)")
+    for col in ["#", "trial", "status", "cv lwlrap", "test lwlrap", "epochs", "time s"]:
+        table.add_column(col, no_wrap=True)
+    for col in params:  # the last part of a dotted key is enough to recognise it
+        table.add_column(col.rsplit(".", 1)[-1], overflow="fold")
+    for _, r in board.head(top).iterrows():
+        table.add_row(
+            str(r["rank"]), str(r["trial_id"]), str(r["status"]), _fmt(r["cv_lwlrap"]),
+            _fmt(r["test_lwlrap"]), str(r["epochs_run"]), f"{float(r['seconds']):.0f}",
+            *[_fmt(r[c]) for c in params],
+        )
+    console = Console(width=None if Console().is_terminal else 160)
+    console.print(table)
+    for _, r in board[board["status"] == "failed"].iterrows():
+        console.print(f"trial {r['trial_id']} failed: {r['reason']}", highlight=False)
+
+
+def _fmt(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def report_command(experiment: str, storage: str = "results") -> pd.DataFrame:
+    """`raytag report EXPERIMENT`: rebuild the leaderboard and plots from the experiment folder."""
+    from raytag.search.leaderboard import build_leaderboard
+
+    from raytag.search.tuner import absolute_storage
+
+    exp_dir = files.join(absolute_storage(storage), experiment)
+    space_file = files.join(exp_dir, "space.yaml")
+    if not files.exists(space_file):
+        raise RaytagError(f"no sweep named '{experiment}' in {storage} ({space_file} is missing); "
+                          "check the name and --storage")
+    space = parse_space(files.read_text(space_file), source=space_file, default_name=experiment)
+    try:
+        board = build_leaderboard(exp_dir, space)
+    except Exception as err:  # noqa: BLE001 - Tune's state unreadable: fall back to the saved CSV
+        csv = files.join(exp_dir, "leaderboard.csv")
+        if not files.exists(csv):
+            raise RaytagError(f"cannot read the sweep in {exp_dir}: {err}") from err
+        board = pd.read_csv(io.StringIO(files.read_text(csv)))
+    plot = save_report(exp_dir, board, space)
+    print_leaderboard(board)
+    from rich.console import Console
+
+    Console(stderr=True).print(f"leaderboard: {files.join(exp_dir, 'leaderboard.csv')}"
+                               + (f"\nplot: {plot}" if plot else ""), highlight=False)
+    return board

@@ -1,0 +1,395 @@
+"""Ray Tune + Optuna sweep over a search space: one pipeline run (fit_pipeline) per trial.
+
+Ray 2.60 runs Ray Train V2, where `Tuner(TorchTrainer)` is refused; the working pattern is a
+function trainable per trial that builds the pipeline's TorchTrainer itself with
+`TuneReportCallback`, which forwards every worker `ray.train.report` (one per epoch, with
+`cv_lwlrap`) to Tune, so the scheduler (ASHA by default) can stop weak trials early.
+
+    <storage>/<name>/                   the experiment (Ray's storage_path/name)
+        space.yaml, sweep.json          the space and settings it was started with (for --resume)
+        trial_<id>/                     Tune's own trial folders (result.json, error.txt)
+        trials/<id>/                    each trial's fit_pipeline run (outputs/, checkpoints)
+        leaderboard.csv, search.png, importance.csv
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pandas as pd
+
+from raytag.errors import DatasetError, RaytagError
+from raytag import storage as files  # local folder or URI through pyarrow.fs
+from raytag.search.space import SearchSpace, load_space, parse_space
+
+TRIAL_RESULT = "trial_result.json"  # written by a trial that finished its pipeline
+
+
+class TrialFailed(RaytagError):
+    """A trial finished but its result cannot be used (NaN score)."""
+
+
+@dataclass
+class SweepResult:
+    experiment_dir: str
+    leaderboard: pd.DataFrame
+    plot_path: Optional[str]
+    space: SearchSpace
+
+    @property
+    def best(self) -> Optional[dict]:
+        ok = self.leaderboard[self.leaderboard["status"] != "failed"]
+        ok = ok[ok["cv_lwlrap"].notna()]
+        return None if ok.empty else ok.iloc[0].to_dict()
+
+
+@dataclass
+class TrialSetup:
+    """Everything a trial needs besides its sampled config (shipped with the trainable)."""
+
+    space: SearchSpace
+    data: str
+    trials_dir: str  # <experiment>/trials
+    feature_cache: Optional[str]  # None: the runner's node-local cache
+    trial_fn: Optional[Callable] = None  # None: raytag.training.runner.fit_pipeline
+
+
+# ----------------------------------------------------------------------------- one trial
+def run_trial(config: dict, setup: TrialSetup) -> None:
+    """The Tune function trainable: one full pipeline run on its own Ray Train worker group.
+
+    Any exception (a config the Config rejects, a worker crash beyond train.max_failures,
+    a NaN score) fails this trial only; Tune records the reason and the sweep goes on.
+    """
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    done_path = files.join(setup.trials_dir, trial_id, TRIAL_RESULT)
+    if files.exists(done_path):
+        # The driver was killed after this pipeline finished but before Tune saved the
+        # trial as done: report the stored result instead of training again.
+        tune.report(json.loads(files.read_text(done_path)))
+        return
+
+    cfg = setup.space.trial_config(config)
+    fit = setup.trial_fn
+    if fit is None:
+        from raytag.training.runner import fit_pipeline as fit
+    result = fit(
+        cfg, setup.data, storage=setup.trials_dir, name=trial_id,
+        callbacks=[_report_callback()], feature_cache=setup.feature_cache, progress=False,
+    )
+    metrics = dict(result.metrics)
+    cv = metrics.get("cv_lwlrap")
+    if cv is None or not math.isfinite(float(cv)):
+        raise TrialFailed(f"cv_lwlrap is {cv} (the loss diverged or no fold finished)")
+    final = {
+        "cv_lwlrap": float(cv),
+        "test_lwlrap": _float_or_none(metrics.get("test_lwlrap")),
+        "epochs_run": int(metrics.get("epochs_run") or 0),
+        "pipeline_seconds": float(metrics.get("seconds") or 0.0),
+        "outputs_dir": str(result.outputs_dir),
+        "trial_complete": 1,
+    }
+    files.write_text(done_path, json.dumps(final))
+    tune.report(final)
+
+
+def _report_callback():
+    """TuneReportCallback that renames the workers' `done` metric to `pipeline_done`.
+
+    Tune reserves `done`: a result with done=True ends the trial at once, which would kill
+    the trial function (and the pipeline's final collection of outputs) right after the
+    last epoch's report. The final state is reported by `run_trial` itself instead."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class _PipelineReportCallback(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            metrics = [{("pipeline_done" if k == "done" else k): v for k, v in m.items()} for m in metrics]
+            super().after_report(run_context, metrics, checkpoint)
+
+    return _PipelineReportCallback()
+
+
+def _float_or_none(x) -> Optional[float]:
+    return None if x is None else float(x)
+
+
+def trial_dirname(trial) -> str:
+    # Tune's default folder name spells out the config (long with dotted keys).
+    return f"trial_{trial.trial_id}"
+
+
+# ----------------------------------------------------------------------------- sweep set-up
+def build_scheduler(space: SearchSpace, name: Optional[str] = None):
+    """ASHA (default), HyperBand or FIFO on the space's metric, per training_iteration."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+
+    s = space.search
+    name = (name or s.scheduler).lower()
+    # Horizon: every report of the longest trial the space allows, plus the final
+    # summary report and a margin; ASHA stops a trial that reaches max_t.
+    max_t = s.max_t or space.max_steps() * 2 + 2
+    if name == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration", metric=s.metric, mode=s.mode, max_t=max_t,
+            grace_period=s.grace_period, reduction_factor=s.reduction_factor,
+        )
+    if name == "hyperband":
+        return HyperBandScheduler(
+            time_attr="training_iteration", metric=s.metric, mode=s.mode, max_t=max_t,
+            reduction_factor=s.reduction_factor,
+        )
+    if name == "fifo":
+        return FIFOScheduler()
+    raise RaytagError(f"--scheduler {name!r}: use asha, fifo or hyperband")
+
+
+def build_searcher(space: SearchSpace):
+    """Optuna TPE (seeded) over the space's define-by-run function (handles conditionals)."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = space.search
+    startup = s.startup_trials if s.startup_trials is not None else max(2, min(10, s.samples // 3))
+    sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup)
+    return OptunaSearch(space=space.define_by_run, metric=s.metric, mode=s.mode, sampler=sampler)
+
+
+def concurrency(space: SearchSpace, requested: int) -> tuple[int, str]:
+    """Trials that fit at once on this cluster. Each trial's worker group has its own
+    placement group outside the trial's resources, so Tune cannot see that more trials
+    would starve their trainers (which then time out starting). On a one-node cluster
+    (a laptop) the limit is computed; on a multi-node, possibly autoscaling, cluster
+    the space's max_concurrent_trials is trusted."""
+    import ray
+
+    cfg = space.base_config().train
+    need_cpu = space.resources.trial_cpus + cfg.num_workers * cfg.cpus_per_worker
+    need_gpu = cfg.num_workers * cfg.gpus_per_worker if cfg.use_gpu else 0.0
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) != 1:
+        return requested, ""
+    have = ray.cluster_resources()
+    fit = math.floor(have.get("CPU", 0) / need_cpu + 1e-9)
+    if need_gpu:
+        fit = min(fit, math.floor(have.get("GPU", 0) / need_gpu + 1e-9))
+    if fit < 1:
+        raise RaytagError(
+            f"one trial needs {need_cpu:g} CPUs"
+            + (f" and {need_gpu:g} GPUs" if need_gpu else "")
+            + f" but this Ray node has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; "
+            "lower resources.num_workers / cpus_per_worker / gpus_per_worker in the space"
+        )
+    if fit < requested:
+        return fit, f"max_concurrent_trials {requested} -> {fit} (a trial needs {need_cpu:g} CPUs here)"
+    return requested, ""
+
+
+def absolute_storage(storage: str) -> str:
+    """Ray needs an absolute local path; URIs pass through unchanged."""
+    return str(storage).rstrip("/") if files.is_uri(storage) else str(Path(storage).expanduser().resolve())
+
+
+def ensure_ray() -> None:
+    """Connect to the cluster in RAY_ADDRESS (or one `ray start`ed here), else start a local one."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False, configure_logging=False)
+
+
+# ----------------------------------------------------------------------------- the sweep
+def run_sweep(
+    space_path: str | Path,
+    data: str | Path,
+    storage: str = "results",
+    name: Optional[str] = None,
+    samples: Optional[int] = None,
+    resume: bool = False,
+    scheduler: Optional[str] = None,
+    *,
+    max_concurrent_trials: Optional[int] = None,
+    feature_cache: Optional[str] = None,
+    trial_fn: Optional[Callable] = None,
+    progress: bool = True,
+) -> "SweepResult":
+    """Run (or with resume=True continue) a sweep; returns its leaderboard and folder.
+
+    `trial_fn` replaces fit_pipeline (same signature) for tests of the sweep machinery.
+    """
+    from ray import tune
+
+    from raytag.search.leaderboard import build_leaderboard
+    from raytag.search.report import save_report
+
+    space = load_space(space_path)
+    name = name or space.name
+    data = Path(data).expanduser()
+    if not data.is_dir():
+        raise DatasetError(f"--data {data}: not a folder (give a dataset folder in the FSDKaggle2019/2018 layout)")
+    data = str(data.resolve())
+    storage = absolute_storage(storage)
+    exp_dir = files.join(storage, name)
+
+    ensure_ray()
+    say = _printer(progress)
+    restorable = tune.Tuner.can_restore(exp_dir)
+    if restorable and not resume:
+        raise RaytagError(
+            f"a sweep named '{name}' already exists in {exp_dir}; add --resume to continue it "
+            "or give --name for a new one"
+        )
+    if resume and restorable:
+        stored = files.read_text(files.join(exp_dir, "space.yaml"))
+        if stored != space.text:
+            say(f"note: {space_path} changed since the sweep started; resuming with the stored space")
+        space = parse_space(stored, source=files.join(exp_dir, "space.yaml"), default_name=name)
+        settings = json.loads(files.read_text(files.join(exp_dir, "sweep.json")))
+        space.search = dataclasses.replace(space.search, **settings["search"])
+        if samples not in (None, space.search.samples) or scheduler not in (None, space.search.scheduler):
+            say("note: --samples/--scheduler are fixed when a sweep starts; resuming with "
+                f"samples={space.search.samples}, scheduler={space.search.scheduler}")
+    else:
+        if resume:
+            say(f"nothing to resume in {exp_dir}; starting a new sweep")
+        overrides = {}
+        if samples is not None:
+            overrides["samples"] = int(samples)
+        if scheduler is not None:
+            overrides["scheduler"] = scheduler.lower()
+        if max_concurrent_trials is not None:
+            overrides["max_concurrent_trials"] = int(max_concurrent_trials)
+        space.search = dataclasses.replace(space.search, **overrides)
+        build_scheduler(space)  # a bad --scheduler fails before anything is written
+
+    n_parallel, why = concurrency(space, space.search.max_concurrent_trials)
+    if why:
+        say(f"note: {why}")
+    setup = TrialSetup(space=space, data=data, trials_dir=files.join(exp_dir, "trials"),
+                       feature_cache=feature_cache, trial_fn=trial_fn)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, setup=setup), {"CPU": space.resources.trial_cpus}
+    )
+    # Save the experiment state often: a killed driver then loses at most a second of it.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    if resume and restorable:
+        say(f"resuming sweep '{name}' from {exp_dir}")
+        tuner = tune.Tuner.restore(
+            exp_dir, trainable=trainable, resume_unfinished=True,
+            resume_errored=False, restart_errored=False,
+        )
+    else:
+        files.write_text(files.join(exp_dir, "space.yaml"), space.text)
+        settings = {"search": {k: getattr(space.search, k) for k in ("samples", "scheduler", "max_concurrent_trials")},
+                    "data": data, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        files.write_text(files.join(exp_dir, "sweep.json"), json.dumps(settings, indent=1))
+        s = space.search
+        say(f"sweep '{name}': {s.samples} trials, {s.scheduler} scheduler, up to {n_parallel} at once, "
+            f"metric {s.metric} ({s.mode}); results in {exp_dir}")
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=build_searcher(space),
+                scheduler=build_scheduler(space),
+                num_samples=s.samples,
+                max_concurrent_trials=n_parallel,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                callbacks=[SweepProgress(space.search.metric, progress)],
+                failure_config=tune.FailureConfig(max_failures=0),  # worker restarts live in train.max_failures
+                verbose=0,
+            ),
+        )
+    tuner.fit()  # failed trials are recorded, not raised
+
+    board = build_leaderboard(exp_dir, space)
+    plot = save_report(exp_dir, board, space)
+    return SweepResult(experiment_dir=exp_dir, leaderboard=board, plot_path=plot, space=space)
+
+
+def tune_command(space, data, storage="results", name=None, samples=None, resume=False, scheduler=None):
+    """`raytag tune`: run the sweep and print its leaderboard."""
+    from raytag.search.report import print_leaderboard
+
+    result = run_sweep(space, data, storage=storage, name=name, samples=samples, resume=resume,
+                       scheduler=scheduler)
+    print_leaderboard(result.leaderboard)
+    _printer(True)(f"leaderboard: {files.join(result.experiment_dir, 'leaderboard.csv')}"
+                   + (f"\nplot: {result.plot_path}" if result.plot_path else ""))
+    return result
+
+
+def _printer(enabled: bool):
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return (lambda msg: console.print(msg, highlight=False)) if enabled else (lambda msg: None)
+
+
+# ----------------------------------------------------------------------------- progress
+try:
+    from ray.tune import Callback as _TuneCallback
+except ImportError:  # pragma: no cover - ray is a dependency
+    _TuneCallback = object
+
+
+class SweepProgress(_TuneCallback):
+    """One line per trial event, and the newest epoch of a running trial every 15 s."""
+
+    def __init__(self, metric: str = "cv_lwlrap", enabled: bool = True, every_s: float = 15.0):
+        self.metric, self.enabled, self.every_s = metric, enabled, every_s
+        self._last = 0.0
+        self._done = 0
+
+    def _say(self, msg: str):
+        if self.enabled:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[{time.strftime('%H:%M:%S')}] {msg}", highlight=False)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._say(f"trial {trial.trial_id} started ({len(trials)} so far): {_short(trial.config)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        where = " ".join(f"{k} {result[k]}" for k in ("stage", "fold", "epoch") if k in result)
+        self._say(f"trial {trial.trial_id}: {where} {self.metric} {_fmt(result.get(self.metric))}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._done += 1
+        r = trial.last_result or {}
+        how = "finished" if r.get("trial_complete") else "stopped early by the scheduler"
+        self._say(f"trial {trial.trial_id} {how}: {self.metric} {_fmt(r.get(self.metric))} "
+                  f"[{self._done} done]")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._done += 1
+        from raytag.search.leaderboard import _error_reason
+
+        self._say(f"trial {trial.trial_id} FAILED: {_error_reason(trial)} [{self._done} done]")
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def _short(config: dict) -> str:
+    parts = []
+    for k, v in config.items():
+        v = f"{v:.3g}" if isinstance(v, float) else v
+        parts.append(f"{k.rsplit('.', 1)[-1]}={v}")
+    return ", ".join(parts)
