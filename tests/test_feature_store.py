@@ -73,7 +73,7 @@ def direct(dataset, clip_id, cfg=CFG):
 def test_store_holds_the_front_end_output_of_every_decodable_clip(store, dataset):
     good = sorted(c for c in dataset.clips["clip_id"] if not c.endswith(BAD))
     assert store.clip_ids == good and len(store) == 8
-    assert store.shape == (1, 32) and store.path.name == CFG.cache_key()
+    assert store.shape == (1, 32) and store.path.parent.name == CFG.cache_key()
     assert store.meta["n_shards"] == 3  # 9 clips in chunks of 3
     for clip_id in good:
         ref = direct(dataset, clip_id)
@@ -135,7 +135,7 @@ def test_shards_are_memory_mapped_lazily_and_the_store_pickles_cheaply(store):
 
 def test_second_build_reuses_every_shard_and_decodes_nothing(store, dataset):
     stamps = {p.name: p.stat().st_mtime_ns for p in store.path.glob("shard-*")}
-    again = build_feature_store(dataset, CFG, store.path.parent, progress=False, chunk_size=3)
+    again = build_feature_store(dataset, CFG, store.path.parent.parent, progress=False, chunk_size=3)
     assert again.build_info["computed"] == 0 and again.build_info["reused"] == 3
     assert again.build_info["task_peak_rss_mb"] is None  # no task ran
     assert {p.name: p.stat().st_mtime_ns for p in again.path.glob("shard-*")} == stamps
@@ -165,7 +165,7 @@ def test_changed_settings_or_audio_are_not_served_from_the_cache(ray_session, da
     first = build_feature_store(dataset, CFG, tmp_path, progress=False, chunk_size=3)
     mfcc = dataclasses.replace(CFG, kind="mfcc", n_mfcc=13, deltas=1)
     other = build_feature_store(dataset, mfcc, tmp_path, progress=False, chunk_size=3)
-    assert other.path != first.path and other.shape == (2, 13)
+    assert other.path.parent.name == mfcc.cache_key() != first.path.parent.name and other.shape == (2, 13)
     assert other.build_info["computed"] == 3
     np.testing.assert_allclose(other.get("test/t0.wav"), direct(dataset, "test/t0.wav", mfcc), atol=0.06, rtol=1e-3)
     # rewrite one curated clip: only its shard is recomputed
@@ -174,6 +174,16 @@ def test_changed_settings_or_audio_are_not_served_from_the_cache(ray_session, da
     again = build_feature_store(dataset, CFG, tmp_path, progress=False, chunk_size=3)
     assert again.build_info["computed"] == 1
     np.testing.assert_allclose(again.get("curated/c0.wav"), direct(dataset, "curated/c0.wav"), atol=0.06, rtol=1e-3)
+
+
+def test_datasets_sharing_a_cache_folder_get_separate_stores(ray_session, dataset, tmp_path):
+    other_root = make_fat2019(tmp_path / "other")
+    other = load_dataset(other_root, sample_rate=CFG.sample_rate)
+    a = build_feature_store(dataset, CFG, tmp_path / "cache", progress=False, chunk_size=3)
+    b = build_feature_store(other, CFG, tmp_path / "cache", progress=False, chunk_size=3)
+    assert a.path != b.path and a.path.parent == b.path.parent
+    again = build_feature_store(dataset, CFG, tmp_path / "cache", progress=False, chunk_size=3)
+    assert again.path == a.path and again.build_info["computed"] == 0
 
 
 def test_open_refuses_a_folder_that_is_not_a_store(tmp_path):

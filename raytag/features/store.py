@@ -1,7 +1,10 @@
 """Feature store: every clip's features computed once, in parallel Ray tasks, cached on disk
 and read out-of-core.
 
-On disk, `<cache_dir>/<feature_cfg.cache_key()>/`:
+On disk, `<cache_dir>/<feature_cfg.cache_key()>/<dataset tag>/` (`store.path`), where the
+dataset tag is the dataset folder's name plus a hash of its absolute path: one cache
+folder serves many datasets (the demo, a benchmark, a competition set) without one
+build overwriting the shards another run is reading.
     shard-XXXXX.npy   float16, time-major (T, C, F): the clips of one chunk, concatenated
     shard-XXXXX.json  that shard's index rows, decode failures, statistics sums and the
                       signature of its clips (clip_id, path, size, mtime); written after
@@ -25,9 +28,11 @@ pickles as its path and index only; each process reopens the shards it touches.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import resource
 import time
 import uuid
@@ -212,7 +217,7 @@ def build_feature_store(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     shape = frontend_shape(feature_cfg)  # refuses impossible settings before any work
     key = feature_cfg.cache_key()
-    root = Path(cache_dir).expanduser().absolute() / key
+    root = store_dir(cache_dir, feature_cfg, dataset.root)
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
@@ -265,6 +270,14 @@ def build_feature_store(
     for file, reason in store.failed.itertuples(index=False):
         log.warning("feature extraction skipped %s: %s", file, reason)
     return store
+
+
+def store_dir(cache_dir: str | Path, feature_cfg: FeatureConfig, dataset_root: str | Path) -> Path:
+    """`<cache_dir>/<cache_key>/<dataset name>-<hash of its absolute path>`."""
+    root = Path(dataset_root).expanduser().absolute()
+    tag = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", root.name) or "dataset"
+    return Path(cache_dir).expanduser().absolute() / feature_cfg.cache_key() / f"{name}-{tag}"
 
 
 def _clip_row(row, dataset_root) -> dict:
