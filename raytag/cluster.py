@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -296,6 +297,17 @@ def _session_pids(sid: int) -> list[int]:
     return [int(p) for p in out.stdout.split() if p.strip().isdigit()]
 
 
+def _refresh_ray_auth() -> None:
+    """Make this process re-read RAY_AUTH_* (Ray caches the token per process)."""
+    try:  # private API, as in ray._private.authentication_test_utils
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except Exception:
+        pass
+
+
 @dataclass
 class LocalNode:
     name: str
@@ -338,6 +350,10 @@ class LocalCluster:
         "RAY_health_check_timeout_ms": "1000",
         "RAY_health_check_failure_threshold": "3",
     })
+    # Its own auth token (Ray 2.60 turns token auth on when ~/.ray/auth_token exists, and a
+    # node or driver without the token is refused): set on every node and, via
+    # `driver_env`, on the process that connects.
+    token: str = field(default_factory=lambda: secrets.token_hex(32))
     nodes: list = field(default_factory=list)
     port: int = 0
     dashboard_port: Optional[int] = None
@@ -349,6 +365,32 @@ class LocalCluster:
     @property
     def dashboard_url(self) -> Optional[str]:
         return f"http://127.0.0.1:{self.dashboard_port}" if self.dashboard_port else None
+
+    def driver_env(self) -> dict:
+        """Environment a process needs to connect to this cluster (ray.init, ray job submit)."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+
+    def connect(self, **init_kwargs) -> None:
+        """ray.init this process to the cluster, with the cluster's token (restored on disconnect)."""
+        import ray
+
+        env = self.driver_env()
+        self._saved_env = {key: os.environ.get(key) for key in (*env, "RAY_AUTH_TOKEN_PATH")}
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+        os.environ.update(env)
+        _refresh_ray_auth()
+        ray.init(address=self.address, **init_kwargs)
+
+    def disconnect(self) -> None:
+        import ray
+
+        ray.shutdown()
+        for key, value in getattr(self, "_saved_env", {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _refresh_ray_auth()
 
     def _ray_start(self, name: str, args: list[str], timeout: float) -> LocalNode:
         temp_dir = self.root / name
@@ -362,8 +404,9 @@ class LocalCluster:
                f"--dashboard-agent-grpc-port={_free_port()}",
                f"--runtime-env-agent-port={_free_port()}",
                f"--metrics-export-port={_free_port()}", *args]
-        env = {**os.environ, **self.system_env}
+        env = {**os.environ, **self.system_env, **self.driver_env()}
         env.pop("RAY_ADDRESS", None)
+        env.pop("RAY_AUTH_TOKEN_PATH", None)
         with open(log, "ab") as out:
             # start_new_session: the node's processes share a session id we can kill by
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -425,4 +468,5 @@ class LocalCluster:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.disconnect()
         self.stop()
