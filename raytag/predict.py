@@ -241,19 +241,25 @@ def predict_command(artifact: Path, inputs: list[Path], out: Optional[Path] = No
     art = load_artifact(artifact)
     files = expand_inputs(inputs)
     probs, failures = predict_files(art, files, batch_size=batch_size, progress=True)
-    written = write_output(probs, failures, art.layout, format, out)
     fail_file = None
     if len(failures):
-        fail_file = failures_path(out if format == "csv" or out else Path("predict.json"))
-        failures.to_csv(fail_file, index=False)
+        where_listed = "in the JSON's failures"
+        if format == "csv":  # JSON output carries its failures itself
+            fail_file = failures_path(out)
+            fail_file.parent.mkdir(parents=True, exist_ok=True)
+            failures.to_csv(fail_file, index=False)
+            where_listed = str(fail_file)
         console.print(f"[yellow]{len(failures)} of {len(files)} file(s) could not be read and are "
-                      f"not in the output[/] (list: {fail_file}):")
+                      f"not in the output[/] (listed {where_listed}):")
         for rec in failures.head(10).itertuples():
             console.print(f"  {rec.file}: {rec.reason}")
         if len(failures) > 10:
             console.print(f"  ... and {len(failures) - 10} more")
     if probs.empty:
-        raise RaytagError(f"none of the {len(files)} input file(s) could be read; see {fail_file}")
+        raise RaytagError(f"none of the {len(files)} input file(s) could be read (reasons above)")
+    written = write_output(probs, failures, art.layout, format, out)
+    if format == "csv" and fail_file is None:
+        failures_path(out).unlink(missing_ok=True)  # a list from an earlier run would mislead
     where = written if written is not None else "stdout"
     console.print(f"tagged {len(probs)} file(s) with {len(art.members)} member(s) "
                   f"({art.combiner}); wrote [bold]{where}[/]")
