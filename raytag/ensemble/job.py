@@ -93,6 +93,11 @@ def select_candidates(experiment_dir: str, top: Optional[int] = 5,
             continue
         rows.append(Candidate(str(rec["trial_id"]), safe_name(rec["trial_id"]), outputs, float(rec["cv_lwlrap"])))
     rows.sort(key=lambda c: -c.leaderboard_cv)
+    seen: dict[str, int] = {}
+    for c in rows:  # two trial ids may sanitise to one folder name
+        n = seen[c.name] = seen.get(c.name, 0) + 1
+        if n > 1:
+            c.name = f"{c.name}_{n}"
     if min_cv is not None:
         kept = [c for c in rows if c.leaderboard_cv > min_cv]
         skipped += [{"trial_id": c.trial_id, "reason": f"CV {c.leaderboard_cv:.4f} <= {min_cv}"}
