@@ -352,12 +352,12 @@ def comparison_chart(table: pd.DataFrame) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.name} ({'nested ' if r.cv_method.startswith('nested') else ''}ensemble)"
+    labels = [f"ensemble: {r.name}" + (" (nested CV)" if r.cv_method.startswith("nested") else "")
               if r.kind == "ensemble" else str(r.name) for r in table.itertuples()]
     y = np.arange(len(table))
     has_test = table["test_lwlrap"].notna().any()
     height = 0.38 if has_test else 0.7
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(table) + 1.5))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(table) + 1.8))
     cv_colors = ["tab:orange" if c else "tab:blue" for c in table["chosen"]]
     ax.barh(y - (height / 2 if has_test else 0), table["cv_lwlrap"], height, color=cv_colors, label="CV lwlrap (OOF)")
     if has_test:
@@ -370,7 +370,7 @@ def comparison_chart(table: pd.DataFrame) -> bytes:
     ax.set_xlim(max(0.0, lo - 0.05), 1.0)
     ax.set_xlabel("lwlrap (orange: chosen ensemble)")
     ax.set_title("Single models and ensembles")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
