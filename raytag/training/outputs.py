@@ -80,6 +80,10 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store) -> tuple[
     oof_df = pd.concat(oof, ignore_index=True)
     test_df = pd.concat(test, ignore_index=True)
     write_parquet(oof_df, staging / "oof.parquet", classes)
+    # the curated labels of the OOF clips, so a trial folder can be scored on its own
+    pd.DataFrame({"clip_id": plan.curated_ids,
+                  "labels": [",".join(c for c, v in zip(classes, row) if v > 0.5) for row in plan.curated_y]}
+                 ).to_csv(staging / "oof_truth.csv", index=False)
     write_parquet(test_df, staging / "test.parquet", classes)
     cv = float(lwlrap(plan.curated_y[[curated_row[c] for c in oof_df["clip_id"]]], oof_df[classes].to_numpy()))
 

@@ -95,7 +95,8 @@ def fit_pipeline(
         resources["GPU"] = t.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"plan": plan},
+        # RAYTAG_TRACE (a test hook) travels in the config: workers do not see driver env changes
+        train_loop_config={"plan": plan, "trace": os.environ.get("RAYTAG_TRACE")},
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

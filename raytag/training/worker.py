@@ -121,6 +121,8 @@ def train_loop_per_worker(loop_config: dict):
     from raytag.training.losses import build_loss
 
     plan = loop_config["plan"]
+    if loop_config.get("trace"):
+        os.environ["RAYTAG_TRACE"] = loop_config["trace"]
     cfg = plan.config
     torch.set_num_threads(max(1, cfg.train.torch_threads))
     rank, world = _world()
@@ -372,8 +374,12 @@ def _optimizer(cfg, model, step: Step, steps_per_epoch: int):
     else:
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.train.weight_decay, nesterov=True)
     total = max(1, step.epochs * steps_per_epoch)
-    if cfg.train.scheduler == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.25)
+    if cfg.train.scheduler == "onecycle" and total >= 4:
+        # the warm-up phase needs at least 2 optimizer steps (OneCycleLR divides by its length)
+        pct = min(0.5, max(0.25, 2.0 / total))
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=pct)
+    elif cfg.train.scheduler == "onecycle":
+        sched = None  # too few steps for a cycle: constant learning rate
     elif cfg.train.scheduler == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     else:

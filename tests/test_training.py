@@ -1,0 +1,151 @@
+"""The training engine on Ray Train: one tiny pipeline end to end, a worker killed
+mid-epoch (the run resumes from its last checkpoint, not from epoch 0), a rerun with
+the same name (resumes, trains nothing), and reproducibility of the OOF lwlrap."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from raytag.config import Config
+from raytag.training.runner import fit_pipeline
+
+pytestmark = pytest.mark.ray
+
+TINY = {
+    "name": "tiny",
+    "features": {"n_mels": 32, "hop_length": 320},
+    "model": {"name": "cnn2d", "width": 8, "depth": 2, "params": {"hidden": 16}},
+    "train": {"crop_seconds": 1.0, "batch_size": 32, "lr": 3e-3, "num_workers": 2},
+    "cv": {"n_folds": 3, "folds": [0]},
+    "inference": {"overlap": 0.0},
+    "pipeline": {
+        "warmup": {"epochs": 1},
+        "finetune": {"epochs": 2},
+        "filter": {"enabled": True, "rule": "min_prob", "threshold": 0.3},
+        "pseudo": {"enabled": True, "rounds": 1, "epochs": 1},
+    },
+}
+
+
+def _trace_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def tiny_run(ray_session, demo_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    trace = out / "trace.jsonl"
+    os.environ["RAYTAG_TRACE"] = str(trace)
+    try:
+        result = fit_pipeline(Config.from_dict(TINY), demo_data, str(out / "results"), "tiny",
+                              feature_cache=str(out / "cache"), progress=False)
+    finally:
+        os.environ.pop("RAYTAG_TRACE", None)
+    return result, out, trace
+
+
+def test_pipeline_writes_every_trial_output(tiny_run):
+    result, _, _ = tiny_run
+    outputs = Path(result.outputs_dir)
+    for name in ("oof.parquet", "test.parquet", "stage_oof.parquet", "stages.csv", "metrics.json",
+                 "model.json", "config.yaml", "submission.csv", "weights/fold0.safetensors", "history.csv",
+                 "oof_truth.csv", "filter/fold0.json", "tsne_filter.png"):
+        assert (outputs / name).exists(), name
+    oof = pq.read_table(outputs / "oof.parquet")
+    classes = json.loads(oof.schema.metadata[b"raytag.classes"])
+    df = oof.to_pandas()
+    assert list(df.columns[:4]) == ["clip_id", "fold", "run", "stage"]
+    assert list(df.columns[4:]) == classes
+    assert set(df["fold"]) == {0} and (df["stage"] == "stage2_r0").all()
+    assert df[classes].to_numpy().min() >= 0 and df[classes].to_numpy().max() <= 1
+    stages = pd.read_csv(outputs / "stages.csv")
+    assert list(stages["stage"]) == ["warmup", "finetune", "stage2_r0"]
+    assert stages["n_accepted"].notna().any() and "filter_precision" in stages  # demo has noisy truth
+    sub = pd.read_csv(outputs / "submission.csv")
+    assert list(sub.columns) == ["fname", *classes] and len(sub) > 0
+    m = result.metrics
+    assert 0 < m["cv_lwlrap"] <= 1 and m["test_lwlrap"] is not None
+    assert m["epochs_run"] == 1 + 2 + 1
+
+
+def test_rerun_with_same_name_resumes_instead_of_training(tiny_run, demo_data):
+    result, out, trace = tiny_run
+    trace2 = out / "trace2.jsonl"
+    os.environ["RAYTAG_TRACE"] = str(trace2)
+    try:
+        again = fit_pipeline(Config.from_dict(TINY), demo_data, str(out / "results"), "tiny",
+                             feature_cache=str(out / "cache"), progress=False)
+    finally:
+        os.environ.pop("RAYTAG_TRACE", None)
+    events = _trace_events(trace2)
+    assert not [e for e in events if e["event"] == "epoch_start"], "a finished run trained again"
+    assert [e for e in events if e["event"] == "resume"]
+    assert again.metrics["cv_lwlrap"] == pytest.approx(result.metrics["cv_lwlrap"])
+
+
+def test_same_config_and_seed_give_the_same_oof_lwlrap(tiny_run, demo_data):
+    result, out, _ = tiny_run
+    twin = fit_pipeline(Config.from_dict(TINY), demo_data, str(out / "results"), "tiny-twin",
+                        feature_cache=str(out / "cache"), progress=False)
+    assert twin.metrics["cv_lwlrap"] == pytest.approx(result.metrics["cv_lwlrap"], abs=1e-4)
+
+
+def _registered_step(run_dir: Path) -> int:
+    """Global step of the latest checkpoint Ray Train has registered (what a restart loads)."""
+    snap = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        latest = json.loads(snap.read_text()).get("latest_checkpoint_result") or {}
+    except (OSError, ValueError):
+        return -1
+    return int(latest.get("metrics", {}).get("step", -1))
+
+
+def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(ray_session, demo_data, tmp_path):
+    """SIGKILL a training worker inside an epoch (>= the 3rd): FailureConfig restarts the
+    group, which must continue at that epoch from the last registered checkpoint, not at 0."""
+    cfg = Config.from_dict({**TINY, "name": "killed",
+                            "train": {**TINY["train"], "batch_size": 8},  # several steps per epoch
+                            "pipeline": {"warmup": {"enabled": False}, "finetune": {"epochs": 5},
+                                         "filter": {"enabled": False}, "pseudo": {"enabled": False}}})
+    trace = tmp_path / "trace.jsonl"
+    run_dir = tmp_path / "results" / "killed"
+    killed: list[dict] = []
+
+    def killer():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            starts = [e for e in _trace_events(trace) if e["event"] == "epoch_start" and e["rank"] == 1]
+            if starts and starts[-1]["global_step"] >= 2 and _registered_step(run_dir) == starts[-1]["global_step"]:
+                os.kill(starts[-1]["pid"], signal.SIGKILL)  # the checkpoint before this epoch is registered
+                killed.append(starts[-1])
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    os.environ["RAYTAG_TRACE"] = str(trace)
+    try:
+        thread.start()
+        result = fit_pipeline(cfg, demo_data, str(tmp_path / "results"), "killed",
+                              feature_cache=str(tmp_path / "cache"), progress=False)
+    finally:
+        os.environ.pop("RAYTAG_TRACE", None)
+        thread.join(timeout=1)
+    assert killed, "the test never caught a worker inside epoch 3 or later"
+    at = killed[0]["global_step"]
+    events = _trace_events(trace)
+    resumes = [e for e in events if e["event"] == "resume"]
+    assert resumes and all(r["global_step"] == at for r in resumes), (at, resumes)
+    starts = [e["global_step"] for e in events if e["event"] == "epoch_start" and e["rank"] == 0]
+    assert starts.count(0) == 1, "training started over from epoch 0"
+    assert starts[-(5 - at):] == list(range(at, 5))  # the second attempt runs the rest, once
+    assert result.metrics["epochs_run"] == 5
+    assert np.isfinite(result.metrics["cv_lwlrap"])
