@@ -1,0 +1,156 @@
+"""`raytag demo`: every layer on the built-in synthetic data, on this machine.
+
+demo data -> features (cached) -> a small Ray Tune + Optuna sweep of the multi-stage
+pipeline (search_spaces/quick.yaml) -> ensemble of the best trials -> pull the
+artifact -> tag a demo clip with it. A second run reuses the data, the features and
+the finished trials (the sweep resumes), so it only re-does the cheap steps."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+import raytag
+from raytag.errors import RaytagError
+
+console = Console()
+
+
+def quick_space() -> Path:
+    """search_spaces/quick.yaml of the checkout raytag runs from (README: `pip install -e .`)."""
+    path = Path(raytag.__file__).resolve().parents[1] / "search_spaces" / "quick.yaml"
+    if not path.is_file():
+        raise RaytagError(
+            f"{path} not found: run the demo from a checkout of raytag installed with `pip install -e .`"
+        )
+    return path
+
+
+def run_demo(out: Path = Path("results"), tiny: bool = False, samples: Optional[int] = None) -> dict:
+    from raytag.data.demo import make_demo_dataset
+    from raytag.ensemble.job import build_ensemble
+    from raytag.ensemble.pull import pull
+    from raytag.ensemble.artifact import load_artifact
+    from raytag.predict import predict_files
+    from raytag.search.tuner import run_sweep
+
+    started = time.time()
+    out = Path(out).resolve()
+    name = "demo-tiny" if tiny else "demo"
+    console.rule(f"[bold]raytag demo[/] (results under {out})")
+
+    console.print("[bold]1/5[/] demo dataset (14 synthetic sound-event classes, 2019 layout)")
+    data = make_demo_dataset(out / ("demo_data_tiny" if tiny else "demo_data"), seed=0, scale=0.25 if tiny else 1.0)
+    console.print(f"    {data}")
+
+    console.print("[bold]2/5[/] sweep of the multi-stage pipeline (features are built once, then cached)")
+    space = _tiny_space(out) if tiny else quick_space()
+    sweep = run_sweep(space, data, storage=str(out), name=name,
+                      samples=samples if samples is not None else (2 if tiny else None),
+                      resume=True, feature_cache=str(out / "features"))
+    best = sweep.best
+    if best is None:
+        raise RaytagError(f"every trial of the demo sweep failed: see {sweep.experiment_dir}/leaderboard.csv")
+
+    console.print("[bold]3/5[/] ensemble of the best trials (weights fitted on out-of-fold lwlrap)")
+    ens = build_ensemble(sweep.experiment_dir, top=5)
+
+    console.print("[bold]4/5[/] pull the artifact (checksums verified)")
+    pulled = pull(name, str(out), out / f"{name}-pulled")
+
+    console.print("[bold]5/5[/] tag a demo test clip with the pulled artifact")
+    clip = sorted((data / "test").glob("*.wav"))[0]
+    probs, failures = predict_files(load_artifact(pulled.artifact), [clip])
+    top3 = probs.iloc[0].sort_values(ascending=False).head(3)
+
+    summary = _summary(sweep, ens, best, clip, top3, time.time() - started, out, data)
+    return summary
+
+
+# The tests' demo: the same steps on a smaller set with a much smaller budget.
+_TINY_BASE = {
+    "pipeline.warmup.epochs": 1,
+    "pipeline.finetune.epochs": 2,
+    "pipeline.pseudo.epochs": 1,
+    "cv.folds": [0],
+}
+
+
+def _tiny_space(out: Path) -> Path:
+    """quick.yaml with a much smaller budget, written beside the results."""
+    import yaml
+
+    doc = yaml.safe_load(quick_space().read_text())
+    doc["name"] = "demo-tiny"
+    doc["base"] = {**doc.get("base", {}), **_TINY_BASE}
+    doc.setdefault("search", {})["grace_period"] = 1
+    path = out / "quick-tiny.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _stage_table(outputs_dir: str) -> pd.DataFrame:
+    return pd.read_csv(Path(outputs_dir) / "stages.csv")
+
+
+def _summary(sweep, ens, best, clip, top3, seconds, out, data) -> dict:
+    from raytag.training.runner import stage_table
+
+    console.rule("[bold]summary")
+    stages = _stage_table(best["outputs_dir"])
+    console.print(stage_table(stages))
+
+    table = Table(title="best single trial vs the ensemble (test labels only reported, never used)")
+    for col in ("model", "CV lwlrap", "test lwlrap"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    t = ens.table
+    single = t[t["kind"] == "single"].sort_values("cv_lwlrap", ascending=False).iloc[0]
+    chosen = t[t["name"] == ens.chosen].iloc[0]
+    for label, row in ((f"best single: {single['name']}", single), (f"ensemble: {ens.chosen}", chosen)):
+        table.add_row(label, f"{row['cv_lwlrap']:.4f}", _fmt(row.get("test_lwlrap")))
+    console.print(table)
+
+    console.print(f"tagged {clip.name}: " + ", ".join(f"{c} {p:.2f}" for c, p in top3.items()))
+    skipped = Path(best["outputs_dir"]) / "skipped.csv"
+    n_skipped = len(pd.read_csv(skipped)) if skipped.exists() else 0
+    console.print(
+        f"\ntime: {seconds:.0f} s   trials: {len(sweep.leaderboard)}   "
+        f"skipped clips: {n_skipped} (listed in {skipped})\n"
+        f"leaderboard: {sweep.experiment_dir}/leaderboard.csv   search plot: {sweep.plot_path}\n"
+        f"ensemble table: {ens.table_path}   chart: {ens.chart_path}\n"
+        f"artifact: {ens.artifact_path}\n"
+        f"best trial outputs (predictions, weights, submission.csv, t-SNE): {best['outputs_dir']}"
+    )
+    summary = {
+        "seconds": round(seconds, 1),
+        "best_trial": best.get("trial_id"),
+        "best_cv_lwlrap": float(single["cv_lwlrap"]),
+        "best_test_lwlrap": _float(single.get("test_lwlrap")),
+        "ensemble": ens.chosen,
+        "ensemble_cv_lwlrap": float(chosen["cv_lwlrap"]),
+        "ensemble_test_lwlrap": _float(chosen.get("test_lwlrap")),
+        "stages": stages.to_dict(orient="records"),
+        "tagged": {clip.name: {c: float(p) for c, p in top3.items()}},
+        "artifact": str(ens.artifact_path),
+    }
+    (Path(sweep.experiment_dir) / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _float(x):
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if x != x else x
+
+
+def _fmt(x) -> str:
+    v = _float(x)
+    return "-" if v is None else f"{v:.4f}"
