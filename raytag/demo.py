@@ -48,8 +48,9 @@ def run_demo(out: Path = Path("results"), tiny: bool = False, samples: Optional[
     data = make_demo_dataset(out / ("demo_data_tiny" if tiny else "demo_data"), seed=0, scale=0.25 if tiny else 1.0)
     console.print(f"    {data}")
 
-    console.print("[bold]2/5[/] sweep of the multi-stage pipeline (features are built once, then cached)")
+    console.print("[bold]2/5[/] features (Ray tasks; cached), then a sweep of the multi-stage pipeline")
     space = _tiny_space(out) if tiny else quick_space()
+    _prepare_features(space, data, out / "features")
     sweep = run_sweep(space, data, storage=str(out), name=name,
                       samples=samples if samples is not None else (2 if tiny else None),
                       resume=True, feature_cache=str(out / "features"))
@@ -79,6 +80,16 @@ _TINY_BASE = {
     "pipeline.pseudo.epochs": 1,
     "cv.folds": [0],
 }
+
+
+def _prepare_features(space_path: Path, data: Path, cache: Path):
+    """Build the sweep's feature store once on the driver (with a progress bar), so the
+    trials only open the cache. The demo space does not search front-end settings."""
+    from raytag.search.space import load_space
+    from raytag.training.runner import ensure_ray, prepare_data
+
+    ensure_ray()
+    prepare_data(load_space(space_path).base_config(), data, str(cache), progress=True)
 
 
 def _tiny_space(out: Path) -> Path:

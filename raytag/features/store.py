@@ -238,7 +238,9 @@ def build_feature_store(
     if todo:
         if not ray.is_initialized():
             ray.init(ignore_reinit_error=True)
-        task = ray.remote(num_cpus=1)(_compute_shard)
+        # "DEFAULT" lets the tasks leave a caller's placement group: inside a Tune trial
+        # (which holds a fraction of a CPU) they would otherwise never be scheduled.
+        task = ray.remote(num_cpus=1, scheduling_strategy="DEFAULT")(_compute_shard)
         cfg_dict = asdict(feature_cfg)
         refs = {task.remote(shard, rows, signature, cfg_dict, key, str(root)): shard
                 for shard, rows, signature in todo}
