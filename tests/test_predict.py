@@ -84,7 +84,7 @@ def test_predict_matches_a_by_hand_computation(artifact_2019, audio):
     member_probs = []
     for m in art.members:
         cfg = m.feature_config
-        wave = load_audio(path, cfg.sample_rate, cfg.n_fft)
+        wave = load_audio(path, cfg.sample_rate)
         with torch.no_grad():
             feats = build_frontend(cfg)(torch.from_numpy(wave)[None])[0].numpy()
         s = m.settings
