@@ -476,9 +476,11 @@ def _report(ctx: _Context, model, optimizer, scheduler, step: Step, metrics: dic
 
     progress = ctx.state.progress
     done = progress["step"] >= len(build_steps(ctx.cfg, ctx.plan.folds))
-    if "cv_lwlrap" not in metrics:
-        metrics["cv_lwlrap"] = _cv_so_far(ctx, fallback=float("nan"))
-        metrics["val_lwlrap"] = metrics["cv_lwlrap"]
+    if "cv_lwlrap" not in metrics:  # a filter step: carry the last validation score (never NaN for schedulers)
+        last_val = next((r["val_lwlrap"] for r in reversed(progress["history"])
+                         if np.isfinite(r.get("val_lwlrap", float("nan")))), 0.0)
+        metrics["val_lwlrap"] = last_val
+        metrics["cv_lwlrap"] = _cv_so_far(ctx, fallback=last_val)
     row = {"step": progress["global_step"], "stage": step.stage_name,
            "fold": -1 if step.fold is None else step.fold, "round": step.round,
            "epoch": progress["epoch"], "done": int(done), **metrics}
