@@ -318,6 +318,19 @@ class LocalNode:
     def pids(self) -> list[int]:
         return _session_pids(self.sid)
 
+    def ray_processes(self) -> dict[int, str]:
+        """pid -> process title of this node's Ray workers ("ray::RayTrainWorker...",
+        "ray::ImplicitFunc.train" for a Tune trial's driver): who is working where."""
+        titles = {}
+        for pid in self.pids():
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            except OSError:
+                continue
+            if title.startswith("ray::"):
+                titles[pid] = title
+        return titles
+
     def kill(self) -> list[int]:
         """SIGKILL every process of this node (like losing the machine); returns the pids."""
         pids = self.pids()
@@ -349,6 +362,9 @@ class LocalCluster:
         "RAY_health_check_period_ms": "1000",
         "RAY_health_check_timeout_ms": "1000",
         "RAY_health_check_failure_threshold": "3",
+        # A worker group restarted after a node loss may wait for CPUs another trial holds;
+        # waiting is right here, failing after the default 60 s is not.
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
     })
     # Its own auth token (Ray 2.60 turns token auth on when ~/.ray/auth_token exists, and a
     # node or driver without the token is refused): set on every node and, via

@@ -269,3 +269,141 @@ def test_workers_on_both_nodes_survive_losing_one(two_node_cluster, tmp_path):
     with result.checkpoint.as_directory() as d:
         assert json.loads((Path(d) / "state.json").read_text())["epoch"] == epochs - 1
     assert len(cluster.wait_for_nodes(1, timeout=30)) == 1
+
+
+SWEEP_SPACE = """
+name: twonode
+base:
+  features.n_mels: 32
+  train.crop_seconds: 1.0
+  train.batch_size: 32
+  cv.n_folds: 2
+  pipeline.noisy_selection.max_per_class: 4
+  pipeline.warmup.epochs: 1
+  pipeline.finetune.epochs: 2
+  pipeline.filter.enabled: false
+  pipeline.pseudo.enabled: false
+  inference.segment_seconds: 1.0
+space:
+  model.name: {choice: [cnn2d]}
+  model.width: {choice: [8, 16]}
+  train.lr: {loguniform: [5.0e-4, 3.0e-3]}
+search: {samples: 2, scheduler: fifo, max_concurrent_trials: 2, seed: 0}
+resources: {num_workers: 2, cpus_per_worker: 0.5, trial_cpus: 0.25}
+"""
+
+
+class _Watcher:
+    """Samples which Ray workers run on which node (by process title) every 0.3 s."""
+
+    def __init__(self, cluster):
+        self.cluster, self.seen, self._stop = cluster, [], threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            now = time.time()
+            for node in list(self.cluster.nodes):
+                for pid, title in node.ray_processes().items():
+                    self.seen.append({"t": now, "node": node.name, "pid": pid, "title": title})
+            time.sleep(0.3)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self.thread.join()
+
+    def pids(self, node: str, kind: str, before: float = float("inf"), after: float = 0.0) -> set:
+        return {s["pid"] for s in self.seen if s["node"] == node and kind in s["title"] and after < s["t"] < before}
+
+    def first_seen(self, pid: int) -> float:
+        return min(s["t"] for s in self.seen if s["pid"] == pid)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(420)
+def test_sweep_uses_both_nodes_and_survives_losing_one(two_node_cluster, demo_data, tmp_path, monkeypatch):
+    """A 2-trial raytag sweep on the 2-node cluster: trial workers run on both nodes; the
+    second node is SIGKILLed while a trial trains there. A trial whose driver lived on the
+    head finishes (Ray Train FailureConfig restarts its workers from the last checkpoint);
+    the sweep records any trial whose driver died with the node as failed with its reason;
+    a trial finished before the kill keeps its outputs untouched."""
+    from raytag.search.tuner import TRIAL_RESULT, run_sweep
+
+    cluster = two_node_cluster
+    if len(rc.cluster_nodes()) < 2:  # the previous test killed worker1: bring a node back
+        cluster._ray_start("worker2", [f"--address={cluster.address}"], timeout=90)
+        assert len(cluster.wait_for_nodes(2)) == 2
+    second = cluster.nodes[-1].name
+    monkeypatch.setenv(rc.SHARED_FS_ENV, "1")  # both nodes share this disk
+    storage = str(tmp_path / "storage")
+    rc.check_storage(storage)  # what `raytag tune` checks first
+    space = tmp_path / "twonode.yaml"
+    space.write_text(SWEEP_SPACE)
+    # Features prepared once before the sweep, as `raytag prepare` does (a feature store
+    # built from inside a trial asks 1 CPU per task inside the trial's 0.25 CPU placement
+    # group: see the report to the lead).
+    from raytag.config import Config
+    from raytag.data.layouts import load_dataset
+    from raytag.features.store import build_feature_store
+
+    features = Config.from_dict({"features": {"n_mels": 32}}).features
+    build_feature_store(load_dataset(demo_data, sample_rate=features.sample_rate), features,
+                        tmp_path / "features", progress=False)
+
+    watcher = _Watcher(cluster).start()
+    out = {}
+
+    def sweep():
+        try:
+            out["result"] = run_sweep(space, demo_data, storage=storage, name="twonode",
+                                      progress=False, feature_cache=str(tmp_path / "features"))
+        except BaseException as err:  # reported by the main thread
+            out["error"] = err
+
+    runner = threading.Thread(target=sweep, daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 240
+    killed_at = None
+    while runner.is_alive() and time.monotonic() < deadline:
+        training = [pid for pid in watcher.pids(second, "RayTrainWorker")
+                    if time.time() - watcher.first_seen(pid) > 4.0]  # past start-up: training
+        if training and watcher.pids("head", "RayTrainWorker"):
+            killed_at = time.time()
+            drivers_lost = watcher.pids(second, "ImplicitFunc", after=killed_at - 1.0)
+            done_before = {p.parent.name: p.read_bytes() for p in Path(storage).glob(f"twonode/trials/*/{TRIAL_RESULT}")}
+            assert cluster.kill_node(second)
+            break
+        time.sleep(0.3)
+    runner.join(timeout=300)
+    watcher.stop()
+    assert not runner.is_alive(), "the sweep did not finish after the node was lost"
+    assert "error" not in out, out.get("error")
+    assert killed_at is not None, f"workers never ran on both nodes: {watcher.seen[-20:]}"
+
+    # both nodes did work
+    assert watcher.pids("head", "RayTrainWorker", before=killed_at)
+    assert watcher.pids(second, "RayTrainWorker", before=killed_at)
+
+    board = out["result"].leaderboard.set_index("trial_id")
+    assert len(board) == 2
+    ok = board[board["status"] == "ok"]
+    lost = board[board["status"] != "ok"]
+    # A trial whose driver died with the node is lost: the sweep runs Tune with
+    # FailureConfig(max_failures=0) (the leaderboard may call it failed or unfinished).
+    # Every other trial finishes, its workers restarted by Ray Train's FailureConfig.
+    assert len(lost) <= len(drivers_lost), board[["status", "reason"]]
+    assert len(ok) >= 1
+    if not drivers_lost:
+        # the killed workers' trial restarted on the head after the kill
+        assert watcher.pids("head", "RayTrainWorker", after=killed_at + 0.5), "no worker restarted on the head"
+    for trial_id, row in ok.iterrows():
+        outputs = Path(row["outputs_dir"])
+        assert (outputs / "oof.parquet").is_file() and (outputs / "metrics.json").is_file()
+        assert 0.0 < row["cv_lwlrap"] <= 1.0
+    # nothing lost from trials finished before the kill
+    for trial_dir, blob in done_before.items():
+        assert (Path(storage) / "twonode" / "trials" / trial_dir / TRIAL_RESULT).read_bytes() == blob
