@@ -29,14 +29,11 @@ def ray_session():
     """A local Ray session shared by the whole test run."""
     import ray
 
+    from raytag.session import local_init_kwargs
+
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            object_store_memory=256 * 1024**2,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        # dashboard on (local_init_kwargs): without it ASHA-stopped trials keep their workers
+        ray.init(**local_init_kwargs(num_cpus=2, object_store_memory=256 * 1024**2))
     yield ray
     # left running for the other tests; pytest's exit ends it
 

@@ -236,8 +236,9 @@ def build_feature_store(
 
     task_rss = []
     if todo:
-        if not ray.is_initialized():
-            ray.init(ignore_reinit_error=True)
+        from raytag.session import ensure_ray
+
+        ensure_ray()
         # "DEFAULT" lets the tasks leave a caller's placement group: inside a Tune trial
         # (which holds a fraction of a CPU) they would otherwise never be scheduled.
         task = ray.remote(num_cpus=1, scheduling_strategy="DEFAULT")(_compute_shard)

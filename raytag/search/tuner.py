@@ -27,6 +27,7 @@ import pandas as pd
 from raytag.errors import DatasetError, RaytagError
 from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.search.space import SearchSpace, load_space, parse_space
+from raytag.session import ensure_ray
 
 TRIAL_RESULT = "trial_result.json"  # written by a trial that finished its pipeline
 
@@ -197,13 +198,6 @@ def absolute_storage(storage: str) -> str:
     return str(storage).rstrip("/") if files.is_uri(storage) else str(Path(storage).expanduser().resolve())
 
 
-def ensure_ray() -> None:
-    """Connect to the cluster in RAY_ADDRESS (or one `ray start`ed here), else start a local one."""
-    import ray
-
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False, configure_logging=False)
 
 
 # ----------------------------------------------------------------------------- the sweep

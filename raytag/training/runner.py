@@ -19,6 +19,7 @@ import pandas as pd
 
 from raytag.config import Config, parse_cli_overrides
 from raytag.errors import RaytagError
+from raytag.session import ensure_ray
 
 
 @dataclass
@@ -41,12 +42,6 @@ def resolve_storage(storage: str) -> str:
     return str(Path(storage).expanduser().resolve())
 
 
-def ensure_ray():
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, log_to_driver=False, configure_logging=False,
-                 include_dashboard=False)
 
 
 def prepare_data(cfg: Config, data, feature_cache: Optional[str], progress: bool):

@@ -1,0 +1,38 @@
+"""Starting or joining Ray, in one place.
+
+The dashboard must run: Ray Train V2 cleans up a stopped trial's worker group through it,
+and without it a trial stopped early by ASHA keeps its workers and the next trial waits
+for resources until "worker group startup timed out" (measured with Ray 2.60). Its
+default port (8265) may be held by another Ray instance on the same machine, in which
+case the dashboard silently fails; so a local session takes a free port."""
+from __future__ import annotations
+
+import os
+import socket
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def local_init_kwargs(**overrides) -> dict:
+    """ray.init arguments for a local session (tests, laptops)."""
+    kwargs = dict(include_dashboard=True, dashboard_port=free_port(), log_to_driver=False,
+                  configure_logging=False)
+    kwargs.update(overrides)
+    return kwargs
+
+
+def ensure_ray(**overrides) -> None:
+    """Join the cluster in RAY_ADDRESS (e.g. under `ray job submit`), else start a local one."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False, configure_logging=False, **overrides)
+    else:
+        ray.init(**local_init_kwargs(**overrides))
