@@ -70,5 +70,23 @@ class CropBatches:
 
     def _random_crop(self, clip_id: str, rng: np.random.Generator) -> np.ndarray:
         n = self.store.n_frames(clip_id)
-        start = int(rng.integers(0, n - self.crop_frames + 1)) if n > self.crop_frames else 0
-        return np.asarray(self.store.crop(clip_id, start, self.crop_frames), dtype=np.float32)
+        if n >= self.crop_frames:
+            start = int(rng.integers(0, n - self.crop_frames + 1))
+            return np.asarray(self.store.crop(clip_id, start, self.crop_frames), dtype=np.float32)
+        # a short clip is looped from a random phase (see tile_to)
+        clip = np.asarray(self.store.get(clip_id), dtype=np.float32)
+        return tile_to(np.roll(clip, -int(rng.integers(0, n)), axis=-1), self.crop_frames)
+
+
+def tile_to(feats: np.ndarray, length: int) -> np.ndarray:
+    """Repeat a clip shorter than `length` frames along time until it fills `length`.
+
+    Zero-padding is wrong for log-mel: 0 dB is the loudest value a frame can have, so
+    padded frames would look like a wall of sound after normalisation (and "silence"
+    differs per clip and per channel, deltas included). Looping the clip, as several
+    FAT2019 kernels did, keeps every frame a real frame of the clip."""
+    n = feats.shape[-1]
+    if n >= length:
+        return feats[..., :length]
+    reps = -(-length // max(n, 1))
+    return np.concatenate([feats] * reps, axis=-1)[..., :length]

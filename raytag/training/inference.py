@@ -13,8 +13,8 @@ import torch
 def segment_starts(n_frames: int, segment_frames: int, overlap: float = 0.5) -> list[int]:
     """Start frames of segments covering a clip; the last segment ends at the clip's end.
 
-    A clip shorter than one segment gets one segment at 0 (zero-padded to length by the
-    caller: padding of a short clip, not missing data)."""
+    A clip shorter than one segment gets one segment at 0 (looped to length by
+    `cut_segment`)."""
     if n_frames <= segment_frames:
         return [0]
     hop = max(1, int(round(segment_frames * (1.0 - overlap))))
@@ -26,11 +26,13 @@ def segment_starts(n_frames: int, segment_frames: int, overlap: float = 0.5) -> 
 
 
 def cut_segment(feats: np.ndarray, start: int, length: int) -> np.ndarray:
-    """feats[..., start:start+length], zero-padded on the right for a short clip."""
+    """feats[..., start:start+length]; a clip shorter than a segment is looped to fill it
+    (as in training: see raytag.training.dataset.tile_to)."""
+    from raytag.training.dataset import tile_to
+
     seg = feats[..., start:start + length]
     if seg.shape[-1] < length:
-        pad = [(0, 0)] * (seg.ndim - 1) + [(0, length - seg.shape[-1])]
-        seg = np.pad(seg, pad)
+        seg = tile_to(feats[..., start:] if start < feats.shape[-1] else feats, length)
     return seg
 
 

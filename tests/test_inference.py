@@ -1,0 +1,55 @@
+"""Segment-averaged inference: the segment grid, looping of short clips, mean/max
+reduction, TTA and normalisation, checked against a model whose output is known."""
+import numpy as np
+import pytest
+import torch
+
+from raytag.training.dataset import tile_to
+from raytag.training.inference import cut_segment, predict_segments, segment_starts
+
+
+class MeanModel(torch.nn.Module):
+    """logit of class 0 = mean of the input; class 1 = minus that."""
+
+    def forward(self, x):
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([m, -m], dim=1)
+
+    def embed(self, x):
+        return x.mean(dim=(2, 3))
+
+
+def test_segment_grid_covers_the_clip_and_ends_at_its_end():
+    assert segment_starts(50, 100) == [0]
+    assert segment_starts(100, 100) == [0]
+    assert segment_starts(250, 100, overlap=0.5) == [0, 50, 100, 150]
+    assert segment_starts(260, 100, overlap=0.5)[-1] == 160
+    assert segment_starts(300, 100, overlap=0.0) == [0, 100, 200]
+
+
+def test_short_clips_are_looped_never_zero_padded():
+    clip = np.arange(3, dtype=np.float32).reshape(1, 1, 3) - 50.0  # dB-like values, no zeros
+    seg = cut_segment(clip, 0, 8)
+    assert seg.shape == (1, 1, 8) and np.all(seg != 0)
+    assert list(seg[0, 0]) == [-50, -49, -48, -50, -49, -48, -50, -49]
+    assert tile_to(clip, 2).shape[-1] == 2
+
+
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_segment_predictions_are_reduced_over_the_clip(reduce):
+    # two segments of constant value 1 and 3: the clip's class-0 logit is mean/max over segments
+    clip = np.concatenate([np.full((1, 2, 10), 1.0), np.full((1, 2, 10), 3.0)], axis=-1).astype(np.float32)
+    probs = predict_segments(MeanModel(), [clip], segment_frames=10, overlap=0.0, reduce=reduce)
+    seg_probs = 1 / (1 + np.exp(-np.array([1.0, 3.0])))
+    want = seg_probs.mean() if reduce == "mean" else seg_probs.max()
+    assert probs.shape == (1, 2)
+    assert probs[0, 0] == pytest.approx(want, rel=1e-5)
+
+
+def test_tta_normalisation_and_batching_do_not_change_a_constant_clip():
+    clips = [np.full((1, 4, n), 5.0, np.float32) for n in (7, 30, 61)]
+    mean, std = np.full((1, 4), 5.0), np.full((1, 4), 2.0)
+    a = predict_segments(MeanModel(), clips, segment_frames=10, mean=mean, std=std, batch_size=2)
+    b = predict_segments(MeanModel(), clips, segment_frames=10, mean=mean, std=std, tta=2, batch_size=64)
+    np.testing.assert_allclose(a, 0.5, atol=1e-6)  # normalised to 0 -> sigmoid 0.5
+    np.testing.assert_allclose(a, b, atol=1e-6)
