@@ -169,18 +169,27 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
     return result
 
 
+# stages.csv column -> short console heading (the CSV keeps every column)
+_STAGE_COLUMNS = {"stage": "stage", "folds": "folds", "cv_lwlrap": "CV", "test_lwlrap": "test",
+                  "n_accepted": "accepted", "filter_precision": "prec.", "filter_recall": "recall",
+                  "n_pseudo": "pseudo"}
+
+
 def stage_table(stages: pd.DataFrame):
+    """lwlrap by stage, with the filter's accepted count and precision/recall and the
+    pseudo-labelled count where they apply (averaged over folds)."""
     from rich.table import Table
 
-    table = Table(title="lwlrap by stage")
-    for col in stages.columns:
-        table.add_column(col, justify="right" if stages[col].dtype.kind in "fi" else "left")
+    table = Table(title="lwlrap by stage (CV on out-of-fold clips; test only reported); filter precision/recall")
+    cols = [c for c in _STAGE_COLUMNS if c in stages.columns and stages[c].notna().any()]
+    for col in cols:
+        table.add_column(_STAGE_COLUMNS[col], justify="left" if col == "stage" else "right", no_wrap=True)
     for _, row in stages.iterrows():
-        table.add_row(*[_fmt(v) for v in row])
+        table.add_row(*[_fmt(row[c]) for c in cols])
     return table
 
 
 def _fmt(v) -> str:
-    if isinstance(v, float):
-        return "" if np.isnan(v) else f"{v:.4f}" if abs(v) <= 1 else f"{v:.1f}"
+    if isinstance(v, (float, np.floating)):
+        return "" if np.isnan(v) else f"{v:.3f}" if abs(v) <= 1 else f"{v:.0f}"
     return str(v)

@@ -1,0 +1,33 @@
+"""`raytag demo` on its tiny setting: every layer (data, features, sweep, ensemble, pull,
+predict) runs for real, and a second run reuses what the first one made."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from raytag.cli import app
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def test_demo_tiny_runs_every_layer_then_reuses_its_work(ray_session, tmp_path):
+    runner = CliRunner()
+    first = runner.invoke(app, ["demo", "--tiny", "--out", str(tmp_path)])
+    assert first.exit_code == 0, first.output
+    summary = json.loads((tmp_path / "demo-tiny" / "demo_summary.json").read_text())
+    assert 0 < summary["best_cv_lwlrap"] <= 1
+    assert summary["ensemble_cv_lwlrap"] > 0
+    assert summary["tagged"] and (tmp_path / "demo-tiny-pulled").is_dir()
+    stages = [row["stage"] for row in summary["stages"]]
+    assert stages[:2] == ["warmup", "finetune"] and stages[-1].startswith("stage2")
+    board = (tmp_path / "demo-tiny" / "leaderboard.csv").read_text()
+    assert board.count("\n") >= 3  # header + 2 trials
+
+    trials_before = sorted(p.name for p in (tmp_path / "demo-tiny" / "trials").iterdir())
+    second = runner.invoke(app, ["demo", "--tiny", "--out", str(tmp_path)])
+    assert second.exit_code == 0, second.output
+    again = json.loads((tmp_path / "demo-tiny" / "demo_summary.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "demo-tiny" / "trials").iterdir()) == trials_before
+    assert again["best_cv_lwlrap"] == pytest.approx(summary["best_cv_lwlrap"])
