@@ -29,6 +29,7 @@ ray_2w, plain_1t, ray_1w, plain_2t) and ratios are taken within a round.
     .venv/bin/python benchmarks/bench_throughput.py            # 2 rounds x 4 epochs
     .venv/bin/python benchmarks/bench_throughput.py --quick    # 10 classes, 1 round x 2 epochs
 
+On a tree others are editing, run it from a snapshot of HEAD (see bench_training.py).
 Writes results/benchmarks/throughput.json (--quick: /tmp/raytag_bench/throughput_quick.json).
 """
 from __future__ import annotations

@@ -27,6 +27,11 @@ worker reuses a process that extracted features. The driver's peak is its ru_max
     .venv/bin/python benchmarks/bench_training.py            # ~15-20 min on 2 shared cores
     .venv/bin/python benchmarks/bench_training.py --quick    # 10 classes, tiny models, ~3 min
 
+The engine is imported from the tree the script lives in. On a tree others are editing,
+run it from a snapshot of HEAD so every Ray worker imports one version of the code:
+    git archive HEAD | tar -x -C /tmp/snap && PYTHONPATH=/tmp/snap \
+        .venv/bin/python /tmp/snap/benchmarks/bench_training.py --out results/benchmarks/training.json
+
 Writes results/benchmarks/training.json (--quick: /tmp/raytag_bench/training_quick.json)
 and prints a table.
 """
@@ -102,6 +107,11 @@ def driver_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
+# Ray Train (v2) processes of one fit: the workers, the controller and its helper actors
+TRAIN_TITLES = ("RayTrainWorker", "TrainController", "PlacementGroupCleaner", "SynchronizationActor",
+                "DatasetManager", "PreemptionWatcher", "AutoscalingCoordinator")
+
+
 class ProcPoller(threading.Thread):
     """Peak memory of this driver's Ray processes, read from /proc (nothing added to the engine).
 
@@ -109,7 +119,7 @@ class ProcPoller(threading.Thread):
     raylet and workers are its children), and for those whose title contains one of
     `titles`, keep the max VmRSS / RssAnon seen and the last VmHWM (kernel peak RSS)."""
 
-    def __init__(self, root: int, titles=("RayTrainWorker", "TrainController"), interval: float = 0.25,
+    def __init__(self, root: int, titles=TRAIN_TITLES, interval: float = 0.25,
                  exclude: set[int] | None = None):
         super().__init__(daemon=True)
         self.root, self.titles, self.interval = root, titles, interval
@@ -255,9 +265,11 @@ def fit_one(cfg_dict: dict, data: Path, cache: Path, storage: Path, tag: str) ->
         peaks = poller.stop()
         SEEN_PIDS.update(peaks)  # a process of an earlier fit still alive is not this fit's
     wall = time.time() - start
-    timing = epoch_times(read_trace(trace))
+    events = read_trace(trace)
+    timing = epoch_times(events)
     workers = sorted((p for p in peaks.values() if "RayTrainWorker" in p["title"]), key=lambda p: p["pid"])
     controller = [p for p in peaks.values() if "TrainController" in p["title"]]
+    helpers = [p for p in peaks.values() if "RayTrainWorker" not in p["title"]]
     m = result.metrics
     n_params = sum(p.numel() for p in build_model(cfg.model, 50, 1, cfg.features.n_mels).parameters())
     return {
@@ -270,6 +282,8 @@ def fit_one(cfg_dict: dict, data: Path, cache: Path, storage: Path, tag: str) ->
         "fold_lwlrap": m["fold_lwlrap"],
         "test_lwlrap": m["test_lwlrap"],
         "epochs_run": m["epochs_run"],
+        # >0: a worker group failed and Ray Train restarted it (FailureConfig); see the Ray logs
+        "worker_group_restarts": len({e["pid"] for e in events if e.get("rank") == 0}) - 1,
         "wall_s": round(wall, 1),
         "startup_s": round(timing["first_epoch_start"] - start, 1) if timing["first_epoch_start"] else None,
         "median_epoch_s": round(median(timing["epoch_gaps_s"]), 2),
@@ -278,6 +292,12 @@ def fit_one(cfg_dict: dict, data: Path, cache: Path, storage: Path, tag: str) ->
         "worker_max_polled_rss_mb": [round(w["rss_mb"], 1) for w in workers],
         "worker_max_polled_anon_mb": [round(w["anon_mb"], 1) for w in workers],
         "controller_peak_rss_mb": [round(c["hwm_mb"], 1) for c in controller],
+        # every Train process of this fit: title -> (peak RSS, max anonymous RSS) in MB; RSS
+        # counts shared library pages in each process, anonymous memory is each one's own
+        "train_processes_mb": {f"{p['title'].replace('ray::', '')}[{p['pid']}]": [round(p["hwm_mb"]), round(p["anon_mb"])]
+                               for p in sorted(peaks.values(), key=lambda p: p["pid"])},
+        "train_processes_total_anon_mb": round(sum(p["anon_mb"] for p in peaks.values())),
+        "helper_actors_total_rss_mb": round(sum(p["hwm_mb"] for p in helpers)),
         "driver_peak_rss_mb_so_far": round(driver_peak_mb(), 1),
         "outputs_dir": result.outputs_dir,
     }
