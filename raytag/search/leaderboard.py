@@ -83,7 +83,8 @@ def _status(trial, last: dict) -> tuple[str, str]:
     if last.get("trial_complete"):
         return "ok", ""
     if trial.status == "TERMINATED":
-        return "stopped early", f"scheduler stopped it after {last.get('training_iteration', 0)} reports"
+        epochs = last.get("step", last.get("training_iteration", 0))
+        return "stopped early", f"stopped after {epochs} epochs (by the scheduler, or the sweep's epoch budget)"
     return "unfinished", f"Tune status {trial.status} (resume the sweep with --resume)"
 
 
@@ -93,11 +94,16 @@ _EXC_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Failed|Failure)
 def _error_reason(trial) -> str:
     """The innermost exception line of the trial's error ("ConfigError: train.lr: ...")."""
     text = ""
-    try:  # Tune writes error.txt into the trial's folder in storage
-        path = files.join(trial.path, "error.txt")
-        text = files.read_text(path) if files.exists(path) else ""
-    except Exception:  # noqa: BLE001 - an unreadable error file still leaves the trial failed
-        pass
+    # error.txt in the trial's folder in storage; during the sweep it may still be only in
+    # the driver's staging folder (trial.error_file, readable while Ray runs)
+    for where in (lambda: files.join(trial.path, "error.txt"), lambda: trial.error_file):
+        try:
+            path = where()
+            if path and files.exists(path):
+                text = files.read_text(path)
+                break
+        except Exception:  # noqa: BLE001 - an unreadable error file still leaves the trial failed
+            continue
     lines = [m.group(1) + ": " + m.group(2) for m in map(_EXC_LINE.match, text.splitlines()) if m]
     if lines:
         return lines[-1][:300]

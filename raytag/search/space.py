@@ -134,6 +134,7 @@ class SearchSettings:
     max_concurrent_trials: int = 1
     seed: int = 0
     startup_trials: Optional[int] = None  # TPE's random start; None: samples // 3, 2..10
+    epoch_budget: Optional[int] = None  # total epochs over all trials; the sweep ends when spent
 
 
 @dataclass
@@ -458,6 +459,8 @@ def _check_settings(space: SearchSpace):
         raise SpaceError(f"{src}: search.reduction_factor: must be above 1")
     if s.max_concurrent_trials < 1:
         raise SpaceError(f"{src}: search.max_concurrent_trials: must be at least 1")
+    if s.epoch_budget is not None and s.epoch_budget < 1:
+        raise SpaceError(f"{src}: search.epoch_budget: must be at least 1 epoch")
     if s.max_t is not None and s.max_t <= s.grace_period:
         raise SpaceError(f"{src}: search.max_t: must be above grace_period ({s.grace_period})")
     if r.trial_cpus <= 0:

@@ -82,9 +82,9 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     fit = setup.trial_fn
     if fit is None:
         from raytag.training.runner import fit_pipeline as fit
-    result = fit(
-        cfg, setup.data, storage=setup.trials_dir, name=trial_id,
-        callbacks=[_report_callback()], feature_cache=setup.feature_cache, progress=False,
+    result = _fit_forwarding_reports(
+        lambda callbacks: fit(cfg, setup.data, storage=setup.trials_dir, name=trial_id,
+                              callbacks=callbacks, feature_cache=setup.feature_cache, progress=False)
     )
     metrics = dict(result.metrics)
     cv = metrics.get("cv_lwlrap")
@@ -102,15 +102,65 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     tune.report(final)
 
 
-def _report_callback():
-    """TuneReportCallback that renames the workers' `done` metric to `pipeline_done`.
+def _fit_forwarding_reports(run_fit: Callable[[list], Any]):
+    """Run the pipeline in a thread while this (Tune's training) thread forwards its
+    per-epoch reports to Tune, one at a time, in order.
+
+    Why not TuneReportCallback as it is: it hands each report to Tune's *main* thread
+    through the session's inter-actor queue, and Ray 2.60 deadlocks when the trial function
+    itself reports or returns while one such report is still queued (both threads wait on
+    Tune's one-slot result queue; seen here with a fast trial under load, py-spy showed
+    both in Queue.put). Giving the callback a queue of our own that this thread drains
+    keeps every tune.report on one thread. The queue holds one item, so the workers still
+    wait for Tune to accept each epoch (ASHA decides on time, as with the stock queue).
+    """
+    import threading
+
+    from ray import tune
+    from ray.util.queue import Empty, Queue
+
+    queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = run_fit([_report_callback(queue)])
+        except BaseException as err:  # noqa: BLE001 - re-raised on Tune's thread below
+            box["error"] = err
+
+    thread = threading.Thread(target=target, name="raytag-fit", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive() or not queue.empty():
+            try:
+                tune.report(queue.get(timeout=0.5))
+            except Empty:
+                continue
+        thread.join()
+    finally:
+        queue.shutdown()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _report_callback(queue):
+    """TuneReportCallback that puts each worker report on `queue` (drained by the trial
+    thread, see _fit_forwarding_reports) and renames the workers' `done` to `pipeline_done`.
 
     Tune reserves `done`: a result with done=True ends the trial at once, which would kill
     the trial function (and the pipeline's final collection of outputs) right after the
     last epoch's report. The final state is reported by `run_trial` itself instead."""
     from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
 
     class _PipelineReportCallback(TuneReportCallback):
+        def __init__(self):
+            # the parent's __init__ would only make the session's queue, unused here
+            if not _in_tune_session():
+                raise RuntimeError("the sweep's report callback must be made inside a Tune trial")
+            self._training_actor_item_queue = queue
+
         def after_report(self, run_context, metrics, checkpoint):
             metrics = [{("pipeline_done" if k == "done" else k): v for k, v in m.items()} for m in metrics]
             super().after_report(run_context, metrics, checkpoint)
@@ -220,6 +270,7 @@ def run_sweep(
     `trial_fn` replaces fit_pipeline (same signature) for tests of the sweep machinery.
     """
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from raytag.search.leaderboard import build_leaderboard
     from raytag.search.report import save_report
@@ -300,7 +351,10 @@ def run_sweep(
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
-                callbacks=[SweepProgress(space.search.metric, progress)],
+                # result.json per trial even where TUNE_DISABLE_AUTO_CALLBACK_LOGGERS is set:
+                # the leaderboard and `raytag report` read it back
+                callbacks=[SweepProgress(space.search.metric, progress), JsonLoggerCallback(), CSVLoggerCallback()],
+                stop=EpochBudget(s.epoch_budget) if s.epoch_budget else None,
                 failure_config=tune.FailureConfig(max_failures=0),  # worker restarts live in train.max_failures
                 verbose=0,
             ),
@@ -329,6 +383,29 @@ def _printer(enabled: bool):
 
     console = Console(stderr=True)
     return (lambda msg: console.print(msg, highlight=False)) if enabled else (lambda msg: None)
+
+
+# ----------------------------------------------------------------------------- budget
+try:
+    from ray.tune import Stopper as _TuneStopper
+except ImportError:  # pragma: no cover - ray is a dependency
+    _TuneStopper = object
+
+
+class EpochBudget(_TuneStopper):
+    """Ends the sweep once its trials have run `epochs` epochs in all (each worker
+    report with a `step` is one epoch), so schedulers can be compared at equal compute."""
+
+    def __init__(self, epochs: int):
+        self.epochs, self.used = int(epochs), 0
+
+    def __call__(self, trial_id, result) -> bool:
+        if "step" in result:
+            self.used += 1
+        return False
+
+    def stop_all(self) -> bool:
+        return self.used >= self.epochs
 
 
 # ----------------------------------------------------------------------------- progress

@@ -1,0 +1,284 @@
+"""The sweep: Tune + Optuna + scheduler over a space, failures recorded per trial, the
+leaderboard and report, resume after the driver is killed, and one real end-to-end sweep
+of the pipeline on the demo set.
+
+The sweep-machinery tests replace fit_pipeline (trial_fn=) with `fake_fit`, which reports
+per-epoch metrics through the same Tune callbacks the real TorchTrainer gets, with a score
+that is a known function of the sampled settings, so the tests can check that each trial
+ran the config it was given."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from raytag.config import ConfigError
+from raytag.errors import RaytagError
+
+REPO = Path(__file__).resolve().parents[1]
+
+FAKE_SPACE = """
+name: fake
+base:
+  pipeline.finetune.epochs: 6
+space:
+  train.lr: {loguniform: [1.0e-4, 1.0e-2]}
+  model.width: {choice: [16, 48]}
+search: {samples: SAMPLES, scheduler: asha, grace_period: 2, reduction_factor: 2,
+         max_concurrent_trials: 1, seed: 0, startup_trials: 3}
+resources: {num_workers: 1, cpus_per_worker: 0.5, trial_cpus: 0.25}
+"""
+
+
+def expected_score(lr: float) -> float:
+    return 1.0 - abs(math.log10(lr) + 3.0) / 2.0  # best at lr = 1e-3
+
+
+def fake_fit(cfg, data, storage, name, callbacks=(), feature_cache=None, progress=True):
+    """Stands in for fit_pipeline: width 48 is refused, lr > 5e-3 "diverges" (NaN)."""
+    with open(Path(data) / "calls.log", "a") as log:
+        log.write(name + "\n")
+    if cfg.model.width == 48:
+        raise ConfigError("model.width: 48 is refused by this fake runner")
+    steps = cfg.pipeline.finetune.epochs
+    final = expected_score(cfg.train.lr) if cfg.train.lr <= 5e-3 else math.nan
+    for step in range(1, steps + 1):
+        metrics = {"step": step, "stage": "finetune", "fold": 0, "round": 0, "epoch": step,
+                   "train_loss": 1.0 / step, "val_lwlrap": final * step / steps,
+                   "cv_lwlrap": final * step / steps, "done": int(step == steps)}
+        for cb in callbacks:  # what Ray Train does with each worker report
+            cb.after_report(None, [metrics], None)
+        time.sleep(float(os.environ.get("FAKE_STEP_S", "0")))
+    out = Path(storage) / name / "outputs"
+    out.mkdir(parents=True, exist_ok=True)
+    return SimpleNamespace(run_dir=str(out.parent), outputs_dir=str(out), stages=None,
+                           metrics={"cv_lwlrap": final, "fold_lwlrap": [final], "test_lwlrap": 0.5,
+                                    "epochs_run": steps, "seconds": 1.0})
+
+
+def write_space(tmp_path: Path, samples: int) -> Path:
+    path = tmp_path / "fake.yaml"
+    path.write_text(FAKE_SPACE.replace("SAMPLES", str(samples)))
+    return path
+
+
+def expected_status(row) -> str:
+    if row["model.width"] == 48:
+        return "failed"
+    if row["train.lr"] > 5e-3:
+        return "failed"
+    return row["status"] if row["status"] in ("ok", "stopped early") else "?"
+
+
+@pytest.mark.ray
+def test_sweep_records_every_trial_and_its_reason(ray_session, tmp_path):
+    from ray import cloudpickle
+
+    from raytag.search.report import report_command
+    from raytag.search.tuner import run_sweep
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    data = tmp_path / "data"
+    data.mkdir()
+    space = write_space(tmp_path, samples=8)
+    result = run_sweep(space, data, storage=str(tmp_path / "res"), name="s1", trial_fn=fake_fit,
+                       progress=False)
+    board = result.leaderboard
+    assert len(board) == 8 and board["trial_id"].is_unique
+    assert set(board["status"]) <= {"ok", "stopped early", "failed"}
+    for _, row in board.iterrows():
+        assert row["status"] == expected_status(row), row.to_dict()
+        if row["model.width"] == 48:
+            assert "ConfigError: model.width: 48 is refused" in row["reason"]
+        elif row["train.lr"] > 5e-3:
+            assert "cv_lwlrap is nan" in row["reason"]
+        elif row["status"] == "ok":  # ran its whole pipeline with the config it was given
+            assert row["cv_lwlrap"] == pytest.approx(expected_score(row["train.lr"]))
+            assert row["epochs_run"] == 6 and row["test_lwlrap"] == 0.5
+            assert Path(row["outputs_dir"]).is_dir()
+        else:  # stopped by ASHA at a rung: fewer epochs, score so far
+            assert row["epochs_run"] < 6
+            assert row["cv_lwlrap"] < expected_score(row["train.lr"])
+    statuses = board["status"].value_counts()
+    assert statuses.get("ok", 0) >= 1 and statuses.get("stopped early", 0) >= 1
+    assert statuses.get("failed", 0) >= 1  # failures do not end the sweep
+    # best first, failed last
+    scored = board[board["status"] != "failed"]["cv_lwlrap"].tolist()
+    assert scored == sorted(scored, reverse=True)
+    assert result.best["cv_lwlrap"] == max(scored)
+
+    exp = Path(result.experiment_dir)
+    assert exp == tmp_path / "res" / "s1"
+    for name in ("leaderboard.csv", "search.png", "space.yaml", "sweep.json"):
+        assert (exp / name).is_file(), name
+    assert json.loads((exp / "sweep.json").read_text())["data"] == str(data.resolve())
+    saved = pd.read_csv(exp / "leaderboard.csv")
+    assert saved["trial_id"].tolist() == board["trial_id"].tolist()
+    # The workers' `done` reaches Tune renamed (done=True would end the trial at its last
+    # epoch, before the trial's final report); every epoch arrived, in order.
+    for trial_id in board[board["status"] == "ok"]["trial_id"]:
+        lines = [json.loads(x) for x in (exp / f"trial_{trial_id}" / "result.json").read_text().splitlines()]
+        epochs = [x for x in lines if "step" in x]
+        assert [x["step"] for x in epochs] == [1, 2, 3, 4, 5, 6]
+        assert [x["pipeline_done"] for x in epochs] == [0, 0, 0, 0, 0, 1]
+        assert not any(x.get("done") for x in epochs)
+        assert lines[-1]["trial_complete"] == 1
+
+    again = report_command("s1", storage=str(tmp_path / "res"))
+    assert again["trial_id"].tolist() == board["trial_id"].tolist()
+
+    with pytest.raises(RaytagError, match="already exists.*--resume"):
+        run_sweep(space, data, storage=str(tmp_path / "res"), name="s1", trial_fn=fake_fit, progress=False)
+
+
+def test_bad_arguments_fail_before_any_trial(tmp_path):
+    from raytag.search.tuner import run_sweep
+
+    with pytest.raises(RaytagError, match="not a folder"):
+        run_sweep(write_space(tmp_path, 2), tmp_path / "missing", storage=str(tmp_path / "r"))
+    with pytest.raises(RaytagError, match="no sweep named"):
+        from raytag.search.report import report_command
+
+        report_command("nope", storage=str(tmp_path / "r"))
+
+
+DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+from ray import cloudpickle
+import test_tune
+cloudpickle.register_pickle_by_value(test_tune)
+from raytag.search.tuner import run_sweep
+run_sweep({space!r}, {data!r}, storage={storage!r}, name="kill", resume={resume}, trial_fn=test_tune.fake_fit)
+"""
+
+
+def _driver(tmp_path, resume: bool) -> subprocess.Popen:
+    code = DRIVER.format(tests=str(REPO / "tests"), space=str(tmp_path / "fake.yaml"),
+                         data=str(tmp_path / "data"), storage=str(tmp_path / "res"), resume=resume)
+    env = {**os.environ, "RAY_ADDRESS": "local", "FAKE_STEP_S": "0.7"}  # its own Ray, not the tests'
+    log = open(tmp_path / f"driver-{'resume' if resume else 'first'}.log", "w")
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_resume_after_the_driver_is_killed(tmp_path):
+    """SIGKILL the driver once a trial has finished; --resume runs only what is left."""
+    (tmp_path / "data").mkdir()
+    write_space(tmp_path, samples=4)
+    trials = tmp_path / "res" / "kill" / "trials"
+    proc = _driver(tmp_path, resume=False)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(trials.glob("*/trial_result.json")):
+            assert proc.poll() is None, (tmp_path / "driver-first.log").read_text()[-3000:]
+            time.sleep(0.5)
+        finished_before = {p.parent.name for p in trials.glob("*/trial_result.json")}
+        assert finished_before, "no trial finished within 2 minutes"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        time.sleep(1)
+        try:  # the Ray processes that driver started (its own session) outlive it: end them
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not (tmp_path / "res" / "kill" / "leaderboard.csv").exists()  # it really was cut short
+    calls_before = (tmp_path / "data" / "calls.log").read_text().split()
+
+    proc = _driver(tmp_path, resume=True)
+    try:
+        assert proc.wait(timeout=240) == 0, (tmp_path / "driver-resume.log").read_text()[-3000:]
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    board = pd.read_csv(tmp_path / "res" / "kill" / "leaderboard.csv")
+    calls = (tmp_path / "data" / "calls.log").read_text().split()
+    assert len(board) == 4 and board["trial_id"].is_unique
+    assert set(board["status"]) <= {"ok", "stopped early", "failed"}, board
+    assert set(calls) <= set(board["trial_id"])  # no extra trials
+    for trial_id in finished_before:  # finished trials were not run again
+        assert calls.count(trial_id) == 1
+        assert board.set_index("trial_id").loc[trial_id, "status"] == "ok"
+    assert len(calls) > len(calls_before)  # and the rest did run after the resume
+
+    # Optuna's study was kept: it knows every trial of the sweep, with the scores of the finished ones
+    import pickle
+
+    sys.path.insert(0, str(REPO / "tests"))
+    state = sorted((tmp_path / "res" / "kill").glob("searcher-state-*.pkl"))[-1]
+    study = pickle.loads(state.read_bytes())["_ot_study"]
+    values = {t.number: t.value for t in study.trials}
+    assert len(values) == 4
+    ok = board[board["status"] == "ok"]
+    assert sorted(round(v, 6) for v in values.values() if v is not None and not math.isnan(v)) == sorted(
+        round(v, 6) for v in board[board["status"] != "failed"]["cv_lwlrap"])
+    assert len(ok) >= 1
+
+
+TINY = """
+name: tiny
+base:
+  features.n_mels: 32
+  train.crop_seconds: 1.0
+  train.batch_size: 32
+  train.num_workers: 1
+  cv.n_folds: 2
+  pipeline.noisy_selection.max_per_class: 4
+  pipeline.warmup.epochs: 1
+  pipeline.finetune.epochs: 1
+  pipeline.filter.enabled: false
+  pipeline.pseudo.enabled: false
+  inference.segment_seconds: 1.0
+space:
+  model.name: {choice: [cnn2d, crnn]}
+  train.lr: {loguniform: [5.0e-4, 3.0e-3]}
+conditional:
+  - when: {model.name: crnn}
+    space:
+      model.params.lstm_hidden: {choice: [16, 32]}
+search: {samples: 2, scheduler: fifo, max_concurrent_trials: 1, seed: 0}
+resources: {num_workers: 1, cpus_per_worker: 1.0, trial_cpus: 0.25}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_real_sweep_of_the_pipeline_on_demo_data(ray_session, demo_data, tmp_path):
+    """Two trials of a tiny pipeline through fit_pipeline: per-epoch reports reach Tune,
+    the outputs the ensemble reads are where the leaderboard says."""
+    from raytag.search.tuner import run_sweep
+
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY)
+    result = run_sweep(space, demo_data, storage=str(tmp_path / "res"), progress=False,
+                       feature_cache=str(tmp_path / "features"))
+    board = result.leaderboard
+    assert len(board) == 2
+    assert (board["status"] == "ok").all(), board[["trial_id", "status", "reason"]]
+    for _, row in board.iterrows():
+        assert 0.0 < row["cv_lwlrap"] <= 1.0
+        assert 0.0 < row["test_lwlrap"] <= 1.0  # the demo set has test labels
+        assert row["epochs_run"] == 2 * (1 + 1)  # 2 folds x (warm-up 1 + fine-tune 1)
+        outputs = Path(row["outputs_dir"])
+        assert outputs.parent.parent == Path(result.experiment_dir) / "trials"
+        assert (outputs / "oof.parquet").is_file() and (outputs / "metrics.json").is_file()
+        # every epoch was reported to Tune, with the pipeline's metric
+        lines = [json.loads(x) for x in
+                 (Path(result.experiment_dir) / f"trial_{row['trial_id']}" / "result.json").read_text().splitlines()]
+        epochs = [x for x in lines if "step" in x]
+        assert [x["step"] for x in epochs] == [1, 2, 3, 4]
+        assert all("cv_lwlrap" in x for x in lines)
+    assert (Path(result.experiment_dir) / "search.png").is_file()
