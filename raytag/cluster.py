@@ -380,7 +380,7 @@ class LocalCluster:
 
     @property
     def dashboard_url(self) -> Optional[str]:
-        return f"http://127.0.0.1:{self.dashboard_port}" if self.dashboard_port else None
+        return f"http://127.0.0.1:{self.dashboard_port}" if self.include_dashboard else None
 
     def driver_env(self) -> dict:
         """Environment a process needs to connect to this cluster (ray.init, ray job submit)."""
@@ -443,9 +443,10 @@ class LocalCluster:
         self.port = _free_port()
         head_args = ["--head", f"--port={self.port}", f"--ray-client-server-port={_free_port()}",
                      f"--include-dashboard={'true' if self.include_dashboard else 'false'}"]
-        if self.include_dashboard:
-            self.dashboard_port = _free_port()
-            head_args += [f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1"]
+        # Ray starts a dashboard process even with --include-dashboard=false (job and
+        # state APIs): give it a free port too, never the shared default 8265.
+        self.dashboard_port = _free_port()
+        head_args += [f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1"]
         self._ray_start("head", head_args, timeout)
         for i in range(1, n_nodes):
             self._ray_start(f"worker{i}", [f"--address={self.address}"], timeout)

@@ -256,7 +256,8 @@ def test_workers_on_both_nodes_survive_losing_one(two_node_cluster, tmp_path):
     result = out["result"]
 
     assert result.error is None, result.error
-    assert {r["node"] for r in before} == {head_id, before[-1]["node"]} and len({r["node"] for r in before}) == 2
+    nodes_before = {r["node"] for r in before}
+    assert len(nodes_before) == 2 and head_id in nodes_before, "one worker per node before the kill"
     assert all(r["world"] == 2 for r in before)
     after = [r for r in _read_log(log_dir) if r["t"] > killed_at]
     assert after and {r["node"] for r in after} == {head_id}, "restarted workers should be on the head"
