@@ -179,10 +179,13 @@ def test_fat2019_searches_what_the_issue_lists():
         assert key in keys, key
 
 
-def test_estimate_steps_counts_enabled_stage_epochs_per_fold():
+def test_estimate_steps_counts_every_report_of_a_run():
+    # warm-up once (shared by the folds); per fold: fine-tune epochs, a filter report,
+    # stage-2 rounds x epochs
     cfg = Config.from_dict({"cv": {"n_folds": 3}, "pipeline": {
         "warmup": {"epochs": 2}, "finetune": {"epochs": 3},
         "pseudo": {"enabled": True, "rounds": 2, "epochs": 1}}})
-    assert estimate_steps(cfg) == 3 * (2 + 3 + 2)
-    cfg = cfg.with_overrides({"pipeline.pseudo.enabled": False, "cv.folds": [0]})
-    assert estimate_steps(cfg) == 5
+    assert estimate_steps(cfg) == 2 + 3 * (3 + 1 + 2)
+    cfg = cfg.with_overrides({"pipeline.pseudo.enabled": False, "pipeline.filter.enabled": False,
+                              "cv.folds": [0]})
+    assert estimate_steps(cfg) == 2 + 3

@@ -271,7 +271,7 @@ def test_real_sweep_of_the_pipeline_on_demo_data(ray_session, demo_data, tmp_pat
     for _, row in board.iterrows():
         assert 0.0 < row["cv_lwlrap"] <= 1.0
         assert 0.0 < row["test_lwlrap"] <= 1.0  # the demo set has test labels
-        assert row["epochs_run"] == 2 * (1 + 1)  # 2 folds x (warm-up 1 + fine-tune 1)
+        assert row["epochs_run"] == 1 + 2 * 1  # warm-up once (shared), fine-tune on 2 folds
         outputs = Path(row["outputs_dir"])
         assert outputs.parent.parent == Path(result.experiment_dir) / "trials"
         assert (outputs / "oof.parquet").is_file() and (outputs / "metrics.json").is_file()
@@ -279,6 +279,7 @@ def test_real_sweep_of_the_pipeline_on_demo_data(ray_session, demo_data, tmp_pat
         lines = [json.loads(x) for x in
                  (Path(result.experiment_dir) / f"trial_{row['trial_id']}" / "result.json").read_text().splitlines()]
         epochs = [x for x in lines if "step" in x]
-        assert [x["step"] for x in epochs] == [1, 2, 3, 4]
+        assert [x["step"] for x in epochs] == [1, 2, 3]
+        assert [x["stage"] for x in epochs] == ["warmup", "finetune", "finetune"]
         assert all("cv_lwlrap" in x for x in lines)
     assert (Path(result.experiment_dir) / "search.png").is_file()

@@ -227,17 +227,16 @@ class SearchSpace:
 
 
 def estimate_steps(cfg: Config) -> int:
-    """Epoch reports of one pipeline run: per fold, every enabled stage's epochs."""
-    p = cfg.pipeline
-    per_fold = 0
-    if p.warmup.enabled:
-        per_fold += p.warmup.epochs
-    if p.finetune.enabled:
-        per_fold += p.finetune.epochs
-    if p.pseudo.enabled:
-        per_fold += p.pseudo.rounds * p.pseudo.epochs
-    folds = len(cfg.cv.folds) if cfg.cv.folds else cfg.cv.n_folds
-    return max(1, per_fold * folds)
+    """Reports one pipeline run makes: one per training epoch of every step (the warm-up
+    once, then per fold fine-tune, filter, stage-2 rounds), one per filter step."""
+    from raytag.training.steps import build_steps
+
+    folds = list(cfg.cv.folds) if cfg.cv.folds else list(range(cfg.cv.n_folds))
+    try:
+        steps = build_steps(cfg, folds)
+    except ConfigError:  # a config that trains nothing fails in its trial, with this reason
+        return 1
+    return max(1, sum(s.epochs if s.trains else 1 for s in steps))
 
 
 # ----------------------------------------------------------------------------- loading

@@ -277,14 +277,21 @@ def run_sweep(
 
     space = load_space(space_path)
     name = name or space.name
-    data = Path(data).expanduser()
-    if not data.is_dir():
-        raise DatasetError(f"--data {data}: not a folder (give a dataset folder in the FSDKaggle2019/2018 layout)")
-    data = str(data.resolve())
+    if files.is_uri(str(data)):  # copied onto each node by raytag.cluster.materialize_data
+        data = str(data).rstrip("/")
+    else:
+        data = Path(data).expanduser()
+        if not data.is_dir():
+            raise DatasetError(f"--data {data}: not a folder (give a dataset folder in the FSDKaggle2019/2018 layout)")
+        data = str(data.resolve())
     storage = absolute_storage(storage)
     exp_dir = files.join(storage, name)
 
     ensure_ray()
+    from raytag.cluster import check_data, check_storage
+
+    check_storage(storage)  # a multi-node cluster needs storage and data every node can read
+    check_data(data)
     say = _printer(progress)
     restorable = tune.Tuner.can_restore(exp_dir)
     if restorable and not resume:
@@ -393,14 +400,14 @@ except ImportError:  # pragma: no cover - ray is a dependency
 
 
 class EpochBudget(_TuneStopper):
-    """Ends the sweep once its trials have run `epochs` epochs in all (each worker
-    report with a `step` is one epoch), so schedulers can be compared at equal compute."""
+    """Ends the sweep once its trials have run `epochs` training epochs in all (each
+    worker report with a `step`, filter steps aside), so schedulers compare at equal compute."""
 
     def __init__(self, epochs: int):
         self.epochs, self.used = int(epochs), 0
 
     def __call__(self, trial_id, result) -> bool:
-        if "step" in result:
+        if "step" in result and result.get("stage") != "filter":
             self.used += 1
         return False
 
