@@ -27,7 +27,8 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 STORAGE_HELP = "Where results go: a local folder or a URI (s3://bucket/prefix, gs://...)."
-DATA_HELP = "Dataset folder in the FSDKaggle2019 or FSDKaggle2018 layout (see README)."
+DATA_HELP = ("Dataset folder in the FSDKaggle2019 or FSDKaggle2018 layout (see README), "
+             "or a URI of one (s3://, gs://, file://) that each node copies once.")
 
 
 def _run(fn, *args, **kwargs):
@@ -82,7 +83,7 @@ def make_demo_data(
 
 @app.command()
 def prepare(
-    data: Path = typer.Option(..., help=DATA_HELP),
+    data: str = typer.Option(..., help=DATA_HELP),
     config: Optional[Path] = typer.Option(None, help="YAML config; its `features` section is used."),
     cache: Path = typer.Option(Path("results/features"), help="Feature cache folder."),
 ):
@@ -95,7 +96,7 @@ def prepare(
 @app.command()
 def train(
     config: Path = typer.Option(..., help="YAML config of one run (see configs/default.yaml)."),
-    data: Path = typer.Option(..., help=DATA_HELP),
+    data: str = typer.Option(..., help=DATA_HELP),
     storage: str = typer.Option("results", help=STORAGE_HELP),
     name: Optional[str] = typer.Option(None, help="Run name (default: the config's name). Same name resumes."),
     set_: List[str] = typer.Option([], "--set", help="Override a setting: --set train.lr=3e-4 (repeatable)."),
@@ -109,7 +110,7 @@ def train(
 @app.command()
 def tune(
     space: Path = typer.Option(..., help="Search space YAML (see search_spaces/)."),
-    data: Path = typer.Option(..., help=DATA_HELP),
+    data: str = typer.Option(..., help=DATA_HELP),
     storage: str = typer.Option("results", help=STORAGE_HELP),
     name: Optional[str] = typer.Option(None, help="Experiment name (default: the space's name)."),
     samples: Optional[int] = typer.Option(None, help="Number of trials (default: from the space)."),

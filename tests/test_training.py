@@ -149,3 +149,22 @@ def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(ray_session, demo_
     assert starts[-(5 - at):] == list(range(at, 5))  # the second attempt runs the rest, once
     assert result.metrics["epochs_run"] == 5
     assert np.isfinite(result.metrics["cv_lwlrap"])
+
+
+def test_a_node_without_the_drivers_store_builds_its_own(ray_session, demo_data, tmp_path):
+    """On a cluster, a worker whose node lacks the driver's store path builds the store
+    from the plan's data reference into its own cache, and it holds every planned clip."""
+    from dataclasses import replace
+
+    from raytag.training.runner import prepare_data
+    from raytag.training.worker import open_node_store
+
+    cfg = Config.from_dict(TINY)
+    _, store, plan = prepare_data(cfg, demo_data, str(tmp_path / "driver-cache"), progress=False)
+    elsewhere = replace(plan, store_path=str(tmp_path / "not-on-this-node"),
+                        feature_cache=str(tmp_path / "node-cache"))
+    node_store = open_node_store(elsewhere)
+    assert str(node_store.path).startswith(str(tmp_path / "node-cache"))
+    assert set(plan.curated_ids + plan.noisy_ids + plan.test_ids) <= set(node_store.clip_ids)
+    some = plan.curated_ids[0]
+    np.testing.assert_array_equal(node_store.get(some), store.get(some))

@@ -239,9 +239,12 @@ def build_feature_store(
         from raytag.session import ensure_ray
 
         ensure_ray()
-        # "DEFAULT" lets the tasks leave a caller's placement group: inside a Tune trial
-        # (which holds a fraction of a CPU) they would otherwise never be scheduled.
-        task = ray.remote(num_cpus=1, scheduling_strategy="DEFAULT")(_compute_shard)
+        # Shards are written to this node's disk, so the tasks run on this node; an explicit
+        # strategy also lets them leave a caller's placement group (inside a Tune trial, which
+        # holds a fraction of a CPU, they would otherwise never be scheduled).
+        from raytag.cluster import this_node_strategy
+
+        task = ray.remote(num_cpus=1, scheduling_strategy=this_node_strategy())(_compute_shard)
         cfg_dict = asdict(feature_cfg)
         refs = {task.remote(shard, rows, signature, cfg_dict, key, str(root)): shard
                 for shard, rows, signature in todo}
@@ -452,6 +455,10 @@ def prepare_command(data, config, cache) -> FeatureStore:
     from raytag.data.layouts import load_dataset
 
     cfg = Config.from_yaml(config) if config else Config()
+    if "://" in str(data):  # a dataset URI is copied to this node once
+        from raytag.cluster import materialize_data
+
+        data = materialize_data(str(data))
     dataset = load_dataset(data, sample_rate=cfg.features.sample_rate)
     started = time.perf_counter()
     store = build_feature_store(dataset, cfg.features, cache, progress=True)

@@ -26,7 +26,7 @@ import pandas as pd
 
 from raytag.errors import DatasetError, RaytagError
 from raytag import storage as files  # local folder or URI through pyarrow.fs
-from raytag.search.space import SearchSpace, load_space, parse_space
+from raytag.search.space import SearchSpace, describe, load_space, parse_space
 from raytag.session import ensure_ray
 
 TRIAL_RESULT = "trial_result.json"  # written by a trial that finished its pipeline
@@ -345,7 +345,7 @@ def run_sweep(
         files.write_text(files.join(exp_dir, "sweep.json"), json.dumps(settings, indent=1))
         s = space.search
         say(f"sweep '{name}': {s.samples} trials, {s.scheduler} scheduler, up to {n_parallel} at once, "
-            f"metric {s.metric} ({s.mode}); results in {exp_dir}")
+            f"metric {s.metric} ({s.mode}); results in {exp_dir}\n{describe(space)}")
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(

@@ -26,6 +26,8 @@ class Plan:
     noisy_subset: list[str]  # the rough selection (seed 000's best50s)
     test_ids: list[str]
     folds: list[int]  # folds this run trains (cv.folds or all)
+    data_ref: str = ""  # the dataset as the user gave it (path or URI): for nodes without the store
+    feature_cache: str = ""
     channels: int = 1
     bins: int = 1
     norm_mean: np.ndarray = field(default=None)  # (C, F)
@@ -40,7 +42,7 @@ class Plan:
         return len(self.classes)
 
 
-def build_plan(cfg: Config, dataset, store) -> Plan:
+def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: str = "") -> Plan:
     """Folds, the noisy subset and label matrices for the clips the store could decode."""
     from raytag.data.labels import labels_to_matrix
     from raytag.pipeline.selection import select_noisy_subset
@@ -79,6 +81,8 @@ def build_plan(cfg: Config, dataset, store) -> Plan:
         noisy_subset=list(subset),
         test_ids=list(test["clip_id"]),
         folds=folds,
+        data_ref=str(data_ref or dataset.root),
+        feature_cache=str(feature_cache),
         channels=int(channels),
         bins=int(bins),
         norm_mean=np.asarray(store.mean, dtype=np.float32),

@@ -50,10 +50,10 @@ def prepare_data(cfg: Config, data, feature_cache: Optional[str], progress: bool
     from raytag.features.store import build_feature_store
     from raytag.training.plan import build_plan
 
+    cache = feature_cache or default_feature_cache()
     dataset = load_dataset(_local_data(data), sample_rate=cfg.features.sample_rate)
-    store = build_feature_store(dataset, cfg.features, feature_cache or default_feature_cache(),
-                                progress=progress)
-    return dataset, store, build_plan(cfg, dataset, store)
+    store = build_feature_store(dataset, cfg.features, cache, progress=progress)
+    return dataset, store, build_plan(cfg, dataset, store, data_ref=str(data), feature_cache=cache)
 
 
 def _local_data(data) -> Path:
@@ -145,12 +145,10 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
     if overrides:
         cfg = cfg.with_overrides(parse_cli_overrides(overrides))
     ensure_ray()
-    try:
-        from raytag.cluster import check_storage
+    from raytag.cluster import check_data, check_storage
 
-        check_storage(storage)
-    except ImportError:  # pragma: no cover - cluster module absent in minimal installs
-        pass
+    check_storage(storage)  # a multi-node cluster needs storage and data every node can read
+    check_data(str(data))
     name = name or cfg.name
     console.print(f"[bold]raytag train[/] {name}: {cfg.model.name} on {cfg.features.kind}, "
                   f"{len(cfg.cv.folds or range(cfg.cv.n_folds))} fold(s), {cfg.train.num_workers} worker(s)")

@@ -111,12 +111,37 @@ def _trace(event: dict):
             fh.write(json.dumps({"pid": os.getpid(), "time": time.time(), **event}) + "\n")
 
 
+def open_node_store(plan):
+    """The feature store on this node: the driver's, or (a worker on another node of a
+    cluster, where that path does not exist) one built here from the data reference.
+    Workers of one node take a file lock so that only one of them builds it."""
+    import fcntl
+
+    from raytag.features.store import FeatureStore, build_feature_store
+
+    if (Path(plan.store_path) / "meta.json").exists():
+        return FeatureStore.open(plan.store_path)
+    from raytag.data.layouts import load_dataset
+    from raytag.training.runner import _local_data, default_feature_cache
+
+    cache = Path(plan.feature_cache or default_feature_cache())
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        dataset = load_dataset(_local_data(plan.data_ref), sample_rate=plan.config.features.sample_rate)
+        store = build_feature_store(dataset, plan.config.features, str(cache), progress=False)
+    missing = set(plan.curated_ids + plan.noisy_ids + plan.test_ids) - set(store.clip_ids)
+    if missing:
+        raise RuntimeError(f"this node's feature store lacks {len(missing)} clips of the plan "
+                           f"(e.g. {sorted(missing)[:3]}): the data at {plan.data_ref} differs between nodes")
+    return store
+
+
 # ----------------------------------------------------------------------------- the loop
 def train_loop_per_worker(loop_config: dict):
     import ray.train
     import ray.train.torch
 
-    from raytag.features.store import FeatureStore
     from raytag.models import build_model
     from raytag.training.losses import build_loss
 
@@ -127,7 +152,7 @@ def train_loop_per_worker(loop_config: dict):
     torch.set_num_threads(max(1, cfg.train.torch_threads))
     rank, world = _world()
     device = ray.train.torch.get_device()
-    store = FeatureStore.open(plan.store_path)
+    store = open_node_store(plan)
     steps = build_steps(cfg, plan.folds)
     final_step_of_fold = last_training_step_of_fold(steps)
 
