@@ -250,6 +250,28 @@ def absolute_storage(storage: str) -> str:
 
 
 
+def start_ray() -> None:
+    """Join RAY_ADDRESS's cluster, or start a local Ray whose workers know its dashboard.
+
+    Ray Train V2 removes a stopped trial's placement group from a detached cleaner actor
+    that asks the State API whether the trial's controller is alive. Without an address
+    the State API searches the machine, and with more than one Ray instance running (two
+    sweeps, a test session) it fails ("Found multiple active Ray instances"); the cleaner
+    dies, the stopped trial's CPUs stay reserved and the next trial's workers time out.
+    RAY_API_SERVER_ADDRESS in the job's runtime env points every worker at this
+    instance's dashboard."""
+    import ray
+
+    from raytag.session import free_port
+
+    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+        ensure_ray()
+        return
+    port = free_port()
+    ensure_ray(dashboard_host="127.0.0.1", dashboard_port=port,
+               runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+
+
 # ----------------------------------------------------------------------------- the sweep
 def run_sweep(
     space_path: str | Path,
@@ -287,7 +309,7 @@ def run_sweep(
     storage = absolute_storage(storage)
     exp_dir = files.join(storage, name)
 
-    ensure_ray()
+    start_ray()
     from raytag.cluster import check_data, check_storage
 
     check_storage(storage)  # a multi-node cluster needs storage and data every node can read
