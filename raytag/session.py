@@ -18,9 +18,18 @@ def free_port() -> int:
 
 
 def local_init_kwargs(**overrides) -> dict:
-    """ray.init arguments for a local session (tests, laptops)."""
-    kwargs = dict(include_dashboard=True, dashboard_port=free_port(), log_to_driver=False,
-                  configure_logging=False)
+    """ray.init arguments for a local session (tests, laptops).
+
+    Ray Train V2 removes a stopped trial's placement group from a cleaner actor that asks
+    the State API whether the trial's controller is alive. Without an address the State
+    API searches the machine and fails when more than one Ray instance runs there (two
+    sweeps, a test session): the cleaner dies and the stopped trial's CPUs stay reserved.
+    RAY_API_SERVER_ADDRESS in the session's runtime env points every worker at this
+    instance's own dashboard."""
+    port = free_port()
+    kwargs = dict(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                  log_to_driver=False, configure_logging=False,
+                  runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
     kwargs.update(overrides)
     return kwargs
 
