@@ -251,25 +251,10 @@ def absolute_storage(storage: str) -> str:
 
 
 def start_ray() -> None:
-    """Join RAY_ADDRESS's cluster, or start a local Ray whose workers know its dashboard.
-
-    Ray Train V2 removes a stopped trial's placement group from a detached cleaner actor
-    that asks the State API whether the trial's controller is alive. Without an address
-    the State API searches the machine, and with more than one Ray instance running (two
-    sweeps, a test session) it fails ("Found multiple active Ray instances"); the cleaner
-    dies, the stopped trial's CPUs stay reserved and the next trial's workers time out.
-    RAY_API_SERVER_ADDRESS in the job's runtime env points every worker at this
-    instance's dashboard."""
-    import ray
-
-    from raytag.session import free_port
-
-    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
-        ensure_ray()
-        return
-    port = free_port()
-    ensure_ray(dashboard_host="127.0.0.1", dashboard_port=port,
-               runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+    """Join RAY_ADDRESS's cluster or start a local Ray (raytag.session: its workers get
+    RAY_API_SERVER_ADDRESS, without which an ASHA-stopped trial's placement group leaks
+    when several Ray instances share the machine, and the next trial times out)."""
+    ensure_ray()
 
 
 # ----------------------------------------------------------------------------- the sweep
