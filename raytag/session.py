@@ -43,5 +43,5 @@ def ensure_ray(**overrides) -> None:
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False, configure_logging=False, **overrides)
-    else:
-        ray.init(**local_init_kwargs(**overrides))
+    else:  # "local": never join a cluster that `ray start` left running on this machine
+        ray.init(**local_init_kwargs(address="local", **overrides))

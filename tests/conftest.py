@@ -33,7 +33,7 @@ def ray_session():
 
     if not ray.is_initialized():
         # dashboard on (local_init_kwargs): without it ASHA-stopped trials keep their workers
-        ray.init(**local_init_kwargs(num_cpus=2, object_store_memory=256 * 1024**2))
+        ray.init(**local_init_kwargs(address="local", num_cpus=2, object_store_memory=256 * 1024**2))
     yield ray
     # left running for the other tests; pytest's exit ends it
 

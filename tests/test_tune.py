@@ -54,7 +54,7 @@ def fake_fit(cfg, data, storage, name, callbacks=(), feature_cache=None, progres
     for step in range(1, steps + 1):
         metrics = {"step": step, "stage": "finetune", "fold": 0, "round": 0, "epoch": step,
                    "train_loss": 1.0 / step, "val_lwlrap": final * step / steps,
-                   "cv_lwlrap": final * step / steps, "done": int(step == steps)}
+                   "cv_lwlrap": final * step / steps, "pipeline_done": int(step == steps)}
         for cb in callbacks:  # what Ray Train does with each worker report
             cb.after_report(None, [metrics], None)
         time.sleep(float(os.environ.get("FAKE_STEP_S", "0")))
@@ -123,8 +123,8 @@ def test_sweep_records_every_trial_and_its_reason(ray_session, tmp_path):
     assert json.loads((exp / "sweep.json").read_text())["data"] == str(data.resolve())
     saved = pd.read_csv(exp / "leaderboard.csv")
     assert saved["trial_id"].tolist() == board["trial_id"].tolist()
-    # The workers' `done` reaches Tune renamed (done=True would end the trial at its last
-    # epoch, before the trial's final report); every epoch arrived, in order.
+    # The workers' last-report flag is `pipeline_done`, never Tune's `done` (done=True would
+    # end the trial at its last epoch, before the trial's final report); every epoch arrived, in order.
     for trial_id in board[board["status"] == "ok"]["trial_id"]:
         lines = [json.loads(x) for x in (exp / f"trial_{trial_id}" / "result.json").read_text().splitlines()]
         epochs = [x for x in lines if "step" in x]

@@ -146,11 +146,12 @@ def _fit_forwarding_reports(run_fit: Callable[[list], Any]):
 
 def _report_callback(queue):
     """TuneReportCallback that puts each worker report on `queue` (drained by the trial
-    thread, see _fit_forwarding_reports) and renames the workers' `done` to `pipeline_done`.
+    thread, see _fit_forwarding_reports).
 
-    Tune reserves `done`: a result with done=True ends the trial at once, which would kill
-    the trial function (and the pipeline's final collection of outputs) right after the
-    last epoch's report. The final state is reported by `run_trial` itself instead."""
+    The workers call their last-report flag `pipeline_done`, not `done`: Tune reserves
+    `done`, and a result with done=True would end the trial (and the pipeline's final
+    collection of outputs) right after the last epoch. The final state is reported by
+    `run_trial` itself."""
     from ray.tune.integration.ray_train import TuneReportCallback
     from ray.tune.trainable.trainable_fn_utils import _in_tune_session
 
@@ -160,10 +161,6 @@ def _report_callback(queue):
             if not _in_tune_session():
                 raise RuntimeError("the sweep's report callback must be made inside a Tune trial")
             self._training_actor_item_queue = queue
-
-        def after_report(self, run_context, metrics, checkpoint):
-            metrics = [{("pipeline_done" if k == "done" else k): v for k, v in m.items()} for m in metrics]
-            super().after_report(run_context, metrics, checkpoint)
 
     return _PipelineReportCallback()
 

@@ -508,7 +508,8 @@ def _report(ctx: _Context, model, optimizer, scheduler, step: Step, metrics: dic
         metrics["cv_lwlrap"] = _cv_so_far(ctx, fallback=last_val)
     row = {"step": progress["global_step"], "stage": step.stage_name,
            "fold": -1 if step.fold is None else step.fold, "round": step.round,
-           "epoch": progress["epoch"], "done": int(done), **metrics}
+           # not "done": Tune reserves that key and would end the trial before its outputs are collected
+           "epoch": progress["epoch"], "pipeline_done": int(done), **metrics}
     if ctx.rank == 0:
         progress["history"].append(row)
     if not checkpoint or ctx.rank != 0:
