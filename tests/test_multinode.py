@@ -379,7 +379,9 @@ def test_sweep_uses_both_nodes_and_survives_losing_one(two_node_cluster, demo_da
             assert cluster.kill_node(second)
             break
         time.sleep(0.3)
-    runner.join(timeout=300)
+    # after the loss the head (2 CPUs) runs the surviving trials one at a time (1.25 CPU
+    # each), and a worker group waiting for CPUs may first time out and restart: allow for it
+    runner.join(timeout=540)
     watcher.stop()
     assert not runner.is_alive(), "the sweep did not finish after the node was lost"
     assert "error" not in out, out.get("error")
@@ -393,11 +395,11 @@ def test_sweep_uses_both_nodes_and_survives_losing_one(two_node_cluster, demo_da
     assert len(board) == 2
     ok = board[board["status"] == "ok"]
     lost = board[board["status"] != "ok"]
-    # A trial whose driver died with the node is lost: the sweep runs Tune with
-    # FailureConfig(max_failures=0) (the leaderboard may call it failed or unfinished).
-    # Every other trial finishes, its workers restarted by Ray Train's FailureConfig.
-    assert len(lost) <= len(drivers_lost), board[["status", "reason"]]
-    assert len(ok) >= 1
+    # Trial drivers run on the head (resources.trials_on_head), so losing the second node
+    # costs only Train workers: every trial finishes, its workers restarted from the last
+    # checkpoint by Ray Train's FailureConfig.
+    assert not drivers_lost, f"a trial driver ran on the lost node: {drivers_lost}"
+    assert len(lost) == 0 and len(ok) == 2, board[["status", "reason"]]
     if not drivers_lost:
         # the killed workers' trial restarted on the head after the kill
         assert watcher.pids("head", "RayTrainWorker", after=killed_at + 0.5), "no worker restarted on the head"

@@ -147,6 +147,16 @@ class Resources:
     gpus_per_worker: Optional[float] = None  # < 1 lets several small trials share a GPU
     use_gpu: Optional[bool] = None
     trial_cpus: float = 0.25  # the trial function itself only waits on its trainer
+    # Trial functions (each trial's driver) run on the head node, so that losing a worker
+    # node costs only Train workers, which FailureConfig restarts from the last checkpoint;
+    # a driver lost with its node would end its trial.
+    trials_on_head: bool = True
+
+    def trial_resources(self) -> dict:
+        res = {"CPU": self.trial_cpus}
+        if self.trials_on_head:
+            res["node:__internal_head__"] = 0.001  # Ray's built-in resource of the head node
+        return res
 
     def overrides(self) -> dict:
         keys = ("num_workers", "cpus_per_worker", "gpus_per_worker", "use_gpu")

@@ -332,7 +332,7 @@ def run_sweep(
     setup = TrialSetup(space=space, data=data, trials_dir=files.join(exp_dir, "trials"),
                        feature_cache=feature_cache, trial_fn=trial_fn)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, setup=setup), {"CPU": space.resources.trial_cpus}
+        tune.with_parameters(run_trial, setup=setup), space.resources.trial_resources()
     )
     # Save the experiment state often: a killed driver then loses at most a second of it.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
