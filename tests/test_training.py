@@ -40,17 +40,21 @@ def _trace_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _traced_fit(cfg: Config, data, out: Path, name: str, trace: Path):
+    """fit_pipeline with the workers' trace hook (RAYTAG_TRACE) writing to `trace`."""
+    os.environ["RAYTAG_TRACE"] = str(trace)
+    try:
+        return fit_pipeline(cfg, data, str(out / "results"), name, feature_cache=str(out / "cache"),
+                            progress=False)
+    finally:
+        os.environ.pop("RAYTAG_TRACE", None)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(ray_session, demo_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
     trace = out / "trace.jsonl"
-    os.environ["RAYTAG_TRACE"] = str(trace)
-    try:
-        result = fit_pipeline(Config.from_dict(TINY), demo_data, str(out / "results"), "tiny",
-                              feature_cache=str(out / "cache"), progress=False)
-    finally:
-        os.environ.pop("RAYTAG_TRACE", None)
-    return result, out, trace
+    return _traced_fit(Config.from_dict(TINY), demo_data, out, "tiny", trace), out, trace
 
 
 def test_pipeline_writes_every_trial_output(tiny_run):
@@ -80,12 +84,7 @@ def test_pipeline_writes_every_trial_output(tiny_run):
 def test_rerun_with_same_name_resumes_instead_of_training(tiny_run, demo_data):
     result, out, trace = tiny_run
     trace2 = out / "trace2.jsonl"
-    os.environ["RAYTAG_TRACE"] = str(trace2)
-    try:
-        again = fit_pipeline(Config.from_dict(TINY), demo_data, str(out / "results"), "tiny",
-                             feature_cache=str(out / "cache"), progress=False)
-    finally:
-        os.environ.pop("RAYTAG_TRACE", None)
+    again = _traced_fit(Config.from_dict(TINY), demo_data, out, "tiny", trace2)
     events = _trace_events(trace2)
     assert not [e for e in events if e["event"] == "epoch_start"], "a finished run trained again"
     assert [e for e in events if e["event"] == "resume"]
@@ -131,13 +130,10 @@ def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(ray_session, demo_
             time.sleep(0.05)
 
     thread = threading.Thread(target=killer, daemon=True)
-    os.environ["RAYTAG_TRACE"] = str(trace)
+    thread.start()
     try:
-        thread.start()
-        result = fit_pipeline(cfg, demo_data, str(tmp_path / "results"), "killed",
-                              feature_cache=str(tmp_path / "cache"), progress=False)
+        result = _traced_fit(cfg, demo_data, tmp_path, "killed", trace)
     finally:
-        os.environ.pop("RAYTAG_TRACE", None)
         thread.join(timeout=1)
     assert killed, "the test never caught a worker inside epoch 3 or later"
     at = killed[0]["global_step"]
