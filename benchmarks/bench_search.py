@@ -105,14 +105,15 @@ def main():
     import shutil
 
     from raytag.search.report import print_leaderboard
-    from raytag.search.tuner import run_sweep, start_ray
+    from raytag.search.tuner import run_sweep
+    from raytag.session import ensure_ray
 
     data = make_data(args.work / f"escfat{args.classes}", args.classes)
     storage = args.work / "search_runs"
     shutil.rmtree(storage, ignore_errors=True)  # a fresh sweep each run (no resume)
     space = bench_space(args.budget, samples=200, path=args.work / "bench_search.yaml")
     cache = args.work / "features"
-    start_ray()
+    ensure_ray()
     feature_s = prebuild_features(space, data, cache)
     print(f"features ready in {feature_s:.0f} s; budget {args.budget} epochs per sweep", flush=True)
 

@@ -16,6 +16,7 @@ import os
 import posixpath
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import pandas as pd
@@ -44,6 +45,12 @@ def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
         raise StorageError(
             f"{text}: cannot open this storage URI ({err}); use a local folder, file://, s3:// or gs://"
         ) from err
+
+
+def absolute(path: str | os.PathLike) -> str:
+    """An absolute local path (what Ray's storage_path needs); URIs pass through unchanged."""
+    text = str(path)
+    return text.rstrip("/") if is_uri(text) else str(Path(text).expanduser().resolve())
 
 
 def join(base: str | os.PathLike, *parts: str) -> str:

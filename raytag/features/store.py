@@ -455,11 +455,9 @@ def prepare_command(data, config, cache) -> FeatureStore:
     from raytag.data.layouts import load_dataset
 
     cfg = Config.from_yaml(config) if config else Config()
-    if "://" in str(data):  # a dataset URI is copied to this node once
-        from raytag.cluster import materialize_data
+    from raytag.cluster import materialize_data  # a dataset URI is copied to this node once
 
-        data = materialize_data(str(data))
-    dataset = load_dataset(data, sample_rate=cfg.features.sample_rate)
+    dataset = load_dataset(materialize_data(data), sample_rate=cfg.features.sample_rate)
     started = time.perf_counter()
     store = build_feature_store(dataset, cfg.features, cache, progress=True)
     seconds = time.perf_counter() - started

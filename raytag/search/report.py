@@ -179,9 +179,8 @@ def report_command(experiment: str, storage: str = "results") -> pd.DataFrame:
     """`raytag report EXPERIMENT`: rebuild the leaderboard and plots from the experiment folder."""
     from raytag.search.leaderboard import build_leaderboard
 
-    from raytag.search.tuner import absolute_storage
 
-    exp_dir = files.join(absolute_storage(storage), experiment)
+    exp_dir = files.join(files.absolute(storage), experiment)
     space_file = files.join(exp_dir, "space.yaml")
     if not files.exists(space_file):
         raise RaytagError(f"no sweep named '{experiment}' in {storage} ({space_file} is missing); "

@@ -240,19 +240,6 @@ def concurrency(space: SearchSpace, requested: int) -> tuple[int, str]:
     return requested, ""
 
 
-def absolute_storage(storage: str) -> str:
-    """Ray needs an absolute local path; URIs pass through unchanged."""
-    return str(storage).rstrip("/") if files.is_uri(storage) else str(Path(storage).expanduser().resolve())
-
-
-
-
-def start_ray() -> None:
-    """Join RAY_ADDRESS's cluster or start a local Ray (raytag.session: its workers get
-    RAY_API_SERVER_ADDRESS, without which an ASHA-stopped trial's placement group leaks
-    when several Ray instances share the machine, and the next trial times out)."""
-    ensure_ray()
-
 
 # ----------------------------------------------------------------------------- the sweep
 def run_sweep(
@@ -288,10 +275,10 @@ def run_sweep(
         if not data.is_dir():
             raise DatasetError(f"--data {data}: not a folder (give a dataset folder in the FSDKaggle2019/2018 layout)")
         data = str(data.resolve())
-    storage = absolute_storage(storage)
+    storage = files.absolute(storage)
     exp_dir = files.join(storage, name)
 
-    start_ray()
+    ensure_ray()  # raytag.session: workers get RAY_API_SERVER_ADDRESS, so stopped trials are cleaned up
     from raytag.cluster import check_data, check_storage
 
     check_storage(storage)  # a multi-node cluster needs storage and data every node can read

@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from raytag import storage as files  # local folder or URI through pyarrow.fs
+from raytag.cluster import materialize_data  # a dataset URI is copied to this node once
 from raytag.config import Config, parse_cli_overrides
 from raytag.errors import RaytagError
 from raytag.session import ensure_ray
@@ -35,13 +37,6 @@ def default_feature_cache() -> str:
     return os.environ.get("RAYTAG_CACHE", str(Path.home() / ".cache" / "raytag" / "features"))
 
 
-def resolve_storage(storage: str) -> str:
-    """Ray wants an absolute local path or a URI."""
-    if "://" in storage:
-        return storage
-    return str(Path(storage).expanduser().resolve())
-
-
 
 
 def prepare_data(cfg: Config, data, feature_cache: Optional[str], progress: bool):
@@ -51,18 +46,9 @@ def prepare_data(cfg: Config, data, feature_cache: Optional[str], progress: bool
     from raytag.training.plan import build_plan
 
     cache = feature_cache or default_feature_cache()
-    dataset = load_dataset(_local_data(data), sample_rate=cfg.features.sample_rate)
+    dataset = load_dataset(materialize_data(data), sample_rate=cfg.features.sample_rate)
     store = build_feature_store(dataset, cfg.features, cache, progress=progress)
     return dataset, store, build_plan(cfg, dataset, store, data_ref=str(data), feature_cache=cache)
-
-
-def _local_data(data) -> Path:
-    """A dataset given as a URI is copied to this node's cache first (see raytag.cluster)."""
-    if "://" in str(data):
-        from raytag.cluster import materialize_data
-
-        return Path(materialize_data(str(data)))
-    return Path(data)
 
 
 def fit_pipeline(
@@ -81,7 +67,7 @@ def fit_pipeline(
 
     started = time.time()
     ensure_ray()
-    storage = resolve_storage(storage)
+    storage = files.absolute(storage)
     dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
 
     t = cfg.train
@@ -105,34 +91,16 @@ def fit_pipeline(
     result = trainer.fit()
     if result.checkpoint is None:
         raise RaytagError(f"run {name} ended without a checkpoint: {result.error}")
-    run_dir = _join(storage, name)
+    run_dir = files.join(storage, name)
     with result.checkpoint.as_directory() as ckpt, tempfile.TemporaryDirectory() as staging:
         from raytag.training.outputs import write_outputs
 
         metrics, stages = write_outputs(Path(ckpt) / "outputs", Path(staging), plan, dataset, store)
         metrics["seconds"] = round(time.time() - started, 1)
         (Path(staging) / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        outputs_dir = _join(run_dir, "outputs")
-        _upload(Path(staging), outputs_dir)
+        outputs_dir = files.join(run_dir, "outputs")
+        files.copy_tree(staging, outputs_dir)  # a local folder or a URI (pyarrow.fs)
     return PipelineResult(run_dir=run_dir, outputs_dir=outputs_dir, metrics=metrics, stages=stages)
-
-
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
-
-
-def _upload(local: Path, dest: str):
-    """Copy a finished local folder to a local path or URI (pyarrow.fs handles s3/gs)."""
-    import pyarrow.fs as pafs
-
-    if "://" not in dest:
-        import shutil
-
-        shutil.copytree(local, dest, dirs_exist_ok=True)
-        return
-    fs, path = pafs.FileSystem.from_uri(dest)
-    fs.create_dir(path, recursive=True)
-    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
 # ----------------------------------------------------------------------------- `raytag train`

@@ -122,13 +122,14 @@ def open_node_store(plan):
     if (Path(plan.store_path) / "meta.json").exists():
         return FeatureStore.open(plan.store_path)
     from raytag.data.layouts import load_dataset
-    from raytag.training.runner import _local_data, default_feature_cache
+    from raytag.cluster import materialize_data
+    from raytag.training.runner import default_feature_cache
 
     cache = Path(plan.feature_cache or default_feature_cache())
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        dataset = load_dataset(_local_data(plan.data_ref), sample_rate=plan.config.features.sample_rate)
+        dataset = load_dataset(materialize_data(plan.data_ref), sample_rate=plan.config.features.sample_rate)
         store = build_feature_store(dataset, plan.config.features, str(cache), progress=False)
     missing = set(plan.curated_ids + plan.noisy_ids + plan.test_ids) - set(store.clip_ids)
     if missing:
@@ -170,7 +171,7 @@ def train_loop_per_worker(loop_config: dict):
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, plan.n_classes, plan.channels, plan.bins)
     loss_fn = build_loss(cfg.train.loss)
-    ctx = _Context(plan, cfg, store, rank, world, device, state)
+    ctx = _Context(plan, cfg, store, rank, world, device, state, n_steps=len(steps))
 
     # The model object lives for the whole run; DDP wraps it once.
     model = ray.train.torch.prepare_model(model)
@@ -227,8 +228,8 @@ def train_loop_per_worker(loop_config: dict):
 class _Context:
     """Everything a step needs, and the data sets derived from the plan and run state."""
 
-    def __init__(self, plan, cfg, store, rank, world, device, state: RunState):
-        self.plan, self.cfg, self.store = plan, cfg, store
+    def __init__(self, plan, cfg, store, rank, world, device, state: RunState, n_steps: int):
+        self.plan, self.cfg, self.store, self.n_steps = plan, cfg, store, n_steps
         self.rank, self.world, self.device, self.state = rank, world, device, state
         self.curated_index = {cid: i for i, cid in enumerate(plan.curated_ids)}
         self.noisy_index = {cid: i for i, cid in enumerate(plan.noisy_ids)}
@@ -351,9 +352,9 @@ def _run_filter(ctx: _Context, model, step: Step):
         prob_accept = accept_by_rule(given, probs, p.filter.rule, p.filter.threshold)
         accept = prob_accept
         info["n_prob_accepted"] = int(prob_accept.sum())
+    labelled = ctx.curated(step.fold, held_out=False)
     need_emb = p.label_spreading.enabled or step.fold == ctx.plan.folds[0]
     if len(ids) and need_emb:
-        labelled = ctx.curated(step.fold, held_out=False)
         emb_l, emb_n = _embeddings(ctx, model, labelled.clip_ids, ids)
         if p.label_spreading.enabled:
             spread_accept, _ = spread_labels(emb_l, labelled.targets, emb_n, given,
@@ -370,7 +371,7 @@ def _run_filter(ctx: _Context, model, step: Step):
     accepted = [c for c, a in zip(ids, accept) if a]
     info.update(accepted=accepted, unlabelled=[c for c, a in zip(ids, accept) if not a],
                 n_accepted=len(accepted), n_noisy=len(ids),
-                n_labelled=len(ctx.curated(step.fold, held_out=False)) + len(accepted))
+                n_labelled=len(labelled) + len(accepted))
     ctx.state.save_json(f"filter/fold{step.fold}.json", info)
 
 
@@ -500,7 +501,7 @@ def _report(ctx: _Context, model, optimizer, scheduler, step: Step, metrics: dic
     import ray.train
 
     progress = ctx.state.progress
-    done = progress["step"] >= len(build_steps(ctx.cfg, ctx.plan.folds))
+    done = progress["step"] >= ctx.n_steps
     if "cv_lwlrap" not in metrics:  # a filter step: carry the last validation score (never NaN for schedulers)
         last_val = next((r["val_lwlrap"] for r in reversed(progress["history"])
                          if np.isfinite(r.get("val_lwlrap", float("nan")))), 0.0)
