@@ -55,6 +55,11 @@ FAILED_COLUMNS = ["file", "reason"]
 STD_FLOOR = 1e-5  # a constant bin (e.g. an empty mel band) gets this std, so x/std stays finite
 
 
+def default_feature_cache() -> str:
+    """Node-local feature cache; features are rebuilt per node, never shared by path."""
+    return os.environ.get("RAYTAG_CACHE", str(Path.home() / ".cache" / "raytag" / "features"))
+
+
 class FeatureStoreError(RaytagError):
     """A feature store folder is missing, incomplete or of another format."""
 
