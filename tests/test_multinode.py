@@ -332,7 +332,8 @@ def test_sweep_uses_both_nodes_and_survives_losing_one(two_node_cluster, demo_da
     head finishes (Ray Train FailureConfig restarts its workers from the last checkpoint);
     the sweep records any trial whose driver died with the node as failed with its reason;
     a trial finished before the kill keeps its outputs untouched."""
-    from raytag.search.tuner import TRIAL_RESULT, run_sweep
+    from raytag.search.leaderboard import TRIAL_RESULT
+    from raytag.search.tuner import run_sweep
 
     cluster = two_node_cluster
     if len(rc.cluster_nodes()) < 2:  # the previous test killed worker1: bring a node back
