@@ -23,13 +23,17 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from raytag import __version__, storage
 from raytag.config import Config, ConfigError
 from raytag.ensemble.combiners import COMBINERS, combine
+from raytag.ensemble.tagging import predict_files
 from raytag.errors import ArtifactError, RaytagError
+from raytag.features.frontends import frontend_shape
+from raytag.models import build_model
 
 FORMAT = 1  # bump when the folder layout changes incompatibly
 MANIFEST = "manifest.json"
@@ -70,8 +74,6 @@ def trial_settings(outputs_dir: str) -> dict:
     cfg_path = storage.join(outputs_dir, "config.yaml")
     cfg_dict: dict = {}
     if storage.exists(cfg_path):
-        import yaml
-
         cfg_dict = yaml.safe_load(storage.read_text(cfg_path)) or {}
     features = info.get("features", info.get("feature", cfg_dict.get("features")))
     model = info.get("model", cfg_dict.get("model"))
@@ -269,16 +271,11 @@ class Artifact:
     def predict_files(self, paths, batch_size: int = 32, progress: bool = False):
         """Tag audio files: (probs DataFrame indexed by file, classes as columns;
         failures DataFrame file, reason). Unreadable files are only in `failures`."""
-        from raytag.predict import predict_files
-
         return predict_files(self, paths, batch_size=batch_size, progress=progress)
 
 
 def load_artifact(path, device: str = "cpu") -> Artifact:
     """Verify and load an artifact folder (local path or URI)."""
-    from raytag.features.frontends import frontend_shape
-    from raytag.models import build_model
-
     path = str(path)
     if not storage.is_dir(path):
         raise ArtifactError(f"{path}: no such artifact folder")

@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 
 from raytag import storage
+from raytag import storage as _storage  # ensemble_command's `storage` argument shadows the module
 from raytag.data.labels import labels_to_matrix, parse_label_field
+from raytag.data.layouts import load_dataset
 from raytag.ensemble.artifact import MemberSpec, safe_name, save_artifact, trial_settings
 from raytag.ensemble.combiners import COMBINERS, combine, rank_reference
 from raytag.ensemble.weights import DEFAULT_STEPS, fit_weights, nested_fit
@@ -209,8 +211,6 @@ def load_oof_truth(outputs_dir: str, experiment_dir: Optional[str] = None) -> pd
     if not data:
         data = json.loads(storage.read_text(storage.join(outputs_dir, "model.json"))).get("data")
     if data:
-        from raytag.data.layouts import load_dataset
-
         truth = load_dataset(data).truth_for("curated")
         return truth[["clip_id", "fname", "labels"]].reset_index(drop=True)
     raise RaytagError(
@@ -383,10 +383,8 @@ def ensemble_command(experiment: str, storage: str = "results", top: Optional[in
     from rich.console import Console
     from rich.table import Table
 
-    from raytag import storage as st
-
     console = Console(stderr=True)
-    result = build_ensemble(st.join(storage, experiment), top=top, min_cv=min_cv, console=console)
+    result = build_ensemble(_storage.join(storage, experiment), top=top, min_cv=min_cv, console=console)
     view = Table(title=f"ensemble of {experiment}")
     for col in ("name", "kind", "CV lwlrap", "CV on", "test lwlrap", "weights"):
         view.add_column(col)
