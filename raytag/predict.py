@@ -17,16 +17,15 @@ import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-import numpy as np
 import pandas as pd
 
+from raytag.data.submission import top3_labels, write_submission_2018, write_submission_2019
 from raytag.ensemble.artifact import load_artifact
 from raytag.ensemble.tagging import predict_files
 from raytag.errors import RaytagError
 
 # what libsndfile (raytag.data.audio) decodes; folders are searched for these
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".w64"}
-TOP_K = 3  # labels per clip in the 2018 submission (MAP@3)
 
 
 def expand_inputs(inputs: Iterable) -> list[Path]:
@@ -56,27 +55,8 @@ def output_names(files: Sequence[str]) -> list[str]:
     return [b if counts[b] == 1 else f for b, f in zip(base, files)]
 
 
-def submission_2019(probs: pd.DataFrame) -> pd.DataFrame:
-    out = probs.reset_index(drop=True)
-    out.insert(0, "fname", output_names(list(probs.index)))
-    return out
-
-
-def top_labels(probs: pd.DataFrame, k: int = TOP_K) -> list[list[str]]:
-    classes = np.asarray(probs.columns)
-    order = np.argsort(-probs.to_numpy(), axis=1, kind="stable")[:, :k]
-    return [classes[row].tolist() for row in order]
-
-
-def submission_2018(probs: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "fname": output_names(list(probs.index)),
-        "label": [" ".join(t) for t in top_labels(probs)],
-    })
-
-
 def to_json(probs: pd.DataFrame, failures: pd.DataFrame) -> dict:
-    tops = top_labels(probs)
+    tops = top3_labels(list(probs.columns), probs.to_numpy())
     return {
         "files": [
             {"file": f, "top": t, "scores": {c: round(float(v), 6) for c, v in row.items()}}
@@ -96,11 +76,9 @@ def write_output(probs: pd.DataFrame, failures: pd.DataFrame, layout: str, forma
             return None
         Path(out).write_text(text + "\n")
         return Path(out)
-    table = submission_2018(probs) if layout == "fsd2018" else submission_2019(probs)
-    out = Path(out or "submission.csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
-    return out
+    writer = write_submission_2018 if layout == "fsd2018" else write_submission_2019
+    return writer(output_names(list(probs.index)), list(probs.columns), probs.to_numpy(),
+                  Path(out or "submission.csv"))
 
 
 def failures_path(out: Optional[Path]) -> Path:

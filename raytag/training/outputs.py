@@ -15,7 +15,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raytag.data.labels import labels_to_matrix
+from raytag.data.submission import write_submission_2018, write_submission_2019
 from raytag.metrics import lwlrap
+from raytag.pipeline.report import filter_precision_recall, tsne_plot
 
 
 def _load(path: Path):
@@ -92,8 +95,6 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store) -> tuple[
     if len(test_df):
         mean_test = test_df.groupby("clip_id", sort=False)[classes].mean()
         fnames = [c.split("/", 1)[1] for c in mean_test.index]
-        from raytag.scoring import write_submission_2018, write_submission_2019
-
         writer = write_submission_2019 if plan.layout == "fat2019" else write_submission_2018
         writer(fnames, classes, mean_test.to_numpy(), staging / "submission.csv")
         if test_truth is not None:
@@ -167,8 +168,6 @@ def _truth_matrix(dataset, split, classes):
     truth = dataset.truth_for(split)
     if truth is None or not len(truth):
         return None
-    from raytag.data.labels import labels_to_matrix
-
     return pd.DataFrame(labels_to_matrix(list(truth["labels"]), classes), index=truth["clip_id"], columns=classes)
 
 
@@ -203,8 +202,6 @@ def _stage_table(stage_oof, stage_test, plan, classes, curated_row, test_truth, 
         mask = table["stage"].str.startswith("stage2")
         table.loc[mask, ["n_labelled", "n_accepted", "n_unlabelled"]] = [n_lab, n_acc, n_unl]
         if noisy_truth is not None:
-            from raytag.pipeline.report import filter_precision_recall
-
             given = dict(zip(plan.noisy_ids, _given_labels(plan)))
             truth = dict(zip(noisy_truth["clip_id"], noisy_truth["labels"]))
             reports = [filter_precision_recall(d["accepted"], given, truth) for d in decisions]
@@ -237,8 +234,6 @@ def _tsne(ckpt_out: Path, staging: Path, plan, dataset):
     files = sorted((ckpt_out / "embeddings").glob("fold*.npz")) if (ckpt_out / "embeddings").exists() else []
     if not files:
         return
-    from raytag.pipeline.report import tsne_plot
-
     data = np.load(files[0])
     lab_idx = {c: i for i, c in enumerate(plan.curated_ids)}
     noisy_idx = {c: i for i, c in enumerate(plan.noisy_ids)}
