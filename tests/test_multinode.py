@@ -20,6 +20,7 @@ import yaml
 
 from raytag import cluster as rc
 from raytag.errors import DatasetError, StorageError
+from raytag.testing import LocalCluster
 
 # Ray workers cannot import this test module by name: ship its functions by value.
 import ray.cloudpickle  # noqa: E402
@@ -145,7 +146,7 @@ def two_node_cluster(tmp_path_factory):
 
     ray.shutdown()  # the shared test session (conftest runs cluster tests last)
     root = Path(tmp_path_factory.mktemp("rc"))
-    cluster = rc.LocalCluster(root=root, num_cpus=2)
+    cluster = LocalCluster(root=root, num_cpus=2)
     try:
         cluster.start(n_nodes=2)
         cluster.connect(log_to_driver=False, configure_logging=False)
