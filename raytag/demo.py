@@ -26,6 +26,7 @@ from raytag.errors import RaytagError
 from raytag.search.space import load_space
 from raytag.search.tuner import run_sweep
 from raytag.session import ensure_ray
+from raytag.training.outputs import SKIPPED, read_stages
 from raytag.training.runner import prepare_data, stage_table
 
 console = Console()
@@ -104,13 +105,9 @@ def _tiny_space(out: Path) -> Path:
     return path
 
 
-def _stage_table(outputs_dir: str) -> pd.DataFrame:
-    return pd.read_csv(Path(outputs_dir) / "stages.csv")
-
-
 def _summary(sweep, ens, best, clip, top3, seconds, out, data) -> dict:
     console.rule("[bold]summary")
-    stages = _stage_table(best["outputs_dir"])
+    stages = read_stages(best["outputs_dir"])
     console.print(stage_table(stages))
 
     table = Table(title="best single trial vs the ensemble (test labels only reported, never used)")
@@ -124,7 +121,7 @@ def _summary(sweep, ens, best, clip, top3, seconds, out, data) -> dict:
     console.print(table)
 
     console.print(f"tagged {clip.name}: " + ", ".join(f"{c} {p:.2f}" for c, p in top3.items()))
-    skipped = Path(best["outputs_dir"]) / "skipped.csv"
+    skipped = Path(best["outputs_dir"]) / SKIPPED
     n_skipped = len(pd.read_csv(skipped)) if skipped.exists() else 0
     console.print(
         f"\ntime: {seconds:.0f} s   trials: {len(sweep.leaderboard)}   "

@@ -34,6 +34,7 @@ from raytag.ensemble.tagging import predict_files
 from raytag.errors import ArtifactError, RaytagError
 from raytag.features.frontends import frontend_shape
 from raytag.models import build_model
+from raytag.training.outputs import CONFIG, MODEL_CARD, WEIGHTS
 
 FORMAT = 1  # bump when the folder layout changes incompatibly
 MANIFEST = "manifest.json"
@@ -67,11 +68,11 @@ def trial_settings(outputs_dir: str) -> dict:
     of what the fold models were built with; config.yaml (the full resolved Config) fills
     in what model.json leaves out, e.g. the inference section.
     """
-    model_json_path = storage.join(outputs_dir, "model.json")
+    model_json_path = storage.join(outputs_dir, MODEL_CARD)
     if not storage.exists(model_json_path):
         raise ArtifactError(f"{model_json_path}: missing; is {outputs_dir} a finished trial's outputs?")
     info = json.loads(storage.read_text(model_json_path))
-    cfg_path = storage.join(outputs_dir, "config.yaml")
+    cfg_path = storage.join(outputs_dir, CONFIG)
     cfg_dict: dict = {}
     if storage.exists(cfg_path):
         cfg_dict = yaml.safe_load(storage.read_text(cfg_path)) or {}
@@ -104,7 +105,7 @@ def trial_settings(outputs_dir: str) -> dict:
 
 def fold_files(outputs_dir: str) -> list[str]:
     """The trial's fold weight files (relative to weights/), in fold order."""
-    weights_dir = storage.join(outputs_dir, "weights")
+    weights_dir = storage.join(outputs_dir, WEIGHTS)
     if not storage.is_dir(weights_dir):
         raise ArtifactError(f"{weights_dir}: missing; the trial has no saved fold models")
     found = [f for f in storage.list_files(weights_dir) if _FOLD_FILE.match(f)]
@@ -144,7 +145,7 @@ def save_artifact(
             raise ArtifactError(f"{spec.outputs_dir}: class list differs from the ensemble's")
         files = fold_files(spec.outputs_dir)
         for rel in files:
-            data = storage.read_bytes(storage.join(spec.outputs_dir, "weights", rel))
+            data = storage.read_bytes(storage.join(spec.outputs_dir, WEIGHTS, rel))
             _check_state_dict(data, f"{spec.outputs_dir}/weights/{rel}")
             put(f"members/{spec.name}/{rel}", data)
         if combiner == "rank":

@@ -16,6 +16,7 @@ import pandas as pd
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.search.space import SearchSpace
+from raytag.training.outputs import OUTPUTS_DIR
 
 TRIAL_RESULT = "trial_result.json"  # written by a trial that finished its pipeline (search.tuner)
 FIXED_COLUMNS = ["rank", "trial_id", "order", "status", "reason", "cv_lwlrap", "test_lwlrap",
@@ -121,7 +122,7 @@ def _trial_result(exp_dir: str, trial_id: str) -> Optional[dict]:
 
 
 def _outputs_dir(exp_dir: str, trial_id: str) -> str:
-    path = files.join(exp_dir, "trials", trial_id, "outputs")
+    path = files.join(exp_dir, "trials", trial_id, OUTPUTS_DIR)
     return path if files.exists(path) else ""
 
 

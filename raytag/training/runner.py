@@ -6,7 +6,6 @@ the final checkpoint into the trial outputs that search and ensemble read
 (docs/ARCHITECTURE.md, "Trial outputs")."""
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -25,7 +24,7 @@ from raytag.data.layouts import load_dataset
 from raytag.errors import RaytagError
 from raytag.features.store import build_feature_store, default_feature_cache
 from raytag.session import ensure_ray
-from raytag.training.outputs import write_outputs
+from raytag.training.outputs import OUTPUTS_DIR, write_metrics, write_outputs
 from raytag.training.plan import build_plan
 from raytag.training.worker import train_loop_per_worker
 
@@ -86,10 +85,10 @@ def fit_pipeline(
         raise RaytagError(f"run {name} ended without a checkpoint: {result.error}")
     run_dir = files.join(storage, name)
     with result.checkpoint.as_directory() as ckpt, tempfile.TemporaryDirectory() as staging:
-        metrics, stages = write_outputs(Path(ckpt) / "outputs", Path(staging), plan, dataset, store)
+        metrics, stages = write_outputs(Path(ckpt) / OUTPUTS_DIR, Path(staging), plan, dataset, store)
         metrics["seconds"] = round(time.time() - started, 1)
-        (Path(staging) / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        outputs_dir = files.join(run_dir, "outputs")
+        write_metrics(Path(staging), metrics)
+        outputs_dir = files.join(run_dir, OUTPUTS_DIR)
         files.copy_tree(staging, outputs_dir)  # a local folder or a URI (pyarrow.fs)
     return PipelineResult(run_dir=run_dir, outputs_dir=outputs_dir, metrics=metrics, stages=stages)
 
