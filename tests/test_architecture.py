@@ -28,7 +28,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"search": ("raytag.search",)},
     {"ensemble": ("raytag.ensemble",)},
     {"predict": ("raytag.predict",), "scoring": ("raytag.scoring",), "serve": ("raytag.serve",)},
-    {"commands": ("raytag.commands",), "demo": ("raytag.demo",), "testing": ("raytag.testing",)},
+    {"demo": ("raytag.demo",), "testing": ("raytag.testing",)},
     {"cli": ("raytag.cli",)},
 ]
 LAZY_ALLOWED = {"raytag.cli"}  # typer start-up: each command imports its machinery when run
