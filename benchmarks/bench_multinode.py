@@ -4,7 +4,7 @@ happened step by step. Writes results/benchmarks/multinode.json.
 
     .venv/bin/python benchmarks/bench_multinode.py            # about 6-10 minutes on 2 cores
 
-Both clusters are started here by `raytag.cluster.LocalCluster` (its own sessions, ports
+Both clusters are started here by `raytag.testing.LocalCluster` (its own sessions, ports
 and token) and torn down by killing only their processes. One node = head only with
 4 logical CPUs; two nodes = head + second node with 2 logical CPUs each, so the two
 layouts offer the same CPUs (this machine has 2 physical cores: the comparison measures
@@ -27,6 +27,7 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 from raytag import cluster as rc  # noqa: E402
+from raytag.testing import LocalCluster  # noqa: E402
 from test_multinode import SWEEP_SPACE, _Watcher  # noqa: E402  (same tiny sweep as the test)
 
 
@@ -49,7 +50,7 @@ def _run(layout: str, root: Path, data: Path, space: Path, features, kill: bool)
     from raytag.search.tuner import run_sweep
 
     n_nodes, cpus = (1, 4) if layout == "one_node" else (2, 2)
-    cluster = rc.LocalCluster(root=root / f"rc_{layout}_{int(kill)}", num_cpus=cpus)
+    cluster = LocalCluster(root=root / f"rc_{layout}_{int(kill)}", num_cpus=cpus)
     events, t0 = [], time.time()
 
     def note(what: str):

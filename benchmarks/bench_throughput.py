@@ -105,11 +105,11 @@ def run_plain(cfg_dict: dict, data: Path, cache: Path, threads: int) -> dict:
     from raytag.metrics import lwlrap
     from raytag.models import build_model
     from raytag.training.dataset import CropBatches, LabelledSet
+    from raytag.training.epoch import _optimizer, _train_epoch
     from raytag.training.inference import iter_store_clips, predict_segments
     from raytag.training.losses import build_loss
     from raytag.training.runner import prepare_data
     from raytag.training.steps import build_steps
-    from raytag.training.worker import _optimizer, _train_epoch
 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -12,11 +12,22 @@ from pathlib import Path
 from typing import Optional
 
 import pandas as pd
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 import raytag
+from raytag.data.demo import make_demo_dataset
+from raytag.ensemble.artifact import load_artifact
+from raytag.ensemble.job import build_ensemble
+from raytag.ensemble.pull import pull
+from raytag.ensemble.tagging import predict_files
 from raytag.errors import RaytagError
+from raytag.search.space import load_space
+from raytag.search.tuner import run_sweep
+from raytag.session import ensure_ray
+from raytag.training.outputs import SKIPPED, read_stages
+from raytag.training.runner import prepare_data, stage_table
 
 console = Console()
 
@@ -32,13 +43,6 @@ def quick_space() -> Path:
 
 
 def run_demo(out: Path = Path("results"), tiny: bool = False, samples: Optional[int] = None) -> dict:
-    from raytag.data.demo import make_demo_dataset
-    from raytag.ensemble.job import build_ensemble
-    from raytag.ensemble.pull import pull
-    from raytag.ensemble.artifact import load_artifact
-    from raytag.predict import predict_files
-    from raytag.search.tuner import run_sweep
-
     started = time.time()
     out = Path(out).resolve()
     name = "demo-tiny" if tiny else "demo"
@@ -85,17 +89,12 @@ _TINY_BASE = {
 def _prepare_features(space_path: Path, data: Path, cache: Path):
     """Build the sweep's feature store once on the driver (with a progress bar), so the
     trials only open the cache. The demo space does not search front-end settings."""
-    from raytag.search.space import load_space
-    from raytag.training.runner import ensure_ray, prepare_data
-
     ensure_ray()
     prepare_data(load_space(space_path).base_config(), data, str(cache), progress=True)
 
 
 def _tiny_space(out: Path) -> Path:
     """quick.yaml with a much smaller budget, written beside the results."""
-    import yaml
-
     doc = yaml.safe_load(quick_space().read_text())
     doc["name"] = "demo-tiny"
     doc["base"] = {**doc.get("base", {}), **_TINY_BASE}
@@ -106,15 +105,9 @@ def _tiny_space(out: Path) -> Path:
     return path
 
 
-def _stage_table(outputs_dir: str) -> pd.DataFrame:
-    return pd.read_csv(Path(outputs_dir) / "stages.csv")
-
-
 def _summary(sweep, ens, best, clip, top3, seconds, out, data) -> dict:
-    from raytag.training.runner import stage_table
-
     console.rule("[bold]summary")
-    stages = _stage_table(best["outputs_dir"])
+    stages = read_stages(best["outputs_dir"])
     console.print(stage_table(stages))
 
     table = Table(title="best single trial vs the ensemble (test labels only reported, never used)")
@@ -128,7 +121,7 @@ def _summary(sweep, ens, best, clip, top3, seconds, out, data) -> dict:
     console.print(table)
 
     console.print(f"tagged {clip.name}: " + ", ".join(f"{c} {p:.2f}" for c, p in top3.items()))
-    skipped = Path(best["outputs_dir"]) / "skipped.csv"
+    skipped = Path(best["outputs_dir"]) / SKIPPED
     n_skipped = len(pd.read_csv(skipped)) if skipped.exists() else 0
     console.print(
         f"\ntime: {seconds:.0f} s   trials: {len(sweep.leaderboard)}   "

@@ -1,9 +1,7 @@
 """Tag new audio with an ensemble artifact: `raytag predict ARTIFACT INPUT... --out FILE`.
 
-Each file is decoded once per sample rate the members need, turned into each member's
-features by its own front end, cut into segments (segment averaging, as in training's
-validation), scored by every fold model of every member (fold models averaged within a
-member), and the members are combined with the artifact's combiner.
+The scoring itself is raytag.ensemble.tagging (`Artifact.predict_files`); this module
+finds the input files and writes the output.
 
 A file that cannot be decoded is never scored as silence: it is listed in the failures
 report (`<out>.failures.csv` and the printed summary) and left out of the output.
@@ -19,16 +17,15 @@ import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-import numpy as np
 import pandas as pd
-import torch
 
-from raytag.errors import AudioDecodeError, RaytagError
+from raytag.data.submission import top3_labels, write_submission_2018, write_submission_2019
+from raytag.ensemble.artifact import load_artifact
+from raytag.ensemble.tagging import predict_files
+from raytag.errors import RaytagError
 
 # what libsndfile (raytag.data.audio) decodes; folders are searched for these
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".w64"}
-FILES_PER_CHUNK = 16  # files decoded and featurised together (bounds memory for long lists)
-TOP_K = 3  # labels per clip in the 2018 submission (MAP@3)
 
 
 def expand_inputs(inputs: Iterable) -> list[Path]:
@@ -50,122 +47,6 @@ def expand_inputs(inputs: Iterable) -> list[Path]:
     return out
 
 
-class _MemberRunner:
-    """One member's front end and fold models, applied to decoded waveforms."""
-
-    def __init__(self, member, batch_size: int, device: str):
-        from raytag.features.frontends import build_frontend
-
-        self.member = member
-        self.cfg = member.feature_config
-        self.frontend = build_frontend(self.cfg).to(device).eval()
-        s = member.settings
-        self.segment_frames = int(s["segment_frames"])
-        self.inference = s.get("inference", {})
-        self.mean = None if s.get("norm_mean") is None else np.asarray(s["norm_mean"], dtype=np.float32)
-        self.std = None if s.get("norm_std") is None else np.asarray(s["norm_std"], dtype=np.float32)
-        self.batch_size = batch_size
-        self.device = device
-
-    @torch.no_grad()
-    def features(self, wave: np.ndarray) -> np.ndarray:
-        # one clip at a time: top_db and lengths are per clip, as in the feature store
-        x = torch.from_numpy(wave)[None].to(self.device)
-        return self.frontend(x)[0].float().cpu().numpy()
-
-    def predict(self, feats: Sequence[np.ndarray]) -> np.ndarray:
-        from raytag.training.inference import predict_segments
-
-        per_fold = [
-            predict_segments(
-                model, feats, self.segment_frames,
-                overlap=self.inference.get("overlap", 0.5),
-                reduce=self.inference.get("reduce", "mean"),
-                tta=self.inference.get("tta", 0),
-                batch_size=self.batch_size, device=self.device, mean=self.mean, std=self.std,
-            )
-            for model in self.member.models
-        ]
-        return np.mean(per_fold, axis=0)  # fold models averaged within the member
-
-
-def _featurise(path: str, runners: list, rates: set) -> list[np.ndarray]:
-    """Each member's features of one file; AudioDecodeError when any step cannot use it.
-    Decoding and front ends follow the feature store (raytag.features.store), so a clip
-    usable in training is usable here and the other way round."""
-    from raytag.data.audio import load_audio
-
-    waves = {rate: load_audio(path, rate, min_samples=1) for rate in rates}
-    feats = []
-    for r in runners:
-        try:
-            x = r.features(waves[r.cfg.sample_rate])
-        except RuntimeError as err:
-            raise AudioDecodeError(path, f"front end failed: {str(err).splitlines()[0]}") from err
-        if not np.isfinite(x).all():
-            raise AudioDecodeError(path, "features are not finite (NaN/inf)")
-        feats.append(x)
-    return feats
-
-
-def predict_files(artifact, paths: Sequence, batch_size: int = 32, progress: bool = False,
-                  device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(probs, failures): probs is indexed by file (str) with one column per class, in the
-    order of `paths` minus the failures; failures has columns file, reason."""
-    runners = [_MemberRunner(m, batch_size, device) for m in artifact.members]
-    rates = {r.cfg.sample_rate for r in runners}  # each file is decoded once per rate
-    names, rows, failures = [], [], []
-    paths = [str(p) for p in paths]
-    bar = _progress(progress)
-    with bar:
-        task = bar.add_task("tagging", total=len(paths))
-        for start in range(0, len(paths), FILES_PER_CHUNK):
-            chunk = paths[start:start + FILES_PER_CHUNK]
-            ok, feats = [], [[] for _ in runners]
-            for path in chunk:
-                try:
-                    per_member = _featurise(path, runners, rates)
-                except AudioDecodeError as err:
-                    failures.append({"file": path, "reason": err.reason})
-                    continue
-                ok.append(path)
-                for i, x in enumerate(per_member):
-                    feats[i].append(x)
-            if ok:
-                rows.append(artifact.combine([r.predict(f) for r, f in zip(runners, feats)]))
-                names.extend(ok)
-            bar.update(task, advance=len(chunk))
-    probs = np.concatenate(rows) if rows else np.zeros((0, len(artifact.classes)), dtype=np.float32)
-    probs_df = pd.DataFrame(probs, index=pd.Index(names, name="file"), columns=list(artifact.classes))
-    return probs_df, pd.DataFrame(failures, columns=["file", "reason"])
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), console=Console(stderr=True), transient=False)
-
-
-class _NoBar:
-    """Stands in for rich's Progress when no bar is wanted."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, *a, **k):
-        return None
-
-    def update(self, *a, **k):
-        pass
-
-
 # ----------------------------------------------------------------------------- output formats
 def output_names(files: Sequence[str]) -> list[str]:
     """`fname` values: the base name, or the path as given where base names collide."""
@@ -174,27 +55,8 @@ def output_names(files: Sequence[str]) -> list[str]:
     return [b if counts[b] == 1 else f for b, f in zip(base, files)]
 
 
-def submission_2019(probs: pd.DataFrame) -> pd.DataFrame:
-    out = probs.reset_index(drop=True)
-    out.insert(0, "fname", output_names(list(probs.index)))
-    return out
-
-
-def top_labels(probs: pd.DataFrame, k: int = TOP_K) -> list[list[str]]:
-    classes = np.asarray(probs.columns)
-    order = np.argsort(-probs.to_numpy(), axis=1, kind="stable")[:, :k]
-    return [classes[row].tolist() for row in order]
-
-
-def submission_2018(probs: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "fname": output_names(list(probs.index)),
-        "label": [" ".join(t) for t in top_labels(probs)],
-    })
-
-
 def to_json(probs: pd.DataFrame, failures: pd.DataFrame) -> dict:
-    tops = top_labels(probs)
+    tops = top3_labels(list(probs.columns), probs.to_numpy())
     return {
         "files": [
             {"file": f, "top": t, "scores": {c: round(float(v), 6) for c, v in row.items()}}
@@ -214,11 +76,9 @@ def write_output(probs: pd.DataFrame, failures: pd.DataFrame, layout: str, forma
             return None
         Path(out).write_text(text + "\n")
         return Path(out)
-    table = submission_2018(probs) if layout == "fsd2018" else submission_2019(probs)
-    out = Path(out or "submission.csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
-    return out
+    writer = write_submission_2018 if layout == "fsd2018" else write_submission_2019
+    return writer(output_names(list(probs.index)), list(probs.columns), probs.to_numpy(),
+                  Path(out or "submission.csv"))
 
 
 def failures_path(out: Optional[Path]) -> Path:
@@ -230,8 +90,6 @@ def failures_path(out: Optional[Path]) -> Path:
 def predict_command(artifact: Path, inputs: list[Path], out: Optional[Path] = None,
                     format: str = "csv", batch_size: int = 32) -> dict:
     from rich.console import Console
-
-    from raytag.ensemble.artifact import load_artifact
 
     if format not in ("csv", "json"):
         raise RaytagError(f"--format {format!r}: use csv (Kaggle submission) or json")

@@ -2,8 +2,9 @@
 
 Every module that reads or writes under `--storage` goes through these few helpers, so
 a sweep on a cluster with an s3:// bucket and a laptop run in `results/` share one code
-path. A plain path (relative or absolute) is a local path; anything with "://" is a URI
-handed to `pyarrow.fs.FileSystem.from_uri`.
+path. A plain path (relative or absolute) is a local path; "scheme://..." is a URI handed
+to `pyarrow.fs.FileSystem.from_uri` ("s3:/b/k", what pathlib and typer make of
+"s3://b/k", is repaired first). `is_uri` is raytag's one test for a URI.
 
 Writes are whole-file: a local file is written to a temporary name and renamed, so a
 reader never sees half a file; an object store PUT is already all-or-nothing.
@@ -14,6 +15,7 @@ import hashlib
 import io
 import os
 import posixpath
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +32,36 @@ _CHUNK = 4 << 20  # bytes per read when streaming a file (hashing, copying)
 PARTIAL_SUFFIX = ".partial"
 
 
+_URI = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+# typer/pathlib turn "s3://b/k" into "s3:/b/k"; accept that form for the schemes we know.
+_MANGLED_URI = re.compile(r"^(s3|gs|gcs|hdfs|file):/(?!/)")
+
+
 def is_uri(path: str | os.PathLike) -> bool:
-    return "://" in str(path)
+    """True for "scheme://..." (and the "s3:/..." form pathlib leaves of it)."""
+    text = str(path)
+    return bool(_URI.match(text) or _MANGLED_URI.match(text))
+
+
+def normalize_uri(path: str | os.PathLike) -> str:
+    """Repair a URI that went through pathlib ("s3:/b/k" -> "s3://b/k"); others unchanged."""
+    text = str(path)
+    if _MANGLED_URI.match(text):
+        scheme, rest = text.split(":/", 1)
+        return f"{scheme}://{'/' if scheme == 'file' else ''}{rest}"
+    return text
+
+
+def is_local_path(path: str | os.PathLike) -> bool:
+    """A path on this machine's disks: no scheme, or file://."""
+    text = normalize_uri(path)
+    match = _URI.match(text)
+    return match is None or match.group(1).lower() == "file"
 
 
 def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or a URI."""
-    text = str(path)
+    text = normalize_uri(path)
     if not is_uri(text):
         return pafs.LocalFileSystem(), os.path.abspath(text)
     try:
@@ -48,14 +73,14 @@ def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
 
 
 def absolute(path: str | os.PathLike) -> str:
-    """An absolute local path (what Ray's storage_path needs); URIs pass through unchanged."""
-    text = str(path)
+    """An absolute local path (what Ray's storage_path needs); URIs pass through (repaired)."""
+    text = normalize_uri(path)
     return text.rstrip("/") if is_uri(text) else str(Path(text).expanduser().resolve())
 
 
 def join(base: str | os.PathLike, *parts: str) -> str:
     """Join path parts with "/" keeping a URI's scheme ("s3://b/x" + "y" -> "s3://b/x/y")."""
-    text = str(base)
+    text = normalize_uri(base)
     if not is_uri(text):
         return os.path.join(text, *parts)
     out = text.rstrip("/")

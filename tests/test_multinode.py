@@ -20,6 +20,7 @@ import yaml
 
 from raytag import cluster as rc
 from raytag.errors import DatasetError, StorageError
+from raytag.testing import LocalCluster
 
 # Ray workers cannot import this test module by name: ship its functions by value.
 import ray.cloudpickle  # noqa: E402
@@ -145,7 +146,7 @@ def two_node_cluster(tmp_path_factory):
 
     ray.shutdown()  # the shared test session (conftest runs cluster tests last)
     root = Path(tmp_path_factory.mktemp("rc"))
-    cluster = rc.LocalCluster(root=root, num_cpus=2)
+    cluster = LocalCluster(root=root, num_cpus=2)
     try:
         cluster.start(n_nodes=2)
         cluster.connect(log_to_driver=False, configure_logging=False)
@@ -332,7 +333,8 @@ def test_sweep_uses_both_nodes_and_survives_losing_one(two_node_cluster, demo_da
     head finishes (Ray Train FailureConfig restarts its workers from the last checkpoint);
     the sweep records any trial whose driver died with the node as failed with its reason;
     a trial finished before the kill keeps its outputs untouched."""
-    from raytag.search.tuner import TRIAL_RESULT, run_sweep
+    from raytag.search.leaderboard import TRIAL_RESULT
+    from raytag.search.tuner import run_sweep
 
     cluster = two_node_cluster
     if len(rc.cluster_nodes()) < 2:  # the previous test killed worker1: bring a node back

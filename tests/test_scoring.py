@@ -5,6 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from raytag.cli import app
+from raytag.data.submission import write_submission_2018, write_submission_2019
 from raytag.metrics import lwlrap, map_at_3
 from raytag.scoring import (
     ScoringError,
@@ -13,8 +14,6 @@ from raytag.scoring import (
     read_truth,
     score_command,
     score_files,
-    write_submission_2018,
-    write_submission_2019,
 )
 
 CLASSES = ["Bark", "Rain", "Chirp", "Siren"]

@@ -23,13 +23,18 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from raytag import __version__, storage
 from raytag.config import Config, ConfigError
 from raytag.ensemble.combiners import COMBINERS, combine
+from raytag.ensemble.tagging import predict_files
 from raytag.errors import ArtifactError, RaytagError
+from raytag.features.frontends import frontend_shape
+from raytag.models import build_model
+from raytag.training.outputs import CONFIG, MODEL_CARD, WEIGHTS
 
 FORMAT = 1  # bump when the folder layout changes incompatibly
 MANIFEST = "manifest.json"
@@ -63,15 +68,13 @@ def trial_settings(outputs_dir: str) -> dict:
     of what the fold models were built with; config.yaml (the full resolved Config) fills
     in what model.json leaves out, e.g. the inference section.
     """
-    model_json_path = storage.join(outputs_dir, "model.json")
+    model_json_path = storage.join(outputs_dir, MODEL_CARD)
     if not storage.exists(model_json_path):
         raise ArtifactError(f"{model_json_path}: missing; is {outputs_dir} a finished trial's outputs?")
     info = json.loads(storage.read_text(model_json_path))
-    cfg_path = storage.join(outputs_dir, "config.yaml")
+    cfg_path = storage.join(outputs_dir, CONFIG)
     cfg_dict: dict = {}
     if storage.exists(cfg_path):
-        import yaml
-
         cfg_dict = yaml.safe_load(storage.read_text(cfg_path)) or {}
     features = info.get("features", info.get("feature", cfg_dict.get("features")))
     model = info.get("model", cfg_dict.get("model"))
@@ -102,7 +105,7 @@ def trial_settings(outputs_dir: str) -> dict:
 
 def fold_files(outputs_dir: str) -> list[str]:
     """The trial's fold weight files (relative to weights/), in fold order."""
-    weights_dir = storage.join(outputs_dir, "weights")
+    weights_dir = storage.join(outputs_dir, WEIGHTS)
     if not storage.is_dir(weights_dir):
         raise ArtifactError(f"{weights_dir}: missing; the trial has no saved fold models")
     found = [f for f in storage.list_files(weights_dir) if _FOLD_FILE.match(f)]
@@ -142,7 +145,7 @@ def save_artifact(
             raise ArtifactError(f"{spec.outputs_dir}: class list differs from the ensemble's")
         files = fold_files(spec.outputs_dir)
         for rel in files:
-            data = storage.read_bytes(storage.join(spec.outputs_dir, "weights", rel))
+            data = storage.read_bytes(storage.join(spec.outputs_dir, WEIGHTS, rel))
             _check_state_dict(data, f"{spec.outputs_dir}/weights/{rel}")
             put(f"members/{spec.name}/{rel}", data)
         if combiner == "rank":
@@ -269,16 +272,11 @@ class Artifact:
     def predict_files(self, paths, batch_size: int = 32, progress: bool = False):
         """Tag audio files: (probs DataFrame indexed by file, classes as columns;
         failures DataFrame file, reason). Unreadable files are only in `failures`."""
-        from raytag.predict import predict_files
-
         return predict_files(self, paths, batch_size=batch_size, progress=progress)
 
 
 def load_artifact(path, device: str = "cpu") -> Artifact:
     """Verify and load an artifact folder (local path or URI)."""
-    from raytag.features.frontends import frontend_shape
-    from raytag.models import build_model
-
     path = str(path)
     if not storage.is_dir(path):
         raise ArtifactError(f"{path}: no such artifact folder")

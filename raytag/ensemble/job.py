@@ -22,14 +22,18 @@ import numpy as np
 import pandas as pd
 
 from raytag import storage
+from raytag import storage as _storage  # ensemble_command's `storage` argument shadows the module
 from raytag.data.labels import labels_to_matrix, parse_label_field
+from raytag.data.layouts import load_dataset
 from raytag.ensemble.artifact import MemberSpec, safe_name, save_artifact, trial_settings
 from raytag.ensemble.combiners import COMBINERS, combine, rank_reference
 from raytag.ensemble.weights import DEFAULT_STEPS, fit_weights, nested_fit
 from raytag.errors import RaytagError
 from raytag.metrics import lwlrap
+from raytag.training.outputs import (
+    MODEL_CARD, OOF_PREDICTIONS, OOF_TRUTH, TEST_PREDICTIONS, TEST_TRUTH, read_predictions,
+)
 
-META_COLUMNS = ("clip_id", "fold", "run", "stage")
 # leaderboard statuses of trials that ran their whole pipeline (raytag.search.leaderboard
 # writes "ok"; Tune's own word is "TERMINATED"); "stopped early", "failed", "unfinished" are not
 FINISHED = {"ok", "terminated", "done", "finished", "completed"}
@@ -118,47 +122,21 @@ def _resolve_outputs(experiment_dir: str, outputs_dir: str) -> Optional[str]:
     if not storage.is_uri(outputs_dir) and not outputs_dir.startswith("/"):
         tries.append(storage.join(experiment_dir, outputs_dir))
     for path in tries:
-        if storage.exists(storage.join(path, "oof.parquet")):
+        if storage.exists(storage.join(path, OOF_PREDICTIONS)):
             return path
     return None
 
 
 # ----------------------------------------------------------------------------- reading a trial
-def _classes_of(table, path: str) -> list[str]:
-    meta = table.schema.metadata or {}
-    raw = meta.get(b"raytag.classes")
-    if raw is not None:
-        try:
-            classes = json.loads(raw.decode())
-        except ValueError:
-            classes = raw.decode().split(",")
-        return [str(c) for c in classes]
-    return [c for c in table.column_names if c not in META_COLUMNS]
-
-
-def read_predictions(path: str) -> tuple[pd.DataFrame, list[str]]:
-    """A predictions parquet -> (its rows, classes in order). The runner writes only the
-    final model of each fold there (per-stage predictions go to stage_oof.parquet)."""
-    table = storage.read_parquet_table(path)
-    classes = _classes_of(table, path)
-    df = table.to_pandas()
-    missing = [c for c in ["clip_id", *classes] if c not in df.columns]
-    if missing:
-        raise RaytagError(f"{path}: column '{missing[0]}' is missing")
-    if df.empty:
-        raise RaytagError(f"{path}: holds no predictions")
-    return df, classes
-
-
 def load_trial(outputs_dir: str) -> TrialPredictions:
-    oof_df, classes = read_predictions(storage.join(outputs_dir, "oof.parquet"))
+    oof_df, classes = read_predictions(storage.join(outputs_dir, OOF_PREDICTIONS))
     oof = oof_df.groupby("clip_id", sort=True)[classes].mean()  # averages repeated runs
     if "fold" in oof_df.columns:
         fold = oof_df.groupby("clip_id", sort=True)["fold"].first()
     else:
         fold = pd.Series(0, index=oof.index)
     test = None
-    test_path = storage.join(outputs_dir, "test.parquet")
+    test_path = storage.join(outputs_dir, TEST_PREDICTIONS)
     if storage.exists(test_path):
         test_df, test_classes = read_predictions(test_path)
         if test_classes != classes:
@@ -199,7 +177,7 @@ def load_oof_truth(outputs_dir: str, experiment_dir: Optional[str] = None) -> pd
     """The curated labels of the OOF clips: `oof_truth.csv` in the trial outputs when the
     runner wrote one, else the dataset the sweep ran on (`data` in the experiment's
     sweep.json, or in the trial's model.json), read with raytag.data.layouts."""
-    path = storage.join(outputs_dir, "oof_truth.csv")
+    path = storage.join(outputs_dir, OOF_TRUTH)
     if storage.exists(path):
         return _truth_table(path)
     data = None
@@ -207,10 +185,8 @@ def load_oof_truth(outputs_dir: str, experiment_dir: Optional[str] = None) -> pd
     if sweep and storage.exists(sweep):
         data = json.loads(storage.read_text(sweep)).get("data")
     if not data:
-        data = json.loads(storage.read_text(storage.join(outputs_dir, "model.json"))).get("data")
+        data = json.loads(storage.read_text(storage.join(outputs_dir, MODEL_CARD))).get("data")
     if data:
-        from raytag.data.layouts import load_dataset
-
         truth = load_dataset(data).truth_for("curated")
         return truth[["clip_id", "fname", "labels"]].reset_index(drop=True)
     raise RaytagError(
@@ -264,7 +240,7 @@ def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional
 
     # test predictions and truth: reported only
     test, y_test = None, None
-    truth_path = storage.join(members[0].outputs_dir, "test_truth.csv")
+    truth_path = storage.join(members[0].outputs_dir, TEST_TRUTH)
     if all(t.test is not None for t in trials) and storage.exists(truth_path):
         test_ids = trials[0].test.index
         for t in trials[1:]:
@@ -383,10 +359,8 @@ def ensemble_command(experiment: str, storage: str = "results", top: Optional[in
     from rich.console import Console
     from rich.table import Table
 
-    from raytag import storage as st
-
     console = Console(stderr=True)
-    result = build_ensemble(st.join(storage, experiment), top=top, min_cv=min_cv, console=console)
+    result = build_ensemble(_storage.join(storage, experiment), top=top, min_cv=min_cv, console=console)
     view = Table(title=f"ensemble of {experiment}")
     for col in ("name", "kind", "CV lwlrap", "CV on", "test lwlrap", "weights"):
         view.add_column(col)

@@ -43,9 +43,14 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from raytag.config import FeatureConfig
+from raytag.cluster import materialize_data  # a dataset URI is copied to this node once
+from raytag.cluster import this_node_strategy
+from raytag.config import Config, FeatureConfig
+from raytag.data.audio import load_audio
+from raytag.data.layouts import load_dataset
 from raytag.errors import AudioDecodeError, RaytagError
 from raytag.features.frontends import build_frontend, frontend_shape
+from raytag.session import ensure_ray
 
 log = logging.getLogger("raytag.features")
 
@@ -53,6 +58,11 @@ FORMAT_VERSION = 1
 INDEX_COLUMNS = ["clip_id", "shard", "offset", "n_frames"]
 FAILED_COLUMNS = ["file", "reason"]
 STD_FLOOR = 1e-5  # a constant bin (e.g. an empty mel band) gets this std, so x/std stays finite
+
+
+def default_feature_cache() -> str:
+    """Node-local feature cache; features are rebuilt per node, never shared by path."""
+    return os.environ.get("RAYTAG_CACHE", str(Path.home() / ".cache" / "raytag" / "features"))
 
 
 class FeatureStoreError(RaytagError):
@@ -236,14 +246,10 @@ def build_feature_store(
 
     task_rss = []
     if todo:
-        from raytag.session import ensure_ray
-
         ensure_ray()
         # Shards are written to this node's disk, so the tasks run on this node; an explicit
         # strategy also lets them leave a caller's placement group (inside a Tune trial, which
         # holds a fraction of a CPU, they would otherwise never be scheduled).
-        from raytag.cluster import this_node_strategy
-
         task = ray.remote(num_cpus=1, scheduling_strategy=this_node_strategy())(_compute_shard)
         cfg_dict = asdict(feature_cfg)
         refs = {task.remote(shard, rows, signature, cfg_dict, key, str(root)): shard
@@ -322,8 +328,6 @@ def _finished_shard(root: Path, shard: int, key: str, signature: list) -> Option
 def _compute_shard(shard: int, rows: list, signature: list, cfg_dict: dict, key: str, root: str) -> dict:
     """Ray task: decode the chunk's clips, run the front end, write the shard atomically."""
     import torch
-
-    from raytag.data.audio import load_audio
 
     torch.set_num_threads(1)
     cfg = FeatureConfig(**cfg_dict)
@@ -451,12 +455,7 @@ def prepare_command(data, config, cache) -> FeatureStore:
     from rich.console import Console
     from rich.table import Table
 
-    from raytag.config import Config
-    from raytag.data.layouts import load_dataset
-
     cfg = Config.from_yaml(config) if config else Config()
-    from raytag.cluster import materialize_data  # a dataset URI is copied to this node once
-
     dataset = load_dataset(materialize_data(data), sample_rate=cfg.features.sample_rate)
     started = time.perf_counter()
     store = build_feature_store(dataset, cfg.features, cache, progress=True)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from raytag.pipeline.spreading import embed_pca
+
 
 def _label_set(clip_id, labels) -> frozenset[str]:
     if isinstance(labels, str):  # a CSV cell "Bark,Meow"; class names never hold commas
@@ -88,8 +90,6 @@ def filter_precision_recall(
 def _tsne_2d(emb: np.ndarray, seed: int) -> np.ndarray:
     """2-d t-SNE coordinates; PCA to 50 dims first (t-SNE's cost grows with width)."""
     from sklearn.manifold import TSNE
-
-    from raytag.pipeline.spreading import embed_pca
 
     n = emb.shape[0]
     if n < 5:  # t-SNE needs perplexity < n; a handful of points is shown on PCA axes

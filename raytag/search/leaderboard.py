@@ -16,7 +16,9 @@ import pandas as pd
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.search.space import SearchSpace
+from raytag.training.outputs import OUTPUTS_DIR
 
+TRIAL_RESULT = "trial_result.json"  # written by a trial that finished its pipeline (search.tuner)
 FIXED_COLUMNS = ["rank", "trial_id", "order", "status", "reason", "cv_lwlrap", "test_lwlrap",
                  "epochs_run", "seconds"]
 
@@ -79,7 +81,7 @@ def _row(trial, exp_dir: str, keys: Optional[list]) -> dict:
 
 def _status(trial, last: dict) -> tuple[str, str]:
     if trial.status == "ERROR":
-        return "failed", _error_reason(trial)
+        return "failed", error_reason(trial)
     if last.get("trial_complete"):
         return "ok", ""
     if trial.status == "TERMINATED":
@@ -91,7 +93,7 @@ def _status(trial, last: dict) -> tuple[str, str]:
 _EXC_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Failed|Failure))(?:\([\w.]*\))?: (.+)$")
 
 
-def _error_reason(trial) -> str:
+def error_reason(trial) -> str:
     """The innermost exception line of the trial's error ("ConfigError: train.lr: ...")."""
     text = ""
     # error.txt in the trial's folder in storage; during the sweep it may still be only in
@@ -112,8 +114,6 @@ def _error_reason(trial) -> str:
 
 
 def _trial_result(exp_dir: str, trial_id: str) -> Optional[dict]:
-    from raytag.search.tuner import TRIAL_RESULT
-
     path = files.join(exp_dir, "trials", trial_id, TRIAL_RESULT)
     try:
         return json.loads(files.read_text(path)) if files.exists(path) else None
@@ -122,7 +122,7 @@ def _trial_result(exp_dir: str, trial_id: str) -> Optional[dict]:
 
 
 def _outputs_dir(exp_dir: str, trial_id: str) -> str:
-    path = files.join(exp_dir, "trials", trial_id, "outputs")
+    path = files.join(exp_dir, "trials", trial_id, OUTPUTS_DIR)
     return path if files.exists(path) else ""
 
 

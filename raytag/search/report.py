@@ -17,6 +17,7 @@ import pandas as pd
 
 from raytag.errors import RaytagError
 from raytag import storage as files  # local folder or URI through pyarrow.fs
+from raytag.search.leaderboard import build_leaderboard
 from raytag.search.space import SearchSpace, parse_space
 
 PLOT_NAME = "search.png"
@@ -177,9 +178,6 @@ def _fmt(x) -> str:
 
 def report_command(experiment: str, storage: str = "results") -> pd.DataFrame:
     """`raytag report EXPERIMENT`: rebuild the leaderboard and plots from the experiment folder."""
-    from raytag.search.leaderboard import build_leaderboard
-
-
     exp_dir = files.join(files.absolute(storage), experiment)
     space_file = files.join(exp_dir, "space.yaml")
     if not files.exists(space_file):

@@ -40,6 +40,8 @@ from typing import Any, Optional, get_type_hints
 import yaml
 
 from raytag.config import Config, ConfigError, apply_overrides
+from raytag.models import MODELS
+from raytag.training.steps import build_steps
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "quniform", "qrandint")
 SCHEDULERS = ("asha", "fifo", "hyperband")
@@ -239,8 +241,6 @@ class SearchSpace:
 def estimate_steps(cfg: Config) -> int:
     """Reports one pipeline run makes: one per training epoch of every step (the warm-up
     once, then per fold fine-tune, filter, stage-2 rounds), one per filter step."""
-    from raytag.training.steps import build_steps
-
     folds = list(cfg.cv.folds) if cfg.cv.folds else list(range(cfg.cv.n_folds))
     try:
         steps = build_steps(cfg, folds)
@@ -507,8 +507,6 @@ def _validate_against_config(space: SearchSpace):
 
 def _check_model_names(space: SearchSpace, base: Config):
     # Config types model.name as free text; the registry knows the valid names.
-    from raytag.models import MODELS
-
     names = [("base.model.name", base.model.name)]
     names += [(f"space.{p.key}", v) for p in space.params() if p.key == "model.name" for v in p.values]
     for where, name in names:

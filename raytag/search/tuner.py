@@ -24,12 +24,14 @@ from typing import Any, Callable, Optional
 
 import pandas as pd
 
-from raytag.errors import DatasetError, RaytagError
 from raytag import storage as files  # local folder or URI through pyarrow.fs
+from raytag.cluster import check_data, check_storage
+from raytag.errors import DatasetError, RaytagError
+from raytag.search.leaderboard import TRIAL_RESULT, build_leaderboard, error_reason
+from raytag.search.report import print_leaderboard, save_report
 from raytag.search.space import SearchSpace, describe, load_space, parse_space
 from raytag.session import ensure_ray
-
-TRIAL_RESULT = "trial_result.json"  # written by a trial that finished its pipeline
+from raytag.training.runner import fit_pipeline
 
 
 class TrialFailed(RaytagError):
@@ -81,7 +83,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     cfg = setup.space.trial_config(config)
     fit = setup.trial_fn
     if fit is None:
-        from raytag.training.runner import fit_pipeline as fit
+        fit = fit_pipeline
     result = _fit_forwarding_reports(
         lambda callbacks: fit(cfg, setup.data, storage=setup.trials_dir, name=trial_id,
                               callbacks=callbacks, feature_cache=setup.feature_cache, progress=False)
@@ -263,9 +265,6 @@ def run_sweep(
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from raytag.search.leaderboard import build_leaderboard
-    from raytag.search.report import save_report
-
     space = load_space(space_path)
     name = name or space.name
     if files.is_uri(str(data)):  # copied onto each node by raytag.cluster.materialize_data
@@ -279,8 +278,6 @@ def run_sweep(
     exp_dir = files.join(storage, name)
 
     ensure_ray()  # raytag.session: workers get RAY_API_SERVER_ADDRESS, so stopped trials are cleaned up
-    from raytag.cluster import check_data, check_storage
-
     check_storage(storage)  # a multi-node cluster needs storage and data every node can read
     check_data(data)
     say = _printer(progress)
@@ -366,8 +363,6 @@ def run_sweep(
 
 def tune_command(space, data, storage="results", name=None, samples=None, resume=False, scheduler=None):
     """`raytag tune`: run the sweep and print its leaderboard."""
-    from raytag.search.report import print_leaderboard
-
     result = run_sweep(space, data, storage=storage, name=name, samples=samples, resume=resume,
                        scheduler=scheduler)
     print_leaderboard(result.leaderboard)
@@ -447,9 +442,7 @@ class SweepProgress(_TuneCallback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._done += 1
-        from raytag.search.leaderboard import _error_reason
-
-        self._say(f"trial {trial.trial_id} FAILED: {_error_reason(trial)} [{self._done} done]")
+        self._say(f"trial {trial.trial_id} FAILED: {error_reason(trial)} [{self._done} done]")
 
 
 def _fmt(x: Any) -> str:

@@ -26,6 +26,7 @@ import torch
 from scipy.special import betaincinv
 
 from raytag.config import FeatureConfig, SpecAugmentConfig, WaveAugmentConfig
+from raytag.features.frontends import frontend_shape
 
 
 def _rand(generator: torch.Generator, *shape) -> torch.Tensor:
@@ -108,8 +109,6 @@ def gain_pattern(feature_cfg: FeatureConfig, std: Optional[np.ndarray] = None) -
     `std` (the store's per-bin std, [C, F]) the pattern is for features already divided
     by it. raw: all ones (the gain there is multiplicative; the pattern is unused).
     """
-    from raytag.features.frontends import frontend_shape
-
     channels, bins = frontend_shape(feature_cfg)
     pattern = torch.zeros(channels, bins)
     if feature_cfg.kind == "raw":

@@ -9,6 +9,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from raytag.training.dataset import tile_to
+
 
 def segment_starts(n_frames: int, segment_frames: int, overlap: float = 0.5) -> list[int]:
     """Start frames of segments covering a clip; the last segment ends at the clip's end.
@@ -28,8 +30,6 @@ def segment_starts(n_frames: int, segment_frames: int, overlap: float = 0.5) -> 
 def cut_segment(feats: np.ndarray, start: int, length: int) -> np.ndarray:
     """feats[..., start:start+length]; a clip shorter than a segment is looped to fill it
     (as in training: see raytag.training.dataset.tile_to)."""
-    from raytag.training.dataset import tile_to
-
     seg = feats[..., start:start + length]
     if seg.shape[-1] < length:
         seg = tile_to(feats[..., start:] if start < feats.shape[-1] else feats, length)

@@ -1,4 +1,6 @@
-"""Turn a finished run's checkpoint into the trial outputs (docs/ARCHITECTURE.md).
+"""The trial outputs (docs/ARCHITECTURE.md, "Trial outputs"): their names, the writer
+that turns a finished run's checkpoint into them, and the readers of the predictions.
+Search, ensemble and demo read a trial folder only through the names defined here.
 
 The workers only save raw arrays (clip ids + probabilities per stage and fold); here,
 on the driver, they become the Parquet files the ensemble job reads, the stage table,
@@ -15,7 +17,30 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raytag import storage
+from raytag.data.labels import labels_to_matrix
+from raytag.data.submission import write_submission_2018, write_submission_2019
 from raytag.metrics import lwlrap
+from raytag.errors import RaytagError
+from raytag.pipeline.report import filter_precision_recall, tsne_plot
+
+# the files of <run>/outputs/ (every reader and writer uses these names)
+OUTPUTS_DIR = "outputs"
+OOF_PREDICTIONS = "oof.parquet"  # final model of each fold on its held-out curated clips
+TEST_PREDICTIONS = "test.parquet"  # final model of each fold on the test clips
+STAGE_OOF = "stage_oof.parquet"
+STAGE_TEST = "stage_test.parquet"
+OOF_TRUTH = "oof_truth.csv"
+TEST_TRUTH = "test_truth.csv"
+SUBMISSION = "submission.csv"
+STAGES = "stages.csv"
+HISTORY = "history.csv"
+SKIPPED = "skipped.csv"
+MODEL_CARD = "model.json"
+CONFIG = "config.yaml"
+METRICS = "metrics.json"
+WEIGHTS = "weights"
+META_COLUMNS = ("clip_id", "fold", "run", "stage")
 
 
 def _load(path: Path):
@@ -65,8 +90,8 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store) -> tuple[
         stage_test.append(_frame(*_load(path), fold, stage, run, classes))
     stage_oof_df = pd.concat(stage_oof, ignore_index=True)
     stage_test_df = pd.concat(stage_test, ignore_index=True) if stage_test else _frame([], [], 0, "", run, classes)
-    write_parquet(stage_oof_df, staging / "stage_oof.parquet", classes)
-    write_parquet(stage_test_df, staging / "stage_test.parquet", classes)
+    write_parquet(stage_oof_df, staging / STAGE_OOF, classes)
+    write_parquet(stage_test_df, staging / STAGE_TEST, classes)
 
     # -- final predictions of each fold (what ensembles use) --------------------------------
     oof, test, fold_scores = [], [], {}
@@ -79,12 +104,12 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store) -> tuple[
         test.append(_frame(tids, tprobs, fold, stage, run, classes))
     oof_df = pd.concat(oof, ignore_index=True)
     test_df = pd.concat(test, ignore_index=True)
-    write_parquet(oof_df, staging / "oof.parquet", classes)
+    write_parquet(oof_df, staging / OOF_PREDICTIONS, classes)
     # the curated labels of the OOF clips, so a trial folder can be scored on its own
     pd.DataFrame({"clip_id": plan.curated_ids,
                   "labels": [",".join(c for c, v in zip(classes, row) if v > 0.5) for row in plan.curated_y]}
-                 ).to_csv(staging / "oof_truth.csv", index=False)
-    write_parquet(test_df, staging / "test.parquet", classes)
+                 ).to_csv(staging / OOF_TRUTH, index=False)
+    write_parquet(test_df, staging / TEST_PREDICTIONS, classes)
     cv = float(lwlrap(plan.curated_y[[curated_row[c] for c in oof_df["clip_id"]]], oof_df[classes].to_numpy()))
 
     # -- test: mean over folds -> submission (+ score when truth exists) -------------------
@@ -92,35 +117,33 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store) -> tuple[
     if len(test_df):
         mean_test = test_df.groupby("clip_id", sort=False)[classes].mean()
         fnames = [c.split("/", 1)[1] for c in mean_test.index]
-        from raytag.scoring import write_submission_2018, write_submission_2019
-
         writer = write_submission_2019 if plan.layout == "fat2019" else write_submission_2018
-        writer(fnames, classes, mean_test.to_numpy(), staging / "submission.csv")
+        writer(fnames, classes, mean_test.to_numpy(), staging / SUBMISSION)
         if test_truth is not None:
             test_lw = _score_against(mean_test, test_truth)
 
     # -- stage table ----------------------------------------------------------------
     stages = _stage_table(stage_oof_df, stage_test_df, plan, classes, curated_row, test_truth,
                           ckpt_out, noisy_truth)
-    stages.to_csv(staging / "stages.csv", index=False)
+    stages.to_csv(staging / STAGES, index=False)
 
     # -- weights, model card, config, filter decisions, plots ------------------------------
-    shutil.copytree(ckpt_out / "weights", staging / "weights", dirs_exist_ok=True)
-    (staging / "weights" / "warmup.safetensors").unlink(missing_ok=True)
+    shutil.copytree(ckpt_out / WEIGHTS, staging / WEIGHTS, dirs_exist_ok=True)
+    (staging / WEIGHTS / "warmup.safetensors").unlink(missing_ok=True)
     for sub in ("filter", "pseudo"):
         if (ckpt_out / sub).exists():
             shutil.copytree(ckpt_out / sub, staging / sub, dirs_exist_ok=True)
-    (staging / "model.json").write_text(json.dumps(model_card(plan), indent=2))
-    (staging / "config.yaml").write_text(cfg.to_yaml())
+    (staging / MODEL_CARD).write_text(json.dumps(model_card(plan), indent=2))
+    (staging / CONFIG).write_text(cfg.to_yaml())
     if test_truth is not None:
         dataset.truth_for("test")[["clip_id", "fname", "labels"]].assign(
-            labels=lambda d: d["labels"].map(",".join)).to_csv(staging / "test_truth.csv", index=False)
+            labels=lambda d: d["labels"].map(",".join)).to_csv(staging / TEST_TRUTH, index=False)
     _tsne(ckpt_out, staging, plan, dataset)
     skipped = pd.concat([dataset.skipped, getattr(store, "failed", pd.DataFrame(columns=["file", "reason"]))])
-    skipped.to_csv(staging / "skipped.csv", index=False)
+    skipped.to_csv(staging / SKIPPED, index=False)
 
     history = _history(ckpt_out)
-    history.to_csv(staging / "history.csv", index=False)
+    history.to_csv(staging / HISTORY, index=False)
     metrics = {
         "cv_lwlrap": cv,
         "fold_lwlrap": {str(k): v for k, v in fold_scores.items()},
@@ -167,8 +190,6 @@ def _truth_matrix(dataset, split, classes):
     truth = dataset.truth_for(split)
     if truth is None or not len(truth):
         return None
-    from raytag.data.labels import labels_to_matrix
-
     return pd.DataFrame(labels_to_matrix(list(truth["labels"]), classes), index=truth["clip_id"], columns=classes)
 
 
@@ -203,8 +224,6 @@ def _stage_table(stage_oof, stage_test, plan, classes, curated_row, test_truth, 
         mask = table["stage"].str.startswith("stage2")
         table.loc[mask, ["n_labelled", "n_accepted", "n_unlabelled"]] = [n_lab, n_acc, n_unl]
         if noisy_truth is not None:
-            from raytag.pipeline.report import filter_precision_recall
-
             given = dict(zip(plan.noisy_ids, _given_labels(plan)))
             truth = dict(zip(noisy_truth["clip_id"], noisy_truth["labels"]))
             reports = [filter_precision_recall(d["accepted"], given, truth) for d in decisions]
@@ -237,8 +256,6 @@ def _tsne(ckpt_out: Path, staging: Path, plan, dataset):
     files = sorted((ckpt_out / "embeddings").glob("fold*.npz")) if (ckpt_out / "embeddings").exists() else []
     if not files:
         return
-    from raytag.pipeline.report import tsne_plot
-
     data = np.load(files[0])
     lab_idx = {c: i for i, c in enumerate(plan.curated_ids)}
     noisy_idx = {c: i for i, c in enumerate(plan.noisy_ids)}
@@ -252,3 +269,40 @@ def _tsne(ckpt_out: Path, staging: Path, plan, dataset):
               after, np.concatenate([lab_labels, noisy_labels[accepted]]),
               plan.classes, staging / "tsne_filter.png", seed=plan.config.seed,
               title=f"{plan.config.name}: curated + noisy clips (given labels) before / after the filter")
+
+
+# ----------------------------------------------------------------------------- readers
+def _classes_of(table, path: str) -> list[str]:
+    meta = table.schema.metadata or {}
+    raw = meta.get(b"raytag.classes")
+    if raw is not None:
+        try:
+            classes = json.loads(raw.decode())
+        except ValueError:
+            classes = raw.decode().split(",")
+        return [str(c) for c in classes]
+    return [c for c in table.column_names if c not in META_COLUMNS]
+
+
+def read_predictions(path: str) -> tuple[pd.DataFrame, list[str]]:
+    """A predictions parquet -> (its rows, classes in order). The runner writes only the
+    final model of each fold there (per-stage predictions go to stage_oof.parquet)."""
+    table = storage.read_parquet_table(path)
+    classes = _classes_of(table, path)
+    df = table.to_pandas()
+    missing = [c for c in ["clip_id", *classes] if c not in df.columns]
+    if missing:
+        raise RaytagError(f"{path}: column '{missing[0]}' is missing")
+    if df.empty:
+        raise RaytagError(f"{path}: holds no predictions")
+    return df, classes
+
+
+
+def write_metrics(outputs: Path, metrics: dict) -> None:
+    (outputs / METRICS).write_text(json.dumps(metrics, indent=2))
+
+
+def read_stages(outputs_dir: str) -> pd.DataFrame:
+    """The stage table of a trial's outputs (stages.csv)."""
+    return storage.read_csv(storage.join(outputs_dir, STAGES))

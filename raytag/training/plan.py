@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from raytag.config import Config
+from raytag.config import Config, ConfigError
+from raytag.data.labels import labels_to_matrix
+from raytag.pipeline.selection import select_noisy_subset
+from raytag.training.folds import make_folds
 
 
 @dataclass
@@ -44,10 +47,6 @@ class Plan:
 
 def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: str = "") -> Plan:
     """Folds, the noisy subset and label matrices for the clips the store could decode."""
-    from raytag.data.labels import labels_to_matrix
-    from raytag.pipeline.selection import select_noisy_subset
-    from raytag.training.folds import make_folds
-
     usable = set(store.clip_ids)
     clips = dataset.clips[dataset.clips["clip_id"].isin(usable)]
     curated = clips[clips["split"] == "curated"].reset_index(drop=True)
@@ -59,8 +58,6 @@ def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: s
     folds = sorted(set(cfg.cv.folds)) if cfg.cv.folds is not None else list(range(cfg.cv.n_folds))
     bad = [f for f in folds if not 0 <= f < cfg.cv.n_folds]
     if bad:
-        from raytag.config import ConfigError
-
         raise ConfigError(f"cv.folds: {bad} out of range 0..{cfg.cv.n_folds - 1}")
     subset = (
         select_noisy_subset(noisy, classes, cfg.pipeline.noisy_selection, cfg.seed)

@@ -6,7 +6,6 @@ the final checkpoint into the trial outputs that search and ensemble read
 (docs/ARCHITECTURE.md, "Trial outputs")."""
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -18,10 +17,16 @@ import numpy as np
 import pandas as pd
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
+from raytag.cluster import check_data, check_storage
 from raytag.cluster import materialize_data  # a dataset URI is copied to this node once
 from raytag.config import Config, parse_cli_overrides
+from raytag.data.layouts import load_dataset
 from raytag.errors import RaytagError
+from raytag.features.store import build_feature_store, default_feature_cache
 from raytag.session import ensure_ray
+from raytag.training.outputs import OUTPUTS_DIR, write_metrics, write_outputs
+from raytag.training.plan import build_plan
+from raytag.training.worker import train_loop_per_worker
 
 
 @dataclass
@@ -32,19 +37,8 @@ class PipelineResult:
     stages: pd.DataFrame
 
 
-def default_feature_cache() -> str:
-    """Node-local feature cache; features are rebuilt per node, never shared by path."""
-    return os.environ.get("RAYTAG_CACHE", str(Path.home() / ".cache" / "raytag" / "features"))
-
-
-
-
 def prepare_data(cfg: Config, data, feature_cache: Optional[str], progress: bool):
     """Dataset + feature store + plan, in that order (each reused from cache where it can)."""
-    from raytag.data.layouts import load_dataset
-    from raytag.features.store import build_feature_store
-    from raytag.training.plan import build_plan
-
     cache = feature_cache or default_feature_cache()
     dataset = load_dataset(materialize_data(data), sample_rate=cfg.features.sample_rate)
     store = build_feature_store(dataset, cfg.features, cache, progress=progress)
@@ -62,8 +56,6 @@ def fit_pipeline(
 ) -> PipelineResult:
     import ray.train
     from ray.train.torch import TorchTrainer
-
-    from raytag.training.worker import train_loop_per_worker
 
     started = time.time()
     ensure_ray()
@@ -93,12 +85,10 @@ def fit_pipeline(
         raise RaytagError(f"run {name} ended without a checkpoint: {result.error}")
     run_dir = files.join(storage, name)
     with result.checkpoint.as_directory() as ckpt, tempfile.TemporaryDirectory() as staging:
-        from raytag.training.outputs import write_outputs
-
-        metrics, stages = write_outputs(Path(ckpt) / "outputs", Path(staging), plan, dataset, store)
+        metrics, stages = write_outputs(Path(ckpt) / OUTPUTS_DIR, Path(staging), plan, dataset, store)
         metrics["seconds"] = round(time.time() - started, 1)
-        (Path(staging) / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        outputs_dir = files.join(run_dir, "outputs")
+        write_metrics(Path(staging), metrics)
+        outputs_dir = files.join(run_dir, OUTPUTS_DIR)
         files.copy_tree(staging, outputs_dir)  # a local folder or a URI (pyarrow.fs)
     return PipelineResult(run_dir=run_dir, outputs_dir=outputs_dir, metrics=metrics, stages=stages)
 
@@ -113,8 +103,6 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
     if overrides:
         cfg = cfg.with_overrides(parse_cli_overrides(overrides))
     ensure_ray()
-    from raytag.cluster import check_data, check_storage
-
     check_storage(storage)  # a multi-node cluster needs storage and data every node can read
     check_data(str(data))
     name = name or cfg.name

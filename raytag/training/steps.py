@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from raytag.config import Config
+from raytag.config import Config, ConfigError
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,6 @@ def build_steps(cfg: Config, folds: list[int]) -> list[Step]:
             for r in range(rounds):
                 steps.append(Step("stage2", fold, round=r, epochs=p.pseudo.epochs, lr=p.pseudo.lr))
     if not any(s.trains and s.fold is not None for s in steps):
-        from raytag.config import ConfigError
-
         raise ConfigError(
             "pipeline trains no fold model: enable pipeline.finetune (epochs > 0) or stage 2 "
             "(pipeline.filter / pipeline.label_spreading / pipeline.pseudo)"

@@ -6,9 +6,14 @@ the whole run state: progress (step, epoch), model, optimizer, scheduler, RNG st
 and every output so far (predictions, fold weights, filter decisions). A restarted
 group (FailureConfig) or a rerun with the same name and storage loads the latest
 checkpoint and continues at the next epoch of the same step.
+
+This module is the loop; the run state and the context each step sees are in
+run_state.py, the filter, pseudo-label and fold-start steps in stage_steps.py, and the
+epoch with its evaluation in epoch.py.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -20,12 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raytag.training.dataset import CropBatches, LabelledSet
+from raytag.cluster import materialize_data
+from raytag.data.layouts import load_dataset
+from raytag.features.store import FeatureStore, build_feature_store, default_feature_cache
+from raytag.models import build_model
+from raytag.training.dataset import CropBatches
+from raytag.training.epoch import _cv_so_far, _evaluate, _optimizer, _train_epoch
+from raytag.training.losses import build_loss
+from raytag.training.run_state import TRAIN_STATE_FILE, RunState, _Context, _unwrap
+from raytag.training.stage_steps import _run_filter, _start_step
 from raytag.training.steps import Step, build_steps, last_training_step_of_fold
-
-STATE_FILE = "state.json"
-TRAIN_STATE_FILE = "train_state.pt"
-OUTPUTS = "outputs"  # sub-folder of a checkpoint that becomes the trial's outputs
 
 
 # ----------------------------------------------------------------------------- distributed helpers
@@ -36,63 +45,7 @@ def _world() -> tuple[int, int]:
     return ctx.get_world_rank(), ctx.get_world_size()
 
 
-def _gather(obj, world_size: int) -> list:
-    if world_size == 1 or not torch.distributed.is_initialized():
-        return [obj]
-    out = [None] * world_size
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
-# ----------------------------------------------------------------------------- the run state
-class RunState:
-    """Progress and outputs of the run, kept in a local folder that every checkpoint copies."""
-
-    def __init__(self, work: Path):
-        self.work = work
-        self.out = work / OUTPUTS
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.progress = {"step": 0, "epoch": 0, "global_step": 0, "stage_rows": [], "history": []}
-
-    @classmethod
-    def restore(cls, ckpt_dir: Path, work: Path) -> "RunState":
-        state = cls(work)
-        shutil.copytree(ckpt_dir / OUTPUTS, state.out, dirs_exist_ok=True)
-        state.progress = json.loads((ckpt_dir / STATE_FILE).read_text())
-        return state
-
-    # predictions are saved as npz: ids + probs
-    def save_preds(self, name: str, ids: list[str], probs: np.ndarray):
-        path = self.out / "preds" / f"{name}.npz"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, ids=np.asarray(ids), probs=probs.astype(np.float32))
-
-    def load_preds(self, name: str):
-        path = self.out / "preds" / f"{name}.npz"
-        if not path.exists():
-            return None
-        data = np.load(path)
-        return list(data["ids"]), data["probs"]
-
-    def save_json(self, rel: str, obj):
-        path = self.out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(obj))
-
-    def load_json(self, rel: str):
-        path = self.out / rel
-        return json.loads(path.read_text()) if path.exists() else None
-
-    def write_checkpoint(self, train_state: dict, into: Path):
-        shutil.copytree(self.out, into / OUTPUTS, dirs_exist_ok=True)
-        torch.save(train_state, into / TRAIN_STATE_FILE)
-        (into / STATE_FILE).write_text(json.dumps(self.progress))
-
-
+# ----------------------------------------------------------------------------- checkpoints and tracing
 def _rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
@@ -115,16 +68,8 @@ def open_node_store(plan):
     """The feature store on this node: the driver's, or (a worker on another node of a
     cluster, where that path does not exist) one built here from the data reference.
     Workers of one node take a file lock so that only one of them builds it."""
-    import fcntl
-
-    from raytag.features.store import FeatureStore, build_feature_store
-
     if (Path(plan.store_path) / "meta.json").exists():
         return FeatureStore.open(plan.store_path)
-    from raytag.data.layouts import load_dataset
-    from raytag.cluster import materialize_data
-    from raytag.training.runner import default_feature_cache
-
     cache = Path(plan.feature_cache or default_feature_cache())
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / ".build.lock", "w") as lock:
@@ -138,13 +83,11 @@ def open_node_store(plan):
     return store
 
 
+
 # ----------------------------------------------------------------------------- the loop
 def train_loop_per_worker(loop_config: dict):
     import ray.train
     import ray.train.torch
-
-    from raytag.models import build_model
-    from raytag.training.losses import build_loss
 
     plan = loop_config["plan"]
     if loop_config.get("trace"):
@@ -224,279 +167,6 @@ def train_loop_per_worker(loop_config: dict):
     shutil.rmtree(work, ignore_errors=True)
 
 
-# ----------------------------------------------------------------------------- context
-class _Context:
-    """Everything a step needs, and the data sets derived from the plan and run state."""
-
-    def __init__(self, plan, cfg, store, rank, world, device, state: RunState, n_steps: int):
-        self.plan, self.cfg, self.store, self.n_steps = plan, cfg, store, n_steps
-        self.rank, self.world, self.device, self.state = rank, world, device, state
-        self.curated_index = {cid: i for i, cid in enumerate(plan.curated_ids)}
-        self.noisy_index = {cid: i for i, cid in enumerate(plan.noisy_ids)}
-
-    # -- data sets ------------------------------------------------------------------
-    def curated(self, fold: int | None, held_out: bool) -> LabelledSet:
-        folds = self.plan.curated_fold
-        if fold is None:
-            mask = np.ones(len(folds), bool) if held_out else np.zeros(len(folds), bool)
-        else:
-            mask = folds == fold if held_out else folds != fold
-        ids = [cid for cid, m in zip(self.plan.curated_ids, mask) if m]
-        return LabelledSet(ids, self.plan.curated_y[mask], np.zeros(len(ids), bool))
-
-    def noisy(self, ids: list[str], targets: np.ndarray | None = None) -> LabelledSet:
-        if targets is None:
-            rows = [self.noisy_index[c] for c in ids]
-            targets = self.plan.noisy_y[rows] if rows else np.zeros((0, self.plan.n_classes), np.float32)
-        return LabelledSet(list(ids), targets, np.ones(len(ids), bool))
-
-    def training_set(self, step: Step) -> LabelledSet:
-        p = self.cfg.pipeline
-        if step.kind == "warmup":
-            return self.noisy(self.plan.noisy_subset if p.warmup.use == "subset" else self.plan.noisy_ids)
-        base = self.curated(step.fold, held_out=False)
-        if step.kind == "finetune":
-            extra = {"none": [], "subset": self.plan.noisy_subset, "all": self.plan.noisy_ids}[p.finetune.noisy]
-            return base.concat(self.noisy(extra)) if extra else base
-        # stage 2: curated + accepted noisy (given labels) + this round's pseudo-labelled clips
-        decision = self.state.load_json(f"filter/fold{step.fold}.json")
-        accepted = decision["accepted"] if decision else []
-        data = base.concat(self.noisy(accepted)) if accepted else base
-        pseudo = self.state.load_preds(f"pseudo/fold{step.fold}_r{step.round}")
-        if pseudo is not None and len(pseudo[0]):
-            data = data.concat(self.noisy(pseudo[0], pseudo[1]))
-        return data
-
-    # -- distributed prediction -------------------------------------------------------
-    def predict(self, model, ids: list[str], embed: bool = False) -> np.ndarray:
-        from raytag.training.inference import embed_segments, iter_store_clips, predict_segments
-
-        mine = ids[self.rank::self.world]
-        inf = self.cfg.inference
-        net = _unwrap(model)
-        kwargs = dict(segment_frames=self.cfg.segment_frames(), overlap=inf.overlap,
-                      device=self.device, mean=self.plan.norm_mean, std=self.plan.norm_std)
-        if embed:
-            out = embed_segments(net, iter_store_clips(self.store, mine), **kwargs)
-        else:
-            out = predict_segments(net, iter_store_clips(self.store, mine), reduce=inf.reduce,
-                                   tta=inf.tta, **kwargs)
-        parts = _gather(out if len(mine) else None, self.world)
-        width = next((p.shape[1] for p in parts if p is not None), 0)
-        result = np.zeros((len(ids), width), np.float32)
-        for r, part in enumerate(parts):
-            if part is not None:
-                result[r::self.world] = part
-        return result
-
-
-# ----------------------------------------------------------------------------- steps
-def _start_step(ctx: _Context, model, step: Step, steps: list[Step]):
-    """Set the weights a step starts from, and choose a stage-2 round's pseudo labels."""
-    net = _unwrap(model)
-    first_of_fold = step.fold is not None and all(
-        s.fold != step.fold for s in steps[: steps.index(step)]
-    )
-    if first_of_fold:
-        warm = ctx.state.out / "weights" / "warmup.safetensors"
-        if warm.exists():
-            from safetensors.torch import load_file
-
-            net.load_state_dict(load_file(warm))
-        else:  # curated-only runs: a fresh, seeded start for every fold
-            from raytag.models import build_model
-
-            torch.manual_seed(ctx.cfg.seed * 1000 + step.fold)
-            fresh = build_model(ctx.cfg.model, ctx.plan.n_classes, ctx.plan.channels, ctx.plan.bins)
-            net.load_state_dict(fresh.state_dict())
-    if step.kind == "stage2" and ctx.cfg.pipeline.pseudo.enabled:
-        _choose_pseudo(ctx, model, step)
-
-
-def _choose_pseudo(ctx: _Context, model, step: Step):
-    """Seed 002's scheduled threshold: unlabelled clips whose top probability lies in
-    [lower(round), upper) join this round with the model's predictions as targets."""
-    from raytag.pipeline.pseudo import select_pseudo
-    from raytag.pipeline.schedule import lower_bound
-
-    pcfg = ctx.cfg.pipeline.pseudo
-    decision = ctx.state.load_json(f"filter/fold{step.fold}.json")
-    unlabelled = decision["unlabelled"] if decision else list(ctx.plan.noisy_ids)
-    lower = lower_bound(step.round, pcfg.rounds, pcfg.lower)
-    ids, targets = [], np.zeros((0, ctx.plan.n_classes), np.float32)
-    if unlabelled:
-        probs = ctx.predict(model, unlabelled)
-        rows, pseudo_targets = select_pseudo(probs, lower, pcfg.upper)
-        ids = [c for c, keep in zip(unlabelled, rows) if keep]
-        targets = np.asarray(pseudo_targets, np.float32)[rows]
-    ctx.state.save_preds(f"pseudo/fold{step.fold}_r{step.round}", ids, targets)
-    ctx.state.save_json(f"pseudo/fold{step.fold}_r{step.round}.json",
-                        {"lower": lower, "upper": pcfg.upper, "n_pseudo": len(ids),
-                         "n_unlabelled": len(unlabelled)})
-
-
-def _run_filter(ctx: _Context, model, step: Step):
-    """Score every noisy clip with this fold's stage-1 model; accepted clips keep their
-    given labels (never the model's guesses) and join the labelled set."""
-    from raytag.pipeline.filters import accept_by_rule, combine_filters
-    from raytag.pipeline.spreading import spread_labels
-
-    p = ctx.cfg.pipeline
-    ids = ctx.plan.noisy_ids
-    given = ctx.plan.noisy_y
-    info: dict = {"fold": step.fold}
-    accept = np.zeros(len(ids), bool)
-    prob_accept = None
-    if len(ids) and p.filter.enabled:
-        probs = ctx.predict(model, ids)
-        prob_accept = accept_by_rule(given, probs, p.filter.rule, p.filter.threshold)
-        accept = prob_accept
-        info["n_prob_accepted"] = int(prob_accept.sum())
-    labelled = ctx.curated(step.fold, held_out=False)
-    need_emb = p.label_spreading.enabled or step.fold == ctx.plan.folds[0]
-    if len(ids) and need_emb:
-        emb_l, emb_n = _embeddings(ctx, model, labelled.clip_ids, ids)
-        if p.label_spreading.enabled:
-            spread_accept, _ = spread_labels(emb_l, labelled.targets, emb_n, given,
-                                             p.label_spreading, ctx.plan.classes, seed=ctx.cfg.seed)
-            info["n_spread_accepted"] = int(np.asarray(spread_accept).sum())
-            accept = (combine_filters(prob_accept, spread_accept, p.label_spreading.combine)
-                      if prob_accept is not None else np.asarray(spread_accept, bool))
-        if step.fold == ctx.plan.folds[0] and ctx.rank == 0:
-            # embeddings for the t-SNE plot before / after the filter (first fold only)
-            emb_dir = ctx.state.out / "embeddings"
-            emb_dir.mkdir(exist_ok=True)
-            np.savez(emb_dir / f"fold{step.fold}.npz", labelled_ids=np.asarray(labelled.clip_ids),
-                     labelled=emb_l, noisy_ids=np.asarray(ids), noisy=emb_n, accepted=accept)
-    accepted = [c for c, a in zip(ids, accept) if a]
-    info.update(accepted=accepted, unlabelled=[c for c, a in zip(ids, accept) if not a],
-                n_accepted=len(accepted), n_noisy=len(ids),
-                n_labelled=len(labelled) + len(accepted))
-    ctx.state.save_json(f"filter/fold{step.fold}.json", info)
-
-
-def _embeddings(ctx: _Context, model, labelled_ids, noisy_ids):
-    from raytag.pipeline.spreading import embed_pca
-
-    ls = ctx.cfg.pipeline.label_spreading
-    if ls.embedding == "model":
-        return ctx.predict(model, labelled_ids, embed=True), ctx.predict(model, noisy_ids, embed=True)
-    # "pca": PCA of per-clip log-mel statistics (mean and std over time of every bin)
-    stats = np.stack([_clip_stats(ctx.store.get(c)) for c in list(labelled_ids) + list(noisy_ids)])
-    emb = embed_pca(stats, ls.pca_components, ctx.cfg.seed)
-    return emb[: len(labelled_ids)], emb[len(labelled_ids):]
-
-
-def _clip_stats(feats: np.ndarray) -> np.ndarray:
-    flat = feats.reshape(-1, feats.shape[-1])
-    return np.concatenate([flat.mean(axis=1), flat.std(axis=1)])
-
-
-def _optimizer(cfg, model, step: Step, steps_per_epoch: int):
-    lr = step.lr or cfg.train.lr
-    params = model.parameters()
-    if cfg.train.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.train.weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.train.weight_decay, nesterov=True)
-    total = max(1, step.epochs * steps_per_epoch)
-    if cfg.train.scheduler == "onecycle" and total >= 4:
-        # the warm-up phase needs at least 2 optimizer steps (OneCycleLR divides by its length)
-        pct = min(0.5, max(0.25, 2.0 / total))
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=pct)
-    elif cfg.train.scheduler == "onecycle":
-        sched = None  # too few steps for a cycle: constant learning rate
-    elif cfg.train.scheduler == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    else:
-        sched = None
-    return opt, sched
-
-
-def _train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: CropBatches, seed, step) -> float:
-    from raytag.training.augment import gain_pattern, mixup, random_gain_shift, spec_augment
-
-    cfg = ctx.cfg
-    gen = torch.Generator().manual_seed(seed * 7919 + ctx.rank)
-    mean = torch.tensor(ctx.plan.norm_mean, dtype=torch.float32)[..., None]
-    std = torch.tensor(np.maximum(ctx.plan.norm_std, 1e-5), dtype=torch.float32)[..., None]
-    is_log = cfg.features.kind != "raw"
-    pattern = gain_pattern(cfg.features)  # how each stored value moves per dB of gain
-    model.train()
-    total, count = 0.0, 0
-    for x, y, noisy in batches.epoch(seed, ctx.rank, ctx.world):
-        x = random_gain_shift(x, cfg.train.augment, gen, is_log=is_log, pattern=pattern)
-        x = (x - mean) / std
-        if cfg.train.specaugment.enabled and is_log:
-            x = spec_augment(x, cfg.train.specaugment, gen)
-        # the noisy share is mixed like the targets, so a mixed clip's loss and weight blend too
-        x, y, noisy, _ = mixup(x, y, noisy.float(), cfg.train.mixup.alpha, cfg.train.mixup.prob, gen)
-        x, y, noisy = x.to(ctx.device), y.to(ctx.device), noisy.to(ctx.device)
-        loss = loss_fn(model(x), y, noisy)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss became {loss.item()} in stage {step.stage_name} (fold {step.fold}): "
-                f"lower train.lr (now {step.lr or cfg.train.lr}) or check the features"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        total += float(loss.detach()) * len(x)
-        count += len(x)
-    return total / max(count, 1)
-
-
-def _evaluate(ctx: _Context, model, step: Step, final: bool, is_fold_final: bool) -> dict:
-    """val lwlrap every epoch; at the end of a step, save its held-out and test predictions."""
-    from raytag.metrics import lwlrap
-
-    held = ctx.curated(step.fold, held_out=True)
-    probs = ctx.predict(model, held.clip_ids)
-    val = float(lwlrap(held.targets, probs)) if len(held) else float("nan")
-    if final:
-        tag = step.stage_name if step.fold is None else f"{step.stage_name}__fold{step.fold}"
-        if ctx.rank == 0:
-            ctx.state.save_preds(f"oof/{tag}", held.clip_ids, probs)
-        test = ctx.predict(model, ctx.plan.test_ids) if ctx.plan.test_ids else np.zeros((0, ctx.plan.n_classes))
-        if ctx.rank == 0:
-            ctx.state.save_preds(f"test/{tag}", ctx.plan.test_ids, test)
-            ctx.state.progress["stage_rows"].append(
-                {"stage": step.stage_name, "fold": -1 if step.fold is None else step.fold,
-                 "val_lwlrap": val, "n_train": len(ctx.training_set(step))})
-            if is_fold_final:
-                from safetensors.torch import save_file
-
-                (ctx.state.out / "weights").mkdir(exist_ok=True)
-                state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
-                save_file(state, ctx.state.out / "weights" / f"fold{step.fold}.safetensors")
-                ctx.state.save_preds(f"final/oof_fold{step.fold}", held.clip_ids, probs)
-                ctx.state.save_preds(f"final/test_fold{step.fold}", ctx.plan.test_ids, test)
-        if step.kind == "warmup":  # every rank: each fold starts from these weights
-            from safetensors.torch import save_file
-
-            (ctx.state.out / "weights").mkdir(exist_ok=True)
-            state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
-            save_file(state, ctx.state.out / "weights" / "warmup.safetensors")
-    return {"val_lwlrap": val, "cv_lwlrap": _cv_so_far(ctx, fallback=val)}
-
-
-def _cv_so_far(ctx: _Context, fallback: float) -> float:
-    from raytag.metrics import lwlrap
-
-    ids, probs = [], []
-    for fold in ctx.plan.folds:
-        got = ctx.state.load_preds(f"final/oof_fold{fold}")
-        if got is not None:
-            ids += got[0]
-            probs.append(got[1])
-    if not ids:
-        return fallback
-    rows = [ctx.curated_index[c] for c in ids]
-    return float(lwlrap(ctx.plan.curated_y[rows], np.concatenate(probs)))
-
-
 def _report(ctx: _Context, model, optimizer, scheduler, step: Step, metrics: dict, checkpoint: bool):
     import ray.train
 
@@ -526,3 +196,4 @@ def _report(ctx: _Context, model, optimizer, scheduler, step: Step, metrics: dic
         }
         ctx.state.write_checkpoint(train_state, Path(tmp))
         ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+

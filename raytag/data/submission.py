@@ -1,0 +1,51 @@
+"""Kaggle submission files of the two layouts, written from a score matrix.
+
+FSDKaggle2019: `fname` + one score column per class (lwlrap); FSDKaggle2018: `fname,label`
+with the top 3 classes separated by spaces, best first (MAP@3). Scores must be finite: a
+NaN would be written into the file and silently score as the worst rank.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def _check_table(fnames: Sequence[str], classes: Sequence[str], scores) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (len(fnames), len(classes)):
+        raise ValueError(f"scores {scores.shape} do not match {len(fnames)} fnames x {len(classes)} classes")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite (a NaN would be written into the submission)")
+    return scores
+
+
+def write_submission_2019(fnames: Sequence[str], classes: Sequence[str], scores, path) -> Path:
+    """fname + one score column per class, in `classes` order. Returns the path written."""
+    scores = _check_table(fnames, classes, scores)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(scores, columns=list(classes))
+    df.insert(0, "fname", list(fnames))
+    df.to_csv(path, index=False, float_format="%.7g")
+    return path
+
+
+def top3_labels(classes: Sequence[str], scores) -> list[tuple[str, ...]]:
+    """Best three classes per row; ties go to the earlier class (stable sort)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :3]
+    return [tuple(classes[j] for j in row) for row in order]
+
+
+def write_submission_2018(fnames: Sequence[str], classes: Sequence[str], scores, path) -> Path:
+    """fname,label with the top-3 classes space-separated, best first."""
+    scores = _check_table(fnames, classes, scores)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels = [" ".join(t) for t in top3_labels(classes, scores)]
+    pd.DataFrame({"fname": list(fnames), "label": labels}).to_csv(path, index=False)
+    return path
+

@@ -1,0 +1,110 @@
+"""One training epoch of a step, and the evaluation after it: the optimizer and
+schedule of a step, the epoch over random crops (augmentation, mixup, loss), and the
+held-out lwlrap, with a finished step's predictions and fold weights saved."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from raytag.metrics import lwlrap
+from raytag.training.augment import gain_pattern, mixup, random_gain_shift, spec_augment
+from raytag.training.dataset import CropBatches
+from raytag.training.run_state import _Context, _unwrap
+from raytag.training.steps import Step
+
+
+def _optimizer(cfg, model, step: Step, steps_per_epoch: int):
+    lr = step.lr or cfg.train.lr
+    params = model.parameters()
+    if cfg.train.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.train.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.train.weight_decay, nesterov=True)
+    total = max(1, step.epochs * steps_per_epoch)
+    if cfg.train.scheduler == "onecycle" and total >= 4:
+        # the warm-up phase needs at least 2 optimizer steps (OneCycleLR divides by its length)
+        pct = min(0.5, max(0.25, 2.0 / total))
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=pct)
+    elif cfg.train.scheduler == "onecycle":
+        sched = None  # too few steps for a cycle: constant learning rate
+    elif cfg.train.scheduler == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    else:
+        sched = None
+    return opt, sched
+
+
+def _train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: CropBatches, seed, step) -> float:
+    cfg = ctx.cfg
+    gen = torch.Generator().manual_seed(seed * 7919 + ctx.rank)
+    mean = torch.tensor(ctx.plan.norm_mean, dtype=torch.float32)[..., None]
+    std = torch.tensor(np.maximum(ctx.plan.norm_std, 1e-5), dtype=torch.float32)[..., None]
+    is_log = cfg.features.kind != "raw"
+    pattern = gain_pattern(cfg.features)  # how each stored value moves per dB of gain
+    model.train()
+    total, count = 0.0, 0
+    for x, y, noisy in batches.epoch(seed, ctx.rank, ctx.world):
+        x = random_gain_shift(x, cfg.train.augment, gen, is_log=is_log, pattern=pattern)
+        x = (x - mean) / std
+        if cfg.train.specaugment.enabled and is_log:
+            x = spec_augment(x, cfg.train.specaugment, gen)
+        # the noisy share is mixed like the targets, so a mixed clip's loss and weight blend too
+        x, y, noisy, _ = mixup(x, y, noisy.float(), cfg.train.mixup.alpha, cfg.train.mixup.prob, gen)
+        x, y, noisy = x.to(ctx.device), y.to(ctx.device), noisy.to(ctx.device)
+        loss = loss_fn(model(x), y, noisy)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss became {loss.item()} in stage {step.stage_name} (fold {step.fold}): "
+                f"lower train.lr (now {step.lr or cfg.train.lr}) or check the features"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += float(loss.detach()) * len(x)
+        count += len(x)
+    return total / max(count, 1)
+
+
+def _evaluate(ctx: _Context, model, step: Step, final: bool, is_fold_final: bool) -> dict:
+    """val lwlrap every epoch; at the end of a step, save its held-out and test predictions."""
+    held = ctx.curated(step.fold, held_out=True)
+    probs = ctx.predict(model, held.clip_ids)
+    val = float(lwlrap(held.targets, probs)) if len(held) else float("nan")
+    if final:
+        tag = step.stage_name if step.fold is None else f"{step.stage_name}__fold{step.fold}"
+        if ctx.rank == 0:
+            ctx.state.save_preds(f"oof/{tag}", held.clip_ids, probs)
+        test = ctx.predict(model, ctx.plan.test_ids) if ctx.plan.test_ids else np.zeros((0, ctx.plan.n_classes))
+        if ctx.rank == 0:
+            ctx.state.save_preds(f"test/{tag}", ctx.plan.test_ids, test)
+            ctx.state.progress["stage_rows"].append(
+                {"stage": step.stage_name, "fold": -1 if step.fold is None else step.fold,
+                 "val_lwlrap": val, "n_train": len(ctx.training_set(step))})
+            if is_fold_final:
+                (ctx.state.out / "weights").mkdir(exist_ok=True)
+                state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+                save_file(state, ctx.state.out / "weights" / f"fold{step.fold}.safetensors")
+                ctx.state.save_preds(f"final/oof_fold{step.fold}", held.clip_ids, probs)
+                ctx.state.save_preds(f"final/test_fold{step.fold}", ctx.plan.test_ids, test)
+        if step.kind == "warmup":  # every rank: each fold starts from these weights
+            (ctx.state.out / "weights").mkdir(exist_ok=True)
+            state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+            save_file(state, ctx.state.out / "weights" / "warmup.safetensors")
+    return {"val_lwlrap": val, "cv_lwlrap": _cv_so_far(ctx, fallback=val)}
+
+
+def _cv_so_far(ctx: _Context, fallback: float) -> float:
+    ids, probs = [], []
+    for fold in ctx.plan.folds:
+        got = ctx.state.load_preds(f"final/oof_fold{fold}")
+        if got is not None:
+            ids += got[0]
+            probs.append(got[1])
+    if not ids:
+        return fallback
+    rows = [ctx.curated_index[c] for c in ids]
+    return float(lwlrap(ctx.plan.curated_y[rows], np.concatenate(probs)))
+

@@ -1,0 +1,148 @@
+"""The run state of one pipeline run on a worker, and the context every step sees.
+
+`RunState` keeps the run's progress and outputs so far (predictions, filter decisions,
+fold weights) in a local folder that every checkpoint copies; `_Context` bundles the
+plan, the feature store, this worker's rank and device, and the run state, and derives
+the data sets each step trains and predicts on.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raytag.training.dataset import LabelledSet
+from raytag.training.inference import embed_segments, iter_store_clips, predict_segments
+from raytag.training.steps import Step
+
+STATE_FILE = "state.json"
+TRAIN_STATE_FILE = "train_state.pt"
+OUTPUTS = "outputs"  # sub-folder of a checkpoint that becomes the trial's outputs
+
+
+# ----------------------------------------------------------------------------- distributed helpers
+def _gather(obj, world_size: int) -> list:
+    if world_size == 1 or not torch.distributed.is_initialized():
+        return [obj]
+    out = [None] * world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+
+# ----------------------------------------------------------------------------- the run state
+class RunState:
+    """Progress and outputs of the run, kept in a local folder that every checkpoint copies."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.out = work / OUTPUTS
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.progress = {"step": 0, "epoch": 0, "global_step": 0, "stage_rows": [], "history": []}
+
+    @classmethod
+    def restore(cls, ckpt_dir: Path, work: Path) -> "RunState":
+        state = cls(work)
+        shutil.copytree(ckpt_dir / OUTPUTS, state.out, dirs_exist_ok=True)
+        state.progress = json.loads((ckpt_dir / STATE_FILE).read_text())
+        return state
+
+    # predictions are saved as npz: ids + probs
+    def save_preds(self, name: str, ids: list[str], probs: np.ndarray):
+        path = self.out / "preds" / f"{name}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, ids=np.asarray(ids), probs=probs.astype(np.float32))
+
+    def load_preds(self, name: str):
+        path = self.out / "preds" / f"{name}.npz"
+        if not path.exists():
+            return None
+        data = np.load(path)
+        return list(data["ids"]), data["probs"]
+
+    def save_json(self, rel: str, obj):
+        path = self.out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj))
+
+    def load_json(self, rel: str):
+        path = self.out / rel
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_checkpoint(self, train_state: dict, into: Path):
+        shutil.copytree(self.out, into / OUTPUTS, dirs_exist_ok=True)
+        torch.save(train_state, into / TRAIN_STATE_FILE)
+        (into / STATE_FILE).write_text(json.dumps(self.progress))
+
+
+
+# ----------------------------------------------------------------------------- context
+class _Context:
+    """Everything a step needs, and the data sets derived from the plan and run state."""
+
+    def __init__(self, plan, cfg, store, rank, world, device, state: RunState, n_steps: int):
+        self.plan, self.cfg, self.store, self.n_steps = plan, cfg, store, n_steps
+        self.rank, self.world, self.device, self.state = rank, world, device, state
+        self.curated_index = {cid: i for i, cid in enumerate(plan.curated_ids)}
+        self.noisy_index = {cid: i for i, cid in enumerate(plan.noisy_ids)}
+
+    # -- data sets ------------------------------------------------------------------
+    def curated(self, fold: int | None, held_out: bool) -> LabelledSet:
+        folds = self.plan.curated_fold
+        if fold is None:
+            mask = np.ones(len(folds), bool) if held_out else np.zeros(len(folds), bool)
+        else:
+            mask = folds == fold if held_out else folds != fold
+        ids = [cid for cid, m in zip(self.plan.curated_ids, mask) if m]
+        return LabelledSet(ids, self.plan.curated_y[mask], np.zeros(len(ids), bool))
+
+    def noisy(self, ids: list[str], targets: np.ndarray | None = None) -> LabelledSet:
+        if targets is None:
+            rows = [self.noisy_index[c] for c in ids]
+            targets = self.plan.noisy_y[rows] if rows else np.zeros((0, self.plan.n_classes), np.float32)
+        return LabelledSet(list(ids), targets, np.ones(len(ids), bool))
+
+    def training_set(self, step: Step) -> LabelledSet:
+        p = self.cfg.pipeline
+        if step.kind == "warmup":
+            return self.noisy(self.plan.noisy_subset if p.warmup.use == "subset" else self.plan.noisy_ids)
+        base = self.curated(step.fold, held_out=False)
+        if step.kind == "finetune":
+            extra = {"none": [], "subset": self.plan.noisy_subset, "all": self.plan.noisy_ids}[p.finetune.noisy]
+            return base.concat(self.noisy(extra)) if extra else base
+        # stage 2: curated + accepted noisy (given labels) + this round's pseudo-labelled clips
+        decision = self.state.load_json(f"filter/fold{step.fold}.json")
+        accepted = decision["accepted"] if decision else []
+        data = base.concat(self.noisy(accepted)) if accepted else base
+        pseudo = self.state.load_preds(f"pseudo/fold{step.fold}_r{step.round}")
+        if pseudo is not None and len(pseudo[0]):
+            data = data.concat(self.noisy(pseudo[0], pseudo[1]))
+        return data
+
+    # -- distributed prediction -------------------------------------------------------
+    def predict(self, model, ids: list[str], embed: bool = False) -> np.ndarray:
+        mine = ids[self.rank::self.world]
+        inf = self.cfg.inference
+        net = _unwrap(model)
+        kwargs = dict(segment_frames=self.cfg.segment_frames(), overlap=inf.overlap,
+                      device=self.device, mean=self.plan.norm_mean, std=self.plan.norm_std)
+        if embed:
+            out = embed_segments(net, iter_store_clips(self.store, mine), **kwargs)
+        else:
+            out = predict_segments(net, iter_store_clips(self.store, mine), reduce=inf.reduce,
+                                   tta=inf.tta, **kwargs)
+        parts = _gather(out if len(mine) else None, self.world)
+        width = next((p.shape[1] for p in parts if p is not None), 0)
+        result = np.zeros((len(ids), width), np.float32)
+        for r, part in enumerate(parts):
+            if part is not None:
+                result[r::self.world] = part
+        return result
+
