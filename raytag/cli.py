@@ -187,5 +187,27 @@ def score(
     _run(score_command, truth=truth, submission=submission, per_class=per_class)
 
 
+@app.command()
+def serve(
+    artifact: str = typer.Argument(..., help="Artifact folder or URI (from `raytag ensemble` or `raytag pull`)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 to accept other machines."),
+    port: int = typer.Option(8000, help="TCP port of the HTTP endpoint."),
+    replicas: int = typer.Option(1, help="Model replicas (Ray actors), each with the whole artifact loaded."),
+    max_batch_size: int = typer.Option(8, help="Uploads from different clients scored together, at most."),
+    max_upload_mb: float = typer.Option(50.0, help="Larger uploads are refused with 413."),
+    replica_cpus: float = typer.Option(1.0, help="CPUs each replica holds."),
+    replica_gpus: float = typer.Option(0.0, help="GPUs each replica holds (0.5 packs two on a GPU); >0 runs the models on CUDA."),
+):
+    """Serve an artifact over HTTP with Ray Serve until Ctrl-C.
+
+    POST /tag takes an audio file (multipart field `file`, or the raw body; ?top=K) and
+    answers its tags; GET / is a page to drop a clip on; GET /classes and GET /healthz."""
+    from raytag.serve.app import serve_command
+
+    _run(serve_command, artifact=artifact, host=host, port=port, replicas=replicas,
+         max_batch_size=max_batch_size, max_upload_mb=max_upload_mb,
+         replica_cpus=replica_cpus, replica_gpus=replica_gpus)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
