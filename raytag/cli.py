@@ -42,6 +42,22 @@ def _run(fn, *args, **kwargs):
         raise typer.Exit(code=2)
 
 
+def _html_report(exp_dir: str, required: bool = False) -> None:
+    """Write the sweep's report.html and print where; after tune/ensemble a failure here
+    is only a warning (their own results are already saved)."""
+    from raytag.report_html import write_report_html
+
+    try:
+        path = write_report_html(exp_dir)
+    except Exception as err:  # noqa: BLE001 - reported; the report is an extra after tune/ensemble
+        if required:
+            console.print(f"[bold red]error:[/] report.html not written: {err}")
+            raise typer.Exit(code=2)
+        console.print(f"[yellow]report.html not written:[/] {err}")
+        return
+    console.print(f"report: [bold]{path}[/]", highlight=False)
+
+
 def _version(value: bool):
     if value:
         print(f"raytag {__version__}")
@@ -120,19 +136,24 @@ def tune(
     """Search pipeline configurations with Ray Tune + Optuna; prints a leaderboard."""
     from raytag.search.tuner import tune_command
 
-    _run(tune_command, space=space, data=data, storage=storage, name=name, samples=samples,
-         resume=resume, scheduler=scheduler)
+    result = _run(tune_command, space=space, data=data, storage=storage, name=name, samples=samples,
+                  resume=resume, scheduler=scheduler)
+    _html_report(result.experiment_dir)
 
 
 @app.command()
 def report(
     experiment: str = typer.Argument(..., help="Experiment name (a folder under --storage)."),
     storage: str = typer.Option("results", help=STORAGE_HELP),
+    html: bool = typer.Option(False, "--html", help="Also write report.html beside the leaderboard: one self-contained page."),
 ):
     """Print a finished sweep's leaderboard again and (re)draw its plots."""
+    from raytag import storage as files
     from raytag.search.report import report_command
 
     _run(report_command, experiment=experiment, storage=storage)
+    if html:
+        _html_report(files.join(files.absolute(storage), experiment), required=True)
 
 
 @app.command()
@@ -146,7 +167,10 @@ def ensemble(
     score them on out-of-fold predictions, and save the best as an artifact."""
     from raytag.ensemble.job import ensemble_command
 
+    from raytag import storage as files
+
     _run(ensemble_command, experiment=experiment, storage=storage, top=top, min_cv=min_cv)
+    _html_report(files.join(files.absolute(storage), experiment))
 
 
 @app.command()
