@@ -233,5 +233,11 @@ def serve(
          replica_cpus=replica_cpus, replica_gpus=replica_gpus)
 
 
+
+# keep last: re-flows every command's help and drops Typer's Python type labels (raytag.cli_help)
+from raytag.cli_help import install as _install_help  # noqa: E402
+
+_install_help(app)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
