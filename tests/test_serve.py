@@ -235,3 +235,51 @@ def test_page_in_a_headless_browser_shows_tags_and_errors(server, audio):
         assert not driver.find_elements(By.CSS_SELECTOR, "#tags .tag")
     finally:
         driver.quit()
+
+
+# ----------------------------------------------------------------------------- the command, end to end
+@pytest.mark.ray
+@pytest.mark.slow
+def test_raytag_serve_command_logs_requests_and_stops_cleanly_on_ctrl_c(artifact, audio, tmp_path):
+    """`raytag serve` in its own process (its own local Ray): serves, logs each request,
+    and on SIGINT shuts Serve down and exits 0, leaving the port free."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from raytag.session import free_port
+
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "raytag.cli", "serve", artifact, "--port", str(port),
+                                 "--replica-cpus", "0.5"], stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "RAY_ADDRESS": ""})
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # bounded wait for the deployment
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("raytag serve did not answer within 240 s:\n" + log_path.read_text())
+        assert _post_file(f"http://127.0.0.1:{port}", audio["tone.wav"]).status_code == 200
+        assert requests.post(f"http://127.0.0.1:{port}/tag", data=b"junk", timeout=TIMEOUT).status_code == 415
+        time.sleep(2)  # replica logs reach the driver asynchronously
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    assert f"serving http://127.0.0.1:{port}" in text and "stopped" in text
+    assert "POST /tag tone.wav" in text and "-> 200" in text and "-> 415" in text
+    with socket.socket() as sock:  # the port is free again
+        sock.bind(("127.0.0.1", port))
