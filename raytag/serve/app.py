@@ -256,7 +256,9 @@ def serve_command(artifact: str, host: str = "127.0.0.1", port: int = 8000, repl
     opts = ServeOptions(artifact=str(artifact), host=host, port=port, replicas=replicas,
                         max_batch_size=max_batch_size, max_upload_mb=max_upload_mb,
                         replica_cpus=replica_cpus, replica_gpus=replica_gpus)
-    console.print(f"starting Ray Serve: {opts.replicas} replica(s) of {opts.artifact} ...", highlight=False)
+    opts.check()
+    console.print(f"checking {opts.artifact}, then starting Ray Serve with {opts.replicas} replica(s) ...",
+                  highlight=False)
     url = start(opts)
     console.print(f"serving [bold]{url}[/]  (page: {url}/, API: POST {url}/tag, GET {url}/classes, "
                   f"{url}/healthz); Ctrl-C stops", highlight=False)
