@@ -63,6 +63,8 @@ def _best_trials(exp_dir: str, board: pd.DataFrame) -> list[dict]:
     """The best finished trials whose outputs can be found: [{trial_id, cv, outputs}]."""
     from raytag.ensemble.job import FINISHED, _resolve_outputs
 
+    if not {"trial_id", "cv_lwlrap", "outputs_dir"} <= set(board.columns):
+        return []
     if "status" in board:
         board = board[board["status"].astype(str).str.lower().isin(FINISHED)]
     board = board.dropna(subset=["cv_lwlrap", "outputs_dir"]).sort_values("cv_lwlrap", ascending=False)
