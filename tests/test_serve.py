@@ -264,7 +264,7 @@ def test_raytag_serve_command_logs_requests_and_stops_cleanly_on_ctrl_c(artifact
             try:
                 if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or the proxy waits for the app
                 pass
             time.sleep(1)
         else:
