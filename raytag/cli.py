@@ -42,6 +42,22 @@ def _run(fn, *args, **kwargs):
         raise typer.Exit(code=2)
 
 
+def _html_report(exp_dir: str, required: bool = False) -> None:
+    """Write the sweep's report.html and print where; after tune/ensemble a failure here
+    is only a warning (their own results are already saved)."""
+    from raytag.report_html import write_report_html
+
+    try:
+        path = write_report_html(exp_dir)
+    except Exception as err:  # noqa: BLE001 - reported; the report is an extra after tune/ensemble
+        if required:
+            console.print(f"[bold red]error:[/] report.html not written: {err}")
+            raise typer.Exit(code=2)
+        console.print(f"[yellow]report.html not written:[/] {err}")
+        return
+    console.print(f"report: [bold]{path}[/]", highlight=False)
+
+
 def _version(value: bool):
     if value:
         print(f"raytag {__version__}")
@@ -120,19 +136,24 @@ def tune(
     """Search pipeline configurations with Ray Tune + Optuna; prints a leaderboard."""
     from raytag.search.tuner import tune_command
 
-    _run(tune_command, space=space, data=data, storage=storage, name=name, samples=samples,
-         resume=resume, scheduler=scheduler)
+    result = _run(tune_command, space=space, data=data, storage=storage, name=name, samples=samples,
+                  resume=resume, scheduler=scheduler)
+    _html_report(result.experiment_dir)
 
 
 @app.command()
 def report(
     experiment: str = typer.Argument(..., help="Experiment name (a folder under --storage)."),
     storage: str = typer.Option("results", help=STORAGE_HELP),
+    html: bool = typer.Option(False, "--html", help="Also write report.html beside the leaderboard: one self-contained page."),
 ):
     """Print a finished sweep's leaderboard again and (re)draw its plots."""
+    from raytag import storage as files
     from raytag.search.report import report_command
 
     _run(report_command, experiment=experiment, storage=storage)
+    if html:
+        _html_report(files.join(files.absolute(storage), experiment), required=True)
 
 
 @app.command()
@@ -146,7 +167,10 @@ def ensemble(
     score them on out-of-fold predictions, and save the best as an artifact."""
     from raytag.ensemble.job import ensemble_command
 
+    from raytag import storage as files
+
     _run(ensemble_command, experiment=experiment, storage=storage, top=top, min_cv=min_cv)
+    _html_report(files.join(files.absolute(storage), experiment))
 
 
 @app.command()
@@ -186,6 +210,34 @@ def score(
 
     _run(score_command, truth=truth, submission=submission, per_class=per_class)
 
+
+@app.command()
+def serve(
+    artifact: str = typer.Argument(..., help="Artifact folder or URI (from `raytag ensemble` or `raytag pull`)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 to accept other machines."),
+    port: int = typer.Option(8000, help="TCP port of the HTTP endpoint."),
+    replicas: int = typer.Option(1, help="Model replicas (Ray actors), each with the whole artifact loaded."),
+    max_batch_size: int = typer.Option(8, help="Uploads from different clients scored together, at most."),
+    max_upload_mb: float = typer.Option(50.0, help="Larger uploads are refused with 413."),
+    replica_cpus: float = typer.Option(1.0, help="CPUs each replica holds."),
+    replica_gpus: float = typer.Option(0.0, help="GPUs each replica holds (0.5 packs two on a GPU); >0 runs the models on CUDA."),
+):
+    """Serve an artifact over HTTP with Ray Serve until Ctrl-C.
+
+    POST /tag takes an audio file (multipart field `file`, or the raw body; ?top=K) and
+    answers its tags; GET / is a page to drop a clip on; GET /classes and GET /healthz."""
+    from raytag.serve.app import serve_command
+
+    _run(serve_command, artifact=artifact, host=host, port=port, replicas=replicas,
+         max_batch_size=max_batch_size, max_upload_mb=max_upload_mb,
+         replica_cpus=replica_cpus, replica_gpus=replica_gpus)
+
+
+
+# keep last: re-flows every command's help and drops Typer's Python type labels (raytag.cli_help)
+from raytag.cli_help import install as _install_help  # noqa: E402
+
+_install_help(app)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

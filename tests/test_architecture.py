@@ -27,9 +27,10 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"training": ("raytag.training",)},
     {"search": ("raytag.search",)},
     {"ensemble": ("raytag.ensemble",)},
-    {"predict": ("raytag.predict",), "scoring": ("raytag.scoring",), "serve": ("raytag.serve",)},
+    {"predict": ("raytag.predict",), "scoring": ("raytag.scoring",)},
+    {"serve": ("raytag.serve",), "report_html": ("raytag.report_html",)},
     {"demo": ("raytag.demo",), "testing": ("raytag.testing",)},
-    {"cli": ("raytag.cli",)},
+    {"cli": ("raytag.cli", "raytag.cli_help")},
 ]
 LAZY_ALLOWED = {"raytag.cli"}  # typer start-up: each command imports its machinery when run
 

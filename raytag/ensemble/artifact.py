@@ -269,10 +269,11 @@ class Artifact:
         refs = [m.rank_reference for m in self.members] if self.combiner == "rank" else None
         return combine(self.combiner, np.stack(member_probs), self.weights, refs).astype(np.float32)
 
-    def predict_files(self, paths, batch_size: int = 32, progress: bool = False):
+    def predict_files(self, paths, batch_size: int = 32, progress: bool = False, device: str = "cpu"):
         """Tag audio files: (probs DataFrame indexed by file, classes as columns;
-        failures DataFrame file, reason). Unreadable files are only in `failures`."""
-        return predict_files(self, paths, batch_size=batch_size, progress=progress)
+        failures DataFrame file, reason). Unreadable files are only in `failures`.
+        `device` must be the one the artifact was loaded on."""
+        return predict_files(self, paths, batch_size=batch_size, progress=progress, device=device)
 
 
 def load_artifact(path, device: str = "cpu") -> Artifact:

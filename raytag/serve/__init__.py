@@ -1,0 +1,1 @@
+"""Serving an ensemble artifact over HTTP with Ray Serve (`raytag serve`)."""

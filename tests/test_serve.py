@@ -1,0 +1,285 @@
+"""`raytag serve`: upload checks alone, then a real Ray Serve deployment on a free loopback
+port hit with real HTTP requests (good, corrupt, empty, oversize, non-finite, concurrent,
+a flood of bad ones) and its page driven in a headless browser."""
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+
+from raytag.errors import RaytagError
+from raytag.serve.upload import UploadError, check_audio, clean_fname, parse_top, read_capped
+
+from test_ensemble import CLASSES
+from test_predict import GOOD, write_audio
+
+MB = 2**20
+UPLOAD_LIMIT_MB = 0.5
+TIMEOUT = 60  # seconds per request: bounded, a hung server fails the test
+
+
+# ----------------------------------------------------------------------------- upload checks (no Ray)
+def _wav_bytes(wave, rate=8000) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.asarray(wave, dtype=np.float32), rate, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+def test_check_audio_accepts_good_and_names_each_bad_kind():
+    clip = check_audio("a.wav", _wav_bytes(np.zeros(4000)), MB)
+    assert clip.duration == pytest.approx(0.5) and clip.fname == "a.wav"
+    cases = {
+        b"": 400,
+        b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk": 415,
+        _wav_bytes(np.zeros(0)): 422,
+        _wav_bytes([0.1, np.nan, 0.2, 0.3]): 422,
+        _wav_bytes(np.full(8, np.inf)): 422,
+        _wav_bytes(np.zeros(MB)): 413,  # 4 MB of float32 over a 1 MB limit
+    }
+    for data, status in cases.items():
+        with pytest.raises(UploadError) as err:
+            check_audio("x.wav", data, MB)
+        assert err.value.status == status and err.value.reason
+
+
+def test_read_capped_counts_what_arrives_not_what_is_declared():
+    async def chunks(n):
+        for _ in range(n):
+            yield b"x" * 1000
+
+    assert len(asyncio.run(read_capped(chunks(3), 5000, None))) == 3000
+    for declared in (None, "10"):  # absent, or a lie: the bytes are counted as they come
+        with pytest.raises(UploadError, match="over the limit") as err:
+            asyncio.run(read_capped(chunks(10), 5000, declared))
+        assert err.value.status == 413
+    with pytest.raises(UploadError) as err:
+        asyncio.run(read_capped(chunks(1), 5000, "999999"))
+    assert err.value.status == 413
+
+
+def test_top_and_fname_parsing():
+    assert parse_top(None, 14) == 14 and parse_top("3", 14) == 3 and parse_top("99", 14) == 14
+    for bad in ("0", "-1", "three"):
+        with pytest.raises(UploadError):
+            parse_top(bad, 14)
+    assert clean_fname("../../etc/passwd") == "passwd" and clean_fname("C:\\x\\dog.wav") == "dog.wav"
+    assert clean_fname(None) == "upload"
+
+
+# ----------------------------------------------------------------------------- a live server
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    from raytag.ensemble.job import build_ensemble
+    from test_ensemble import make_experiment
+
+    exp = make_experiment(tmp_path_factory.mktemp("serve"), signals=(0.9, 0.6), n=60, n_test=20)
+    return build_ensemble(exp, top=2).artifact_path
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory):
+    return write_audio(tmp_path_factory.mktemp("serve_audio"))
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, artifact):
+    from raytag.serve.app import ServeOptions, start, stop
+    from raytag.session import free_port
+
+    opts = ServeOptions(artifact=artifact, port=free_port(), replicas=1, max_batch_size=8,
+                        max_upload_mb=UPLOAD_LIMIT_MB, replica_cpus=0.5)
+    url = start(opts)
+    yield url
+    stop()
+
+
+def _post_file(url, path, **params):
+    with open(path, "rb") as fh:
+        return requests.post(f"{url}/tag", files={"file": (path.name, fh)}, params=params, timeout=TIMEOUT)
+
+
+@pytest.mark.ray
+def test_tag_gives_the_scores_of_raytag_predict(server, artifact, audio):
+    from raytag.ensemble.artifact import load_artifact
+
+    probs, failures = load_artifact(artifact).predict_files([audio[n] for n in GOOD])
+    assert failures.empty
+    for name in GOOD:
+        expected = probs.loc[str(audio[name])]
+        for resp in (_post_file(server, audio[name]),  # multipart
+                     requests.post(f"{server}/tag", data=audio[name].read_bytes(),
+                                   params={"fname": name}, timeout=TIMEOUT)):  # raw body
+            assert resp.status_code == 200, resp.text
+            body = resp.json()
+            assert body["fname"] == name
+            assert body["duration"] == pytest.approx(sf.info(str(audio[name])).duration, rel=1e-6)
+            scores = [t["score"] for t in body["tags"]]
+            assert scores == sorted(scores, reverse=True) and len(scores) == len(expected)
+            for t in body["tags"]:
+                assert t["score"] == pytest.approx(expected[t["label"]], abs=1e-5)
+    top2 = _post_file(server, audio["tone.wav"], top=2).json()["tags"]
+    assert [t["label"] for t in top2] == list(probs.loc[str(audio["tone.wav"])].sort_values(ascending=False).index[:2])
+
+
+@pytest.mark.ray
+def test_bad_uploads_get_a_4xx_with_the_reason(server, audio, tmp_path):
+    nan_wav = tmp_path / "nan.wav"
+    sf.write(nan_wav, np.array([0.1, np.nan, 0.3] * 1000, dtype=np.float32), 8000, subtype="FLOAT")
+    big = b"\0" * int(UPLOAD_LIMIT_MB * MB + 10)
+
+    def chunked():  # no Content-Length: the server must count what arrives
+        for _ in range(int(UPLOAD_LIMIT_MB * 4) + 1):
+            yield b"\0" * (MB // 4)
+
+    cases = [
+        ("corrupt", _post_file(server, audio["corrupt.wav"]), 415, "cannot decode"),
+        ("no samples", _post_file(server, audio["empty.wav"]), 422, "0 samples"),
+        ("empty body", requests.post(f"{server}/tag", data=b"", timeout=TIMEOUT), 400, "empty upload"),
+        ("non-finite", _post_file(server, nan_wav), 422, "not finite"),
+        ("oversize", requests.post(f"{server}/tag", data=big, timeout=TIMEOUT), 413, "over the limit"),
+        ("oversize chunked", requests.post(f"{server}/tag", data=chunked(), timeout=TIMEOUT), 413, "over the limit"),
+        ("no file field", requests.post(f"{server}/tag", files={"other": ("a.wav", b"x")}, timeout=TIMEOUT),
+         400, "field 'file'"),
+        ("bad top", _post_file(server, audio["tone.wav"], top="lots"), 400, "top="),
+    ]
+    for what, resp, status, words in cases:
+        assert resp.status_code == status, (what, resp.status_code, resp.text)
+        assert words in resp.json()["error"], (what, resp.json())
+    assert requests.get(f"{server}/healthz", timeout=TIMEOUT).json()["status"] == "ok"
+
+
+@pytest.mark.ray
+def test_concurrent_clients_are_batched_and_a_flood_of_bad_requests_is_survived(server, audio):
+    files = [audio[n] for n in GOOD] * 6  # 24 requests from 12 clients at once
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda p: _post_file(server, p), files))
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers if r.status_code != 200]
+    first = {}
+    for path, resp in zip(files, answers):  # the same file scores the same in any batch
+        scores = {t["label"]: t["score"] for t in resp.json()["tags"]}
+        ref = first.setdefault(path.name, scores)
+        assert all(abs(scores[k] - ref[k]) < 1e-5 for k in ref)
+    health = requests.get(f"{server}/healthz", timeout=TIMEOUT).json()
+    assert health["largest_batch"] > 1, health
+
+    bad = audio["corrupt.wav"].read_bytes()
+    with ThreadPoolExecutor(16) as pool:  # 200 bad requests, a bounded loop
+        codes = list(pool.map(lambda _: requests.post(f"{server}/tag", data=bad, timeout=TIMEOUT).status_code,
+                              range(200)))
+    assert set(codes) <= {415, 503}, set(codes)  # 503: Serve's queue bound pushed back
+    assert _post_file(server, audio["tone.wav"]).status_code == 200
+
+
+@pytest.mark.ray
+def test_classes_and_page(server, artifact):
+    from raytag.ensemble.artifact import load_artifact
+
+    info = requests.get(f"{server}/classes", timeout=TIMEOUT).json()
+    art = load_artifact(artifact)
+    assert info["classes"] == art.classes and info["version"] == art.raytag_version
+    page = requests.get(f"{server}/", timeout=TIMEOUT)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'type="file"' in page.text
+
+
+def test_a_taken_port_is_a_clear_error(artifact):
+    from raytag.serve.app import ServeOptions, start
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        port = sock.getsockname()[1]
+        with pytest.raises(RaytagError, match=f"127.0.0.1:{port}.*--port"):
+            start(ServeOptions(artifact=artifact, port=port))
+
+
+def test_bad_options_and_artifact_are_refused_before_serving(tmp_path, artifact):
+    from raytag.serve.app import ServeOptions, start
+
+    with pytest.raises(RaytagError, match="--max-batch-size"):
+        start(ServeOptions(artifact=artifact, max_batch_size=0))
+    with pytest.raises(RaytagError, match="no such artifact"):
+        start(ServeOptions(artifact=str(tmp_path / "nothing")))
+
+
+# ----------------------------------------------------------------------------- the page, in a browser
+@pytest.mark.ray
+def test_page_in_a_headless_browser_shows_tags_and_errors(server, audio):
+    from browser_util import headless_chromium
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = headless_chromium()
+    try:
+        driver.get(server + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: "classes" in d.find_element(By.ID, "model").text)
+        driver.find_element(By.ID, "file").send_keys(str(audio["tone.wav"]))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#tags .tag"))
+        rows = driver.find_elements(By.CSS_SELECTOR, "#tags .tag")
+        expected = _post_file(server, audio["tone.wav"], top=10).json()["tags"]  # the page asks for 10
+        assert len(rows) == len(expected) == min(10, len(CLASSES))
+        assert rows[0].find_element(By.CLASS_NAME, "label").text == expected[0]["label"]
+        assert float(rows[0].find_element(By.CLASS_NAME, "score").text) == pytest.approx(expected[0]["score"], abs=1e-3)
+        assert "tone.wav" in driver.find_element(By.ID, "status").text
+
+        driver.find_element(By.ID, "file").send_keys(str(audio["corrupt.wav"]))
+        wait.until(lambda d: d.find_element(By.ID, "error").text)
+        assert "cannot decode" in driver.find_element(By.ID, "error").text
+        assert not driver.find_elements(By.CSS_SELECTOR, "#tags .tag")
+    finally:
+        driver.quit()
+
+
+# ----------------------------------------------------------------------------- the command, end to end
+@pytest.mark.ray
+@pytest.mark.slow
+def test_raytag_serve_command_logs_requests_and_stops_cleanly_on_ctrl_c(artifact, audio, tmp_path):
+    """`raytag serve` in its own process (its own local Ray): serves, logs each request,
+    and on SIGINT shuts Serve down and exits 0, leaving the port free."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from raytag.session import free_port
+
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "raytag.cli", "serve", artifact, "--port", str(port),
+                                 "--replica-cpus", "0.5"], stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "RAY_ADDRESS": ""})
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # bounded wait for the deployment
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:  # not listening yet, or the proxy waits for the app
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("raytag serve did not answer within 240 s:\n" + log_path.read_text())
+        assert _post_file(f"http://127.0.0.1:{port}", audio["tone.wav"]).status_code == 200
+        assert requests.post(f"http://127.0.0.1:{port}/tag", data=b"junk", timeout=TIMEOUT).status_code == 415
+        time.sleep(2)  # replica logs reach the driver asynchronously
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    assert f"serving http://127.0.0.1:{port}" in text and "stopped" in text
+    assert "POST /tag tone.wav" in text and "-> 200" in text and "-> 415" in text
+    with socket.socket() as sock:  # the port is free again
+        sock.bind(("127.0.0.1", port))
