@@ -204,6 +204,10 @@ def _list_source(fs, root: str) -> dict[str, dict]:
         if item.type != pafs.FileType.File:
             continue
         rel = item.path[len(root.rstrip("/")) + 1:]
+        # an object key may hold ".." or start with "/": refuse it before anything is copied
+        from raytag.storage import safe_relpath
+
+        safe_relpath(rel, where=f"data URI {root}", error=DatasetError)
         mtime = item.mtime_ns if item.mtime_ns is not None else 0
         files[rel] = {"size": item.size, "mtime_ns": mtime}
     if not files:
@@ -212,7 +216,9 @@ def _list_source(fs, root: str) -> dict[str, dict]:
 
 
 def _copy_one(fs, root: str, rel: str, dest_root: Path) -> None:
-    target = dest_root / rel
+    from raytag.storage import safe_join
+
+    target = Path(safe_join(dest_root, rel, where=f"copy of {root}", error=DatasetError))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".part")
     with fs.open_input_stream(f"{root.rstrip('/')}/{rel}") as src, open(tmp, "wb") as dst:

@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import posixpath
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,42 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     for part in parts:
         out = f"{out}/{str(part).strip('/')}"
     return out
+
+
+def safe_relpath(name, where: str = "", error: type = StorageError) -> str:
+    """`name` as a "/"-separated relative path that stays inside its folder, or `error`
+    naming the entry. Names come from files other people write (a manifest, member.json,
+    object-store keys), so an absolute name or a ".." must never pick where we write."""
+    text = str(name) if isinstance(name, (str, os.PathLike)) else None
+    prefix = f"{where}: " if where else ""
+    if not text:
+        raise error(f"{prefix}refused entry {name!r}: not a file name")
+    parts = re.split(r"[/\\]", text)
+    if text.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", text) or os.path.isabs(text):
+        why = "an absolute path"
+    elif ".." in parts:
+        why = 'it contains ".." and would leave its folder'
+    elif "\0" in text:
+        why = "it contains a NUL byte"
+    elif not [p for p in parts if p not in ("", ".")]:
+        why = "not a file name"
+    else:  # ("\\" counts as a separator above: harmless here, a traversal on Windows)
+        return "/".join(p for p in text.split("/") if p not in ("", "."))
+    raise error(f"{prefix}refused entry {text!r}: {why}; names must be relative paths inside the folder")
+
+
+def safe_join(root, name, where: str = "", error: type = StorageError) -> str:
+    """`root` joined with the untrusted relative `name` (see `safe_relpath`); for a local
+    folder the result must also resolve inside `root` (no symlink out of it)."""
+    rel = safe_relpath(name, where, error)
+    path = join(root, rel)
+    if not is_uri(root):
+        real_root = os.path.realpath(str(root))
+        real = os.path.realpath(path)
+        if os.path.commonpath([real_root, real]) != real_root:
+            prefix = f"{where}: " if where else ""
+            raise error(f"{prefix}refused entry {str(name)!r}: it resolves to {real}, outside {real_root}")
+    return path
 
 
 def _info(path) -> pafs.FileInfo:
@@ -219,9 +256,11 @@ def copy_tree(src, dst, files: Optional[list[str]] = None,
     `files` limits the copy to these relative paths (default: all files under `src`).
     """
     rel_paths = list_files(src) if files is None else list(files)
+    # every name is checked before the first byte is written
+    targets = {rel: safe_join(dst, rel, where=f"copy {src} -> {dst}") for rel in rel_paths}
     stats = CopyStats()
     for rel in rel_paths:
-        source, target = join(src, rel), join(dst, rel)
+        source, target = join(src, rel), targets[rel]
         if _same_file(source, target, (expected_sha or {}).get(rel)):
             stats.skipped.append(rel)
             continue
