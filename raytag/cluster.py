@@ -244,6 +244,9 @@ def materialize_data(data: str | os.PathLike, cache_root: str | os.PathLike | No
     text = normalize_uri(data)
     if not _URI.match(text):
         path = Path(text).expanduser()
+        if path.is_file():
+            raise DatasetError(f"--data {path} is a file; give the dataset folder (the one holding "
+                               "train_curated.csv or train.csv)")
         if not path.is_dir():
             raise DatasetError(f"data folder not found: {path}")
         return path.resolve()

@@ -46,7 +46,7 @@ def prepare_data(cfg: Config, data, feature_cache: Optional[str], progress: bool
     from raytag.training.plan import build_plan
 
     cache = feature_cache or default_feature_cache()
-    dataset = load_dataset(materialize_data(data), sample_rate=cfg.features.sample_rate)
+    dataset = load_dataset(materialize_data(data), sample_rate=cfg.features.sample_rate, features=cfg.features)
     store = build_feature_store(dataset, cfg.features, cache, progress=progress)
     return dataset, store, build_plan(cfg, dataset, store, data_ref=str(data), feature_cache=cache)
 
