@@ -40,7 +40,7 @@ def bad_clips(folder: Path) -> dict[str, str]:
     (folder / "zero_bytes.wav").write_bytes(b"")
     (folder / "junk.mp3").write_bytes(b"\xff\xfb junk, not mp3 " * 40)
     sf.write(folder / "short900.wav", tone(900), 16000)  # under one frame (n_fft 1024)
-    return {"nan.wav": "3 of 4000 samples are NaN or inf", "silence.wav": "digital silence",
+    return {"nan.wav": "3 of 4000 samples are not finite", "silence.wav": "digital silence",
             "zero_bytes.wav": "empty file (0 bytes)", "junk.mp3": "format not recognised",
             "short900.wav": "too short"}
 

@@ -73,7 +73,7 @@ def load_audio(
     finite = np.isfinite(data)
     if not finite.all():
         bad = int((~finite.all(axis=1)).sum())
-        raise AudioDecodeError(path, f"{bad} of {data.shape[0]} samples are NaN or inf (damaged file)")
+        raise AudioDecodeError(path, f"{bad} of {data.shape[0]} samples are not finite (NaN or inf); damaged file")
     if not data.any():
         raise AudioDecodeError(path, f"digital silence: all {data.shape[0]} samples are 0")
     wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
