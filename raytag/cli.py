@@ -38,7 +38,11 @@ def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except (RaytagError, ConfigError) as err:
-        console.print(f"[bold red]error:[/] {err}")
+        from rich.markup import escape
+
+        # soft_wrap: never split or crop a path in the message (80 columns, piped output);
+        # escape: a "[...]" in the message is text, not rich markup
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(code=2)
 
 

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from raytag.errors import DatasetError, StorageError
-from raytag.storage import is_local_path, is_uri, normalize_uri
+from raytag.storage import is_local_path, is_uri, normalize_uri, safe_join, safe_relpath
 
 SHARED_FS_ENV = "RAYTAG_SHARED_FS"  # "1": local paths are on a filesystem mounted on every node
 DATA_CACHE_ENV = "RAYTAG_DATA_CACHE"  # node-local folder for copies of data URIs
@@ -172,6 +172,8 @@ def _list_source(fs, root: str) -> dict[str, dict]:
         if item.type != pafs.FileType.File:
             continue
         rel = item.path[len(root.rstrip("/")) + 1:]
+        # an object key may hold ".." or start with "/": refuse it before anything is copied
+        safe_relpath(rel, where=f"data URI {root}", error=DatasetError)
         mtime = item.mtime_ns if item.mtime_ns is not None else 0
         files[rel] = {"size": item.size, "mtime_ns": mtime}
     if not files:
@@ -180,7 +182,7 @@ def _list_source(fs, root: str) -> dict[str, dict]:
 
 
 def _copy_one(fs, root: str, rel: str, dest_root: Path) -> None:
-    target = dest_root / rel
+    target = Path(safe_join(dest_root, rel, where=f"copy of {root}", error=DatasetError))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".part")
     with fs.open_input_stream(f"{root.rstrip('/')}/{rel}") as src, open(tmp, "wb") as dst:
@@ -206,6 +208,9 @@ def materialize_data(data: str | os.PathLike, cache_root: str | os.PathLike | No
     text = normalize_uri(data)
     if not is_uri(text):
         path = Path(text).expanduser()
+        if path.is_file():
+            raise DatasetError(f"--data {path} is a file; give the dataset folder (the one holding "
+                               "train_curated.csv or train.csv)")
         if not path.is_dir():
             raise DatasetError(f"data folder not found: {path}")
         return path.resolve()

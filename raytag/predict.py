@@ -13,6 +13,7 @@ per class; FSDKaggle2018 -> `fname,label` with the top 3 classes separated by sp
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -29,7 +30,8 @@ AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".
 
 
 def expand_inputs(inputs: Iterable) -> list[Path]:
-    """Files as given plus the audio files under each folder (recursive, sorted)."""
+    """Files as given plus the audio files under each folder (recursive, sorted); a file
+    reached twice (given twice, or given and inside a given folder) is tagged once."""
     out: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -44,7 +46,14 @@ def expand_inputs(inputs: Iterable) -> list[Path]:
             raise RaytagError(f"{path}: no such file or folder")
     if not out:
         raise RaytagError("no input files given")
-    return out
+    seen: set[Path] = set()
+    unique = []
+    for path in out:
+        real = path.resolve()
+        if real not in seen:
+            seen.add(real)
+            unique.append(path)
+    return unique
 
 
 # ----------------------------------------------------------------------------- output formats
@@ -81,6 +90,25 @@ def write_output(probs: pd.DataFrame, failures: pd.DataFrame, layout: str, forma
                   Path(out or "submission.csv"))
 
 
+def check_out_path(out: Optional[Path], format: str) -> None:
+    """Refuse an --out that cannot be written (a folder, under a file, read-only folder)
+    before any tagging, so no work is lost at the end."""
+    if out is None and format == "json":
+        return  # stdout
+    out = Path(out or "submission.csv")
+    if out.is_dir():
+        raise RaytagError(f"--out {out}: is a folder; give a file name, e.g. --out {out / 'submission.csv'}")
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RaytagError(f"--out {out}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise RaytagError(f"--out {out}: cannot write in {parent} (permission denied)")
+            break
+    if out.exists() and not os.access(out, os.W_OK):
+        raise RaytagError(f"--out {out}: the file exists and cannot be overwritten (permission denied)")
+
+
 def failures_path(out: Optional[Path]) -> Path:
     out = Path(out or "submission.csv")
     return out.with_name(out.stem + ".failures.csv")
@@ -96,6 +124,7 @@ def predict_command(artifact: Path, inputs: list[Path], out: Optional[Path] = No
     if batch_size < 1:
         raise RaytagError(f"--batch-size {batch_size}: must be at least 1")
     console = Console(stderr=True)
+    check_out_path(out, format)
     art = load_artifact(artifact)
     files = expand_inputs(inputs)
     probs, failures = predict_files(art, files, batch_size=batch_size, progress=True)

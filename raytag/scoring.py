@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from raytag.data.csvcheck import repeated_fields
 from raytag.errors import RaytagError
 from raytag.metrics import lwlrap, per_class_lwlrap
 
@@ -66,6 +67,9 @@ def _read_csv(path: Path, what: str) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise ScoringError(f"{path}: not a readable CSV {what} file ({err})") from None
     df.columns = [str(c).strip() for c in df.columns]
+    repeated = repeated_fields(path)  # pandas would have renamed them ("dog" -> "dog.1")
+    if repeated:
+        raise ScoringError(f"{path}: columns appear more than once in the {what} file: {_few(repeated)}")
     if "fname" not in df.columns:
         raise ScoringError(f"{path}: the {what} file has no 'fname' column (columns: {_few(df.columns)})")
     if len(df) == 0:
@@ -94,6 +98,9 @@ def _sample_submission_classes(truth_path: Path) -> Optional[list[str]]:
         cols = [str(c).strip() for c in pd.read_csv(sample, nrows=0).columns]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ScoringError(f"{sample}: not a readable sample submission ({err}); it names the classes") from None
+    repeated = repeated_fields(sample)
+    if repeated:
+        raise ScoringError(f"{sample}: class columns appear more than once: {_few(repeated)}; it names the classes")
     return [c for c in cols if c != "fname"] if "fname" in cols and len(cols) > 1 else None
 
 
@@ -193,6 +200,15 @@ def score_2019(truth: Truth, sub: Submission, truth_path="truth", sub_path="subm
             f"{sub_path}: the truth uses labels that have no score column in the submission: "
             f"{_few(unknown_labels)} (check the spelling of the header)"
         )
+    if truth.classes is None:  # no class list beside the truth: a column no clip is labelled with is unknown
+        known = {lab for labs in truth.labels for lab in labs}
+        unknown = [c for c in classes if c not in known]
+        if unknown:
+            raise ScoringError(
+                f"{sub_path}: class columns that no clip of {truth_path} is labelled with: {_few(unknown)}. "
+                f"Check the spelling of the header, or put the dataset's sample_submission.csv beside "
+                f"{truth_path} so its columns name the classes"
+            )
     rows, extra = _align(truth, sub, truth_path, sub_path)
     y = np.zeros((len(truth.fnames), len(classes)), dtype=np.float64)
     for i, labs in enumerate(truth.labels):

@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import posixpath
 import re
+import socket
+import sys
+import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import pandas as pd
 import pyarrow as pa
@@ -87,6 +92,42 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     for part in parts:
         out = f"{out}/{str(part).strip('/')}"
     return out
+
+
+def safe_relpath(name, where: str = "", error: type = StorageError) -> str:
+    """`name` as a "/"-separated relative path that stays inside its folder, or `error`
+    naming the entry. Names come from files other people write (a manifest, member.json,
+    object-store keys), so an absolute name or a ".." must never pick where we write."""
+    text = str(name) if isinstance(name, (str, os.PathLike)) else None
+    prefix = f"{where}: " if where else ""
+    if not text:
+        raise error(f"{prefix}refused entry {name!r}: not a file name")
+    parts = re.split(r"[/\\]", text)
+    if text.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", text) or os.path.isabs(text):
+        why = "an absolute path"
+    elif ".." in parts:
+        why = 'it contains ".." and would leave its folder'
+    elif "\0" in text:
+        why = "it contains a NUL byte"
+    elif not [p for p in parts if p not in ("", ".")]:
+        why = "not a file name"
+    else:  # ("\\" counts as a separator above: harmless here, a traversal on Windows)
+        return "/".join(p for p in text.split("/") if p not in ("", "."))
+    raise error(f"{prefix}refused entry {text!r}: {why}; names must be relative paths inside the folder")
+
+
+def safe_join(root, name, where: str = "", error: type = StorageError) -> str:
+    """`root` joined with the untrusted relative `name` (see `safe_relpath`); for a local
+    folder the result must also resolve inside `root` (no symlink out of it)."""
+    rel = safe_relpath(name, where, error)
+    path = join(root, rel)
+    if not is_uri(root):
+        real_root = os.path.realpath(str(root))
+        real = os.path.realpath(path)
+        if os.path.commonpath([real_root, real]) != real_root:
+            prefix = f"{where}: " if where else ""
+            raise error(f"{prefix}refused entry {str(name)!r}: it resolves to {real}, outside {real_root}")
+    return path
 
 
 def _info(path) -> pafs.FileInfo:
@@ -244,9 +285,11 @@ def copy_tree(src, dst, files: Optional[list[str]] = None,
     `files` limits the copy to these relative paths (default: all files under `src`).
     """
     rel_paths = list_files(src) if files is None else list(files)
+    # every name is checked before the first byte is written
+    targets = {rel: safe_join(dst, rel, where=f"copy {src} -> {dst}") for rel in rel_paths}
     stats = CopyStats()
     for rel in rel_paths:
-        source, target = join(src, rel), join(dst, rel)
+        source, target = join(src, rel), targets[rel]
         if _same_file(source, target, (expected_sha or {}).get(rel)):
             stats.skipped.append(rel)
             continue
@@ -262,3 +305,121 @@ def _same_file(source, target, expected: Optional[str]) -> bool:
     if target_info.size != size(source):
         return False
     return sha256_file(target) == (expected or sha256_file(source))
+
+
+# ----------------------------------------------------------------------------- one writer per folder
+LOCK_NAME = ".raytag.lock"
+
+
+class LockHeld(StorageError):
+    """Another live process holds the folder's lock."""
+
+
+def _pid_start(pid: int) -> Optional[str]:
+    """A process's start time (Linux /proc, clock ticks since boot); None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name before ")" may hold spaces
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _this_process() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": _pid_start(os.getpid())}
+
+
+def _holder_is_gone(holder: dict) -> bool:
+    """True when the lock's process is known to be dead: same host, and no process with
+    that pid (and start time, so a reused pid is not taken for the holder). A holder on
+    another host cannot be checked from here."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        pid = int(holder.get("pid"))
+    except (TypeError, ValueError):
+        return False
+    if not _pid_alive(pid):
+        return True
+    started = holder.get("pid_started")
+    return started is not None and _pid_start(pid) not in (None, started)
+
+
+@contextmanager
+def folder_lock(folder, what: str, clear_hint: str = "") -> Iterator[dict]:
+    """Hold `<folder>/.raytag.lock` while the block runs; LockHeld if a live process holds it.
+
+    The lock records host, pid (with its start time, so a reused pid is not mistaken for
+    the holder), time and command. A lock left by a dead process on this host is taken
+    over; one from another host is refused with its record and how to clear it. Local
+    folders get an atomic create; on an object store (no create-if-absent) the lock is
+    written and read back, which catches all but a near-simultaneous start.
+    """
+    path = join(folder, LOCK_NAME)
+    me = {**_this_process(), "token": uuid.uuid4().hex,
+          "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv)}
+    data = json.dumps(me, indent=1).encode()
+    for _ in range(3):
+        holder = _read_lock(path)
+        if holder is not None:
+            if not _holder_is_gone(holder):
+                raise LockHeld(
+                    f"{what} is in use: {path} is held by pid {holder.get('pid')} on host "
+                    f"{holder.get('host')} since {holder.get('started')} ({holder.get('command', '?')}). "
+                    f"Wait for that run to finish or stop it. If it is gone (its machine died), "
+                    f"delete {path}{clear_hint}."
+                )
+            _remove(path)  # its process is dead: a stale lock must not block a resume
+        if _create_exclusive(path, data):
+            break
+    else:
+        raise LockHeld(f"{what}: could not take the lock {path}; another run keeps taking it")
+    try:
+        yield me
+    finally:
+        holder = _read_lock(path)
+        if holder is not None and holder.get("token") == me["token"]:
+            _remove(path)
+
+
+def _read_lock(path) -> Optional[dict]:
+    try:
+        return json.loads(read_bytes(path).decode("utf-8"))
+    except StorageError:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        return {"host": "?", "pid": "?", "started": "?", "command": "unreadable lock file"}
+
+
+def _create_exclusive(path, data: bytes) -> bool:
+    """Write the lock file only if it does not exist; False when someone else got there."""
+    fs, inner = resolve(path)
+    fs.create_dir(posixpath.dirname(inner), recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        try:
+            fd = os.open(inner, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        return True
+    with fs.open_output_stream(inner) as out:
+        out.write(data)
+    return read_bytes(path) == data  # the last writer wins; a loser sees another token
+
+
+def _remove(path) -> None:
+    fs, inner = resolve(path)
+    try:
+        fs.delete_file(inner)
+    except FileNotFoundError:
+        pass

@@ -103,3 +103,12 @@ def test_comments_say_what_to_change_and_cost():
     for needle in ("region", "account id", "bucket", "InstanceType", "key"):
         assert any(needle.lower() in line.lower() for line in change_lines), f"no CHANGE note on {needle}"
     assert re.search(r"\$\d", text), "no cost note"
+
+
+def test_dashboard_listens_on_localhost_only(config):
+    """The dashboard runs whatever job it is sent: it must not listen on every interface,
+    and the file must say how to reach it (the SSH tunnel of `ray dashboard`)."""
+    start = " ".join(config["head_start_ray_commands"])
+    hosts = re.findall(r"--dashboard-host[= ](\S+)", start)
+    assert hosts == ["127.0.0.1"], f"dashboard host {hosts or 'default'}; bind it to 127.0.0.1"
+    assert "ray dashboard cluster.yaml" in CLUSTER_YAML.read_text()

@@ -35,8 +35,14 @@ def files_2019(tmp_path):
     return truth, sub
 
 
+def write_sample_submission(folder, classes=CLASSES):
+    """The class list beside the truth (Siren has no positive in TRUTH, so only this names it)."""
+    pd.DataFrame(columns=["fname"] + list(classes)).to_csv(folder / "sample_submission.csv", index=False)
+
+
 def test_worked_example_through_files(files_2019, capsys):
     truth, sub = files_2019
+    write_sample_submission(truth.parent)
     result = score_command(truth=truth, submission=sub, per_class=True)
     assert result["lwlrap"] == pytest.approx(0.611111, abs=1e-6)
     out = capsys.readouterr().out
@@ -58,6 +64,7 @@ def test_rows_are_matched_by_fname_not_order(tmp_path):
 
 def test_cli_score(files_2019):
     truth, sub = files_2019
+    write_sample_submission(truth.parent)
     res = CliRunner().invoke(app, ["score", "--truth", str(truth), "--submission", str(sub)])
     assert res.exit_code == 0, res.output
     assert "0.611111" in res.output

@@ -23,16 +23,28 @@ log = logging.getLogger("raytag.data")
 _DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, OSError, TypeError, ValueError)
 
 
+def min_samples(features) -> int:
+    """The shortest usable clip, in samples at `features.sample_rate`: one analysis frame
+    (n_fft). The one rule for the dataset reader, the feature store and `raytag predict`."""
+    return int(features.n_fft)
+
+
+def min_seconds(features) -> float:
+    """`min_samples` in seconds, for checks made from file headers."""
+    return min_samples(features) / float(features.sample_rate)
+
+
 def audio_info(path: str | Path) -> tuple[float, int, int]:
     """(duration_s, sample_rate, channels) from the file header only (no decoding).
 
     A file with a valid header and no samples returns duration 0.0; the caller decides
     what is too short.
     """
+    _check_not_empty(path)
     try:
         info = sf.info(str(path))
     except _DECODE_ERRORS as err:
-        raise AudioDecodeError(path, f"unreadable audio header: {_short(err)}") from err
+        raise AudioDecodeError(path, f"unreadable audio header: {_reason(path, err)}") from err
     if info.samplerate <= 0 or info.channels <= 0:
         raise AudioDecodeError(
             path, f"bad header: sample rate {info.samplerate}, channels {info.channels}"
@@ -47,24 +59,24 @@ def load_audio(
     """Decode `path` to a mono float32 waveform at `sample_rate` (None: keep the file's rate).
 
     Channels are averaged. Resampling uses soxr (high quality). Raises AudioDecodeError
-    when the file cannot be decoded, holds no samples, holds only non-finite samples, or
-    is shorter than `min_samples` after resampling (pass one analysis frame, e.g. n_fft).
-    A few non-finite samples among finite ones are set to 0 with a warning naming the file.
+    when the file is empty or cannot be decoded, holds no samples, holds any NaN or inf
+    sample (never silently zeroed), is digital silence (every sample 0), or is shorter
+    than `min_samples` after resampling (pass `min_samples(features)`: one frame).
     """
+    _check_not_empty(path)
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except _DECODE_ERRORS as err:
-        raise AudioDecodeError(path, f"cannot decode: {_short(err)}") from err
+        raise AudioDecodeError(path, f"cannot decode: {_reason(path, err)}") from err
     if data.shape[0] == 0:
         raise AudioDecodeError(path, "empty audio (0 samples)")
-    wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    finite = np.isfinite(wave)
-    if not finite.any():
-        raise AudioDecodeError(path, "no finite samples (all NaN or inf)")
+    finite = np.isfinite(data)
     if not finite.all():
-        bad = int((~finite).sum())
-        log.warning("%s: %d of %d samples are NaN/inf; set to 0", path, bad, wave.size)
-        wave = np.where(finite, wave, 0.0).astype(np.float32)
+        bad = int((~finite.all(axis=1)).sum())
+        raise AudioDecodeError(path, f"{bad} of {data.shape[0]} samples are not finite (NaN or inf); damaged file")
+    if not data.any():
+        raise AudioDecodeError(path, f"digital silence: all {data.shape[0]} samples are 0")
+    wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if sample_rate is not None and int(sample_rate) != rate:
         wave = soxr.resample(wave, rate, int(sample_rate), quality="HQ")
     wave = np.ascontiguousarray(wave, dtype=np.float32)
@@ -75,6 +87,24 @@ def load_audio(
             f"too short: {wave.size} samples at {rate_out} Hz, need at least {min_samples} (one frame)",
         )
     return wave
+
+
+def _check_not_empty(path) -> None:
+    try:
+        empty = Path(path).stat().st_size == 0
+    except OSError:
+        return  # missing or unreadable: soundfile says so
+    if empty:
+        raise AudioDecodeError(path, "empty file (0 bytes)")
+
+
+def _reason(path, err: Exception) -> str:
+    """libsndfile's message, except where it misleads: for a file that exists but is not
+    audio it reports "File does not exist" (seen with junk .mp3 files)."""
+    text = _short(err)
+    if "does not exist" in text and Path(path).is_file():
+        return "format not recognised or file damaged (not audio libsndfile can read)"
+    return text
 
 
 def _short(err: Exception) -> str:

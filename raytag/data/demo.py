@@ -31,7 +31,7 @@ import numpy as np
 import soundfile as sf
 from scipy.fft import irfft, next_fast_len, rfft, rfftfreq
 
-from raytag.errors import DatasetError
+from raytag.errors import DatasetError, RaytagError
 
 log = logging.getLogger("raytag.data")
 
@@ -263,8 +263,8 @@ def _plan(seed, scale):
 def make_demo_dataset(out: str | Path, seed: int = 0, scale: float = 1.0) -> Path:
     """Write (or reuse) the demo dataset in `out`; returns the folder."""
     out = Path(out).expanduser().absolute()
-    if scale <= 0:
-        raise ValueError(f"scale must be positive, got {scale}")
+    if not scale > 0:  # also refuses NaN
+        raise RaytagError(f"--scale {scale}: must be a positive number (1.0 is the full demo set)")
     wanted = {"seed": int(seed), "scale": float(scale), "version": DEMO_VERSION}
     if _is_complete(out, wanted):
         log.info("demo dataset in %s reused (seed %d, scale %g)", out, seed, scale)

@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 
 from raytag.data.audio import audio_info, load_audio
+from raytag.data.audio import min_seconds as audio_min_seconds
+from raytag.data.csvcheck import repeated_fields
 from raytag.data.labels import labels_to_matrix, parse_label_field
 from raytag.errors import AudioDecodeError, DatasetError
 
@@ -105,14 +107,19 @@ class Dataset:
 
 
 def load_dataset(
-    root: str | Path, sample_rate: Optional[int] = None, min_seconds: float = 0.05
+    root: str | Path, sample_rate: Optional[int] = None, min_seconds: float = 0.05,
+    features=None,
 ) -> Dataset:
     """Detect the layout of `root`, read and check every clip, and return a `Dataset`.
 
     `sample_rate` is only recorded (for `Dataset.audio`); nothing is decoded here, clip
-    lengths come from file headers. Clips shorter than `min_seconds` (one analysis frame)
-    are skipped.
+    lengths come from file headers. Clips shorter than `min_seconds` are skipped; given
+    `features` (a FeatureConfig), its rule replaces it: one frame, `audio.min_seconds`,
+    the rule the feature store and `raytag predict` apply too.
     """
+    if features is not None:
+        sample_rate = features.sample_rate if sample_rate is None else sample_rate
+        min_seconds = audio_min_seconds(features)
     root = Path(root).expanduser().absolute()
     if not root.exists():
         raise DatasetError(f"dataset folder not found: {root}")
@@ -132,6 +139,15 @@ def load_dataset(
             f"Found: {', '.join(found) if found else 'an empty folder'}"
         )
     clips = reader.finish()
+    if layout == "fsd2018":
+        # 2018 has no class list: the classes are the labels of usable rows only, so a
+        # label seen only on skipped rows (a misspelling, say) is reported, not a class
+        kept = {lab for labels in clips["labels"] for lab in labels}
+        dropped = sorted(set(classes) - kept)
+        if dropped:
+            log.warning("%s: label(s) %s appear only on skipped rows of train.csv and are not "
+                        "classes (check their spelling)", root, ", ".join(dropped))
+        classes = [c for c in classes if c in kept]
     skipped = pd.DataFrame(reader.skipped, columns=SKIPPED_COLUMNS)
     n_curated = int((clips["split"] == "curated").sum())
     if n_curated == 0:
@@ -144,7 +160,8 @@ def load_dataset(
     counts = clips["split"].value_counts()
     summary = ", ".join(f"{s} {int(counts.get(s, 0))}" for s in SPLITS)
     if len(skipped):
-        log.warning("%s: %d clips skipped (Dataset.write_skipped lists them); kept %s",
+        log.warning("%s: %d clips skipped, kept %s; each is listed with its reason in skipped.csv "
+                    "(`raytag prepare` prints its path; a trial writes it to its outputs/)",
                     root, len(skipped), summary)
     else:
         log.info("%s (%s, %d classes): %s", root, layout, len(classes), summary)
@@ -181,8 +198,10 @@ class _Reader:
             if not classes:
                 raise DatasetError(f"{sub_path}: no class columns after fname; "
                                    "its columns give the class order")
-            if len(set(classes)) != len(classes):
-                raise DatasetError(f"{sub_path}: repeated class columns")
+            repeated = repeated_fields(sub_path)  # pandas renames a repeat ("dog.1"): read the header itself
+            if repeated or len(set(classes)) != len(classes):
+                raise DatasetError(f"{sub_path}: repeated class column(s) {', '.join(repeated)}; "
+                                   "each class must have exactly one column")
             vocab_source = "sample_submission.csv columns"
         else:
             classes = sorted({lab for f in curated["labels"] for lab in parse_label_field(f)})

@@ -210,6 +210,8 @@ def read_manifest(path: str) -> dict:
         raise ArtifactError(f"{manifest_path}: not a valid manifest ({err})") from err
     if not isinstance(files, dict):
         raise ArtifactError(f"{manifest_path}: 'files' must map paths to SHA-256")
+    for rel in files:  # names decide where `raytag pull` writes: refuse any that leave the folder
+        storage.safe_relpath(rel, where=manifest_path, error=ArtifactError)
     if int(manifest.get("format", 0)) > FORMAT:
         raise ArtifactError(
             f"{path}: artifact format {manifest.get('format')} is newer than this raytag "
@@ -227,7 +229,8 @@ def verify_artifact(path: str) -> dict:
     if missing:
         raise ArtifactError(f"{path}: file {missing[0]} is listed in the manifest but missing"
                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    extra = sorted(present - set(expected))
+    # hidden files a copy may pick up (.DS_Store, ._x from macOS) are not part of the artifact
+    extra = sorted(f for f in present - set(expected) if not _hidden(f))
     if extra:
         raise ArtifactError(f"{path}: file {extra[0]} is not in the manifest; an artifact must hold "
                             "only the files it was saved with")
@@ -239,6 +242,10 @@ def verify_artifact(path: str) -> dict:
                 "the file was changed or damaged, copy the artifact again"
             )
     return manifest
+
+
+def _hidden(rel: str) -> bool:
+    return any(part.startswith(".") for part in rel.split("/"))
 
 
 @dataclass
@@ -302,8 +309,14 @@ def load_artifact(path, device: str = "cpu") -> Artifact:
         in_channels, n_bins = frontend_shape(cfg.features)
         models = []
         for rel in settings["folds"]:
+            # member.json names its files: only files inside the member folder that the
+            # manifest vouches for are read
+            file = storage.safe_join(storage.join(path, "members", name), rel,
+                                     where=f"{path}/members/{name}/{MEMBER} folds", error=ArtifactError)
+            if f"members/{name}/{storage.safe_relpath(rel)}" not in manifest["files"]:
+                raise ArtifactError(f"{path}/members/{name}/{MEMBER}: fold file {rel!r} is not in the manifest")
             where = f"{path}/members/{name}/{rel}"
-            state = _check_state_dict(storage.read_bytes(storage.join(path, "members", name, rel)), where)
+            state = _check_state_dict(storage.read_bytes(file), where)
             try:
                 model = build_model(cfg.model, len(ens["classes"]), in_channels, n_bins)
                 model.load_state_dict(state, strict=True)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from raytag.data.audio import load_audio
+from raytag.data.audio import load_audio, min_samples
 from raytag.errors import AudioDecodeError
 from raytag.features.frontends import build_frontend
 from raytag.training.inference import predict_segments
@@ -63,7 +63,9 @@ def _featurise(path: str, runners: list, rates: set) -> list[np.ndarray]:
     """Each member's features of one file; AudioDecodeError when any step cannot use it.
     Decoding and front ends follow the feature store (raytag.features.store), so a clip
     usable in training is usable here and the other way round."""
-    waves = {rate: load_audio(path, rate, min_samples=1) for rate in rates}
+    # the feature store's rule (one frame), per rate: the longest frame of the members at it
+    need = {rate: max(min_samples(r.cfg) for r in runners if r.cfg.sample_rate == rate) for rate in rates}
+    waves = {rate: load_audio(path, rate, min_samples=need[rate]) for rate in rates}
     feats = []
     for r in runners:
         try:

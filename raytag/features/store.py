@@ -46,7 +46,7 @@ import pandas as pd
 from raytag.cluster import materialize_data  # a dataset URI is copied to this node once
 from raytag.cluster import this_node_strategy
 from raytag.config import Config, FeatureConfig
-from raytag.data.audio import load_audio
+from raytag.data.audio import load_audio, min_samples
 from raytag.data.layouts import load_dataset
 from raytag.errors import AudioDecodeError, RaytagError
 from raytag.features.frontends import build_frontend, frontend_shape
@@ -338,7 +338,7 @@ def _compute_shard(shard: int, rows: list, signature: list, cfg_dict: dict, key:
     offset = 0
     for row in rows:
         try:
-            wave = load_audio(row["path"], cfg.sample_rate, min_samples=1)
+            wave = load_audio(row["path"], cfg.sample_rate, min_samples=min_samples(cfg))
         except AudioDecodeError as err:
             failures.append([row["file"], err.reason])
             continue
@@ -456,7 +456,12 @@ def prepare_command(data, config, cache) -> FeatureStore:
     from rich.table import Table
 
     cfg = Config.from_yaml(config) if config else Config()
-    dataset = load_dataset(materialize_data(data), sample_rate=cfg.features.sample_rate)
+    try:  # before any work: a file in the way is a message, not a traceback
+        Path(cache).expanduser().mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise FeatureStoreError(f"--cache {cache}: not a folder ({err.strerror}: {err.filename}); "
+                                "give a folder for the feature cache") from None
+    dataset = load_dataset(materialize_data(data), sample_rate=cfg.features.sample_rate, features=cfg.features)
     started = time.perf_counter()
     store = build_feature_store(dataset, cfg.features, cache, progress=True)
     seconds = time.perf_counter() - started
@@ -477,6 +482,9 @@ def prepare_command(data, config, cache) -> FeatureStore:
     table.add_row("cache", str(store.path))
     table.add_row("skipped by the dataset reader", str(len(dataset.skipped)))
     table.add_row("failed to decode", str(len(store.failed)))
-    table.add_row("skipped.csv", f"{skipped_path} ({len(skipped)} rows)")
-    Console().print(table)
+    table.add_row("skipped.csv", f"{len(skipped)} rows (path below)")
+    console = Console()
+    console.print(table)
+    # on a line of its own and never wrapped or cut with "…": the path must be copyable
+    console.print(f"skipped clips (file, reason): {skipped_path}", soft_wrap=True, markup=False, highlight=False)
     return store

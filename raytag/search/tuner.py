@@ -277,88 +277,92 @@ def run_sweep(
     storage = files.absolute(storage)
     exp_dir = files.join(storage, name)
 
-    ensure_ray()  # raytag.session: workers get RAY_API_SERVER_ADDRESS, so stopped trials are cleaned up
-    check_storage(storage)  # a multi-node cluster needs storage and data every node can read
-    check_data(data)
-    say = _printer(progress)
-    restorable = tune.Tuner.can_restore(exp_dir)
-    if restorable and not resume:
-        raise RaytagError(
-            f"a sweep named '{name}' already exists in {exp_dir}; add --resume to continue it "
-            "or give --name for a new one"
-        )
-    if resume and restorable:
-        stored = files.read_text(files.join(exp_dir, "space.yaml"))
-        if stored != space.text:
-            say(f"note: {space_path} changed since the sweep started; resuming with the stored space")
-        space = parse_space(stored, source=files.join(exp_dir, "space.yaml"), default_name=name)
-        settings = json.loads(files.read_text(files.join(exp_dir, "sweep.json")))
-        space.search = dataclasses.replace(space.search, **settings["search"])
-        if samples not in (None, space.search.samples) or scheduler not in (None, space.search.scheduler):
-            say("note: --samples/--scheduler are fixed when a sweep starts; resuming with "
-                f"samples={space.search.samples}, scheduler={space.search.scheduler}")
-    else:
-        if resume:
-            say(f"nothing to resume in {exp_dir}; starting a new sweep")
-        overrides = {}
-        if samples is not None:
-            overrides["samples"] = int(samples)
-        if scheduler is not None:
-            overrides["scheduler"] = scheduler.lower()
-        if max_concurrent_trials is not None:
-            overrides["max_concurrent_trials"] = int(max_concurrent_trials)
-        space.search = dataclasses.replace(space.search, **overrides)
-        build_scheduler(space)  # a bad --scheduler fails before anything is written
+    # One driver per sweep: a second `raytag tune` of the same name and storage is refused
+    # before it writes anything (two drivers would overwrite each other's experiment state).
+    with files.folder_lock(exp_dir, f"sweep '{name}' ({exp_dir})",
+                           clear_hint=f" and run `raytag tune ... --name {name} --resume`"):
+        ensure_ray()  # raytag.session: workers get RAY_API_SERVER_ADDRESS, so stopped trials are cleaned up
+        check_storage(storage)  # a multi-node cluster needs storage and data every node can read
+        check_data(data)
+        say = _printer(progress)
+        restorable = tune.Tuner.can_restore(exp_dir)
+        if restorable and not resume:
+            raise RaytagError(
+                f"a sweep named '{name}' already exists in {exp_dir}; add --resume to continue it "
+                "or give --name for a new one"
+            )
+        if resume and restorable:
+            stored = files.read_text(files.join(exp_dir, "space.yaml"))
+            if stored != space.text:
+                say(f"note: {space_path} changed since the sweep started; resuming with the stored space")
+            space = parse_space(stored, source=files.join(exp_dir, "space.yaml"), default_name=name)
+            settings = json.loads(files.read_text(files.join(exp_dir, "sweep.json")))
+            space.search = dataclasses.replace(space.search, **settings["search"])
+            if samples not in (None, space.search.samples) or scheduler not in (None, space.search.scheduler):
+                say("note: --samples/--scheduler are fixed when a sweep starts; resuming with "
+                    f"samples={space.search.samples}, scheduler={space.search.scheduler}")
+        else:
+            if resume:
+                say(f"nothing to resume in {exp_dir}; starting a new sweep")
+            overrides = {}
+            if samples is not None:
+                overrides["samples"] = int(samples)
+            if scheduler is not None:
+                overrides["scheduler"] = scheduler.lower()
+            if max_concurrent_trials is not None:
+                overrides["max_concurrent_trials"] = int(max_concurrent_trials)
+            space.search = dataclasses.replace(space.search, **overrides)
+            build_scheduler(space)  # a bad --scheduler fails before anything is written
 
-    n_parallel, why = concurrency(space, space.search.max_concurrent_trials)
-    if why:
-        say(f"note: {why}")
-    setup = TrialSetup(space=space, data=data, trials_dir=files.join(exp_dir, "trials"),
-                       feature_cache=feature_cache, trial_fn=trial_fn)
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, setup=setup), space.resources.trial_resources()
-    )
-    # Save the experiment state often: a killed driver then loses at most a second of it.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    if resume and restorable:
-        say(f"resuming sweep '{name}' from {exp_dir}")
-        tuner = tune.Tuner.restore(
-            exp_dir, trainable=trainable, resume_unfinished=True,
-            resume_errored=False, restart_errored=False,
+        n_parallel, why = concurrency(space, space.search.max_concurrent_trials)
+        if why:
+            say(f"note: {why}")
+        setup = TrialSetup(space=space, data=data, trials_dir=files.join(exp_dir, "trials"),
+                           feature_cache=feature_cache, trial_fn=trial_fn)
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, setup=setup), space.resources.trial_resources()
         )
-    else:
-        files.write_text(files.join(exp_dir, "space.yaml"), space.text)
-        settings = {"search": {k: getattr(space.search, k) for k in ("samples", "scheduler", "max_concurrent_trials")},
-                    "data": data, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        files.write_text(files.join(exp_dir, "sweep.json"), json.dumps(settings, indent=1))
-        s = space.search
-        say(f"sweep '{name}': {s.samples} trials, {s.scheduler} scheduler, up to {n_parallel} at once, "
-            f"metric {s.metric} ({s.mode}); results in {exp_dir}\n{describe(space)}")
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=build_searcher(space),
-                scheduler=build_scheduler(space),
-                num_samples=s.samples,
-                max_concurrent_trials=n_parallel,
-                trial_dirname_creator=trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage,
-                # result.json per trial even where TUNE_DISABLE_AUTO_CALLBACK_LOGGERS is set:
-                # the leaderboard and `raytag report` read it back
-                callbacks=[SweepProgress(space.search.metric, progress), JsonLoggerCallback(), CSVLoggerCallback()],
-                stop=EpochBudget(s.epoch_budget) if s.epoch_budget else None,
-                failure_config=tune.FailureConfig(max_failures=0),  # worker restarts live in train.max_failures
-                verbose=0,
-            ),
-        )
-    tuner.fit()  # failed trials are recorded, not raised
+        # Save the experiment state often: a killed driver then loses at most a second of it.
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+        if resume and restorable:
+            say(f"resuming sweep '{name}' from {exp_dir}")
+            tuner = tune.Tuner.restore(
+                exp_dir, trainable=trainable, resume_unfinished=True,
+                resume_errored=False, restart_errored=False,
+            )
+        else:
+            files.write_text(files.join(exp_dir, "space.yaml"), space.text)
+            settings = {"search": {k: getattr(space.search, k) for k in ("samples", "scheduler", "max_concurrent_trials")},
+                        "data": data, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            files.write_text(files.join(exp_dir, "sweep.json"), json.dumps(settings, indent=1))
+            s = space.search
+            say(f"sweep '{name}': {s.samples} trials, {s.scheduler} scheduler, up to {n_parallel} at once, "
+                f"metric {s.metric} ({s.mode}); results in {exp_dir}\n{describe(space)}")
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=build_searcher(space),
+                    scheduler=build_scheduler(space),
+                    num_samples=s.samples,
+                    max_concurrent_trials=n_parallel,
+                    trial_dirname_creator=trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=storage,
+                    # result.json per trial even where TUNE_DISABLE_AUTO_CALLBACK_LOGGERS is set:
+                    # the leaderboard and `raytag report` read it back
+                    callbacks=[SweepProgress(space.search.metric, progress), JsonLoggerCallback(), CSVLoggerCallback()],
+                    stop=EpochBudget(s.epoch_budget) if s.epoch_budget else None,
+                    failure_config=tune.FailureConfig(max_failures=0),  # worker restarts live in train.max_failures
+                    verbose=0,
+                ),
+            )
+        tuner.fit()  # failed trials are recorded, not raised
 
-    board = build_leaderboard(exp_dir, space)
-    plot = save_report(exp_dir, board, space)
-    return SweepResult(experiment_dir=exp_dir, leaderboard=board, plot_path=plot, space=space)
+        board = build_leaderboard(exp_dir, space)
+        plot = save_report(exp_dir, board, space)
+        return SweepResult(experiment_dir=exp_dir, leaderboard=board, plot_path=plot, space=space)
 
 
 def tune_command(space, data, storage="results", name=None, samples=None, resume=False, scheduler=None):

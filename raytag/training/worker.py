@@ -74,7 +74,8 @@ def open_node_store(plan):
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        dataset = load_dataset(materialize_data(plan.data_ref), sample_rate=plan.config.features.sample_rate)
+        dataset = load_dataset(materialize_data(plan.data_ref), sample_rate=plan.config.features.sample_rate,
+                               features=plan.config.features)
         store = build_feature_store(dataset, plan.config.features, str(cache), progress=False)
     missing = set(plan.curated_ids + plan.noisy_ids + plan.test_ids) - set(store.clip_ids)
     if missing:
