@@ -99,13 +99,32 @@ class LossConfig:
 
 
 @dataclass
+class InputNormConfig:
+    """How stored features are scaled before the model sees them.
+
+    per_bin: each (channel, bin) by the store's mean and std (bins with little variance,
+    e.g. the top mel bands, get blown up); global: one mean and std per channel over all
+    bins (keeps the spectral shape); fixed: (x - offset) / scale, e.g. the reference CNN's
+    (dB + 40) / 20. The chosen scaling is saved as per-bin arrays, so inference and
+    artifacts apply it the same way whichever kind made it."""
+
+    kind: Literal["per_bin", "global", "fixed"] = "per_bin"
+    offset: float = -40.0  # fixed only
+    scale: float = 20.0  # fixed only
+
+
+@dataclass
 class TrainConfig:
     crop_seconds: float = 4.0  # length of the random fixed crops in training
+    # the global batch, split across the Ray Train workers, so the optimisation does not
+    # change with num_workers (each worker takes ceil(batch_size / num_workers) clips)
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4
     optimizer: Literal["adamw", "sgd"] = "adamw"
     scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
+    onecycle_pct: float = 0.3  # share of the steps spent raising the learning rate (torch's default)
+    normalize: InputNormConfig = field(default_factory=InputNormConfig)
     mixup: MixupConfig = field(default_factory=MixupConfig)
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     augment: WaveAugmentConfig = field(default_factory=WaveAugmentConfig)
@@ -370,6 +389,9 @@ _RANGES = {
     ("MixupConfig", "alpha"): (0.0, None),
     ("MixupConfig", "prob"): (0.0, 1.0),
     ("TrainConfig", "batch_size"): (1, None),
+    ("TrainConfig", "onecycle_pct"): (0.01, 0.99),
+    ("TrainConfig", "weight_decay"): (0.0, None),
+    ("InputNormConfig", "scale"): (1e-6, None),
     ("TrainConfig", "lr"): (0.0, None),
     ("TrainConfig", "num_workers"): (1, None),
     ("TrainConfig", "crop_seconds"): (0.05, None),

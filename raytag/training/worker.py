@@ -195,7 +195,8 @@ def train_loop_per_worker(loop_config: dict):
         if epoch == 0 and step_built != i:
             _start_step(ctx, model, step, steps)  # fresh fold weights, pseudo set...
         data = ctx.training_set(step)
-        batches = CropBatches(store, data, cfg.crop_frames(), cfg.train.batch_size)
+        # train.batch_size is the global batch: each worker takes its share
+        batches = CropBatches(store, data, cfg.crop_frames(), -(-cfg.train.batch_size // world))
         if step_built != i:
             optimizer, scheduler = _optimizer(cfg, model, step, batches.steps_per_epoch(world))
             if train_state is not None and train_state.get("step") == i and train_state.get("optimizer"):
@@ -402,7 +403,7 @@ def _optimizer(cfg, model, step: Step, steps_per_epoch: int):
     total = max(1, step.epochs * steps_per_epoch)
     if cfg.train.scheduler == "onecycle" and total >= 4:
         # the warm-up phase needs at least 2 optimizer steps (OneCycleLR divides by its length)
-        pct = min(0.5, max(0.25, 2.0 / total))
+        pct = min(0.5, max(cfg.train.onecycle_pct, 2.0 / total))
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=pct)
     elif cfg.train.scheduler == "onecycle":
         sched = None  # too few steps for a cycle: constant learning rate
