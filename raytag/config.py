@@ -95,6 +95,10 @@ class LossConfig:
     lsoft_beta: float = 0.7  # lsoft: weight of the given label vs the model's own guess
     noisy_loss: Literal["same", "lsoft"] = "lsoft"  # loss applied to noisy clips
     noisy_weight: float = 0.5  # per-source weight of noisy (and pseudo-labelled) clips
+    # small-loss selection (co-teaching's rule): the share of each batch's noisy clips, those
+    # with the smallest loss, that count; 1.0 keeps all (see raytag.training.losses)
+    noisy_keep: float = 1.0
+    noisy_keep_ramp: int = 5  # epochs over which the share falls from 1 to noisy_keep
     curated_weight: float = 1.0
 
 
@@ -201,6 +205,9 @@ class LabelSpreadingConfig:
     alpha: float = 0.2
     max_iter: int = 1000
     groups: Optional[dict] = None  # {group_name: [class, ...]}; spread within each group
+    # a YAML file of such groups, or the name of a shipped one (esc50, fsdkaggle2019): classes
+    # of the file that the dataset lacks are ignored, so one ontology serves class subsets
+    groups_file: Optional[str] = None
     combine: Literal["or", "and", "only"] = "or"  # with the probability filter
     max_graph: int = 4000  # clips per LabelSpreading graph (dense rbf: ~0.4 GB at 4000); noisy clips go in chunks
 
@@ -219,6 +226,9 @@ class PseudoLabelConfig(StageConfig):
     epochs: int = 2  # per round
     lower: ThresholdSchedule = field(default_factory=ThresholdSchedule)
     upper: float = 0.98  # leave out clips the model is already sure of
+    # probability: lower/upper are probabilities; quantile: they are quantiles of the clips'
+    # top probabilities (robust to a model's calibration, see raytag.pipeline.pseudo)
+    bounds: Literal["probability", "quantile"] = "probability"
 
 
 @dataclass
@@ -403,6 +413,8 @@ _RANGES = {
     ("ThresholdSchedule", "end"): (0.0, 1.0),
     ("LossConfig", "label_smoothing"): (0.0, 0.5),
     ("LossConfig", "lsoft_beta"): (0.0, 1.0),
+    ("LossConfig", "noisy_keep"): (0.05, 1.0),
+    ("LossConfig", "noisy_keep_ramp"): (0, None),
 }
 
 

@@ -68,6 +68,12 @@ def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: s
         else list(noisy["clip_id"])
     )
     channels, bins = store.shape
+    spreading = cfg.pipeline.label_spreading
+    if spreading.groups_file and not spreading.groups:
+        # resolved here, on the driver: workers on other nodes may not have the file
+        from raytag.pipeline.spreading import load_groups_file
+
+        cfg = cfg.with_overrides({"pipeline.label_spreading.groups": load_groups_file(spreading.groups_file, classes)})
     return Plan(
         cfg=cfg.to_dict(),
         classes=classes,
