@@ -194,6 +194,10 @@ class FilterConfig:
     enabled: bool = True
     rule: Literal["min_prob", "clip_lwlrap"] = "clip_lwlrap"
     threshold: float = 0.5
+    # rejected noisy clips: drop them (seed 000), or keep them in stage 2 with soft targets
+    # soft_beta * given + (1 - soft_beta) * the filter model's prediction (Reed et al. 2015)
+    rejected: Literal["drop", "soft"] = "drop"
+    soft_beta: float = 0.5
 
 
 @dataclass
@@ -408,6 +412,7 @@ _RANGES = {
     ("CVConfig", "n_folds"): (2, None),
     ("InferenceConfig", "overlap"): (0.0, 0.95),
     ("FilterConfig", "threshold"): (0.0, 1.0),
+    ("FilterConfig", "soft_beta"): (0.0, 1.0),
     ("PseudoLabelConfig", "upper"): (0.0, 1.0),
     ("ThresholdSchedule", "start"): (0.0, 1.0),
     ("ThresholdSchedule", "end"): (0.0, 1.0),

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from raytag.training.dataset import CropBatches, LabelledSet
+from raytag.training.losses import small_loss_keep
 from raytag.training.steps import Step, build_steps, last_training_step_of_fold
 
 STATE_FILE = "state.json"
@@ -192,6 +193,13 @@ def train_loop_per_worker(loop_config: dict):
             continue
 
         epoch = state.progress["epoch"]
+        if epoch == 0 and step_built != i and _stage2_adds_nothing(ctx, step, steps):
+            # no noisy clip accepted, none soft-labelled and no pseudo-labels: stage 2 would only
+            # train on stage 1's curated clips again, so the fold ends with its stage-1 model
+            _finish_fold_early(ctx, model, step, steps)
+            state.progress["step"] += 1
+            _report(ctx, model, optimizer, scheduler, step, {"train_loss": float("nan")}, checkpoint=True)
+            continue
         if epoch == 0 and step_built != i:
             _start_step(ctx, model, step, steps)  # fresh fold weights, pseudo set...
         data = ctx.training_set(step)
@@ -209,7 +217,8 @@ def train_loop_per_worker(loop_config: dict):
         _trace({"event": "epoch_start", "rank": rank, "step": i, "epoch": epoch,
                 "global_step": state.progress["global_step"], "stage": step.stage_name})
         seed = int(cfg.seed * 1_000_003 + state.progress["global_step"])
-        loss = _train_epoch(ctx, model, optimizer, scheduler, loss_fn, batches, seed, step)
+        loss = _train_epoch(ctx, model, optimizer, scheduler, loss_fn, batches, seed, step,
+                            keep=small_loss_keep(cfg.train.loss, epoch))
 
         state.progress["epoch"] += 1
         state.progress["global_step"] += 1
@@ -264,8 +273,15 @@ class _Context:
         accepted = decision["accepted"] if decision else []
         data = base.concat(self.noisy(accepted)) if accepted else base
         pseudo = self.state.load_preds(f"pseudo/fold{step.fold}_r{step.round}")
+        taken = set()
         if pseudo is not None and len(pseudo[0]):
             data = data.concat(self.noisy(pseudo[0], pseudo[1]))
+            taken = set(pseudo[0])
+        soft = self.state.load_preds(f"soft/fold{step.fold}")
+        if soft is not None:  # rejected clips with soft targets, unless pseudo-labelled this round
+            keep = [i for i, c in enumerate(soft[0]) if c not in taken]
+            if keep:
+                data = data.concat(self.noisy([soft[0][i] for i in keep], soft[1][keep]))
         return data
 
     # -- distributed prediction -------------------------------------------------------
@@ -314,10 +330,36 @@ def _start_step(ctx: _Context, model, step: Step, steps: list[Step]):
         _choose_pseudo(ctx, model, step)
 
 
+def _stage2_adds_nothing(ctx: _Context, step: Step, steps: list[Step]) -> bool:
+    """True for a stage-2 round that would train on stage 1's curated clips alone."""
+    if step.kind != "stage2" or ctx.cfg.pipeline.pseudo.enabled:
+        return False
+    if not any(s.fold == step.fold and s.trains for s in steps[: steps.index(step)]):
+        return False  # stage 2 is this fold's only training
+    decision = ctx.state.load_json(f"filter/fold{step.fold}.json")
+    soft = ctx.state.load_preds(f"soft/fold{step.fold}")
+    return not (decision and decision["accepted"]) and not (soft and len(soft[0]))
+
+
+def _finish_fold_early(ctx: _Context, model, step: Step, steps: list[Step]):
+    """Make the fold's last trained model (stage 1) its final one: weights and predictions."""
+    if ctx.rank != 0:
+        return
+    last = max(i for i, s in enumerate(steps[: steps.index(step)]) if s.fold == step.fold and s.trains)
+    tag = f"{steps[last].stage_name}__fold{step.fold}"
+    from safetensors.torch import save_file
+
+    (ctx.state.out / "weights").mkdir(exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    save_file(state, ctx.state.out / "weights" / f"fold{step.fold}.safetensors")
+    ctx.state.save_preds(f"final/oof_fold{step.fold}", *ctx.state.load_preds(f"oof/{tag}"))
+    ctx.state.save_preds(f"final/test_fold{step.fold}", *ctx.state.load_preds(f"test/{tag}"))
+
+
 def _choose_pseudo(ctx: _Context, model, step: Step):
     """Seed 002's scheduled threshold: unlabelled clips whose top probability lies in
     [lower(round), upper) join this round with the model's predictions as targets."""
-    from raytag.pipeline.pseudo import select_pseudo
+    from raytag.pipeline.pseudo import quantile_bounds, select_pseudo
     from raytag.pipeline.schedule import lower_bound
 
     pcfg = ctx.cfg.pipeline.pseudo
@@ -325,14 +367,17 @@ def _choose_pseudo(ctx: _Context, model, step: Step):
     unlabelled = decision["unlabelled"] if decision else list(ctx.plan.noisy_ids)
     lower = lower_bound(step.round, pcfg.rounds, pcfg.lower)
     ids, targets = [], np.zeros((0, ctx.plan.n_classes), np.float32)
+    upper = pcfg.upper
     if unlabelled:
         probs = ctx.predict(model, unlabelled)
-        rows, pseudo_targets = select_pseudo(probs, lower, pcfg.upper)
+        if pcfg.bounds == "quantile":
+            lower, upper = quantile_bounds(probs, lower, upper)
+        rows, pseudo_targets = select_pseudo(probs, lower, upper)
         ids = [c for c, keep in zip(unlabelled, rows) if keep]
         targets = np.asarray(pseudo_targets, np.float32)[rows]
     ctx.state.save_preds(f"pseudo/fold{step.fold}_r{step.round}", ids, targets)
     ctx.state.save_json(f"pseudo/fold{step.fold}_r{step.round}.json",
-                        {"lower": lower, "upper": pcfg.upper, "n_pseudo": len(ids),
+                        {"lower": lower, "upper": upper, "bounds": pcfg.bounds, "n_pseudo": len(ids),
                          "n_unlabelled": len(unlabelled)})
 
 
@@ -347,7 +392,7 @@ def _run_filter(ctx: _Context, model, step: Step):
     given = ctx.plan.noisy_y
     info: dict = {"fold": step.fold}
     accept = np.zeros(len(ids), bool)
-    prob_accept = None
+    prob_accept = probs = None
     if len(ids) and p.filter.enabled:
         probs = ctx.predict(model, ids)
         prob_accept = accept_by_rule(given, probs, p.filter.rule, p.filter.threshold)
@@ -370,6 +415,15 @@ def _run_filter(ctx: _Context, model, step: Step):
             np.savez(emb_dir / f"fold{step.fold}.npz", labelled_ids=np.asarray(labelled.clip_ids),
                      labelled=emb_l, noisy_ids=np.asarray(ids), noisy=emb_n, accepted=accept)
     accepted = [c for c, a in zip(ids, accept) if a]
+    if p.filter.rejected == "soft" and len(ids):
+        # Reed et al. 2015's soft bootstrapping, with the filter model's guess fixed at filter time:
+        # a rejected clip stays in stage 2 with target beta * given + (1 - beta) * prediction
+        if probs is None:
+            probs = ctx.predict(model, ids)
+        beta = p.filter.soft_beta
+        rejected = ~np.asarray(accept, bool)
+        ctx.state.save_preds(f"soft/fold{step.fold}", [c for c, r in zip(ids, rejected) if r],
+                             (beta * given[rejected] + (1 - beta) * probs[rejected]).astype(np.float32))
     info.update(accepted=accepted, unlabelled=[c for c, a in zip(ids, accept) if not a],
                 n_accepted=len(accepted), n_noisy=len(ids),
                 n_labelled=len(labelled) + len(accepted))
@@ -414,7 +468,8 @@ def _optimizer(cfg, model, step: Step, steps_per_epoch: int):
     return opt, sched
 
 
-def _train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: CropBatches, seed, step) -> float:
+def _train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: CropBatches, seed, step,
+                 keep: float = 1.0) -> float:
     from raytag.training.augment import gain_pattern, mixup, random_gain_shift, spec_augment
 
     cfg = ctx.cfg
@@ -433,7 +488,7 @@ def _train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: C
         # the noisy share is mixed like the targets, so a mixed clip's loss and weight blend too
         x, y, noisy, _ = mixup(x, y, noisy.float(), cfg.train.mixup.alpha, cfg.train.mixup.prob, gen)
         x, y, noisy = x.to(ctx.device), y.to(ctx.device), noisy.to(ctx.device)
-        loss = loss_fn(model(x), y, noisy)
+        loss = loss_fn(model(x), y, noisy, keep=keep)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss became {loss.item()} in stage {step.stage_name} (fold {step.fold}): "
