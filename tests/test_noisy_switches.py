@@ -53,7 +53,7 @@ def test_soft_rejected_quantile_pseudo_and_small_loss_reach_stage2(ray_session, 
     stages = set(history.loc[history["train_loss"].notna(), "stage"])
     assert {"stage2_r0", "stage2_r1"} <= stages
     run = tmp_path / "results" / "soft"
-    ckpt = sorted(run.glob("checkpoint_*"))[-1]
+    ckpt = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())[-1]
     state = json.loads((ckpt / "state.json").read_text())
     rows = {r["stage"]: r["n_train"] for r in state["stage_rows"]}
     pseudo = [json.loads((ckpt / "outputs" / "pseudo" / f"fold0_r{r}.json").read_text()) for r in (0, 1)]
