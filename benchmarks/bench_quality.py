@@ -74,8 +74,9 @@ ABLATIONS = {
 
 
 def rows_table() -> dict:
-    rows = {"reference_script": ("../shared/bench/cnn_reference.py --noisy (30 epochs)", None, {})}
+    rows = {"reference_script": ("../shared/bench/cnn_reference.py --noisy (30 epochs), all curated clips", None, {})}
     rows["reference"] = ("configs/reference.yaml", "configs/reference.yaml", {})
+    rows["reference_script_fold0"] = ("the script on fold 0's training clips (the `reference` row's data)", None, {})
     for name, (what, over) in ABLATIONS.items():
         rows[name] = (f"reference.yaml + {what}", "configs/reference.yaml", over)
     rows["face_value"] = ("default.yaml, curated + all noisy at face value, same total epochs",
@@ -89,22 +90,38 @@ def load_avg() -> str:
 
 
 # ----------------------------------------------------------------------------- runs
-def run_script(data: Path, epochs: int) -> dict:
-    out_dir = STORAGE / f"reference_script-e{epochs}"
+def fold0_training_data(data: Path, reference_info: dict) -> Path:
+    """`data` with train_curated.csv cut to the clips a raytag fold-0 model trains on (the
+    held-out clips of the `reference` row's oof.parquet removed); audio linked, not copied."""
+    out = STORAGE / "data_fold0_train"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("train_curated", "train_noisy", "test", "sample_submission.csv", "test_labels.csv",
+                 "train_noisy.csv"):
+        link = out / name
+        if not link.exists():
+            link.symlink_to((data / name).resolve())
+    held = {c.split("/", 1)[1] for c in pd.read_parquet(Path(reference_info["outputs"]) / "oof.parquet")["clip_id"]}
+    curated = pd.read_csv(data / "train_curated.csv", dtype=str, keep_default_na=False)
+    curated[~curated["fname"].isin(held)].to_csv(out / "train_curated.csv", index=False)
+    return out
+
+
+def run_script(data: Path, epochs: int, row: str = "reference_script") -> dict:
+    out_dir = STORAGE / f"{row}-e{epochs}"
     preds = out_dir / "test.parquet"
     info_path = out_dir / "info.json"
     if info_path.is_file():
-        print(f"[bench] reference_script: reusing {out_dir}", flush=True)
+        print(f"[bench] {row}: reusing {out_dir}", flush=True)
         return json.loads(info_path.read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
     load_before = load_avg()
     started = time.time()
     cmd = [sys.executable, str(REPO / "benchmarks" / "run_reference.py"), str(SHARED / "bench" / "cnn_reference.py"),
            str(data), str(preds), "--noisy", "--epochs", str(epochs)]
-    print(f"[bench] reference_script: {' '.join(cmd)}", flush=True)
+    print(f"[bench] {row}: {' '.join(cmd)}", flush=True)
     log = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     print(log, flush=True)
-    info = {"row": "reference_script", "minutes": round((time.time() - started) / 60, 2),
+    info = {"row": row, "minutes": round((time.time() - started) / 60, 2),
             "load_before": load_before, "load_after": load_avg(), "log": log.splitlines()[-8:],
             "test_preds": str(preds), "cv_lwlrap": None}
     info_path.write_text(json.dumps(info, indent=2))
@@ -160,7 +177,7 @@ def test_truth(data: Path, classes: list[str]) -> pd.DataFrame:
 
 def test_scores(info: dict, classes: list[str]) -> pd.DataFrame:
     """fname -> class scores (raytag: mean over fold models)."""
-    if info["row"] == "reference_script":
+    if info["row"].startswith("reference_script"):
         return pd.read_parquet(info["test_preds"]).set_index("fname")[classes]
     df = pd.read_parquet(Path(info["outputs"]) / "test.parquet")
     df = df.groupby("clip_id")[classes].mean()
@@ -169,7 +186,7 @@ def test_scores(info: dict, classes: list[str]) -> pd.DataFrame:
 
 
 def oof_scores(info: dict, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    if info["row"] == "reference_script":
+    if info["row"].startswith("reference_script"):
         return None
     out = Path(info["outputs"])
     df = pd.read_parquet(out / "oof.parquet").set_index("clip_id")[classes]
@@ -201,6 +218,11 @@ def report(results: dict, data: Path, args) -> None:
         lines.append({"row": row, "what": rows_table()[row][0], "cv_lwlrap": info.get("cv_lwlrap"),
                       "test_lwlrap": round(test, 4), "test_vs_script": vs, "minutes": info["minutes"],
                       "load": f"{info['load_before']} / {info['load_after']}"})
+    test_pairs = []
+    for pair in args.test_pairs:
+        a, b = pair.split(":")
+        if a in scores and b in scores:
+            test_pairs.append({"a": a, "b": b, **paired(y_test, scores[a], scores[b])})
     cv_pairs = []
     for pair in args.pairs:
         a, b = pair.split(":")
@@ -209,7 +231,7 @@ def report(results: dict, data: Path, args) -> None:
             if oa and ob:
                 cv_pairs.append({"a": a, "b": b, **paired(oa[1], oa[0], ob[0])})
     report = {"command": " ".join(sys.argv), "data": str(data), "folds": args.folds, "rows": lines,
-              "cv_pairs": cv_pairs, "when": time.strftime("%Y-%m-%d %H:%M")}
+              "cv_pairs": cv_pairs, "test_pairs": test_pairs, "when": time.strftime("%Y-%m-%d %H:%M")}
     OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
     OUT_JSON.write_text(json.dumps(report, indent=2))
     md = ["# Tagging quality on the dev benchmark (issue 10)", "",
@@ -226,10 +248,12 @@ def report(results: dict, data: Path, args) -> None:
             f"{r['test_vs_script']['diff']:+.4f} [{r['test_vs_script']['ci90'][0]:+.3f}, "
             f"{r['test_vs_script']['ci90'][1]:+.3f}]")
         md.append(f"| {r['row']} | {r['what']} | {cv} | {r['test_lwlrap']:.4f} | {vs} | {r['minutes']:.1f} | {r['load']} |")
-    if cv_pairs:
-        md += ["", "## Paired CV comparisons (common out-of-fold clips)", "",
-               "| b - a | diff | 90% CI | P(b better) |", "|---|---|---|---|"]
-        for p in cv_pairs:
+    for title, pairs in (("Paired test comparisons (332 test clips)", test_pairs),
+                         ("Paired CV comparisons (common out-of-fold clips)", cv_pairs)):
+        if not pairs:
+            continue
+        md += ["", f"## {title}", "", "| b - a | diff | 90% CI | P(b better) |", "|---|---|---|---|"]
+        for p in pairs:
             md.append(f"| {p['b']} - {p['a']} | {p['diff']:+.4f} | [{p['ci90'][0]:+.3f}, {p['ci90'][1]:+.3f}] "
                       f"| {p['p_better']:.2f} |")
     notes = OUT_MD.read_text().split(NOTES, 1)[1] if OUT_MD.is_file() and NOTES in OUT_MD.read_text() else "\n"
@@ -249,6 +273,8 @@ def main():
     ap.add_argument("--features", type=Path, default=REPO / ".raytag_cache" / "bench_features")
     ap.add_argument("--pairs", nargs="*", default=["face_value:default", "reference:face_value"],
                     help="raytag rows compared on common OOF clips, as a:b")
+    ap.add_argument("--test-pairs", nargs="*", default=["reference_script_fold0:reference", "face_value:default"],
+                    help="rows compared on the test clips, as a:b")
     ap.add_argument("--report-only", action="store_true", help="only tabulate rows that already ran")
     args = ap.parse_args()
     folds = None if args.folds == "all" else [int(f) for f in args.folds.split(",")]
@@ -260,11 +286,16 @@ def main():
     results = {}
     for row in wanted:
         what, config_file, over = table[row]
-        if row == "reference_script":
-            done = (STORAGE / f"reference_script-e{args.epochs}" / "info.json")
+        if row.startswith("reference_script"):
+            done = (STORAGE / f"{row}-e{args.epochs}" / "info.json")
             if args.report_only and not done.is_file():
                 continue
-            results[row] = run_script(args.data, args.epochs)
+            data = args.data
+            if row == "reference_script_fold0":
+                if "reference" not in results:
+                    sys.exit("reference_script_fold0 needs the `reference` row (its fold 0): list it first")
+                data = fold0_training_data(args.data, results["reference"])
+            results[row] = run_script(data, args.epochs, row)
             continue
         cfg = config_for(config_file, over, args.epochs, folds)
         if args.report_only:
