@@ -73,6 +73,22 @@ ABLATIONS = {
 }
 
 
+# Stage layouts tried for the default pipeline, each on default.yaml's training recipe.
+FV_THEN_FILTER = {"pipeline.warmup.enabled": False, "pipeline.finetune.noisy": "all", "pipeline.finetune.epochs": 22,
+                  "pipeline.filter.enabled": True, "pipeline.pseudo.enabled": False, "pipeline.pseudo.epochs": 8,
+                  "pipeline.pseudo.lr": 1e-3}
+WARMUP_NOISY = {"pipeline.warmup.enabled": True, "pipeline.warmup.use": "all", "pipeline.warmup.epochs": 15,
+                "pipeline.finetune.noisy": "none", "pipeline.finetune.epochs": 7, "pipeline.filter.enabled": True,
+                "pipeline.pseudo.enabled": False, "pipeline.pseudo.epochs": 8}
+PIPELINE_VARIANTS = {
+    "pipe_warmup_noisy": ("shared warm-up on all noisy (15), curated fine-tune (7), filter, stage 2 (8)", WARMUP_NOISY),
+    "pipe_fv_filter": ("face value (22), filter (top-2 rule), stage 2 on curated + accepted (8, lr 1e-3)",
+                       FV_THEN_FILTER),
+    "pipe_fv_filter_soft": ("pipe_fv_filter + rejected clips kept with soft targets (Reed et al.)",
+                            {**FV_THEN_FILTER, "pipeline.filter.rejected": "soft"}),
+}
+
+
 def rows_table() -> dict:
     rows = {"reference_script": ("../shared/bench/cnn_reference.py --noisy (30 epochs), all curated clips", None, {})}
     rows["reference"] = ("configs/reference.yaml", "configs/reference.yaml", {})
@@ -82,6 +98,8 @@ def rows_table() -> dict:
     rows["face_value"] = ("default.yaml, curated + all noisy at face value, same total epochs",
                           "configs/default.yaml", {"FACE_VALUE": True})
     rows["default"] = ("default.yaml (the default pipeline)", "configs/default.yaml", {})
+    for name, (what, over) in PIPELINE_VARIANTS.items():
+        rows[name] = (what, "configs/default.yaml", over)
     return rows
 
 
