@@ -95,17 +95,40 @@ class LossConfig:
     lsoft_beta: float = 0.7  # lsoft: weight of the given label vs the model's own guess
     noisy_loss: Literal["same", "lsoft"] = "lsoft"  # loss applied to noisy clips
     noisy_weight: float = 0.5  # per-source weight of noisy (and pseudo-labelled) clips
+    # small-loss selection (co-teaching's rule): the share of each batch's noisy clips, those
+    # with the smallest loss, that count; 1.0 keeps all (see raytag.training.losses)
+    noisy_keep: float = 1.0
+    noisy_keep_ramp: int = 5  # epochs over which the share falls from 1 to noisy_keep
     curated_weight: float = 1.0
+
+
+@dataclass
+class InputNormConfig:
+    """How stored features are scaled before the model sees them.
+
+    per_bin: each (channel, bin) by the store's mean and std (bins with little variance,
+    e.g. the top mel bands, get blown up); global: one mean and std per channel over all
+    bins (keeps the spectral shape); fixed: (x - offset) / scale, e.g. the reference CNN's
+    (dB + 40) / 20. The chosen scaling is saved as per-bin arrays, so inference and
+    artifacts apply it the same way whichever kind made it."""
+
+    kind: Literal["per_bin", "global", "fixed"] = "per_bin"
+    offset: float = -40.0  # fixed only
+    scale: float = 20.0  # fixed only
 
 
 @dataclass
 class TrainConfig:
     crop_seconds: float = 4.0  # length of the random fixed crops in training
+    # the global batch, split across the Ray Train workers, so the optimisation does not
+    # change with num_workers (each worker takes ceil(batch_size / num_workers) clips)
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4
     optimizer: Literal["adamw", "sgd"] = "adamw"
     scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
+    onecycle_pct: float = 0.3  # share of the steps spent raising the learning rate (torch's default)
+    normalize: InputNormConfig = field(default_factory=InputNormConfig)
     mixup: MixupConfig = field(default_factory=MixupConfig)
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     augment: WaveAugmentConfig = field(default_factory=WaveAugmentConfig)
@@ -171,6 +194,10 @@ class FilterConfig:
     enabled: bool = True
     rule: Literal["min_prob", "clip_lwlrap"] = "clip_lwlrap"
     threshold: float = 0.5
+    # rejected noisy clips: drop them (seed 000), or keep them in stage 2 with soft targets
+    # soft_beta * given + (1 - soft_beta) * the filter model's prediction (Reed et al. 2015)
+    rejected: Literal["drop", "soft"] = "drop"
+    soft_beta: float = 0.5
 
 
 @dataclass
@@ -182,6 +209,9 @@ class LabelSpreadingConfig:
     alpha: float = 0.2
     max_iter: int = 1000
     groups: Optional[dict] = None  # {group_name: [class, ...]}; spread within each group
+    # a YAML file of such groups, or the name of a shipped one (esc50, fsdkaggle2019): classes
+    # of the file that the dataset lacks are ignored, so one ontology serves class subsets
+    groups_file: Optional[str] = None
     combine: Literal["or", "and", "only"] = "or"  # with the probability filter
     max_graph: int = 4000  # clips per LabelSpreading graph (dense rbf: ~0.4 GB at 4000); noisy clips go in chunks
 
@@ -200,6 +230,9 @@ class PseudoLabelConfig(StageConfig):
     epochs: int = 2  # per round
     lower: ThresholdSchedule = field(default_factory=ThresholdSchedule)
     upper: float = 0.98  # leave out clips the model is already sure of
+    # probability: lower/upper are probabilities; quantile: they are quantiles of the clips'
+    # top probabilities (robust to a model's calibration, see raytag.pipeline.pseudo)
+    bounds: Literal["probability", "quantile"] = "probability"
 
 
 @dataclass
@@ -370,17 +403,23 @@ _RANGES = {
     ("MixupConfig", "alpha"): (0.0, None),
     ("MixupConfig", "prob"): (0.0, 1.0),
     ("TrainConfig", "batch_size"): (1, None),
+    ("TrainConfig", "onecycle_pct"): (0.01, 0.99),
+    ("TrainConfig", "weight_decay"): (0.0, None),
+    ("InputNormConfig", "scale"): (1e-6, None),
     ("TrainConfig", "lr"): (0.0, None),
     ("TrainConfig", "num_workers"): (1, None),
     ("TrainConfig", "crop_seconds"): (0.05, None),
     ("CVConfig", "n_folds"): (2, None),
     ("InferenceConfig", "overlap"): (0.0, 0.95),
     ("FilterConfig", "threshold"): (0.0, 1.0),
+    ("FilterConfig", "soft_beta"): (0.0, 1.0),
     ("PseudoLabelConfig", "upper"): (0.0, 1.0),
     ("ThresholdSchedule", "start"): (0.0, 1.0),
     ("ThresholdSchedule", "end"): (0.0, 1.0),
     ("LossConfig", "label_smoothing"): (0.0, 0.5),
     ("LossConfig", "lsoft_beta"): (0.0, 1.0),
+    ("LossConfig", "noisy_keep"): (0.05, 1.0),
+    ("LossConfig", "noisy_keep_ramp"): (0, None),
 }
 
 

@@ -117,3 +117,20 @@ def test_bad_shapes_and_weights():
         loss(logits, y, torch.zeros(5, dtype=torch.bool))
     with pytest.raises(ConfigError, match="noisy_weight"):
         build_loss(LossConfig(noisy_weight=-1.0))
+
+
+def test_small_loss_selection_drops_the_noisy_clips_with_the_largest_loss():
+    from raytag.training.losses import small_loss_keep, small_loss_mask
+
+    per_clip = torch.tensor([5.0, 0.1, 3.0, 0.2, 9.0, 0.3])
+    noisy = torch.tensor([True, True, True, True, False, False])
+    mask = small_loss_mask(per_clip, noisy, keep=0.5)
+    assert mask.tolist() == [False, True, False, True, True, True]  # curated clips always count
+    loss_fn = build_loss(LossConfig(noisy_loss="same", noisy_weight=1.0))
+    logits = torch.tensor([[4.0], [-4.0], [4.0], [-4.0]])
+    targets = torch.tensor([[0.0], [0.0], [0.0], [0.0]])  # clips 0 and 2: confidently "wrong" labels
+    kept = loss_fn(logits, targets, torch.ones(4, dtype=torch.bool), keep=0.5)
+    assert kept < loss_fn(logits, targets, torch.ones(4, dtype=torch.bool)) / 10
+    cfg = LossConfig(noisy_keep=0.6, noisy_keep_ramp=4)
+    assert [round(small_loss_keep(cfg, e), 2) for e in (0, 2, 4, 9)] == [1.0, 0.8, 0.6, 0.6]
+    assert small_loss_keep(LossConfig(), 3) == 1.0

@@ -84,3 +84,18 @@ def test_map_at_3():
     assert map_at_3(np.array([1]), np.array([[0.5, 0.5, 0.0, 0.0]])) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         map_at_3(np.array([4]), np.zeros((1, 4)))
+
+
+def test_paired_bootstrap_sees_a_better_model_and_no_difference_between_equals():
+    from raytag.metrics import paired_bootstrap_lwlrap
+
+    rng = np.random.default_rng(0)
+    truth = np.eye(5)[rng.integers(0, 5, 200)]
+    noise = rng.random((200, 5))
+    good = truth * 0.8 + noise * 0.5  # the true class usually on top
+    out = paired_bootstrap_lwlrap(truth, noise, good, n_boot=200)
+    assert out["diff"] > 0.2 and out["ci90"][0] > 0 and out["p_better"] > 0.95
+    same = paired_bootstrap_lwlrap(truth, good, good, n_boot=50)
+    assert same["diff"] == 0 and same["ci90"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="shapes differ"):
+        paired_bootstrap_lwlrap(truth, good[:10], good)

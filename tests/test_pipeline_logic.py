@@ -304,3 +304,34 @@ def test_tsne_plot_writes_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     with pytest.raises(ValueError, match="class indices"):
         tsne_plot(x, y + 5, x, y, ["a", "b", "c"], tmp_path / "bad.png", "bad")
+
+
+def test_shipped_group_files_cover_their_datasets_and_subsets():
+    from raytag.config import ConfigError
+    from raytag.pipeline.spreading import load_groups_file, resolve_groups
+
+    esc = load_groups_file("esc50", ["dog", "rain", "siren", "clock_tick", "laughing"])
+    assert esc == {"animals": ["dog"], "natural_soundscapes_and_water": ["rain"], "human_non_speech": ["laughing"],
+                   "interior_domestic": ["clock_tick"], "exterior_urban": ["siren"]}
+    assert set(resolve_groups(esc, ["dog", "rain", "siren", "clock_tick", "laughing"])) == set(esc)
+    fat = load_groups_file("fsdkaggle2019", ["Bark", "Accordion", "Zipper_(clothing)"])
+    assert fat == {"animal": ["Bark"], "music": ["Accordion"], "sounds_of_things": ["Zipper_(clothing)"]}
+    with pytest.raises(ConfigError, match="names none of the dataset"):
+        load_groups_file("esc50", ["Bark"])
+    with pytest.raises(ConfigError, match="neither a file nor a shipped group set"):
+        load_groups_file("audioset_full", ["Bark"])
+
+
+def test_quantile_bounds_take_a_share_of_clips_whatever_the_calibration():
+    from raytag.pipeline.pseudo import quantile_bounds
+
+    rng = np.random.default_rng(0)
+    shy = rng.random((1000, 10)) * 0.1  # an under-confident model: top probabilities below 0.1
+    lower, upper = quantile_bounds(shy, 0.35, 0.98)
+    rows, targets = select_pseudo(shy, lower, upper)
+    assert 0.60 < rows.mean() < 0.66  # about 63% = 98% - 35% of the clips
+    assert rows.sum() == 0 or targets[rows].max(axis=1).min() == 1.0
+    assert select_pseudo(shy, 0.35, 0.98)[0].sum() == 0  # fixed bounds take nothing
+    assert quantile_bounds(shy, 0.5, 1.0)[1] == 1.0
+    with pytest.raises(ValueError):
+        quantile_bounds(shy, 0.7, 0.5)

@@ -164,3 +164,33 @@ def test_a_node_without_the_drivers_store_builds_its_own(ray_session, demo_data,
     assert set(plan.curated_ids + plan.noisy_ids + plan.test_ids) <= set(node_store.clip_ids)
     some = plan.curated_ids[0]
     np.testing.assert_array_equal(node_store.get(some), store.get(some))
+
+
+def test_the_artifact_predicts_what_the_trial_scored(tiny_run, demo_data, tmp_path):
+    """Issue 10: the ensemble job scores the trial's test.parquet (made by the Train workers from the
+    float16 feature store); `predict` recomputes float32 features from the audio with the saved fold
+    weights. The member's probabilities must agree per clip and class up to the store's float16
+    rounding (about 0.03 dB), whatever the number of workers (the tiny run has 2), and the combined
+    scores must be the job's combiner applied to them."""
+    import dataclasses
+
+    from raytag.ensemble.artifact import load_artifact
+    from raytag.ensemble.job import build_ensemble
+
+    result, _, _ = tiny_run
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    pd.DataFrame([{"trial_id": "t0", "status": "TERMINATED", "cv_lwlrap": result.metrics["cv_lwlrap"],
+                   "test_lwlrap": np.nan, "outputs_dir": result.outputs_dir}]).to_csv(exp / "leaderboard.csv",
+                                                                                        index=False)
+    art = load_artifact(build_ensemble(str(exp), top=1).artifact_path)
+    test = pd.read_parquet(Path(result.outputs_dir) / "test.parquet")
+    trial = test.groupby("clip_id")[art.classes].mean()  # fold models averaged, as the ensemble job does
+    paths = [Path(demo_data) / "test" / cid.split("/", 1)[1] for cid in trial.index]
+    raw, failures = dataclasses.replace(art, combiner="mean").predict_files(paths)  # the member's probabilities
+    assert failures.empty
+    diff = np.abs(raw.to_numpy() - trial.to_numpy())
+    print(f"member probabilities: max |diff| {diff.max():.2e}, mean {diff.mean():.2e}")
+    assert diff.max() < 2e-3 and diff.mean() < 2e-4
+    combined, _ = art.predict_files(paths)
+    np.testing.assert_allclose(combined.to_numpy(), art.combine([raw.to_numpy()]), atol=1e-6)

@@ -2,9 +2,11 @@
 
 Blocks of (3x3 conv, BN, ReLU) x 2 then 2x2 average pooling, widths width * 2**i
 (width 32, depth 4: 32-64-128-256). Then mean over frequency, mean + max over time,
-a small dense layer (the embedding) and the output layer.
+an optional small dense layer (the embedding) and the output layer.
 
-params: hidden (int, 128) size of the dense embedding layer.
+params: hidden (int, 128) size of the dense embedding layer; 0 leaves it out, so the
+pooled conv features are the embedding and a dropout + linear layer classifies them
+(the one-file reference CNN's head, which learns faster on a few hundred clips).
 """
 from __future__ import annotations
 
@@ -48,12 +50,16 @@ def conv_stack(in_channels: int, widths: list[int], time_pool_blocks: int | None
 class CNN2d(Tagger):
     def __init__(self, cfg: ModelConfig, n_classes: int, in_channels: int, n_bins: int):
         super().__init__(in_channels, n_bins, n_classes)
-        p = family_params(cfg, {"hidden": 128})
+        p = family_params(cfg, {"hidden": 128}, may_be_zero=("hidden",))
         widths = block_widths(cfg.width, cfg.depth)
         self.backbone = conv_stack(in_channels, widths)
-        self.neck = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(widths[-1], p["hidden"]), nn.PReLU())
-        self.embed_dim = p["hidden"]
-        self.classifier = linear_classifier(self.embed_dim, n_classes, cfg.dropout / 2)
+        if p["hidden"]:
+            self.neck = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(widths[-1], p["hidden"]), nn.PReLU())
+            self.embed_dim = p["hidden"]
+            self.classifier = linear_classifier(self.embed_dim, n_classes, cfg.dropout / 2)
+        else:
+            self.embed_dim = widths[-1]
+            self.classifier = linear_classifier(self.embed_dim, n_classes, cfg.dropout)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return freq_mean_time_meanmax(self.backbone(x))

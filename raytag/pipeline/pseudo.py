@@ -44,3 +44,25 @@ def select_pseudo(probs, lower: float, upper: float) -> tuple[np.ndarray, np.nda
         rows &= top < upper
     targets[rows] = (probs[rows] >= lower).astype(np.float32)
     return rows, targets
+
+
+def quantile_bounds(probs, lower_q: float, upper_q: float) -> tuple[float, float]:
+    """Probability bounds at quantiles of the clips' top probabilities.
+
+    A model's confidence depends on its training (an under-trained model's top
+    probabilities can all sit near 0.1), so fixed probability bounds may take every clip
+    or none. Read as quantiles, a schedule of 0.35 -> 0.65 takes the most confident 65%
+    of the clips in the first round and 35% in the last, whatever the calibration; an
+    upper quantile of 0.98 leaves out the 2% the model is surest of. Returns
+    (lower, upper) probabilities for `select_pseudo`; upper is 1.0 (no cut) at upper_q >= 1.
+    """
+    if not 0.0 <= lower_q < upper_q:
+        raise ValueError(f"need 0 <= lower_q < upper_q, got {lower_q}, {upper_q}")
+    top = np.asarray(probs, dtype=np.float64).max(axis=1)
+    if top.size == 0:
+        return 1.0, 1.0
+    lower = float(np.quantile(top, lower_q))
+    upper = 1.0 if upper_q >= 1.0 else float(np.quantile(top, upper_q))
+    if upper <= lower:  # many ties at the top: keep a non-empty interval
+        upper = float(np.nextafter(lower, np.inf))
+    return lower, upper

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import yaml
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
@@ -203,3 +205,32 @@ def spread_labels(
             spread[rows[take]] = pred[take]
             accepted[rows] |= hit
     return accepted, spread
+
+
+SHIPPED_GROUPS = Path(__file__).resolve().parent / "groups"
+
+
+def load_groups_file(name_or_path: str, classes: Sequence[str]) -> dict[str, list[str]]:
+    """Class groups from a YAML file ({group: [class, ...]}) or a shipped one by name
+    (`esc50`: ESC-50's five major categories; `fsdkaggle2019`: AudioSet's top levels).
+
+    A file describes an ontology, so classes the dataset lacks are dropped (a 10-class
+    subset can use the 50-class file); a file that names none of the dataset's classes is
+    an error, since spreading would then run in one group without saying so."""
+    path = Path(name_or_path)
+    if not path.suffix and (SHIPPED_GROUPS / f"{name_or_path}.yaml").is_file():
+        path = SHIPPED_GROUPS / f"{name_or_path}.yaml"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in SHIPPED_GROUPS.glob("*.yaml")))
+        raise ConfigError(f"pipeline.label_spreading.groups_file: {name_or_path} is neither a file nor a "
+                          f"shipped group set ({shipped})")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise ConfigError(f"{path}: expected a mapping of group name -> list of class names")
+    known = set(classes)
+    groups = {str(g): [c for c in members if c in known] for g, members in data.items()}
+    groups = {g: members for g, members in groups.items() if members}
+    if not groups:
+        raise ConfigError(f"{path}: names none of the dataset's {len(known)} classes "
+                          f"(e.g. {sorted(known)[:3]}); is it the right group file?")
+    return groups

@@ -24,7 +24,7 @@ def _optimizer(cfg, model, step: Step, steps_per_epoch: int):
     total = max(1, step.epochs * steps_per_epoch)
     if cfg.train.scheduler == "onecycle" and total >= 4:
         # the warm-up phase needs at least 2 optimizer steps (OneCycleLR divides by its length)
-        pct = min(0.5, max(0.25, 2.0 / total))
+        pct = min(0.5, max(cfg.train.onecycle_pct, 2.0 / total))
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=pct)
     elif cfg.train.scheduler == "onecycle":
         sched = None  # too few steps for a cycle: constant learning rate
@@ -35,7 +35,8 @@ def _optimizer(cfg, model, step: Step, steps_per_epoch: int):
     return opt, sched
 
 
-def _train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: CropBatches, seed, step) -> float:
+def _train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: CropBatches, seed, step,
+                 keep: float = 1.0) -> float:
     cfg = ctx.cfg
     gen = torch.Generator().manual_seed(seed * 7919 + ctx.rank)
     mean = torch.tensor(ctx.plan.norm_mean, dtype=torch.float32)[..., None]
@@ -52,7 +53,7 @@ def _train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: C
         # the noisy share is mixed like the targets, so a mixed clip's loss and weight blend too
         x, y, noisy, _ = mixup(x, y, noisy.float(), cfg.train.mixup.alpha, cfg.train.mixup.prob, gen)
         x, y, noisy = x.to(ctx.device), y.to(ctx.device), noisy.to(ctx.device)
-        loss = loss_fn(model(x), y, noisy)
+        loss = loss_fn(model(x), y, noisy, keep=keep)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss became {loss.item()} in stage {step.stage_name} (fold {step.fold}): "

@@ -12,6 +12,12 @@ One callable covers a batch that mixes curated and noisy clips:
 - per-source weights: each clip's loss is weighted by cfg.curated_weight or
   cfg.noisy_weight and the batch loss is the weighted mean sum(w_i l_i) / sum(w_i).
 
+- small-loss selection (co-teaching's rule, Han et al. 2018, with one network): of the
+  noisy clips of a batch only the share `keep` with the smallest loss counts; the others
+  (most likely wrong labels: a network fits clean labels first) get weight 0. `keep`
+  falls from 1 to cfg.noisy_keep over the first cfg.noisy_keep_ramp epochs of a stage
+  (`small_loss_keep`), since early on every loss is high.
+
 `is_noisy` may be a bool tensor or a float tensor in [0, 1] (the share of a mixup
 mixture that came from a noisy clip). A clip with share q is scored with
 (1 - q) * curated_loss + q * noisy_loss and weighed with
@@ -20,6 +26,8 @@ with the same lambda gives. Explicit per-clip `weights` (e.g. from `augment.mixu
 replace the source weights when given.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +58,7 @@ class NoisyLabelLoss:
         q = is_noisy.to(torch.float32)
         return (1.0 - q) * self.cfg.curated_weight + q * self.cfg.noisy_weight
 
-    def __call__(self, logits, targets, is_noisy, weights=None) -> torch.Tensor:
+    def __call__(self, logits, targets, is_noisy, weights=None, keep: float = 1.0) -> torch.Tensor:
         if logits.shape != targets.shape:
             raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
         targets = self.smooth(targets.to(logits.dtype))
@@ -66,12 +74,33 @@ class NoisyLabelLoss:
             loss_noisy = self.per_clip(logits, targets, noisy_lsoft)
             per_clip = (1.0 - q) * loss_curated + q * loss_noisy
         w = self.source_weights(q) if weights is None else weights.to(device=logits.device, dtype=logits.dtype)
+        if keep < 1.0:
+            w = w * small_loss_mask(per_clip.detach(), q > 0.5, keep).to(w.dtype)
         total = w.sum()
         if total <= 0:
             # every clip weighs 0 (e.g. noisy_weight 0 on an all-noisy batch): no signal,
             # but keep the graph so backward() still works
             return (per_clip * 0.0).sum()
         return (w * per_clip).sum() / total
+
+
+def small_loss_mask(per_clip: torch.Tensor, noisy: torch.Tensor, keep: float) -> torch.Tensor:
+    """bool [B]: every curated clip, and the ceil(keep * n) noisy clips with the smallest loss."""
+    mask = torch.ones_like(noisy, dtype=torch.bool)
+    idx = torch.nonzero(noisy).flatten()
+    n_keep = int(math.ceil(keep * len(idx)))
+    if n_keep < len(idx):
+        worst = idx[torch.argsort(per_clip[idx], descending=True)[: len(idx) - n_keep]]
+        mask[worst] = False
+    return mask
+
+
+def small_loss_keep(cfg: LossConfig, epoch: int) -> float:
+    """The share of noisy clips kept at `epoch` (0-based) of a stage: 1 -> cfg.noisy_keep."""
+    if cfg.noisy_keep >= 1.0:
+        return 1.0
+    ramp = min(1.0, epoch / cfg.noisy_keep_ramp) if cfg.noisy_keep_ramp > 0 else 1.0
+    return 1.0 - (1.0 - cfg.noisy_keep) * ramp
 
 
 def build_loss(cfg: LossConfig) -> NoisyLabelLoss:

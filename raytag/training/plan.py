@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from raytag.config import Config, ConfigError
+from raytag.config import Config, ConfigError, InputNormConfig
 from raytag.data.labels import labels_to_matrix
 from raytag.pipeline.selection import select_noisy_subset
+from raytag.pipeline.spreading import load_groups_file
 from raytag.training.folds import make_folds
 
 
@@ -65,6 +66,10 @@ def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: s
         else list(noisy["clip_id"])
     )
     channels, bins = store.shape
+    spreading = cfg.pipeline.label_spreading
+    if spreading.groups_file and not spreading.groups:
+        # resolved here, on the driver: workers on other nodes may not have the file
+        cfg = cfg.with_overrides({"pipeline.label_spreading.groups": load_groups_file(spreading.groups_file, classes)})
     return Plan(
         cfg=cfg.to_dict(),
         classes=classes,
@@ -82,6 +87,26 @@ def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: s
         feature_cache=str(feature_cache),
         channels=int(channels),
         bins=int(bins),
-        norm_mean=np.asarray(store.mean, dtype=np.float32),
-        norm_std=np.asarray(store.std, dtype=np.float32),
+        **dict(zip(("norm_mean", "norm_std"), input_scaling(cfg.train.normalize, store.mean, store.std))),
     )
+
+
+def input_scaling(norm: InputNormConfig, bin_mean, bin_std) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) arrays of shape (C, F) that the model input is scaled by: (x - mean) / std.
+
+    Whatever the kind, the result is per-bin arrays, so the workers, inference and the
+    artifact apply one formula. "global" pools the per-bin statistics of each channel
+    exactly (every bin has the same frames): var = mean(std^2 + mean^2) - mean^2."""
+    bin_mean = np.asarray(bin_mean, dtype=np.float64)
+    bin_std = np.asarray(bin_std, dtype=np.float64)
+    if norm.kind == "per_bin":
+        mean, std = bin_mean, bin_std
+    elif norm.kind == "global":
+        mu = bin_mean.mean(axis=1, keepdims=True)
+        var = (bin_std**2 + bin_mean**2).mean(axis=1, keepdims=True) - mu**2
+        mean = np.broadcast_to(mu, bin_mean.shape)
+        std = np.broadcast_to(np.sqrt(np.maximum(var, 0.0)), bin_mean.shape)
+    else:  # fixed
+        mean = np.full(bin_mean.shape, norm.offset)
+        std = np.full(bin_mean.shape, norm.scale)
+    return mean.astype(np.float32), np.maximum(std, 1e-5).astype(np.float32)

@@ -122,8 +122,15 @@ class _Context:
         accepted = decision["accepted"] if decision else []
         data = base.concat(self.noisy(accepted)) if accepted else base
         pseudo = self.state.load_preds(f"pseudo/fold{step.fold}_r{step.round}")
+        taken = set()
         if pseudo is not None and len(pseudo[0]):
             data = data.concat(self.noisy(pseudo[0], pseudo[1]))
+            taken = set(pseudo[0])
+        soft = self.state.load_preds(f"soft/fold{step.fold}")
+        if soft is not None:  # rejected clips with soft targets, unless pseudo-labelled this round
+            keep = [i for i, c in enumerate(soft[0]) if c not in taken]
+            if keep:
+                data = data.concat(self.noisy([soft[0][i] for i in keep], soft[1][keep]))
         return data
 
     # -- distributed prediction -------------------------------------------------------

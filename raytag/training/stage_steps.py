@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from raytag.models import build_model
 from raytag.pipeline.filters import accept_by_rule, combine_filters
-from raytag.pipeline.pseudo import select_pseudo
+from raytag.pipeline.pseudo import quantile_bounds, select_pseudo
 from raytag.pipeline.schedule import lower_bound
 from raytag.pipeline.spreading import embed_pca, spread_labels
 from raytag.training.run_state import _Context, _unwrap
@@ -33,6 +33,30 @@ def _start_step(ctx: _Context, model, step: Step, steps: list[Step]):
         _choose_pseudo(ctx, model, step)
 
 
+def stage2_adds_nothing(ctx: _Context, step: Step, steps: list[Step]) -> bool:
+    """True for a stage-2 round that would train on stage 1's curated clips alone."""
+    if step.kind != "stage2" or ctx.cfg.pipeline.pseudo.enabled:
+        return False
+    if not any(s.fold == step.fold and s.trains for s in steps[: steps.index(step)]):
+        return False  # stage 2 is this fold's only training
+    decision = ctx.state.load_json(f"filter/fold{step.fold}.json")
+    soft = ctx.state.load_preds(f"soft/fold{step.fold}")
+    return not (decision and decision["accepted"]) and not (soft and len(soft[0]))
+
+
+def finish_fold_early(ctx: _Context, model, step: Step, steps: list[Step]):
+    """Make the fold's last trained model (stage 1) its final one: weights and predictions."""
+    if ctx.rank != 0:
+        return
+    last = max(i for i, s in enumerate(steps[: steps.index(step)]) if s.fold == step.fold and s.trains)
+    tag = f"{steps[last].stage_name}__fold{step.fold}"
+    (ctx.state.out / "weights").mkdir(exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    save_file(state, ctx.state.out / "weights" / f"fold{step.fold}.safetensors")
+    ctx.state.save_preds(f"final/oof_fold{step.fold}", *ctx.state.load_preds(f"oof/{tag}"))
+    ctx.state.save_preds(f"final/test_fold{step.fold}", *ctx.state.load_preds(f"test/{tag}"))
+
+
 def _choose_pseudo(ctx: _Context, model, step: Step):
     """Seed 002's scheduled threshold: unlabelled clips whose top probability lies in
     [lower(round), upper) join this round with the model's predictions as targets."""
@@ -41,14 +65,17 @@ def _choose_pseudo(ctx: _Context, model, step: Step):
     unlabelled = decision["unlabelled"] if decision else list(ctx.plan.noisy_ids)
     lower = lower_bound(step.round, pcfg.rounds, pcfg.lower)
     ids, targets = [], np.zeros((0, ctx.plan.n_classes), np.float32)
+    upper = pcfg.upper
     if unlabelled:
         probs = ctx.predict(model, unlabelled)
-        rows, pseudo_targets = select_pseudo(probs, lower, pcfg.upper)
+        if pcfg.bounds == "quantile":
+            lower, upper = quantile_bounds(probs, lower, upper)
+        rows, pseudo_targets = select_pseudo(probs, lower, upper)
         ids = [c for c, keep in zip(unlabelled, rows) if keep]
         targets = np.asarray(pseudo_targets, np.float32)[rows]
     ctx.state.save_preds(f"pseudo/fold{step.fold}_r{step.round}", ids, targets)
     ctx.state.save_json(f"pseudo/fold{step.fold}_r{step.round}.json",
-                        {"lower": lower, "upper": pcfg.upper, "n_pseudo": len(ids),
+                        {"lower": lower, "upper": upper, "bounds": pcfg.bounds, "n_pseudo": len(ids),
                          "n_unlabelled": len(unlabelled)})
 
 
@@ -60,7 +87,7 @@ def _run_filter(ctx: _Context, model, step: Step):
     given = ctx.plan.noisy_y
     info: dict = {"fold": step.fold}
     accept = np.zeros(len(ids), bool)
-    prob_accept = None
+    prob_accept = probs = None
     if len(ids) and p.filter.enabled:
         probs = ctx.predict(model, ids)
         prob_accept = accept_by_rule(given, probs, p.filter.rule, p.filter.threshold)
@@ -83,6 +110,15 @@ def _run_filter(ctx: _Context, model, step: Step):
             np.savez(emb_dir / f"fold{step.fold}.npz", labelled_ids=np.asarray(labelled.clip_ids),
                      labelled=emb_l, noisy_ids=np.asarray(ids), noisy=emb_n, accepted=accept)
     accepted = [c for c, a in zip(ids, accept) if a]
+    if p.filter.rejected == "soft" and len(ids):
+        # Reed et al. 2015's soft bootstrapping, with the filter model's guess fixed at filter time:
+        # a rejected clip stays in stage 2 with target beta * given + (1 - beta) * prediction
+        if probs is None:
+            probs = ctx.predict(model, ids)
+        beta = p.filter.soft_beta
+        rejected = ~np.asarray(accept, bool)
+        ctx.state.save_preds(f"soft/fold{step.fold}", [c for c, r in zip(ids, rejected) if r],
+                             (beta * given[rejected] + (1 - beta) * probs[rejected]).astype(np.float32))
     info.update(accepted=accepted, unlabelled=[c for c, a in zip(ids, accept) if not a],
                 n_accepted=len(accepted), n_noisy=len(ids),
                 n_labelled=len(labelled) + len(accepted))

@@ -31,9 +31,9 @@ from raytag.features.store import FeatureStore, build_feature_store, default_fea
 from raytag.models import build_model
 from raytag.training.dataset import CropBatches
 from raytag.training.epoch import _cv_so_far, _evaluate, _optimizer, _train_epoch
-from raytag.training.losses import build_loss
+from raytag.training.losses import build_loss, small_loss_keep
 from raytag.training.run_state import TRAIN_STATE_FILE, RunState, _Context, _unwrap
-from raytag.training.stage_steps import _run_filter, _start_step
+from raytag.training.stage_steps import _run_filter, _start_step, finish_fold_early, stage2_adds_nothing
 from raytag.training.steps import Step, build_steps, last_training_step_of_fold
 
 
@@ -136,10 +136,18 @@ def train_loop_per_worker(loop_config: dict):
             continue
 
         epoch = state.progress["epoch"]
+        if epoch == 0 and step_built != i and stage2_adds_nothing(ctx, step, steps):
+            # no noisy clip accepted, none soft-labelled and no pseudo-labels: stage 2 would only
+            # train on stage 1's curated clips again, so the fold ends with its stage-1 model
+            finish_fold_early(ctx, model, step, steps)
+            state.progress["step"] += 1
+            _report(ctx, model, optimizer, scheduler, step, {"train_loss": float("nan")}, checkpoint=True)
+            continue
         if epoch == 0 and step_built != i:
             _start_step(ctx, model, step, steps)  # fresh fold weights, pseudo set...
         data = ctx.training_set(step)
-        batches = CropBatches(store, data, cfg.crop_frames(), cfg.train.batch_size)
+        # train.batch_size is the global batch: each worker takes its share
+        batches = CropBatches(store, data, cfg.crop_frames(), -(-cfg.train.batch_size // world))
         if step_built != i:
             optimizer, scheduler = _optimizer(cfg, model, step, batches.steps_per_epoch(world))
             if train_state is not None and train_state.get("step") == i and train_state.get("optimizer"):
@@ -152,7 +160,8 @@ def train_loop_per_worker(loop_config: dict):
         _trace({"event": "epoch_start", "rank": rank, "step": i, "epoch": epoch,
                 "global_step": state.progress["global_step"], "stage": step.stage_name})
         seed = int(cfg.seed * 1_000_003 + state.progress["global_step"])
-        loss = _train_epoch(ctx, model, optimizer, scheduler, loss_fn, batches, seed, step)
+        loss = _train_epoch(ctx, model, optimizer, scheduler, loss_fn, batches, seed, step,
+                            keep=small_loss_keep(cfg.train.loss, epoch))
 
         state.progress["epoch"] += 1
         state.progress["global_step"] += 1

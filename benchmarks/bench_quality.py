@@ -1,0 +1,330 @@
+"""Tagging quality on the real-audio dev benchmark (issue 10), side by side.
+
+Rows (each a `fit_pipeline` run of raytag's engine, except the first):
+
+    reference_script    ../shared/bench/cnn_reference.py --noisy, unchanged (all curated + noisy
+                        clips at face value, 30 epochs, no CV): the one-file CNN to match
+    reference           configs/reference.yaml: the same recipe inside raytag
+    ref_<ablation>      reference.yaml with ONE of the old defaults swapped in (why they learned slowly)
+    face_value          configs/default.yaml, stages set for face value (curated + all noisy, no
+                        warm-up, filter or pseudo-labels), the epochs of the default pipeline in one stage
+    default             configs/default.yaml as shipped (the default pipeline)
+
+Like with like: the script trains on every curated clip, a raytag fold holds 1/5 of them out
+(67 clips) to score CV. Test lwlrap of a raytag row is the mean of its fold models on the test
+clips; with --folds 0 (the default here, for time) that is one model trained on 4/5 of the
+curated clips, so the comparison is slightly in the script's favour.
+
+Paired bootstrap (1000 resamples of clips, 90% interval) of every row against `reference_script`
+on test and, between raytag rows, on their common out-of-fold clips (`--pairs a:b`).
+
+    python benchmarks/bench_quality.py --data /path/to/escfat                 # every row
+    python benchmarks/bench_quality.py --data DIR --rows reference_script reference
+    python benchmarks/bench_quality.py --data DIR --report-only               # table from finished rows
+
+Finished rows are reused (results/quality/<row>-<config hash>); writes
+results/benchmarks/quality.json and quality.md. Run it alone on the machine: it records the
+load average beside every row's minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RAYTAG_SHARED", REPO.parent / "shared"))
+STORAGE = REPO / "results" / "quality"
+OUT_JSON = REPO / "results" / "benchmarks" / "quality.json"
+OUT_MD = REPO / "results" / "benchmarks" / "quality.md"
+
+FACE_VALUE = {
+    "pipeline.warmup.enabled": False,
+    "pipeline.finetune.noisy": "all",
+    "pipeline.filter.enabled": False,
+    "pipeline.label_spreading.enabled": False,
+    "pipeline.pseudo.enabled": False,
+}
+# The old defaults (raytag 0.1) that issue 10 suspects, each swapped into reference.yaml alone.
+ABLATIONS = {
+    "ref_per_bin_norm": ("per-bin mean/std input normalisation", {"train.normalize.kind": "per_bin"}),
+    "ref_lr1e-3": ("peak learning rate 1e-3 (not 3e-3)", {"train.lr": 1e-3}),
+    "ref_wd1e-4": ("weight decay 1e-4 (not 1e-2)", {"train.weight_decay": 1e-4}),
+    "ref_all_augment": ("SpecAugment + gain 6 dB + shift 0.1 + mixup on half the batches",
+                        {"train.specaugment.enabled": True, "train.augment.gain_db": 6.0,
+                         "train.augment.time_shift": 0.1, "train.mixup.prob": 0.5}),
+    "ref_dense_neck": ("dense neck (128, PReLU) and dropout 0.2 / 0.1", {"model.params": {"hidden": 128},
+                                                                       "model.dropout": 0.2}),
+    "ref_2x32_batch": ("2 workers x 32 clips (the old per-worker batch: 64 per step)",
+                       {"train.num_workers": 2, "train.cpus_per_worker": 0.5, "train.torch_threads": 1,
+                        "train.batch_size": 64}),
+}
+
+
+# Stage layouts tried for the default pipeline, each on default.yaml's training recipe.
+FV_THEN_FILTER = {"pipeline.warmup.enabled": False, "pipeline.finetune.noisy": "all", "pipeline.finetune.epochs": 22,
+                  "pipeline.filter.enabled": True, "pipeline.pseudo.enabled": False, "pipeline.pseudo.epochs": 8,
+                  "pipeline.pseudo.lr": 1e-3}
+WARMUP_NOISY = {"pipeline.warmup.enabled": True, "pipeline.warmup.use": "all", "pipeline.warmup.epochs": 15,
+                "pipeline.finetune.noisy": "none", "pipeline.finetune.epochs": 7, "pipeline.filter.enabled": True,
+                "pipeline.pseudo.enabled": False, "pipeline.pseudo.epochs": 8}
+PIPELINE_VARIANTS = {
+    "pipe_warmup_noisy": ("shared warm-up on all noisy (15), curated fine-tune (7), filter, stage 2 (8)", WARMUP_NOISY),
+    "pipe_fv_filter": ("face value (22), filter (top-2 rule), stage 2 on curated + accepted (8, lr 1e-3)",
+                       FV_THEN_FILTER),
+    "pipe_fv_filter_soft": ("pipe_fv_filter + rejected clips kept with soft targets (Reed et al.)",
+                            {**FV_THEN_FILTER, "pipeline.filter.rejected": "soft"}),
+}
+
+
+def rows_table() -> dict:
+    rows = {"reference_script": ("../shared/bench/cnn_reference.py --noisy (30 epochs), all curated clips", None, {})}
+    rows["reference"] = ("configs/reference.yaml", "configs/reference.yaml", {})
+    rows["reference_script_fold0"] = ("the script on fold 0's training clips (the `reference` row's data)", None, {})
+    for name, (what, over) in ABLATIONS.items():
+        rows[name] = (f"reference.yaml + {what}", "configs/reference.yaml", over)
+    rows["face_value"] = ("default.yaml, curated + all noisy at face value, same total epochs",
+                          "configs/default.yaml", {"FACE_VALUE": True})
+    rows["default"] = ("default.yaml (the default pipeline)", "configs/default.yaml", {})
+    for name, (what, over) in PIPELINE_VARIANTS.items():
+        rows[name] = (what, "configs/default.yaml", over)
+    return rows
+
+
+def load_avg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# ----------------------------------------------------------------------------- runs
+def fold0_training_data(data: Path, reference_info: dict) -> Path:
+    """`data` with train_curated.csv cut to the clips a raytag fold-0 model trains on (the
+    held-out clips of the `reference` row's oof.parquet removed); audio linked, not copied."""
+    out = STORAGE / "data_fold0_train"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("train_curated", "train_noisy", "test", "sample_submission.csv", "test_labels.csv",
+                 "train_noisy.csv"):
+        link = out / name
+        if not link.exists():
+            link.symlink_to((data / name).resolve())
+    held = {c.split("/", 1)[1] for c in pd.read_parquet(Path(reference_info["outputs"]) / "oof.parquet")["clip_id"]}
+    curated = pd.read_csv(data / "train_curated.csv", dtype=str, keep_default_na=False)
+    curated[~curated["fname"].isin(held)].to_csv(out / "train_curated.csv", index=False)
+    return out
+
+
+def run_script(data: Path, epochs: int, row: str = "reference_script") -> dict:
+    out_dir = STORAGE / f"{row}-e{epochs}"
+    preds = out_dir / "test.parquet"
+    info_path = out_dir / "info.json"
+    if info_path.is_file():
+        print(f"[bench] {row}: reusing {out_dir}", flush=True)
+        return json.loads(info_path.read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    load_before = load_avg()
+    started = time.time()
+    cmd = [sys.executable, str(REPO / "benchmarks" / "run_reference.py"), str(SHARED / "bench" / "cnn_reference.py"),
+           str(data), str(preds), "--noisy", "--epochs", str(epochs)]
+    print(f"[bench] {row}: {' '.join(cmd)}", flush=True)
+    log = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    print(log, flush=True)
+    info = {"row": row, "minutes": round((time.time() - started) / 60, 2),
+            "load_before": load_before, "load_after": load_avg(), "log": log.splitlines()[-8:],
+            "test_preds": str(preds), "cv_lwlrap": None}
+    info_path.write_text(json.dumps(info, indent=2))
+    return info
+
+
+def config_for(config_file: str, overrides: dict, epochs: int, folds: list[int] | None):
+    from raytag.config import Config
+
+    cfg = Config.from_yaml(REPO / config_file)
+    over = dict(overrides)
+    if over.pop("FACE_VALUE", False):
+        p = cfg.pipeline
+        total = sum(s.epochs for s in (p.warmup, p.finetune) if s.enabled) + (
+            p.pseudo.epochs * (p.pseudo.rounds if p.pseudo.enabled else 1))
+        over = {**FACE_VALUE, "pipeline.finetune.epochs": total, **over}
+    if folds is not None:
+        over["cv.folds"] = folds
+    if config_file.endswith("reference.yaml"):
+        over["pipeline.finetune.epochs"] = epochs
+    return cfg.with_overrides(over)
+
+
+def run_raytag(row: str, cfg, data: Path, features: Path) -> dict:
+    from raytag.training.runner import fit_pipeline
+
+    blob = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "name"}, sort_keys=True)
+    name = f"{row}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+    outputs = STORAGE / name / "outputs"
+    info_path = STORAGE / name / "bench.json"
+    if info_path.is_file():
+        print(f"[bench] {row}: reusing {STORAGE / name}", flush=True)
+        return json.loads(info_path.read_text())
+    load_before = load_avg()
+    started = time.time()
+    print(f"[bench] {row}: training ({name}), load {load_before}", flush=True)
+    result = fit_pipeline(cfg.with_overrides({"name": row}), data, str(STORAGE), name,
+                          feature_cache=str(features), progress=False)
+    info = {"row": row, "minutes": round((time.time() - started) / 60, 2), "load_before": load_before,
+            "load_after": load_avg(), "cv_lwlrap": result.metrics["cv_lwlrap"],
+            "test_lwlrap": result.metrics.get("test_lwlrap"), "epochs_run": result.metrics.get("epochs_run"),
+            "outputs": str(outputs), "stages": json.loads(result.stages.to_json(orient="records"))}
+    info_path.write_text(json.dumps(info, indent=2))
+    return info
+
+
+# ----------------------------------------------------------------------------- scoring
+def test_truth(data: Path, classes: list[str]) -> pd.DataFrame:
+    t = pd.read_csv(data / "test_labels.csv", dtype=str, keep_default_na=False)
+    y = np.array([[c in labs.split(",") for c in classes] for labs in t["labels"]], np.float32)
+    return pd.DataFrame(y, index=t["fname"], columns=classes)
+
+
+def test_scores(info: dict, classes: list[str]) -> pd.DataFrame:
+    """fname -> class scores (raytag: mean over fold models)."""
+    if info["row"].startswith("reference_script"):
+        return pd.read_parquet(info["test_preds"]).set_index("fname")[classes]
+    df = pd.read_parquet(Path(info["outputs"]) / "test.parquet")
+    df = df.groupby("clip_id")[classes].mean()
+    df.index = [c.split("/", 1)[1] for c in df.index]
+    return df
+
+
+def oof_scores(info: dict, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    if info["row"].startswith("reference_script"):
+        return None
+    out = Path(info["outputs"])
+    df = pd.read_parquet(out / "oof.parquet").set_index("clip_id")[classes]
+    truth = pd.read_csv(out / "oof_truth.csv", keep_default_na=False).set_index("clip_id")
+    y = np.array([[c in labs.split(",") for c in classes] for labs in truth.loc[df.index, "labels"]], np.float32)
+    return df, pd.DataFrame(y, index=df.index, columns=classes)
+
+
+def paired(y: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame) -> dict:
+    from raytag.metrics import paired_bootstrap_lwlrap
+
+    common = a.index.intersection(b.index).intersection(y.index)
+    return paired_bootstrap_lwlrap(y.loc[common].to_numpy(), a.loc[common].to_numpy(), b.loc[common].to_numpy())
+
+
+# ----------------------------------------------------------------------------- report
+def report(results: dict, data: Path, args) -> None:
+    from raytag.metrics import lwlrap
+
+    classes = list(pd.read_csv(data / "sample_submission.csv", nrows=0).columns[1:])
+    y_test = test_truth(data, classes)
+    scores = {row: test_scores(info, classes) for row, info in results.items()}
+    base = "reference_script" if "reference_script" in scores else None
+    lines = []
+    for row, info in results.items():
+        s = scores[row].reindex(y_test.index)
+        test = float(lwlrap(y_test.to_numpy(), s.to_numpy()))
+        vs = paired(y_test, scores[base], scores[row]) if base and row != base else None
+        lines.append({"row": row, "what": rows_table()[row][0], "cv_lwlrap": info.get("cv_lwlrap"),
+                      "test_lwlrap": round(test, 4), "test_vs_script": vs, "minutes": info["minutes"],
+                      "load": f"{info['load_before']} / {info['load_after']}"})
+    test_pairs = []
+    for pair in args.test_pairs:
+        a, b = pair.split(":")
+        if a in scores and b in scores:
+            test_pairs.append({"a": a, "b": b, **paired(y_test, scores[a], scores[b])})
+    cv_pairs = []
+    for pair in args.pairs:
+        a, b = pair.split(":")
+        if a in results and b in results:
+            oa, ob = oof_scores(results[a], classes), oof_scores(results[b], classes)
+            if oa and ob:
+                cv_pairs.append({"a": a, "b": b, **paired(oa[1], oa[0], ob[0])})
+    report = {"command": " ".join(sys.argv), "data": str(data), "folds": args.folds, "rows": lines,
+              "cv_pairs": cv_pairs, "test_pairs": test_pairs, "when": time.strftime("%Y-%m-%d %H:%M")}
+    OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
+    OUT_JSON.write_text(json.dumps(report, indent=2))
+    md = ["# Tagging quality on the dev benchmark (issue 10)", "",
+          f"Data: make_fat_bench.py default build (334 curated, 666 noisy, 332 test clips, 50 classes).  ",
+          f"Command: `{report['command']}`; folds trained: {args.folds}.  ",
+          "CV: out-of-fold lwlrap of the trained folds' held-out curated clips. Test: the fold models' mean "
+          "on the 332 test clips (reported, never used to choose). Intervals: paired bootstrap over clips, "
+          "1000 resamples, 90%.", "",
+          "| row | what | CV lwlrap | test lwlrap | test - script [90% CI] | min | load avg (before / after) |",
+          "|---|---|---|---|---|---|---|"]
+    for r in lines:
+        cv = "" if r["cv_lwlrap"] is None else f"{r['cv_lwlrap']:.4f}"
+        vs = "" if r["test_vs_script"] is None else (
+            f"{r['test_vs_script']['diff']:+.4f} [{r['test_vs_script']['ci90'][0]:+.3f}, "
+            f"{r['test_vs_script']['ci90'][1]:+.3f}]")
+        md.append(f"| {r['row']} | {r['what']} | {cv} | {r['test_lwlrap']:.4f} | {vs} | {r['minutes']:.1f} | {r['load']} |")
+    for title, pairs in (("Paired test comparisons (332 test clips)", test_pairs),
+                         ("Paired CV comparisons (common out-of-fold clips)", cv_pairs)):
+        if not pairs:
+            continue
+        md += ["", f"## {title}", "", "| b - a | diff | 90% CI | P(b better) |", "|---|---|---|---|"]
+        for p in pairs:
+            md.append(f"| {p['b']} - {p['a']} | {p['diff']:+.4f} | [{p['ci90'][0]:+.3f}, {p['ci90'][1]:+.3f}] "
+                      f"| {p['p_better']:.2f} |")
+    notes = OUT_MD.read_text().split(NOTES, 1)[1] if OUT_MD.is_file() and NOTES in OUT_MD.read_text() else "\n"
+    OUT_MD.write_text("\n".join(md) + "\n\n" + NOTES + notes)
+    print("\n".join(md))
+
+
+NOTES = "<!-- notes below are kept when the script rewrites this file -->"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True, help="make_fat_bench.py output (50 classes)")
+    ap.add_argument("--rows", nargs="*", default=None, help=f"rows to run (default: all): {', '.join(rows_table())}")
+    ap.add_argument("--folds", default="0", help="folds to train: '0', '0,1' or 'all' (default 0)")
+    ap.add_argument("--epochs", type=int, default=30, help="epochs of the script and of reference.yaml rows")
+    ap.add_argument("--features", type=Path, default=REPO / ".raytag_cache" / "bench_features")
+    ap.add_argument("--pairs", nargs="*", default=["face_value:default", "reference:face_value"],
+                    help="raytag rows compared on common OOF clips, as a:b")
+    ap.add_argument("--test-pairs", nargs="*", default=["reference_script_fold0:reference", "face_value:default"],
+                    help="rows compared on the test clips, as a:b")
+    ap.add_argument("--report-only", action="store_true", help="only tabulate rows that already ran")
+    args = ap.parse_args()
+    folds = None if args.folds == "all" else [int(f) for f in args.folds.split(",")]
+    table = rows_table()
+    wanted = args.rows or list(table)
+    unknown = [r for r in wanted if r not in table]
+    if unknown:
+        sys.exit(f"unknown rows {unknown}; known: {', '.join(table)}")
+    results = {}
+    for row in wanted:
+        what, config_file, over = table[row]
+        if row.startswith("reference_script"):
+            done = (STORAGE / f"{row}-e{args.epochs}" / "info.json")
+            if args.report_only and not done.is_file():
+                continue
+            data = args.data
+            if row == "reference_script_fold0":
+                if "reference" not in results:
+                    sys.exit("reference_script_fold0 needs the `reference` row (its fold 0): list it first")
+                data = fold0_training_data(args.data, results["reference"])
+            results[row] = run_script(data, args.epochs, row)
+            continue
+        cfg = config_for(config_file, over, args.epochs, folds)
+        if args.report_only:
+            blob = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "name"}, sort_keys=True)
+            path = STORAGE / f"{row}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}" / "bench.json"
+            if path.is_file():
+                results[row] = json.loads(path.read_text())
+            continue
+        results[row] = run_raytag(row, cfg, args.data, args.features)
+    report(results, args.data, args)
+
+
+if __name__ == "__main__":
+    main()
