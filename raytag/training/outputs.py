@@ -41,6 +41,14 @@ CONFIG = "config.yaml"
 METRICS = "metrics.json"
 WEIGHTS = "weights"
 META_COLUMNS = ("clip_id", "fold", "run", "stage")
+# what model.json must hold: inference (the artifact) reads these and nothing else, so the
+# frame counts live here only, not also in config.yaml
+MODEL_CARD_FIELDS = ("features", "model", "inference", "classes", "layout", "norm_mean", "norm_std",
+                     "crop_frames", "segment_frames")
+
+
+class TrialOutputError(RaytagError):
+    """A trial's outputs folder lacks a file or a field that its readers need."""
 
 
 def _load(path: Path):
@@ -297,6 +305,27 @@ def read_predictions(path: str) -> tuple[pd.DataFrame, list[str]]:
         raise RaytagError(f"{path}: holds no predictions")
     return df, classes
 
+
+
+def read_model_card(outputs_dir: str) -> dict:
+    """A trial's model.json, with every field of MODEL_CARD_FIELDS present (else an error
+    naming the file: a card without them was not written by `model_card`)."""
+    path = storage.join(outputs_dir, MODEL_CARD)
+    if not storage.exists(path):
+        raise TrialOutputError(f"{path}: missing; is {outputs_dir} a finished trial's outputs?")
+    try:
+        card = json.loads(storage.read_text(path))
+    except ValueError as err:
+        raise TrialOutputError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(card, dict):
+        raise TrialOutputError(f"{path}: not a JSON object")
+    missing = [key for key in MODEL_CARD_FIELDS if card.get(key) is None]
+    if missing:
+        raise TrialOutputError(
+            f"{path}: {', '.join(missing)} missing; inference reads them from model.json only "
+            "(training writes them): train the trial again with this version of raytag"
+        )
+    return card
 
 
 def write_metrics(outputs: Path, metrics: dict) -> None:
