@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raytag import storage
-from raytag.data.labels import labels_to_matrix
+from raytag.data.truth import truth_frame
 from raytag.data.submission import write_submission_2018, write_submission_2019
 from raytag.metrics import lwlrap
 from raytag.errors import RaytagError
@@ -198,7 +198,7 @@ def _truth_matrix(dataset, split, classes):
     truth = dataset.truth_for(split)
     if truth is None or not len(truth):
         return None
-    return pd.DataFrame(labels_to_matrix(list(truth["labels"]), classes), index=truth["clip_id"], columns=classes)
+    return truth_frame(truth, classes)
 
 
 def _score_against(scores: pd.DataFrame, truth: pd.DataFrame) -> float:
