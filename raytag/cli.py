@@ -88,7 +88,7 @@ def prepare(
     cache: Path = typer.Option(Path("results/features"), help="Feature cache folder."),
 ):
     """Check a dataset and compute (or reuse) its cached features."""
-    from raytag.features.store import prepare_command
+    from raytag.console.prepare import prepare_command
 
     _run(prepare_command, data=data, config=config, cache=cache)
 
@@ -102,7 +102,7 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="Override a setting: --set train.lr=3e-4 (repeatable)."),
 ):
     """Run one configuration, all folds and all enabled stages, on a Ray Train worker group."""
-    from raytag.training.runner import train_command
+    from raytag.console.train import train_command
 
     _run(train_command, config=config, data=data, storage=storage, name=name, overrides=set_)
 
@@ -118,7 +118,7 @@ def tune(
     scheduler: Optional[str] = typer.Option(None, help="asha | fifo | hyperband (default: from the space)."),
 ):
     """Search pipeline configurations with Ray Tune + Optuna; prints a leaderboard."""
-    from raytag.search.tuner import tune_command
+    from raytag.console.sweep import tune_command
 
     _run(tune_command, space=space, data=data, storage=storage, name=name, samples=samples,
          resume=resume, scheduler=scheduler)
@@ -130,7 +130,7 @@ def report(
     storage: str = typer.Option("results", help=STORAGE_HELP),
 ):
     """Print a finished sweep's leaderboard again and (re)draw its plots."""
-    from raytag.search.report import report_command
+    from raytag.console.sweep import report_command
 
     _run(report_command, experiment=experiment, storage=storage)
 
@@ -144,7 +144,7 @@ def ensemble(
 ):
     """Combine the best trials (arithmetic, geometric, rank, fitted weighted means),
     score them on out-of-fold predictions, and save the best as an artifact."""
-    from raytag.ensemble.job import ensemble_command
+    from raytag.console.ensemble import ensemble_command
 
     _run(ensemble_command, experiment=experiment, storage=storage, top=top, min_cv=min_cv)
 
@@ -156,7 +156,7 @@ def pull(
     to: Path = typer.Option(..., help="Local folder to copy the artifact, leaderboard and report to."),
 ):
     """Copy the best ensemble artifact from a sweep's storage, verifying checksums."""
-    from raytag.ensemble.pull import pull_command
+    from raytag.console.ensemble import pull_command
 
     _run(pull_command, experiment=experiment, storage=storage, to=to)
 
@@ -170,7 +170,7 @@ def predict(
     batch_size: int = typer.Option(32, help="Segments per forward pass."),
 ):
     """Tag audio files with an ensemble artifact."""
-    from raytag.predict import predict_command
+    from raytag.console.predict import predict_command
 
     _run(predict_command, artifact=artifact, inputs=inputs, out=out, format=format, batch_size=batch_size)
 
@@ -182,7 +182,7 @@ def score(
     per_class: bool = typer.Option(False, help="Also print lwlrap per class."),
 ):
     """Score a submission: lwlrap (and per-class lwlrap) or MAP@3."""
-    from raytag.scoring import score_command
+    from raytag.console.score import score_command
 
     _run(score_command, truth=truth, submission=submission, per_class=per_class)
 

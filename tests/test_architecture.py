@@ -28,6 +28,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"search": ("raytag.search",)},
     {"ensemble": ("raytag.ensemble",)},
     {"predict": ("raytag.predict",), "scoring": ("raytag.scoring",), "serve": ("raytag.serve",)},
+    {"console": ("raytag.console",)},
     {"demo": ("raytag.demo",), "testing": ("raytag.testing",)},
     {"cli": ("raytag.cli",)},
 ]

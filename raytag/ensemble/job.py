@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from raytag import storage
-from raytag import storage as _storage  # ensemble_command's `storage` argument shadows the module
 from raytag.data.layouts import load_dataset
 from raytag.data.truth import read_truth, truth_matrix
 from raytag.ensemble.artifact import MemberSpec, safe_name, save_artifact, trial_settings
@@ -324,25 +323,3 @@ def comparison_chart(table: pd.DataFrame) -> bytes:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
-
-
-def ensemble_command(experiment: str, storage: str = "results", top: Optional[int] = 5,
-                     min_cv: Optional[float] = None) -> EnsembleResult:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(stderr=True)
-    result = build_ensemble(_storage.join(storage, experiment), top=top, min_cv=min_cv, console=console)
-    view = Table(title=f"ensemble of {experiment}")
-    for col in ("name", "kind", "CV lwlrap", "CV on", "test lwlrap", "weights"):
-        view.add_column(col)
-    for r in result.table.itertuples():
-        mark = " *" if r.chosen else ""
-        view.add_row(f"{r.name}{mark}", r.kind, f"{r.cv_lwlrap:.4f}", r.cv_method,
-                     "-" if pd.isna(r.test_lwlrap) else f"{r.test_lwlrap:.4f}", r.weights)
-    console.print(view)
-    for s in result.skipped:
-        console.print(f"left out {s['trial_id']}: {s['reason']}")
-    console.print(f"chosen: [bold]{result.chosen}[/] (*); artifact: [bold]{result.artifact_path}[/]")
-    console.print(f"table: {result.table_path}; chart: {result.chart_path}")
-    return result
