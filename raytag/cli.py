@@ -1,5 +1,6 @@
-"""The raytag command line. Each command parses its options and hands over to the
-module that owns the work; imports are lazy so that `raytag --help` stays instant."""
+"""The raytag command line. Each command parses its options and hands over to its
+command in raytag.console (which calls the library and prints the result); imports are
+lazy so that `raytag --help` stays instant."""
 from __future__ import annotations
 
 import sys
