@@ -1,5 +1,6 @@
-"""The raytag command line. Each command parses its options and hands over to the
-module that owns the work; imports are lazy so that `raytag --help` stays instant."""
+"""The raytag command line. Each command parses its options and hands over to its
+command in raytag.console (which calls the library and prints the result); imports are
+lazy so that `raytag --help` stays instant."""
 from __future__ import annotations
 
 import sys
@@ -108,7 +109,7 @@ def prepare(
     cache: Path = typer.Option(Path("results/features"), help="Feature cache folder."),
 ):
     """Check a dataset and compute (or reuse) its cached features."""
-    from raytag.features.store import prepare_command
+    from raytag.console.prepare import prepare_command
 
     _run(prepare_command, data=data, config=config, cache=cache)
 
@@ -122,7 +123,7 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="Override a setting: --set train.lr=3e-4 (repeatable)."),
 ):
     """Run one configuration, all folds and all enabled stages, on a Ray Train worker group."""
-    from raytag.training.runner import train_command
+    from raytag.console.train import train_command
 
     _run(train_command, config=config, data=data, storage=storage, name=name, overrides=set_)
 
@@ -138,7 +139,7 @@ def tune(
     scheduler: Optional[str] = typer.Option(None, help="asha | fifo | hyperband (default: from the space)."),
 ):
     """Search pipeline configurations with Ray Tune + Optuna; prints a leaderboard."""
-    from raytag.search.tuner import tune_command
+    from raytag.console.sweep import tune_command
 
     result = _run(tune_command, space=space, data=data, storage=storage, name=name, samples=samples,
                   resume=resume, scheduler=scheduler)
@@ -153,7 +154,7 @@ def report(
 ):
     """Print a finished sweep's leaderboard again and (re)draw its plots."""
     from raytag import storage as files
-    from raytag.search.report import report_command
+    from raytag.console.sweep import report_command
 
     _run(report_command, experiment=experiment, storage=storage)
     if html:
@@ -169,7 +170,7 @@ def ensemble(
 ):
     """Combine the best trials (arithmetic, geometric, rank, fitted weighted means),
     score them on out-of-fold predictions, and save the best as an artifact."""
-    from raytag.ensemble.job import ensemble_command
+    from raytag.console.ensemble import ensemble_command
 
     from raytag import storage as files
 
@@ -184,7 +185,7 @@ def pull(
     to: Path = typer.Option(..., help="Local folder to copy the artifact, leaderboard and report to."),
 ):
     """Copy the best ensemble artifact from a sweep's storage, verifying checksums."""
-    from raytag.ensemble.pull import pull_command
+    from raytag.console.ensemble import pull_command
 
     _run(pull_command, experiment=experiment, storage=storage, to=to)
 
@@ -198,7 +199,7 @@ def predict(
     batch_size: int = typer.Option(32, help="Segments per forward pass."),
 ):
     """Tag audio files with an ensemble artifact."""
-    from raytag.predict import predict_command
+    from raytag.console.predict import predict_command
 
     _run(predict_command, artifact=artifact, inputs=inputs, out=out, format=format, batch_size=batch_size)
 
@@ -210,7 +211,7 @@ def score(
     per_class: bool = typer.Option(False, help="Also print lwlrap per class."),
 ):
     """Score a submission: lwlrap (and per-class lwlrap) or MAP@3."""
-    from raytag.scoring import score_command
+    from raytag.console.score import score_command
 
     _run(score_command, truth=truth, submission=submission, per_class=per_class)
 

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 import raytag
+from raytag.console.tables import stage_table
 from raytag.data.demo import make_demo_dataset
 from raytag.ensemble.artifact import load_artifact
 from raytag.ensemble.job import build_ensemble
@@ -27,7 +28,7 @@ from raytag.search.space import load_space
 from raytag.search.tuner import run_sweep
 from raytag.session import ensure_ray
 from raytag.training.outputs import SKIPPED, read_stages
-from raytag.training.runner import prepare_data, stage_table
+from raytag.training.runner import prepare_data
 
 console = Console()
 

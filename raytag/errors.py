@@ -25,3 +25,11 @@ class ArtifactError(RaytagError):
 
 class StorageError(RaytagError):
     """A storage path or URI cannot be used (for example local storage on a multi-node cluster)."""
+
+
+class ScoringError(RaytagError):
+    """A truth or submission file cannot be scored; the message says which and why."""
+
+
+class TruthError(ScoringError):
+    """A truth file (true labels, read only to score predictions against) cannot be used."""

@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import pandas as pd
 
 from raytag.data.submission import top3_labels, write_submission_2018, write_submission_2019
-from raytag.ensemble.artifact import load_artifact
+from raytag.ensemble.artifact import Artifact, load_artifact
 from raytag.ensemble.tagging import predict_files
 from raytag.errors import RaytagError
 
@@ -114,40 +115,45 @@ def failures_path(out: Optional[Path]) -> Path:
     return out.with_name(out.stem + ".failures.csv")
 
 
-# ----------------------------------------------------------------------------- command
-def predict_command(artifact: Path, inputs: list[Path], out: Optional[Path] = None,
-                    format: str = "csv", batch_size: int = 32) -> dict:
-    from rich.console import Console
+# ----------------------------------------------------------------------------- `raytag predict`
+@dataclass
+class Tagged:
+    """The inputs of one `raytag predict` and what the artifact made of them."""
 
+    artifact: Artifact
+    files: list[Path]  # every input file, folders expanded
+    probs: pd.DataFrame  # index file, one column per class (the files that could be read)
+    failures: pd.DataFrame  # file, reason (the files that could not)
+
+
+def tag_inputs(artifact: Path, inputs: list[Path], format: str = "csv", batch_size: int = 32,
+               out: Optional[Path] = None) -> Tagged:
+    """Check the options, verify and load the artifact, and tag every input file
+    (a progress bar on stderr while the files are tagged)."""
     if format not in ("csv", "json"):
         raise RaytagError(f"--format {format!r}: use csv (Kaggle submission) or json")
     if batch_size < 1:
         raise RaytagError(f"--batch-size {batch_size}: must be at least 1")
-    console = Console(stderr=True)
-    check_out_path(out, format)
+    check_out_path(out, format)  # before any work: a bad --out must not lose the tagging
     art = load_artifact(artifact)
     files = expand_inputs(inputs)
     probs, failures = predict_files(art, files, batch_size=batch_size, progress=True)
+    return Tagged(artifact=art, files=files, probs=probs, failures=failures)
+
+
+def save_outputs(tagged: Tagged, out: Optional[Path], format: str) -> tuple[Optional[Path], Optional[Path]]:
+    """Write the failures list (CSV output: `<out>.failures.csv`; JSON carries its own),
+    then the output, and remove a failures list an earlier run left. Returns (the output
+    written, None for JSON on stdout; the failures list written, or None). Raises when no
+    input file could be read."""
     fail_file = None
-    if len(failures):
-        where_listed = "in the JSON's failures"
-        if format == "csv":  # JSON output carries its failures itself
-            fail_file = failures_path(out)
-            fail_file.parent.mkdir(parents=True, exist_ok=True)
-            failures.to_csv(fail_file, index=False)
-            where_listed = str(fail_file)
-        console.print(f"[yellow]{len(failures)} of {len(files)} file(s) could not be read and are "
-                      f"not in the output[/] (listed {where_listed}):")
-        for rec in failures.head(10).itertuples():
-            console.print(f"  {rec.file}: {rec.reason}")
-        if len(failures) > 10:
-            console.print(f"  ... and {len(failures) - 10} more")
-    if probs.empty:
-        raise RaytagError(f"none of the {len(files)} input file(s) could be read (reasons above)")
-    written = write_output(probs, failures, art.layout, format, out)
+    if len(tagged.failures) and format == "csv":
+        fail_file = failures_path(out)
+        fail_file.parent.mkdir(parents=True, exist_ok=True)
+        tagged.failures.to_csv(fail_file, index=False)
+    if tagged.probs.empty:
+        raise RaytagError(f"none of the {len(tagged.files)} input file(s) could be read (reasons above)")
+    written = write_output(tagged.probs, tagged.failures, tagged.artifact.layout, format, out)
     if format == "csv" and fail_file is None:
         failures_path(out).unlink(missing_ok=True)  # a list from an earlier run would mislead
-    where = written if written is not None else "stdout"
-    console.print(f"tagged {len(probs)} file(s) with {len(art.members)} member(s) "
-                  f"({art.combiner}); wrote [bold]{where}[/]")
-    return {"written": written, "tagged": len(probs), "failed": len(failures), "failures_file": fail_file}
+    return written, fail_file

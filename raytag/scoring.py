@@ -1,5 +1,6 @@
-"""`raytag score`: reading Kaggle submission and truth CSVs, and scoring one against
-the other (the files are written by raytag.data.submission).
+"""`raytag score`: reading Kaggle submission CSVs and scoring them against a truth file
+(submissions are written by raytag.data.submission; truth files are read by
+raytag.data.truth, the one reader of every truth file).
 
 Two forms, told apart by their columns:
 
@@ -21,28 +22,12 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from raytag.data.csvcheck import repeated_fields
-from raytag.errors import RaytagError
+from raytag.data.truth import LAYOUT_2018, LAYOUT_2019, Truth, read_keyed_csv, read_truth
+from raytag.data.truth import few as _few
+from raytag.errors import ScoringError
 from raytag.metrics import lwlrap, per_class_lwlrap
 
-LAYOUT_2019 = "fat2019"
-LAYOUT_2018 = "fsd2018"
 _NAN_TEXT = {"", "nan", "na", "n/a", "null", "none", "-nan"}
-_SHOW = 5  # how many offending names an error lists
-
-
-class ScoringError(RaytagError):
-    """A truth or submission file cannot be scored; the message says which and why."""
-
-
-@dataclass
-class Truth:
-    layout: str  # LAYOUT_2019 | LAYOUT_2018
-    fnames: list[str]
-    labels: list[tuple[str, ...]]  # 2018: exactly one label per clip
-    # known classes, if the files tell: 2019 from a sample_submission.csv beside the truth,
-    # 2018 every label in the truth file (unscored rows included)
-    classes: Optional[list[str]] = None
 
 
 @dataclass
@@ -55,82 +40,10 @@ class Submission:
 
 
 # ----------------------------------------------------------------------------- reading
-def _read_csv(path: Path, what: str) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise ScoringError(f"{what} file not found: {path}")
-    try:
-        # everything as text: "None" or "NA" stay labels, and bad numbers can be reported as written
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise ScoringError(f"{path}: the {what} file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise ScoringError(f"{path}: not a readable CSV {what} file ({err})") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    repeated = repeated_fields(path)  # pandas would have renamed them ("dog" -> "dog.1")
-    if repeated:
-        raise ScoringError(f"{path}: columns appear more than once in the {what} file: {_few(repeated)}")
-    if "fname" not in df.columns:
-        raise ScoringError(f"{path}: the {what} file has no 'fname' column (columns: {_few(df.columns)})")
-    if len(df) == 0:
-        raise ScoringError(f"{path}: the {what} file has a header but no rows")
-    df["fname"] = df["fname"].str.strip()
-    dup = df["fname"][df["fname"].duplicated()].unique()
-    if len(dup):
-        raise ScoringError(f"{path}: fname appears more than once in the {what} file: {_few(dup)}")
-    if (df["fname"] == "").any():
-        raise ScoringError(f"{path}: {int((df['fname'] == '').sum())} rows of the {what} file have an empty fname")
-    return df
-
-
-def _few(names, n: int = _SHOW) -> str:
-    names = [str(x) for x in names]
-    more = f" ... and {len(names) - n} more" if len(names) > n else ""
-    return ", ".join(names[:n]) + more
-
-
-def _sample_submission_classes(truth_path: Path) -> Optional[list[str]]:
-    """Class columns of a sample_submission.csv next to a 2019 truth file, if there is one."""
-    sample = truth_path.parent / "sample_submission.csv"
-    if not sample.is_file():
-        return None
-    try:
-        cols = [str(c).strip() for c in pd.read_csv(sample, nrows=0).columns]
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ScoringError(f"{sample}: not a readable sample submission ({err}); it names the classes") from None
-    repeated = repeated_fields(sample)
-    if repeated:
-        raise ScoringError(f"{sample}: class columns appear more than once: {_few(repeated)}; it names the classes")
-    return [c for c in cols if c != "fname"] if "fname" in cols and len(cols) > 1 else None
-
-
-def read_truth(path) -> Truth:
-    """Read a 2019 (fname,labels) or 2018 (fname,label[,usage]) truth CSV."""
-    path = Path(path)
-    df = _read_csv(path, "truth")
-    if "labels" in df.columns:
-        labels = [tuple(x.strip() for x in s.split(",") if x.strip()) for s in df["labels"]]
-        return Truth(LAYOUT_2019, df["fname"].tolist(), labels, _sample_submission_classes(path))
-    if "label" in df.columns:
-        all_labels = sorted({s.strip() for s in df["label"] if s.strip()})
-        if "usage" in df.columns:  # Kaggle 2018 padded the test set with unscored clips
-            df = df[df["usage"].str.strip().str.lower() != "ignored"]
-        labels = [s.strip() for s in df["label"]]
-        bad = [f for f, lab in zip(df["fname"], labels) if not lab or " " in lab]
-        if bad:
-            raise ScoringError(f"{path}: a 2018 truth row needs exactly one label; rows with none or several: {_few(bad)}")
-        # known classes: every label in the file, the unscored rows included
-        return Truth(LAYOUT_2018, df["fname"].tolist(), [(lab,) for lab in labels], all_labels)
-    raise ScoringError(
-        f"{path}: a truth file needs a 'labels' column (2019: comma-separated labels) "
-        f"or a 'label' column (2018); found {_few(df.columns)}"
-    )
-
-
 def read_submission(path) -> Submission:
     """Read a 2019 (fname + class score columns) or 2018 (fname,label top-3) submission."""
     path = Path(path)
-    df = _read_csv(path, "submission")
+    df = read_keyed_csv(path, "submission", ScoringError)
     others = [c for c in df.columns if c != "fname"]
     if others == ["label"]:
         top3 = []
@@ -277,38 +190,3 @@ def score_files(truth_path, submission_path) -> dict:
     if truth.layout == LAYOUT_2019:
         return score_2019(truth, sub, truth_path, submission_path)
     return score_2018(truth, sub, truth_path, submission_path)
-
-
-def score_command(truth, submission, per_class: bool = False) -> dict:
-    """`raytag score`: print lwlrap (2019, optionally per class) or MAP@3 (2018)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    result = score_files(Path(truth), Path(submission))
-    out = Console()
-    err = Console(stderr=True)
-    if result["extra"]:
-        err.print(f"note: {len(result['extra'])} submission rows are not in the truth and were not scored: {_few(result['extra'])}")
-    if result["metric"] == "map@3":
-        out.print(f"MAP@3: {result['map@3']:.6f}  ({result['n_clips']} clips)")
-        if per_class:
-            err.print("note: --per-class applies to lwlrap (2019 form) only")
-        return result
-    if result["unlabelled"]:
-        err.print(f"note: {len(result['unlabelled'])} truth clips have no label and are not scored: {_few(result['unlabelled'])}")
-    out.print(f"lwlrap: {result['lwlrap']:.6f}  ({result['n_clips']} clips, {int(result['positives'].sum())} labels)")
-    if per_class:
-        table = Table(title="per-class lwlrap, worst first", caption="weight: share of all labels")
-        for name, justify in (("class", "left"), ("positives", "right"), ("weight", "right"), ("lwlrap", "right")):
-            table.add_column(name, justify=justify)
-        order = np.lexsort((np.arange(len(result["classes"])), result["per_class"]))
-        for j in order:
-            if result["positives"][j] == 0:
-                continue
-            table.add_row(result["classes"][j], str(result["positives"][j]),
-                          f"{result['weights'][j]:.4f}", f"{result['per_class'][j]:.4f}")
-        out.print(table)
-        absent = [c for c, n in zip(result["classes"], result["positives"]) if n == 0]
-        if absent:
-            out.print(f"classes with no positive clip in the truth (not scored): {_few(absent, 10)}")
-    return result

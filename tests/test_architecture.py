@@ -29,6 +29,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"ensemble": ("raytag.ensemble",)},
     {"predict": ("raytag.predict",), "scoring": ("raytag.scoring",)},
     {"serve": ("raytag.serve",), "report_html": ("raytag.report_html",)},
+    {"console": ("raytag.console",)},
     {"demo": ("raytag.demo",), "testing": ("raytag.testing",)},
     {"cli": ("raytag.cli", "raytag.cli_help")},
 ]

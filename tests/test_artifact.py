@@ -118,6 +118,26 @@ def test_every_combiner_saves_and_loads(ensemble, tmp_path):
             assert np.allclose(out, 0.4)
 
 
+@pytest.mark.parametrize("field", ["segment_frames", "crop_frames", "inference"])
+def test_a_model_card_without_a_field_is_refused_naming_the_file(ensemble, tmp_path, field):
+    """Inference reads model.json only: no fallback to config.yaml for a missing field."""
+    import json
+    import shutil
+
+    from raytag.ensemble.artifact import MemberSpec, save_artifact
+    from raytag.training.outputs import TrialOutputError
+
+    exp = Path(ensemble.artifact_path).parents[1]
+    outputs = tmp_path / "trial_0" / "outputs"
+    shutil.copytree(exp / "trial_0" / "outputs", outputs)
+    card = json.loads((outputs / "model.json").read_text())
+    del card[field]
+    (outputs / "model.json").write_text(json.dumps(card))
+    assert (outputs / "config.yaml").exists()  # the old fallback source is still there
+    with pytest.raises(TrialOutputError, match=rf"{outputs / 'model.json'}: {field} missing"):
+        save_artifact(str(tmp_path / "art"), [MemberSpec("t0", str(outputs))], "mean", None, CLASSES, "fat2019")
+
+
 def _copy_artifact(src: str, dst: Path) -> str:
     storage.copy_tree(src, str(dst))
     return str(dst)

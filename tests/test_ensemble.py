@@ -93,6 +93,7 @@ def make_trial_outputs(out, trial_id: str, y_oof, y_test, signal: float, seed: i
         "layout": layout, "norm_mean": (rng.normal(-40, 1, (c, f))).tolist(),
         "norm_std": (np.full((c, f), 15.0)).tolist(),
         "crop_frames": cfg.crop_frames(), "segment_frames": cfg.segment_frames(),
+        "inference": cfg.to_dict()["inference"],
     }
     storage.write_text(storage.join(out, "model.json"), json.dumps(model_json))
     storage.write_text(storage.join(out, "config.yaml"), cfg.to_yaml())

@@ -15,7 +15,8 @@ from raytag.config import FeatureConfig
 from raytag.data.audio import load_audio
 from raytag.data.layouts import load_dataset
 from raytag.features.frontends import build_frontend
-from raytag.features.store import FeatureStore, FeatureStoreError, build_feature_store, prepare_command, shard_name
+from raytag.console.prepare import prepare_command
+from raytag.features.store import FeatureStore, FeatureStoreError, build_feature_store, shard_name
 
 CFG = FeatureConfig(kind="logmel", sample_rate=16000, n_mels=32, n_fft=512, hop_length=160)
 CLASSES = ["Bark", "Chirp", "Hum"]

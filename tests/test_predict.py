@@ -15,7 +15,8 @@ from raytag.ensemble.artifact import MemberSpec, load_artifact, save_artifact
 from raytag.ensemble.job import build_ensemble
 from raytag.ensemble.tagging import predict_files
 from raytag.errors import RaytagError
-from raytag.predict import expand_inputs, predict_command
+from raytag.console.predict import predict_command
+from raytag.predict import expand_inputs
 
 from test_ensemble import CLASSES, make_experiment, make_trial_outputs, make_truth
 

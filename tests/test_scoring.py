@@ -7,12 +7,12 @@ from typer.testing import CliRunner
 from raytag.cli import app
 from raytag.data.submission import write_submission_2018, write_submission_2019
 from raytag.metrics import lwlrap, map_at_3
+from raytag.data.truth import read_truth
+from raytag.console.score import score_command
 from raytag.scoring import (
     ScoringError,
     map_at_3_from_lists,
     read_submission,
-    read_truth,
-    score_command,
     score_files,
 )
 

@@ -83,7 +83,7 @@ def expected_status(row) -> str:
 def test_sweep_records_every_trial_and_its_reason(ray_session, tmp_path):
     from ray import cloudpickle
 
-    from raytag.search.report import report_command
+    from raytag.console.sweep import report_command
     from raytag.search.tuner import run_sweep
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
@@ -146,7 +146,7 @@ def test_bad_arguments_fail_before_any_trial(tmp_path):
     with pytest.raises(RaytagError, match="not a folder"):
         run_sweep(write_space(tmp_path, 2), tmp_path / "missing", storage=str(tmp_path / "r"))
     with pytest.raises(RaytagError, match="no sweep named"):
-        from raytag.search.report import report_command
+        from raytag.console.sweep import report_command
 
         report_command("nope", storage=str(tmp_path / "r"))
 

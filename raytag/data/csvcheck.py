@@ -15,8 +15,13 @@ def header_fields(path: str | Path) -> list[str]:
 
 def repeated_fields(path: str | Path) -> list[str]:
     """Names that appear more than once on the header line, in first-seen order."""
+    return repeated_names(header_fields(path))
+
+
+def repeated_names(names) -> list[str]:
+    """Names that appear more than once in `names`, in first-seen order."""
     seen, repeated = set(), []
-    for name in header_fields(path):
+    for name in names:
         if name in seen and name not in repeated:
             repeated.append(name)
         seen.add(name)

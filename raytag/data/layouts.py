@@ -30,6 +30,7 @@ from raytag.data.audio import audio_info, load_audio
 from raytag.data.audio import min_seconds as audio_min_seconds
 from raytag.data.csvcheck import repeated_fields
 from raytag.data.labels import labels_to_matrix, parse_label_field
+from raytag.data.truth import read_truth
 from raytag.errors import AudioDecodeError, DatasetError
 
 log = logging.getLogger("raytag.data")
@@ -383,27 +384,10 @@ def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
 
 
 def _read_truth(path: Path, classes: list[str]) -> Optional[pd.DataFrame]:
-    """fname,labels (or fname,label) -> DataFrame(fname, labels tuple); rows naming an
-    unknown class are dropped with a warning. Reporting only."""
-    if not path.is_file():
-        return None
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        log.warning("%s ignored: not a readable CSV (%s)", path, err)
-        return None
-    table.columns = [str(c).strip() for c in table.columns]
-    column = "labels" if "labels" in table.columns else "label" if "label" in table.columns else None
-    if "fname" not in table.columns or column is None:
-        log.warning("%s ignored: needs columns fname and labels", path)
-        return None
-    vocab = set(classes)
-    labels = [parse_label_field(f) for f in table[column]]
-    ok = [bool(lab) and all(x in vocab for x in lab) for lab in labels]
-    if not all(ok):
-        log.warning("%s: %d rows with no or unknown labels ignored", path, ok.count(False))
-    out = pd.DataFrame({"fname": table["fname"].str.strip(), "labels": labels})[ok]
-    return out.drop_duplicates("fname").reset_index(drop=True)
+    """An optional truth file -> DataFrame(fname, labels tuple), or None; bad rows are
+    dropped with a warning (raytag.data.truth, lenient: reporting only)."""
+    truth = read_truth(path, strict=False, classes=classes)
+    return None if truth is None else truth.table()[["fname", "labels"]]
 
 
 def _display(folder_name: str, fname: str) -> str:

@@ -23,7 +23,6 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -34,7 +33,7 @@ from raytag.ensemble.tagging import predict_files
 from raytag.errors import ArtifactError, RaytagError
 from raytag.features.frontends import frontend_shape
 from raytag.models import build_model
-from raytag.training.outputs import CONFIG, MODEL_CARD, WEIGHTS
+from raytag.training.outputs import MODEL_CARD, WEIGHTS, read_model_card
 
 FORMAT = 1  # bump when the folder layout changes incompatibly
 MANIFEST = "manifest.json"
@@ -62,44 +61,28 @@ def safe_name(text: str) -> str:
 
 
 def trial_settings(outputs_dir: str) -> dict:
-    """A trial's inference settings from its model.json, completed from config.yaml.
+    """A trial's inference settings, from its model.json only (the trial-output contract,
+    raytag.training.outputs: `read_model_card` refuses a card with a field missing, so
+    nothing here falls back to config.yaml or to defaults).
 
-    Returns a member.json dict (without the fold list). model.json is the runner's record
-    of what the fold models were built with; config.yaml (the full resolved Config) fills
-    in what model.json leaves out, e.g. the inference section.
+    Returns a member.json dict (without the fold list).
     """
-    model_json_path = storage.join(outputs_dir, MODEL_CARD)
-    if not storage.exists(model_json_path):
-        raise ArtifactError(f"{model_json_path}: missing; is {outputs_dir} a finished trial's outputs?")
-    info = json.loads(storage.read_text(model_json_path))
-    cfg_path = storage.join(outputs_dir, CONFIG)
-    cfg_dict: dict = {}
-    if storage.exists(cfg_path):
-        cfg_dict = yaml.safe_load(storage.read_text(cfg_path)) or {}
-    features = info.get("features", info.get("feature", cfg_dict.get("features")))
-    model = info.get("model", cfg_dict.get("model"))
-    if features is None or model is None:
-        raise ArtifactError(f"{model_json_path}: has no feature or model settings")
+    card = read_model_card(outputs_dir)
     try:
-        cfg = Config.from_dict({**cfg_dict, "features": features, "model": model})
+        cfg = Config.from_dict({"features": card["features"], "model": card["model"],
+                                "inference": card["inference"]})
     except ConfigError as err:
-        raise ArtifactError(f"{outputs_dir}: settings cannot be read: {err}") from err
-    classes = info.get("classes")
-    if not classes:
-        raise ArtifactError(f"{model_json_path}: has no class list")
+        raise ArtifactError(f"{storage.join(outputs_dir, MODEL_CARD)}: settings cannot be read: {err}") from err
     return {
         "features": cfg.to_dict()["features"],
         "model": cfg.to_dict()["model"],
-        "classes": list(classes),
-        "layout": info.get("layout", "fat2019"),
-        "norm_mean": info.get("norm_mean"),
-        "norm_std": info.get("norm_std"),
-        "segment_frames": int(info.get("segment_frames") or cfg.segment_frames()),
-        "crop_frames": int(info.get("crop_frames") or cfg.crop_frames()),
-        "inference": {
-            key: (info.get("inference") or {}).get(key, getattr(cfg.inference, key))
-            for key in ("overlap", "reduce", "tta")
-        },
+        "classes": list(card["classes"]),
+        "layout": card["layout"],
+        "norm_mean": card["norm_mean"],
+        "norm_std": card["norm_std"],
+        "segment_frames": int(card["segment_frames"]),
+        "crop_frames": int(card["crop_frames"]),
+        "inference": {key: getattr(cfg.inference, key) for key in ("overlap", "reduce", "tta")},
     }
 
 

@@ -22,9 +22,8 @@ import numpy as np
 import pandas as pd
 
 from raytag import storage
-from raytag import storage as _storage  # ensemble_command's `storage` argument shadows the module
-from raytag.data.labels import labels_to_matrix, parse_label_field
 from raytag.data.layouts import load_dataset
+from raytag.data.truth import read_truth, truth_matrix
 from raytag.ensemble.artifact import MemberSpec, safe_name, save_artifact, trial_settings
 from raytag.ensemble.combiners import COMBINERS, combine, rank_reference
 from raytag.ensemble.weights import DEFAULT_STEPS, fit_weights, nested_fit
@@ -145,41 +144,13 @@ def load_trial(outputs_dir: str) -> TrialPredictions:
     return TrialPredictions(classes=classes, oof=oof, oof_fold=fold, test=test)
 
 
-def _truth_table(path: str) -> pd.DataFrame:
-    """clip_id/fname + labels CSV -> DataFrame(clip_id, fname, labels tuple)."""
-    df = storage.read_csv(path)
-    if "labels" not in df.columns:
-        raise RaytagError(f"{path}: column 'labels' is missing")
-    if "clip_id" not in df.columns and "fname" not in df.columns:
-        raise RaytagError(f"{path}: needs a clip_id or fname column")
-    out = pd.DataFrame({"labels": [parse_label_field(v) for v in df["labels"]]})
-    out["clip_id"] = df["clip_id"].astype(str) if "clip_id" in df.columns else None
-    out["fname"] = df["fname"].astype(str) if "fname" in df.columns else out["clip_id"].str.split("/").str[-1]
-    return out
-
-
-def truth_matrix(truth: pd.DataFrame, clip_ids, classes) -> np.ndarray:
-    """Multi-hot truth aligned to `clip_ids` (by clip_id, else by file name)."""
-    by_id = dict(zip(truth["clip_id"], truth["labels"])) if truth["clip_id"].notna().all() else {}
-    by_name = dict(zip(truth["fname"], truth["labels"]))
-    rows = []
-    for cid in clip_ids:
-        labels = by_id.get(cid)
-        if labels is None:
-            labels = by_name.get(str(cid).split("/")[-1])
-        if labels is None:
-            raise RaytagError(f"no truth for clip {cid}")
-        rows.append(labels)
-    return labels_to_matrix(rows, classes)
-
-
 def load_oof_truth(outputs_dir: str, experiment_dir: Optional[str] = None) -> pd.DataFrame:
     """The curated labels of the OOF clips: `oof_truth.csv` in the trial outputs when the
     runner wrote one, else the dataset the sweep ran on (`data` in the experiment's
     sweep.json, or in the trial's model.json), read with raytag.data.layouts."""
     path = storage.join(outputs_dir, OOF_TRUTH)
     if storage.exists(path):
-        return _truth_table(path)
+        return read_truth(path).table()
     data = None
     sweep = storage.join(experiment_dir, "sweep.json") if experiment_dir else None
     if sweep and storage.exists(sweep):
@@ -246,7 +217,7 @@ def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional
         for t in trials[1:]:
             test_ids = test_ids.intersection(t.test.index)
         test_ids = test_ids.sort_values()
-        y_test = truth_matrix(_truth_table(truth_path), test_ids, classes)
+        y_test = truth_matrix(read_truth(truth_path).table(), test_ids, classes)
         keep = y_test.sum(axis=1) > 0
         test = np.stack([t.test.loc[test_ids, classes].to_numpy(np.float64) for t in trials])[:, keep]
         y_test = y_test[keep]
@@ -352,25 +323,3 @@ def comparison_chart(table: pd.DataFrame) -> bytes:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
-
-
-def ensemble_command(experiment: str, storage: str = "results", top: Optional[int] = 5,
-                     min_cv: Optional[float] = None) -> EnsembleResult:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(stderr=True)
-    result = build_ensemble(_storage.join(storage, experiment), top=top, min_cv=min_cv, console=console)
-    view = Table(title=f"ensemble of {experiment}")
-    for col in ("name", "kind", "CV lwlrap", "CV on", "test lwlrap", "weights"):
-        view.add_column(col)
-    for r in result.table.itertuples():
-        mark = " *" if r.chosen else ""
-        view.add_row(f"{r.name}{mark}", r.kind, f"{r.cv_lwlrap:.4f}", r.cv_method,
-                     "-" if pd.isna(r.test_lwlrap) else f"{r.test_lwlrap:.4f}", r.weights)
-    console.print(view)
-    for s in result.skipped:
-        console.print(f"left out {s['trial_id']}: {s['reason']}")
-    console.print(f"chosen: [bold]{result.chosen}[/] (*); artifact: [bold]{result.artifact_path}[/]")
-    console.print(f"table: {result.table_path}; chart: {result.chart_path}")
-    return result

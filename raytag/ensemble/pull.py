@@ -88,16 +88,3 @@ def _remove_strays(folder: Path, keep: set[str]) -> None:
         rel = path.relative_to(folder).as_posix()
         if path.is_file() and rel not in keep and rel != MANIFEST:
             path.unlink()
-
-
-def pull_command(experiment: str, storage: str, to: Path) -> PullResult:
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    result = pull(experiment, storage, to)
-    console.print(
-        f"pulled {experiment}: {len(result.copied)} file(s) copied, {len(result.skipped)} already "
-        f"present and verified; artifact checksums OK"
-    )
-    console.print(f"artifact: [bold]{result.artifact}[/]  (tag audio: raytag predict {result.artifact} FILES...)")
-    return result

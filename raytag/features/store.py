@@ -36,7 +36,7 @@ import re
 import resource
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -47,7 +47,7 @@ from raytag.cluster import materialize_data  # a dataset URI is copied to this n
 from raytag.cluster import this_node_strategy
 from raytag.config import Config, FeatureConfig
 from raytag.data.audio import load_audio, min_samples
-from raytag.data.layouts import load_dataset
+from raytag.data.layouts import Dataset, load_dataset
 from raytag.errors import AudioDecodeError, RaytagError
 from raytag.features.frontends import build_frontend, frontend_shape
 from raytag.session import ensure_ray
@@ -449,12 +449,22 @@ class _progress:
         return False
 
 
-# ============================================================================ CLI
-def prepare_command(data, config, cache) -> FeatureStore:
-    """`raytag prepare`: read the dataset, build or reuse its features, print a summary."""
-    from rich.console import Console
-    from rich.table import Table
+# ============================================================================ `raytag prepare`
+@dataclass
+class PreparedFeatures:
+    """What `prepare_features` did: the dataset read, its store, and what was left out."""
 
+    dataset: Dataset
+    features: FeatureConfig  # the settings the store was built with
+    store: FeatureStore
+    seconds: float  # building (or reusing) the store
+    skipped: pd.DataFrame  # file, reason: left out by the dataset reader or failed to decode
+    skipped_path: Path  # where `skipped` was written (<store>/skipped.csv)
+    hours: float  # audio in the store
+
+
+def prepare_features(data, config, cache) -> PreparedFeatures:
+    """Read the dataset, build or reuse its features, and write skipped.csv beside them."""
     cfg = Config.from_yaml(config) if config else Config()
     try:  # before any work: a file in the way is a message, not a traceback
         Path(cache).expanduser().mkdir(parents=True, exist_ok=True)
@@ -472,19 +482,4 @@ def prepare_command(data, config, cache) -> FeatureStore:
 
     durations = dataset.clips.set_index("clip_id")["duration"]
     hours = float(durations.reindex(store.clip_ids).sum()) / 3600.0
-    c, f = store.shape
-    info = store.build_info
-    table = Table(title="raytag prepare", show_header=False)
-    table.add_row("dataset", f"{dataset.root} ({dataset.layout}, {len(dataset.classes)} classes)")
-    table.add_row("clips with features", f"{len(store)} ({hours:.2f} h of audio)")
-    table.add_row("features", f"{cfg.features.kind}: {c} channel(s) x {f} bins, {store.meta['n_frames']} frames")
-    table.add_row("time", f"{seconds:.1f} s ({info.get('computed', 0)} shards computed, {info.get('reused', 0)} reused)")
-    table.add_row("cache", str(store.path))
-    table.add_row("skipped by the dataset reader", str(len(dataset.skipped)))
-    table.add_row("failed to decode", str(len(store.failed)))
-    table.add_row("skipped.csv", f"{len(skipped)} rows (path below)")
-    console = Console()
-    console.print(table)
-    # on a line of its own and never wrapped or cut with "…": the path must be copyable
-    console.print(f"skipped clips (file, reason): {skipped_path}", soft_wrap=True, markup=False, highlight=False)
-    return store
+    return PreparedFeatures(dataset, cfg.features, store, seconds, skipped, skipped_path, hours)

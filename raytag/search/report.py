@@ -1,5 +1,5 @@
 """Sweep report: leaderboard.csv, importance.csv and search.png (lwlrap over trials and
-against the most important settings), printed again by `raytag report EXPERIMENT`.
+against the most important settings); `rebuild_report` redraws them for `raytag report EXPERIMENT`.
 
 Importance is Optuna's fANOVA (`optuna.importance.get_param_importances`) on a study
 rebuilt from the finished trials; it needs a few trials with a score, so a tiny sweep
@@ -145,39 +145,8 @@ def save_report(exp_dir: str, board: pd.DataFrame, space: SearchSpace) -> Option
     return path
 
 
-def print_leaderboard(board: pd.DataFrame, top: int = 20) -> None:
-    """The best `top` rows as a table; failed trials' reasons listed under it."""
-    from rich.console import Console
-    from rich.table import Table
-
-    fixed = {"rank", "trial_id", "order", "status", "reason", "cv_lwlrap", "test_lwlrap",
-             "epochs_run", "seconds", "outputs_dir"}
-    params = [c for c in board.columns if c not in fixed]
-    table = Table(title=f"leaderboard ({len(board)} trials, best {min(top, len(board))} shown)")
-    for col in ["#", "trial", "status", "cv lwlrap", "test lwlrap", "epochs", "time s"]:
-        table.add_column(col, no_wrap=True)
-    for col in params:  # the last part of a dotted key is enough to recognise it
-        table.add_column(col.rsplit(".", 1)[-1], overflow="fold")
-    for _, r in board.head(top).iterrows():
-        table.add_row(
-            str(r["rank"]), str(r["trial_id"]), str(r["status"]), _fmt(r["cv_lwlrap"]),
-            _fmt(r["test_lwlrap"]), str(r["epochs_run"]), f"{float(r['seconds']):.0f}",
-            *[_fmt(r[c]) for c in params],
-        )
-    console = Console(width=None if Console().is_terminal else 160)
-    console.print(table)
-    for _, r in board[board["status"] == "failed"].iterrows():
-        console.print(f"trial {r['trial_id']} failed: {r['reason']}", highlight=False)
-
-
-def _fmt(x) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:.4g}" if isinstance(x, float) else str(x)
-
-
-def report_command(experiment: str, storage: str = "results") -> pd.DataFrame:
-    """`raytag report EXPERIMENT`: rebuild the leaderboard and plots from the experiment folder."""
+def rebuild_report(experiment: str, storage: str = "results") -> tuple[pd.DataFrame, Optional[str]]:
+    """Rebuild a sweep's leaderboard and plots from its experiment folder; (board, plot path)."""
     exp_dir = files.join(files.absolute(storage), experiment)
     space_file = files.join(exp_dir, "space.yaml")
     if not files.exists(space_file):
@@ -192,9 +161,4 @@ def report_command(experiment: str, storage: str = "results") -> pd.DataFrame:
             raise RaytagError(f"cannot read the sweep in {exp_dir}: {err}") from err
         board = pd.read_csv(io.StringIO(files.read_text(csv)))
     plot = save_report(exp_dir, board, space)
-    print_leaderboard(board)
-    from rich.console import Console
-
-    Console(stderr=True).print(f"leaderboard: {files.join(exp_dir, 'leaderboard.csv')}"
-                               + (f"\nplot: {plot}" if plot else ""), highlight=False)
-    return board
+    return board, plot

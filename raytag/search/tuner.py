@@ -28,7 +28,7 @@ from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.cluster import check_data, check_storage
 from raytag.errors import DatasetError, RaytagError
 from raytag.search.leaderboard import TRIAL_RESULT, build_leaderboard, error_reason
-from raytag.search.report import print_leaderboard, save_report
+from raytag.search.report import save_report
 from raytag.search.space import SearchSpace, describe, load_space, parse_space
 from raytag.session import ensure_ray
 from raytag.training.runner import fit_pipeline
@@ -363,16 +363,6 @@ def run_sweep(
         board = build_leaderboard(exp_dir, space)
         plot = save_report(exp_dir, board, space)
         return SweepResult(experiment_dir=exp_dir, leaderboard=board, plot_path=plot, space=space)
-
-
-def tune_command(space, data, storage="results", name=None, samples=None, resume=False, scheduler=None):
-    """`raytag tune`: run the sweep and print its leaderboard."""
-    result = run_sweep(space, data, storage=storage, name=name, samples=samples, resume=resume,
-                       scheduler=scheduler)
-    print_leaderboard(result.leaderboard)
-    _printer(True)(f"leaderboard: {files.join(result.experiment_dir, 'leaderboard.csv')}"
-                   + (f"\nplot: {result.plot_path}" if result.plot_path else ""))
-    return result
 
 
 def _printer(enabled: bool):

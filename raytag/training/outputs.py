@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raytag import storage
-from raytag.data.labels import labels_to_matrix
+from raytag.data.truth import truth_frame
 from raytag.data.submission import write_submission_2018, write_submission_2019
 from raytag.metrics import lwlrap
 from raytag.errors import RaytagError
@@ -41,6 +41,14 @@ CONFIG = "config.yaml"
 METRICS = "metrics.json"
 WEIGHTS = "weights"
 META_COLUMNS = ("clip_id", "fold", "run", "stage")
+# what model.json must hold: inference (the artifact) reads these and nothing else, so the
+# frame counts live here only, not also in config.yaml
+MODEL_CARD_FIELDS = ("features", "model", "inference", "classes", "layout", "norm_mean", "norm_std",
+                     "crop_frames", "segment_frames")
+
+
+class TrialOutputError(RaytagError):
+    """A trial's outputs folder lacks a file or a field that its readers need."""
 
 
 def _load(path: Path):
@@ -190,7 +198,7 @@ def _truth_matrix(dataset, split, classes):
     truth = dataset.truth_for(split)
     if truth is None or not len(truth):
         return None
-    return pd.DataFrame(labels_to_matrix(list(truth["labels"]), classes), index=truth["clip_id"], columns=classes)
+    return truth_frame(truth, classes)
 
 
 def _score_against(scores: pd.DataFrame, truth: pd.DataFrame) -> float:
@@ -297,6 +305,27 @@ def read_predictions(path: str) -> tuple[pd.DataFrame, list[str]]:
         raise RaytagError(f"{path}: holds no predictions")
     return df, classes
 
+
+
+def read_model_card(outputs_dir: str) -> dict:
+    """A trial's model.json, with every field of MODEL_CARD_FIELDS present (else an error
+    naming the file: a card without them was not written by `model_card`)."""
+    path = storage.join(outputs_dir, MODEL_CARD)
+    if not storage.exists(path):
+        raise TrialOutputError(f"{path}: missing; is {outputs_dir} a finished trial's outputs?")
+    try:
+        card = json.loads(storage.read_text(path))
+    except ValueError as err:
+        raise TrialOutputError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(card, dict):
+        raise TrialOutputError(f"{path}: not a JSON object")
+    missing = [key for key in MODEL_CARD_FIELDS if card.get(key) is None]
+    if missing:
+        raise TrialOutputError(
+            f"{path}: {', '.join(missing)} missing; inference reads them from model.json only "
+            "(training writes them): train the trial again with this version of raytag"
+        )
+    return card
 
 
 def write_metrics(outputs: Path, metrics: dict) -> None:

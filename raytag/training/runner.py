@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import pandas as pd
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
-from raytag.cluster import check_data, check_storage
 from raytag.cluster import materialize_data  # a dataset URI is copied to this node once
-from raytag.config import Config, parse_cli_overrides
+from raytag.config import Config
 from raytag.data.layouts import load_dataset
 from raytag.errors import RaytagError
 from raytag.features.store import build_feature_store, default_feature_cache
@@ -91,59 +89,3 @@ def fit_pipeline(
         outputs_dir = files.join(run_dir, OUTPUTS_DIR)
         files.copy_tree(staging, outputs_dir)  # a local folder or a URI (pyarrow.fs)
     return PipelineResult(run_dir=run_dir, outputs_dir=outputs_dir, metrics=metrics, stages=stages)
-
-
-# ----------------------------------------------------------------------------- `raytag train`
-def train_command(config: Path, data: Path, storage: str, name: Optional[str], overrides: list[str]):
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    cfg = Config.from_yaml(config)
-    if overrides:
-        cfg = cfg.with_overrides(parse_cli_overrides(overrides))
-    ensure_ray()
-    check_storage(storage)  # a multi-node cluster needs storage and data every node can read
-    check_data(str(data))
-    name = name or cfg.name
-    console.print(f"[bold]raytag train[/] {name}: {cfg.model.name} on {cfg.features.kind}, "
-                  f"{len(cfg.cv.folds or range(cfg.cv.n_folds))} fold(s), {cfg.train.num_workers} worker(s)")
-    result = fit_pipeline(cfg, data, storage, name)
-    console.print(stage_table(result.stages))
-    table = Table(title="CV lwlrap by fold")
-    table.add_column("fold")
-    table.add_column("lwlrap", justify="right")
-    for fold, value in result.metrics["fold_lwlrap"].items():
-        table.add_row(str(fold), f"{value:.4f}")
-    table.add_row("[bold]overall (OOF)[/]", f"[bold]{result.metrics['cv_lwlrap']:.4f}[/]")
-    console.print(table)
-    if result.metrics.get("test_lwlrap") is not None:
-        console.print(f"test lwlrap (reported only, never used to choose): {result.metrics['test_lwlrap']:.4f}")
-    console.print(f"checkpoints: {result.run_dir}\npredictions, weights, submission: {result.outputs_dir}")
-    return result
-
-
-# stages.csv column -> short console heading (the CSV keeps every column)
-_STAGE_COLUMNS = {"stage": "stage", "folds": "folds", "cv_lwlrap": "CV", "test_lwlrap": "test",
-                  "n_accepted": "accepted", "filter_precision": "prec.", "filter_recall": "recall",
-                  "n_pseudo": "pseudo"}
-
-
-def stage_table(stages: pd.DataFrame):
-    """lwlrap by stage, with the filter's accepted count and precision/recall and the
-    pseudo-labelled count where they apply (averaged over folds)."""
-    from rich.table import Table
-
-    table = Table(title="lwlrap by stage (CV on out-of-fold clips; test only reported); filter precision/recall")
-    cols = [c for c in _STAGE_COLUMNS if c in stages.columns and stages[c].notna().any()]
-    for col in cols:
-        table.add_column(_STAGE_COLUMNS[col], justify="left" if col == "stage" else "right", no_wrap=True)
-    for _, row in stages.iterrows():
-        table.add_row(*[_fmt(row[c]) for c in cols])
-    return table
-
-
-def _fmt(v) -> str:
-    if isinstance(v, (float, np.floating)):
-        return "" if np.isnan(v) else f"{v:.3f}" if abs(v) <= 1 else f"{v:.0f}"
-    return str(v)

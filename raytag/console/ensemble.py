@@ -1,0 +1,43 @@
+"""`raytag ensemble` and `raytag pull`: the ensemble job and copying its artifact."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from raytag import storage as files  # local folder or URI through pyarrow.fs
+from raytag.ensemble.job import EnsembleResult, build_ensemble
+from raytag.ensemble.pull import PullResult, pull
+
+
+def ensemble_command(experiment: str, storage: str = "results", top: Optional[int] = 5,
+                     min_cv: Optional[float] = None) -> EnsembleResult:
+    console = Console(stderr=True)
+    result = build_ensemble(files.join(storage, experiment), top=top, min_cv=min_cv, console=console)
+    view = Table(title=f"ensemble of {experiment}")
+    for col in ("name", "kind", "CV lwlrap", "CV on", "test lwlrap", "weights"):
+        view.add_column(col)
+    for r in result.table.itertuples():
+        mark = " *" if r.chosen else ""
+        view.add_row(f"{r.name}{mark}", r.kind, f"{r.cv_lwlrap:.4f}", r.cv_method,
+                     "-" if pd.isna(r.test_lwlrap) else f"{r.test_lwlrap:.4f}", r.weights)
+    console.print(view)
+    for s in result.skipped:
+        console.print(f"left out {s['trial_id']}: {s['reason']}")
+    console.print(f"chosen: [bold]{result.chosen}[/] (*); artifact: [bold]{result.artifact_path}[/]")
+    console.print(f"table: {result.table_path}; chart: {result.chart_path}")
+    return result
+
+
+def pull_command(experiment: str, storage: str, to: Path) -> PullResult:
+    console = Console(stderr=True)
+    result = pull(experiment, storage, to)
+    console.print(
+        f"pulled {experiment}: {len(result.copied)} file(s) copied, {len(result.skipped)} already "
+        f"present and verified; artifact checksums OK"
+    )
+    console.print(f"artifact: [bold]{result.artifact}[/]  (tag audio: raytag predict {result.artifact} FILES...)")
+    return result

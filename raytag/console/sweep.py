@@ -1,0 +1,30 @@
+"""`raytag tune` and `raytag report`: a sweep and its leaderboard."""
+from __future__ import annotations
+
+import pandas as pd
+from rich.console import Console
+
+from raytag import storage as files  # local folder or URI through pyarrow.fs
+from raytag.console.tables import print_leaderboard
+from raytag.search.report import rebuild_report
+from raytag.search.tuner import run_sweep
+
+
+def tune_command(space, data, storage="results", name=None, samples=None, resume=False, scheduler=None):
+    """`raytag tune`: run the sweep and print its leaderboard."""
+    result = run_sweep(space, data, storage=storage, name=name, samples=samples, resume=resume,
+                       scheduler=scheduler)
+    print_leaderboard(result.leaderboard)
+    Console(stderr=True).print(f"leaderboard: {files.join(result.experiment_dir, 'leaderboard.csv')}"
+                               + (f"\nplot: {result.plot_path}" if result.plot_path else ""), highlight=False)
+    return result
+
+
+def report_command(experiment: str, storage: str = "results") -> pd.DataFrame:
+    """`raytag report EXPERIMENT`: rebuild the leaderboard and plots from the experiment folder."""
+    board, plot = rebuild_report(experiment, storage)
+    print_leaderboard(board)
+    exp_dir = files.join(files.absolute(storage), experiment)
+    Console(stderr=True).print(f"leaderboard: {files.join(exp_dir, 'leaderboard.csv')}"
+                               + (f"\nplot: {plot}" if plot else ""), highlight=False)
+    return board

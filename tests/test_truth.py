@@ -1,0 +1,67 @@
+"""raytag.data.truth: the one reader of truth files, strict (scoring, ensemble) and
+lenient (a dataset's optional truth files), and the alignment to clip ids."""
+import logging
+
+import numpy as np
+import pytest
+
+from raytag.data.truth import LAYOUT_2018, LAYOUT_2019, read_truth, truth_matrix
+from raytag.errors import TruthError
+
+CLASSES = ["Bark", "Rain", "Chirp"]
+
+
+def test_lenient_drops_bad_rows_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "t.csv"
+    path.write_text('fname,labels\na.wav,"Bark,Rain"\nb.wav,\nc.wav,Meow\na.wav,Chirp\nd.wav, Chirp \n')
+    with caplog.at_level(logging.WARNING, logger="raytag.data"):
+        truth = read_truth(path, strict=False, classes=CLASSES)
+    assert truth.layout == LAYOUT_2019
+    assert truth.fnames == ["a.wav", "d.wav"]  # b: no label, c: unknown label, a again: repeat
+    assert truth.labels == [("Bark", "Rain"), ("Chirp",)]
+    assert "2 rows with no or unknown labels ignored" in caplog.text
+
+
+def test_lenient_ignores_a_missing_or_unusable_file(tmp_path, caplog):
+    assert read_truth(tmp_path / "none.csv", strict=False, classes=CLASSES) is None
+    (tmp_path / "cols.csv").write_text("name,tags\na,Bark\n")
+    with caplog.at_level(logging.WARNING, logger="raytag.data"):
+        assert read_truth(tmp_path / "cols.csv", strict=False, classes=CLASSES) is None
+    assert "needs columns fname and labels" in caplog.text
+    with pytest.raises(TruthError, match="truth file not found"):
+        read_truth(tmp_path / "none.csv")  # strict
+
+
+def test_2018_form_leaves_out_unscored_rows_in_both_modes(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("fname,label,usage\na,Bark,Public\nb,Rain,Ignored\nc,Chirp,Private\n")
+    for strict in (True, False):
+        truth = read_truth(path, strict=strict, classes=CLASSES)
+        assert truth.layout == LAYOUT_2018 and truth.fnames == ["a", "c"]
+        assert truth.labels == [("Bark",), ("Chirp",)]
+    path.write_text("fname,label\na,Bark Rain\nb,Rain\n")
+    with pytest.raises(TruthError, match="exactly one label.*: a$"):
+        read_truth(path)
+    assert read_truth(path, strict=False, classes=CLASSES).fnames == ["b"]
+
+
+def test_strict_reads_a_trials_clip_id_truth_and_refuses_repeats(tmp_path):
+    path = tmp_path / "oof_truth.csv"
+    path.write_text('clip_id,labels\ncurated/a.wav,"Rain,Bark"\ncurated/b.wav,\n')
+    table = read_truth(path).table()
+    assert list(table["clip_id"]) == ["curated/a.wav", "curated/b.wav"]
+    assert list(table["fname"]) == ["a.wav", "b.wav"]
+    assert table["labels"].tolist() == [("Rain", "Bark"), ()]
+    path.write_text("clip_id,labels\ncurated/a.wav,Rain\ncurated/a.wav,Bark\n")
+    with pytest.raises(TruthError, match="clip_id appears more than once"):
+        read_truth(path)
+
+
+def test_truth_matrix_aligns_by_clip_id_else_by_file_name(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('fname,labels\nx.wav,Chirp\ny.wav,"Bark,Rain"\n')
+    by_name = read_truth(path).table()
+    y = truth_matrix(by_name, ["test/y.wav", "test/x.wav"], CLASSES)
+    assert np.array_equal(y, [[1, 1, 0], [0, 0, 1]])
+    with pytest.raises(TruthError, match="no truth for clip test/z.wav"):
+        truth_matrix(by_name, ["test/z.wav"], CLASSES)
