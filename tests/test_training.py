@@ -189,8 +189,10 @@ def test_the_artifact_predicts_what_the_trial_scored(tiny_run, demo_data, tmp_pa
     paths = [Path(demo_data) / "test" / cid.split("/", 1)[1] for cid in trial.index]
     raw, failures = dataclasses.replace(art, combiner="mean").predict_files(paths)  # the member's probabilities
     assert failures.empty
+    # measured: 2.4e-6 at most (float16 store against float32 features); 1.7e-3 before every rank
+    # predicted with rank 0's BatchNorm statistics, which the rank combiner magnified to 0.08
     diff = np.abs(raw.to_numpy() - trial.to_numpy())
-    print(f"member probabilities: max |diff| {diff.max():.2e}, mean {diff.mean():.2e}")
-    assert diff.max() < 2e-3 and diff.mean() < 2e-4
+    assert diff.max() < 1e-4, diff.max()
     combined, _ = art.predict_files(paths)
     np.testing.assert_allclose(combined.to_numpy(), art.combine([raw.to_numpy()]), atol=1e-6)
+    np.testing.assert_allclose(combined.to_numpy(), art.combine([trial.to_numpy()]), atol=1e-2)

@@ -38,6 +38,16 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 # ----------------------------------------------------------------------------- the run state
+def _share_rank0_buffers(net: torch.nn.Module, world_size: int) -> None:
+    """DDP keeps the weights of all ranks equal but not their BatchNorm running statistics:
+    each rank updates them with its own batches. Rank 0's are the ones saved as the fold's
+    weights, so every rank predicts with those (else the predictions the ensemble job scores
+    differ from what the saved model, and `raytag predict`, gives)."""
+    if world_size > 1 and torch.distributed.is_initialized():
+        for buf in net.buffers():
+            torch.distributed.broadcast(buf, src=0)
+
+
 class RunState:
     """Progress and outputs of the run, kept in a local folder that every checkpoint copies."""
 
@@ -138,6 +148,7 @@ class _Context:
         mine = ids[self.rank::self.world]
         inf = self.cfg.inference
         net = _unwrap(model)
+        _share_rank0_buffers(net, self.world)
         kwargs = dict(segment_frames=self.cfg.segment_frames(), overlap=inf.overlap,
                       device=self.device, mean=self.plan.norm_mean, std=self.plan.norm_std)
         if embed:
