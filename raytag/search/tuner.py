@@ -85,7 +85,8 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     if files.exists(done_path):
         # The driver was killed after this pipeline finished but before Tune saved the
         # trial as done: report the stored result instead of training again.
-        tune.report(json.loads(files.read_text(done_path)))
+        # (a result stored before the scheduler's keys existed gets them: every report has them)
+        tune.report({RUNG_EPOCH: 0, RUNG_SCORE: 0.0, "pipeline_done": 1, **json.loads(files.read_text(done_path))})
         return
 
     cfg = setup.space.trial_config(config)
