@@ -198,6 +198,24 @@ def test_on_2018_data_the_sweep_ranks_by_map3(ray_session, tmp_path):
     assert json.loads((Path(result.experiment_dir) / "sweep.json").read_text())["search"]["metric"] == "cv_map3"
 
 
+def test_leaderboard_ranks_finished_trials_first_by_its_metric():
+    from raytag.search.leaderboard import board_metric, rank_metric, sort_leaderboard
+
+    board = pd.DataFrame([
+        {"trial_id": "a", "order": 1, "status": "stopped early", "reason": "", "cv_lwlrap": 0.9, "cv_map3": 0.9},
+        {"trial_id": "b", "order": 2, "status": "ok", "reason": "", "cv_lwlrap": 0.8, "cv_map3": 0.5},
+        {"trial_id": "c", "order": 3, "status": "failed", "reason": "x", "cv_lwlrap": math.nan, "cv_map3": math.nan},
+        {"trial_id": "d", "order": 4, "status": "ok", "reason": "", "cv_lwlrap": 0.7, "cv_map3": 0.6},
+    ]).assign(test_lwlrap=math.nan, epochs_run=1, seconds=1.0, outputs_dir="")
+    assert rank_metric(board, "auto") == "cv_map3"  # the trials reported MAP@3: a 2018 sweep
+    assert rank_metric(board.assign(cv_map3=math.nan), "auto") == "cv_lwlrap"
+    assert rank_metric(board, "cv_lwlrap") == "cv_lwlrap"  # an explicit metric stands
+    by_map3 = sort_leaderboard(board, metric="cv_map3")
+    assert by_map3["trial_id"].tolist() == ["d", "b", "a", "c"]  # a's partial score ranks after finished ones
+    assert board_metric(by_map3) == "cv_map3" and by_map3["rank"].tolist() == [1, 2, 3, 4]
+    assert sort_leaderboard(board, metric="cv_lwlrap")["trial_id"].tolist() == ["b", "d", "a", "c"]
+
+
 def test_bad_arguments_fail_before_any_trial(tmp_path):
     from raytag.search.tuner import run_sweep
 
