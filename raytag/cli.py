@@ -165,8 +165,8 @@ def report(
 def ensemble(
     experiment: str = typer.Argument(..., help="Experiment name (a folder under --storage)."),
     storage: str = typer.Option("results", help=STORAGE_HELP),
-    top: Optional[int] = typer.Option(5, help="Candidates: the K best trials by CV lwlrap."),
-    min_cv: Optional[float] = typer.Option(None, help="Candidates: trials with CV lwlrap over this bar."),
+    top: Optional[int] = typer.Option(5, help="Candidates: the K best trials by the leaderboard's metric (CV MAP@3 on 2018 data, else CV lwlrap)."),
+    min_cv: Optional[float] = typer.Option(None, help="Candidates: trials over this bar in the leaderboard's metric."),
 ):
     """Combine the best trials (arithmetic, geometric, rank, fitted weighted means),
     score them on out-of-fold predictions, and save the best as an artifact."""

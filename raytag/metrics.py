@@ -118,3 +118,35 @@ def paired_bootstrap_lwlrap(truth, scores_a, scores_b, n_boot: int = 1000, seed:
     lo, hi = np.percentile(boots, [5, 95])
     return {"diff": round(diff, 4), "ci90": [round(float(lo), 4), round(float(hi), 4)],
             "p_better": round(float(np.mean(boots > 0)), 3), "n_clips": int(n)}
+
+
+def map_at_3_multi_hot(truth, scores) -> float:
+    """MAP@3 of a multi-hot truth matrix with exactly one label per clip (the 2018 task)."""
+    truth = np.asarray(truth) > 0
+    n_labels = truth.sum(axis=1) if truth.ndim == 2 else None
+    if n_labels is None or len(n_labels) == 0:
+        raise ValueError(f"expected a non-empty (clips, classes) truth matrix, got shape {truth.shape}")
+    bad = np.flatnonzero(n_labels != 1)
+    if len(bad):
+        raise ValueError(f"MAP@3 needs exactly one true label per clip; clip {bad[0]} has {n_labels[bad[0]]} "
+                         "(MAP@3 is the FSDKaggle2018 score; use lwlrap for multi-label data)")
+    return map_at_3(truth.argmax(axis=1), scores)
+
+
+# The score each Kaggle task was judged by; the search, the leaderboard and the ensemble
+# choose by it (lwlrap is reported on every layout).
+LAYOUT_METRIC = {"fat2019": "lwlrap", "fsd2018": "map3"}
+SCORERS = {"lwlrap": lwlrap, "map3": map_at_3_multi_hot}
+
+
+def layout_metric(layout: str) -> str:
+    """"lwlrap" (FSDKaggle2019) or "map3" (FSDKaggle2018)."""
+    if layout not in LAYOUT_METRIC:
+        raise ValueError(f"unknown dataset layout {layout!r}; known: {', '.join(LAYOUT_METRIC)}")
+    return LAYOUT_METRIC[layout]
+
+
+def layout_scores(layout: str, truth, scores) -> dict[str, float]:
+    """{"lwlrap": ...} and, on the 2018 layout, "map3" too."""
+    names = ["lwlrap"] + ([layout_metric(layout)] if layout_metric(layout) != "lwlrap" else [])
+    return {name: SCORERS[name](truth, scores) for name in names}

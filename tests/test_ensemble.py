@@ -302,3 +302,40 @@ def test_cli_ensemble(tmp_path):
     assert (tmp_path / "exp" / "ensemble" / "artifact" / "manifest.json").exists()
     missing = CliRunner().invoke(app, ["ensemble", "nope", "--storage", str(tmp_path)])
     assert missing.exit_code == 2 and "no leaderboard" in " ".join(missing.output.split())
+
+
+def test_on_2018_data_candidates_and_the_choice_go_by_map3(tmp_path):
+    """A leaderboard ranked by cv_map3 (a 2018 sweep): candidates come in that order, every
+    row is scored in MAP@3 with lwlrap beside it, and the chosen combiner has the best OOF MAP@3."""
+    from raytag.metrics import map_at_3
+
+    exp = storage.join(str(tmp_path), "exp")
+    rng = np.random.default_rng(5)
+    n, n_test = 90, 30
+    y_oof = np.eye(len(CLASSES), dtype=np.float32)[rng.integers(0, len(CLASSES), n)]  # one label per clip
+    y_test = np.eye(len(CLASSES), dtype=np.float32)[rng.integers(0, len(CLASSES), n_test)]
+    rows = []
+    # the leaderboard's MAP@3 order (given here) is the reverse of the signal strengths
+    for i, (signal, map3) in enumerate([(0.9, 0.50), (0.6, 0.60), (0.3, 0.70)]):
+        out, cv = make_trial_outputs(exp, f"trial_{i}", y_oof, y_test, signal, seed=20 + i, layout="fsd2018")
+        rows.append({"trial_id": f"trial_{i}", "status": "ok", "rank_by": "cv_map3", "cv_lwlrap": cv,
+                     "cv_map3": map3, "test_lwlrap": np.nan, "outputs_dir": out})
+    storage.write_csv(pd.DataFrame(rows), storage.join(exp, "leaderboard.csv"))
+
+    candidates, _ = select_candidates(exp, top=None, min_cv=0.55)
+    assert [c.trial_id for c in candidates] == ["trial_2", "trial_1"]  # by cv_map3, bar in MAP@3
+    assert {c.rank_by for c in candidates} == {"cv_map3"}
+
+    res = build_ensemble(exp, top=None)
+    t = res.table
+    assert res.metric == "cv_map3"
+    assert {"cv_map3", "cv_lwlrap", "test_map3", "test_lwlrap"} <= set(t.columns)
+    assert t[t.kind == "single"]["name"].tolist() == ["trial_2", "trial_1", "trial_0"]
+    oof = pd.read_parquet(storage.join(exp, "trial_0", "outputs", "oof.parquet"))
+    single = t[t.name == "trial_0"].iloc[0]
+    assert single.cv_map3 == pytest.approx(map_at_3(y_oof.argmax(axis=1), oof[CLASSES].to_numpy()))
+    ens = t[t.kind == "ensemble"]
+    assert t[t.chosen].iloc[0].cv_map3 == ens["cv_map3"].max()
+    summary = json.loads(storage.read_text(storage.join(exp, "ensemble", "ensemble_summary.json")))
+    assert summary["chosen_by"] == "cv_map3" and summary["scores"]["metric"] == "cv_map3"
+    assert summary["scores"]["cv_map3"] == pytest.approx(t[t.chosen].iloc[0].cv_map3)

@@ -99,3 +99,21 @@ def test_paired_bootstrap_sees_a_better_model_and_no_difference_between_equals()
     assert same["diff"] == 0 and same["ci90"] == [0.0, 0.0]
     with pytest.raises(ValueError, match="shapes differ"):
         paired_bootstrap_lwlrap(truth, good[:10], good)
+
+
+def test_map_at_3_of_a_multi_hot_truth_and_each_layouts_scores():
+    from raytag.metrics import layout_metric, layout_scores, map_at_3_multi_hot
+
+    scores = np.array([[0.9, 0.5, 0.3, 0.1]] * 4)
+    truth = np.eye(4)
+    assert map_at_3_multi_hot(truth, scores) == pytest.approx(map_at_3(np.arange(4), scores))
+    with pytest.raises(ValueError, match="exactly one true label per clip; clip 1 has 2"):
+        map_at_3_multi_hot(np.array([[1, 0, 0, 0], [1, 1, 0, 0]]), scores[:2])
+    assert layout_metric("fsd2018") == "map3" and layout_metric("fat2019") == "lwlrap"
+    both = layout_scores("fsd2018", truth, scores)
+    assert set(both) == {"lwlrap", "map3"}
+    assert both["lwlrap"] == pytest.approx(lwlrap(truth, scores))
+    assert both["map3"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 0) / 4)
+    assert set(layout_scores("fat2019", truth, scores)) == {"lwlrap"}
+    with pytest.raises(ValueError, match="unknown dataset layout"):
+        layout_metric("fsd2017")

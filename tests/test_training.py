@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -79,6 +80,60 @@ def test_pipeline_writes_every_trial_output(tiny_run):
     m = result.metrics
     assert 0 < m["cv_lwlrap"] <= 1 and m["test_lwlrap"] is not None
     assert m["epochs_run"] == 1 + 2 + 1
+
+
+def test_every_report_carries_the_schedulers_yardstick(tiny_run):
+    """rung_epoch counts fold 0's fine-tune and stage-2 epochs (not the warm-up); rung_score is
+    fold 0's held-out score then (the 2019 layout's lwlrap), carried over the filter step."""
+    result, _, _ = tiny_run
+    history = pd.read_csv(Path(result.outputs_dir) / "history.csv")
+    assert history["stage"].tolist() == ["warmup", "finetune", "finetune", "filter", "stage2_r0"]
+    assert history["rung_epoch"].tolist() == [0, 1, 2, 2, 3]
+    assert history["rung_score"].iloc[0] == 0.0
+    trained = history["stage"].isin(["finetune", "stage2_r0"])
+    assert np.allclose(history.loc[trained, "rung_score"], history.loc[trained, "val_lwlrap"])
+    assert history["rung_score"].iloc[3] == history["rung_score"].iloc[2]
+    assert "cv_map3" not in history  # MAP@3 only on the 2018 layout
+
+
+def demo_as_2018(demo: Path, out: Path) -> Path:
+    """The demo set in the FSDKaggle2018 layout: one label per clip (curated clips with one
+    label are `manually_verified`, noisy clips keep their first label), test clips unlabelled."""
+    rows = []
+    (out / "audio_train").mkdir(parents=True)
+    for split, verified in (("curated", 1), ("noisy", 0)):
+        table = pd.read_csv(demo / f"train_{split}.csv")
+        for fname, labels in zip(table["fname"], table["labels"]):
+            labels = labels.split(",")
+            if verified and len(labels) > 1:
+                continue
+            shutil.copy(demo / f"train_{split}" / fname, out / "audio_train" / f"{split}_{fname}")
+            rows.append({"fname": f"{split}_{fname}", "label": labels[0], "manually_verified": verified})
+    pd.DataFrame(rows).to_csv(out / "train.csv", index=False)
+    shutil.copytree(demo / "test", out / "audio_test")
+    test = sorted(p.name for p in (out / "audio_test").iterdir())
+    pd.DataFrame({"fname": test, "label": ""}).to_csv(out / "sample_submission.csv", index=False)
+    return out
+
+
+def test_on_the_2018_layout_every_report_has_map3(ray_session, demo_data, tmp_path):
+    """val_map3 / cv_map3 beside lwlrap in every report, rung_score in MAP@3, cv_map3 in the metrics."""
+    data = demo_as_2018(Path(demo_data), tmp_path / "fsd2018")
+    cfg = Config.from_dict({**TINY, "name": "tiny2018", "train": {**TINY["train"], "num_workers": 1},
+                            "cv": {"n_folds": 2, "folds": [0]}, "pipeline": {
+                                "warmup": {"epochs": 1}, "finetune": {"epochs": 2},
+                                "filter": {"enabled": False}, "pseudo": {"enabled": False}}})
+    result = fit_pipeline(cfg, data, str(tmp_path / "results"), "t18", feature_cache=str(tmp_path / "cache"),
+                          progress=False)
+    history = pd.read_csv(Path(result.outputs_dir) / "history.csv")
+    assert history["stage"].tolist() == ["warmup", "finetune", "finetune"]
+    for key in ("val_map3", "cv_map3", "val_lwlrap", "cv_lwlrap"):
+        assert history[key].between(0, 1).all(), key
+    assert history["rung_epoch"].tolist() == [0, 1, 2]
+    assert np.allclose(history["rung_score"].iloc[1:], history["val_map3"].iloc[1:])
+    assert 0 < result.metrics["cv_map3"] <= 1 and 0 < result.metrics["cv_lwlrap"] <= 1
+    assert json.loads((Path(result.outputs_dir) / "metrics.json").read_text())["cv_map3"] == \
+        pytest.approx(result.metrics["cv_map3"])
 
 
 def test_rerun_with_same_name_resumes_instead_of_training(tiny_run, demo_data):

@@ -51,10 +51,17 @@ def fake_fit(cfg, data, storage, name, callbacks=(), feature_cache=None, progres
         raise ConfigError("model.width: 48 is refused by this fake runner")
     steps = cfg.pipeline.finetune.epochs
     final = expected_score(cfg.train.lr) if cfg.train.lr <= 5e-3 else math.nan
+    # on a 2018-layout folder the trials also report MAP@3, ordered unlike lwlrap (by width)
+    map3 = (0.2 + cfg.model.width / 100) if (Path(data) / "train.csv").exists() else None
     for step in range(1, steps + 1):
+        score = final * step / steps
         metrics = {"step": step, "stage": "finetune", "fold": 0, "round": 0, "epoch": step,
-                   "train_loss": 1.0 / step, "val_lwlrap": final * step / steps,
-                   "cv_lwlrap": final * step / steps, "pipeline_done": int(step == steps)}
+                   "train_loss": 1.0 / step, "val_lwlrap": score, "cv_lwlrap": score,
+                   # the scheduler's yardstick (raytag.training.rungs): one fold, no warm-up
+                   "rung_epoch": step, "rung_score": score if map3 is None else map3 * step / steps,
+                   "pipeline_done": int(step == steps)}
+        if map3 is not None:
+            metrics.update(val_map3=map3 * step / steps, cv_map3=map3 * step / steps)
         for cb in callbacks:  # what Ray Train does with each worker report
             cb.after_report(None, [metrics], None)
         time.sleep(float(os.environ.get("FAKE_STEP_S", "0")))
@@ -62,7 +69,8 @@ def fake_fit(cfg, data, storage, name, callbacks=(), feature_cache=None, progres
     out.mkdir(parents=True, exist_ok=True)
     return SimpleNamespace(run_dir=str(out.parent), outputs_dir=str(out), stages=None,
                            metrics={"cv_lwlrap": final, "fold_lwlrap": [final], "test_lwlrap": 0.5,
-                                    "epochs_run": steps, "seconds": 1.0})
+                                    "epochs_run": steps, "seconds": 1.0,
+                                    **({"cv_map3": map3} if map3 is not None else {})})
 
 
 def write_space(tmp_path: Path, samples: int) -> Path:
@@ -111,10 +119,20 @@ def test_sweep_records_every_trial_and_its_reason(ray_session, tmp_path):
     statuses = board["status"].value_counts()
     assert statuses.get("ok", 0) >= 1 and statuses.get("stopped early", 0) >= 1
     assert statuses.get("failed", 0) >= 1  # failures do not end the sweep
-    # best first, failed last
-    scored = board[board["status"] != "failed"]["cv_lwlrap"].tolist()
-    assert scored == sorted(scored, reverse=True)
-    assert result.best["cv_lwlrap"] == max(scored)
+    # finished trials first, best first; then those stopped early (partial scores); failed last
+    assert (board["rank_by"] == "cv_lwlrap").all() and board["cv_map3"].isna().all()
+    assert board["status"].tolist() == sorted(board["status"], key=["ok", "stopped early", "failed"].index)
+    for status in ("ok", "stopped early"):
+        scored = board[board["status"] == status]["cv_lwlrap"].tolist()
+        assert scored == sorted(scored, reverse=True)
+    assert result.best["cv_lwlrap"] == board[board["status"] == "ok"]["cv_lwlrap"].max()
+    # Optuna was told finished trials as COMPLETE with their score, stopped ones as PRUNED
+    study = _study(result.experiment_dir)
+    states = sorted(t.state.name for t in study.trials)
+    assert states == sorted({"ok": "COMPLETE", "stopped early": "PRUNED", "failed": "FAIL"}[x]
+                            for x in board["status"])
+    assert sorted(t.value for t in study.trials if t.state.name == "COMPLETE") == pytest.approx(
+        sorted(board[board["status"] == "ok"]["cv_lwlrap"]))
 
     exp = Path(result.experiment_dir)
     assert exp == tmp_path / "res" / "s1"
@@ -138,6 +156,64 @@ def test_sweep_records_every_trial_and_its_reason(ray_session, tmp_path):
 
     with pytest.raises(RaytagError, match="already exists.*--resume"):
         run_sweep(space, data, storage=str(tmp_path / "res"), name="s1", trial_fn=fake_fit, progress=False)
+
+
+def _study(exp_dir):
+    """The Optuna study of a sweep, from the searcher state Tune saves beside it."""
+    import pickle
+
+    sys.path.insert(0, str(REPO / "tests"))  # the pickled searcher class may name this module
+    state = sorted(Path(exp_dir).glob("searcher-state-*.pkl"))[-1]
+    return pickle.loads(state.read_bytes())["_ot_study"]
+
+
+@pytest.mark.ray
+def test_on_2018_data_the_sweep_ranks_by_map3(ray_session, tmp_path):
+    """metric auto on an FSDKaggle2018 folder: Optuna, the leaderboard and `best` use cv_map3
+    (here ordered unlike lwlrap), with lwlrap beside it."""
+    from ray import cloudpickle
+
+    from raytag.search.tuner import run_sweep
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    data = tmp_path / "data2018"
+    data.mkdir()
+    (data / "train.csv").write_text("fname,label,manually_verified\n")  # the layout's marker file
+    space = tmp_path / "fake.yaml"
+    space.write_text(FAKE_SPACE.replace("SAMPLES", "3").replace("width: {choice: [16, 48]}", "width: {choice: [8, 16, 32]}")
+                     .replace("scheduler: asha", "scheduler: fifo").replace("seed: 0", "seed: 3")
+                     .replace("train.lr: {loguniform: [1.0e-4, 1.0e-2]}", "train.lr: {loguniform: [1.0e-4, 5.0e-3]}"))
+    result = run_sweep(space, data, storage=str(tmp_path / "res"), name="s18", trial_fn=fake_fit, progress=False)
+    board = result.leaderboard
+    assert result.space.search.metric == "cv_map3"
+    assert (board["status"] == "ok").all() and (board["rank_by"] == "cv_map3").all()
+    assert board["cv_map3"].tolist() == sorted(board["cv_map3"], reverse=True)
+    assert board["cv_map3"].tolist() == pytest.approx([0.2 + w / 100 for w in board["model.width"]])
+    assert board["cv_lwlrap"].notna().all()  # shown beside it
+    assert result.best["cv_map3"] == board["cv_map3"].max()
+    study = _study(result.experiment_dir)
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(board["cv_map3"]))
+    saved = pd.read_csv(Path(result.experiment_dir) / "leaderboard.csv")
+    assert (saved["rank_by"] == "cv_map3").all()
+    assert json.loads((Path(result.experiment_dir) / "sweep.json").read_text())["search"]["metric"] == "cv_map3"
+
+
+def test_leaderboard_ranks_finished_trials_first_by_its_metric():
+    from raytag.search.leaderboard import board_metric, rank_metric, sort_leaderboard
+
+    board = pd.DataFrame([
+        {"trial_id": "a", "order": 1, "status": "stopped early", "reason": "", "cv_lwlrap": 0.9, "cv_map3": 0.9},
+        {"trial_id": "b", "order": 2, "status": "ok", "reason": "", "cv_lwlrap": 0.8, "cv_map3": 0.5},
+        {"trial_id": "c", "order": 3, "status": "failed", "reason": "x", "cv_lwlrap": math.nan, "cv_map3": math.nan},
+        {"trial_id": "d", "order": 4, "status": "ok", "reason": "", "cv_lwlrap": 0.7, "cv_map3": 0.6},
+    ]).assign(test_lwlrap=math.nan, epochs_run=1, seconds=1.0, outputs_dir="")
+    assert rank_metric(board, "auto") == "cv_map3"  # the trials reported MAP@3: a 2018 sweep
+    assert rank_metric(board.assign(cv_map3=math.nan), "auto") == "cv_lwlrap"
+    assert rank_metric(board, "cv_lwlrap") == "cv_lwlrap"  # an explicit metric stands
+    by_map3 = sort_leaderboard(board, metric="cv_map3")
+    assert by_map3["trial_id"].tolist() == ["d", "b", "a", "c"]  # a's partial score ranks after finished ones
+    assert board_metric(by_map3) == "cv_map3" and by_map3["rank"].tolist() == [1, 2, 3, 4]
+    assert sort_leaderboard(board, metric="cv_lwlrap")["trial_id"].tolist() == ["b", "d", "a", "c"]
 
 
 def test_bad_arguments_fail_before_any_trial(tmp_path):
@@ -215,16 +291,11 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert len(calls) > len(calls_before)  # and the rest did run after the resume
 
     # Optuna's study was kept: it knows every trial of the sweep, with the scores of the finished ones
-    import pickle
-
-    sys.path.insert(0, str(REPO / "tests"))
-    state = sorted((tmp_path / "res" / "kill").glob("searcher-state-*.pkl"))[-1]
-    study = pickle.loads(state.read_bytes())["_ot_study"]
-    values = {t.number: t.value for t in study.trials}
-    assert len(values) == 4
+    study = _study(tmp_path / "res" / "kill")
+    assert len(study.trials) == 4
     ok = board[board["status"] == "ok"]
-    assert sorted(round(v, 6) for v in values.values() if v is not None and not math.isnan(v)) == sorted(
-        round(v, 6) for v in board[board["status"] != "failed"]["cv_lwlrap"])
+    assert sorted(round(t.value, 6) for t in study.trials if t.state.name == "COMPLETE") == sorted(
+        round(v, 6) for v in ok["cv_lwlrap"])
     assert len(ok) >= 1
 
 
@@ -282,4 +353,9 @@ def test_real_sweep_of_the_pipeline_on_demo_data(ray_session, demo_data, tmp_pat
         assert [x["step"] for x in epochs] == [1, 2, 3]
         assert [x["stage"] for x in epochs] == ["warmup", "finetune", "finetune"]
         assert all("cv_lwlrap" in x for x in lines)
+        # the scheduler's yardstick: 0 in the warm-up, fold 0's fine-tune epoch, then frozen
+        assert [x["rung_epoch"] for x in epochs] == [0, 1, 1]
+        assert epochs[0]["rung_score"] == 0.0
+        assert epochs[1]["rung_score"] == epochs[1]["val_lwlrap"] == epochs[2]["rung_score"]
+        assert lines[-1]["rung_epoch"] == 1 and lines[-1]["pipeline_done"] == 1
     assert (Path(result.experiment_dir) / "search.png").is_file()

@@ -17,17 +17,20 @@ def ensemble_command(experiment: str, storage: str = "results", top: Optional[in
                      min_cv: Optional[float] = None) -> EnsembleResult:
     console = Console(stderr=True)
     result = build_ensemble(files.join(storage, experiment), top=top, min_cv=min_cv, console=console)
-    view = Table(title=f"ensemble of {experiment}")
-    for col in ("name", "kind", "CV lwlrap", "CV on", "test lwlrap", "weights"):
+    # the ranking metric first, lwlrap beside it
+    scores = list(dict.fromkeys([result.metric, "cv_lwlrap"]))
+    view = Table(title=f"ensemble of {experiment}, ranked by {result.metric}")
+    for col in ("name", "kind", *(f"CV {c[3:]}" for c in scores), "CV on", "test lwlrap", "weights"):
         view.add_column(col)
-    for r in result.table.itertuples():
-        mark = " *" if r.chosen else ""
-        view.add_row(f"{r.name}{mark}", r.kind, f"{r.cv_lwlrap:.4f}", r.cv_method,
-                     "-" if pd.isna(r.test_lwlrap) else f"{r.test_lwlrap:.4f}", r.weights)
+    for r in result.table.to_dict(orient="records"):
+        mark = " *" if r["chosen"] else ""
+        view.add_row(f"{r['name']}{mark}", r["kind"], *(f"{r[c]:.4f}" for c in scores), r["cv_method"],
+                     "-" if pd.isna(r["test_lwlrap"]) else f"{r['test_lwlrap']:.4f}", r["weights"])
     console.print(view)
     for s in result.skipped:
         console.print(f"left out {s['trial_id']}: {s['reason']}")
-    console.print(f"chosen: [bold]{result.chosen}[/] (*); artifact: [bold]{result.artifact_path}[/]")
+    console.print(f"chosen: [bold]{result.chosen}[/] (*, the best OOF {result.metric}); "
+                  f"artifact: [bold]{result.artifact_path}[/]")
     console.print(f"table: {result.table_path}; chart: {result.chart_path}")
     return result
 

@@ -8,6 +8,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from raytag.search.leaderboard import board_metric
+
 # stages.csv column -> short console heading (the CSV keeps every column)
 _STAGE_COLUMNS = {"stage": "stage", "folds": "folds", "cv_lwlrap": "CV", "test_lwlrap": "test",
                   "n_accepted": "accepted", "filter_precision": "prec.", "filter_recall": "recall",
@@ -34,17 +36,21 @@ def _stage_cell(v) -> str:
 
 def print_leaderboard(board: pd.DataFrame, top: int = 20) -> None:
     """The best `top` rows as a table; failed trials' reasons listed under it."""
-    fixed = {"rank", "trial_id", "order", "status", "reason", "cv_lwlrap", "test_lwlrap",
-             "epochs_run", "seconds", "outputs_dir"}
+    fixed = {"rank", "trial_id", "order", "status", "reason", "rank_by", "cv_lwlrap", "cv_map3",
+             "test_lwlrap", "epochs_run", "seconds", "outputs_dir"}
     params = [c for c in board.columns if c not in fixed]
-    table = Table(title=f"leaderboard ({len(board)} trials, best {min(top, len(board))} shown)")
-    for col in ["#", "trial", "status", "cv lwlrap", "test lwlrap", "epochs", "time s"]:
+    metric = board_metric(board)
+    # the ranking metric first; lwlrap beside it (MAP@3 only where the trials have it)
+    scores = list(dict.fromkeys([metric, "cv_lwlrap"]
+                                + (["cv_map3"] if "cv_map3" in board and board["cv_map3"].notna().any() else [])))
+    table = Table(title=f"leaderboard ({len(board)} trials ranked by {metric}, best {min(top, len(board))} shown)")
+    for col in ["#", "trial", "status", *(c.replace("_", " ") for c in scores), "test lwlrap", "epochs", "time s"]:
         table.add_column(col, no_wrap=True)
     for col in params:  # the last part of a dotted key is enough to recognise it
         table.add_column(col.rsplit(".", 1)[-1], overflow="fold")
     for _, r in board.head(top).iterrows():
         table.add_row(
-            str(r["rank"]), str(r["trial_id"]), str(r["status"]), _board_cell(r["cv_lwlrap"]),
+            str(r["rank"]), str(r["trial_id"]), str(r["status"]), *[_board_cell(r[c]) for c in scores],
             _board_cell(r["test_lwlrap"]), str(r["epochs_run"]), f"{float(r['seconds']):.0f}",
             *[_board_cell(r[c]) for c in params],
         )

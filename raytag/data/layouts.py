@@ -26,6 +26,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from raytag import storage
 from raytag.data.audio import audio_info, load_audio
 from raytag.data.audio import min_seconds as audio_min_seconds
 from raytag.data.csvcheck import repeated_fields
@@ -40,6 +41,7 @@ CLIP_COLUMNS = ["clip_id", "fname", "path", "labels", "split", "duration"]
 SKIPPED_COLUMNS = ["file", "reason"]
 TEST_TRUTH_CSV = "test_labels.csv"
 NOISY_TRUTH_CSV = "train_noisy_truth.csv"
+LAYOUT_FILES = {"fat2019": "train_curated.csv", "fsd2018": "train.csv"}  # the file that tells a layout
 _INFO_THREADS = 8  # header reads are I/O bound (network disks); threads overlap the waits
 
 
@@ -107,6 +109,15 @@ class Dataset:
         return path
 
 
+def detect_layout(root: str | Path) -> Optional[str]:
+    """"fat2019" or "fsd2018" by the file that marks the layout (as load_dataset tells
+    them), without reading any clip; a local folder or a URI. None when neither is there."""
+    for layout, marker in LAYOUT_FILES.items():
+        if storage.exists(storage.join(str(root), marker)):
+            return layout
+    return None
+
+
 def load_dataset(
     root: str | Path, sample_rate: Optional[int] = None, min_seconds: float = 0.05,
     features=None,
@@ -127,9 +138,9 @@ def load_dataset(
     if not root.is_dir():
         raise DatasetError(f"{root} is a file; pass the dataset folder")
     reader = _Reader(root, min_seconds)
-    if (root / "train_curated.csv").is_file():
+    if (root / LAYOUT_FILES["fat2019"]).is_file():
         layout, classes = "fat2019", reader.read_fat2019()
-    elif (root / "train.csv").is_file():
+    elif (root / LAYOUT_FILES["fsd2018"]).is_file():
         layout, classes = "fsd2018", reader.read_fsd2018()
     else:
         found = sorted(p.name for p in root.iterdir())[:12]

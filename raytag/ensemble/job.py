@@ -1,13 +1,16 @@
 """The ensemble job: `raytag ensemble EXPERIMENT [--top K] [--min-cv X]`.
 
-1. Candidates: finished trials of the sweep's leaderboard, best CV lwlrap first; the top K
-   and/or those over a CV bar.
+1. Candidates: finished trials of the sweep's leaderboard, best first by the metric the
+   leaderboard ranks by (its `rank_by`: cv_map3 on FSDKaggle2018, cv_lwlrap on
+   FSDKaggle2019); the top K and/or those over a CV bar in that metric.
 2. Each trial's out-of-fold predictions are aligned by clip_id (inner join: trials may use
    different fold assignments, an OOF prediction is per clip), with the curated truth.
-3. Combiners (mean, geometric, rank, fitted weighted mean) are scored by lwlrap on the OOF
-   predictions only; the weighted mean's score is its nested-CV score (weights fitted
-   without the scored fold, see raytag.ensemble.weights). Test labels, when the dataset
-   has them, are scored and reported, never used to choose.
+3. Combiners (mean, geometric, rank, fitted weighted mean) are scored on the OOF
+   predictions only, in that metric, with lwlrap beside it; the weighted mean's score is
+   its nested-CV score (weights fitted without the scored fold, see raytag.ensemble.weights;
+   the weights are fitted on lwlrap, which on one-label clips is the reciprocal rank that
+   MAP@3 truncates at 3, a finer signal for the fit). Test labels, when the dataset has
+   them, are scored and reported, never used to choose.
 4. The best combiner is saved as an artifact; a comparison table (CSV) and a bar chart
    (PNG) of every single model and every ensemble go next to it, in `<experiment>/ensemble/`.
 """
@@ -28,7 +31,8 @@ from raytag.ensemble.artifact import MemberSpec, safe_name, save_artifact, trial
 from raytag.ensemble.combiners import COMBINERS, combine, rank_reference
 from raytag.ensemble.weights import DEFAULT_STEPS, fit_weights, nested_fit
 from raytag.errors import RaytagError
-from raytag.metrics import lwlrap
+from raytag.metrics import SCORERS, lwlrap
+from raytag.search.leaderboard import board_metric
 from raytag.training.outputs import (
     MODEL_CARD, OOF_PREDICTIONS, OOF_TRUTH, TEST_PREDICTIONS, TEST_TRUTH, read_predictions,
 )
@@ -36,6 +40,7 @@ from raytag.training.outputs import (
 # leaderboard statuses of trials that ran their whole pipeline (raytag.search.leaderboard
 # writes "ok"; Tune's own word is "TERMINATED"); "stopped early", "failed", "unfinished" are not
 FINISHED = {"ok", "terminated", "done", "finished", "completed"}
+SCORE_COLUMNS = {"cv_lwlrap": "lwlrap", "cv_map3": "map3"}  # ranking metric -> raytag.metrics.SCORERS
 MIN_COVERAGE = 0.9  # a trial whose OOF covers less of the best trial's clips is left out
 
 
@@ -44,7 +49,8 @@ class Candidate:
     trial_id: str
     name: str  # folder-safe name used in the artifact
     outputs_dir: str
-    leaderboard_cv: float
+    leaderboard_cv: float  # the trial's score in `rank_by`
+    rank_by: str = "cv_lwlrap"  # the leaderboard's ranking metric (cv_lwlrap or cv_map3)
 
 
 @dataclass
@@ -59,6 +65,7 @@ class TrialPredictions:
 class EnsembleResult:
     table: pd.DataFrame  # one row per single model and per combiner
     chosen: str  # combiner saved in the artifact
+    metric: str  # the table column the choice was made by (cv_lwlrap or cv_map3)
     artifact_path: str
     members: list[str] = field(default_factory=list)
     weights: Optional[list[float]] = None  # the weighted combiner's final weights
@@ -71,12 +78,16 @@ class EnsembleResult:
 # ----------------------------------------------------------------------------- candidates
 def select_candidates(experiment_dir: str, top: Optional[int] = 5,
                       min_cv: Optional[float] = None) -> tuple[list[Candidate], list[dict]]:
-    """Finished trials with saved predictions, best CV first; the top K and over the bar."""
+    """Finished trials with saved predictions, best first in the leaderboard's ranking
+    metric (`rank_by`); the top K and those over the bar `min_cv` in that metric."""
     path = storage.join(experiment_dir, "leaderboard.csv")
     if not storage.exists(path):
         raise RaytagError(f"{path}: no leaderboard; run `raytag tune` for this experiment first")
     board = storage.read_csv(path)
-    for col in ("trial_id", "cv_lwlrap", "outputs_dir"):
+    metric = board_metric(board)
+    if metric not in SCORE_COLUMNS:
+        raise RaytagError(f"{path}: rank_by {metric!r} is not one of {', '.join(SCORE_COLUMNS)}")
+    for col in ("trial_id", metric, "outputs_dir"):
         if col not in board.columns:
             raise RaytagError(f"{path}: column '{col}' is missing")
     skipped = []
@@ -86,7 +97,7 @@ def select_candidates(experiment_dir: str, top: Optional[int] = 5,
         if status not in FINISHED:
             skipped.append({"trial_id": str(rec["trial_id"]), "reason": f"status {status}"})
             continue
-        if pd.isna(rec["cv_lwlrap"]) or pd.isna(rec["outputs_dir"]):
+        if pd.isna(rec[metric]) or pd.isna(rec["outputs_dir"]):
             skipped.append({"trial_id": str(rec["trial_id"]), "reason": "no CV score or outputs"})
             continue
         outputs = _resolve_outputs(experiment_dir, str(rec["outputs_dir"]))
@@ -94,7 +105,7 @@ def select_candidates(experiment_dir: str, top: Optional[int] = 5,
             skipped.append({"trial_id": str(rec["trial_id"]),
                             "reason": f"{rec['outputs_dir']}: no oof.parquet"})
             continue
-        rows.append(Candidate(str(rec["trial_id"]), safe_name(rec["trial_id"]), outputs, float(rec["cv_lwlrap"])))
+        rows.append(Candidate(str(rec["trial_id"]), safe_name(rec["trial_id"]), outputs, float(rec[metric]), metric))
     rows.sort(key=lambda c: -c.leaderboard_cv)
     seen: dict[str, int] = {}
     for c in rows:  # two trial ids may sanitise to one folder name
@@ -103,7 +114,7 @@ def select_candidates(experiment_dir: str, top: Optional[int] = 5,
             c.name = f"{c.name}_{n}"
     if min_cv is not None:
         kept = [c for c in rows if c.leaderboard_cv > min_cv]
-        skipped += [{"trial_id": c.trial_id, "reason": f"CV {c.leaderboard_cv:.4f} <= {min_cv}"}
+        skipped += [{"trial_id": c.trial_id, "reason": f"{metric} {c.leaderboard_cv:.4f} <= {min_cv}"}
                     for c in rows if c not in kept]
         rows = kept
     if top:
@@ -169,11 +180,15 @@ def load_oof_truth(outputs_dir: str, experiment_dir: Optional[str] = None) -> pd
 # ----------------------------------------------------------------------------- the job
 def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional[float] = None,
                    steps: int = DEFAULT_STEPS, console=None) -> EnsembleResult:
-    """Score every combiner on OOF lwlrap, save the best as an artifact, write the table + chart."""
+    """Score every combiner on the OOF predictions in the leaderboard's ranking metric
+    (lwlrap beside it), save the best as an artifact, write the table + chart."""
     experiment_dir = str(experiment_dir)
     say = console.print if console is not None else (lambda *a, **k: None)
     candidates, skipped = select_candidates(experiment_dir, top, min_cv)
-    say(f"{len(candidates)} candidate trial(s): {', '.join(c.trial_id for c in candidates)}")
+    metric = candidates[0].rank_by
+    # the table's score columns: lwlrap always, the ranking metric beside it
+    names = list(dict.fromkeys(["lwlrap", SCORE_COLUMNS[metric]]))
+    say(f"{len(candidates)} candidate trial(s), ranked by {metric}: {', '.join(c.trial_id for c in candidates)}")
     trials, members = [], []
     for cand in candidates:
         try:
@@ -222,42 +237,49 @@ def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional
         test = np.stack([t.test.loc[test_ids, classes].to_numpy(np.float64) for t in trials])[:, keep]
         y_test = y_test[keep]
 
-    def test_score(probs_fn):
-        return float(lwlrap(y_test, probs_fn(test))) if test is not None else np.nan
+    def cv_scores(probs) -> dict:
+        return {f"cv_{n}": float(SCORERS[n](y_oof, probs)) for n in names}
+
+    def test_scores(probs_fn) -> dict:
+        return {f"test_{n}": float(SCORERS[n](y_test, probs_fn(test))) if test is not None else np.nan
+                for n in names}
 
     rows = []
     for m, cand in enumerate(members):
         rows.append({
             "name": cand.trial_id, "kind": "single", "members": 1,
-            "cv_lwlrap": lwlrap(y_oof, oof[m]), "cv_method": "oof",
-            "test_lwlrap": test_score(lambda p, m=m: p[m]), "weights": "",
+            **cv_scores(oof[m]), "cv_method": "oof",
+            **test_scores(lambda p, m=m: p[m]), "weights": "",
         })
     for name in ("mean", "geometric", "rank"):
         rows.append({
             "name": name, "kind": "ensemble", "members": len(members),
-            "cv_lwlrap": lwlrap(y_oof, combine(name, oof, references=references)), "cv_method": "oof",
-            "test_lwlrap": test_score(lambda p, n=name: combine(n, p, references=references)),
+            **cv_scores(combine(name, oof, references=references)), "cv_method": "oof",
+            **test_scores(lambda p, n=name: combine(n, p, references=references)),
             "weights": "",
         })
     if len(np.unique(outer_folds)) >= 2:
         nested = nested_fit(oof, y_oof, outer_folds, steps)
-        final, weighted_cv, method, fold_weights = nested.final, nested.nested_lwlrap, "nested oof", nested.fold_weights
+        final, method, fold_weights = nested.final, "nested oof", nested.fold_weights
+        weighted_cv = cv_scores(nested.heldout_preds)  # each clip by weights fitted without its fold
     else:  # one fold only: no clip can be held out from the fit; the table says so
         final = fit_weights(oof, y_oof, steps)
-        weighted_cv, method, fold_weights = final.train_lwlrap, "in-sample (1 fold)", {}
+        method, fold_weights = "in-sample (1 fold)", {}
+        weighted_cv = cv_scores(combine("weighted", oof, final.weights))
     weights = final.weights
+    in_sample = cv_scores(combine("weighted", oof, weights))
     rows.append({
         "name": "weighted", "kind": "ensemble", "members": len(members),
-        "cv_lwlrap": weighted_cv, "cv_method": method,
-        "cv_lwlrap_in_sample": final.train_lwlrap,
-        "test_lwlrap": test_score(lambda p: combine("weighted", p, weights)),
+        **weighted_cv, "cv_method": method,
+        **{f"{k}_in_sample": v for k, v in in_sample.items()},
+        **test_scores(lambda p: combine("weighted", p, weights)),
         "weights": " ".join(f"{w:.3f}" for w in weights),
     })
     table = pd.DataFrame(rows)
     ens = table[table["kind"] == "ensemble"]
-    # highest CV wins; ties go to the simpler combiner (COMBINERS order)
+    # highest CV in the ranking metric wins; ties go to the simpler combiner (COMBINERS order)
     order = {n: i for i, n in enumerate(COMBINERS)}
-    chosen = min(ens.itertuples(), key=lambda r: (-round(r.cv_lwlrap, 10), order[r.name])).name
+    chosen = min(ens.itertuples(), key=lambda r: (-round(getattr(r, metric), 10), order[r.name])).name
     table["chosen"] = table["name"].eq(chosen) & table["kind"].eq("ensemble")
 
     out_dir = storage.join(experiment_dir, "ensemble")
@@ -265,9 +287,10 @@ def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional
     specs = [MemberSpec(c.name, c.outputs_dir, float(lwlrap(y_oof, oof[i])), references[i])
              for i, c in enumerate(members)]
     chosen_row = table[table["chosen"]].iloc[0]
-    scores = {"cv_lwlrap": float(chosen_row.cv_lwlrap), "cv_method": chosen_row.cv_method,
-              "test_lwlrap": None if pd.isna(chosen_row.test_lwlrap) else float(chosen_row.test_lwlrap),
-              "oof_clips": int(len(common))}
+    scores = {"metric": metric, "cv_method": chosen_row.cv_method, "oof_clips": int(len(common))}
+    for n in names:
+        scores[f"cv_{n}"] = float(chosen_row[f"cv_{n}"])
+        scores[f"test_{n}"] = None if pd.isna(chosen_row[f"test_{n}"]) else float(chosen_row[f"test_{n}"])
     artifact_path = save_artifact(
         storage.join(out_dir, "artifact"), specs, chosen,
         weights.tolist() if chosen == "weighted" else None, classes, layout, scores,
@@ -275,14 +298,14 @@ def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional
     table_path = storage.join(out_dir, "comparison.csv")
     storage.write_csv(table, table_path)
     chart_path = storage.join(out_dir, "comparison.png")
-    storage.write_bytes(chart_path, comparison_chart(table))
+    storage.write_bytes(chart_path, comparison_chart(table, metric))
     result = EnsembleResult(
-        table=table, chosen=chosen, artifact_path=artifact_path,
+        table=table, chosen=chosen, metric=metric, artifact_path=artifact_path,
         members=[c.trial_id for c in members], weights=weights.tolist(),
         nested_fold_weights=fold_weights, skipped=skipped, table_path=table_path, chart_path=chart_path,
     )
     summary = {
-        "chosen": chosen, "members": result.members, "weights": result.weights,
+        "chosen": chosen, "chosen_by": metric, "members": result.members, "weights": result.weights,
         "nested_fold_weights": {str(k): v for k, v in fold_weights.items()},
         "oof_clips": int(len(common)), "test_clips": 0 if y_test is None else int(len(y_test)),
         "skipped": skipped, "artifact": artifact_path, "scores": scores,
@@ -292,31 +315,36 @@ def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional
 
 
 # ----------------------------------------------------------------------------- outputs
-def comparison_chart(table: pd.DataFrame) -> bytes:
-    """PNG bytes: horizontal bars of CV (and test, where known) lwlrap per row of the table."""
+def comparison_chart(table: pd.DataFrame, metric: str = "cv_lwlrap") -> bytes:
+    """PNG bytes: horizontal bars of CV (and test, where known) `metric` per row of the table."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    name = metric[len("cv_"):]
+    label = {"lwlrap": "lwlrap", "map3": "MAP@3"}.get(name, name)
+    test_col = f"test_{name}"
     labels = [f"ensemble: {r.name}" + (" (nested CV)" if r.cv_method.startswith("nested") else "")
               if r.kind == "ensemble" else str(r.name) for r in table.itertuples()]
     y = np.arange(len(table))
-    has_test = table["test_lwlrap"].notna().any()
+    has_test = test_col in table and table[test_col].notna().any()
     height = 0.38 if has_test else 0.7
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(table) + 1.8))
     cv_colors = ["tab:orange" if c else "tab:blue" for c in table["chosen"]]
-    ax.barh(y - (height / 2 if has_test else 0), table["cv_lwlrap"], height, color=cv_colors, label="CV lwlrap (OOF)")
+    ax.barh(y - (height / 2 if has_test else 0), table[metric], height, color=cv_colors, label=f"CV {label} (OOF)")
     if has_test:
-        ax.barh(y + height / 2, table["test_lwlrap"].fillna(0), height, color="tab:gray", label="test lwlrap (reported only)")
-    for yi, v in zip(y, table["cv_lwlrap"]):
+        ax.barh(y + height / 2, table[test_col].fillna(0), height, color="tab:gray",
+                label=f"test {label} (reported only)")
+    for yi, v in zip(y, table[metric]):
         ax.text(v, yi - (height / 2 if has_test else 0), f" {v:.4f}", va="center", fontsize=8)
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
-    lo = float(np.nanmin(table[["cv_lwlrap", "test_lwlrap"]].to_numpy(dtype=float)))
+    shown = [metric] + ([test_col] if has_test else [])
+    lo = float(np.nanmin(table[shown].to_numpy(dtype=float)))
     ax.set_xlim(max(0.0, lo - 0.05), 1.0)
-    ax.set_xlabel("lwlrap (orange: chosen ensemble)")
-    ax.set_title("Single models and ensembles")
+    ax.set_xlabel(f"{label} (orange: chosen ensemble)")
+    ax.set_title(f"Single models and ensembles, chosen by OOF {label}")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -1,9 +1,12 @@
 """The leaderboard of a sweep: one row per trial, read back from the experiment folder.
 
 Columns: rank, trial_id, status (ok / stopped early / failed / unfinished), reason,
-cv_lwlrap, test_lwlrap (only where the dataset has test labels; reported, never used to
-choose), epochs_run, seconds, one column per searched setting (its dotted key), outputs_dir.
-Sorted by CV lwlrap (best first, in the space's mode); failed trials last.
+rank_by (the metric the rows are ranked by: cv_map3 on FSDKaggle2018, cv_lwlrap on
+FSDKaggle2019, or the space's search.metric), cv_lwlrap, cv_map3 (2018 layout only),
+test_lwlrap (only where the dataset has test labels; reported, never used to choose),
+epochs_run, seconds, one column per searched setting (its dotted key), outputs_dir.
+Sorted by status (finished trials, then those stopped early with the score they had
+reached, then unfinished, then failed) and within it by `rank_by`, best first.
 """
 from __future__ import annotations
 
@@ -19,8 +22,11 @@ from raytag.search.space import SearchSpace
 from raytag.training.outputs import OUTPUTS_DIR
 
 TRIAL_RESULT = "trial_result.json"  # written by a trial that finished its pipeline (search.tuner)
-FIXED_COLUMNS = ["rank", "trial_id", "order", "status", "reason", "cv_lwlrap", "test_lwlrap",
-                 "epochs_run", "seconds"]
+FIXED_COLUMNS = ["rank", "trial_id", "order", "status", "reason", "rank_by", "cv_lwlrap", "cv_map3",
+                 "test_lwlrap", "epochs_run", "seconds"]
+SCORE_COLUMNS = ("cv_lwlrap", "cv_map3", "test_lwlrap")
+# a trial stopped early has only a partial score: it ranks after every finished trial
+_STATUS_ORDER = {"ok": 0, "stopped early": 1, "unfinished": 2, "failed": 3}
 
 
 def build_leaderboard(exp_dir: str, space: Optional[SearchSpace] = None) -> pd.DataFrame:
@@ -32,22 +38,43 @@ def build_leaderboard(exp_dir: str, space: Optional[SearchSpace] = None) -> pd.D
     rows = [{**_row(trial, exp_dir, keys), "order": i} for i, trial in enumerate(analysis.trials, 1)]
     # object dtype keeps whole-number settings whole where a conditional one is missing
     board = pd.DataFrame(rows, dtype=object)
-    for col in ("cv_lwlrap", "test_lwlrap", "seconds"):
+    for col in (*SCORE_COLUMNS, "seconds"):
         if col in board:
             board[col] = board[col].astype(float)
     if "epochs_run" in board:
         board["epochs_run"] = board["epochs_run"].astype(int)
-    return sort_leaderboard(board, space.search.mode if space else "max", keys)
+    metric = rank_metric(board, space.search.metric if space else "auto")
+    return sort_leaderboard(board, space.search.mode if space else "max", keys, metric=metric)
 
 
-def sort_leaderboard(board: pd.DataFrame, mode: str = "max", keys: Optional[list] = None) -> pd.DataFrame:
+def rank_metric(board: pd.DataFrame, metric: str = "auto") -> str:
+    """The column a leaderboard ranks by: `metric`, or for "auto" (a sweep whose resolved
+    metric was not stored) cv_map3 where the trials reported it (the 2018 layout), else cv_lwlrap."""
+    if metric != "auto":
+        return metric
+    has_map3 = "cv_map3" in board and board["cv_map3"].astype(float).notna().any()
+    return "cv_map3" if has_map3 else "cv_lwlrap"
+
+
+def board_metric(board: pd.DataFrame) -> str:
+    """The metric a leaderboard (also one read back from leaderboard.csv) is ranked by."""
+    if "rank_by" in board and len(board) and isinstance(board["rank_by"].iloc[0], str):
+        return board["rank_by"].iloc[0]
+    return "cv_lwlrap"  # leaderboards written before rank_by existed
+
+
+def sort_leaderboard(board: pd.DataFrame, mode: str = "max", keys: Optional[list] = None,
+                     metric: str = "cv_lwlrap") -> pd.DataFrame:
     if board.empty:
         return pd.DataFrame(columns=FIXED_COLUMNS + ["outputs_dir"])
-    failed = board["status"] == "failed"
-    score = board["cv_lwlrap"].astype(float)
-    board = board.assign(_failed=failed, _score=-score if mode == "max" else score)
-    board = board.sort_values(["_failed", "_score", "order"], na_position="last")
-    board = board.drop(columns=["_failed", "_score"]).reset_index(drop=True)
+    for col in SCORE_COLUMNS:
+        if col not in board:
+            board = board.assign(**{col: math.nan})
+    group = board["status"].map(_STATUS_ORDER).fillna(len(_STATUS_ORDER))
+    score = board[metric].astype(float)
+    board = board.assign(_group=group, _score=-score if mode == "max" else score, rank_by=metric)
+    board = board.sort_values(["_group", "_score", "order"], na_position="last")
+    board = board.drop(columns=["_group", "_score"]).reset_index(drop=True)
     board["rank"] = range(1, len(board) + 1)
     params = keys if keys is not None else [c for c in board.columns if c not in FIXED_COLUMNS + ["outputs_dir"]]
     params = [k for k in params if k in board.columns]
@@ -60,12 +87,12 @@ def _row(trial, exp_dir: str, keys: Optional[list]) -> dict:
     if done:
         last.update(done)  # the pipeline's own summary is the final word
     status, reason = _status(trial, last)
-    cv = last.get("cv_lwlrap")
     row = {
         "trial_id": trial.trial_id,
         "status": status,
         "reason": reason,
-        "cv_lwlrap": float(cv) if cv is not None and status != "failed" else math.nan,
+        # a failed trial's last score is no result
+        **{key: _num(last.get(key)) if status != "failed" else math.nan for key in ("cv_lwlrap", "cv_map3")},
         "test_lwlrap": _num(last.get("test_lwlrap")),
         # step = the global epoch count the workers report; epochs_run is the final tally
         "epochs_run": int(last.get("epochs_run") or last.get("step") or 0),

@@ -1,5 +1,6 @@
-"""Sweep report: leaderboard.csv, importance.csv and search.png (lwlrap over trials and
-against the most important settings); `rebuild_report` redraws them for `raytag report EXPERIMENT`.
+"""Sweep report: leaderboard.csv, importance.csv and search.png (the ranking metric, cv_map3
+on FSDKaggle2018 and cv_lwlrap on FSDKaggle2019, over trials and against the most important
+settings); `rebuild_report` redraws them for `raytag report EXPERIMENT`.
 
 Importance is Optuna's fANOVA (`optuna.importance.get_param_importances`) on a study
 rebuilt from the finished trials; it needs a few trials with a score, so a tiny sweep
@@ -7,6 +8,7 @@ falls back to the space's order of settings (and says so in the plot).
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -17,7 +19,7 @@ import pandas as pd
 
 from raytag.errors import RaytagError
 from raytag import storage as files  # local folder or URI through pyarrow.fs
-from raytag.search.leaderboard import build_leaderboard
+from raytag.search.leaderboard import board_metric, build_leaderboard
 from raytag.search.space import SearchSpace, parse_space
 
 PLOT_NAME = "search.png"
@@ -28,7 +30,8 @@ def param_importance(board: pd.DataFrame, space: SearchSpace) -> Optional[pd.Ser
     """fANOVA importance of each setting present in every scored trial; None if too few."""
     import optuna
 
-    scored = board[board["status"].isin(["ok", "stopped early"]) & board["cv_lwlrap"].notna()]
+    metric = board_metric(board)
+    scored = board[board["status"].isin(["ok", "stopped early"]) & board[metric].notna()]
     if len(scored) < 3:
         return None
     dists = {p.key: p.optuna_distribution() for p in space.params()}
@@ -46,7 +49,7 @@ def param_importance(board: pd.DataFrame, space: SearchSpace) -> Optional[pd.Ser
                     continue
             params[key] = value
         study.add_trial(optuna.trial.create_trial(
-            params=params, distributions={k: dists[k] for k in params}, value=float(row["cv_lwlrap"])))
+            params=params, distributions={k: dists[k] for k in params}, value=float(row[metric])))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "few trials" warnings: the plot says how many
@@ -70,14 +73,14 @@ def _as_choice(value, choices):
 
 
 def plot_search(board: pd.DataFrame, space: SearchSpace, importance: Optional[pd.Series]) -> bytes:
-    """PNG: CV lwlrap by trial (running best line) + lwlrap against the top settings."""
+    """PNG: the ranking metric by trial (running best line) and against the top settings."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    metric = space.search.metric
+    metric = board_metric(board)
     keys = list(importance.index[:TOP_SETTINGS]) if importance is not None else space.param_keys()[:TOP_SETTINGS]
     fig, axes = plt.subplots(1, 1 + len(keys), figsize=(4.2 * (1 + len(keys)), 3.6), squeeze=False)
     axes = axes[0]
@@ -87,13 +90,13 @@ def plot_search(board: pd.DataFrame, space: SearchSpace, importance: Optional[pd
     styles = {"ok": ("o", "C0"), "stopped early": ("x", "0.5"), "unfinished": ("s", "C2")}
     for status, (marker, colour) in styles.items():
         part = order[order["status"] == status]
-        ax.scatter(part.index + 1, part["cv_lwlrap"], marker=marker, color=colour, label=status)
+        ax.scatter(part.index + 1, part[metric], marker=marker, color=colour, label=status)
     failed = order[order["status"] == "failed"]
     if len(failed):
-        lo = order["cv_lwlrap"].min()
+        lo = order[metric].min()
         ax.scatter(failed.index + 1, [0 if math.isnan(lo) else lo] * len(failed), marker="v",
                    color="C3", label="failed")
-    best = order["cv_lwlrap"].where(order["status"] != "failed")
+    best = order[metric].where(order["status"] != "failed")
     best = (best.cummax() if space.search.mode == "max" else best.cummin()).ffill()
     ax.step(order.index + 1, best, where="post", color="k", lw=1, label="best so far")
     ax.set_xlabel("trial (in start order)")
@@ -104,19 +107,19 @@ def plot_search(board: pd.DataFrame, space: SearchSpace, importance: Optional[pd
     scored = board[board["status"].isin(["ok", "stopped early"])]
     by_key = {p.key: p for p in space.params()}
     for ax, key in zip(axes[1:], keys):
-        part = scored[[key, "cv_lwlrap", "status"]].dropna() if key in scored else scored.iloc[0:0]
+        part = scored[[key, metric, "status"]].dropna() if key in scored else scored.iloc[0:0]
         p = by_key.get(key)
         if p is not None and p.kind != "choice":
             for status, (marker, colour) in styles.items():
                 s = part[part["status"] == status]
-                ax.scatter(s[key].astype(float), s["cv_lwlrap"], marker=marker, color=colour)
+                ax.scatter(s[key].astype(float), s[metric], marker=marker, color=colour)
             if p.kind == "loguniform":
                 ax.set_xscale("log")
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         else:
             labels = sorted(part[key].astype(str).unique())
             pos = {v: i for i, v in enumerate(labels)}
-            ax.scatter(part[key].astype(str).map(pos), part["cv_lwlrap"], color="C0", alpha=0.7)
+            ax.scatter(part[key].astype(str).map(pos), part[metric], color="C0", alpha=0.7)
             ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
         imp = f" (importance {importance[key]:.2f})" if importance is not None and key in importance else ""
         ax.set_title(f"{key}{imp}", fontsize=8)
@@ -153,6 +156,11 @@ def rebuild_report(experiment: str, storage: str = "results") -> tuple[pd.DataFr
         raise RaytagError(f"no sweep named '{experiment}' in {storage} ({space_file} is missing); "
                           "check the name and --storage")
     space = parse_space(files.read_text(space_file), source=space_file, default_name=experiment)
+    settings_file = files.join(exp_dir, "sweep.json")
+    if files.exists(settings_file):  # the metric the sweep resolved ("auto" -> the layout's)
+        stored = json.loads(files.read_text(settings_file)).get("search", {}).get("metric")
+        if stored:
+            space.search = dataclasses.replace(space.search, metric=stored)
     try:
         board = build_leaderboard(exp_dir, space)
     except Exception as err:  # noqa: BLE001 - Tune's state unreadable: fall back to the saved CSV

@@ -13,7 +13,7 @@ A space file has four sections (see search_spaces/quick.yaml for a commented exa
       - when: {model.name: crnn}      # a value or a list of values (any of)
         space: {model.params.rnn_hidden: {choice: [64, 128]}}
         conditional: [...]            # blocks nest
-    search: {samples: 8, metric: cv_lwlrap, mode: max, scheduler: asha, ...}
+    search: {samples: 8, metric: auto, mode: max, scheduler: asha, grace_period: 2, ...}
     resources: {num_workers: 1, cpus_per_worker: 0.5, gpus_per_worker: 0, use_gpu: false}
 
 Distributions: `choice: [..]`, `uniform: [low, high]`, `loguniform: [low, high]`,
@@ -41,11 +41,14 @@ import yaml
 
 from raytag.config import Config, ConfigError, apply_overrides
 from raytag.models import MODELS
+from raytag.training.rungs import rung_epochs_total
 from raytag.training.steps import build_steps
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "quniform", "qrandint")
 SCHEDULERS = ("asha", "fifo", "hyperband")
-METRICS = ("cv_lwlrap", "val_lwlrap")
+# What the searcher and the leaderboard choose by: the out-of-fold score of a finished
+# trial; "auto" is the dataset's own (cv_map3 on FSDKaggle2018, cv_lwlrap on FSDKaggle2019).
+METRICS = ("auto", "cv_lwlrap", "cv_map3")
 _SECTIONS = ("name", "description", "base", "space", "conditional", "search", "resources")
 _SCALARS = (type(None), bool, int, float, str)
 
@@ -127,12 +130,14 @@ class Block:
 @dataclass
 class SearchSettings:
     samples: int = 8
-    metric: str = "cv_lwlrap"
+    metric: str = "auto"  # one of METRICS; the sweep resolves "auto" by the dataset's layout
     mode: str = "max"
     scheduler: str = "asha"
-    grace_period: int = 2  # ASHA/HyperBand: reports (epochs) before the first cut
+    # ASHA/HyperBand count epochs of the first fold's fine-tune and stage-2 steps (rung_epoch,
+    # raytag.training.rungs), so trials are compared at equal progress whatever their warm-up
+    grace_period: int = 2  # first-fold epochs before the first cut
     reduction_factor: float = 3.0  # ASHA/HyperBand: keep the best 1/reduction_factor at a rung
-    max_t: Optional[int] = None  # ASHA/HyperBand horizon in reports; None: from the space
+    max_t: Optional[int] = None  # the last rung's horizon in first-fold epochs; None: from the space
     max_concurrent_trials: int = 1
     seed: int = 0
     startup_trials: Optional[int] = None  # TPE's random start; None: samples // 3, 2..10
@@ -223,6 +228,18 @@ class SearchSpace:
     def max_steps(self) -> int:
         """Most epoch reports one trial can make (the scheduler's horizon): every numeric
         setting at its largest value, every enabled-flag on."""
+        return estimate_steps(self._top_config())
+
+    def max_rung_epochs(self) -> int:
+        """Most first-fold fine-tune + stage-2 epochs one trial can run (the scheduler's
+        horizon, in its time unit `rung_epoch`), with settings at their largest."""
+        try:
+            cfg = self._top_config()
+            return max(1, rung_epochs_total(build_steps(cfg, _folds(cfg))))
+        except ConfigError:
+            return 1
+
+    def _top_config(self) -> Config:
         top: dict = {}
         for p in self.params():
             values = p.extremes()
@@ -232,18 +249,20 @@ class SearchSpace:
             elif p.key not in top:
                 top[p.key] = values[0]
         try:
-            cfg = self.trial_config(top)
+            return self.trial_config(top)
         except ConfigError:
-            cfg = self.base_config()
-        return estimate_steps(cfg)
+            return self.base_config()
+
+
+def _folds(cfg: Config) -> list:
+    return list(cfg.cv.folds) if cfg.cv.folds else list(range(cfg.cv.n_folds))
 
 
 def estimate_steps(cfg: Config) -> int:
     """Reports one pipeline run makes: one per training epoch of every step (the warm-up
     once, then per fold fine-tune, filter, stage-2 rounds), one per filter step."""
-    folds = list(cfg.cv.folds) if cfg.cv.folds else list(range(cfg.cv.n_folds))
     try:
-        steps = build_steps(cfg, folds)
+        steps = build_steps(cfg, _folds(cfg))
     except ConfigError:  # a config that trains nothing fails in its trial, with this reason
         return 1
     return max(1, sum(s.epochs if s.trains else 1 for s in steps))
@@ -285,7 +304,22 @@ def parse_space(text: str, source: str = "<space>", default_name: str = "sweep")
     )
     _check_settings(space)
     _validate_against_config(space)
+    _check_rungs(space)
     return space
+
+
+def _check_rungs(space: SearchSpace):
+    """A first rung no trial reaches would leave the scheduler idle: say so now."""
+    s = space.search
+    if s.scheduler == "fifo":
+        return
+    most = space.max_rung_epochs()
+    if s.grace_period > most:
+        raise SpaceError(
+            f"{space.source}: search.grace_period: {s.grace_period} first-fold epochs, but no trial of "
+            f"this space trains more than {most} epochs on its first fold (fine-tune + stage 2), so "
+            f"{s.scheduler} would never compare trials; lower it (the warm-up does not count)"
+        )
 
 
 def _flatten_values(node: Any, source: str, where: str, prefix: str = "") -> dict:
@@ -456,6 +490,10 @@ def _check_settings(space: SearchSpace):
     s, r, src = space.search, space.resources, space.source
     if s.samples < 1:
         raise SpaceError(f"{src}: search.samples: must be at least 1, got {s.samples}")
+    if s.metric == "val_lwlrap":
+        raise SpaceError(f"{src}: search.metric: val_lwlrap is no longer a search metric: the scheduler "
+                         "compares the first fold's held-out score by itself (rung_score); use auto, "
+                         "cv_lwlrap or cv_map3")
     if s.metric not in METRICS:
         raise SpaceError(f"{src}: search.metric: {s.metric!r} is not one of {', '.join(METRICS)}")
     if s.mode not in ("max", "min"):

@@ -2,8 +2,14 @@
 
 Ray 2.60 runs Ray Train V2, where `Tuner(TorchTrainer)` is refused; the working pattern is a
 function trainable per trial that builds the pipeline's TorchTrainer itself with
-`TuneReportCallback`, which forwards every worker `ray.train.report` (one per epoch, with
-`cv_lwlrap`) to Tune, so the scheduler (ASHA by default) can stop weak trials early.
+`TuneReportCallback`, which forwards every worker `ray.train.report` (one per epoch) to
+Tune, so the scheduler (ASHA by default) can stop weak trials early.
+
+What is compared: the scheduler counts the first fold's fine-tune and stage-2 epochs
+(`rung_epoch`) and compares that fold's held-out score (`rung_score`), so trials meet at
+a rung at equal progress whatever their warm-up (raytag.training.rungs). Optuna is told a
+finished trial's out-of-fold score (`search.metric`: cv_map3 on FSDKaggle2018, cv_lwlrap on
+FSDKaggle2019 by default) and a stopped trial as PRUNED, never as a finished partial score.
 
     <storage>/<name>/                   the experiment (Ray's storage_path/name)
         space.yaml, sweep.json          the space and settings it was started with (for --resume)
@@ -26,11 +32,13 @@ import pandas as pd
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.cluster import check_data, check_storage
+from raytag.data.layouts import detect_layout
 from raytag.errors import DatasetError, RaytagError
 from raytag.search.leaderboard import TRIAL_RESULT, build_leaderboard, error_reason
 from raytag.search.report import save_report
 from raytag.search.space import SearchSpace, describe, load_space, parse_space
 from raytag.session import ensure_ray
+from raytag.training.rungs import RUNG_EPOCH, RUNG_SCORE
 from raytag.training.runner import fit_pipeline
 
 
@@ -48,7 +56,7 @@ class SweepResult:
     @property
     def best(self) -> Optional[dict]:
         ok = self.leaderboard[self.leaderboard["status"] != "failed"]
-        ok = ok[ok["cv_lwlrap"].notna()]
+        ok = ok[ok[self.space.search.metric].notna()]
         return None if ok.empty else ok.iloc[0].to_dict()
 
 
@@ -77,34 +85,44 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     if files.exists(done_path):
         # The driver was killed after this pipeline finished but before Tune saved the
         # trial as done: report the stored result instead of training again.
-        tune.report(json.loads(files.read_text(done_path)))
+        # (a result stored before the scheduler's keys existed gets them: every report has them)
+        tune.report({RUNG_EPOCH: 0, RUNG_SCORE: 0.0, "pipeline_done": 1, **json.loads(files.read_text(done_path))})
         return
 
     cfg = setup.space.trial_config(config)
     fit = setup.trial_fn
     if fit is None:
         fit = fit_pipeline
+    last_report: dict = {}
     result = _fit_forwarding_reports(
         lambda callbacks: fit(cfg, setup.data, storage=setup.trials_dir, name=trial_id,
-                              callbacks=callbacks, feature_cache=setup.feature_cache, progress=False)
+                              callbacks=callbacks, feature_cache=setup.feature_cache, progress=False),
+        last_report,
     )
     metrics = dict(result.metrics)
-    cv = metrics.get("cv_lwlrap")
-    if cv is None or not math.isfinite(float(cv)):
-        raise TrialFailed(f"cv_lwlrap is {cv} (the loss diverged or no fold finished)")
+    metric = setup.space.search.metric
+    for key in dict.fromkeys(["cv_lwlrap", metric]):
+        value = metrics.get(key)
+        if value is None or not math.isfinite(float(value)):
+            raise TrialFailed(f"{key} is {value} (the loss diverged or no fold finished)")
     final = {
-        "cv_lwlrap": float(cv),
+        "cv_lwlrap": float(metrics["cv_lwlrap"]),
+        **({"cv_map3": float(metrics["cv_map3"])} if metrics.get("cv_map3") is not None else {}),
         "test_lwlrap": _float_or_none(metrics.get("test_lwlrap")),
         "epochs_run": int(metrics.get("epochs_run") or 0),
         "pipeline_seconds": float(metrics.get("seconds") or 0.0),
         "outputs_dir": str(result.outputs_dir),
+        # the scheduler's keys as the workers last reported them (every result carries them)
+        RUNG_EPOCH: int(last_report.get(RUNG_EPOCH, 0)),
+        RUNG_SCORE: float(last_report.get(RUNG_SCORE, 0.0)),
+        "pipeline_done": 1,  # Optuna: a finished trial (PipelineSearch)
         "trial_complete": 1,
     }
     files.write_text(done_path, json.dumps(final))
     tune.report(final)
 
 
-def _fit_forwarding_reports(run_fit: Callable[[list], Any]):
+def _fit_forwarding_reports(run_fit: Callable[[list], Any], last: Optional[dict] = None):
     """Run the pipeline in a thread while this (Tune's training) thread forwards its
     per-epoch reports to Tune, one at a time, in order.
 
@@ -115,6 +133,8 @@ def _fit_forwarding_reports(run_fit: Callable[[list], Any]):
     both in Queue.put). Giving the callback a queue of our own that this thread drains
     keeps every tune.report on one thread. The queue holds one item, so the workers still
     wait for Tune to accept each epoch (ASHA decides on time, as with the stock queue).
+    `last`, when given, is updated with each forwarded report (the trial's final report
+    repeats its scheduler keys).
     """
     import threading
 
@@ -135,9 +155,12 @@ def _fit_forwarding_reports(run_fit: Callable[[list], Any]):
     try:
         while thread.is_alive() or not queue.empty():
             try:
-                tune.report(queue.get(timeout=0.5))
+                report = queue.get(timeout=0.5)
             except Empty:
                 continue
+            if last is not None:
+                last.update(report)
+            tune.report(report)
         thread.join()
     finally:
         queue.shutdown()
@@ -178,23 +201,26 @@ def trial_dirname(trial) -> str:
 
 # ----------------------------------------------------------------------------- sweep set-up
 def build_scheduler(space: SearchSpace, name: Optional[str] = None):
-    """ASHA (default), HyperBand or FIFO on the space's metric, per training_iteration."""
+    """ASHA (default), HyperBand or FIFO. ASHA and HyperBand count first-fold epochs
+    (`rung_epoch`) and compare the first fold's held-out score (`rung_score`), so every
+    rung compares trials at the same point of the pipeline (raytag.training.rungs)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
 
     s = space.search
     name = (name or s.scheduler).lower()
-    # Horizon: every report of the longest trial the space allows, plus the final
-    # summary report and a margin; ASHA stops a trial that reaches max_t.
-    max_t = s.max_t or space.max_steps() * 2 + 2
+    # Horizon: the most first-fold epochs a trial of the space runs. rung_epoch stops there
+    # (it is frozen after the first fold), so stop_last_trials=False: reaching the horizon
+    # must not end a trial whose other folds are still to train.
+    max_t = s.max_t or max(space.max_rung_epochs(), s.grace_period + 1)
     if name == "asha":
         return ASHAScheduler(
-            time_attr="training_iteration", metric=s.metric, mode=s.mode, max_t=max_t,
-            grace_period=s.grace_period, reduction_factor=s.reduction_factor,
+            time_attr=RUNG_EPOCH, metric=RUNG_SCORE, mode=s.mode, max_t=max_t,
+            grace_period=s.grace_period, reduction_factor=s.reduction_factor, stop_last_trials=False,
         )
     if name == "hyperband":
         return HyperBandScheduler(
-            time_attr="training_iteration", metric=s.metric, mode=s.mode, max_t=max_t,
-            reduction_factor=s.reduction_factor,
+            time_attr=RUNG_EPOCH, metric=RUNG_SCORE, mode=s.mode, max_t=max_t,
+            reduction_factor=s.reduction_factor, stop_last_trials=False,
         )
     if name == "fifo":
         return FIFOScheduler()
@@ -202,14 +228,67 @@ def build_scheduler(space: SearchSpace, name: Optional[str] = None):
 
 
 def build_searcher(space: SearchSpace):
-    """Optuna TPE (seeded) over the space's define-by-run function (handles conditionals)."""
+    """Optuna TPE (seeded) over the space's define-by-run function (handles conditionals);
+    `space.search.metric` must be resolved (not "auto", see resolve_metric)."""
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
     s = space.search
+    if s.metric not in ("cv_lwlrap", "cv_map3"):
+        raise RaytagError(f"search metric {s.metric!r} is not resolved; call resolve_metric first")
     startup = s.startup_trials if s.startup_trials is not None else max(2, min(10, s.samples // 3))
     sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup)
-    return OptunaSearch(space=space.define_by_run, metric=s.metric, mode=s.mode, sampler=sampler)
+    return _pipeline_searcher_class()(space=space.define_by_run, metric=s.metric, mode=s.mode, sampler=sampler)
+
+
+def _pipeline_searcher_class():
+    from ray.tune.search.optuna import OptunaSearch
+    from optuna.trial import TrialState
+
+    class PipelineSearch(OptunaSearch):
+        """OptunaSearch that tells Optuna what a pipeline trial really did.
+
+        Ray's OptunaSearch marks a trial COMPLETE whenever its last result has the metric,
+        so a trial the scheduler stopped would enter TPE as finished with a partial score.
+        Here only a trial that finished its pipeline (`pipeline_done`) is COMPLETE; one
+        stopped early is PRUNED, and its intermediate values are the scheduler's own
+        yardstick (`rung_score` at `rung_epoch`), so TPE ranks pruned trials like ASHA did.
+        """
+
+        def on_trial_result(self, trial_id: str, result: dict):
+            if trial_id in self._completed_trials or RUNG_EPOCH not in result:
+                return
+            step = int(result[RUNG_EPOCH])
+            # one value per first-fold epoch: rung_epoch stands still in the warm-up and after
+            # fold 0 (kept in __dict__, which the parent's save/restore pickles)
+            reported = self.__dict__.setdefault("_rung_steps", {})
+            if step > reported.get(trial_id, 0):
+                self._ot_trials[trial_id].report(float(result[RUNG_SCORE]), step)
+                reported[trial_id] = step
+
+        def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
+            if error or trial_id in self._completed_trials or (result or {}).get("pipeline_done"):
+                return super().on_trial_complete(trial_id, result, error)
+            try:  # a stopped trial: Optuna takes its last intermediate value
+                self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+            except Exception as exc:  # noqa: BLE001 - as the parent: a bad tell must not end the sweep
+                import logging
+
+                logging.getLogger(__name__).warning("Optuna refused the pruned trial %s: %s", trial_id, exc)
+            self._completed_trials.add(trial_id)
+
+    return PipelineSearch
+
+
+def resolve_metric(metric: str, layout: Optional[str], data: str) -> str:
+    """The search metric for a dataset: "auto" is the layout's own score; MAP@3 needs the
+    2018 layout (one label per clip). An unknown layout is left to the trials, whose
+    dataset reader says what is missing."""
+    if metric == "auto":
+        return "cv_map3" if layout == "fsd2018" else "cv_lwlrap"
+    if metric == "cv_map3" and layout != "fsd2018":
+        raise RaytagError(f"search.metric cv_map3: --data {data} is not in the FSDKaggle2018 layout "
+                          "(MAP@3 scores one label per clip); use auto or cv_lwlrap")
+    return metric
 
 
 def concurrency(space: SearchSpace, requested: int) -> tuple[int, str]:
@@ -314,6 +393,9 @@ def run_sweep(
             space.search = dataclasses.replace(space.search, **overrides)
             build_scheduler(space)  # a bad --scheduler fails before anything is written
 
+        # "auto" -> the layout's own score; a resumed sweep keeps the metric it started with
+        space.search = dataclasses.replace(
+            space.search, metric=resolve_metric(space.search.metric, detect_layout(data), str(data)))
         n_parallel, why = concurrency(space, space.search.max_concurrent_trials)
         if why:
             say(f"note: {why}")
@@ -332,12 +414,14 @@ def run_sweep(
             )
         else:
             files.write_text(files.join(exp_dir, "space.yaml"), space.text)
-            settings = {"search": {k: getattr(space.search, k) for k in ("samples", "scheduler", "max_concurrent_trials")},
+            settings = {"search": {k: getattr(space.search, k)
+                                   for k in ("samples", "scheduler", "max_concurrent_trials", "metric")},
                         "data": data, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
             files.write_text(files.join(exp_dir, "sweep.json"), json.dumps(settings, indent=1))
             s = space.search
             say(f"sweep '{name}': {s.samples} trials, {s.scheduler} scheduler, up to {n_parallel} at once, "
-                f"metric {s.metric} ({s.mode}); results in {exp_dir}\n{describe(space)}")
+                f"metric {s.metric} ({s.mode}; the scheduler compares {RUNG_SCORE} at first-fold epochs, "
+                f"grace {s.grace_period}); results in {exp_dir}\n{describe(space)}")
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(

@@ -1,13 +1,14 @@
 """One training epoch of a step, and the evaluation after it: the optimizer and
 schedule of a step, the epoch over random crops (augmentation, mixup, loss), and the
-held-out lwlrap, with a finished step's predictions and fold weights saved."""
+held-out scores (lwlrap; MAP@3 too on the 2018 layout), with a finished step's
+predictions and fold weights saved."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from raytag.metrics import lwlrap
+from raytag.metrics import layout_metric, layout_scores
 from raytag.training.augment import gain_pattern, mixup, random_gain_shift, spec_augment
 from raytag.training.dataset import CropBatches
 from raytag.training.run_state import _Context, _unwrap
@@ -70,10 +71,12 @@ def _train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: C
 
 
 def _evaluate(ctx: _Context, model, step: Step, final: bool, is_fold_final: bool) -> dict:
-    """val lwlrap every epoch; at the end of a step, save its held-out and test predictions."""
+    """Held-out scores every epoch (`val_*`, and `cv_*` of the folds done so far, see
+    _cv_so_far); at the end of a step, save its held-out and test predictions."""
     held = ctx.curated(step.fold, held_out=True)
     probs = ctx.predict(model, held.clip_ids)
-    val = float(lwlrap(held.targets, probs)) if len(held) else float("nan")
+    scores = _scores(ctx, held.targets, probs) if len(held) else dict.fromkeys(_score_names(ctx), float("nan"))
+    val = scores["lwlrap"]
     if final:
         tag = step.stage_name if step.fold is None else f"{step.stage_name}__fold{step.fold}"
         if ctx.rank == 0:
@@ -94,10 +97,22 @@ def _evaluate(ctx: _Context, model, step: Step, final: bool, is_fold_final: bool
             (ctx.state.out / "weights").mkdir(exist_ok=True)
             state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
             save_file(state, ctx.state.out / "weights" / "warmup.safetensors")
-    return {"val_lwlrap": val, "cv_lwlrap": _cv_so_far(ctx, fallback=val)}
+    cv = _cv_so_far(ctx) or scores
+    return {**{f"val_{k}": v for k, v in scores.items()}, **{f"cv_{k}": v for k, v in cv.items()}}
 
 
-def _cv_so_far(ctx: _Context, fallback: float) -> float:
+def _score_names(ctx: _Context) -> list[str]:
+    """"lwlrap", and "map3" on the 2018 layout: the keys of _scores."""
+    return list(dict.fromkeys(["lwlrap", layout_metric(ctx.plan.layout)]))
+
+
+def _scores(ctx: _Context, truth, probs) -> dict:
+    return {k: float(v) for k, v in layout_scores(ctx.plan.layout, truth, probs).items()}
+
+
+def _cv_so_far(ctx: _Context) -> dict | None:
+    """Scores of the out-of-fold predictions of the folds finished so far; None before
+    the first fold ends (the caller then reports the current fold's held-out scores)."""
     ids, probs = [], []
     for fold in ctx.plan.folds:
         got = ctx.state.load_preds(f"final/oof_fold{fold}")
@@ -105,7 +120,7 @@ def _cv_so_far(ctx: _Context, fallback: float) -> float:
             ids += got[0]
             probs.append(got[1])
     if not ids:
-        return fallback
+        return None
     rows = [ctx.curated_index[c] for c in ids]
-    return float(lwlrap(ctx.plan.curated_y[rows], np.concatenate(probs)))
+    return _scores(ctx, ctx.plan.curated_y[rows], np.concatenate(probs))
 

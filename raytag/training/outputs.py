@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from raytag import storage
 from raytag.data.truth import truth_frame
 from raytag.data.submission import write_submission_2018, write_submission_2019
-from raytag.metrics import lwlrap
+from raytag.metrics import layout_scores, lwlrap
 from raytag.errors import RaytagError
 from raytag.pipeline.report import filter_precision_recall, tsne_plot
 
@@ -118,7 +118,10 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store) -> tuple[
                   "labels": [",".join(c for c, v in zip(classes, row) if v > 0.5) for row in plan.curated_y]}
                  ).to_csv(staging / OOF_TRUTH, index=False)
     write_parquet(test_df, staging / TEST_PREDICTIONS, classes)
-    cv = float(lwlrap(plan.curated_y[[curated_row[c] for c in oof_df["clip_id"]]], oof_df[classes].to_numpy()))
+    # lwlrap, and MAP@3 (the task's own score) on the 2018 layout
+    cv_scores = layout_scores(plan.layout, plan.curated_y[[curated_row[c] for c in oof_df["clip_id"]]],
+                              oof_df[classes].to_numpy())
+    cv = float(cv_scores["lwlrap"])
 
     # -- test: mean over folds -> submission (+ score when truth exists) -------------------
     test_lw = None
@@ -154,6 +157,7 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store) -> tuple[
     history.to_csv(staging / HISTORY, index=False)
     metrics = {
         "cv_lwlrap": cv,
+        **{f"cv_{k}": float(v) for k, v in cv_scores.items() if k != "lwlrap"},
         "fold_lwlrap": {str(k): v for k, v in fold_scores.items()},
         "test_lwlrap": test_lw,
         "epochs_run": int((history["stage"] != "filter").sum()) if len(history) else 0,

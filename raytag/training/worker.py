@@ -28,10 +28,12 @@ import torch
 from raytag.cluster import materialize_data
 from raytag.data.layouts import load_dataset
 from raytag.features.store import FeatureStore, build_feature_store, default_feature_cache
+from raytag.metrics import layout_metric
 from raytag.models import build_model
 from raytag.training.dataset import CropBatches
 from raytag.training.epoch import _cv_so_far, _evaluate, _optimizer, _train_epoch
 from raytag.training.losses import build_loss, small_loss_keep
+from raytag.training.rungs import RUNG_SCORE, rung_metrics
 from raytag.training.run_state import TRAIN_STATE_FILE, RunState, _Context, _unwrap
 from raytag.training.stage_steps import _run_filter, _start_step, finish_fold_early, stage2_adds_nothing
 from raytag.training.steps import Step, build_steps, last_training_step_of_fold
@@ -132,7 +134,7 @@ def train_loop_per_worker(loop_config: dict):
             _run_filter(ctx, model, step)
             state.progress["step"] += 1
             state.progress["epoch"] = 0
-            _report(ctx, model, optimizer, scheduler, step, {"train_loss": float("nan")}, checkpoint=True)
+            _report(ctx, model, optimizer, scheduler, steps, step, {"train_loss": float("nan")}, checkpoint=True)
             continue
 
         epoch = state.progress["epoch"]
@@ -172,21 +174,35 @@ def train_loop_per_worker(loop_config: dict):
         if finished_step:
             state.progress["step"] += 1
             state.progress["epoch"] = 0
-        _report(ctx, model, optimizer, scheduler, step, metrics, checkpoint=True)
+        _report(ctx, model, optimizer, scheduler, steps, step, metrics, checkpoint=True)
 
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _report(ctx: _Context, model, optimizer, scheduler, step: Step, metrics: dict, checkpoint: bool):
+def _report(ctx: _Context, model, optimizer, scheduler, steps: list[Step], step: Step, metrics: dict,
+            checkpoint: bool):
+    """Report one epoch (or filter step) to Ray Train, with a checkpoint from rank 0.
+
+    Every report carries the same keys, so schedulers never see a missing or NaN metric:
+    `val_*` and `cv_*` (lwlrap; map3 too on the 2018 layout) and the scheduler's yardstick
+    `rung_epoch` / `rung_score` (raytag.training.rungs)."""
     import ray.train
 
     progress = ctx.state.progress
+    history = progress["history"]  # rank 0 only; other ranks' reports are not forwarded to Tune
     done = progress["step"] >= ctx.n_steps
-    if "cv_lwlrap" not in metrics:  # a filter step: carry the last validation score (never NaN for schedulers)
-        last_val = next((r["val_lwlrap"] for r in reversed(progress["history"])
-                         if np.isfinite(r.get("val_lwlrap", float("nan")))), 0.0)
-        metrics["val_lwlrap"] = last_val
-        metrics["cv_lwlrap"] = _cv_so_far(ctx, fallback=last_val)
+    metric = layout_metric(ctx.plan.layout)
+    if "cv_lwlrap" not in metrics:  # a filter step: carry the last validation scores
+        for key in dict.fromkeys(["val_lwlrap", f"val_{metric}"]):
+            metrics[key] = next((r[key] for r in reversed(history)
+                                 if np.isfinite(r.get(key, float("nan")))), 0.0)
+        last_val = {k[len("val_"):]: v for k, v in metrics.items() if k.startswith("val_")}
+        metrics.update({f"cv_{k}": v for k, v in (_cv_so_far(ctx) or last_val).items()})
+        score = None
+    else:
+        score = metrics[f"val_{metric}"]
+    last_rung = history[-1].get(RUNG_SCORE, 0.0) if history else 0.0
+    metrics.update(rung_metrics(steps, progress["step"], progress["epoch"], step, score, last_rung))
     row = {"step": progress["global_step"], "stage": step.stage_name,
            "fold": -1 if step.fold is None else step.fold, "round": step.round,
            # not "done": Tune reserves that key and would end the trial before its outputs are collected
