@@ -19,7 +19,9 @@ from raytag.config import Config, FeatureConfig
 from raytag.data import load_dataset
 from raytag.data.audio import audio_info, load_audio, min_samples
 from raytag.errors import AudioDecodeError, DatasetError, RaytagError
-from raytag.scoring import ScoringError, score_files, write_submission_2019
+from raytag.console.predict import predict_command
+from raytag.data.submission import write_submission_2019
+from raytag.scoring import ScoringError, score_files
 
 from test_layouts import make_fat2019, make_fsd2018, write_csv
 from test_predict import artifact_2019  # noqa: F401  (module fixture: a small 2019 artifact)
@@ -133,12 +135,10 @@ def test_predict_checks_out_before_any_work(tmp_path, artifact_2019, monkeypatch
         (tmp_path / "plain").write_text("x")
         out, match = tmp_path / "plain" / "sub.csv", "is a file, not a folder"
     with pytest.raises(RaytagError, match=match):
-        predict.predict_command(Path(artifact_2019), [tmp_path / "a.wav"], out=out)
+        predict_command(Path(artifact_2019), [tmp_path / "a.wav"], out=out)
 
 
 def test_predict_tags_a_file_once_and_writes_names(tmp_path, artifact_2019):  # noqa: F811
-    from raytag.predict import predict_command
-
     folder = tmp_path / "clips"
     folder.mkdir()
     for name in ("a.wav", "b.wav"):
