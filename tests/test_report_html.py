@@ -74,10 +74,10 @@ def test_report_says_what_is_missing_without_an_ensemble(tmp_path):
 
 def test_cli_report_html(sweep, monkeypatch):
     from raytag import cli
-    import raytag.search.report as search_report
+    import raytag.console.sweep as console_sweep
 
     # the leaderboard printout needs a Tune state; here only the --html part is under test
-    monkeypatch.setattr(search_report, "report_command", lambda experiment, storage: None)
+    monkeypatch.setattr(console_sweep, "report_command", lambda experiment, storage: None)
     root, name = sweep.rsplit("/", 1)
     result = CliRunner().invoke(cli.app, ["report", name, "--storage", root, "--html"])
     assert result.exit_code == 0, result.output

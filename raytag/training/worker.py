@@ -143,7 +143,7 @@ def train_loop_per_worker(loop_config: dict):
             # train on stage 1's curated clips again, so the fold ends with its stage-1 model
             finish_fold_early(ctx, model, step, steps)
             state.progress["step"] += 1
-            _report(ctx, model, optimizer, scheduler, step, {"train_loss": float("nan")}, checkpoint=True)
+            _report(ctx, model, optimizer, scheduler, steps, step, {"train_loss": float("nan")}, checkpoint=True)
             continue
         if epoch == 0 and step_built != i:
             _start_step(ctx, model, step, steps)  # fresh fold weights, pseudo set...
