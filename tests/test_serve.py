@@ -17,7 +17,7 @@ from raytag.errors import RaytagError
 from raytag.serve.upload import UploadError, check_audio, clean_fname, parse_top, read_capped
 
 from test_ensemble import CLASSES
-from test_predict import GOOD, write_audio
+from test_predict import GOOD, artifact_2019, write_audio  # noqa: F401  (module fixture)
 
 MB = 2**20
 UPLOAD_LIMIT_MB = 0.5
@@ -74,12 +74,9 @@ def test_top_and_fname_parsing():
 
 # ----------------------------------------------------------------------------- a live server
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    from raytag.ensemble.job import build_ensemble
-    from test_ensemble import make_experiment
-
-    exp = make_experiment(tmp_path_factory.mktemp("serve"), signals=(0.9, 0.6), n=60, n_test=20)
-    return build_ensemble(exp, top=2).artifact_path
+def artifact(artifact_2019):
+    """test_predict's small 2019 artifact, served here."""
+    return artifact_2019
 
 
 @pytest.fixture(scope="module")
