@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from raytag.metrics import layout_metric, layout_scores
 from raytag.training.augment import gain_pattern, mixup, random_gain_shift, spec_augment
 from raytag.training.dataset import CropBatches
-from raytag.training.run_state import _Context, _unwrap
+from raytag.training.run_state import _Context
 from raytag.training.steps import Step
 
 
@@ -88,15 +87,11 @@ def _evaluate(ctx: _Context, model, step: Step, final: bool, is_fold_final: bool
                 {"stage": step.stage_name, "fold": -1 if step.fold is None else step.fold,
                  "val_lwlrap": val, "n_train": len(ctx.training_set(step))})
             if is_fold_final:
-                (ctx.state.out / "weights").mkdir(exist_ok=True)
-                state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
-                save_file(state, ctx.state.out / "weights" / f"fold{step.fold}.safetensors")
+                ctx.state.save_weights(f"fold{step.fold}", model)
                 ctx.state.save_preds(f"final/oof_fold{step.fold}", held.clip_ids, probs)
                 ctx.state.save_preds(f"final/test_fold{step.fold}", ctx.plan.test_ids, test)
         if step.kind == "warmup":  # every rank: each fold starts from these weights
-            (ctx.state.out / "weights").mkdir(exist_ok=True)
-            state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
-            save_file(state, ctx.state.out / "weights" / "warmup.safetensors")
+            ctx.state.save_weights("warmup", model)
     cv = _cv_so_far(ctx) or scores
     return {**{f"val_{k}": v for k, v in scores.items()}, **{f"cv_{k}": v for k, v in cv.items()}}
 

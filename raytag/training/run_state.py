@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from raytag.training.dataset import LabelledSet
 from raytag.training.inference import embed_segments, iter_store_clips, predict_segments
@@ -76,6 +77,12 @@ class RunState:
             return None
         data = np.load(path)
         return list(data["ids"]), data["probs"]
+
+    def save_weights(self, name: str, model: torch.nn.Module):
+        """weights/<name>.safetensors: the model's tensors (never a pickle)."""
+        (self.out / "weights").mkdir(exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+        save_file(state, self.out / "weights" / f"{name}.safetensors")
 
     def save_json(self, rel: str, obj):
         path = self.out / rel

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from raytag.models import build_model
 from raytag.pipeline.filters import accept_by_rule, combine_filters
@@ -50,9 +50,7 @@ def finish_fold_early(ctx: _Context, model, step: Step, steps: list[Step]):
         return
     last = max(i for i, s in enumerate(steps[: steps.index(step)]) if s.fold == step.fold and s.trains)
     tag = f"{steps[last].stage_name}__fold{step.fold}"
-    (ctx.state.out / "weights").mkdir(exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
-    save_file(state, ctx.state.out / "weights" / f"fold{step.fold}.safetensors")
+    ctx.state.save_weights(f"fold{step.fold}", model)
     ctx.state.save_preds(f"final/oof_fold{step.fold}", *ctx.state.load_preds(f"oof/{tag}"))
     ctx.state.save_preds(f"final/test_fold{step.fold}", *ctx.state.load_preds(f"test/{tag}"))
 
