@@ -86,6 +86,24 @@ PIPELINE_VARIANTS = {
                        FV_THEN_FILTER),
     "pipe_fv_filter_soft": ("pipe_fv_filter + rejected clips kept with soft targets (Reed et al.)",
                             {**FV_THEN_FILTER, "pipeline.filter.rejected": "soft"}),
+    "pipe_w16_filter_soft": ("width 16: face value (22), filter, stage 2 (8, lr 1e-3) on curated + accepted "
+                             "+ rejected clips with soft targets (Reed et al.)",
+                             {**FV_THEN_FILTER, "pipeline.filter.rejected": "soft", "model.width": 16}),
+    "pipe_w16_filter_groups": ("width 16: face value (22), filter or grouped label spreading (ESC-50's five "
+                               "groups), stage 2 (8, lr 1e-3) on curated + accepted, rejected soft",
+                               {**FV_THEN_FILTER, "pipeline.filter.rejected": "soft", "model.width": 16,
+                                "pipeline.label_spreading.enabled": True,
+                                "pipeline.label_spreading.groups_file": "esc50"}),
+}
+
+
+# Cheaper face-value recipes for the 25-minute 5-fold budget (issue 10 item 6), chosen on CV.
+BUDGET_VARIANTS = {
+    "fv_w16": ("face value, cnn2d width 16 (16-32-64-128: ~1/4 of the FLOPs)", {"model.width": 16}),
+    "fv_w16_e20": ("face value, width 16, 20 epochs", {"model.width": 16, "pipeline.finetune.epochs": 20}),
+    "fv_w16_keep": ("face value, width 16, small-loss selection: keep the 50% noisy clips of least loss "
+                    "per batch, ramped over 10 epochs (co-teaching's rule)",
+                    {"model.width": 16, "train.loss.noisy_keep": 0.5, "train.loss.noisy_keep_ramp": 10}),
 }
 
 
@@ -98,6 +116,8 @@ def rows_table() -> dict:
     rows["face_value"] = ("default.yaml, curated + all noisy at face value, same total epochs",
                           "configs/default.yaml", {"FACE_VALUE": True})
     rows["default"] = ("default.yaml (the default pipeline)", "configs/default.yaml", {})
+    for name, (what, over) in BUDGET_VARIANTS.items():
+        rows[name] = (what, "configs/default.yaml", {"FACE_VALUE": True, **over})
     for name, (what, over) in PIPELINE_VARIANTS.items():
         rows[name] = (what, "configs/default.yaml", over)
     return rows
@@ -153,8 +173,9 @@ def config_for(config_file: str, overrides: dict, epochs: int, folds: list[int] 
     over = dict(overrides)
     if over.pop("FACE_VALUE", False):
         p = cfg.pipeline
-        total = sum(s.epochs for s in (p.warmup, p.finetune) if s.enabled) + (
-            p.pseudo.epochs * (p.pseudo.rounds if p.pseudo.enabled else 1))
+        # stage 2 runs pseudo.rounds rounds, or one round on the filter's accepted clips, or not at all
+        stage2_rounds = p.pseudo.rounds if p.pseudo.enabled else (1 if p.filter.enabled else 0)
+        total = sum(s.epochs for s in (p.warmup, p.finetune) if s.enabled) + p.pseudo.epochs * stage2_rounds
         over = {**FACE_VALUE, "pipeline.finetune.epochs": total, **over}
     if folds is not None:
         over["cv.folds"] = folds
