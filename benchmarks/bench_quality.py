@@ -99,6 +99,7 @@ PIPELINE_VARIANTS = {
 
 # Cheaper face-value recipes for the 25-minute 5-fold budget (issue 10 item 6), chosen on CV.
 BUDGET_VARIANTS = {
+    "fv_w32": ("face value, cnn2d width 32 (32-64-128-256, the reference's width)", {"model.width": 32}),
     "fv_w16": ("face value, cnn2d width 16 (16-32-64-128: ~1/4 of the FLOPs)", {"model.width": 16}),
     "fv_w16_e20": ("face value, width 16, 20 epochs", {"model.width": 16, "pipeline.finetune.epochs": 20}),
     "fv_w16_keep": ("face value, width 16, small-loss selection: keep the 50% noisy clips of least loss "
@@ -241,6 +242,58 @@ def paired(y: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame) -> dict:
     return paired_bootstrap_lwlrap(y.loc[common].to_numpy(), a.loc[common].to_numpy(), b.loc[common].to_numpy())
 
 
+def ensemble_section(experiment: Path, y_test: pd.DataFrame) -> dict:
+    """A finished sweep's ensemble (`raytag tune` + `raytag ensemble`) against its best member:
+    the chosen combiner and the best trial by CV, both from the trials' own OOF and test
+    predictions, recombined here exactly as the ensemble job combines them; paired intervals
+    on the OOF clips (CV) and on the test clips."""
+    from raytag.ensemble.combiners import combine, rank_reference
+    from raytag.ensemble.job import load_oof_truth, load_trial, select_candidates
+    from raytag.data.truth import truth_matrix
+
+    summary = json.loads((experiment / "ensemble" / "ensemble_summary.json").read_text())
+    table = pd.read_csv(experiment / "ensemble" / "comparison.csv")
+    by_id = {c.trial_id: c for c in select_candidates(str(experiment), top=None)[0]}
+    members = [by_id[t] for t in summary["members"]]
+    trials = [load_trial(c.outputs_dir) for c in members]
+    classes = trials[0].classes
+    oof_ids = trials[0].oof.index
+    for t in trials[1:]:
+        oof_ids = oof_ids.intersection(t.oof.index)
+    oof_ids = oof_ids.sort_values()
+    y_oof = pd.DataFrame(truth_matrix(load_oof_truth(members[0].outputs_dir, str(experiment)), oof_ids, classes),
+                         index=oof_ids, columns=classes)
+    refs = [rank_reference(t.oof[classes].to_numpy(np.float64)) for t in trials]
+    weights = summary.get("weights") if summary["chosen"] == "weighted" else None
+
+    def combined(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        ids = frames[0].index
+        for f in frames[1:]:
+            ids = ids.intersection(f.index)
+        stack = np.stack([f.loc[ids, classes].to_numpy(np.float64) for f in frames])
+        return pd.DataFrame(combine(summary["chosen"], stack, weights, references=refs), index=ids, columns=classes)
+
+    ens_oof, ens_test = combined([t.oof for t in trials]), combined([t.test for t in trials])
+    best = max(range(len(members)), key=lambda i: members[i].leaderboard_cv)  # chosen on CV, never on test
+    best_oof, best_test = trials[best].oof[classes], trials[best].test[classes]
+    ens_test.index = [i.split("/", 1)[-1] for i in ens_test.index]  # clip_id "test/<fname>" -> fname
+    best_test = best_test.set_axis([i.split("/", 1)[-1] for i in best_test.index])  # clip_id -> fname
+    sweep_minutes = None
+    sweep_json = experiment / "sweep.json"
+    if sweep_json.is_file():
+        sweep_minutes = json.loads(sweep_json.read_text()).get("minutes")
+    chosen_row = table[table["chosen"]].iloc[0]
+    return {
+        "experiment": str(experiment), "chosen": summary["chosen"], "members": summary["members"],
+        "best_member": members[best].trial_id, "sweep_minutes": sweep_minutes,
+        "ensemble": {"cv_lwlrap": float(chosen_row["cv_lwlrap"]), "test_lwlrap": float(chosen_row["test_lwlrap"])},
+        "best": {"cv_lwlrap": float(members[best].leaderboard_cv),
+                 "test_lwlrap": float(table.loc[table["name"] == members[best].trial_id, "test_lwlrap"].iloc[0])},
+        "cv_pair": paired(y_oof, best_oof, ens_oof),
+        "test_pair": paired(y_test, best_test, ens_test),
+    }
+
+
 # ----------------------------------------------------------------------------- report
 def report(results: dict, data: Path, args) -> None:
     from raytag.metrics import lwlrap
@@ -269,8 +322,10 @@ def report(results: dict, data: Path, args) -> None:
             oa, ob = oof_scores(results[a], classes), oof_scores(results[b], classes)
             if oa and ob:
                 cv_pairs.append({"a": a, "b": b, **paired(oa[1], oa[0], ob[0])})
+    ensemble = ensemble_section(args.ensemble, y_test) if args.ensemble else None
     report = {"command": " ".join(sys.argv), "data": str(data), "folds": args.folds, "rows": lines,
-              "cv_pairs": cv_pairs, "test_pairs": test_pairs, "when": time.strftime("%Y-%m-%d %H:%M")}
+              "cv_pairs": cv_pairs, "test_pairs": test_pairs, "ensemble": ensemble,
+              "when": time.strftime("%Y-%m-%d %H:%M")}
     OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
     OUT_JSON.write_text(json.dumps(report, indent=2))
     md = ["# Tagging quality on the dev benchmark (issue 10)", "",
@@ -295,6 +350,18 @@ def report(results: dict, data: Path, args) -> None:
         for p in pairs:
             md.append(f"| {p['b']} - {p['a']} | {p['diff']:+.4f} | [{p['ci90'][0]:+.3f}, {p['ci90'][1]:+.3f}] "
                       f"| {p['p_better']:.2f} |")
+    if ensemble:
+        e = ensemble
+        md += ["", "## Ensemble from a sweep against its best member", "",
+               f"Sweep: `{e['experiment']}`; members {', '.join(e['members'])}; combiner chosen on OOF: "
+               f"**{e['chosen']}**; best member by CV: {e['best_member']}"
+               + (f"; sweep {e['sweep_minutes']:.1f} min" if e.get("sweep_minutes") else "") + ".", "",
+               "| row | CV lwlrap | test lwlrap |", "|---|---|---|",
+               f"| best member ({e['best_member']}) | {e['best']['cv_lwlrap']:.4f} | {e['best']['test_lwlrap']:.4f} |",
+               f"| ensemble ({e['chosen']}) | {e['ensemble']['cv_lwlrap']:.4f} | {e['ensemble']['test_lwlrap']:.4f} |",
+               "", "| ensemble - best member | diff | 90% CI | P(ensemble better) |", "|---|---|---|---|"]
+        for what, p in (("CV (OOF clips)", e["cv_pair"]), ("test", e["test_pair"])):
+            md.append(f"| {what} | {p['diff']:+.4f} | [{p['ci90'][0]:+.3f}, {p['ci90'][1]:+.3f}] | {p['p_better']:.2f} |")
     notes = OUT_MD.read_text().split(NOTES, 1)[1] if OUT_MD.is_file() and NOTES in OUT_MD.read_text() else "\n"
     OUT_MD.write_text("\n".join(md) + "\n\n" + NOTES + notes)
     print("\n".join(md))
@@ -315,6 +382,9 @@ def main():
     ap.add_argument("--test-pairs", nargs="*", default=["reference_script_fold0:reference", "face_value:default"],
                     help="rows compared on the test clips, as a:b")
     ap.add_argument("--report-only", action="store_true", help="only tabulate rows that already ran")
+    ap.add_argument("--ensemble", type=Path, default=None,
+                    help="a finished sweep's folder (raytag tune + raytag ensemble on --data): its ensemble "
+                         "against its best member, with paired intervals")
     args = ap.parse_args()
     folds = None if args.folds == "all" else [int(f) for f in args.folds.split(",")]
     table = rows_table()
