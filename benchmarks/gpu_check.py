@@ -341,7 +341,8 @@ def main(argv=None) -> int:
                     help="markdown table (default: results/benchmarks/gpu_check.md; smoke: /tmp/raytag_gpu_check_smoke.md)")
     ap.add_argument("--scale", type=float, default=None, help="demo data scale (default 4; smoke 0.25)")
     ap.add_argument("--epochs", type=int, default=None, help="fine-tune epochs per run (default 4; smoke 2)")
-    ap.add_argument("--budget-s", type=float, default=420.0, help="sections that would start after this are skipped")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="sections that would start after this many seconds are skipped (default 420; smoke 1100)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
     args = ap.parse_args(argv)
     smoke = args.cpu_smoke
@@ -355,7 +356,7 @@ def main(argv=None) -> int:
     out = args.out or (Path("/tmp/raytag_gpu_check_smoke.md") if smoke else REPO / "results/benchmarks/gpu_check.md")
     work = args.work or Path(tempfile.mkdtemp(prefix="raytag-gpu-check-"))
     s = Settings(smoke=smoke, data=work / "demo", work=work, epochs=args.epochs or (2 if smoke else 4),
-                 budget_s=args.budget_s)
+                 budget_s=args.budget_s or (1100.0 if smoke else 420.0))
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     env = environment(smoke)
