@@ -234,19 +234,15 @@ def section_epochs(s: Settings, table: Table, sampler: GpuSampler, n_train: int)
     return solo
 
 
-def section_shared(s: Settings, table: Table, sampler: GpuSampler, solo: dict):
-    from raytag.search.tuner import run_sweep
-
-    if s.left() < 90:
-        table.add("3 shared GPU", "2 trials x 0.5 GPU", "skipped", "-", "time budget spent")
-        return
+def shared_space(s: Settings) -> dict:
+    """A 2-trial sweep of cnn2d at fat2019.yaml's settings, each trial 1 worker x 0.5 GPU."""
     over = base_overrides(s, "cnn2d")
     over.pop("name")
-    space = {
+    kept = ("train.crop_seconds", "train.batch_size", "train.optimizer", "train.scheduler",
+            "train.loss.noisy_loss", "train.torch_threads")  # the other train.* keys are resources
+    return {
         "name": "gpu_check_shared",
-        "base": {k: v for k, v in over.items() if not k.startswith("train.") or k in (
-            "train.crop_seconds", "train.batch_size", "train.optimizer", "train.scheduler",
-            "train.loss.noisy_loss", "train.torch_threads")},
+        "base": {k: v for k, v in over.items() if not k.startswith("train.") or k in kept},
         "space": {"train.lr": {"loguniform": [5.0e-4, 2.0e-3]}},
         "search": {"samples": 2, "metric": "auto", "mode": "max", "scheduler": "fifo",
                    "max_concurrent_trials": 2, "seed": 0},
@@ -254,6 +250,15 @@ def section_shared(s: Settings, table: Table, sampler: GpuSampler, solo: dict):
                       "gpus_per_worker": 0.0 if s.smoke else 0.5, "use_gpu": not s.smoke,
                       "trial_cpus": 0.25},
     }
+
+
+def section_shared(s: Settings, table: Table, sampler: GpuSampler, solo: dict):
+    from raytag.search.tuner import run_sweep
+
+    if s.left() < 90:
+        table.add("3 shared GPU", "2 trials x 0.5 GPU", "skipped", "-", "time budget spent")
+        return
+    space = shared_space(s)
     path = s.work / "shared.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     t0 = time.time()
