@@ -11,7 +11,8 @@ Sections (one table, results/benchmarks/gpu_check.md):
   2 epochs      one fit_pipeline per model (cnn2d, resnet18; width 64) at fat2019.yaml's
                 base settings (2 s crops, batch 64, AdamW one-cycle, lsoft, TTA 2), fine-tune
                 only, fold 0 of 5, 1 worker x 1 GPU: median epoch seconds after the first
-                (training + held-out evaluation, from the run's per-epoch events), training
+                (training, held-out evaluation and checkpoint, from the run's per-epoch
+                events), training
                 clips per epoch-second, and GPU utilisation / memory sampled by nvidia-smi
                 in the background between the first and last epoch.
   3 shared GPU  `raytag tune`'s path (run_sweep) with 2 trials of cnn2d at resources
@@ -271,7 +272,7 @@ def section_shared(s: Settings, table: Table, sampler: GpuSampler, solo: dict):
 
     for i, history in enumerate(sorted(glob.glob(f"{result.experiment_dir}/trials/*/outputs/history.csv"))):
         epochs = pd.read_csv(history)
-        epochs = epochs[epochs["step_epoch"] > 0]["epoch_seconds"].tolist()
+        epochs = epochs[epochs["step_epoch"] > 0]["wall_seconds"].tolist()
         epoch_s = statistics.median(epochs[1:] or epochs)
         ratio = f", x{epoch_s / solo['cnn2d']:.2f} the solo cnn2d epoch" if solo.get("cnn2d") else ""
         table.add("3 shared GPU", f"trial {i + 1}", "epoch s (median after 1st)", epoch_s, ratio.lstrip(", "))

@@ -25,30 +25,35 @@ LINE = re.compile(r"^(?P<stage>\S+)\s+(?P<fold>all folds|fold \d+/\d+)\s+epoch\s
                   r"(?P<eta>ETA .+|last epoch)$", re.M)
 
 
-def test_eta_is_the_epochs_left_of_each_kind_times_its_mean_epoch_time():
+def _row(step_index: int, step_epoch: int, seconds: float) -> dict:
+    """A worker report row, as much of it as the clock and the events read."""
+    step = STEPS[step_index]
+    return {"stage": step.stage_name, "step_index": step_index, "step_epoch": step_epoch,
+            "step_epochs": step.epochs, "wall_seconds": seconds, "train_loss": 0.07, "val_lwlrap": 0.4}
+
+
+def test_eta_is_what_is_left_of_each_kind_times_its_mean_time():
     clock = EtaClock(STEPS)
-    # one warm-up epoch of 10 s seen: every kind borrows it; 1 warm-up + 3 fine-tune + 2 stage-2 left
-    assert clock.update(0, 1, 10.0) == pytest.approx(60.0)
-    # warm-up mean 15 s, no fine-tune seen yet: 3 + 2 epochs at 15 s
-    assert clock.update(0, 2, 20.0) == pytest.approx(75.0)
-    # fine-tune at 5 s a epoch (2 left); stage 2 borrows the mean of all (35 / 3)
-    assert clock.update(1, 1, 5.0) == pytest.approx(2 * 5.0 + 2 * 35.0 / 3)
-    clock.update(1, 2, 5.0)
-    clock.update(1, 3, 5.0)
-    clock.update(3, 1, 8.0)
-    assert clock.update(3, 2, 8.0) == 0.0
+    # one warm-up epoch of 10 s seen: everything borrows it; 1 warm-up + 3 fine-tune epochs,
+    # 1 filter step and 2 stage-2 epochs left
+    assert clock.update(_row(0, 1, 10.0)) == pytest.approx(70.0)
+    # warm-up mean 15 s, nothing else seen yet: 3 + 1 + 2 units at 15 s
+    assert clock.update(_row(0, 2, 20.0)) == pytest.approx(90.0)
+    # fine-tune at 5 s an epoch (2 left); the filter and stage 2 borrow the mean of all (35 / 3)
+    assert clock.update(_row(1, 1, 5.0)) == pytest.approx(2 * 5.0 + 3 * 35.0 / 3)
+    clock.update(_row(1, 2, 5.0))
+    clock.update(_row(1, 3, 5.0))
+    # the filter step took 30 s: it counts in its own kind, not in the epochs' means
+    assert clock.update(_row(2, 0, 30.0)) == pytest.approx(2 * (10 + 20 + 3 * 5 + 30) / 6)
+    clock.update(_row(3, 1, 8.0))
+    assert clock.update(_row(3, 2, 8.0)) == 0.0
 
 
 def test_a_row_that_trained_nothing_makes_no_event():
-    clock = EtaClock(STEPS)
-    filter_row = {"stage": "filter", "step_index": 2, "step_epoch": 0, "step_epochs": 0,
-                  "epoch_seconds": 0.0, "train_loss": math.nan, "val_lwlrap": 0.4}
-    assert epoch_event(filter_row, STEPS, 5, clock) is None
-    row = {**filter_row, "stage": "finetune", "step_index": 1, "step_epoch": 3, "step_epochs": 3,
-           "epoch_seconds": 4.0, "train_loss": 0.07}
-    event = epoch_event(row, STEPS, 5, clock)
+    assert epoch_event(_row(2, 0, 30.0), STEPS, 5, 10.0) is None  # the filter step
+    event = epoch_event(_row(1, 3, 4.0), STEPS, 5, 8.0)
     assert (event.stage, event.fold, event.n_folds, event.epoch, event.epochs) == ("finetune", 0, 5, 3, 3)
-    assert event.eta_seconds == pytest.approx(2 * 4.0)  # stage 2's two epochs at the only mean seen
+    assert (event.seconds, event.eta_seconds, event.train_loss, event.val_lwlrap) == (4.0, 8.0, 0.07, 0.4)
 
 
 def test_the_epoch_line_reads_as_the_issue_asks():
@@ -58,7 +63,7 @@ def test_the_epoch_line_reads_as_the_issue_asks():
     assert re.sub(r"\s+", " ", line) == "finetune fold 1/5 epoch 12/30 loss 0.0712 val lwlrap 0.541 21.3 s ETA 9m 40s"
     assert "all folds" in epoch_line(EpochEvent(**{**event.__dict__, "fold": None}))
     assert epoch_line(EpochEvent(**{**event.__dict__, "eta_seconds": 0.0})).endswith("last epoch")
-    assert [duration(s) for s in (7.4, 65, 3600 + 5 * 60 + 9)] == ["7s", "1m 05s", "1h 05m"]
+    assert [duration(s) for s in (0.3, 7.4, 65, 3600 + 5 * 60 + 9)] == ["<1s", "7s", "1m 05s", "1h 05m"]
 
 
 TINY = {
@@ -95,6 +100,7 @@ def test_train_prints_one_line_per_epoch_matching_the_runs_history(train_cli):
         ("warmup", "all folds", "1", "1"), ("finetune", "fold 1/3", "1", "2"), ("finetune", "fold 1/3", "2", "2")]
     assert [float(x["loss"]) for x in lines] == pytest.approx(history["train_loss"].tolist(), abs=1e-4)
     assert [float(x["lwlrap"]) for x in lines] == pytest.approx(history["val_lwlrap"].tolist(), abs=1e-3)
+    assert [float(x["seconds"]) for x in lines] == pytest.approx(history["wall_seconds"].tolist(), abs=0.05)
     assert all(0 < float(x["seconds"]) for x in lines)
     assert [x["eta"].startswith("ETA") for x in lines] == [True, True, False]  # the last says "last epoch"
     # the lines come while training, before the final tables

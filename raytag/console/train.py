@@ -16,8 +16,10 @@ from raytag.training.runner import fit_pipeline
 
 
 def duration(seconds: float) -> str:
-    """12s, 9m 40s, 2h 05m: short enough for a line per epoch."""
+    """<1s, 12s, 9m 40s, 2h 05m: short enough for a line per epoch."""
     s = int(round(seconds))
+    if s < 1:
+        return "<1s"
     if s < 60:
         return f"{s}s"
     if s < 3600:

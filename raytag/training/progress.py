@@ -35,51 +35,55 @@ class EpochEvent:
     epochs: int  # epochs of the stage
     train_loss: float
     val_lwlrap: float  # the fold's held-out curated clips (all curated clips in the warm-up)
-    seconds: float  # training + evaluation of this epoch
-    eta_seconds: float  # estimate for the run's remaining epochs (EtaClock)
+    seconds: float  # the worker's time since its previous report: training, evaluation, checkpoint
+    eta_seconds: float  # estimate of the time the run has left (EtaClock)
 
 
 class EtaClock:
-    """Time left = the epochs left of each step kind x that kind's mean epoch time so far.
+    """Time left = what the run has left of each step kind x that kind's mean so far.
 
+    A row's `wall_seconds` is the worker's time since its previous report, so the means
+    cover training, evaluation and checkpoints, and filter steps count as one unit each.
     Warm-up, fine-tune and stage-2 epochs train on different sets, so their times differ;
-    a kind with no epoch seen yet borrows the mean of all epochs seen. Filter steps and
-    checkpoint writes are not counted, and a stage 2 that a fold skips (nothing accepted)
-    counts until it is skipped: an estimate, not a promise."""
+    a kind not seen yet borrows the mean of everything seen. A stage 2 that a fold skips
+    (nothing accepted) counts until it is skipped: an estimate, not a promise."""
 
     def __init__(self, steps: list[Step]):
         self.steps = steps
         self._seconds: dict[str, float] = defaultdict(float)
         self._count: dict[str, int] = defaultdict(int)
 
-    def update(self, step_index: int, step_epoch: int, seconds: float) -> float:
-        """Record one epoch (of step `step_index`, its `step_epoch`-th); seconds left after it."""
-        step = self.steps[step_index]
-        self._seconds[step.kind] += seconds
-        self._count[step.kind] += 1
-        overall = sum(self._seconds.values()) / sum(self._count.values())
+    def update(self, row: dict) -> float:
+        """Take one report row (training.worker._report); the seconds the run has left after it."""
+        index = int(row["step_index"])
+        step = self.steps[index]
+        trained = int(row.get("step_epoch", 0))
+        if trained > 0 or step.kind == "filter":  # a skipped stage 2 took no time worth counting
+            self._seconds[step.kind] += float(row["wall_seconds"])
+            self._count[step.kind] += 1
         left: dict[str, int] = defaultdict(int)
-        left[step.kind] += max(0, step.epochs - step_epoch)
-        for later in self.steps[step_index + 1:]:
-            if later.trains:
-                left[later.kind] += later.epochs
+        if trained > 0:
+            left[step.kind] += max(0, step.epochs - trained)
+        for later in self.steps[index + 1:]:
+            left[later.kind] += later.epochs if later.trains else 1
+        seen = sum(self._count.values())
+        if not seen:
+            return 0.0
+        overall = sum(self._seconds.values()) / seen
         return sum(n * (self._seconds[k] / self._count[k] if self._count[k] else overall)
                    for k, n in left.items())
 
 
-def epoch_event(row: dict, steps: list[Step], n_folds: int, clock: EtaClock) -> Optional[EpochEvent]:
+def epoch_event(row: dict, steps: list[Step], n_folds: int, eta_seconds: float) -> Optional[EpochEvent]:
     """The event of a worker report row (training.worker._report); None for a row that
     trained nothing (a filter step, a skipped stage 2)."""
     step_epoch = int(row.get("step_epoch", 0))
     if step_epoch <= 0:
         return None
-    index = int(row["step_index"])
-    seconds = float(row["epoch_seconds"])
     return EpochEvent(
-        stage=str(row["stage"]), fold=steps[index].fold, n_folds=n_folds, epoch=step_epoch,
-        epochs=int(row["step_epochs"]), train_loss=float(row["train_loss"]),
-        val_lwlrap=float(row["val_lwlrap"]), seconds=seconds,
-        eta_seconds=clock.update(index, step_epoch, seconds),
+        stage=str(row["stage"]), fold=steps[int(row["step_index"])].fold, n_folds=n_folds,
+        epoch=step_epoch, epochs=int(row["step_epochs"]), train_loss=float(row["train_loss"]),
+        val_lwlrap=float(row["val_lwlrap"]), seconds=float(row["wall_seconds"]), eta_seconds=eta_seconds,
     )
 
 
@@ -111,7 +115,7 @@ def epoch_events(on_epoch: Callable[[EpochEvent], None], steps: list[Step], n_fo
         if failed:
             return
         try:
-            event = epoch_event(row, steps, n_folds, clock)
+            event = epoch_event(row, steps, n_folds, clock.update(row))
             if event is not None:
                 on_epoch(event)
         except Exception as err:  # noqa: BLE001 - progress lines must never end the training

@@ -162,7 +162,6 @@ def train_loop_per_worker(loop_config: dict):
         _trace({"event": "epoch_start", "rank": rank, "step": i, "epoch": epoch,
                 "global_step": state.progress["global_step"], "stage": step.stage_name})
         seed = int(cfg.seed * 1_000_003 + state.progress["global_step"])
-        started = time.monotonic()
         loss = _train_epoch(ctx, model, optimizer, scheduler, loss_fn, batches, seed, step,
                             keep=small_loss_keep(cfg.train.loss, epoch))
 
@@ -172,7 +171,6 @@ def train_loop_per_worker(loop_config: dict):
         metrics = {"train_loss": loss, "step_epoch": epoch + 1}
         metrics.update(_evaluate(ctx, model, step, final=finished_step,
                                  is_fold_final=final_step_of_fold.get(step.fold) == i))
-        metrics["epoch_seconds"] = round(time.monotonic() - started, 3)  # training + evaluation
         if finished_step:
             state.progress["step"] += 1
             state.progress["epoch"] = 0
@@ -190,10 +188,13 @@ def _report(ctx: _Context, model, optimizer, scheduler, steps: list[Step], step:
     `rung_epoch` / `rung_score` (raytag.training.rungs), and where the run is for the
     driver's epoch lines (raytag.training.progress): `step_index`, `step_epoch` (1-based
     epoch of the step just trained; 0 on a row that trained nothing), `step_epochs` and
-    `epoch_seconds`."""
+    `wall_seconds` (since the previous report: the epoch's training, evaluation and
+    checkpoint, or the filter step)."""
     import ray.train
 
     progress = ctx.state.progress
+    now = time.monotonic()
+    wall, ctx.report_mark = now - ctx.report_mark, now
     history = progress["history"]  # rank 0 only; other ranks' reports are not forwarded to Tune
     done = progress["step"] >= ctx.n_steps
     metric = layout_metric(ctx.plan.layout)
@@ -212,8 +213,8 @@ def _report(ctx: _Context, model, optimizer, scheduler, steps: list[Step], step:
            "fold": -1 if step.fold is None else step.fold, "round": step.round,
            # not "done": Tune reserves that key and would end the trial before its outputs are collected
            "epoch": progress["epoch"], "pipeline_done": int(done),
-           "step_index": steps.index(step), "step_epochs": step.epochs, "step_epoch": 0, "epoch_seconds": 0.0,
-           **metrics}
+           "step_index": steps.index(step), "step_epochs": step.epochs, "step_epoch": 0,
+           "wall_seconds": round(wall, 3), **metrics}
     if ctx.rank == 0:
         progress["history"].append(row)
     if not checkpoint or ctx.rank != 0:
