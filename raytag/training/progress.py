@@ -132,13 +132,17 @@ def epoch_events(on_epoch: Callable[[EpochEvent], None], steps: list[Step], n_fo
 
     thread = threading.Thread(target=drain, name="raytag-epochs", daemon=True)
     thread.start()
+    fitted = False
     try:
         yield [EpochForwarder(queue)]
+        fitted = True
     finally:
         stop.set()
         thread.join()
         try:
             while not queue.empty():
                 deliver(queue.get_nowait())
-        finally:
             queue.shutdown()
+        except Exception:  # noqa: BLE001 - Ray gone with a failed fit: the fit's own error is the one to see
+            if fitted:
+                raise
