@@ -228,7 +228,7 @@ def section_epochs(s: Settings, table: Table, sampler: GpuSampler, n_train: int)
         epoch_s, start, end = steady(events)
         solo[model] = epoch_s
         where = "1 worker x 1 GPU" if not s.smoke else "1 worker x 0.5 CPU"
-        table.add("2 epochs", f"{model} w64, {where}", "epoch s (median after 1st)", epoch_s,
+        table.add("2 epochs", f"{model} width {cfg.model.width}, {where}", "epoch s (median after 1st)", epoch_s,
                   f"{len(events)} epochs, fit {time.time() - t0:.0f} s with start-up")
         table.add("2 epochs", f"{model}", "train clips / epoch-s", n_train / epoch_s, f"{n_train} training clips")
         table.add("2 epochs", f"{model}", "GPU", sampler.summary(start, end))
@@ -301,7 +301,7 @@ def section_ddp(s: Settings, table: Table, sampler: GpuSampler, solo: dict, n_tr
     _, events = timed_fit(s, cfg, "ddp_cnn2d", sampler)
     epoch_s, start, end = steady(events)
     ratio = f"x{solo['cnn2d'] / epoch_s:.2f} the speed of 1 worker" if solo.get("cnn2d") else ""
-    table.add("4 DDP", f"cnn2d w64, {where}", "epoch s (median after 1st)", epoch_s, ratio)
+    table.add("4 DDP", f"cnn2d width {cfg.model.width}, {where}", "epoch s (median after 1st)", epoch_s, ratio)
     table.add("4 DDP", "cnn2d", "train clips / epoch-s", n_train / epoch_s)
     table.add("4 DDP", "cnn2d", "GPU", sampler.summary(start, end))
 
