@@ -121,11 +121,14 @@ def train(
     storage: str = typer.Option("results", help=STORAGE_HELP),
     name: Optional[str] = typer.Option(None, help="Run name (default: the config's name). Same name resumes."),
     set_: List[str] = typer.Option([], "--set", help="Override a setting: --set train.lr=3e-4 (repeatable)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No line per epoch; only the tables at the end."),
 ):
-    """Run one configuration, all folds and all enabled stages, on a Ray Train worker group."""
+    """Run one configuration, all folds and all enabled stages, on a Ray Train worker group.
+    Prints one line per epoch (stage, fold, epoch, train loss, held-out lwlrap, seconds,
+    time left for the run) unless --quiet."""
     from raytag.console.train import train_command
 
-    _run(train_command, config=config, data=data, storage=storage, name=name, overrides=set_)
+    _run(train_command, config=config, data=data, storage=storage, name=name, overrides=set_, quiet=quiet)
 
 
 @app.command()

@@ -138,6 +138,9 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 0.5  # fractional on a 2-core laptop
     gpus_per_worker: float = 1.0  # used only when use_gpu; <1 lets trials share a GPU
+    # DDP between the workers: auto is Ray's choice (nccl on GPUs, gloo on CPUs). NCCL refuses
+    # two ranks on one GPU, which fractional GPUs per worker give (Ray packs them on one GPU)
+    ddp_backend: Literal["auto", "nccl", "gloo"] = "auto"
     max_failures: int = 2  # worker-group restarts from the last checkpoint
     torch_threads: int = 1  # intra-op threads per worker (CPU)
 
@@ -433,5 +436,11 @@ def _check_ranges(obj, path):
             raise ConfigError(f"{where}: {value} is below the minimum {low}")
         if high is not None and value > high:
             raise ConfigError(f"{where}: {value} is above the maximum {high}")
+    if (isinstance(obj, TrainConfig) and obj.use_gpu and obj.num_workers > 1 and obj.gpus_per_worker < 1
+            and obj.ddp_backend != "gloo"):
+        raise ConfigError(
+            f"{path + '.' if path else ''}gpus_per_worker: {obj.gpus_per_worker} GPU for each of {obj.num_workers} "
+            "DDP workers puts several ranks on one GPU, which NCCL refuses (\"Duplicate GPU detected\"): "
+            "give each worker a whole GPU (gpus_per_worker: 1) or set ddp_backend: gloo")
     if isinstance(obj, FeatureConfig) and obj.fmax is not None and obj.fmax > obj.sample_rate / 2:
         raise ConfigError(f"{path}.fmax: {obj.fmax} is above the Nyquist frequency {obj.sample_rate / 2}")

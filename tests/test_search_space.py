@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from raytag.config import Config
+from raytag.config import Config, ConfigError
 from raytag.search.space import SpaceError, estimate_steps, load_space, parse_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,6 +124,8 @@ def test_tpe_sampling_is_seeded():
         ({"search": {"sampels": 3}}, "search.sampels"),
         ({"resources": {"gpus": 1}}, "resources.gpus"),
         ({"resources": {"trial_cpus": 0}}, "resources.trial_cpus"),
+        # DDP ranks on a shared GPU: NCCL would fail at start-up ("Duplicate GPU detected")
+        ({"resources": {"num_workers": 2, "gpus_per_worker": 0.5, "use_gpu": True}}, "train.gpus_per_worker"),
         ({"serch": {}}, "unknown section 'serch'"),
         ({"conditional": [{"when": {"model.width": 16}, "space": {"train.lr": {"uniform": [0.1, 0.2]}}}]},
          "when.model.width"),
@@ -160,7 +162,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_space(bad)
 
 
-@pytest.mark.parametrize("name", ["quick", "fat2019", "fsd2018"])
+@pytest.mark.parametrize("name", ["quick", "fat2019", "fat2019_ddp", "fsd2018"])
 def test_shipped_spaces_load_and_every_sample_is_a_valid_config(name):
     space = load_space(REPO / "search_spaces" / f"{name}.yaml")
     assert space.name == name
@@ -177,6 +179,25 @@ def test_fat2019_searches_what_the_issue_lists():
                 "pipeline.pseudo.lower.start", "pipeline.pseudo.lower.end",
                 "pipeline.pseudo.lower.shape", "pipeline.pseudo.upper", "pipeline.pseudo.rounds"]:
         assert key in keys, key
+
+
+def test_fat2019_ddp_trials_span_two_whole_gpus_with_ddp():
+    space = load_space(REPO / "search_spaces" / "fat2019_ddp.yaml")
+    assert space.resources.num_workers >= 2 and space.resources.gpus_per_worker >= 1
+    for s in sample(space, n=10, seed=2):
+        train = space.trial_config(s).train
+        assert train.use_gpu and train.num_workers >= 2 and train.num_workers * train.gpus_per_worker >= 2
+        assert train.ddp_backend in ("auto", "nccl")  # NCCL between whole GPUs
+
+
+def test_several_ranks_may_share_a_gpu_only_over_gloo():
+    shared = {"use_gpu": True, "num_workers": 2, "gpus_per_worker": 0.5}
+    assert Config.from_dict({"train": {**shared, "ddp_backend": "gloo"}}).train.ddp_backend == "gloo"
+    with pytest.raises(ConfigError, match="ddp_backend: gloo"):
+        Config.from_dict({"train": shared})
+    # one worker, or CPUs only: nothing to refuse
+    Config.from_dict({"train": {**shared, "num_workers": 1}})
+    Config.from_dict({"train": {**shared, "use_gpu": False}})
 
 
 def test_estimate_steps_counts_every_report_of_a_run():

@@ -11,10 +11,35 @@ from raytag.cluster import check_data, check_storage
 from raytag.config import Config, parse_cli_overrides
 from raytag.console.tables import stage_table
 from raytag.session import ensure_ray
+from raytag.training.progress import EpochEvent
 from raytag.training.runner import fit_pipeline
 
 
-def train_command(config: Path, data: Path, storage: str, name: Optional[str], overrides: list[str]):
+def duration(seconds: float) -> str:
+    """<1s, 12s, 9m 40s, 2h 05m: short enough for a line per epoch."""
+    s = int(round(seconds))
+    if s < 1:
+        return "<1s"
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def epoch_line(event: EpochEvent) -> str:
+    """finetune   fold 1/5  epoch 12/30  loss 0.0712  val lwlrap 0.541  21.3 s  ETA 9m 40s"""
+    fold = "all folds" if event.fold is None else f"fold {event.fold + 1}/{event.n_folds}"
+    width = len(str(event.epochs))
+    eta = f"ETA {duration(event.eta_seconds)}" if event.eta_seconds > 0 else "last epoch"
+    return (f"{event.stage:<10} {fold:<9}  epoch {event.epoch:>{width}}/{event.epochs}  "
+            f"loss {event.train_loss:.4f}  val lwlrap {event.val_lwlrap:.3f}  "
+            f"{event.seconds:.1f} s  {eta}")
+
+
+def train_command(config: Path, data: Path, storage: str, name: Optional[str], overrides: list[str],
+                  quiet: bool = False):
+    """`quiet`: no line per epoch (the run's tables at the end only)."""
     console = Console()
     cfg = Config.from_yaml(config)
     if overrides:
@@ -25,7 +50,11 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
     name = name or cfg.name
     console.print(f"[bold]raytag train[/] {name}: {cfg.model.name} on {cfg.features.kind}, "
                   f"{len(cfg.cv.folds or range(cfg.cv.n_folds))} fold(s), {cfg.train.num_workers} worker(s)")
-    result = fit_pipeline(cfg, data, storage, name)
+
+    def on_epoch(event: EpochEvent):  # soft_wrap: one line each, whatever the terminal's width
+        console.print(epoch_line(event), highlight=False, soft_wrap=True)
+
+    result = fit_pipeline(cfg, data, storage, name, on_epoch=None if quiet else on_epoch)
     console.print(stage_table(result.stages))
     table = Table(title="CV lwlrap by fold")
     table.add_column("fold")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,7 @@ class _Context:
         self.rank, self.world, self.device, self.state = rank, world, device, state
         self.curated_index = {cid: i for i, cid in enumerate(plan.curated_ids)}
         self.noisy_index = {cid: i for i, cid in enumerate(plan.noisy_ids)}
+        self.report_mark = time.monotonic()  # when the last report was made (its wall_seconds)
 
     # -- data sets ------------------------------------------------------------------
     def curated(self, fold: int | None, held_out: bool) -> LabelledSet:

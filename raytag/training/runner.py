@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import pandas as pd
 
@@ -24,6 +25,8 @@ from raytag.features.store import build_feature_store, default_feature_cache
 from raytag.session import ensure_ray
 from raytag.training.outputs import OUTPUTS_DIR, write_metrics, write_outputs
 from raytag.training.plan import build_plan
+from raytag.training.progress import EpochEvent, epoch_events
+from raytag.training.steps import build_steps
 from raytag.training.worker import train_loop_per_worker
 
 
@@ -51,34 +54,20 @@ def fit_pipeline(
     callbacks: Sequence = (),
     feature_cache: Optional[str] = None,
     progress: bool = True,
+    on_epoch: Optional[Callable[[EpochEvent], None]] = None,
 ) -> PipelineResult:
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
+    """`on_epoch`, when given, is called on the driver after every training epoch with
+    its `EpochEvent` (stage, fold, loss, held-out lwlrap, seconds, time left), from a
+    thread of its own while the worker group trains (raytag.training.progress)."""
     started = time.time()
     ensure_ray()
     storage = files.absolute(storage)
     dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
 
-    t = cfg.train
-    resources = {"CPU": t.cpus_per_worker}
-    if t.use_gpu:
-        resources["GPU"] = t.gpus_per_worker
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        # RAYTAG_TRACE (a test hook) travels in the config: workers do not see driver env changes
-        train_loop_config={"plan": plan, "trace": os.environ.get("RAYTAG_TRACE")},
-        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=list(callbacks),
-        ),
-    )
-    result = trainer.fit()
+    watch = (epoch_events(on_epoch, build_steps(cfg, plan.folds), cfg.cv.n_folds) if on_epoch
+             else nullcontext([]))
+    with watch as epoch_callbacks:
+        result = _fit_worker_group(cfg, plan, storage, name, [*callbacks, *epoch_callbacks])
     if result.checkpoint is None:
         raise RaytagError(f"run {name} ended without a checkpoint: {result.error}")
     run_dir = files.join(storage, name)
@@ -89,3 +78,30 @@ def fit_pipeline(
         outputs_dir = files.join(run_dir, OUTPUTS_DIR)
         files.copy_tree(staging, outputs_dir)  # a local folder or a URI (pyarrow.fs)
     return PipelineResult(run_dir=run_dir, outputs_dir=outputs_dir, metrics=metrics, stages=stages)
+
+
+def _fit_worker_group(cfg: Config, plan, storage: str, name: str, callbacks: list):
+    """One TorchTrainer over every step of the plan; its ray.train.Result."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t = cfg.train
+    resources = {"CPU": t.cpus_per_worker}
+    if t.use_gpu:
+        resources["GPU"] = t.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        # RAYTAG_TRACE (a test hook) travels in the config: workers do not see driver env changes
+        train_loop_config={"plan": plan, "trace": os.environ.get("RAYTAG_TRACE")},
+        torch_config=TorchConfig(backend=None if t.ddp_backend == "auto" else t.ddp_backend),
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+        ),
+    )
+    return trainer.fit()

@@ -168,7 +168,7 @@ def train_loop_per_worker(loop_config: dict):
         state.progress["epoch"] += 1
         state.progress["global_step"] += 1
         finished_step = state.progress["epoch"] >= step.epochs
-        metrics = {"train_loss": loss}
+        metrics = {"train_loss": loss, "step_epoch": epoch + 1}
         metrics.update(_evaluate(ctx, model, step, final=finished_step,
                                  is_fold_final=final_step_of_fold.get(step.fold) == i))
         if finished_step:
@@ -184,11 +184,17 @@ def _report(ctx: _Context, model, optimizer, scheduler, steps: list[Step], step:
     """Report one epoch (or filter step) to Ray Train, with a checkpoint from rank 0.
 
     Every report carries the same keys, so schedulers never see a missing or NaN metric:
-    `val_*` and `cv_*` (lwlrap; map3 too on the 2018 layout) and the scheduler's yardstick
-    `rung_epoch` / `rung_score` (raytag.training.rungs)."""
+    `val_*` and `cv_*` (lwlrap; map3 too on the 2018 layout), the scheduler's yardstick
+    `rung_epoch` / `rung_score` (raytag.training.rungs), and where the run is for the
+    driver's epoch lines (raytag.training.progress): `step_index`, `step_epoch` (1-based
+    epoch of the step just trained; 0 on a row that trained nothing), `step_epochs` and
+    `wall_seconds` (since the previous report: the epoch's training, evaluation and
+    checkpoint, or the filter step)."""
     import ray.train
 
     progress = ctx.state.progress
+    now = time.monotonic()
+    wall, ctx.report_mark = now - ctx.report_mark, now
     history = progress["history"]  # rank 0 only; other ranks' reports are not forwarded to Tune
     done = progress["step"] >= ctx.n_steps
     metric = layout_metric(ctx.plan.layout)
@@ -206,7 +212,9 @@ def _report(ctx: _Context, model, optimizer, scheduler, steps: list[Step], step:
     row = {"step": progress["global_step"], "stage": step.stage_name,
            "fold": -1 if step.fold is None else step.fold, "round": step.round,
            # not "done": Tune reserves that key and would end the trial before its outputs are collected
-           "epoch": progress["epoch"], "pipeline_done": int(done), **metrics}
+           "epoch": progress["epoch"], "pipeline_done": int(done),
+           "step_index": steps.index(step), "step_epochs": step.epochs, "step_epoch": 0,
+           "wall_seconds": round(wall, 3), **metrics}
     if ctx.rank == 0:
         progress["history"].append(row)
     if not checkpoint or ctx.rank != 0:
