@@ -110,7 +110,7 @@ def predict_files(artifact, paths: Sequence, batch_size: int = 32, progress: boo
         need[rate] = max(need.get(rate, 0), min_samples(fe.cfg))
     names, rows, failures = [], [], []
     paths = [str(p) for p in paths]
-    bar = _progress(progress)
+    bar = progress_bar(progress)
     with bar:
         task = bar.add_task("tagging", total=len(paths))
         for start in range(0, len(paths), FILES_PER_CHUNK):
@@ -134,7 +134,8 @@ def predict_files(artifact, paths: Sequence, batch_size: int = 32, progress: boo
     return probs_df, pd.DataFrame(failures, columns=["file", "reason"])
 
 
-def _progress(enabled: bool):
+def progress_bar(enabled: bool):
+    """A rich progress bar on stderr, or a stand-in that shows nothing."""
     if not enabled:
         return _NoBar()
     from rich.console import Console
