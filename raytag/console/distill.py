@@ -26,7 +26,7 @@ def distill_command(experiment: str, storage: str = "results", data: Optional[st
                  _fmt(s.get("train_curated_lwlrap")) + " (trained on)", _fmt(s.get("test_lwlrap")))
     console.print(view)
     console.print(f"student vs the teacher's top labels on the training clips: lwlrap {_fmt(s.get('agreement_lwlrap'))}; "
-                  f"{result.n_curated} curated + {result.n_noisy} noisy clips, {result.epochs} epochs, "
+                  f"targets: {result.n_oof} clips out-of-fold, {result.n_ensemble} from the artifact, {result.epochs} epochs, "
                   f"{result.seconds:.0f} s")
     console.print(f"artifact: [bold]{result.artifact_path}[/]  (tag audio: raytag predict {result.artifact_path} FILES...)")
     return result

@@ -5,7 +5,9 @@ Teacher targets, one row per training clip (`<experiment>/distill/teacher.parque
 - curated clips: the ensemble's out-of-fold predictions, i.e. each member's OOF
   predictions (its trial's oof.parquet) combined with the artifact's own combiner, so no
   curated target comes from a model that trained on that clip;
-- noisy clips: the ensemble artifact's predictions (`predict_files`, the predict path).
+- noisy clips: the ensemble artifact's predictions (`predict_files`, the predict path),
+  as are curated clips that lack an OOF prediction of some member (a sweep that trained
+  only some folds: `cv.folds`).
 The file is reused while the artifact's manifest is unchanged (the noisy pass is the
 expensive part), so trying another student costs only its training.
 
@@ -85,8 +87,8 @@ class StudentSettings:
 class DistillResult:
     artifact_path: str
     teacher_path: str
-    n_curated: int
-    n_noisy: int
+    n_oof: int  # clips whose targets are the ensemble's out-of-fold predictions (curated)
+    n_ensemble: int  # clips whose targets are the artifact's predictions (noisy; curated without OOF)
     epochs: int
     seconds: float
     train_loss: list = field(default_factory=list)
@@ -127,17 +129,21 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
     common = curated["clip_id"]
     for oof in oofs:
         common = common[common.isin(oof.index)]
-    if not len(common):
-        raise RaytagError(f"{art.path}: the members' out-of-fold predictions cover none of the dataset's curated clips; "
-                          "is this the dataset the sweep ran on?")
-    cur = art.combine([oof.loc[common, classes].to_numpy(np.float64) for oof in oofs])
-    rows = [pd.DataFrame(cur, index=pd.Index(common, name="clip_id"), columns=classes).assign(**{SOURCE_COLUMN: "oof"})]
-    noisy = dataset.split("noisy")
-    if len(noisy):
-        probs, failures = predict_files(art, list(noisy["path"]), batch_size=batch_size, progress=progress)
-        by_path = dict(zip(noisy["path"].astype(str), noisy["clip_id"]))
+    rows = []
+    if len(common):
+        cur = art.combine([oof.loc[common, classes].to_numpy(np.float64) for oof in oofs])
+        rows.append(pd.DataFrame(cur, index=pd.Index(common, name="clip_id"), columns=classes)
+                    .assign(**{SOURCE_COLUMN: "oof"}))
+    # noisy clips, and curated clips without an OOF prediction of every member (a sweep that
+    # trained only some folds): the artifact's own predictions
+    rest = pd.concat([curated[~curated["clip_id"].isin(common)], dataset.split("noisy")])
+    if len(rest):
+        probs, _ = predict_files(art, list(rest["path"]), batch_size=batch_size, progress=progress)
+        by_path = dict(zip(rest["path"].astype(str), rest["clip_id"]))
         probs.index = pd.Index([by_path[p] for p in probs.index], name="clip_id")
         rows.append(probs.assign(**{SOURCE_COLUMN: "ensemble"}))
+    if not rows:
+        raise RaytagError(f"{dataset.root}: no curated or noisy clips to distil on")
     table = pd.concat(rows)
     frame = table.reset_index()
     frame["artifact_manifest"] = key
@@ -147,7 +153,7 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
 
 
 def _local(path: str):
-    """write_parquet writes local paths; a URI is written through a local copy."""
+    """The local path of a distillation output (write_parquet and safetensors write local files)."""
     from pathlib import Path
 
     if storage.is_uri(path):
@@ -232,13 +238,12 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     out_dir = storage.join(experiment_dir, DISTILL_DIR)
     say(f"teacher: {len(art.members)} member(s) ({art.combiner}); targets for curated (OOF) and noisy clips")
     table = teacher_targets(art, dataset, out_dir, progress=progress)
-    usable = [c for c in table.index if c in set(store.clip_ids)]
-    table = table.loc[usable]
+    table = table[table.index.isin(store.clip_ids)]  # clips the student's front end could read
     classes = list(art.classes)
     targets = LabelledSet(list(table.index), table[classes].to_numpy(np.float32), np.zeros(len(table), bool))
-    n_cur = int((table[SOURCE_COLUMN] == "oof").sum())
+    n_oof = int((table[SOURCE_COLUMN] == "oof").sum())
     say(f"student: {cfg.model.name} width {cfg.model.width} depth {cfg.model.depth} on {cfg.features.kind}; "
-        f"{len(targets)} clips ({n_cur} curated, {len(targets) - n_cur} noisy), {settings.epochs} epochs")
+        f"{len(targets)} clips ({n_oof} with OOF targets, {len(targets) - n_oof} with the ensemble's), {settings.epochs} epochs")
     model, losses = train_student(cfg, plan, store, targets, progress=progress)
 
     student_dir = storage.join(out_dir, "student")
@@ -254,12 +259,12 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     scores.update(_test_scores(student, dataset, settings.batch_size, progress))
     record = {"teacher": artifact_path, "teacher_manifest_sha256": _manifest_id(artifact_path),
               "teacher_members": [m.name for m in art.members], "teacher_combiner": art.combiner,
-              "targets": {"curated_oof": n_cur, "noisy_ensemble": len(targets) - n_cur},
+              "targets": {"oof": n_oof, "ensemble": len(targets) - n_oof},
               "epochs": settings.epochs, "train_loss": [round(x, 5) for x in losses]}
     dest = save_artifact(storage.join(out_dir, "artifact"), [MemberSpec("student", student_dir)], "mean", None,
                          classes, art.layout, scores, distilled=record)
-    result = DistillResult(artifact_path=dest, teacher_path=storage.join(out_dir, TEACHER), n_curated=n_cur,
-                           n_noisy=len(targets) - n_cur, epochs=settings.epochs, seconds=time.time() - started,
+    result = DistillResult(artifact_path=dest, teacher_path=storage.join(out_dir, TEACHER), n_oof=n_oof,
+                           n_ensemble=len(targets) - n_oof, epochs=settings.epochs, seconds=time.time() - started,
                            train_loss=losses, scores=scores)
     storage.write_text(storage.join(out_dir, "distill_summary.json"),
                        json.dumps({**record, "artifact": dest, "scores": scores,
