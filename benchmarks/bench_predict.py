@@ -92,9 +92,11 @@ def audio_seconds(paths) -> float:
 
 
 def timed(fn, paths, **kw):
-    t0 = time.perf_counter()
+    """(wall s, CPU s of this process, probs, failures): on a shared machine the CPU time
+    is the steadier figure (another job's load stretches the wall time, less the CPU time)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     probs, failures = fn(paths, **kw)
-    return time.perf_counter() - t0, probs, failures
+    return time.perf_counter() - t0, time.process_time() - c0, probs, failures
 
 
 def bench_ensemble(artifact_path: str, paths, rounds: int, batch_size: int) -> dict:
@@ -114,20 +116,22 @@ def bench_ensemble(artifact_path: str, paths, rounds: int, batch_size: int) -> d
     for r in range(rounds):
         for name, fn in engines.items():
             load = load_average()
-            wall, p, _ = timed(fn, paths)
+            wall, cpu, p, _ = timed(fn, paths)
             probs[name] = p
-            runs.append({"round": r, "engine": name, "wall_s": round(wall, 2),
+            runs.append({"round": r, "engine": name, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
                          "x_real_time": round(seconds / wall, 2), "load_avg": load})
-            print(f"  ensemble {name:<7} round {r}: {wall:6.1f} s  {seconds / wall:6.1f} x real time  (load {load})",
-                  flush=True)
+            print(f"  ensemble {name:<7} round {r}: {wall:6.1f} s (CPU {cpu:6.1f} s)  {seconds / wall:6.1f} x real time"
+                  f"  (load {load})", flush=True)
     diff = float(np.abs(probs["before"].to_numpy() - probs["after"].to_numpy()).max())
     med = {n: float(np.median([x["x_real_time"] for x in runs if x["engine"] == n])) for n in engines}
+    cpu = {n: float(np.median([x["cpu_s"] for x in runs if x["engine"] == n])) for n in engines}
     members = describe(art)
     n_models = int(members["folds"].sum())
     return {
         "artifact": artifact_path, "members": members.to_dict(orient="records"), "fold_models": n_models,
         "torch_threads": torch.get_num_threads(), "batch_size": batch_size, "runs": runs,
         "median_x_real_time": med, "speed_up": round(med["after"] / med["before"], 3),
+        "median_cpu_s": cpu, "cpu_ratio_after_before": round(cpu["after"] / cpu["before"], 3),
         "per_fold_model_x_real_time": {n: round(v * n_models, 1) for n, v in med.items()},
         "max_abs_prob_diff": diff, "same_predictions": diff <= 1e-5,
     }
@@ -201,7 +205,7 @@ def bench_distilled(distilled: str, paths, rounds: int, batch_size: int) -> dict
             best = None
             for _ in range(rounds):
                 load = load_average()
-                wall, p, _ = timed(lambda q, **k: predict_files(art, q, batch_size=batch_size), paths)
+                wall, _, p, _ = timed(lambda q, **k: predict_files(art, q, batch_size=batch_size), paths)
                 best = (wall, p, load) if best is None or wall < best[0] else best
             return best
         finally:
@@ -247,13 +251,14 @@ def write_section(result: dict, speed_md: Path) -> None:
         lines += [f"Ensemble: {len(ens['members'])} members, {ens['fold_models']} fold models "
                   f"({', '.join(m['model'] + '/' + m['features'] for m in ens['members'])}), "
                   f"{ens['torch_threads']} torch threads, batch {ens['batch_size']}. Before = engine of "
-                  f"commit {BASELINE}; after = this commit. Interleaved rounds.", "",
-                  "| engine | round | wall s | x real time | load |", "|---|---|---|---|---|"]
-        lines += [f"| {r['engine']} | {r['round']} | {r['wall_s']} | {r['x_real_time']} | {r['load_avg']} |"
-                  for r in ens["runs"]]
+                  f"commit {BASELINE}; after = {result.get('commit', 'this commit')}. Interleaved rounds.", "",
+                  "| engine | round | wall s | CPU s | x real time | load |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['engine']} | {r['round']} | {r['wall_s']} | {r.get('cpu_s', '-')} | {r['x_real_time']} | "
+                  f"{r['load_avg']} |" for r in ens["runs"]]
         med = ens["median_x_real_time"]
         lines += ["", f"Median: before {med['before']:.1f}x, after {med['after']:.1f}x real time "
-                      f"(speed-up {ens['speed_up']:.2f}); per fold model {ens['per_fold_model_x_real_time']['before']}x "
+                      f"(speed-up {ens['speed_up']:.2f}; CPU time after/before "
+                      f"{ens.get('cpu_ratio_after_before', float('nan')):.2f}); per fold model {ens['per_fold_model_x_real_time']['before']}x "
                       f"-> {ens['per_fold_model_x_real_time']['after']}x. Largest per-clip probability "
                       f"difference before/after: {ens['max_abs_prob_diff']:.1e} "
                       f"({'within' if ens['same_predictions'] else 'NOT within'} 1e-5).", ""]
@@ -298,7 +303,10 @@ def main(argv=None) -> int:
     paths = sorted((args.data / "test").glob("*.wav"))[:args.clips]
     if not paths:
         sys.exit(f"no test clips under {args.data}/test")
-    result = {"benchmark": "predict", "command": " ".join(["python", *sys.argv]), "data": str(args.data),
+    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
+                            text=True).stdout.strip()
+    result = {"benchmark": "predict", "command": " ".join(["python", *sys.argv]), "commit": commit,
+              "data": str(args.data),
               "clips": len(paths), "audio_seconds": audio_seconds(paths),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
               "load_avg_start": load_average()}
