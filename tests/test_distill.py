@@ -19,11 +19,13 @@ from typer.testing import CliRunner
 
 from raytag import storage
 from raytag.config import Config
+from raytag.data.labels import labels_to_matrix
 from raytag.data.layouts import load_dataset
 from raytag.ensemble.artifact import describe, load_artifact
 from raytag.ensemble.distill import StudentSettings, distill, train_student
 from raytag.ensemble.job import build_ensemble
 from raytag.errors import RaytagError
+from raytag.metrics import lwlrap
 from raytag.training.dataset import LabelledSet
 from raytag.training.outputs import model_card
 from raytag.training.runner import prepare_data
@@ -39,7 +41,7 @@ TEACHER_MODEL = {"name": "cnn2d", "width": 8, "depth": 2}
 def train_teacher(dataset_path, cache: str) -> tuple:
     """(state dict, plan) of a small CNN trained on the given labels of every training clip."""
     cfg = Config.from_dict({"features": FEATURES, "model": TEACHER_MODEL, "train": {"crop_seconds": 1.0, "lr": 3e-3},
-                            "cv": {"n_folds": 2, "folds": [0]}, "pipeline": {"finetune": {"epochs": 12}}})
+                            "cv": {"n_folds": 2, "folds": [0]}, "pipeline": {"finetune": {"epochs": 20}}})
     dataset, store, plan = prepare_data(cfg, dataset_path, cache, progress=False)
     ids = plan.curated_ids + plan.noisy_ids
     y = np.concatenate([plan.curated_y, plan.noisy_y])
@@ -87,7 +89,7 @@ def experiment(tmp_path_factory, demo_data, ray_session):
 
 @pytest.fixture(scope="module")
 def distilled(experiment, ray_session, tmp_path_factory):
-    settings = StudentSettings(model="cnn2d", width=8, depth=2, epochs=12, batch_size=16, lr=3e-3)
+    settings = StudentSettings(model="cnn2d", width=8, depth=2, epochs=20, batch_size=16, lr=3e-3)
     return distill(experiment, settings, feature_cache=str(Path(experiment).parent / "cache"))
 
 
@@ -125,11 +127,26 @@ def test_student_is_a_one_member_flagged_artifact_that_predict_takes(experiment,
     assert len(sub) == 28 and list(sub.columns[1:]) == list(art.classes)
 
 
-def test_student_learned_the_teachers_classes(distilled, demo_data):
-    """Chance lwlrap on 14 classes with 1-2 labels is about 0.25."""
-    s = distilled.scores
-    assert s["agreement_lwlrap"] > 0.6  # its training clips ranked like the teacher's top labels
-    assert s["test_lwlrap"] > 0.45 and s["test_clips"] == 28  # through the predict path, unseen clips
+def test_student_learned_the_teachers_classes(experiment, distilled, demo_data):
+    """On the demo's test clips (never trained on), the student ranks classes like its
+    teacher and finds the true labels about as well; chance lwlrap here is about 0.25."""
+    dataset = load_dataset(demo_data)
+    test = dataset.split("test")
+    teacher = load_artifact(storage.join(experiment, "ensemble", "artifact"))
+    t_probs, _ = teacher.predict_files(list(test["path"]))
+    s_probs, _ = load_artifact(distilled.artifact_path).predict_files(list(test["path"]))
+    top = np.zeros_like(t_probs.to_numpy())
+    top[np.arange(len(top)), t_probs.to_numpy().argmax(axis=1)] = 1
+    shuffled = s_probs.to_numpy()[np.random.default_rng(0).permutation(len(top))]
+    agreement, chance = lwlrap(top, s_probs.to_numpy()), lwlrap(top, shuffled)
+    truth = dataset.truth_for("test")
+    y = labels_to_matrix(list(truth.set_index("clip_id").loc[test["clip_id"], "labels"]), dataset.classes)
+    teacher_score = lwlrap(y, t_probs.to_numpy())
+    print(f"agreement {agreement:.3f} (shuffled {chance:.3f}); test lwlrap student {distilled.scores['test_lwlrap']:.3f} "
+          f"teacher {teacher_score:.3f}; train agreement {distilled.scores['agreement_lwlrap']:.3f}")
+    assert agreement > chance + 0.15
+    assert distilled.scores["test_clips"] == 28
+    assert distilled.scores["test_lwlrap"] > teacher_score - 0.15
     assert distilled.train_loss[-1] < distilled.train_loss[0]
 
 
