@@ -182,6 +182,34 @@ def ensemble(
 
 
 @app.command()
+def distill(
+    experiment: str = typer.Argument(..., help="Experiment name (a folder under --storage) with an ensemble artifact."),
+    storage: str = typer.Option("results", help=STORAGE_HELP),
+    data: Optional[str] = typer.Option(None, help="The dataset the sweep ran on (default: the one in its sweep.json)."),
+    model: str = typer.Option("cnn2d", help="The student's architecture (a model name, as in search spaces)."),
+    width: int = typer.Option(32, help="The student's width (channels of its first block)."),
+    depth: int = typer.Option(4, help="The student's depth (blocks)."),
+    epochs: int = typer.Option(30, help="Training epochs over every training clip."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, one-cycle)."),
+    batch_size: int = typer.Option(32, help="Clips per training batch."),
+    overlap: Optional[float] = typer.Option(None, help="Segment overlap when tagging (default: the ensemble's); 0 is fastest."),
+    feature_cache: Optional[str] = typer.Option(None, help="Feature cache folder (default: the node-local cache the sweep used)."),
+    seed: int = typer.Option(0, help="Seed of the student's initialisation and batches."),
+):
+    """Distil the ensemble into one small, fast model: trained on the ensemble's soft
+    predictions for every training clip (out-of-fold on curated clips, the artifact's own on
+    noisy clips), saved as an artifact under EXPERIMENT/distill/artifact that `raytag
+    predict` and `raytag serve` take like any other."""
+    from raytag.console.distill import distill_command
+    from raytag.ensemble.distill import StudentSettings
+
+    settings = StudentSettings(model=model, width=width, depth=depth, epochs=epochs, lr=lr,
+                               batch_size=batch_size, overlap=overlap, seed=seed)
+    _run(distill_command, experiment=experiment, storage=storage, data=data, feature_cache=feature_cache,
+         settings=settings)
+
+
+@app.command()
 def pull(
     experiment: str = typer.Argument(..., help="Experiment name."),
     storage: str = typer.Option("results", help=STORAGE_HELP),

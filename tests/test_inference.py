@@ -53,3 +53,20 @@ def test_tta_normalisation_and_batching_do_not_change_a_constant_clip():
     b = predict_segments(MeanModel(), clips, segment_frames=10, mean=mean, std=std, tta=2, batch_size=64)
     np.testing.assert_allclose(a, 0.5, atol=1e-6)  # normalised to 0 -> sigmoid 0.5
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduce,tta", [("mean", 0), ("max", 2)])
+def test_segments_cut_once_give_predict_segments_scores(reduce, tta):
+    """The tagging engine cuts each clip's segments once for every fold model
+    (clip_segments + reduce_segments); that must score exactly as predict_segments."""
+    from raytag.training.inference import clip_segments, normaliser, reduce_segments
+
+    rng = np.random.default_rng(0)
+    clips = [rng.normal(size=(1, 4, n)).astype(np.float32) for n in (3, 40, 97, 10)]
+    mean, std = rng.normal(size=(1, 4)), rng.uniform(0.5, 2, size=(1, 4))
+    expected = predict_segments(MeanModel(), clips, 16, overlap=0.5, reduce=reduce, tta=tta,
+                                batch_size=5, mean=mean, std=std)
+    segs, owners = clip_segments(clips, 16, overlap=0.5, tta=tta)
+    assert segs.shape[1:] == (1, 4, 16) and sorted(set(owners)) == [0, 1, 2, 3]
+    probs = torch.sigmoid(MeanModel()(normaliser(mean, std)(torch.from_numpy(segs)))).numpy()
+    assert np.allclose(reduce_segments(probs, owners, len(clips), reduce), expected, atol=1e-6)

@@ -2,7 +2,8 @@
 
     artifact/
       manifest.json              {"format", "raytag_version", "created", "files": {relpath: sha256}}
-      ensemble.json              combiner, weights, members (in order), classes, layout, scores
+      ensemble.json              combiner, weights, members (in order), classes, layout, scores,
+                                 distilled (a `raytag distill` student only: its teacher and training)
       members/<name>/member.json feature + model settings, classes, normalisation, segments
       members/<name>/fold{k}.safetensors   one state dict per fold model (tensors only)
       members/<name>/rank_reference.safetensors   (rank combiner) the member's OOF quantiles
@@ -106,8 +107,10 @@ def save_artifact(
     classes: Sequence[str],
     layout: str,
     scores: Optional[dict] = None,
+    distilled: Optional[dict] = None,
 ) -> str:
-    """Write an artifact folder at `dest` (local path or URI), replacing any old one."""
+    """Write an artifact folder at `dest` (local path or URI), replacing any old one.
+    `distilled`: for a student model (`raytag distill`), what it was distilled from."""
     if combiner not in COMBINERS:
         raise ValueError(f"unknown combiner {combiner!r}")
     if combiner == "weighted" and (weights is None or len(weights) != len(members)):
@@ -148,6 +151,8 @@ def save_artifact(
         "layout": layout,
         "scores": scores or {},
     }
+    if distilled is not None:
+        ensemble["distilled"] = distilled
     put(ENSEMBLE, _json_bytes(ensemble))
     manifest = {
         "format": FORMAT,
@@ -253,6 +258,7 @@ class Artifact:
     members: list[Member]
     scores: dict = field(default_factory=dict)
     raytag_version: str = ""
+    distilled: Optional[dict] = None  # a distilled student: its teacher and training record
 
     def combine(self, member_probs: list[np.ndarray]) -> np.ndarray:
         """Combine per-member probabilities (each (clips, classes)) with the saved combiner."""
@@ -320,6 +326,7 @@ def load_artifact(path, device: str = "cpu") -> Artifact:
         members=members,
         scores=ens.get("scores", {}),
         raytag_version=manifest.get("raytag_version", ""),
+        distilled=ens.get("distilled"),
     )
 
 

@@ -1,9 +1,12 @@
 """Tag audio files with a loaded ensemble artifact (`Artifact.predict_files`).
 
-Each file is decoded once per sample rate the members need, turned into each member's
-features by its own front end, cut into segments (segment averaging, as in training's
-validation), scored by every fold model of every member (fold models averaged within a
-member), and the members are combined with the artifact's combiner.
+Each file is decoded once per sample rate the members need and turned into features
+once per distinct front end (members with the same feature settings share them). Files
+are taken in chunks: every member cuts the chunk's clips into segments once (segment
+averaging, as in training's validation), every fold model of the member scores those
+same segments in batches that span clips, fold models are averaged within a member, and
+the members are combined with the artifact's combiner. All of it runs under
+`torch.inference_mode` (no autograd bookkeeping).
 
 A file that cannot be decoded is never scored as silence: it is returned in the
 failures table and left out of the scores.
@@ -19,62 +22,71 @@ import torch
 from raytag.data.audio import load_audio, min_samples
 from raytag.errors import AudioDecodeError
 from raytag.features.frontends import build_frontend
-from raytag.training.inference import predict_segments
+from raytag.training.inference import clip_segments, normaliser, reduce_segments
 
 FILES_PER_CHUNK = 16  # files decoded and featurised together (bounds memory for long lists)
 
 
-class _MemberRunner:
-    """One member's front end and fold models, applied to decoded waveforms."""
+class _FrontEnd:
+    """One distinct front end (feature settings), shared by the members that use it."""
 
-    def __init__(self, member, batch_size: int, device: str):
-        self.member = member
-        self.cfg = member.feature_config
-        self.frontend = build_frontend(self.cfg).to(device).eval()
-        s = member.settings
-        self.segment_frames = int(s["segment_frames"])
-        self.inference = s.get("inference", {})
-        self.mean = None if s.get("norm_mean") is None else np.asarray(s["norm_mean"], dtype=np.float32)
-        self.std = None if s.get("norm_std") is None else np.asarray(s["norm_std"], dtype=np.float32)
-        self.batch_size = batch_size
+    def __init__(self, cfg, device: str):
+        self.cfg = cfg
+        self.module = build_frontend(cfg).to(device).eval()
         self.device = device
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def features(self, wave: np.ndarray) -> np.ndarray:
         # one clip at a time: top_db and lengths are per clip, as in the feature store
         x = torch.from_numpy(wave)[None].to(self.device)
-        return self.frontend(x)[0].float().cpu().numpy()
+        return self.module(x)[0].float().cpu().numpy()
 
+
+class _MemberRunner:
+    """One member's segments, normalisation and fold models."""
+
+    def __init__(self, member, frontend: str, batch_size: int, device: str):
+        self.member = member
+        self.frontend = frontend  # key into the shared front ends
+        s = member.settings
+        self.segment_frames = int(s["segment_frames"])
+        inference = s.get("inference", {})
+        self.overlap = inference.get("overlap", 0.5)
+        self.reduce = inference.get("reduce", "mean")
+        self.tta = inference.get("tta", 0)
+        mean = None if s.get("norm_mean") is None else np.asarray(s["norm_mean"], dtype=np.float32)
+        std = None if s.get("norm_std") is None else np.asarray(s["norm_std"], dtype=np.float32)
+        self.norm = normaliser(mean, std)
+        self.batch_size = batch_size
+        self.device = device
+
+    @torch.inference_mode()
     def predict(self, feats: Sequence[np.ndarray]) -> np.ndarray:
-        per_fold = [
-            predict_segments(
-                model, feats, self.segment_frames,
-                overlap=self.inference.get("overlap", 0.5),
-                reduce=self.inference.get("reduce", "mean"),
-                tta=self.inference.get("tta", 0),
-                batch_size=self.batch_size, device=self.device, mean=self.mean, std=self.std,
-            )
-            for model in self.member.models
-        ]
+        """(clips, classes): each fold model on the clips' segments, fold models averaged."""
+        segs, owners = clip_segments(feats, self.segment_frames, self.overlap, self.tta)
+        x = self.norm(torch.from_numpy(segs).to(self.device))  # once for every fold model
+        per_fold = []
+        for model in self.member.models:
+            probs = torch.cat([torch.sigmoid(model(x[i:i + self.batch_size])).float()
+                               for i in range(0, len(x), self.batch_size)]).cpu().numpy()
+            per_fold.append(reduce_segments(probs, owners, len(feats), self.reduce))
         return np.mean(per_fold, axis=0)  # fold models averaged within the member
 
 
-def _featurise(path: str, runners: list, rates: set) -> list[np.ndarray]:
-    """Each member's features of one file; AudioDecodeError when any step cannot use it.
-    Decoding and front ends follow the feature store (raytag.features.store), so a clip
-    usable in training is usable here and the other way round."""
-    # the feature store's rule (one frame), per rate: the longest frame of the members at it
-    need = {rate: max(min_samples(r.cfg) for r in runners if r.cfg.sample_rate == rate) for rate in rates}
-    waves = {rate: load_audio(path, rate, min_samples=need[rate]) for rate in rates}
-    feats = []
-    for r in runners:
+def _featurise(path: str, frontends: dict, need: dict) -> dict:
+    """Each distinct front end's features of one file; AudioDecodeError when any step
+    cannot use it. Decoding and front ends follow the feature store (raytag.features.store),
+    so a clip usable in training is usable here and the other way round."""
+    waves = {rate: load_audio(path, rate, min_samples=n) for rate, n in need.items()}
+    feats = {}
+    for key, fe in frontends.items():
         try:
-            x = r.features(waves[r.cfg.sample_rate])
+            x = fe.features(waves[fe.cfg.sample_rate])
         except RuntimeError as err:
             raise AudioDecodeError(path, f"front end failed: {str(err).splitlines()[0]}") from err
         if not np.isfinite(x).all():
             raise AudioDecodeError(path, "features are not finite (NaN/inf)")
-        feats.append(x)
+        feats[key] = x
     return feats
 
 
@@ -82,27 +94,39 @@ def predict_files(artifact, paths: Sequence, batch_size: int = 32, progress: boo
                   device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(probs, failures): probs is indexed by file (str) with one column per class, in the
     order of `paths` minus the failures; failures has columns file, reason."""
-    runners = [_MemberRunner(m, batch_size, device) for m in artifact.members]
-    rates = {r.cfg.sample_rate for r in runners}  # each file is decoded once per rate
+    frontends: dict[str, _FrontEnd] = {}
+    runners = []
+    for m in artifact.members:
+        cfg = m.feature_config
+        key = cfg.cache_key()  # every setting that changes the features
+        if key not in frontends:
+            frontends[key] = _FrontEnd(cfg, device)
+        runners.append(_MemberRunner(m, key, batch_size, device))
+    # each file is decoded once per rate, long enough for the longest frame at that rate
+    # (the feature store's rule: one frame)
+    need: dict[int, int] = {}
+    for fe in frontends.values():
+        rate = fe.cfg.sample_rate
+        need[rate] = max(need.get(rate, 0), min_samples(fe.cfg))
     names, rows, failures = [], [], []
     paths = [str(p) for p in paths]
-    bar = _progress(progress)
+    bar = progress_bar(progress)
     with bar:
         task = bar.add_task("tagging", total=len(paths))
         for start in range(0, len(paths), FILES_PER_CHUNK):
             chunk = paths[start:start + FILES_PER_CHUNK]
-            ok, feats = [], [[] for _ in runners]
+            ok, feats = [], {key: [] for key in frontends}
             for path in chunk:
                 try:
-                    per_member = _featurise(path, runners, rates)
+                    per_frontend = _featurise(path, frontends, need)
                 except AudioDecodeError as err:
                     failures.append({"file": path, "reason": err.reason})
                     continue
                 ok.append(path)
-                for i, x in enumerate(per_member):
-                    feats[i].append(x)
+                for key, x in per_frontend.items():
+                    feats[key].append(x)
             if ok:
-                rows.append(artifact.combine([r.predict(f) for r, f in zip(runners, feats)]))
+                rows.append(artifact.combine([r.predict(feats[r.frontend]) for r in runners]))
                 names.extend(ok)
             bar.update(task, advance=len(chunk))
     probs = np.concatenate(rows) if rows else np.zeros((0, len(artifact.classes)), dtype=np.float32)
@@ -110,7 +134,8 @@ def predict_files(artifact, paths: Sequence, batch_size: int = 32, progress: boo
     return probs_df, pd.DataFrame(failures, columns=["file", "reason"])
 
 
-def _progress(enabled: bool):
+def progress_bar(enabled: bool):
+    """A rich progress bar on stderr, or a stand-in that shows nothing."""
     if not enabled:
         return _NoBar()
     from rich.console import Console

@@ -50,6 +50,33 @@ def _segments(clip: np.ndarray, segment_frames: int, overlap: float, tta: int) -
     return np.stack(segs)
 
 
+def clip_segments(clips, segment_frames: int, overlap: float = 0.5,
+                  tta: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Every segment of every clip, stacked: (segments (S, C, F, segment_frames) float32,
+    owners (S,) clip index of each segment). The segments `predict_segments` scores, cut
+    once so that several models (the folds of an ensemble member) can score the same ones."""
+    segs, owners = [], []
+    for idx, clip in enumerate(clips):
+        cut = _segments(np.asarray(clip, dtype=np.float32), segment_frames, overlap, tta)
+        segs.append(cut)
+        owners.append(np.full(len(cut), idx))
+    if not segs:
+        return np.zeros((0,), dtype=np.float32), np.zeros((0,), dtype=int)
+    return np.concatenate(segs), np.concatenate(owners)
+
+
+def reduce_segments(probs: np.ndarray, owners: np.ndarray, n_clips: int, reduce: str = "mean") -> np.ndarray:
+    """Per-segment scores (S, K) -> per-clip scores (n_clips, K) by mean or max over each
+    clip's segments (as `predict_segments`)."""
+    if reduce not in ("mean", "max"):
+        raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+    out = []
+    for idx in range(n_clips):
+        segs = probs[owners == idx]
+        out.append(segs.mean(axis=0) if reduce == "mean" else segs.max(axis=0))
+    return np.stack(out).astype(np.float32)
+
+
 def predict_segments(
     model: torch.nn.Module,
     clips: Iterable[np.ndarray],
@@ -81,7 +108,7 @@ def _run_segments(head, model, clips, segment_frames, overlap, reduce, tta, batc
         raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
     was_training = model.training
     model.eval()
-    norm = _normaliser(mean, std)
+    norm = normaliser(mean, std)
     out: list[np.ndarray] = []
     pending: list[np.ndarray] = []  # segments waiting for a forward pass
     owners: list[int] = []  # clip index of each pending segment
@@ -114,7 +141,8 @@ def _run_segments(head, model, clips, segment_frames, overlap, reduce, tta, batc
     return np.stack(out).astype(np.float32)
 
 
-def _normaliser(mean, std):
+def normaliser(mean, std):
+    """x -> (x - mean) / std over (C, F) (the identity when either is None), as in training."""
     if mean is None or std is None:
         return lambda x: x
     m = torch.as_tensor(np.asarray(mean, dtype=np.float32))[..., None]  # (C, F, 1)

@@ -1,0 +1,36 @@
+"""`raytag distill`: train one small model on the ensemble's soft predictions and print
+what it learned beside its teacher."""
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.console import Console
+from rich.table import Table
+
+from raytag import storage as files  # local folder or URI through pyarrow.fs
+from raytag.ensemble.distill import DistillResult, StudentSettings, distill
+
+
+def distill_command(experiment: str, storage: str = "results", data: Optional[str] = None,
+                    feature_cache: Optional[str] = None, settings: StudentSettings = StudentSettings()) -> DistillResult:
+    console = Console(stderr=True)
+    result = distill(files.join(storage, experiment), settings, data=data, feature_cache=feature_cache,
+                     progress=True, say=console.print)
+    s = result.scores
+    view = Table(title=f"distilled student of {experiment} (test labels only reported, never used)")
+    for col in ("model", "curated lwlrap", "test lwlrap"):
+        view.add_column(col, justify="left" if col == "model" else "right")
+    view.add_row("teacher (ensemble)", _fmt(s.get("teacher_curated_oof_lwlrap")) + " (OOF)",
+                 _fmt(s.get("teacher_test_lwlrap")))
+    view.add_row(f"student ({settings.model} w{settings.width} d{settings.depth})",
+                 _fmt(s.get("train_curated_lwlrap")) + " (trained on)", _fmt(s.get("test_lwlrap")))
+    console.print(view)
+    console.print(f"student vs the teacher's top labels on the training clips: lwlrap {_fmt(s.get('agreement_lwlrap'))}; "
+                  f"targets: {result.n_oof} clips out-of-fold, {result.n_ensemble} from the artifact, {result.epochs} epochs, "
+                  f"{result.seconds:.0f} s")
+    console.print(f"artifact: [bold]{result.artifact_path}[/]  (tag audio: raytag predict {result.artifact_path} FILES...)")
+    return result
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.4f}"

@@ -1,0 +1,320 @@
+"""`raytag distill EXPERIMENT`: one small model trained on the ensemble's soft predictions,
+saved as an artifact that `raytag predict` and `raytag serve` take like any other.
+
+Teacher targets, one row per training clip (`<experiment>/distill/teacher.parquet`):
+- curated clips: the ensemble's out-of-fold predictions, i.e. each member's OOF
+  predictions (its trial's oof.parquet) combined with the artifact's own combiner, so no
+  curated target comes from a model that trained on that clip;
+- noisy clips: the ensemble artifact's predictions (`predict_files`, the predict path),
+  as are curated clips that lack an OOF prediction of some member (a sweep that trained
+  only some folds: `cv.folds`).
+The file is reused while the artifact's manifest is unchanged (the noisy pass is the
+expensive part), so trying another student costs only its training.
+
+The student is trained in this process with the engine's own pieces: the feature store
+and plan (`prepare_data`, the student's features; cached like a trial's), random-crop
+batches (`CropBatches`), and the trial's epoch function (`_train_epoch`: gain/shift,
+SpecAugment, mixup, the BCE loss, AdamW + one-cycle). It is one model on one process
+with no folds, stages, checkpoints or reports to a scheduler, which is all that Ray
+Train's worker group would add (and its start-up, see results/benchmarks/throughput.md).
+
+Output, in `<experiment>/distill/`: `student/` (the student's model card and weights in
+the trial-output format), `artifact/` (a one-member artifact whose ensemble.json carries
+a `distilled` record: teacher, targets, scores), `distill_summary.json`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import save_file
+
+from raytag import storage
+from raytag.config import Config
+from raytag.data.labels import labels_to_matrix
+from raytag.ensemble.artifact import MANIFEST, Artifact, Member, MemberSpec, load_artifact, save_artifact, trial_settings
+from raytag.ensemble.job import load_trial
+from raytag.ensemble.tagging import predict_files, progress_bar
+from raytag.errors import RaytagError
+from raytag.metrics import lwlrap
+from raytag.models import build_model
+from raytag.session import ensure_ray
+from raytag.training.dataset import CropBatches, LabelledSet
+from raytag.training.epoch import _optimizer, _train_epoch
+from raytag.training.inference import iter_store_clips, predict_segments
+from raytag.training.losses import build_loss
+from raytag.training.outputs import MODEL_CARD, WEIGHTS, model_card, read_predictions, write_parquet
+from raytag.training.runner import prepare_data
+from raytag.training.steps import Step
+
+DISTILL_DIR = "distill"
+TEACHER = "teacher.parquet"
+SOURCE_COLUMN = "target_source"  # "oof" (curated) or "ensemble" (noisy)
+
+
+@dataclass
+class StudentSettings:
+    """The student and its training; None fields follow the teacher's first member."""
+
+    model: str = "cnn2d"
+    width: int = 32
+    depth: int = 4
+    epochs: int = 30
+    lr: float = 1e-3
+    batch_size: int = 32
+    crop_seconds: Optional[float] = None  # None: the first member's crop
+    overlap: Optional[float] = None  # segment overlap at inference; None: the first member's
+    features: Optional[dict] = None  # front end settings; None: the first member's
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise RaytagError(f"--epochs {self.epochs}: must be at least 1")
+        if self.batch_size < 1:
+            raise RaytagError(f"--batch-size {self.batch_size}: must be at least 1")
+        if not self.lr > 0:
+            raise RaytagError(f"--lr {self.lr}: must be more than 0")
+        if self.overlap is not None and not 0 <= self.overlap < 1:
+            raise RaytagError(f"--overlap {self.overlap}: must be in [0, 1)")
+
+
+@dataclass
+class DistillResult:
+    artifact_path: str
+    teacher_path: str
+    n_oof: int  # clips whose targets are the ensemble's out-of-fold predictions (curated)
+    n_ensemble: int  # clips whose targets are the artifact's predictions (noisy; curated without OOF)
+    epochs: int
+    seconds: float
+    train_loss: list = field(default_factory=list)
+    scores: dict = field(default_factory=dict)  # agreement with the teacher; test scores (reported only)
+
+
+# ----------------------------------------------------------------------------- teacher
+def _manifest_id(artifact_path: str) -> str:
+    return storage.sha256_file(storage.join(artifact_path, MANIFEST))
+
+
+def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
+                    progress: bool = False) -> pd.DataFrame:
+    """DataFrame indexed by clip_id: one column per class and `target_source`; curated
+    rows from the members' OOF predictions (combined as the artifact combines), noisy rows
+    from the artifact's predictions. Cached in `<out_dir>/teacher.parquet`."""
+    path = storage.join(out_dir, TEACHER)
+    key = _manifest_id(art.path)
+    if storage.exists(path):
+        cached, _ = read_predictions(path)
+        if "artifact_manifest" in cached.columns and (cached["artifact_manifest"] == key).all():
+            return cached.drop(columns=["artifact_manifest"]).set_index("clip_id")
+    classes = list(art.classes)
+    curated = dataset.split("curated")
+    oofs = []
+    for m in art.members:
+        source = m.settings.get("source")
+        if not source or not storage.exists(source):
+            raise RaytagError(
+                f"{art.path}: member {m.name}'s trial outputs ({source}) are not there; distillation "
+                "takes the curated targets from each member's out-of-fold predictions: run it where "
+                "the sweep's results are"
+            )
+        oof = load_trial(source).oof
+        if list(oof.columns) != classes:
+            oof = oof[classes]
+        oofs.append(oof)
+    common = curated["clip_id"]
+    for oof in oofs:
+        common = common[common.isin(oof.index)]
+    rows = []
+    if len(common):
+        cur = art.combine([oof.loc[common, classes].to_numpy(np.float64) for oof in oofs])
+        rows.append(pd.DataFrame(cur, index=pd.Index(common, name="clip_id"), columns=classes)
+                    .assign(**{SOURCE_COLUMN: "oof"}))
+    # noisy clips, and curated clips without an OOF prediction of every member (a sweep that
+    # trained only some folds): the artifact's own predictions
+    rest = pd.concat([curated[~curated["clip_id"].isin(common)], dataset.split("noisy")])
+    if len(rest):
+        probs, _ = predict_files(art, list(rest["path"]), batch_size=batch_size, progress=progress)
+        by_path = dict(zip(rest["path"].astype(str), rest["clip_id"]))
+        probs.index = pd.Index([by_path[p] for p in probs.index], name="clip_id")
+        rows.append(probs.assign(**{SOURCE_COLUMN: "ensemble"}))
+    if not rows:
+        raise RaytagError(f"{dataset.root}: no curated or noisy clips to distil on")
+    table = pd.concat(rows)
+    frame = table.reset_index()
+    frame["artifact_manifest"] = key
+    storage.makedirs(out_dir)
+    write_parquet(frame, _local(path), classes)
+    return table
+
+
+def _local(path: str):
+    """The local path of a distillation output (write_parquet and safetensors write local files)."""
+    from pathlib import Path
+
+    if storage.is_uri(path):
+        raise RaytagError(f"{path}: distillation writes its outputs to a local folder; use a local --storage")
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------- student
+def student_config(art: Artifact, s: StudentSettings) -> Config:
+    """The student's Config: its model and training, the first member's front end,
+    crop and segment settings unless given."""
+    first = art.members[0].settings
+    features = s.features or first["features"]
+    fps = Config.from_dict({"features": features}).features.frames_per_second
+    crop = s.crop_seconds or round(int(first["crop_frames"]) / fps, 3)
+    inference = dict(first.get("inference", {}))
+    inference.update(tta=0, segment_seconds=round(int(first["segment_frames"]) / fps, 3))
+    if s.overlap is not None:
+        inference["overlap"] = s.overlap
+    return Config.from_dict({
+        "name": "distilled",
+        "seed": s.seed,
+        "features": features,
+        "model": {"name": s.model, "width": s.width, "depth": s.depth},
+        "train": {"crop_seconds": crop, "batch_size": s.batch_size, "lr": s.lr,
+                  "loss": {"name": "bce", "noisy_loss": "same"}},
+        "cv": {"n_folds": 2, "folds": [0], "seed": s.seed},
+        "pipeline": {"finetune": {"epochs": s.epochs}},
+        "inference": inference,
+    })
+
+
+def train_student(cfg: Config, plan, store, targets: LabelledSet, progress: bool = False) -> tuple[torch.nn.Module, list]:
+    """The student, trained on `targets` (soft) over the store's random crops."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, plan.n_classes, plan.channels, plan.bins)
+    step = Step(kind="finetune", fold=None, epochs=int(cfg.pipeline.finetune.epochs))
+    batches = CropBatches(store, targets, cfg.crop_frames(), cfg.train.batch_size)
+    optimizer, scheduler = _optimizer(cfg, model, step, batches.steps_per_epoch(1))
+    loss_fn = build_loss(cfg.train.loss)
+    ctx = _StudentContext(cfg, plan)
+    losses = []
+    bar = progress_bar(progress)
+    with bar:
+        task = bar.add_task("student epochs", total=step.epochs)
+        for epoch in range(step.epochs):
+            losses.append(_train_epoch(ctx, model, optimizer, scheduler, loss_fn, batches,
+                                       int(cfg.seed * 1_000_003 + epoch), step))
+            bar.update(task, advance=1, description=f"student epochs (loss {losses[-1]:.4f})")
+    return model.eval(), losses
+
+
+@dataclass
+class _StudentContext:
+    """What the trial's epoch function reads of its context: one process, rank 0 of 1."""
+
+    cfg: Config
+    plan: object
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- the job
+def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), data: Optional[str] = None,
+            feature_cache: Optional[str] = None, progress: bool = False, say=None) -> DistillResult:
+    """Distil the experiment's ensemble artifact into one student; returns where it went."""
+    started = time.time()
+    say = say or (lambda *a, **k: None)
+    settings.check()
+    experiment_dir = str(experiment_dir)
+    artifact_path = storage.join(experiment_dir, "ensemble", "artifact")
+    if not storage.exists(storage.join(artifact_path, MANIFEST)):
+        raise RaytagError(f"{artifact_path}: no ensemble artifact; run `raytag ensemble` for this experiment first")
+    art = load_artifact(artifact_path)
+    data = data or _sweep_data(experiment_dir)
+    cfg = student_config(art, settings)
+    ensure_ray()  # the feature store is built by Ray tasks (cached: a rerun reuses it)
+    dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
+    if list(plan.classes) != list(art.classes):
+        raise RaytagError(f"{data}: its classes differ from the artifact's; distil on the dataset the sweep ran on")
+    out_dir = storage.join(experiment_dir, DISTILL_DIR)
+    say(f"teacher: {len(art.members)} member(s) ({art.combiner}); targets for curated (OOF) and noisy clips")
+    table = teacher_targets(art, dataset, out_dir, progress=progress)
+    table = table[table.index.isin(store.clip_ids)]  # clips the student's front end could read
+    classes = list(art.classes)
+    targets = LabelledSet(list(table.index), table[classes].to_numpy(np.float32), np.zeros(len(table), bool))
+    n_oof = int((table[SOURCE_COLUMN] == "oof").sum())
+    say(f"student: {cfg.model.name} width {cfg.model.width} depth {cfg.model.depth} on {cfg.features.kind}; "
+        f"{len(targets)} clips ({n_oof} with OOF targets, {len(targets) - n_oof} with the ensemble's), {settings.epochs} epochs")
+    model, losses = train_student(cfg, plan, store, targets, progress=progress)
+
+    student_dir = storage.join(out_dir, "student")
+    local = _local(student_dir)
+    (local / WEIGHTS).mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(local / WEIGHTS / "fold0.safetensors"))
+    (local / MODEL_CARD).write_text(json.dumps(model_card(plan), indent=2))
+
+    scores = _score(art, dataset, model, cfg, plan, store, targets)
+    # the student's test scores through the predict path, as the saved artifact will tag
+    student = Artifact(path=student_dir, combiner="mean", weights=None, classes=classes, layout=art.layout,
+                       members=[Member("student", trial_settings(student_dir), [model])])
+    scores.update(_test_scores(student, dataset, settings.batch_size, progress))
+    record = {"teacher": artifact_path, "teacher_manifest_sha256": _manifest_id(artifact_path),
+              "teacher_members": [m.name for m in art.members], "teacher_combiner": art.combiner,
+              "targets": {"oof": n_oof, "ensemble": len(targets) - n_oof},
+              "epochs": settings.epochs, "train_loss": [round(x, 5) for x in losses]}
+    dest = save_artifact(storage.join(out_dir, "artifact"), [MemberSpec("student", student_dir)], "mean", None,
+                         classes, art.layout, scores, distilled=record)
+    result = DistillResult(artifact_path=dest, teacher_path=storage.join(out_dir, TEACHER), n_oof=n_oof,
+                           n_ensemble=len(targets) - n_oof, epochs=settings.epochs, seconds=time.time() - started,
+                           train_loss=losses, scores=scores)
+    storage.write_text(storage.join(out_dir, "distill_summary.json"),
+                       json.dumps({**record, "artifact": dest, "scores": scores,
+                                   "seconds": round(result.seconds, 1)}, indent=2) + "\n")
+    return result
+
+
+def _sweep_data(experiment_dir: str) -> str:
+    path = storage.join(experiment_dir, "sweep.json")
+    if storage.exists(path):
+        data = json.loads(storage.read_text(path)).get("data")
+        if data:
+            return str(data)
+    raise RaytagError(f"{path}: no dataset recorded; give the dataset the sweep ran on with --data")
+
+
+def _score(art, dataset, model, cfg, plan, store, targets) -> dict:
+    """How well the student learned its targets: lwlrap of its predictions on the training
+    clips against the teacher's targets made binary (> 0.5, else the top class), on curated
+    clips also against the curated labels, beside the teacher's own OOF score there."""
+    probs = predict_segments(model, iter_store_clips(store, targets.clip_ids), cfg.segment_frames(),
+                             overlap=cfg.inference.overlap, reduce=cfg.inference.reduce, batch_size=64,
+                             mean=plan.norm_mean, std=plan.norm_std)
+    teacher = targets.targets
+    binary = (teacher > 0.5).astype(np.float32)
+    binary[np.arange(len(binary)), teacher.argmax(axis=1)] = 1.0
+    cur_ids = dataset.split("curated")["clip_id"]
+    truth = dict(zip(cur_ids, dataset.label_matrix("curated")))
+    rows = [i for i, c in enumerate(targets.clip_ids) if c in truth]
+    y = np.stack([truth[targets.clip_ids[i]] for i in rows])
+    return {
+        "agreement_lwlrap": float(lwlrap(binary, probs)),  # student vs the teacher's top labels
+        "train_curated_lwlrap": float(lwlrap(y, probs[rows])),  # in-sample: trained on these clips
+        "teacher_curated_oof_lwlrap": float(lwlrap(y, teacher[rows])),
+        "teacher_cv_lwlrap": art.scores.get("cv_lwlrap"),
+        "teacher_test_lwlrap": art.scores.get("test_lwlrap"),
+    }
+
+
+def _test_scores(student: Artifact, dataset, batch_size, progress) -> dict:
+    """lwlrap of the student artifact on the test clips with labels (reported only, never
+    used to choose), through the predict path; none when the dataset has no test labels."""
+    truth = dataset.truth_for("test")
+    if truth is None or not len(truth):
+        return {"test_lwlrap": None}
+    test = dataset.split("test").merge(truth[["clip_id"]], on="clip_id")
+    probs, _ = predict_files(student, list(test["path"]), batch_size=batch_size, progress=progress)
+    by_path = dict(zip(test["path"].astype(str), test["clip_id"]))
+    ids = [by_path[p] for p in probs.index]
+    labels = dict(zip(truth["clip_id"], truth["labels"]))
+    y = labels_to_matrix([labels[c] for c in ids], student.classes)
+    keep = y.sum(axis=1) > 0
+    return {"test_lwlrap": float(lwlrap(y[keep], probs.to_numpy()[keep])), "test_clips": int(keep.sum())}

@@ -1,0 +1,160 @@
+"""`raytag distill`: a student trained on the ensemble's soft predictions over the demo
+data's curated and noisy clips, saved as an artifact that `raytag predict` takes.
+
+The teacher is an ensemble of two trials on the demo dataset written in the trial-output
+format (as test_ensemble does): their out-of-fold predictions on the curated clips are the
+true labels with noise; their fold models are one small CNN trained here on the curated
+and noisy clips' given labels (a few seconds), so the artifact's predictions on the noisy
+clips carry class information too."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from raytag import storage
+from raytag.config import Config
+from raytag.data.labels import labels_to_matrix
+from raytag.data.layouts import load_dataset
+from raytag.ensemble.artifact import describe, load_artifact
+from raytag.ensemble.distill import StudentSettings, distill, train_student
+from raytag.ensemble.job import build_ensemble
+from raytag.errors import RaytagError
+from raytag.metrics import lwlrap
+from raytag.training.dataset import LabelledSet
+from raytag.training.outputs import model_card
+from raytag.training.runner import prepare_data
+
+from test_ensemble import noisy_probs
+
+pytestmark = [pytest.mark.ray]
+
+FEATURES = {"kind": "logmel", "sample_rate": 8000, "n_fft": 256, "hop_length": 128, "n_mels": 32}
+TEACHER_MODEL = {"name": "cnn2d", "width": 8, "depth": 2}
+
+
+def train_teacher(dataset_path, cache: str) -> tuple:
+    """(state dict, plan) of a small CNN trained on the given labels of every training clip."""
+    cfg = Config.from_dict({"features": FEATURES, "model": TEACHER_MODEL, "train": {"crop_seconds": 1.0, "lr": 3e-3},
+                            "cv": {"n_folds": 2, "folds": [0]}, "pipeline": {"finetune": {"epochs": 20}}})
+    dataset, store, plan = prepare_data(cfg, dataset_path, cache, progress=False)
+    ids = plan.curated_ids + plan.noisy_ids
+    y = np.concatenate([plan.curated_y, plan.noisy_y])
+    model, _ = train_student(cfg, plan, store, LabelledSet(ids, y, np.zeros(len(ids), bool)))
+    return {n: v.contiguous() for n, v in model.state_dict().items()}, plan
+
+
+def write_trial(exp: str, trial: str, dataset, signal: float, seed: int, teacher) -> str:
+    """A finished trial's outputs on the demo dataset's curated clips (2 folds)."""
+    state, plan = teacher
+    out = storage.join(exp, trial, "outputs")
+    cur = dataset.split("curated")
+    y = dataset.label_matrix("curated")
+    classes = list(dataset.classes)
+    oof = pd.DataFrame(noisy_probs(y, signal, seed), columns=classes)
+    oof.insert(0, "clip_id", list(cur["clip_id"]))
+    oof.insert(1, "fold", np.arange(len(cur)) % 2)
+    oof.insert(2, "run", 0)
+    oof.insert(3, "stage", "finetune")
+    storage.write_parquet(oof, storage.join(out, "oof.parquet"), metadata={"raytag.classes": json.dumps(classes)})
+    storage.write_csv(pd.DataFrame({"clip_id": cur["clip_id"], "labels": [",".join(lab) for lab in cur["labels"]]}),
+                      storage.join(out, "oof_truth.csv"))
+    storage.makedirs(storage.join(out, "weights"))
+    for k in range(2):
+        save_file(state, storage.join(out, "weights", f"fold{k}.safetensors"))
+    storage.write_text(storage.join(out, "model.json"), json.dumps(model_card(plan)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, demo_data, ray_session):
+    dataset = load_dataset(demo_data)
+    root = tmp_path_factory.mktemp("distill")
+    teacher = train_teacher(demo_data, str(root / "cache"))
+    exp = str(root / "exp")
+    rows = []
+    for i, signal in enumerate((2.5, 2.0)):
+        out = write_trial(exp, f"trial_{i}", dataset, signal, seed=20 + i, teacher=teacher)
+        rows.append({"trial_id": f"trial_{i}", "status": "ok", "cv_lwlrap": 0.9 - i / 10, "outputs_dir": out})
+    storage.write_csv(pd.DataFrame(rows), storage.join(exp, "leaderboard.csv"))
+    storage.write_text(storage.join(exp, "sweep.json"), json.dumps({"data": str(demo_data)}))
+    build_ensemble(exp, top=2)
+    return exp
+
+
+@pytest.fixture(scope="module")
+def distilled(experiment, ray_session, tmp_path_factory):
+    settings = StudentSettings(model="cnn2d", width=8, depth=2, epochs=20, batch_size=16, lr=3e-3)
+    return distill(experiment, settings, feature_cache=str(Path(experiment).parent / "cache"))
+
+
+def test_targets_are_the_ensembles_oof_on_curated_and_its_predictions_on_noisy(experiment, distilled, demo_data):
+    dataset = load_dataset(demo_data)
+    teacher = pd.read_parquet(distilled.teacher_path).set_index("clip_id")
+    classes = list(dataset.classes)
+    curated = teacher[teacher["target_source"] == "oof"]
+    noisy = teacher[teacher["target_source"] == "ensemble"]
+    assert set(curated.index) == set(dataset.split("curated")["clip_id"])
+    assert set(noisy.index) == set(dataset.split("noisy")["clip_id"])
+    # curated: the members' OOF combined with the artifact's combiner
+    art = load_artifact(storage.join(experiment, "ensemble", "artifact"))
+    oofs = [pd.read_parquet(Path(m.settings["source"]) / "oof.parquet").set_index("clip_id").loc[curated.index, classes]
+            for m in art.members]
+    expected = art.combine([o.to_numpy(np.float64) for o in oofs])
+    assert np.allclose(curated[classes].to_numpy(), expected, atol=1e-6)
+    # noisy: what the artifact itself predicts for those files
+    some = dataset.split("noisy").head(3)
+    probs, _ = art.predict_files(list(some["path"]))
+    assert np.allclose(noisy.loc[some["clip_id"], classes].to_numpy(), probs.to_numpy(), atol=1e-5)
+
+
+def test_student_is_a_one_member_flagged_artifact_that_predict_takes(experiment, distilled, demo_data, tmp_path):
+    from raytag.cli import app
+
+    art = load_artifact(distilled.artifact_path)
+    assert len(art.members) == 1 and len(art.members[0].models) == 1
+    assert art.distilled["teacher"].endswith("artifact") and art.distilled["targets"] == {"oof": 70, "ensemble": 140}
+    assert describe(art)["model"].tolist() == ["cnn2d"]
+    out = tmp_path / "sub.csv"
+    result = CliRunner().invoke(app, ["predict", distilled.artifact_path, str(Path(demo_data) / "test"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    sub = pd.read_csv(out)
+    assert len(sub) == 28 and list(sub.columns[1:]) == list(art.classes)
+
+
+def test_student_learned_the_teachers_classes(experiment, distilled, demo_data):
+    """On the demo's test clips (never trained on), the student ranks classes like its
+    teacher and finds the true labels about as well; chance lwlrap here is about 0.25."""
+    dataset = load_dataset(demo_data)
+    test = dataset.split("test")
+    teacher = load_artifact(storage.join(experiment, "ensemble", "artifact"))
+    t_probs, _ = teacher.predict_files(list(test["path"]))
+    s_probs, _ = load_artifact(distilled.artifact_path).predict_files(list(test["path"]))
+    top = np.zeros_like(t_probs.to_numpy())
+    top[np.arange(len(top)), t_probs.to_numpy().argmax(axis=1)] = 1
+    shuffled = s_probs.to_numpy()[np.random.default_rng(0).permutation(len(top))]
+    agreement, chance = lwlrap(top, s_probs.to_numpy()), lwlrap(top, shuffled)
+    truth = dataset.truth_for("test")
+    y = labels_to_matrix(list(truth.set_index("clip_id").loc[test["clip_id"], "labels"]), dataset.classes)
+    teacher_score = lwlrap(y, t_probs.to_numpy())
+    print(f"agreement {agreement:.3f} (shuffled {chance:.3f}); test lwlrap student {distilled.scores['test_lwlrap']:.3f} "
+          f"teacher {teacher_score:.3f}; train agreement {distilled.scores['agreement_lwlrap']:.3f}")
+    assert agreement > chance + 0.15
+    assert distilled.scores["test_clips"] == 28
+    assert distilled.scores["test_lwlrap"] > teacher_score - 0.15
+    assert distilled.train_loss[-1] < distilled.train_loss[0]
+
+
+def test_reruns_reuse_the_teacher_targets_and_errors_are_clear(experiment, distilled, tmp_path):
+    before = Path(distilled.teacher_path).stat().st_mtime_ns
+    again = distill(experiment, StudentSettings(width=4, depth=1, epochs=1), feature_cache=str(tmp_path / "c"))
+    assert Path(again.teacher_path).stat().st_mtime_ns == before
+    with pytest.raises(RaytagError, match="run `raytag ensemble`"):
+        distill(str(tmp_path / "nothing"))
+    with pytest.raises(RaytagError, match="--epochs"):
+        distill(experiment, StudentSettings(epochs=0))
