@@ -32,11 +32,11 @@ from raytag.data.layouts import load_dataset
 from raytag.features.store import FeatureStore, build_feature_store, default_feature_cache
 from raytag.metrics import layout_metric
 from raytag.models import build_model
+from raytag.training.checkpoint import capture_rng, restore_rng
 from raytag.training.dataset import CropBatches
 from raytag.training.epoch import _cv_so_far, _evaluate, _optimizer, _train_epoch
 from raytag.training.losses import build_loss, small_loss_keep
 from raytag.training.rungs import RUNG_SCORE, rung_metrics
-from raytag.training.checkpoint import capture_rng, restore_rng
 from raytag.training.run_state import RunState, _Context, _unwrap
 from raytag.training.stage_steps import _run_filter, _start_step, finish_fold_early, stage2_adds_nothing
 from raytag.training.steps import Step, build_steps, last_training_step_of_fold
