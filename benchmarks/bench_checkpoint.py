@@ -160,10 +160,12 @@ def run(args) -> dict:
             state.progress["global_step"] += int(step.trains)
             state.progress["history"].append({"step": state.progress["global_step"], "stage": step.stage_name,
                                               "train_loss": 0.5, "val_lwlrap": 0.5, "cv_lwlrap": 0.5})
-            train_state = {"model": model.state_dict(),
-                           "optimizer": optimizer.state_dict() if optimizer else None,
-                           "scheduler": scheduler.state_dict() if scheduler else None,
-                           "step": None if last else i, "rng": capture_rng()}
+            # the old worker saved the optimizer every epoch; the new one only mid-step (worker._report)
+            legacy_state = {"model": model.state_dict(),
+                            "optimizer": optimizer.state_dict() if optimizer else None,
+                            "scheduler": scheduler.state_dict() if scheduler else None,
+                            "step": None if last else i, "rng": capture_rng()}
+            train_state = {**legacy_state, **({"optimizer": None, "scheduler": None} if last else {})}
             name = f"checkpoint_{len(rows):06d}"
             row = {"epoch": len(rows), "stage": step.stage_name, "fold": step.fold,
                    "load_1min": os.getloadavg()[0]}
@@ -172,7 +174,7 @@ def run(args) -> dict:
                 with tempfile.TemporaryDirectory(dir=args.storage) as tmp:
                     started = time.perf_counter()
                     if fmt == "before":
-                        legacy_write_checkpoint(state, train_state, Path(tmp))
+                        legacy_write_checkpoint(state, legacy_state, Path(tmp))
                         persist(Path(tmp), before_run / name)
                         new_files = 0
                     else:
@@ -212,8 +214,9 @@ def markdown(results: list[dict], meta: dict) -> str:
              f"storage a local folder. Load average (1, 5, 15 min) before: {meta['load_before']}, "
              f"after: {meta['load_after']} (2 cores shared with other agents).", "",
              "old: every checkpoint copies the whole run-state folder and a pickled train state "
-             "(`torch.save`); new: train state in safetensors + JSON, each run file (predictions, "
-             "weights, filter decisions) written once to `<run>/run_files/`, the checkpoint lists it. "
+             "(`torch.save`); new: train state in safetensors + JSON (the optimizer only mid-step: a "
+             "step's end starts a new one), each run file (predictions, weights, filter decisions) "
+             "written once to `<run>/run_files/`, the checkpoint lists it. "
              "Bytes = what reaches storage per epoch (checkpoint folder + new run files); seconds = "
              "writing the folder + persisting it as Ray Train does (+ new run files). Same run, same "
              "files, formats alternating first per epoch.", "",

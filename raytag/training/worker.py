@@ -219,11 +219,12 @@ def _report(ctx: _Context, model, optimizer, scheduler, steps: list[Step], step:
         ray.train.report(row)
         return
     with tempfile.TemporaryDirectory() as tmp:
+        mid_step = bool(progress["epoch"])  # at a step's end the next step builds a new optimizer
         train_state = {
             "model": _unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "step": progress["step"] if progress["epoch"] else None,  # mid-step: optimizer resumes
+            "optimizer": optimizer.state_dict() if optimizer is not None and mid_step else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None and mid_step else None,
+            "step": progress["step"] if mid_step else None,  # mid-step: optimizer resumes
             "rng": capture_rng(),
         }
         started = time.perf_counter()
