@@ -80,16 +80,18 @@ class RunState:
         listed = _read_json(ckpt_dir / RUN_FILES_MANIFEST).get("files")
         if not isinstance(listed, dict):
             raise CheckpointError(f"{ckpt_dir / RUN_FILES_MANIFEST}: no 'files' mapping")
+        where = str(ckpt_dir / RUN_FILES_MANIFEST)
         for name, entry in listed.items():
-            where = str(ckpt_dir / RUN_FILES_MANIFEST)
+            if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+                raise CheckpointError(f"{where}: entry {name!r} has no SHA-256")
             local = Path(files.safe_join(state.out, name, where=where, error=CheckpointError))
             source = files.safe_join(run_files, name, where=where, error=CheckpointError)
             try:
                 files.copy_file(source, str(local))
-            except FileNotFoundError:
-                raise CheckpointError(f"{source}: missing, but the checkpoint {ckpt_dir} relies on it; "
-                                      "the run folder is incomplete (delete it to train again)") from None
-            if files.sha256_file(str(local)) != entry.get("sha256"):
+            except OSError as err:  # FileNotFoundError locally; an object store's own error otherwise
+                raise CheckpointError(f"{source}: missing, but the checkpoint {ckpt_dir} relies on it "
+                                      f"({err}); the run folder is incomplete (delete it to train again)") from None
+            if files.sha256_file(str(local)) != entry["sha256"]:
                 raise CheckpointError(f"{source}: changed since the checkpoint {ckpt_dir} listed it "
                                       "(SHA-256 differs); delete the run folder to train again")
             state.persisted[name] = dict(entry)
