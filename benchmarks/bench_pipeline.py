@@ -178,15 +178,14 @@ def pseudo_report(outputs: Path, run_dir: Path, data: Path, cfg) -> dict | None:
     if not files:
         return None
     _, truth = _noisy_labels(data)
-    ckpts = sorted(run_dir.glob("checkpoint_*"), key=lambda p: p.stat().st_mtime)
-    preds = ckpts[-1] / "outputs" / "preds" / "pseudo" if ckpts else None
+    preds = run_dir / "run_files" / "preds" / "pseudo"  # the pseudo-labels as the run saved them
     classes = list(pd.read_csv(data / "sample_submission.csv", nrows=0).columns[1:])
     rounds = []
     for path in files:
         info = json.loads(path.read_text())
         row = {"file": path.stem, "lower": info["lower"], "n_pseudo": info["n_pseudo"],
                "n_unlabelled": info["n_unlabelled"], "exact": None, "top1_true": None}
-        npz = preds / f"{path.stem}.npz" if preds is not None else None
+        npz = preds / f"{path.stem}.npz"
         if npz is not None and npz.is_file() and info["n_pseudo"]:
             got = np.load(npz)
             exact = top1 = 0

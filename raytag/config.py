@@ -142,6 +142,9 @@ class TrainConfig:
     # two ranks on one GPU, which fractional GPUs per worker give (Ray packs them on one GPU)
     ddp_backend: Literal["auto", "nccl", "gloo"] = "auto"
     max_failures: int = 2  # worker-group restarts from the last checkpoint
+    # epochs between checkpoints; the end of every step (and every filter step) always
+    # checkpoints, so a resumed run never misses predictions or weights made there
+    checkpoint_every: int = 1
     torch_threads: int = 1  # intra-op threads per worker (CPU)
 
 
@@ -411,6 +414,7 @@ _RANGES = {
     ("InputNormConfig", "scale"): (1e-6, None),
     ("TrainConfig", "lr"): (0.0, None),
     ("TrainConfig", "num_workers"): (1, None),
+    ("TrainConfig", "checkpoint_every"): (1, None),
     ("TrainConfig", "crop_seconds"): (0.05, None),
     ("CVConfig", "n_folds"): (2, None),
     ("InferenceConfig", "overlap"): (0.0, 0.95),

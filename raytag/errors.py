@@ -33,3 +33,7 @@ class ScoringError(RaytagError):
 
 class TruthError(ScoringError):
     """A truth file (true labels, read only to score predictions against) cannot be used."""
+
+
+class CheckpointError(RaytagError):
+    """A run's checkpoint cannot be saved or loaded safely (a pickle, a missing or altered file)."""

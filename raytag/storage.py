@@ -236,6 +236,14 @@ def list_files(path) -> list[str]:
     return sorted(out)
 
 
+def list_dir(path) -> list[str]:
+    """Names of the entries (files and folders) directly in a folder; [] if it is absent."""
+    fs, inner = resolve(path)
+    if fs.get_file_info(inner).type != pafs.FileType.Directory:
+        return []
+    return sorted(posixpath.basename(info.path.rstrip("/")) for info in fs.get_file_info(pafs.FileSelector(inner)))
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

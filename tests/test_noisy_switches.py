@@ -4,6 +4,7 @@ small-loss selection reach stage 2's training set."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -56,7 +57,7 @@ def test_soft_rejected_quantile_pseudo_and_small_loss_reach_stage2(ray_session, 
     ckpt = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())[-1]
     state = json.loads((ckpt / "state.json").read_text())
     rows = {r["stage"]: r["n_train"] for r in state["stage_rows"]}
-    pseudo = [json.loads((ckpt / "outputs" / "pseudo" / f"fold0_r{r}.json").read_text()) for r in (0, 1)]
+    pseudo = [json.loads((Path(result.outputs_dir) / "pseudo" / f"fold0_r{r}.json").read_text()) for r in (0, 1)]
     n_unlabelled = pseudo[0]["n_unlabelled"]
     # quantile bounds take about half the rejected clips, then about a fifth
     assert 0.4 < pseudo[0]["n_pseudo"] / n_unlabelled < 0.6 and 0.1 < pseudo[1]["n_pseudo"] / n_unlabelled < 0.3

@@ -1,6 +1,7 @@
 """The training engine on Ray Train: one tiny pipeline end to end, a worker killed
 mid-epoch (the run resumes from its last checkpoint, not from epoch 0), a rerun with
-the same name (resumes, trains nothing), and reproducibility of the OOF lwlrap."""
+the same name (resumes, trains nothing), a run that fails once and resumes (the same
+results as without the failure), and a pickle planted in a checkpoint (never loaded)."""
 from __future__ import annotations
 
 import json
@@ -146,11 +147,72 @@ def test_rerun_with_same_name_resumes_instead_of_training(tiny_run, demo_data):
     assert again.metrics["cv_lwlrap"] == pytest.approx(result.metrics["cv_lwlrap"])
 
 
-def test_same_config_and_seed_give_the_same_oof_lwlrap(tiny_run, demo_data):
+def test_a_run_that_fails_and_resumes_matches_the_uninterrupted_run(tiny_run, demo_data, monkeypatch):
+    """The tiny run again with `train.checkpoint_every: 2` and rank 0 failing once at the start of
+    epoch 2 (RAYTAG_FAIL_ONCE): the group restarts from the checkpoint after the warm-up (the
+    fine-tune's first epoch has none), restores its run files (the warm-up weights) and train
+    state, and ends with the same reports, fold weights and scores as the uninterrupted run (the
+    same config and seed give the same results)."""
+    from safetensors.torch import load_file
+
     result, out, _ = tiny_run
-    twin = fit_pipeline(Config.from_dict(TINY), demo_data, str(out / "results"), "tiny-twin",
-                        feature_cache=str(out / "cache"), progress=False)
-    assert twin.metrics["cv_lwlrap"] == pytest.approx(result.metrics["cv_lwlrap"], abs=1e-4)
+    marker, trace = out / "failed-once", out / "trace-twin.jsonl"
+    monkeypatch.setenv("RAYTAG_FAIL_ONCE", f"2:{marker}")
+    cfg = Config.from_dict({**TINY, "train": {**TINY["train"], "checkpoint_every": 2}})
+    twin = _traced_fit(cfg, demo_data, out, "tiny-twin", trace)
+    assert marker.exists(), "the injected failure never happened"
+    events = _trace_events(trace)
+    resumes = [e for e in events if e["event"] == "resume"]
+    assert resumes and all(e["global_step"] == 1 for e in resumes), resumes  # after the warm-up
+    # checkpoints after: the warm-up, (failure; resume) the fine-tune's 2nd epoch, the filter, stage 2
+    assert [e["global_step"] for e in events if e["event"] == "checkpoint"] == [1, 3, 3, 4]
+    columns = ["step", "stage", "fold", "epoch", "train_loss", "val_lwlrap", "cv_lwlrap", "rung_score"]
+    history = pd.read_csv(Path(result.outputs_dir) / "history.csv")[columns]
+    twin_history = pd.read_csv(Path(twin.outputs_dir) / "history.csv")[columns]
+    pd.testing.assert_frame_equal(twin_history, history, check_exact=False, rtol=0, atol=1e-6)
+    weights = load_file(Path(result.outputs_dir) / "weights" / "fold0.safetensors")
+    twin_weights = load_file(Path(twin.outputs_dir) / "weights" / "fold0.safetensors")
+    for name, tensor in weights.items():
+        np.testing.assert_allclose(twin_weights[name].numpy(), tensor.numpy(), rtol=0, atol=1e-6, err_msg=name)
+    assert twin.metrics["cv_lwlrap"] == pytest.approx(result.metrics["cv_lwlrap"], abs=1e-6)
+
+
+def test_a_pickle_planted_in_a_checkpoint_is_never_loaded(tiny_run, demo_data):
+    """Issue 12: anyone who can write to --storage could put a pickle in a checkpoint, which the
+    old format loaded (torch.load(weights_only=False)) on every resuming worker. Every file of
+    the run's checkpoints that is not JSON becomes a pickle that writes a marker file when
+    loaded, and a train_state.pt (the old format's name) is added: a rerun is refused with an
+    error that says why, and the pickle never runs."""
+    import pickle
+
+    class WritesMarker:
+        def __reduce__(self):
+            return (Path.write_text, (marker, "pickle code ran"))
+
+    result, out, _ = tiny_run
+    marker = out / "pickle-ran"
+    evil = pickle.dumps(WritesMarker())
+    run_dir = Path(result.run_dir)
+    originals = {p: p.read_bytes() for p in run_dir.glob("checkpoint_*/**/*") if p.is_file()}
+    assert originals
+    planted = [p for p in originals if p.suffix != ".json"]
+    planted += [d / "train_state.pt" for d in run_dir.glob("checkpoint_*") if d.is_dir()]
+    try:
+        for path in planted:
+            path.write_bytes(evil)
+        with pytest.raises(Exception) as refused:
+            fit_pipeline(Config.from_dict(TINY), demo_data, str(out / "results"), "tiny",
+                         feature_cache=str(out / "cache"), progress=False)
+    finally:
+        for path in planted:
+            path.unlink(missing_ok=True)
+        for path, data in originals.items():
+            path.write_bytes(data)
+    assert not marker.exists(), "a pickle planted in a checkpoint was loaded"
+    from raytag.errors import CheckpointError  # the driver refuses before any worker starts
+
+    assert isinstance(refused.value, CheckpointError), refused.value
+    assert "train_state.pt" in str(refused.value) and "no longer loads pickles" in str(refused.value)
 
 
 def _registered_step(run_dir: Path) -> int:

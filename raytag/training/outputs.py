@@ -52,7 +52,7 @@ class TrialOutputError(RaytagError):
 
 
 def _load(path: Path):
-    data = np.load(path)
+    data = np.load(path, allow_pickle=False)
     return [str(i) for i in data["ids"]], data["probs"]
 
 
@@ -80,7 +80,10 @@ def _split_tag(tag: str):
     return tag, -1
 
 
-def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store) -> tuple[dict, pd.DataFrame]:
+def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store,
+                  history: list[dict]) -> tuple[dict, pd.DataFrame]:
+    """The trial outputs in `staging`, from a finished run's files (`ckpt_out`: its
+    predictions, weights, filter decisions) and its reports (`history`)."""
     cfg = plan.config
     classes = plan.classes
     run = cfg.name
@@ -153,7 +156,7 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store) -> tuple[
     skipped = pd.concat([dataset.skipped, getattr(store, "failed", pd.DataFrame(columns=["file", "reason"]))])
     skipped.to_csv(staging / SKIPPED, index=False)
 
-    history = _history(ckpt_out)
+    history = pd.DataFrame(history)
     history.to_csv(staging / HISTORY, index=False)
     metrics = {
         "cv_lwlrap": cv,
@@ -164,12 +167,6 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store) -> tuple[
         "n_skipped": int(len(skipped)),
     }
     return metrics, stages
-
-
-def _history(ckpt_out: Path) -> pd.DataFrame:
-    """Every report of the run (one per epoch, one per filter step), from the checkpoint."""
-    state = json.loads((ckpt_out.parent / "state.json").read_text())
-    return pd.DataFrame(state["history"])
 
 
 def model_card(plan) -> dict:

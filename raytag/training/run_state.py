@@ -1,14 +1,15 @@
 """The run state of one pipeline run on a worker, and the context every step sees.
 
-`RunState` keeps the run's progress and outputs so far (predictions, filter decisions,
-fold weights) in a local folder that every checkpoint copies; `_Context` bundles the
+`RunState` keeps the run's progress and the files its steps made so far (predictions,
+filter decisions, fold weights) in a local folder; each file is persisted once to
+`<run_dir>/run_files/` and checkpoints list the ones they rely on (checkpoint.py holds the
+train state's format); `_Context` bundles the
 plan, the feature store, this worker's rank and device, and the run state, and derives
 the data sets each step trains and predicts on.
 """
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -16,13 +17,17 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from raytag import storage as files  # local folder or URI through pyarrow.fs
+from raytag.errors import CheckpointError
+from raytag.training.checkpoint import load_train_state, save_train_state
 from raytag.training.dataset import LabelledSet
 from raytag.training.inference import embed_segments, iter_store_clips, predict_segments
 from raytag.training.steps import Step
 
-STATE_FILE = "state.json"
-TRAIN_STATE_FILE = "train_state.pt"
-OUTPUTS = "outputs"  # sub-folder of a checkpoint that becomes the trial's outputs
+STATE_FILE = "state.json"  # in a checkpoint: progress (step, epoch, history, stage rows)
+RUN_FILES_MANIFEST = "run_files.json"  # in a checkpoint: the run files it relies on, with their hashes
+RUN_FILES = "run_files"  # <run_dir>/run_files/: what the steps made, each file written there once
+OUTPUTS = "outputs"  # the local folder of a worker's run files
 
 
 # ----------------------------------------------------------------------------- distributed helpers
@@ -51,20 +56,75 @@ def _share_rank0_buffers(net: torch.nn.Module, world_size: int) -> None:
 
 
 class RunState:
-    """Progress and outputs of the run, kept in a local folder that every checkpoint copies."""
+    """Progress of the run and the files its steps make (predictions, fold weights, filter
+    decisions), kept in a local folder. Rank 0 persists each new file once, when the next
+    checkpoint is written, to `<run_dir>/run_files/`, and every checkpoint lists the files it
+    relies on (`run_files.json`: name, size, SHA-256); nothing is copied again."""
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, run_files: str):
         self.work = work
         self.out = work / OUTPUTS
         self.out.mkdir(parents=True, exist_ok=True)
+        self.run_files = run_files  # a folder or URI under --storage
         self.progress = {"step": 0, "epoch": 0, "global_step": 0, "stage_rows": [], "history": []}
+        self.persisted: dict[str, dict] = {}  # name -> {"bytes", "sha256"} of files in run_files
+        self._seen: dict[str, tuple] = {}  # name -> (size, mtime) of the local file last hashed
 
     @classmethod
-    def restore(cls, ckpt_dir: Path, work: Path) -> "RunState":
-        state = cls(work)
-        shutil.copytree(ckpt_dir / OUTPUTS, state.out, dirs_exist_ok=True)
-        state.progress = json.loads((ckpt_dir / STATE_FILE).read_text())
-        return state
+    def restore(cls, ckpt_dir: Path, work: Path, run_files: str) -> tuple["RunState", dict]:
+        """The run state and the train state (model, optimizer...) of a checkpoint. The
+        run files it lists are copied from `run_files` and checked against their hashes;
+        files there that it does not list (made after it) are left alone."""
+        train_state = load_train_state(ckpt_dir)  # refuses a pickle before anything else is read
+        state = cls(work, run_files)
+        state.progress = _read_json(ckpt_dir / STATE_FILE)
+        listed = _read_json(ckpt_dir / RUN_FILES_MANIFEST).get("files")
+        if not isinstance(listed, dict):
+            raise CheckpointError(f"{ckpt_dir / RUN_FILES_MANIFEST}: no 'files' mapping")
+        where = str(ckpt_dir / RUN_FILES_MANIFEST)
+        for name, entry in listed.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+                raise CheckpointError(f"{where}: entry {name!r} has no SHA-256")
+            local = Path(files.safe_join(state.out, name, where=where, error=CheckpointError))
+            source = files.safe_join(run_files, name, where=where, error=CheckpointError)
+            try:
+                files.copy_file(source, str(local))
+            except OSError as err:  # FileNotFoundError locally; an object store's own error otherwise
+                raise CheckpointError(f"{source}: missing, but the checkpoint {ckpt_dir} relies on it "
+                                      f"({err}); the run folder is incomplete (delete it to train again)") from None
+            if files.sha256_file(str(local)) != entry["sha256"]:
+                raise CheckpointError(f"{source}: changed since the checkpoint {ckpt_dir} listed it "
+                                      "(SHA-256 differs); delete the run folder to train again")
+            state.persisted[name] = dict(entry)
+            state._seen[name] = _signature(local)
+        return state, train_state
+
+    def persist_new_files(self) -> int:
+        """Copy the files made (or changed) since the last call to `run_files`; bytes copied."""
+        written = 0
+        for path in sorted(p for p in self.out.rglob("*") if p.is_file()):
+            name = path.relative_to(self.out).as_posix()
+            signature = _signature(path)
+            if self._seen.get(name) == signature:
+                continue
+            digest = files.sha256_file(str(path))
+            self._seen[name] = signature
+            if self.persisted.get(name, {}).get("sha256") == digest:
+                continue
+            files.copy_file(str(path), files.join(self.run_files, name))
+            self.persisted[name] = {"bytes": signature[0], "sha256": digest}
+            written += signature[0]
+        return written
+
+    def write_checkpoint(self, train_state: dict, into: Path) -> dict:
+        """A checkpoint in `into`: train state (safetensors + JSON), progress, and the list of
+        run files, after persisting the new ones. Returns the bytes written, by kind."""
+        persisted = self.persist_new_files()
+        state_bytes = save_train_state(into, train_state)
+        (into / STATE_FILE).write_text(json.dumps(self.progress))
+        (into / RUN_FILES_MANIFEST).write_text(json.dumps({"folder": RUN_FILES, "files": self.persisted}))
+        return {"run_files": persisted, "train_state": state_bytes,
+                "progress": (into / STATE_FILE).stat().st_size + (into / RUN_FILES_MANIFEST).stat().st_size}
 
     # predictions are saved as npz: ids + probs
     def save_preds(self, name: str, ids: list[str], probs: np.ndarray):
@@ -76,7 +136,7 @@ class RunState:
         path = self.out / "preds" / f"{name}.npz"
         if not path.exists():
             return None
-        data = np.load(path)
+        data = np.load(path, allow_pickle=False)
         return list(data["ids"]), data["probs"]
 
     def save_weights(self, name: str, model: torch.nn.Module):
@@ -94,11 +154,20 @@ class RunState:
         path = self.out / rel
         return json.loads(path.read_text()) if path.exists() else None
 
-    def write_checkpoint(self, train_state: dict, into: Path):
-        shutil.copytree(self.out, into / OUTPUTS, dirs_exist_ok=True)
-        torch.save(train_state, into / TRAIN_STATE_FILE)
-        (into / STATE_FILE).write_text(json.dumps(self.progress))
 
+
+def _signature(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; not a checkpoint of this raytag") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
 
 
 # ----------------------------------------------------------------------------- context

@@ -2,8 +2,8 @@
 
 `fit_pipeline` loads and checks the dataset, builds (or reuses) the feature store,
 fixes the plan (folds, noisy subset), runs every stage on one worker group, and turns
-the final checkpoint into the trial outputs that search and ensemble read
-(docs/ARCHITECTURE.md, "Trial outputs")."""
+the final checkpoint (and the run files it lists) into the trial outputs that search and
+ensemble read (docs/ARCHITECTURE.md, "Trial outputs")."""
 from __future__ import annotations
 
 import os
@@ -23,9 +23,11 @@ from raytag.data.layouts import load_dataset
 from raytag.errors import RaytagError
 from raytag.features.store import build_feature_store, default_feature_cache
 from raytag.session import ensure_ray
+from raytag.training.checkpoint import check_legacy_checkpoints
 from raytag.training.outputs import OUTPUTS_DIR, write_metrics, write_outputs
 from raytag.training.plan import build_plan
 from raytag.training.progress import EpochEvent, epoch_events
+from raytag.training.run_state import RUN_FILES, RunState
 from raytag.training.steps import build_steps
 from raytag.training.worker import train_loop_per_worker
 
@@ -62,17 +64,22 @@ def fit_pipeline(
     started = time.time()
     ensure_ray()
     storage = files.absolute(storage)
+    run_dir = files.join(storage, name)
+    check_legacy_checkpoints(run_dir)  # before any worker could load one
+    run_files = files.join(run_dir, RUN_FILES)
     dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
 
     watch = (epoch_events(on_epoch, build_steps(cfg, plan.folds), cfg.cv.n_folds) if on_epoch
              else nullcontext([]))
     with watch as epoch_callbacks:
-        result = _fit_worker_group(cfg, plan, storage, name, [*callbacks, *epoch_callbacks])
+        result = _fit_worker_group(cfg, plan, storage, name, run_files, [*callbacks, *epoch_callbacks])
     if result.checkpoint is None:
         raise RaytagError(f"run {name} ended without a checkpoint: {result.error}")
-    run_dir = files.join(storage, name)
-    with result.checkpoint.as_directory() as ckpt, tempfile.TemporaryDirectory() as staging:
-        metrics, stages = write_outputs(Path(ckpt) / OUTPUTS_DIR, Path(staging), plan, dataset, store)
+    with result.checkpoint.as_directory() as ckpt, tempfile.TemporaryDirectory() as work, \
+            tempfile.TemporaryDirectory() as staging:
+        state, _ = RunState.restore(Path(ckpt), Path(work), run_files)  # the run files it lists
+        metrics, stages = write_outputs(state.out, Path(staging), plan, dataset, store,
+                                        history=state.progress["history"])
         metrics["seconds"] = round(time.time() - started, 1)
         write_metrics(Path(staging), metrics)
         outputs_dir = files.join(run_dir, OUTPUTS_DIR)
@@ -80,7 +87,7 @@ def fit_pipeline(
     return PipelineResult(run_dir=run_dir, outputs_dir=outputs_dir, metrics=metrics, stages=stages)
 
 
-def _fit_worker_group(cfg: Config, plan, storage: str, name: str, callbacks: list):
+def _fit_worker_group(cfg: Config, plan, storage: str, name: str, run_files: str, callbacks: list):
     """One TorchTrainer over every step of the plan; its ray.train.Result."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -92,7 +99,8 @@ def _fit_worker_group(cfg: Config, plan, storage: str, name: str, callbacks: lis
     trainer = TorchTrainer(
         train_loop_per_worker,
         # RAYTAG_TRACE (a test hook) travels in the config: workers do not see driver env changes
-        train_loop_config={"plan": plan, "trace": os.environ.get("RAYTAG_TRACE")},
+        train_loop_config={"plan": plan, "run_files": run_files, "trace": os.environ.get("RAYTAG_TRACE"),
+                           "fail_once": os.environ.get("RAYTAG_FAIL_ONCE")},
         torch_config=TorchConfig(backend=None if t.ddp_backend == "auto" else t.ddp_backend),
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                                resources_per_worker=resources),

@@ -1,11 +1,14 @@
 """`train_loop_per_worker`: every stage of one pipeline run on one Ray Train worker group.
 
 Starting a worker group costs ~20 s here, so one group runs all steps (steps.py) in
-order. Every epoch ends with `ray.train.report` and, from rank 0, a checkpoint holding
-the whole run state: progress (step, epoch), model, optimizer, scheduler, RNG states,
-and every output so far (predictions, fold weights, filter decisions). A restarted
-group (FailureConfig) or a rerun with the same name and storage loads the latest
-checkpoint and continues at the next epoch of the same step.
+order. Every epoch ends with `ray.train.report`; every `train.checkpoint_every` epochs, at
+the end of every step and after every filter step, rank 0 adds a checkpoint: progress
+(step, epoch), model, optimizer, scheduler and RNG states (safetensors + JSON, never a
+pickle: checkpoint.py), and the list of the run files it relies on. The run files
+themselves (predictions, fold weights, filter decisions) are written once to
+`<run_dir>/run_files/` when first checkpointed (run_state.py), not into every checkpoint.
+A restarted group (FailureConfig) or a rerun with the same name and storage loads the
+latest checkpoint and continues at the next epoch of the same step.
 
 This module is the loop; the run state and the context each step sees are in
 run_state.py, the filter, pseudo-label and fold-start steps in stage_steps.py, and the
@@ -16,7 +19,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -30,11 +32,12 @@ from raytag.data.layouts import load_dataset
 from raytag.features.store import FeatureStore, build_feature_store, default_feature_cache
 from raytag.metrics import layout_metric
 from raytag.models import build_model
+from raytag.training.checkpoint import capture_rng, restore_rng
 from raytag.training.dataset import CropBatches
 from raytag.training.epoch import _cv_so_far, _evaluate, _optimizer, _train_epoch
 from raytag.training.losses import build_loss, small_loss_keep
 from raytag.training.rungs import RUNG_SCORE, rung_metrics
-from raytag.training.run_state import TRAIN_STATE_FILE, RunState, _Context, _unwrap
+from raytag.training.run_state import RunState, _Context, _unwrap
 from raytag.training.stage_steps import _run_filter, _start_step, finish_fold_early, stage2_adds_nothing
 from raytag.training.steps import Step, build_steps, last_training_step_of_fold
 
@@ -48,14 +51,15 @@ def _world() -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- checkpoints and tracing
-def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def _set_rng_state(state: dict):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+def _fail_once(spec: str | None, global_step: int):
+    """Test hook: RAYTAG_FAIL_ONCE=<global step>:<marker file> makes rank 0 fail once at the
+    start of that epoch (the marker records that it did), so FailureConfig restarts the group."""
+    if not spec:
+        return
+    at, marker = spec.split(":", 1)
+    if int(at) == global_step and _world()[0] == 0 and not os.path.exists(marker):
+        Path(marker).write_text(str(os.getpid()))
+        raise RuntimeError(f"RAYTAG_FAIL_ONCE: injected failure at the start of epoch {global_step}")
 
 
 def _trace(event: dict):
@@ -108,11 +112,10 @@ def train_loop_per_worker(loop_config: dict):
     train_state = None
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state = RunState.restore(Path(d), work)
-            train_state = torch.load(Path(d) / TRAIN_STATE_FILE, weights_only=False)
+            state, train_state = RunState.restore(Path(d), work, loop_config["run_files"])
         _trace({"event": "resume", "rank": rank, **{k: state.progress[k] for k in ("step", "epoch", "global_step")}})
     else:
-        state = RunState(work)
+        state = RunState(work, loop_config["run_files"])
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, plan.n_classes, plan.channels, plan.bins)
@@ -123,7 +126,7 @@ def train_loop_per_worker(loop_config: dict):
     model = ray.train.torch.prepare_model(model)
     if train_state is not None:
         _unwrap(model).load_state_dict(train_state["model"])
-        _set_rng_state(train_state["rng"])
+        restore_rng(train_state["rng"])
 
     optimizer = scheduler = None
     step_built = None  # index of the step the optimizer belongs to
@@ -161,6 +164,7 @@ def train_loop_per_worker(loop_config: dict):
 
         _trace({"event": "epoch_start", "rank": rank, "step": i, "epoch": epoch,
                 "global_step": state.progress["global_step"], "stage": step.stage_name})
+        _fail_once(loop_config.get("fail_once"), state.progress["global_step"])
         seed = int(cfg.seed * 1_000_003 + state.progress["global_step"])
         loss = _train_epoch(ctx, model, optimizer, scheduler, loss_fn, batches, seed, step,
                             keep=small_loss_keep(cfg.train.loss, epoch))
@@ -171,10 +175,12 @@ def train_loop_per_worker(loop_config: dict):
         metrics = {"train_loss": loss, "step_epoch": epoch + 1}
         metrics.update(_evaluate(ctx, model, step, final=finished_step,
                                  is_fold_final=final_step_of_fold.get(step.fold) == i))
+        # a step's end always checkpoints: its predictions and weights are made then
+        due = finished_step or state.progress["epoch"] % cfg.train.checkpoint_every == 0
         if finished_step:
             state.progress["step"] += 1
             state.progress["epoch"] = 0
-        _report(ctx, model, optimizer, scheduler, steps, step, metrics, checkpoint=True)
+        _report(ctx, model, optimizer, scheduler, steps, step, metrics, checkpoint=due)
 
     shutil.rmtree(work, ignore_errors=True)
 
@@ -221,13 +227,17 @@ def _report(ctx: _Context, model, optimizer, scheduler, steps: list[Step], step:
         ray.train.report(row)
         return
     with tempfile.TemporaryDirectory() as tmp:
+        mid_step = bool(progress["epoch"])  # at a step's end the next step builds a new optimizer
         train_state = {
             "model": _unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "step": progress["step"] if progress["epoch"] else None,  # mid-step: optimizer resumes
-            "rng": _rng_state(),
+            "optimizer": optimizer.state_dict() if optimizer is not None and mid_step else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None and mid_step else None,
+            "step": progress["step"] if mid_step else None,  # mid-step: optimizer resumes
+            "rng": capture_rng(),
         }
-        ctx.state.write_checkpoint(train_state, Path(tmp))
+        started = time.perf_counter()
+        written = ctx.state.write_checkpoint(train_state, Path(tmp))
         ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        _trace({"event": "checkpoint", "rank": ctx.rank, "global_step": progress["global_step"],
+                "seconds": time.perf_counter() - started, **{f"bytes_{k}": v for k, v in written.items()}})
 
