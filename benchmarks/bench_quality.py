@@ -185,11 +185,22 @@ def config_for(config_file: str, overrides: dict, epochs: int, folds: list[int] 
     return cfg.with_overrides(over)
 
 
+# settings that change how a run is executed, not what it learns: left out of the row's hash so
+# that finished rows stay reusable when such a setting is added
+OPERATIONAL = {"train": ("checkpoint_every", "ddp_backend")}
+
+
+def config_hash(cfg) -> str:
+    d = {k: v for k, v in cfg.to_dict().items() if k != "name"}
+    for section, keys in OPERATIONAL.items():
+        d[section] = {k: v for k, v in d[section].items() if k not in keys}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def run_raytag(row: str, cfg, data: Path, features: Path) -> dict:
     from raytag.training.runner import fit_pipeline
 
-    blob = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "name"}, sort_keys=True)
-    name = f"{row}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+    name = f"{row}-{config_hash(cfg)}"
     outputs = STORAGE / name / "outputs"
     info_path = STORAGE / name / "bench.json"
     if info_path.is_file():
@@ -408,8 +419,7 @@ def main():
             continue
         cfg = config_for(config_file, over, args.epochs, folds)
         if args.report_only:
-            blob = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "name"}, sort_keys=True)
-            path = STORAGE / f"{row}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}" / "bench.json"
+            path = STORAGE / f"{row}-{config_hash(cfg)}" / "bench.json"
             if path.is_file():
                 results[row] = json.loads(path.read_text())
             continue
