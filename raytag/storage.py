@@ -251,6 +251,16 @@ def list_files(path) -> list[str]:
     return sorted(out)
 
 
+def list_dir(path) -> dict[str, tuple]:
+    """The files directly in a folder (not below): name -> (size, mtime). A missing folder has none."""
+    fs, inner = resolve(path)
+    if fs.get_file_info(inner).type != pafs.FileType.Directory:
+        return {}
+    return {info.base_name: (info.size, info.mtime_ns)
+            for info in fs.get_file_info(pafs.FileSelector(inner, recursive=False))
+            if info.type == pafs.FileType.File}
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -37,6 +37,7 @@ from raytag.errors import DatasetError, RaytagError, StorageError
 from raytag.search.leaderboard import TRIAL_RESULT, build_leaderboard, error_reason
 from raytag.search.report import save_report
 from raytag.search.space import SearchSpace, describe, load_space, parse_space
+from raytag.search.tune_state import StateBackup, repair_state
 from raytag.session import ensure_ray
 from raytag.training.rungs import RUNG_EPOCH, RUNG_SCORE
 from raytag.training.runner import fit_pipeline
@@ -376,6 +377,10 @@ def run_sweep(
                 "or give --name for a new one"
             )
         if resume and restorable:
+            repaired = repair_state(exp_dir)  # a state file cut short by a storage fault
+            if repaired:
+                say(f"note: {', '.join(repaired)} was cut short when the storage failed; "
+                    "resuming from its last complete copy")
             stored = files.read_text(files.join(exp_dir, "space.yaml"))
             if stored != space.text:
                 say(f"note: {space_path} changed since the sweep started; resuming with the stored space")
@@ -442,7 +447,7 @@ def run_sweep(
                     # result.json per trial even where TUNE_DISABLE_AUTO_CALLBACK_LOGGERS is set:
                     # the leaderboard and `raytag report` read it back
                     callbacks=[SweepProgress(space.search.metric, progress), JsonLoggerCallback(), CSVLoggerCallback(),
-                               StorageWatch([exp_dir, setup.trials_dir], name)],
+                               StorageWatch(exp_dir, setup.trials_dir, name)],
                     stop=EpochBudget(s.epoch_budget) if s.epoch_budget else None,
                     failure_config=tune.FailureConfig(max_failures=0),  # worker restarts live in train.max_failures
                     verbose=0,
@@ -546,16 +551,18 @@ def _short(config: dict) -> str:
 # ----------------------------------------------------------------------------- storage faults
 class StorageWatch(_TuneCallback):
     """Stops the sweep, with a StorageError naming the path, once its storage cannot be
-    written (a full disk, lost permission, a file where a folder was).
+    written (a full disk, lost permission, a file where a folder was); while it can, keeps
+    a complete copy of Tune's state (raytag.search.tune_state) for --resume.
 
     Without it every later trial would fail in turn and Tune would only log that the
     experiment state no longer saves. Stopping at once keeps the last saved state (the
     running trial still running, its last Train checkpoint intact), so `--resume` continues
-    from there once the storage is fixed. A small file is written and removed every
-    `every_s` seconds in each folder."""
+    from there once the storage is fixed. Every `every_s` seconds a small file is written
+    and removed in the experiment and trials folders."""
 
-    def __init__(self, folders: list[str], name: str, every_s: float = 2.0):
-        self.folders, self.name, self.every_s = list(folders), name, every_s
+    def __init__(self, exp_dir: str, trials_dir: str, name: str, every_s: float = 2.0):
+        self.folders, self.name, self.every_s = [exp_dir, trials_dir], name, every_s
+        self.backup = StateBackup(exp_dir)
         self._last: Optional[float] = None  # None: probe at the next step
 
     def setup(self, **info):
@@ -566,12 +573,14 @@ class StorageWatch(_TuneCallback):
         if self._last is not None and now - self._last < self.every_s:
             return
         self._last = now
-        for folder in self.folders:
-            try:
+        try:
+            for folder in self.folders:
                 files.check_writable(folder)
-            except StorageError as err:
-                raise StorageError(
-                    f"{err}\nThe sweep stopped. Free space or restore write access there, then run "
-                    f"the same `raytag tune ... --name {self.name}` with --resume: finished trials are "
-                    "kept and the others continue from their last checkpoint."
-                ) from None
+            self.backup.update()
+        except (StorageError, OSError) as err:
+            reason = err if isinstance(err, StorageError) else f"cannot write to {self.folders[0]}: {err}"
+            raise StorageError(
+                f"{reason}\nThe sweep stopped. Free space or restore write access there, then run "
+                f"the same `raytag tune ... --name {self.name}` with --resume: finished trials are "
+                "kept and the others continue from their last checkpoint."
+            ) from None
