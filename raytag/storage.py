@@ -156,6 +156,11 @@ def makedirs(path) -> None:
     fs.create_dir(inner, recursive=True)
 
 
+def remove_file(path) -> None:
+    """Delete a file (no error if it is absent)."""
+    _remove(path)
+
+
 def remove_tree(path) -> None:
     """Delete a folder and everything under it (no error if it is absent)."""
     fs, inner = resolve(path)

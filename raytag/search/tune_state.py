@@ -8,7 +8,9 @@ the error and starts the sweep again from nothing (seen with Ray 2.60: the runni
 ran again under a new id, the finished ones were forgotten). `StateBackup.update` keeps a
 copy of the whole set whenever every file of it is complete (each copy written under a
 temporary name, then renamed); `repair_state` puts that copy back before a resume when
-a state file is damaged.
+a state file is damaged. Ray Train's own record of a trial's checkpoints
+(`checkpoint_manager_snapshot.json`, also rewritten in place) is set aside when damaged
+(`set_aside_damaged_snapshot`): that trial then trains again from its first epoch.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from raytag.errors import StorageError
 
 STATE_PREFIXES = ("experiment_state-", "search_gen_state-", "searcher-state-")
 BACKUP_DIR = ".tune-state"
+TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's list of a run's checkpoints
 
 
 def state_files(exp_dir: str) -> dict[str, tuple]:
@@ -81,3 +84,18 @@ def repair_state(exp_dir: str) -> list[str]:
     for name in saved:  # the whole set, so the trials and Optuna's study agree
         files.write_bytes(files.join(exp_dir, name), files.read_bytes(files.join(backup, name)))
     return damaged
+
+
+def set_aside_damaged_snapshot(run_dir: str) -> bool:
+    """Rename a cut-short Ray Train checkpoint list of a run (`<run_dir>/<TRAIN_SNAPSHOT>`) to
+    `.damaged`, so the run starts again from its first epoch instead of failing to load it
+    (training is seeded: it ends with the same result). True when one was set aside."""
+    path = files.join(run_dir, TRAIN_SNAPSHOT)
+    if not files.exists(path):
+        return False
+    data = files.read_bytes(path)
+    if is_complete(TRAIN_SNAPSHOT, data):
+        return False
+    files.write_bytes(path + ".damaged", data)
+    files.remove_file(path)
+    return True

@@ -37,7 +37,7 @@ from raytag.errors import DatasetError, RaytagError, StorageError
 from raytag.search.leaderboard import TRIAL_RESULT, build_leaderboard, error_reason
 from raytag.search.report import save_report
 from raytag.search.space import SearchSpace, describe, load_space, parse_space
-from raytag.search.tune_state import StateBackup, repair_state
+from raytag.search.tune_state import StateBackup, repair_state, set_aside_damaged_snapshot
 from raytag.session import ensure_ray
 from raytag.training.rungs import RUNG_EPOCH, RUNG_SCORE
 from raytag.training.runner import fit_pipeline
@@ -91,6 +91,8 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         return
 
     cfg = setup.space.trial_config(config)
+    # a storage fault that cut Ray Train's checkpoint list short: train this trial again from its start
+    set_aside_damaged_snapshot(files.join(setup.trials_dir, trial_id))
     fit = setup.trial_fn
     if fit is None:
         fit = fit_pipeline
