@@ -216,7 +216,13 @@ class ChaosMonkey(threading.Thread):
             except ProcessLookupError:  # it ended between the trace line and now: try again
                 return
         self.last_strike = time.time()
+        # the epoch the workers really were in when they died (the trace up to the strike)
+        fault.epoch = max(fault.epoch, self._last_start())
         self.struck.append(fault)
+
+    def _last_start(self) -> int:
+        starts = [e for e in _events(self.sweep.trace) if e["event"] == "epoch_start"]
+        return starts[-1]["global_step"] if starts else -1
 
 
 @pytest.fixture(scope="module")
