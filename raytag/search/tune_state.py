@@ -33,16 +33,21 @@ def state_files(exp_dir: str) -> dict[str, tuple]:
 
 def is_complete(name: str, data: bytes) -> bool:
     """True when a state file parses to its end: JSON, or a pickle whose opcodes run to
-    STOP (checked without unpickling, so nothing in it runs)."""
+    STOP (checked without unpickling, so nothing in it runs). By content, not by name:
+    Tune's search_gen_state-*.json is a pickle."""
+    if not data:
+        return False
     try:
-        if name.endswith(".json"):
-            json.loads(data)
-        else:
-            for _ in pickletools.genops(data):
-                pass
+        json.loads(data)
+        return True
+    except ValueError:
+        pass
+    try:
+        for _ in pickletools.genops(data):
+            pass
     except Exception:  # noqa: BLE001 - any parse error means cut short or damaged
         return False
-    return bool(data)
+    return True
 
 
 class StateBackup:
