@@ -156,6 +156,11 @@ def makedirs(path) -> None:
     fs.create_dir(inner, recursive=True)
 
 
+def remove_file(path) -> None:
+    """Delete a file (no error if it is absent)."""
+    _remove(path)
+
+
 def remove_tree(path) -> None:
     """Delete a folder and everything under it (no error if it is absent)."""
     fs, inner = resolve(path)
@@ -178,12 +183,27 @@ def write_bytes(path, data: bytes) -> None:
     fs.create_dir(posixpath.dirname(inner), recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = f"{inner}.{uuid.uuid4().hex[:8]}.tmp"
-        with fs.open_output_stream(tmp) as out:
-            out.write(data)
-        fs.move(tmp, inner)
+        try:
+            with fs.open_output_stream(tmp) as out:
+                out.write(data)
+            fs.move(tmp, inner)
+        except OSError:  # a full disk: leave no half-written temporary behind
+            _remove(tmp)
+            raise
     else:
         with fs.open_output_stream(inner) as out:
             out.write(data)
+
+
+def check_writable(folder) -> None:
+    """StorageError naming `folder` unless a small file can be written there and removed:
+    a full disk, lost write permission, or a file where the folder should be."""
+    probe = join(folder, f".raytag-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        write_bytes(probe, b"ok")
+        _remove(probe)
+    except OSError as err:  # pyarrow's IO errors are OSErrors too
+        raise StorageError(f"cannot write to {folder}: {err}") from err
 
 
 def read_text(path) -> str:
@@ -242,6 +262,16 @@ def list_dir(path) -> list[str]:
     if fs.get_file_info(inner).type != pafs.FileType.Directory:
         return []
     return sorted(posixpath.basename(info.path.rstrip("/")) for info in fs.get_file_info(pafs.FileSelector(inner)))
+
+
+def file_stamps(path) -> dict[str, tuple]:
+    """The files directly in a folder (not below): name -> (size, mtime). A missing folder has none."""
+    fs, inner = resolve(path)
+    if fs.get_file_info(inner).type != pafs.FileType.Directory:
+        return {}
+    return {info.base_name: (info.size, info.mtime_ns)
+            for info in fs.get_file_info(pafs.FileSelector(inner, recursive=False))
+            if info.type == pafs.FileType.File}
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -376,27 +406,33 @@ def folder_lock(folder, what: str, clear_hint: str = "") -> Iterator[dict]:
     me = {**_this_process(), "token": uuid.uuid4().hex,
           "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv)}
     data = json.dumps(me, indent=1).encode()
-    for _ in range(3):
-        holder = _read_lock(path)
-        if holder is not None:
-            if not _holder_is_gone(holder):
-                raise LockHeld(
-                    f"{what} is in use: {path} is held by pid {holder.get('pid')} on host "
-                    f"{holder.get('host')} since {holder.get('started')} ({holder.get('command', '?')}). "
-                    f"Wait for that run to finish or stop it. If it is gone (its machine died), "
-                    f"delete {path}{clear_hint}."
-                )
-            _remove(path)  # its process is dead: a stale lock must not block a resume
-        if _create_exclusive(path, data):
-            break
-    else:
-        raise LockHeld(f"{what}: could not take the lock {path}; another run keeps taking it")
+    try:
+        for _ in range(3):
+            holder = _read_lock(path)
+            if holder is not None:
+                if not _holder_is_gone(holder):
+                    raise LockHeld(
+                        f"{what} is in use: {path} is held by pid {holder.get('pid')} on host "
+                        f"{holder.get('host')} since {holder.get('started')} ({holder.get('command', '?')}). "
+                        f"Wait for that run to finish or stop it. If it is gone (its machine died), "
+                        f"delete {path}{clear_hint}."
+                    )
+                _remove(path)  # its process is dead: a stale lock must not block a resume
+            if _create_exclusive(path, data):
+                break
+        else:
+            raise LockHeld(f"{what}: could not take the lock {path}; another run keeps taking it")
+    except OSError as err:  # the storage itself is unwritable (full, read-only, a file for the folder)
+        raise StorageError(f"{what}: cannot write its lock {path}: {err}") from err
     try:
         yield me
     finally:
-        holder = _read_lock(path)
-        if holder is not None and holder.get("token") == me["token"]:
-            _remove(path)
+        try:
+            holder = _read_lock(path)
+            if holder is not None and holder.get("token") == me["token"]:
+                _remove(path)
+        except OSError:  # storage gone unwritable: the lock of this (ending) process is taken over later
+            pass
 
 
 def _read_lock(path) -> Optional[dict]:
@@ -417,8 +453,12 @@ def _create_exclusive(path, data: bytes) -> bool:
             fd = os.open(inner, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+        except OSError:  # a full disk: an empty lock would look held by an unknown process
+            _remove(path)
+            raise
         return True
     with fs.open_output_stream(inner) as out:
         out.write(data)
@@ -429,5 +469,5 @@ def _remove(path) -> None:
     fs, inner = resolve(path)
     try:
         fs.delete_file(inner)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         pass

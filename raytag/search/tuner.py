@@ -33,10 +33,11 @@ import pandas as pd
 from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.cluster import check_data, check_storage
 from raytag.data.layouts import detect_layout
-from raytag.errors import DatasetError, RaytagError
+from raytag.errors import DatasetError, RaytagError, StorageError
 from raytag.search.leaderboard import TRIAL_RESULT, build_leaderboard, error_reason
 from raytag.search.report import save_report
 from raytag.search.space import SearchSpace, describe, load_space, parse_space
+from raytag.search.tune_state import StateBackup, repair_state, set_aside_damaged_snapshot
 from raytag.session import ensure_ray
 from raytag.training.rungs import RUNG_EPOCH, RUNG_SCORE
 from raytag.training.runner import fit_pipeline
@@ -90,15 +91,21 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         return
 
     cfg = setup.space.trial_config(config)
+    # a storage fault that cut Ray Train's checkpoint list short: train this trial again from its start
+    set_aside_damaged_snapshot(files.join(setup.trials_dir, trial_id))
     fit = setup.trial_fn
     if fit is None:
         fit = fit_pipeline
     last_report: dict = {}
-    result = _fit_forwarding_reports(
-        lambda callbacks: fit(cfg, setup.data, storage=setup.trials_dir, name=trial_id,
-                              callbacks=callbacks, feature_cache=setup.feature_cache, progress=False),
-        last_report,
-    )
+    try:
+        result = _fit_forwarding_reports(
+            lambda callbacks: fit(cfg, setup.data, storage=setup.trials_dir, name=trial_id,
+                                  callbacks=callbacks, feature_cache=setup.feature_cache, progress=False),
+            last_report,
+        )
+    except Exception:
+        files.check_writable(setup.trials_dir)  # a storage fault is the trial's reason, not its crash
+        raise
     metrics = dict(result.metrics)
     metric = setup.space.search.metric
     for key in dict.fromkeys(["cv_lwlrap", metric]):
@@ -364,6 +371,7 @@ def run_sweep(
         check_storage(storage)  # a multi-node cluster needs storage and data every node can read
         check_data(data)
         say = _printer(progress)
+        files.check_writable(exp_dir)  # a full or read-only storage stops here, naming it
         restorable = tune.Tuner.can_restore(exp_dir)
         if restorable and not resume:
             raise RaytagError(
@@ -371,6 +379,10 @@ def run_sweep(
                 "or give --name for a new one"
             )
         if resume and restorable:
+            repaired = repair_state(exp_dir)  # a state file cut short by a storage fault
+            if repaired:
+                say(f"note: {', '.join(repaired)} was cut short when the storage failed; "
+                    "resuming from its last complete copy")
             stored = files.read_text(files.join(exp_dir, "space.yaml"))
             if stored != space.text:
                 say(f"note: {space_path} changed since the sweep started; resuming with the stored space")
@@ -436,13 +448,16 @@ def run_sweep(
                     storage_path=storage,
                     # result.json per trial even where TUNE_DISABLE_AUTO_CALLBACK_LOGGERS is set:
                     # the leaderboard and `raytag report` read it back
-                    callbacks=[SweepProgress(space.search.metric, progress), JsonLoggerCallback(), CSVLoggerCallback()],
+                    callbacks=[SweepProgress(space.search.metric, progress), JsonLoggerCallback(), CSVLoggerCallback(),
+                               StorageWatch(exp_dir, setup.trials_dir, name)],
                     stop=EpochBudget(s.epoch_budget) if s.epoch_budget else None,
                     failure_config=tune.FailureConfig(max_failures=0),  # worker restarts live in train.max_failures
                     verbose=0,
                 ),
             )
-        tuner.fit()  # failed trials are recorded, not raised
+        # failed trials are recorded, not raised; a storage fault stops the sweep (StorageWatch,
+        # which a resumed sweep gets back with the callbacks Tune saved)
+        tuner.fit()
 
         board = build_leaderboard(exp_dir, space)
         plot = save_report(exp_dir, board, space)
@@ -533,3 +548,41 @@ def _short(config: dict) -> str:
         v = f"{v:.3g}" if isinstance(v, float) else v
         parts.append(f"{k.rsplit('.', 1)[-1]}={v}")
     return ", ".join(parts)
+
+
+# ----------------------------------------------------------------------------- storage faults
+class StorageWatch(_TuneCallback):
+    """Stops the sweep, with a StorageError naming the path, once its storage cannot be
+    written (a full disk, lost permission, a file where a folder was); while it can, keeps
+    a complete copy of Tune's state (raytag.search.tune_state) for --resume.
+
+    Without it every later trial would fail in turn and Tune would only log that the
+    experiment state no longer saves. Stopping at once keeps the last saved state (the
+    running trial still running, its last Train checkpoint intact), so `--resume` continues
+    from there once the storage is fixed. Every `every_s` seconds a small file is written
+    and removed in the experiment and trials folders."""
+
+    def __init__(self, exp_dir: str, trials_dir: str, name: str, every_s: float = 2.0):
+        self.folders, self.name, self.every_s = [exp_dir, trials_dir], name, every_s
+        self.backup = StateBackup(exp_dir)
+        self._last: Optional[float] = None  # None: probe at the next step
+
+    def setup(self, **info):
+        self._last = None  # a resumed sweep unpickles the watch with another process's clock
+
+    def on_step_end(self, iteration, trials, **info):
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.every_s:
+            return
+        self._last = now
+        try:
+            for folder in self.folders:
+                files.check_writable(folder)
+            self.backup.update()
+        except (StorageError, OSError) as err:
+            reason = err if isinstance(err, StorageError) else f"cannot write to {self.folders[0]}: {err}"
+            raise StorageError(
+                f"{reason}\nThe sweep stopped. Free space or restore write access there, then run "
+                f"the same `raytag tune ... --name {self.name}` with --resume: finished trials are "
+                "kept and the others continue from their last checkpoint."
+            ) from None

@@ -1,0 +1,453 @@
+"""Faults a sweep must survive (issue 12), on real audio through the command line.
+
+Chaos: a seeded schedule SIGKILLs Train worker processes three times and the sweep driver
+(with its Ray) once while `raytag tune` runs 3 trials; `raytag tune --resume` then finishes
+the sweep. No trial may run twice (each starts from epoch 0 once; a kill costs at most the
+epoch it interrupted) and every trial's CV lwlrap must equal the same sweep's without
+faults (training is seeded).
+
+Storage: the storage fills up (a small tmpfs, where this process may mount one) or its
+trials folder turns into a file (elsewhere) mid-sweep: `raytag tune` stops with one clear
+error that names the path, and once the storage is fixed `--resume` completes the sweep.
+
+The workers' trace hook (RAYTAG_TRACE, raytag.training.worker) says which process runs
+which epoch; each trial's checkpoint_manager_snapshot.json says which checkpoint Ray Train
+would resume from, so a kill always lands after a checkpoint the restart can load."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+
+# 3 trials of a tiny pipeline on 2 workers: warm-up 1 epoch, 2 folds x 2 fine-tune epochs
+EPOCHS_PER_TRIAL = 5
+SPACE = """
+name: chaos
+base:
+  features.n_mels: 32
+  model.name: cnn2d
+  model.width: 8
+  model.depth: 2
+  train.crop_seconds: 1.0
+  train.batch_size: 16
+  train.max_failures: 3
+  cv.n_folds: 2
+  pipeline.noisy_selection.max_per_class: 4
+  pipeline.warmup.epochs: 1
+  pipeline.finetune.epochs: 2
+  pipeline.filter.enabled: false
+  pipeline.pseudo.enabled: false
+  inference.segment_seconds: 1.0
+  inference.overlap: 0.0
+space:
+  train.lr: {loguniform: [5.0e-4, 3.0e-3]}
+search: {samples: SAMPLES, scheduler: fifo, max_concurrent_trials: 1, seed: 0}
+resources: {num_workers: 2, cpus_per_worker: 0.5, trial_cpus: 0.25}
+"""
+CHAOS_SEED = 12
+
+
+def _raytag() -> list[str]:
+    exe = Path(sys.executable).with_name("raytag")
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from raytag.cli import app; app()"]
+
+
+class Sweep:
+    """`raytag tune` of one space in its own process group (its own local Ray)."""
+
+    def __init__(self, tmp: Path, data: Path, storage: Path, name: str, samples: int, trace: Path | None = None):
+        self.tmp, self.data, self.storage, self.name = tmp, data, storage, name
+        self.space = tmp / f"{name}.yaml"
+        self.space.write_text(SPACE.replace("SAMPLES", str(samples)))
+        self.trace = trace
+        self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
+        self.env["RAYTAG_CACHE"] = str(tmp.parent / "features")  # features built once for every sweep
+        if trace is not None:
+            self.env["RAYTAG_TRACE"] = str(trace)
+        self.proc: subprocess.Popen | None = None
+        self.runs = 0
+
+    @property
+    def exp_dir(self) -> Path:
+        return self.storage / self.name
+
+    def start(self, resume: bool = False) -> subprocess.Popen:
+        self.runs += 1
+        args = _raytag() + ["tune", "--space", str(self.space), "--data", str(self.data),
+                            "--storage", str(self.storage), "--name", self.name] + (["--resume"] if resume else [])
+        self.log = self.tmp / f"{self.name}-{self.runs}.log"
+        self.proc = subprocess.Popen(args, env=self.env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        return self.proc
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.end_group()
+
+    def kill(self) -> None:
+        """The head node dies: the driver and every Ray process it started, at once."""
+        self.end_group()
+        self.proc.wait(timeout=30)
+
+    def end_group(self) -> None:
+        try:  # Ray processes the driver started outlive it unless its group is ended
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def board(self) -> pd.DataFrame:
+        return pd.read_csv(self.exp_dir / "leaderboard.csv")
+
+
+def _events(trace: Path) -> list[dict]:
+    if not trace.exists():
+        return []
+    out = []
+    for line in trace.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line being written, or cut by a kill
+            pass
+    return out
+
+
+def _registered_step(run_dir: Path) -> int:
+    """Global step of the latest checkpoint Ray Train registered for a run (what a restart loads)."""
+    try:
+        latest = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text()).get(
+            "latest_checkpoint_result") or {}
+    except (OSError, ValueError):
+        return -1
+    return int(latest.get("metrics", {}).get("step", -1))
+
+
+@dataclass
+class Fault:
+    trial: int  # the sweep's n-th trial
+    step: int  # struck once at least this many epochs are checkpointed and registered
+    target: str  # "worker" (the Train worker of `rank`) or "driver"
+    rank: int = 0
+    registered: int = -1  # when struck: the checkpoint a restart can load
+    epoch: int = -1  # when struck: the epoch the workers were in
+
+
+def chaos_schedule(seed: int, trials: int, worker_kills: int, driver_kills: int) -> list[Fault]:
+    """Distinct (trial, epoch) points in the order they come, never before the first
+    checkpoint (a restart must have one to load) nor after the last epoch."""
+    rng = random.Random(seed)
+    points = rng.sample([(t, s) for t in range(trials) for s in range(1, EPOCHS_PER_TRIAL)],
+                        worker_kills + driver_kills)
+    drivers = set(rng.sample(range(len(points)), driver_kills))
+    faults = [Fault(t, s, "driver" if i in drivers else "worker", rank=rng.randrange(2))
+              for i, (t, s) in enumerate(points)]
+    return sorted(faults, key=lambda f: (f.trial, f.step))
+
+
+class ChaosMonkey(threading.Thread):
+    """Strikes the faults of the schedule in order: each once its trial has registered a
+    checkpoint of at least `step` epochs, while that trial's workers still train.
+
+    Trials are numbered in the order their folders appear under trials/ (one runs at a
+    time); a fault whose trial finished before it could strike is `missed`."""
+
+    def __init__(self, sweep: Sweep, faults: list[Fault]):
+        super().__init__(daemon=True)
+        self.sweep, self.faults = sweep, faults
+        self.trials: list[str] = []  # trial folder names, in the order they appeared
+        self.struck: list[Fault] = []
+        self.last_strike = 0.0  # a worker is struck only if it started after the last strike
+        self.missed: list[Fault] = []
+        self.stop = threading.Event()
+        self.driver_killed = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set() and len(self.struck) + len(self.missed) < len(self.faults):
+            fault = self.faults[len(self.struck) + len(self.missed)]
+            self._note_trials()
+            if len(self.trials) > fault.trial:
+                run_dir = self.sweep.exp_dir / "trials" / self.trials[fault.trial]
+                if (run_dir / "trial_result.json").exists():
+                    self.missed.append(fault)
+                    continue
+                self._strike_if_ready(fault, run_dir)
+            time.sleep(0.02)
+
+    def _note_trials(self):
+        folder = self.sweep.exp_dir / "trials"
+        if folder.is_dir():
+            self.trials += sorted(p.name for p in folder.iterdir()  # not the storage probe's files
+                                  if p.is_dir() and not p.name.startswith(".") and p.name not in self.trials)
+
+    def _strike_if_ready(self, fault: Fault, run_dir: Path):
+        if self.sweep.proc is None or self.sweep.proc.poll() is not None:
+            return
+        registered = _registered_step(run_dir)
+        if not fault.step <= registered < EPOCHS_PER_TRIAL:
+            return
+        starts = [e for e in _events(self.sweep.trace) if e["event"] == "epoch_start" and e["rank"] == fault.rank]
+        if not starts or starts[-1]["global_step"] < registered:  # not this trial's worker (yet)
+            return
+        if starts[-1]["time"] <= self.last_strike:  # its group is still restarting from the last fault
+            return
+        fault.registered, fault.epoch = registered, starts[-1]["global_step"]
+        if fault.target == "driver":
+            self.sweep.kill()
+            self.driver_killed.set()
+        else:
+            try:
+                os.kill(starts[-1]["pid"], signal.SIGKILL)
+            except ProcessLookupError:  # it ended between the trace line and now: try again
+                return
+        self.last_strike = time.time()
+        # the epoch the workers really were in when they died (the trace up to the strike)
+        fault.epoch = max(fault.epoch, self._last_start())
+        self.struck.append(fault)
+
+    def _last_start(self) -> int:
+        starts = [e for e in _events(self.sweep.trace) if e["event"] == "epoch_start"]
+        return starts[-1]["global_step"] if starts else -1
+
+
+@pytest.fixture(scope="module")
+def clean_board(bench_data, tmp_path_factory):
+    """The chaos sweep without faults: the reference for every trial's CV lwlrap."""
+    tmp = tmp_path_factory.mktemp("clean")
+    sweep = Sweep(tmp, bench_data, tmp / "res", "clean", samples=3)
+    sweep.start()
+    assert sweep.wait(timeout=600) == 0, sweep.output()[-4000:]
+    return sweep.board()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.real_audio
+def test_sweep_survives_killed_workers_and_driver(bench_data, clean_board, tmp_path):
+    faults = chaos_schedule(CHAOS_SEED, trials=3, worker_kills=3, driver_kills=1)
+    trace = tmp_path / "trace.jsonl"
+    sweep = Sweep(tmp_path, bench_data, tmp_path / "res", "chaos", samples=3, trace=trace)
+    monkey = ChaosMonkey(sweep, faults)
+    monkey.start()
+    try:
+        sweep.start()
+        while not monkey.driver_killed.wait(0.5):
+            if sweep.proc.poll() is not None and not monkey.driver_killed.wait(5):
+                pytest.fail(f"the sweep ended before its driver was killed: struck {monkey.struck}, "
+                            f"missed {monkey.missed}\n{sweep.output()[-4000:]}")
+        assert not (sweep.exp_dir / "leaderboard.csv").exists()  # the sweep really was cut short
+        sweep.start(resume=True)
+        assert sweep.wait(timeout=600) == 0, sweep.output()[-4000:]
+    finally:
+        monkey.stop.set()
+        monkey.join(timeout=5)
+        sweep.end_group()
+    # every fault struck, and the sweep survived them all
+    assert monkey.struck == faults and not monkey.missed, (monkey.struck, monkey.missed)
+
+    board = sweep.board()
+    assert len(board) == 3 and board["trial_id"].is_unique
+    assert (board["status"] == "ok").all(), board[["trial_id", "status", "reason"]]
+    assert sorted(monkey.trials) == sorted(board["trial_id"])  # no trial started again under a new id
+
+    # No trial ran twice: each started at epoch 0 once, each fault cost one restart from a
+    # registered checkpoint, and re-ran only the epochs after it.
+    events = _events(trace)
+    starts = [e for e in events if e["event"] == "epoch_start" and e["rank"] == 0]
+    resumes = [e for e in events if e["event"] == "resume" and e["rank"] == 0]
+    assert [e["global_step"] for e in starts].count(0) == 3
+    assert len(resumes) == len(faults), resumes
+    for fault, resume in zip(faults, resumes):
+        assert fault.registered <= resume["global_step"] <= fault.epoch + 1, (fault, resume)
+    rerun = sum(f.epoch - f.registered + 1 for f in faults)
+    assert 3 * EPOCHS_PER_TRIAL <= len(starts) <= 3 * EPOCHS_PER_TRIAL + rerun
+
+    # the same trials (Optuna is seeded) with the same CV lwlrap as the sweep without faults
+    by_lr = lambda b: b.assign(lr=b["train.lr"].round(12)).set_index("lr").sort_index()  # noqa: E731
+    clean, chaos = by_lr(clean_board), by_lr(board)
+    assert list(chaos.index) == list(clean.index)
+    for lr in clean.index:
+        assert chaos.loc[lr, "cv_lwlrap"] == pytest.approx(clean.loc[lr, "cv_lwlrap"], abs=1e-5), lr
+
+
+class StorageFault:
+    """Makes a sweep's storage unwritable mid-sweep, and fixes it again.
+
+    Where this process may mount a tmpfs (root on Linux) the storage is a small tmpfs that
+    `fill()` fills to the last byte (a full disk); elsewhere the experiment's trials folder
+    is moved aside and a file put in its place (a plain chmod would not stop root)."""
+
+    def __init__(self, storage: Path):
+        self.storage = storage
+        storage.mkdir(parents=True)
+        self.mounted = _try_mount_tmpfs(storage, size="64m")
+        self.kind = "disk full" if self.mounted else "file in place of a folder"
+        self._moved: tuple[Path, Path] | None = None
+
+    def break_(self, exp_dir: Path) -> Path:
+        """Returns the path whose writes now fail."""
+        if self.mounted:
+            with open(self.storage / "filler", "wb") as out:
+                block = b"\0" * (1 << 20)
+                try:
+                    while True:
+                        out.write(block)
+                        out.flush()
+                except OSError:  # ENOSPC: full, to the last page
+                    pass
+            return self.storage
+        trials = exp_dir / "trials"
+        aside = exp_dir / "trials.aside"
+        trials.rename(aside)
+        trials.write_text("not a folder")
+        self._moved = (trials, aside)
+        return trials
+
+    def fix(self):
+        if self.mounted:
+            (self.storage / "filler").unlink()
+        elif self._moved:
+            trials, aside = self._moved
+            trials.unlink()
+            aside.rename(trials)
+
+    def close(self):
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.storage)], check=False)
+
+
+def _try_mount_tmpfs(path: Path, size: str) -> bool:
+    if not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.real_audio
+def test_storage_that_fails_mid_sweep_stops_with_a_clear_error_then_resumes(bench_data, tmp_path):
+    fault = StorageFault(tmp_path / "storage")
+    trace = tmp_path / "trace.jsonl"
+    sweep = Sweep(tmp_path, bench_data, fault.storage, "brittle", samples=2, trace=trace)
+    try:
+        sweep.start()
+        deadline = time.time() + 300
+        while True:  # the first trial has a checkpoint and trains on
+            assert time.time() < deadline and sweep.proc.poll() is None, sweep.output()[-4000:]
+            runs = sorted((sweep.exp_dir / "trials").glob("*/checkpoint_manager_snapshot.json"))
+            if runs and 1 <= _registered_step(runs[0].parent) < EPOCHS_PER_TRIAL:
+                break
+            time.sleep(0.02)
+        broken = fault.break_(sweep.exp_dir)
+        code = sweep.wait(timeout=300)
+        out = sweep.output()
+        # one clear message naming the path (the console's RaytagError line), no traceback
+        assert code == 2, (fault.kind, out[-4000:])
+        assert "Traceback" not in out, out[-4000:]
+        error = out[out.index("error:"):]
+        assert str(broken) in error and "--resume" in error, error
+        assert not (sweep.exp_dir / "leaderboard.csv").exists()
+
+        fault.fix()
+        sweep.start(resume=True)
+        assert sweep.wait(timeout=600) == 0, sweep.output()[-4000:]
+        board = sweep.board()
+    finally:
+        sweep.end_group()
+        fault.close()
+    assert len(board) == 2 and (board["status"] == "ok").all(), board[["trial_id", "status", "reason"]]
+    starts = [e for e in _events(trace) if e["event"] == "epoch_start" and e["rank"] == 0]
+    assert [e["global_step"] for e in starts].count(0) == 2  # the interrupted trial continued, not restarted
+
+
+# ----------------------------------------------------------------------------- the storage probe (quick)
+def test_check_writable_names_the_folder_it_cannot_write(tmp_path):
+    from raytag.errors import StorageError
+    from raytag.storage import check_writable
+
+    check_writable(tmp_path / "exp")  # creates the folder, leaves nothing in it
+    assert list((tmp_path / "exp").iterdir()) == []
+    (tmp_path / "exp" / "trials").write_text("a file where the trials folder should be")
+    with pytest.raises(StorageError, match=f"cannot write to {tmp_path / 'exp' / 'trials'}: "):
+        check_writable(tmp_path / "exp" / "trials")
+
+
+def test_storage_watch_stops_the_sweep_with_how_to_resume(tmp_path):
+    from raytag.errors import StorageError
+    from raytag.search.tuner import StorageWatch
+
+    exp = tmp_path / "exp"
+    watch = StorageWatch(str(exp), str(exp / "trials"), "brittle", every_s=3600)
+    watch.setup()
+    watch.on_step_end(iteration=1, trials=[])  # writable: nothing happens
+    (exp / "trials").rmdir() if (exp / "trials").is_dir() else None
+    (exp / "trials").write_text("not a folder")
+    watch.on_step_end(iteration=2, trials=[])  # within every_s: not probed again
+    watch.setup()  # a resumed sweep: probes at once
+    with pytest.raises(StorageError, match=r"(?s)cannot write to .*trials.*--name brittle.*--resume"):
+        watch.on_step_end(iteration=3, trials=[])
+
+
+def test_a_lock_that_cannot_be_written_is_a_storage_error(tmp_path):
+    from raytag.errors import StorageError
+    from raytag.storage import folder_lock
+
+    (tmp_path / "exp").write_text("a file where the sweep's folder should be")
+    with pytest.raises(StorageError, match=f"sweep 'x': cannot write its lock {tmp_path / 'exp'}"):
+        with folder_lock(tmp_path / "exp", "sweep 'x'"):
+            pass
+
+
+def test_a_state_file_cut_short_is_put_back_from_its_last_complete_copy(tmp_path):
+    import pickle
+
+    from raytag.errors import StorageError
+    from raytag.search.tune_state import BACKUP_DIR, StateBackup, repair_state
+
+    state = {"experiment_state-1.json": json.dumps({"trials": ["a", "b"]}).encode(),
+             "searcher-state-1.pkl": pickle.dumps({"study": [1, 2, 3]})}
+    for name, data in state.items():
+        (tmp_path / name).write_bytes(data)
+    backup = StateBackup(str(tmp_path))
+    backup.update()
+    assert {p.name: p.read_bytes() for p in (tmp_path / BACKUP_DIR).iterdir()} == state
+    assert repair_state(str(tmp_path)) == []  # nothing damaged: nothing done
+
+    (tmp_path / "searcher-state-1.pkl").write_bytes(state["searcher-state-1.pkl"][:-5])  # the disk filled up
+    backup.update()  # an incomplete set is never copied over the good one
+    assert (tmp_path / BACKUP_DIR / "searcher-state-1.pkl").read_bytes() == state["searcher-state-1.pkl"]
+    assert repair_state(str(tmp_path)) == ["searcher-state-1.pkl"]
+    assert {name: (tmp_path / name).read_bytes() for name in state} == state
+
+    (tmp_path / "experiment_state-2.json").write_bytes(b'{"trials": ["a", "b')  # no copy of this one
+    with pytest.raises(StorageError, match="experiment_state-2.json is cut short .* cannot be resumed"):
+        repair_state(str(tmp_path))
+
+
+def test_a_damaged_train_checkpoint_list_is_set_aside(tmp_path):
+    from raytag.search.tune_state import TRAIN_SNAPSHOT, set_aside_damaged_snapshot
+
+    assert not set_aside_damaged_snapshot(str(tmp_path))  # none yet: a trial's first start
+    (tmp_path / TRAIN_SNAPSHOT).write_text('{"checkpoint_results": []}')
+    assert not set_aside_damaged_snapshot(str(tmp_path))  # complete: kept
+    (tmp_path / TRAIN_SNAPSHOT).write_text('{"checkpoint_results": [{"checkpoint_dir_na')
+    assert set_aside_damaged_snapshot(str(tmp_path))
+    assert not (tmp_path / TRAIN_SNAPSHOT).exists()
+    assert (tmp_path / (TRAIN_SNAPSHOT + ".damaged")).read_text().endswith("checkpoint_dir_na")
