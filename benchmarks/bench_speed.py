@@ -104,13 +104,14 @@ def child_loop(args) -> dict:
 
 def child_epoch(args) -> dict:
     import bench_throughput as bt
-    from bench_training import init_ray
+
+    from raytag.session import ensure_ray  # Ray as a user's fit starts it
 
     data, cache, storage = Path(args.data), Path(args.cache), Path(args.work) / "runs"
     storage.mkdir(parents=True, exist_ok=True)
     cfg1, cfg2 = bt.make_config(args.epochs, 1, 2.0), bt.make_config(args.epochs, 2, 2.0)
     runs = {"plain_1t": bt.run_plain(cfg1, data, cache, 1)}
-    init_ray()
+    ensure_ray()
     runs["ray_1w"] = bt.run_ray(cfg1, data, cache, storage, "speed-1w")
     runs["plain_2t"] = bt.run_plain(cfg1, data, cache, 2)
     runs["ray_2w"] = bt.run_ray(cfg2, data, cache, storage, "speed-2w")
@@ -121,17 +122,19 @@ def child_epoch(args) -> dict:
 
 def child_startup(args) -> dict:
     import bench_throughput as bt
-    from bench_training import epoch_times, init_ray, read_trace
+    from bench_training import epoch_times, read_trace
 
     from raytag.config import Config
-    from raytag.training.runner import fit_pipeline
+    from raytag.session import ensure_ray  # Ray as a user's fit starts it
+    from raytag.training.runner import fit_pipeline, prepare_data
 
     data, cache, storage = Path(args.data), Path(args.cache), Path(args.work) / "runs"
     storage.mkdir(parents=True, exist_ok=True)
     cfg = bt.make_config(1, 1, 2.0)
     cfg["model"] = {"name": "cnn2d", "width": 8, "depth": 2}
+    prepare_data(Config.from_dict(cfg), data, str(cache), progress=False)  # the store is not start-up
     t0 = time.perf_counter()
-    init_ray()
+    ensure_ray()  # (already up where the old tree's store build started it)
     out = {"ray_init_s": time.perf_counter() - t0, "fits": []}
     for k in range(3):
         trace = storage / f"startup-{k}.jsonl"
@@ -151,8 +154,10 @@ def child_startup(args) -> dict:
 def child_scale_train(args) -> dict:
     import bench_training as btr
 
+    from raytag.session import ensure_ray
+
     cfg = btr.run_config({"name": "cnn2d", "width": 16}, 1, 5, [0], 2.0, 2)
-    btr.init_ray()
+    ensure_ray()
     row = btr.fit_one(cfg, Path(args.data), Path(args.cache), Path(args.work) / "runs", tag="scale")
     return {"worker_peak_rss_mb": row["worker_peak_rss_mb"], "worker_max_polled_anon_mb": row["worker_max_polled_anon_mb"],
             "driver_peak_rss_mb": peak_mb(), "wall_s": row["wall_s"], "train_processes_mb": row["train_processes_mb"]}
