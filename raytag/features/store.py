@@ -324,8 +324,9 @@ def _forked_pool(todo: list, cfg_dict: dict, key: str, root: Path, n: int):
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("fork"), initializer=_init_pool,
-                               initargs=(cfg_dict,))
+    global _POOL_FRONTEND
+    _POOL_FRONTEND = _frontend(cfg_dict)  # built once here; the forked processes inherit it
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("fork"), initializer=_one_thread)
     try:
         pending = {pool.submit(_compute_shard, shard, rows, signature, key, str(root)): shard
                    for shard, rows, signature in todo}
@@ -373,15 +374,13 @@ def _ray_shard(shard: int, rows: list, signature: list, cfg_dict: dict, key: str
     return _compute_shard(shard, rows, signature, key, root)
 
 
-_POOL_FRONTEND = None  # (settings, front end) of a pool process or Ray worker, built once
+_POOL_FRONTEND = None  # (settings, front end) for forked processes (built before forking) or a Ray worker
 
 
-def _init_pool(cfg_dict: dict) -> None:
-    global _POOL_FRONTEND
+def _one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)  # one process per CPU (the forked torch may have more)
-    _POOL_FRONTEND = _frontend(cfg_dict)
 
 
 def _frontend(cfg_dict: dict) -> tuple[FeatureConfig, "torch.nn.Module"]:
@@ -433,7 +432,7 @@ def _finished_shard(root: Path, shard: int, key: str, signature: list) -> Option
 def _compute_shard(shard: int, rows: list, signature: list, key: str, root: str, front=None) -> dict:
     """Decode one chunk's clips, run the front end, write the shard atomically.
 
-    `front`: (settings, front end) to run (default: this pool process's, see _init_pool)."""
+    `front`: (settings, front end) to run (default: the one _forked_pool or _ray_shard set up)."""
     import torch
 
     cfg, front = front if front is not None else _POOL_FRONTEND
