@@ -26,7 +26,6 @@ from raytag.ensemble.tagging import predict_files
 from raytag.errors import RaytagError
 from raytag.search.space import load_space
 from raytag.search.tuner import run_sweep
-from raytag.session import ensure_ray
 from raytag.training.outputs import SKIPPED, read_stages
 from raytag.training.runner import prepare_data
 
@@ -53,7 +52,7 @@ def run_demo(out: Path = Path("results"), tiny: bool = False, samples: Optional[
     data = make_demo_dataset(out / ("demo_data_tiny" if tiny else "demo_data"), seed=0, scale=0.25 if tiny else 1.0)
     console.print(f"    {data}")
 
-    console.print("[bold]2/5[/] features (Ray tasks; cached), then a sweep of the multi-stage pipeline")
+    console.print("[bold]2/5[/] features (parallel processes; cached), then a sweep of the multi-stage pipeline")
     space = _tiny_space(out) if tiny else quick_space()
     _prepare_features(space, data, out / "features")
     sweep = run_sweep(space, data, storage=str(out), name=name,
@@ -89,8 +88,8 @@ _TINY_BASE = {
 
 def _prepare_features(space_path: Path, data: Path, cache: Path):
     """Build the sweep's feature store once on the driver (with a progress bar), so the
-    trials only open the cache. The demo space does not search front-end settings."""
-    ensure_ray()
+    trials only open the cache. The demo space does not search front-end settings. Ray is
+    not started yet, so the build forks its worker processes (raytag.features.store)."""
     prepare_data(load_space(space_path).base_config(), data, str(cache), progress=True)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import socket
 
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -27,9 +29,12 @@ def local_init_kwargs(**overrides) -> dict:
     RAY_API_SERVER_ADDRESS in the session's runtime env points every worker at this
     instance's own dashboard."""
     port = free_port()
+    env = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    # Ray Train's preemption watcher (one more actor process per trial, polling every 5 s)
+    # watches cloud nodes being drained; a local session has none.
+    env[PREEMPTION_WATCHER] = os.environ.get(PREEMPTION_WATCHER, "0")
     kwargs = dict(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-                  log_to_driver=False, configure_logging=False,
-                  runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+                  log_to_driver=False, configure_logging=False, runtime_env={"env_vars": env})
     kwargs.update(overrides)
     return kwargs
 
@@ -44,4 +49,7 @@ def ensure_ray(**overrides) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False, configure_logging=False, **overrides)
     else:  # "local": never join a cluster that `ray start` left running on this machine
-        ray.init(**local_init_kwargs(address="local", **overrides))
+        kwargs = local_init_kwargs(address="local", **overrides)
+        # the driver's own trainers read it here (Ray Train passes it on to its controller)
+        os.environ.setdefault(PREEMPTION_WATCHER, kwargs["runtime_env"]["env_vars"][PREEMPTION_WATCHER])
+        ray.init(**kwargs)

@@ -1,9 +1,14 @@
-"""Feature store: built by Ray tasks on a tiny FAT2019-layout folder, checked against the
-front end run directly, cached, resumed, and honest about clips that cannot be decoded."""
+"""Feature store: built on a tiny FAT2019-layout folder (by Ray tasks in this test process,
+which runs Ray; by forked processes in a fresh one), checked against the front end run
+directly, cached, resumed, and honest about clips that cannot be decoded."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -185,6 +190,38 @@ def test_datasets_sharing_a_cache_folder_get_separate_stores(ray_session, datase
     assert a.path != b.path and a.path.parent == b.path.parent
     again = build_feature_store(dataset, CFG, tmp_path / "cache", progress=False, chunk_size=3)
     assert again.path == a.path and again.build_info["computed"] == 0
+
+
+BUILD_IN_FRESH_PROCESS = """
+import json, sys
+from raytag.config import FeatureConfig
+from raytag.data.layouts import load_dataset
+from raytag.features.store import build_feature_store
+cfg = FeatureConfig(**json.loads(sys.argv[1]))
+store = build_feature_store(load_dataset(sys.argv[2], sample_rate=cfg.sample_rate), cfg, sys.argv[3],
+                            progress=True, chunk_size=3, workers=int(sys.argv[4]))
+print(json.dumps({"path": str(store.path), "ran_in": store.build_info["ran_in"]}))
+"""
+
+
+@pytest.mark.parametrize("workers", [2, 1])
+def test_a_process_without_ray_builds_the_same_store_in_forked_processes(ray_session, tmp_path, workers):
+    root = make_fat2019(tmp_path / "data")
+    by_ray = build_feature_store(load_dataset(root, sample_rate=CFG.sample_rate), CFG, tmp_path / "ray",
+                                 progress=False, chunk_size=3)
+    assert by_ray.build_info["ran_in"] == "ray tasks"  # Ray runs in this process: it must not fork
+    out = subprocess.run([sys.executable, "-c", BUILD_IN_FRESH_PROCESS, json.dumps(dataclasses.asdict(CFG)),
+                          str(root), str(tmp_path / "fresh"), str(workers)],
+                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    fresh = json.loads(out.stdout.strip().splitlines()[-1])
+    assert fresh["ran_in"] == ("2 forked processes" if workers == 2 else "this process")
+    forked = FeatureStore.open(fresh["path"])
+    assert forked.clip_ids == by_ray.clip_ids and len(forked) == 8
+    for clip_id in forked.clip_ids:
+        np.testing.assert_array_equal(forked.get(clip_id), by_ray.get(clip_id))
+    np.testing.assert_array_equal(forked.mean, by_ray.mean)
+    np.testing.assert_array_equal(forked.std, by_ray.std)
+    assert forked.failed["file"].tolist() == by_ray.failed["file"].tolist() == [f"train_noisy/{BAD}"]
 
 
 def test_open_refuses_a_folder_that_is_not_a_store(tmp_path):

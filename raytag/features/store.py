@@ -1,4 +1,4 @@
-"""Feature store: every clip's features computed once, in parallel Ray tasks, cached on disk
+"""Feature store: every clip's features computed once, in parallel processes, cached on disk
 and read out-of-core.
 
 On disk, `<cache_dir>/<feature_cfg.cache_key()>/<dataset tag>/` (`store.path`), where the
@@ -14,9 +14,10 @@ build overwriting the shards another run is reading.
     meta.json         feature settings, (C, F), per-bin mean/std, counts; written last,
                       so its presence marks a finished store
 
-Clips are sorted by clip_id and cut into chunks of `chunk_size`; one Ray task per chunk
+Clips are sorted by clip_id and cut into chunks of `chunk_size`; one task per chunk
 decodes, runs the torch front end (one thread) and writes its shard atomically (temporary
-file, then rename). A rebuild reuses every shard whose signature still matches, so a
+file, then rename). The tasks run in processes forked from the caller, or in Ray tasks
+where Ray already runs in the calling process (see _compute_shards). A rebuild reuses every shard whose signature still matches, so a
 second build does no audio work and an interrupted build resumes where it stopped. The
 cache folder must be visible to every node that runs tasks (a shared or local disk on
 one machine; on a cluster, a shared file system).
@@ -213,16 +214,20 @@ class FeatureStore:
 
 
 # ============================================================================ building
+DEFAULT_CHUNK = 128  # clips per shard: a few MB of float16, big enough that per-shard costs vanish
+
+
 def build_feature_store(
-    dataset, feature_cfg: FeatureConfig, cache_dir: str | Path, progress: bool = True, chunk_size: int = 64
+    dataset, feature_cfg: FeatureConfig, cache_dir: str | Path, progress: bool = True,
+    chunk_size: int = DEFAULT_CHUNK, workers: Optional[int] = None,
 ) -> FeatureStore:
-    """Compute (or reuse) the features of every clip of `dataset` with Ray tasks.
+    """Compute (or reuse) the features of every clip of `dataset`, shards in parallel.
 
-    Returns the opened store; `store.build_info` says how many shards were computed and
-    how many reused, the time taken and the peak RSS of the task processes.
+    Up to `workers` processes (default: the CPUs this process may use) each take whole
+    shards (see _compute_shards for which processes). Returns the opened store;
+    `store.build_info` says how many shards were computed and how many reused, where they
+    ran, the time taken and the peak RSS of the processes that computed them.
     """
-    import ray
-
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     shape = frontend_shape(feature_cfg)  # refuses impossible settings before any work
@@ -245,35 +250,19 @@ def build_feature_store(
             todo.append((shard, rows, signature))
 
     task_rss = []
+    ran_in = None
     if todo:
-        ensure_ray()
-        # Shards are written to this node's disk, so the tasks run on this node; an explicit
-        # strategy also lets them leave a caller's placement group (inside a Tune trial, which
-        # holds a fraction of a CPU, they would otherwise never be scheduled).
-        task = ray.remote(num_cpus=1, scheduling_strategy=this_node_strategy())(_compute_shard)
-        cfg_dict = asdict(feature_cfg)
-        refs = {task.remote(shard, rows, signature, cfg_dict, key, str(root)): shard
-                for shard, rows, signature in todo}
+        ran_in, shards = _compute_shards(todo, asdict(feature_cfg), key, root, workers)
         with _progress(progress, len(chunks), len(results)) as advance:
-            pending = list(refs)
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                for ref in ready:
-                    try:
-                        out = ray.get(ref)
-                    except ray.exceptions.RayError as err:
-                        raise RaytagError(
-                            f"feature extraction of {root / shard_name(refs[ref])} failed: {err}. "
-                            "Finished shards are kept; run the same command again to resume."
-                        ) from err
-                    task_rss.append(out.pop("peak_rss_mb"))
-                    results[refs[ref]] = out
-                    advance()
+            for shard, out in shards:
+                task_rss.append(out.pop("peak_rss_mb"))
+                results[shard] = out
+                advance()
     else:
         log.info("%s: all %d shards reused, no audio decoded", root, len(chunks))
 
     build_info = {
-        "chunks": len(chunks), "computed": len(todo), "reused": len(chunks) - len(todo),
+        "chunks": len(chunks), "computed": len(todo), "reused": len(chunks) - len(todo), "ran_in": ran_in,
         "seconds": round(time.perf_counter() - started, 3),
         "task_peak_rss_mb": max(task_rss) if task_rss else None,
     }
@@ -282,6 +271,121 @@ def build_feature_store(
     for file, reason in store.failed.itertuples(index=False):
         log.warning("feature extraction skipped %s: %s", file, reason)
     return store
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _compute_shards(todo: list, cfg_dict: dict, key: str, root: Path, workers: Optional[int]):
+    """(where they run, an iterator of (shard, sidecar info) as each shard finishes).
+
+    One CPU or one shard: computed in this process. Else, where this process may fork (a
+    plain `raytag prepare`, or a fit before it starts Ray), a pool of processes forked
+    from this one, which start in milliseconds and share the torch it imported. A process
+    running Ray (a sweep's trial, a Train worker building its node's copy) must not fork,
+    so it runs Ray tasks on this node, whose worker processes Ray has already started
+    (shards are written to this node's disk, so they must run here)."""
+    n = min(len(todo), workers or usable_cpus())
+    if n <= 1:
+        return "this process", _in_this_process(todo, cfg_dict, key, root)
+    if _may_fork():
+        return f"{n} forked processes", _forked_pool(todo, cfg_dict, key, root, n)
+    return "ray tasks", _ray_tasks(todo, cfg_dict, key, root)
+
+
+def _in_this_process(todo: list, cfg_dict: dict, key: str, root: Path):
+    front = _frontend(cfg_dict)
+    for shard, rows, signature in todo:
+        yield shard, _compute_shard(shard, rows, signature, key, str(root), front)
+
+
+def _may_fork() -> bool:
+    """Whether worker processes may be forked from this one: no other Python thread and
+    no Ray in it (Ray's threads do I/O and hold locks a child would inherit). The native
+    pool threads of numpy, torch and arrow wait idle and are safe to fork beside, as
+    torch's DataLoader does."""
+    import sys
+    import threading
+
+    ray = sys.modules.get("ray")
+    return threading.active_count() == 1 and not (ray is not None and ray.is_initialized())
+
+
+def _failed(root: Path, shard: int, err: Exception) -> RaytagError:
+    return RaytagError(f"feature extraction of {root / shard_name(shard)} failed: {err}. "
+                       "Finished shards are kept; run the same command again to resume.")
+
+
+def _forked_pool(todo: list, cfg_dict: dict, key: str, root: Path, n: int):
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    global _POOL_FRONTEND
+    _POOL_FRONTEND = _frontend(cfg_dict)  # built once here; the forked processes inherit it
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("fork"), initializer=_one_thread)
+    try:
+        pending = {pool.submit(_compute_shard, shard, rows, signature, key, str(root)): shard
+                   for shard, rows, signature in todo}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                shard = pending.pop(future)
+                try:
+                    out = future.result()
+                except Exception as err:  # noqa: BLE001 - the task's error, or its process died
+                    raise _failed(root, shard, err) from err
+                yield shard, out
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ray_tasks(todo: list, cfg_dict: dict, key: str, root: Path):
+    import ray
+
+    ensure_ray()
+    # An explicit strategy also lets the tasks leave a caller's placement group (inside a
+    # Tune trial, which holds a fraction of a CPU, they would otherwise never be scheduled).
+    task = ray.remote(num_cpus=1, scheduling_strategy=this_node_strategy())(_ray_shard)
+    refs = {task.remote(shard, rows, signature, cfg_dict, key, str(root)): shard
+            for shard, rows, signature in todo}
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        for ref in ready:
+            try:
+                out = ray.get(ref)
+            except ray.exceptions.RayError as err:
+                raise _failed(root, refs[ref], err) from err
+            yield refs[ref], out
+
+
+def _ray_shard(shard: int, rows: list, signature: list, cfg_dict: dict, key: str, root: str) -> dict:
+    """Ray task: one shard, with the front end built once per worker process."""
+    global _POOL_FRONTEND
+    import torch
+
+    torch.set_num_threads(1)
+    if _POOL_FRONTEND is None or asdict(_POOL_FRONTEND[0]) != cfg_dict:
+        _POOL_FRONTEND = _frontend(cfg_dict)
+    return _compute_shard(shard, rows, signature, key, root)
+
+
+_POOL_FRONTEND = None  # (settings, front end) for forked processes (built before forking) or a Ray worker
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per CPU (the forked torch may have more)
+
+
+def _frontend(cfg_dict: dict) -> tuple[FeatureConfig, "torch.nn.Module"]:
+    cfg = FeatureConfig(**cfg_dict)
+    return cfg, build_frontend(cfg).eval()
 
 
 def store_dir(cache_dir: str | Path, feature_cfg: FeatureConfig, dataset_root: str | Path) -> Path:
@@ -325,13 +429,13 @@ def _finished_shard(root: Path, shard: int, key: str, signature: list) -> Option
     return None
 
 
-def _compute_shard(shard: int, rows: list, signature: list, cfg_dict: dict, key: str, root: str) -> dict:
-    """Ray task: decode the chunk's clips, run the front end, write the shard atomically."""
+def _compute_shard(shard: int, rows: list, signature: list, key: str, root: str, front=None) -> dict:
+    """Decode one chunk's clips, run the front end, write the shard atomically.
+
+    `front`: (settings, front end) to run (default: the one _forked_pool or _ray_shard set up)."""
     import torch
 
-    torch.set_num_threads(1)
-    cfg = FeatureConfig(**cfg_dict)
-    front = build_frontend(cfg).eval()
+    cfg, front = front if front is not None else _POOL_FRONTEND
     c, f = frontend_shape(cfg)
     feats, index, failures = [], [], []
     sums, squares, count = np.zeros(c * f), np.zeros(c * f), 0
@@ -435,13 +539,22 @@ class _progress:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+        # redrawn on each finished chunk, not by a refresh thread: a process with a thread
+        # must not fork its worker processes
         self.bar = Progress(
             TextColumn("features"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+            auto_refresh=False,
         )
         self.bar.start()
         task = self.bar.add_task("features", total=self.total, completed=self.done)
-        return lambda: self.bar.advance(task)
+        self.bar.refresh()
+
+        def advance():
+            self.bar.advance(task)
+            self.bar.refresh()
+
+        return advance
 
     def __exit__(self, *exc):
         if self.show:

@@ -48,6 +48,23 @@ def prepare_data(cfg: Config, data, feature_cache: Optional[str], progress: bool
     return dataset, store, build_plan(cfg, dataset, store, data_ref=str(data), feature_cache=cache)
 
 
+def _trainer_class(torch_trainer):
+    """TorchTrainer without Ray Data's callback: raytag reads its own feature store, and
+    that callback starts a DatasetManager actor (one more process, importing Ray Data)
+    per fit and sends Ray Data's context to every worker, on the start-up path of every
+    trial. The hook is checked by tests/test_runner_startup.py for this pinned Ray."""
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    class Trainer(torch_trainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+    return Trainer
+
+
 def fit_pipeline(
     cfg: Config,
     data,
@@ -62,12 +79,13 @@ def fit_pipeline(
     its `EpochEvent` (stage, fold, loss, held-out lwlrap, seconds, time left), from a
     thread of its own while the worker group trains (raytag.training.progress)."""
     started = time.time()
-    ensure_ray()
     storage = files.absolute(storage)
     run_dir = files.join(storage, name)
     check_legacy_checkpoints(run_dir)  # before any worker could load one
     run_files = files.join(run_dir, RUN_FILES)
+    # the store first: before Ray runs in this process, its build may fork worker processes
     dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
+    ensure_ray()
 
     watch = (epoch_events(on_epoch, build_steps(cfg, plan.folds), cfg.cv.n_folds) if on_epoch
              else nullcontext([]))
@@ -96,7 +114,7 @@ def _fit_worker_group(cfg: Config, plan, storage: str, name: str, run_files: str
     resources = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
         resources["GPU"] = t.gpus_per_worker
-    trainer = TorchTrainer(
+    trainer = _trainer_class(TorchTrainer)(
         train_loop_per_worker,
         # RAYTAG_TRACE (a test hook) travels in the config: workers do not see driver env changes
         train_loop_config={"plan": plan, "run_files": run_files, "trace": os.environ.get("RAYTAG_TRACE"),

@@ -102,6 +102,7 @@ def train_loop_per_worker(loop_config: dict):
     cfg = plan.config
     torch.set_num_threads(max(1, cfg.train.torch_threads))
     rank, world = _world()
+    _trace({"event": "worker_start", "rank": rank})
     device = ray.train.torch.get_device()
     store = open_node_store(plan)
     steps = build_steps(cfg, plan.folds)
@@ -127,6 +128,7 @@ def train_loop_per_worker(loop_config: dict):
     if train_state is not None:
         _unwrap(model).load_state_dict(train_state["model"])
         restore_rng(train_state["rng"])
+    _trace({"event": "model_ready", "rank": rank})
 
     optimizer = scheduler = None
     step_built = None  # index of the step the optimizer belongs to
@@ -168,6 +170,7 @@ def train_loop_per_worker(loop_config: dict):
         seed = int(cfg.seed * 1_000_003 + state.progress["global_step"])
         loss = _train_epoch(ctx, model, optimizer, scheduler, loss_fn, batches, seed, step,
                             keep=small_loss_keep(cfg.train.loss, epoch))
+        _trace({"event": "train_done", "rank": rank})
 
         state.progress["epoch"] += 1
         state.progress["global_step"] += 1
@@ -175,12 +178,14 @@ def train_loop_per_worker(loop_config: dict):
         metrics = {"train_loss": loss, "step_epoch": epoch + 1}
         metrics.update(_evaluate(ctx, model, step, final=finished_step,
                                  is_fold_final=final_step_of_fold.get(step.fold) == i))
+        _trace({"event": "eval_done", "rank": rank})
         # a step's end always checkpoints: its predictions and weights are made then
         due = finished_step or state.progress["epoch"] % cfg.train.checkpoint_every == 0
         if finished_step:
             state.progress["step"] += 1
             state.progress["epoch"] = 0
         _report(ctx, model, optimizer, scheduler, steps, step, metrics, checkpoint=due)
+        _trace({"event": "report_done", "rank": rank})
 
     shutil.rmtree(work, ignore_errors=True)
 

@@ -1,0 +1,41 @@
+"""What a trial starts: the Ray Train pieces raytag leaves out of its worker group's start-up
+(checked against the pinned Ray, whose private hook the runner overrides)."""
+from __future__ import annotations
+
+from raytag.session import PREEMPTION_WATCHER, local_init_kwargs
+from raytag.training.runner import _trainer_class
+
+
+def _loop(config):  # never run: the trainers below are only built
+    pass
+
+
+def test_a_trainer_without_ray_datasets_leaves_out_the_ray_data_callback():
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    trainer_cls = _trainer_class(TorchTrainer)
+    plain = trainer_cls(_loop, scaling_config=ScalingConfig(num_workers=1))
+    kinds = [type(c) for c in plain._create_default_callbacks()]
+    assert DatasetsCallback not in kinds and kinds  # the other callbacks stay
+    stock = [type(c) for c in TorchTrainer(_loop, scaling_config=ScalingConfig(num_workers=1))._create_default_callbacks()]
+    assert DatasetsCallback in stock and [k for k in stock if k is not DatasetsCallback] == kinds
+
+
+def test_a_trainer_given_ray_datasets_keeps_the_ray_data_callback():
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    # a dataset factory (never called here, so no Ray session starts)
+    trainer = _trainer_class(TorchTrainer)(_loop, scaling_config=ScalingConfig(num_workers=1),
+                                           datasets={"train": lambda: None})
+    assert DatasetsCallback in [type(c) for c in trainer._create_default_callbacks()]
+
+
+def test_a_local_session_switches_off_the_preemption_watcher_unless_asked(monkeypatch):
+    monkeypatch.delenv(PREEMPTION_WATCHER, raising=False)
+    assert local_init_kwargs()["runtime_env"]["env_vars"][PREEMPTION_WATCHER] == "0"
+    monkeypatch.setenv(PREEMPTION_WATCHER, "1")
+    assert local_init_kwargs()["runtime_env"]["env_vars"][PREEMPTION_WATCHER] == "1"
