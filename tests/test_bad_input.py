@@ -67,7 +67,7 @@ def test_header_reasons_for_empty_and_junk_files(tmp_path):
 
 def test_feature_store_reports_bad_clips_instead_of_zeroing_them(tmp_path):
     """prepare's decoding step (the Ray task's function, run here in-process)."""
-    from raytag.features.store import _compute_shard
+    from raytag.features.store import _compute_shard, _frontend
 
     reasons = bad_clips(tmp_path / "audio")
     sf.write(tmp_path / "audio" / "good.wav", tone(4000), 16000)
@@ -75,7 +75,7 @@ def test_feature_store_reports_bad_clips_instead_of_zeroing_them(tmp_path):
     rows = [{"clip_id": f"curated/{n}", "path": str(tmp_path / "audio" / n), "file": f"train_curated/{n}",
              "in_stats": True} for n in [*reasons, "good.wav"]]
     (tmp_path / "store").mkdir()
-    out = _compute_shard(0, rows, [], vars(cfg), "key", str(tmp_path / "store"))
+    out = _compute_shard(0, rows, [], "key", str(tmp_path / "store"), _frontend(vars(cfg)))
     failed = dict(out["failed"])
     assert [r[0] for r in out["index"]] == ["curated/good.wav"]
     for name, reason in reasons.items():
@@ -93,7 +93,7 @@ def test_data_option_given_a_file(tmp_path):
 # ----------------------------------------------------------------------------- 4: one short-clip rule
 def test_prepare_and_predict_share_the_one_frame_rule(tmp_path, artifact_2019):  # noqa: F811
     from raytag.ensemble.artifact import load_artifact
-    from raytag.features.store import _compute_shard
+    from raytag.features.store import _compute_shard, _frontend
 
     features = Config.from_dict({"features": FEATURES}).features  # the artifact's: 8 kHz, n_fft 256
     sr, frame = features.sample_rate, min_samples(features)
@@ -111,7 +111,7 @@ def test_prepare_and_predict_share_the_one_frame_rule(tmp_path, artifact_2019): 
     files = {n: str(root / "train_curated" / n) for n in lengths}
     store_rows = [{"clip_id": n, "path": p, "file": n, "in_stats": True} for n, p in files.items()]
     (tmp_path / "s").mkdir()
-    kept_store = {r[0] for r in _compute_shard(0, store_rows, [], vars(features), "k", str(tmp_path / "s"))["index"]}
+    kept_store = {r[0] for r in _compute_shard(0, store_rows, [], "k", str(tmp_path / "s"), _frontend(vars(features)))["index"]}
     probs, failures = load_artifact(artifact_2019).predict_files(list(files.values()))
     kept_predict = {Path(f).name for f in probs.index}
     assert kept_reader == kept_store == kept_predict == {"l256.wav", "l400.wav"}
