@@ -105,6 +105,10 @@ BUDGET_VARIANTS = {
     "fv_w16_keep": ("face value, width 16, small-loss selection: keep the 50% noisy clips of least loss "
                     "per batch, ramped over 10 epochs (co-teaching's rule)",
                     {"model.width": 16, "train.loss.noisy_keep": 0.5, "train.loss.noisy_keep_ramp": 10}),
+    "fv_w16_swa5": ("face value, width 16, the mean of the last 5 epochs' weights (SWA)",
+                    {"model.width": 16, "train.average_last": 5}),
+    "fv_w16_swa10": ("face value, width 16, the mean of the last 10 epochs' weights (SWA)",
+                     {"model.width": 16, "train.average_last": 10}),
 }
 
 
@@ -188,12 +192,17 @@ def config_for(config_file: str, overrides: dict, epochs: int, folds: list[int] 
 # settings that change how a run is executed, not what it learns: left out of the row's hash so
 # that finished rows stay reusable when such a setting is added
 OPERATIONAL = {"train": ("checkpoint_every", "ddp_backend")}
+# settings added after rows were run: left out of the hash while they hold the value that
+# reproduces the older runs, so those rows stay reusable
+ADDED_LATER = {"train": {"average_last": 0}}
 
 
 def config_hash(cfg) -> str:
     d = {k: v for k, v in cfg.to_dict().items() if k != "name"}
     for section, keys in OPERATIONAL.items():
         d[section] = {k: v for k, v in d[section].items() if k not in keys}
+    for section, defaults in ADDED_LATER.items():
+        d[section] = {k: v for k, v in d[section].items() if defaults.get(k, object()) != v}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 

@@ -145,6 +145,9 @@ class TrainConfig:
     # epochs between checkpoints; the end of every step (and every filter step) always
     # checkpoints, so a resumed run never misses predictions or weights made there
     checkpoint_every: int = 1
+    # a step's model is the mean of its weights at the end of its last N epochs (SWA; 0 or
+    # 1: the last epoch's weights). training/averaging.py says why
+    average_last: int = 0
     torch_threads: int = 1  # intra-op threads per worker (CPU)
 
 
@@ -415,6 +418,7 @@ _RANGES = {
     ("TrainConfig", "lr"): (0.0, None),
     ("TrainConfig", "num_workers"): (1, None),
     ("TrainConfig", "checkpoint_every"): (1, None),
+    ("TrainConfig", "average_last"): (0, None),
     ("TrainConfig", "crop_seconds"): (0.05, None),
     ("CVConfig", "n_folds"): (2, None),
     ("InferenceConfig", "overlap"): (0.0, 0.95),

@@ -32,6 +32,7 @@ from raytag.data.layouts import load_dataset
 from raytag.features.store import FeatureStore, build_feature_store, default_feature_cache
 from raytag.metrics import layout_metric
 from raytag.models import build_model
+from raytag.training.averaging import WeightAverage
 from raytag.training.checkpoint import capture_rng, restore_rng
 from raytag.training.dataset import CropBatches
 from raytag.training.epoch import _cv_so_far, _evaluate, _optimizer, _train_epoch
@@ -130,7 +131,7 @@ def train_loop_per_worker(loop_config: dict):
         restore_rng(train_state["rng"])
     _trace({"event": "model_ready", "rank": rank})
 
-    optimizer = scheduler = None
+    optimizer = scheduler = average = None
     step_built = None  # index of the step the optimizer belongs to
     while state.progress["step"] < len(steps):
         i = state.progress["step"]
@@ -157,10 +158,12 @@ def train_loop_per_worker(loop_config: dict):
         batches = CropBatches(store, data, cfg.crop_frames(), -(-cfg.train.batch_size // world))
         if step_built != i:
             optimizer, scheduler = _optimizer(cfg, model, step, batches.steps_per_epoch(world))
+            average = WeightAverage(cfg.train.average_last, step.epochs)
             if train_state is not None and train_state.get("step") == i and train_state.get("optimizer"):
                 optimizer.load_state_dict(train_state["optimizer"])
                 if scheduler is not None and train_state.get("scheduler"):
                     scheduler.load_state_dict(train_state["scheduler"])
+                average.restore(train_state.get("average"))
             train_state = None
             step_built = i
 
@@ -175,6 +178,10 @@ def train_loop_per_worker(loop_config: dict):
         state.progress["epoch"] += 1
         state.progress["global_step"] += 1
         finished_step = state.progress["epoch"] >= step.epochs
+        if average.wants(state.progress["epoch"]):
+            average.add(_unwrap(model))
+        if finished_step:  # the step's model is the mean of its last epochs' weights
+            average.load_into(_unwrap(model))
         metrics = {"train_loss": loss, "step_epoch": epoch + 1}
         metrics.update(_evaluate(ctx, model, step, final=finished_step,
                                  is_fold_final=final_step_of_fold.get(step.fold) == i))
@@ -184,14 +191,14 @@ def train_loop_per_worker(loop_config: dict):
         if finished_step:
             state.progress["step"] += 1
             state.progress["epoch"] = 0
-        _report(ctx, model, optimizer, scheduler, steps, step, metrics, checkpoint=due)
+        _report(ctx, model, optimizer, scheduler, steps, step, metrics, checkpoint=due, average=average)
         _trace({"event": "report_done", "rank": rank})
 
     shutil.rmtree(work, ignore_errors=True)
 
 
 def _report(ctx: _Context, model, optimizer, scheduler, steps: list[Step], step: Step, metrics: dict,
-            checkpoint: bool):
+            checkpoint: bool, average: WeightAverage | None = None):
     """Report one epoch (or filter step) to Ray Train, with a checkpoint from rank 0.
 
     Every report carries the same keys, so schedulers never see a missing or NaN metric:
@@ -238,6 +245,8 @@ def _report(ctx: _Context, model, optimizer, scheduler, steps: list[Step], step:
             "optimizer": optimizer.state_dict() if optimizer is not None and mid_step else None,
             "scheduler": scheduler.state_dict() if scheduler is not None and mid_step else None,
             "step": progress["step"] if mid_step else None,  # mid-step: optimizer resumes
+            # inside a step's averaging window: the running sum of its last epochs' weights
+            "average": average.state() if average is not None and mid_step else None,
             "rng": capture_rng(),
         }
         started = time.perf_counter()
