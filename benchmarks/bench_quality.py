@@ -303,7 +303,8 @@ def ensemble_section(experiment: Path, y_test: pd.DataFrame) -> dict:
     if sweep_json.is_file():
         sweep_minutes = json.loads(sweep_json.read_text()).get("minutes")
     chosen_row = table[table["chosen"]].iloc[0]
-    return {
+    frames = {"oof": ens_oof, "test": ens_test, "y_oof": y_oof}
+    return frames, {
         "experiment": str(experiment), "chosen": summary["chosen"], "members": summary["members"],
         "best_member": members[best].trial_id, "sweep_minutes": sweep_minutes,
         "ensemble": {"cv_lwlrap": float(chosen_row["cv_lwlrap"]), "test_lwlrap": float(chosen_row["test_lwlrap"])},
@@ -312,6 +313,21 @@ def ensemble_section(experiment: Path, y_test: pd.DataFrame) -> dict:
         "cv_pair": paired(y_oof, best_oof, ens_oof),
         "test_pair": paired(y_test, best_test, ens_test),
     }
+
+
+def ensemble_vs_rows(frames: dict, y_test: pd.DataFrame, rows: dict, scores: dict, classes: list[str]) -> list[dict]:
+    """The sweep's ensemble against single-run rows (e.g. the default recipe), paired on the
+    test clips and on the OOF clips they share (a row trained on fold 0 shares fold 0's)."""
+    out = []
+    for row, info in rows.items():
+        test = paired(y_test, scores[row], frames["test"])
+        out.append({"row": row, "on": "test", "n": int(len(y_test)), **test})
+        oof = oof_scores(info, classes)
+        if oof is not None:
+            common = oof[0].index.intersection(frames["oof"].index)
+            out.append({"row": row, "on": "CV (common OOF clips)", "n": int(len(common)),
+                        **paired(oof[1].loc[common], oof[0].loc[common], frames["oof"].loc[common])})
+    return out
 
 
 # ----------------------------------------------------------------------------- report
@@ -342,7 +358,11 @@ def report(results: dict, data: Path, args) -> None:
             oa, ob = oof_scores(results[a], classes), oof_scores(results[b], classes)
             if oa and ob:
                 cv_pairs.append({"a": a, "b": b, **paired(oa[1], oa[0], ob[0])})
-    ensemble = ensemble_section(args.ensemble, y_test) if args.ensemble else None
+    ensemble = None
+    if args.ensemble:
+        frames, ensemble = ensemble_section(args.ensemble, y_test)
+        ensemble["vs_rows"] = ensemble_vs_rows(frames, y_test, {r: results[r] for r in args.ensemble_vs if r in results},
+                                               scores, classes)
     report = {"command": " ".join(sys.argv), "data": str(data), "folds": args.folds, "rows": lines,
               "cv_pairs": cv_pairs, "test_pairs": test_pairs, "ensemble": ensemble,
               "when": time.strftime("%Y-%m-%d %H:%M")}
@@ -382,6 +402,11 @@ def report(results: dict, data: Path, args) -> None:
                "", "| ensemble - best member | diff | 90% CI | P(ensemble better) |", "|---|---|---|---|"]
         for what, p in (("CV (OOF clips)", e["cv_pair"]), ("test", e["test_pair"])):
             md.append(f"| {what} | {p['diff']:+.4f} | [{p['ci90'][0]:+.3f}, {p['ci90'][1]:+.3f}] | {p['p_better']:.2f} |")
+        if e.get("vs_rows"):
+            md += ["", "| ensemble - row | on | clips | diff | 90% CI | P(ensemble better) |", "|---|---|---|---|---|---|"]
+            for v in e["vs_rows"]:
+                md.append(f"| ensemble - {v['row']} | {v['on']} | {v['n']} | {v['diff']:+.4f} | "
+                          f"[{v['ci90'][0]:+.3f}, {v['ci90'][1]:+.3f}] | {v['p_better']:.2f} |")
     notes = OUT_MD.read_text().split(NOTES, 1)[1] if OUT_MD.is_file() and NOTES in OUT_MD.read_text() else "\n"
     OUT_MD.write_text("\n".join(md) + "\n\n" + NOTES + notes)
     print("\n".join(md))
@@ -402,6 +427,8 @@ def main():
     ap.add_argument("--test-pairs", nargs="*", default=["reference_script_fold0:reference", "face_value:default"],
                     help="rows compared on the test clips, as a:b")
     ap.add_argument("--report-only", action="store_true", help="only tabulate rows that already ran")
+    ap.add_argument("--ensemble-vs", nargs="*", default=["fv_w16"],
+                    help="rows the --ensemble sweep's ensemble is also paired against (default fv_w16)")
     ap.add_argument("--ensemble", type=Path, default=None,
                     help="a finished sweep's folder (raytag tune + raytag ensemble on --data): its ensemble "
                          "against its best member, with paired intervals")
