@@ -49,7 +49,7 @@ from raytag.config import Config  # noqa: E402
 from raytag.features.frontends import frontend_shape  # noqa: E402
 from raytag.models import build_model  # noqa: E402
 from raytag.training.checkpoint import capture_rng  # noqa: E402
-from raytag.training.epoch import _optimizer  # noqa: E402
+from raytag.training.epoch import build_optimizer  # noqa: E402
 from raytag.training.run_state import RUN_FILES, RunState  # noqa: E402
 from raytag.training.steps import build_steps, last_training_step_of_fold  # noqa: E402
 
@@ -139,7 +139,7 @@ def run(args) -> dict:
     rows = []
     for i, step in enumerate(steps):
         epochs = 1 if step.kind == "filter" else min(step.epochs, args.epochs)
-        optimizer, scheduler = _optimizer(cfg, model, step, steps_per_epoch=1) if step.trains else (None, None)
+        optimizer, scheduler = build_optimizer(cfg, model, step, steps_per_epoch=1) if step.trains else (None, None)
         if step.kind == "stage2" and cfg.pipeline.pseudo.enabled:  # chosen at the step's start
             ids = [f"noisy/{j}.wav" for j in range(n["noisy"] // 4)]
             state.save_preds(f"pseudo/fold{step.fold}_r{step.round}", ids,

@@ -13,7 +13,7 @@ Variants:
   ray_2w    fit_pipeline, 2 Ray Train workers x 0.5 CPU (DDP over gloo), 1 torch thread each
   ray_1w    fit_pipeline, 1 worker x 1 CPU, 1 torch thread
   plain_1t  this process, no Ray: CropBatches over the same FeatureStore and the engine's own
-            epoch function (raytag.training.worker._train_epoch: same crops, augmentations,
+            epoch function (raytag.training.worker.train_epoch: same crops, augmentations,
             loss and optimizer/scheduler, same seeds), then predict_segments on the held-out
             clips; torch threads 1. It trains exactly what ray_1w trains (its val lwlrap
             matches ray_1w's: the check that the work is equal).
@@ -105,7 +105,7 @@ def run_plain(cfg_dict: dict, data: Path, cache: Path, threads: int) -> dict:
     from raytag.metrics import lwlrap
     from raytag.models import build_model
     from raytag.training.dataset import CropBatches, LabelledSet
-    from raytag.training.epoch import _optimizer, _train_epoch
+    from raytag.training.epoch import build_optimizer, train_epoch
     from raytag.training.inference import iter_store_clips, predict_segments
     from raytag.training.losses import build_loss
     from raytag.training.runner import prepare_data
@@ -128,7 +128,7 @@ def run_plain(cfg_dict: dict, data: Path, cache: Path, threads: int) -> dict:
         model = build_model(cfg.model, plan.n_classes, plan.channels, plan.bins)
         loss_fn = build_loss(cfg.train.loss)
         batches = CropBatches(store, train, cfg.crop_frames(), cfg.train.batch_size)
-        optimizer, scheduler = _optimizer(cfg, model, step, batches.steps_per_epoch(1))
+        optimizer, scheduler = build_optimizer(cfg, model, step, batches.steps_per_epoch(1))
         ctx = SimpleNamespace(cfg=cfg, plan=plan, rank=0, world=1, device=torch.device("cpu"))
         pred = dict(segment_frames=cfg.segment_frames(), overlap=cfg.inference.overlap, reduce=cfg.inference.reduce,
                     tta=cfg.inference.tta, device="cpu", mean=plan.norm_mean, std=plan.norm_std)
@@ -136,7 +136,7 @@ def run_plain(cfg_dict: dict, data: Path, cache: Path, threads: int) -> dict:
         train_s, eval_s, vals = [], [], []
         for epoch in range(step.epochs):
             t0 = time.time()
-            _train_epoch(ctx, model, optimizer, scheduler, loss_fn, batches, int(cfg.seed * 1_000_003 + epoch), step)
+            train_epoch(ctx, model, optimizer, scheduler, loss_fn, batches, int(cfg.seed * 1_000_003 + epoch), step)
             t1 = time.time()
             probs = predict_segments(model, iter_store_clips(store, held_ids), **pred)
             vals.append(round(float(lwlrap(held_y, probs)), 5))

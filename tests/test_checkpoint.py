@@ -20,7 +20,7 @@ from raytag.models import build_model
 from raytag.training.checkpoint import (LEGACY_PICKLE, TRAIN_JSON, TRAIN_TENSORS, capture_rng,
                                         check_legacy_checkpoints, load_train_state, restore_rng,
                                         save_train_state)
-from raytag.training.epoch import _optimizer
+from raytag.training.epoch import build_optimizer
 from raytag.training.run_state import RUN_FILES_MANIFEST, RunState
 from raytag.training.steps import Step
 
@@ -45,7 +45,7 @@ def _model_and_optimizer(optimizer: str, scheduler: str, seed: int):
                             "train": {"optimizer": optimizer, "scheduler": scheduler, "lr": 3e-3}})
     torch.manual_seed(seed)
     model = build_model(cfg.model, n_classes=5, in_channels=1, n_bins=16)
-    opt, sched = _optimizer(cfg, model, Step("finetune", 0, epochs=4), steps_per_epoch=3)
+    opt, sched = build_optimizer(cfg, model, Step("finetune", 0, epochs=4), steps_per_epoch=3)
     return model, opt, sched
 
 

@@ -13,7 +13,7 @@ expensive part), so trying another student costs only its training.
 
 The student is trained in this process with the engine's own pieces: the feature store
 and plan (`prepare_data`, the student's features; cached like a trial's), random-crop
-batches (`CropBatches`), and the trial's epoch function (`_train_epoch`: gain/shift,
+batches (`CropBatches`), and the trial's epoch function (`train_epoch`: gain/shift,
 SpecAugment, mixup, the BCE loss, AdamW + one-cycle). It is one model on one process
 with no folds, stages, checkpoints or reports to a scheduler, which is all that Ray
 Train's worker group would add (and its start-up, see results/benchmarks/throughput.md).
@@ -45,7 +45,7 @@ from raytag.metrics import lwlrap
 from raytag.models import build_model
 from raytag.session import ensure_ray
 from raytag.training.dataset import CropBatches, LabelledSet
-from raytag.training.epoch import _optimizer, _train_epoch
+from raytag.training.epoch import build_optimizer, train_epoch
 from raytag.training.inference import iter_store_clips, predict_segments
 from raytag.training.losses import build_loss
 from raytag.training.outputs import MODEL_CARD, WEIGHTS, model_card, read_predictions, write_parquet
@@ -192,7 +192,7 @@ def train_student(cfg: Config, plan, store, targets: LabelledSet, progress: bool
     model = build_model(cfg.model, plan.n_classes, plan.channels, plan.bins)
     step = Step(kind="finetune", fold=None, epochs=int(cfg.pipeline.finetune.epochs))
     batches = CropBatches(store, targets, cfg.crop_frames(), cfg.train.batch_size)
-    optimizer, scheduler = _optimizer(cfg, model, step, batches.steps_per_epoch(1))
+    optimizer, scheduler = build_optimizer(cfg, model, step, batches.steps_per_epoch(1))
     loss_fn = build_loss(cfg.train.loss)
     ctx = _StudentContext(cfg, plan)
     losses = []
@@ -200,7 +200,7 @@ def train_student(cfg: Config, plan, store, targets: LabelledSet, progress: bool
     with bar:
         task = bar.add_task("student epochs", total=step.epochs)
         for epoch in range(step.epochs):
-            losses.append(_train_epoch(ctx, model, optimizer, scheduler, loss_fn, batches,
+            losses.append(train_epoch(ctx, model, optimizer, scheduler, loss_fn, batches,
                                        int(cfg.seed * 1_000_003 + epoch), step))
             bar.update(task, advance=1, description=f"student epochs (loss {losses[-1]:.4f})")
     return model.eval(), losses

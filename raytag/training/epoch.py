@@ -14,7 +14,7 @@ from raytag.training.run_state import _Context
 from raytag.training.steps import Step
 
 
-def _optimizer(cfg, model, step: Step, steps_per_epoch: int):
+def build_optimizer(cfg, model, step: Step, steps_per_epoch: int):
     lr = step.lr or cfg.train.lr
     params = model.parameters()
     if cfg.train.optimizer == "adamw":
@@ -35,7 +35,7 @@ def _optimizer(cfg, model, step: Step, steps_per_epoch: int):
     return opt, sched
 
 
-def _train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: CropBatches, seed, step,
+def train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: CropBatches, seed, step,
                  keep: float = 1.0) -> float:
     cfg = ctx.cfg
     gen = torch.Generator().manual_seed(seed * 7919 + ctx.rank)
@@ -69,9 +69,9 @@ def _train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: C
     return total / max(count, 1)
 
 
-def _evaluate(ctx: _Context, model, step: Step, final: bool, is_fold_final: bool) -> dict:
+def evaluate(ctx: _Context, model, step: Step, final: bool, is_fold_final: bool) -> dict:
     """Held-out scores every epoch (`val_*`, and `cv_*` of the folds done so far, see
-    _cv_so_far); at the end of a step, save its held-out and test predictions."""
+    cv_so_far); at the end of a step, save its held-out and test predictions."""
     held = ctx.curated(step.fold, held_out=True)
     probs = ctx.predict(model, held.clip_ids)
     scores = _scores(ctx, held.targets, probs) if len(held) else dict.fromkeys(_score_names(ctx), float("nan"))
@@ -92,7 +92,7 @@ def _evaluate(ctx: _Context, model, step: Step, final: bool, is_fold_final: bool
                 ctx.state.save_preds(f"final/test_fold{step.fold}", ctx.plan.test_ids, test)
         if step.kind == "warmup":  # every rank: each fold starts from these weights
             ctx.state.save_weights("warmup", model)
-    cv = _cv_so_far(ctx) or scores
+    cv = cv_so_far(ctx) or scores
     return {**{f"val_{k}": v for k, v in scores.items()}, **{f"cv_{k}": v for k, v in cv.items()}}
 
 
@@ -105,7 +105,7 @@ def _scores(ctx: _Context, truth, probs) -> dict:
     return {k: float(v) for k, v in layout_scores(ctx.plan.layout, truth, probs).items()}
 
 
-def _cv_so_far(ctx: _Context) -> dict | None:
+def cv_so_far(ctx: _Context) -> dict | None:
     """Scores of the out-of-fold predictions of the folds finished so far; None before
     the first fold ends (the caller then reports the current fold's held-out scores)."""
     ids, probs = [], []

@@ -35,7 +35,7 @@ from raytag.models import build_model
 from raytag.training.averaging import WeightAverage
 from raytag.training.checkpoint import capture_rng, restore_rng
 from raytag.training.dataset import CropBatches
-from raytag.training.epoch import _cv_so_far, _evaluate, _optimizer, _train_epoch
+from raytag.training.epoch import build_optimizer, cv_so_far, evaluate, train_epoch
 from raytag.training.losses import build_loss, small_loss_keep
 from raytag.training.rungs import RUNG_SCORE, rung_metrics
 from raytag.training.run_state import RunState, _Context, _unwrap
@@ -157,7 +157,7 @@ def train_loop_per_worker(loop_config: dict):
         # train.batch_size is the global batch: each worker takes its share
         batches = CropBatches(store, data, cfg.crop_frames(), -(-cfg.train.batch_size // world))
         if step_built != i:
-            optimizer, scheduler = _optimizer(cfg, model, step, batches.steps_per_epoch(world))
+            optimizer, scheduler = build_optimizer(cfg, model, step, batches.steps_per_epoch(world))
             average = WeightAverage(cfg.train.average_last, step.epochs)
             if train_state is not None and train_state.get("step") == i and train_state.get("optimizer"):
                 optimizer.load_state_dict(train_state["optimizer"])
@@ -171,7 +171,7 @@ def train_loop_per_worker(loop_config: dict):
                 "global_step": state.progress["global_step"], "stage": step.stage_name})
         _fail_once(loop_config.get("fail_once"), state.progress["global_step"])
         seed = int(cfg.seed * 1_000_003 + state.progress["global_step"])
-        loss = _train_epoch(ctx, model, optimizer, scheduler, loss_fn, batches, seed, step,
+        loss = train_epoch(ctx, model, optimizer, scheduler, loss_fn, batches, seed, step,
                             keep=small_loss_keep(cfg.train.loss, epoch))
         _trace({"event": "train_done", "rank": rank})
 
@@ -183,7 +183,7 @@ def train_loop_per_worker(loop_config: dict):
         if finished_step:  # the step's model is the mean of its last epochs' weights
             average.load_into(_unwrap(model))
         metrics = {"train_loss": loss, "step_epoch": epoch + 1}
-        metrics.update(_evaluate(ctx, model, step, final=finished_step,
+        metrics.update(evaluate(ctx, model, step, final=finished_step,
                                  is_fold_final=final_step_of_fold.get(step.fold) == i))
         _trace({"event": "eval_done", "rank": rank})
         # a step's end always checkpoints: its predictions and weights are made then
@@ -221,7 +221,7 @@ def _report(ctx: _Context, model, optimizer, scheduler, steps: list[Step], step:
             metrics[key] = next((r[key] for r in reversed(history)
                                  if np.isfinite(r.get(key, float("nan")))), 0.0)
         last_val = {k[len("val_"):]: v for k, v in metrics.items() if k.startswith("val_")}
-        metrics.update({f"cv_{k}": v for k, v in (_cv_so_far(ctx) or last_val).items()})
+        metrics.update({f"cv_{k}": v for k, v in (cv_so_far(ctx) or last_val).items()})
         score = None
     else:
         score = metrics[f"val_{metric}"]
