@@ -94,6 +94,13 @@ PIPELINE_VARIANTS = {
                                {**FV_THEN_FILTER, "pipeline.filter.rejected": "soft", "model.width": 16,
                                 "pipeline.label_spreading.enabled": True,
                                 "pipeline.label_spreading.groups_file": "esc50"}),
+    "pipe_w16_filter_pseudo_q": ("width 16: face value (22), filter, stage 2 (8, lr 1e-3) on curated + accepted "
+                                 "+ the rejected clips the model is most sure of (top half by quantile), "
+                                 "relabelled with its predictions",
+                                 {**FV_THEN_FILTER, "model.width": 16, "pipeline.pseudo.enabled": True,
+                                  "pipeline.pseudo.rounds": 1, "pipeline.pseudo.bounds": "quantile",
+                                  "pipeline.pseudo.lower.start": 0.5, "pipeline.pseudo.lower.end": 0.5,
+                                  "pipeline.pseudo.upper": 1.0}),
 }
 
 
