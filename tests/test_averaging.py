@@ -26,8 +26,10 @@ def _snapshots(net, n):
     return out
 
 
-@pytest.mark.parametrize("average_last, epochs, joins", [(0, 5, []), (1, 5, []), (3, 5, [3, 4, 5]),
-                                                         (9, 4, [1, 2, 3, 4])])
+@pytest.mark.parametrize("average_last, epochs, joins", [(0, 5, []), (1, 5, []), (3, 6, [4, 5, 6]),
+                                                         (5, 30, [26, 27, 28, 29, 30]),
+                                                         (5, 8, [5, 6, 7, 8]),  # at most the second half
+                                                         (5, 3, [])])
 def test_the_window_is_the_steps_last_epochs(average_last, epochs, joins):
     avg = WeightAverage(average_last, epochs)
     assert [e for e in range(1, epochs + 1) if avg.wants(e)] == joins
@@ -37,7 +39,7 @@ def test_the_window_is_the_steps_last_epochs(average_last, epochs, joins):
 def test_the_model_gets_the_mean_of_the_added_weights_and_the_last_counter():
     net = _net()
     snaps = _snapshots(net, 3)
-    avg = WeightAverage(3, 3)
+    avg = WeightAverage(3, 6)
     for snap in snaps:
         net.load_state_dict(snap)
         avg.add(net)
@@ -55,15 +57,15 @@ def test_the_running_sum_survives_a_checkpoint(tmp_path):
     """A resumed step inside its window continues the same sum (train_state.average)."""
     net = _net()
     snaps = _snapshots(net, 4)
-    whole = WeightAverage(4, 4)
-    first = WeightAverage(4, 4)
+    whole = WeightAverage(4, 8)
+    first = WeightAverage(4, 8)
     for i, snap in enumerate(snaps):
         net.load_state_dict(snap)
         whole.add(net)
         if i < 2:
             first.add(net)
     save_train_state(tmp_path, {"average": first.state()})
-    resumed = WeightAverage(4, 4)
+    resumed = WeightAverage(4, 8)
     resumed.restore(load_train_state(tmp_path)["average"])
     for snap in snaps[2:]:
         net.load_state_dict(snap)

@@ -22,10 +22,13 @@ import torch
 
 class WeightAverage:
     """The running sum of a model's tensors at the end of the epochs `first..epochs` of one
-    step (1-based), to be loaded into the model after its last epoch."""
+    step (1-based), to be loaded into the model after its last epoch. The window is at most
+    the second half of the step: a short step's early weights are still far from where it
+    ends (a 3-epoch round averages nothing, an 8-epoch one its last 4 epochs)."""
 
     def __init__(self, average_last: int, step_epochs: int):
-        self.first = step_epochs - average_last + 1 if average_last > 1 else step_epochs + 1
+        window = min(average_last, step_epochs // 2)
+        self.first = step_epochs - window + 1 if window > 1 else step_epochs + 1
         self.epochs = step_epochs
         self.total: Optional[dict[str, torch.Tensor]] = None
         self.count = 0
