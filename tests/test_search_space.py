@@ -210,3 +210,16 @@ def test_estimate_steps_counts_every_report_of_a_run():
     cfg = cfg.with_overrides({"pipeline.pseudo.enabled": False, "pipeline.filter.enabled": False,
                               "cv.folds": [0]})
     assert estimate_steps(cfg) == 2 + 3
+
+
+def test_a_base_model_setting_one_searched_model_lacks_fails_at_load(tmp_path):
+    """model.params are checked per searched model when the space loads, not when a trial
+    builds its model minutes later (a cnn2d `hidden` in base reaching crnn trials)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: {model.params.hidden: 0}\nspace: {model.name: {choice: [cnn2d, crnn]}}\n")
+    with pytest.raises(SpaceError, match=r"space.model.name = 'crnn': model.params.hidden: not a setting of model 'crnn'"):
+        load_space(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("space: {model.name: {choice: [cnn2d, crnn]}}\n"
+                    "conditional:\n  - when: {model.name: cnn2d}\n    space: {model.params.hidden: {choice: [0]}}\n")
+    load_space(good)

@@ -40,7 +40,7 @@ from typing import Any, Optional, get_type_hints
 import yaml
 
 from raytag.config import Config, ConfigError, apply_overrides
-from raytag.models import MODELS
+from raytag.models import MODELS, ModelConfigError, build_model
 from raytag.training.rungs import rung_epochs_total
 from raytag.training.steps import build_steps
 
@@ -527,6 +527,7 @@ def _validate_against_config(space: SearchSpace):
     except ConfigError as err:
         raise SpaceError(f"{src}: base/resources: {err}") from None
     _check_model_names(space, base)
+    _check_model_params(base, f"{src}: base")
 
     def walk(block: Block, conditions: dict, where: str):
         for key, allowed in block.when:
@@ -534,13 +535,28 @@ def _validate_against_config(space: SearchSpace):
         for p in block.params:
             for value in p.extremes():
                 try:
-                    space.trial_config({**conditions, p.key: value})
+                    cfg = space.trial_config({**conditions, p.key: value})
                 except ConfigError as err:
                     raise SpaceError(f"{src}: {where}space.{p.key} = {value!r}: {err}") from None
+                if p.key == "model.name":
+                    _check_model_params(cfg, f"{src}: {where}space.model.name = {value!r}")
         for i, child in enumerate(block.children):
             walk(child, conditions, f"{where}conditional[{i}].")
 
     walk(space.root, {}, "")
+
+
+def _check_model_params(cfg: Config, where: str):
+    """model.params that the model does not take (a base `hidden` meant for cnn2d reaching a
+    crnn trial) fail when a trial builds its model; build one here, on a toy input size, so they
+    fail at load time instead. Only the params check is reported: sizes are checked per trial."""
+    try:
+        build_model(cfg.model, n_classes=2, in_channels=1, n_bins=64)
+    except ModelConfigError as err:
+        if "model.params" in str(err):
+            raise SpaceError(f"{where}: {err}") from None
+    except Exception:  # noqa: BLE001 - a size this toy input cannot show; the trial checks it
+        pass
 
 
 def _check_model_names(space: SearchSpace, base: Config):
