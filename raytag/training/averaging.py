@@ -3,8 +3,9 @@
 On a few hundred clips, with mixup on every batch, the held-out score of consecutive epochs
 swings by several points even as the one-cycle schedule anneals: the weights, and the
 BatchNorm running statistics, still wander around the minimum. The uniform mean of the
-weights at the end of the last `train.average_last` epochs of a step sits nearer its centre
-and predicts more steadily, at no cost at inference (one model, not a snapshot ensemble).
+weights at the end of the last `train.average_last` epochs of a step sits nearer its centre,
+at no cost at inference (one model, not a snapshot ensemble). On the dev benchmark it was
+neutral over 5 folds (results/benchmarks/quality.md), so it is off by default and searched.
 
 Float tensors (weights and BatchNorm running mean / variance) are averaged; integer buffers
 (BatchNorm's batch counter) keep their last value. Near the end of a one-cycle schedule the
