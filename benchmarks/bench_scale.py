@@ -1,0 +1,296 @@
+"""Peak memory against dataset size (issue 11, "scale"): the feature build and a training run
+on the dev benchmark (1x) and on the same clips copied under new names (4x, a stand-in for
+FSDKaggle2019's ~24k clips), as a user runs them:
+
+  prepare   `raytag prepare --data D --config C --cache <empty folder>` (the store build:
+            the command's process and the processes it forks)
+  train     `raytag train --config C --data D --set cv.folds=[0] --set pipeline.finetune.epochs=E`
+            with the store of `prepare` reused (RAYTAG_CACHE), so only training is measured:
+            the driver, its local Ray session (GCS, raylet, dashboard, ...), the Train
+            controller, its helper actors and the Train worker(s)
+
+Every command runs as a child process; a sampler here reads /proc every --interval s and
+sums the memory of the child and all its descendants (forked feature builders, Ray's
+processes and workers) at that instant. Figures per command:
+
+  tree_rss_mb     peak over samples of the summed VmRSS (counts shared pages, such as torch's
+                  libraries, once per process: the figure `ps`/`top` users add up)
+  tree_pss_mb     peak of the summed Pss (shared pages split between their processes: the
+                  memory the tree really takes)
+  tree_anon_mb    peak of the summed RssAnon (heap, no file pages: grows with arrays held)
+  tree_file_mb    peak of the summed RssFile (mapped files: libraries, memory-mapped shards)
+  groups          the same peaks per kind of process (driver, forked, ray_system, train_worker, ...)
+  max_hwm_mb      the largest VmHWM (kernel's peak RSS, between samples too) of one process
+
+The 4x dataset is built once by make_scaled_bench.py (real copies, so every clip is its own
+file) into --data4x. Ratios 4x/1x are printed and written with the load average at every
+command. Run it alone (it keeps two cores busy):
+
+    flock /tmp/raytag-heavy.lock .venv/bin/python benchmarks/bench_scale.py \\
+        --out results/benchmarks/scale.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from make_scaled_bench import scale as make_scaled  # noqa: E402
+
+STATUS_KEYS = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")
+# process kinds, by the title Ray gives its processes (the first word of the command line)
+RAY_SYSTEM = ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "runtime_env", "ray_client",
+              "agent", "DashboardAgent", "RuntimeEnvAgent", "ray::IDLE", "ray::_")
+
+
+# ============================================================================ /proc sampling
+def _parents() -> dict[int, int]:
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                out[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid, ppid in _parents().items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = [root], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def read_mem_kb(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM, RssAnon, RssFile, RssShmem (status) and Pss (smaps_rollup), in KiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in STATUS_KEYS:
+            out[key] = int(value.split()[0])
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            out["Pss"] = int(line.split()[1])
+            break
+    return out
+
+
+def title_of(pid: int) -> str:
+    words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return " ".join(w.decode(errors="replace") for w in words[:3]).strip()
+
+
+def kind_of(pid: int, root: int, root_title: str, title: str) -> str:
+    if pid == root:
+        return "driver"
+    if "RayTrainWorker" in title:
+        return "train_worker"
+    if "TrainController" in title:
+        return "train_controller"
+    if title == root_title:
+        return "forked"  # a feature builder forked from the command (same command line)
+    if any(word in title for word in RAY_SYSTEM):
+        return "ray_system"
+    if title.startswith("ray::"):
+        return "ray_actor"  # Ray Train's helper actors, Ray tasks
+    return "other"
+
+
+class TreeSampler(threading.Thread):
+    """Every `interval` s, the summed memory of `root` and its descendants; the peaks kept."""
+
+    FIELDS = {"rss": "VmRSS", "pss": "Pss", "anon": "RssAnon", "file": "RssFile"}
+
+    def __init__(self, root: int, interval: float):
+        super().__init__(daemon=True)
+        self.root, self.interval = root, interval
+        self.root_title = title_of(root)
+        self.peak = {f: 0 for f in self.FIELDS}
+        self.group_peak: dict[str, dict[str, int]] = {}
+        self.procs: dict[int, dict] = {}  # pid -> kind, title, max rss, last hwm (KiB)
+        self.samples = 0
+        self.max_procs = 0
+        self._halt = threading.Event()
+
+    def run(self):
+        while not self._halt.is_set():
+            self.sample()
+            self._halt.wait(self.interval)
+
+    def stop(self):
+        self._halt.set()
+        self.join(timeout=10)
+
+    def sample(self):
+        totals = {f: 0 for f in self.FIELDS}
+        groups: dict[str, dict[str, int]] = {}
+        seen = 0
+        for pid in descendants(self.root):
+            try:
+                mem = read_mem_kb(pid)
+                title = self.procs[pid]["title"] if pid in self.procs else title_of(pid)
+            except (OSError, ValueError):
+                continue  # ended between the listing and the read
+            if "VmRSS" not in mem:
+                continue  # a zombie
+            seen += 1
+            row = self.procs.setdefault(pid, {"kind": kind_of(pid, self.root, self.root_title, title),
+                                              "title": title, "rss": 0, "hwm": 0})
+            row["rss"] = max(row["rss"], mem["VmRSS"])
+            row["hwm"] = max(row["hwm"], mem.get("VmHWM", 0))
+            group = groups.setdefault(row["kind"], {f: 0 for f in self.FIELDS})
+            for f, key in self.FIELDS.items():
+                totals[f] += mem.get(key, 0)
+                group[f] += mem.get(key, 0)
+        self.samples += 1
+        self.max_procs = max(self.max_procs, seen)
+        for f in self.FIELDS:
+            self.peak[f] = max(self.peak[f], totals[f])
+        for kind, group in groups.items():
+            peak = self.group_peak.setdefault(kind, {f: 0 for f in self.FIELDS})
+            for f in self.FIELDS:
+                peak[f] = max(peak[f], group[f])
+
+    def figures(self) -> dict:
+        mb = lambda kb: round(kb / 1024.0, 1)  # noqa: E731
+        biggest = max(self.procs.values(), key=lambda r: r["hwm"], default={"hwm": 0, "title": ""})
+        return {
+            **{f"tree_{f}_mb": mb(v) for f, v in self.peak.items()},
+            "groups": {k: {f"{f}_mb": mb(v) for f, v in g.items()} for k, g in sorted(self.group_peak.items())},
+            "max_hwm_mb": mb(biggest["hwm"]), "max_hwm_process": biggest["title"],
+            "processes_seen": len(self.procs), "max_processes_at_once": self.max_procs, "samples": self.samples,
+            "processes": sorted(({"kind": r["kind"], "title": r["title"][:80], "hwm_mb": mb(r["hwm"])}
+                                 for r in self.procs.values()), key=lambda r: -r["hwm_mb"])[:12],
+        }
+
+
+# ============================================================================ commands
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def measure(cmd: list[str], env: dict, interval: float, log: Path) -> dict:
+    """Run `cmd`, sample its process tree until it exits; its figures, wall time and load."""
+    before = load()
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        sampler = TreeSampler(proc.pid, interval)
+        sampler.start()
+        code = proc.wait()
+        sampler.stop()
+    wall = time.perf_counter() - t0
+    if code:
+        sys.stderr.write(log.read_text()[-4000:])
+        raise SystemExit(f"{' '.join(cmd[:3])} ... failed ({code}); log: {log}")
+    return {"wall_s": round(wall, 1), "load_before": before, "load_after": load(), **sampler.figures()}
+
+
+def run_pair(label: str, data: Path, work: Path, args) -> dict:
+    raytag = str(Path(sys.executable).with_name("raytag"))
+    cache, runs = work / "features", work / "runs"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env = dict(os.environ, RAYTAG_CACHE=str(cache), RAY_DEDUP_LOGS="0", COLUMNS="200")
+    env.pop("RAY_ADDRESS", None)  # a local session of its own, inside the sampled tree
+    config = str(args.config)
+    out = {"data": str(data)}
+    out["prepare"] = measure([raytag, "prepare", "--data", str(data), "--config", config, "--cache", str(cache)],
+                             env, args.interval, work / "prepare.log")
+    print(f"{label} prepare: {brief(out['prepare'])}", flush=True)
+    out["train"] = measure([raytag, "train", "--config", config, "--data", str(data), "--storage", str(runs),
+                            "--name", f"scale-{label}", "-q", "--set", "cv.folds=[0]",
+                            "--set", f"pipeline.finetune.epochs={args.epochs}"],
+                           env, args.interval, work / "train.log")
+    print(f"{label} train:   {brief(out['train'])}", flush=True)
+    metrics = runs / f"scale-{label}" / "outputs" / "metrics.json"
+    if metrics.is_file():
+        out["train"]["metrics"] = json.loads(metrics.read_text())
+    out["clips"] = count_clips(data)
+    return out
+
+
+def count_clips(data: Path) -> dict:
+    return {split: sum(1 for _ in (data / split).iterdir()) for split in ("train_curated", "train_noisy", "test")}
+
+
+def brief(r: dict) -> str:
+    return (f"tree RSS {r['tree_rss_mb']:.0f} MB, PSS {r['tree_pss_mb']:.0f}, anon {r['tree_anon_mb']:.0f}, "
+            f"largest process {r['max_hwm_mb']:.0f}; {r['wall_s']} s; load {r['load_before'][0]}")
+
+
+RATIO_FIELDS = ("tree_rss_mb", "tree_pss_mb", "tree_anon_mb", "tree_file_mb", "max_hwm_mb")
+
+
+def ratios(small: dict, big: dict) -> dict:
+    out = {}
+    for step in ("prepare", "train"):
+        a, b = small[step], big[step]
+        row = {f: round(b[f] / a[f], 3) for f in RATIO_FIELDS if a.get(f)}
+        for kind in sorted(set(a["groups"]) & set(b["groups"])):
+            if a["groups"][kind]["rss_mb"]:
+                row[f"{kind}_rss"] = round(b["groups"][kind]["rss_mb"] / a["groups"][kind]["rss_mb"], 3)
+        out[step] = row
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("/work/bench/escfat"))
+    parser.add_argument("--data4x", type=Path, default=Path("/tmp/escfat4x"))
+    parser.add_argument("--factor", type=int, default=4)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--interval", type=float, default=0.2)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/raytag_scale"))
+    parser.add_argument("--tag", default="", help="A name for this run in the output (e.g. before / after a change).")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks" / "scale.json")
+    args = parser.parse_args(argv)
+
+    big = make_scaled(args.data, args.data4x, args.factor)
+    report = {"benchmark": "scale (issue 11): peak memory of the feature build and of training, 1x vs "
+                           f"{args.factor}x clips",
+              "tag": args.tag, "commit": git_commit(), "config": str(args.config), "epochs": args.epochs,
+              "interval_s": args.interval, "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+              "runs": {}}
+    started = time.perf_counter()
+    report["runs"]["1x"] = run_pair("1x", args.data, args.work / "1x", args)
+    report["runs"][f"{args.factor}x"] = run_pair(f"{args.factor}x", big, args.work / f"{args.factor}x", args)
+    report["ratios"] = ratios(report["runs"]["1x"], report["runs"][f"{args.factor}x"])
+    report["total_s"] = round(time.perf_counter() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    for step, row in report["ratios"].items():
+        print(f"{step}: " + ", ".join(f"{k} {v:.2f}x" for k, v in row.items()))
+    print(f"wrote {args.out} ({report['total_s'] / 60:.1f} min)")
+    return 0
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
