@@ -26,8 +26,9 @@ The 4x dataset is built once by make_scaled_bench.py (real copies, so every clip
 file) into --data4x. Ratios 4x/1x are printed and written with the load average at every
 command. Run it alone (it keeps two cores busy):
 
+    git archive <commit> | tar -x -C /tmp/before     # optional: an older tree beside this one
     flock /tmp/raytag-heavy.lock .venv/bin/python benchmarks/bench_scale.py \\
-        --out results/benchmarks/scale.json
+        --trees before=/tmp/before after=. --out results/benchmarks/scale.json
 """
 from __future__ import annotations
 
@@ -125,7 +126,7 @@ class TreeSampler(threading.Thread):
         self.root_title = title_of(root)
         self.peak = {f: 0 for f in self.FIELDS}
         self.group_peak: dict[str, dict[str, int]] = {}
-        self.procs: dict[int, dict] = {}  # pid -> kind, title, max rss, last hwm (KiB)
+        self.procs: dict[int, dict] = {}  # pid -> kind, title, max rss / anon / file / hwm (KiB)
         self.samples = 0
         self.max_procs = 0
         self._halt = threading.Event()
@@ -143,19 +144,23 @@ class TreeSampler(threading.Thread):
         totals = {f: 0 for f in self.FIELDS}
         groups: dict[str, dict[str, int]] = {}
         seen = 0
+        try:
+            self.root_title = title_of(self.root)
+        except OSError:
+            pass  # the command has just ended
         for pid in descendants(self.root):
             try:
                 mem = read_mem_kb(pid)
-                title = self.procs[pid]["title"] if pid in self.procs else title_of(pid)
+                title = title_of(pid)  # read every time: a Ray worker renames itself once it has a job
             except (OSError, ValueError):
                 continue  # ended between the listing and the read
             if "VmRSS" not in mem:
                 continue  # a zombie
             seen += 1
-            row = self.procs.setdefault(pid, {"kind": kind_of(pid, self.root, self.root_title, title),
-                                              "title": title, "rss": 0, "hwm": 0})
-            row["rss"] = max(row["rss"], mem["VmRSS"])
-            row["hwm"] = max(row["hwm"], mem.get("VmHWM", 0))
+            row = self.procs.setdefault(pid, {"rss": 0, "anon": 0, "file": 0, "hwm": 0})
+            row["title"], row["kind"] = title, kind_of(pid, self.root, self.root_title, title)
+            for f, key in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile"), ("hwm", "VmHWM")):
+                row[f] = max(row[f], mem.get(key, 0))
             group = groups.setdefault(row["kind"], {f: 0 for f in self.FIELDS})
             for f, key in self.FIELDS.items():
                 totals[f] += mem.get(key, 0)
@@ -177,7 +182,9 @@ class TreeSampler(threading.Thread):
             "groups": {k: {f"{f}_mb": mb(v) for f, v in g.items()} for k, g in sorted(self.group_peak.items())},
             "max_hwm_mb": mb(biggest["hwm"]), "max_hwm_process": biggest["title"],
             "processes_seen": len(self.procs), "max_processes_at_once": self.max_procs, "samples": self.samples,
-            "processes": sorted(({"kind": r["kind"], "title": r["title"][:80], "hwm_mb": mb(r["hwm"])}
+            # the largest processes: peak RSS (kernel) and the largest anonymous / file-backed RSS sampled
+            "processes": sorted(({"kind": r["kind"], "title": r["title"][:80], "hwm_mb": mb(r["hwm"]),
+                                  "anon_mb": mb(r["anon"]), "file_mb": mb(r["file"])}
                                  for r in self.procs.values()), key=lambda r: -r["hwm_mb"])[:12],
         }
 
@@ -187,12 +194,12 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def measure(cmd: list[str], env: dict, interval: float, log: Path) -> dict:
+def measure(cmd: list[str], env: dict, interval: float, log: Path, cwd: Path) -> dict:
     """Run `cmd`, sample its process tree until it exits; its figures, wall time and load."""
     before = load()
     t0 = time.perf_counter()
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
         sampler = TreeSampler(proc.pid, interval)
         sampler.start()
         code = proc.wait()
@@ -204,22 +211,32 @@ def measure(cmd: list[str], env: dict, interval: float, log: Path) -> dict:
     return {"wall_s": round(wall, 1), "load_before": before, "load_after": load(), **sampler.figures()}
 
 
-def run_pair(label: str, data: Path, work: Path, args) -> dict:
-    raytag = str(Path(sys.executable).with_name("raytag"))
+def check_tree(tree: Path, env: dict) -> None:
+    """The commands must import raytag from `tree` (PYTHONPATH), not from the installed copy."""
+    got = subprocess.run([sys.executable, "-c", "import raytag; print(raytag.__file__)"], env=env, cwd=tree,
+                         capture_output=True, text=True).stdout.strip()
+    if not got or Path(got).resolve().parents[1] != tree.resolve():
+        raise SystemExit(f"{tree}: its commands would import raytag from {got or '(nothing)'}, not from this tree")
+
+
+def run_pair(label: str, tree: Path, data: Path, work: Path, args) -> dict:
+    """`raytag prepare` into an empty cache, then `raytag train` on that store, from `tree`."""
+    raytag = [sys.executable, "-m", "raytag.cli"]
     cache, runs = work / "features", work / "runs"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    env = dict(os.environ, RAYTAG_CACHE=str(cache), RAY_DEDUP_LOGS="0", COLUMNS="200")
+    env = dict(os.environ, PYTHONPATH=str(tree), RAYTAG_CACHE=str(cache), RAY_DEDUP_LOGS="0", COLUMNS="200")
     env.pop("RAY_ADDRESS", None)  # a local session of its own, inside the sampled tree
-    config = str(args.config)
-    out = {"data": str(data)}
-    out["prepare"] = measure([raytag, "prepare", "--data", str(data), "--config", config, "--cache", str(cache)],
-                             env, args.interval, work / "prepare.log")
+    check_tree(tree, env)
+    config = str(args.config.resolve())
+    out = {"data": str(data), "tree": str(tree)}
+    out["prepare"] = measure([*raytag, "prepare", "--data", str(data), "--config", config, "--cache", str(cache)],
+                             env, args.interval, work / "prepare.log", tree)
     print(f"{label} prepare: {brief(out['prepare'])}", flush=True)
-    out["train"] = measure([raytag, "train", "--config", config, "--data", str(data), "--storage", str(runs),
+    out["train"] = measure([*raytag, "train", "--config", config, "--data", str(data), "--storage", str(runs),
                             "--name", f"scale-{label}", "-q", "--set", "cv.folds=[0]",
                             "--set", f"pipeline.finetune.epochs={args.epochs}"],
-                           env, args.interval, work / "train.log")
+                           env, args.interval, work / "train.log", tree)
     print(f"{label} train:   {brief(out['train'])}", flush=True)
     metrics = runs / f"scale-{label}" / "outputs" / "metrics.json"
     if metrics.is_file():
@@ -261,35 +278,51 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--interval", type=float, default=0.2)
     parser.add_argument("--work", type=Path, default=Path("/tmp/raytag_scale"))
-    parser.add_argument("--tag", default="", help="A name for this run in the output (e.g. before / after a change).")
+    parser.add_argument("--trees", nargs="+", default=[f"this={ROOT}"], metavar="NAME=DIR",
+                        help="Source trees to measure, one after another (e.g. before=/tmp/old after=.): "
+                             "each command imports raytag from its tree.")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks" / "scale.json")
     args = parser.parse_args(argv)
+    trees = dict(item.split("=", 1) for item in args.trees)
+    trees = {name: Path(folder).resolve() for name, folder in trees.items()}
 
     big = make_scaled(args.data, args.data4x, args.factor)
-    report = {"benchmark": "scale (issue 11): peak memory of the feature build and of training, 1x vs "
-                           f"{args.factor}x clips",
-              "tag": args.tag, "commit": git_commit(), "config": str(args.config), "epochs": args.epochs,
-              "interval_s": args.interval, "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    large = f"{args.factor}x"
+    report = {"benchmark": f"scale (issue 11): peak memory of the feature build and of training, 1x vs {large} clips",
+              "trees": {name: {"path": str(tree), "commit": git_commit(tree)} for name, tree in trees.items()},
+              "config": str(args.config), "epochs": args.epochs, "interval_s": args.interval,
+              "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-              "runs": {}}
+              "runs": {}, "ratios": {}}
     started = time.perf_counter()
-    report["runs"]["1x"] = run_pair("1x", args.data, args.work / "1x", args)
-    report["runs"][f"{args.factor}x"] = run_pair(f"{args.factor}x", big, args.work / f"{args.factor}x", args)
-    report["ratios"] = ratios(report["runs"]["1x"], report["runs"][f"{args.factor}x"])
-    report["total_s"] = round(time.perf_counter() - started, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    for step, row in report["ratios"].items():
-        print(f"{step}: " + ", ".join(f"{k} {v:.2f}x" for k, v in row.items()))
+
+    def save():
+        report["total_s"] = round(time.perf_counter() - started, 1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+
+    for name, tree in trees.items():
+        runs = report["runs"][name] = {}
+        for label, data in (("1x", args.data), (large, big)):
+            runs[label] = run_pair(f"{name} {label}", tree, data, args.work / name / label, args)
+            save()
+        report["ratios"][name] = ratios(runs["1x"], runs[large])
+        save()
+    for name, by_step in report["ratios"].items():
+        for step, row in by_step.items():
+            print(f"{name} {step} {large}/1x: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()))
     print(f"wrote {args.out} ({report['total_s'] / 60:.1f} min)")
     return 0
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
+def git_commit(tree: Path) -> str:
+    """The commit of a checkout ("" for an exported tree), with "+changes" when it has uncommitted ones."""
+    def git(*cmd):
+        return subprocess.run(["git", *cmd], cwd=tree, capture_output=True, text=True).stdout.strip()
+
+    if not (tree / ".git").exists():
         return ""
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 if __name__ == "__main__":
