@@ -282,7 +282,11 @@ def main(argv=None) -> int:
                         help="Source trees to measure, one after another (e.g. before=/tmp/old after=.): "
                              "each command imports raytag from its tree.")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks" / "scale.json")
+    parser.add_argument("--markdown", type=Path, metavar="JSON", help="Print the tables of a finished run's JSON and stop.")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
     trees = dict(item.split("=", 1) for item in args.trees)
     trees = {name: Path(folder).resolve() for name, folder in trees.items()}
 
@@ -313,6 +317,29 @@ def main(argv=None) -> int:
             print(f"{name} {step} {large}/1x: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()))
     print(f"wrote {args.out} ({report['total_s'] / 60:.1f} min)")
     return 0
+
+
+def markdown(report: dict) -> str:
+    """The figures of a report as markdown tables (for results/benchmarks/speed.md)."""
+    lines = ["| tree | step | clips | tree RSS MB | tree PSS MB | tree anon MB | tree file MB | largest process MB "
+             "| train worker MB (anon / file) | wall s | load 1/5/15 |", "|" + "---|" * 11]
+    for name, runs in report["runs"].items():
+        for label, run in runs.items():
+            clips = sum(run["clips"].values())
+            for step in ("prepare", "train"):
+                r = run[step]
+                worker = next((p for p in r["processes"] if p["kind"] == "train_worker"), None)
+                lines.append(f"| {name} | {step} {label} | {clips} | {r['tree_rss_mb']:.0f} | {r['tree_pss_mb']:.0f} | "
+                             f"{r['tree_anon_mb']:.0f} | {r['tree_file_mb']:.0f} | {r['max_hwm_mb']:.0f} | "
+                             + (f"{worker['hwm_mb']:.0f} ({worker['anon_mb']:.0f} / {worker['file_mb']:.0f})" if worker else "-")
+                             + f" | {r['wall_s']} | {' '.join(str(x) for x in r['load_before'])} |")
+    lines += ["", "| tree | step | tree RSS | tree PSS | tree anon | largest process | train worker RSS |", "|" + "---|" * 7]
+    for name, by_step in report["ratios"].items():
+        for step, row in by_step.items():
+            lines.append(f"| {name} | {step} | " + " | ".join(
+                f"{row[k]:.2f}x" if k in row else "-"
+                for k in ("tree_rss_mb", "tree_pss_mb", "tree_anon_mb", "max_hwm_mb", "train_worker_rss")) + " |")
+    return "\n".join(lines)
 
 
 def git_commit(tree: Path) -> str:
