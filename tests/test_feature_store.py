@@ -155,6 +155,17 @@ def test_reading_maps_no_shard_into_the_process(store):
     assert fresh._shards and not any(shard_name(0)[:6] in path for path in _mapped_files() if str(store.path) in path)
 
 
+def test_open_shard_files_are_capped_least_recently_used_first(store, monkeypatch):
+    import raytag.features.store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_OPEN_SHARDS", 2)
+    fresh = FeatureStore.open(store.path)
+    for clip_id in fresh.clip_ids + fresh.clip_ids[::-1]:
+        np.testing.assert_array_equal(fresh.get(clip_id), store.get(clip_id))
+        assert len(fresh._shards) <= 2
+    assert len(set(fresh._shard)) == 3  # the fixture's 9 clips in shards of 3: every read crossed shards
+
+
 def test_a_shard_cut_short_after_opening_is_an_error_naming_it(store, tmp_path):
     import shutil
 

@@ -39,6 +39,7 @@ import re
 import resource
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -60,6 +61,7 @@ log = logging.getLogger("raytag.features")
 FORMAT_VERSION = 1
 INDEX_COLUMNS = ["clip_id", "shard", "offset", "n_frames"]
 FAILED_COLUMNS = ["file", "reason"]
+MAX_OPEN_SHARDS = 256  # per store; FSDKaggle2019 (24k clips) is ~190 shards of 128 clips
 STD_FLOOR = 1e-5  # a constant bin (e.g. an empty mel band) gets this std, so x/std stays finite
 
 
@@ -96,7 +98,7 @@ class FeatureStore:
 
     def _setup(self):
         self._pos = {cid: i for i, cid in enumerate(self._ids)}
-        self._shards: dict[int, ShardFile] = {}  # opened on first use
+        self._shards: OrderedDict[int, ShardFile] = OrderedDict()  # opened on first use, least recent first
         self.build_info: dict = dict(self.meta.get("last_build", {}))
 
     # -- pickling: path + index + meta only; shard files are reopened per process --------
@@ -194,7 +196,11 @@ class FeatureStore:
     def _shard_file(self, shard: int) -> "ShardFile":
         found = self._shards.get(shard)
         if found is None:
+            if len(self._shards) >= MAX_OPEN_SHARDS:  # a file descriptor each: keep within ulimit -n
+                self._shards.popitem(last=False)[1].close()
             found = self._shards[shard] = ShardFile(self.path / shard_name(shard))
+        else:
+            self._shards.move_to_end(shard)
         return found
 
     def _row(self, clip_id: str) -> int:
@@ -250,10 +256,13 @@ class ShardFile:
     def _unreadable(self, err: Exception) -> "FeatureStoreError":
         return FeatureStoreError(f"{self.path}: shard unreadable ({err}); run `raytag prepare` again to rebuild it")
 
-    def __del__(self):
-        fd = getattr(self, "fd", None)
+    def close(self):
+        fd, self.fd = getattr(self, "fd", None), None
         if fd is not None:
             os.close(fd)
+
+    def __del__(self):
+        self.close()
 
 
 # ============================================================================ building
