@@ -21,14 +21,12 @@ raytag), before and after one right after the other, one at a time:
              a Ray session and a later one (Ray already up, as for every trial after the
              first of a sweep), with the same tiny work.
   demo       `raytag demo --out <empty folder>`: wall time of the whole command.
-  scale      peak RSS of the feature build (the largest process: driver or worker) and of
-             training (the largest Ray Train worker's VmHWM; 2 workers, 1 epoch of
-             curated + every noisy clip, 1 fold) on --data and on --data4x (the same clips
-             copied under new names: benchmarks/make_scaled_bench.py).
+
+Memory against dataset size (1x and 4x clips) is benchmarks/bench_scale.py.
 
     git archive <old commit> | tar -x -C /tmp/before
     .venv/bin/python benchmarks/bench_speed.py --before /tmp/before --after . \
-        --data /work/bench/escfat --data4x /tmp/escfat4x --out results/benchmarks/speed.json
+        --data /work/bench/escfat --out results/benchmarks/speed.json
 
 Writes the JSON and prints the tables; results/benchmarks/speed.md is written from it.
 """
@@ -47,7 +45,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ["features", "epoch", "startup", "demo", "scale"]
+SECTIONS = ["features", "epoch", "startup", "demo"]
 
 
 # ============================================================================ child side
@@ -151,20 +149,8 @@ def child_startup(args) -> dict:
     return out
 
 
-def child_scale_train(args) -> dict:
-    import bench_training as btr
-
-    from raytag.session import ensure_ray
-
-    cfg = btr.run_config({"name": "cnn2d", "width": 16}, 1, 5, [0], 2.0, 2)
-    ensure_ray()
-    row = btr.fit_one(cfg, Path(args.data), Path(args.cache), Path(args.work) / "runs", tag="scale")
-    return {"worker_peak_rss_mb": row["worker_peak_rss_mb"], "worker_max_polled_anon_mb": row["worker_max_polled_anon_mb"],
-            "driver_peak_rss_mb": peak_mb(), "wall_s": row["wall_s"], "train_processes_mb": row["train_processes_mb"]}
-
-
 CHILDREN = {"features": child_features, "librosa": child_loop, "frontend": child_loop, "epoch": child_epoch,
-            "startup": child_startup, "scale_train": child_scale_train}
+            "startup": child_startup}
 
 
 # ============================================================================ parent side
@@ -209,7 +195,6 @@ def main(argv=None) -> int:
     parser.add_argument("--before", type=Path)
     parser.add_argument("--after", type=Path, default=HERE.parent)
     parser.add_argument("--data", type=Path, default=Path("/work/bench/escfat"))
-    parser.add_argument("--data4x", type=Path, default=Path("/tmp/escfat4x"))
     parser.add_argument("--sections", nargs="*", default=SECTIONS, choices=SECTIONS)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--work", type=Path, default=Path("/tmp/raytag_speed"))
@@ -228,7 +213,7 @@ def main(argv=None) -> int:
 
     trees = {"before": args.before.resolve(), "after": args.after.resolve()} if args.before else {"after": args.after.resolve()}
     report = {"benchmark": "speed (issue 11)", "trees": {k: str(v) for k, v in trees.items()},
-              "data": str(args.data), "data4x": str(args.data4x), "epochs": args.epochs,
+              "data": str(args.data), "epochs": args.epochs,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "load_avg_start": os.getloadavg()}, "sections": {}}
     started = time.perf_counter()
@@ -277,16 +262,6 @@ def main(argv=None) -> int:
             sec[name] = run_demo(tree, work_for(f"demo-{name}"))
             save()
             print(f"demo {name}: {sec[name]['wall_s']} s", flush=True)
-    if "scale" in args.sections:
-        sec = report["sections"]["scale"] = {}
-        for name, tree in trees.items():
-            for label, folder in (("1x", args.data), ("4x", args.data4x)):
-                cache = work_for(f"scale-{name}-{label}")
-                d = ["--data", str(folder), "--cache", str(cache / "features"), "--work", str(cache)]
-                sec[f"{name}_{label}"] = {"features": run_child("features", tree, args, d + ["--cold-only"]),
-                                          "train": run_child("scale_train", tree, args, d)}
-                save()
-        print_scale(sec, trees)
     save()
     print(f"wrote {args.out} ({report['total_s'] / 60:.1f} min)")
     return 0
@@ -320,17 +295,6 @@ def print_startup(sec: dict):
     for name, r in sec.items():
         print(f"{name:>7}: ray.init {r['ray_init_s']:.1f} s; fit start-up " +
               ", ".join(f"{f['startup_s']:.1f}" for f in r["fits"]) + f" s (load {r['_load_1m_before']})")
-
-
-def print_scale(sec: dict, trees: dict):
-    for name in trees:
-        a, b = sec.get(f"{name}_1x"), sec.get(f"{name}_4x")
-        if not (a and b):
-            continue
-        fa, fb = a["features"]["build_peak_rss_mb"], b["features"]["build_peak_rss_mb"]
-        ta, tb = max(a["train"]["worker_peak_rss_mb"]), max(b["train"]["worker_peak_rss_mb"])
-        print(f"{name:>7}: feature build peak RSS {fa:.0f} -> {fb:.0f} MB ({fb / fa:.2f}x); "
-              f"training worker peak RSS {ta:.0f} -> {tb:.0f} MB ({tb / ta:.2f}x)")
 
 
 if __name__ == "__main__":

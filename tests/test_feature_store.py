@@ -125,18 +125,62 @@ def test_mean_and_std_are_over_frames_of_non_test_clips(store):
     assert not np.allclose(store.mean, with_test.mean(axis=-1), atol=1e-3)
 
 
-def test_shards_are_memory_mapped_lazily_and_the_store_pickles_cheaply(store):
+def test_shards_are_opened_lazily_and_the_store_pickles_cheaply(store):
     fresh = FeatureStore.open(store.path)
-    assert fresh._maps == {}
+    assert fresh._shards == {}
     fresh.get("curated/c0.wav")
-    assert list(fresh._maps) == [0] and isinstance(fresh._maps[0], np.memmap)
+    assert list(fresh._shards) == [0]
     blob = pickle.dumps(fresh)
-    assert len(blob) < 20_000 and b"memmap" not in blob
+    assert len(blob) < 20_000 and b"ShardFile" not in blob
     copy = pickle.loads(blob)
-    assert copy._maps == {}
+    assert copy._shards == {}
     np.testing.assert_array_equal(copy.get("test/t1.wav"), store.get("test/t1.wav"))
     on_disk = np.load(store.path / shard_name(0), mmap_mode="r")
     assert on_disk.dtype == np.float16 and on_disk.shape[1:] == (1, 32)  # time-major (T, C, F)
+
+
+def _mapped_files() -> set[str]:
+    return {line.split(None, 5)[5].strip() for line in Path("/proc/self/maps").read_text().splitlines()
+            if len(line.split(None, 5)) == 6}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_reading_maps_no_shard_into_the_process(store):
+    """A memory map keeps every page it touched in the reader's RSS (a training worker's
+    grew with the store); reads copy the frames out instead."""
+    fresh = FeatureStore.open(store.path)
+    for clip_id in fresh.clip_ids:
+        full = fresh.get(clip_id)
+        np.testing.assert_array_equal(fresh.crop(clip_id, 1, 5), full[..., 1:6])
+    assert fresh._shards and not any(shard_name(0)[:6] in path for path in _mapped_files() if str(store.path) in path)
+
+
+def test_open_shard_files_are_capped_least_recently_used_first(store, monkeypatch):
+    import raytag.features.store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_OPEN_SHARDS", 2)
+    fresh = FeatureStore.open(store.path)
+    for clip_id in fresh.clip_ids + fresh.clip_ids[::-1]:
+        np.testing.assert_array_equal(fresh.get(clip_id), store.get(clip_id))
+        assert len(fresh._shards) <= 2
+    assert len(set(fresh._shard)) == 3  # the fixture's 9 clips in shards of 3: every read crossed shards
+
+
+def test_a_shard_cut_short_after_opening_is_an_error_naming_it(store, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(store.path, copy)
+    fresh = FeatureStore.open(copy)
+    last = fresh.clip_ids[-1]
+    shard = copy / shard_name(int(fresh._shard[fresh._row(last)]))
+    fresh.get(last)  # opened while whole
+    with open(shard, "r+b") as fh:
+        fh.truncate(shard.stat().st_size - 64)
+    with pytest.raises(FeatureStoreError, match=f"{shard.name}.*prepare"):
+        fresh.get(last)
+    with pytest.raises(FeatureStoreError, match="truncated"):
+        FeatureStore.open(copy).get(last)
 
 
 def test_second_build_reuses_every_shard_and_decodes_nothing(store, dataset):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import label_ranking_average_precision_score
 
-from raytag.metrics import lwlrap, map_at_3, per_class_lwlrap
+from raytag.metrics import lwlrap, map_at_3, max_rank, per_class_lwlrap
 
 TRUTH = np.array([[1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 1, 0]])
 SCORES = np.array([[0.9, 0.8, 0.1, 0.3], [0.2, 0.1, 0.7, 0.4], [0.6, 0.5, 0.4, 0.9]])
@@ -12,6 +12,18 @@ SCORES = np.array([[0.9, 0.8, 0.1, 0.3], [0.2, 0.1, 0.7, 0.4], [0.6, 0.5, 0.4, 0
 def sklearn_lwlrap(truth, scores):
     keep = truth.sum(1) > 0
     return label_ranking_average_precision_score(truth[keep], scores[keep], sample_weight=truth[keep].sum(1))
+
+
+def test_max_rank_equals_scipy_rankdata_max_with_ties_and_infinities():
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n, c = int(rng.integers(1, 20)), int(rng.integers(1, 10))
+        x = rng.integers(0, 3, (n, c)).astype(float) if trial % 2 else rng.standard_normal((n, c))
+        x[rng.random((n, c)) < 0.2] = np.inf  # the metric pushes negatives to +inf
+        np.testing.assert_array_equal(max_rank(x), rankdata(x, method="max", axis=1))
+    assert max_rank(np.zeros((3, 0))).shape == (3, 0)
 
 
 def test_worked_example_from_design():

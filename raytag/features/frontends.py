@@ -25,10 +25,7 @@ conventions and is tested against librosa:
 """
 from __future__ import annotations
 
-import librosa
 import numpy as np
-import scipy.fft
-import scipy.signal
 import torch
 from torch import nn
 
@@ -93,6 +90,10 @@ class MelPower(nn.Module):
         self.hop_length = cfg.hop_length
         # librosa's "hann" is the periodic (fftbins=True) window
         self.register_buffer("window", torch.hann_window(cfg.n_fft, periodic=True, dtype=torch.float32))
+        # librosa and scipy are imported where used: a Train worker imports this module but
+        # builds no front end, and they were 0.9 s of its start-up
+        import librosa
+
         mel = librosa.filters.mel(
             sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
             htk=False, norm="slaney",
@@ -127,6 +128,8 @@ class MFCC(nn.Module):
         super().__init__()
         self.logmel = LogMel(cfg, n_mels=cfg.n_mels)
         # rows of the DCT matrix taken from scipy itself so the convention is exactly librosa's
+        import scipy.fft
+
         dct = scipy.fft.dct(np.eye(cfg.n_mels), type=2, norm="ortho", axis=0)[: cfg.n_mfcc]
         self.register_buffer("dct", torch.from_numpy(dct.astype(np.float32)))
 
@@ -171,6 +174,8 @@ class Deltas(nn.Module):
             raise ConfigError(f"features.deltas: {order} is not 0, 1 or 2")
         self.order = order
         self.width = width
+        import scipy.signal
+
         half = width // 2
         for k in range(1, order + 1):
             m = scipy.signal.savgol_filter(np.eye(width), width, polyorder=k, deriv=k, axis=0, mode="interp")

@@ -22,10 +22,12 @@ second build does no audio work and an interrupted build resumes where it stoppe
 cache folder must be visible to every node that runs tasks (a shared or local disk on
 one machine; on a cluster, a shared file system).
 
-Readers memory-map shards lazily (`np.load(mmap_mode="r")`) and copy out only the frames
-asked for, so no process holds the whole store: FAT2019 at 44.1 kHz, 128 mels, hop 345
-is about 4.6 GB of float16 on disk, read through the page cache. A `FeatureStore`
-pickles as its path and index only; each process reopens the shards it touches.
+Readers read only the frames asked for (`os.pread` at the clip's offset in its shard), so
+no process holds the whole store: FAT2019 at 44.1 kHz, 128 mels, hop 345 is about 4.6 GB
+of float16 on disk, read through the page cache. Not a memory map: a mapped page once
+touched stays in the reading process's RSS, so a training worker's RSS grew with the
+store (every clip is read each epoch); a read copies the frames and maps nothing. A
+`FeatureStore` pickles as its path and index only; each process reopens the shards it touches.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ import re
 import resource
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -58,6 +61,7 @@ log = logging.getLogger("raytag.features")
 FORMAT_VERSION = 1
 INDEX_COLUMNS = ["clip_id", "shard", "offset", "n_frames"]
 FAILED_COLUMNS = ["file", "reason"]
+MAX_OPEN_SHARDS = 256  # per store; FSDKaggle2019 (24k clips) is ~190 shards of 128 clips
 STD_FLOOR = 1e-5  # a constant bin (e.g. an empty mel band) gets this std, so x/std stays finite
 
 
@@ -94,10 +98,10 @@ class FeatureStore:
 
     def _setup(self):
         self._pos = {cid: i for i, cid in enumerate(self._ids)}
-        self._maps: dict[int, np.ndarray] = {}  # shard -> memmap, opened on first use
+        self._shards: OrderedDict[int, ShardFile] = OrderedDict()  # opened on first use, least recent first
         self.build_info: dict = dict(self.meta.get("last_build", {}))
 
-    # -- pickling: path + index + meta only; memmaps are reopened per process ------------
+    # -- pickling: path + index + meta only; shard files are reopened per process --------
     def __getstate__(self):
         return {k: getattr(self, k) for k in ("path", "meta", "failed", "_ids", "_shard", "_offset", "_frames")}
 
@@ -185,23 +189,19 @@ class FeatureStore:
         return out
 
     def _frames_of(self, i: int, start: int, stop: int) -> np.ndarray:
-        shard = self._map(int(self._shard[i]))
         base = int(self._offset[i])
-        block = shard[base + start: base + stop]  # (t, C, F) float16, read from the memmap
+        block = self._shard_file(int(self._shard[i])).rows(base + start, base + stop)  # (t, C, F) float16
         return np.ascontiguousarray(block.transpose(1, 2, 0), dtype=np.float32)
 
-    def _map(self, shard: int) -> np.ndarray:
-        arr = self._maps.get(shard)
-        if arr is None:
-            path = self.path / shard_name(shard)
-            try:
-                arr = np.load(path, mmap_mode="r")
-            except (OSError, ValueError) as err:
-                raise FeatureStoreError(
-                    f"{path}: shard unreadable ({err}); run `raytag prepare` again to rebuild it"
-                ) from err
-            self._maps[shard] = arr
-        return arr
+    def _shard_file(self, shard: int) -> "ShardFile":
+        found = self._shards.get(shard)
+        if found is None:
+            if len(self._shards) >= MAX_OPEN_SHARDS:  # a file descriptor each: keep within ulimit -n
+                self._shards.popitem(last=False)[1].close()
+            found = self._shards[shard] = ShardFile(self.path / shard_name(shard))
+        else:
+            self._shards.move_to_end(shard)
+        return found
 
     def _row(self, clip_id: str) -> int:
         try:
@@ -211,6 +211,58 @@ class FeatureStore:
                 f"clip {clip_id!r} is not in the feature store {self.path} "
                 f"(not in the dataset, or failed to decode: see failed.csv)"
             ) from None
+
+
+class ShardFile:
+    """One shard's .npy file, read a range of rows at a time with `os.pread` (no memory map).
+
+    The header is parsed once; the file stays open for the life of the store. pread takes
+    its offset per call, so a descriptor inherited by a forked process is still safe."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            with open(path, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(fh)
+                self.data_start = fh.tell()
+            if fortran or len(shape) != 3:
+                raise ValueError(f"expected a C-ordered (T, C, F) array, found shape {shape}"
+                                 f"{' in Fortran order' if fortran else ''}")
+            self.length, self.row_shape, self.dtype = int(shape[0]), tuple(int(d) for d in shape[1:]), dtype
+            self.row_bytes = int(np.prod(self.row_shape)) * dtype.itemsize
+            expected = self.data_start + self.length * self.row_bytes
+            if path.stat().st_size < expected:
+                raise ValueError(f"truncated: {path.stat().st_size} bytes, the header says {expected}")
+            self.fd = os.open(path, os.O_RDONLY)
+        except (OSError, ValueError) as err:
+            raise self._unreadable(err) from err
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as a (stop - start, C, F) array of the stored dtype."""
+        start, stop = max(start, 0), min(stop, self.length)
+        n = max(stop - start, 0)
+        want = n * self.row_bytes
+        try:
+            data = os.pread(self.fd, want, self.data_start + start * self.row_bytes) if want else b""
+        except OSError as err:
+            raise self._unreadable(err) from err
+        if len(data) != want:
+            raise self._unreadable(ValueError(f"read {len(data)} of {want} bytes: the file shrank"))
+        return np.frombuffer(data, dtype=self.dtype).reshape(n, *self.row_shape)
+
+    def _unreadable(self, err: Exception) -> "FeatureStoreError":
+        return FeatureStoreError(f"{self.path}: shard unreadable ({err}); run `raytag prepare` again to rebuild it")
+
+    def close(self):
+        fd, self.fd = getattr(self, "fd", None), None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self):
+        self.close()
 
 
 # ============================================================================ building

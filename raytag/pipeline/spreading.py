@@ -33,10 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from sklearn.decomposition import PCA
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.preprocessing import StandardScaler
-from sklearn.semi_supervised import LabelSpreading
 
 from raytag.config import ConfigError, LabelSpreadingConfig
 
@@ -63,6 +59,9 @@ def embed_pca(features, n_components: int, seed: int = 0) -> np.ndarray:
     if x.shape[0] < 2:
         raise ValueError(f"PCA needs at least 2 clips, got {x.shape[0]}")
     k = max(1, min(int(n_components), x.shape[0], x.shape[1]))
+    from sklearn.decomposition import PCA  # sklearn where used: every Train worker imports this module
+    from sklearn.preprocessing import StandardScaler
+
     x = StandardScaler().fit_transform(x)
     return PCA(n_components=k, random_state=seed).fit_transform(x).astype(np.float32)
 
@@ -103,6 +102,8 @@ def resolve_groups(groups: dict | None, classes: Sequence[str]) -> dict[str, np.
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
+    from sklearn.preprocessing import StandardScaler
+
     x = StandardScaler().fit_transform(x)
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norm > 0, norm, 1.0)
@@ -121,6 +122,9 @@ def _stratified_share(labels: np.ndarray, keep: int, rng: np.random.Generator) -
 
 def _spread_one_graph(x_lab, lab_class, x_noisy, cfg: LabelSpreadingConfig) -> np.ndarray:
     """Spread label (class index) per noisy row; -1 where no label reached it."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.semi_supervised import LabelSpreading
+
     x = np.concatenate([x_lab, x_noisy])
     y = np.concatenate([lab_class, np.full(len(x_noisy), -1, dtype=np.int64)])
     model = LabelSpreading(kernel="rbf", gamma=cfg.gamma, alpha=cfg.alpha, max_iter=cfg.max_iter)

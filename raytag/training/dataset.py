@@ -1,4 +1,4 @@
-"""Training batches of random fixed-length crops, read straight from the memory-mapped
+"""Training batches of random fixed-length crops, read straight from the sharded
 feature store (a worker never holds the whole store in memory).
 
 Sharding is by hand rather than with torch's DistributedSampler + DataLoader: every
