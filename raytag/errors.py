@@ -27,6 +27,11 @@ class StorageError(RaytagError):
     """A storage path or URI cannot be used (for example local storage on a multi-node cluster)."""
 
 
+class StorageFault(StorageError):
+    """The storage failed while a run wrote to it (a full disk, lost write access): not the
+    run's own failure, so the run continues from its last checkpoint once it is fixed."""
+
+
 class ScoringError(RaytagError):
     """A truth or submission file cannot be scored; the message says which and why."""
 

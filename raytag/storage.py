@@ -11,6 +11,7 @@ reader never sees half a file; an object store PUT is already all-or-nothing.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -204,6 +205,53 @@ def check_writable(folder) -> None:
         _remove(probe)
     except OSError as err:  # pyarrow's IO errors are OSErrors too
         raise StorageError(f"cannot write to {folder}: {err}") from err
+
+
+# An OSError with one of these numbers is the storage's fault, not the code's: no space or
+# quota left, or no write access (EACCES / EPERM / EROFS) to a path under the storage.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_NO_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS}
+# the same in an error that only came back as text (a Ray worker's traceback): "[Errno 28] ..."
+_ERRNO_TEXT = re.compile(r"\[errno (\d+)\][^\n]*", re.IGNORECASE)
+
+
+def storage_fault(err: BaseException, folder) -> Optional[str]:
+    """Why `err` is the storage's fault rather than the code's, or None.
+
+    A fault when `folder` cannot be written now (`check_writable`), or when an OSError in
+    the chain of `err` is a full disk (anywhere) or lost write access to a path under
+    `folder`. Follows `__cause__` / `__context__` and the exceptions Ray wraps (a task's
+    `cause`, Ray Train's `worker_failures` and `controller_failure`); a worker's error that
+    only survives as text counts by its "[Errno N]" line."""
+    try:
+        check_writable(folder)
+    except StorageError as probe:
+        return str(probe)
+    where = str(folder)
+    for exc in exception_chain(err):
+        if isinstance(exc, OSError) and exc.errno is not None:
+            on_storage = where in str(exc.filename or "") or where in str(exc)
+            if exc.errno in _NO_SPACE or (exc.errno in _NO_ACCESS and on_storage):
+                return f"cannot write to {exc.filename or folder}: {exc}"
+        for match in _ERRNO_TEXT.finditer(str(exc)):
+            number, line = int(match.group(1)), match.group(0)
+            if number in _NO_SPACE or (number in _NO_ACCESS and where in line):
+                return f"cannot write to {folder}: {line.strip()}"
+    return None
+
+
+def exception_chain(err: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo = [err]
+    while todo:
+        exc = todo.pop()
+        if not isinstance(exc, BaseException) or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        yield exc
+        todo += [exc.__cause__, exc.__context__, getattr(exc, "cause", None),
+                 getattr(exc, "controller_failure", None),
+                 *(getattr(exc, "worker_failures", None) or {}).values()]
 
 
 def read_text(path) -> str:

@@ -16,6 +16,7 @@ would resume from, so a kill always lands after a checkpoint the restart can loa
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -341,9 +342,6 @@ def _try_mount_tmpfs(path: Path, size: str) -> bool:
     return done.returncode == 0
 
 
-@pytest.mark.skip(reason="known bug (issue 12, open): when the disk fills, a trial's own write can fail "
-                         "before StorageWatch's 2 s probe sees it; the trial is recorded FAILED and the sweep "
-                         "ends with Tune's 'Trials did not complete' (exit 1), and --resume does not rerun it")
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.real_audio
@@ -405,6 +403,9 @@ def test_storage_watch_stops_the_sweep_with_how_to_resume(tmp_path):
     (exp / "trials").rmdir() if (exp / "trials").is_dir() else None
     (exp / "trials").write_text("not a folder")
     watch.on_step_end(iteration=2, trials=[])  # within every_s: not probed again
+    watch.on_trial_error(iteration=2, trials=[], trial=None)  # a trial failed: probed at this step's end
+    with pytest.raises(StorageError, match=r"(?s)cannot write to .*trials.*--name brittle.*--resume"):
+        watch.on_step_end(iteration=2, trials=[])
     watch.setup()  # a resumed sweep: probes at once
     with pytest.raises(StorageError, match=r"(?s)cannot write to .*trials.*--name brittle.*--resume"):
         watch.on_step_end(iteration=3, trials=[])
@@ -456,3 +457,161 @@ def test_a_damaged_train_checkpoint_list_is_set_aside(tmp_path):
     assert set_aside_damaged_snapshot(str(tmp_path))
     assert not (tmp_path / TRAIN_SNAPSHOT).exists()
     assert (tmp_path / (TRAIN_SNAPSHOT + ".damaged")).read_text().endswith("checkpoint_dir_na")
+
+
+# ----------------------------------------------------------------------------- a trial meets the fault first (quick)
+FAKE_SPACE = """
+name: fake
+base:
+  pipeline.finetune.epochs: 4
+space:
+  train.lr: {loguniform: [1.0e-4, 1.0e-2]}
+  model.width: {choice: [16, 48]}
+search: {samples: 5, scheduler: fifo, max_concurrent_trials: 1, seed: 0}
+resources: {num_workers: 1, cpus_per_worker: 0.5, trial_cpus: 0.25}
+"""
+
+
+def disk_filling_fit(cfg, data, storage, name, callbacks=(), feature_cache=None, progress=True):
+    """Stands in for fit_pipeline: width 48 is refused (the trial's own failure); while
+    `<data>/disk_full` exists a trial's "checkpoint" write after its second epoch finds the
+    disk full. Progress is kept in `<storage>/<name>/epochs` (its checkpoint): a rerun
+    continues from there. Each start is logged in `<data>/starts.log` as "name epoch"."""
+    import errno
+    from types import SimpleNamespace
+
+    from raytag.config import ConfigError
+
+    run = Path(storage) / name
+    run.mkdir(parents=True, exist_ok=True)
+    done = int((run / "epochs").read_text()) if (run / "epochs").exists() else 0
+    with open(Path(data) / "starts.log", "a") as log:
+        log.write(f"{name} {done}\n")
+    if cfg.model.width == 48:
+        raise ConfigError("model.width: 48 is refused by this fake runner")
+    epochs = cfg.pipeline.finetune.epochs
+    score = 1.0 - abs(math.log10(cfg.train.lr) + 3.0) / 2.0
+    for epoch in range(done + 1, epochs + 1):
+        if epoch == 3 and (Path(data) / "disk_full").exists():
+            raise OSError(errno.ENOSPC, "No space left on device", str(run / "checkpoint_000002"))
+        (run / "epochs").write_text(str(epoch))
+        metrics = {"step": epoch, "stage": "finetune", "fold": 0, "round": 0, "epoch": epoch,
+                   "train_loss": 1.0 / epoch, "val_lwlrap": score, "cv_lwlrap": score,
+                   "rung_epoch": epoch, "rung_score": score, "pipeline_done": int(epoch == epochs)}
+        for cb in callbacks:
+            cb.after_report(None, [metrics], None)
+    (run / "outputs").mkdir(exist_ok=True)
+    return SimpleNamespace(run_dir=str(run), outputs_dir=str(run / "outputs"), stages=None,
+                           metrics={"cv_lwlrap": score, "fold_lwlrap": [score], "test_lwlrap": None,
+                                    "epochs_run": epochs, "seconds": 1.0})
+
+
+@pytest.mark.ray
+def test_a_trial_that_meets_the_full_disk_first_is_continued_by_resume(ray_session, tmp_path):
+    """The race StorageWatch's probe can lose: a trial's own write finds the disk full and
+    Tune records the trial errored before the probe runs (here the storage works again by
+    then). The sweep still stops with the StorageError and how to resume; `--resume`
+    continues those trials from their checkpoint, and a trial that failed for a reason of
+    its own stays failed (same reason, not run again)."""
+    from ray import cloudpickle
+
+    from raytag.errors import StorageError
+    from raytag.search.leaderboard import TRIAL_FAILURE
+    from raytag.search.tuner import run_sweep
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "disk_full").write_text("")
+    space = tmp_path / "fake.yaml"
+    space.write_text(FAKE_SPACE)
+    storage = tmp_path / "res"
+    sweep = dict(storage=str(storage), name="full", trial_fn=disk_filling_fit, progress=False)
+    with pytest.raises(StorageError, match=r"(?s)a trial could not write to the storage: .*No space left.*"
+                                           r"--name full.*--resume"):
+        run_sweep(space, data, **sweep)
+    assert not (storage / "full" / "leaderboard.csv").exists()
+    first = [line.split() for line in (data / "starts.log").read_text().splitlines()]
+    trials = storage / "full" / "trials"
+    refused = {name for name, _ in first if (trials / name / TRIAL_FAILURE).exists()}
+    stopped = {name for name, _ in first} - refused
+    assert refused and stopped  # both kinds of failure happened
+    assert all((trials / name / "epochs").read_text() == "2" for name in stopped)
+
+    (data / "disk_full").unlink()  # the storage is fixed
+    board = run_sweep(space, data, resume=True, **sweep).leaderboard
+    starts = [line.split() for line in (data / "starts.log").read_text().splitlines()][len(first):]
+    assert sorted(name for name, _ in starts) == sorted(stopped)  # the refused ones did not run again
+    assert all(epoch == "2" for _, epoch in starts)  # each continued from its checkpoint
+    by_id = board.set_index("trial_id")
+    assert (by_id.loc[sorted(stopped), "status"] == "ok").all(), board[["trial_id", "status", "reason"]]
+    assert (by_id.loc[sorted(refused), "status"] == "failed").all()
+    assert by_id.loc[sorted(refused), "reason"].str.startswith("ConfigError: model.width: 48 is refused").all()
+    # Optuna heard the continued trials' scores, and the refused ones as failed
+    import pickle
+
+    sys.path.insert(0, str(Path(__file__).parent))  # the pickled searcher class may name this module
+    study = pickle.loads(sorted((storage / "full").glob("searcher-state-*.pkl"))[-1].read_bytes())["_ot_study"]
+    states = {t.state.name for t in study.trials}
+    assert len(study.trials) == 5 and states <= {"COMPLETE", "FAIL"}
+    assert sum(t.state.name == "FAIL" for t in study.trials) == len(refused)
+
+
+def test_storage_fault_tells_the_storage_s_failures_from_the_code_s(tmp_path):
+    import errno
+
+    from raytag.storage import storage_fault
+
+    storage = tmp_path / "res"
+    assert storage_fault(ValueError("a bug"), storage) is None
+    assert storage_fault(OSError(errno.EACCES, "Permission denied", "/data/clip.wav"), storage) is None  # not storage
+    assert storage_fault(OSError(errno.ENOENT, "No such file", str(storage / "x")), storage) is None
+    full = OSError(errno.ENOSPC, "No space left on device", str(storage / "t1" / "checkpoint"))
+    assert "No space left on device" in storage_fault(full, storage)
+    denied = OSError(errno.EACCES, "Permission denied", str(storage / "t1"))
+    assert storage_fault(denied, storage).startswith(f"cannot write to {storage / 't1'}")
+    try:  # found down the chain: what the runner raised while handling the write's error
+        try:
+            raise full
+        except OSError as err:
+            raise RuntimeError("training failed") from err
+    except RuntimeError as wrapped:
+        assert storage_fault(wrapped, storage) is not None
+
+    class WorkerGroupError(Exception):  # Ray Train's: the workers' errors by rank
+        def __init__(self, failures):
+            super().__init__("Training failed due to worker errors")
+            self.worker_failures = failures
+
+    assert storage_fault(WorkerGroupError({0: ValueError("x"), 1: full}), storage) is not None
+    remote = RuntimeError(f"OSError: [Errno 13] Permission denied: '{storage}/t1/state.json'")  # text only
+    assert storage_fault(remote, storage) is not None
+    assert storage_fault(RuntimeError("OSError: [Errno 13] Permission denied: '/data/a.wav'"), storage) is None
+
+    (tmp_path / "file").write_text("a file where the storage folder should be")
+    assert storage_fault(ValueError("a bug"), tmp_path / "file").startswith(f"cannot write to {tmp_path / 'file'}")
+
+
+def test_optuna_hears_a_trial_the_storage_stopped_only_once_it_finishes(tmp_path):
+    """A trial that failed by itself (TRIAL_FAILURE recorded) is told FAIL; one the storage
+    stopped is left open, and told COMPLETE with its score when --resume finishes it."""
+    from optuna.trial import TrialState
+
+    from raytag.search.leaderboard import TRIAL_FAILURE
+    from raytag.search.space import parse_space
+    from raytag.search.tuner import build_searcher
+
+    space = parse_space(FAKE_SPACE)
+    space.search.metric = "cv_lwlrap"
+    searcher = build_searcher(space, str(tmp_path))
+    for trial_id in ("refused", "stopped"):
+        searcher.suggest(trial_id)
+    (tmp_path / "refused").mkdir()
+    (tmp_path / "refused" / TRIAL_FAILURE).write_text('{"reason": "ConfigError: x"}')
+    searcher.on_trial_complete("refused", None, error=True)
+    searcher.on_trial_complete("stopped", None, error=True)
+    refused, stopped = sorted(searcher._ot_study.trials, key=lambda t: t.number)
+    assert refused.state == TrialState.FAIL and stopped.state == TrialState.RUNNING
+    searcher.on_trial_complete("stopped", {"cv_lwlrap": 0.7, "rung_epoch": 4, "rung_score": 0.7, "pipeline_done": 1})
+    stopped = sorted(searcher._ot_study.trials, key=lambda t: t.number)[1]
+    assert stopped.state == TrialState.COMPLETE and stopped.value == pytest.approx(0.7)

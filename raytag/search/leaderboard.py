@@ -22,6 +22,9 @@ from raytag.search.space import SearchSpace
 from raytag.training.outputs import OUTPUTS_DIR
 
 TRIAL_RESULT = "trial_result.json"  # written by a trial that finished its pipeline (search.tuner)
+# written by a trial that failed for a reason of its own (not the storage's): its reason, and the
+# mark that `--resume` must not train it again (search.tuner)
+TRIAL_FAILURE = "trial_failure.json"
 FIXED_COLUMNS = ["rank", "trial_id", "order", "status", "reason", "rank_by", "cv_lwlrap", "cv_map3",
                  "test_lwlrap", "epochs_run", "seconds"]
 SCORE_COLUMNS = ("cv_lwlrap", "cv_map3", "test_lwlrap")
@@ -86,7 +89,7 @@ def _row(trial, exp_dir: str, keys: Optional[list]) -> dict:
     done = _trial_result(exp_dir, trial.trial_id)
     if done:
         last.update(done)  # the pipeline's own summary is the final word
-    status, reason = _status(trial, last)
+    status, reason = _status(trial, last, exp_dir)
     row = {
         "trial_id": trial.trial_id,
         "status": status,
@@ -106,9 +109,9 @@ def _row(trial, exp_dir: str, keys: Optional[list]) -> dict:
     return row
 
 
-def _status(trial, last: dict) -> tuple[str, str]:
+def _status(trial, last: dict, exp_dir: str) -> tuple[str, str]:
     if trial.status == "ERROR":
-        return "failed", error_reason(trial)
+        return "failed", recorded_failure(exp_dir, trial.trial_id) or error_reason(trial)
     if last.get("trial_complete"):
         return "ok", ""
     if trial.status == "TERMINATED":
@@ -133,6 +136,11 @@ def error_reason(trial) -> str:
                 break
         except Exception:  # noqa: BLE001 - an unreadable error file still leaves the trial failed
             continue
+    return reason_from_text(text)
+
+
+def reason_from_text(text: str) -> str:
+    """The innermost exception line of a traceback's text."""
     lines = [m.group(1) + ": " + m.group(2) for m in map(_EXC_LINE.match, text.splitlines()) if m]
     if lines:
         return lines[-1][:300]
@@ -145,6 +153,15 @@ def _trial_result(exp_dir: str, trial_id: str) -> Optional[dict]:
     try:
         return json.loads(files.read_text(path)) if files.exists(path) else None
     except (OSError, ValueError):
+        return None
+
+
+def recorded_failure(exp_dir: str, trial_id: str) -> Optional[str]:
+    """The reason a trial recorded when it failed for a reason of its own (None: it did not)."""
+    path = files.join(exp_dir, "trials", trial_id, TRIAL_FAILURE)
+    try:
+        return json.loads(files.read_text(path))["reason"] if files.exists(path) else None
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -33,8 +34,9 @@ import pandas as pd
 from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.cluster import check_data, check_storage
 from raytag.data.layouts import detect_layout
-from raytag.errors import DatasetError, RaytagError, StorageError
-from raytag.search.leaderboard import TRIAL_RESULT, build_leaderboard, error_reason
+from raytag.errors import DatasetError, RaytagError, StorageError, StorageFault
+from raytag.search.leaderboard import (TRIAL_FAILURE, TRIAL_RESULT, build_leaderboard, error_reason,
+                                       reason_from_text)
 from raytag.search.report import save_report
 from raytag.search.space import SearchSpace, describe, load_space, parse_space
 from raytag.search.tune_state import StateBackup, repair_state, set_aside_damaged_snapshot
@@ -77,7 +79,11 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     """The Tune function trainable: one full pipeline run on its own Ray Train worker group.
 
     Any exception (a config the Config rejects, a worker crash beyond train.max_failures,
-    a NaN score) fails this trial only; Tune records the reason and the sweep goes on.
+    a NaN score) fails this trial only; Tune records the reason and the sweep goes on, and
+    the trial records it too (TRIAL_FAILURE), so that `--resume` leaves it failed. A failure
+    that is the storage's fault (`storage.storage_fault`: it cannot be written, or an OSError
+    says the disk is full) is raised as StorageFault and not recorded: the sweep stops
+    (StorageWatch) and `--resume` continues the trial from its last checkpoint.
     """
     from ray import tune
 
@@ -90,28 +96,28 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         tune.report({RUNG_EPOCH: 0, RUNG_SCORE: 0.0, "pipeline_done": 1, **json.loads(files.read_text(done_path))})
         return
 
-    cfg = setup.space.trial_config(config)
-    # a storage fault that cut Ray Train's checkpoint list short: train this trial again from its start
-    set_aside_damaged_snapshot(files.join(setup.trials_dir, trial_id))
-    fit = setup.trial_fn
-    if fit is None:
-        fit = fit_pipeline
+    failure_path = files.join(setup.trials_dir, trial_id, TRIAL_FAILURE)
+    if files.exists(failure_path):
+        # `--resume` gives every errored trial back (resume_errored, for those the storage
+        # stopped); one that failed for a reason of its own fails again without training
+        raise TrialFailed(f"{json.loads(files.read_text(failure_path))['reason']} "
+                          "(failed before the sweep was resumed; not run again)")
+
     last_report: dict = {}
     try:
-        result = _fit_forwarding_reports(
-            lambda callbacks: fit(cfg, setup.data, storage=setup.trials_dir, name=trial_id,
-                                  callbacks=callbacks, feature_cache=setup.feature_cache, progress=False),
-            last_report,
-        )
-    except Exception:
-        files.check_writable(setup.trials_dir)  # a storage fault is the trial's reason, not its crash
+        result = _run_pipeline(config, setup, trial_id, last_report)
+    except Exception as err:
+        fault = files.storage_fault(err, setup.trials_dir)
+        if fault is None:
+            try:  # the trial's own failure: recorded, so that --resume leaves it failed
+                reason = reason_from_text("".join(traceback.format_exception(err)))
+                files.write_text(failure_path, json.dumps({"reason": reason}))
+            except OSError as write_err:
+                fault = f"cannot write to {failure_path}: {write_err}"
+        if fault is not None:  # the storage's fault, not the trial's: --resume continues it
+            raise StorageFault(fault) from err
         raise
     metrics = dict(result.metrics)
-    metric = setup.space.search.metric
-    for key in dict.fromkeys(["cv_lwlrap", metric]):
-        value = metrics.get(key)
-        if value is None or not math.isfinite(float(value)):
-            raise TrialFailed(f"{key} is {value} (the loss diverged or no fold finished)")
     final = {
         "cv_lwlrap": float(metrics["cv_lwlrap"]),
         **({"cv_map3": float(metrics["cv_map3"])} if metrics.get("cv_map3") is not None else {}),
@@ -127,6 +133,27 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     }
     files.write_text(done_path, json.dumps(final))
     tune.report(final)
+
+
+def _run_pipeline(config: dict, setup: TrialSetup, trial_id: str, last_report: dict):
+    """One trial's pipeline run, its reports forwarded to Tune; TrialFailed when its score is unusable."""
+    cfg = setup.space.trial_config(config)
+    # a storage fault that cut Ray Train's checkpoint list short: train this trial again from its start
+    set_aside_damaged_snapshot(files.join(setup.trials_dir, trial_id))
+    fit = setup.trial_fn
+    if fit is None:
+        fit = fit_pipeline
+    result = _fit_forwarding_reports(
+        lambda callbacks: fit(cfg, setup.data, storage=setup.trials_dir, name=trial_id,
+                              callbacks=callbacks, feature_cache=setup.feature_cache, progress=False),
+        last_report,
+    )
+    metrics = dict(result.metrics)
+    for key in dict.fromkeys(["cv_lwlrap", setup.space.search.metric]):
+        value = metrics.get(key)
+        if value is None or not math.isfinite(float(value)):
+            raise TrialFailed(f"{key} is {value} (the loss diverged or no fold finished)")
+    return result
 
 
 def _fit_forwarding_reports(run_fit: Callable[[list], Any], last: Optional[dict] = None):
@@ -234,9 +261,11 @@ def build_scheduler(space: SearchSpace, name: Optional[str] = None):
     raise RaytagError(f"--scheduler {name!r}: use asha, fifo or hyperband")
 
 
-def build_searcher(space: SearchSpace):
+def build_searcher(space: SearchSpace, trials_dir: Optional[str] = None):
     """Optuna TPE (seeded) over the space's define-by-run function (handles conditionals);
-    `space.search.metric` must be resolved (not "auto", see resolve_metric)."""
+    `space.search.metric` must be resolved (not "auto", see resolve_metric). `trials_dir`
+    (the sweep's trials folder) lets it tell a trial that failed for a reason of its own
+    (which Optuna is told as FAIL) from one the storage stopped (left open for --resume)."""
     import optuna
 
     s = space.search
@@ -244,7 +273,9 @@ def build_searcher(space: SearchSpace):
         raise RaytagError(f"search metric {s.metric!r} is not resolved; call resolve_metric first")
     startup = s.startup_trials if s.startup_trials is not None else max(2, min(10, s.samples // 3))
     sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup)
-    return _pipeline_searcher_class()(space=space.define_by_run, metric=s.metric, mode=s.mode, sampler=sampler)
+    searcher = _pipeline_searcher_class()(space=space.define_by_run, metric=s.metric, mode=s.mode, sampler=sampler)
+    searcher.trials_dir = trials_dir  # in __dict__: saved and restored with the searcher's state
+    return searcher
 
 
 def _pipeline_searcher_class():
@@ -273,6 +304,8 @@ def _pipeline_searcher_class():
                 reported[trial_id] = step
 
         def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
+            if error and trial_id not in self._completed_trials and not self._failed_by_itself(trial_id):
+                return  # stopped by the storage, not failed: --resume continues it, then Optuna hears
             if error or trial_id in self._completed_trials or (result or {}).get("pipeline_done"):
                 return super().on_trial_complete(trial_id, result, error)
             try:  # a stopped trial: Optuna takes its last intermediate value
@@ -282,6 +315,15 @@ def _pipeline_searcher_class():
 
                 logging.getLogger(__name__).warning("Optuna refused the pruned trial %s: %s", trial_id, exc)
             self._completed_trials.add(trial_id)
+
+        def _failed_by_itself(self, trial_id: str) -> bool:
+            trials_dir = self.__dict__.get("trials_dir")  # None: a searcher saved before it existed
+            if trials_dir is None:
+                return True
+            try:
+                return files.exists(files.join(trials_dir, trial_id, TRIAL_FAILURE))
+            except OSError:  # the storage cannot be read: it stopped the trial
+                return False
 
     return PipelineSearch
 
@@ -420,9 +462,11 @@ def run_sweep(
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
         if resume and restorable:
             say(f"resuming sweep '{name}' from {exp_dir}")
+            # errored trials too: one the storage stopped continues from its last checkpoint
+            # (its pipeline resumes Ray Train's); one that failed by itself fails again at once (run_trial)
             tuner = tune.Tuner.restore(
                 exp_dir, trainable=trainable, resume_unfinished=True,
-                resume_errored=False, restart_errored=False,
+                resume_errored=True, restart_errored=False,
             )
         else:
             files.write_text(files.join(exp_dir, "space.yaml"), space.text)
@@ -437,7 +481,7 @@ def run_sweep(
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=build_searcher(space),
+                    search_alg=build_searcher(space, setup.trials_dir),
                     scheduler=build_scheduler(space),
                     num_samples=s.samples,
                     max_concurrent_trials=n_parallel,
@@ -456,8 +500,10 @@ def run_sweep(
                 ),
             )
         # failed trials are recorded, not raised; a storage fault stops the sweep (StorageWatch,
-        # which a resumed sweep gets back with the callbacks Tune saved)
-        tuner.fit()
+        # which a resumed sweep gets back with the callbacks Tune saved), also one that a
+        # trial met first and Tune ended the sweep on before the watch's next probe
+        results = tuner.fit()
+        stop_on_storage_fault([exp_dir, setup.trials_dir], name, [r.error for r in results])
 
         board = build_leaderboard(exp_dir, space)
         plot = save_report(exp_dir, board, space)
@@ -551,6 +597,30 @@ def _short(config: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- storage faults
+def storage_stop(reason, name: str) -> StorageError:
+    """The error a sweep stops with when its storage fails: the path, and how to go on."""
+    return StorageError(
+        f"{reason}\nThe sweep stopped. Free space or restore write access there, then run "
+        f"the same `raytag tune ... --name {name}` with --resume: finished trials are "
+        "kept and the others continue from their last checkpoint."
+    )
+
+
+def stop_on_storage_fault(folders: list[str], name: str, errors: list) -> None:
+    """After Tune's run: a StorageError (storage_stop) when a folder of the sweep cannot be
+    written, or when a trial errored with a StorageFault (run_trial's: the storage failed
+    under it) even though the storage works again; nothing when every error is a trial's own."""
+    for folder in folders:
+        try:
+            files.check_writable(folder)
+        except StorageError as err:
+            raise storage_stop(err, name) from None
+    for error in errors:
+        fault = next((e for e in files.exception_chain(error) if isinstance(e, StorageFault)), None)
+        if fault is not None:
+            raise storage_stop(f"a trial could not write to the storage: {fault}", name) from None
+
+
 class StorageWatch(_TuneCallback):
     """Stops the sweep, with a StorageError naming the path, once its storage cannot be
     written (a full disk, lost permission, a file where a folder was); while it can, keeps
@@ -581,8 +651,9 @@ class StorageWatch(_TuneCallback):
             self.backup.update()
         except (StorageError, OSError) as err:
             reason = err if isinstance(err, StorageError) else f"cannot write to {self.folders[0]}: {err}"
-            raise StorageError(
-                f"{reason}\nThe sweep stopped. Free space or restore write access there, then run "
-                f"the same `raytag tune ... --name {self.name}` with --resume: finished trials are "
-                "kept and the others continue from their last checkpoint."
-            ) from None
+            raise storage_stop(reason, self.name) from None
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        # a trial may meet a full disk before the next probe: probe at the end of this step,
+        # before Tune starts another trial on the same storage (it does so in the next step)
+        self._last = None
