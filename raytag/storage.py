@@ -240,7 +240,8 @@ def storage_fault(err: BaseException, folder) -> Optional[str]:
     return None
 
 
-def exception_chain(err: BaseException) -> Iterator[BaseException]:
+def exception_chain(err: Optional[BaseException]) -> Iterator[BaseException]:
+    """`err` and every exception behind it: causes, contexts and the ones Ray wraps."""
     seen: set[int] = set()
     todo = [err]
     while todo:
