@@ -48,45 +48,17 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from make_scaled_bench import scale as make_scaled  # noqa: E402
+from proc_mem import descendants, status_kb  # noqa: E402
 
-STATUS_KEYS = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")
 # process kinds, by the title Ray gives its processes (the first word of the command line)
 RAY_SYSTEM = ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "runtime_env", "ray_client",
               "agent", "DashboardAgent", "RuntimeEnvAgent", "ray::IDLE", "ray::_")
 
 
 # ============================================================================ /proc sampling
-def _parents() -> dict[int, int]:
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                out[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    return out
-
-
-def descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for pid, ppid in _parents().items():
-        children.setdefault(ppid, []).append(pid)
-    out, todo = [root], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def read_mem_kb(pid: int) -> dict[str, int]:
     """VmRSS, VmHWM, RssAnon, RssFile, RssShmem (status) and Pss (smaps_rollup), in KiB."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in STATUS_KEYS:
-            out[key] = int(value.split()[0])
+    out = status_kb(pid)
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         if line.startswith("Pss:"):
             out["Pss"] = int(line.split()[1])
@@ -148,7 +120,7 @@ class TreeSampler(threading.Thread):
             self.root_title = title_of(self.root)
         except OSError:
             pass  # the command has just ended
-        for pid in descendants(self.root):
+        for pid in [self.root, *descendants(self.root)]:
             try:
                 mem = read_mem_kb(pid)
                 title = title_of(pid)  # read every time: a Ray worker renames itself once it has a job

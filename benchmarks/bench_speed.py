@@ -241,21 +241,20 @@ def main(argv=None) -> int:
             sec["frontend_loop"] = run_child("frontend", trees["after"], args, data)
         save()
         print_features(sec)
+    def per_tree(kind: str, extra: list[str] = ()) -> dict:
+        """One child run of `kind` per source tree, each with its own cache and work folder."""
+        sec = report["sections"][kind] = {}
+        for name, tree in trees.items():
+            cache = work_for(f"{kind}-{name}")
+            sec[name] = run_child(kind, tree, args, data + ["--cache", str(cache / "features"), "--work", str(cache),
+                                                           *extra])
+            save()
+        return sec
+
     if "epoch" in args.sections:
-        sec = report["sections"]["epoch"] = {}
-        for name, tree in trees.items():
-            cache = work_for(f"epoch-{name}")
-            sec[name] = run_child("epoch", tree, args, data + ["--cache", str(cache / "features"), "--work", str(cache),
-                                                              "--epochs", str(args.epochs)])
-            save()
-        print_epoch(sec)
+        print_epoch(per_tree("epoch", ["--epochs", str(args.epochs)]))
     if "startup" in args.sections:
-        sec = report["sections"]["startup"] = {}
-        for name, tree in trees.items():
-            cache = work_for(f"startup-{name}")
-            sec[name] = run_child("startup", tree, args, data + ["--cache", str(cache / "features"), "--work", str(cache)])
-            save()
-        print_startup(sec)
+        print_startup(per_tree("startup"))
     if "demo" in args.sections:
         sec = report["sections"]["demo"] = {}
         for name, tree in trees.items():

@@ -50,6 +50,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from proc_mem import descendants, status_kb  # noqa: E402
+
 SHARED = REPO.parent / "shared"
 MAKE_BENCH = SHARED / "bench" / "make_fat_bench.py"
 ESC50 = SHARED / "data" / "esc50"
@@ -140,33 +143,13 @@ class ProcPoller(threading.Thread):
         self.sample()
         return self.peaks
 
-    def _descendants(self) -> set[int]:
-        parent: dict[int, int] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                    parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-        children: dict[int, list[int]] = {}
-        for pid, ppid in parent.items():
-            children.setdefault(ppid, []).append(pid)
-        out, todo = set(), [self.root]
-        while todo:
-            for child in children.get(todo.pop(), []):
-                if child not in out:
-                    out.add(child)
-                    todo.append(child)
-        return out
-
     def sample(self):
-        for pid in self._descendants() - self.exclude:
+        for pid in descendants(self.root) - self.exclude:
             try:
                 title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
                 if not any(t in title for t in self.titles):
                     continue
-                status = _status_kb(pid)
+                status = status_kb(pid)
             except OSError:
                 continue
             row = self.peaks.setdefault(pid, {"pid": pid, "title": title, "rss_mb": 0.0, "anon_mb": 0.0, "hwm_mb": 0.0})
@@ -174,15 +157,6 @@ class ProcPoller(threading.Thread):
             row["rss_mb"] = max(row["rss_mb"], status.get("VmRSS", 0) / 1024)
             row["anon_mb"] = max(row["anon_mb"], status.get("RssAnon", 0) / 1024)
             row["hwm_mb"] = max(row["hwm_mb"], status.get("VmHWM", 0) / 1024)
-
-
-def _status_kb(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
-            out[key] = int(value.split()[0])
-    return out
 
 
 def read_trace(path: Path) -> list[dict]:
