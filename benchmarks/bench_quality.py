@@ -344,6 +344,29 @@ def ensemble_vs_rows(frames: dict, y_test: pd.DataFrame, rows: dict, scores: dic
     return out
 
 
+def ensemble_vs_runs(frames: dict, y_test: pd.DataFrame, runs: list[str], classes: list[str]) -> list[dict]:
+    """The sweep's ensemble against finished `raytag train` runs (LABEL=OUTPUTS), like with
+    like: each run's test predictions are the mean of its models of the folds the sweep
+    trained (the folds of the ensemble's OOF clips), and CV pairs the OOF clips both hold out."""
+    out = []
+    oof_ids = set(frames["oof"].index)
+    for spec in runs:
+        label, _, path = spec.partition("=")
+        outputs = Path(path)
+        oof = pd.read_parquet(outputs / "oof.parquet")
+        folds = sorted(oof.loc[oof["clip_id"].isin(oof_ids), "fold"].unique().tolist())
+        test = pd.read_parquet(outputs / "test.parquet")
+        test = test[test["fold"].isin(folds)].groupby("clip_id")[classes].mean()
+        test.index = [c.split("/", 1)[1] for c in test.index]
+        pair = paired(y_test, test, frames["test"])
+        out.append({"row": f"{label} (folds {','.join(map(str, folds))})", "on": "test", "n": int(len(y_test)), **pair})
+        run_oof = oof.set_index("clip_id")[classes]
+        common = run_oof.index.intersection(frames["oof"].index)
+        out.append({"row": label, "on": "CV (common OOF clips)", "n": int(len(common)),
+                    **paired(frames["y_oof"].loc[common], run_oof.loc[common], frames["oof"].loc[common])})
+    return out
+
+
 # ----------------------------------------------------------------------------- report
 def report(results: dict, data: Path, args) -> None:
     from raytag.metrics import lwlrap
@@ -377,6 +400,7 @@ def report(results: dict, data: Path, args) -> None:
         frames, ensemble = ensemble_section(args.ensemble, y_test)
         ensemble["vs_rows"] = ensemble_vs_rows(frames, y_test, {r: results[r] for r in args.ensemble_vs if r in results},
                                                scores, classes)
+        ensemble["vs_rows"] += ensemble_vs_runs(frames, y_test, args.ensemble_vs_run, classes)
     report = {"command": " ".join(sys.argv), "data": str(data), "folds": args.folds, "rows": lines,
               "cv_pairs": cv_pairs, "test_pairs": test_pairs, "ensemble": ensemble,
               "when": time.strftime("%Y-%m-%d %H:%M")}
@@ -443,6 +467,9 @@ def main():
     ap.add_argument("--report-only", action="store_true", help="only tabulate rows that already ran")
     ap.add_argument("--ensemble-vs", nargs="*", default=["fv_w16"],
                     help="rows the --ensemble sweep's ensemble is also paired against (default fv_w16)")
+    ap.add_argument("--ensemble-vs-run", nargs="*", default=[], metavar="LABEL=OUTPUTS",
+                    help="finished `raytag train` runs (their outputs folder) the ensemble is also paired "
+                         "against, on the folds the sweep trained (e.g. default=<storage>/default/outputs)")
     ap.add_argument("--ensemble", type=Path, default=None,
                     help="a finished sweep's folder (raytag tune + raytag ensemble on --data): its ensemble "
                          "against its best member, with paired intervals")

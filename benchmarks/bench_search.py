@@ -4,7 +4,7 @@ Benchmark data: make_fat_bench.py on ESC-50 with --classes 10 (FAT2019 layout; c
 noisy with corrupted labels, test with test_labels.csv), to keep the run within minutes
 on this 2-core machine. Test lwlrap is reported only; nothing is chosen by it.
 
-Both sweeps search the same space (search_spaces/quick.yaml: model family, width,
+Both sweeps search the same space (search_spaces/demo.yaml, the old quick.yaml: model family, width,
 learning rate, mixup alpha, filter threshold, CRNN hidden size) with the same seeded
 Optuna TPE sampler, one trial at a time, and stop when their trials have run
 `--budget` epochs in all (EpochBudget: every per-epoch report counts, whichever trial it
@@ -50,10 +50,10 @@ def make_data(out: Path, classes: int) -> Path:
 
 
 def bench_space(budget: int, samples: int, path: Path) -> Path:
-    """quick.yaml with the sweep's budget set (and enough samples never to run out first)."""
+    """demo.yaml with the sweep's budget set (and enough samples never to run out first)."""
     import yaml
 
-    data = yaml.safe_load((REPO / "search_spaces" / "quick.yaml").read_text())
+    data = yaml.safe_load((REPO / "search_spaces" / "demo.yaml").read_text())
     data["name"] = "bench_search"
     data["search"].update(epoch_budget=budget, samples=samples)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -135,7 +135,7 @@ def main():
 
     out = {
         "benchmark": f"make_fat_bench.py --classes {args.classes} on ESC-50 (FAT2019 layout)",
-        "space": "search_spaces/quick.yaml (epoch_budget set, samples 200)",
+        "space": "search_spaces/demo.yaml (epoch_budget set, samples 200)",
         "budget_epochs_per_sweep": args.budget,
         "feature_store_seconds": round(feature_s, 1),
         "machine": {"cpus": os.cpu_count(), "ray_cpus": ray.cluster_resources().get("CPU"),

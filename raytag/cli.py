@@ -80,7 +80,7 @@ def main(
 def demo(
     out: Path = typer.Option(Path("results"), help="Folder for the demo's data cache and results."),
     tiny: bool = typer.Option(False, help="A much smaller run (used by the tests)."),
-    samples: Optional[int] = typer.Option(None, help="Trials in the demo sweep (default: from quick.yaml)."),
+    samples: Optional[int] = typer.Option(None, help="Trials in the demo sweep (default: from search_spaces/demo.yaml)."),
 ):
     """Make the built-in demo dataset and run the whole job on it: features, a small
     search of the multi-stage pipeline, the ensemble, and tagging with the artifact."""

@@ -1,7 +1,7 @@
 """`raytag demo`: every layer on the built-in synthetic data, on this machine.
 
 demo data -> features (cached) -> a small Ray Tune + Optuna sweep of the multi-stage
-pipeline (search_spaces/quick.yaml) -> ensemble of the best trials -> pull the
+pipeline (search_spaces/demo.yaml) -> ensemble of the best trials -> pull the
 artifact -> tag a demo clip with it. A second run reuses the data, the features and
 the finished trials (the sweep resumes), so it only re-does the cheap steps."""
 from __future__ import annotations
@@ -32,9 +32,9 @@ from raytag.training.runner import prepare_data
 console = Console()
 
 
-def quick_space() -> Path:
-    """search_spaces/quick.yaml of the checkout raytag runs from (README: `pip install -e .`)."""
-    path = Path(raytag.__file__).resolve().parents[1] / "search_spaces" / "quick.yaml"
+def demo_space() -> Path:
+    """search_spaces/demo.yaml of the checkout raytag runs from (README: `pip install -e .`)."""
+    path = Path(raytag.__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
     if not path.is_file():
         raise RaytagError(
             f"{path} not found: run the demo from a checkout of raytag installed with `pip install -e .`"
@@ -53,7 +53,7 @@ def run_demo(out: Path = Path("results"), tiny: bool = False, samples: Optional[
     console.print(f"    {data}")
 
     console.print("[bold]2/5[/] features (parallel processes; cached), then a sweep of the multi-stage pipeline")
-    space = _tiny_space(out) if tiny else quick_space()
+    space = _tiny_space(out) if tiny else demo_space()
     _prepare_features(space, data, out / "features")
     sweep = run_sweep(space, data, storage=str(out), name=name,
                       samples=samples if samples is not None else (2 if tiny else None),
@@ -94,12 +94,12 @@ def _prepare_features(space_path: Path, data: Path, cache: Path):
 
 
 def _tiny_space(out: Path) -> Path:
-    """quick.yaml with a much smaller budget, written beside the results."""
-    doc = yaml.safe_load(quick_space().read_text())
+    """demo.yaml with a much smaller budget, written beside the results."""
+    doc = yaml.safe_load(demo_space().read_text())
     doc["name"] = "demo-tiny"
     doc["base"] = {**doc.get("base", {}), **_TINY_BASE}
     doc.setdefault("search", {})["grace_period"] = 1
-    path = out / "quick-tiny.yaml"
+    path = out / "demo-tiny.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

@@ -392,6 +392,40 @@ def test_check_writable_names_the_folder_it_cannot_write(tmp_path):
         check_writable(tmp_path / "exp" / "trials")
 
 
+def test_ray_s_failed_sync_is_logged_as_one_line_without_its_traceback():
+    import logging
+    import traceback
+
+    from raytag.search.tuner import quiet_sync_failures
+
+    class Keep(logging.Handler):  # Ray's loggers do not propagate to the root (pytest's caplog)
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    quiet_sync_failures()
+    quiet_sync_failures()  # once per process, however often a sweep starts
+    log = logging.getLogger("ray.train._internal.syncer")
+    assert len(log.filters) == 1
+    keep = Keep()
+    log.addHandler(keep)
+    try:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            log.warning(f"Last sync command failed with the following error:\n{traceback.format_exc()}")
+        log.warning("something else: %s", "kept as it was")
+    finally:
+        log.removeHandler(keep)
+    assert keep.messages == [
+        "saving the sweep's state to its storage failed: OSError: [Errno 28] No space left on device",
+        "something else: kept as it was",
+    ]
+
+
 def test_storage_watch_stops_the_sweep_with_how_to_resume(tmp_path):
     from raytag.errors import StorageError
     from raytag.search.tuner import StorageWatch

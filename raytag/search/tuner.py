@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
@@ -410,6 +411,7 @@ def run_sweep(
     with files.folder_lock(exp_dir, f"sweep '{name}' ({exp_dir})",
                            clear_hint=f" and run `raytag tune ... --name {name} --resume`"):
         ensure_ray()  # raytag.session: workers get RAY_API_SERVER_ADDRESS, so stopped trials are cleaned up
+        quiet_sync_failures()
         check_storage(storage)  # a multi-node cluster needs storage and data every node can read
         check_data(data)
         say = _printer(progress)
@@ -619,6 +621,29 @@ def stop_on_storage_fault(folders: list[str], name: str, errors: list) -> None:
         fault = next((e for e in files.exception_chain(error) if isinstance(e, StorageFault)), None)
         if fault is not None:
             raise storage_stop(f"a trial could not write to the storage: {fault}", name) from None
+
+
+class SyncFailureOneLine(logging.Filter):
+    """Ray's syncer logs a failed upload of the experiment state with its whole traceback
+    ("Last sync command failed with the following error: Traceback ..."). When the storage
+    fails, StorageWatch stops the sweep with one clear error, so keep only the exception's
+    own line here: the user sees what failed, not Ray's stack."""
+
+    PREFIX = "Last sync command failed"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(self.PREFIX):
+            lines = [line.strip() for line in message.splitlines() if line.strip()]
+            record.msg, record.args = f"saving the sweep's state to its storage failed: {lines[-1]}", ()
+        return True
+
+
+def quiet_sync_failures() -> None:
+    """Install SyncFailureOneLine on Ray's syncer logger, once per process."""
+    log = logging.getLogger("ray.train._internal.syncer")
+    if not any(isinstance(f, SyncFailureOneLine) for f in log.filters):
+        log.addFilter(SyncFailureOneLine())
 
 
 class StorageWatch(_TuneCallback):
