@@ -308,6 +308,9 @@ def ensemble_section(experiment: Path, y_test: pd.DataFrame) -> dict:
         return pd.DataFrame(combine(summary["chosen"], stack, weights, references=refs), index=ids, columns=classes)
 
     ens_oof, ens_test = combined([t.oof for t in trials]), combined([t.test for t in trials])
+    held_out = experiment / "ensemble" / "oof.parquet"  # the job's CV predictions: nested where fitted
+    if held_out.is_file():
+        ens_oof = pd.read_parquet(held_out).set_index("clip_id")[classes]
     best = max(range(len(members)), key=lambda i: members[i].leaderboard_cv)  # chosen on CV, never on test
     best_oof, best_test = trials[best].oof[classes], trials[best].test[classes]
     ens_test.index = [i.split("/", 1)[-1] for i in ens_test.index]  # clip_id "test/<fname>" -> fname

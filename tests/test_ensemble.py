@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from raytag import storage
 from raytag.config import Config
+from raytag.data.truth import read_truth, truth_matrix
 from raytag.ensemble.combiners import (
     arithmetic_mean, combine, geometric_mean, percentile_ranks, rank_mean, rank_reference,
 )
@@ -191,6 +192,8 @@ def test_build_ensemble_table_artifact_and_chart(tmp_path):
     weighted = t[t.name == "weighted"].iloc[0]
     assert weighted.cv_method == "nested oof"
     assert weighted.cv_lwlrap_in_sample >= weighted.cv_lwlrap - 1e-9
+    rank = t[t.name == "rank"].iloc[0]  # its CDFs are fitted on OOF clips: scored nested too
+    assert rank.cv_method == "nested oof" and not np.isnan(rank.cv_lwlrap_in_sample)
     assert t["test_lwlrap"].notna().all()  # test truth exists: reported for every row
     # the noise member (trial_3) gets little weight in the final fit
     assert res.weights[3] < 0.15
@@ -203,6 +206,26 @@ def test_build_ensemble_table_artifact_and_chart(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     saved = storage.read_csv(res.table_path)
     assert len(saved) == 8
+    # the chosen combiner's held-out OOF predictions, scoring what the table says
+    held = pd.read_parquet(storage.join(exp, "ensemble", "oof.parquet"))
+    classes = [c for c in held.columns if c not in ("clip_id", "fold")]
+    truth = read_truth(storage.join(exp, "trial_0", "outputs", "oof_truth.csv")).table()
+    y = truth_matrix(truth, pd.Index(held["clip_id"]), classes)
+    assert lwlrap(y, held[classes].to_numpy()) == pytest.approx(chosen.iloc[0].cv_lwlrap, abs=1e-9)
+
+
+def test_nested_rank_ranks_each_fold_against_the_other_folds():
+    from raytag.ensemble.job import nested_rank
+
+    y = make_truth(120, 4)
+    preds = np.stack([noisy_probs(y, 1.2, 8), noisy_probs(y, 0.8, 9)])
+    folds = np.arange(120) % 2
+    out = nested_rank(preds, folds)
+    for k in (0, 1):
+        refs = [rank_reference(p[folds != k]) for p in preds]
+        assert np.allclose(out[folds == k], rank_mean(preds[:, folds == k], refs))
+    # not the in-sample ranks (the CDFs of the clips being scored)
+    assert not np.allclose(out, rank_mean(preds))
 
 
 def test_choice_ignores_test_labels(tmp_path):

@@ -32,7 +32,7 @@ import pandas as pd
 import pytest
 
 
-# 3 trials of a tiny pipeline on 2 workers: warm-up 1 epoch, 2 folds x 2 fine-tune epochs
+# each trial: a tiny pipeline on 2 workers: warm-up 1 epoch, 2 folds x 2 fine-tune epochs
 EPOCHS_PER_TRIAL = 5
 SPACE = """
 name: chaos
@@ -58,6 +58,7 @@ search: {samples: SAMPLES, scheduler: fifo, max_concurrent_trials: 1, seed: 0}
 resources: {num_workers: 2, cpus_per_worker: 0.5, trial_cpus: 0.25}
 """
 CHAOS_SEED = 12
+CHAOS_TRIALS = 3  # with 2 the faults crowd one trial, and one run re-ran an epoch more than the bound below (not yet explained)
 
 
 def _raytag() -> list[str]:
@@ -230,7 +231,7 @@ class ChaosMonkey(threading.Thread):
 def clean_board(bench_data, tmp_path_factory):
     """The chaos sweep without faults: the reference for every trial's CV lwlrap."""
     tmp = tmp_path_factory.mktemp("clean")
-    sweep = Sweep(tmp, bench_data, tmp / "res", "clean", samples=3)
+    sweep = Sweep(tmp, bench_data, tmp / "res", "clean", samples=CHAOS_TRIALS)
     sweep.start()
     assert sweep.wait(timeout=600) == 0, sweep.output()[-4000:]
     return sweep.board()
@@ -240,9 +241,9 @@ def clean_board(bench_data, tmp_path_factory):
 @pytest.mark.ray
 @pytest.mark.real_audio
 def test_sweep_survives_killed_workers_and_driver(bench_data, clean_board, tmp_path):
-    faults = chaos_schedule(CHAOS_SEED, trials=3, worker_kills=3, driver_kills=1)
+    faults = chaos_schedule(CHAOS_SEED, trials=CHAOS_TRIALS, worker_kills=3, driver_kills=1)
     trace = tmp_path / "trace.jsonl"
-    sweep = Sweep(tmp_path, bench_data, tmp_path / "res", "chaos", samples=3, trace=trace)
+    sweep = Sweep(tmp_path, bench_data, tmp_path / "res", "chaos", samples=CHAOS_TRIALS, trace=trace)
     monkey = ChaosMonkey(sweep, faults)
     monkey.start()
     try:
@@ -262,7 +263,7 @@ def test_sweep_survives_killed_workers_and_driver(bench_data, clean_board, tmp_p
     assert monkey.struck == faults and not monkey.missed, (monkey.struck, monkey.missed)
 
     board = sweep.board()
-    assert len(board) == 3 and board["trial_id"].is_unique
+    assert len(board) == CHAOS_TRIALS and board["trial_id"].is_unique
     assert (board["status"] == "ok").all(), board[["trial_id", "status", "reason"]]
     assert sorted(monkey.trials) == sorted(board["trial_id"])  # no trial started again under a new id
 
@@ -271,14 +272,14 @@ def test_sweep_survives_killed_workers_and_driver(bench_data, clean_board, tmp_p
     events = _events(trace)
     starts = [e for e in events if e["event"] == "epoch_start" and e["rank"] == 0]
     resumes = [e for e in events if e["event"] == "resume" and e["rank"] == 0]
-    assert [e["global_step"] for e in starts].count(0) == 3
+    assert [e["global_step"] for e in starts].count(0) == CHAOS_TRIALS
     # a restart per fault at most: a fault that lands while the trial is already restarting
     # (a killed driver's trial is rebuilt from its last checkpoint) costs no restart of its own
     assert 0 < len(resumes) <= len(faults), resumes
     first_registered = min(f.registered for f in faults)
     assert all(r["global_step"] >= first_registered for r in resumes), resumes  # from checkpoints, never epoch 0
     rerun = sum(f.epoch - f.registered + 1 for f in faults)
-    assert 3 * EPOCHS_PER_TRIAL <= len(starts) <= 3 * EPOCHS_PER_TRIAL + rerun
+    assert CHAOS_TRIALS * EPOCHS_PER_TRIAL <= len(starts) <= CHAOS_TRIALS * EPOCHS_PER_TRIAL + rerun
 
     # the same trials (Optuna is seeded) with the same CV lwlrap as the sweep without faults
     by_lr = lambda b: b.assign(lr=b["train.lr"].round(12)).set_index("lr").sort_index()  # noqa: E731

@@ -178,21 +178,22 @@ def test_a_run_that_fails_and_resumes_matches_the_uninterrupted_run(tiny_run, de
 
 
 def test_weight_averaging_survives_a_failure_inside_its_window(ray_session, demo_data, tmp_path, monkeypatch):
-    """`train.average_last`: a 4-epoch fine-tune averages its last 2 epochs' weights. Rank 0 fails
-    at the start of the 4th, after the 3rd epoch's weights joined the sum; the group resumes
-    from that checkpoint with the running sum (train_state.average) and ends with the same fold
-    weights as the same run without the failure."""
+    """`train.average_last`: a 4-epoch fine-tune (the only stage) averages its last 2 epochs'
+    weights. Rank 0 fails at the start of the 4th, after the 3rd epoch's weights joined the sum;
+    the group resumes from that checkpoint with the running sum (train_state.average) and ends
+    with the same fold weights as the same run without the failure."""
     from safetensors.torch import load_file
 
-    cfg = Config.from_dict({**TINY, "train": {**TINY["train"], "average_last": 2},
-                            "pipeline": {**TINY["pipeline"], "finetune": {"epochs": 4}}})
+    cfg = Config.from_dict({**TINY, "train": {**TINY["train"], "average_last": 2}, "pipeline": {
+        "warmup": {"enabled": False}, "finetune": {"epochs": 4},
+        "filter": {"enabled": False}, "pseudo": {"enabled": False}}})
     plain = _traced_fit(cfg, demo_data, tmp_path, "avg", tmp_path / "trace.jsonl")
     marker, trace = tmp_path / "failed-once", tmp_path / "trace-twin.jsonl"
-    monkeypatch.setenv("RAYTAG_FAIL_ONCE", f"4:{marker}")  # global steps: warm-up 0, fine-tune 1-4
+    monkeypatch.setenv("RAYTAG_FAIL_ONCE", f"3:{marker}")  # global steps: fine-tune 0-3
     twin = _traced_fit(cfg, demo_data, tmp_path, "avg-twin", trace)
     assert marker.exists(), "the injected failure never happened"
     resumes = [e["global_step"] for e in _trace_events(trace) if e["event"] == "resume"]
-    assert resumes and set(resumes) == {4}, resumes  # every rank, from the 3rd fine-tune epoch's checkpoint
+    assert resumes and set(resumes) == {3}, resumes  # every rank, from the 3rd fine-tune epoch's checkpoint
     weights = load_file(Path(plain.outputs_dir) / "weights" / "fold0.safetensors")
     twin_weights = load_file(Path(twin.outputs_dir) / "weights" / "fold0.safetensors")
     for name, tensor in weights.items():
