@@ -253,7 +253,14 @@ def test_scores(info: dict, classes: list[str]) -> pd.DataFrame:
     """fname -> class scores (raytag: mean over fold models)."""
     if info["row"].startswith("reference_script"):
         return pd.read_parquet(info["test_preds"]).set_index("fname")[classes]
-    df = pd.read_parquet(Path(info["outputs"]) / "test.parquet")
+    return fold_mean_test(Path(info["outputs"]), classes)
+
+
+def fold_mean_test(outputs: Path, classes: list[str], folds: list[int] | None = None) -> pd.DataFrame:
+    """fname -> class scores of a raytag run: the mean of its fold models (of `folds` only, if given)."""
+    df = pd.read_parquet(outputs / "test.parquet")
+    if folds is not None:
+        df = df[df["fold"].isin(folds)]
     df = df.groupby("clip_id")[classes].mean()
     df.index = [c.split("/", 1)[1] for c in df.index]
     return df
@@ -358,10 +365,7 @@ def ensemble_vs_runs(frames: dict, y_test: pd.DataFrame, runs: list[str], classe
         outputs = Path(path)
         oof = pd.read_parquet(outputs / "oof.parquet")
         folds = sorted(oof.loc[oof["clip_id"].isin(oof_ids), "fold"].unique().tolist())
-        test = pd.read_parquet(outputs / "test.parquet")
-        test = test[test["fold"].isin(folds)].groupby("clip_id")[classes].mean()
-        test.index = [c.split("/", 1)[1] for c in test.index]
-        pair = paired(y_test, test, frames["test"])
+        pair = paired(y_test, fold_mean_test(outputs, classes, folds), frames["test"])
         out.append({"row": f"{label} (folds {','.join(map(str, folds))})", "on": "test", "n": int(len(y_test)), **pair})
         run_oof = oof.set_index("clip_id")[classes]
         common = run_oof.index.intersection(frames["oof"].index)

@@ -13,26 +13,10 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from bench_quality import fold_mean_test, oof_scores, test_truth  # the same readers as quality.md's rows
 from raytag.metrics import lwlrap, paired_bootstrap_lwlrap
-
-
-def _matrix(labels: pd.Series, classes: list[str]) -> np.ndarray:
-    return np.array([[c in str(labs).split(",") for c in classes] for labs in labels], np.float32)
-
-
-def oof(outputs: Path, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    probs = pd.read_parquet(outputs / "oof.parquet").set_index("clip_id")[classes]
-    truth = pd.read_csv(outputs / "oof_truth.csv", keep_default_na=False).set_index("clip_id")
-    return probs, pd.DataFrame(_matrix(truth.loc[probs.index, "labels"], classes), index=probs.index, columns=classes)
-
-
-def test(outputs: Path, classes: list[str]) -> pd.DataFrame:
-    probs = pd.read_parquet(outputs / "test.parquet").groupby("clip_id")[classes].mean()
-    probs.index = [c.split("/", 1)[1] for c in probs.index]  # clip_id "test/<fname>" -> fname
-    return probs
 
 
 def main():
@@ -42,12 +26,12 @@ def main():
     ap.add_argument("b", type=Path, help="outputs folder of run b")
     args = ap.parse_args()
     classes = list(pd.read_csv(args.data / "sample_submission.csv", nrows=0).columns[1:])
-    (oa, y), (ob, _) = oof(args.a, classes), oof(args.b, classes)
+    (oa, y), (ob, _) = (oof_scores({"row": "run", "outputs": str(o)}, classes) for o in (args.a, args.b))
     common = oa.index.intersection(ob.index)
     y_cv, a_cv, b_cv = y.loc[common].to_numpy(), oa.loc[common].to_numpy(), ob.loc[common].to_numpy()
-    labels = pd.read_csv(args.data / "test_labels.csv", dtype=str, keep_default_na=False).set_index("fname")["labels"]
-    y_test = _matrix(labels, classes)
-    a_test, b_test = (test(o, classes).loc[labels.index].to_numpy() for o in (args.a, args.b))
+    y_test = test_truth(args.data, classes)
+    a_test, b_test = (fold_mean_test(o, classes).loc[y_test.index].to_numpy() for o in (args.a, args.b))
+    y_test = y_test.to_numpy()
     print(json.dumps({
         "a": str(args.a), "b": str(args.b), "n_oof": len(common),
         "cv_a": float(lwlrap(y_cv, a_cv)), "cv_b": float(lwlrap(y_cv, b_cv)),

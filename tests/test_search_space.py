@@ -171,25 +171,20 @@ def test_shipped_spaces_load_and_every_sample_is_a_valid_config(name):
     assert space.max_steps() >= estimate_steps(space.base_config())
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def test_quick_yaml_trials_train_the_default_recipe():
     """Issue 10 item 6: a quick.yaml trial is configs/default.yaml's run but for what the space
     searches and the folds it trains, so the two cannot drift apart unnoticed."""
+    from raytag.search.space import _flatten_values  # the dotted keys a space's `base` uses
+
+    def flat(cfg: Config) -> dict:
+        return _flatten_values(cfg.to_dict(), "config", "")
+
     space = load_space(REPO / "search_spaces" / "quick.yaml")
-    default = _flat(Config.from_yaml(REPO / "configs" / "default.yaml").to_dict())
+    default = flat(Config.from_yaml(REPO / "configs" / "default.yaml"))
     allowed = set(space.param_keys()) | {"name", "cv.folds"}
     resources = {"train.num_workers", "train.cpus_per_worker", "train.gpus_per_worker", "train.use_gpu"}
     for s in sample(space, n=10, seed=3):
-        trial = _flat(space.trial_config(s).to_dict())
+        trial = flat(space.trial_config(s))
         # settings of a stage that is off in both do nothing; resources come from the space's own section
         off = {k.rsplit(".", 1)[0] for k in default if k.endswith(".enabled")
                and default[k] is False and trial.get(k) is False}
