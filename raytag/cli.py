@@ -170,6 +170,7 @@ def ensemble(
     storage: str = typer.Option("results", help=STORAGE_HELP),
     top: Optional[int] = typer.Option(5, help="Candidates: the K best trials by the leaderboard's metric (CV MAP@3 on 2018 data, else CV lwlrap)."),
     min_cv: Optional[float] = typer.Option(None, help="Candidates: trials over this bar in the leaderboard's metric."),
+    with_: List[str] = typer.Option([], "--with", help="Another experiment under --storage whose trials are candidates too (repeatable): e.g. a sweep of other model families on the same data and folds. The ensemble is written under EXPERIMENT."),
 ):
     """Combine the best trials (arithmetic, geometric, rank, fitted weighted means),
     score them on out-of-fold predictions, and save the best as an artifact."""
@@ -177,7 +178,7 @@ def ensemble(
 
     from raytag import storage as files
 
-    _run(ensemble_command, experiment=experiment, storage=storage, top=top, min_cv=min_cv)
+    _run(ensemble_command, experiment=experiment, storage=storage, top=top, min_cv=min_cv, also=with_)
     _html_report(files.join(files.absolute(storage), experiment))
 
 
@@ -186,11 +187,11 @@ def distill(
     experiment: str = typer.Argument(..., help="Experiment name (a folder under --storage) with an ensemble artifact."),
     storage: str = typer.Option("results", help=STORAGE_HELP),
     data: Optional[str] = typer.Option(None, help="The dataset the sweep ran on (default: the one in its sweep.json)."),
-    model: str = typer.Option("cnn2d", help="The student's architecture (a model name, as in search spaces)."),
-    width: int = typer.Option(32, help="The student's width (channels of its first block)."),
-    depth: int = typer.Option(4, help="The student's depth (blocks)."),
+    model: Optional[str] = typer.Option(None, help="The student's architecture (a model name, as in search spaces; default: the teacher's first member's)."),
+    width: Optional[int] = typer.Option(None, help="The student's width (channels of its first block; default: the first member's)."),
+    depth: Optional[int] = typer.Option(None, help="The student's depth (blocks; default: the first member's)."),
     epochs: int = typer.Option(30, help="Training epochs over every training clip."),
-    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, one-cycle)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the first member's; its optimizer and schedule)."),
     batch_size: int = typer.Option(32, help="Clips per training batch."),
     overlap: Optional[float] = typer.Option(None, help="Segment overlap when tagging (default: the ensemble's); 0 is fastest."),
     feature_cache: Optional[str] = typer.Option(None, help="Feature cache folder (default: the node-local cache the sweep used)."),

@@ -95,6 +95,11 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     return out
 
 
+def basename(path: str | os.PathLike) -> str:
+    """The last part of a local path or a URI ("s3://b/x/exp/" -> "exp")."""
+    return normalize_uri(path).rstrip("/").rsplit("/", 1)[-1]
+
+
 def safe_relpath(name, where: str = "", error: type = StorageError) -> str:
     """`name` as a "/"-separated relative path that stays inside its folder, or `error`
     naming the entry. Names come from files other people write (a manifest, member.json,

@@ -19,6 +19,7 @@ from raytag.data.truth import read_truth, truth_matrix
 from raytag.ensemble.combiners import (
     arithmetic_mean, combine, geometric_mean, percentile_ranks, rank_mean, rank_reference,
 )
+from raytag.ensemble.artifact import load_artifact
 from raytag.ensemble.job import build_ensemble, select_candidates
 from raytag.ensemble.weights import fit_weights, nested_fit
 from raytag.errors import RaytagError
@@ -104,9 +105,9 @@ def make_trial_outputs(out, trial_id: str, y_oof, y_test, signal: float, seed: i
 
 
 def make_experiment(root, signals=(0.9, 0.8, 0.7, 0.0), n=120, n_test=60, layout="fat2019",
-                    extra_rows=()):
+                    extra_rows=(), name="exp"):
     """An experiment folder with a leaderboard and one trial per signal strength."""
-    exp = storage.join(str(root), "exp")
+    exp = storage.join(str(root), name)
     y_oof, y_test = make_truth(n, 1), make_truth(n_test, 2)
     rows = []
     for i, s in enumerate(signals):
@@ -263,6 +264,29 @@ def test_candidates_top_k_min_cv_and_unfinished(tmp_path):
     assert [c.trial_id for c in over] == ranked[:2]
     with pytest.raises(RaytagError, match="nothing to ensemble"):
         select_candidates(exp, top=None, min_cv=0.9999)
+
+
+def test_trials_of_other_experiments_compete_as_candidates(tmp_path):
+    """`raytag ensemble A --with B`: B's trials are ranked with A's, named B/<trial>, and a
+    chosen one is copied into the artifact under A; a leaderboard ranked by another metric
+    is refused."""
+    exp = make_experiment(tmp_path, signals=(0.9, 0.1))
+    other = make_experiment(tmp_path, signals=(1.2, 0.2), name="families")
+    cands, skipped = select_candidates(exp, top=3, also=[other])
+    assert [c.trial_id for c in cands][0] == "families/trial_0"  # the strongest signal
+    assert {c.trial_id for c in cands} | {s["trial_id"] for s in skipped} == {
+        "trial_0", "trial_1", "families/trial_0", "families/trial_1"}
+    res = build_ensemble(exp, top=3, also=[other])
+    assert "families/trial_0" in res.members
+    assert res.artifact_path.startswith(str(exp))
+    art = load_artifact(res.artifact_path)
+    assert "families_trial_0" in [m.name for m in art.members]
+    board_path = storage.join(other, "leaderboard.csv")
+    board = storage.read_csv(board_path)
+    board["rank_by"], board["cv_map3"] = "cv_map3", board["cv_lwlrap"]
+    storage.write_csv(board, board_path)
+    with pytest.raises(RaytagError, match="ranks by cv_map3"):
+        select_candidates(exp, also=[other])
 
 
 def test_trials_with_different_folds_are_aligned_by_clip(tmp_path):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import pandas as pd
 from rich.console import Console
@@ -14,12 +14,14 @@ from raytag.ensemble.pull import PullResult, pull
 
 
 def ensemble_command(experiment: str, storage: str = "results", top: Optional[int] = 5,
-                     min_cv: Optional[float] = None) -> EnsembleResult:
+                     min_cv: Optional[float] = None, also: Sequence[str] = ()) -> EnsembleResult:
     console = Console(stderr=True)
-    result = build_ensemble(files.join(storage, experiment), top=top, min_cv=min_cv, console=console)
+    result = build_ensemble(files.join(storage, experiment), top=top, min_cv=min_cv, console=console,
+                            also=[files.join(storage, name) for name in also])
     # the ranking metric first, lwlrap beside it
     scores = list(dict.fromkeys([result.metric, "cv_lwlrap"]))
-    view = Table(title=f"ensemble of {experiment}, ranked by {result.metric}")
+    sweeps = " + ".join([experiment, *also])
+    view = Table(title=f"ensemble of {sweeps}, ranked by {result.metric}")
     for col in ("name", "kind", *(f"CV {c[3:]}" for c in scores), "CV on", "test lwlrap", "weights"):
         view.add_column(col)
     for r in result.table.to_dict(orient="records"):

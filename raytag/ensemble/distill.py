@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+import yaml
 import pandas as pd
 import torch
 from safetensors.torch import save_file
@@ -48,7 +49,7 @@ from raytag.training.dataset import CropBatches, LabelledSet
 from raytag.training.epoch import build_optimizer, train_epoch
 from raytag.training.inference import iter_store_clips, predict_segments
 from raytag.training.losses import build_loss
-from raytag.training.outputs import MODEL_CARD, WEIGHTS, model_card, read_predictions, write_parquet
+from raytag.training.outputs import CONFIG, MODEL_CARD, WEIGHTS, model_card, read_predictions, write_parquet
 from raytag.training.runner import prepare_data
 from raytag.training.steps import Step
 
@@ -61,11 +62,11 @@ SOURCE_COLUMN = "target_source"  # "oof" (curated) or "ensemble" (noisy)
 class StudentSettings:
     """The student and its training; None fields follow the teacher's first member."""
 
-    model: str = "cnn2d"
-    width: int = 32
-    depth: int = 4
+    model: Optional[str] = None  # None: the first member's model (its params and dropout too)
+    width: Optional[int] = None
+    depth: Optional[int] = None
     epochs: int = 30
-    lr: float = 1e-3
+    lr: Optional[float] = None  # None: the first member's peak learning rate
     batch_size: int = 32
     crop_seconds: Optional[float] = None  # None: the first member's crop
     overlap: Optional[float] = None  # segment overlap at inference; None: the first member's
@@ -77,7 +78,7 @@ class StudentSettings:
             raise RaytagError(f"--epochs {self.epochs}: must be at least 1")
         if self.batch_size < 1:
             raise RaytagError(f"--batch-size {self.batch_size}: must be at least 1")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise RaytagError(f"--lr {self.lr}: must be more than 0")
         if self.overlap is not None and not 0 <= self.overlap < 1:
             raise RaytagError(f"--overlap {self.overlap}: must be in [0, 1)")
@@ -163,9 +164,13 @@ def _local(path: str):
 
 # ----------------------------------------------------------------------------- student
 def student_config(art: Artifact, s: StudentSettings) -> Config:
-    """The student's Config: its model and training, the first member's front end,
-    crop and segment settings unless given."""
+    """The student's Config: the first member's training recipe (its config.yaml: input
+    scaling, augmentation, mixup, optimizer and schedule), front end, model, crop and
+    segment settings, with what `s` sets in their place. The targets are already soft, so
+    every clip takes the plain BCE (no lsoft or noisy weight), and the student trains no
+    folds or stages."""
     first = art.members[0].settings
+    recipe = _member_recipe(first)
     features = s.features or first["features"]
     fps = Config.from_dict({"features": features}).features.frames_per_second
     crop = s.crop_seconds or round(int(first["crop_frames"]) / fps, 3)
@@ -173,17 +178,35 @@ def student_config(art: Artifact, s: StudentSettings) -> Config:
     inference.update(tta=0, segment_seconds=round(int(first["segment_frames"]) / fps, 3))
     if s.overlap is not None:
         inference["overlap"] = s.overlap
+    model = dict(first["model"])
+    if s.model is not None and s.model != model["name"]:
+        model = {"name": s.model}  # another family: its own default params and dropout
+    model.update({k: v for k, v in (("width", s.width), ("depth", s.depth)) if v is not None})
+    train = recipe.get("train", {})
+    train.update(crop_seconds=crop, batch_size=s.batch_size, num_workers=1,
+                 loss={"name": "bce", "noisy_loss": "same", "noisy_weight": 1.0})
+    if s.lr is not None:
+        train["lr"] = s.lr
     return Config.from_dict({
         "name": "distilled",
         "seed": s.seed,
         "features": features,
-        "model": {"name": s.model, "width": s.width, "depth": s.depth},
-        "train": {"crop_seconds": crop, "batch_size": s.batch_size, "lr": s.lr,
-                  "loss": {"name": "bce", "noisy_loss": "same"}},
+        "model": model,
+        "train": train,
         "cv": {"n_folds": 2, "folds": [0], "seed": s.seed},
         "pipeline": {"finetune": {"epochs": s.epochs}},
         "inference": inference,
     })
+
+
+def _member_recipe(settings: dict) -> dict:
+    """The member trial's config.yaml as a dict, or {} (raytag's defaults) when its outputs
+    do not have one."""
+    source = settings.get("source")
+    path = storage.join(source, CONFIG) if source else None
+    if path is None or not storage.exists(path):
+        return {}
+    return Config.from_dict(yaml.safe_load(storage.read_text(path)) or {}).to_dict()
 
 
 def train_student(cfg: Config, plan, store, targets: LabelledSet, progress: bool = False) -> tuple[torch.nn.Module, list]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -78,36 +78,22 @@ class EnsembleResult:
 
 
 # ----------------------------------------------------------------------------- candidates
-def select_candidates(experiment_dir: str, top: Optional[int] = 5,
-                      min_cv: Optional[float] = None) -> tuple[list[Candidate], list[dict]]:
+def select_candidates(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional[float] = None,
+                      also: Sequence[str] = ()) -> tuple[list[Candidate], list[dict]]:
     """Finished trials with saved predictions, best first in the leaderboard's ranking
-    metric (`rank_by`); the top K and those over the bar `min_cv` in that metric."""
-    path = storage.join(experiment_dir, "leaderboard.csv")
-    if not storage.exists(path):
-        raise RaytagError(f"{path}: no leaderboard; run `raytag tune` for this experiment first")
-    board = storage.read_csv(path)
-    metric = board_metric(board)
-    if metric not in SCORE_COLUMNS:
-        raise RaytagError(f"{path}: rank_by {metric!r} is not one of {', '.join(SCORE_COLUMNS)}")
-    for col in ("trial_id", metric, "outputs_dir"):
-        if col not in board.columns:
-            raise RaytagError(f"{path}: column '{col}' is missing")
-    skipped = []
-    rows = []
-    for rec in board.to_dict(orient="records"):
-        status = str(rec.get("status", "ok")).strip().lower()
-        if status not in FINISHED:
-            skipped.append({"trial_id": str(rec["trial_id"]), "reason": f"status {status}"})
-            continue
-        if pd.isna(rec[metric]) or pd.isna(rec["outputs_dir"]):
-            skipped.append({"trial_id": str(rec["trial_id"]), "reason": "no CV score or outputs"})
-            continue
-        outputs = _resolve_outputs(experiment_dir, str(rec["outputs_dir"]))
-        if outputs is None:
-            skipped.append({"trial_id": str(rec["trial_id"]),
-                            "reason": f"{rec['outputs_dir']}: no oof.parquet"})
-            continue
-        rows.append(Candidate(str(rec["trial_id"]), safe_name(rec["trial_id"]), outputs, float(rec[metric]), metric))
+    metric (`rank_by`); the top K and those over the bar `min_cv` in that metric.
+
+    `also`: more experiment folders whose trials compete as candidates (a sweep of other
+    model families, say); their leaderboards must rank by the same metric. Their trials are
+    named `<experiment>/<trial>` so that the table says where each member came from."""
+    rows, skipped, metric = _finished_trials(experiment_dir)
+    for other in also:
+        more, more_skipped, other_metric = _finished_trials(other, prefix=f"{storage.basename(other)}/")
+        if other_metric != metric:
+            raise RaytagError(f"{other}: its leaderboard ranks by {other_metric}, {experiment_dir}'s by {metric}; "
+                              "an ensemble is chosen by one metric, so combine experiments on one dataset layout")
+        rows += more
+        skipped += more_skipped
     rows.sort(key=lambda c: -c.leaderboard_cv)
     seen: dict[str, int] = {}
     for c in rows:  # two trial ids may sanitise to one folder name
@@ -124,8 +110,40 @@ def select_candidates(experiment_dir: str, top: Optional[int] = 5,
         rows = rows[:top]
     if not rows:
         bar = f" over CV {min_cv}" if min_cv is not None else ""
-        raise RaytagError(f"{path}: no finished trial with saved predictions{bar}; nothing to ensemble")
+        where = ", ".join([experiment_dir, *also])
+        raise RaytagError(f"{where}: no finished trial with saved predictions{bar}; nothing to ensemble")
     return rows, skipped
+
+
+def _finished_trials(experiment_dir: str, prefix: str = "") -> tuple[list[Candidate], list[dict], str]:
+    """The experiment's leaderboard trials that finished with saved predictions, the ones left
+    out (with the reason), and the metric the leaderboard ranks by."""
+    path = storage.join(experiment_dir, "leaderboard.csv")
+    if not storage.exists(path):
+        raise RaytagError(f"{path}: no leaderboard; run `raytag tune` for this experiment first")
+    board = storage.read_csv(path)
+    metric = board_metric(board)
+    if metric not in SCORE_COLUMNS:
+        raise RaytagError(f"{path}: rank_by {metric!r} is not one of {', '.join(SCORE_COLUMNS)}")
+    for col in ("trial_id", metric, "outputs_dir"):
+        if col not in board.columns:
+            raise RaytagError(f"{path}: column '{col}' is missing")
+    skipped, rows = [], []
+    for rec in board.to_dict(orient="records"):
+        trial_id = f"{prefix}{rec['trial_id']}"
+        status = str(rec.get("status", "ok")).strip().lower()
+        if status not in FINISHED:
+            skipped.append({"trial_id": trial_id, "reason": f"status {status}"})
+            continue
+        if pd.isna(rec[metric]) or pd.isna(rec["outputs_dir"]):
+            skipped.append({"trial_id": trial_id, "reason": "no CV score or outputs"})
+            continue
+        outputs = _resolve_outputs(experiment_dir, str(rec["outputs_dir"]))
+        if outputs is None:
+            skipped.append({"trial_id": trial_id, "reason": f"{rec['outputs_dir']}: no oof.parquet"})
+            continue
+        rows.append(Candidate(trial_id, safe_name(trial_id), outputs, float(rec[metric]), metric))
+    return rows, skipped, metric
 
 
 def _resolve_outputs(experiment_dir: str, outputs_dir: str) -> Optional[str]:
@@ -181,12 +199,13 @@ def load_oof_truth(outputs_dir: str, experiment_dir: Optional[str] = None) -> pd
 
 # ----------------------------------------------------------------------------- the job
 def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional[float] = None,
-                   steps: int = DEFAULT_STEPS, console=None) -> EnsembleResult:
+                   steps: int = DEFAULT_STEPS, console=None, also: Sequence[str] = ()) -> EnsembleResult:
     """Score every combiner on the OOF predictions in the leaderboard's ranking metric
-    (lwlrap beside it), save the best as an artifact, write the table + chart."""
+    (lwlrap beside it), save the best as an artifact, write the table + chart. `also`: more
+    experiments whose trials are candidates too; the outputs go under `experiment_dir`."""
     experiment_dir = str(experiment_dir)
     say = console.print if console is not None else (lambda *a, **k: None)
-    candidates, skipped = select_candidates(experiment_dir, top, min_cv)
+    candidates, skipped = select_candidates(experiment_dir, top, min_cv, [str(a) for a in also])
     metric = candidates[0].rank_by
     # the table's score columns: lwlrap always, the ranking metric beside it
     names = list(dict.fromkeys(["lwlrap", SCORE_COLUMNS[metric]]))
