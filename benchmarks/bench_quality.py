@@ -308,7 +308,7 @@ def ensemble_section(experiment: Path, y_test: pd.DataFrame) -> dict:
 
     summary = json.loads((experiment / "ensemble" / "ensemble_summary.json").read_text())
     table = pd.read_csv(experiment / "ensemble" / "comparison.csv")
-    by_id = {c.trial_id: c for c in select_candidates(str(experiment), top=None)[0]}
+    by_id = {c.trial_id: c for c in select_candidates(str(experiment), top=None, also=summary.get("with", []))[0]}
     members = [by_id[t] for t in summary["members"]]
     trials = [load_trial(c.outputs_dir) for c in members]
     classes = trials[0].classes

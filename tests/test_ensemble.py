@@ -278,6 +278,8 @@ def test_trials_of_other_experiments_compete_as_candidates(tmp_path):
         "trial_0", "trial_1", "families/trial_0", "families/trial_1"}
     res = build_ensemble(exp, top=3, also=[other])
     assert "families/trial_0" in res.members
+    summary = json.loads(storage.read_text(storage.join(exp, "ensemble", "ensemble_summary.json")))
+    assert summary["with"] == [other]
     assert res.artifact_path.startswith(str(exp))
     art = load_artifact(res.artifact_path)
     assert "families_trial_0" in [m.name for m in art.members]

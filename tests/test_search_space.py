@@ -135,6 +135,10 @@ def test_tpe_sampling_is_seeded():
                            "space": {"model.name": {"choice": ["crnn"]}}}]}, "already searched"),
         ({"conditional": [{"when": {"model.name": "crnn"},
                            "space": {"train.mixup.prob": {"uniform": [0.5, 2.0]}}}]}, "train.mixup.prob"),
+        # Optuna: one distribution per name, else "dynamic value space" when the second is sampled
+        ({"conditional": [{"when": {"model.name": "cnn2d"}, "space": {"model.width": {"choice": [16]}}},
+                          {"when": {"model.name": "crnn"}, "space": {"model.width": {"choice": [32]}}}]},
+         "'model.width' is searched in two conditional blocks with different distributions"),
     ],
 )
 def test_bad_spaces_fail_with_the_key_named(patch, needle):
@@ -162,7 +166,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_space(bad)
 
 
-@pytest.mark.parametrize("name", ["demo", "quick", "facevalue", "fat2019", "fat2019_ddp", "fsd2018"])
+@pytest.mark.parametrize("name", ["demo", "quick", "families", "facevalue", "fat2019", "fat2019_ddp", "fsd2018"])
 def test_shipped_spaces_load_and_every_sample_is_a_valid_config(name):
     space = load_space(REPO / "search_spaces" / f"{name}.yaml")
     assert space.name == name
@@ -171,17 +175,35 @@ def test_shipped_spaces_load_and_every_sample_is_a_valid_config(name):
     assert space.max_steps() >= estimate_steps(space.base_config())
 
 
-def test_quick_yaml_trials_train_the_default_recipe():
-    """Issue 10 item 6: a quick.yaml trial is configs/default.yaml's run but for what the space
-    searches and the folds it trains, so the two cannot drift apart unnoticed."""
+def _flat(cfg: Config) -> dict:
     from raytag.search.space import _flatten_values  # the dotted keys a space's `base` uses
 
-    def flat(cfg: Config) -> dict:
-        return _flatten_values(cfg.to_dict(), "config", "")
+    return _flatten_values(cfg.to_dict(), "config", "")
 
-    space = load_space(REPO / "search_spaces" / "quick.yaml")
+
+def test_built_in_defaults_are_the_default_recipe():
+    """A config that leaves the training recipe out (a GPU space, a user's three-line YAML,
+    the distilled student) gets configs/default.yaml's recipe, not raytag 0.1's slower one;
+    only the model size, the worker layout and the pipeline's stages may differ."""
+    built_in = _flat(Config.from_dict({}))
+    default = _flat(Config.from_yaml(REPO / "configs" / "default.yaml"))
+    layout = {"name", "model.width", "model.params", "train.num_workers", "train.cpus_per_worker",
+              "train.torch_threads"}
+    differ = sorted(k for k in default if built_in.get(k) != default[k]
+                    and k not in layout and not k.startswith("pipeline."))
+    assert not differ, {k: (built_in.get(k), default[k]) for k in differ}
+
+
+@pytest.mark.parametrize("name, model_keys", [("quick", set()),
+                                              ("families", {"model.name", "model.width", "model.params"})])
+def test_quick_yaml_trials_train_the_default_recipe(name, model_keys):
+    """Issue 10 item 6: a quick.yaml trial is configs/default.yaml's run but for what the space
+    searches and the folds it trains (families.yaml: and its model), so the two cannot drift
+    apart unnoticed."""
+    flat = _flat
+    space = load_space(REPO / "search_spaces" / f"{name}.yaml")
     default = flat(Config.from_yaml(REPO / "configs" / "default.yaml"))
-    allowed = set(space.param_keys()) | {"name", "cv.folds"}
+    allowed = set(space.param_keys()) | {"name", "cv.folds"} | model_keys
     resources = {"train.num_workers", "train.cpus_per_worker", "train.gpus_per_worker", "train.use_gpu"}
     for s in sample(space, n=10, seed=3):
         trial = flat(space.trial_config(s))

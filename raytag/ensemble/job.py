@@ -352,6 +352,7 @@ def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional
     )
     summary = {
         "chosen": chosen, "chosen_by": metric, "members": result.members, "weights": result.weights,
+        "with": [str(a) for a in also],  # the other experiments whose trials were candidates
         "nested_fold_weights": {str(k): v for k, v in fold_weights.items()},
         "oof_clips": int(len(common)), "test_clips": 0 if y_test is None else int(len(y_test)),
         "skipped": skipped, "artifact": artifact_path, "scores": scores,

@@ -303,9 +303,25 @@ def parse_space(text: str, source: str = "<space>", default_name: str = "sweep")
         resources=_parse_dataclass(Resources, data.get("resources"), source, "resources"),
     )
     _check_settings(space)
+    _check_one_distribution_per_key(space)
     _validate_against_config(space)
     _check_rungs(space)
     return space
+
+
+def _check_one_distribution_per_key(space: SearchSpace):
+    """Optuna names a parameter by its key and takes one distribution per name, so a key
+    searched in two conditional blocks with different ranges would fail the second time it
+    is sampled, mid-sweep ("does not support dynamic value space"): refuse it now."""
+    seen: dict[str, Param] = {}
+    for p in space.params():
+        first = seen.setdefault(p.key, p)
+        if first.optuna_distribution() != p.optuna_distribution():
+            raise SpaceError(
+                f"{space.source}: '{p.key}' is searched in two conditional blocks with different "
+                f"distributions ({first.describe()} and {p.describe()}); Optuna takes one distribution "
+                "per setting: give both blocks the same one, or set the value in base"
+            )
 
 
 def _check_rungs(space: SearchSpace):
