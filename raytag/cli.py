@@ -196,6 +196,7 @@ def distill(
     overlap: Optional[float] = typer.Option(None, help="Segment overlap when tagging (default: the ensemble's); 0 is fastest."),
     feature_cache: Optional[str] = typer.Option(None, help="Feature cache folder (default: the node-local cache the sweep used)."),
     seed: int = typer.Option(0, help="Seed of the student's initialisation and batches."),
+    label_weight: float = typer.Option(0.5, help="Each clip's target: this share of its given labels, the rest the teacher's soft prediction (0: the teacher's alone)."),
 ):
     """Distil the ensemble into one small, fast model: trained on the ensemble's soft
     predictions for every training clip (out-of-fold on curated clips, the artifact's own on
@@ -205,7 +206,7 @@ def distill(
     from raytag.ensemble.distill import StudentSettings
 
     settings = StudentSettings(model=model, width=width, depth=depth, epochs=epochs, lr=lr,
-                               batch_size=batch_size, overlap=overlap, seed=seed)
+                               batch_size=batch_size, overlap=overlap, seed=seed, label_weight=label_weight)
     _run(distill_command, experiment=experiment, storage=storage, data=data, feature_cache=feature_cache,
          settings=settings)
 

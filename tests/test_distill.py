@@ -8,6 +8,7 @@ and noisy clips' given labels (a few seconds), so the artifact's predictions on 
 clips carry class information too."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from raytag.config import Config
 from raytag.data.labels import labels_to_matrix
 from raytag.data.layouts import load_dataset
 from raytag.ensemble.artifact import describe, load_artifact
-from raytag.ensemble.distill import StudentSettings, distill, train_student
+from raytag.ensemble.distill import StudentSettings, distill, student_config, student_targets, train_student
 from raytag.ensemble.job import build_ensemble
 from raytag.errors import RaytagError
 from raytag.metrics import lwlrap
@@ -158,3 +159,33 @@ def test_reruns_reuse_the_teacher_targets_and_errors_are_clear(experiment, disti
         distill(str(tmp_path / "nothing"))
     with pytest.raises(RaytagError, match="--epochs"):
         distill(experiment, StudentSettings(epochs=0))
+
+
+def test_targets_blend_the_given_labels_with_the_teachers_and_flag_noisy_clips(demo_data):
+    dataset = load_dataset(demo_data)
+    classes = list(dataset.classes)
+    ids = list(dataset.split("curated")["clip_id"][:3]) + list(dataset.split("noisy")["clip_id"][:2])
+    teacher = pd.DataFrame(np.random.default_rng(0).uniform(size=(5, len(classes))), index=ids, columns=classes)
+    given = np.vstack([dataset.label_matrix("curated")[:3], dataset.label_matrix("noisy")[:2]])
+    got = student_targets(teacher, dataset, classes, 0.25)
+    np.testing.assert_allclose(got.targets, 0.25 * given + 0.75 * teacher.to_numpy(), rtol=1e-6)
+    assert got.is_noisy.tolist() == [False, False, False, True, True]
+    np.testing.assert_allclose(student_targets(teacher, dataset, classes, 0.0).targets, teacher.to_numpy(), rtol=1e-6)
+
+
+def test_the_student_trains_with_its_teachers_recipe(experiment, tmp_path):
+    """The member's config.yaml (its scaling, mixup, optimizer, learning rate, noisy-label
+    loss) is the student's recipe, not raytag's built-in defaults; what the user sets wins."""
+    art = load_artifact(storage.join(experiment, "ensemble", "artifact"))
+    recipe = Config.from_dict({"train": {"lr": 0.0123, "weight_decay": 0.05, "mixup": {"alpha": 0.9},
+                                         "normalize": {"kind": "fixed"}, "loss": {"lsoft_beta": 0.6}}})
+    (tmp_path / "config.yaml").write_text(recipe.to_yaml())
+    first = art.members[0]
+    member = dataclasses.replace(first, settings={**first.settings, "source": str(tmp_path)})
+    art = dataclasses.replace(art, members=[member])
+    cfg = student_config(art, StudentSettings())
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.mixup.alpha, cfg.train.normalize.kind,
+            cfg.train.loss.lsoft_beta) == (0.0123, 0.05, 0.9, "fixed", 0.6)
+    assert cfg.model.name == first.settings["model"]["name"] and cfg.model.width == first.settings["model"]["width"]
+    cfg = student_config(art, StudentSettings(lr=0.002, width=4, label_weight=0.0))
+    assert (cfg.train.lr, cfg.model.width, cfg.train.loss.noisy_loss) == (0.002, 4, "same")

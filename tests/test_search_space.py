@@ -138,7 +138,7 @@ def test_tpe_sampling_is_seeded():
         # Optuna: one distribution per name, else "dynamic value space" when the second is sampled
         ({"conditional": [{"when": {"model.name": "cnn2d"}, "space": {"model.width": {"choice": [16]}}},
                           {"when": {"model.name": "crnn"}, "space": {"model.width": {"choice": [32]}}}]},
-         "'model.width' is searched in two conditional blocks with different distributions"),
+         "'model.width' is searched in two conditional blocks as choice [16] and choice [32]"),
     ],
 )
 def test_bad_spaces_fail_with_the_key_named(patch, needle):

@@ -20,13 +20,14 @@ def distill_command(experiment: str, storage: str = "results", data: Optional[st
     view = Table(title=f"distilled student of {experiment} (test labels only reported, never used)")
     for col in ("model", "curated lwlrap", "test lwlrap"):
         view.add_column(col, justify="left" if col == "model" else "right")
-    view.add_row("teacher (ensemble)", _fmt(s.get("teacher_curated_oof_lwlrap")) + " (OOF)",
+    view.add_row("teacher (ensemble)", _fmt(s.get("teacher_curated_oof_lwlrap")) + " (its targets)",
                  _fmt(s.get("teacher_test_lwlrap")))
-    view.add_row(f"student ({settings.model} w{settings.width} d{settings.depth})",
+    view.add_row(f"student ({result.student})",
                  _fmt(s.get("train_curated_lwlrap")) + " (trained on)", _fmt(s.get("test_lwlrap")))
     console.print(view)
     console.print(f"student vs the teacher's top labels on the training clips: lwlrap {_fmt(s.get('agreement_lwlrap'))}; "
-                  f"targets: {result.n_oof} clips out-of-fold, {result.n_ensemble} from the artifact, {result.epochs} epochs, "
+                  f"targets: {result.label_weight:g} x the given labels + {1 - result.label_weight:g} x the teacher's "
+                  f"({result.n_oof} clips out-of-fold, {result.n_ensemble} from the artifact), {result.epochs} epochs, "
                   f"{result.seconds:.0f} s")
     console.print(f"artifact: [bold]{result.artifact_path}[/]  (tag audio: raytag predict {result.artifact_path} FILES...)")
     return result

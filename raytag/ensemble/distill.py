@@ -72,6 +72,11 @@ class StudentSettings:
     overlap: Optional[float] = None  # segment overlap at inference; None: the first member's
     features: Optional[dict] = None  # front end settings; None: the first member's
     seed: int = 0
+    # each clip's target: label_weight x its given labels + the rest x the teacher's soft
+    # prediction (Hinton et al. 2015's two terms, as one BCE target). The teacher's
+    # predictions on the clips it trained on repeat the labels it memorised, and on curated
+    # clips the given labels are clean, so they are not thrown away
+    label_weight: float = 0.5
 
     def check(self) -> None:
         if self.epochs < 1:
@@ -80,6 +85,8 @@ class StudentSettings:
             raise RaytagError(f"--batch-size {self.batch_size}: must be at least 1")
         if self.lr is not None and not self.lr > 0:
             raise RaytagError(f"--lr {self.lr}: must be more than 0")
+        if not 0 <= self.label_weight <= 1:
+            raise RaytagError(f"--label-weight {self.label_weight}: must be in [0, 1]")
         if self.overlap is not None and not 0 <= self.overlap < 1:
             raise RaytagError(f"--overlap {self.overlap}: must be in [0, 1)")
 
@@ -92,6 +99,8 @@ class DistillResult:
     n_ensemble: int  # clips whose targets are the artifact's predictions (noisy; curated without OOF)
     epochs: int
     seconds: float
+    student: str = ""  # its model, as "cnn2d w16 d4"
+    label_weight: float = 0.5
     train_loss: list = field(default_factory=list)
     scores: dict = field(default_factory=dict)  # agreement with the teacher; test scores (reported only)
 
@@ -153,6 +162,22 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
     return table
 
 
+def student_targets(table: pd.DataFrame, dataset, classes: list[str], label_weight: float) -> LabelledSet:
+    """The student's training set: every clip of the teacher's table, its target
+    `label_weight` x its given labels + (1 - label_weight) x the teacher's prediction, and
+    noisy clips flagged as such (the recipe's noisy-label loss and weight apply to them)."""
+    teacher = table[classes].to_numpy(np.float32)
+    given, noisy = {}, set()
+    for split in ("curated", "noisy"):
+        rows = dataset.split(split)
+        given.update(zip(rows["clip_id"], dataset.label_matrix(split)))
+        if split == "noisy":
+            noisy.update(rows["clip_id"])
+    labels = np.stack([given[c] for c in table.index]).astype(np.float32)
+    is_noisy = np.array([c in noisy for c in table.index])
+    return LabelledSet(list(table.index), label_weight * labels + (1 - label_weight) * teacher, is_noisy)
+
+
 def _local(path: str):
     """The local path of a distillation output (write_parquet and safetensors write local files)."""
     from pathlib import Path
@@ -168,7 +193,8 @@ def student_config(art: Artifact, s: StudentSettings) -> Config:
     scaling, augmentation, mixup, optimizer and schedule), front end, model, crop and
     segment settings, with what `s` sets in their place. The targets are already soft, so
     every clip takes the plain BCE (no lsoft or noisy weight), and the student trains no
-    folds or stages."""
+    folds or stages. Noisy clips keep the member's noisy-label loss (lsoft, weight): their
+    targets carry their given labels too."""
     first = art.members[0].settings
     recipe = _member_recipe(first)
     features = s.features or first["features"]
@@ -183,8 +209,9 @@ def student_config(art: Artifact, s: StudentSettings) -> Config:
         model = {"name": s.model}  # another family: its own default params and dropout
     model.update({k: v for k, v in (("width", s.width), ("depth", s.depth)) if v is not None})
     train = recipe.get("train", {})
-    train.update(crop_seconds=crop, batch_size=s.batch_size, num_workers=1,
-                 loss={"name": "bce", "noisy_loss": "same", "noisy_weight": 1.0})
+    train.update(crop_seconds=crop, batch_size=s.batch_size, num_workers=1)
+    if s.label_weight == 0:  # the teacher's targets alone: every clip alike
+        train["loss"] = {"name": "bce", "noisy_loss": "same", "noisy_weight": 1.0}
     if s.lr is not None:
         train["lr"] = s.lr
     return Config.from_dict({
@@ -263,7 +290,7 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     table = teacher_targets(art, dataset, out_dir, progress=progress)
     table = table[table.index.isin(store.clip_ids)]  # clips the student's front end could read
     classes = list(art.classes)
-    targets = LabelledSet(list(table.index), table[classes].to_numpy(np.float32), np.zeros(len(table), bool))
+    targets = student_targets(table, dataset, classes, settings.label_weight)
     n_oof = int((table[SOURCE_COLUMN] == "oof").sum())
     say(f"student: {cfg.model.name} width {cfg.model.width} depth {cfg.model.depth} on {cfg.features.kind}; "
         f"{len(targets)} clips ({n_oof} with OOF targets, {len(targets) - n_oof} with the ensemble's), {settings.epochs} epochs")
@@ -275,7 +302,7 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(local / WEIGHTS / "fold0.safetensors"))
     (local / MODEL_CARD).write_text(json.dumps(model_card(plan), indent=2))
 
-    scores = _score(art, dataset, model, cfg, plan, store, targets)
+    scores = _score(art, dataset, model, cfg, plan, store, targets.clip_ids, table[classes].to_numpy(np.float32))
     # the student's test scores through the predict path, as the saved artifact will tag
     student = Artifact(path=student_dir, combiner="mean", weights=None, classes=classes, layout=art.layout,
                        members=[Member("student", trial_settings(student_dir), [model])])
@@ -283,11 +310,14 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     record = {"teacher": artifact_path, "teacher_manifest_sha256": _manifest_id(artifact_path),
               "teacher_members": [m.name for m in art.members], "teacher_combiner": art.combiner,
               "targets": {"oof": n_oof, "ensemble": len(targets) - n_oof},
+              "label_weight": settings.label_weight,
               "epochs": settings.epochs, "train_loss": [round(x, 5) for x in losses]}
     dest = save_artifact(storage.join(out_dir, "artifact"), [MemberSpec("student", student_dir)], "mean", None,
                          classes, art.layout, scores, distilled=record)
     result = DistillResult(artifact_path=dest, teacher_path=storage.join(out_dir, TEACHER), n_oof=n_oof,
                            n_ensemble=len(targets) - n_oof, epochs=settings.epochs, seconds=time.time() - started,
+                           student=f"{cfg.model.name} w{cfg.model.width} d{cfg.model.depth}",
+                           label_weight=settings.label_weight,
                            train_loss=losses, scores=scores)
     storage.write_text(storage.join(out_dir, "distill_summary.json"),
                        json.dumps({**record, "artifact": dest, "scores": scores,
@@ -304,20 +334,19 @@ def _sweep_data(experiment_dir: str) -> str:
     raise RaytagError(f"{path}: no dataset recorded; give the dataset the sweep ran on with --data")
 
 
-def _score(art, dataset, model, cfg, plan, store, targets) -> dict:
+def _score(art, dataset, model, cfg, plan, store, clip_ids: list[str], teacher: np.ndarray) -> dict:
     """How well the student learned its targets: lwlrap of its predictions on the training
     clips against the teacher's targets made binary (> 0.5, else the top class), on curated
     clips also against the curated labels, beside the teacher's own OOF score there."""
-    probs = predict_segments(model, iter_store_clips(store, targets.clip_ids), cfg.segment_frames(),
+    probs = predict_segments(model, iter_store_clips(store, clip_ids), cfg.segment_frames(),
                              overlap=cfg.inference.overlap, reduce=cfg.inference.reduce, batch_size=64,
                              mean=plan.norm_mean, std=plan.norm_std)
-    teacher = targets.targets
     binary = (teacher > 0.5).astype(np.float32)
     binary[np.arange(len(binary)), teacher.argmax(axis=1)] = 1.0
     cur_ids = dataset.split("curated")["clip_id"]
     truth = dict(zip(cur_ids, dataset.label_matrix("curated")))
-    rows = [i for i, c in enumerate(targets.clip_ids) if c in truth]
-    y = np.stack([truth[targets.clip_ids[i]] for i in rows])
+    rows = [i for i, c in enumerate(clip_ids) if c in truth]
+    y = np.stack([truth[clip_ids[i]] for i in rows])
     return {
         "agreement_lwlrap": float(lwlrap(binary, probs)),  # student vs the teacher's top labels
         "train_curated_lwlrap": float(lwlrap(y, probs[rows])),  # in-sample: trained on these clips

@@ -310,18 +310,23 @@ def parse_space(text: str, source: str = "<space>", default_name: str = "sweep")
 
 
 def _check_one_distribution_per_key(space: SearchSpace):
-    """Optuna names a parameter by its key and takes one distribution per name, so a key
-    searched in two conditional blocks with different ranges would fail the second time it
-    is sampled, mid-sweep ("does not support dynamic value space"): refuse it now."""
+    """Optuna names a parameter by its key, and a name sampled again must keep its kind
+    (and for a choice, its list), so a key searched in two conditional blocks that way
+    apart would fail the second time it is sampled, mid-sweep ("does not support dynamic
+    value space"): refuse it now, by Optuna's own rule (ranges may differ)."""
+    from optuna.distributions import check_distribution_compatibility
+
     seen: dict[str, Param] = {}
     for p in space.params():
         first = seen.setdefault(p.key, p)
-        if first.optuna_distribution() != p.optuna_distribution():
+        try:
+            check_distribution_compatibility(first.optuna_distribution(), p.optuna_distribution())
+        except ValueError as err:
             raise SpaceError(
-                f"{space.source}: '{p.key}' is searched in two conditional blocks with different "
-                f"distributions ({first.describe()} and {p.describe()}); Optuna takes one distribution "
-                "per setting: give both blocks the same one, or set the value in base"
-            )
+                f"{space.source}: '{p.key}' is searched in two conditional blocks as {first.describe()} and "
+                f"{p.describe()}, which Optuna cannot sample under one name ({err}): give both blocks the same "
+                "choices (or kind of range), or set the value in base"
+            ) from None
 
 
 def _check_rungs(space: SearchSpace):
