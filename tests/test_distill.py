@@ -23,7 +23,9 @@ from raytag.config import Config
 from raytag.data.labels import labels_to_matrix
 from raytag.data.layouts import load_dataset
 from raytag.ensemble.artifact import describe, load_artifact
-from raytag.ensemble.distill import StudentSettings, distill, student_config, student_targets, train_student
+from raytag.ensemble.distill import (
+    StudentSettings, distill, probability_teacher, student_config, student_targets, train_student,
+)
 from raytag.ensemble.job import build_ensemble
 from raytag.errors import RaytagError
 from raytag.metrics import lwlrap
@@ -103,7 +105,7 @@ def test_targets_are_the_ensembles_oof_on_curated_and_its_predictions_on_noisy(e
     assert set(curated.index) == set(dataset.split("curated")["clip_id"])
     assert set(noisy.index) == set(dataset.split("noisy")["clip_id"])
     # curated: the members' OOF combined with the artifact's combiner
-    art = load_artifact(storage.join(experiment, "ensemble", "artifact"))
+    art = probability_teacher(load_artifact(storage.join(experiment, "ensemble", "artifact")))
     oofs = [pd.read_parquet(Path(m.settings["source"]) / "oof.parquet").set_index("clip_id").loc[curated.index, classes]
             for m in art.members]
     expected = art.combine([o.to_numpy(np.float64) for o in oofs])
@@ -189,3 +191,16 @@ def test_the_student_trains_with_its_teachers_recipe(experiment, tmp_path):
     assert cfg.model.name == first.settings["model"]["name"] and cfg.model.width == first.settings["model"]["width"]
     cfg = student_config(art, StudentSettings(lr=0.002, width=4, label_weight=0.0))
     assert (cfg.train.lr, cfg.model.width, cfg.train.loss.noisy_loss) == (0.002, 4, "same")
+
+
+def test_a_rank_teacher_gives_probabilities_as_targets(experiment):
+    """Mean percentile ranks are about uniform on [0, 1] for every class: as BCE targets they
+    would teach ~0.5 everywhere, so a rank ensemble teaches through its members' mean."""
+    art = load_artifact(storage.join(experiment, "ensemble", "artifact"))
+    ranked = dataclasses.replace(art, combiner="rank")
+    teacher = probability_teacher(ranked)
+    assert teacher.combiner == "mean" and teacher.weights is None
+    probs = [np.random.default_rng(i).uniform(size=(4, len(art.classes))) for i in range(len(art.members))]
+    np.testing.assert_allclose(teacher.combine(probs), np.mean(probs, axis=0), rtol=1e-5)
+    weighted = dataclasses.replace(art, combiner="weighted", weights=[1.0] + [0.0] * (len(art.members) - 1))
+    assert probability_teacher(weighted) is weighted
