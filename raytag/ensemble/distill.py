@@ -13,8 +13,10 @@ expensive part), so trying another student costs only its training.
 
 The student is trained in this process with the engine's own pieces: the feature store
 and plan (`prepare_data`, the student's features; cached like a trial's), random-crop
-batches (`CropBatches`), and the trial's epoch function (`train_epoch`: gain/shift,
-SpecAugment, mixup, the BCE loss, AdamW + one-cycle). It is one model on one process
+batches (`CropBatches`), the trial's epoch function (`train_epoch`: gain/shift,
+SpecAugment, mixup, the loss, the optimizer and schedule) and weight averaging, all set
+as the teacher's first member was trained (its config.yaml). Each clip's target blends its
+given labels with the teacher's prediction (`label_weight`). It is one model on one process
 with no folds, stages, checkpoints or reports to a scheduler, which is all that Ray
 Train's worker group would add (and its start-up, see results/benchmarks/throughput.md).
 
@@ -46,6 +48,7 @@ from raytag.errors import RaytagError
 from raytag.metrics import lwlrap
 from raytag.models import build_model
 from raytag.session import ensure_ray
+from raytag.training.averaging import WeightAverage
 from raytag.training.dataset import CropBatches, LabelledSet
 from raytag.training.epoch import build_optimizer, train_epoch
 from raytag.training.inference import iter_store_clips, predict_segments
@@ -260,13 +263,17 @@ def train_student(cfg: Config, plan, store, targets: LabelledSet, progress: bool
     loss_fn = build_loss(cfg.train.loss)
     ctx = _StudentContext(cfg, plan)
     losses = []
+    average = WeightAverage(cfg.train.average_last, step.epochs)  # the recipe's SWA, as its member had
     bar = progress_bar(progress)
     with bar:
         task = bar.add_task("student epochs", total=step.epochs)
         for epoch in range(step.epochs):
             losses.append(train_epoch(ctx, model, optimizer, scheduler, loss_fn, batches,
                                        int(cfg.seed * 1_000_003 + epoch), step))
+            if average.wants(epoch + 1):
+                average.add(model)
             bar.update(task, advance=1, description=f"student epochs (loss {losses[-1]:.4f})")
+    average.load_into(model)
     return model.eval(), losses
 
 
