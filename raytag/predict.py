@@ -23,7 +23,7 @@ import pandas as pd
 
 from raytag.data.submission import top3_labels, write_submission_2018, write_submission_2019
 from raytag.ensemble.artifact import Artifact, load_artifact
-from raytag.ensemble.tagging import predict_files
+from raytag.ensemble.tagging import compile_models, predict_files
 from raytag.errors import RaytagError
 
 # what libsndfile (raytag.data.audio) decodes; folders are searched for these
@@ -127,15 +127,18 @@ class Tagged:
 
 
 def tag_inputs(artifact: Path, inputs: list[Path], format: str = "csv", batch_size: int = 32,
-               out: Optional[Path] = None) -> Tagged:
+               out: Optional[Path] = None, compile: bool = False) -> Tagged:
     """Check the options, verify and load the artifact, and tag every input file
-    (a progress bar on stderr while the files are tagged)."""
+    (a progress bar on stderr while the files are tagged); `compile`: the networks run
+    through torch.compile (raytag.ensemble.tagging.CompiledModel)."""
     if format not in ("csv", "json"):
         raise RaytagError(f"--format {format!r}: use csv (Kaggle submission) or json")
     if batch_size < 1:
         raise RaytagError(f"--batch-size {batch_size}: must be at least 1")
     check_out_path(out, format)  # before any work: a bad --out must not lose the tagging
     art = load_artifact(artifact)
+    if compile:
+        compile_models(art)
     files = expand_inputs(inputs)
     probs, failures = predict_files(art, files, batch_size=batch_size, progress=True)
     return Tagged(artifact=art, files=files, probs=probs, failures=failures)

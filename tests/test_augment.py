@@ -89,7 +89,7 @@ def test_spec_augment_masks_inside_bounds():
 def test_spec_augment_disabled_and_seeded():
     x, _, _ = _batch()
     assert spec_augment(x, SpecAugmentConfig(enabled=False), gen(0)) is x
-    cfg = SpecAugmentConfig()
+    cfg = SpecAugmentConfig(enabled=True)  # off by default (the default recipe)
     torch.testing.assert_close(spec_augment(x, cfg, gen(4)), spec_augment(x, cfg, gen(4)))
     assert not torch.equal(spec_augment(x, cfg, gen(4)), spec_augment(x, cfg, gen(5)))
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import torch
 from typer.testing import CliRunner
 
 from raytag.ensemble.artifact import MemberSpec, load_artifact, save_artifact
@@ -106,6 +107,36 @@ def test_batch_size_does_not_change_scores(artifact_2019, audio):
     a, _ = predict_files(art, files, batch_size=3)
     b, _ = predict_files(art, files, batch_size=64)
     assert np.allclose(a.to_numpy(), b.to_numpy(), atol=1e-5)
+
+
+def test_compiled_networks_score_as_eager_ones(audio, tmp_path, monkeypatch):
+    """`raytag predict --compile`: torch.compile'd fold models give the eager scores (issue 11:
+    an export is kept only if it agrees to 1e-3); a compiler that fails falls back to eager.
+    One member of 3 fold models of one architecture: compiled once (the FX graph cache)."""
+    from raytag import predict as predict_module
+    from raytag.cli import app
+    from raytag.ensemble.tagging import CompiledModel, compile_models
+
+    path = build_ensemble(make_experiment(tmp_path, signals=(0.9,), n=30, n_test=10), top=1).artifact_path
+    files = [audio[n] for n in GOOD]
+    eager, _ = predict_files(load_artifact(path), files)
+    art = load_artifact(path)
+    compiled = compile_models(art)
+    probs, _ = predict_files(art, files)
+    assert len(compiled) == 3 and all(m.fallback is None for m in compiled)
+    assert np.abs(probs.to_numpy() - eager.to_numpy()).max() < 1e-3
+
+    broken = CompiledModel(load_artifact(path).members[0].models[0])
+    broken.compiled = lambda x: (_ for _ in ()).throw(RuntimeError("no C++ compiler found"))
+    x = torch.zeros(2, 1, 16, 50)  # test_ensemble.FEATURES: 16 mel bins
+    assert torch.equal(broken(x), broken.eager(x)) and "no C++ compiler" in broken.fallback
+
+    calls = []  # the flag reaches the artifact the command tags with
+    monkeypatch.setattr(predict_module, "compile_models", lambda a: calls.append(a) or [])
+    out = tmp_path / "compiled.csv"
+    result = CliRunner().invoke(app, ["predict", path, *map(str, files), "--compile", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1 and calls[0].path == path and out.is_file()
 
 
 def test_2019_submission_and_failures_report(artifact_2019, audio, tmp_path):

@@ -10,8 +10,8 @@ from raytag.predict import failures_path, save_outputs, tag_inputs
 
 
 def predict_command(artifact: Path, inputs: list[Path], out: Optional[Path] = None,
-                    format: str = "csv", batch_size: int = 32) -> dict:
-    tagged = tag_inputs(artifact, inputs, format=format, batch_size=batch_size, out=out)
+                    format: str = "csv", batch_size: int = 32, compile: bool = False) -> dict:
+    tagged = tag_inputs(artifact, inputs, format=format, batch_size=batch_size, out=out, compile=compile)
     console = Console(stderr=True)
     failures, files = tagged.failures, tagged.files
     if len(failures):
