@@ -53,11 +53,11 @@ def main():
     seconds_of_audio = audio_seconds(args.files)
     rows = []
     tmp = Path(tempfile.mkdtemp())
-    for artifact in args.artifacts:
+    for a, artifact in enumerate(args.artifacts):
         for r in range(args.rounds):
             for compile in (False, True):
                 load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-                out = tmp / f"{Path(artifact).parent.parent.name}-{int(compile)}-{r}.csv"
+                out = tmp / f"artifact{a}-{'compile' if compile else 'eager'}-round{r}.csv"
                 wall = run(artifact, args.files, compile, out)
                 rows.append({"artifact": artifact, "round": r, "engine": "compile" if compile else "eager",
                              "wall_s": round(wall, 1), "x_real_time": round(seconds_of_audio / wall, 1),

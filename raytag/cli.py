@@ -230,7 +230,7 @@ def predict(
     out: Optional[Path] = typer.Option(None, help="Output file (default: submission.csv, or stdout for json)."),
     format: str = typer.Option("csv", help="csv (Kaggle submission of the artifact's layout) or json."),
     batch_size: int = typer.Option(32, help="Segments per forward pass."),
-    compile: bool = typer.Option(False, "--compile", help="Run the networks through torch.compile: about 1.3x faster on CPU, same scores (to 1e-6); compiling takes seconds per network, so it pays on long lists. Needs a C++ compiler; without one the networks run as usual, with a warning."),
+    compile: bool = typer.Option(False, "--compile", help="Run the networks through torch.compile: about 1.3x faster on CPU, same scores (to 1e-6), but compiling takes 15-40 s a run, so it pays only on lists of several hours of audio. Needs a C++ compiler; without one the networks run as usual, with a warning."),
 ):
     """Tag audio files with an ensemble artifact."""
     from raytag.console.predict import predict_command

@@ -76,8 +76,9 @@ class _MemberRunner:
 class CompiledModel:
     """A fold model run through torch.compile (inductor, dynamic shapes: segment batches
     vary in size). On CPU it gave about 1.3x the eager throughput with probabilities equal
-    to 1.2e-7 (results/benchmarks/speed.md); compiling costs seconds per model, so it pays
-    on long lists. torch.compile compiles at the first call, where a machine without a C++
+    to 1.2e-7, but compiling takes 15-40 s a run, so end to end it pays only on lists of
+    several hours of audio (results/benchmarks/speed.md). torch.compile compiles at the
+    first call, where a machine without a C++
     compiler fails: then the model runs eager from there on, and `fallback` says why."""
 
     def __init__(self, model: torch.nn.Module):
