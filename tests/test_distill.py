@@ -122,6 +122,8 @@ def test_student_is_a_one_member_flagged_artifact_that_predict_takes(experiment,
     art = load_artifact(distilled.artifact_path)
     assert len(art.members) == 1 and len(art.members[0].models) == 1
     assert art.distilled["teacher"].endswith("artifact") and art.distilled["targets"] == {"oof": 70, "ensemble": 140}
+    assert art.distilled["target_combiner"] == ("mean" if art.distilled["teacher_combiner"] == "rank"
+                                                else art.distilled["teacher_combiner"])
     assert describe(art)["model"].tolist() == ["cnn2d"]
     out = tmp_path / "sub.csv"
     result = CliRunner().invoke(app, ["predict", distilled.artifact_path, str(Path(demo_data) / "test"), "--out", str(out)])

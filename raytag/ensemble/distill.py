@@ -330,6 +330,7 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     scores.update(_test_scores(student, dataset, settings.batch_size, progress))
     record = {"teacher": artifact_path, "teacher_manifest_sha256": _manifest_id(artifact_path),
               "teacher_members": [m.name for m in art.members], "teacher_combiner": art.combiner,
+              "target_combiner": probability_teacher(art).combiner,  # a rank teacher teaches through its mean
               "targets": {"oof": n_oof, "ensemble": len(targets) - n_oof},
               "label_weight": settings.label_weight,
               "epochs": settings.epochs, "train_loss": [round(x, 5) for x in losses]}
