@@ -147,9 +147,7 @@ def rows_table() -> dict:
                           "configs/default.yaml", {"FACE_VALUE": True})
     rows["default"] = ("default.yaml (the default pipeline)", "configs/default.yaml", {})
     # rows pin train.average_last (0 = off, as they were run before default.yaml averaged)
-    for name, (what, over) in BUDGET_VARIANTS.items():
-        rows[name] = (what, "configs/default.yaml", {"FACE_VALUE": True, "train.average_last": 0, **over})
-    for name, (what, over) in FAMILY_VARIANTS.items():
+    for name, (what, over) in {**BUDGET_VARIANTS, **FAMILY_VARIANTS}.items():
         rows[name] = (what, "configs/default.yaml", {"FACE_VALUE": True, "train.average_last": 0, **over})
     for name, (what, over) in PIPELINE_VARIANTS.items():
         rows[name] = (what, "configs/default.yaml", {"train.average_last": 0, **over})

@@ -200,13 +200,12 @@ def test_quick_yaml_trials_train_the_default_recipe(name, model_keys):
     """Issue 10 item 6: a quick.yaml trial is configs/default.yaml's run but for what the space
     searches and the folds it trains (families.yaml: and its model), so the two cannot drift
     apart unnoticed."""
-    flat = _flat
     space = load_space(REPO / "search_spaces" / f"{name}.yaml")
-    default = flat(Config.from_yaml(REPO / "configs" / "default.yaml"))
+    default = _flat(Config.from_yaml(REPO / "configs" / "default.yaml"))
     allowed = set(space.param_keys()) | {"name", "cv.folds"} | model_keys
     resources = {"train.num_workers", "train.cpus_per_worker", "train.gpus_per_worker", "train.use_gpu"}
     for s in sample(space, n=10, seed=3):
-        trial = flat(space.trial_config(s))
+        trial = _flat(space.trial_config(s))
         # settings of a stage that is off in both do nothing; resources come from the space's own section
         off = {k.rsplit(".", 1)[0] for k in default if k.endswith(".enabled")
                and default[k] is False and trial.get(k) is False}

@@ -173,12 +173,10 @@ def student_targets(table: pd.DataFrame, dataset, classes: list[str], label_weig
     `label_weight` x its given labels + (1 - label_weight) x the teacher's prediction, and
     noisy clips flagged as such (the recipe's noisy-label loss and weight apply to them)."""
     teacher = table[classes].to_numpy(np.float32)
-    given, noisy = {}, set()
+    given = {}
     for split in ("curated", "noisy"):
-        rows = dataset.split(split)
-        given.update(zip(rows["clip_id"], dataset.label_matrix(split)))
-        if split == "noisy":
-            noisy.update(rows["clip_id"])
+        given.update(zip(dataset.split(split)["clip_id"], dataset.label_matrix(split)))
+    noisy = set(dataset.split("noisy")["clip_id"])
     labels = np.stack([given[c] for c in table.index]).astype(np.float32)
     is_noisy = np.array([c in noisy for c in table.index])
     return LabelledSet(list(table.index), label_weight * labels + (1 - label_weight) * teacher, is_noisy)
@@ -208,10 +206,10 @@ def _local(path: str):
 def student_config(art: Artifact, s: StudentSettings) -> Config:
     """The student's Config: the first member's training recipe (its config.yaml: input
     scaling, augmentation, mixup, optimizer and schedule), front end, model, crop and
-    segment settings, with what `s` sets in their place. The targets are already soft, so
-    every clip takes the plain BCE (no lsoft or noisy weight), and the student trains no
-    folds or stages. Noisy clips keep the member's noisy-label loss (lsoft, weight): their
-    targets carry their given labels too."""
+    segment settings, with what `s` sets in their place; no folds or stages. Noisy clips
+    keep the member's noisy-label loss (lsoft, weight), as their targets carry their given
+    labels too; with `label_weight` 0 (the teacher's targets alone) every clip takes the
+    plain BCE."""
     first = art.members[0].settings
     recipe = _member_recipe(first)
     features = s.features or first["features"]

@@ -203,9 +203,9 @@ def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional
     """Score every combiner on the OOF predictions in the leaderboard's ranking metric
     (lwlrap beside it), save the best as an artifact, write the table + chart. `also`: more
     experiments whose trials are candidates too; the outputs go under `experiment_dir`."""
-    experiment_dir = str(experiment_dir)
+    experiment_dir, also = str(experiment_dir), [str(a) for a in also]
     say = console.print if console is not None else (lambda *a, **k: None)
-    candidates, skipped = select_candidates(experiment_dir, top, min_cv, [str(a) for a in also])
+    candidates, skipped = select_candidates(experiment_dir, top, min_cv, also)
     metric = candidates[0].rank_by
     # the table's score columns: lwlrap always, the ranking metric beside it
     names = list(dict.fromkeys(["lwlrap", SCORE_COLUMNS[metric]]))
@@ -352,7 +352,7 @@ def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional
     )
     summary = {
         "chosen": chosen, "chosen_by": metric, "members": result.members, "weights": result.weights,
-        "with": [str(a) for a in also],  # the other experiments whose trials were candidates
+        "with": also,  # the other experiments whose trials were candidates
         "nested_fold_weights": {str(k): v for k, v in fold_weights.items()},
         "oof_clips": int(len(common)), "test_clips": 0 if y_test is None else int(len(y_test)),
         "skipped": skipped, "artifact": artifact_path, "scores": scores,

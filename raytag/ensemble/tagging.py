@@ -13,6 +13,7 @@ failures table and left out of the scores.
 """
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import numpy as np
@@ -78,8 +79,8 @@ class CompiledModel:
     vary in size). On CPU it gave about 1.3x the eager throughput with probabilities equal
     to 1.2e-7, but compiling takes 15-40 s a run, so end to end it pays only on lists of
     several hours of audio (results/benchmarks/speed.md). torch.compile compiles at the
-    first call, where a machine without a C++
-    compiler fails: then the model runs eager from there on, and `fallback` says why."""
+    first call, where a machine without a C++ compiler fails: then the model runs eager
+    from there on, and `fallback` says why."""
 
     def __init__(self, model: torch.nn.Module):
         self.eager = model
@@ -92,8 +93,6 @@ class CompiledModel:
                 return self.compiled(x)
             except Exception as err:  # noqa: BLE001 - any compiler failure: the eager model is the same function
                 self.fallback = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
-                import logging
-
                 logging.getLogger("raytag").warning("torch.compile failed (%s); running the models eager",
                                                     self.fallback)
         return self.eager(x)
