@@ -197,6 +197,7 @@ def distill(
     feature_cache: Optional[str] = typer.Option(None, help="Feature cache folder (default: the node-local cache the sweep used)."),
     seed: int = typer.Option(0, help="Seed of the student's initialisation and batches."),
     label_weight: float = typer.Option(0.5, help="Each clip's target: this share of its given labels, the rest the teacher's soft prediction (0: the teacher's alone)."),
+    teacher_scale: str = typer.Option("prob", help="The teacher's part of a target: 'prob' (its probabilities) or 'clip_max' (each clip's divided by its top class score, so the top class teaches 1)."),
 ):
     """Distil the ensemble into one small, fast model: trained on the ensemble's soft
     predictions for every training clip (out-of-fold on curated clips, the artifact's own on
@@ -206,7 +207,8 @@ def distill(
     from raytag.ensemble.distill import StudentSettings
 
     settings = StudentSettings(model=model, width=width, depth=depth, epochs=epochs, lr=lr,
-                               batch_size=batch_size, overlap=overlap, seed=seed, label_weight=label_weight)
+                               batch_size=batch_size, overlap=overlap, seed=seed, label_weight=label_weight,
+                               teacher_scale=teacher_scale)
     _run(distill_command, experiment=experiment, storage=storage, data=data, feature_cache=feature_cache,
          settings=settings)
 

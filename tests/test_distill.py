@@ -175,6 +175,12 @@ def test_targets_blend_the_given_labels_with_the_teachers_and_flag_noisy_clips(d
     np.testing.assert_allclose(got.targets, 0.25 * given + 0.75 * teacher.to_numpy(), rtol=1e-6)
     assert got.is_noisy.tolist() == [False, False, False, True, True]
     np.testing.assert_allclose(student_targets(teacher, dataset, classes, 0.0).targets, teacher.to_numpy(), rtol=1e-6)
+    # clip_max: each clip's teacher scores over its top one, so its top class teaches 1
+    scaled = student_targets(teacher, dataset, classes, 0.0, teacher_scale="clip_max").targets
+    np.testing.assert_allclose(scaled.max(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(scaled.argsort(axis=1), teacher.to_numpy().argsort(axis=1))
+    with pytest.raises(RaytagError, match="teacher-scale"):
+        StudentSettings(teacher_scale="softmax").check()
 
 
 def test_the_student_trains_with_its_teachers_recipe(experiment, tmp_path):

@@ -27,7 +27,7 @@ def distill_command(experiment: str, storage: str = "results", data: Optional[st
     console.print(view)
     console.print(f"student vs the teacher's top labels on the training clips: lwlrap {_fmt(s.get('agreement_lwlrap'))}; "
                   f"targets: {result.label_weight:g} x the given labels + {1 - result.label_weight:g} x the teacher's "
-                  f"({result.n_oof} clips out-of-fold, {result.n_ensemble} from the artifact), {result.epochs} epochs, "
+                  f"({result.teacher_scale}; {result.n_oof} clips out-of-fold, {result.n_ensemble} from the artifact), {result.epochs} epochs, "
                   f"{result.seconds:.0f} s")
     console.print(f"artifact: [bold]{result.artifact_path}[/]  (tag audio: raytag predict {result.artifact_path} FILES...)")
     return result

@@ -59,6 +59,7 @@ from raytag.training.steps import Step
 
 DISTILL_DIR = "distill"
 TEACHER = "teacher.parquet"
+TEACHER_SCALES = ("prob", "clip_max")  # how the teacher's predictions become targets (StudentSettings)
 SOURCE_COLUMN = "target_source"  # "oof" (curated) or "ensemble" (noisy)
 
 
@@ -81,6 +82,11 @@ class StudentSettings:
     # predictions on the clips it trained on repeat the labels it memorised, and on curated
     # clips the given labels are clean, so they are not thrown away
     label_weight: float = 0.5
+    # "clip_max": each clip's teacher prediction divided by its largest class score, so its
+    # top class teaches 1. An ensemble's mean probabilities are small (a median top score
+    # near 0.1-0.3 on the dev benchmark), and lwlrap ranks the classes within a clip, which
+    # the scaling keeps. "prob": the probabilities as they are.
+    teacher_scale: str = "prob"
 
     def check(self) -> None:
         if self.epochs < 1:
@@ -91,6 +97,8 @@ class StudentSettings:
             raise RaytagError(f"--lr {self.lr}: must be more than 0")
         if not 0 <= self.label_weight <= 1:
             raise RaytagError(f"--label-weight {self.label_weight}: must be in [0, 1]")
+        if self.teacher_scale not in TEACHER_SCALES:
+            raise RaytagError(f"--teacher-scale {self.teacher_scale}: must be one of {', '.join(TEACHER_SCALES)}")
         if self.overlap is not None and not 0 <= self.overlap < 1:
             raise RaytagError(f"--overlap {self.overlap}: must be in [0, 1)")
 
@@ -105,6 +113,7 @@ class DistillResult:
     seconds: float
     student: str = ""  # its model, as "cnn2d w16 d4"
     label_weight: float = 0.5
+    teacher_scale: str = "prob"
     train_loss: list = field(default_factory=list)
     scores: dict = field(default_factory=dict)  # agreement with the teacher; test scores (reported only)
 
@@ -168,11 +177,15 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
     return table
 
 
-def student_targets(table: pd.DataFrame, dataset, classes: list[str], label_weight: float) -> LabelledSet:
+def student_targets(table: pd.DataFrame, dataset, classes: list[str], label_weight: float,
+                    teacher_scale: str = "prob") -> LabelledSet:
     """The student's training set: every clip of the teacher's table, its target
-    `label_weight` x its given labels + (1 - label_weight) x the teacher's prediction, and
-    noisy clips flagged as such (the recipe's noisy-label loss and weight apply to them)."""
+    `label_weight` x its given labels + (1 - label_weight) x the teacher's prediction
+    (scaled per `teacher_scale`), and noisy clips flagged as such (the recipe's noisy-label
+    loss and weight apply to them)."""
     teacher = table[classes].to_numpy(np.float32)
+    if teacher_scale == "clip_max":
+        teacher = teacher / np.maximum(teacher.max(axis=1, keepdims=True), 1e-6)
     given = {}
     for split in ("curated", "noisy"):
         given.update(zip(dataset.split(split)["clip_id"], dataset.label_matrix(split)))
@@ -309,7 +322,7 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     table = teacher_targets(art, dataset, out_dir, progress=progress)
     table = table[table.index.isin(store.clip_ids)]  # clips the student's front end could read
     classes = list(art.classes)
-    targets = student_targets(table, dataset, classes, settings.label_weight)
+    targets = student_targets(table, dataset, classes, settings.label_weight, settings.teacher_scale)
     n_oof = int((table[SOURCE_COLUMN] == "oof").sum())
     say(f"student: {cfg.model.name} width {cfg.model.width} depth {cfg.model.depth} on {cfg.features.kind}; "
         f"{len(targets)} clips ({n_oof} with OOF targets, {len(targets) - n_oof} with the ensemble's), {settings.epochs} epochs")
@@ -330,14 +343,14 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
               "teacher_members": [m.name for m in art.members], "teacher_combiner": art.combiner,
               "target_combiner": probability_teacher(art).combiner,  # a rank teacher teaches through its mean
               "targets": {"oof": n_oof, "ensemble": len(targets) - n_oof},
-              "label_weight": settings.label_weight,
+              "label_weight": settings.label_weight, "teacher_scale": settings.teacher_scale,
               "epochs": settings.epochs, "train_loss": [round(x, 5) for x in losses]}
     dest = save_artifact(storage.join(out_dir, "artifact"), [MemberSpec("student", student_dir)], "mean", None,
                          classes, art.layout, scores, distilled=record)
     result = DistillResult(artifact_path=dest, teacher_path=storage.join(out_dir, TEACHER), n_oof=n_oof,
                            n_ensemble=len(targets) - n_oof, epochs=settings.epochs, seconds=time.time() - started,
                            student=f"{cfg.model.name} w{cfg.model.width} d{cfg.model.depth}",
-                           label_weight=settings.label_weight,
+                           label_weight=settings.label_weight, teacher_scale=settings.teacher_scale,
                            train_loss=losses, scores=scores)
     storage.write_text(storage.join(out_dir, "distill_summary.json"),
                        json.dumps({**record, "artifact": dest, "scores": scores,
