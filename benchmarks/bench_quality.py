@@ -73,6 +73,8 @@ ABLATIONS = {
 }
 
 
+CNN2D_W16 = {"model.name": "cnn2d", "model.width": 16, "model.params": {"hidden": 0}}
+
 # Stage layouts tried for the default pipeline, each on default.yaml's training recipe.
 FV_THEN_FILTER = {"pipeline.warmup.enabled": False, "pipeline.finetune.noisy": "all", "pipeline.finetune.epochs": 22,
                   "pipeline.filter.enabled": True, "pipeline.pseudo.enabled": False, "pipeline.pseudo.epochs": 8,
@@ -158,11 +160,12 @@ def rows_table() -> dict:
     rows["face_value"] = ("default.yaml, curated + all noisy at face value, same total epochs",
                           "configs/default.yaml", {"FACE_VALUE": True})
     rows["default"] = ("default.yaml (the default pipeline)", "configs/default.yaml", {})
-    # rows pin train.average_last (0 = off, as they were run before default.yaml averaged)
+    # rows pin train.average_last (0 = off, as they were run before default.yaml averaged) and
+    # the model they were run with (cnn2d w16, default.yaml's model until it became resnet18)
     for name, (what, over) in {**BUDGET_VARIANTS, **FAMILY_VARIANTS, **NOISY_LOSS_VARIANTS}.items():
-        rows[name] = (what, "configs/default.yaml", {"FACE_VALUE": True, "train.average_last": 0, **over})
+        rows[name] = (what, "configs/default.yaml", {"FACE_VALUE": True, "train.average_last": 0, **CNN2D_W16, **over})
     for name, (what, over) in PIPELINE_VARIANTS.items():
-        rows[name] = (what, "configs/default.yaml", {"train.average_last": 0, **over})
+        rows[name] = (what, "configs/default.yaml", {"train.average_last": 0, **CNN2D_W16, **over})
     return rows
 
 
