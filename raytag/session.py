@@ -11,6 +11,11 @@ import os
 import socket
 
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+# Ray Train's controller takes one report off each worker's queue (of size 1) per poll, every
+# 2 s by default, so a worker whose epochs are shorter than that waits in ray.train.report
+# (the demo's epochs take 1-3 s on a laptop). Polling every 0.5 s costs the controller little.
+CONTROLLER_POLL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+LOCAL_TRAIN_ENV = {PREEMPTION_WATCHER: "0", CONTROLLER_POLL: "0.5"}  # a user's own values win
 
 
 def free_port() -> int:
@@ -32,7 +37,7 @@ def local_init_kwargs(**overrides) -> dict:
     env = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
     # Ray Train's preemption watcher (one more actor process per trial, polling every 5 s)
     # watches cloud nodes being drained; a local session has none.
-    env[PREEMPTION_WATCHER] = os.environ.get(PREEMPTION_WATCHER, "0")
+    env.update({key: os.environ.get(key, value) for key, value in LOCAL_TRAIN_ENV.items()})
     kwargs = dict(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
                   log_to_driver=False, configure_logging=False, runtime_env={"env_vars": env})
     kwargs.update(overrides)
@@ -50,6 +55,7 @@ def ensure_ray(**overrides) -> None:
         ray.init(log_to_driver=False, configure_logging=False, **overrides)
     else:  # "local": never join a cluster that `ray start` left running on this machine
         kwargs = local_init_kwargs(address="local", **overrides)
-        # the driver's own trainers read it here (Ray Train passes it on to its controller)
-        os.environ.setdefault(PREEMPTION_WATCHER, kwargs["runtime_env"]["env_vars"][PREEMPTION_WATCHER])
+        # the driver's own trainers read them here (Ray Train passes them on to its controller)
+        for key in LOCAL_TRAIN_ENV:
+            os.environ.setdefault(key, kwargs["runtime_env"]["env_vars"][key])
         ray.init(**kwargs)

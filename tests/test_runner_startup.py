@@ -2,7 +2,7 @@
 (checked against the pinned Ray, whose private hook the runner overrides)."""
 from __future__ import annotations
 
-from raytag.session import PREEMPTION_WATCHER, local_init_kwargs
+from raytag.session import CONTROLLER_POLL, PREEMPTION_WATCHER, local_init_kwargs
 from raytag.training.runner import _trainer_class
 
 
@@ -39,3 +39,11 @@ def test_a_local_session_switches_off_the_preemption_watcher_unless_asked(monkey
     assert local_init_kwargs()["runtime_env"]["env_vars"][PREEMPTION_WATCHER] == "0"
     monkeypatch.setenv(PREEMPTION_WATCHER, "1")
     assert local_init_kwargs()["runtime_env"]["env_vars"][PREEMPTION_WATCHER] == "1"
+
+
+def test_a_local_session_polls_its_train_workers_every_half_second_unless_asked(monkeypatch):
+    """Ray Train's default 2 s poll would hold every epoch shorter than 2 s in its report."""
+    monkeypatch.delenv(CONTROLLER_POLL, raising=False)
+    assert local_init_kwargs()["runtime_env"]["env_vars"][CONTROLLER_POLL] == "0.5"
+    monkeypatch.setenv(CONTROLLER_POLL, "3")
+    assert local_init_kwargs()["runtime_env"]["env_vars"][CONTROLLER_POLL] == "3"
