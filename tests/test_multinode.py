@@ -147,6 +147,10 @@ def two_node_cluster(tmp_path_factory):
     ray.shutdown()  # the shared test session (conftest runs cluster tests last)
     root = Path(tmp_path_factory.mktemp("rc"))
     cluster = LocalCluster(root=root, num_cpus=2)
+    # Ray Train's default poll (conftest sets 0.25 s for the other tests) on the nodes, where the
+    # sweep's trials drive their trainers: its tiny trials then train for several seconds, long
+    # enough for the node-loss test to catch one training on the second node
+    cluster.system_env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "2"
     try:
         cluster.start(n_nodes=2)
         cluster.connect(log_to_driver=False, configure_logging=False)

@@ -97,11 +97,13 @@ def test_sweep_records_every_trial_and_its_reason(ray_session, tmp_path):
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
     data = tmp_path / "data"
     data.mkdir()
-    space = write_space(tmp_path, samples=8)
+    # seed 0's first 6 trials: one finished, two stopped by ASHA, two refused (width 48), one
+    # diverged (lr > 5e-3): every status and both failure reasons
+    space = write_space(tmp_path, samples=6)
     result = run_sweep(space, data, storage=str(tmp_path / "res"), name="s1", trial_fn=fake_fit,
                        progress=False)
     board = result.leaderboard
-    assert len(board) == 8 and board["trial_id"].is_unique
+    assert len(board) == 6 and board["trial_id"].is_unique
     assert set(board["status"]) <= {"ok", "stopped early", "failed"}
     for _, row in board.iterrows():
         assert row["status"] == expected_status(row), row.to_dict()
@@ -119,6 +121,8 @@ def test_sweep_records_every_trial_and_its_reason(ray_session, tmp_path):
     statuses = board["status"].value_counts()
     assert statuses.get("ok", 0) >= 1 and statuses.get("stopped early", 0) >= 1
     assert statuses.get("failed", 0) >= 1  # failures do not end the sweep
+    reasons = board["reason"].fillna("")
+    assert reasons.str.contains("refused").any() and reasons.str.contains("cv_lwlrap is nan").any()
     # finished trials first, best first; then those stopped early (partial scores); failed last
     assert (board["rank_by"] == "cv_lwlrap").all() and board["cv_map3"].isna().all()
     assert board["status"].tolist() == sorted(board["status"], key=["ok", "stopped early", "failed"].index)
