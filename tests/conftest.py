@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from raytag.session import CONTROLLER_POLL
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RAYTAG_SHARED", REPO.parent / "shared"))
 ESC50 = SHARED / "data" / "esc50"
@@ -21,7 +23,7 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # 2 s by default, so every epoch of the tests' tiny runs waited up to 2 s in ray.train.report.
 # Polled every 0.25 s they run as fast as they train. Set before any Ray starts: the test
 # session's workers and every subprocess (`raytag tune`, sweep drivers) inherit it.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+os.environ.setdefault(CONTROLLER_POLL, "0.25")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -31,6 +31,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from raytag.session import CONTROLLER_POLL
+
 
 # each trial: a tiny pipeline on 2 workers: warm-up 1 epoch, 2 folds x 2 fine-tune epochs
 EPOCHS_PER_TRIAL = 5
@@ -64,6 +66,10 @@ CHAOS_SEED = 12
 CHAOS_TRIALS = 2
 
 
+def chaos_space(samples: int) -> str:
+    return SPACE.replace("SAMPLES", str(samples))
+
+
 def _raytag() -> list[str]:
     exe = Path(sys.executable).with_name("raytag")
     return [str(exe)] if exe.exists() else [sys.executable, "-c", "from raytag.cli import app; app()"]
@@ -75,7 +81,7 @@ class Sweep:
     def __init__(self, tmp: Path, data: Path, storage: Path, name: str, samples: int, trace: Path | None = None):
         self.tmp, self.data, self.storage, self.name = tmp, data, storage, name
         self.space = tmp / f"{name}.yaml"
-        self.space.write_text(SPACE.replace("SAMPLES", str(samples)))
+        self.space.write_text(chaos_space(samples))
         self.trace = trace
         self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
         self.env["RAYTAG_CACHE"] = str(tmp.parent / "features")  # features built once for every sweep
@@ -83,7 +89,7 @@ class Sweep:
         # until the controller takes it, and strikes land as they always did. Polled every 0.25 s
         # the tiny trials train in about 2 s, and a strike can land after a trial's last report
         # and cost no restart (seen once: 3 restarts for 4 faults)
-        self.env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "2"
+        self.env[CONTROLLER_POLL] = "2"
         if trace is not None:
             self.env["RAYTAG_TRACE"] = str(trace)
         self.proc: subprocess.Popen | None = None
@@ -265,7 +271,7 @@ def clean_board(ray_session, bench_data, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("clean")
     space = tmp / "clean.yaml"
-    space.write_text(SPACE.replace("SAMPLES", str(CHAOS_TRIALS)))
+    space.write_text(chaos_space(CHAOS_TRIALS))
     result = run_sweep(space, bench_data, storage=str(tmp / "res"), name="clean",
                        feature_cache=str(tmp.parent / "features"), progress=False)
     return pd.read_csv(Path(result.experiment_dir) / "leaderboard.csv")

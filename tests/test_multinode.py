@@ -20,6 +20,7 @@ import yaml
 
 from raytag import cluster as rc
 from raytag.errors import DatasetError, StorageError
+from raytag.session import CONTROLLER_POLL
 from raytag.testing import LocalCluster
 
 # Ray workers cannot import this test module by name: ship its functions by value.
@@ -150,7 +151,7 @@ def two_node_cluster(tmp_path_factory):
     # Ray Train's default poll (conftest sets 0.25 s for the other tests) on the nodes, where the
     # sweep's trials drive their trainers: its tiny trials then train for several seconds, long
     # enough for the node-loss test to catch one training on the second node
-    cluster.system_env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "2"
+    cluster.system_env[CONTROLLER_POLL] = "2"
     try:
         cluster.start(n_nodes=2)
         cluster.connect(log_to_driver=False, configure_logging=False)
