@@ -319,7 +319,10 @@ def test_sweep_survives_killed_workers_and_driver(bench_data, clean_board, tmp_p
     first_registered = min(f.registered for f in faults)
     assert all(r["global_step"] >= first_registered for r in resumes), resumes  # from checkpoints, never epoch 0
     rerun = sum(epoch_reached(events, f) - f.registered + 1 for f in faults)
-    assert CHAOS_TRIALS * EPOCHS_PER_TRIAL <= len(starts) <= CHAOS_TRIALS * EPOCHS_PER_TRIAL + rerun
+    # on failure, say where the extra epochs came from: each fault, and every start and resume in order
+    story = ([(f.target, f.rank, f.registered, f.epoch, epoch_reached(events, f), round(f.time, 1)) for f in faults],
+             [(e["event"], e["global_step"], round(e["time"], 1)) for e in starts + resumes])
+    assert CHAOS_TRIALS * EPOCHS_PER_TRIAL <= len(starts) <= CHAOS_TRIALS * EPOCHS_PER_TRIAL + rerun, story
 
     # the same trials (Optuna is seeded) with the same CV lwlrap as the sweep without faults
     by_lr = lambda b: b.assign(lr=b["train.lr"].round(12)).set_index("lr").sort_index()  # noqa: E731
