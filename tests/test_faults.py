@@ -321,7 +321,7 @@ def test_sweep_survives_killed_workers_and_driver(bench_data, clean_board, tmp_p
     rerun = sum(epoch_reached(events, f) - f.registered + 1 for f in faults)
     # on failure, say where the extra epochs came from: each fault, and every start and resume in order
     story = ([(f.target, f.rank, f.registered, f.epoch, epoch_reached(events, f), round(f.time, 1)) for f in faults],
-             [(e["event"], e["global_step"], round(e["time"], 1)) for e in starts + resumes])
+             [(e["event"], e["global_step"], round(e["time"], 1)) for e in sorted(starts + resumes, key=lambda e: e["time"])])
     assert CHAOS_TRIALS * EPOCHS_PER_TRIAL <= len(starts) <= CHAOS_TRIALS * EPOCHS_PER_TRIAL + rerun, story
 
     # the same trials (Optuna is seeded) with the same CV lwlrap as the sweep without faults
