@@ -161,7 +161,8 @@ class Fault:
     target: str  # "worker" (the Train worker of `rank`) or "driver"
     rank: int = 0
     registered: int = -1  # when struck: the checkpoint a restart can load
-    epoch: int = -1  # the last epoch the trial's workers started before their restart
+    epoch: int = -1  # the last epoch the struck worker started
+    since: float = 0.0  # when it started that epoch
     time: float = 0.0  # when struck
 
 
@@ -223,7 +224,7 @@ class ChaosMonkey(threading.Thread):
             return
         if starts[-1]["time"] <= self.last_strike:  # its group is still restarting from the last fault
             return
-        fault.registered, fault.epoch = registered, starts[-1]["global_step"]
+        fault.registered, fault.epoch, fault.since = registered, starts[-1]["global_step"], starts[-1]["time"]
         if fault.target == "driver":
             self.sweep.kill()
             self.driver_killed.set()
@@ -237,29 +238,52 @@ class ChaosMonkey(threading.Thread):
 
 
 def epoch_reached(events: list[dict], fault: Fault) -> int:
-    """The last epoch the struck trial's workers started before the restart that followed.
+    """The last epoch any of the struck trial's workers started before the restart that followed.
 
-    A group does not die at once: when one worker is killed the others can still start the
-    next epoch before Ray tears the group down, and that epoch runs again after the restart.
-    So count up to the next resume (or the next trial's first epoch), not up to the strike."""
+    The workers of a group do not move in lock step, nor die at once. The controller takes each
+    worker's report in turn, so the other worker can start the next epoch before the struck
+    one logs it (or before the strike), while the struck worker's report was never taken and
+    that epoch's checkpoint never registered. And when one worker is killed the others can
+    start another epoch before Ray tears the group down. Both epochs run again after the
+    restart, so count from the struck worker's last start up to the next resume (or the next
+    trial's first epoch)."""
     reached = fault.epoch
     for e in events:
-        if e["time"] <= fault.time:
+        if e["time"] < fault.since:
             continue
-        if e["event"] == "resume" or (e["event"] == "epoch_start" and e["global_step"] == 0):
+        if e["time"] > fault.time and (e["event"] == "resume"
+                                       or (e["event"] == "epoch_start" and e["global_step"] == 0)):
             break
         if e["event"] == "epoch_start":
             reached = max(reached, e["global_step"])
     return reached
 
 
+def resume_after(resumes: list[dict], fault: Fault) -> dict | None:
+    """The restart that followed a fault: the first resume after it."""
+    return next((r for r in resumes if r["time"] > fault.time), None)
+
+
 def test_epochs_rerun_count_the_starts_a_dying_group_makes_after_the_strike():
-    fault = Fault(trial=0, step=2, target="worker", rank=1, registered=2, epoch=2, time=10.0)
-    events = [{"event": "epoch_start", "global_step": 2, "time": 9.0},
+    fault = Fault(trial=0, step=2, target="worker", rank=1, registered=2, epoch=2, since=9.0, time=10.0)
+    events = [{"event": "epoch_start", "global_step": 1, "time": 8.0},
+              {"event": "epoch_start", "global_step": 2, "time": 9.0},
               {"event": "epoch_start", "global_step": 3, "time": 10.5},  # rank 0, before it noticed
               {"event": "resume", "global_step": 2, "time": 12.0},
               {"event": "epoch_start", "global_step": 4, "time": 20.0}]  # after the restart
     assert epoch_reached(events, fault) == 3
+
+
+def test_epochs_rerun_count_a_start_of_the_other_worker_just_before_the_strike():
+    # the controller took rank 0's report of epoch 2 and let it start epoch 3; rank 1, still
+    # waiting for its report to be taken (so checkpoint 3 was never registered), is struck
+    fault = Fault(trial=0, step=2, target="worker", rank=1, registered=2, epoch=2, since=9.0, time=10.0)
+    events = [{"event": "epoch_start", "global_step": 2, "rank": 0, "time": 9.0},
+              {"event": "epoch_start", "global_step": 2, "rank": 1, "time": 9.0},
+              {"event": "epoch_start", "global_step": 3, "rank": 0, "time": 9.98},
+              {"event": "resume", "global_step": 2, "rank": 0, "time": 12.0}]
+    assert epoch_reached(events, fault) == 3  # epochs 2 and 3 run again
+    assert resume_after(events, fault)["global_step"] == 2
 
 
 @pytest.fixture(scope="module")
@@ -316,12 +340,14 @@ def test_sweep_survives_killed_workers_and_driver(bench_data, clean_board, tmp_p
     # a restart per fault at most: a fault that lands while the trial is already restarting
     # (a killed driver's trial is rebuilt from its last checkpoint) costs no restart of its own
     assert 0 < len(resumes) <= len(faults), resumes
-    first_registered = min(f.registered for f in faults)
-    assert all(r["global_step"] >= first_registered for r in resumes), resumes  # from checkpoints, never epoch 0
+    # each restart loads at least the checkpoint registered when its fault struck, never older
+    after = [resume_after(resumes, f) for f in faults]
+    assert all(r is not None and r["global_step"] >= f.registered for f, r in zip(faults, after)), (faults, resumes)
     rerun = sum(epoch_reached(events, f) - f.registered + 1 for f in faults)
     # on failure, say where the extra epochs came from: each fault, and every start and resume in order
-    story = ([(f.target, f.rank, f.registered, f.epoch, epoch_reached(events, f), round(f.time, 1)) for f in faults],
-             [(e["event"], e["global_step"], round(e["time"], 1)) for e in sorted(starts + resumes, key=lambda e: e["time"])])
+    story = ([(f.target, f.rank, f.registered, f.epoch, epoch_reached(events, f), round(f.time, 2)) for f in faults],
+             [(e["event"], e["rank"], e["global_step"], round(e["time"], 2)) for e in events
+              if e["event"] in ("epoch_start", "resume")])
     assert CHAOS_TRIALS * EPOCHS_PER_TRIAL <= len(starts) <= CHAOS_TRIALS * EPOCHS_PER_TRIAL + rerun, story
 
     # the same trials (Optuna is seeded) with the same CV lwlrap as the sweep without faults
