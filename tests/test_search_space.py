@@ -107,6 +107,27 @@ def test_tpe_sampling_is_seeded():
     assert run(3) != run(4)
 
 
+def test_the_first_trials_take_the_given_settings_then_tpe_samples():
+    from raytag.search.tuner import build_searcher
+
+    text = GOOD.replace("search: {samples: 4, scheduler: fifo}", """search:
+  samples: 4
+  scheduler: fifo
+  metric: cv_lwlrap
+  first_trials:
+    - {model.name: crnn, train.lr: 0.003, train.mixup.alpha: 0.4, cv.folds: [0, 1], train.loss.name: lsoft}
+    - {model.name: cnn2d}""")
+    space = parse_space(text)
+    searcher = build_searcher(space)
+    first, second, third = (searcher.suggest(f"t{i}") for i in range(3))
+    assert {k: first[k] for k in ("model.name", "train.lr", "train.mixup.alpha", "cv.folds", "train.loss.name")} == {
+        "model.name": "crnn", "train.lr": 0.003, "train.mixup.alpha": 0.4, "cv.folds": [0, 1], "train.loss.name": "lsoft"}
+    assert "train.loss.lsoft_beta" in first  # a key the point leaves out is sampled
+    assert second["model.name"] == "cnn2d" and "train.loss.name" not in second
+    assert space.trial_config(first).model.name == "crnn"
+    assert third["train.lr"] not in (first["train.lr"], second["train.lr"])  # then TPE samples
+
+
 @pytest.mark.parametrize(
     "patch, needle",
     [
@@ -127,6 +148,11 @@ def test_tpe_sampling_is_seeded():
         # DDP ranks on a shared GPU: NCCL would fail at start-up ("Duplicate GPU detected")
         ({"resources": {"num_workers": 2, "gpus_per_worker": 0.5, "use_gpu": True}}, "train.gpus_per_worker"),
         ({"serch": {}}, "unknown section 'serch'"),
+        ({"search": {"first_trials": [{"train.lr": 0.001}]}}, "first_trials[0].train.lr: not a searched key"),
+        ({"search": {"first_trials": [{"model.name": "vgg"}]}}, "'vgg' is outside its choice"),
+        ({"search": {"first_trials": {"model.name": "crnn"}}}, "expected a list of mappings"),
+        ({"search": {"samples": 1, "first_trials": [{"model.name": "crnn"}, {"model.name": "cnn2d"}]}},
+         "2 first trials but search.samples is 1"),
         ({"conditional": [{"when": {"model.width": 16}, "space": {"train.lr": {"uniform": [0.1, 0.2]}}}]},
          "when.model.width"),
         ({"conditional": [{"when": {"model.name": "vgg"}, "space": {"train.lr": {"uniform": [0.1, 0.2]}}}]},
@@ -214,6 +240,9 @@ def test_quick_yaml_trials_train_the_default_recipe(name):
                         and not any(k.startswith(stage + ".") for stage in off))
         assert not differ, {k: (trial.get(k), default[k]) for k in differ}
         assert trial["cv.folds"] == [0, 1]
+    # its first trial is the default recipe itself, searched keys included
+    first = _flat(space.trial_config(space.search.first_trials[0]))
+    assert {k: first[k] for k in space.param_keys()} == {k: default[k] for k in space.param_keys()}
 
 
 def test_fat2019_searches_what_the_issue_lists():

@@ -108,6 +108,21 @@ class Param:
             return d.IntDistribution(int(self.low), int(self.high), step=int(self.step or 1))
         return d.FloatDistribution(self.low, self.high, log=self.kind == "loguniform", step=self.step)
 
+    def holds(self, value: Any) -> bool:
+        """Whether `value` is one this parameter can take."""
+        if self.kind == "choice":
+            return value in self.values
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind == "randint" and int(value) != value:
+            return False
+        if not self.low <= value <= self.high:
+            return False
+        if self.step:  # on the grid, as Optuna's own samples are
+            k = (value - self.low) / self.step
+            return abs(k - round(k)) < 1e-6
+        return True
+
     def describe(self) -> str:
         if self.kind == "choice":
             return f"choice {list(self.values)}"
@@ -142,6 +157,10 @@ class SearchSettings:
     seed: int = 0
     startup_trials: Optional[int] = None  # TPE's random start; None: samples // 3, 2..10
     epoch_budget: Optional[int] = None  # total epochs over all trials; the sweep ends when spent
+    # settings the first trials take before TPE samples (Optuna's enqueue_trial): e.g. the
+    # recipe you run today, so that the sweep measures it and its ensemble can use it. Each is
+    # a mapping of searched keys; a key left out is sampled
+    first_trials: Optional[list] = None
 
 
 @dataclass
@@ -201,6 +220,13 @@ class SearchSpace:
 
         visit(self.root)
         return decoded or None
+
+    def first_points(self) -> list[dict]:
+        """`search.first_trials` as Optuna's values (a choice of lists or mappings is JSON text
+        to Optuna: see Param.suggest), for the searcher's points_to_evaluate."""
+        params = {p.key: p for p in self.params()}
+        return [{k: json.dumps(v) if params[k]._encoded else v for k, v in point.items()}
+                for point in self.search.first_trials or []]
 
     def trial_config(self, sampled: dict) -> Config:
         """base + resources + the sampled values -> the trial's validated Config."""
@@ -507,6 +533,28 @@ def _parse_dataclass(cls, node: Any, source: str, where: str):
     return obj
 
 
+def _check_first_trials(space: SearchSpace):
+    """Each first trial names searched keys only, with values their distributions hold:
+    Optuna would otherwise sample the key anyway, with only a warning."""
+    points = space.search.first_trials
+    if points is None:
+        return
+    where = f"{space.source}: search.first_trials"
+    if not isinstance(points, list) or not all(isinstance(p, dict) and p for p in points):
+        raise SpaceError(f"{where}: expected a list of mappings (searched key: value), got {points!r}")
+    if len(points) > space.search.samples:
+        raise SpaceError(f"{where}: {len(points)} first trials but search.samples is {space.search.samples}")
+    params = {p.key: p for p in space.params()}
+    for i, point in enumerate(points):
+        for key, value in point.items():
+            p = params.get(key)
+            if p is None:
+                raise SpaceError(f"{where}[{i}].{key}: not a searched key (searched: {', '.join(params)}); "
+                                 "set it in base instead")
+            if not p.holds(value):
+                raise SpaceError(f"{where}[{i}].{key}: {value!r} is outside its {p.describe()}")
+
+
 def _check_settings(space: SearchSpace):
     s, r, src = space.search, space.resources, space.source
     if s.samples < 1:
@@ -531,6 +579,7 @@ def _check_settings(space: SearchSpace):
         raise SpaceError(f"{src}: search.epoch_budget: must be at least 1 epoch")
     if s.max_t is not None and s.max_t <= s.grace_period:
         raise SpaceError(f"{src}: search.max_t: must be above grace_period ({s.grace_period})")
+    _check_first_trials(space)
     if r.trial_cpus <= 0:
         raise SpaceError(f"{src}: resources.trial_cpus: must be above 0 (Ray refuses a request of 0)")
     for name in ("cpus_per_worker", "gpus_per_worker"):

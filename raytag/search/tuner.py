@@ -274,7 +274,8 @@ def build_searcher(space: SearchSpace, trials_dir: Optional[str] = None):
         raise RaytagError(f"search metric {s.metric!r} is not resolved; call resolve_metric first")
     startup = s.startup_trials if s.startup_trials is not None else max(2, min(10, s.samples // 3))
     sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup)
-    searcher = _pipeline_searcher_class()(space=space.define_by_run, metric=s.metric, mode=s.mode, sampler=sampler)
+    searcher = _pipeline_searcher_class()(space=space.define_by_run, metric=s.metric, mode=s.mode, sampler=sampler,
+                                          points_to_evaluate=space.first_points() or None)
     searcher.trials_dir = trials_dir  # in __dict__: saved and restored with the searcher's state
     return searcher
 
