@@ -242,15 +242,20 @@ def reproduction(rd: RunData, own: dict) -> dict:
     return rep
 
 
+def _f(x, spec=".4f") -> str:
+    return "none" if x is None else format(x, spec)
+
+
 def explain(rep: dict, rd: RunData) -> str:
     if rep["ok"]:
-        return (f"own setting reproduces metrics.json: CV {rep['cv_here']:.4f} (run {rep['cv_run']:.4f}), "
-                f"test {rep['test_here']:.4f} (run {rep['test_run']:.4f}); probabilities within "
+        return (f"own setting reproduces metrics.json: CV {_f(rep['cv_here'])} (run {_f(rep['cv_run'])}), "
+                f"test {_f(rep['test_here'])} (run {_f(rep['test_run'])}); probabilities within "
                 f"{rep['oof_max_abs_diff']:.1e} (OOF), {rep.get('test_max_abs_diff', float('nan')):.1e} (test) "
                 f"of the run's oof/test.parquet")
     what = "metrics.json" if not rep["metrics_match"] else "the saved probabilities (metrics.json within 1e-3)"
     return (f"!!! OWN SETTING DOES NOT REPRODUCE {what} !!!\n"
-            f"    CV {rep['cv_here']:.4f} here vs {rep['cv_run']}, test {rep['test_here']} vs {rep['test_run']}; "
+            f"    CV {_f(rep['cv_here'])} here vs {_f(rep['cv_run'])} in the run, test {_f(rep['test_here'])} "
+            f"vs {_f(rep['test_run'])}; "
             f"largest probability difference {rep['oof_max_abs_diff']:.3g} (OOF), "
             f"{rep.get('test_max_abs_diff', float('nan')):.3g} (test).\n"
             f"    The run predicted from its float16 feature store with the same predict_segments; a gap here "
@@ -284,7 +289,7 @@ def bench_run(run: Path, data: Path, settings: list[tuple[str, dict]], feature_c
             if res["test_lwlrap"] is not None:
                 row["test_pair"] = pair(res["y_test"], own["test"], res["test"])
         rows.append(row)
-        print(f"  {name:24s} CV {row['cv_lwlrap']:.4f}  test {row['test_lwlrap'] or float('nan'):.4f}  "
+        print(f"  {name:24s} CV {row['cv_lwlrap']:.4f}  test {_f(row['test_lwlrap'])}  "
               f"{row['seconds']:.0f} s", flush=True)
     return {"run": str(run), "data": str(data), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "loadavg_before": " ".join(load_before),
@@ -312,8 +317,8 @@ def markdown(section: dict) -> str:
              f"{section['date']}; load average {section['loadavg_before']} (before) / "
              f"{section['loadavg_after']} (after); torch threads {section['torch_threads']}; "
              f"{section['n_oof']} OOF clips, {section['n_test']} test clips; store {section['store']}.", "",
-             f"Own setting vs metrics.json: CV {rep['cv_here']:.4f} (run {rep['cv_run']:.4f}), test "
-             f"{rep['test_here']:.4f} (run {rep['test_run']:.4f}); max |p - saved| OOF {rep['oof_max_abs_diff']:.1e}, "
+             f"Own setting vs metrics.json: CV {_f(rep['cv_here'])} (run {_f(rep['cv_run'])}), test "
+             f"{_f(rep['test_here'])} (run {_f(rep['test_run'])}); max |p - saved| OOF {rep['oof_max_abs_diff']:.1e}, "
              f"test {rep.get('test_max_abs_diff', float('nan')):.1e}: {'reproduced' if rep['ok'] else 'NOT REPRODUCED'}.",
              "",
              "| setting | segment s (frames) | overlap | reduce | tta | CV lwlrap | test lwlrap | "
