@@ -344,7 +344,7 @@ def print_table(section: dict) -> None:
         table.add_row(r["setting"], _seg(r), str(r["overlap"]), r["reduce"], str(r["tta"]),
                       f"{r['cv_lwlrap']:.4f}", "" if r["test_lwlrap"] is None else f"{r['test_lwlrap']:.4f}",
                       _interval(r.get("cv_pair")), _interval(r.get("test_pair")), f"{r['seconds']:.0f}")
-    Console().print(table)
+    Console(width=170).print(table)  # whole numbers also in a log file (no terminal: 80 columns)
 
 
 def append_results(section: dict, out_json: Path, out_md: Path) -> None:
