@@ -424,6 +424,8 @@ _RANGES = {
     ("TrainConfig", "crop_seconds"): (0.05, None),
     ("CVConfig", "n_folds"): (2, None),
     ("InferenceConfig", "overlap"): (0.0, 0.95),
+    ("InferenceConfig", "tta"): (0, None),
+    ("InferenceConfig", "segment_seconds"): (0.05, None),  # None: the crop's length
     ("FilterConfig", "threshold"): (0.0, 1.0),
     ("FilterConfig", "soft_beta"): (0.0, 1.0),
     ("PseudoLabelConfig", "upper"): (0.0, 1.0),
@@ -441,6 +443,8 @@ def _check_ranges(obj, path):
         if type(obj).__name__ != cls_name:
             continue
         value = getattr(obj, name)
+        if value is None:  # an optional setting left to its default
+            continue
         where = f"{path}.{name}" if path else name
         if low is not None and value < low:
             raise ConfigError(f"{where}: {value} is below the minimum {low}")

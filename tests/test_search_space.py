@@ -141,6 +141,8 @@ def test_the_first_trials_take_the_given_settings_then_tpe_samples():
         ({"space": {"train.batch_size": {"choice": [16, "big"]}}}, "train.batch_size"),
         ({"space": {"model.width": {"randint": [16.5, 64]}}}, "randint needs whole numbers"),
         ({"base": {"train.optimiser": "adamw"}}, "train.optimiser"),
+        ({"base": {"inference.tta": -1}}, "inference.tta: -1 is below the minimum 0"),
+        ({"base": {"inference.segment_seconds": -2.0}}, "inference.segment_seconds: -2.0 is below the minimum"),
         ({"search": {"scheduler": "pbt"}}, "search.scheduler"),
         ({"search": {"sampels": 3}}, "search.sampels"),
         ({"resources": {"gpus": 1}}, "resources.gpus"),
