@@ -343,9 +343,10 @@ def test_sweep_survives_killed_workers_and_driver(bench_data, clean_board, tmp_p
     # each restart loads at least the checkpoint registered when its fault struck, never older
     after = [resume_after(resumes, f) for f in faults]
     assert all(r is not None and r["global_step"] >= f.registered for f, r in zip(faults, after)), (faults, resumes)
-    rerun = sum(epoch_reached(events, f) - f.registered + 1 for f in faults)
+    reached = [epoch_reached(events, f) for f in faults]
+    rerun = sum(r - f.registered + 1 for f, r in zip(faults, reached))
     # on failure, say where the extra epochs came from: each fault, and every start and resume in order
-    story = ([(f.target, f.rank, f.registered, f.epoch, epoch_reached(events, f), round(f.time, 2)) for f in faults],
+    story = ([(f.target, f.rank, f.registered, f.epoch, r, round(f.time, 2)) for f, r in zip(faults, reached)],
              [(e["event"], e["rank"], e["global_step"], round(e["time"], 2)) for e in events
               if e["event"] in ("epoch_start", "resume")])
     assert CHAOS_TRIALS * EPOCHS_PER_TRIAL <= len(starts) <= CHAOS_TRIALS * EPOCHS_PER_TRIAL + rerun, story
