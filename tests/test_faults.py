@@ -653,13 +653,16 @@ def test_a_trial_that_meets_the_full_disk_first_is_continued_by_resume(ray_sessi
     assert (by_id.loc[sorted(stopped), "status"] == "ok").all(), board[["trial_id", "status", "reason"]]
     assert (by_id.loc[sorted(refused), "status"] == "failed").all()
     assert by_id.loc[sorted(refused), "reason"].str.startswith("ConfigError: model.width: 48 is refused").all()
-    # Optuna heard the refused trials as failed, never the ones the storage stopped
+    # Optuna heard the refused trials as failed, and the ones the storage stopped as finished,
+    # with their scores, once --resume finished them (none is left RUNNING)
     import pickle
 
     sys.path.insert(0, str(Path(__file__).parent))  # the pickled searcher class may name this module
     study = pickle.loads(sorted((storage / "full").glob("searcher-state-*.pkl"))[-1].read_bytes())["_ot_study"]
     assert len(study.trials) == FAKE_SAMPLES
-    assert sum(t.state.name == "FAIL" for t in study.trials) == len(refused)
+    assert sorted(t.state.name for t in study.trials) == sorted(["FAIL"] * len(refused) + ["COMPLETE"] * len(stopped))
+    assert sorted(t.value for t in study.trials if t.state.name == "COMPLETE") == pytest.approx(
+        sorted(by_id.loc[sorted(stopped), "cv_lwlrap"]))
 
 
 def test_storage_fault_tells_the_storage_s_failures_from_the_code_s(tmp_path):
@@ -699,24 +702,28 @@ def test_storage_fault_tells_the_storage_s_failures_from_the_code_s(tmp_path):
 
 def test_optuna_hears_a_trial_the_storage_stopped_only_once_it_finishes(tmp_path):
     """A trial that failed by itself (TRIAL_FAILURE recorded) is told FAIL; one the storage
-    stopped is left open, and told COMPLETE with its score when --resume finishes it."""
+    stopped is left open, and told COMPLETE with its score when --resume finishes it, also
+    through the concurrency limiter, which forgot it when it ended in error."""
     from optuna.trial import TrialState
 
     from raytag.search.leaderboard import TRIAL_FAILURE
     from raytag.search.space import parse_space
-    from raytag.search.tuner import build_searcher
+    from raytag.search.tuner import build_searcher, limit_concurrency
 
     space = parse_space(FAKE_SPACE)
     space.search.metric = "cv_lwlrap"
     searcher = build_searcher(space, str(tmp_path))
-    for trial_id in ("refused", "stopped"):
-        searcher.suggest(trial_id)
+    limited = limit_concurrency(searcher, 1)
+    assert limited.suggest("refused") is not None
+    assert limited.suggest("stopped") is None  # one trial at a time
     (tmp_path / "refused").mkdir()
     (tmp_path / "refused" / TRIAL_FAILURE).write_text('{"reason": "ConfigError: x"}')
-    searcher.on_trial_complete("refused", None, error=True)
-    searcher.on_trial_complete("stopped", None, error=True)
+    limited.on_trial_complete("refused", None, error=True)
+    assert limited.suggest("stopped") is not None
+    limited.on_trial_complete("stopped", None, error=True)
     refused, stopped = sorted(searcher._ot_study.trials, key=lambda t: t.number)
     assert refused.state == TrialState.FAIL and stopped.state == TrialState.RUNNING
-    searcher.on_trial_complete("stopped", {"cv_lwlrap": 0.7, "rung_epoch": 4, "rung_score": 0.7, "pipeline_done": 1})
+    assert "stopped" not in limited.live_trials  # what Tune's limiter does: the next trial may start
+    limited.on_trial_complete("stopped", {"cv_lwlrap": 0.7, "rung_epoch": 4, "rung_score": 0.7, "pipeline_done": 1})
     stopped = sorted(searcher._ot_study.trials, key=lambda t: t.number)[1]
     assert stopped.state == TrialState.COMPLETE and stopped.value == pytest.approx(0.7)

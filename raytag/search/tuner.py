@@ -280,6 +280,22 @@ def build_searcher(space: SearchSpace, trials_dir: Optional[str] = None):
     return searcher
 
 
+def limit_concurrency(searcher, max_concurrent: int):
+    """Tune's ConcurrencyLimiter around the searcher, except that it also passes on the end
+    of a trial it has forgotten. The limiter drops a trial once it ends in error and does
+    not save what it holds, so when `--resume` finished a trial the storage had stopped,
+    Optuna never heard of it and showed it RUNNING for good (TPE never used its score)."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    class ResumableLimiter(ConcurrencyLimiter):
+        def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
+            if trial_id not in self.live_trials and self.searcher.is_open(trial_id):
+                return self.searcher.on_trial_complete(trial_id, result=result, error=error)
+            return super().on_trial_complete(trial_id, result=result, error=error)
+
+    return ResumableLimiter(searcher, max_concurrent=max_concurrent)
+
+
 def _pipeline_searcher_class():
     from ray.tune.search.optuna import OptunaSearch
     from optuna.trial import TrialState
@@ -317,6 +333,10 @@ def _pipeline_searcher_class():
 
                 logging.getLogger(__name__).warning("Optuna refused the pruned trial %s: %s", trial_id, exc)
             self._completed_trials.add(trial_id)
+
+        def is_open(self, trial_id: str) -> bool:
+            """Suggested and not yet told to Optuna (running, or stopped by the storage)."""
+            return trial_id in self._ot_trials and trial_id not in self._completed_trials
 
         def _failed_by_itself(self, trial_id: str) -> bool:
             trials_dir = self.__dict__.get("trials_dir")  # None: a searcher saved before it existed
@@ -484,10 +504,10 @@ def run_sweep(
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=build_searcher(space, setup.trials_dir),
+                    # the limiter is ours (limit_concurrency), so Tune is not given max_concurrent_trials
+                    search_alg=limit_concurrency(build_searcher(space, setup.trials_dir), n_parallel),
                     scheduler=build_scheduler(space),
                     num_samples=s.samples,
-                    max_concurrent_trials=n_parallel,
                     trial_dirname_creator=trial_dirname,
                 ),
                 run_config=tune.RunConfig(
