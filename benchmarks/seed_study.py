@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench_quality import fold_mean_test, oof_scores, test_truth  # the same readers as quality.md's rows
+from bench_quality import oof_scores, test_scores, test_truth  # the same readers as quality.md's rows
 from raytag.metrics import lwlrap
 
 
@@ -40,20 +40,18 @@ def parse_entry(text: str) -> tuple[str, int, Path]:
 def score_runs(data: Path, runs: list[str], references: list[str]) -> list[dict]:
     classes = list(pd.read_csv(data / "sample_submission.csv", nrows=0).columns[1:])
     y_test = test_truth(data, classes)
-    rows = []
-    for text in runs:
-        recipe, seed, outputs = parse_entry(text)
-        oof, y = oof_scores({"row": "run", "outputs": str(outputs)}, classes)
-        test = fold_mean_test(outputs, classes).loc[y_test.index]
-        rows.append({"recipe": recipe, "seed": seed, "path": str(outputs),
-                     "cv_lwlrap": float(lwlrap(y.to_numpy(), oof.to_numpy())),
-                     "test_lwlrap": float(lwlrap(y_test.to_numpy(), test.to_numpy()))})
-    for text in references:
-        recipe, seed, parquet = parse_entry(text)
-        test = pd.read_parquet(parquet).set_index("fname")[classes].loc[y_test.index]
-        rows.append({"recipe": recipe, "seed": seed, "path": str(parquet), "cv_lwlrap": None,
-                     "test_lwlrap": float(lwlrap(y_test.to_numpy(), test.to_numpy()))})
-    return rows
+
+    def row(text: str, info_of) -> dict:
+        recipe, seed, path = parse_entry(text)
+        info = info_of(path)  # a row as bench_quality describes it, for its readers
+        scored = oof_scores(info, classes)  # None for the script: it holds nothing out
+        test = test_scores(info, classes).loc[y_test.index]
+        return {"recipe": recipe, "seed": seed, "path": str(path),
+                "cv_lwlrap": None if scored is None else float(lwlrap(scored[1].to_numpy(), scored[0].to_numpy())),
+                "test_lwlrap": float(lwlrap(y_test.to_numpy(), test.to_numpy()))}
+
+    return ([row(text, lambda path: {"row": "run", "outputs": str(path)}) for text in runs]
+            + [row(text, lambda path: {"row": "reference_script", "test_preds": str(path)}) for text in references])
 
 
 def summarise(rows: list[dict]) -> list[dict]:
