@@ -13,6 +13,10 @@ test predictions `benchmarks/run_reference.py` keeps of ../shared/bench/cnn_refe
 spread over its seeds) and writes the same as JSON. A paired bootstrap over clips, as
 pair_runs.py gives, measures how sure a difference is for these trained models; this measures
 what it leaves out, the variance of training itself (initial weights, crops, mixup, folds).
+
+`--earlier SEEDS.json` carries the rows of an earlier study whose runs are no longer on this
+machine (each keeps its scores, marked `"carried": true`); a recipe and seed given again with
+--run or --reference is scored anew instead.
 """
 from __future__ import annotations
 
@@ -54,6 +58,14 @@ def score_runs(data: Path, runs: list[str], references: list[str]) -> list[dict]
             + [row(text, lambda path: {"row": "reference_script", "test_preds": str(path)}) for text in references])
 
 
+def carry_earlier(path: Path, rows: list[dict]) -> list[dict]:
+    """The earlier study's rows that `rows` does not score again, first, marked as carried."""
+    scored = {(r["recipe"], r["seed"]) for r in rows}
+    earlier = [{**r, "carried": True} for r in json.loads(path.read_text())["runs"]
+               if (r["recipe"], r["seed"]) not in scored]
+    return earlier + rows
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     out = []
     for recipe in dict.fromkeys(r["recipe"] for r in rows):
@@ -70,7 +82,8 @@ def summarise(rows: list[dict]) -> list[dict]:
 def markdown(rows: list[dict], recipes: list[dict]) -> str:
     fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     lines = ["| recipe | seed | CV lwlrap | test lwlrap |", "|---|---|---|---|"]
-    lines += [f"| {r['recipe']} | {r['seed']} | {fmt(r['cv_lwlrap'])} | {fmt(r['test_lwlrap'])} |" for r in rows]
+    lines += [f"| {r['recipe']} | {r['seed']}{' (carried)' if r.get('carried') else ''} | "
+              f"{fmt(r['cv_lwlrap'])} | {fmt(r['test_lwlrap'])} |" for r in rows]
     lines += ["", "| recipe | seeds | CV mean [min, max] | test mean [min, max] |", "|---|---|---|---|"]
     for r in recipes:
         cells = [f"{r[k]['mean']:.4f} [{r[k]['min']:.4f}, {r[k]['max']:.4f}]" if k in r else ""
@@ -84,9 +97,12 @@ def main():
     ap.add_argument("--data", type=Path, required=True, help="the dataset every run trained on (with test_labels.csv)")
     ap.add_argument("--run", action="append", default=[], help="RECIPE:SEED=OUTPUTS of a finished raytag run")
     ap.add_argument("--reference", action="append", default=[], help="RECIPE:SEED=PARQUET of run_reference.py")
+    ap.add_argument("--earlier", type=Path, help="an earlier study's JSON: its rows are carried over")
     ap.add_argument("--out", type=Path, help="JSON file to write")
     args = ap.parse_args()
     rows = score_runs(args.data, args.run, args.reference)
+    if args.earlier:
+        rows = carry_earlier(args.earlier, rows)
     recipes = summarise(rows)
     print(markdown(rows, recipes))
     if args.out:

@@ -48,3 +48,20 @@ def test_references_are_scored_on_the_test_clips_by_name_and_summed_up_per_recip
 def test_a_malformed_entry_says_what_it_expected():
     with pytest.raises(SystemExit, match="RECIPE:SEED=PATH"):
         seed_study.parse_entry("default=outputs")
+
+
+def test_earlier_rows_are_carried_unless_scored_again(tmp_path):
+    import json
+
+    earlier = tmp_path / "seeds.json"
+    earlier.write_text(json.dumps({"runs": [
+        {"recipe": "ref", "seed": 0, "path": "gone.parquet", "cv_lwlrap": None, "test_lwlrap": 0.5},
+        {"recipe": "ref", "seed": 1, "path": "gone1.parquet", "cv_lwlrap": None, "test_lwlrap": 0.25}]}))
+    data = _data(tmp_path)
+    right = _reference(tmp_path / "r1.parquet", [[0.9, 0.8], [0.1, 0.9], [0.9, 0.1]])
+    rows = seed_study.carry_earlier(earlier, seed_study.score_runs(data, [], [f"ref:1={right}"]))
+    assert [(r["seed"], r.get("carried", False)) for r in rows] == [(0, True), (1, False)]
+    assert rows[1]["test_lwlrap"] == pytest.approx(1.0)  # seed 1 scored anew, not the earlier 0.25
+    (summary,) = seed_study.summarise(rows)
+    assert summary["test_lwlrap"]["mean"] == pytest.approx(0.75)
+    assert "| ref | 0 (carried) |  | 0.5000 |" in seed_study.markdown(rows, [summary])
