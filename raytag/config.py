@@ -159,6 +159,10 @@ class CVConfig:
     n_folds: int = 5
     folds: Optional[list] = None  # run only these fold ids (None: all)
     seed: int = 0
+    # a CSV (columns fname, group) of curated clips that must share a fold: clips cut from one
+    # recording, or one uploader's series. A relative path is looked up in the dataset folder.
+    # Without it, siblings fall on both sides of a split and CV overrates memorising models.
+    clip_groups: Optional[str] = None
 
 
 @dataclass

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from raytag.config import Config, ConfigError
 from raytag.errors import RaytagError
 from raytag.training.folds import make_folds
 
@@ -54,3 +55,82 @@ def test_single_class_and_unlabelled_rows():
 def test_fewer_clips_than_folds_is_a_clear_error():
     with pytest.raises(RaytagError, match="3 labelled clips cannot be split into 5 folds"):
         make_folds(np.eye(3), 5, seed=0)
+
+
+def test_groups_stay_whole_and_classes_stay_balanced():
+    y = _labels(n=600)
+    groups = np.repeat(np.arange(200), 3)  # three takes of each recording
+    folds = make_folds(y, 5, seed=0, groups=groups)
+    for g in range(200):
+        assert len(set(folds[groups == g])) == 1, g
+    assert set(folds) == set(range(5))
+    counts = np.bincount(folds)
+    assert counts.max() - counts.min() <= 0.1 * len(y) / 5 + 6
+    # ungrouped, the same takes land in different folds (that is the leak groups prevent)
+    plain = make_folds(y, 5, seed=0)
+    assert sum(len(set(plain[groups == g])) > 1 for g in range(200)) > 100
+
+
+def test_singleton_groups_give_valid_stratified_folds():
+    y = _labels()
+    folds = make_folds(y, 5, seed=0, groups=[f"clip{i}" for i in range(len(y))])
+    for c in range(y.shape[1]):
+        per_fold = np.array([y[folds == k, c].sum() for k in range(5)])
+        assert np.abs(per_fold - y[:, c].sum() / 5).max() <= 2, (c, per_fold)
+
+
+def test_fewer_groups_than_folds_is_a_clear_error():
+    with pytest.raises(RaytagError, match="form 3 groups .* too few for 5 folds"):
+        make_folds(_labels(n=30), 5, seed=0, groups=np.arange(30) % 3)
+
+
+def test_read_clip_groups(tmp_path, caplog):
+    from raytag.training.folds import read_clip_groups
+
+    (tmp_path / "groups.csv").write_text("fname,group,note\na.wav,r1,x\nb.wav,r1,y\nc.wav,r2,z\n")
+    # relative to the dataset folder; an unlisted clip is its own group, with a warning
+    groups = read_clip_groups("groups.csv", ["a.wav", "b.wav", "c.wav", "d.wav"], root=tmp_path)
+    assert groups[:3] == ["r1", "r1", "r2"] and groups[3] not in {"r1", "r2"}
+    assert "1 of 4 curated clips are not in" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("fname,recording\na.wav,r1\n", "needs the columns fname and group; it lacks group"),
+        ("fname,group\nz.wav,r1\n", "lists none of the 2 curated clips"),
+        ("fname,group\na.wav,r1\na.wav,r2\n", "lists 1 clip.s. twice"),
+    ],
+)
+def test_bad_clip_groups_file_is_a_clear_error(tmp_path, text, match):
+    from raytag.training.folds import read_clip_groups
+
+    (tmp_path / "g.csv").write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        read_clip_groups(tmp_path / "g.csv", ["a.wav", "b.wav"])
+    with pytest.raises(ConfigError, match="no such file"):
+        read_clip_groups("missing.csv", ["a.wav"], root=tmp_path)
+
+
+def test_plan_keeps_each_clip_group_in_one_fold(demo_data, tmp_path):
+    """`cv.clip_groups` reaches the folds a run trains on (the plan, built on the driver)."""
+    from types import SimpleNamespace
+
+    from raytag.data.layouts import load_dataset
+    from raytag.training.plan import build_plan
+
+    cfg = Config.from_dict({"cv": {"n_folds": 3, "clip_groups": str(tmp_path / "groups.csv")}})
+    dataset = load_dataset(demo_data, sample_rate=cfg.features.sample_rate, features=cfg.features)
+    curated = dataset.split("curated")
+    fnames = sorted(curated["fname"])
+    group = {f: f"rec{i // 4}" for i, f in enumerate(fnames)}  # four takes per recording
+    (tmp_path / "groups.csv").write_text("fname,group\n" + "".join(f"{f},{g}\n" for f, g in group.items()))
+    bins = np.zeros((1, 8), np.float32)
+    store = SimpleNamespace(clip_ids=list(dataset.clips["clip_id"]), shape=(1, 8), mean=bins, std=bins + 1, path=tmp_path)
+    plan = build_plan(cfg, dataset, store)
+    fold_of = dict(zip(plan.curated_ids, plan.curated_fold))
+    by_group: dict[str, set] = {}
+    for fname in fnames:
+        by_group.setdefault(group[fname], set()).add(fold_of[f"curated/{fname}"])
+    assert all(len(folds) == 1 for folds in by_group.values())
+    assert set(plan.curated_fold) == {0, 1, 2}

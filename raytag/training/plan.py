@@ -6,6 +6,7 @@ noisy clips never enter it: the workers cannot see them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -13,7 +14,7 @@ from raytag.config import Config, ConfigError, InputNormConfig
 from raytag.data.labels import labels_to_matrix
 from raytag.pipeline.selection import select_noisy_subset
 from raytag.pipeline.spreading import load_groups_file
-from raytag.training.folds import make_folds
+from raytag.training.folds import make_folds, read_clip_groups
 
 
 @dataclass
@@ -55,7 +56,10 @@ def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: s
     test = clips[clips["split"] == "test"].reset_index(drop=True)
     classes = list(dataset.classes)
     curated_y = labels_to_matrix(list(curated["labels"]), classes)
-    fold_ids = make_folds(curated_y, cfg.cv.n_folds, cfg.cv.seed)
+    groups = None
+    if cfg.cv.clip_groups:  # read here, on the driver: workers on other nodes may not have the file
+        groups = read_clip_groups(cfg.cv.clip_groups, list(curated["fname"]), Path(dataset.root))
+    fold_ids = make_folds(curated_y, cfg.cv.n_folds, cfg.cv.seed, groups)
     folds = sorted(set(cfg.cv.folds)) if cfg.cv.folds is not None else list(range(cfg.cv.n_folds))
     bad = [f for f in folds if not 0 <= f < cfg.cv.n_folds]
     if bad:
