@@ -117,6 +117,7 @@ def main() -> int:
     ap.add_argument("--out", required=True, help="groups CSV to write: fname,split,clips,group")
     ap.add_argument("--script", default=str(DEFAULT_SCRIPT), help="make_fat_bench.py")
     ap.add_argument("--seed", type=int, default=0, help="the build's --seed")
+    ap.add_argument("--classes", type=int, default=0, help="the build's --classes")
     a = ap.parse_args()
 
     mod = load_bench_module(Path(a.script))
@@ -124,11 +125,12 @@ def main() -> int:
     mod.make_split = tracked_make_split(mod, log)
     bench = Path(a.bench)
     with tempfile.TemporaryDirectory() as tmp:
-        sys.argv = ["make_fat_bench.py", "--source", a.source, "--out", tmp, "--seed", str(a.seed)]
+        sys.argv = ["make_fat_bench.py", "--source", a.source, "--out", tmp, "--seed", str(a.seed),
+                    "--classes", str(a.classes)]
         mod.main()
         for name in ("train_curated.csv", "train_noisy.csv", "test_labels.csv"):
             if not filecmp.cmp(Path(tmp) / name, bench / name, shallow=False):
-                sys.exit(f"the rebuild's {name} differs from {bench / name}: give the build's --seed and --source")
+                sys.exit(f"the rebuild's {name} differs from {bench / name}: give the build's --seed, --classes and --source")
         rows = []
         for split, name in (("curated", "train_curated.csv"), ("noisy", "train_noisy.csv"), ("test", "test_labels.csv")):
             with open(Path(tmp) / name) as f:
