@@ -163,6 +163,10 @@ class CVConfig:
     # recording, or one uploader's series. A relative path is looked up in the dataset folder.
     # Without it, siblings fall on both sides of a split and CV overrates memorising models.
     clip_groups: Optional[str] = None
+    # after the folds, train one more model the same way on every curated clip (fold id
+    # n_folds, "refit"). It has no held-out clips, so it adds nothing to CV; it joins the fold
+    # models as one more member of the test average, the artifact and the ensembles.
+    refit: bool = False
 
 
 @dataclass

@@ -134,3 +134,18 @@ def test_plan_keeps_each_clip_group_in_one_fold(demo_data, tmp_path):
         by_group.setdefault(group[fname], set()).add(fold_of[f"curated/{fname}"])
     assert all(len(folds) == 1 for folds in by_group.values())
     assert set(plan.curated_fold) == {0, 1, 2}
+
+
+def test_refit_is_one_more_model_with_nothing_held_out(demo_data):
+    from types import SimpleNamespace
+
+    from raytag.data.layouts import load_dataset
+    from raytag.training.plan import build_plan
+
+    cfg = Config.from_dict({"cv": {"n_folds": 3, "refit": True}})
+    dataset = load_dataset(demo_data, sample_rate=cfg.features.sample_rate, features=cfg.features)
+    bins = np.zeros((1, 8), np.float32)
+    store = SimpleNamespace(clip_ids=list(dataset.clips["clip_id"]), shape=(1, 8), mean=bins, std=bins + 1, path=".")
+    plan = build_plan(cfg, dataset, store)
+    assert plan.folds == [0, 1, 2] and plan.model_folds == [0, 1, 2, 3]
+    assert 3 not in set(plan.curated_fold)  # so the refit model trains on every curated clip

@@ -137,6 +137,34 @@ def test_on_the_2018_layout_every_report_has_map3(ray_session, demo_data, tmp_pa
         pytest.approx(result.metrics["cv_map3"])
 
 
+def test_refit_trains_one_more_model_on_every_curated_clip(ray_session, demo_data, tmp_path):
+    """cv.refit: after fold 0 of 2, a model (fold id 2) on every curated clip joins the test
+    average and the weights, adds nothing to CV, and leaves the scheduler's yardstick alone."""
+    cfg = Config.from_dict({**TINY, "name": "refit", "train": {**TINY["train"], "num_workers": 1},
+                            "cv": {"n_folds": 2, "folds": [0], "refit": True}, "pipeline": {
+                                "warmup": {"enabled": False}, "finetune": {"epochs": 1},
+                                "filter": {"enabled": False}, "pseudo": {"enabled": False}}})
+    result = fit_pipeline(cfg, demo_data, str(tmp_path / "results"), "refit", feature_cache=str(tmp_path / "cache"),
+                          progress=False)
+    out = Path(result.outputs_dir)
+    history = pd.read_csv(out / "history.csv")
+    assert history["fold"].tolist() == [0, 2]
+    refit = history[history["fold"] == 2]
+    # no held-out clips: the refit's rows carry the CV of the folds, and the rungs stay frozen
+    assert np.allclose(refit["val_lwlrap"], result.metrics["cv_lwlrap"])
+    assert refit["rung_epoch"].tolist() == [1] and (refit["rung_score"] == history["rung_score"].iloc[0]).all()
+    assert set(pd.read_parquet(out / "oof.parquet")["fold"]) == {0}
+    assert list(result.metrics["fold_lwlrap"]) == ["0"]
+    assert result.metrics["cv_lwlrap"] == pytest.approx(result.metrics["fold_lwlrap"]["0"])
+    test = pd.read_parquet(out / "test.parquet")
+    assert set(test["fold"]) == {0, 2}
+    classes = [c for c in test.columns if c not in ("clip_id", "fold", "run", "stage")]
+    by_fold = {f: g.set_index("clip_id")[classes].sort_index() for f, g in test.groupby("fold")}
+    assert not np.allclose(by_fold[0].to_numpy(), by_fold[2].to_numpy())  # another model
+    assert (out / "weights" / "fold2.safetensors").exists()
+    assert json.loads((out / "model.json").read_text())["refit_fold"] == 2
+
+
 def test_rerun_with_same_name_resumes_instead_of_training(tiny_run, demo_data):
     result, out, trace = tiny_run
     trace2 = out / "trace2.jsonl"

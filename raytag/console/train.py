@@ -29,7 +29,12 @@ def duration(seconds: float) -> str:
 
 def epoch_line(event: EpochEvent) -> str:
     """finetune   fold 1/5  epoch 12/30  loss 0.0712  val lwlrap 0.541  21.3 s  ETA 9m 40s"""
-    fold = "all folds" if event.fold is None else f"fold {event.fold + 1}/{event.n_folds}"
+    if event.fold is None:
+        fold = "all folds"
+    elif event.fold >= event.n_folds:  # cv.refit's model, on every curated clip
+        fold = "refit"
+    else:
+        fold = f"fold {event.fold + 1}/{event.n_folds}"
     width = len(str(event.epochs))
     eta = f"ETA {duration(event.eta_seconds)}" if event.eta_seconds > 0 else "last epoch"
     return (f"{event.stage:<10} {fold:<9}  epoch {event.epoch:>{width}}/{event.epochs}  "

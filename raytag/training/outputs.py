@@ -106,11 +106,12 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store,
 
     # -- final predictions of each fold (what ensembles use) --------------------------------
     oof, test, fold_scores = [], [], {}
-    for fold in plan.folds:
-        ids, probs = _load(ckpt_out / "preds" / "final" / f"oof_fold{fold}.npz")
-        stage = _final_stage(stage_oof_df, fold)
-        oof.append(_frame(ids, probs, fold, stage, run, classes))
-        fold_scores[fold] = float(lwlrap(plan.curated_y[[curated_row[c] for c in ids]], probs))
+    for fold in plan.model_folds:
+        stage = _final_stage(stage_test_df if fold == plan.refit_fold else stage_oof_df, fold)
+        if fold != plan.refit_fold:  # the refit model has no out-of-fold clips
+            ids, probs = _load(ckpt_out / "preds" / "final" / f"oof_fold{fold}.npz")
+            oof.append(_frame(ids, probs, fold, stage, run, classes))
+            fold_scores[fold] = float(lwlrap(plan.curated_y[[curated_row[c] for c in ids]], probs))
         tids, tprobs = _load(ckpt_out / "preds" / "final" / f"test_fold{fold}.npz")
         test.append(_frame(tids, tprobs, fold, stage, run, classes))
     oof_df = pd.concat(oof, ignore_index=True)
@@ -185,11 +186,12 @@ def model_card(plan) -> dict:
         "norm_mean": np.asarray(plan.norm_mean).tolist(),
         "norm_std": np.asarray(plan.norm_std).tolist(),
         "folds": list(plan.folds),
+        "refit_fold": plan.refit_fold,  # weights/fold{n}.safetensors: the model on every curated clip
     }
 
 
-def _final_stage(stage_oof: pd.DataFrame, fold: int) -> str:
-    rows = stage_oof[stage_oof["fold"] == fold]
+def _final_stage(stage_preds: pd.DataFrame, fold: int) -> str:
+    rows = stage_preds[stage_preds["fold"] == fold]
     return str(rows["stage"].iloc[-1]) if len(rows) else ""
 
 

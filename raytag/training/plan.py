@@ -6,6 +6,7 @@ noisy clips never enter it: the workers cannot see them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,8 @@ class Plan:
     noisy_y: np.ndarray
     noisy_subset: list[str]  # the rough selection (seed 000's best50s)
     test_ids: list[str]
-    folds: list[int]  # folds this run trains (cv.folds or all)
+    folds: list[int]  # CV folds this run trains (cv.folds or all)
+    refit_fold: Optional[int] = None  # cv.refit: the id (n_folds) of the model on every curated clip
     data_ref: str = ""  # the dataset as the user gave it (path or URI): for nodes without the store
     feature_cache: str = ""
     channels: int = 1
@@ -41,6 +43,11 @@ class Plan:
     @property
     def config(self) -> Config:
         return Config.from_dict(self.cfg)
+
+    @property
+    def model_folds(self) -> list[int]:
+        """Every model the run trains: the CV folds, then the refit model if any."""
+        return self.folds + ([self.refit_fold] if self.refit_fold is not None else [])
 
     @property
     def n_classes(self) -> int:
@@ -87,6 +94,7 @@ def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: s
         noisy_subset=list(subset),
         test_ids=list(test["clip_id"]),
         folds=folds,
+        refit_fold=cfg.cv.n_folds if cfg.cv.refit else None,
         data_ref=str(data_ref or dataset.root),
         feature_cache=str(feature_cache),
         channels=int(channels),

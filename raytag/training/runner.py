@@ -87,7 +87,7 @@ def fit_pipeline(
     dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
     ensure_ray()
 
-    watch = (epoch_events(on_epoch, build_steps(cfg, plan.folds), cfg.cv.n_folds) if on_epoch
+    watch = (epoch_events(on_epoch, build_steps(cfg, plan.model_folds), cfg.cv.n_folds) if on_epoch
              else nullcontext([]))
     with watch as epoch_callbacks:
         result = _fit_worker_group(cfg, plan, storage, name, run_files, [*callbacks, *epoch_callbacks])

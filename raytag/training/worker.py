@@ -106,7 +106,7 @@ def train_loop_per_worker(loop_config: dict):
     _trace({"event": "worker_start", "rank": rank})
     device = ray.train.torch.get_device()
     store = open_node_store(plan)
-    steps = build_steps(cfg, plan.folds)
+    steps = build_steps(cfg, plan.model_folds)
     final_step_of_fold = last_training_step_of_fold(steps)
 
     work = Path(tempfile.mkdtemp(prefix=f"raytag-rank{rank}-"))
