@@ -212,11 +212,14 @@ def run_script(data: Path, epochs: int, row: str = "reference_script") -> dict:
     return info
 
 
-def config_for(config_file: str, overrides: dict, epochs: int, folds: list[int] | None):
+def config_for(config_file: str, overrides: dict, epochs: int, folds: list[int] | None,
+               clip_groups: Path | None = None):
     from raytag.config import Config
 
     cfg = Config.from_yaml(REPO / config_file)
     over = dict(overrides)
+    if clip_groups is not None:  # folds that keep each recording's clips together
+        over["cv.clip_groups"] = str(clip_groups.resolve())
     if over.pop("FACE_VALUE", False):
         p = cfg.pipeline
         # stage 2 runs pseudo.rounds rounds, or one round on the filter's accepted clips, or not at all
@@ -235,7 +238,7 @@ def config_for(config_file: str, overrides: dict, epochs: int, folds: list[int] 
 OPERATIONAL = {"train": ("checkpoint_every", "ddp_backend")}
 # settings added after rows were run: left out of the hash while they hold the value that
 # reproduces the older runs, so those rows stay reusable
-ADDED_LATER = {"train": {"average_last": 0}}
+ADDED_LATER = {"train": {"average_last": 0}, "cv": {"clip_groups": None, "refit": False}}
 
 
 def config_hash(cfg) -> str:
@@ -507,6 +510,9 @@ def main():
     ap.add_argument("--ensemble", type=Path, default=None,
                     help="a finished sweep's folder (raytag tune + raytag ensemble on --data): its ensemble "
                          "against its best member, with paired intervals")
+    ap.add_argument("--clip-groups", type=Path, default=None,
+                    help="cv.clip_groups for every raytag row: the benchmark's source groups "
+                         "(benchmarks/bench_source_groups.py), so CV does not reward remembering recordings")
     args = ap.parse_args()
     folds = None if args.folds == "all" else [int(f) for f in args.folds.split(",")]
     table = rows_table()
@@ -528,7 +534,7 @@ def main():
                 data = fold0_training_data(args.data, results["reference"])
             results[row] = run_script(data, args.epochs, row)
             continue
-        cfg = config_for(config_file, over, args.epochs, folds)
+        cfg = config_for(config_file, over, args.epochs, folds, args.clip_groups)
         if args.report_only:
             path = STORAGE / f"{row}-{config_hash(cfg)}" / "bench.json"
             if path.is_file():

@@ -137,14 +137,15 @@ def test_on_the_2018_layout_every_report_has_map3(ray_session, demo_data, tmp_pa
         pytest.approx(result.metrics["cv_map3"])
 
 
-def test_refit_trains_one_more_model_on_every_curated_clip(ray_session, demo_data, tmp_path):
+def test_refit_trains_one_more_model_on_every_curated_clip(tiny_run, demo_data, tmp_path):
     """cv.refit: after fold 0 of 2, a model (fold id 2) on every curated clip joins the test
     average and the weights, adds nothing to CV, and leaves the scheduler's yardstick alone."""
     cfg = Config.from_dict({**TINY, "name": "refit", "train": {**TINY["train"], "num_workers": 1},
                             "cv": {"n_folds": 2, "folds": [0], "refit": True}, "pipeline": {
                                 "warmup": {"enabled": False}, "finetune": {"epochs": 1},
                                 "filter": {"enabled": False}, "pseudo": {"enabled": False}}})
-    result = fit_pipeline(cfg, demo_data, str(tmp_path / "results"), "refit", feature_cache=str(tmp_path / "cache"),
+    _, tiny_out, _ = tiny_run  # its feature cache: the same front end
+    result = fit_pipeline(cfg, demo_data, str(tmp_path / "results"), "refit", feature_cache=str(tiny_out / "cache"),
                           progress=False)
     out = Path(result.outputs_dir)
     history = pd.read_csv(out / "history.csv")
