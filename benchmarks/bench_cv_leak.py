@@ -8,6 +8,8 @@ For each finished `raytag train` run: the out-of-fold lwlrap of all held-out cur
 of the "leaked" ones (another clip of the same source group, from
 benchmarks/bench_source_groups.py, was in that fold's training set) and of the "clean" ones.
 A CV that leaks scores the leaked clips higher; with `cv.clip_groups` no clip is leaked.
+Whether those clips are merely easier shows on a grouped run of the same seed: every run is
+also scored on the clips the first run with leaks leaked ("that subset") and on the others.
 Needs no training: it reads outputs/oof.parquet and the run's fold ids in it.
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ def leaked_mask(clip_ids: list[str], folds: np.ndarray, group_of: dict[str, str]
     return out
 
 
-def score_run(outputs: Path, group_of: dict[str, str]) -> dict:
+def score_run(outputs: Path, group_of: dict[str, str], subset: set | None = None) -> dict:
     oof = pd.read_parquet(outputs / "oof.parquet").set_index("clip_id")
     classes = [c for c in oof.columns if c not in ("fold", "run", "stage")]
     truth = pd.read_csv(outputs / "oof_truth.csv", keep_default_na=False).set_index("clip_id")
@@ -50,6 +52,11 @@ def score_run(outputs: Path, group_of: dict[str, str]) -> dict:
     row = {"outputs": str(outputs), "n": len(ids), "cv_all": lwlrap(y, p), "n_leaked": int(leaked.sum())}
     row["cv_leaked"] = lwlrap(y[leaked], p[leaked]) if leaked.any() else None
     row["cv_clean"] = lwlrap(y[~leaked], p[~leaked]) if (~leaked).any() else None
+    if subset is not None:
+        inside = np.array([c in subset for c in ids])
+        row["cv_that_subset"] = lwlrap(y[inside], p[inside]) if inside.any() else None
+        row["cv_not_that_subset"] = lwlrap(y[~inside], p[~inside]) if (~inside).any() else None
+    row["leaked_ids"] = [c for c, m in zip(ids, leaked) if m]
     return row
 
 
@@ -61,17 +68,25 @@ def main() -> int:
     a = ap.parse_args()
     table = pd.read_csv(a.groups, dtype=str, keep_default_na=False)
     group_of = dict(zip(table["fname"], table["group"]))
-    rows = []
-    print(f"{'run':34} {'all':>7} {'leaked':>14} {'clean':>14}")
-    for spec in a.run:
-        name, _, path = spec.partition("=")
-        row = {"run": name, **score_run(Path(path), group_of)}
-        rows.append(row)
-        fmt = lambda v: "-" if v is None else f"{v:.4f}"
-        print(f"{name:34} {row['cv_all']:7.4f} {fmt(row['cv_leaked']):>7} n={row['n_leaked']:<4} "
-              f"{fmt(row['cv_clean']):>7} n={row['n'] - row['n_leaked']}")
+    runs = [(name, Path(path)) for name, _, path in (spec.partition("=") for spec in a.run)]
+    rows = [{"run": name, **score_run(path, group_of)} for name, path in runs]
+    first = next((r for r in rows if r["n_leaked"]), None)
+    if first is not None:  # score every run on the clips that run leaked
+        subset = set(first["leaked_ids"])
+        rows = [{"run": name, **score_run(path, group_of, subset)} for name, path in runs]
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    print(f"{'run':38} {'all':>7} {'leaked':>13} {'clean':>13} {'that subset':>12} {'the others':>11}")
+    for row in rows:
+        print(f"{row['run']:38} {row['cv_all']:7.4f} {fmt(row['cv_leaked']):>7} n={row['n_leaked']:<4} "
+              f"{fmt(row['cv_clean']):>7} n={row['n'] - row['n_leaked']:<4} {fmt(row.get('cv_that_subset')):>12} "
+              f"{fmt(row.get('cv_not_that_subset')):>11}")
+    if first is not None:
+        print(f"that subset: the {len(first['leaked_ids'])} clips leaked in {first['run']!r}")
+    for row in rows:
+        row.pop("leaked_ids")
     if a.out:
         a.out.write_text(json.dumps({"groups": str(a.groups), "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+                                     "that_subset": f"the clips leaked in {first['run']!r}" if first else None,
                                      "runs": rows}, indent=1, default=float))
     return 0
 
