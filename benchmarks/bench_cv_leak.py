@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from bench_quality import oof_scores  # the same reader as quality.md's rows
 from raytag.metrics import lwlrap
 
 
@@ -36,27 +37,30 @@ def leaked_mask(clip_ids: list[str], folds: np.ndarray, group_of: dict[str, str]
     return out
 
 
-def score_run(outputs: Path, group_of: dict[str, str], subset: set | None = None) -> dict:
-    oof = pd.read_parquet(outputs / "oof.parquet").set_index("clip_id")
-    classes = [c for c in oof.columns if c not in ("fold", "run", "stage")]
-    truth = pd.read_csv(outputs / "oof_truth.csv", keep_default_na=False).set_index("clip_id")
-    ids = list(oof.index)
-    y = np.array([[c in labs.split(",") for c in classes] for labs in truth.loc[ids, "labels"]], np.float32)
-    p = oof[classes].to_numpy()
+def load_run(outputs: Path, group_of: dict[str, str]) -> dict:
+    """A run's out-of-fold scores and truth (bench_quality's reader), and which clips leaked."""
+    frame = pd.read_parquet(outputs / "oof.parquet")
+    oof = frame.set_index("clip_id")["fold"]
+    classes = [c for c in frame.columns if c not in ("clip_id", "fold", "run", "stage")]
+    scores, truth = oof_scores({"row": outputs.name, "outputs": str(outputs)}, classes)
     n_folds = yaml.safe_load((outputs / "config.yaml").read_text())["cv"]["n_folds"]
-    if oof["fold"].nunique() < n_folds:
+    if oof.nunique() < n_folds:
         # the clips of untrained folds are not in oof.parquet, so their folds are unknown here
-        raise SystemExit(f"{outputs}: trained {oof['fold'].nunique()} of {n_folds} folds; "
+        raise SystemExit(f"{outputs}: trained {oof.nunique()} of {n_folds} folds; "
                          "the leak can only be read from a run of every fold")
-    leaked = leaked_mask(ids, oof["fold"].to_numpy(), group_of)
-    row = {"outputs": str(outputs), "n": len(ids), "cv_all": lwlrap(y, p), "n_leaked": int(leaked.sum())}
-    row["cv_leaked"] = lwlrap(y[leaked], p[leaked]) if leaked.any() else None
-    row["cv_clean"] = lwlrap(y[~leaked], p[~leaked]) if (~leaked).any() else None
+    ids = list(scores.index)
+    return {"ids": ids, "y": truth.loc[ids].to_numpy(), "p": scores.to_numpy(),
+            "leaked": leaked_mask(ids, oof.loc[ids].to_numpy(), group_of)}
+
+
+def score_run(run: dict, subset: set | None = None) -> dict:
+    ids, y, p, leaked = run["ids"], run["y"], run["p"], run["leaked"]
+    part = lambda mask: lwlrap(y[mask], p[mask]) if mask.any() else None  # noqa: E731
+    row = {"n": len(ids), "cv_all": lwlrap(y, p), "n_leaked": int(leaked.sum()),
+           "cv_leaked": part(leaked), "cv_clean": part(~leaked)}
     if subset is not None:
         inside = np.array([c in subset for c in ids])
-        row["cv_that_subset"] = lwlrap(y[inside], p[inside]) if inside.any() else None
-        row["cv_not_that_subset"] = lwlrap(y[~inside], p[~inside]) if (~inside).any() else None
-    row["leaked_ids"] = [c for c, m in zip(ids, leaked) if m]
+        row["cv_that_subset"], row["cv_not_that_subset"] = part(inside), part(~inside)
     return row
 
 
@@ -68,12 +72,12 @@ def main() -> int:
     a = ap.parse_args()
     table = pd.read_csv(a.groups, dtype=str, keep_default_na=False)
     group_of = dict(zip(table["fname"], table["group"]))
-    runs = [(name, Path(path)) for name, _, path in (spec.partition("=") for spec in a.run)]
-    rows = [{"run": name, **score_run(path, group_of)} for name, path in runs]
-    first = next((r for r in rows if r["n_leaked"]), None)
-    if first is not None:  # score every run on the clips that run leaked
-        subset = set(first["leaked_ids"])
-        rows = [{"run": name, **score_run(path, group_of, subset)} for name, path in runs]
+    runs = {name: load_run(Path(path), group_of) for name, _, path in (spec.partition("=") for spec in a.run)}
+    first = next((name for name, run in runs.items() if run["leaked"].any()), None)
+    # every run is also scored on the clips the first leaky run leaked
+    subset = {c for c, m in zip(runs[first]["ids"], runs[first]["leaked"]) if m} if first else None
+    rows = [{"run": name, "outputs": spec.partition("=")[2], **score_run(run, subset)}
+            for (name, run), spec in zip(runs.items(), a.run)]
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     print(f"{'run':38} {'all':>7} {'leaked':>13} {'clean':>13} {'that subset':>12} {'the others':>11}")
     for row in rows:
@@ -81,12 +85,10 @@ def main() -> int:
               f"{fmt(row['cv_clean']):>7} n={row['n'] - row['n_leaked']:<4} {fmt(row.get('cv_that_subset')):>12} "
               f"{fmt(row.get('cv_not_that_subset')):>11}")
     if first is not None:
-        print(f"that subset: the {len(first['leaked_ids'])} clips leaked in {first['run']!r}")
-    for row in rows:
-        row.pop("leaked_ids")
+        print(f"that subset: the {len(subset)} clips leaked in {first!r}")
     if a.out:
         a.out.write_text(json.dumps({"groups": str(a.groups), "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-                                     "that_subset": f"the clips leaked in {first['run']!r}" if first else None,
+                                     "that_subset": f"the clips leaked in {first!r}" if first else None,
                                      "runs": rows}, indent=1, default=float))
     return 0
 

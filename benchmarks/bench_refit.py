@@ -20,17 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench_quality import test_truth
+from bench_quality import fold_mean_test, test_truth  # the same readers as quality.md's rows
 from raytag.metrics import lwlrap, paired_bootstrap_lwlrap
 
 
 def per_fold_test(outputs: Path, classes: list[str], order: list[str]) -> dict[int, np.ndarray]:
-    df = pd.read_parquet(outputs / "test.parquet")
-    out = {}
-    for fold, part in df.groupby("fold"):
-        part = part.set_index(part["clip_id"].str.split("/", n=1).str[1])
-        out[int(fold)] = part.loc[order, classes].to_numpy()
-    return out
+    """fold -> that fold model's test probabilities, rows in `order` (test fnames)."""
+    folds = sorted(pd.read_parquet(outputs / "test.parquet", columns=["fold"])["fold"].unique())
+    return {int(f): fold_mean_test(outputs, classes, [f]).loc[order].to_numpy() for f in folds}
 
 
 def main() -> int:

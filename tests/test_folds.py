@@ -112,22 +112,32 @@ def test_bad_clip_groups_file_is_a_clear_error(tmp_path, text, match):
         read_clip_groups("missing.csv", ["a.wav"], root=tmp_path)
 
 
-def test_plan_keeps_each_clip_group_in_one_fold(demo_data, tmp_path):
-    """`cv.clip_groups` reaches the folds a run trains on (the plan, built on the driver)."""
+@pytest.fixture(scope="module")
+def demo_dataset(demo_data):
+    from raytag.data.layouts import load_dataset
+
+    features = Config().features
+    return load_dataset(demo_data, sample_rate=features.sample_rate, features=features)
+
+
+def _plan(cfg: Config, dataset):
+    """build_plan with a stand-in feature store: the plan reads only its clip ids and shape."""
     from types import SimpleNamespace
 
-    from raytag.data.layouts import load_dataset
     from raytag.training.plan import build_plan
 
+    bins = np.zeros((1, 8), np.float32)
+    store = SimpleNamespace(clip_ids=list(dataset.clips["clip_id"]), shape=(1, 8), mean=bins, std=bins + 1, path=".")
+    return build_plan(cfg, dataset, store)
+
+
+def test_plan_keeps_each_clip_group_in_one_fold(demo_dataset, tmp_path):
+    """`cv.clip_groups` reaches the folds a run trains on (the plan, built on the driver)."""
     cfg = Config.from_dict({"cv": {"n_folds": 3, "clip_groups": str(tmp_path / "groups.csv")}})
-    dataset = load_dataset(demo_data, sample_rate=cfg.features.sample_rate, features=cfg.features)
-    curated = dataset.split("curated")
-    fnames = sorted(curated["fname"])
+    fnames = sorted(demo_dataset.split("curated")["fname"])
     group = {f: f"rec{i // 4}" for i, f in enumerate(fnames)}  # four takes per recording
     (tmp_path / "groups.csv").write_text("fname,group\n" + "".join(f"{f},{g}\n" for f, g in group.items()))
-    bins = np.zeros((1, 8), np.float32)
-    store = SimpleNamespace(clip_ids=list(dataset.clips["clip_id"]), shape=(1, 8), mean=bins, std=bins + 1, path=tmp_path)
-    plan = build_plan(cfg, dataset, store)
+    plan = _plan(cfg, demo_dataset)
     fold_of = dict(zip(plan.curated_ids, plan.curated_fold))
     by_group: dict[str, set] = {}
     for fname in fnames:
@@ -136,16 +146,7 @@ def test_plan_keeps_each_clip_group_in_one_fold(demo_data, tmp_path):
     assert set(plan.curated_fold) == {0, 1, 2}
 
 
-def test_refit_is_one_more_model_with_nothing_held_out(demo_data):
-    from types import SimpleNamespace
-
-    from raytag.data.layouts import load_dataset
-    from raytag.training.plan import build_plan
-
-    cfg = Config.from_dict({"cv": {"n_folds": 3, "refit": True}})
-    dataset = load_dataset(demo_data, sample_rate=cfg.features.sample_rate, features=cfg.features)
-    bins = np.zeros((1, 8), np.float32)
-    store = SimpleNamespace(clip_ids=list(dataset.clips["clip_id"]), shape=(1, 8), mean=bins, std=bins + 1, path=".")
-    plan = build_plan(cfg, dataset, store)
+def test_refit_is_one_more_model_with_nothing_held_out(demo_dataset):
+    plan = _plan(Config.from_dict({"cv": {"n_folds": 3, "refit": True}}), demo_dataset)
     assert plan.folds == [0, 1, 2] and plan.model_folds == [0, 1, 2, 3]
     assert 3 not in set(plan.curated_fold)  # so the refit model trains on every curated clip

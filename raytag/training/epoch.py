@@ -74,10 +74,7 @@ def evaluate(ctx: _Context, model, step: Step, final: bool, is_fold_final: bool)
     cv_so_far); at the end of a step, save its held-out and test predictions."""
     held = ctx.curated(step.fold, held_out=True)
     probs = ctx.predict(model, held.clip_ids)
-    if len(held):
-        scores = _scores(ctx, held.targets, probs)
-    else:  # the refit model (cv.refit) holds nothing out: its reports carry the CV of the folds
-        scores = cv_so_far(ctx) or dict.fromkeys(_score_names(ctx), float("nan"))
+    scores = _scores(ctx, held.targets, probs) if len(held) else dict.fromkeys(_score_names(ctx), float("nan"))
     val = scores["lwlrap"]
     if final:
         tag = step.stage_name if step.fold is None else f"{step.stage_name}__fold{step.fold}"
@@ -96,6 +93,8 @@ def evaluate(ctx: _Context, model, step: Step, final: bool, is_fold_final: bool)
         if step.kind == "warmup":  # every rank: each fold starts from these weights
             ctx.state.save_weights("warmup", model)
     cv = cv_so_far(ctx) or scores
+    if not len(held):  # the refit model (cv.refit) holds nothing out: its reports carry the CV of the folds
+        scores = cv
     return {**{f"val_{k}": v for k, v in scores.items()}, **{f"cv_{k}": v for k, v in cv.items()}}
 
 

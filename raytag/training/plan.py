@@ -6,8 +6,8 @@ noisy clips never enter it: the workers cannot see them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
