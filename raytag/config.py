@@ -267,6 +267,18 @@ class PipelineConfig:
     # curated + accepted noisy clips (+ pseudo-labelled clips when pseudo is on).
 
 
+# ----------------------------------------------------------------------------- members
+@dataclass
+class MemberConfig:
+    """One model family of a `raytag train` run with `members`: the run's settings with
+    `set` (dotted keys, as `--set` takes them) changed. Each member trains on the same folds."""
+    name: str = ""
+    set: dict = field(default_factory=dict)
+
+
+MEMBER_COMBINERS = ("geometric", "mean")  # raytag.ensemble.combiners names; nothing fitted
+
+
 # ----------------------------------------------------------------------------- top level
 @dataclass
 class Config:
@@ -278,11 +290,18 @@ class Config:
     cv: CVConfig = field(default_factory=CVConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    # `raytag train` only: one model per fold for each member (its own settings), combined by
+    # `combine` into the run's predictions and artifact. Empty: one model family.
+    members: list = field(default_factory=list)
+    combine: Literal["geometric", "mean"] = "geometric"
 
     # -- construction -------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict | None) -> "Config":
-        return _build(cls, data or {}, "")
+        cfg = _build(cls, data or {}, "")
+        cfg.members = [_build(MemberConfig, m, f"members[{i}]") for i, m in enumerate(cfg.members)]
+        cfg.member_configs()  # every member's settings checked now, before compute is spent
+        return cfg
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Config":
@@ -310,6 +329,32 @@ class Config:
         return Config.from_dict(apply_overrides(self.to_dict(), overrides))
 
     # -- derived ------------------------------------------------------------
+    def member_configs(self) -> list[tuple[str, "Config"]]:
+        """(member name, its full config) for each member, in order; [] without members."""
+        base = self.to_dict()
+        base["members"] = []
+        out, seen = [], set()
+        for i, member in enumerate(self.members):
+            where = f"members[{i}]"
+            if not member.name or not all(c.isalnum() or c in "-_." for c in member.name):
+                raise ConfigError(f"{where}.name: {member.name!r}: give each member a folder name "
+                                  "(letters, digits, '-', '_', '.'), e.g. resnet18")
+            if member.name in seen:
+                raise ConfigError(f"{where}.name: {member.name!r} is used twice; member names must differ")
+            seen.add(member.name)
+            bad = [k for k in member.set if k.split(".")[0] in ("members", "combine", "name", "seed", "cv")]
+            if bad:
+                raise ConfigError(f"{where}.set: {bad[0]!r} cannot differ between members (they share the "
+                                  "run's name, seed and folds, so that their out-of-fold predictions combine)")
+            try:
+                cfg = Config.from_dict(apply_overrides(base, member.set))
+            except ConfigError as err:
+                raise ConfigError(f"{where}.set: {err}") from None
+            out.append((member.name, cfg))
+        if len(out) == 1:
+            raise ConfigError("members: one member is one model family; list two or more, or none")
+        return out
+
     def crop_frames(self) -> int:
         return max(1, int(round(self.train.crop_seconds * self.features.frames_per_second)))
 

@@ -11,6 +11,7 @@ from raytag.cluster import check_data, check_storage
 from raytag.config import Config, parse_cli_overrides
 from raytag.console.tables import stage_table
 from raytag.session import ensure_ray
+from raytag.training.members import fit_members
 from raytag.training.progress import EpochEvent
 from raytag.training.runner import fit_pipeline
 
@@ -53,13 +54,23 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
     check_storage(storage)  # a multi-node cluster needs storage and data every node can read
     check_data(str(data))
     name = name or cfg.name
-    console.print(f"[bold]raytag train[/] {name}: {cfg.model.name} on {cfg.features.kind}, "
-                  f"{len(cfg.cv.folds or range(cfg.cv.n_folds))} fold(s), {cfg.train.num_workers} worker(s)")
+    n_folds = len(cfg.cv.folds or range(cfg.cv.n_folds))
+    members = cfg.member_configs()
+    what = (f"{len(members)} members ({', '.join(n for n, _ in members)}), {cfg.combine} mean" if members
+            else cfg.model.name)
+    console.print(f"[bold]raytag train[/] {name}: {what} on {cfg.features.kind}, "
+                  f"{n_folds} fold(s), {cfg.train.num_workers} worker(s)")
 
     def on_epoch(event: EpochEvent):  # soft_wrap: one line each, whatever the terminal's width
         console.print(epoch_line(event), highlight=False, soft_wrap=True)
 
-    result = fit_pipeline(cfg, data, storage, name, on_epoch=None if quiet else on_epoch)
+    def on_member(i: int, member: str, member_cfg: Config):
+        console.print(f"[bold]member {i + 1}/{len(members)}: {member}[/] ({member_model(member_cfg)})", highlight=False)
+
+    if members:
+        result = fit_members(cfg, data, storage, name, on_epoch=None if quiet else on_epoch, on_member=on_member)
+    else:
+        result = fit_pipeline(cfg, data, storage, name, on_epoch=None if quiet else on_epoch)
     console.print(stage_table(result.stages))
     table = Table(title="CV lwlrap by fold")
     table.add_column("fold")
@@ -71,4 +82,12 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
     if result.metrics.get("test_lwlrap") is not None:
         console.print(f"test lwlrap (reported only, never used to choose): {result.metrics['test_lwlrap']:.4f}")
     console.print(f"checkpoints: {result.run_dir}\npredictions, weights, submission: {result.outputs_dir}")
+    if result.metrics.get("artifact"):
+        console.print(f"artifact (for raytag predict / serve): {result.metrics['artifact']}", soft_wrap=True)
     return result
+
+
+def member_model(cfg: Config) -> str:
+    """'cnn2d width 16 on 64 mels' (a member's line before its epochs)."""
+    bins = f"{cfg.features.n_mels} mels" if cfg.features.kind in ("logmel", "colormel") else cfg.features.kind
+    return f"{cfg.model.name} width {cfg.model.width} on {bins}"

@@ -18,7 +18,7 @@ import pandas as pd
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.cluster import materialize_data  # a dataset URI is copied to this node once
-from raytag.config import Config
+from raytag.config import Config, ConfigError
 from raytag.data.layouts import load_dataset
 from raytag.errors import RaytagError
 from raytag.features.store import build_feature_store, default_feature_cache
@@ -78,6 +78,10 @@ def fit_pipeline(
     """`on_epoch`, when given, is called on the driver after every training epoch with
     its `EpochEvent` (stage, fold, loss, held-out lwlrap, seconds, time left), from a
     thread of its own while the worker group trains (raytag.training.progress)."""
+    if cfg.members:
+        raise ConfigError("members: a pipeline run trains one model family; `raytag train` trains each member "
+                          "(raytag.training.members), and a sweep searches model.name, whose trials "
+                          "`raytag ensemble` combines")
     started = time.time()
     storage = files.absolute(storage)
     run_dir = files.join(storage, name)

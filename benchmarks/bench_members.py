@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Finished single-family runs of one seed, combined as `raytag train` with `members` combines
+them: does a second model family pay, and is it the family or just a second model?
+
+    python benchmarks/bench_members.py --data /work/bench/escfat \\
+        --pair SEED NAME_A=RUN_A/outputs NAME_B=RUN_B/outputs [--pair ...] \\
+        [--members-run SEED RUN/outputs ...] [--out results/benchmarks/members.json]
+
+Each pair's two runs must have held out every curated clip in the same fold (the same seed and
+cv settings): checked. For each pair: each run's CV (out-of-fold lwlrap) and test lwlrap (its
+fold models averaged), the geometric and the arithmetic mean of the two (nothing fitted, as in
+raytag.training.members), and the paired bootstrap (1000 resamples, 90%) of the combination
+against each run alone, on CV and on test. `--members-run`: a finished members run of the
+default config, scored from its own outputs/ (and its members' own folders).
+Needs no training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench_quality import fold_mean_test, oof_scores, test_truth  # the same readers as quality.md's rows
+from raytag.ensemble.combiners import combine
+from raytag.metrics import lwlrap, paired_bootstrap_lwlrap
+
+
+def load(outputs: Path, classes: list[str]):
+    oof, y = oof_scores({"row": "run", "outputs": str(outputs)}, classes)
+    folds = pd.read_parquet(outputs / "oof.parquet").set_index("clip_id")["fold"]
+    return oof, y, folds, fold_mean_test(outputs, classes)
+
+
+def pair_report(seed: int, runs: dict[str, Path], data: Path, classes: list[str]) -> dict:
+    (na, pa_), (nb, pb) = runs.items()
+    (oa, y, fa, ta), (ob, _, fb, tb) = load(pa_, classes), load(pb, classes)
+    if set(oa.index) != set(ob.index) or not (fa.loc[oa.index] == fb.loc[oa.index]).all():
+        raise SystemExit(f"{pa_} and {pb} held out different clips: not the same seed and folds")
+    ids = oa.index
+    yt = test_truth(data, classes)
+    y_cv, y_test = y.loc[ids].to_numpy(), yt.to_numpy()
+    a_cv, b_cv = oa.loc[ids].to_numpy(), ob.loc[ids].to_numpy()
+    a_test, b_test = ta.loc[yt.index].to_numpy(), tb.loc[yt.index].to_numpy()
+    out = {"seed": seed, "runs": {na: str(pa_), nb: str(pb)},
+           na: {"cv_lwlrap": lwlrap(y_cv, a_cv), "test_lwlrap": lwlrap(y_test, a_test)},
+           nb: {"cv_lwlrap": lwlrap(y_cv, b_cv), "test_lwlrap": lwlrap(y_test, b_test)}}
+    for how in ("geometric", "mean"):
+        c_cv, c_test = combine(how, np.stack([a_cv, b_cv])), combine(how, np.stack([a_test, b_test]))
+        out[how] = {"cv_lwlrap": lwlrap(y_cv, c_cv), "test_lwlrap": lwlrap(y_test, c_test),
+                    **{f"minus_{n}": {"cv": paired_bootstrap_lwlrap(y_cv, s_cv, c_cv),
+                                      "test": paired_bootstrap_lwlrap(y_test, s_test, c_test)}
+                       for n, s_cv, s_test in ((na, a_cv, a_test), (nb, b_cv, b_test))}}
+    return out
+
+
+def members_run(seed: int, outputs: Path, data: Path, classes: list[str]) -> dict:
+    metrics = json.loads((outputs / "metrics.json").read_text())
+    oof, y, _, test = load(outputs, classes)
+    yt = test_truth(data, classes)
+    return {"seed": seed, "outputs": str(outputs), "combine": metrics.get("combine"),
+            "cv_lwlrap": lwlrap(y.loc[oof.index].to_numpy(), oof.to_numpy()),
+            "test_lwlrap": lwlrap(yt.to_numpy(), test.loc[yt.index].to_numpy()),
+            "seconds": metrics.get("seconds"),
+            "members": {n: {k: m[k] for k in ("model", "cv_lwlrap", "test_lwlrap", "seconds")}
+                        for n, m in metrics.get("members", {}).items()}}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True, help="the dataset the runs trained on (with test_labels.csv)")
+    ap.add_argument("--pair", nargs=3, action="append", default=[], metavar=("SEED", "A=OUT", "B=OUT"))
+    ap.add_argument("--members-run", nargs=2, action="append", default=[], metavar=("SEED", "OUT"))
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
+    args = ap.parse_args()
+    classes = list(pd.read_csv(args.data / "sample_submission.csv", nrows=0).columns[1:])
+    pairs = [pair_report(int(seed), {k: Path(v) for k, v in (x.split("=", 1) for x in (a, b))}, args.data, classes)
+             for seed, a, b in args.pair]
+    for p in pairs:
+        p["runs"] = {k: str(v) for k, v in p["runs"].items()}
+    report = {
+        "what": "finished single-family runs of one seed combined clip by clip as raytag.training.members "
+                "does (geometric and arithmetic mean, nothing fitted), against each run alone",
+        "command": "python benchmarks/bench_members.py " + " ".join(
+            f"--pair {s} {a} {b}" for s, a, b in args.pair) + "".join(
+            f" --members-run {s} {o}" for s, o in args.members_run),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "pairs": pairs,
+        "members_runs": [members_run(int(s), Path(o), args.data, classes) for s, o in args.members_run],
+    }
+    text = json.dumps(report, indent=1, default=float)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

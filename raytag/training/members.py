@@ -1,0 +1,188 @@
+"""`raytag train` with `members`: one full run per model family on the same folds, then
+their predictions combined clip by clip into the run's outputs and an artifact.
+
+Why inside `raytag train` and not only as a sweep plus `raytag ensemble`: two model families
+that err differently are worth more than any one family's settings. On the dev benchmark
+(grouped folds) resnet18 and cnn2d, geometric mean, gained about +0.045 on CV and on test
+over either alone, while two variants of one family gained +0.03 CV and +0.004 test
+(results/benchmarks/members.json). Nothing is fitted on the out-of-fold predictions here:
+the combiner is a fixed mean, so the combined CV is as honest as a member's.
+
+Layout of <storage>/<name>/:
+    members/<member>/          each member's own run (checkpoints, outputs/): resumes alone
+    outputs/                   the combined predictions, in the trial-output format
+                               (raytag.training.outputs) and the members' tables
+    artifact/                  every member's fold models and the combiner, for `raytag predict`
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+from raytag import storage as files
+from raytag.config import Config
+from raytag.data.submission import write_submission_2018, write_submission_2019
+from raytag.ensemble.artifact import MemberSpec, save_artifact
+from raytag.ensemble.combiners import combine
+from raytag.errors import RaytagError
+from raytag.metrics import layout_scores, lwlrap
+from raytag.training.outputs import (
+    CONFIG, HISTORY, OOF_PREDICTIONS, OOF_TRUTH, OUTPUTS_DIR, SKIPPED, STAGES, SUBMISSION, TEST_PREDICTIONS,
+    TEST_TRUTH, read_model_card, read_predictions, write_metrics, write_parquet,
+)
+from raytag.training.progress import EpochEvent
+
+MEMBERS_DIR = "members"
+ARTIFACT_DIR = "artifact"
+ALL_FOLDS = -1  # the `fold` of a combined test row: every member's fold models, averaged
+
+
+@dataclass
+class MemberRun:
+    name: str
+    config: Config
+    result: object  # raytag.training.runner.PipelineResult
+
+
+def fit_members(cfg: Config, data, storage: str, name: str, feature_cache: Optional[str] = None,
+                progress: bool = True, on_epoch: Optional[Callable[[EpochEvent], None]] = None,
+                on_member: Optional[Callable[[int, str, Config], None]] = None):
+    """Train every member (`cfg.member_configs()`) in turn, then combine them. `on_member(i,
+    name, config)` is called before member i starts. Returns a PipelineResult whose metrics
+    hold the combined scores and, under "members", each member's."""
+    from raytag.training.runner import PipelineResult, fit_pipeline  # runner imports this module
+
+    started = time.time()
+    storage = files.absolute(storage)
+    run_dir = files.join(storage, name)
+    runs = []
+    for i, (member, member_cfg) in enumerate(cfg.member_configs()):
+        if on_member is not None:
+            on_member(i, member, member_cfg)
+        result = fit_pipeline(member_cfg, data, files.join(run_dir, MEMBERS_DIR), member,
+                              feature_cache=feature_cache, progress=progress, on_epoch=on_epoch)
+        runs.append(MemberRun(member, member_cfg, result))
+    outputs_dir = files.join(run_dir, OUTPUTS_DIR)
+    with tempfile.TemporaryDirectory() as staging:
+        metrics, stages, layout, classes = write_member_outputs(cfg, runs, Path(staging))
+        specs = [MemberSpec(r.name, r.result.outputs_dir, r.result.metrics["cv_lwlrap"]) for r in runs]
+        scores = {"metric": "cv_lwlrap", "cv_lwlrap": metrics["cv_lwlrap"], "test_lwlrap": metrics["test_lwlrap"],
+                  "cv_method": f"{cfg.combine} mean of the members' out-of-fold predictions (nothing fitted)"}
+        metrics["artifact"] = save_artifact(files.join(run_dir, ARTIFACT_DIR), specs, cfg.combine, None,
+                                            classes, layout, scores)
+        metrics["seconds"] = round(time.time() - started, 1)
+        write_metrics(Path(staging), metrics)
+        files.copy_tree(staging, outputs_dir)
+    return PipelineResult(run_dir=run_dir, outputs_dir=outputs_dir, metrics=metrics, stages=stages)
+
+
+def write_member_outputs(cfg: Config, runs: list[MemberRun], staging: Path):
+    """The combined outputs in `staging`. Returns (metrics, stage table, layout, classes)."""
+    oofs, tests, classes = [], [], None
+    for run in runs:
+        oof, member_classes = read_predictions(files.join(run.result.outputs_dir, OOF_PREDICTIONS))
+        if classes is not None and member_classes != classes:
+            raise RaytagError(f"member {run.name}: its classes differ from member {runs[0].name}'s")
+        classes = member_classes
+        oofs.append(oof.set_index("clip_id"))
+        test_path = files.join(run.result.outputs_dir, TEST_PREDICTIONS)
+        test = read_predictions(test_path)[0] if files.exists(test_path) else None
+        tests.append(None if test is None else test.groupby("clip_id", sort=True)[classes].mean())
+    _check_same_folds(runs, oofs)
+    layout = read_model_card(runs[0].result.outputs_dir)["layout"]
+    first = runs[0].result.outputs_dir
+
+    # -- out-of-fold: each clip's members combined (they held it out in the same fold) ------
+    ids = oofs[0].index
+    oof_probs = combine(cfg.combine, np.stack([o.loc[ids, classes].to_numpy() for o in oofs]))
+    oof_df = pd.DataFrame(oof_probs.astype(np.float32), columns=classes)
+    oof_df.insert(0, "stage", cfg.combine)
+    oof_df.insert(0, "run", cfg.name)
+    oof_df.insert(0, "fold", oofs[0].loc[ids, "fold"].to_numpy())
+    oof_df.insert(0, "clip_id", ids.to_numpy())
+    write_parquet(oof_df, staging / OOF_PREDICTIONS, classes)
+    files.copy_file(files.join(first, OOF_TRUTH), str(staging / OOF_TRUTH))
+    y_oof = _truth(pd.read_csv(staging / OOF_TRUTH, keep_default_na=False), ids, classes)
+    cv_scores = layout_scores(layout, y_oof, oof_probs)
+    folds = oof_df["fold"].to_numpy()
+    fold_scores = {str(f): float(lwlrap(y_oof[folds == f], oof_probs[folds == f])) for f in sorted(set(folds))}
+
+    # -- test: each member's fold mean (as the artifact predicts), then combined --------------
+    test_score = None
+    if all(t is not None and len(t) for t in tests):
+        tids = tests[0].index
+        test_probs = combine(cfg.combine, np.stack([t.loc[tids, classes].to_numpy() for t in tests]))
+        test_df = pd.DataFrame(test_probs.astype(np.float32), columns=classes)
+        for col, value in (("stage", cfg.combine), ("run", cfg.name), ("fold", ALL_FOLDS), ("clip_id", tids.to_numpy())):
+            test_df.insert(0, col, value)
+        write_parquet(test_df, staging / TEST_PREDICTIONS, classes)
+        writer = write_submission_2019 if layout == "fat2019" else write_submission_2018
+        writer([c.split("/", 1)[1] for c in tids], classes, test_probs, staging / SUBMISSION)
+        if files.exists(files.join(first, TEST_TRUTH)):
+            files.copy_file(files.join(first, TEST_TRUTH), str(staging / TEST_TRUTH))
+            truth = pd.read_csv(staging / TEST_TRUTH, keep_default_na=False)
+            test_score = float(lwlrap(_truth(truth, tids, classes), test_probs))
+
+    # -- the members' tables, side by side --------------------------------------------------
+    member_metrics, stage_rows, histories = {}, [], []
+    for run in runs:
+        m = run.result.metrics
+        member_metrics[run.name] = {"model": run.config.model.name, "cv_lwlrap": m["cv_lwlrap"],
+                                    "test_lwlrap": m.get("test_lwlrap"), "seconds": m.get("seconds"),
+                                    "outputs": run.result.outputs_dir}
+        final = run.result.stages.iloc[-1]
+        stage_rows.append({"stage": f"{run.name} ({run.config.model.name}, {final['stage']})",
+                           "folds": final["folds"], "cv_lwlrap": m["cv_lwlrap"],
+                           "test_lwlrap": np.nan if m.get("test_lwlrap") is None else m["test_lwlrap"]})
+        histories.append(files.read_csv(files.join(run.result.outputs_dir, HISTORY)).assign(member=run.name))
+    stage_rows.append({"stage": f"{cfg.combine} mean of the {len(runs)} members", "folds": len(fold_scores),
+                       "cv_lwlrap": float(cv_scores["lwlrap"]),
+                       "test_lwlrap": np.nan if test_score is None else test_score})
+    stages = pd.DataFrame(stage_rows)
+    stages.to_csv(staging / STAGES, index=False)
+    pd.concat(histories, ignore_index=True).to_csv(staging / HISTORY, index=False)
+    files.copy_file(files.join(first, SKIPPED), str(staging / SKIPPED))
+    (staging / CONFIG).write_text(cfg.to_yaml())
+    metrics = {
+        "cv_lwlrap": float(cv_scores["lwlrap"]),
+        **{f"cv_{k}": float(v) for k, v in cv_scores.items() if k != "lwlrap"},
+        "fold_lwlrap": fold_scores,
+        "test_lwlrap": test_score,
+        "combine": cfg.combine,
+        "members": member_metrics,
+        "epochs_run": int(sum(r.result.metrics.get("epochs_run", 0) for r in runs)),
+        "n_skipped": int(runs[0].result.metrics.get("n_skipped", 0)),
+    }
+    (staging / "members.json").write_text(json.dumps(member_metrics, indent=2))
+    return metrics, stages, layout, classes
+
+
+def _check_same_folds(runs: list[MemberRun], oofs: list[pd.DataFrame]) -> None:
+    """Members combine clip by clip only if each held every clip out in the same fold."""
+    ref = oofs[0]["fold"]
+    for run, oof in zip(runs[1:], oofs[1:]):
+        if set(oof.index) != set(ref.index) or not (oof.loc[ref.index, "fold"] == ref).all():
+            raise RaytagError(f"member {run.name} held out other clips than member {runs[0].name}: members must "
+                              "share the run's seed and cv settings (its checkpoints may be from an older config: "
+                              "remove its folder under members/ to train it again)")
+
+
+def _truth(truth: pd.DataFrame, ids, classes) -> np.ndarray:
+    """Rows of a truth CSV (clip_id, labels as 'a,b') as a 0/1 matrix in the order of `ids`."""
+    labels = truth.set_index("clip_id")["labels"]
+    missing = [c for c in ids if c not in labels.index]
+    if missing:
+        raise RaytagError(f"no truth for clip {missing[0]}")
+    col = {c: j for j, c in enumerate(classes)}
+    y = np.zeros((len(ids), len(classes)), np.float32)
+    for i, clip in enumerate(ids):
+        for lab in filter(None, str(labels[clip]).split(",")):
+            y[i, col[lab]] = 1.0
+    return y

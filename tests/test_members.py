@@ -1,0 +1,117 @@
+"""`raytag train` with `members`: two model families trained on the same folds, combined clip
+by clip into the run's outputs and an artifact that predicts what the run scored."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from raytag.config import Config, ConfigError
+from raytag.metrics import lwlrap
+from raytag.training.runner import fit_pipeline
+
+MEMBERS = {
+    "name": "pair",
+    "features": {"n_mels": 32, "hop_length": 320},
+    "model": {"name": "cnn2d", "width": 8, "depth": 2, "params": {"hidden": 16}},
+    "train": {"crop_seconds": 1.0, "batch_size": 32, "lr": 3e-3, "num_workers": 1},
+    "cv": {"n_folds": 2},
+    "inference": {"overlap": 0.0},
+    "pipeline": {"warmup": {"enabled": False}, "finetune": {"epochs": 1}, "filter": {"enabled": False},
+                 "pseudo": {"enabled": False}},
+    "members": [{"name": "cnn", "set": {}},
+                {"name": "wide", "set": {"model.width": 12, "model.params.hidden": 0}}],
+    "combine": "geometric",
+}
+
+
+def _geometric(stack):
+    return np.exp(np.mean(np.log(np.clip(np.asarray(stack, np.float64), 1e-6, 1.0)), axis=0))
+
+
+def _labels(truth_csv: Path, ids, classes):
+    labels = pd.read_csv(truth_csv, keep_default_na=False).set_index("clip_id")["labels"]
+    return np.array([[c in str(labels[i]).split(",") for c in classes] for i in ids], np.float32)
+
+
+@pytest.fixture(scope="module")
+def pair_run(ray_session, demo_data, tmp_path_factory):
+    from raytag.training.members import fit_members
+
+    out = tmp_path_factory.mktemp("members")
+    return fit_members(Config.from_dict(MEMBERS), demo_data, str(out / "results"), "pair",
+                       feature_cache=str(out / "cache"), progress=False), out
+
+
+@pytest.mark.ray
+def test_members_train_on_the_same_folds_and_combine_clip_by_clip(pair_run):
+    result, _ = pair_run
+    run = Path(result.run_dir)
+    member_out = {m: run / "members" / m / "outputs" for m in ("cnn", "wide")}
+    oofs = {m: pd.read_parquet(o / "oof.parquet").set_index("clip_id").sort_index() for m, o in member_out.items()}
+    classes = [c for c in oofs["cnn"].columns if c not in ("fold", "run", "stage")]
+    assert (oofs["cnn"]["fold"] == oofs["wide"]["fold"]).all()  # one fold per clip for both
+    assert not np.allclose(oofs["cnn"][classes], oofs["wide"][classes])  # two different models
+    combined = pd.read_parquet(run / "outputs" / "oof.parquet").set_index("clip_id").sort_index()
+    expected = _geometric([oofs[m][classes].to_numpy() for m in oofs])
+    np.testing.assert_allclose(combined[classes].to_numpy(), expected, atol=1e-6)
+    y = _labels(run / "outputs" / "oof_truth.csv", combined.index, classes)
+    assert result.metrics["cv_lwlrap"] == pytest.approx(lwlrap(y, expected), abs=1e-6)
+    assert set(result.metrics["fold_lwlrap"]) == {"0", "1"}
+    assert set(result.metrics["members"]) == {"cnn", "wide"}
+    for m, o in member_out.items():  # each member's own scores, as its own run wrote them
+        assert result.metrics["members"][m]["cv_lwlrap"] == json.loads((o / "metrics.json").read_text())["cv_lwlrap"]
+    # test: each member's fold models averaged, then combined (what the artifact does)
+    tests = [pd.read_parquet(o / "test.parquet").groupby("clip_id")[classes].mean().sort_index()
+             for o in member_out.values()]
+    test = pd.read_parquet(run / "outputs" / "test.parquet").set_index("clip_id").sort_index()
+    np.testing.assert_allclose(test[classes].to_numpy(), _geometric([t.to_numpy() for t in tests]), atol=1e-6)
+    submission = pd.read_csv(run / "outputs" / "submission.csv")
+    assert len(submission) == len(test) and list(submission.columns[1:]) == classes
+    stages = pd.read_csv(run / "outputs" / "stages.csv")
+    assert len(stages) == 3 and stages["stage"].iloc[-1].startswith("geometric mean")
+
+
+@pytest.mark.ray
+def test_the_members_artifact_predicts_what_the_run_scored(pair_run, demo_data):
+    from raytag.ensemble.artifact import load_artifact
+
+    result, _ = pair_run
+    art = load_artifact(result.metrics["artifact"])
+    assert art.combiner == "geometric" and [m.name for m in art.members] == ["cnn", "wide"]
+    assert all(len(m.models) == 2 for m in art.members)  # both folds of each member
+    test = pd.read_parquet(Path(result.outputs_dir) / "test.parquet").set_index("clip_id").sort_index()
+    ids = list(test.index[:8])
+    probs, failures = art.predict_files([Path(demo_data) / "test" / c.split("/", 1)[1] for c in ids])
+    assert failures.empty
+    # float32 features from the audio against the float16 store the workers read (test_training.py)
+    np.testing.assert_allclose(probs.to_numpy(), test.loc[ids, art.classes].to_numpy(), atol=1e-4)
+
+
+def test_members_are_checked_when_the_config_loads():
+    base = {k: v for k, v in MEMBERS.items() if k not in ("members",)}
+    cases = {
+        "used twice": [{"name": "a"}, {"name": "a"}],
+        "cannot differ between members": [{"name": "a"}, {"name": "b", "set": {"cv.n_folds": 3}}],
+        "unknown setting": [{"name": "a"}, {"name": "b", "set": {"train.lrr": 1}}],
+        "folder name": [{"name": "a/b"}, {"name": "c"}],
+        "two or more": [{"name": "a"}],
+    }
+    for message, members in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            Config.from_dict({**base, "members": members})
+
+
+def test_a_pipeline_run_refuses_members(tmp_path):
+    """A sweep trial (fit_pipeline) trains one family: members there would be silently ignored."""
+    with pytest.raises(ConfigError, match="one model family"):
+        fit_pipeline(Config.from_dict(MEMBERS), tmp_path, str(tmp_path / "results"), "x")
+
+
+def test_the_default_config_trains_two_model_families():
+    cfg = Config.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
+    families = {c.model.name for _, c in cfg.member_configs()}
+    assert families == {"resnet18", "cnn2d"} and cfg.combine == "geometric"
