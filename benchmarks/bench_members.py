@@ -9,7 +9,7 @@ them: does a second model family pay, and is it the family or just a second mode
 Each pair's two runs must have held out every curated clip in the same fold (the same seed and
 cv settings): checked. For each pair: each run's CV (out-of-fold lwlrap) and test lwlrap (its
 fold models averaged), the geometric and the arithmetic mean of the two (nothing fitted, as in
-raytag.training.members), and the paired bootstrap (1000 resamples, 90%) of the combination
+raytag.ensemble.members), and the paired bootstrap (1000 resamples, 90%) of the combination
 against each run alone, on CV and on test. `--members-run`: a finished members run of the
 default config, scored from its own outputs/ (and its members' own folders).
 Needs no training.
@@ -82,7 +82,7 @@ def main():
     for p in pairs:
         p["runs"] = {k: str(v) for k, v in p["runs"].items()}
     report = {
-        "what": "finished single-family runs of one seed combined clip by clip as raytag.training.members "
+        "what": "finished single-family runs of one seed combined clip by clip as raytag.ensemble.members "
                 "does (geometric and arithmetic mean, nothing fitted), against each run alone",
         "command": "python benchmarks/bench_members.py " + " ".join(
             f"--pair {s} {a} {b}" for s, a, b in args.pair) + "".join(

@@ -39,7 +39,7 @@ def _labels(truth_csv: Path, ids, classes):
 
 @pytest.fixture(scope="module")
 def pair_run(ray_session, demo_data, tmp_path_factory):
-    from raytag.training.members import fit_members
+    from raytag.ensemble.members import fit_members
 
     out = tmp_path_factory.mktemp("members")
     return fit_members(Config.from_dict(MEMBERS), demo_data, str(out / "results"), "pair",

@@ -11,7 +11,7 @@ from raytag.cluster import check_data, check_storage
 from raytag.config import Config, parse_cli_overrides
 from raytag.console.tables import stage_table
 from raytag.session import ensure_ray
-from raytag.training.members import fit_members
+from raytag.ensemble.members import fit_members
 from raytag.training.progress import EpochEvent
 from raytag.training.runner import fit_pipeline
 
@@ -59,13 +59,14 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
     what = (f"{len(members)} members ({', '.join(n for n, _ in members)}), {cfg.combine} mean" if members
             else cfg.model.name)
     console.print(f"[bold]raytag train[/] {name}: {what} on {cfg.features.kind}, "
-                  f"{n_folds} fold(s), {cfg.train.num_workers} worker(s)")
+                  f"{n_folds} fold(s), {cfg.train.num_workers} worker(s)", soft_wrap=True)
 
     def on_epoch(event: EpochEvent):  # soft_wrap: one line each, whatever the terminal's width
         console.print(epoch_line(event), highlight=False, soft_wrap=True)
 
     def on_member(i: int, member: str, member_cfg: Config):
-        console.print(f"[bold]member {i + 1}/{len(members)}: {member}[/] ({member_model(member_cfg)})", highlight=False)
+        console.print(f"[bold]member {i + 1}/{len(members)}: {member}[/] ({member_model(member_cfg)})", highlight=False,
+                      soft_wrap=True)
 
     if members:
         result = fit_members(cfg, data, storage, name, on_epoch=None if quiet else on_epoch, on_member=on_member)

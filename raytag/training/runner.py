@@ -80,7 +80,7 @@ def fit_pipeline(
     thread of its own while the worker group trains (raytag.training.progress)."""
     if cfg.members:
         raise ConfigError("members: a pipeline run trains one model family; `raytag train` trains each member "
-                          "(raytag.training.members), and a sweep searches model.name, whose trials "
+                          "(raytag.ensemble.members), and a sweep searches model.name, whose trials "
                           "`raytag ensemble` combines")
     started = time.time()
     storage = files.absolute(storage)

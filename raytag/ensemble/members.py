@@ -38,6 +38,7 @@ from raytag.training.outputs import (
     TEST_TRUTH, read_model_card, read_predictions, write_metrics, write_parquet,
 )
 from raytag.training.progress import EpochEvent
+from raytag.training.runner import PipelineResult, fit_pipeline
 
 MEMBERS_DIR = "members"
 ARTIFACT_DIR = "artifact"
@@ -57,8 +58,6 @@ def fit_members(cfg: Config, data, storage: str, name: str, feature_cache: Optio
     """Train every member (`cfg.member_configs()`) in turn, then combine them. `on_member(i,
     name, config)` is called before member i starts. Returns a PipelineResult whose metrics
     hold the combined scores and, under "members", each member's."""
-    from raytag.training.runner import PipelineResult, fit_pipeline  # runner imports this module
-
     started = time.time()
     storage = files.absolute(storage)
     run_dir = files.join(storage, name)
