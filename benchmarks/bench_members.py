@@ -58,15 +58,22 @@ def pair_report(seed: int, runs: dict[str, Path], data: Path, classes: list[str]
 
 
 def members_run(seed: int, outputs: Path, data: Path, classes: list[str]) -> dict:
+    """A members run from its own outputs, paired against each member's own outputs."""
     metrics = json.loads((outputs / "metrics.json").read_text())
     oof, y, _, test = load(outputs, classes)
     yt = test_truth(data, classes)
+    y_cv, y_test = y.loc[oof.index].to_numpy(), yt.to_numpy()
+    c_cv, c_test = oof.to_numpy(), test.loc[yt.index].to_numpy()
+    members = {}
+    for name, m in metrics.get("members", {}).items():
+        m_oof, _, _, m_test = load(Path(m["outputs"]), classes)
+        s_cv, s_test = m_oof.loc[oof.index].to_numpy(), m_test.loc[yt.index].to_numpy()
+        members[name] = {**{k: m[k] for k in ("model", "cv_lwlrap", "test_lwlrap", "seconds")},
+                         "combined_minus_member": {"cv": paired_bootstrap_lwlrap(y_cv, s_cv, c_cv),
+                                                   "test": paired_bootstrap_lwlrap(y_test, s_test, c_test)}}
     return {"seed": seed, "outputs": str(outputs), "combine": metrics.get("combine"),
-            "cv_lwlrap": lwlrap(y.loc[oof.index].to_numpy(), oof.to_numpy()),
-            "test_lwlrap": lwlrap(yt.to_numpy(), test.loc[yt.index].to_numpy()),
-            "seconds": metrics.get("seconds"),
-            "members": {n: {k: m[k] for k in ("model", "cv_lwlrap", "test_lwlrap", "seconds")}
-                        for n, m in metrics.get("members", {}).items()}}
+            "cv_lwlrap": lwlrap(y_cv, c_cv), "test_lwlrap": lwlrap(y_test, c_test),
+            "seconds": metrics.get("seconds"), "members": members}
 
 
 def main():
