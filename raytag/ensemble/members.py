@@ -92,8 +92,8 @@ def write_member_outputs(cfg: Config, runs: list[MemberRun], staging: Path):
         classes = member_classes
         oofs.append(oof.set_index("clip_id"))
         test_path = files.join(run.result.outputs_dir, TEST_PREDICTIONS)
-        test = read_predictions(test_path)[0] if files.exists(test_path) else None
-        tests.append(None if test is None else test.groupby("clip_id", sort=True)[classes].mean())
+        test = files.read_parquet(test_path) if files.exists(test_path) else None  # empty: no test clips
+        tests.append(None if test is None or test.empty else test.groupby("clip_id", sort=True)[classes].mean())
     _check_same_folds(runs, oofs)
     layout = read_model_card(runs[0].result.outputs_dir)["layout"]
     first = runs[0].result.outputs_dir
