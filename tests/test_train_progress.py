@@ -108,6 +108,18 @@ def test_train_prints_one_line_per_epoch_matching_the_runs_history(train_cli):
 
 
 @pytest.mark.ray
+def test_a_one_family_run_saves_an_artifact_of_its_fold_models(train_cli):
+    from raytag.ensemble.artifact import load_artifact
+
+    output, _, _, out = train_cli
+    run_dir = out / "results" / "lines"
+    assert f"artifact (for raytag predict / serve): {run_dir / 'artifact'}" in " ".join(output.split())
+    art = load_artifact(run_dir / "artifact")
+    assert [m.name for m in art.members] == [TINY["model"]["name"]] and art.combiner == "mean"
+    assert len(art.members[0].models) == len(list((run_dir / "outputs" / "weights").glob("fold*.safetensors")))
+
+
+@pytest.mark.ray
 def test_quiet_prints_no_epoch_line_but_the_tables(train_cli, demo_data, monkeypatch):
     """--quiet: the command asks the library for no epoch events (the run itself is the
     one above; a second worker group would only cost time)."""

@@ -11,7 +11,7 @@ from raytag.cluster import check_data, check_storage
 from raytag.config import Config, parse_cli_overrides
 from raytag.console.tables import stage_table
 from raytag.session import ensure_ray
-from raytag.ensemble.members import fit_members
+from raytag.ensemble.members import fit_members, save_run_artifact
 from raytag.training.progress import EpochEvent
 from raytag.training.runner import fit_pipeline
 
@@ -72,6 +72,7 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
         result = fit_members(cfg, data, storage, name, on_epoch=None if quiet else on_epoch, on_member=on_member)
     else:
         result = fit_pipeline(cfg, data, storage, name, on_epoch=None if quiet else on_epoch)
+        result.metrics["artifact"] = save_run_artifact(cfg, result)
     console.print(stage_table(result.stages))
     table = Table(title="CV lwlrap by fold")
     table.add_column("fold")

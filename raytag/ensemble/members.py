@@ -29,7 +29,7 @@ import pandas as pd
 from raytag import storage as files
 from raytag.config import Config
 from raytag.data.submission import write_submission_2018, write_submission_2019
-from raytag.ensemble.artifact import MemberSpec, save_artifact
+from raytag.ensemble.artifact import MemberSpec, safe_name, save_artifact
 from raytag.ensemble.combiners import combine
 from raytag.errors import RaytagError
 from raytag.metrics import layout_scores, lwlrap
@@ -80,6 +80,17 @@ def fit_members(cfg: Config, data, storage: str, name: str, feature_cache: Optio
         write_metrics(Path(staging), metrics)
         files.copy_tree(staging, outputs_dir)
     return PipelineResult(run_dir=run_dir, outputs_dir=outputs_dir, metrics=metrics, stages=stages)
+
+
+def save_run_artifact(cfg: Config, result: PipelineResult) -> str:
+    """The artifact of a one-family `raytag train` run: its fold models as one member, so
+    that `raytag predict` takes a run's folder as it takes a members run's or a sweep's."""
+    card = read_model_card(result.outputs_dir)
+    spec = MemberSpec(safe_name(cfg.model.name), result.outputs_dir, result.metrics["cv_lwlrap"])
+    scores = {"metric": "cv_lwlrap", "cv_lwlrap": result.metrics["cv_lwlrap"],
+              "test_lwlrap": result.metrics.get("test_lwlrap"), "cv_method": "the run's out-of-fold predictions"}
+    return save_artifact(files.join(result.run_dir, ARTIFACT_DIR), [spec], "mean", None, card["classes"],
+                         card["layout"], scores)
 
 
 def write_member_outputs(cfg: Config, runs: list[MemberRun], staging: Path):
