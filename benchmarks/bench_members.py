@@ -4,14 +4,17 @@ them: does a second model family pay, and is it the family or just a second mode
 
     python benchmarks/bench_members.py --data /work/bench/escfat \\
         --pair SEED NAME_A=RUN_A/outputs NAME_B=RUN_B/outputs [--pair ...] \\
-        [--members-run SEED RUN/outputs ...] [--out results/benchmarks/members.json]
+        [--members-run SEED RUN/outputs ...] [--against SEED A=OUT B=OUT VARIANT/outputs ...] \\
+        [--out results/benchmarks/members.json]
 
 Each pair's two runs must have held out every curated clip in the same fold (the same seed and
 cv settings): checked. For each pair: each run's CV (out-of-fold lwlrap) and test lwlrap (its
 fold models averaged), the geometric and the arithmetic mean of the two (nothing fitted, as in
 raytag.ensemble.members), and the paired bootstrap (1000 resamples, 90%) of the combination
 against each run alone, on CV and on test. `--members-run`: a finished members run of the
-default config, scored from its own outputs/ (and its members' own folders).
+default config, scored from its own outputs/ (and its members' own folders). `--against`: the
+default's two members run alone (their geometric mean) against a members run of a variant of
+the default at the same seed (face-value training, say), combined and member by member.
 Needs no training.
 """
 from __future__ import annotations
@@ -76,11 +79,45 @@ def members_run(seed: int, outputs: Path, data: Path, classes: list[str]) -> dic
             "seconds": metrics.get("seconds"), "members": members}
 
 
+def pair_against_members_run(seed: int, runs: dict[str, Path], other: Path, data: Path, classes: list[str]) -> dict:
+    """The geometric mean of two single runs (the default's members, run alone) against a
+    members run of the same seed and folds (a variant of the default), and member by member."""
+    loaded = {n: load(p, classes) for n, p in runs.items()}
+    o_oof, y, o_folds, o_test = load(other, classes)
+    yt = test_truth(data, classes)
+    ids = o_oof.index
+    for n, (oof, _, folds, _) in loaded.items():
+        if set(oof.index) != set(ids) or not (folds.loc[ids] == o_folds.loc[ids]).all():
+            raise SystemExit(f"{runs[n]} and {other} held out different clips: not the same seed and folds")
+    y_cv, y_test = y.loc[ids].to_numpy(), yt.to_numpy()
+    a_cv = combine("geometric", np.stack([v[0].loc[ids].to_numpy() for v in loaded.values()]))
+    a_test = combine("geometric", np.stack([v[3].loc[yt.index].to_numpy() for v in loaded.values()]))
+    b_cv, b_test = o_oof.loc[ids].to_numpy(), o_test.loc[yt.index].to_numpy()
+    metrics = json.loads((other / "metrics.json").read_text())
+    by_member = {}
+    for n, (oof, _, _, test) in loaded.items():
+        if n not in metrics.get("members", {}):
+            continue
+        m_oof, _, _, m_test = load(Path(metrics["members"][n]["outputs"]), classes)
+        by_member[n] = {"cv": paired_bootstrap_lwlrap(y_cv, oof.loc[ids].to_numpy(), m_oof.loc[ids].to_numpy()),
+                        "test": paired_bootstrap_lwlrap(y_test, test.loc[yt.index].to_numpy(),
+                                                        m_test.loc[yt.index].to_numpy())}
+    return {"seed": seed, "default_members": {n: str(p) for n, p in runs.items()}, "variant": str(other),
+            "default": {"cv_lwlrap": lwlrap(y_cv, a_cv), "test_lwlrap": lwlrap(y_test, a_test)},
+            "variant_scores": {"cv_lwlrap": lwlrap(y_cv, b_cv), "test_lwlrap": lwlrap(y_test, b_test),
+                               "seconds": metrics.get("seconds")},
+            "variant_minus_default": {"cv": paired_bootstrap_lwlrap(y_cv, a_cv, b_cv),
+                                      "test": paired_bootstrap_lwlrap(y_test, a_test, b_test)},
+            "variant_minus_default_by_member": by_member}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="the dataset the runs trained on (with test_labels.csv)")
     ap.add_argument("--pair", nargs=3, action="append", default=[], metavar=("SEED", "A=OUT", "B=OUT"))
     ap.add_argument("--members-run", nargs=2, action="append", default=[], metavar=("SEED", "OUT"))
+    ap.add_argument("--against", nargs=4, action="append", default=[], metavar=("SEED", "A=OUT", "B=OUT", "VARIANT_OUT"),
+                    help="the default's two members run alone, against a members run of a variant (same seed)")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = ap.parse_args()
     classes = list(pd.read_csv(args.data / "sample_submission.csv", nrows=0).columns[1:])
@@ -93,10 +130,13 @@ def main():
                 "does (geometric and arithmetic mean, nothing fitted), against each run alone",
         "command": "python benchmarks/bench_members.py " + " ".join(
             f"--pair {s} {a} {b}" for s, a, b in args.pair) + "".join(
-            f" --members-run {s} {o}" for s, o in args.members_run),
+            f" --members-run {s} {o}" for s, o in args.members_run) + "".join(
+            f" --against {s} {a} {b} {v}" for s, a, b, v in args.against),
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "pairs": pairs,
         "members_runs": [members_run(int(s), Path(o), args.data, classes) for s, o in args.members_run],
+        "variants": [pair_against_members_run(int(s), {k: Path(v) for k, v in (x.split("=", 1) for x in (a, b))},
+                                              Path(o), args.data, classes) for s, a, b, o in args.against],
     }
     text = json.dumps(report, indent=1, default=float)
     print(text)
