@@ -28,6 +28,7 @@ import pandas as pd
 
 from raytag import storage as files
 from raytag.config import Config
+from raytag.data.truth import read_truth, truth_matrix
 from raytag.data.submission import write_submission_2018, write_submission_2019
 from raytag.ensemble.artifact import MemberSpec, safe_name, save_artifact
 from raytag.ensemble.combiners import combine
@@ -119,7 +120,7 @@ def write_member_outputs(cfg: Config, runs: list[MemberRun], staging: Path):
     oof_df.insert(0, "clip_id", ids.to_numpy())
     write_parquet(oof_df, staging / OOF_PREDICTIONS, classes)
     files.copy_file(files.join(first, OOF_TRUTH), str(staging / OOF_TRUTH))
-    y_oof = _truth(pd.read_csv(staging / OOF_TRUTH, keep_default_na=False), ids, classes)
+    y_oof = truth_matrix(read_truth(str(staging / OOF_TRUTH)).table(), ids, classes)
     cv_scores = layout_scores(layout, y_oof, oof_probs)
     folds = oof_df["fold"].to_numpy()
     fold_scores = {str(f): float(lwlrap(y_oof[folds == f], oof_probs[folds == f])) for f in sorted(set(folds))}
@@ -137,8 +138,8 @@ def write_member_outputs(cfg: Config, runs: list[MemberRun], staging: Path):
         writer([c.split("/", 1)[1] for c in tids], classes, test_probs, staging / SUBMISSION)
         if files.exists(files.join(first, TEST_TRUTH)):
             files.copy_file(files.join(first, TEST_TRUTH), str(staging / TEST_TRUTH))
-            truth = pd.read_csv(staging / TEST_TRUTH, keep_default_na=False)
-            test_score = float(lwlrap(_truth(truth, tids, classes), test_probs))
+            truth = read_truth(str(staging / TEST_TRUTH)).table()
+            test_score = float(lwlrap(truth_matrix(truth, tids, classes), test_probs))
 
     # -- the members' tables, side by side --------------------------------------------------
     member_metrics, stage_rows, histories = {}, [], []
@@ -182,17 +183,3 @@ def _check_same_folds(runs: list[MemberRun], oofs: list[pd.DataFrame]) -> None:
             raise RaytagError(f"member {run.name} held out other clips than member {runs[0].name}: members must "
                               "share the run's seed and cv settings (its checkpoints may be from an older config: "
                               "remove its folder under members/ to train it again)")
-
-
-def _truth(truth: pd.DataFrame, ids, classes) -> np.ndarray:
-    """Rows of a truth CSV (clip_id, labels as 'a,b') as a 0/1 matrix in the order of `ids`."""
-    labels = truth.set_index("clip_id")["labels"]
-    missing = [c for c in ids if c not in labels.index]
-    if missing:
-        raise RaytagError(f"no truth for clip {missing[0]}")
-    col = {c: j for j, c in enumerate(classes)}
-    y = np.zeros((len(ids), len(classes)), np.float32)
-    for i, clip in enumerate(ids):
-        for lab in filter(None, str(labels[clip]).split(",")):
-            y[i, col[lab]] = 1.0
-    return y
