@@ -28,8 +28,8 @@ import pandas as pd
 
 from raytag import storage as files
 from raytag.config import Config
-from raytag.data.truth import read_truth, truth_matrix
 from raytag.data.submission import write_submission_2018, write_submission_2019
+from raytag.data.truth import read_truth, truth_matrix
 from raytag.ensemble.artifact import MemberSpec, safe_name, save_artifact
 from raytag.ensemble.combiners import combine
 from raytag.errors import RaytagError
