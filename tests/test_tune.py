@@ -251,11 +251,14 @@ def _driver(tmp_path, resume: bool) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
+KILL_TRIALS = 3  # one finishes before the kill, the rest after the resume
+
+
 @pytest.mark.slow
 def test_resume_after_the_driver_is_killed(tmp_path):
     """SIGKILL the driver once a trial has finished; --resume runs only what is left."""
     (tmp_path / "data").mkdir()
-    write_space(tmp_path, samples=4)
+    write_space(tmp_path, samples=KILL_TRIALS)
     trials = tmp_path / "res" / "kill" / "trials"
     proc = _driver(tmp_path, resume=False)
     try:
@@ -286,7 +289,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
             pass
     board = pd.read_csv(tmp_path / "res" / "kill" / "leaderboard.csv")
     calls = (tmp_path / "data" / "calls.log").read_text().split()
-    assert len(board) == 4 and board["trial_id"].is_unique
+    assert len(board) == KILL_TRIALS and board["trial_id"].is_unique
     assert set(board["status"]) <= {"ok", "stopped early", "failed"}, board
     assert set(calls) <= set(board["trial_id"])  # no extra trials
     for trial_id in finished_before:  # finished trials were not run again
@@ -296,7 +299,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
 
     # Optuna's study was kept: it knows every trial of the sweep, with the scores of the finished ones
     study = _study(tmp_path / "res" / "kill")
-    assert len(study.trials) == 4
+    assert len(study.trials) == KILL_TRIALS
     ok = board[board["status"] == "ok"]
     assert sorted(round(t.value, 6) for t in study.trials if t.state.name == "COMPLETE") == sorted(
         round(v, 6) for v in ok["cv_lwlrap"])
