@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -276,7 +277,11 @@ class MemberConfig:
     set: dict = field(default_factory=dict)
 
 
-MEMBER_COMBINERS = ("geometric", "mean")  # raytag.ensemble.combiners names; nothing fitted
+def safe_name(text: str) -> str:
+    """A name as a folder name (a member, a trial id in an artifact): letters, digits, '-',
+    '_', '.' only, not starting or ending with '.' or '_'."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
+    return name or "member"
 
 
 # ----------------------------------------------------------------------------- top level
@@ -336,9 +341,10 @@ class Config:
         out, seen = [], set()
         for i, member in enumerate(self.members):
             where = f"members[{i}]"
-            if not member.name or not all(c.isalnum() or c in "-_." for c in member.name):
+            if safe_name(member.name) != member.name:  # the artifact refuses other member names
                 raise ConfigError(f"{where}.name: {member.name!r}: give each member a folder name "
-                                  "(letters, digits, '-', '_', '.'), e.g. resnet18")
+                                  "(letters, digits, '-', '_', '.'; not starting or ending with '.' or '_'), "
+                                  "e.g. resnet18")
             if member.name in seen:
                 raise ConfigError(f"{where}.name: {member.name!r} is used twice; member names must differ")
             seen.add(member.name)

@@ -10,8 +10,8 @@ from rich.table import Table
 from raytag.cluster import check_data, check_storage
 from raytag.config import Config, parse_cli_overrides
 from raytag.console.tables import stage_table
-from raytag.session import ensure_ray
 from raytag.ensemble.members import fit_members, save_run_artifact
+from raytag.session import ensure_ray
 from raytag.training.progress import EpochEvent
 from raytag.training.runner import fit_pipeline
 

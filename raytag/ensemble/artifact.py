@@ -28,7 +28,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from raytag import __version__, storage
-from raytag.config import Config, ConfigError
+from raytag.config import Config, ConfigError, safe_name
 from raytag.ensemble.combiners import COMBINERS, combine
 from raytag.ensemble.tagging import predict_files
 from raytag.errors import ArtifactError, RaytagError
@@ -53,12 +53,6 @@ class MemberSpec:
     outputs_dir: str  # the trial's outputs folder (local path or URI)
     cv_lwlrap: Optional[float] = None
     rank_reference: Optional[np.ndarray] = None  # (points, classes); rank combiner only
-
-
-def safe_name(text: str) -> str:
-    """A trial id as a folder name: letters, digits, '-', '_', '.' only."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
-    return name or "member"
 
 
 def trial_settings(outputs_dir: str) -> dict:

@@ -26,9 +26,10 @@ import numpy as np
 import pandas as pd
 
 from raytag import storage
+from raytag.config import safe_name
 from raytag.data.layouts import load_dataset
 from raytag.data.truth import read_truth, truth_matrix
-from raytag.ensemble.artifact import MemberSpec, safe_name, save_artifact, trial_settings
+from raytag.ensemble.artifact import MemberSpec, save_artifact, trial_settings
 from raytag.ensemble.combiners import COMBINERS, combine, rank_reference
 from raytag.ensemble.weights import DEFAULT_STEPS, fit_weights, nested_fit
 from raytag.errors import RaytagError

@@ -16,7 +16,6 @@ Layout of <storage>/<name>/:
 """
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,10 +26,10 @@ import numpy as np
 import pandas as pd
 
 from raytag import storage as files
-from raytag.config import Config
+from raytag.config import Config, safe_name
 from raytag.data.submission import write_submission_2018, write_submission_2019
 from raytag.data.truth import read_truth, truth_matrix
-from raytag.ensemble.artifact import MemberSpec, safe_name, save_artifact
+from raytag.ensemble.artifact import MemberSpec, save_artifact
 from raytag.ensemble.combiners import combine
 from raytag.errors import RaytagError
 from raytag.metrics import layout_scores, lwlrap
@@ -50,7 +49,7 @@ ALL_FOLDS = -1  # the `fold` of a combined test row: every member's fold models,
 class MemberRun:
     name: str
     config: Config
-    result: object  # raytag.training.runner.PipelineResult
+    result: PipelineResult
 
 
 def fit_members(cfg: Config, data, storage: str, name: str, feature_cache: Optional[str] = None,
@@ -171,7 +170,6 @@ def write_member_outputs(cfg: Config, runs: list[MemberRun], staging: Path):
         "epochs_run": int(sum(r.result.metrics.get("epochs_run", 0) for r in runs)),
         "n_skipped": int(runs[0].result.metrics.get("n_skipped", 0)),
     }
-    (staging / "members.json").write_text(json.dumps(member_metrics, indent=2))
     return metrics, stages, layout, classes
 
 
