@@ -128,7 +128,7 @@ def main():
     report = {
         "what": "finished single-family runs of one seed combined clip by clip as raytag.ensemble.members "
                 "does (geometric and arithmetic mean, nothing fitted), against each run alone",
-        "command": "python benchmarks/bench_members.py " + " ".join(
+        "command": f"python benchmarks/bench_members.py --data {args.data} " + " ".join(
             f"--pair {s} {a} {b}" for s, a, b in args.pair) + "".join(
             f" --members-run {s} {o}" for s, o in args.members_run) + "".join(
             f" --against {s} {a} {b} {v}" for s, a, b, v in args.against),
