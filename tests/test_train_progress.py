@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 
 from raytag.cli import app
 from raytag.console.train import duration, epoch_line
-from raytag.training.progress import EpochEvent, EtaClock, epoch_event
+from raytag.training.progress import EpochEvent, EtaClock, MembersEta, epoch_event, step_units
 from raytag.training.steps import Step
 
 STEPS = [Step("warmup", None, epochs=2), Step("finetune", 0, epochs=3), Step("filter", 0),
@@ -47,6 +48,22 @@ def test_eta_is_what_is_left_of_each_kind_times_its_mean_time():
     assert clock.update(_row(2, 0, 30.0)) == pytest.approx(2 * (10 + 20 + 3 * 5 + 30) / 6)
     clock.update(_row(3, 1, 8.0))
     assert clock.update(_row(3, 2, 8.0)) == 0.0
+
+
+def test_a_members_run_s_eta_adds_the_members_still_to_train():
+    assert step_units(STEPS) == 2 + 3 + 1 + 2  # the filter step counts as one unit
+    eta = MembersEta([8, 8, 4])
+    event = EpochEvent(stage="finetune", fold=0, n_folds=5, epoch=1, epochs=3, train_loss=0.1,
+                       val_lwlrap=0.4, seconds=10.0, eta_seconds=30.0)
+    # member 0: its own 30 s, plus 8 + 4 units of the later members at the 10 s seen so far
+    assert eta.event(0, event).eta_seconds == pytest.approx(30.0 + 12 * 10.0)
+    # member 1's epoch took 30 s: the mean of the epochs seen (40 / 2) prices member 2's 4 units
+    assert eta.event(1, replace(event, seconds=30.0, eta_seconds=50.0)).eta_seconds == pytest.approx(50.0 + 4 * 20.0)
+    # the last member's events keep their own estimate, and "last epoch" stays the last
+    last = eta.on_epoch(2, lambda e: seen.append(e))
+    seen: list[EpochEvent] = []
+    last(replace(event, eta_seconds=0.0))
+    assert seen[0].eta_seconds == 0.0 and seen[0].stage == "finetune"
 
 
 def test_a_row_that_trained_nothing_makes_no_event():

@@ -37,8 +37,10 @@ from raytag.training.outputs import (
     CONFIG, HISTORY, OOF_PREDICTIONS, OOF_TRUTH, OUTPUTS_DIR, SKIPPED, STAGES, SUBMISSION, TEST_PREDICTIONS,
     TEST_TRUTH, read_model_card, read_predictions, write_metrics, write_parquet,
 )
-from raytag.training.progress import EpochEvent
+from raytag.training.plan import model_folds
+from raytag.training.progress import EpochEvent, MembersEta, step_units
 from raytag.training.runner import PipelineResult, fit_pipeline
+from raytag.training.steps import build_steps
 
 MEMBERS_DIR = "members"
 ARTIFACT_DIR = "artifact"
@@ -57,16 +59,20 @@ def fit_members(cfg: Config, data, storage: str, name: str, feature_cache: Optio
                 on_member: Optional[Callable[[int, str, Config], None]] = None):
     """Train every member (`cfg.member_configs()`) in turn, then combine them. `on_member(i,
     name, config)` is called before member i starts. Returns a PipelineResult whose metrics
-    hold the combined scores and, under "members", each member's."""
+    hold the combined scores and, under "members", each member's. The events `on_epoch` gets
+    carry the whole run's ETA (MembersEta), not only the training member's."""
     started = time.time()
     storage = files.absolute(storage)
     run_dir = files.join(storage, name)
+    members = cfg.member_configs()
+    eta = MembersEta([step_units(build_steps(c, model_folds(c))) for _, c in members])
     runs = []
-    for i, (member, member_cfg) in enumerate(cfg.member_configs()):
+    for i, (member, member_cfg) in enumerate(members):
         if on_member is not None:
             on_member(i, member, member_cfg)
         result = fit_pipeline(member_cfg, data, files.join(run_dir, MEMBERS_DIR), member,
-                              feature_cache=feature_cache, progress=progress, on_epoch=on_epoch)
+                              feature_cache=feature_cache, progress=progress,
+                              on_epoch=eta.on_epoch(i, on_epoch) if on_epoch else None)
         runs.append(MemberRun(member, member_cfg, result))
     outputs_dir = files.join(run_dir, OUTPUTS_DIR)
     with tempfile.TemporaryDirectory() as staging:

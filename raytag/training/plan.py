@@ -54,6 +54,16 @@ class Plan:
         return len(self.classes)
 
 
+def cv_folds(cfg: Config) -> list[int]:
+    """The CV folds a run trains: cv.folds, or all of them."""
+    return sorted(set(cfg.cv.folds)) if cfg.cv.folds is not None else list(range(cfg.cv.n_folds))
+
+
+def model_folds(cfg: Config) -> list[int]:
+    """Every model a run trains, as Plan.model_folds says, known from the config alone."""
+    return cv_folds(cfg) + ([cfg.cv.n_folds] if cfg.cv.refit else [])
+
+
 def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: str = "") -> Plan:
     """Folds, the noisy subset and label matrices for the clips the store could decode."""
     usable = set(store.clip_ids)
@@ -67,7 +77,7 @@ def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: s
     if cfg.cv.clip_groups:  # read here, on the driver: workers on other nodes may not have the file
         groups = read_clip_groups(cfg.cv.clip_groups, list(curated["fname"]), Path(dataset.root))
     fold_ids = make_folds(curated_y, cfg.cv.n_folds, cfg.cv.seed, groups)
-    folds = sorted(set(cfg.cv.folds)) if cfg.cv.folds is not None else list(range(cfg.cv.n_folds))
+    folds = cv_folds(cfg)
     bad = [f for f in folds if not 0 <= f < cfg.cv.n_folds]
     if bad:
         raise ConfigError(f"cv.folds: {bad} out of range 0..{cfg.cv.n_folds - 1}")
