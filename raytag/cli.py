@@ -170,7 +170,7 @@ def ensemble(
     storage: str = typer.Option("results", help=STORAGE_HELP),
     top: Optional[int] = typer.Option(5, help="Candidates: the K best trials by the leaderboard's metric (CV MAP@3 on 2018 data, else CV lwlrap)."),
     min_cv: Optional[float] = typer.Option(None, help="Candidates: trials over this bar in the leaderboard's metric."),
-    with_: List[str] = typer.Option([], "--with", help="Another experiment under --storage whose trials are candidates too (repeatable): e.g. a sweep of other model families on the same data and folds. The ensemble is written under EXPERIMENT."),
+    with_: List[str] = typer.Option([], "--with", help="Another experiment under --storage whose trials are candidates too (repeatable): a sweep of other model families on the same data and folds, or a `raytag train` run (each of its members competes). The ensemble is written under EXPERIMENT."),
 ):
     """Combine the best trials (arithmetic, geometric, rank, fitted weighted means),
     score them on out-of-fold predictions, and save the best as an artifact."""

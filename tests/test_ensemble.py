@@ -291,6 +291,39 @@ def test_trials_of_other_experiments_compete_as_candidates(tmp_path):
         select_candidates(exp, also=[other])
 
 
+def test_a_train_run_s_members_join_as_candidates(tmp_path):
+    """`raytag ensemble SWEEP --with RUN` where RUN is a `raytag train` run: each member's own
+    outputs compete (not the run's fixed combination), named RUN/<member>, ranked by its CV;
+    an unfinished member is listed as skipped; a run without members gives its one model."""
+    exp = make_experiment(tmp_path, signals=(0.9, 0.1))
+    y_oof, y_test = make_truth(120, 1), make_truth(60, 2)
+    run = storage.join(str(tmp_path), "default")
+    cvs = {}
+    for i, (member, signal) in enumerate((("resnet18", 1.3), ("cnn2d", 0.7))):
+        out, cvs[member] = make_trial_outputs(storage.join(run, "members"), member, y_oof, y_test, signal, seed=30 + i)
+        storage.write_text(storage.join(out, "metrics.json"), json.dumps({"cv_lwlrap": cvs[member]}))
+    storage.makedirs(storage.join(run, "members", "crnn", "outputs"))  # a member the run has not finished
+    storage.write_text(storage.join(run, "outputs", "metrics.json"), json.dumps({"cv_lwlrap": 0.5}))
+
+    cands, skipped = select_candidates(exp, top=None, also=[run])
+    by_id = {c.trial_id: c for c in cands}
+    assert {"default/resnet18", "default/cnn2d"} <= set(by_id)
+    assert by_id["default/resnet18"].leaderboard_cv == pytest.approx(cvs["resnet18"])
+    assert cands[0].trial_id == "default/resnet18"  # the strongest signal ranks first
+    assert [s["trial_id"] for s in skipped] == ["default/crnn"]
+    res = build_ensemble(exp, top=None, also=[run])
+    assert "default/resnet18" in res.members
+
+    one = storage.join(str(tmp_path), "single")
+    out, cv = make_trial_outputs(one, "x", y_oof, y_test, 1.0, seed=40)
+    storage.write_text(storage.join(one, "outputs", "metrics.json"), json.dumps({"cv_lwlrap": cv}))
+    storage.copy_tree(out, storage.join(one, "outputs"))
+    cands, _ = select_candidates(exp, top=None, also=[one])
+    assert "single" in [c.trial_id for c in cands]
+    with pytest.raises(RaytagError, match="--with"):  # a train run is not a sweep to ensemble on its own
+        select_candidates(run)
+
+
 def test_trials_with_different_folds_are_aligned_by_clip(tmp_path):
     """Two trials with other fold assignments and a shuffled row order still align per clip."""
     exp = storage.join(str(tmp_path), "exp")

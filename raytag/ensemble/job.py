@@ -36,7 +36,8 @@ from raytag.errors import RaytagError
 from raytag.metrics import SCORERS, lwlrap
 from raytag.search.leaderboard import board_metric
 from raytag.training.outputs import (
-    MODEL_CARD, OOF_PREDICTIONS, OOF_TRUTH, TEST_PREDICTIONS, TEST_TRUTH, read_predictions,
+    MEMBERS_DIR, METRICS, MODEL_CARD, OOF_PREDICTIONS, OOF_TRUTH, OUTPUTS_DIR, TEST_PREDICTIONS, TEST_TRUTH,
+    read_predictions,
 )
 
 # leaderboard statuses of trials that ran their whole pipeline (raytag.search.leaderboard
@@ -118,10 +119,14 @@ def select_candidates(experiment_dir: str, top: Optional[int] = 5, min_cv: Optio
 
 def _finished_trials(experiment_dir: str, prefix: str = "") -> tuple[list[Candidate], list[dict], str]:
     """The experiment's leaderboard trials that finished with saved predictions, the ones left
-    out (with the reason), and the metric the leaderboard ranks by."""
+    out (with the reason), and the metric the leaderboard ranks by. A `raytag train` run's
+    folder (no leaderboard) gives its members, or its one model, instead (_train_run_models)."""
     path = storage.join(experiment_dir, "leaderboard.csv")
+    if not storage.exists(path) and prefix and storage.exists(storage.join(experiment_dir, OUTPUTS_DIR, METRICS)):
+        return _train_run_models(experiment_dir, prefix)
     if not storage.exists(path):
-        raise RaytagError(f"{path}: no leaderboard; run `raytag tune` for this experiment first")
+        raise RaytagError(f"{path}: no leaderboard; run `raytag tune` for this experiment first"
+                          + ("" if prefix else " (a `raytag train` run joins with --with)"))
     board = storage.read_csv(path)
     metric = board_metric(board)
     if metric not in SCORE_COLUMNS:
@@ -144,6 +149,29 @@ def _finished_trials(experiment_dir: str, prefix: str = "") -> tuple[list[Candid
             skipped.append({"trial_id": trial_id, "reason": f"{rec['outputs_dir']}: no oof.parquet"})
             continue
         rows.append(Candidate(trial_id, safe_name(trial_id), outputs, float(rec[metric]), metric))
+    return rows, skipped, metric
+
+
+def _train_run_models(run_dir: str, prefix: str) -> tuple[list[Candidate], list[dict], str]:
+    """A `raytag train` run as candidates: each member's outputs (raytag.ensemble.members:
+    `members/<member>/outputs`), not the run's combined ones, so that the ensemble fits its own
+    combination of every model; a run without members gives its one model. Ranked by the CV
+    metric of the run's layout (cv_map3 on FSDKaggle2018, as a sweep's leaderboard)."""
+    metrics = json.loads(storage.read_text(storage.join(run_dir, OUTPUTS_DIR, METRICS)))
+    metric = "cv_map3" if metrics.get("cv_map3") is not None else "cv_lwlrap"
+    members_dir = storage.join(run_dir, MEMBERS_DIR)
+    if storage.exists(members_dir):
+        found = [(name, storage.join(members_dir, name, OUTPUTS_DIR)) for name in sorted(storage.list_dir(members_dir))]
+    else:
+        found = [(storage.basename(run_dir), storage.join(run_dir, OUTPUTS_DIR))]
+    rows, skipped = [], []
+    for name, outputs in found:
+        trial_id = f"{prefix}{name}" if storage.exists(members_dir) else prefix.rstrip("/")
+        if not storage.exists(storage.join(outputs, OOF_PREDICTIONS)) or not storage.exists(storage.join(outputs, METRICS)):
+            skipped.append({"trial_id": trial_id, "reason": f"{outputs}: unfinished (no oof.parquet or metrics.json)"})
+            continue
+        score = json.loads(storage.read_text(storage.join(outputs, METRICS))).get(metric)
+        rows.append(Candidate(trial_id, safe_name(trial_id), outputs, float(score), metric))
     return rows, skipped, metric
 
 

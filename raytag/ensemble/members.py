@@ -34,7 +34,7 @@ from raytag.ensemble.combiners import combine
 from raytag.errors import RaytagError
 from raytag.metrics import layout_scores, lwlrap
 from raytag.training.outputs import (
-    CONFIG, HISTORY, OOF_PREDICTIONS, OOF_TRUTH, OUTPUTS_DIR, SKIPPED, STAGES, SUBMISSION, TEST_PREDICTIONS,
+    CONFIG, HISTORY, MEMBERS_DIR, OOF_PREDICTIONS, OOF_TRUTH, OUTPUTS_DIR, SKIPPED, STAGES, SUBMISSION, TEST_PREDICTIONS,
     TEST_TRUTH, read_model_card, read_predictions, write_metrics, write_parquet,
 )
 from raytag.training.plan import model_folds
@@ -42,7 +42,6 @@ from raytag.training.progress import EpochEvent, MembersEta, step_units
 from raytag.training.runner import PipelineResult, fit_pipeline
 from raytag.training.steps import build_steps
 
-MEMBERS_DIR = "members"
 ARTIFACT_DIR = "artifact"
 ALL_FOLDS = -1  # the `fold` of a combined test row: every member's fold models, averaged
 

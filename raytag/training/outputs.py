@@ -26,6 +26,7 @@ from raytag.pipeline.report import filter_precision_recall, tsne_plot
 
 # the files of <run>/outputs/ (every reader and writer uses these names)
 OUTPUTS_DIR = "outputs"
+MEMBERS_DIR = "members"  # a members run's folder of member runs (raytag.ensemble.members)
 OOF_PREDICTIONS = "oof.parquet"  # final model of each fold on its held-out curated clips
 TEST_PREDICTIONS = "test.parquet"  # final model of each fold on the test clips
 STAGE_OOF = "stage_oof.parquet"
