@@ -70,3 +70,25 @@ def test_segments_cut_once_give_predict_segments_scores(reduce, tta):
     assert segs.shape[1:] == (1, 4, 16) and sorted(set(owners)) == [0, 1, 2, 3]
     probs = torch.sigmoid(MeanModel()(normaliser(mean, std)(torch.from_numpy(segs)))).numpy()
     assert np.allclose(reduce_segments(probs, owners, len(clips), reduce), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["cnn2d", "crnn", "resnet18"])
+def test_one_pass_gives_the_probabilities_and_embeddings_of_two(name):
+    """The noisy-label filter scores and embeds the noisy clips in one pass
+    (predict_and_embed_segments): the same numbers as predict_segments and embed_segments."""
+    from raytag.config import ModelConfig
+    from raytag.models import build_model
+    from raytag.training.inference import embed_segments, predict_and_embed_segments
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name, width=8), 5, 1, 16)
+    rng = np.random.default_rng(0)
+    clips = [rng.normal(size=(1, 16, n)).astype(np.float32) for n in (30, 64, 97, 12)]
+    mean, std = rng.normal(size=(1, 16)), rng.uniform(0.5, 2.0, size=(1, 16))
+    kwargs = dict(segment_frames=32, overlap=0.5, batch_size=3, mean=mean, std=std)
+    both = predict_and_embed_segments(model, clips, **kwargs)
+    probs = predict_segments(model, clips, reduce="mean", **kwargs)
+    emb = embed_segments(model, clips, **kwargs)
+    assert both.shape == (4, 5 + emb.shape[1])
+    np.testing.assert_allclose(both[:, :5], probs, atol=1e-6)
+    np.testing.assert_allclose(both[:, 5:], emb, atol=1e-6)

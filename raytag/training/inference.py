@@ -101,6 +101,19 @@ def embed_segments(model, clips, segment_frames, overlap=0.5, batch_size=64, dev
                          batch_size, device, mean, std)
 
 
+def predict_and_embed_segments(model, clips, segment_frames, overlap=0.5, batch_size=64, device="cpu",
+                               mean=None, std=None) -> np.ndarray:
+    """[probabilities | embeddings] (n_clips, K + D) of the same segments from one forward pass,
+    each the mean over a clip's segments: `predict_segments` (reduce "mean", no TTA) and
+    `embed_segments` at the cost of one of them. Every tagger's forward is classifier(embed(x))
+    (raytag.models.common.Tagger), so the pass computes the embedding anyway."""
+    def both(x):
+        emb = model.embed(x)
+        return torch.cat([torch.sigmoid(model.classifier(emb)), emb], dim=1)
+
+    return _run_segments(both, model, clips, segment_frames, overlap, "mean", 0, batch_size, device, mean, std)
+
+
 @torch.no_grad()
 def _run_segments(head, model, clips, segment_frames, overlap, reduce, tta, batch_size, device,
                   mean, std) -> np.ndarray:

@@ -21,7 +21,9 @@ from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.errors import CheckpointError
 from raytag.training.checkpoint import load_train_state, save_train_state
 from raytag.training.dataset import LabelledSet
-from raytag.training.inference import embed_segments, iter_store_clips, predict_segments
+from raytag.training.inference import (
+    embed_segments, iter_store_clips, predict_and_embed_segments, predict_segments,
+)
 from raytag.training.steps import Step
 
 STATE_FILE = "state.json"  # in a checkpoint: progress (step, epoch, history, stage rows)
@@ -223,13 +225,20 @@ class _Context:
 
     # -- distributed prediction -------------------------------------------------------
     def predict(self, model, ids: list[str], embed: bool = False) -> np.ndarray:
+        """Clip probabilities (or embeddings) of `ids`, the ranks sharing the clips."""
+        return self._predict(model, ids, "embed" if embed else "probs")
+
+    def _predict(self, model, ids: list[str], kind: str) -> np.ndarray:
+        """kind: "probs", "embed", or "both" ([probs | embeddings], predict_and_embed)."""
         mine = ids[self.rank::self.world]
         inf = self.cfg.inference
         net = _unwrap(model)
         _share_rank0_buffers(net, self.world)
         kwargs = dict(segment_frames=self.cfg.segment_frames(), overlap=inf.overlap,
                       device=self.device, mean=self.plan.norm_mean, std=self.plan.norm_std)
-        if embed:
+        if kind == "both":
+            out = predict_and_embed_segments(net, iter_store_clips(self.store, mine), **kwargs)
+        elif kind == "embed":
             out = embed_segments(net, iter_store_clips(self.store, mine), **kwargs)
         else:
             out = predict_segments(net, iter_store_clips(self.store, mine), reduce=inf.reduce,
@@ -241,4 +250,15 @@ class _Context:
             if part is not None:
                 result[r::self.world] = part
         return result
+
+    def predict_and_embed(self, model, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, embeddings) of `ids`, as predict(ids) and predict(ids, embed=True) give
+        them; from one forward pass where they are the same segments' means (no TTA, reduce
+        "mean": inference.predict_and_embed_segments), else from two."""
+        inf = self.cfg.inference
+        if inf.tta or inf.reduce != "mean":
+            return self.predict(model, ids), self.predict(model, ids, embed=True)
+        both = self._predict(model, ids, "both")
+        k = self.plan.n_classes
+        return both[:, :k], both[:, k:]
 

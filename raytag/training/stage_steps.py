@@ -85,16 +85,19 @@ def _run_filter(ctx: _Context, model, step: Step):
     given = ctx.plan.noisy_y
     info: dict = {"fold": step.fold}
     accept = np.zeros(len(ids), bool)
-    prob_accept = probs = None
+    prob_accept = probs = noisy_emb = None
+    labelled = ctx.curated(step.fold, held_out=False)
+    need_emb = p.label_spreading.enabled or step.fold == ctx.plan.folds[0]
     if len(ids) and p.filter.enabled:
-        probs = ctx.predict(model, ids)
+        if need_emb and p.label_spreading.embedding == "model":  # one pass over the noisy clips for both
+            probs, noisy_emb = ctx.predict_and_embed(model, ids)
+        else:
+            probs = ctx.predict(model, ids)
         prob_accept = accept_by_rule(given, probs, p.filter.rule, p.filter.threshold)
         accept = prob_accept
         info["n_prob_accepted"] = int(prob_accept.sum())
-    labelled = ctx.curated(step.fold, held_out=False)
-    need_emb = p.label_spreading.enabled or step.fold == ctx.plan.folds[0]
     if len(ids) and need_emb:
-        emb_l, emb_n = _embeddings(ctx, model, labelled.clip_ids, ids)
+        emb_l, emb_n = _embeddings(ctx, model, labelled.clip_ids, ids, noisy_emb)
         if p.label_spreading.enabled:
             spread_accept, _ = spread_labels(emb_l, labelled.targets, emb_n, given,
                                              p.label_spreading, ctx.plan.classes, seed=ctx.cfg.seed)
@@ -123,10 +126,13 @@ def _run_filter(ctx: _Context, model, step: Step):
     ctx.state.save_json(f"filter/fold{step.fold}.json", info)
 
 
-def _embeddings(ctx: _Context, model, labelled_ids, noisy_ids):
+def _embeddings(ctx: _Context, model, labelled_ids, noisy_ids, noisy_emb=None):
+    """`noisy_emb`: the noisy clips' model embeddings when the filter's pass already made them."""
     ls = ctx.cfg.pipeline.label_spreading
     if ls.embedding == "model":
-        return ctx.predict(model, labelled_ids, embed=True), ctx.predict(model, noisy_ids, embed=True)
+        if noisy_emb is None:
+            noisy_emb = ctx.predict(model, noisy_ids, embed=True)
+        return ctx.predict(model, labelled_ids, embed=True), noisy_emb
     # "pca": PCA of per-clip log-mel statistics (mean and std over time of every bin)
     stats = np.stack([_clip_stats(ctx.store.get(c)) for c in list(labelled_ids) + list(noisy_ids)])
     emb = embed_pca(stats, ls.pca_components, ctx.cfg.seed)
