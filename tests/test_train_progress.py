@@ -60,8 +60,8 @@ def test_a_members_run_s_eta_adds_the_members_still_to_train():
     # member 1's epoch took 30 s: the mean of the epochs seen (40 / 2) prices member 2's 4 units
     assert eta.event(1, replace(event, seconds=30.0, eta_seconds=50.0)).eta_seconds == pytest.approx(50.0 + 4 * 20.0)
     # the last member's events keep their own estimate, and "last epoch" stays the last
-    last = eta.on_epoch(2, lambda e: seen.append(e))
     seen: list[EpochEvent] = []
+    last = eta.on_epoch(2, seen.append)
     last(replace(event, eta_seconds=0.0))
     assert seen[0].eta_seconds == 0.0 and seen[0].stage == "finetune"
 

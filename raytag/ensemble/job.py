@@ -161,12 +161,12 @@ def _train_run_models(run_dir: str, prefix: str) -> tuple[list[Candidate], list[
     metric = "cv_map3" if metrics.get("cv_map3") is not None else "cv_lwlrap"
     members_dir = storage.join(run_dir, MEMBERS_DIR)
     if storage.exists(members_dir):
-        found = [(name, storage.join(members_dir, name, OUTPUTS_DIR)) for name in sorted(storage.list_dir(members_dir))]
+        found = [(f"{prefix}{name}", storage.join(members_dir, name, OUTPUTS_DIR))
+                 for name in storage.list_dir(members_dir)]
     else:
-        found = [(storage.basename(run_dir), storage.join(run_dir, OUTPUTS_DIR))]
+        found = [(prefix.rstrip("/"), storage.join(run_dir, OUTPUTS_DIR))]
     rows, skipped = [], []
-    for name, outputs in found:
-        trial_id = f"{prefix}{name}" if storage.exists(members_dir) else prefix.rstrip("/")
+    for trial_id, outputs in found:
         if not storage.exists(storage.join(outputs, OOF_PREDICTIONS)) or not storage.exists(storage.join(outputs, METRICS)):
             skipped.append({"trial_id": trial_id, "reason": f"{outputs}: unfinished (no oof.parquet or metrics.json)"})
             continue

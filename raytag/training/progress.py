@@ -65,7 +65,7 @@ class EtaClock:
         if trained > 0:
             left[step.kind] += max(0, step.epochs - trained)
         for later in self.steps[index + 1:]:
-            left[later.kind] += later.epochs if later.trains else 1
+            left[later.kind] += _units(later)
         seen = sum(self._count.values())
         if not seen:
             return 0.0
@@ -74,9 +74,14 @@ class EtaClock:
                    for k, n in left.items())
 
 
+def _units(step: Step) -> int:
+    """A step's length in EtaClock's units: its epochs, or 1 for a step that does not train (filter)."""
+    return step.epochs if step.trains else 1
+
+
 def step_units(steps: list[Step]) -> int:
     """A run's length in EtaClock's units: each training epoch, and each filter step, is one."""
-    return sum(s.epochs if s.trains else 1 for s in steps)
+    return sum(_units(s) for s in steps)
 
 
 class MembersEta:
