@@ -47,6 +47,8 @@ def fake_fit(cfg, data, storage, name, callbacks=(), feature_cache=None, progres
     """Stands in for fit_pipeline: width 48 is refused, lr > 5e-3 "diverges" (NaN)."""
     with open(Path(data) / "calls.log", "a") as log:
         log.write(name + "\n")
+    with open(Path(data) / "pids.log", "a") as log:  # which process ran the trial
+        log.write(f"{os.getpid()}\n")
     if cfg.model.width == 48:
         raise ConfigError("model.width: 48 is refused by this fake runner")
     steps = cfg.pipeline.finetune.epochs
@@ -155,6 +157,11 @@ def test_sweep_records_every_trial_and_its_reason(ray_session, tmp_path):
         assert not any(x.get("done") for x in epochs)
         assert lines[-1]["trial_complete"] == 1
 
+    # ASHA may stop a trial while it trains, so every trial had a process of its own
+    # (raytag.search.tuner.reuses_trial_processes)
+    pids = (data / "pids.log").read_text().split()
+    assert len(pids) == 6 and len(set(pids)) == 6, pids
+
     again = report_command("s1", storage=str(tmp_path / "res"))
     assert again["trial_id"].tolist() == board["trial_id"].tolist()
 
@@ -200,6 +207,9 @@ def test_on_2018_data_the_sweep_ranks_by_map3(ray_session, tmp_path):
     saved = pd.read_csv(Path(result.experiment_dir) / "leaderboard.csv")
     assert (saved["rank_by"] == "cv_map3").all()
     assert json.loads((Path(result.experiment_dir) / "sweep.json").read_text())["search"]["metric"] == "cv_map3"
+    # FIFO stops no trial while it trains: each trial ran in the process the one before it ended in
+    pids = (data / "pids.log").read_text().split()
+    assert len(pids) == 3 and len(set(pids)) == 1, pids
 
 
 def test_leaderboard_ranks_finished_trials_first_by_its_metric():
