@@ -31,6 +31,16 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: 1 if item.get_closest_marker("cluster") else 0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache(tmp_path_factory) -> Path:
+    """Features that the tests' runs build without a cache of their own go to this run's temp
+    folder, never to ~/.cache. Set before the shared Ray starts, so its workers use the same
+    folder, and so do the sweeps the tests start in processes of their own."""
+    cache = tmp_path_factory.getbasetemp() / "features"
+    os.environ["RAYTAG_CACHE"] = str(cache)
+    return cache
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray session shared by the whole test run."""

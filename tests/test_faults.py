@@ -85,7 +85,7 @@ class Sweep:
         self.space.write_text(chaos_space(samples))
         self.trace = trace
         self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
-        self.env["RAYTAG_CACHE"] = str(tmp.parent / "features")  # features built once for every sweep
+        # RAYTAG_CACHE (tests/conftest.py) comes with the environment: features built once for every sweep
         # Chaos keeps Ray Train's default 2 s poll (conftest sets 0.25 s): a worker then waits in
         # each report until the controller takes it, and strikes land as they always did. Polled
         # every 0.25 s the tiny trials train in about 2 s, and a strike can land after a trial's
@@ -293,14 +293,14 @@ def test_epochs_rerun_count_a_start_of_the_other_worker_just_before_the_strike()
 def clean_board(ray_session, bench_data, tmp_path_factory):
     """The chaos sweep without faults: the reference for every trial's CV lwlrap. Run by the
     library on the tests' shared Ray (what `raytag tune` calls), which spares the reference a
-    command start-up and a Ray of its own; the features go to the cache the chaos sweep reads."""
+    command start-up and a Ray of its own; the features go to the cache the chaos sweep reads
+    (RAYTAG_CACHE, tests/conftest.py)."""
     from raytag.search.tuner import run_sweep
 
     tmp = tmp_path_factory.mktemp("clean")
     space = tmp / "clean.yaml"
     space.write_text(chaos_space(CHAOS_TRIALS))
-    result = run_sweep(space, bench_data, storage=str(tmp / "res"), name="clean",
-                       feature_cache=str(tmp.parent / "features"), progress=False)
+    result = run_sweep(space, bench_data, storage=str(tmp / "res"), name="clean", progress=False)
     return pd.read_csv(Path(result.experiment_dir) / "leaderboard.csv")
 
 
