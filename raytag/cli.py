@@ -140,12 +140,13 @@ def tune(
     samples: Optional[int] = typer.Option(None, help="Number of trials (default: from the space)."),
     resume: bool = typer.Option(False, help="Continue an interrupted sweep of the same name."),
     scheduler: Optional[str] = typer.Option(None, help="asha | fifo | hyperband (default: from the space)."),
+    set_: List[str] = typer.Option([], "--set", help="Fix a setting for every trial, as if in the space's base: --set cv.clip_groups=groups.csv (repeatable; a key the space searches is refused)."),
 ):
     """Search pipeline configurations with Ray Tune + Optuna; prints a leaderboard."""
     from raytag.console.sweep import tune_command
 
     result = _run(tune_command, space=space, data=data, storage=storage, name=name, samples=samples,
-                  resume=resume, scheduler=scheduler)
+                  resume=resume, scheduler=scheduler, overrides=set_)
     _html_report(result.experiment_dir)
 
 

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from raytag.config import Config, ConfigError
-from raytag.search.space import SpaceError, estimate_steps, load_space, parse_space
+from raytag.search.space import SpaceError, estimate_steps, load_space, parse_space, with_fixed_settings
 
 REPO = Path(__file__).resolve().parents[1]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -61,6 +61,22 @@ def test_parse_flattens_nested_keys_and_applies_base_and_resources():
     assert cfg.cv.n_folds == 2 and cfg.pipeline.warmup.epochs == 1
     assert cfg.train.num_workers == 1 and cfg.train.cpus_per_worker == 0.5
     assert space.search.samples == 4 and space.search.scheduler == "fifo"
+
+
+def test_fixed_settings_join_the_base_and_the_stored_text_and_a_searched_key_is_refused():
+    space = parse_space(GOOD, source="t.yaml")
+    fixed = with_fixed_settings(space, {"pipeline.warmup.epochs": 3, "cv.clip_groups": "groups.csv"})
+    cfg = fixed.base_config()
+    assert cfg.pipeline.warmup.epochs == 3 and cfg.cv.clip_groups == "groups.csv"  # over the nested base
+    assert cfg.cv.n_folds == 2 and fixed.param_keys() == space.param_keys()
+    again = parse_space(fixed.text, source="stored")  # what a resumed sweep reads back
+    assert again.base == fixed.base and again.search == space.search and again.resources == space.resources
+    assert fixed.text.startswith("# t.yaml with `raytag tune --set pipeline.warmup.epochs=3")
+    for searched in ("train.lr", "model.params.lstm_hidden"):  # in the space, or a conditional block
+        with pytest.raises(SpaceError, match=f"--set {searched}: t.yaml searches this key"):
+            with_fixed_settings(space, {searched: 1})
+    with pytest.raises(ConfigError, match="unknown setting"):
+        with_fixed_settings(space, {"train.nope": 1})
 
 
 def test_conditionals_sample_only_when_their_condition_holds():

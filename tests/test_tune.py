@@ -184,6 +184,8 @@ def test_on_2018_data_the_sweep_ranks_by_map3(ray_session, tmp_path):
     (here ordered unlike lwlrap), with lwlrap beside it."""
     from ray import cloudpickle
 
+    from raytag.search.space import parse_space
+
     from raytag.search.tuner import run_sweep
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -194,8 +196,13 @@ def test_on_2018_data_the_sweep_ranks_by_map3(ray_session, tmp_path):
     space.write_text(FAKE_SPACE.replace("SAMPLES", "3").replace("width: {choice: [16, 48]}", "width: {choice: [8, 16, 32]}")
                      .replace("scheduler: asha", "scheduler: fifo").replace("seed: 0", "seed: 3")
                      .replace("train.lr: {loguniform: [1.0e-4, 1.0e-2]}", "train.lr: {loguniform: [1.0e-4, 5.0e-3]}"))
-    result = run_sweep(space, data, storage=str(tmp_path / "res"), name="s18", trial_fn=fake_fit, progress=False)
+    # `raytag tune --set`: fixed for every trial (the space's base says 6 epochs), and stored with the space
+    result = run_sweep(space, data, storage=str(tmp_path / "res"), name="s18", trial_fn=fake_fit, progress=False,
+                       settings={"pipeline.finetune.epochs": 3})
     board = result.leaderboard
+    assert (board["epochs_run"] == 3).all()
+    stored = parse_space((Path(result.experiment_dir) / "space.yaml").read_text())  # what --resume reads
+    assert stored.base["pipeline.finetune.epochs"] == 3
     assert result.space.search.metric == "cv_map3"
     assert (board["status"] == "ok").all() and (board["rank_by"] == "cv_map3").all()
     assert board["cv_map3"].tolist() == sorted(board["cv_map3"], reverse=True)
@@ -235,6 +242,10 @@ def test_bad_arguments_fail_before_any_trial(tmp_path):
 
     with pytest.raises(RaytagError, match="not a folder"):
         run_sweep(write_space(tmp_path, 2), tmp_path / "missing", storage=str(tmp_path / "r"))
+    (tmp_path / "data").mkdir()
+    with pytest.raises(ConfigError, match="--set train.lr: .* searches this key"):  # --set of a searched key
+        run_sweep(write_space(tmp_path, 2), tmp_path / "data", storage=str(tmp_path / "r"), settings={"train.lr": 1e-3})
+    assert not (tmp_path / "r").exists()
     with pytest.raises(RaytagError, match="no sweep named"):
         from raytag.console.sweep import report_command
 

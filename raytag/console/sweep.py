@@ -5,15 +5,17 @@ import pandas as pd
 from rich.console import Console
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
+from raytag.config import parse_cli_overrides
 from raytag.console.tables import print_leaderboard
 from raytag.search.report import rebuild_report
 from raytag.search.tuner import run_sweep
 
 
-def tune_command(space, data, storage="results", name=None, samples=None, resume=False, scheduler=None):
+def tune_command(space, data, storage="results", name=None, samples=None, resume=False, scheduler=None,
+                 overrides=()):
     """`raytag tune`: run the sweep and print its leaderboard."""
     result = run_sweep(space, data, storage=storage, name=name, samples=samples, resume=resume,
-                       scheduler=scheduler)
+                       scheduler=scheduler, settings=parse_cli_overrides(list(overrides)))
     print_leaderboard(result.leaderboard)
     Console(stderr=True).print(f"leaderboard: {files.join(result.experiment_dir, 'leaderboard.csv')}"
                                + (f"\nplot: {result.plot_path}" if result.plot_path else ""), highlight=False)

@@ -303,6 +303,21 @@ def load_space(path: str | Path) -> SearchSpace:
     return parse_space(path.read_text(), source=str(path), default_name=path.stem)
 
 
+def with_fixed_settings(space: SearchSpace, settings: dict[str, Any]) -> SearchSpace:
+    """The space with `settings` (dotted keys, as `raytag tune --set` gives them) fixed for
+    every trial: merged into `base`, and into the text the sweep stores, so that a resumed
+    sweep keeps them. A key the space searches cannot be fixed: say which to change."""
+    searched = sorted(set(settings) & {p.key for p in space.params()})
+    if searched:
+        raise SpaceError(f"--set {searched[0]}: {space.source} searches this key; to fix it, take it out of "
+                         "the space's `space` (or `conditional`) section and into `base`")
+    data = yaml.safe_load(space.text) or {}
+    data["base"] = {**space.base, **settings}  # flat dotted keys: a nested base and --set cannot clash
+    given = " ".join(f"--set {k}={json.dumps(v)}" for k, v in settings.items())
+    text = f"# {space.source} with `raytag tune {given}`\n" + yaml.safe_dump(data, sort_keys=False)
+    return parse_space(text, source=space.source, default_name=space.name)
+
+
 def parse_space(text: str, source: str = "<space>", default_name: str = "sweep") -> SearchSpace:
     try:
         data = yaml.safe_load(text) or {}

@@ -39,7 +39,7 @@ from raytag.errors import DatasetError, RaytagError, StorageError, StorageFault
 from raytag.search.leaderboard import (TRIAL_FAILURE, TRIAL_RESULT, build_leaderboard, error_reason,
                                        reason_from_text)
 from raytag.search.report import save_report
-from raytag.search.space import SearchSpace, describe, load_space, parse_space
+from raytag.search.space import SearchSpace, describe, load_space, parse_space, with_fixed_settings
 from raytag.search.tune_state import StateBackup, repair_state, set_aside_damaged_snapshot
 from raytag.session import ensure_ray
 from raytag.training.rungs import RUNG_EPOCH, RUNG_SCORE
@@ -415,6 +415,7 @@ def run_sweep(
     resume: bool = False,
     scheduler: Optional[str] = None,
     *,
+    settings: Optional[dict] = None,
     max_concurrent_trials: Optional[int] = None,
     feature_cache: Optional[str] = None,
     trial_fn: Optional[Callable] = None,
@@ -422,12 +423,15 @@ def run_sweep(
 ) -> "SweepResult":
     """Run (or with resume=True continue) a sweep; returns its leaderboard and folder.
 
+    `settings` (dotted keys: `raytag tune --set`) are fixed for every trial of a new sweep.
     `trial_fn` replaces fit_pipeline (same signature) for tests of the sweep machinery.
     """
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     space = load_space(space_path)
+    # --set is checked before anything is written; a resumed sweep keeps what it started with
+    fixed = with_fixed_settings(space, settings) if settings else space
     name = name or space.name
     if files.is_uri(str(data)):  # copied onto each node by raytag.cluster.materialize_data
         data = str(data).rstrip("/")
@@ -469,9 +473,12 @@ def run_sweep(
             if samples not in (None, space.search.samples) or scheduler not in (None, space.search.scheduler):
                 say("note: --samples/--scheduler are fixed when a sweep starts; resuming with "
                     f"samples={space.search.samples}, scheduler={space.search.scheduler}")
+            if settings and any(space.base.get(k, object()) != v for k, v in settings.items()):
+                say("note: --set is fixed when a sweep starts; resuming with the stored space's settings")
         else:
             if resume:
                 say(f"nothing to resume in {exp_dir}; starting a new sweep")
+            space = fixed
             overrides = {}
             if samples is not None:
                 overrides["samples"] = int(samples)
