@@ -287,9 +287,10 @@ def test_scores(info: dict, classes: list[str]) -> pd.DataFrame:
 
 
 def fold_mean_test(outputs: Path, classes: list[str], folds: list[int] | None = None) -> pd.DataFrame:
-    """fname -> class scores of a raytag run: the mean of its fold models (of `folds` only, if given)."""
+    """fname -> class scores of a raytag run: the mean of its fold models (of `folds` only, if given).
+    A members run's test predictions are already its members' combination over its folds (fold -1)."""
     df = pd.read_parquet(outputs / "test.parquet")
-    if folds is not None:
+    if folds is not None and set(df["fold"]) != {-1}:
         df = df[df["fold"].isin(folds)]
     df = df.groupby("clip_id")[classes].mean()
     df.index = [c.split("/", 1)[1] for c in df.index]

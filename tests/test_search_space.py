@@ -210,7 +210,8 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_space(bad)
 
 
-@pytest.mark.parametrize("name", ["demo", "quick", "families", "facevalue", "fat2019", "fat2019_ddp", "fsd2018"])
+@pytest.mark.parametrize("name", ["demo", "quick", "families", "more_families", "facevalue", "fat2019", "fat2019_ddp",
+                                  "fsd2018"])
 def test_shipped_spaces_load_and_every_sample_is_a_valid_config(name):
     space = load_space(REPO / "search_spaces" / f"{name}.yaml")
     assert space.name == name
