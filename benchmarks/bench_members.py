@@ -5,6 +5,7 @@ them: does a second model family pay, and is it the family or just a second mode
     python benchmarks/bench_members.py --data /work/bench/escfat \\
         --pair SEED NAME_A=RUN_A/outputs NAME_B=RUN_B/outputs [--pair ...] \\
         [--members-run SEED RUN/outputs ...] [--against SEED A=OUT B=OUT VARIANT/outputs ...] \\
+        [--swap SEED KEEP=OUT OLD=OUT NEW=OUT ...] \\
         [--out results/benchmarks/members.json]
 
 Each pair's two runs must have held out every curated clip in the same fold (the same seed and
@@ -111,6 +112,33 @@ def pair_against_members_run(seed: int, runs: dict[str, Path], other: Path, data
             "variant_minus_default_by_member": by_member}
 
 
+def _same_folds(runs: dict[str, Path], loaded: dict) -> pd.Index:
+    (n0, (oof0, _, folds0, _)), *rest = loaded.items()
+    for n, (oof, _, folds, _) in rest:
+        if set(oof.index) != set(oof0.index) or not (folds.loc[oof0.index] == folds0.loc[oof0.index]).all():
+            raise SystemExit(f"{runs[n]} and {runs[n0]} held out different clips: not the same seed and folds")
+    return oof0.index
+
+
+def pair_swap(seed: int, runs: dict[str, Path], data: Path, classes: list[str]) -> dict:
+    """(KEEP, NEW) against (KEEP, OLD): is NEW the better second member, at this seed?"""
+    loaded = {n: load(p, classes) for n, p in runs.items()}
+    ids = _same_folds(runs, loaded)
+    (keep, old, new), y = list(loaded), loaded[next(iter(loaded))][1]
+    yt = test_truth(data, classes)
+    y_cv, y_test = y.loc[ids].to_numpy(), yt.to_numpy()
+    cv = {n: v[0].loc[ids].to_numpy() for n, v in loaded.items()}
+    test = {n: v[3].loc[yt.index].to_numpy() for n, v in loaded.items()}
+    old_cv, new_cv = (combine("geometric", np.stack([cv[keep], cv[m]])) for m in (old, new))
+    old_test, new_test = (combine("geometric", np.stack([test[keep], test[m]])) for m in (old, new))
+    return {"seed": seed, "runs": {n: str(p) for n, p in runs.items()},
+            "alone": {n: {"cv_lwlrap": lwlrap(y_cv, cv[n]), "test_lwlrap": lwlrap(y_test, test[n])} for n in loaded},
+            f"{keep}+{old}": {"cv_lwlrap": lwlrap(y_cv, old_cv), "test_lwlrap": lwlrap(y_test, old_test)},
+            f"{keep}+{new}": {"cv_lwlrap": lwlrap(y_cv, new_cv), "test_lwlrap": lwlrap(y_test, new_test)},
+            "new_pair_minus_old_pair": {"cv": paired_bootstrap_lwlrap(y_cv, old_cv, new_cv),
+                                        "test": paired_bootstrap_lwlrap(y_test, old_test, new_test)}}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="the dataset the runs trained on (with test_labels.csv)")
@@ -118,6 +146,8 @@ def main():
     ap.add_argument("--members-run", nargs=2, action="append", default=[], metavar=("SEED", "OUT"))
     ap.add_argument("--against", nargs=4, action="append", default=[], metavar=("SEED", "A=OUT", "B=OUT", "VARIANT_OUT"),
                     help="the default's two members run alone, against a members run of a variant (same seed)")
+    ap.add_argument("--swap", nargs=4, action="append", default=[], metavar=("SEED", "KEEP=OUT", "OLD=OUT", "NEW=OUT"),
+                    help="the pair (KEEP, NEW) against the pair (KEEP, OLD), same seed and folds")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = ap.parse_args()
     classes = list(pd.read_csv(args.data / "sample_submission.csv", nrows=0).columns[1:])
@@ -131,13 +161,20 @@ def main():
         "command": f"python benchmarks/bench_members.py --data {args.data} " + " ".join(
             f"--pair {s} {a} {b}" for s, a, b in args.pair) + "".join(
             f" --members-run {s} {o}" for s, o in args.members_run) + "".join(
-            f" --against {s} {a} {b} {v}" for s, a, b, v in args.against),
+            f" --against {s} {a} {b} {v}" for s, a, b, v in args.against) + "".join(
+            f" --swap {s} {k} {o} {n}" for s, k, o, n in args.swap),
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "pairs": pairs,
         "members_runs": [members_run(int(s), Path(o), args.data, classes) for s, o in args.members_run],
         "variants": [pair_against_members_run(int(s), {k: Path(v) for k, v in (x.split("=", 1) for x in (a, b))},
                                               Path(o), args.data, classes) for s, a, b, o in args.against],
     }
+    swaps = [pair_swap(int(s), {k: Path(v) for k, v in (x.split("=", 1) for x in (a, b, c))}, args.data, classes)
+             for s, a, b, c in args.swap]
+    if swaps:
+        diffs = [w["new_pair_minus_old_pair"] for w in swaps]
+        report["swaps"] = swaps
+        report["mean_of_swaps"] = {on: float(np.mean([d[on]["diff"] for d in diffs])) for on in ("cv", "test")}
     text = json.dumps(report, indent=1, default=float)
     print(text)
     if args.out:
