@@ -114,4 +114,4 @@ def test_a_pipeline_run_refuses_members(tmp_path):
 def test_the_default_config_trains_two_model_families():
     cfg = Config.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
     families = {c.model.name for _, c in cfg.member_configs()}
-    assert families == {"resnet18", "cnn2d"} and cfg.combine == "geometric"
+    assert families == {"resnet18", "vgg_small"} and cfg.combine == "geometric"
