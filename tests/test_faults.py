@@ -447,6 +447,7 @@ def test_storage_that_fails_mid_sweep_stops_with_a_clear_error_then_resumes(benc
         fault.fix()
         sweep.start(resume=True)
         assert sweep.wait(timeout=600) == 0, sweep.output()[-4000:]
+        assert "--set is fixed" not in sweep.output()  # no --set was given: nothing to say about it
         board = sweep.board()
     finally:
         sweep.end_group()

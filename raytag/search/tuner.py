@@ -468,8 +468,8 @@ def run_sweep(
             if stored != space.text:
                 say(f"note: {space_path} changed since the sweep started; resuming with the stored space")
             space = parse_space(stored, source=files.join(exp_dir, "space.yaml"), default_name=name)
-            settings = json.loads(files.read_text(files.join(exp_dir, "sweep.json")))
-            space.search = dataclasses.replace(space.search, **settings["search"])
+            started = json.loads(files.read_text(files.join(exp_dir, "sweep.json")))
+            space.search = dataclasses.replace(space.search, **started["search"])
             if samples not in (None, space.search.samples) or scheduler not in (None, space.search.scheduler):
                 say("note: --samples/--scheduler are fixed when a sweep starts; resuming with "
                     f"samples={space.search.samples}, scheduler={space.search.scheduler}")
@@ -512,10 +512,10 @@ def run_sweep(
             )
         else:
             files.write_text(files.join(exp_dir, "space.yaml"), space.text)
-            settings = {"search": {k: getattr(space.search, k)
-                                   for k in ("samples", "scheduler", "max_concurrent_trials", "metric")},
-                        "data": data, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-            files.write_text(files.join(exp_dir, "sweep.json"), json.dumps(settings, indent=1))
+            started = {"search": {k: getattr(space.search, k)
+                                  for k in ("samples", "scheduler", "max_concurrent_trials", "metric")},
+                       "data": data, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            files.write_text(files.join(exp_dir, "sweep.json"), json.dumps(started, indent=1))
             s = space.search
             say(f"sweep '{name}': {s.samples} trials, {s.scheduler} scheduler, up to {n_parallel} at once, "
                 f"metric {s.metric} ({s.mode}; the scheduler compares {RUNG_SCORE} at first-fold epochs, "
