@@ -185,9 +185,9 @@ def ensemble(
 
 @app.command()
 def distill(
-    experiment: str = typer.Argument(..., help="Experiment name (a folder under --storage) with an ensemble artifact."),
+    experiment: str = typer.Argument(..., help="A sweep with an ensemble (`raytag ensemble`) or a `raytag train` run: its name, a folder under --storage."),
     storage: str = typer.Option("results", help=STORAGE_HELP),
-    data: Optional[str] = typer.Option(None, help="The dataset the sweep ran on (default: the one in its sweep.json)."),
+    data: Optional[str] = typer.Option(None, help="The dataset the sweep ran on (default: the one in its sweep.json; a train run needs it)."),
     model: Optional[str] = typer.Option(None, help="The student's architecture (a model name, as in search spaces; default: the teacher's first member's)."),
     width: Optional[int] = typer.Option(None, help="The student's width (channels of its first block; default: the first member's)."),
     depth: Optional[int] = typer.Option(None, help="The student's depth (blocks; default: the first member's)."),
@@ -216,11 +216,12 @@ def distill(
 
 @app.command()
 def pull(
-    experiment: str = typer.Argument(..., help="Experiment name."),
+    experiment: str = typer.Argument(..., help="A sweep with an ensemble, or a `raytag train` run: its name."),
     storage: str = typer.Option("results", help=STORAGE_HELP),
     to: Path = typer.Option(..., help="Local folder to copy the artifact, leaderboard and report to."),
 ):
-    """Copy the best ensemble artifact from a sweep's storage, verifying checksums."""
+    """Copy the best ensemble artifact from a sweep's storage (or a train run's artifact),
+    verifying checksums."""
     from raytag.console.ensemble import pull_command
 
     _run(pull_command, experiment=experiment, storage=storage, to=to)

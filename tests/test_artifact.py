@@ -226,6 +226,16 @@ def test_pull_refuses_damaged_source_and_missing_artifact(ensemble, tmp_path):
         pull("exp", str(copy_root), tmp_path / "y")
 
 
+def test_pull_takes_a_train_runs_artifact(ensemble, tmp_path):
+    """`raytag train` saves <run>/artifact; pull finds it where a sweep keeps ensemble/artifact."""
+    exp_dir = Path(ensemble.artifact_path).parents[1]
+    store = tmp_path / "store"
+    storage.copy_tree(str(exp_dir / "ensemble" / "artifact"), str(store / "default" / "artifact"))
+    result = pull("default", str(store), tmp_path / "got")
+    assert "artifact/manifest.json" in result.copied
+    assert load_artifact(tmp_path / "got" / "artifact").classes == load_artifact(ensemble.artifact_path).classes
+
+
 def test_cli_pull(ensemble, tmp_path):
     from typer.testing import CliRunner
 

@@ -165,6 +165,21 @@ def test_reruns_reuse_the_teacher_targets_and_errors_are_clear(experiment, disti
         distill(experiment, StudentSettings(epochs=0))
 
 
+def test_a_train_runs_artifact_is_a_teacher_too(experiment, distilled, demo_data, tmp_path):
+    """`raytag train` leaves <run>/artifact (its members' fold models) and no sweep.json: the
+    run's members' out-of-fold predictions teach the curated clips, and the dataset comes
+    from --data."""
+    run = tmp_path / "default"
+    storage.copy_tree(storage.join(experiment, "ensemble", "artifact"), str(run / "artifact"))
+    small = StudentSettings(width=4, depth=1, epochs=1)
+    with pytest.raises(RaytagError, match="--data"):
+        distill(str(run), small)
+    got = distill(str(run), small, data=str(demo_data), feature_cache=str(Path(experiment).parent / "cache"))
+    assert Path(got.artifact_path) == run / "distill" / "artifact"
+    assert (got.n_oof, got.n_ensemble) == (distilled.n_oof, distilled.n_ensemble)
+    assert load_artifact(got.artifact_path).members[0].name == "student"
+
+
 def test_targets_blend_the_given_labels_with_the_teachers_and_flag_noisy_clips(demo_data):
     dataset = load_dataset(demo_data)
     classes = list(dataset.classes)

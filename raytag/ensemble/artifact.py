@@ -44,6 +44,17 @@ RANK_REFERENCE = "rank_reference.safetensors"
 _FOLD_FILE = re.compile(r"^fold(\d+)\.safetensors$")
 
 
+# ----------------------------------------------------------------------------- where
+def experiment_artifact(experiment_dir: str) -> Optional[str]:
+    """The artifact an experiment serves, or None: a sweep's ensemble (`raytag ensemble`
+    writes <experiment>/ensemble/artifact), else a `raytag train` run's own (its members'
+    fold models and combiner, <run>/artifact). A sweep's ensemble wins where both exist."""
+    for path in (storage.join(experiment_dir, "ensemble", "artifact"), storage.join(experiment_dir, "artifact")):
+        if storage.exists(storage.join(path, MANIFEST)):
+            return path
+    return None
+
+
 # ----------------------------------------------------------------------------- members
 @dataclass
 class MemberSpec:

@@ -1,6 +1,10 @@
 """`raytag distill EXPERIMENT`: one small model trained on the ensemble's soft predictions,
 saved as an artifact that `raytag predict` and `raytag serve` take like any other.
 
+The teacher is the experiment's artifact (`experiment_artifact`): a sweep's ensemble, or a
+`raytag train` run's own (the default's two members), whose members' outputs hold the same
+out-of-fold predictions a sweep's trials do.
+
 Teacher targets, one row per training clip (`<experiment>/distill/teacher.parquet`):
 - curated clips: the ensemble's out-of-fold predictions, i.e. each member's OOF
   predictions (its trial's oof.parquet) combined with the artifact's own combiner, so no
@@ -41,7 +45,9 @@ from safetensors.torch import save_file
 from raytag import storage
 from raytag.config import Config
 from raytag.data.labels import labels_to_matrix
-from raytag.ensemble.artifact import MANIFEST, Artifact, Member, MemberSpec, load_artifact, save_artifact, trial_settings
+from raytag.ensemble.artifact import (
+    MANIFEST, Artifact, Member, MemberSpec, experiment_artifact, load_artifact, save_artifact, trial_settings,
+)
 from raytag.ensemble.job import load_trial
 from raytag.ensemble.tagging import predict_files, progress_bar
 from raytag.errors import RaytagError
@@ -307,9 +313,10 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     say = say or (lambda *a, **k: None)
     settings.check()
     experiment_dir = str(experiment_dir)
-    artifact_path = storage.join(experiment_dir, "ensemble", "artifact")
-    if not storage.exists(storage.join(artifact_path, MANIFEST)):
-        raise RaytagError(f"{artifact_path}: no ensemble artifact; run `raytag ensemble` for this experiment first")
+    artifact_path = experiment_artifact(experiment_dir)
+    if artifact_path is None:
+        raise RaytagError(f"{experiment_dir}: no artifact to distil; run `raytag ensemble` for a sweep, or "
+                          "`raytag train` for a run, first")
     art = load_artifact(artifact_path)
     data = data or _sweep_data(experiment_dir)
     cfg = student_config(art, settings)
@@ -364,7 +371,8 @@ def _sweep_data(experiment_dir: str) -> str:
         data = json.loads(storage.read_text(path)).get("data")
         if data:
             return str(data)
-    raise RaytagError(f"{path}: no dataset recorded; give the dataset the sweep ran on with --data")
+    raise RaytagError(f"{path}: no dataset recorded (a `raytag train` run keeps none); give the dataset it "
+                      "trained on with --data")
 
 
 def _score(art, dataset, model, cfg, plan, store, clip_ids: list[str], teacher: np.ndarray) -> dict:

@@ -1,6 +1,7 @@
-"""`raytag pull EXPERIMENT --storage URI --to DIR`: copy a sweep's best ensemble artifact,
-its leaderboard and its reports from the sweep's storage (s3://, gs://, file:// or a local
-folder, all through pyarrow.fs) to a local folder, and verify the checksums.
+"""`raytag pull EXPERIMENT --storage URI --to DIR`: copy a sweep's best ensemble artifact (or
+a `raytag train` run's artifact), its leaderboard and its reports from the storage (s3://,
+gs://, file:// or a local folder, all through pyarrow.fs) to a local folder, and verify the
+checksums.
 
 Resumable: a file already in DIR with the manifest's size and SHA-256 is not copied again,
 and each file is copied under a ".partial" name and renamed when complete, so re-running
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raytag import storage
-from raytag.ensemble.artifact import MANIFEST, read_manifest, verify_artifact
+from raytag.ensemble.artifact import MANIFEST, experiment_artifact, read_manifest, verify_artifact
 from raytag.errors import ArtifactError, StorageError
 
 ENSEMBLE_REPORTS = ("comparison.csv", "comparison.png", "ensemble_summary.json")
@@ -33,11 +34,12 @@ class PullResult:
 
 def pull(experiment: str, storage_uri: str, to: Path) -> PullResult:
     source = storage.join(storage_uri, experiment)
-    src_artifact = storage.join(source, "ensemble", "artifact")
-    if not storage.exists(storage.join(src_artifact, MANIFEST)):
-        where = src_artifact if storage.exists(source) else source
+    src_artifact = experiment_artifact(source)
+    if src_artifact is None:
+        where = storage.join(source, "ensemble", "artifact") if storage.exists(source) else source
         raise StorageError(
-            f"{where}: no ensemble artifact; run `raytag ensemble {experiment} --storage {storage_uri}` first"
+            f"{where}: no ensemble artifact; run `raytag ensemble {experiment} --storage {storage_uri}` first "
+            "(or `raytag train` to make a run of that name)"
         )
     to = Path(to).resolve()
     dst_artifact = str(to / "artifact")
