@@ -5,7 +5,7 @@ them: does a second model family pay, and is it the family or just a second mode
     python benchmarks/bench_members.py --data /work/bench/escfat \\
         --pair SEED NAME_A=RUN_A/outputs NAME_B=RUN_B/outputs [--pair ...] \\
         [--members-run SEED RUN/outputs ...] [--against SEED A=OUT B=OUT VARIANT/outputs ...] \\
-        [--swap SEED KEEP=OUT OLD=OUT NEW=OUT ...] \\
+        [--swap SEED KEEP=OUT OLD=OUT NEW=OUT ...] [--seeds A=OUT,B=OUT A=OUT,B=OUT ...] \\
         [--out results/benchmarks/members.json]
 
 Each pair's two runs must have held out every curated clip in the same fold (the same seed and
@@ -16,6 +16,7 @@ against each run alone, on CV and on test. `--members-run`: a finished members r
 default config, scored from its own outputs/ (and its members' own folders). `--against`: the
 default's two members run alone (their geometric mean) against a members run of a variant of
 the default at the same seed (face-value training, say), combined and member by member.
+`--seeds`: the pairs of several seeds in one geometric mean, against each seed's pair.
 Needs no training.
 """
 from __future__ import annotations
@@ -139,6 +140,34 @@ def pair_swap(seed: int, runs: dict[str, Path], data: Path, classes: list[str]) 
                                         "test": paired_bootstrap_lwlrap(y_test, old_test, new_test)}}
 
 
+def seed_ensemble(seeds: list[dict[str, Path]], data: Path, classes: list[str]) -> dict:
+    """Every seed's pair combined into one geometric mean, against each seed's pair alone: what an
+    ensemble of the default run over seeds adds (same folds: cv.seed, not seed, sets them)."""
+    named = {f"s{i}:{n}": p for i, runs in enumerate(seeds) for n, p in runs.items()}
+    loaded = {n: load(p, classes) for n, p in named.items()}
+    ids = _same_folds(named, loaded)
+    y = loaded[next(iter(loaded))][1]
+    yt = test_truth(data, classes)
+    y_cv, y_test = y.loc[ids].to_numpy(), yt.to_numpy()
+    cv = {n: v[0].loc[ids].to_numpy() for n, v in loaded.items()}
+    test = {n: v[3].loc[yt.index].to_numpy() for n, v in loaded.items()}
+    all_cv = combine("geometric", np.stack(list(cv.values())))
+    all_test = combine("geometric", np.stack(list(test.values())))
+    out = {"runs": {n: str(p) for n, p in named.items()},
+           "all_seeds": {"models": len(named), "cv_lwlrap": lwlrap(y_cv, all_cv), "test_lwlrap": lwlrap(y_test, all_test)},
+           "per_seed": []}
+    for i in range(len(seeds)):
+        mine = [n for n in named if n.startswith(f"s{i}:")]
+        p_cv = combine("geometric", np.stack([cv[n] for n in mine]))
+        p_test = combine("geometric", np.stack([test[n] for n in mine]))
+        out["per_seed"].append({"seed_index": i, "cv_lwlrap": lwlrap(y_cv, p_cv), "test_lwlrap": lwlrap(y_test, p_test),
+                                "all_seeds_minus_this": {"cv": paired_bootstrap_lwlrap(y_cv, p_cv, all_cv),
+                                                         "test": paired_bootstrap_lwlrap(y_test, p_test, all_test)}})
+    out["mean_gain"] = {on: float(np.mean([r["all_seeds_minus_this"][on]["diff"] for r in out["per_seed"]]))
+                        for on in ("cv", "test")}
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="the dataset the runs trained on (with test_labels.csv)")
@@ -148,6 +177,9 @@ def main():
                     help="the default's two members run alone, against a members run of a variant (same seed)")
     ap.add_argument("--swap", nargs=4, action="append", default=[], metavar=("SEED", "KEEP=OUT", "OLD=OUT", "NEW=OUT"),
                     help="the pair (KEEP, NEW) against the pair (KEEP, OLD), same seed and folds")
+    ap.add_argument("--seeds", nargs="+", default=[], metavar="A=OUT,B=OUT",
+                    help="one seed's runs per argument (comma-separated): all seeds' runs in one geometric mean, "
+                         "against each seed's own")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = ap.parse_args()
     classes = list(pd.read_csv(args.data / "sample_submission.csv", nrows=0).columns[1:])
@@ -162,7 +194,8 @@ def main():
             f"--pair {s} {a} {b}" for s, a, b in args.pair) + "".join(
             f" --members-run {s} {o}" for s, o in args.members_run) + "".join(
             f" --against {s} {a} {b} {v}" for s, a, b, v in args.against) + "".join(
-            f" --swap {s} {k} {o} {n}" for s, k, o, n in args.swap),
+            f" --swap {s} {k} {o} {n}" for s, k, o, n in args.swap) + (
+            " --seeds " + " ".join(args.seeds) if args.seeds else ""),
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "pairs": pairs,
         "members_runs": [members_run(int(s), Path(o), args.data, classes) for s, o in args.members_run],
@@ -175,6 +208,10 @@ def main():
         diffs = [w["new_pair_minus_old_pair"] for w in swaps]
         report["swaps"] = swaps
         report["mean_of_swaps"] = {on: float(np.mean([d[on]["diff"] for d in diffs])) for on in ("cv", "test")}
+    if args.seeds:
+        report["seed_ensemble"] = seed_ensemble(
+            [{k: Path(v) for k, v in (x.split("=", 1) for x in group.split(","))} for group in args.seeds],
+            args.data, classes)
     text = json.dumps(report, indent=1, default=float)
     print(text)
     if args.out:

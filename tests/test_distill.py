@@ -22,9 +22,9 @@ from raytag import storage
 from raytag.config import Config
 from raytag.data.labels import labels_to_matrix
 from raytag.data.layouts import load_dataset
-from raytag.ensemble.artifact import describe, load_artifact
+from raytag.ensemble.artifact import Artifact, Member, describe, load_artifact
 from raytag.ensemble.distill import (
-    StudentSettings, distill, probability_teacher, student_config, student_targets, train_student,
+    StudentSettings, distill, probability_teacher, student_config, student_targets, template_member, train_student,
 )
 from raytag.ensemble.job import build_ensemble
 from raytag.errors import RaytagError
@@ -178,6 +178,19 @@ def test_a_train_runs_artifact_is_a_teacher_too(experiment, distilled, demo_data
     assert Path(got.artifact_path) == run / "distill" / "artifact"
     assert (got.n_oof, got.n_ensemble) == (distilled.n_oof, distilled.n_ensemble)
     assert load_artifact(got.artifact_path).members[0].name == "student"
+
+
+def test_the_student_is_made_like_the_member_with_the_best_out_of_fold_score():
+    def member(name, family, cv=None):
+        return Member(name, {"model": {"name": family}, **({"cv_lwlrap": cv} if cv is not None else {})}, [])
+
+    art = Artifact(path="x", combiner="geometric", weights=None, classes=["a"], layout="fat2019",
+                   members=[member("r18", "resnet18", 0.51), member("vgg", "vgg_small", 0.59), member("cnn", "cnn2d", 0.55)])
+    assert template_member(art).name == "vgg"  # not the first
+    assert template_member(art, "cnn2d").name == "cnn"  # --model names a family the teacher has
+    assert template_member(art, "crnn").name == "vgg"  # one it lacks: the best of all
+    unscored = dataclasses.replace(art, members=[member(m.name, m.settings["model"]["name"]) for m in art.members])
+    assert template_member(unscored).name == "r18"
 
 
 def test_targets_blend_the_given_labels_with_the_teachers_and_flag_noisy_clips(demo_data):

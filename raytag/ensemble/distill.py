@@ -19,7 +19,7 @@ The student is trained in this process with the engine's own pieces: the feature
 and plan (`prepare_data`, the student's features; cached like a trial's), random-crop
 batches (`CropBatches`), the trial's epoch function (`train_epoch`: gain/shift,
 SpecAugment, mixup, the loss, the optimizer and schedule) and weight averaging, all set
-as the teacher's first member was trained (its config.yaml). Each clip's target blends its
+as the teacher's best member (by its out-of-fold lwlrap) was trained (its config.yaml). Each clip's target blends its
 given labels with the teacher's prediction (`label_weight`). It is one model on one process
 with no folds, stages, checkpoints or reports to a scheduler, which is all that Ray
 Train's worker group would add (and its start-up, see results/benchmarks/throughput.md).
@@ -71,17 +71,18 @@ SOURCE_COLUMN = "target_source"  # "oof" (curated) or "ensemble" (noisy)
 
 @dataclass
 class StudentSettings:
-    """The student and its training; None fields follow the teacher's first member."""
+    """The student and its training; None fields follow the teacher's best member
+    (`template_member`)."""
 
-    model: Optional[str] = None  # None: the first member's model (its params and dropout too)
+    model: Optional[str] = None  # None: the best member's model (its params and dropout too)
     width: Optional[int] = None
     depth: Optional[int] = None
     epochs: int = 30
-    lr: Optional[float] = None  # None: the first member's peak learning rate
+    lr: Optional[float] = None  # None: the member's peak learning rate
     batch_size: int = 32
-    crop_seconds: Optional[float] = None  # None: the first member's crop
-    overlap: Optional[float] = None  # segment overlap at inference; None: the first member's
-    features: Optional[dict] = None  # front end settings; None: the first member's
+    crop_seconds: Optional[float] = None  # None: the member's crop
+    overlap: Optional[float] = None  # segment overlap at inference; None: the member's
+    features: Optional[dict] = None  # front end settings; None: the member's
     seed: int = 0
     # each clip's target: label_weight x its given labels + the rest x the teacher's soft
     # prediction (Hinton et al. 2015's two terms, as one BCE target). The teacher's
@@ -222,14 +223,25 @@ def _local(path: str):
 
 
 # ----------------------------------------------------------------------------- student
+def template_member(art: Artifact, model: Optional[str] = None) -> Member:
+    """The member the student is made like: of those of family `model` when some are (else
+    of all), the one with the best out-of-fold lwlrap the artifact recorded (the ensemble job
+    scores every member on the same OOF clips, a train run's members share its folds); the
+    first when none has one. A copy of the strongest member starts closest to its teacher:
+    the default's first member, resnet18, scored 0.08 CV below its vgg_small (quality.md)."""
+    members = [m for m in art.members if m.settings.get("model", {}).get("name") == model] or list(art.members)
+    scored = [m for m in members if m.settings.get("cv_lwlrap") is not None]
+    return max(scored, key=lambda m: float(m.settings["cv_lwlrap"])) if scored else members[0]
+
+
 def student_config(art: Artifact, s: StudentSettings) -> Config:
-    """The student's Config: the first member's training recipe (its config.yaml: input
-    scaling, augmentation, mixup, optimizer and schedule), front end, model, crop and
-    segment settings, with what `s` sets in their place; no folds or stages. Noisy clips
-    keep the member's noisy-label loss (lsoft, weight), as their targets carry their given
-    labels too; with `label_weight` 0 (the teacher's targets alone) every clip takes the
-    plain BCE."""
-    first = art.members[0].settings
+    """The student's Config: the template member's (`template_member`) training recipe (its
+    config.yaml: input scaling, augmentation, mixup, optimizer and schedule), front end,
+    model, crop and segment settings, with what `s` sets in their place; no folds or stages.
+    Noisy clips keep the member's noisy-label loss (lsoft, weight), as their targets carry
+    their given labels too; with `label_weight` 0 (the teacher's targets alone) every clip
+    takes the plain BCE."""
+    first = template_member(art, s.model).settings
     recipe = _member_recipe(first)
     features = s.features or first["features"]
     fps = Config.from_dict({"features": features}).features.frames_per_second
@@ -331,8 +343,9 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     classes = list(art.classes)
     targets = student_targets(table, dataset, classes, settings.label_weight, settings.teacher_scale)
     n_oof = int((table[SOURCE_COLUMN] == "oof").sum())
-    say(f"student: {cfg.model.name} width {cfg.model.width} depth {cfg.model.depth} on {cfg.features.kind}; "
-        f"{len(targets)} clips ({n_oof} with OOF targets, {len(targets) - n_oof} with the ensemble's), {settings.epochs} epochs")
+    template = template_member(art, settings.model).name
+    say(f"student: {cfg.model.name} width {cfg.model.width} depth {cfg.model.depth} on {cfg.features.kind}, "
+        f"trained as member {template} was; {len(targets)} clips ({n_oof} with OOF targets, {len(targets) - n_oof} with the ensemble's), {settings.epochs} epochs")
     model, losses = train_student(cfg, plan, store, targets, progress=progress)
 
     student_dir = storage.join(out_dir, "student")
@@ -348,6 +361,7 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     scores.update(_test_scores(student, dataset, settings.batch_size, progress))
     record = {"teacher": artifact_path, "teacher_manifest_sha256": _manifest_id(artifact_path),
               "teacher_members": [m.name for m in art.members], "teacher_combiner": art.combiner,
+              "student_template": template,  # the member whose recipe, front end and model it took
               "target_combiner": probability_teacher(art).combiner,  # a rank teacher teaches through its mean
               "targets": {"oof": n_oof, "ensemble": len(targets) - n_oof},
               "label_weight": settings.label_weight, "teacher_scale": settings.teacher_scale,
