@@ -200,8 +200,8 @@ def distill(
     label_weight: float = typer.Option(0.5, help="Each clip's target: this share of its given labels, the rest the teacher's soft prediction (0: the teacher's alone)."),
     teacher_scale: str = typer.Option("prob", help="The teacher's part of a target: 'prob' (its probabilities) or 'clip_max' (each clip's divided by its top class score, so the top class teaches 1)."),
 ):
-    """Distil the ensemble into one small, fast model: trained on the ensemble's soft
-    predictions for every training clip (out-of-fold on curated clips, the artifact's own on
+    """Distil the ensemble (a sweep's, or a train run's members) into one small, fast model:
+    trained on its soft predictions for every training clip (out-of-fold on curated clips, the artifact's own on
     noisy clips), saved as an artifact under EXPERIMENT/distill/artifact that `raytag
     predict` and `raytag serve` take like any other."""
     from raytag.console.distill import distill_command
