@@ -121,19 +121,26 @@ def _same_folds(runs: dict[str, Path], loaded: dict) -> pd.Index:
     return oof0.index
 
 
-def pair_swap(seed: int, runs: dict[str, Path], data: Path, classes: list[str]) -> dict:
-    """(KEEP, NEW) against (KEEP, OLD): is NEW the better second member, at this seed?"""
+def _aligned(runs: dict[str, Path], data: Path, classes: list[str]):
+    """(y_cv, y_test, cv, test) of runs that held out the same clips: truth and each run's
+    OOF and fold-mean test predictions as arrays, clip by clip in one order."""
     loaded = {n: load(p, classes) for n, p in runs.items()}
     ids = _same_folds(runs, loaded)
-    (keep, old, new), y = list(loaded), loaded[next(iter(loaded))][1]
+    y = loaded[next(iter(loaded))][1]
     yt = test_truth(data, classes)
-    y_cv, y_test = y.loc[ids].to_numpy(), yt.to_numpy()
     cv = {n: v[0].loc[ids].to_numpy() for n, v in loaded.items()}
     test = {n: v[3].loc[yt.index].to_numpy() for n, v in loaded.items()}
+    return y.loc[ids].to_numpy(), yt.to_numpy(), cv, test
+
+
+def pair_swap(seed: int, runs: dict[str, Path], data: Path, classes: list[str]) -> dict:
+    """(KEEP, NEW) against (KEEP, OLD): is NEW the better second member, at this seed?"""
+    y_cv, y_test, cv, test = _aligned(runs, data, classes)
+    keep, old, new = list(runs)
     old_cv, new_cv = (combine("geometric", np.stack([cv[keep], cv[m]])) for m in (old, new))
     old_test, new_test = (combine("geometric", np.stack([test[keep], test[m]])) for m in (old, new))
     return {"seed": seed, "runs": {n: str(p) for n, p in runs.items()},
-            "alone": {n: {"cv_lwlrap": lwlrap(y_cv, cv[n]), "test_lwlrap": lwlrap(y_test, test[n])} for n in loaded},
+            "alone": {n: {"cv_lwlrap": lwlrap(y_cv, cv[n]), "test_lwlrap": lwlrap(y_test, test[n])} for n in runs},
             f"{keep}+{old}": {"cv_lwlrap": lwlrap(y_cv, old_cv), "test_lwlrap": lwlrap(y_test, old_test)},
             f"{keep}+{new}": {"cv_lwlrap": lwlrap(y_cv, new_cv), "test_lwlrap": lwlrap(y_test, new_test)},
             "new_pair_minus_old_pair": {"cv": paired_bootstrap_lwlrap(y_cv, old_cv, new_cv),
@@ -144,13 +151,7 @@ def seed_ensemble(seeds: list[dict[str, Path]], data: Path, classes: list[str]) 
     """Every seed's pair combined into one geometric mean, against each seed's pair alone: what an
     ensemble of the default run over seeds adds (same folds: cv.seed, not seed, sets them)."""
     named = {f"s{i}:{n}": p for i, runs in enumerate(seeds) for n, p in runs.items()}
-    loaded = {n: load(p, classes) for n, p in named.items()}
-    ids = _same_folds(named, loaded)
-    y = loaded[next(iter(loaded))][1]
-    yt = test_truth(data, classes)
-    y_cv, y_test = y.loc[ids].to_numpy(), yt.to_numpy()
-    cv = {n: v[0].loc[ids].to_numpy() for n, v in loaded.items()}
-    test = {n: v[3].loc[yt.index].to_numpy() for n, v in loaded.items()}
+    y_cv, y_test, cv, test = _aligned(named, data, classes)
     all_cv = combine("geometric", np.stack(list(cv.values())))
     all_test = combine("geometric", np.stack(list(test.values())))
     out = {"runs": {n: str(p) for n, p in named.items()},

@@ -19,8 +19,8 @@ The student is trained in this process with the engine's own pieces: the feature
 and plan (`prepare_data`, the student's features; cached like a trial's), random-crop
 batches (`CropBatches`), the trial's epoch function (`train_epoch`: gain/shift,
 SpecAugment, mixup, the loss, the optimizer and schedule) and weight averaging, all set
-as the teacher's best member (by its out-of-fold lwlrap) was trained (its config.yaml). Each clip's target blends its
-given labels with the teacher's prediction (`label_weight`). It is one model on one process
+as the teacher's best member (by its out-of-fold lwlrap) was trained (its config.yaml).
+Each clip's target blends its given labels with the teacher's prediction (`label_weight`). It is one model on one process
 with no folds, stages, checkpoints or reports to a scheduler, which is all that Ray
 Train's worker group would add (and its start-up, see results/benchmarks/throughput.md).
 
@@ -241,16 +241,16 @@ def student_config(art: Artifact, s: StudentSettings) -> Config:
     Noisy clips keep the member's noisy-label loss (lsoft, weight), as their targets carry
     their given labels too; with `label_weight` 0 (the teacher's targets alone) every clip
     takes the plain BCE."""
-    first = template_member(art, s.model).settings
-    recipe = _member_recipe(first)
-    features = s.features or first["features"]
+    template = template_member(art, s.model).settings
+    recipe = _member_recipe(template)
+    features = s.features or template["features"]
     fps = Config.from_dict({"features": features}).features.frames_per_second
-    crop = s.crop_seconds or round(int(first["crop_frames"]) / fps, 3)
-    inference = dict(first.get("inference", {}))
-    inference.update(tta=0, segment_seconds=round(int(first["segment_frames"]) / fps, 3))
+    crop = s.crop_seconds or round(int(template["crop_frames"]) / fps, 3)
+    inference = dict(template.get("inference", {}))
+    inference.update(tta=0, segment_seconds=round(int(template["segment_frames"]) / fps, 3))
     if s.overlap is not None:
         inference["overlap"] = s.overlap
-    model = dict(first["model"])
+    model = dict(template["model"])
     if s.model is not None and s.model != model["name"]:
         model = {"name": s.model}  # another family: its own default params and dropout
     model.update({k: v for k, v in (("width", s.width), ("depth", s.depth)) if v is not None})
