@@ -108,6 +108,7 @@ def run_plain(cfg_dict: dict, data: Path, cache: Path, threads: int) -> dict:
     from raytag.training.epoch import build_optimizer, train_epoch
     from raytag.training.inference import iter_store_clips, predict_segments
     from raytag.training.losses import build_loss
+    from raytag.training.precision import resolve_precision
     from raytag.training.runner import prepare_data
     from raytag.training.steps import build_steps
 
@@ -129,7 +130,8 @@ def run_plain(cfg_dict: dict, data: Path, cache: Path, threads: int) -> dict:
         loss_fn = build_loss(cfg.train.loss)
         batches = CropBatches(store, train, cfg.crop_frames(), cfg.train.batch_size)
         optimizer, scheduler = build_optimizer(cfg, model, step, batches.steps_per_epoch(1))
-        ctx = SimpleNamespace(cfg=cfg, plan=plan, rank=0, world=1, device=torch.device("cpu"))
+        ctx = SimpleNamespace(cfg=cfg, plan=plan, rank=0, world=1, device=torch.device("cpu"),
+                              precision=resolve_precision(cfg.train.precision, torch.device("cpu")))
         pred = dict(segment_frames=cfg.segment_frames(), overlap=cfg.inference.overlap, reduce=cfg.inference.reduce,
                     tta=cfg.inference.tta, device="cpu", mean=plan.norm_mean, std=plan.norm_std)
         startup = time.time() - start

@@ -152,6 +152,10 @@ class TrainConfig:
     # 1: the last epoch's weights). training/averaging.py says why
     average_last: int = 0
     torch_threads: int = 1  # intra-op threads per worker (CPU)
+    # number format of the training step (raytag.training.precision): auto is bf16 autocast where
+    # the hardware runs bf16 natively (AVX512-BF16 or AMX CPUs, Ampere+ GPUs), else fp32.
+    # Held-out scores and predictions are always float32
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 # ----------------------------------------------------------------------------- CV and inference

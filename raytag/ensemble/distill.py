@@ -57,6 +57,7 @@ from raytag.session import ensure_ray
 from raytag.training.averaging import WeightAverage
 from raytag.training.dataset import CropBatches, LabelledSet
 from raytag.training.epoch import build_optimizer, train_epoch
+from raytag.training.precision import resolve_precision
 from raytag.training.inference import iter_store_clips, predict_segments
 from raytag.training.losses import build_loss
 from raytag.training.outputs import CONFIG, MODEL_CARD, WEIGHTS, model_card, read_predictions, write_parquet
@@ -315,6 +316,10 @@ class _StudentContext:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+
+    @property
+    def precision(self) -> str:  # train.precision on this machine, as a Train worker resolves it
+        return resolve_precision(self.cfg.train.precision, self.device)
 
 
 # ----------------------------------------------------------------------------- the job

@@ -10,6 +10,7 @@ import torch
 from raytag.metrics import layout_metric, layout_scores
 from raytag.training.augment import gain_pattern, mixup, random_gain_shift, spec_augment
 from raytag.training.dataset import CropBatches
+from raytag.training.precision import training_autocast
 from raytag.training.run_state import _Context
 from raytag.training.steps import Step
 
@@ -53,7 +54,9 @@ def train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: Cr
         # the noisy share is mixed like the targets, so a mixed clip's loss and weight blend too
         x, y, noisy, _ = mixup(x, y, noisy.float(), cfg.train.mixup.alpha, cfg.train.mixup.prob, gen)
         x, y, noisy = x.to(ctx.device), y.to(ctx.device), noisy.to(ctx.device)
-        loss = loss_fn(model(x), y, noisy, keep=keep)
+        with training_autocast(ctx.precision, ctx.device):  # train.precision; the loss stays float32
+            logits = model(x)
+        loss = loss_fn(logits.float(), y, noisy, keep=keep)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss became {loss.item()} in stage {step.stage_name} (fold {step.fold}): "

@@ -24,6 +24,7 @@ from raytag.training.dataset import LabelledSet
 from raytag.training.inference import (
     embed_segments, iter_store_clips, predict_and_embed_segments, predict_segments,
 )
+from raytag.training.precision import resolve_precision
 from raytag.training.steps import Step
 
 STATE_FILE = "state.json"  # in a checkpoint: progress (step, epoch, history, stage rows)
@@ -179,6 +180,7 @@ class _Context:
     def __init__(self, plan, cfg, store, rank, world, device, state: RunState, n_steps: int):
         self.plan, self.cfg, self.store, self.n_steps = plan, cfg, store, n_steps
         self.rank, self.world, self.device, self.state = rank, world, device, state
+        self.precision = resolve_precision(cfg.train.precision, device)  # "fp32" or "bf16"
         self.curated_index = {cid: i for i, cid in enumerate(plan.curated_ids)}
         self.noisy_index = {cid: i for i, cid in enumerate(plan.noisy_ids)}
         self.report_mark = time.monotonic()  # when the last report was made (its wall_seconds)

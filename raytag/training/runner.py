@@ -103,6 +103,7 @@ def fit_pipeline(
         metrics, stages = write_outputs(state.out, Path(staging), plan, dataset, store,
                                         history=state.progress["history"])
         metrics["seconds"] = round(time.time() - started, 1)
+        metrics["precision"] = state.progress.get("precision", "fp32")  # train.precision as resolved
         write_metrics(Path(staging), metrics)
         outputs_dir = files.join(run_dir, OUTPUTS_DIR)
         files.copy_tree(staging, outputs_dir)  # a local folder or a URI (pyarrow.fs)

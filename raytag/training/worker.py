@@ -123,6 +123,8 @@ def train_loop_per_worker(loop_config: dict):
     model = build_model(cfg.model, plan.n_classes, plan.channels, plan.bins)
     loss_fn = build_loss(cfg.train.loss)
     ctx = _Context(plan, cfg, store, rank, world, device, state, n_steps=len(steps))
+    state.progress["precision"] = ctx.precision  # what train.precision resolved to on this hardware
+    _trace({"event": "precision", "rank": rank, "precision": ctx.precision})
 
     # The model object lives for the whole run; DDP wraps it once.
     model = ray.train.torch.prepare_model(model)
