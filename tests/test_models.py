@@ -196,6 +196,24 @@ def test_weights_load_into_a_fresh_model(name):
         assert torch.equal(a(x), b(x))
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_2d_conv_nets_keep_weights_channels_last_with_the_same_outputs(name):
+    """build_model's channels-last layout is faster on CPU and GPU; it must change no number
+    beyond float rounding, and a saved state dict is a plain contiguous one."""
+    torch.manual_seed(0)
+    fast = build_model(small_cfg(name), 5, 1, bins_for(name)).eval()
+    plain = build_model(small_cfg(name), 5, 1, bins_for(name)).eval().to(memory_format=torch.contiguous_format)
+    plain.load_state_dict(fast.state_dict())
+    convs = [m.weight for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert bool(convs) == (name not in ONE_D | RAW)  # the 1-D nets have no 2-D convolution to switch
+    x = make_input(name, 2, 1, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)
+    saved = {k: v.contiguous() for k, v in fast.state_dict().items()}  # as raytag's savers write them
+    assert all(v.is_contiguous() for v in saved.values())
+
+
 def test_resnets_match_the_reference_layout():
     # torchvision's resnet18/34 at 3 channels, 1000 classes: 11,689,512 / 21,797,672 params.
     for name, n_params, n_blocks in (("resnet18", 11_689_512, 8), ("resnet34", 21_797_672, 16)):

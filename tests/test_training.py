@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from raytag.config import Config
+from raytag.training.precision import resolve_precision
 from raytag.training.runner import fit_pipeline
 
 pytestmark = pytest.mark.ray
@@ -81,6 +83,8 @@ def test_pipeline_writes_every_trial_output(tiny_run):
     m = result.metrics
     assert 0 < m["cv_lwlrap"] <= 1 and m["test_lwlrap"] is not None
     assert m["epochs_run"] == 1 + 2 + 1
+    # train.precision (auto) resolved on this machine's CPU, recorded with the run
+    assert m["precision"] == resolve_precision("auto", torch.device("cpu"))
 
 
 def test_every_report_carries_the_schedulers_yardstick(tiny_run):

@@ -27,10 +27,14 @@ def cpu_has_native_bf16() -> bool:
     """True when the CPU executes bf16 dot products itself (AVX512-BF16 or AMX), read from
     /proc/cpuinfo; elsewhere (macOS, other systems) False, which keeps float32."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return native_bf16_in(Path("/proc/cpuinfo").read_text())
     except OSError:
         return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+
+
+def native_bf16_in(cpuinfo: str) -> bool:
+    """Whether a /proc/cpuinfo text's first `flags` line names a bf16 instruction set."""
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
                   if line.startswith("flags")), [])
     return bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
