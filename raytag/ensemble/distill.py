@@ -57,10 +57,10 @@ from raytag.session import ensure_ray
 from raytag.training.averaging import WeightAverage
 from raytag.training.dataset import CropBatches, LabelledSet
 from raytag.training.epoch import build_optimizer, train_epoch
-from raytag.training.precision import resolve_precision
 from raytag.training.inference import iter_store_clips, predict_segments
 from raytag.training.losses import build_loss
 from raytag.training.outputs import CONFIG, MODEL_CARD, WEIGHTS, model_card, read_predictions, write_parquet
+from raytag.training.precision import resolve_precision
 from raytag.training.runner import prepare_data
 from raytag.training.steps import Step
 

@@ -151,7 +151,8 @@ def write_member_outputs(cfg: Config, runs: list[MemberRun], staging: Path):
     for run in runs:
         m = run.result.metrics
         member_metrics[run.name] = {"model": run.config.model.name, "cv_lwlrap": m["cv_lwlrap"],
-                                    "test_lwlrap": m.get("test_lwlrap"), "seconds": m.get("seconds"), "precision": m.get("precision"),
+                                    "test_lwlrap": m.get("test_lwlrap"), "seconds": m.get("seconds"),
+                                    "precision": m.get("precision"),
                                     "outputs": run.result.outputs_dir}
         final = run.result.stages.iloc[-1]
         stage_rows.append({"stage": f"{run.name} ({run.config.model.name}, {final['stage']})",

@@ -55,7 +55,7 @@ def channels_last(model: nn.Module) -> nn.Module:
     oneDNN (CPU) and cuDNN (GPU) run NHWC convolutions faster, and a convolution whose weight
     is channels-last returns a channels-last output for a plain input too, so the whole
     stack switches with no change to the data. On 2 cores a vgg_small w16 training step
-    took 0.70x the NCHW time in float32 and its forward pass 0.57x
+    took 0.75x the NCHW time in float32 and its inference pass 0.69x
     (results/benchmarks/train_step.json). Only the layout changes: the same numbers to
     float rounding, and state dicts are saved contiguous as before."""
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):

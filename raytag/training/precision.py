@@ -4,8 +4,10 @@ hardware runs it natively.
 Under bf16 autocast the convolutions and matrix products of the forward pass (and so of
 the backward pass) run in bfloat16, while the weights, their gradients, the optimizer and
 the loss stay float32, so no loss scaling is needed (bf16 has float32's range). On a CPU
-with AVX512-BF16 a step of the default members takes 0.61x (vgg_small) and 0.75x
-(resnet18) the float32 time (results/benchmarks/speed.md, "bf16 autocast"). Without native
+with AVX512-BF16 a step of the default's members takes 0.61x (vgg_small) and 0.77x
+(resnet18) the float32 time, 0.43x and 0.74x with channels-last weights
+(results/benchmarks/train_step.json; speed.md, "The training step in bf16 and
+channels-last"). Without native
 support oneDNN emulates bf16 and is slower than float32, so `auto` keeps float32 there.
 
 Only training runs in bf16: held-out scores, predictions and `raytag predict` stay float32,
