@@ -75,7 +75,8 @@ def fake_run(demo_data, tmp_path_factory):
             _save(files / "preds" / kind / f"finetune__fold{fold}.npz", ids, probs)
             _save(files / "preds" / "final" / f"{kind}_fold{fold}.npz", ids, probs)
         (files / "weights").mkdir(parents=True, exist_ok=True)
-        save_file(model.state_dict(), str(files / "weights" / f"fold{fold}.safetensors"))
+        # contiguous: build_model keeps conv weights channels-last, and safetensors stores plain tensors
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(files / "weights" / f"fold{fold}.safetensors"))
     run = root / "run"
     outputs = run / OUTPUTS_DIR
     outputs.mkdir(parents=True)

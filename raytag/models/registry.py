@@ -57,7 +57,8 @@ def channels_last(model: nn.Module) -> nn.Module:
     stack switches with no change to the data. On 2 cores a vgg_small w16 training step
     took 0.75x the NCHW time in float32 and its inference pass 0.69x
     (results/benchmarks/train_step.json). Only the layout changes: the same numbers to
-    float rounding, and state dicts are saved contiguous as before."""
+    float rounding. Its state dict holds channels-last tensors: safetensors stores only
+    contiguous ones, so every saver here calls `.contiguous()` first (and so must yours)."""
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model = model.to(memory_format=torch.channels_last)
     return model
