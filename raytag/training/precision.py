@@ -7,8 +7,8 @@ the loss stay float32, so no loss scaling is needed (bf16 has float32's range). 
 with AVX512-BF16 a step of the default's members takes 0.61x (vgg_small) and 0.77x
 (resnet18) the float32 time, 0.43x and 0.74x with channels-last weights
 (results/benchmarks/train_step.json; speed.md, "The training step in bf16 and
-channels-last"). Without native
-support oneDNN emulates bf16 and is slower than float32, so `auto` keeps float32 there.
+channels-last"). Without native support oneDNN emulates bf16 and is slower than float32,
+so `auto` keeps float32 there.
 
 Only training runs in bf16: held-out scores, predictions and `raytag predict` stay float32,
 so an artifact predicts exactly what its run scored.
