@@ -27,8 +27,20 @@ os.environ.setdefault(CONTROLLER_POLL, "0.25")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Run tests that own a Ray cluster after all the others (they end the shared session)."""
-    items.sort(key=lambda item: 1 if item.get_closest_marker("cluster") else 0)
+    """Run the files that hold slow tests first and the tests that own a Ray cluster after all
+    the others (they end the shared session).
+
+    Under pytest-xdist (`-n 2`, `--dist loadgroup --no-loadscope-reorder`) each test file is one
+    unit of work, so a module's fixtures (a tiny run, a reference sweep) are made once, by one
+    worker. Units are handed out in this order: the long files start first, so the short ones
+    fill in around them, and the cluster tests, a unit of their own, sorted last, are the last
+    one their worker runs."""
+    slow_files = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: (bool(item.get_closest_marker("cluster")), item.module.__name__ not in slow_files))
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in items:
+            group = "cluster" if item.get_closest_marker("cluster") else item.module.__name__
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 _exit_status: dict[str, int] = {}

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -141,12 +143,14 @@ def test_storage_check_on_one_node_and_on_an_autoscaling_cluster(ray_session, tm
 
 # ----------------------------------------------------------------------------- a real 2-node cluster
 @pytest.fixture(scope="module")
-def two_node_cluster(tmp_path_factory):
+def two_node_cluster():
     """Head + one more node on loopback, 2 logical CPUs each; this process is the driver."""
     import ray
 
     ray.shutdown()  # the shared test session (conftest runs cluster tests last)
-    root = Path(tmp_path_factory.mktemp("rc"))
+    # a short root: Ray's socket paths under it must stay within AF_UNIX's 107 bytes, which a
+    # pytest-xdist worker's basetemp (.../pytest-N/popen-gw1/...) would exceed
+    root = Path(tempfile.mkdtemp(prefix="raytag-rc-"))
     cluster = LocalCluster(root=root, num_cpus=2)
     # Ray Train's default poll (conftest sets 0.25 s for the other tests) on the nodes, where the
     # sweep's trials drive their trainers: its tiny trials then train for several seconds, long
@@ -162,6 +166,7 @@ def two_node_cluster(tmp_path_factory):
         cluster.disconnect()
         cluster.stop()
         assert not [pid for node in cluster.nodes for pid in node.pids()]
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.cluster

@@ -210,6 +210,7 @@ def test_a_run_that_fails_and_resumes_matches_the_uninterrupted_run(tiny_run, de
     assert twin.metrics["cv_lwlrap"] == pytest.approx(result.metrics["cv_lwlrap"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_weight_averaging_survives_a_failure_inside_its_window(ray_session, demo_data, tmp_path, monkeypatch):
     """`train.average_last`: a 4-epoch fine-tune (the only stage) averages its last 2 epochs'
     weights. Rank 0 fails at the start of the 4th, after the 3rd epoch's weights joined the sum;
@@ -282,6 +283,7 @@ def _registered_step(run_dir: Path) -> int:
     return int(latest.get("metrics", {}).get("step", -1))
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(ray_session, demo_data, tmp_path):
     """SIGKILL a training worker inside an epoch (>= the 3rd): FailureConfig restarts the
     group, which must continue from the last registered checkpoint, not at epoch 0."""
