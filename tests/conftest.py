@@ -1,5 +1,6 @@
 """Shared fixtures. One Ray session serves every test that needs Ray (start-up costs
-seconds); tests that must own a cluster (multi-node) run last and shut it down first."""
+seconds), one per pytest-xdist worker under `-n 2`; tests that must own a cluster
+(multi-node) run last and shut it down first."""
 from __future__ import annotations
 
 import os
@@ -80,7 +81,7 @@ def feature_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A local Ray session shared by the whole test run."""
+    """A local Ray session shared by the whole test run (by one xdist worker's tests)."""
     import ray
 
     from raytag.session import local_init_kwargs
