@@ -5,7 +5,7 @@ them: does a second model family pay, and is it the family or just a second mode
     python benchmarks/bench_members.py --data /work/bench/escfat \\
         --pair SEED NAME_A=RUN_A/outputs NAME_B=RUN_B/outputs [--pair ...] \\
         [--members-run SEED RUN/outputs ...] [--against SEED A=OUT B=OUT VARIANT/outputs ...] \\
-        [--swap SEED KEEP=OUT OLD=OUT NEW=OUT ...] [--seeds A=OUT,B=OUT A=OUT,B=OUT ...] \\
+        [--swap SEED KEEP=OUT OLD=OUT NEW=OUT ...] [--add SEED A=OUT B=OUT NEW=OUT ...] [--seeds A=OUT,B=OUT A=OUT,B=OUT ...] \\
         [--out results/benchmarks/members.json]
 
 Each pair's two runs must have held out every curated clip in the same fold (the same seed and
@@ -16,6 +16,7 @@ against each run alone, on CV and on test. `--members-run`: a finished members r
 default config, scored from its own outputs/ (and its members' own folders). `--against`: the
 default's two members run alone (their geometric mean) against a members run of a variant of
 the default at the same seed (face-value training, say), combined and member by member.
+`--add`: a third run joins the pair (A, B) in the geometric mean, against the pair alone.
 `--seeds`: the pairs of several seeds in one geometric mean, against each seed's pair.
 Needs no training.
 """
@@ -147,6 +148,21 @@ def pair_swap(seed: int, runs: dict[str, Path], data: Path, classes: list[str]) 
                                         "test": paired_bootstrap_lwlrap(y_test, old_test, new_test)}}
 
 
+def pair_plus(seed: int, runs: dict[str, Path], data: Path, classes: list[str]) -> dict:
+    """(A, B, NEW) against the pair (A, B), geometric means: does a third family pay on top of
+    the default's pair, at this seed?"""
+    y_cv, y_test, cv, test = _aligned(runs, data, classes)
+    a, b, new = list(runs)
+    pair_cv, pair_test = (combine("geometric", np.stack([x[a], x[b]])) for x in (cv, test))
+    three_cv, three_test = (combine("geometric", np.stack([x[a], x[b], x[new]])) for x in (cv, test))
+    return {"seed": seed, "runs": {n: str(p) for n, p in runs.items()},
+            "alone": {n: {"cv_lwlrap": lwlrap(y_cv, cv[n]), "test_lwlrap": lwlrap(y_test, test[n])} for n in runs},
+            f"{a}+{b}": {"cv_lwlrap": lwlrap(y_cv, pair_cv), "test_lwlrap": lwlrap(y_test, pair_test)},
+            f"{a}+{b}+{new}": {"cv_lwlrap": lwlrap(y_cv, three_cv), "test_lwlrap": lwlrap(y_test, three_test)},
+            "three_minus_pair": {"cv": paired_bootstrap_lwlrap(y_cv, pair_cv, three_cv),
+                                 "test": paired_bootstrap_lwlrap(y_test, pair_test, three_test)}}
+
+
 def seed_ensemble(seeds: list[dict[str, Path]], data: Path, classes: list[str]) -> dict:
     """Every seed's pair combined into one geometric mean, against each seed's pair alone: what an
     ensemble of the default run over seeds adds (same folds: cv.seed, not seed, sets them)."""
@@ -178,6 +194,8 @@ def main():
                     help="the default's two members run alone, against a members run of a variant (same seed)")
     ap.add_argument("--swap", nargs=4, action="append", default=[], metavar=("SEED", "KEEP=OUT", "OLD=OUT", "NEW=OUT"),
                     help="the pair (KEEP, NEW) against the pair (KEEP, OLD), same seed and folds")
+    ap.add_argument("--add", nargs=4, action="append", default=[], metavar=("SEED", "A=OUT", "B=OUT", "NEW=OUT"),
+                    help="the three runs' geometric mean against the pair (A, B), same seed and folds")
     ap.add_argument("--seeds", nargs="+", default=[], metavar="A=OUT,B=OUT",
                     help="one seed's runs per argument (comma-separated): all seeds' runs in one geometric mean, "
                          "against each seed's own")
@@ -195,7 +213,8 @@ def main():
             f"--pair {s} {a} {b}" for s, a, b in args.pair) + "".join(
             f" --members-run {s} {o}" for s, o in args.members_run) + "".join(
             f" --against {s} {a} {b} {v}" for s, a, b, v in args.against) + "".join(
-            f" --swap {s} {k} {o} {n}" for s, k, o, n in args.swap) + (
+            f" --swap {s} {k} {o} {n}" for s, k, o, n in args.swap) + "".join(
+            f" --add {s} {a} {b} {n}" for s, a, b, n in args.add) + (
             " --seeds " + " ".join(args.seeds) if args.seeds else ""),
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "pairs": pairs,
@@ -209,6 +228,9 @@ def main():
         diffs = [w["new_pair_minus_old_pair"] for w in swaps]
         report["swaps"] = swaps
         report["mean_of_swaps"] = {on: float(np.mean([d[on]["diff"] for d in diffs])) for on in ("cv", "test")}
+    if args.add:
+        report["additions"] = [pair_plus(int(s), {k: Path(v) for k, v in (x.split("=", 1) for x in (a, b, c))},
+                                         args.data, classes) for s, a, b, c in args.add]
     if args.seeds:
         report["seed_ensemble"] = seed_ensemble(
             [{k: Path(v) for k, v in (x.split("=", 1) for x in group.split(","))} for group in args.seeds],

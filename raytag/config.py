@@ -120,6 +120,10 @@ class InputNormConfig:
     scale: float = 20.0  # fixed only
 
 
+# train.precision's values (raytag.training.precision reads them from here)
+Precision = Literal["auto", "fp32", "bf16"]
+
+
 @dataclass
 class TrainConfig:
     crop_seconds: float = 2.56  # length of the random fixed crops in training
@@ -155,7 +159,7 @@ class TrainConfig:
     # number format of the training step (raytag.training.precision): auto is bf16 autocast where
     # the hardware runs bf16 natively (AVX512-BF16 or AMX CPUs, Ampere+ GPUs), else fp32.
     # Held-out scores and predictions are always float32
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
 
 
 # ----------------------------------------------------------------------------- CV and inference

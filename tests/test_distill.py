@@ -221,11 +221,11 @@ def test_the_student_trains_with_its_teachers_recipe(experiment, tmp_path):
     first = art.members[0]
     member = dataclasses.replace(first, settings={**first.settings, "source": str(tmp_path)})
     art = dataclasses.replace(art, members=[member])
-    cfg = student_config(art, StudentSettings())
+    cfg = student_config(template_member(art), StudentSettings())
     assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.mixup.alpha, cfg.train.normalize.kind,
             cfg.train.loss.lsoft_beta) == (0.0123, 0.05, 0.9, "fixed", 0.6)
     assert cfg.model.name == first.settings["model"]["name"] and cfg.model.width == first.settings["model"]["width"]
-    cfg = student_config(art, StudentSettings(lr=0.002, width=4, label_weight=0.0))
+    cfg = student_config(template_member(art), StudentSettings(lr=0.002, width=4, label_weight=0.0))
     assert (cfg.train.lr, cfg.model.width, cfg.train.loss.noisy_loss) == (0.002, 4, "same")
 
 

@@ -235,23 +235,23 @@ def template_member(art: Artifact, model: Optional[str] = None) -> Member:
     return max(scored, key=lambda m: float(m.settings["cv_lwlrap"])) if scored else members[0]
 
 
-def student_config(art: Artifact, s: StudentSettings) -> Config:
-    """The student's Config: the template member's (`template_member`) training recipe (its
+def student_config(template: Member, s: StudentSettings) -> Config:
+    """The student's Config: the template member's (`template_member` picks it) training recipe (its
     config.yaml: input scaling, augmentation, mixup, optimizer and schedule), front end,
     model, crop and segment settings, with what `s` sets in their place; no folds or stages.
     Noisy clips keep the member's noisy-label loss (lsoft, weight), as their targets carry
     their given labels too; with `label_weight` 0 (the teacher's targets alone) every clip
     takes the plain BCE."""
-    template = template_member(art, s.model).settings
-    recipe = _member_recipe(template)
-    features = s.features or template["features"]
+    made_like = template.settings
+    recipe = _member_recipe(made_like)
+    features = s.features or made_like["features"]
     fps = Config.from_dict({"features": features}).features.frames_per_second
-    crop = s.crop_seconds or round(int(template["crop_frames"]) / fps, 3)
-    inference = dict(template.get("inference", {}))
-    inference.update(tta=0, segment_seconds=round(int(template["segment_frames"]) / fps, 3))
+    crop = s.crop_seconds or round(int(made_like["crop_frames"]) / fps, 3)
+    inference = dict(made_like.get("inference", {}))
+    inference.update(tta=0, segment_seconds=round(int(made_like["segment_frames"]) / fps, 3))
     if s.overlap is not None:
         inference["overlap"] = s.overlap
-    model = dict(template["model"])
+    model = dict(made_like["model"])
     if s.model is not None and s.model != model["name"]:
         model = {"name": s.model}  # another family: its own default params and dropout
     model.update({k: v for k, v in (("width", s.width), ("depth", s.depth)) if v is not None})
@@ -336,7 +336,8 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
                           "`raytag train` for a run, first")
     art = load_artifact(artifact_path)
     data = data or _sweep_data(experiment_dir)
-    cfg = student_config(art, settings)
+    template = template_member(art, settings.model)
+    cfg = student_config(template, settings)
     ensure_ray()  # the feature store is built by Ray tasks (cached: a rerun reuses it)
     dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
     if list(plan.classes) != list(art.classes):
@@ -348,9 +349,8 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     classes = list(art.classes)
     targets = student_targets(table, dataset, classes, settings.label_weight, settings.teacher_scale)
     n_oof = int((table[SOURCE_COLUMN] == "oof").sum())
-    template = template_member(art, settings.model).name
     say(f"student: {cfg.model.name} width {cfg.model.width} depth {cfg.model.depth} on {cfg.features.kind}, "
-        f"trained as member {template} was; {len(targets)} clips ({n_oof} with OOF targets, {len(targets) - n_oof} with the ensemble's), {settings.epochs} epochs")
+        f"trained as member {template.name} was; {len(targets)} clips ({n_oof} with OOF targets, {len(targets) - n_oof} with the ensemble's), {settings.epochs} epochs")
     model, losses = train_student(cfg, plan, store, targets, progress=progress)
 
     student_dir = storage.join(out_dir, "student")
@@ -366,7 +366,7 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     scores.update(_test_scores(student, dataset, settings.batch_size, progress))
     record = {"teacher": artifact_path, "teacher_manifest_sha256": _manifest_id(artifact_path),
               "teacher_members": [m.name for m in art.members], "teacher_combiner": art.combiner,
-              "student_template": template,  # the member whose recipe, front end and model it took
+              "student_template": template.name,  # the member whose recipe, front end and model it took
               "target_combiner": probability_teacher(art).combiner,  # a rank teacher teaches through its mean
               "targets": {"oof": n_oof, "ensemble": len(targets) - n_oof},
               "label_weight": settings.label_weight, "teacher_scale": settings.teacher_scale,

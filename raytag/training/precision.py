@@ -18,10 +18,13 @@ from __future__ import annotations
 import contextlib
 import functools
 from pathlib import Path
+from typing import get_args
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
+from raytag.config import Precision
+
+PRECISIONS = get_args(Precision)
 
 
 @functools.lru_cache(maxsize=1)
