@@ -243,9 +243,10 @@ def test_built_in_defaults_are_the_default_recipe():
 @pytest.mark.parametrize("name", ["quick", "families"])
 def test_quick_yaml_trials_train_the_default_recipe(name):
     """Issue 10 item 6: a quick.yaml trial is configs/default.yaml's run but for what the space
-    searches, the folds it trains and its model (quick.yaml: cnn2d, families.yaml: resnet18),
-    so the two cannot drift apart unnoticed. The mel bins go with the model: 96 were chosen on
-    the default's resnet18, whose stem downsamples; quick.yaml's cnn2d keeps 64."""
+    searches, the folds it trains and its model (quick.yaml: vgg_small, families.yaml:
+    resnet18: the default's two members), so the two cannot drift apart unnoticed. The mel bins
+    go with the model: 96 were chosen on the default's resnet18 alone; quick.yaml keeps the
+    default's 64."""
     model_keys = {"model.name", "model.width", "model.params", "features.n_mels"}
     space = load_space(REPO / "search_spaces" / f"{name}.yaml")
     default = _flat(Config.from_yaml(REPO / "configs" / "default.yaml"))
