@@ -9,7 +9,8 @@ them: does a second model family pay, and is it the family or just a second mode
         [--out results/benchmarks/members.json]
 
 Each pair's two runs must have held out every curated clip in the same fold (the same seed and
-cv settings): checked. For each pair: each run's CV (out-of-fold lwlrap) and test lwlrap (its
+cv settings): checked. Where a run is named, OUT1+OUT2 joins runs of one model over disjoint
+folds into one (`load`). For each pair: each run's CV (out-of-fold lwlrap) and test lwlrap (its
 fold models averaged), the geometric and the arithmetic mean of the two (nothing fitted, as in
 raytag.ensemble.members), and the paired bootstrap (1000 resamples, 90%) of the combination
 against each run alone, on CV and on test. `--members-run`: a finished members run of the
@@ -36,6 +37,20 @@ from raytag.metrics import lwlrap, paired_bootstrap_lwlrap
 
 
 def load(outputs: Path, classes: list[str]):
+    """(OOF scores, OOF truth, each OOF clip's fold, test scores) of one run's outputs, or of
+    runs of one model over disjoint folds given as OUT1+OUT2 (one seed, `cv.folds` split
+    between them): their OOF clips joined, and their test scores the mean of all their fold
+    models. A fold's model then differs from the one a run of every fold trains only in its
+    random draws (batches, crops and mixup are seeded by the run's epoch count)."""
+    parts = [Path(p) for p in str(outputs).split("+")]
+    if len(parts) > 1:
+        loaded = [load(p, classes) for p in parts]
+        folds = pd.concat([x[2] for x in loaded])
+        if not folds.index.is_unique:
+            raise SystemExit(f"{outputs}: the runs held out the same clips; join runs of disjoint folds only")
+        n_models = [x[2].nunique() for x in loaded]
+        test = sum(x[3] * n for x, n in zip(loaded, n_models)) / sum(n_models)
+        return pd.concat([x[0] for x in loaded]), pd.concat([x[1] for x in loaded]), folds, test
     oof, y = oof_scores({"row": "run", "outputs": str(outputs)}, classes)
     folds = pd.read_parquet(outputs / "oof.parquet").set_index("clip_id")["fold"]
     return oof, y, folds, fold_mean_test(outputs, classes)
