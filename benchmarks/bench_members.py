@@ -149,33 +149,34 @@ def _aligned(runs: dict[str, Path], data: Path, classes: list[str]):
     return y.loc[ids].to_numpy(), yt.to_numpy(), cv, test
 
 
-def pair_swap(seed: int, runs: dict[str, Path], data: Path, classes: list[str]) -> dict:
-    """(KEEP, NEW) against (KEEP, OLD): is NEW the better second member, at this seed?"""
+def _two_means(seed: int, runs: dict[str, Path], data: Path, classes: list[str],
+               first: list[str], second: list[str], diff_key: str) -> dict:
+    """Each run alone, the geometric mean of the runs named in `first` and of those in
+    `second`, and the paired bootstrap of second against first, on CV and on test."""
     y_cv, y_test, cv, test = _aligned(runs, data, classes)
-    keep, old, new = list(runs)
-    old_cv, new_cv = (combine("geometric", np.stack([cv[keep], cv[m]])) for m in (old, new))
-    old_test, new_test = (combine("geometric", np.stack([test[keep], test[m]])) for m in (old, new))
+    def mean_of(names):  # (CV, test) geometric means of the named runs
+        return tuple(combine("geometric", np.stack([x[n] for n in names])) for x in (cv, test))
+
+    (a_cv, a_test), (b_cv, b_test) = mean_of(first), mean_of(second)
     return {"seed": seed, "runs": {n: str(p) for n, p in runs.items()},
             "alone": {n: {"cv_lwlrap": lwlrap(y_cv, cv[n]), "test_lwlrap": lwlrap(y_test, test[n])} for n in runs},
-            f"{keep}+{old}": {"cv_lwlrap": lwlrap(y_cv, old_cv), "test_lwlrap": lwlrap(y_test, old_test)},
-            f"{keep}+{new}": {"cv_lwlrap": lwlrap(y_cv, new_cv), "test_lwlrap": lwlrap(y_test, new_test)},
-            "new_pair_minus_old_pair": {"cv": paired_bootstrap_lwlrap(y_cv, old_cv, new_cv),
-                                        "test": paired_bootstrap_lwlrap(y_test, old_test, new_test)}}
+            "+".join(first): {"cv_lwlrap": lwlrap(y_cv, a_cv), "test_lwlrap": lwlrap(y_test, a_test)},
+            "+".join(second): {"cv_lwlrap": lwlrap(y_cv, b_cv), "test_lwlrap": lwlrap(y_test, b_test)},
+            diff_key: {"cv": paired_bootstrap_lwlrap(y_cv, a_cv, b_cv),
+                       "test": paired_bootstrap_lwlrap(y_test, a_test, b_test)}}
+
+
+def pair_swap(seed: int, runs: dict[str, Path], data: Path, classes: list[str]) -> dict:
+    """(KEEP, NEW) against (KEEP, OLD): is NEW the better second member, at this seed?"""
+    keep, old, new = list(runs)
+    return _two_means(seed, runs, data, classes, [keep, old], [keep, new], "new_pair_minus_old_pair")
 
 
 def pair_plus(seed: int, runs: dict[str, Path], data: Path, classes: list[str]) -> dict:
     """(A, B, NEW) against the pair (A, B), geometric means: does a third family pay on top of
     the default's pair, at this seed?"""
-    y_cv, y_test, cv, test = _aligned(runs, data, classes)
     a, b, new = list(runs)
-    pair_cv, pair_test = (combine("geometric", np.stack([x[a], x[b]])) for x in (cv, test))
-    three_cv, three_test = (combine("geometric", np.stack([x[a], x[b], x[new]])) for x in (cv, test))
-    return {"seed": seed, "runs": {n: str(p) for n, p in runs.items()},
-            "alone": {n: {"cv_lwlrap": lwlrap(y_cv, cv[n]), "test_lwlrap": lwlrap(y_test, test[n])} for n in runs},
-            f"{a}+{b}": {"cv_lwlrap": lwlrap(y_cv, pair_cv), "test_lwlrap": lwlrap(y_test, pair_test)},
-            f"{a}+{b}+{new}": {"cv_lwlrap": lwlrap(y_cv, three_cv), "test_lwlrap": lwlrap(y_test, three_test)},
-            "three_minus_pair": {"cv": paired_bootstrap_lwlrap(y_cv, pair_cv, three_cv),
-                                 "test": paired_bootstrap_lwlrap(y_test, pair_test, three_test)}}
+    return _two_means(seed, runs, data, classes, [a, b], [a, b, new], "three_minus_pair")
 
 
 def seed_ensemble(seeds: list[dict[str, Path]], data: Path, classes: list[str]) -> dict:
