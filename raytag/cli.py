@@ -201,9 +201,10 @@ def distill(
     teacher_scale: str = typer.Option("prob", help="The teacher's part of a target: 'prob' (its probabilities) or 'clip_max' (each clip's divided by its top class score, so the top class teaches 1)."),
 ):
     """Distil the ensemble (a sweep's, or a train run's members) into one small, fast model:
-    trained on its soft predictions for every training clip (out-of-fold on curated clips,
-    the artifact's own on noisy clips), saved as an artifact under EXPERIMENT/distill/artifact
-    that `raytag predict` and `raytag serve` take like any other."""
+    trained on its soft predictions for every training clip (out-of-fold on curated clips;
+    on noisy clips too if the teacher trained with cv.noisy_folds, else the artifact's own),
+    saved as an artifact under EXPERIMENT/distill/artifact that `raytag predict` and
+    `raytag serve` take like any other."""
     from raytag.console.distill import distill_command
     from raytag.ensemble.distill import StudentSettings
 

@@ -176,6 +176,12 @@ class CVConfig:
     # n_folds, "refit"). It has no held-out clips, so it adds nothing to CV; it joins the fold
     # models as one more member of the test average, the artifact and the ensembles.
     refit: bool = False
+    # split the noisy clips into the same K folds too (stratified on their given labels,
+    # cv.clip_groups kept whole): fold k's model trains without noisy fold k and predicts it,
+    # so every noisy clip gets an out-of-fold prediction (noisy_oof.parquet). `raytag distill`
+    # then teaches every clip from models that never trained on it, not from a teacher
+    # repeating the noisy labels it memorised. Each fold model sees (K-1)/K of the noisy clips.
+    noisy_folds: bool = False
 
 
 @dataclass
@@ -314,6 +320,7 @@ class Config:
         cfg = _build(cls, data or {}, "")
         cfg.members = [_build(MemberConfig, m, f"members[{i}]") for i, m in enumerate(cfg.members)]
         cfg.member_configs()  # every member's settings checked now, before compute is spent
+        _check_noisy_folds(cfg)
         return cfg
 
     @classmethod
@@ -503,6 +510,16 @@ _RANGES = {
     ("LossConfig", "noisy_keep"): (0.05, 1.0),
     ("LossConfig", "noisy_keep_ramp"): (0, None),
 }
+
+
+def _check_noisy_folds(cfg: "Config") -> None:
+    """cv.noisy_folds promises noisy predictions out of sample; a warm-up on noisy clips,
+    whose weights start every fold, would break that promise silently."""
+    warmup = cfg.pipeline.warmup
+    if cfg.cv.noisy_folds and warmup.enabled and warmup.epochs > 0:
+        raise ConfigError("cv.noisy_folds: the warm-up trains on noisy clips before the folds split them, so no "
+                          "fold model's noisy predictions would be out of sample; set pipeline.warmup.enabled: "
+                          "false, or cv.noisy_folds: false")
 
 
 def _check_ranges(obj, path):

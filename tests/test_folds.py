@@ -150,3 +150,58 @@ def test_refit_is_one_more_model_with_nothing_held_out(demo_dataset):
     plan = _plan(Config.from_dict({"cv": {"n_folds": 3, "refit": True}}), demo_dataset)
     assert plan.folds == [0, 1, 2] and plan.model_folds == [0, 1, 2, 3]
     assert 3 not in set(plan.curated_fold)  # so the refit model trains on every curated clip
+
+
+NOISY_FOLDS = {"cv": {"n_folds": 3, "noisy_folds": True},
+               "pipeline": {"warmup": {"enabled": False}, "finetune": {"noisy": "all"}}}
+
+
+def test_noisy_folds_hold_each_noisy_clip_out_of_one_fold_model(demo_dataset):
+    """cv.noisy_folds: every noisy clip lands in one fold, whose model neither trains on it
+    (fine-tune set) nor filters or pseudo-labels it; the refit model trains on all of them."""
+    import torch
+
+    from raytag.training.run_state import _Context
+    from raytag.training.steps import Step
+
+    cfg = Config.from_dict({**NOISY_FOLDS, "cv": {**NOISY_FOLDS["cv"], "refit": True}})
+    plan = _plan(cfg, demo_dataset)
+    assert plan.noisy_fold.shape == (len(plan.noisy_ids),) and set(plan.noisy_fold) == {0, 1, 2}
+    ctx = _Context(plan, cfg, None, 0, 1, torch.device("cpu"), None, n_steps=1)
+    held = {k: ctx.noisy_ids(k, held_out=True) for k in plan.folds}
+    assert sorted(sum(held.values(), [])) == sorted(plan.noisy_ids)  # each clip held out exactly once
+    for k in plan.folds:
+        trained = ctx.training_set(Step(kind="finetune", fold=k, epochs=1))
+        assert not set(trained.clip_ids) & set(held[k])
+        assert set(ctx.noisy_ids(k)) == set(plan.noisy_ids) - set(held[k])
+        assert len(trained) == (plan.curated_fold != k).sum() + len(plan.noisy_ids) - len(held[k])
+    refit = ctx.training_set(Step(kind="finetune", fold=plan.refit_fold, epochs=1))
+    assert set(plan.noisy_ids) <= set(refit.clip_ids) and ctx.noisy_ids(plan.refit_fold, held_out=True) == []
+    # without the switch nothing is held out
+    plain = _plan(Config.from_dict({"cv": {"n_folds": 3}}), demo_dataset)
+    assert plain.noisy_fold is None
+    assert _Context(plain, cfg, None, 0, 1, torch.device("cpu"), None, 1).noisy_ids(0, held_out=True) == []
+
+
+def test_noisy_folds_keep_clip_groups_whole_and_refuse_a_warmup(demo_dataset, tmp_path):
+    fnames = sorted(demo_dataset.split("noisy")["fname"])
+    group = {f: f"rec{i // 5}" for i, f in enumerate(fnames)}  # five noisy clips per recording
+    (tmp_path / "groups.csv").write_text("fname,group\n" + "".join(f"{f},{g}\n" for f, g in group.items()))
+    cfg = Config.from_dict({**NOISY_FOLDS, "cv": {**NOISY_FOLDS["cv"], "clip_groups": str(tmp_path / "groups.csv")}})
+    with pytest.raises(ConfigError, match="lists none of the .* curated clips"):
+        _plan(cfg, demo_dataset)  # the curated clips still need the file to list them
+    curated = sorted(demo_dataset.split("curated")["fname"])
+    with (tmp_path / "groups.csv").open("a") as f:
+        f.write("".join(f"{name},cur{i}\n" for i, name in enumerate(curated)))
+    plan = _plan(cfg, demo_dataset)
+    by_group: dict[str, set] = {}
+    for cid, fold in zip(plan.noisy_ids, plan.noisy_fold):
+        by_group.setdefault(group[cid.split("/", 1)[1]], set()).add(int(fold))
+    assert all(len(folds) == 1 for folds in by_group.values())
+    # a file of the curated clips alone: the noisy clips are split one by one
+    (tmp_path / "cur.csv").write_text("fname,group\n" + "".join(f"{n},cur{i}\n" for i, n in enumerate(curated)))
+    alone = _plan(Config.from_dict({**NOISY_FOLDS, "cv": {**NOISY_FOLDS["cv"], "clip_groups": str(tmp_path / "cur.csv")}}),
+                  demo_dataset)
+    assert set(alone.noisy_fold) == {0, 1, 2}
+    with pytest.raises(ConfigError, match="cv.noisy_folds: the warm-up trains on noisy clips"):
+        Config.from_dict({"cv": {"noisy_folds": True}, "pipeline": {"warmup": {"enabled": True, "epochs": 2}}})

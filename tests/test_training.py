@@ -170,6 +170,34 @@ def test_refit_trains_one_more_model_on_every_curated_clip(tiny_run, demo_data, 
     assert json.loads((out / "model.json").read_text())["refit_fold"] == 2
 
 
+def test_noisy_folds_give_every_held_out_noisy_clip_an_out_of_fold_prediction(tiny_run, demo_data, tmp_path):
+    """cv.noisy_folds: fold 0's model is filtered and pseudo-labelled on the noisy clips of
+    the other folds only, and its final (stage-2) model predicts fold 0's noisy clips into
+    noisy_oof.parquet, which `raytag distill` reads as out-of-fold targets."""
+    from raytag.data.layouts import load_dataset
+    from raytag.training.outputs import read_noisy_oof
+
+    cfg = Config.from_dict({**TINY, "name": "noisyfolds", "cv": {"n_folds": 2, "folds": [0], "noisy_folds": True},
+                            "pipeline": {**TINY["pipeline"], "warmup": {"enabled": False},
+                                         "finetune": {"epochs": 1, "noisy": "all"}}})
+    _, tiny_out, _ = tiny_run  # its feature cache: the same front end
+    result = fit_pipeline(cfg, demo_data, str(tmp_path / "results"), "noisyfolds",
+                          feature_cache=str(tiny_out / "cache"), progress=False)
+    out = Path(result.outputs_dir)
+    noisy_oof = pd.read_parquet(out / "noisy_oof.parquet")
+    decision = json.loads((out / "filter" / "fold0.json").read_text())
+    scored = set(decision["accepted"]) | set(decision["unlabelled"])  # what the filter saw: fold 0's training clips
+    held = set(noisy_oof["clip_id"])
+    assert held and not held & scored and len(noisy_oof) == len(held) == result.metrics["noisy_oof_clips"]
+    assert held | scored == set(load_dataset(demo_data).split("noisy")["clip_id"])
+    assert 0.3 < len(held) / (len(held) + len(scored)) < 0.7  # about half of the noisy clips, with 2 folds
+    assert set(noisy_oof["fold"]) == {0} and set(noisy_oof["stage"]) == {"stage2_r0"}
+    classes = [c for c in noisy_oof.columns if c not in ("clip_id", "fold", "run", "stage")]
+    assert noisy_oof[classes].to_numpy().std() > 0  # the model's outputs, not a placeholder
+    assert read_noisy_oof(str(out)).shape == (len(held), len(classes))
+    assert read_noisy_oof(tiny_run[0].outputs_dir) is None  # trained without noisy folds
+
+
 def test_rerun_with_same_name_resumes_instead_of_training(tiny_run, demo_data):
     result, out, trace = tiny_run
     trace2 = out / "trace2.jsonl"

@@ -9,9 +9,12 @@ Teacher targets, one row per training clip (`<experiment>/distill/teacher.parque
 - curated clips: the ensemble's out-of-fold predictions, i.e. each member's OOF
   predictions (its trial's oof.parquet) combined with the artifact's own combiner, so no
   curated target comes from a model that trained on that clip;
-- noisy clips: the ensemble artifact's predictions (`predict_files`, the predict path),
-  as are curated clips that lack an OOF prediction of some member (a sweep that trained
-  only some folds: `cv.folds`).
+- noisy clips: likewise from each member's noisy_oof.parquet when every member trained
+  with `cv.noisy_folds` (each noisy clip predicted by the fold model that left it out);
+- else, and for clips lacking an out-of-fold prediction of some member (a sweep that
+  trained only some folds: `cv.folds`): the ensemble artifact's predictions
+  (`predict_files`, the predict path). Those come from models that trained on the clip:
+  on noisy clips they repeat the wrong labels the teacher memorised (speed.md).
 The file is reused while the artifact's manifest is unchanged (the noisy pass is the
 expensive part), so trying another student costs only its training.
 
@@ -59,7 +62,9 @@ from raytag.training.dataset import CropBatches, LabelledSet
 from raytag.training.epoch import build_optimizer, train_epoch
 from raytag.training.inference import iter_store_clips, predict_segments
 from raytag.training.losses import build_loss
-from raytag.training.outputs import CONFIG, MODEL_CARD, WEIGHTS, model_card, read_predictions, write_parquet
+from raytag.training.outputs import (
+    CONFIG, MODEL_CARD, WEIGHTS, model_card, read_noisy_oof, read_predictions, write_parquet,
+)
 from raytag.training.precision import resolve_precision
 from raytag.training.runner import prepare_data
 from raytag.training.steps import Step
@@ -67,7 +72,7 @@ from raytag.training.steps import Step
 DISTILL_DIR = "distill"
 TEACHER = "teacher.parquet"
 TEACHER_SCALES = ("prob", "clip_max")  # how the teacher's predictions become targets (StudentSettings)
-SOURCE_COLUMN = "target_source"  # "oof" (curated) or "ensemble" (noisy)
+SOURCE_COLUMN = "target_source"  # "oof" (out-of-fold: curated; noisy with cv.noisy_folds) or "ensemble"
 
 
 @dataclass
@@ -115,8 +120,8 @@ class StudentSettings:
 class DistillResult:
     artifact_path: str
     teacher_path: str
-    n_oof: int  # clips whose targets are the ensemble's out-of-fold predictions (curated)
-    n_ensemble: int  # clips whose targets are the artifact's predictions (noisy; curated without OOF)
+    n_oof: int  # clips whose targets are the ensemble's out-of-fold predictions (curated; noisy too with noisy folds)
+    n_ensemble: int  # clips whose targets are the artifact's predictions (the rest)
     epochs: int
     seconds: float
     student: str = ""  # its model, as "cnn2d w16 d4"
@@ -133,10 +138,12 @@ def _manifest_id(artifact_path: str) -> str:
 
 def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
                     progress: bool = False) -> pd.DataFrame:
-    """DataFrame indexed by clip_id: one column per class and `target_source`; curated
-    rows from the members' OOF predictions (combined as the artifact combines, a rank mean
-    as the plain mean: `probability_teacher`), noisy rows from the artifact's predictions
-    (likewise). Cached in `<out_dir>/teacher.parquet`."""
+    """DataFrame indexed by clip_id: one column per class and `target_source`; out-of-fold
+    rows ("oof") from the members' out-of-fold predictions on curated clips and, where every
+    member has them (cv.noisy_folds), on noisy clips, combined as the artifact combines (a
+    rank mean as the plain mean: `probability_teacher`); the other clips' rows
+    ("ensemble") from the artifact's predictions (likewise). Cached in
+    `<out_dir>/teacher.parquet`."""
     path = storage.join(out_dir, TEACHER)
     art = probability_teacher(art)
     key = f"{_manifest_id(art.path)}:{art.combiner}"  # targets of an older rank teacher are not reused
@@ -145,8 +152,7 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
         if "artifact_manifest" in cached.columns and (cached["artifact_manifest"] == key).all():
             return cached.drop(columns=["artifact_manifest"]).set_index("clip_id")
     classes = list(art.classes)
-    curated = dataset.split("curated")
-    oofs = []
+    sources = []
     for m in art.members:
         source = m.settings.get("source")
         if not source or not storage.exists(source):
@@ -155,21 +161,27 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
                 "takes the curated targets from each member's out-of-fold predictions: run it where "
                 "the sweep's results are"
             )
-        oof = load_trial(source).oof
-        if list(oof.columns) != classes:
-            oof = oof[classes]
-        oofs.append(oof)
-    common = curated["clip_id"]
-    for oof in oofs:
-        common = common[common.isin(oof.index)]
-    rows = []
-    if len(common):
-        cur = art.combine([oof.loc[common, classes].to_numpy(np.float64) for oof in oofs])
-        rows.append(pd.DataFrame(cur, index=pd.Index(common, name="clip_id"), columns=classes)
-                    .assign(**{SOURCE_COLUMN: "oof"}))
-    # noisy clips, and curated clips without an OOF prediction of every member (a sweep that
-    # trained only some folds): the artifact's own predictions
-    rest = pd.concat([curated[~curated["clip_id"].isin(common)], dataset.split("noisy")])
+        sources.append(source)
+    curated, noisy = dataset.split("curated"), dataset.split("noisy")
+    rows, covered = [], set()
+    for clips, member_preds in (
+        (curated, [load_trial(s).oof for s in sources]),
+        (noisy, [read_noisy_oof(s) for s in sources]),
+    ):
+        if any(p is None for p in member_preds):  # a member trained without cv.noisy_folds
+            continue
+        common = clips["clip_id"]
+        for p in member_preds:
+            common = common[common.isin(p.index)]
+        if len(common):
+            oof = art.combine([p.loc[common, classes].to_numpy(np.float64) for p in member_preds])
+            rows.append(pd.DataFrame(oof, index=pd.Index(common, name="clip_id"), columns=classes)
+                        .assign(**{SOURCE_COLUMN: "oof"}))
+            covered.update(common)
+    # the rest (noisy clips without noisy folds; clips some member has no out-of-fold
+    # prediction of, as in a sweep that trained only some folds): the artifact's own predictions
+    rest = pd.concat([curated, noisy])
+    rest = rest[~rest["clip_id"].isin(covered)]
     if len(rest):
         probs, _ = predict_files(art, list(rest["path"]), batch_size=batch_size, progress=progress)
         by_path = dict(zip(rest["path"].astype(str), rest["clip_id"]))

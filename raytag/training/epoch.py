@@ -84,8 +84,12 @@ def evaluate(ctx: _Context, model, step: Step, final: bool, is_fold_final: bool)
         if ctx.rank == 0:
             ctx.state.save_preds(f"oof/{tag}", held.clip_ids, probs)
         test = ctx.predict(model, ctx.plan.test_ids) if ctx.plan.test_ids else np.zeros((0, ctx.plan.n_classes))
+        noisy_held = ctx.noisy_ids(step.fold, held_out=True)  # cv.noisy_folds; else none
+        noisy = ctx.predict(model, noisy_held) if noisy_held else None
         if ctx.rank == 0:
             ctx.state.save_preds(f"test/{tag}", ctx.plan.test_ids, test)
+            if noisy is not None:
+                ctx.state.save_preds(f"noisy/{tag}", noisy_held, noisy)
             ctx.state.progress["stage_rows"].append(
                 {"stage": step.stage_name, "fold": -1 if step.fold is None else step.fold,
                  "val_lwlrap": val, "n_train": len(ctx.training_set(step))})
@@ -93,6 +97,8 @@ def evaluate(ctx: _Context, model, step: Step, final: bool, is_fold_final: bool)
                 ctx.state.save_weights(f"fold{step.fold}", model)
                 ctx.state.save_preds(f"final/oof_fold{step.fold}", held.clip_ids, probs)
                 ctx.state.save_preds(f"final/test_fold{step.fold}", ctx.plan.test_ids, test)
+                if noisy is not None:
+                    ctx.state.save_preds(f"final/noisy_fold{step.fold}", noisy_held, noisy)
         if step.kind == "warmup":  # every rank: each fold starts from these weights
             ctx.state.save_weights("warmup", model)
     cv = cv_so_far(ctx) or scores

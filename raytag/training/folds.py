@@ -77,13 +77,16 @@ def _stratified_folds(y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     return folds
 
 
-def read_clip_groups(path: str | Path, fnames: Sequence[str], root: Optional[Path] = None) -> list[str]:
+def read_clip_groups(path: str | Path, fnames: Sequence[str], root: Optional[Path] = None,
+                     kind: str = "curated", must_list_some: bool = True) -> Optional[list[str]]:
     """The group of each clip in `fnames`, from a CSV with columns fname and group (others
     are ignored). A relative path is looked up in `root` (the dataset folder) first.
 
     A clip the file does not list is its own group, with a warning: a partial list still
     keeps the listed siblings together. A file that lists none of the clips is an error,
-    since the folds would then silently be the ungrouped ones."""
+    since the folds would then silently be the ungrouped ones; unless `must_list_some` is
+    false (noisy clips, which a file of the curated clips' groups need not list): then None.
+    `kind` names the clips in messages."""
     p = Path(path)
     if not p.is_absolute() and root is not None and (Path(root) / p).is_file():
         p = Path(root) / p
@@ -104,10 +107,12 @@ def read_clip_groups(path: str | Path, fnames: Sequence[str], root: Optional[Pat
     group_of = dict(zip(table["fname"], table["group"]))
     unlisted = [f for f in fnames if f not in group_of]
     if len(unlisted) == len(fnames):
-        raise ConfigError(f"cv.clip_groups: {p} lists none of the {len(fnames)} curated clips "
+        if not must_list_some:
+            return None
+        raise ConfigError(f"cv.clip_groups: {p} lists none of the {len(fnames)} {kind} clips "
                           f"(e.g. {list(fnames[:2])}; it has {list(table['fname'][:2])}): is it this dataset's file?")
     if unlisted:
-        log.warning("cv.clip_groups: %d of %d curated clips are not in %s (e.g. %s); each is its own group",
-                    len(unlisted), len(fnames), p, unlisted[:3])
+        log.warning("cv.clip_groups: %d of %d %s clips are not in %s (e.g. %s); each is its own group",
+                    len(unlisted), len(fnames), kind, p, unlisted[:3])
     # an unlisted clip's group is its own name, prefixed so it cannot meet a listed group
     return [group_of[f] if f in group_of else f"\0unlisted:{f}" for f in fnames]

@@ -29,6 +29,7 @@ OUTPUTS_DIR = "outputs"
 MEMBERS_DIR = "members"  # a members run's folder of member runs (raytag.ensemble.members)
 OOF_PREDICTIONS = "oof.parquet"  # final model of each fold on its held-out curated clips
 TEST_PREDICTIONS = "test.parquet"  # final model of each fold on the test clips
+NOISY_OOF = "noisy_oof.parquet"  # cv.noisy_folds: final model of each fold on its held-out noisy clips
 STAGE_OOF = "stage_oof.parquet"
 STAGE_TEST = "stage_test.parquet"
 OOF_TRUTH = "oof_truth.csv"
@@ -123,6 +124,12 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store,
                   "labels": [",".join(c for c, v in zip(classes, row) if v > 0.5) for row in plan.curated_y]}
                  ).to_csv(staging / OOF_TRUTH, index=False)
     write_parquet(test_df, staging / TEST_PREDICTIONS, classes)
+    noisy_oof = [_frame(*_load(path), int(path.stem[len("noisy_fold"):]), "", run, classes)
+                 for path in sorted((ckpt_out / "preds" / "final").glob("noisy_fold*.npz"))]
+    if noisy_oof:  # cv.noisy_folds: every noisy clip predicted by the fold model that did not train on it
+        frame = pd.concat(noisy_oof, ignore_index=True)
+        frame["stage"] = [_final_stage(stage_oof_df, f) for f in frame["fold"]]
+        write_parquet(frame, staging / NOISY_OOF, classes)
     # lwlrap, and MAP@3 (the task's own score) on the 2018 layout
     cv_scores = layout_scores(plan.layout, plan.curated_y[[curated_row[c] for c in oof_df["clip_id"]]],
                               oof_df[classes].to_numpy())
@@ -167,6 +174,7 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store,
         "test_lwlrap": test_lw,
         "epochs_run": int((history["stage"] != "filter").sum()) if len(history) else 0,
         "n_skipped": int(len(skipped)),
+        "noisy_oof_clips": int(sum(len(f) for f in noisy_oof)),
     }
     return metrics, stages
 
@@ -309,6 +317,15 @@ def read_predictions(path: str) -> tuple[pd.DataFrame, list[str]]:
         raise RaytagError(f"{path}: holds no predictions")
     return df, classes
 
+
+def read_noisy_oof(outputs_dir: str) -> pd.DataFrame | None:
+    """A run's out-of-fold predictions on its noisy clips (cv.noisy_folds), one row per
+    clip_id and one column per class; None when it has none (trained without noisy folds)."""
+    path = storage.join(outputs_dir, NOISY_OOF)
+    if not storage.exists(path):
+        return None
+    df, classes = read_predictions(path)
+    return df.groupby("clip_id", sort=True)[classes].mean()
 
 
 def read_model_card(outputs_dir: str) -> dict:

@@ -39,6 +39,9 @@ class Plan:
     bins: int = 1
     norm_mean: np.ndarray = field(default=None)  # (C, F)
     norm_std: np.ndarray = field(default=None)
+    # cv.noisy_folds: the fold of each noisy clip (aligned with noisy_ids), which that fold's
+    # model does not train on and predicts; None: every fold trains on every noisy clip
+    noisy_fold: Optional[np.ndarray] = None
 
     @property
     def config(self) -> Config:
@@ -77,6 +80,8 @@ def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: s
     if cfg.cv.clip_groups:  # read here, on the driver: workers on other nodes may not have the file
         groups = read_clip_groups(cfg.cv.clip_groups, list(curated["fname"]), Path(dataset.root))
     fold_ids = make_folds(curated_y, cfg.cv.n_folds, cfg.cv.seed, groups)
+    noisy_y = labels_to_matrix(list(noisy["labels"]), classes) if len(noisy) else np.zeros((0, len(classes)), np.float32)
+    noisy_fold = _noisy_folds(cfg, noisy, noisy_y, Path(dataset.root)) if cfg.cv.noisy_folds else None
     folds = cv_folds(cfg)
     bad = [f for f in folds if not 0 <= f < cfg.cv.n_folds]
     if bad:
@@ -100,8 +105,9 @@ def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: s
         curated_y=curated_y,
         curated_fold=np.asarray(fold_ids, dtype=np.int64),
         noisy_ids=list(noisy["clip_id"]),
-        noisy_y=labels_to_matrix(list(noisy["labels"]), classes) if len(noisy) else np.zeros((0, len(classes)), np.float32),
+        noisy_y=noisy_y,
         noisy_subset=list(subset),
+        noisy_fold=noisy_fold,
         test_ids=list(test["clip_id"]),
         folds=folds,
         refit_fold=cfg.cv.n_folds if cfg.cv.refit else None,
@@ -111,6 +117,20 @@ def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: s
         bins=int(bins),
         **dict(zip(("norm_mean", "norm_std"), input_scaling(cfg.train.normalize, store.mean, store.std))),
     )
+
+
+def _noisy_folds(cfg: Config, noisy, noisy_y: np.ndarray, root: Path) -> np.ndarray:
+    """cv.noisy_folds: a fold id for each noisy clip, stratified on the given labels as the
+    curated folds are, with cv.clip_groups' groups kept whole when the file lists noisy clips
+    (a noisy clip cut from the recording of another must not be predicted by a model that
+    heard its sibling)."""
+    if len(noisy) < cfg.cv.n_folds:
+        raise ConfigError(f"cv.noisy_folds: {len(noisy)} noisy clip(s) cannot be split into {cfg.cv.n_folds} "
+                          "folds; set cv.noisy_folds: false")
+    groups = None
+    if cfg.cv.clip_groups:  # a file of the curated clips' groups alone: each noisy clip its own group
+        groups = read_clip_groups(cfg.cv.clip_groups, list(noisy["fname"]), root, kind="noisy", must_list_some=False)
+    return np.asarray(make_folds(noisy_y, cfg.cv.n_folds, cfg.cv.seed, groups), dtype=np.int64)
 
 
 def input_scaling(norm: InputNormConfig, bin_mean, bin_std) -> tuple[np.ndarray, np.ndarray]:

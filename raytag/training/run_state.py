@@ -195,6 +195,15 @@ class _Context:
         ids = [cid for cid, m in zip(self.plan.curated_ids, mask) if m]
         return LabelledSet(ids, self.plan.curated_y[mask], np.zeros(len(ids), bool))
 
+    def noisy_ids(self, fold: int | None, held_out: bool = False) -> list[str]:
+        """The noisy clips fold `fold`'s model may train on (or, `held_out`, must not: the
+        ones it predicts out of fold). Without cv.noisy_folds every fold trains on all and
+        holds none out; so do the warm-up (fold None) and the refit model."""
+        split = self.plan.noisy_fold
+        if split is None or fold is None or fold == self.plan.refit_fold:
+            return [] if held_out else list(self.plan.noisy_ids)
+        return [c for c, f in zip(self.plan.noisy_ids, split) if (f == fold) == held_out]
+
     def noisy(self, ids: list[str], targets: np.ndarray | None = None) -> LabelledSet:
         if targets is None:
             rows = [self.noisy_index[c] for c in ids]
@@ -208,6 +217,8 @@ class _Context:
         base = self.curated(step.fold, held_out=False)
         if step.kind == "finetune":
             extra = {"none": [], "subset": self.plan.noisy_subset, "all": self.plan.noisy_ids}[p.finetune.noisy]
+            allowed = set(self.noisy_ids(step.fold))  # cv.noisy_folds: not the fold's held-out ones
+            extra = [c for c in extra if c in allowed]
             return base.concat(self.noisy(extra)) if extra else base
         # stage 2: curated + accepted noisy (given labels) + this round's pseudo-labelled clips
         decision = self.state.load_json(f"filter/fold{step.fold}.json")

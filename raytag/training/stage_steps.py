@@ -53,6 +53,9 @@ def finish_fold_early(ctx: _Context, model, step: Step, steps: list[Step]):
     ctx.state.save_weights(f"fold{step.fold}", model)
     ctx.state.save_preds(f"final/oof_fold{step.fold}", *ctx.state.load_preds(f"oof/{tag}"))
     ctx.state.save_preds(f"final/test_fold{step.fold}", *ctx.state.load_preds(f"test/{tag}"))
+    noisy = ctx.state.load_preds(f"noisy/{tag}")  # cv.noisy_folds: the held-out noisy clips
+    if noisy is not None:
+        ctx.state.save_preds(f"final/noisy_fold{step.fold}", *noisy)
 
 
 def _choose_pseudo(ctx: _Context, model, step: Step):
@@ -60,7 +63,7 @@ def _choose_pseudo(ctx: _Context, model, step: Step):
     [lower(round), upper) join this round with the model's predictions as targets."""
     pcfg = ctx.cfg.pipeline.pseudo
     decision = ctx.state.load_json(f"filter/fold{step.fold}.json")
-    unlabelled = decision["unlabelled"] if decision else list(ctx.plan.noisy_ids)
+    unlabelled = decision["unlabelled"] if decision else ctx.noisy_ids(step.fold)
     lower = lower_bound(step.round, pcfg.rounds, pcfg.lower)
     ids, targets = [], np.zeros((0, ctx.plan.n_classes), np.float32)
     upper = pcfg.upper
@@ -81,8 +84,8 @@ def _run_filter(ctx: _Context, model, step: Step):
     """Score every noisy clip with this fold's stage-1 model; accepted clips keep their
     given labels (never the model's guesses) and join the labelled set."""
     p = ctx.cfg.pipeline
-    ids = ctx.plan.noisy_ids
-    given = ctx.plan.noisy_y
+    ids = ctx.noisy_ids(step.fold)  # cv.noisy_folds: the fold's held-out noisy clips are neither scored nor taken
+    given = ctx.noisy(ids).targets  # their given labels, row for row
     info: dict = {"fold": step.fold}
     accept = np.zeros(len(ids), bool)
     prob_accept = probs = noisy_emb = None
