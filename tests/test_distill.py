@@ -24,7 +24,8 @@ from raytag.data.labels import labels_to_matrix
 from raytag.data.layouts import load_dataset
 from raytag.ensemble.artifact import Artifact, Member, describe, load_artifact
 from raytag.ensemble.distill import (
-    StudentSettings, distill, probability_teacher, student_config, student_targets, template_member, train_student,
+    StudentSettings, distill, probability_teacher, student_config, student_targets, teacher_targets, template_member,
+    train_student,
 )
 from raytag.ensemble.job import build_ensemble
 from raytag.errors import RaytagError
@@ -240,3 +241,38 @@ def test_a_rank_teacher_gives_probabilities_as_targets(experiment):
     np.testing.assert_allclose(teacher.combine(probs), np.mean(probs, axis=0), rtol=1e-5)
     weighted = dataclasses.replace(art, combiner="weighted", weights=[1.0] + [0.0] * (len(art.members) - 1))
     assert probability_teacher(weighted) is weighted
+
+
+def test_a_teacher_trained_with_noisy_folds_teaches_noisy_clips_out_of_fold(experiment, demo_data, tmp_path):
+    """Members with noisy_oof.parquet (cv.noisy_folds): every noisy clip's target is the
+    members' out-of-fold predictions combined as the artifact combines, as on curated clips;
+    when one member lacks them (or `noisy_targets="ensemble"` asks), the noisy clips take the
+    artifact's predictions."""
+    dataset = load_dataset(demo_data)
+    classes = list(dataset.classes)
+    art = load_artifact(storage.join(experiment, "ensemble", "artifact"))
+    noisy = dataset.split("noisy")
+    members, member_noisy = [], []
+    for i, m in enumerate(art.members):
+        src = tmp_path / f"member{i}"
+        storage.copy_tree(m.settings["source"], str(src))
+        probs = noisy_probs(dataset.label_matrix("noisy"), 1.0, seed=40 + i)
+        frame = pd.DataFrame(probs, columns=classes)
+        frame.insert(0, "clip_id", list(noisy["clip_id"]))
+        frame.insert(1, "fold", np.arange(len(noisy)) % 2)
+        frame.insert(2, "run", 0)
+        frame.insert(3, "stage", "finetune")
+        storage.write_parquet(frame, str(src / "noisy_oof.parquet"), metadata={"raytag.classes": json.dumps(classes)})
+        members.append(dataclasses.replace(m, settings={**m.settings, "source": str(src)}))
+        member_noisy.append(probs)
+    teacher = teacher_targets(dataclasses.replace(art, members=members), dataset, str(tmp_path / "all"))
+    assert set(teacher["target_source"]) == {"oof"} and len(teacher) == len(dataset.split("curated")) + len(noisy)
+    combined = probability_teacher(art).combine([p.astype(np.float64) for p in member_noisy])
+    np.testing.assert_allclose(teacher.loc[noisy["clip_id"], classes].to_numpy(), combined, atol=1e-6)
+
+    (tmp_path / "member1" / "noisy_oof.parquet").unlink()  # one member trained without noisy folds
+    mixed = teacher_targets(dataclasses.replace(art, members=members), dataset, str(tmp_path / "mixed"))
+    assert set(mixed.loc[noisy["clip_id"], "target_source"]) == {"ensemble"}
+    assert set(mixed.loc[dataset.split("curated")["clip_id"], "target_source"]) == {"oof"}
+    with pytest.raises(RaytagError, match="noisy-targets"):
+        StudentSettings(noisy_targets="given").check()

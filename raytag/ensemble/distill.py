@@ -72,6 +72,7 @@ from raytag.training.steps import Step
 DISTILL_DIR = "distill"
 TEACHER = "teacher.parquet"
 TEACHER_SCALES = ("prob", "clip_max")  # how the teacher's predictions become targets (StudentSettings)
+NOISY_TARGETS = ("oof", "ensemble")  # where the noisy clips' teacher predictions come from (StudentSettings)
 SOURCE_COLUMN = "target_source"  # "oof" (out-of-fold: curated; noisy with cv.noisy_folds) or "ensemble"
 
 
@@ -100,6 +101,9 @@ class StudentSettings:
     # near 0.1-0.3 on the dev benchmark), and lwlrap ranks the classes within a clip, which
     # the scaling keeps. "prob": the probabilities as they are.
     teacher_scale: str = "prob"
+    # "oof": the members' out-of-fold predictions on the noisy clips, where every member has
+    # them (cv.noisy_folds), else the artifact's; "ensemble": the artifact's in every case
+    noisy_targets: str = "oof"
 
     def check(self) -> None:
         if self.epochs < 1:
@@ -112,6 +116,8 @@ class StudentSettings:
             raise RaytagError(f"--label-weight {self.label_weight}: must be in [0, 1]")
         if self.teacher_scale not in TEACHER_SCALES:
             raise RaytagError(f"--teacher-scale {self.teacher_scale}: must be one of {', '.join(TEACHER_SCALES)}")
+        if self.noisy_targets not in NOISY_TARGETS:
+            raise RaytagError(f"--noisy-targets {self.noisy_targets}: must be one of {', '.join(NOISY_TARGETS)}")
         if self.overlap is not None and not 0 <= self.overlap < 1:
             raise RaytagError(f"--overlap {self.overlap}: must be in [0, 1)")
 
@@ -137,7 +143,7 @@ def _manifest_id(artifact_path: str) -> str:
 
 
 def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
-                    progress: bool = False) -> pd.DataFrame:
+                    progress: bool = False, noisy_targets: str = "oof") -> pd.DataFrame:
     """DataFrame indexed by clip_id: one column per class and `target_source`; out-of-fold
     rows ("oof") from the members' out-of-fold predictions on curated clips and, where every
     member has them (cv.noisy_folds), on noisy clips, combined as the artifact combines (a
@@ -146,7 +152,7 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
     `<out_dir>/teacher.parquet`."""
     path = storage.join(out_dir, TEACHER)
     art = probability_teacher(art)
-    key = f"{_manifest_id(art.path)}:{art.combiner}"  # targets of an older rank teacher are not reused
+    key = f"{_manifest_id(art.path)}:{art.combiner}:{noisy_targets}"  # nor another teacher's, or kind's
     if storage.exists(path):
         cached, _ = read_predictions(path)
         if "artifact_manifest" in cached.columns and (cached["artifact_manifest"] == key).all():
@@ -166,7 +172,7 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
     rows, covered = [], set()
     for clips, member_preds in (
         (curated, [load_trial(s).oof for s in sources]),
-        (noisy, [read_noisy_oof(s) for s in sources]),
+        (noisy, [read_noisy_oof(s) if noisy_targets == "oof" else None for s in sources]),
     ):
         if any(p is None for p in member_preds):  # a member trained without cv.noisy_folds
             continue
@@ -356,7 +362,7 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
         raise RaytagError(f"{data}: its classes differ from the artifact's; distil on the dataset the sweep ran on")
     out_dir = storage.join(experiment_dir, DISTILL_DIR)
     say(f"teacher: {len(art.members)} member(s) ({art.combiner}); targets for curated (OOF) and noisy clips")
-    table = teacher_targets(art, dataset, out_dir, progress=progress)
+    table = teacher_targets(art, dataset, out_dir, progress=progress, noisy_targets=settings.noisy_targets)
     table = table[table.index.isin(store.clip_ids)]  # clips the student's front end could read
     classes = list(art.classes)
     targets = student_targets(table, dataset, classes, settings.label_weight, settings.teacher_scale)
@@ -382,6 +388,7 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
               "target_combiner": probability_teacher(art).combiner,  # a rank teacher teaches through its mean
               "targets": {"oof": n_oof, "ensemble": len(targets) - n_oof},
               "label_weight": settings.label_weight, "teacher_scale": settings.teacher_scale,
+              "noisy_targets": settings.noisy_targets,
               "epochs": settings.epochs, "train_loss": [round(x, 5) for x in losses]}
     dest = save_artifact(storage.join(out_dir, "artifact"), [MemberSpec("student", student_dir)], "mean", None,
                          classes, art.layout, scores, distilled=record)
