@@ -25,7 +25,8 @@ def distill_command(experiment: str, storage: str = "results", data: Optional[st
     view.add_row(f"student ({result.student})",
                  _fmt(s.get("train_curated_lwlrap")) + " (trained on)", _fmt(s.get("test_lwlrap")))
     console.print(view)
-    console.print(f"student vs the teacher's top labels on the training clips: lwlrap {_fmt(s.get('agreement_lwlrap'))}; "
+    console.print(f"student vs the teacher's top labels: lwlrap {_fmt(s.get('agreement_lwlrap'))} on the training clips, "
+                  f"{_fmt(s.get('test_agreement_lwlrap'))} on the test clips (no labels used); "
                   f"targets: {result.label_weight:g} x the given labels + {1 - result.label_weight:g} x the teacher's "
                   f"({result.teacher_scale}; {result.n_oof} clips out-of-fold, {result.n_ensemble} from the artifact), {result.epochs} epochs, "
                   f"{result.seconds:.0f} s")

@@ -381,7 +381,7 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     # the student's test scores through the predict path, as the saved artifact will tag
     student = Artifact(path=student_dir, combiner="mean", weights=None, classes=classes, layout=art.layout,
                        members=[Member("student", trial_settings(student_dir), [model])])
-    scores.update(_test_scores(student, dataset, settings.batch_size, progress))
+    scores.update(score_on_test(student, probability_teacher(art), dataset, settings.batch_size, progress))
     record = {"teacher": artifact_path, "teacher_manifest_sha256": _manifest_id(artifact_path),
               "teacher_members": [m.name for m in art.members], "teacher_combiner": art.combiner,
               "student_template": template.name,  # the member whose recipe, front end and model it took
@@ -420,8 +420,7 @@ def _score(art, dataset, model, cfg, plan, store, clip_ids: list[str], teacher: 
     probs = predict_segments(model, iter_store_clips(store, clip_ids), cfg.segment_frames(),
                              overlap=cfg.inference.overlap, reduce=cfg.inference.reduce, batch_size=64,
                              mean=plan.norm_mean, std=plan.norm_std)
-    binary = (teacher > 0.5).astype(np.float32)
-    binary[np.arange(len(binary)), teacher.argmax(axis=1)] = 1.0
+    binary = _top_labels(teacher)
     cur_ids = dataset.split("curated")["clip_id"]
     truth = dict(zip(cur_ids, dataset.label_matrix("curated")))
     rows = [i for i, c in enumerate(clip_ids) if c in truth]
@@ -435,17 +434,43 @@ def _score(art, dataset, model, cfg, plan, store, clip_ids: list[str], teacher: 
     }
 
 
-def _test_scores(student: Artifact, dataset, batch_size, progress) -> dict:
-    """lwlrap of the student artifact on the test clips with labels (reported only, never
-    used to choose), through the predict path; none when the dataset has no test labels."""
+def score_on_test(student: Artifact, teacher: Artifact, dataset, batch_size, progress) -> dict:
+    """On the test clips, which neither model trained on: how well the student agrees with
+    its teacher (lwlrap against the teacher's top labels, as `_score` on the training clips;
+    no labels used, so it is there for any dataset and may guide a choice of student), and
+    its lwlrap on the clips with labels (reported only, never used to choose)."""
+    paths = list(dataset.split("test")["path"])
+    if not paths:
+        return {"test_agreement_lwlrap": None, "test_lwlrap": None}
+    probs, _ = predict_files(student, paths, batch_size=batch_size, progress=progress)
+    t_probs, _ = predict_files(teacher, list(probs.index), batch_size=batch_size, progress=progress)
+    return scores_on_test(probs, t_probs, dataset)
+
+
+def scores_on_test(student_probs: pd.DataFrame, teacher_probs: pd.DataFrame, dataset) -> dict:
+    """score_on_test's figures from the two models' predictions (indexed by test file path)."""
+    scores = {"test_agreement_lwlrap": float(lwlrap(_top_labels(teacher_probs.loc[student_probs.index].to_numpy()),
+                                                    student_probs.to_numpy()))}
     truth = dataset.truth_for("test")
     if truth is None or not len(truth):
-        return {"test_lwlrap": None}
-    test = dataset.split("test").merge(truth[["clip_id"]], on="clip_id")
-    probs, _ = predict_files(student, list(test["path"]), batch_size=batch_size, progress=progress)
+        return {**scores, "test_lwlrap": None}
+    y, rows = labelled_test_rows(student_probs.index, dataset)
+    return {**scores, "test_lwlrap": float(lwlrap(y, student_probs.to_numpy()[rows])), "test_clips": len(rows)}
+
+
+def labelled_test_rows(paths, dataset) -> tuple[np.ndarray, list[int]]:
+    """(label matrix, row numbers in `paths`) of the test files with at least one label."""
+    test = dataset.split("test")
     by_path = dict(zip(test["path"].astype(str), test["clip_id"]))
-    ids = [by_path[p] for p in probs.index]
+    truth = dataset.truth_for("test")
     labels = dict(zip(truth["clip_id"], truth["labels"]))
-    y = labels_to_matrix([labels[c] for c in ids], student.classes)
-    keep = y.sum(axis=1) > 0
-    return {"test_lwlrap": float(lwlrap(y[keep], probs.to_numpy()[keep])), "test_clips": int(keep.sum())}
+    rows = [i for i, p in enumerate(paths) if labels.get(by_path.get(str(p)))]
+    y = labels_to_matrix([labels[by_path[str(paths[i])]] for i in rows], list(dataset.classes))
+    return y, rows
+
+
+def _top_labels(teacher: np.ndarray) -> np.ndarray:
+    """The teacher's predictions made binary: every class above 0.5, and always its top one."""
+    binary = (teacher > 0.5).astype(np.float32)
+    binary[np.arange(len(binary)), teacher.argmax(axis=1)] = 1.0
+    return binary
