@@ -199,6 +199,7 @@ def distill(
     seed: int = typer.Option(0, help="Seed of the student's initialisation and batches."),
     label_weight: float = typer.Option(0.5, help="Each clip's target: this share of its given labels, the rest the teacher's soft prediction (0: the teacher's alone)."),
     teacher_scale: str = typer.Option("prob", help="The teacher's part of a target: 'prob' (its probabilities) or 'clip_max' (each clip's divided by its top class score, so the top class teaches 1)."),
+    average_last: Optional[int] = typer.Option(None, help="The student is the mean of its last N epochs' weights (SWA; 0: off; default: as its member was trained)."),
     noisy_targets: str = typer.Option("oof", help="The teacher's predictions on noisy clips: 'oof' (its members' out-of-fold ones, where every member trained with cv.noisy_folds; else the artifact's) or 'ensemble' (the artifact's)."),
 ):
     """Distil the ensemble (a sweep's, or a train run's members) into one small, fast model:
@@ -211,7 +212,8 @@ def distill(
 
     settings = StudentSettings(model=model, width=width, depth=depth, epochs=epochs, lr=lr,
                                batch_size=batch_size, overlap=overlap, seed=seed, label_weight=label_weight,
-                               teacher_scale=teacher_scale, noisy_targets=noisy_targets)
+                               teacher_scale=teacher_scale, noisy_targets=noisy_targets,
+                               average_last=average_last)
     _run(distill_command, experiment=experiment, storage=storage, data=data, feature_cache=feature_cache,
          settings=settings)
 

@@ -229,6 +229,9 @@ def test_the_student_trains_with_its_teachers_recipe(experiment, tmp_path):
     assert cfg.model.name == first.settings["model"]["name"] and cfg.model.width == first.settings["model"]["width"]
     cfg = student_config(template_member(art), StudentSettings(lr=0.002, width=4, label_weight=0.0))
     assert (cfg.train.lr, cfg.model.width, cfg.train.loss.noisy_loss) == (0.002, 4, "same")
+    assert student_config(template_member(art), StudentSettings(average_last=5)).train.average_last == 5
+    with pytest.raises(RaytagError, match="--average-last"):
+        StudentSettings(epochs=3, average_last=5).check()
 
 
 def test_a_rank_teacher_gives_probabilities_as_targets(experiment):

@@ -86,6 +86,7 @@ class StudentSettings:
     depth: Optional[int] = None
     epochs: int = 30
     lr: Optional[float] = None  # None: the member's peak learning rate
+    average_last: Optional[int] = None  # the mean of the last N epochs' weights (SWA; 0: off); None: the member's
     batch_size: int = 32
     crop_seconds: Optional[float] = None  # None: the member's crop
     overlap: Optional[float] = None  # segment overlap at inference; None: the member's
@@ -110,6 +111,8 @@ class StudentSettings:
             raise RaytagError(f"--epochs {self.epochs}: must be at least 1")
         if self.batch_size < 1:
             raise RaytagError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.average_last is not None and not 0 <= self.average_last <= self.epochs:
+            raise RaytagError(f"--average-last {self.average_last}: must be in [0, --epochs {self.epochs}]")
         if self.lr is not None and not self.lr > 0:
             raise RaytagError(f"--lr {self.lr}: must be more than 0")
         if not 0 <= self.label_weight <= 1:
@@ -279,6 +282,8 @@ def student_config(template: Member, s: StudentSettings) -> Config:
         train["loss"] = {"name": "bce", "noisy_loss": "same", "noisy_weight": 1.0}
     if s.lr is not None:
         train["lr"] = s.lr
+    if s.average_last is not None:
+        train["average_last"] = s.average_last
     return Config.from_dict({
         "name": "distilled",
         "seed": s.seed,
