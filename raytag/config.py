@@ -178,9 +178,9 @@ class CVConfig:
     refit: bool = False
     # split the noisy clips into the same K folds too (stratified on their given labels,
     # cv.clip_groups kept whole): fold k's model trains without noisy fold k and predicts it,
-    # so every noisy clip gets an out-of-fold prediction (noisy_oof.parquet). `raytag distill`
-    # then teaches every clip from models that never trained on it, not from a teacher
-    # repeating the noisy labels it memorised. Each fold model sees (K-1)/K of the noisy clips.
+    # so every noisy clip gets an out-of-fold prediction (noisy_oof.parquet), which `raytag
+    # distill` takes as the noisy clips' targets. Each fold model sees (K-1)/K of the noisy
+    # clips. On the dev benchmark its students did no better (speed.md), so it is off.
     noisy_folds: bool = False
 
 

@@ -13,8 +13,8 @@ Teacher targets, one row per training clip (`<experiment>/distill/teacher.parque
   with `cv.noisy_folds` (each noisy clip predicted by the fold model that left it out);
 - else, and for clips lacking an out-of-fold prediction of some member (a sweep that
   trained only some folds: `cv.folds`): the ensemble artifact's predictions
-  (`predict_files`, the predict path). Those come from models that trained on the clip:
-  on noisy clips they repeat the wrong labels the teacher memorised (speed.md).
+  (`predict_files`, the predict path), from models that trained on the clip. On the dev
+  benchmark students did as well with these as with out-of-fold noisy targets (speed.md).
 The file is reused while the artifact's manifest is unchanged (the noisy pass is the
 expensive part), so trying another student costs only its training.
 
