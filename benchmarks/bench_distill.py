@@ -30,8 +30,10 @@ def compare(exp: Path, dataset, teacher_cache: dict) -> dict:
     key = Path(teacher_path).resolve().parent.name  # copies of one run teach alike: tag it once
     if key not in teacher_cache:
         teacher = load_artifact(teacher_path)
-        teacher_cache[key] = (teacher, predict_files(teacher, paths, batch_size=32)[0],
-                              predict_files(probability_teacher(teacher), paths, batch_size=32)[0])
+        t_probs = predict_files(teacher, paths, batch_size=32)[0]
+        target_teacher = probability_teacher(teacher)  # what distill scores agreement against
+        teacher_cache[key] = (teacher, t_probs, t_probs if target_teacher is teacher
+                              else predict_files(target_teacher, paths, batch_size=32)[0])
     teacher, t_probs, t_target_probs = teacher_cache[key]
     scores = scores_on_test(s_probs, t_target_probs, dataset)  # as `raytag distill` reports them
     y, rows = labelled_test_rows(list(s_probs.index), dataset)

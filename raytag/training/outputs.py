@@ -107,13 +107,16 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store,
     write_parquet(stage_test_df, staging / STAGE_TEST, classes)
 
     # -- final predictions of each fold (what ensembles use) --------------------------------
-    oof, test, fold_scores = [], [], {}
+    oof, test, noisy_oof, fold_scores = [], [], [], {}
     for fold in plan.model_folds:
         stage = _final_stage(stage_test_df if fold == plan.refit_fold else stage_oof_df, fold)
         if fold != plan.refit_fold:  # the refit model has no out-of-fold clips
             ids, probs = _load(ckpt_out / "preds" / "final" / f"oof_fold{fold}.npz")
             oof.append(_frame(ids, probs, fold, stage, run, classes))
             fold_scores[fold] = float(lwlrap(plan.curated_y[[curated_row[c] for c in ids]], probs))
+            noisy_path = ckpt_out / "preds" / "final" / f"noisy_fold{fold}.npz"
+            if noisy_path.exists():  # cv.noisy_folds: the fold's noisy clips, which its model did not train on
+                noisy_oof.append(_frame(*_load(noisy_path), fold, stage, run, classes))
         tids, tprobs = _load(ckpt_out / "preds" / "final" / f"test_fold{fold}.npz")
         test.append(_frame(tids, tprobs, fold, stage, run, classes))
     oof_df = pd.concat(oof, ignore_index=True)
@@ -124,12 +127,8 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store,
                   "labels": [",".join(c for c, v in zip(classes, row) if v > 0.5) for row in plan.curated_y]}
                  ).to_csv(staging / OOF_TRUTH, index=False)
     write_parquet(test_df, staging / TEST_PREDICTIONS, classes)
-    noisy_oof = [_frame(*_load(path), int(path.stem[len("noisy_fold"):]), "", run, classes)
-                 for path in sorted((ckpt_out / "preds" / "final").glob("noisy_fold*.npz"))]
-    if noisy_oof:  # cv.noisy_folds: every noisy clip predicted by the fold model that did not train on it
-        frame = pd.concat(noisy_oof, ignore_index=True)
-        frame["stage"] = [_final_stage(stage_oof_df, f) for f in frame["fold"]]
-        write_parquet(frame, staging / NOISY_OOF, classes)
+    if noisy_oof:
+        write_parquet(pd.concat(noisy_oof, ignore_index=True), staging / NOISY_OOF, classes)
     # lwlrap, and MAP@3 (the task's own score) on the 2018 layout
     cv_scores = layout_scores(plan.layout, plan.curated_y[[curated_row[c] for c in oof_df["clip_id"]]],
                               oof_df[classes].to_numpy())
