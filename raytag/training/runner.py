@@ -1,4 +1,6 @@
-"""One trial = one pipeline run = one `TorchTrainer` worker group (driver side).
+"""One trial = one pipeline run = one `TorchTrainer` worker group (driver side), or, for
+one CPU worker on one machine, the same loop in this process (`train.runner`,
+raytag.training.in_process).
 
 `fit_pipeline` loads and checks the dataset, builds (or reuses) the feature store,
 fixes the plan (folds, noisy subset), runs every stage on one worker group, and turns
@@ -24,6 +26,7 @@ from raytag.errors import RaytagError
 from raytag.features.store import build_feature_store, default_feature_cache
 from raytag.session import ensure_ray
 from raytag.training.checkpoint import check_legacy_checkpoints
+from raytag.training.in_process import fit_in_process, has_worker_group_checkpoints, local_checkpoints
 from raytag.training.outputs import OUTPUTS_DIR, write_metrics, write_outputs
 from raytag.training.plan import build_plan
 from raytag.training.progress import EpochEvent, epoch_events
@@ -93,8 +96,13 @@ def fit_pipeline(
 
     watch = (epoch_events(on_epoch, build_steps(cfg, plan.model_folds), cfg.cv.n_folds) if on_epoch
              else nullcontext([]))
+    in_process = runs_in_process(cfg, run_dir)
     with watch as epoch_callbacks:
-        result = _fit_worker_group(cfg, plan, storage, name, run_files, [*callbacks, *epoch_callbacks])
+        if in_process:
+            result = fit_in_process(_loop_config(plan, run_files), run_dir, [*callbacks, *epoch_callbacks],
+                                    cfg.train.max_failures)
+        else:
+            result = _fit_worker_group(cfg, plan, storage, name, run_files, [*callbacks, *epoch_callbacks])
     if result.checkpoint is None:
         raise RaytagError(f"run {name} ended without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as ckpt, tempfile.TemporaryDirectory() as work, \
@@ -104,10 +112,51 @@ def fit_pipeline(
                                         history=state.progress["history"])
         metrics["seconds"] = round(time.time() - started, 1)
         metrics["precision"] = state.progress.get("precision", "fp32")  # train.precision as resolved
+        metrics["runner"] = "in_process" if in_process else "ray_train"
         write_metrics(Path(staging), metrics)
         outputs_dir = files.join(run_dir, OUTPUTS_DIR)
         files.copy_tree(staging, outputs_dir)  # a local folder or a URI (pyarrow.fs)
     return PipelineResult(run_dir=run_dir, outputs_dir=outputs_dir, metrics=metrics, stages=stages)
+
+
+def runs_in_process(cfg: Config, run_dir: str) -> bool:
+    """Whether the run trains in this process (raytag.training.in_process) rather than on a
+    Ray Train worker group (`train.runner`). `auto`: in-process for one CPU worker on a
+    one-node Ray with a local run folder, unless the run was started on a worker group
+    (its checkpoints are Ray Train's: it resumes where it began)."""
+    import ray
+
+    t = cfg.train
+    local = not files.is_uri(run_dir)
+    began_in_group = local and has_worker_group_checkpoints(run_dir)
+    began_here = local and bool(local_checkpoints(run_dir))
+    if t.runner == "ray_train":
+        if began_here:
+            raise ConfigError(f"train.runner: ray_train, but run {run_dir} began in-process and its checkpoints "
+                              "are there; rerun it with train.runner: auto (or in_process) to resume it, or "
+                              "give the run another name")
+        return False
+    fits = t.num_workers == 1 and not t.use_gpu and local
+    if t.runner == "in_process":
+        if not fits:
+            raise ConfigError("train.runner: in_process runs one CPU worker on a local run folder; set "
+                              f"train.num_workers: 1 and use_gpu: false (now {t.num_workers} and {t.use_gpu}), "
+                              "a local storage folder, or train.runner: auto")
+        if began_in_group:
+            raise ConfigError(f"train.runner: in_process, but run {run_dir} began on a Ray Train worker group and "
+                              "its checkpoints are Ray Train's; rerun it with train.runner: auto (or ray_train) "
+                              "to resume it, or give the run another name")
+        return True
+    if began_here or began_in_group:
+        return began_here
+    return fits and len([n for n in ray.nodes() if n.get("Alive")]) == 1
+
+
+def _loop_config(plan, run_files: str) -> dict:
+    # RAYTAG_TRACE and RAYTAG_FAIL_ONCE (test hooks) travel in the config: workers do not see
+    # driver env changes
+    return {"plan": plan, "run_files": run_files, "trace": os.environ.get("RAYTAG_TRACE"),
+            "fail_once": os.environ.get("RAYTAG_FAIL_ONCE")}
 
 
 def _fit_worker_group(cfg: Config, plan, storage: str, name: str, run_files: str, callbacks: list):
@@ -121,9 +170,7 @@ def _fit_worker_group(cfg: Config, plan, storage: str, name: str, run_files: str
         resources["GPU"] = t.gpus_per_worker
     trainer = _trainer_class(TorchTrainer)(
         train_loop_per_worker,
-        # RAYTAG_TRACE (a test hook) travels in the config: workers do not see driver env changes
-        train_loop_config={"plan": plan, "run_files": run_files, "trace": os.environ.get("RAYTAG_TRACE"),
-                           "fail_once": os.environ.get("RAYTAG_FAIL_ONCE")},
+        train_loop_config=_loop_config(plan, run_files),
         torch_config=TorchConfig(backend=None if t.ddp_backend == "auto" else t.ddp_backend),
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                                resources_per_worker=resources),

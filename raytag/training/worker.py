@@ -43,22 +43,48 @@ from raytag.training.stage_steps import _run_filter, _start_step, finish_fold_ea
 from raytag.training.steps import Step, build_steps, last_training_step_of_fold
 
 
-# ----------------------------------------------------------------------------- distributed helpers
-def _world() -> tuple[int, int]:
-    import ray.train
+# ----------------------------------------------------------------------------- what the loop asks of Ray Train
+class RayTrainWorker:
+    """The loop's view of its Ray Train worker: rank, device, DDP, the checkpoint to resume
+    from, and reports. `raytag.training.in_process.InProcessWorker` is the same for a run
+    without a worker group (one CPU worker in the caller's process)."""
 
-    ctx = ray.train.get_context()
-    return ctx.get_world_rank(), ctx.get_world_size()
+    def world(self) -> tuple[int, int]:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        return ctx.get_world_rank(), ctx.get_world_size()
+
+    def device(self):
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    def prepare_model(self, model):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)  # DDP when the group has more than one worker
+
+    def checkpoint(self):
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def report(self, row: dict, checkpoint_dir: Path | None = None) -> None:
+        import ray.train
+
+        ray.train.report(row, checkpoint=None if checkpoint_dir is None
+                         else ray.train.Checkpoint.from_directory(checkpoint_dir))
 
 
 # ----------------------------------------------------------------------------- checkpoints and tracing
-def _fail_once(spec: str | None, global_step: int):
+def _fail_once(spec: str | None, global_step: int, rank: int):
     """Test hook: RAYTAG_FAIL_ONCE=<global step>:<marker file> makes rank 0 fail once at the
     start of that epoch (the marker records that it did), so FailureConfig restarts the group."""
     if not spec:
         return
     at, marker = spec.split(":", 1)
-    if int(at) == global_step and _world()[0] == 0 and not os.path.exists(marker):
+    if int(at) == global_step and rank == 0 and not os.path.exists(marker):
         Path(marker).write_text(str(os.getpid()))
         raise RuntimeError(f"RAYTAG_FAIL_ONCE: injected failure at the start of epoch {global_step}")
 
@@ -94,23 +120,26 @@ def open_node_store(plan):
 
 # ----------------------------------------------------------------------------- the loop
 def train_loop_per_worker(loop_config: dict):
-    import ray.train
-    import ray.train.torch
+    """The function a Ray Train worker runs."""
+    run_loop(loop_config, RayTrainWorker())
 
+
+def run_loop(loop_config: dict, worker) -> None:
+    """Every step of the plan on `worker` (RayTrainWorker, or in_process.InProcessWorker)."""
     plan = loop_config["plan"]
     if loop_config.get("trace"):
         os.environ["RAYTAG_TRACE"] = loop_config["trace"]
     cfg = plan.config
     torch.set_num_threads(max(1, cfg.train.torch_threads))
-    rank, world = _world()
+    rank, world = worker.world()
     _trace({"event": "worker_start", "rank": rank})
-    device = ray.train.torch.get_device()
+    device = worker.device()
     store = open_node_store(plan)
     steps = build_steps(cfg, plan.model_folds)
     final_step_of_fold = last_training_step_of_fold(steps)
 
     work = Path(tempfile.mkdtemp(prefix=f"raytag-rank{rank}-"))
-    ckpt = ray.train.get_checkpoint()
+    ckpt = worker.checkpoint()
     train_state = None
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -127,7 +156,7 @@ def train_loop_per_worker(loop_config: dict):
     _trace({"event": "precision", "rank": rank, "precision": ctx.precision})
 
     # The model object lives for the whole run; DDP wraps it once.
-    model = ray.train.torch.prepare_model(model)
+    model = worker.prepare_model(model)
     if train_state is not None:
         _unwrap(model).load_state_dict(train_state["model"])
         restore_rng(train_state["rng"])
@@ -142,7 +171,8 @@ def train_loop_per_worker(loop_config: dict):
             _run_filter(ctx, model, step)
             state.progress["step"] += 1
             state.progress["epoch"] = 0
-            _report(ctx, model, optimizer, scheduler, steps, step, {"train_loss": float("nan")}, checkpoint=True)
+            _report(worker, ctx, model, optimizer, scheduler, steps, step, {"train_loss": float("nan")},
+                    checkpoint=True)
             continue
 
         epoch = state.progress["epoch"]
@@ -151,7 +181,8 @@ def train_loop_per_worker(loop_config: dict):
             # train on stage 1's curated clips again, so the fold ends with its stage-1 model
             finish_fold_early(ctx, model, step, steps)
             state.progress["step"] += 1
-            _report(ctx, model, optimizer, scheduler, steps, step, {"train_loss": float("nan")}, checkpoint=True)
+            _report(worker, ctx, model, optimizer, scheduler, steps, step, {"train_loss": float("nan")},
+                    checkpoint=True)
             continue
         if epoch == 0 and step_built != i:
             _start_step(ctx, model, step, steps)  # fresh fold weights, pseudo set...
@@ -171,7 +202,7 @@ def train_loop_per_worker(loop_config: dict):
 
         _trace({"event": "epoch_start", "rank": rank, "step": i, "epoch": epoch,
                 "global_step": state.progress["global_step"], "stage": step.stage_name})
-        _fail_once(loop_config.get("fail_once"), state.progress["global_step"])
+        _fail_once(loop_config.get("fail_once"), state.progress["global_step"], rank)
         seed = int(cfg.seed * 1_000_003 + state.progress["global_step"])
         loss = train_epoch(ctx, model, optimizer, scheduler, loss_fn, batches, seed, step,
                             keep=small_loss_keep(cfg.train.loss, epoch))
@@ -193,13 +224,13 @@ def train_loop_per_worker(loop_config: dict):
         if finished_step:
             state.progress["step"] += 1
             state.progress["epoch"] = 0
-        _report(ctx, model, optimizer, scheduler, steps, step, metrics, checkpoint=due, average=average)
+        _report(worker, ctx, model, optimizer, scheduler, steps, step, metrics, checkpoint=due, average=average)
         _trace({"event": "report_done", "rank": rank})
 
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _report(ctx: _Context, model, optimizer, scheduler, steps: list[Step], step: Step, metrics: dict,
+def _report(worker, ctx: _Context, model, optimizer, scheduler, steps: list[Step], step: Step, metrics: dict,
             checkpoint: bool, average: WeightAverage | None = None):
     """Report one epoch (or filter step) to Ray Train, with a checkpoint from rank 0.
 
@@ -210,8 +241,6 @@ def _report(ctx: _Context, model, optimizer, scheduler, steps: list[Step], step:
     epoch of the step just trained; 0 on a row that trained nothing), `step_epochs` and
     `wall_seconds` (since the previous report: the epoch's training, evaluation and
     checkpoint, or the filter step)."""
-    import ray.train
-
     progress = ctx.state.progress
     now = time.monotonic()
     wall, ctx.report_mark = now - ctx.report_mark, now
@@ -238,7 +267,7 @@ def _report(ctx: _Context, model, optimizer, scheduler, steps: list[Step], step:
     if ctx.rank == 0:
         progress["history"].append(row)
     if not checkpoint or ctx.rank != 0:
-        ray.train.report(row)
+        worker.report(row)
         return
     with tempfile.TemporaryDirectory() as tmp:
         mid_step = bool(progress["epoch"])  # at a step's end the next step builds a new optimizer
@@ -253,7 +282,7 @@ def _report(ctx: _Context, model, optimizer, scheduler, steps: list[Step], step:
         }
         started = time.perf_counter()
         written = ctx.state.write_checkpoint(train_state, Path(tmp))
-        ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        worker.report(row, Path(tmp))
         _trace({"event": "checkpoint", "rank": ctx.rank, "global_step": progress["global_step"],
                 "seconds": time.perf_counter() - started, **{f"bytes_{k}": v for k, v in written.items()}})
 
