@@ -166,7 +166,8 @@ class SearchSettings:
 @dataclass
 class Resources:
     """Per-trial resources. The trial's own function holds `trial_cpus`; its Ray Train
-    worker group holds num_workers x (cpus_per_worker, gpus_per_worker if use_gpu)."""
+    worker group holds num_workers x (cpus_per_worker, gpus_per_worker if use_gpu), or,
+    for a trial that trains in its own process (train.runner), the function holds them."""
 
     num_workers: Optional[int] = None  # None: the base config's train.num_workers
     cpus_per_worker: Optional[float] = None

@@ -32,6 +32,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from raytag.training.worker import run_loop
+
 PREFIX = "checkpoint_local_"
 KEEP = 2  # as the worker group's CheckpointConfig(num_to_keep=2)
 TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's list of a run's checkpoints
@@ -107,8 +109,6 @@ def fit_in_process(loop_config: dict, run_dir: str | Path, callbacks: Sequence, 
                    say=None) -> InProcessResult:
     """Run the loop here, restarting from the last checkpoint after a failure, at most
     `max_failures` times; returns the last checkpoint, or raises the last failure."""
-    from raytag.training.worker import run_loop
-
     say = say or (lambda message: warnings.warn(message, RuntimeWarning, stacklevel=3))
     worker = InProcessWorker(run_dir, callbacks)
     threads = torch.get_num_threads()  # the loop sets train.torch_threads: give the caller its own back

@@ -136,7 +136,7 @@ def runs_in_process(cfg: Config, run_dir: str) -> bool:
                               "are there; rerun it with train.runner: auto (or in_process) to resume it, or "
                               "give the run another name")
         return False
-    fits = t.num_workers == 1 and not t.use_gpu and local
+    fits = fits_in_process(t, local)
     if t.runner == "in_process":
         if not fits:
             raise ConfigError("train.runner: in_process runs one CPU worker on a local run folder; set "
@@ -150,6 +150,12 @@ def runs_in_process(cfg: Config, run_dir: str) -> bool:
     if began_here or began_in_group:
         return began_here
     return fits and len([n for n in ray.nodes() if n.get("Alive")]) == 1
+
+
+def fits_in_process(train, local: bool) -> bool:
+    """Whether a run with these train settings can train in-process: one CPU worker, a local
+    run folder (then `auto` chooses it on a one-node Ray)."""
+    return train.num_workers == 1 and not train.use_gpu and local
 
 
 def _loop_config(plan, run_files: str) -> dict:

@@ -1,0 +1,137 @@
+"""train.runner: one CPU worker on one machine trains in the caller's process (auto), with the
+results, checkpoints, resume and restarts of a Ray Train worker group."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+from raytag.config import Config, ConfigError
+from raytag.training.in_process import PREFIX, local_checkpoints
+from raytag.training.runner import fit_pipeline, runs_in_process
+
+from test_training import TINY, _trace_events, _traced_fit
+
+pytestmark = pytest.mark.ray
+
+ONE = {**TINY, "train": {**TINY["train"], "num_workers": 1}}
+COLUMNS = ["step", "stage", "fold", "epoch", "train_loss", "val_lwlrap", "cv_lwlrap", "rung_score"]
+
+
+def _same_run(a, b):
+    """The same reports, fold weights and scores."""
+    history = [pd.read_csv(Path(r.outputs_dir) / "history.csv")[COLUMNS] for r in (a, b)]
+    pd.testing.assert_frame_equal(history[0], history[1], check_exact=False, rtol=0, atol=1e-6)
+    weights = [load_file(Path(r.outputs_dir) / "weights" / "fold0.safetensors") for r in (a, b)]
+    for name, tensor in weights[0].items():
+        np.testing.assert_allclose(weights[1][name].numpy(), tensor.numpy(), rtol=0, atol=1e-6, err_msg=name)
+    oof = [pd.read_parquet(Path(r.outputs_dir) / "oof.parquet") for r in (a, b)]
+    pd.testing.assert_frame_equal(oof[0], oof[1], check_exact=False, rtol=0, atol=1e-6)
+    assert a.metrics["cv_lwlrap"] == pytest.approx(b.metrics["cv_lwlrap"], abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def in_process_run(ray_session, demo_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("in_process")
+    trace = out / "trace.jsonl"
+    return _traced_fit(Config.from_dict(ONE), demo_data, out, "one", trace), out, trace
+
+
+def test_auto_trains_one_cpu_worker_here_with_the_worker_groups_results(in_process_run, demo_data):
+    """auto: every epoch runs in this process, and the run matches the same config on a Ray
+    Train worker group (another process) report for report and weight for weight."""
+    result, out, trace = in_process_run
+    assert result.metrics["runner"] == "in_process"
+    events = _trace_events(trace)
+    assert [e for e in events if e["event"] == "epoch_start"]
+    assert {e["pid"] for e in events} == {os.getpid()}
+    kept = local_checkpoints(result.run_dir)
+    assert 1 <= len(kept) <= 2 and all(p.name.startswith(PREFIX) for p in kept)
+    assert not list(Path(result.run_dir).glob(f".{PREFIX}*.tmp"))
+
+    cfg = Config.from_dict({**ONE, "train": {**ONE["train"], "runner": "ray_train"}})
+    group_trace = out / "trace-group.jsonl"
+    group = _traced_fit(cfg, demo_data, out, "one-group", group_trace)
+    assert group.metrics["runner"] == "ray_train"
+    assert os.getpid() not in {e["pid"] for e in _trace_events(group_trace)}
+    _same_run(result, group)
+
+
+def test_a_rerun_resumes_from_the_in_process_checkpoint(in_process_run, demo_data):
+    result, out, _ = in_process_run
+    trace = out / "trace-again.jsonl"
+    again = _traced_fit(Config.from_dict(ONE), demo_data, out, "one", trace)
+    events = _trace_events(trace)
+    assert not [e for e in events if e["event"] == "epoch_start"], "a finished run trained again"
+    assert [e for e in events if e["event"] == "resume"]
+    assert again.metrics["cv_lwlrap"] == pytest.approx(result.metrics["cv_lwlrap"])
+
+
+def test_a_failed_attempt_restarts_here_from_its_last_checkpoint(in_process_run, demo_data, monkeypatch):
+    """train.max_failures in-process: the failure at the start of epoch 2 is retried from the
+    checkpoint after the warm-up, with a warning that names it, and ends as the uninterrupted run."""
+    result, out, _ = in_process_run
+    marker, trace = out / "failed-once", out / "trace-twin.jsonl"
+    monkeypatch.setenv("RAYTAG_FAIL_ONCE", f"2:{marker}")
+    cfg = Config.from_dict({**ONE, "train": {**ONE["train"], "checkpoint_every": 2}})
+    with pytest.warns(RuntimeWarning, match="attempt 1 failed .*RAYTAG_FAIL_ONCE"):
+        twin = _traced_fit(cfg, demo_data, out, "one-twin", trace)
+    assert marker.exists(), "the injected failure never happened"
+    resumes = [e for e in _trace_events(trace) if e["event"] == "resume"]
+    assert resumes and all(e["global_step"] == 1 for e in resumes), resumes
+    _same_run(result, twin)
+
+
+def test_no_failures_allowed_raises_the_failure(ray_session, demo_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYTAG_FAIL_ONCE", f"1:{tmp_path / 'failed'}")
+    cfg = Config.from_dict({**ONE, "train": {**ONE["train"], "max_failures": 0},
+                            "pipeline": {**ONE["pipeline"], "pseudo": {"enabled": False}}})
+    with pytest.raises(RuntimeError, match="RAYTAG_FAIL_ONCE"):
+        fit_pipeline(cfg, demo_data, str(tmp_path / "results"), "fails", feature_cache=str(tmp_path / "cache"),
+                     progress=False)
+
+
+def test_the_runner_follows_the_request_and_the_runs_checkpoints(ray_session, tmp_path):
+    def cfg(**train):
+        return Config.from_dict({"train": {"num_workers": 1, **train}})
+
+    fresh = tmp_path / "fresh"
+    assert runs_in_process(cfg(), str(fresh))
+    assert not runs_in_process(cfg(num_workers=2), str(fresh))
+    assert not runs_in_process(cfg(runner="ray_train"), str(fresh))
+    assert not runs_in_process(cfg(), "s3://bucket/run")  # remote storage: Ray Train persists it
+    with pytest.raises(ConfigError, match="num_workers: 1"):
+        runs_in_process(cfg(num_workers=2, runner="in_process"), str(fresh))
+
+    began_here = tmp_path / "here"
+    (began_here / f"{PREFIX}000001").mkdir(parents=True)
+    assert runs_in_process(cfg(num_workers=2), str(began_here))  # resumes where it began
+    with pytest.raises(ConfigError, match="began in-process"):
+        runs_in_process(cfg(runner="ray_train"), str(began_here))
+
+    began_in_group = tmp_path / "group"
+    began_in_group.mkdir()
+    (began_in_group / "checkpoint_manager_snapshot.json").write_text("{}")
+    assert not runs_in_process(cfg(), str(began_in_group))
+    with pytest.raises(ConfigError, match="began on a Ray Train worker group"):
+        runs_in_process(cfg(runner="in_process"), str(began_in_group))
+
+
+def test_a_sweep_trial_that_trains_in_its_own_process_holds_its_workers_cpus(ray_session):
+    """No worker group reserves the CPUs of an in-process trial, so the trial function does."""
+    from raytag.search.space import parse_space
+    from raytag.search.tuner import trial_resources
+
+    def space(resources: str):
+        return parse_space(f"name: s\nspace:\n  train.lr: {{loguniform: [1.0e-4, 1.0e-2]}}\nresources: {resources}\n",
+                           source="test")
+
+    one = space("{num_workers: 1, cpus_per_worker: 0.5, trial_cpus: 0.25}")
+    assert trial_resources(one, "/tmp/sweep")["CPU"] == pytest.approx(0.75)
+    assert trial_resources(one, "s3://bucket/sweep")["CPU"] == pytest.approx(0.25)
+    two = space("{num_workers: 2, cpus_per_worker: 0.5, trial_cpus: 0.25}")
+    assert trial_resources(two, "/tmp/sweep")["CPU"] == pytest.approx(0.25)
