@@ -120,18 +120,3 @@ def test_the_runner_follows_the_request_and_the_runs_checkpoints(ray_session, tm
     with pytest.raises(ConfigError, match="began on a Ray Train worker group"):
         runs_in_process(cfg(runner="in_process"), str(began_in_group))
 
-
-def test_a_sweep_trial_that_trains_in_its_own_process_holds_its_workers_cpus(ray_session):
-    """No worker group reserves the CPUs of an in-process trial, so the trial function does."""
-    from raytag.search.space import parse_space
-    from raytag.search.tuner import trial_resources
-
-    def space(resources: str):
-        return parse_space(f"name: s\nspace:\n  train.lr: {{loguniform: [1.0e-4, 1.0e-2]}}\nresources: {resources}\n",
-                           source="test")
-
-    one = space("{num_workers: 1, cpus_per_worker: 0.5, trial_cpus: 0.25}")
-    assert trial_resources(one, "/tmp/sweep")["CPU"] == pytest.approx(0.75)
-    assert trial_resources(one, "s3://bucket/sweep")["CPU"] == pytest.approx(0.25)
-    two = space("{num_workers: 2, cpus_per_worker: 0.5, trial_cpus: 0.25}")
-    assert trial_resources(two, "/tmp/sweep")["CPU"] == pytest.approx(0.25)

@@ -166,8 +166,10 @@ class SearchSettings:
 @dataclass
 class Resources:
     """Per-trial resources. The trial's own function holds `trial_cpus`; its Ray Train
-    worker group holds num_workers x (cpus_per_worker, gpus_per_worker if use_gpu), or,
-    for a trial that trains in its own process (train.runner), the function holds them."""
+    worker group holds num_workers x (cpus_per_worker, gpus_per_worker if use_gpu). A trial
+    that trains in its own process (train.runner) claims no more: on one node the tuner's
+    `concurrency` still counts its worker, and a claim would leave its feature build's Ray
+    tasks (1 CPU each) no CPU to run on (seen: a 1.25-CPU trial on 2 CPUs waited forever)."""
 
     num_workers: Optional[int] = None  # None: the base config's train.num_workers
     cpus_per_worker: Optional[float] = None

@@ -43,7 +43,7 @@ from raytag.search.space import SearchSpace, describe, load_space, parse_space, 
 from raytag.search.tune_state import StateBackup, repair_state, set_aside_damaged_snapshot
 from raytag.session import ensure_ray
 from raytag.training.rungs import RUNG_EPOCH, RUNG_SCORE
-from raytag.training.runner import fit_pipeline, fits_in_process
+from raytag.training.runner import fit_pipeline
 
 
 class TrialFailed(RaytagError):
@@ -404,19 +404,6 @@ def concurrency(space: SearchSpace, requested: int) -> tuple[int, str]:
     return requested, ""
 
 
-def trial_resources(space: SearchSpace, exp_dir: str) -> dict:
-    """What each trial function holds. A trial that trains in its own process (train.runner
-    auto on one node, or in_process) also holds its worker's CPUs, since no worker group
-    reserves them (raytag.training.in_process)."""
-    import ray
-
-    cfg = space.base_config().train
-    res = space.resources.trial_resources()
-    if cfg.runner != "ray_train" and fits_in_process(cfg, not files.is_uri(exp_dir)) and (
-            cfg.runner == "in_process" or len([n for n in ray.nodes() if n.get("Alive")]) == 1):
-        res["CPU"] += cfg.num_workers * cfg.cpus_per_worker
-    return res
-
 
 # ----------------------------------------------------------------------------- the sweep
 def run_sweep(
@@ -511,7 +498,7 @@ def run_sweep(
         setup = TrialSetup(space=space, data=data, trials_dir=files.join(exp_dir, "trials"),
                            feature_cache=feature_cache, trial_fn=trial_fn)
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, setup=setup), trial_resources(space, exp_dir)
+            tune.with_parameters(run_trial, setup=setup), space.resources.trial_resources()
         )
         # Save the experiment state often: a killed driver then loses at most a second of it.
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
