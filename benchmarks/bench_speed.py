@@ -20,6 +20,9 @@ raytag), before and after one right after the other, one at a time:
   startup    from the fit_pipeline call to rank 0's first epoch start, the first fit of
              a Ray session and a later one (Ray already up, as for every trial after the
              first of a sweep), with the same tiny work.
+  runners    in the --after tree only: the startup section's fits with train.runner
+             ray_train and auto (in-process for this 1-worker CPU run) alternated in one
+             child, 3 of each after one untimed warm-up fit of each: start-up and wall time.
   demo       `raytag demo --out <empty folder>`: wall time of the whole command.
 
 Memory against dataset size (1x and 4x clips) is benchmarks/bench_scale.py.
@@ -45,7 +48,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ["features", "epoch", "startup", "demo"]
+SECTIONS = ["features", "epoch", "startup", "runners", "demo"]
 
 
 # ============================================================================ child side
@@ -149,8 +152,39 @@ def child_startup(args) -> dict:
     return out
 
 
+def child_runners(args) -> dict:
+    """The startup fits with each train.runner, alternated in one Ray session."""
+    import bench_throughput as bt
+    from bench_training import epoch_times, read_trace
+
+    from raytag.config import Config
+    from raytag.session import ensure_ray
+    from raytag.training.runner import fit_pipeline, prepare_data
+
+    data, cache, storage = Path(args.data), Path(args.cache), Path(args.work) / "runs"
+    storage.mkdir(parents=True, exist_ok=True)
+    cfg = bt.make_config(1, 1, 2.0)
+    cfg["model"] = {"name": "cnn2d", "width": 8, "depth": 2}
+    prepare_data(Config.from_dict(cfg), data, str(cache), progress=False)
+    ensure_ray()
+    out = {"fits": []}
+    order = ["ray_train", "auto"] * 4  # the first of each: a session's first, untimed
+    for k, runner in enumerate(order):
+        trace = storage / f"runners-{k}.jsonl"
+        trace.unlink(missing_ok=True)
+        os.environ["RAYTAG_TRACE"] = str(trace)
+        start = time.time()
+        result = fit_pipeline(Config.from_dict({**cfg, "train": {**cfg["train"], "runner": runner}}), data,
+                              str(storage), f"runners-{k}-{int(start)}", feature_cache=str(cache), progress=False)
+        end = time.time()
+        first = epoch_times(read_trace(trace))["first_epoch_start"]
+        out["fits"].append({"runner": runner, "ran_as": result.metrics["runner"], "warm_up": k < 2,
+                            "startup_s": round(first - start, 2), "wall_s": round(end - start, 2)})
+    return out
+
+
 CHILDREN = {"features": child_features, "librosa": child_loop, "frontend": child_loop, "epoch": child_epoch,
-            "startup": child_startup}
+            "startup": child_startup, "runners": child_runners}
 
 
 # ============================================================================ parent side
@@ -255,6 +289,12 @@ def main(argv=None) -> int:
         print_epoch(per_tree("epoch", ["--epochs", str(args.epochs)]))
     if "startup" in args.sections:
         print_startup(per_tree("startup"))
+    if "runners" in args.sections:
+        cache = work_for("runners")
+        sec = report["sections"]["runners"] = run_child(
+            "runners", trees["after"], args, data + ["--cache", str(cache / "features"), "--work", str(cache)])
+        save()
+        print_runners(sec)
     if "demo" in args.sections:
         sec = report["sections"]["demo"] = {}
         for name, tree in trees.items():
@@ -294,6 +334,19 @@ def print_startup(sec: dict):
     for name, r in sec.items():
         print(f"{name:>7}: ray.init {r['ray_init_s']:.1f} s; fit start-up " +
               ", ".join(f"{f['startup_s']:.1f}" for f in r["fits"]) + f" s (load {r['_load_1m_before']})")
+
+
+def print_runners(sec: dict):
+    timed = [f for f in sec["fits"] if not f["warm_up"]]
+    mean = {}
+    for runner in ("ray_train", "auto"):
+        fits = [f for f in timed if f["runner"] == runner]
+        mean[runner] = {k: sum(f[k] for f in fits) / len(fits) for k in ("startup_s", "wall_s")}
+        print(f"{runner:>9} (ran as {fits[0]['ran_as']}): start-up " + ", ".join(f"{f['startup_s']:.1f}" for f in fits)
+              + " s, wall " + ", ".join(f"{f['wall_s']:.1f}" for f in fits) + " s")
+    print(f"auto / ray_train: start-up {mean['auto']['startup_s'] / mean['ray_train']['startup_s']:.2f}x, "
+          f"wall {mean['auto']['wall_s'] / mean['ray_train']['wall_s']:.2f}x "
+          f"(load {sec['_load_1m_before']} before, {sec['_load_1m_after']} after)")
 
 
 if __name__ == "__main__":
