@@ -152,7 +152,7 @@ class TrainConfig:
     # where a run trains: "ray_train", a Ray Train worker group (DDP over num_workers, any node
     # of the cluster); "in_process", in the calling process (the trial's, or `raytag train`'s),
     # which skips the group's ~12 s start-up (raytag.training.in_process); "auto", in_process
-    # for one CPU worker on a one-node Ray with a local run folder, else ray_train
+    # for one CPU worker on a local one-node Ray session with a local run folder, else ray_train
     runner: Literal["auto", "ray_train", "in_process"] = "auto"
     # epochs between checkpoints; the end of every step (and every filter step) always
     # checkpoints, so a resumed run never misses predictions or weights made there

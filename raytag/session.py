@@ -16,6 +16,9 @@ PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 # (the demo's epochs take 1-3 s on a laptop). Polling every 0.5 s costs the controller little.
 CONTROLLER_POLL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 LOCAL_TRAIN_ENV = {PREEMPTION_WATCHER: "0", CONTROLLER_POLL: "0.5"}  # a user's own values win
+# In a local session's runtime env, so the driver and every worker (a sweep's trial) can tell
+# a session raytag started on this machine from a cluster it joined (`in_local_session`)
+LOCAL_SESSION = "RAYTAG_LOCAL_SESSION"
 
 
 def free_port() -> int:
@@ -34,7 +37,7 @@ def local_init_kwargs(**overrides) -> dict:
     RAY_API_SERVER_ADDRESS in the session's runtime env points every worker at this
     instance's own dashboard."""
     port = free_port()
-    env = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    env = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}", LOCAL_SESSION: "1"}
     # Ray Train's preemption watcher (one more actor process per trial, polling every 5 s)
     # watches cloud nodes being drained; a local session has none.
     env.update({key: os.environ.get(key, value) for key, value in LOCAL_TRAIN_ENV.items()})
@@ -59,3 +62,14 @@ def ensure_ray(**overrides) -> None:
         for key in LOCAL_TRAIN_ENV:
             os.environ.setdefault(key, kwargs["runtime_env"]["env_vars"][key])
         ray.init(**kwargs)
+
+
+def in_local_session() -> bool:
+    """Whether the connected Ray is a local session (`local_init_kwargs`: a laptop, the
+    tests), not a cluster joined through RAY_ADDRESS, which may have one node now and more
+    once its autoscaler starts them. Read from the job's runtime env: the same answer in the
+    driver and in its workers."""
+    import ray
+
+    env = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
+    return env.get(LOCAL_SESSION) == "1"

@@ -95,12 +95,15 @@ def test_no_failures_allowed_raises_the_failure(ray_session, demo_data, tmp_path
                      progress=False)
 
 
-def test_the_runner_follows_the_request_and_the_runs_checkpoints(ray_session, tmp_path):
+def test_the_runner_follows_the_request_and_the_runs_checkpoints(ray_session, tmp_path, monkeypatch):
     def cfg(**train):
         return Config.from_dict({"train": {"num_workers": 1, **train}})
 
     fresh = tmp_path / "fresh"
     assert runs_in_process(cfg(), str(fresh))
+    with monkeypatch.context() as patch:  # a joined cluster (RAY_ADDRESS) may grow: a worker group
+        patch.setattr("raytag.training.runner.in_local_session", lambda: False)
+        assert not runs_in_process(cfg(), str(fresh))
     assert not runs_in_process(cfg(num_workers=2), str(fresh))
     assert not runs_in_process(cfg(runner="ray_train"), str(fresh))
     assert not runs_in_process(cfg(), "s3://bucket/run")  # remote storage: Ray Train persists it
@@ -120,3 +123,10 @@ def test_the_runner_follows_the_request_and_the_runs_checkpoints(ray_session, tm
     with pytest.raises(ConfigError, match="began on a Ray Train worker group"):
         runs_in_process(cfg(runner="in_process"), str(began_in_group))
 
+
+
+def test_a_local_session_is_known_as_one_in_the_driver_and_its_workers(ray_session):
+    from raytag.session import in_local_session
+
+    assert in_local_session()
+    assert ray_session.get(ray_session.remote(num_cpus=0)(in_local_session).remote())

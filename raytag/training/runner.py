@@ -24,7 +24,7 @@ from raytag.config import Config, ConfigError
 from raytag.data.layouts import load_dataset
 from raytag.errors import RaytagError
 from raytag.features.store import build_feature_store, default_feature_cache
-from raytag.session import ensure_ray
+from raytag.session import ensure_ray, in_local_session
 from raytag.training.checkpoint import check_legacy_checkpoints
 from raytag.training.in_process import fit_in_process, has_worker_group_checkpoints, local_checkpoints
 from raytag.training.outputs import OUTPUTS_DIR, write_metrics, write_outputs
@@ -122,7 +122,7 @@ def fit_pipeline(
 def runs_in_process(cfg: Config, run_dir: str) -> bool:
     """Whether the run trains in this process (raytag.training.in_process) rather than on a
     Ray Train worker group (`train.runner`). `auto`: in-process for one CPU worker on a
-    one-node Ray with a local run folder, unless the run was started on a worker group
+    local one-node Ray session (not a joined cluster) with a local run folder, unless the run was started on a worker group
     (its checkpoints are Ray Train's: it resumes where it began)."""
     import ray
 
@@ -149,7 +149,8 @@ def runs_in_process(cfg: Config, run_dir: str) -> bool:
         return True
     if began_here or began_in_group:
         return began_here
-    return fits and len([n for n in ray.nodes() if n.get("Alive")]) == 1
+    # a local session only: a joined cluster may be one head node now, and grow
+    return fits and in_local_session() and len([n for n in ray.nodes() if n.get("Alive")]) == 1
 
 
 def fits_in_process(train, local: bool) -> bool:
