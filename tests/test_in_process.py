@@ -2,6 +2,7 @@
 results, checkpoints, resume and restarts of a Ray Train worker group."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -130,3 +131,49 @@ def test_a_local_session_is_known_as_one_in_the_driver_and_its_workers(ray_sessi
 
     assert in_local_session()
     assert ray_session.get(ray_session.remote(num_cpus=0)(in_local_session).remote())
+
+
+@pytest.mark.slow
+def test_a_killed_raytag_train_resumes_from_its_last_checkpoint_when_rerun(demo_data, tmp_path):
+    """What an in-process run cannot do is outlive its process: `raytag train` killed (SIGKILL,
+    its whole process group) after its second checkpoint, then the same command again, goes on
+    from the last checkpoint it persisted and finishes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    config = tmp_path / "killed.yaml"
+    config.write_text(yaml.safe_dump({**ONE, "name": "killed", "pipeline": {
+        "warmup": {"epochs": 1}, "finetune": {"epochs": 30}, "filter": {"enabled": False},
+        "pseudo": {"enabled": False}}}))
+    command = [sys.executable, "-m", "raytag.cli", "train", "--config", str(config), "--data", str(demo_data),
+               "--storage", str(tmp_path / "results"), "--quiet"]
+    first, again = tmp_path / "first.jsonl", tmp_path / "again.jsonl"
+    proc = subprocess.Popen(command, env={**os.environ, "RAYTAG_TRACE": str(first)}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    saved: list = []
+    while len(saved) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        saved = [e["global_step"] for e in _trace_events(first) if e["event"] == "checkpoint"]
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_at = max(e["global_step"] for e in _trace_events(first) if e["event"] == "checkpoint")
+    assert killed_at < 31 and local_checkpoints(tmp_path / "results" / "killed")
+
+    done = subprocess.run(command, env={**os.environ, "RAYTAG_TRACE": str(again)}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    events = _trace_events(again)
+    resumes = [e for e in events if e["event"] == "resume"]
+    assert [e["global_step"] for e in resumes] == [killed_at]
+    trained = [e["global_step"] for e in events if e["event"] == "epoch_start"]
+    assert trained and min(trained) == killed_at and max(trained) == 30  # only what was left
+    outputs = tmp_path / "results" / "killed" / "outputs"
+    assert json.loads((outputs / "metrics.json").read_text())["runner"] == "in_process"
+    history = pd.read_csv(outputs / "history.csv")
+    assert len(history) == 31  # every epoch reported once: the ones before the kill kept
