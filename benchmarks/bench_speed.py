@@ -12,12 +12,13 @@ raytag), before and after one right after the other, one at a time:
              single-process librosa loop and raytag's own front end loop of
              bench_features.py on the same clips (imports and one clip untimed).
   epoch      bench_throughput.py's work (cnn2d width 32, 2 s crops, batch 32, curated
-             folds != 0 of 5, --epochs epochs): `fit_pipeline` with 1 worker x 1 CPU and
+             folds != 0 of 5, --epochs epochs): `fit_pipeline` on worker groups with 1 worker x 1 CPU and
              with 2 workers x 0.5 CPU, against the engine's own epoch function run in the
              child process with 1 and 2 torch threads. Per epoch: the median gap between
              rank 0's epoch starts (training + evaluation + report + checkpoint), start-up
              excluded; the in-process epoch = training + the same evaluation.
-  startup    from the fit_pipeline call to rank 0's first epoch start, the first fit of
+  startup    (a Ray Train worker group: train.runner ray_train where the tree has it)
+             from the fit_pipeline call to rank 0's first epoch start, the first fit of
              a Ray session and a later one (Ray already up, as for every trial after the
              first of a sweep), with the same tiny work.
   runners    in the --after tree only: the startup section's fits with train.runner

@@ -11,7 +11,7 @@ test clips.
 
 Variants:
   ray_2w    fit_pipeline, 2 Ray Train workers x 0.5 CPU (DDP over gloo), 1 torch thread each
-  ray_1w    fit_pipeline, 1 worker x 1 CPU, 1 torch thread
+  ray_1w    fit_pipeline, 1 worker x 1 CPU, 1 torch thread (a worker group: train.runner ray_train)
   plain_1t  this process, no Ray: CropBatches over the same FeatureStore and the engine's own
             epoch function (raytag.training.worker.train_epoch: same crops, augmentations,
             loss and optimizer/scheduler, same seeds), then predict_segments on the held-out
@@ -50,13 +50,23 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_training import ensure_bench, epoch_times, init_ray, median, prebuild_features, read_trace  # noqa: E402
 
 
+def worker_group_runner() -> dict:
+    """`train.runner: ray_train` where this raytag has the setting: its `auto` would train a
+    1-worker CPU run in-process, and this benchmark measures Ray Train's worker group."""
+    import dataclasses
+
+    from raytag.config import TrainConfig
+
+    return {"runner": "ray_train"} if "runner" in {f.name for f in dataclasses.fields(TrainConfig)} else {}
+
+
 def make_config(epochs: int, workers: int, crop: float) -> dict:
     return {
         "name": "throughput",
         "features": {"kind": "logmel", "sample_rate": 16000, "n_mels": 64, "hop_length": 320, "n_fft": 1024},
         "model": {"name": "cnn2d"},  # default width 32, depth 4
         "train": {"crop_seconds": crop, "batch_size": 32, "lr": 1e-3, "num_workers": workers,
-                  "cpus_per_worker": 1.0 / workers, "torch_threads": 1},
+                  "cpus_per_worker": 1.0 / workers, "torch_threads": 1, **worker_group_runner()},
         "cv": {"n_folds": 5, "folds": [0], "seed": 0},
         "pipeline": {
             "warmup": {"enabled": False},
