@@ -122,19 +122,30 @@ def child_epoch(args) -> dict:
     return runs
 
 
-def child_startup(args) -> dict:
+def tiny_fit_setup(args) -> tuple[Path, Path, Path, dict]:
+    """The startup and runners sections' tiny 1-worker fit: data, feature cache (built here:
+    the store is not start-up), storage and config."""
     import bench_throughput as bt
-    from bench_training import epoch_times, read_trace
 
     from raytag.config import Config
-    from raytag.session import ensure_ray  # Ray as a user's fit starts it
-    from raytag.training.runner import fit_pipeline, prepare_data
+    from raytag.training.runner import prepare_data
 
     data, cache, storage = Path(args.data), Path(args.cache), Path(args.work) / "runs"
     storage.mkdir(parents=True, exist_ok=True)
     cfg = bt.make_config(1, 1, 2.0)
     cfg["model"] = {"name": "cnn2d", "width": 8, "depth": 2}
-    prepare_data(Config.from_dict(cfg), data, str(cache), progress=False)  # the store is not start-up
+    prepare_data(Config.from_dict(cfg), data, str(cache), progress=False)
+    return data, cache, storage, cfg
+
+
+def child_startup(args) -> dict:
+    from bench_training import epoch_times, read_trace
+
+    from raytag.config import Config
+    from raytag.session import ensure_ray  # Ray as a user's fit starts it
+    from raytag.training.runner import fit_pipeline
+
+    data, cache, storage, cfg = tiny_fit_setup(args)
     t0 = time.perf_counter()
     ensure_ray()  # (already up where the old tree's store build started it)
     out = {"ray_init_s": time.perf_counter() - t0, "fits": []}
@@ -155,18 +166,13 @@ def child_startup(args) -> dict:
 
 def child_runners(args) -> dict:
     """The startup fits with each train.runner, alternated in one Ray session."""
-    import bench_throughput as bt
     from bench_training import epoch_times, read_trace
 
     from raytag.config import Config
     from raytag.session import ensure_ray
-    from raytag.training.runner import fit_pipeline, prepare_data
+    from raytag.training.runner import fit_pipeline
 
-    data, cache, storage = Path(args.data), Path(args.cache), Path(args.work) / "runs"
-    storage.mkdir(parents=True, exist_ok=True)
-    cfg = bt.make_config(1, 1, 2.0)
-    cfg["model"] = {"name": "cnn2d", "width": 8, "depth": 2}
-    prepare_data(Config.from_dict(cfg), data, str(cache), progress=False)
+    data, cache, storage, cfg = tiny_fit_setup(args)
     ensure_ray()
     out = {"fits": []}
     order = ["ray_train", "auto"] * 4  # the first of each: a session's first, untimed

@@ -15,7 +15,7 @@ from raytag.config import Config, ConfigError
 from raytag.training.in_process import PREFIX, local_checkpoints
 from raytag.training.runner import fit_pipeline, runs_in_process
 
-from test_training import TINY, _trace_events, _traced_fit
+from test_training import TINY, _trace_events, _traced_fit, assert_rerun_resumes
 
 pytestmark = pytest.mark.ray
 
@@ -64,12 +64,7 @@ def test_auto_trains_one_cpu_worker_here_with_the_worker_groups_results(in_proce
 
 def test_a_rerun_resumes_from_the_in_process_checkpoint(in_process_run, demo_data):
     result, out, _ = in_process_run
-    trace = out / "trace-again.jsonl"
-    again = _traced_fit(Config.from_dict(ONE), demo_data, out, "one", trace)
-    events = _trace_events(trace)
-    assert not [e for e in events if e["event"] == "epoch_start"], "a finished run trained again"
-    assert [e for e in events if e["event"] == "resume"]
-    assert again.metrics["cv_lwlrap"] == pytest.approx(result.metrics["cv_lwlrap"])
+    assert_rerun_resumes(result, Config.from_dict(ONE), demo_data, out, "one", out / "trace-again.jsonl")
 
 
 def test_a_failed_attempt_restarts_here_from_its_last_checkpoint(in_process_run, demo_data, monkeypatch):
@@ -123,7 +118,6 @@ def test_the_runner_follows_the_request_and_the_runs_checkpoints(ray_session, tm
     assert not runs_in_process(cfg(), str(began_in_group))
     with pytest.raises(ConfigError, match="began on a Ray Train worker group"):
         runs_in_process(cfg(runner="in_process"), str(began_in_group))
-
 
 
 def test_a_local_session_is_known_as_one_in_the_driver_and_its_workers(ray_session):

@@ -198,14 +198,19 @@ def test_noisy_folds_give_every_held_out_noisy_clip_an_out_of_fold_prediction(ti
     assert read_noisy_oof(tiny_run[0].outputs_dir) is None  # trained without noisy folds
 
 
-def test_rerun_with_same_name_resumes_instead_of_training(tiny_run, demo_data):
-    result, out, trace = tiny_run
-    trace2 = out / "trace2.jsonl"
-    again = _traced_fit(Config.from_dict(TINY), demo_data, out, "tiny", trace2)
-    events = _trace_events(trace2)
+def assert_rerun_resumes(result, cfg: Config, data, out: Path, name: str, trace: Path):
+    """The finished run `name` fitted again: it resumes from its last checkpoint, trains
+    nothing, and ends with the same CV."""
+    again = _traced_fit(cfg, data, out, name, trace)
+    events = _trace_events(trace)
     assert not [e for e in events if e["event"] == "epoch_start"], "a finished run trained again"
     assert [e for e in events if e["event"] == "resume"]
     assert again.metrics["cv_lwlrap"] == pytest.approx(result.metrics["cv_lwlrap"])
+
+
+def test_rerun_with_same_name_resumes_instead_of_training(tiny_run, demo_data):
+    result, out, _ = tiny_run
+    assert_rerun_resumes(result, Config.from_dict(TINY), demo_data, out, "tiny", out / "trace2.jsonl")
 
 
 def test_a_run_that_fails_and_resumes_matches_the_uninterrupted_run(tiny_run, demo_data, monkeypatch):

@@ -122,8 +122,9 @@ def fit_pipeline(
 def runs_in_process(cfg: Config, run_dir: str) -> bool:
     """Whether the run trains in this process (raytag.training.in_process) rather than on a
     Ray Train worker group (`train.runner`). `auto`: in-process for one CPU worker on a
-    local one-node Ray session (not a joined cluster) with a local run folder, unless the run was started on a worker group
-    (its checkpoints are Ray Train's: it resumes where it began)."""
+    local one-node Ray session (not a joined cluster) with a local run folder, unless the
+    run was started on a worker group (its checkpoints are Ray Train's: it resumes where it
+    began)."""
     import ray
 
     t = cfg.train
@@ -136,7 +137,7 @@ def runs_in_process(cfg: Config, run_dir: str) -> bool:
                               "are there; rerun it with train.runner: auto (or in_process) to resume it, or "
                               "give the run another name")
         return False
-    fits = fits_in_process(t, local)
+    fits = t.num_workers == 1 and not t.use_gpu and local
     if t.runner == "in_process":
         if not fits:
             raise ConfigError("train.runner: in_process runs one CPU worker on a local run folder; set "
@@ -151,12 +152,6 @@ def runs_in_process(cfg: Config, run_dir: str) -> bool:
         return began_here
     # a local session only: a joined cluster may be one head node now, and grow
     return fits and in_local_session() and len([n for n in ray.nodes() if n.get("Alive")]) == 1
-
-
-def fits_in_process(train, local: bool) -> bool:
-    """Whether a run with these train settings can train in-process: one CPU worker, a local
-    run folder (then `auto` chooses it on a one-node Ray)."""
-    return train.num_workers == 1 and not train.use_gpu and local
 
 
 def _loop_config(plan, run_files: str) -> dict:
