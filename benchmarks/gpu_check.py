@@ -72,7 +72,7 @@ class GpuSampler:
     """nvidia-smi every `every_s` in a background thread: (time, utilisation %, memory MiB,
     compute processes). Without nvidia-smi (CPU smoke) it samples nothing."""
 
-    def __init__(self, every_s: float = 1.0):
+    def __init__(self, every_s: float = 0.5):
         self.every_s, self.samples = every_s, []
         self.available = shutil.which("nvidia-smi") is not None
         self._stop = threading.Event()
@@ -108,8 +108,11 @@ class GpuSampler:
     def between(self, start: float, end: float) -> list[tuple]:
         return [s for s in self.samples if start <= s[0] <= end]
 
-    def summary(self, start: float, end: float) -> str:
-        got = self.between(start, end)
+    def within(self, windows: list[tuple[float, float]]) -> list[tuple]:
+        return [s for s in self.samples if any(a <= s[0] <= b for a, b in windows)]
+
+    def summary(self, start: float, end: float, windows: list[tuple[float, float]] | None = None) -> str:
+        got = self.within(windows) if windows is not None else self.between(start, end)
         if not got:
             return "n/a (no nvidia-smi samples)"
         util = statistics.mean(s[1] for s in got)
@@ -180,6 +183,27 @@ def steady(events) -> tuple[float, float, float]:
 
 
 # ----------------------------------------------------------------------------- sections
+def epoch_phases(trace: Path) -> tuple[dict, list[tuple[float, float]]]:
+    """Rank 0's epochs from a RAYTAG_TRACE file: the median seconds after the first epoch of
+    training, held-out evaluation, and report (checkpoint included), and the training
+    windows [(start, end)] of those epochs (for the GPU samples taken while training)."""
+    import json
+
+    events = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
+    marks, epochs = {}, []
+    for e in (e for e in events if e.get("rank") == 0):
+        marks[e["event"]] = e["time"]
+        if e["event"] == "report_done" and {"epoch_start", "train_done", "eval_done"} <= marks.keys():
+            epochs.append((marks["epoch_start"], marks["train_done"], marks["eval_done"], e["time"]))
+            marks = {}
+    later = epochs[1:] or epochs
+    if not later:
+        return {}, []
+    phases = {name: statistics.median(e[i + 1] - e[i] for e in later)
+              for i, name in enumerate(("train", "eval", "report"))}
+    return phases, [(e[0], e[1]) for e in later]
+
+
 def section_frontend(s: Settings, table: Table):
     import torch
 
@@ -224,14 +248,25 @@ def section_epochs(s: Settings, table: Table, sampler: GpuSampler, n_train: int)
             continue
         cfg = config_of(base_overrides(s, model))
         t0 = time.time()
-        _, events = timed_fit(s, cfg, f"epochs_{model}", sampler)
+        trace = s.work / f"trace_{model}.jsonl"
+        os.environ["RAYTAG_TRACE"] = str(trace)  # the worker's phase times (training.worker._trace)
+        try:
+            _, events = timed_fit(s, cfg, f"epochs_{model}", sampler)
+        finally:
+            os.environ.pop("RAYTAG_TRACE", None)
         epoch_s, start, end = steady(events)
+        phases, training = epoch_phases(trace) if trace.exists() else ({}, [])
         solo[model] = epoch_s
         where = "1 worker x 1 GPU" if not s.smoke else "1 worker x 0.5 CPU"
         table.add("2 epochs", f"{model} width {cfg.model.width}, {where}", "epoch s (median after 1st)", epoch_s,
                   f"{len(events)} epochs, fit {time.time() - t0:.0f} s with start-up")
         table.add("2 epochs", f"{model}", "train clips / epoch-s", n_train / epoch_s, f"{n_train} training clips")
         table.add("2 epochs", f"{model}", "GPU", sampler.summary(start, end))
+        if phases:  # where an epoch goes: is the GPU idle for want of work, or between epochs?
+            table.add("2 epochs", f"{model}", "epoch phases s (median after 1st)",
+                      " / ".join(f"{k} {v:.2f}" for k, v in phases.items()), "report includes the checkpoint")
+            table.add("2 epochs", f"{model}", "train clips / training-s", n_train / phases["train"])
+            table.add("2 epochs", f"{model}", "GPU while training", sampler.summary(start, end, training))
     return solo
 
 
@@ -279,7 +314,8 @@ def section_shared(s: Settings, table: Table, sampler: GpuSampler, solo: dict):
     got = sampler.between(t0, t0 + wall)
     if got:
         table.add("3 shared GPU", "both trials", "GPU", sampler.summary(t0, t0 + wall),
-                  f"at most {max(x[3] for x in got)} processes on the GPU at once")
+                  f"at most {max(x[3] for x in got)} processes on the GPU at once, "
+                  "this script's own (section 1's context) among them")
     else:
         table.add("3 shared GPU", "both trials", "GPU", "n/a", "no nvidia-smi samples")
 
@@ -349,6 +385,9 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="fine-tune epochs per run (default 4; smoke 2)")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="sections that would start after this many seconds are skipped (default 420; smoke 1100)")
+    ap.add_argument("--sections", default="frontend,epochs,shared,ddp",
+                    help="comma-separated sections to run (data is always made): frontend, epochs, shared, ddp")
+    ap.add_argument("--sample-every", type=float, default=0.5, help="seconds between nvidia-smi samples")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
     args = ap.parse_args(argv)
     smoke = args.cpu_smoke
@@ -382,11 +421,20 @@ def main(argv=None) -> int:
     table.add("0 data", f"{len(store.clip_ids)} clips at {store.shape}", "feature store s", time.time() - t0,
               "Ray tasks on the CPUs")
 
-    with GpuSampler() as sampler:
-        attempt(table, "1 front end", section_frontend, s, table)
-        solo = attempt(table, "2 epochs", section_epochs, s, table, sampler, n_train) or {}
-        attempt(table, "3 shared GPU", section_shared, s, table, sampler, solo)
-        attempt(table, "4 DDP", section_ddp, s, table, sampler, solo, n_train)
+    sections = {name.strip() for name in args.sections.split(",")}
+    unknown = sections - {"frontend", "epochs", "shared", "ddp"}
+    if unknown:
+        ap.error(f"unknown --sections {sorted(unknown)}: choose from frontend, epochs, shared, ddp")
+    solo = {}
+    with GpuSampler(args.sample_every) as sampler:
+        if "frontend" in sections:
+            attempt(table, "1 front end", section_frontend, s, table)
+        if "epochs" in sections:
+            solo = attempt(table, "2 epochs", section_epochs, s, table, sampler, n_train) or {}
+        if "shared" in sections:
+            attempt(table, "3 shared GPU", section_shared, s, table, sampler, solo)
+        if "ddp" in sections:
+            attempt(table, "4 DDP", section_ddp, s, table, sampler, solo, n_train)
 
     load = os.getloadavg()
     title = "CPU smoke of benchmarks/gpu_check.py (no GPU; checks the script, not a GPU)" if smoke else \
