@@ -52,6 +52,9 @@ REPO = Path(__file__).resolve().parent.parent
 FAT2019 = REPO / "search_spaces" / "fat2019.yaml"
 
 
+NOTES = "<!-- notes below are kept when the script rewrites this file -->"
+
+
 # ----------------------------------------------------------------------------- the table
 @dataclass
 class Table:
@@ -443,7 +446,8 @@ def main(argv=None) -> int:
             f"- total {time.time() - s.started:.0f} s; demo data scale {args.scale or (0.25 if smoke else 4.0)}, "
             f"{s.epochs} fine-tune epochs per run\n\n{table.markdown()}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    notes = out.read_text().split(NOTES, 1)[1] if out.is_file() and NOTES in out.read_text() else "\n"
+    out.write_text(text + "\n" + NOTES + notes)
     print("\n" + table.markdown() + f"\nwritten: {out}")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)

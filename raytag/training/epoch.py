@@ -38,47 +38,38 @@ def build_optimizer(cfg, model, step: Step, steps_per_epoch: int):
 
 def train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: CropBatches, seed, step,
                  keep: float = 1.0) -> float:
-    """One pass over the step's crops; returns the mean training loss.
-
-    On a GPU the loop must not wait for it: each batch goes to the device as it leaves the
-    store, the augmentations run there (their random draws stay on the CPU generator, so a
-    seed gives the same crops, masks and mixes on any device), and the loss is summed on
-    the device and read once, at the end. A read per batch (`float(loss)`, a finiteness
-    check) would make the CPU wait for every step before preparing the next batch."""
     cfg = ctx.cfg
     gen = torch.Generator().manual_seed(seed * 7919 + ctx.rank)
-    mean = torch.tensor(ctx.plan.norm_mean, dtype=torch.float32, device=ctx.device)[..., None]
-    std = torch.tensor(np.maximum(ctx.plan.norm_std, 1e-5), dtype=torch.float32, device=ctx.device)[..., None]
+    mean = torch.tensor(ctx.plan.norm_mean, dtype=torch.float32)[..., None]
+    std = torch.tensor(np.maximum(ctx.plan.norm_std, 1e-5), dtype=torch.float32)[..., None]
     is_log = cfg.features.kind != "raw"
-    pattern = gain_pattern(cfg.features).to(ctx.device)  # how each stored value moves per dB of gain
+    pattern = gain_pattern(cfg.features)  # how each stored value moves per dB of gain
     model.train()
-    total = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    count = 0
+    total, count = 0.0, 0
     for x, y, noisy in batches.epoch(seed, ctx.rank, ctx.world):
-        x, y, noisy = x.to(ctx.device), y.to(ctx.device), noisy.to(ctx.device)
         x = random_gain_shift(x, cfg.train.augment, gen, is_log=is_log, pattern=pattern)
         x = (x - mean) / std
         if cfg.train.specaugment.enabled and is_log:
             x = spec_augment(x, cfg.train.specaugment, gen)
         # the noisy share is mixed like the targets, so a mixed clip's loss and weight blend too
         x, y, noisy, _ = mixup(x, y, noisy.float(), cfg.train.mixup.alpha, cfg.train.mixup.prob, gen)
+        x, y, noisy = x.to(ctx.device), y.to(ctx.device), noisy.to(ctx.device)
         with training_autocast(ctx.precision, ctx.device):  # train.precision; the loss stays float32
             logits = model(x)
         loss = loss_fn(logits.float(), y, noisy, keep=keep)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss became {loss.item()} in stage {step.stage_name} (fold {step.fold}): "
+                f"lower train.lr (now {step.lr or cfg.train.lr}) or check the features"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        total += loss.detach().double() * len(x)
+        total += float(loss.detach()) * len(x)
         count += len(x)
-    mean_loss = float(total) / max(count, 1)
-    if not np.isfinite(mean_loss):  # a non-finite loss anywhere in the epoch leaves the sum non-finite
-        raise FloatingPointError(
-            f"loss became {mean_loss} in stage {step.stage_name} (fold {step.fold}): "
-            f"lower train.lr (now {step.lr or cfg.train.lr}) or check the features"
-        )
-    return mean_loss
+    return total / max(count, 1)
 
 
 def evaluate(ctx: _Context, model, step: Step, final: bool, is_fold_final: bool) -> dict:
