@@ -55,6 +55,13 @@ FAT2019 = REPO / "search_spaces" / "fat2019.yaml"
 NOTES = "<!-- notes below are kept when the script rewrites this file -->"
 
 
+def write_keeping_notes(out: Path, text: str):
+    """Write the table to `out`, keeping what an earlier file held below NOTES."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    notes = out.read_text().split(NOTES, 1)[1] if out.is_file() and NOTES in out.read_text() else "\n"
+    out.write_text(text + "\n" + NOTES + notes)
+
+
 # ----------------------------------------------------------------------------- the table
 @dataclass
 class Table:
@@ -445,9 +452,7 @@ def main(argv=None) -> int:
     text = (f"# {title}\n\n{env}- load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n"
             f"- total {time.time() - s.started:.0f} s; demo data scale {args.scale or (0.25 if smoke else 4.0)}, "
             f"{s.epochs} fine-tune epochs per run\n\n{table.markdown()}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    notes = out.read_text().split(NOTES, 1)[1] if out.is_file() and NOTES in out.read_text() else "\n"
-    out.write_text(text + "\n" + NOTES + notes)
+    write_keeping_notes(out, text)
     print("\n" + table.markdown() + f"\nwritten: {out}")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
