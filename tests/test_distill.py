@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -280,3 +281,97 @@ def test_a_teacher_trained_with_noisy_folds_teaches_noisy_clips_out_of_fold(expe
     assert set(mixed.loc[dataset.split("curated")["clip_id"], "target_source"]) == {"oof"}
     with pytest.raises(RaytagError, match="noisy-targets"):
         StudentSettings(noisy_targets="given").check()
+
+
+# ----------------------------------------------------------------------------- --target-grain segment
+class _ConstantModel(torch.nn.Module):
+    """A fold model whose logit for every class is `logit` on segments whose mean feature
+    is above 0, and minus it elsewhere: its prediction follows the clip along time."""
+
+    def __init__(self, logit: float, n_classes: int = 3):
+        super().__init__()
+        self.logit, self.n_classes = logit, n_classes
+
+    def forward(self, x):
+        sign = torch.where(x.mean(dim=(1, 2, 3)) > 0, 1.0, -1.0)[:, None]
+        return sign * self.logit * torch.ones(len(x), self.n_classes)
+
+
+class _FakeStore:
+    def __init__(self, clips: dict):
+        self.clips = clips
+
+    def get(self, clip_id):
+        return self.clips[clip_id]
+
+    def n_frames(self, clip_id):
+        return self.clips[clip_id].shape[-1]
+
+    def crop(self, clip_id, start, length):
+        return self.clips[clip_id][..., start:start + length]
+
+
+def _member(name, logits, features):
+    settings = {"features": features, "folds": [f"fold{k}.safetensors" for k in range(len(logits))]}
+    return Member(name, settings, [_ConstantModel(v) for v in logits])
+
+
+def test_the_teacher_along_a_clip_takes_the_held_out_fold_and_follows_the_audio():
+    from raytag.ensemble.crop_targets import teacher_segments
+
+    features = {**FEATURES}
+    cfg = Config.from_dict({"features": features}).features
+    # 16 frames: loud (+1) for the first 8, quiet (-1) after; segments of 8 every 2 frames
+    clip = np.concatenate([np.ones((1, 4, 8)), -np.ones((1, 4, 8))], axis=-1).astype(np.float32)
+    store = _FakeStore({"cur": clip, "noisy": clip})
+    members = [_member("a", [0.0, 2.0], features), _member("b", [1.0, 1.0], features)]
+    held_out = [{"cur": 1}, {"cur": 0}]
+    got = teacher_segments(members, lambda ps: np.mean(ps, axis=0), store, cfg, ["cur", "noisy"], 8, held_out)
+    starts, probs = got["cur"]
+    assert starts.tolist() == [0, 2, 4, 6, 8]
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    # member a's fold 1 (logit 2) and member b's fold 0 (logit 1), each by the segment's sign
+    assert np.allclose(probs[0], (sig(2.0) + sig(1.0)) / 2, atol=1e-6)
+    assert np.allclose(probs[-1], (sig(-2.0) + sig(-1.0)) / 2, atol=1e-6)
+    # a clip no member held out: every fold model, as the artifact (member a: (0 + 2) / 2 logits)
+    _, noisy = got["noisy"]
+    assert np.allclose(noisy[0], ((sig(0.0) + sig(2.0)) / 2 + sig(1.0)) / 2, atol=1e-6)
+    # another front end than the student's cannot be cut from the student's store
+    other = _member("c", [1.0], {**features, "n_mels": 16})
+    with pytest.raises(RaytagError, match="another front end"):
+        teacher_segments([other], lambda ps: ps[0], store, cfg, ["cur"], 8, [{}])
+
+
+def test_a_crops_target_interpolates_the_teacher_at_its_start_and_keeps_the_given_labels():
+    from raytag.ensemble.crop_targets import SegmentTargetCrops, teacher_at
+
+    starts = np.array([0.0, 4.0, 8.0])
+    probs = np.array([[0.0, 1.0], [1.0, 1.0], [0.5, 0.0]], dtype=np.float32)
+    assert np.allclose(teacher_at(starts, probs, 2), [0.5, 1.0])
+    assert np.allclose(teacher_at(starts, probs, 8), [0.5, 0.0])
+    assert np.allclose(teacher_at(starts, probs, None), probs.mean(axis=0))  # a clip looped to length
+    clip = np.zeros((1, 2, 12), dtype=np.float32)
+    data = LabelledSet(["a"], np.array([[0.3, 0.3]]), np.array([False]))
+    crops = SegmentTargetCrops(_FakeStore({"a": clip}), data, 4, 1, {"a": (starts, probs)},
+                               labels=np.array([[1.0, 0.0]]), label_weight=0.5)
+    _, y, _ = next(crops.epoch(seed=3, rank=0, world_size=1))
+    start = np.random.default_rng([3, 0]).integers(0, 12 - 4 + 1)  # the crop CropBatches draws for seed 3
+    assert np.allclose(y.numpy()[0], 0.5 * np.array([1.0, 0.0]) + 0.5 * teacher_at(starts, probs, start))
+    with pytest.raises(RaytagError, match="no teacher segments"):
+        SegmentTargetCrops(_FakeStore({"a": clip}), data, 4, 1, {}, labels=np.ones((1, 2)), label_weight=0.5)
+
+
+def test_a_segment_grain_student_trains_and_records_its_grain(experiment, distilled, tmp_path):
+    small = StudentSettings(model="cnn2d", width=4, depth=1, epochs=1, target_grain="segment")
+    got = distill(experiment, small, feature_cache=str(Path(experiment).parent / "cache"))
+    summary = json.loads((Path(experiment) / "distill" / "distill_summary.json").read_text())
+    assert summary["target_grain"] == "segment" and Path(got.artifact_path).is_dir()
+    cache = Path(experiment) / "distill" / "teacher_segments.npz"
+    assert cache.is_file()
+    before = cache.stat().st_mtime_ns
+    distill(experiment, small, feature_cache=str(Path(experiment).parent / "cache"))
+    assert cache.stat().st_mtime_ns == before  # the teacher's grid is reused for the same teacher and crop
+    with pytest.raises(RaytagError, match="--target-grain"):
+        distill(experiment, StudentSettings(target_grain="frame"))
+    with pytest.raises(RaytagError, match="teacher's probabilities as they are"):
+        distill(experiment, StudentSettings(target_grain="segment", teacher_scale="clip_max"))

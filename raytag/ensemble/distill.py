@@ -51,6 +51,7 @@ from raytag.data.labels import labels_to_matrix
 from raytag.ensemble.artifact import (
     MANIFEST, Artifact, Member, MemberSpec, experiment_artifact, load_artifact, save_artifact, trial_settings,
 )
+from raytag.ensemble.crop_targets import HOP_FRACTION, SegmentTargetCrops, held_out_folds, teacher_segments
 from raytag.ensemble.job import load_trial
 from raytag.ensemble.tagging import predict_files, progress_bar
 from raytag.errors import RaytagError
@@ -73,6 +74,8 @@ DISTILL_DIR = "distill"
 TEACHER = "teacher.parquet"
 TEACHER_SCALES = ("prob", "clip_max")  # how the teacher's predictions become targets (StudentSettings)
 NOISY_TARGETS = ("oof", "ensemble")  # where the noisy clips' teacher predictions come from (StudentSettings)
+TARGET_GRAINS = ("clip", "segment")  # a crop's teacher target: its clip's, or the teacher's at the crop (StudentSettings)
+SEGMENTS = "teacher_segments.npz"  # the teacher along each clip (--target-grain segment), cached
 SOURCE_COLUMN = "target_source"  # "oof" (out-of-fold: curated; noisy with cv.noisy_folds) or "ensemble"
 
 
@@ -105,6 +108,9 @@ class StudentSettings:
     # "oof": the members' out-of-fold predictions on the noisy clips, where every member has
     # them (cv.noisy_folds), else the artifact's; "ensemble": the artifact's in every case
     noisy_targets: str = "oof"
+    # "clip": every crop of a clip is taught the clip's target; "segment": the teacher's part
+    # follows the teacher along the clip, at the crop's start (raytag.ensemble.crop_targets)
+    target_grain: str = "clip"
 
     def check(self) -> None:
         if self.epochs < 1:
@@ -121,6 +127,11 @@ class StudentSettings:
             raise RaytagError(f"--teacher-scale {self.teacher_scale}: must be one of {', '.join(TEACHER_SCALES)}")
         if self.noisy_targets not in NOISY_TARGETS:
             raise RaytagError(f"--noisy-targets {self.noisy_targets}: must be one of {', '.join(NOISY_TARGETS)}")
+        if self.target_grain not in TARGET_GRAINS:
+            raise RaytagError(f"--target-grain {self.target_grain}: must be one of {', '.join(TARGET_GRAINS)}")
+        if self.target_grain == "segment" and self.teacher_scale != "prob":
+            raise RaytagError("--target-grain segment takes the teacher's probabilities as they are; "
+                              "drop --teacher-scale, or use --target-grain clip")
         if self.overlap is not None and not 0 <= self.overlap < 1:
             raise RaytagError(f"--overlap {self.overlap}: must be in [0, 1)")
 
@@ -215,13 +226,46 @@ def student_targets(table: pd.DataFrame, dataset, classes: list[str], label_weig
     teacher = table[classes].to_numpy(np.float32)
     if teacher_scale == "clip_max":
         teacher = teacher / np.maximum(teacher.max(axis=1, keepdims=True), 1e-6)
+    labels = given_labels(dataset, list(table.index))
+    noisy = set(dataset.split("noisy")["clip_id"])
+    is_noisy = np.array([c in noisy for c in table.index])
+    return LabelledSet(list(table.index), label_weight * labels + (1 - label_weight) * teacher, is_noisy)
+
+
+def given_labels(dataset, clip_ids: list[str]) -> np.ndarray:
+    """(n, n_classes) float32: each clip's labels as the dataset gives them."""
     given = {}
     for split in ("curated", "noisy"):
         given.update(zip(dataset.split(split)["clip_id"], dataset.label_matrix(split)))
-    noisy = set(dataset.split("noisy")["clip_id"])
-    labels = np.stack([given[c] for c in table.index]).astype(np.float32)
-    is_noisy = np.array([c in noisy for c in table.index])
-    return LabelledSet(list(table.index), label_weight * labels + (1 - label_weight) * teacher, is_noisy)
+    return np.stack([given[c] for c in clip_ids]).astype(np.float32)
+
+
+def segment_batches(art: Artifact, cfg: Config, store, dataset, targets: LabelledSet, settings: StudentSettings,
+                    out_dir: str) -> SegmentTargetCrops:
+    """The student's crops with targets that follow the teacher along each clip (the
+    teacher's grid cached in `<out_dir>/teacher_segments.npz` for this teacher and crop)."""
+    teacher = probability_teacher(art)
+    crop = cfg.crop_frames()
+    key = f"{_manifest_id(art.path)}:{teacher.combiner}:{settings.noisy_targets}:{crop}:{HOP_FRACTION}"
+    cache = _local(storage.join(out_dir, SEGMENTS))
+    segments = None
+    if cache.is_file():
+        with np.load(cache) as saved:
+            if str(saved["key"]) == key and set(targets.clip_ids) <= set(saved["clip_ids"]):
+                segments = {c: (saved[f"s{i}"], saved[f"p{i}"]) for i, c in enumerate(saved["clip_ids"])}
+    if segments is None:
+        held_out = [held_out_folds(m.settings["source"], noisy=settings.noisy_targets == "oof")
+                    if m.settings.get("source") and storage.exists(m.settings["source"]) else {}
+                    for m in teacher.members]
+        segments = teacher_segments(teacher.members, teacher.combine, store, cfg.features, targets.clip_ids,
+                                    crop, held_out, batch_size=settings.batch_size)
+        ids = list(segments)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"s{i}": segments[c][0] for i, c in enumerate(ids)}
+        arrays.update({f"p{i}": segments[c][1] for i, c in enumerate(ids)})
+        np.savez(cache, key=np.array(key), clip_ids=np.array(ids), **arrays)
+    return SegmentTargetCrops(store, targets, crop, cfg.train.batch_size, segments,
+                              given_labels(dataset, targets.clip_ids), settings.label_weight)
 
 
 def probability_teacher(art: Artifact) -> Artifact:
@@ -306,12 +350,14 @@ def _member_recipe(settings: dict) -> dict:
     return Config.from_dict(yaml.safe_load(storage.read_text(path)) or {}).to_dict()
 
 
-def train_student(cfg: Config, plan, store, targets: LabelledSet, progress: bool = False) -> tuple[torch.nn.Module, list]:
-    """The student, trained on `targets` (soft) over the store's random crops."""
+def train_student(cfg: Config, plan, store, targets: LabelledSet, progress: bool = False,
+                  batches: Optional[CropBatches] = None) -> tuple[torch.nn.Module, list]:
+    """The student, trained on `targets` (soft) over the store's random crops (`batches`:
+    crops with targets of their own, as `segment_batches` makes)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, plan.n_classes, plan.channels, plan.bins)
     step = Step(kind="finetune", fold=None, epochs=int(cfg.pipeline.finetune.epochs))
-    batches = CropBatches(store, targets, cfg.crop_frames(), cfg.train.batch_size)
+    batches = batches or CropBatches(store, targets, cfg.crop_frames(), cfg.train.batch_size)
     optimizer, scheduler = build_optimizer(cfg, model, step, batches.steps_per_epoch(1))
     loss_fn = build_loss(cfg.train.loss)
     ctx = _StudentContext(cfg, plan)
@@ -374,7 +420,11 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     n_oof = int((table[SOURCE_COLUMN] == "oof").sum())
     say(f"student: {cfg.model.name} width {cfg.model.width} depth {cfg.model.depth} on {cfg.features.kind}, "
         f"trained as member {template.name} was; {len(targets)} clips ({n_oof} with OOF targets, {len(targets) - n_oof} with the ensemble's), {settings.epochs} epochs")
-    model, losses = train_student(cfg, plan, store, targets, progress=progress)
+    batches = None
+    if settings.target_grain == "segment":
+        say("teacher along each clip: its members score every quarter-crop segment of the student's features")
+        batches = segment_batches(art, cfg, store, dataset, targets, settings, out_dir)
+    model, losses = train_student(cfg, plan, store, targets, progress=progress, batches=batches)
 
     student_dir = storage.join(out_dir, "student")
     local = _local(student_dir)
@@ -393,7 +443,7 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
               "target_combiner": probability_teacher(art).combiner,  # a rank teacher teaches through its mean
               "targets": {"oof": n_oof, "ensemble": len(targets) - n_oof},
               "label_weight": settings.label_weight, "teacher_scale": settings.teacher_scale,
-              "noisy_targets": settings.noisy_targets,
+              "noisy_targets": settings.noisy_targets, "target_grain": settings.target_grain,
               "epochs": settings.epochs, "train_loss": [round(x, 5) for x in losses]}
     dest = save_artifact(storage.join(out_dir, "artifact"), [MemberSpec("student", student_dir)], "mean", None,
                          classes, art.layout, scores, distilled=record)

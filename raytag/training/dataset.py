@@ -61,21 +61,27 @@ class CropBatches:
         crops = np.random.default_rng([seed, rank])
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            x = np.stack([self._random_crop(self.data.clip_ids[i], crops) for i in idx])
+            cut = [self._random_crop(self.data.clip_ids[i], crops) for i in idx]
             yield (
-                torch.from_numpy(x),
-                torch.from_numpy(self.data.targets[idx]),
+                torch.from_numpy(np.stack([x for x, _ in cut])),
+                torch.from_numpy(self.crop_targets(idx, [s for _, s in cut])),
                 torch.from_numpy(self.data.is_noisy[idx]),
             )
 
-    def _random_crop(self, clip_id: str, rng: np.random.Generator) -> np.ndarray:
+    def crop_targets(self, idx: np.ndarray, starts: list) -> np.ndarray:
+        """(B, n_classes) targets of a batch's crops (`starts`: each crop's first frame, None
+        for a clip looped to length): here each clip's own, wherever the crop."""
+        return self.data.targets[idx]
+
+    def _random_crop(self, clip_id: str, rng: np.random.Generator) -> tuple[np.ndarray, int | None]:
+        """(crop, its start frame); a short clip is looped from a random phase (see tile_to),
+        its start None."""
         n = self.store.n_frames(clip_id)
         if n >= self.crop_frames:
             start = int(rng.integers(0, n - self.crop_frames + 1))
-            return np.asarray(self.store.crop(clip_id, start, self.crop_frames), dtype=np.float32)
-        # a short clip is looped from a random phase (see tile_to)
+            return np.asarray(self.store.crop(clip_id, start, self.crop_frames), dtype=np.float32), start
         clip = np.asarray(self.store.get(clip_id), dtype=np.float32)
-        return tile_to(np.roll(clip, -int(rng.integers(0, n)), axis=-1), self.crop_frames)
+        return tile_to(np.roll(clip, -int(rng.integers(0, n)), axis=-1), self.crop_frames), None
 
 
 def tile_to(feats: np.ndarray, length: int) -> np.ndarray:
