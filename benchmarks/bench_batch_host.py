@@ -1,0 +1,41 @@
+"""Host cost of one training batch at fat2019.yaml's sizes (batch 64, 2 s crops at 128 fps,
+128 mels): the crop gather from the float16 store and the augmentations on the CPU, per batch,
+as `train_epoch` does them. The GPU check (results/benchmarks/gpu_check.md) found a GPU
+training step waiting on the host; this measures the host's part without a GPU.
+
+    python benchmarks/bench_batch_host.py DATA_DIR FEATURE_CACHE   # e.g. `raytag make-demo-data` output
+"""
+import time, sys, numpy as np, torch, tempfile, os
+from raytag.config import Config, apply_overrides
+from raytag.training.runner import prepare_data
+from raytag.session import ensure_ray
+from raytag.search.space import load_space
+from raytag.training.dataset import CropBatches, LabelledSet
+from raytag.training.augment import gain_pattern, random_gain_shift, spec_augment, mixup
+torch.set_num_threads(2)
+space = load_space("search_spaces/fat2019.yaml")
+over = {**space.base, "model.name": "cnn2d", "features.kind": "logmel", "features.n_mels": 128}
+cfg = Config.from_dict(apply_overrides({}, over))
+ensure_ray()
+ds, store, plan = prepare_data(cfg, sys.argv[1], sys.argv[2], False)
+ids = plan.curated_ids
+data = LabelledSet(ids, plan.curated_y, np.zeros(len(ids), bool))
+b = CropBatches(store, data, cfg.crop_frames(), 64)
+gen = torch.Generator().manual_seed(0)
+mean = torch.tensor(plan.norm_mean, dtype=torch.float32)[..., None]; std = torch.tensor(np.maximum(plan.norm_std, 1e-5), dtype=torch.float32)[..., None]
+pat = gain_pattern(cfg.features)
+for rep in range(2):
+    t_crop = t_aug = 0.0; n = 0
+    it = b.epoch(rep, 0, 1)
+    while True:
+        t0 = time.perf_counter()
+        try: x, y, noisy = next(it)
+        except StopIteration: break
+        t1 = time.perf_counter()
+        x = random_gain_shift(x, cfg.train.augment, gen, is_log=True, pattern=pat)
+        x = (x - mean) / std
+        x = spec_augment(x, cfg.train.specaugment, gen)
+        x, y, noisy, _ = mixup(x, y, noisy.float(), cfg.train.mixup.alpha, cfg.train.mixup.prob, gen)
+        t2 = time.perf_counter()
+        t_crop += t1 - t0; t_aug += t2 - t1; n += 1
+    print(f"pass {rep}: {n} batches of {tuple(x.shape)}: crop gather {1000*t_crop/n:.1f} ms/batch, CPU augmentations {1000*t_aug/n:.1f} ms/batch; load {os.getloadavg()}")
