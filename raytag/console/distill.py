@@ -28,7 +28,7 @@ def distill_command(experiment: str, storage: str = "results", data: Optional[st
     console.print(f"student vs the teacher's top labels: lwlrap {_fmt(s.get('agreement_lwlrap'))} on the training clips, "
                   f"{_fmt(s.get('test_agreement_lwlrap'))} on the test clips (no labels used); "
                   f"targets: {result.label_weight:g} x the given labels + {1 - result.label_weight:g} x the teacher's "
-                  f"({result.teacher_scale}; {result.n_oof} clips out-of-fold, {result.n_ensemble} from the artifact), {result.epochs} epochs, "
+                  f"({result.teacher_scale}, per {result.target_grain}; {result.n_oof} clips out-of-fold, {result.n_ensemble} from the artifact), {result.epochs} epochs, "
                   f"{result.seconds:.0f} s")
     console.print(f"artifact: [bold]{result.artifact_path}[/]  (tag audio: raytag predict {result.artifact_path} FILES...)")
     return result

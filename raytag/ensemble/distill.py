@@ -147,6 +147,7 @@ class DistillResult:
     student: str = ""  # its model, as "cnn2d w16 d4"
     label_weight: float = 0.5
     teacher_scale: str = "prob"
+    target_grain: str = "clip"
     train_loss: list = field(default_factory=list)
     scores: dict = field(default_factory=dict)  # agreement with the teacher; test scores (reported only)
 
@@ -451,7 +452,7 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
                            n_ensemble=len(targets) - n_oof, epochs=settings.epochs, seconds=time.time() - started,
                            student=f"{cfg.model.name} w{cfg.model.width} d{cfg.model.depth}",
                            label_weight=settings.label_weight, teacher_scale=settings.teacher_scale,
-                           train_loss=losses, scores=scores)
+                           target_grain=settings.target_grain, train_loss=losses, scores=scores)
     storage.write_text(storage.join(out_dir, "distill_summary.json"),
                        json.dumps({**record, "artifact": dest, "scores": scores,
                                    "seconds": round(result.seconds, 1)}, indent=2) + "\n")
