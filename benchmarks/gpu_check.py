@@ -50,6 +50,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 FAT2019 = REPO / "search_spaces" / "fat2019.yaml"
+SECTIONS = ("frontend", "epochs", "shared", "ddp")  # --sections, in the order they run
 
 
 NOTES = "<!-- notes below are kept when the script rewrites this file -->"
@@ -395,8 +396,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="fine-tune epochs per run (default 4; smoke 2)")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="sections that would start after this many seconds are skipped (default 420; smoke 1100)")
-    ap.add_argument("--sections", default="frontend,epochs,shared,ddp",
-                    help="comma-separated sections to run (data is always made): frontend, epochs, shared, ddp")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma-separated sections to run (data is always made): {', '.join(SECTIONS)}")
     ap.add_argument("--sample-every", type=float, default=0.5, help="seconds between nvidia-smi samples")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
     args = ap.parse_args(argv)
@@ -432,9 +433,9 @@ def main(argv=None) -> int:
               "Ray tasks on the CPUs")
 
     sections = {name.strip() for name in args.sections.split(",")}
-    unknown = sections - {"frontend", "epochs", "shared", "ddp"}
+    unknown = sections - set(SECTIONS)
     if unknown:
-        ap.error(f"unknown --sections {sorted(unknown)}: choose from frontend, epochs, shared, ddp")
+        ap.error(f"unknown --sections {sorted(unknown)}: choose from {', '.join(SECTIONS)}")
     solo = {}
     with GpuSampler(args.sample_every) as sampler:
         if "frontend" in sections:

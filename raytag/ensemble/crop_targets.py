@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from raytag import storage
+from raytag.ensemble.tagging import fold_segment_probs
 from raytag.errors import RaytagError
 from raytag.training.dataset import CropBatches, LabelledSet
 from raytag.training.inference import clip_segments, normaliser, segment_starts
@@ -72,11 +73,7 @@ def teacher_segments(members: Sequence, combine: Callable[[list[np.ndarray]], np
         for m, folds in zip(members, held_out):
             s = m.settings
             norm = normaliser(s.get("norm_mean"), s.get("norm_std"))
-            x = norm(torch.from_numpy(segs))
-            by_fold = np.stack([
-                torch.cat([torch.sigmoid(model(x[i:i + batch_size])).float()
-                           for i in range(0, len(x), batch_size)]).numpy()
-                for model in m.models])  # (folds, segments, K)
+            by_fold = fold_segment_probs(m.models, norm(torch.from_numpy(segs)), batch_size)  # (folds, segments, K)
             index = {fold: i for i, fold in enumerate(_fold_ids(m))}
             probs = np.empty(by_fold.shape[1:], dtype=np.float64)
             for i, clip in enumerate(chunk):

@@ -255,8 +255,8 @@ def segment_batches(art: Artifact, cfg: Config, store, dataset, targets: Labelle
             if str(saved["key"]) == key and set(targets.clip_ids) <= set(saved["clip_ids"]):
                 segments = {c: (saved[f"s{i}"], saved[f"p{i}"]) for i, c in enumerate(saved["clip_ids"])}
     if segments is None:
+        # every member has its trial outputs: teacher_targets, which ran first, refuses a teacher without
         held_out = [held_out_folds(m.settings["source"], noisy=settings.noisy_targets == "oof")
-                    if m.settings.get("source") and storage.exists(m.settings["source"]) else {}
                     for m in teacher.members]
         segments = teacher_segments(teacher.members, teacher.combine, store, cfg.features, targets.clip_ids,
                                     crop, held_out, batch_size=settings.batch_size)

@@ -66,12 +66,18 @@ class _MemberRunner:
         """(clips, classes): each fold model on the clips' segments, fold models averaged."""
         segs, owners = clip_segments(feats, self.segment_frames, self.overlap, self.tta)
         x = self.norm(torch.from_numpy(segs).to(self.device))  # once for every fold model
-        per_fold = []
-        for model in self.member.models:
-            probs = torch.cat([torch.sigmoid(model(x[i:i + self.batch_size])).float()
-                               for i in range(0, len(x), self.batch_size)]).cpu().numpy()
-            per_fold.append(reduce_segments(probs, owners, len(feats), self.reduce))
+        per_fold = [reduce_segments(probs, owners, len(feats), self.reduce)
+                    for probs in fold_segment_probs(self.member.models, x, self.batch_size)]
         return np.mean(per_fold, axis=0)  # fold models averaged within the member
+
+
+@torch.inference_mode()
+def fold_segment_probs(models, x: torch.Tensor, batch_size: int) -> np.ndarray:
+    """(fold models, segments, classes): each fold model's probabilities on the same
+    normalised segments `x`, in batches of `batch_size`."""
+    return np.stack([torch.cat([torch.sigmoid(model(x[i:i + batch_size])).float()
+                                for i in range(0, len(x), batch_size)]).cpu().numpy()
+                     for model in models])
 
 
 class CompiledModel:
