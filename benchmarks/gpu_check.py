@@ -138,6 +138,7 @@ class Settings:
     work: Path
     epochs: int
     budget_s: float
+    extra: dict = field(default_factory=dict)  # --set KEY=VALUE: on top of every run's settings
     started: float = field(default_factory=time.time)
 
     def left(self) -> float:
@@ -168,6 +169,7 @@ def base_overrides(s: Settings, model: str, workers: int = 1, gpus: float = 1.0,
         over.update({"features.sample_rate": 16000, "features.n_fft": 1024, "features.hop_length": 320,
                      "features.fmax": 8000.0, "features.n_mels": 32, "model.width": 8,
                      "train.batch_size": 32, "train.crop_seconds": 1.0, "inference.tta": 0})
+    over.update(s.extra)
     return over
 
 
@@ -399,9 +401,17 @@ def main(argv=None) -> int:
     ap.add_argument("--sections", default=",".join(SECTIONS),
                     help=f"comma-separated sections to run (data is always made): {', '.join(SECTIONS)}")
     ap.add_argument("--sample-every", type=float, default=0.5, help="seconds between nvidia-smi samples")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="extra",
+                    help="a setting for every run, on top of the script's (repeatable), e.g. train.prefetch_batches=0")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
     args = ap.parse_args(argv)
     smoke = args.cpu_smoke
+    extra = {}
+    for item in args.extra:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            ap.error(f"--set {item!r}: give KEY=VALUE, e.g. train.prefetch_batches=0")
+        extra[key.strip()] = yaml.safe_load(value)
     if not smoke:
         import torch
 
@@ -412,7 +422,7 @@ def main(argv=None) -> int:
     out = args.out or (Path("/tmp/raytag_gpu_check_smoke.md") if smoke else REPO / "results/benchmarks/gpu_check.md")
     work = args.work or Path(tempfile.mkdtemp(prefix="raytag-gpu-check-"))
     s = Settings(smoke=smoke, data=work / "demo", work=work, epochs=args.epochs or (2 if smoke else 4),
-                 budget_s=args.budget_s or (1100.0 if smoke else 420.0))
+                 budget_s=args.budget_s or (1100.0 if smoke else 420.0), extra=extra)
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     env = environment(smoke)
@@ -452,7 +462,8 @@ def main(argv=None) -> int:
         "GPU check (benchmarks/gpu_check.sh)"
     text = (f"# {title}\n\n{env}- load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n"
             f"- total {time.time() - s.started:.0f} s; demo data scale {args.scale or (0.25 if smoke else 4.0)}, "
-            f"{s.epochs} fine-tune epochs per run\n\n{table.markdown()}")
+            f"{s.epochs} fine-tune epochs per run"
+            + "".join(f"; {k}={v}" for k, v in extra.items()) + f"\n\n{table.markdown()}")
     write_keeping_notes(out, text)
     print("\n" + table.markdown() + f"\nwritten: {out}")
     if args.work is None:
