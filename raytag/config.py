@@ -165,10 +165,6 @@ class TrainConfig:
     # the hardware runs bf16 natively (AVX512-BF16 or AMX CPUs, Ampere+ GPUs), else fp32.
     # Held-out scores and predictions are always float32
     precision: Precision = "auto"
-    # training batches a background thread builds ahead of the step (raytag.training.prefetch);
-    # -1: 2 on a GPU, where the step would otherwise wait for its batch, 0 (none) on CPUs,
-    # where the thread would take cores from the step
-    prefetch_batches: int = -1
 
 
 # ----------------------------------------------------------------------------- CV and inference
@@ -504,7 +500,6 @@ _RANGES = {
     ("TrainConfig", "num_workers"): (1, None),
     ("TrainConfig", "checkpoint_every"): (1, None),
     ("TrainConfig", "average_last"): (0, None),
-    ("TrainConfig", "prefetch_batches"): (-1, 64),
     ("TrainConfig", "crop_seconds"): (0.05, None),
     ("CVConfig", "n_folds"): (2, None),
     ("InferenceConfig", "overlap"): (0.0, 0.95),

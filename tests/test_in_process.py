@@ -171,9 +171,3 @@ def test_a_killed_raytag_train_resumes_from_its_last_checkpoint_when_rerun(demo_
     assert json.loads((outputs / "metrics.json").read_text())["runner"] == "in_process"
     history = pd.read_csv(outputs / "history.csv")
     assert len(history) == 31  # every epoch reported once: the ones before the kill kept
-
-
-def test_batches_built_ahead_in_a_thread_train_the_same_run(in_process_run, demo_data, tmp_path):
-    """train.prefetch_batches (2 by default on a GPU) changes when batches are made, not which."""
-    ahead = Config.from_dict({**ONE, "train": {**ONE["train"], "prefetch_batches": 3}})
-    _same_run(in_process_run[0], _traced_fit(ahead, demo_data, tmp_path, "ahead", tmp_path / "trace.jsonl"))

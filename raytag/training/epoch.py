@@ -4,9 +4,6 @@ held-out scores (lwlrap; MAP@3 too on the 2018 layout), with a finished step's
 predictions and fold weights saved."""
 from __future__ import annotations
 
-import math
-from typing import Iterator
-
 import numpy as np
 import torch
 
@@ -14,7 +11,6 @@ from raytag.metrics import layout_metric, layout_scores
 from raytag.training.augment import gain_pattern, mixup, random_gain_shift, spec_augment
 from raytag.training.dataset import CropBatches
 from raytag.training.precision import training_autocast
-from raytag.training.prefetch import prefetched
 from raytag.training.run_state import _Context
 from raytag.training.steps import Step
 
@@ -42,45 +38,14 @@ def build_optimizer(cfg, model, step: Step, steps_per_epoch: int):
 
 def train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: CropBatches, seed, step,
                  keep: float = 1.0) -> float:
-    on_gpu = ctx.device.type == "cuda"
-    host = augmented_batches(ctx, batches, seed, pin=on_gpu)
-    ahead = ctx.cfg.train.prefetch_batches
-    ahead = (2 if on_gpu else 0) if ahead < 0 else ahead
-    model.train()
-    # the loss is summed on the device and read once: reading it every step would make the
-    # host wait for each GPU step before it could queue the next
-    total, count = torch.zeros((), device=ctx.device), 0
-    for x, y, noisy in prefetched(host, ahead) if ahead else host:
-        x, y, noisy = (t.to(ctx.device, non_blocking=True) for t in (x, y, noisy))
-        with training_autocast(ctx.precision, ctx.device):  # train.precision; the loss stays float32
-            logits = model(x)
-        loss = loss_fn(logits.float(), y, noisy, keep=keep)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        total += loss.detach() * len(x)
-        count += len(x)
-    mean_loss = float(total) / max(count, 1)
-    if not math.isfinite(mean_loss):
-        raise FloatingPointError(
-            f"loss became {mean_loss} in stage {step.stage_name} (fold {step.fold}): "
-            f"lower train.lr (now {step.lr or ctx.cfg.train.lr}) or check the features"
-        )
-    return mean_loss
-
-
-def augmented_batches(ctx: _Context, batches: CropBatches, seed, pin: bool = False) -> Iterator[tuple]:
-    """One epoch's training batches on the host, augmented: gain and shift, per-bin
-    normalisation, SpecAugment, mixup. `pin`: in page-locked memory, for asynchronous
-    copies to a GPU."""
     cfg = ctx.cfg
     gen = torch.Generator().manual_seed(seed * 7919 + ctx.rank)
     mean = torch.tensor(ctx.plan.norm_mean, dtype=torch.float32)[..., None]
     std = torch.tensor(np.maximum(ctx.plan.norm_std, 1e-5), dtype=torch.float32)[..., None]
     is_log = cfg.features.kind != "raw"
     pattern = gain_pattern(cfg.features)  # how each stored value moves per dB of gain
+    model.train()
+    total, count = 0.0, 0
     for x, y, noisy in batches.epoch(seed, ctx.rank, ctx.world):
         x = random_gain_shift(x, cfg.train.augment, gen, is_log=is_log, pattern=pattern)
         x = (x - mean) / std
@@ -88,9 +53,23 @@ def augmented_batches(ctx: _Context, batches: CropBatches, seed, pin: bool = Fal
             x = spec_augment(x, cfg.train.specaugment, gen)
         # the noisy share is mixed like the targets, so a mixed clip's loss and weight blend too
         x, y, noisy, _ = mixup(x, y, noisy.float(), cfg.train.mixup.alpha, cfg.train.mixup.prob, gen)
-        if pin:
-            x, y, noisy = x.pin_memory(), y.pin_memory(), noisy.pin_memory()
-        yield x, y, noisy
+        x, y, noisy = x.to(ctx.device), y.to(ctx.device), noisy.to(ctx.device)
+        with training_autocast(ctx.precision, ctx.device):  # train.precision; the loss stays float32
+            logits = model(x)
+        loss = loss_fn(logits.float(), y, noisy, keep=keep)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss became {loss.item()} in stage {step.stage_name} (fold {step.fold}): "
+                f"lower train.lr (now {step.lr or cfg.train.lr}) or check the features"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += float(loss.detach()) * len(x)
+        count += len(x)
+    return total / max(count, 1)
 
 
 def evaluate(ctx: _Context, model, step: Step, final: bool, is_fold_final: bool) -> dict:
