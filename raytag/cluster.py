@@ -185,7 +185,7 @@ def _copy_one(fs, root: str, rel: str, dest_root: Path) -> None:
     target = Path(safe_join(dest_root, rel, where=f"copy of {root}", error=DatasetError))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".part")
-    with fs.open_input_stream(f"{root.rstrip('/')}/{rel}") as src, open(tmp, "wb") as dst:
+    with fs.open_input_stream(f"{root.rstrip('/')}/{rel}", compression=None) as src, open(tmp, "wb") as dst:
         shutil.copyfileobj(src, dst, length=1 << 22)
     os.replace(tmp, target)  # a file under its real name is always whole
 

@@ -177,7 +177,7 @@ def remove_tree(path) -> None:
 def read_bytes(path) -> bytes:
     fs, inner = resolve(path)
     try:
-        with fs.open_input_stream(inner) as stream:
+        with fs.open_input_stream(inner, compression=None) as stream:
             return stream.read()
     except FileNotFoundError as err:
         raise StorageError(f"{path}: no such file") from err
@@ -190,14 +190,14 @@ def write_bytes(path, data: bytes) -> None:
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = f"{inner}.{uuid.uuid4().hex[:8]}.tmp"
         try:
-            with fs.open_output_stream(tmp) as out:
+            with fs.open_output_stream(tmp, compression=None) as out:
                 out.write(data)
             fs.move(tmp, inner)
         except OSError:  # a full disk: leave no half-written temporary behind
             _remove(tmp)
             raise
     else:
-        with fs.open_output_stream(inner) as out:
+        with fs.open_output_stream(inner, compression=None) as out:
             out.write(data)
 
 
@@ -336,7 +336,7 @@ def sha256_file(path) -> str:
     """SHA-256 of a file, read in chunks (weights can be large)."""
     fs, inner = resolve(path)
     digest = hashlib.sha256()
-    with fs.open_input_stream(inner) as stream:
+    with fs.open_input_stream(inner, compression=None) as stream:
         while True:
             chunk = stream.read(_CHUNK)
             if not chunk:
@@ -358,7 +358,10 @@ def copy_file(src, dst) -> None:
     dst_fs, dst_inner = resolve(dst)
     dst_fs.create_dir(posixpath.dirname(dst_inner), recursive=True)
     partial = dst_inner + PARTIAL_SUFFIX
-    with src_fs.open_input_stream(src_inner) as reader, dst_fs.open_output_stream(partial) as writer:
+    # compression=None everywhere: pyarrow otherwise (un)compresses by the name's extension, so
+    # a run's .gz file would be copied inflated and then fail its own hash check
+    with src_fs.open_input_stream(src_inner, compression=None) as reader, \
+            dst_fs.open_output_stream(partial, compression=None) as writer:
         while True:
             chunk = reader.read(_CHUNK)
             if not chunk:
@@ -514,7 +517,7 @@ def _create_exclusive(path, data: bytes) -> bool:
             _remove(path)
             raise
         return True
-    with fs.open_output_stream(inner) as out:
+    with fs.open_output_stream(inner, compression=None) as out:
         out.write(data)
     return read_bytes(path) == data  # the last writer wins; a loser sees another token
 

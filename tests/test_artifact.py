@@ -43,6 +43,22 @@ def test_storage_roundtrip_local_and_file_uri(tmp_path, as_uri):
         storage.read_bytes(storage.join(base, "missing"))
 
 
+@pytest.mark.parametrize("as_uri", [False, True])
+def test_compressed_names_are_copied_and_hashed_byte_for_byte(tmp_path, as_uri):
+    """pyarrow would (un)compress a .gz or .zst file by its name; storage never does."""
+    import gzip
+
+    base = tmp_path.as_uri() if as_uri else str(tmp_path)
+    packed = gzip.compress(b'{"traceEvents": []}')
+    for name in ("trace.json.gz", "table.csv.zst"):
+        src = storage.join(base, "src", name)
+        storage.write_bytes(src, packed)
+        assert storage.read_bytes(src) == packed
+        storage.copy_file(src, storage.join(base, "dst", name))
+        assert (tmp_path / "dst" / name).read_bytes() == packed
+        assert storage.sha256_file(src) == storage.sha256_bytes(packed)
+
+
 def test_storage_join_keeps_uri_scheme():
     assert storage.join("s3://bucket/prefix/", "exp", "leaderboard.csv") == "s3://bucket/prefix/exp/leaderboard.csv"
     assert storage.join("results", "exp") == "results/exp"
