@@ -15,6 +15,10 @@ Sections (one table, results/benchmarks/gpu_check.md):
                 events), training
                 clips per epoch-second, and GPU utilisation / memory sampled by nvidia-smi
                 in the background between the first and last epoch.
+  2b profile    cnn2d's third epoch under torch.profiler (train.profile_epoch): host time
+                by phase (batch, forward, wait for the device, backward, optimizer) and
+                device time; the whole report (operators too) goes beside the table as
+                <out>_profile.txt.
   3 shared GPU  `raytag tune`'s path (run_sweep) with 2 trials of cnn2d at resources
                 num_workers 1, gpus_per_worker 0.5, max_concurrent_trials 2: sweep wall
                 time, each trial's median epoch seconds, the most trainer processes seen on
@@ -50,7 +54,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 FAT2019 = REPO / "search_spaces" / "fat2019.yaml"
-SECTIONS = ("frontend", "epochs", "shared", "ddp")  # --sections, in the order they run
+SECTIONS = ("frontend", "epochs", "profile", "shared", "ddp")  # --sections, in the order they run
 
 
 NOTES = "<!-- notes below are kept when the script rewrites this file -->"
@@ -283,6 +287,23 @@ def section_epochs(s: Settings, table: Table, sampler: GpuSampler, n_train: int)
     return solo
 
 
+def section_profile(s: Settings, table: Table, sampler: GpuSampler, keep_as: Path):
+    """cnn2d's third epoch under torch.profiler (train.profile_epoch): where a step's host
+    time goes, by phase; the whole report is kept beside the table (`keep_as`)."""
+    from raytag.training.profiling import read_phases
+
+    over = {**base_overrides(s, "cnn2d"), "pipeline.finetune.epochs": 3, "train.profile_epoch": 3}
+    result, _ = timed_fit(s, config_of(over), "profile_cnn2d", sampler)
+    report = (Path(result.outputs_dir) / "profile" / "epoch3.txt").read_text()
+    keep_as.write_text(report)
+    table.add("2b profile", "cnn2d, epoch 3 under torch.profiler", "epoch wall",
+              report.splitlines()[0].split(": ")[-1].split(" wall")[0], f"profiled; whole report: {keep_as.name}")
+    for name, row in read_phases(report).items():
+        device = f", device {row['device_ms']:.1f} ms" if row["device_ms"] is not None else ""
+        table.add("2b profile", name, "host ms (share of wall)",
+                  f"{row['host_ms']:.1f} ({row['share']:.0%})", f"{row['calls']} calls{device}")
+
+
 def shared_space(s: Settings) -> dict:
     """A 2-trial sweep of cnn2d at fat2019.yaml's settings, each trial 1 worker x 0.5 GPU."""
     over = base_overrides(s, "cnn2d")
@@ -457,6 +478,8 @@ def main(argv=None) -> int:
             attempt(table, "1 front end", section_frontend, s, table)
         if "epochs" in sections:
             solo = attempt(table, "2 epochs", section_epochs, s, table, sampler, n_train) or {}
+        if "profile" in sections:
+            attempt(table, "2b profile", section_profile, s, table, sampler, out.with_name(f"{out.stem}_profile.txt"))
         if "shared" in sections:
             attempt(table, "3 shared GPU", section_shared, s, table, sampler, solo)
         if "ddp" in sections:

@@ -165,6 +165,9 @@ class TrainConfig:
     # the hardware runs bf16 natively (AVX512-BF16 or AMX CPUs, Ampere+ GPUs), else fp32.
     # Held-out scores and predictions are always float32
     precision: Precision = "auto"
+    # N > 0: rank 0 records the run's N-th training epoch with torch.profiler, into
+    # outputs/profile/ (raytag.training.profiling); 0: off
+    profile_epoch: int = 0
 
 
 # ----------------------------------------------------------------------------- CV and inference
@@ -500,6 +503,7 @@ _RANGES = {
     ("TrainConfig", "num_workers"): (1, None),
     ("TrainConfig", "checkpoint_every"): (1, None),
     ("TrainConfig", "average_last"): (0, None),
+    ("TrainConfig", "profile_epoch"): (0, None),
     ("TrainConfig", "crop_seconds"): (0.05, None),
     ("CVConfig", "n_folds"): (2, None),
     ("InferenceConfig", "overlap"): (0.0, 0.95),

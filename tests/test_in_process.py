@@ -2,6 +2,7 @@
 results, checkpoints, resume and restarts of a Ray Train worker group."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 
 from raytag.config import Config, ConfigError
 from raytag.training.in_process import PREFIX, local_checkpoints
+from raytag.training.profiling import read_phases
 from raytag.training.runner import fit_pipeline, runs_in_process
 
 from test_training import TINY, _trace_events, _traced_fit, assert_rerun_resumes
@@ -171,3 +173,22 @@ def test_a_killed_raytag_train_resumes_from_its_last_checkpoint_when_rerun(demo_
     assert json.loads((outputs / "metrics.json").read_text())["runner"] == "in_process"
     history = pd.read_csv(outputs / "history.csv")
     assert len(history) == 31  # every epoch reported once: the ones before the kill kept
+
+
+def test_a_profiled_epoch_splits_its_time_by_phase_and_keeps_its_trace(ray_session, demo_data, tmp_path):
+    """train.profile_epoch: the run's N-th epoch under torch.profiler, into the outputs."""
+    cfg = Config.from_dict({**ONE, "train": {**ONE["train"], "profile_epoch": 2}})
+    result = _traced_fit(cfg, demo_data, tmp_path, "profiled", tmp_path / "trace.jsonl")
+    profile = Path(result.outputs_dir) / "profile"
+    assert sorted(p.name for p in profile.iterdir()) == ["epoch2.trace.json.gz", "epoch2.txt"]
+    report = (profile / "epoch2.txt").read_text()
+    assert report.startswith("torch.profiler, training epoch 2 of the run")
+    calls = {name: row["calls"] for name, row in read_phases(report).items()}
+    steps = calls["raytag.forward"]
+    assert steps >= 1
+    # one of each per step; the batch phase once more, where it finds the epoch's end
+    assert calls == {"raytag.batch": steps + 1, "raytag.forward": steps, "raytag.wait": steps,
+                     "raytag.backward": steps, "raytag.optimizer": steps}
+    assert "operators by host time" in report
+    with gzip.open(profile / "epoch2.trace.json.gz", "rt") as f:
+        assert any(e.get("name") == "raytag.forward" for e in json.load(f)["traceEvents"])

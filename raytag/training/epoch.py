@@ -11,6 +11,7 @@ from raytag.metrics import layout_metric, layout_scores
 from raytag.training.augment import gain_pattern, mixup, random_gain_shift, spec_augment
 from raytag.training.dataset import CropBatches
 from raytag.training.precision import training_autocast
+from raytag.training.profiling import phase
 from raytag.training.run_state import _Context
 from raytag.training.steps import Step
 
@@ -46,27 +47,38 @@ def train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: Cr
     pattern = gain_pattern(cfg.features)  # how each stored value moves per dB of gain
     model.train()
     total, count = 0.0, 0
-    for x, y, noisy in batches.epoch(seed, ctx.rank, ctx.world):
-        x = random_gain_shift(x, cfg.train.augment, gen, is_log=is_log, pattern=pattern)
-        x = (x - mean) / std
-        if cfg.train.specaugment.enabled and is_log:
-            x = spec_augment(x, cfg.train.specaugment, gen)
-        # the noisy share is mixed like the targets, so a mixed clip's loss and weight blend too
-        x, y, noisy, _ = mixup(x, y, noisy.float(), cfg.train.mixup.alpha, cfg.train.mixup.prob, gen)
-        x, y, noisy = x.to(ctx.device), y.to(ctx.device), noisy.to(ctx.device)
-        with training_autocast(ctx.precision, ctx.device):  # train.precision; the loss stays float32
-            logits = model(x)
-        loss = loss_fn(logits.float(), y, noisy, keep=keep)
-        if not torch.isfinite(loss):
+    crops = batches.epoch(seed, ctx.rank, ctx.world)
+    while True:  # the phases are named for train.profile_epoch (raytag.training.profiling)
+        with phase("raytag.batch"):
+            batch = next(crops, None)
+            if batch is None:
+                break
+            x, y, noisy = batch
+            x = random_gain_shift(x, cfg.train.augment, gen, is_log=is_log, pattern=pattern)
+            x = (x - mean) / std
+            if cfg.train.specaugment.enabled and is_log:
+                x = spec_augment(x, cfg.train.specaugment, gen)
+            # the noisy share is mixed like the targets, so a mixed clip's loss and weight blend too
+            x, y, noisy, _ = mixup(x, y, noisy.float(), cfg.train.mixup.alpha, cfg.train.mixup.prob, gen)
+            x, y, noisy = x.to(ctx.device), y.to(ctx.device), noisy.to(ctx.device)
+        with phase("raytag.forward"):
+            with training_autocast(ctx.precision, ctx.device):  # train.precision; the loss stays float32
+                logits = model(x)
+            loss = loss_fn(logits.float(), y, noisy, keep=keep)
+        with phase("raytag.wait"):  # on a GPU: the host waits here for the device's queued work
+            finite = bool(torch.isfinite(loss))
+        if not finite:
             raise FloatingPointError(
                 f"loss became {loss.item()} in stage {step.stage_name} (fold {step.fold}): "
                 f"lower train.lr (now {step.lr or cfg.train.lr}) or check the features"
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        with phase("raytag.backward"):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with phase("raytag.optimizer"):
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
         total += float(loss.detach()) * len(x)
         count += len(x)
     return total / max(count, 1)

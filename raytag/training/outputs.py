@@ -152,7 +152,7 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store,
     # -- weights, model card, config, filter decisions, plots ------------------------------
     shutil.copytree(ckpt_out / WEIGHTS, staging / WEIGHTS, dirs_exist_ok=True)
     (staging / WEIGHTS / "warmup.safetensors").unlink(missing_ok=True)
-    for sub in ("filter", "pseudo"):
+    for sub in ("filter", "pseudo", "profile"):  # profile: train.profile_epoch
         if (ckpt_out / sub).exists():
             shutil.copytree(ckpt_out / sub, staging / sub, dirs_exist_ok=True)
     (staging / MODEL_CARD).write_text(json.dumps(model_card(plan), indent=2))

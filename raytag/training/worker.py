@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ from raytag.training.checkpoint import capture_rng, restore_rng
 from raytag.training.dataset import CropBatches
 from raytag.training.epoch import build_optimizer, cv_so_far, evaluate, train_epoch
 from raytag.training.losses import build_loss, small_loss_keep
+from raytag.training.profiling import profiled, wants_profile
 from raytag.training.rungs import RUNG_SCORE, rung_metrics
 from raytag.training.run_state import RunState, _Context, _unwrap
 from raytag.training.stage_steps import _run_filter, _start_step, finish_fold_early, stage2_adds_nothing
@@ -204,8 +206,11 @@ def run_loop(loop_config: dict, worker) -> None:
                 "global_step": state.progress["global_step"], "stage": step.stage_name})
         _fail_once(loop_config.get("fail_once"), state.progress["global_step"], rank)
         seed = int(cfg.seed * 1_000_003 + state.progress["global_step"])
-        loss = train_epoch(ctx, model, optimizer, scheduler, loss_fn, batches, seed, step,
-                            keep=small_loss_keep(cfg.train.loss, epoch))
+        profiling = (profiled(state.out / "profile", cfg.train.profile_epoch, device)
+                     if wants_profile(cfg.train.profile_epoch, state.progress["global_step"], rank) else nullcontext())
+        with profiling:
+            loss = train_epoch(ctx, model, optimizer, scheduler, loss_fn, batches, seed, step,
+                                keep=small_loss_keep(cfg.train.loss, epoch))
         _trace({"event": "train_done", "rank": rank})
 
         state.progress["epoch"] += 1
