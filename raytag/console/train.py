@@ -86,6 +86,15 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
     console.print(f"checkpoints: {result.run_dir}\npredictions, weights, submission: {result.outputs_dir}")
     if result.metrics.get("artifact"):
         console.print(f"artifact (for raytag predict / serve): {result.metrics['artifact']}", soft_wrap=True)
+    if cfg.train.profile_epoch:
+        report = f"outputs/profile/epoch{cfg.train.profile_epoch}.txt"
+        local = Path(result.run_dir).is_dir()
+        found = sorted(Path(result.run_dir).glob(f"**/{report}")) if local else []
+        where = ("\n  ".join(str(f) for f in found) if found else
+                 f"none: the run trained fewer than {cfg.train.profile_epoch} epochs" if local else
+                 f"{report} under {result.run_dir} (each member's, for members)")
+        console.print(f"profile of epoch {cfg.train.profile_epoch} (train.profile_epoch):\n  {where}", soft_wrap=True,
+                      highlight=False)
     return result
 
 
