@@ -184,13 +184,26 @@ def test_a_shard_cut_short_after_opening_is_an_error_naming_it(store, tmp_path):
 
 
 def test_second_build_reuses_every_shard_and_decodes_nothing(store, dataset):
-    stamps = {p.name: p.stat().st_mtime_ns for p in store.path.glob("shard-*")}
+    stamps = {p.name: p.stat().st_mtime_ns for p in store.path.iterdir()}
     again = build_feature_store(dataset, CFG, store.path.parent.parent, progress=False, chunk_size=3)
     assert again.build_info["computed"] == 0 and again.build_info["reused"] == 3
     assert again.build_info["task_peak_rss_mb"] is None  # no task ran
-    assert {p.name: p.stat().st_mtime_ns for p in again.path.glob("shard-*")} == stamps
+    # nothing rewritten, meta.json included: a sweep's trials open the store while others "build" it
+    assert {p.name: p.stat().st_mtime_ns for p in again.path.iterdir()} == stamps
     assert again.failed["file"].tolist() == store.failed["file"].tolist()  # failures remembered
     np.testing.assert_array_equal(again.get("noisy/n1.wav"), store.get("noisy/n1.wav"))
+
+
+def test_a_store_whose_files_disagree_with_its_shards_is_finished_again(dataset, tmp_path):
+    """Reused shards alone do not vouch for the store: its index and statistics must be what
+    they say (here a build killed after recomputing a shard left the old meta.json)."""
+    first = build_feature_store(dataset, CFG, tmp_path, progress=False, chunk_size=3)
+    meta = json.loads((first.path / "meta.json").read_text())
+    stale = {**meta, "mean": (np.asarray(meta["mean"]) + 1.0).tolist()}
+    (first.path / "meta.json").write_text(json.dumps(stale))
+    again = build_feature_store(dataset, CFG, tmp_path, progress=False, chunk_size=3)
+    assert again.build_info["computed"] == 0
+    np.testing.assert_array_equal(again.meta["mean"], meta["mean"])
 
 
 def test_interrupted_build_resumes_only_the_missing_shards(ray_session, dataset, tmp_path):

@@ -318,8 +318,16 @@ def build_feature_store(
         "seconds": round(time.perf_counter() - started, 3),
         "task_peak_rss_mb": max(task_rss) if task_rss else None,
     }
-    _finish(root, results, len(chunks), feature_cfg, shape, key, build_info)
-    store = FeatureStore.open(root)
+    merged = _merge(results, len(chunks), shape)
+    store = _finished_as(root, key, merged)
+    if store is None:
+        _finish(root, merged, feature_cfg, shape, key, build_info)
+        store = FeatureStore.open(root)
+    else:
+        # The store there is what _finish would write: its files are left as they are.
+        # Rewriting them (meta.json last) would open a window in which a sweep's concurrent
+        # trial, opening the same store, finds no meta.json and fails.
+        store.build_info = build_info
     for file, reason in store.failed.itertuples(index=False):
         log.warning("feature extraction skipped %s: %s", file, reason)
     return store
@@ -543,8 +551,19 @@ def _atomic_write(path: Path, write) -> None:
             tmp.unlink()
 
 
-def _finish(root: Path, results: dict, n_chunks: int, cfg: FeatureConfig, shape, key: str, build_info: dict):
-    """Merge the shards' sidecars into index.parquet, failed.csv and (last) meta.json."""
+@dataclass
+class _Merged:
+    """What the shards' sidecars say of the whole store: its index, failures and per-bin stats."""
+
+    index: pd.DataFrame
+    failed: list
+    n_chunks: int
+    count: int
+    mean: np.ndarray  # (C * F,)
+    std: np.ndarray
+
+
+def _merge(results: dict, n_chunks: int, shape) -> _Merged:
     rows, failed = [], []
     sums, squares, count = np.zeros(shape[0] * shape[1]), np.zeros(shape[0] * shape[1]), 0
     for shard in range(n_chunks):
@@ -554,26 +573,50 @@ def _finish(root: Path, results: dict, n_chunks: int, cfg: FeatureConfig, shape,
         sums += np.asarray(info["sums"])
         squares += np.asarray(info["squares"])
         count += info["count"]
-    for stale in root.glob("shard-*.*"):  # shards of an earlier, larger clip list
-        if stale.suffix in (".npy", ".json") and int(stale.stem.split("-")[1]) >= n_chunks:
-            stale.unlink()
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS).astype({"shard": "int32", "offset": "int64", "n_frames": "int64"})
-    (root / "meta.json").unlink(missing_ok=True)  # the store is incomplete until meta is rewritten
-    _atomic_write(root / "index.parquet", lambda fh: index.to_parquet(fh, index=False))
-    _atomic_write(root / "failed.csv",
-                  lambda fh: pd.DataFrame(failed, columns=FAILED_COLUMNS).to_csv(fh, index=False))
     if count:
         mean = sums / count
         std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
     else:  # no training frames (only test clips, or all failed): nothing to normalise by
         mean, std = np.zeros_like(sums), np.ones_like(sums)
+    return _Merged(index, failed, n_chunks, count, mean, std)
+
+
+def _finished_as(root: Path, key: str, merged: _Merged) -> "FeatureStore | None":
+    """The finished store at `root` if it holds exactly what _finish would write from
+    `merged` (the same settings, clips, failures and statistics), else None."""
+    try:
+        store = FeatureStore.open(root)
+    except (FeatureStoreError, OSError, ValueError):  # absent, older format, unreadable
+        return None
+    meta = store.meta
+    same = (meta.get("key") == key and meta.get("n_shards") == merged.n_chunks
+            and meta.get("stats_frames") == merged.count
+            and store.clip_ids == [str(c) for c in merged.index["clip_id"]]
+            and np.array_equal(store._shard, merged.index["shard"]) and np.array_equal(store._offset, merged.index["offset"])
+            and np.array_equal(store._frames, merged.index["n_frames"])
+            and store.failed.values.tolist() == [list(map(str, f)) for f in merged.failed]
+            and np.array_equal(np.ravel(meta.get("mean")), merged.mean) and np.array_equal(np.ravel(meta.get("std")), merged.std))
+    return store if same else None
+
+
+def _finish(root: Path, merged: _Merged, cfg: FeatureConfig, shape, key: str, build_info: dict):
+    """Write index.parquet, failed.csv and (last) meta.json from the merged sidecars."""
+    for stale in root.glob("shard-*.*"):  # shards of an earlier, larger clip list
+        if stale.suffix in (".npy", ".json") and int(stale.stem.split("-")[1]) >= merged.n_chunks:
+            stale.unlink()
+    index, failed = merged.index, merged.failed
+    (root / "meta.json").unlink(missing_ok=True)  # the store is incomplete until meta is rewritten
+    _atomic_write(root / "index.parquet", lambda fh: index.to_parquet(fh, index=False))
+    _atomic_write(root / "failed.csv",
+                  lambda fh: pd.DataFrame(failed, columns=FAILED_COLUMNS).to_csv(fh, index=False))
     meta = {
         "format": FORMAT_VERSION, "key": key, "features": asdict(cfg), "shape": list(shape),
         "dtype": "float16", "layout": "time-major (T, C, F)",
-        "n_clips": len(index), "n_failed": len(failed), "n_shards": n_chunks,
+        "n_clips": len(index), "n_failed": len(failed), "n_shards": merged.n_chunks,
         "n_frames": int(index["n_frames"].sum()) if len(index) else 0,
-        "stats_frames": count, "stats_over": "all frames of non-test clips",
-        "mean": mean.reshape(shape).tolist(), "std": std.reshape(shape).tolist(),
+        "stats_frames": merged.count, "stats_over": "all frames of non-test clips",
+        "mean": merged.mean.reshape(shape).tolist(), "std": merged.std.reshape(shape).tolist(),
         "last_build": build_info,
     }
     _atomic_write(root / "meta.json", lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
