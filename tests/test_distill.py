@@ -371,6 +371,16 @@ def test_a_segment_grain_student_trains_and_records_its_grain(experiment, distil
     before = cache.stat().st_mtime_ns
     distill(experiment, small, feature_cache=str(Path(experiment).parent / "cache"))
     assert cache.stat().st_mtime_ns == before  # the teacher's grid is reused for the same teacher and crop
+    with np.load(cache) as saved:
+        grid = {k: saved[k] for k in saved.files}
+    whole = cache.read_bytes()
+    cache.write_bytes(whole[: len(whole) // 2])  # as a kill while it was written would have left it
+    distill(experiment, small, feature_cache=str(Path(experiment).parent / "cache"))
+    with np.load(cache) as saved:  # computed again: the same grid
+        assert set(saved.files) == set(grid)
+        for k in grid:
+            np.testing.assert_array_equal(saved[k], grid[k], err_msg=k)
+    assert [p.name for p in cache.parent.glob("*.partial*")] == []
     with pytest.raises(RaytagError, match="--target-grain"):
         distill(experiment, StudentSettings(target_grain="frame"))
     with pytest.raises(RaytagError, match="teacher's probabilities as they are"):

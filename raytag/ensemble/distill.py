@@ -35,7 +35,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -69,6 +72,8 @@ from raytag.training.outputs import (
 from raytag.training.precision import resolve_precision
 from raytag.training.runner import prepare_data
 from raytag.training.steps import Step
+
+log = logging.getLogger(__name__)
 
 DISTILL_DIR = "distill"
 TEACHER = "teacher.parquet"
@@ -251,9 +256,13 @@ def segment_batches(art: Artifact, cfg: Config, store, dataset, targets: Labelle
     cache = _local(storage.join(out_dir, SEGMENTS))
     segments = None
     if cache.is_file():
-        with np.load(cache) as saved:
-            if str(saved["key"]) == key and set(targets.clip_ids) <= set(saved["clip_ids"]):
-                segments = {c: (saved[f"s{i}"], saved[f"p{i}"]) for i, c in enumerate(saved["clip_ids"])}
+        try:
+            with np.load(cache) as saved:
+                if str(saved["key"]) == key and set(targets.clip_ids) <= set(saved["clip_ids"]):
+                    segments = {c: (saved[f"s{i}"], saved[f"p{i}"]) for i, c in enumerate(saved["clip_ids"])}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:  # damaged: computed again
+            log.warning("%s: unreadable (%s); the teacher's grid is computed again", cache, err)
+            segments = None
     if segments is None:
         # every member has its trial outputs: teacher_targets, which ran first, refuses a teacher without
         held_out = [held_out_folds(m.settings["source"], noisy=settings.noisy_targets == "oof")
@@ -264,7 +273,9 @@ def segment_batches(art: Artifact, cfg: Config, store, dataset, targets: Labelle
         cache.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"s{i}": segments[c][0] for i, c in enumerate(ids)}
         arrays.update({f"p{i}": segments[c][1] for i, c in enumerate(ids)})
-        np.savez(cache, key=np.array(key), clip_ids=np.array(ids), **arrays)
+        partial = cache.with_name(cache.name + ".partial.npz")  # a kill mid-write leaves no half cache
+        np.savez(partial, key=np.array(key), clip_ids=np.array(ids), **arrays)
+        os.replace(partial, cache)
     return SegmentTargetCrops(store, targets, crop, cfg.train.batch_size, segments,
                               given_labels(dataset, targets.clip_ids), settings.label_weight)
 
