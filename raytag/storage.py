@@ -68,8 +68,8 @@ def is_local_path(path: str | os.PathLike) -> bool:
 def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or a URI."""
     text = normalize_uri(path)
-    if not is_uri(text):
-        return pafs.LocalFileSystem(), os.path.abspath(text)
+    if not is_uri(text):  # "~/runs" as `absolute` reads it (a quoted --storage reaches here unexpanded)
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
     try:
         return pafs.FileSystem.from_uri(text)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as err:
@@ -85,19 +85,29 @@ def absolute(path: str | os.PathLike) -> str:
 
 
 def join(base: str | os.PathLike, *parts: str) -> str:
-    """Join path parts with "/" keeping a URI's scheme ("s3://b/x" + "y" -> "s3://b/x/y")."""
+    """Join path parts with "/" keeping a URI's scheme ("s3://b/x" + "y" -> "s3://b/x/y") and
+    its options ("s3://b/x?endpoint_override=h:9000" + "y" -> "s3://b/x/y?endpoint_override=h:9000":
+    appended after them, the parts would be read as an option's value and every file would
+    land on one object)."""
     text = normalize_uri(base)
     if not is_uri(text):
         return os.path.join(text, *parts)
-    out = text.rstrip("/")
+    head, sep, options = text.partition("?")
+    out = head.rstrip("/")
     for part in parts:
-        out = f"{out}/{str(part).strip('/')}"
-    return out
+        part = str(part).strip("/")
+        if "?" in part or "#" in part:  # a URI would end its path there and drop the rest
+            raise StorageError(f"{part!r}: a name under a storage URI cannot hold '?' or '#'; rename it")
+        out = f"{out}/{part}"
+    return out + sep + options
 
 
 def basename(path: str | os.PathLike) -> str:
-    """The last part of a local path or a URI ("s3://b/x/exp/" -> "exp")."""
-    return normalize_uri(path).rstrip("/").rsplit("/", 1)[-1]
+    """The last part of a local path or a URI ("s3://b/x/exp/?region=r" -> "exp")."""
+    text = normalize_uri(path)
+    if is_uri(text):
+        text = text.partition("?")[0]
+    return text.rstrip("/").rsplit("/", 1)[-1]
 
 
 def safe_relpath(name, where: str = "", error: type = StorageError) -> str:

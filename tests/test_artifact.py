@@ -61,6 +61,13 @@ def test_compressed_names_are_copied_and_hashed_byte_for_byte(tmp_path, as_uri):
 
 def test_storage_join_keeps_uri_scheme():
     assert storage.join("s3://bucket/prefix/", "exp", "leaderboard.csv") == "s3://bucket/prefix/exp/leaderboard.csv"
+    # options (MinIO's endpoint, a region) stay options: each file keeps its own key
+    minio = storage.join("s3://bucket/prefix?endpoint_override=localhost:9000&region=us-east-1", "exp", "a.csv")
+    assert minio == "s3://bucket/prefix/exp/a.csv?endpoint_override=localhost:9000&region=us-east-1"
+    assert storage.resolve(minio)[1] == "bucket/prefix/exp/a.csv" and storage.basename(minio) == "a.csv"
+    with pytest.raises(StorageError, match="cannot hold '\\?' or '#'"):
+        storage.join("s3://bucket/prefix", "trial#1")
+    assert storage.resolve("~/runs")[1] == str(Path.home() / "runs")
     assert storage.join("results", "exp") == "results/exp"
     with pytest.raises(StorageError, match="cannot open this storage URI"):
         storage.resolve("nosuchscheme://x/y")
@@ -236,6 +243,8 @@ def test_pull_refuses_damaged_source_and_missing_artifact(ensemble, tmp_path):
     storage.copy_tree(str(exp_dir), str(copy_root / "exp"))
     with pytest.raises(StorageError, match="no ensemble artifact; run `raytag ensemble other"):
         pull("other", str(copy_root), tmp_path / "x")
+    with pytest.raises(StorageError, match="s3://bucket/x: pull copies the artifact to a local folder"):
+        pull("exp", str(copy_root), Path("s3://bucket/x"))
     victim = copy_root / "exp" / "ensemble" / "artifact" / "members" / "trial_2" / "member.json"
     victim.write_text(victim.read_text().replace("cnn2d", "cnn2e"))
     with pytest.raises(ArtifactError, match="members/trial_2/member.json: checksum does not match"):
