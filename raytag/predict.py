@@ -21,6 +21,7 @@ from typing import Iterable, Optional, Sequence
 
 import pandas as pd
 
+from raytag import storage
 from raytag.data.submission import top3_labels, write_submission_2018, write_submission_2019
 from raytag.ensemble.artifact import Artifact, load_artifact
 from raytag.ensemble.tagging import compile_models, predict_files
@@ -96,6 +97,9 @@ def check_out_path(out: Optional[Path], format: str) -> None:
     before any tagging, so no work is lost at the end."""
     if out is None and format == "json":
         return  # stdout
+    if out is not None and storage.is_uri(out):  # Path("s3://b/k") is the local folder "s3:/b"
+        raise RaytagError(f"--out {storage.normalize_uri(out)}: predictions are written to a local file; "
+                          "give a local path, then copy it to the bucket (e.g. aws s3 cp)")
     out = Path(out or "submission.csv")
     if out.is_dir():
         raise RaytagError(f"--out {out}: is a folder; give a file name, e.g. --out {out / 'submission.csv'}")

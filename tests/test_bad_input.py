@@ -119,7 +119,7 @@ def test_prepare_and_predict_share_the_one_frame_rule(tmp_path, artifact_2019): 
 
 
 # ----------------------------------------------------------------------------- 2, 7: predict output
-@pytest.mark.parametrize("where", ["folder", "under_a_file"])
+@pytest.mark.parametrize("where", ["folder", "under_a_file", "a_bucket"])
 def test_predict_checks_out_before_any_work(tmp_path, artifact_2019, monkeypatch, where):  # noqa: F811
     import raytag.predict as predict
 
@@ -131,11 +131,14 @@ def test_predict_checks_out_before_any_work(tmp_path, artifact_2019, monkeypatch
     if where == "folder":
         out, match = tmp_path / "outdir", "is a folder"
         out.mkdir()
+    elif where == "a_bucket":  # typer hands over Path("s3://...") as "s3:/...": never a local folder "s3:"
+        out, match = Path("s3://bucket/sub.csv"), "s3://bucket/sub.csv: predictions are written to a local file"
     else:
         (tmp_path / "plain").write_text("x")
         out, match = tmp_path / "plain" / "sub.csv", "is a file, not a folder"
     with pytest.raises(RaytagError, match=match):
         predict_command(Path(artifact_2019), [tmp_path / "a.wav"], out=out)
+    assert not Path("s3:").exists()
 
 
 def test_predict_tags_a_file_once_and_writes_names(tmp_path, artifact_2019):  # noqa: F811

@@ -33,6 +33,9 @@ class PullResult:
 
 
 def pull(experiment: str, storage_uri: str, to: Path) -> PullResult:
+    if storage.is_uri(to):  # Path("s3://b/k") is the local folder "s3:/b"
+        raise StorageError(f"--to {storage.normalize_uri(to)}: pull copies the artifact to a local folder; "
+                           "give a local path (the artifact stays in --storage too)")
     source = storage.join(storage_uri, experiment)
     src_artifact = experiment_artifact(source)
     if src_artifact is None:
