@@ -181,13 +181,22 @@ def _list_source(fs, root: str) -> dict[str, dict]:
     return files
 
 
-def _copy_one(fs, root: str, rel: str, dest_root: Path) -> None:
+def _copy_one(fs, root: str, rel: str, mtime_ns: int, dest_root: Path) -> None:
     target = Path(safe_join(dest_root, rel, where=f"copy of {root}", error=DatasetError))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".part")
     with fs.open_input_stream(f"{root.rstrip('/')}/{rel}", compression=None) as src, open(tmp, "wb") as dst:
         shutil.copyfileobj(src, dst, length=1 << 22)
+    os.utime(tmp, ns=(mtime_ns, mtime_ns))  # the source's time: a resumed copy can tell whose version it has
     os.replace(tmp, target)  # a file under its real name is always whole
+
+
+def _copied(path: Path, meta: dict) -> bool:
+    """Whether `path` is a finished copy of the source file `meta` (its size and time)."""
+    if not path.is_file():
+        return False
+    st = path.stat()
+    return st.st_size == meta["size"] and st.st_mtime_ns == meta["mtime_ns"]
 
 
 def materialize_data(data: str | os.PathLike, cache_root: str | os.PathLike | None = None,
@@ -244,10 +253,10 @@ def materialize_data(data: str | os.PathLike, cache_root: str | os.PathLike | No
                     (partial / rel).unlink()
         partial.mkdir(parents=True, exist_ok=True)
 
-        todo = [rel for rel, meta in source.items()
-                if not ((partial / rel).is_file() and (partial / rel).stat().st_size == meta["size"])]
+        # a file left by an interrupted copy is kept only if it is the source's current version
+        todo = [rel for rel, meta in source.items() if not _copied(partial / rel, meta)]
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            list(pool.map(lambda rel: _copy_one(fs, root, rel, partial), todo))
+            list(pool.map(lambda rel: _copy_one(fs, root, rel, source[rel]["mtime_ns"], partial), todo))
         for path in sorted(partial.rglob("*"), reverse=True):  # files the source no longer has
             rel = path.relative_to(partial).as_posix()
             if path.is_file() and rel not in source:

@@ -73,16 +73,24 @@ def test_materialize_resumes_an_interrupted_copy(tmp_path):
     cache = tmp_path / "cache"
     final = rc._cache_dir_for(src.as_uri(), cache)
     partial = final.with_name(final.name + ".partial")
-    # what a killed copy leaves: one whole file and one half-written temporary
+    # what a killed copy leaves: whole files (with their source's time) and a half-written temporary
     (partial / "train_curated").mkdir(parents=True)
-    (partial / "train_curated.csv").write_bytes((src / "train_curated.csv").read_bytes())
+    for rel in ("train_curated.csv", "train_curated/b.wav"):
+        (partial / rel).write_bytes((src / rel).read_bytes())
+        os.utime(partial / rel, ns=((src / rel).stat().st_mtime_ns,) * 2)
     kept = (partial / "train_curated.csv").stat().st_ino
     (partial / "train_curated" / "a.wav.part").write_bytes(b"half")
+    # then, before the rerun, the source's b.wav is edited to other bytes of the same size
+    b_wav = src / "train_curated" / "b.wav"
+    edited, was = bytes(reversed(b_wav.read_bytes())), b_wav.stat().st_mtime_ns
+    b_wav.write_bytes(edited)
+    os.utime(b_wav, ns=(was + 10**9,) * 2)  # a second later, whatever the file system's clock grain
     assert not final.exists()
 
     local = rc.materialize_data(src.as_uri(), cache)
     assert local == final and not partial.exists()
     assert (local / "train_curated.csv").stat().st_ino == kept  # not copied again
+    assert (local / "train_curated/b.wav").read_bytes() == edited  # the stale copy was not trusted
     assert (local / "train_curated/a.wav").read_bytes() == (src / "train_curated/a.wav").read_bytes()
     assert not list(local.rglob("*.part"))
 
