@@ -213,6 +213,19 @@ def test_rerun_with_same_name_resumes_instead_of_training(tiny_run, demo_data):
     assert_rerun_resumes(result, Config.from_dict(TINY), demo_data, out, "tiny", out / "trace2.jsonl")
 
 
+def test_a_rerun_with_other_settings_is_refused_not_mixed_into_the_run(tiny_run, demo_data):
+    """Rerunning a name resumes its checkpoints: with another seed (or folds, or model) that
+    would mix two runs in one folder, so it is refused, naming the difference."""
+    from raytag.config import ConfigError
+
+    result, out, _ = tiny_run
+    before = sorted(p.name for p in Path(result.run_dir).iterdir())
+    other = Config.from_dict({**TINY, "seed": TINY.get("seed", 0) + 1})
+    with pytest.raises(ConfigError, match=r"other settings \(seed: \d+ then, \d+ now\).*another --name"):
+        _traced_fit(other, demo_data, out, "tiny", out / "trace-refused.jsonl")
+    assert sorted(p.name for p in Path(result.run_dir).iterdir()) == before
+
+
 def test_a_run_that_fails_and_resumes_matches_the_uninterrupted_run(tiny_run, demo_data, monkeypatch):
     """The tiny run again with `train.checkpoint_every: 2` and rank 0 failing once at the start of
     epoch 2 (RAYTAG_FAIL_ONCE): the group restarts from the checkpoint after the warm-up (the

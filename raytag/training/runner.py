@@ -30,6 +30,7 @@ from raytag.training.in_process import fit_in_process, has_worker_group_checkpoi
 from raytag.training.outputs import OUTPUTS_DIR, write_metrics, write_outputs
 from raytag.training.plan import build_plan
 from raytag.training.progress import EpochEvent, epoch_events
+from raytag.training.run_settings import check_run_settings
 from raytag.training.run_state import RUN_FILES, RunState
 from raytag.training.steps import build_steps
 from raytag.training.worker import train_loop_per_worker
@@ -89,6 +90,7 @@ def fit_pipeline(
     storage = files.absolute(storage)
     run_dir = files.join(storage, name)
     check_legacy_checkpoints(run_dir)  # before any worker could load one
+    check_run_settings(run_dir, cfg)  # a rerun of the name resumes only the same run
     run_files = files.join(run_dir, RUN_FILES)
     # the store first: before Ray runs in this process, its build may fork worker processes
     dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)

@@ -1,0 +1,64 @@
+"""A run folder remembers the settings it trains with, so that a rerun under the same name
+resumes only the same run.
+
+Rerunning `raytag train` (or a trial) with the same name and storage resumes from the
+run's checkpoints. With other settings (other folds, another model, another seed) that
+would continue the old run's progress on a new plan: steps, weights and predictions of
+two runs mixed in one folder. `run_settings.json` holds the settings of the run's first
+start; a rerun whose settings differ, while the folder holds checkpoints, is refused with
+the difference. Settings that only say where and how fast to train (workers, devices,
+threads, checkpoint spacing, number format...) may change between attempts.
+"""
+from __future__ import annotations
+
+import json
+
+from raytag import storage as files
+from raytag.config import Config, ConfigError
+
+SETTINGS_FILE = "run_settings.json"
+
+# may change between attempts of one run: where and how fast it trains, not what it learns
+FREE_TO_CHANGE = (
+    "name",
+    "train.num_workers", "train.use_gpu", "train.cpus_per_worker", "train.gpus_per_worker",
+    "train.ddp_backend", "train.max_failures", "train.runner", "train.checkpoint_every",
+    "train.torch_threads", "train.precision", "train.profile_epoch",
+)
+
+
+def check_run_settings(run_dir: str, cfg: Config) -> None:
+    """Record `cfg` as the run's settings, or refuse a resume with other ones (ConfigError)."""
+    settings = _settings(cfg)
+    path = files.join(run_dir, SETTINGS_FILE)
+    if files.exists(path) and _has_checkpoints(run_dir):
+        before = json.loads(files.read_text(path))
+        changed = sorted(k for k in before.keys() | settings.keys() if before.get(k) != settings.get(k))
+        if changed:
+            shown = "; ".join(f"{k}: {before.get(k)!r} then, {settings.get(k)!r} now" for k in changed[:5])
+            more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
+            raise ConfigError(
+                f"{run_dir}: this run began with other settings ({shown}{more}), and rerunning a name "
+                "resumes its checkpoints; give the new run another --name, or delete the folder to start over"
+            )
+        return
+    files.write_text(path, json.dumps(settings, indent=1, sort_keys=True))
+
+
+def _has_checkpoints(run_dir: str) -> bool:
+    return any(entry.startswith("checkpoint_") for entry in files.list_dir(run_dir))
+
+
+def _settings(cfg: Config) -> dict:
+    """The config as {"section.key": value}, without the keys that may change."""
+    flat: dict = {}
+
+    def walk(prefix: str, value):
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        elif prefix not in FREE_TO_CHANGE:
+            flat[prefix] = value
+
+    walk("", json.loads(json.dumps(cfg.to_dict())))  # JSON's types: a tuple compares as the list it is saved as
+    return flat

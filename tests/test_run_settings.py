@@ -1,0 +1,29 @@
+"""raytag.training.run_settings: a run folder resumes only the run that began in it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from raytag.config import Config, ConfigError
+from raytag.training.run_settings import SETTINGS_FILE, check_run_settings
+
+
+def test_a_resume_may_change_resources_but_not_what_the_run_learns(tmp_path):
+    cfg = Config.from_dict({"train": {"lr": 0.003, "torch_threads": 1}})
+    check_run_settings(str(tmp_path), cfg)  # first start: recorded
+    assert json.loads((tmp_path / SETTINGS_FILE).read_text())["train.lr"] == 0.003
+    (tmp_path / "checkpoint_local_000001").mkdir()
+    check_run_settings(str(tmp_path), cfg)
+    check_run_settings(str(tmp_path), Config.from_dict({"train": {"lr": 0.003, "torch_threads": 2, "num_workers": 2,
+                                                                  "profile_epoch": 3}, "name": "renamed"}))
+    with pytest.raises(ConfigError, match=r"train.lr: 0.003 then, 0.001 now.*delete the folder"):
+        check_run_settings(str(tmp_path), Config.from_dict({"train": {"lr": 0.001}}))
+    with pytest.raises(ConfigError, match=r"cv.folds: None then, \[0\] now"):
+        check_run_settings(str(tmp_path), Config.from_dict({"train": {"lr": 0.003}, "cv": {"folds": [0]}}))
+
+
+def test_without_checkpoints_a_rerun_starts_over_with_its_own_settings(tmp_path):
+    check_run_settings(str(tmp_path), Config.from_dict({"seed": 1}))
+    check_run_settings(str(tmp_path), Config.from_dict({"seed": 2}))  # nothing to resume: no conflict
+    assert json.loads((tmp_path / SETTINGS_FILE).read_text())["seed"] == 2
