@@ -27,3 +27,18 @@ def test_without_checkpoints_a_rerun_starts_over_with_its_own_settings(tmp_path)
     check_run_settings(str(tmp_path), Config.from_dict({"seed": 1}))
     check_run_settings(str(tmp_path), Config.from_dict({"seed": 2}))  # nothing to resume: no conflict
     assert json.loads((tmp_path / SETTINGS_FILE).read_text())["seed"] == 2
+
+
+def test_other_clips_or_labels_are_another_run(tmp_path):
+    import numpy as np
+    from types import SimpleNamespace
+
+    plan = SimpleNamespace(classes=["Bark", "Purr"], curated_ids=["c1", "c2"], noisy_ids=["n1"], test_ids=["t1"],
+                           curated_y=np.eye(2, dtype=np.float32), noisy_y=np.ones((1, 2), np.float32))
+    cfg = Config.from_dict({})
+    check_run_settings(str(tmp_path), cfg, plan)
+    (tmp_path / "checkpoint_000000").mkdir()
+    check_run_settings(str(tmp_path), cfg, plan)
+    relabelled = SimpleNamespace(**{**vars(plan), "noisy_y": np.zeros((1, 2), np.float32)})
+    with pytest.raises(ConfigError, match=r"data: 'sha256:\w+ \(2 curated, 1 noisy, 1 test clips\)' then"):
+        check_run_settings(str(tmp_path), cfg, relabelled)

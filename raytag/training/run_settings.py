@@ -5,13 +5,16 @@ Rerunning `raytag train` (or a trial) with the same name and storage resumes fro
 run's checkpoints. With other settings (other folds, another model, another seed) that
 would continue the old run's progress on a new plan: steps, weights and predictions of
 two runs mixed in one folder. `run_settings.json` holds the settings of the run's first
-start; a rerun whose settings differ, while the folder holds checkpoints, is refused with
-the difference. Settings that only say where and how fast to train (workers, devices,
+start, with a signature of its clips and labels; a rerun whose settings or data differ,
+while the folder holds checkpoints, is refused with the difference. Settings that only say where and how fast to train (workers, devices,
 threads, checkpoint spacing, number format...) may change between attempts.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+
+import numpy as np
 
 from raytag import storage as files
 from raytag.config import Config, ConfigError
@@ -27,9 +30,12 @@ FREE_TO_CHANGE = (
 )
 
 
-def check_run_settings(run_dir: str, cfg: Config) -> None:
-    """Record `cfg` as the run's settings, or refuse a resume with other ones (ConfigError)."""
+def check_run_settings(run_dir: str, cfg: Config, plan=None) -> None:
+    """Record `cfg` (and the clips and labels of `plan`) as the run's settings, or refuse a
+    resume with other ones (ConfigError)."""
     settings = _settings(cfg)
+    if plan is not None:
+        settings["data"] = data_signature(plan)
     path = files.join(run_dir, SETTINGS_FILE)
     if files.exists(path) and _has_checkpoints(run_dir):
         before = json.loads(files.read_text(path))
@@ -43,6 +49,17 @@ def check_run_settings(run_dir: str, cfg: Config) -> None:
             )
         return
     files.write_text(path, json.dumps(settings, indent=1, sort_keys=True))
+
+
+def data_signature(plan) -> str:
+    """What the run learns from and is scored on: its classes, clips and labels (SHA-256),
+    whatever path the dataset was given by."""
+    digest = hashlib.sha256(json.dumps([list(plan.classes), list(plan.curated_ids), list(plan.noisy_ids),
+                                        list(plan.test_ids)]).encode())
+    for labels in (plan.curated_y, plan.noisy_y):
+        digest.update(np.ascontiguousarray(labels, dtype=np.float32).tobytes())
+    return f"sha256:{digest.hexdigest()[:16]} ({len(plan.curated_ids)} curated, {len(plan.noisy_ids)} noisy, " \
+           f"{len(plan.test_ids)} test clips)"
 
 
 def _has_checkpoints(run_dir: str) -> bool:

@@ -90,10 +90,10 @@ def fit_pipeline(
     storage = files.absolute(storage)
     run_dir = files.join(storage, name)
     check_legacy_checkpoints(run_dir)  # before any worker could load one
-    check_run_settings(run_dir, cfg)  # a rerun of the name resumes only the same run
     run_files = files.join(run_dir, RUN_FILES)
     # the store first: before Ray runs in this process, its build may fork worker processes
     dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
+    check_run_settings(run_dir, cfg, plan)  # a rerun of the name resumes only the same run, on the same clips
     ensure_ray()
 
     watch = (epoch_events(on_epoch, build_steps(cfg, plan.model_folds), cfg.cv.n_folds) if on_epoch
