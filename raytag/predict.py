@@ -85,6 +85,7 @@ def write_output(probs: pd.DataFrame, failures: pd.DataFrame, layout: str, forma
         if out is None:
             sys.stdout.write(text + "\n")
             return None
+        Path(out).parent.mkdir(parents=True, exist_ok=True)  # as the CSV writers do: check_out_path allows a new folder
         Path(out).write_text(text + "\n")
         return Path(out)
     writer = write_submission_2018 if layout == "fsd2018" else write_submission_2019

@@ -141,6 +141,17 @@ def test_predict_checks_out_before_any_work(tmp_path, artifact_2019, monkeypatch
     assert not Path("s3:").exists()
 
 
+def test_json_tags_go_into_a_new_folder_as_csv_ones_do(tmp_path):
+    """check_out_path accepts --out in a folder that does not exist yet: every writer makes it."""
+    from raytag.predict import check_out_path, write_output
+
+    probs = pd.DataFrame([[0.1, 0.9]], index=pd.Index(["a.wav"], name="file"), columns=["Bark", "Meow"])
+    none_failed = pd.DataFrame(columns=["file", "reason"])
+    for fmt, out in (("json", tmp_path / "new" / "tags.json"), ("csv", tmp_path / "other" / "sub.csv")):
+        check_out_path(out, fmt)
+        assert write_output(probs, none_failed, "fat2019", fmt, out) == out and out.is_file()
+
+
 def test_predict_tags_a_file_once_and_writes_names(tmp_path, artifact_2019):  # noqa: F811
     folder = tmp_path / "clips"
     folder.mkdir()

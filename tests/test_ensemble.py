@@ -6,6 +6,7 @@ whole job on synthetic trial folders written in the trial-outputs format of ARCH
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -421,3 +422,42 @@ def test_on_2018_data_candidates_and_the_choice_go_by_map3(tmp_path):
     summary = json.loads(storage.read_text(storage.join(exp, "ensemble", "ensemble_summary.json")))
     assert summary["chosen_by"] == "cv_map3" and summary["scores"]["metric"] == "cv_map3"
     assert summary["scores"]["cv_map3"] == pytest.approx(t[t.chosen].iloc[0].cv_map3)
+
+
+def test_a_member_that_cannot_be_saved_is_left_out_and_the_old_artifact_survives(tmp_path):
+    """A trial whose fold models are gone is skipped with its reason; and a save that fails
+    leaves the artifact already there whole (it may be serving)."""
+    import shutil
+
+    from raytag.ensemble.artifact import MemberSpec, load_artifact, save_artifact
+    from raytag.errors import ArtifactError
+
+    exp = make_experiment(tmp_path, signals=(0.9, 0.8, 0.7))
+    first = build_ensemble(exp, top=2)
+    weights = next(Path(exp).rglob("trial_2/outputs/weights"))
+    shutil.rmtree(weights)
+    again = build_ensemble(exp, top=3)
+    assert [s["trial_id"] for s in again.skipped] == ["trial_2"] and "no saved fold models" in again.skipped[0]["reason"]
+    assert load_artifact(again.artifact_path).members
+    with pytest.raises(ArtifactError, match="no saved fold models"):
+        save_artifact(first.artifact_path, [MemberSpec("broken", str(weights.parent))], "mean", None,
+                      CLASSES, "fat2019")
+    assert len(load_artifact(first.artifact_path).members) == len(again.members)  # untouched
+
+
+def test_a_trial_with_the_classes_in_another_order_is_left_out(tmp_path):
+    """Each member's network outputs its classes in its own order: the artifact needs one."""
+    import pyarrow.parquet as pq
+
+    exp = make_experiment(tmp_path, signals=(0.9, 0.8))
+    out = next(Path(exp).rglob("trial_1/outputs"))
+    for name in ("oof.parquet", "test.parquet"):
+        table = pq.read_table(out / name)
+        meta = dict(table.schema.metadata)
+        meta[b"raytag.classes"] = json.dumps(json.loads(meta[b"raytag.classes"])[::-1]).encode()
+        pq.write_table(table.replace_schema_metadata(meta), out / name)
+    card = json.loads((out / "model.json").read_text())
+    (out / "model.json").write_text(json.dumps({**card, "classes": card["classes"][::-1]}))
+    res = build_ensemble(exp, top=2)
+    assert [s["reason"] for s in res.skipped] == ["different class list (or order)"]
+    assert len(res.members) == 1 and res.skipped[0]["trial_id"] not in res.members

@@ -123,12 +123,12 @@ def save_artifact(
     names = [m.name for m in members]
     if len(set(names)) != len(names):
         raise ValueError(f"member names must be unique, got {names}")
-    storage.remove_tree(dest)  # old files would be 'extra files' and fail verification
-    hashes: dict[str, str] = {}
+    # every file is read and checked before the old artifact goes: a member that cannot be
+    # saved must not cost the user the artifact they have (and may be serving)
+    contents: dict[str, bytes] = {}
 
     def put(rel: str, data: bytes) -> None:
-        storage.write_bytes(storage.join(dest, rel), data)
-        hashes[rel] = storage.sha256_bytes(data)
+        contents[rel] = data
 
     for spec in members:
         settings = trial_settings(spec.outputs_dir)
@@ -159,11 +159,14 @@ def save_artifact(
     if distilled is not None:
         ensemble["distilled"] = distilled
     put(ENSEMBLE, _json_bytes(ensemble))
-    manifest = {
+    storage.remove_tree(dest)  # old files would be 'extra files' and fail verification
+    for rel, data in contents.items():
+        storage.write_bytes(storage.join(dest, rel), data)
+    manifest = {  # last: a folder without it is refused as incomplete
         "format": FORMAT,
         "raytag_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "files": dict(sorted(hashes.items())),
+        "files": {rel: storage.sha256_bytes(data) for rel, data in sorted(contents.items())},
     }
     storage.write_bytes(storage.join(dest, MANIFEST), _json_bytes(manifest))
     return str(dest)

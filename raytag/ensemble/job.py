@@ -29,7 +29,7 @@ from raytag import storage
 from raytag.config import safe_name
 from raytag.data.layouts import load_dataset
 from raytag.data.truth import read_truth, truth_matrix
-from raytag.ensemble.artifact import MemberSpec, save_artifact, trial_settings
+from raytag.ensemble.artifact import MemberSpec, fold_files, save_artifact, trial_settings
 from raytag.ensemble.combiners import COMBINERS, combine, rank_reference
 from raytag.ensemble.weights import DEFAULT_STEPS, fit_weights, nested_fit
 from raytag.errors import RaytagError
@@ -243,11 +243,12 @@ def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional
     for cand in candidates:
         try:
             pred = load_trial(cand.outputs_dir)
+            fold_files(cand.outputs_dir)  # a member must be savable: its fold models are there
         except RaytagError as err:
             skipped.append({"trial_id": cand.trial_id, "reason": str(err)})
             continue
-        if trials and set(pred.classes) != set(trials[0].classes):
-            skipped.append({"trial_id": cand.trial_id, "reason": "different class list"})
+        if trials and list(pred.classes) != list(trials[0].classes):  # a member's head outputs in its own order
+            skipped.append({"trial_id": cand.trial_id, "reason": "different class list (or order)"})
             continue
         if trials:
             base = trials[0].oof.index
