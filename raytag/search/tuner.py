@@ -475,6 +475,11 @@ def run_sweep(
                     f"samples={space.search.samples}, scheduler={space.search.scheduler}")
             if settings and any(space.base.get(k, object()) != v for k, v in settings.items()):
                 say("note: --set is fixed when a sweep starts; resuming with the stored space's settings")
+            if started.get("data") not in (None, data):
+                # a moved copy of the same data resumes; other clips or labels are refused by each
+                # trial that has checkpoints (raytag.training.run_settings), new trials use --data
+                say(f"note: the sweep started on --data {started['data']}, resumed on {data}; a trial with "
+                    "checkpoints continues only if its clips and labels are the same")
         else:
             if resume:
                 say(f"nothing to resume in {exp_dir}; starting a new sweep")
