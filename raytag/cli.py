@@ -268,6 +268,8 @@ def serve(
     replicas: int = typer.Option(1, help="Model replicas (Ray actors), each with the whole artifact loaded."),
     max_batch_size: int = typer.Option(8, help="Uploads from different clients scored together, at most."),
     max_upload_mb: float = typer.Option(50.0, help="Larger uploads are refused with 413."),
+    max_seconds: float = typer.Option(1800.0, help="Longer audio is refused with 413, before it is decoded whole "
+                                      "(a small compressed file can hold hours); use `raytag predict` for long recordings."),
     replica_cpus: float = typer.Option(1.0, help="CPUs each replica holds."),
     replica_gpus: float = typer.Option(0.0, help="GPUs each replica holds (0.5 packs two on a GPU); >0 runs the models on CUDA."),
 ):
@@ -279,7 +281,7 @@ def serve(
 
     _run(serve_command, artifact=artifact, host=host, port=port, replicas=replicas,
          max_batch_size=max_batch_size, max_upload_mb=max_upload_mb,
-         replica_cpus=replica_cpus, replica_gpus=replica_gpus)
+         replica_cpus=replica_cpus, replica_gpus=replica_gpus, max_seconds=max_seconds)
 
 
 

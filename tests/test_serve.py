@@ -48,6 +48,22 @@ def test_check_audio_accepts_good_and_names_each_bad_kind():
         assert err.value.status == status and err.value.reason
 
 
+def test_audio_longer_than_the_limit_is_refused_before_it_is_decoded_whole(monkeypatch):
+    """A compressed upload may hold hours: its samples are read in blocks, and reading stops
+    at the limit (--max-seconds)."""
+    ten_s = _wav_bytes(np.zeros(80_000, np.float32))  # 8 kHz
+    assert check_audio("a.wav", ten_s, MB, max_seconds=10).duration == pytest.approx(10)
+    read = []
+    real_blocks = sf.blocks
+    monkeypatch.setattr(sf, "blocks", lambda *a, **k: (read.append(len(b)) or b for b in real_blocks(*a, **k)))
+    with pytest.raises(UploadError, match=r"longer than this server's limit of 2 s.*raytag predict") as err:
+        check_audio("a.wav", ten_s, MB, max_seconds=2)
+    assert err.value.status == 413
+    assert sum(read) < 80_000  # it stopped reading at the limit
+    with pytest.raises(UploadError, match="2 samples are not finite"):
+        check_audio("b.wav", _wav_bytes(np.r_[np.zeros(70_000), np.nan, np.inf]), MB)  # beyond the first block
+
+
 def test_read_capped_counts_what_arrives_not_what_is_declared():
     async def chunks(n):
         for _ in range(n):

@@ -33,8 +33,8 @@ from raytag.errors import RaytagError
 from raytag.session import local_init_kwargs
 # helpers the replica calls live in other modules: Serve ships this class by value, and
 # functions defined in this module are not found in the replica
-from raytag.serve.upload import (Clip, UploadError, audio_suffix, check_audio, clean_fname, page_html,
-                                 parse_top, read_capped)
+from raytag.serve.upload import (MAX_SECONDS, Clip, UploadError, audio_suffix, check_audio, clean_fname,
+                                 page_html, parse_top, read_capped)
 
 APP_NAME = "raytag"
 log = logging.getLogger("ray.serve")  # Serve routes this logger to the replica's log and stderr
@@ -49,6 +49,7 @@ class ServeOptions:
     replicas: int = 1
     max_batch_size: int = 8
     max_upload_mb: float = 50.0
+    max_seconds: float = MAX_SECONDS  # longer uploads get 413 (checked before they are decoded whole)
     replica_cpus: float = 1.0
     replica_gpus: float = 0.0
     batch_wait_ms: float = 10.0
@@ -61,6 +62,8 @@ class ServeOptions:
             raise RaytagError(f"--max-batch-size {self.max_batch_size}: must be at least 1")
         if not self.max_upload_mb > 0:
             raise RaytagError(f"--max-upload-mb {self.max_upload_mb}: must be more than 0")
+        if not self.max_seconds > 0:
+            raise RaytagError(f"--max-seconds {self.max_seconds}: must be more than 0")
         if not 1 <= self.port <= 65535:
             raise RaytagError(f"--port {self.port}: must be 1 to 65535")
         if self.replica_cpus < 0 or self.replica_gpus < 0:
@@ -75,13 +78,14 @@ class ServeOptions:
 @serve.ingress(api)
 class Tagger:
     def __init__(self, artifact: str, max_batch_size: int, max_upload_bytes: int,
-                 batch_wait_ms: float = 10.0, use_gpu: bool = False):
+                 batch_wait_ms: float = 10.0, use_gpu: bool = False, max_seconds: float = MAX_SECONDS):
         import torch
 
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.artifact = load_artifact(artifact, device=self.device)
         self.created = read_manifest(artifact).get("created", "")
         self.max_upload_bytes = max_upload_bytes
+        self.max_seconds = max_seconds
         self._tag_batch.set_max_batch_size(max_batch_size)
         self._tag_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
         self._pool = ThreadPoolExecutor(max_workers=1)  # model work off the event loop
@@ -114,7 +118,7 @@ class Tagger:
             fname, data = await self._read_upload(request)
             size = len(data)
             clip = await asyncio.get_running_loop().run_in_executor(
-                None, check_audio, fname, data, self.max_upload_bytes)
+                None, check_audio, fname, data, self.max_upload_bytes, self.max_seconds)
             result = await self._tag_batch(clip)
             if "error" in result:
                 raise UploadError(422, result["error"])
@@ -194,7 +198,7 @@ def build_app(opts: ServeOptions):
         max_queued_requests=opts.max_queued,
         ray_actor_options={"num_cpus": opts.replica_cpus, "num_gpus": opts.replica_gpus},
     ).bind(opts.artifact, opts.max_batch_size, opts.max_upload_bytes, opts.batch_wait_ms,
-           opts.replica_gpus > 0)
+           opts.replica_gpus > 0, opts.max_seconds)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -244,14 +248,14 @@ def _init_ray() -> None:
 
 def serve_command(artifact: str, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
                   max_batch_size: int = 8, max_upload_mb: float = 50.0, replica_cpus: float = 1.0,
-                  replica_gpus: float = 0.0) -> None:
+                  replica_gpus: float = 0.0, max_seconds: float = MAX_SECONDS) -> None:
     """Serve until Ctrl-C (or SIGTERM, as `ray job stop` sends), then shut Serve down."""
     from rich.console import Console
 
     console = Console(stderr=True)
     opts = ServeOptions(artifact=str(artifact), host=host, port=port, replicas=replicas,
                         max_batch_size=max_batch_size, max_upload_mb=max_upload_mb,
-                        replica_cpus=replica_cpus, replica_gpus=replica_gpus)
+                        replica_cpus=replica_cpus, replica_gpus=replica_gpus, max_seconds=max_seconds)
     opts.check()
     console.print(f"checking {opts.artifact}, then starting Ray Serve with {opts.replicas} replica(s) ...",
                   highlight=False)

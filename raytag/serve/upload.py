@@ -16,6 +16,8 @@ import soundfile as sf
 
 from raytag.predict import AUDIO_EXTENSIONS
 
+MAX_SECONDS = 1800.0  # `raytag serve --max-seconds`: uploads longer than this get 413
+
 MULTIPART_SLACK = 64 * 1024  # multipart boundaries and headers around the file itself
 
 
@@ -58,24 +60,35 @@ def clean_fname(name: Optional[str], default: str = "upload") -> str:
     return base[:200] or default
 
 
-def check_audio(fname: str, data: bytes, limit: int) -> Clip:
-    """Decode the upload once to check it: not empty, decodable, has samples, all finite.
-    `raytag predict` decodes the file again by its own path (the one code path that scores)."""
+def check_audio(fname: str, data: bytes, limit: int, max_seconds: float = MAX_SECONDS) -> Clip:
+    """Check an upload before it is scored: not empty, decodable, has samples, at most
+    `max_seconds` long, all finite. It is read block by block: a compressed file of a
+    few MB can hold hours of audio, gigabytes once decoded, so its length is checked
+    before anything is held whole. `raytag predict` decodes the file again by its own path
+    (the one code path that scores)."""
     if not data:
         raise UploadError(400, "empty upload: send an audio file as the request body or as the multipart field 'file'")
     if len(data) > limit:
         raise UploadError(413, f"upload of {len(data)} bytes is over the limit of {_mb(limit)}")
+    frames = bad = 0
     try:
-        wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        rate = sf.info(io.BytesIO(data)).samplerate
+        if rate > 0:
+            longest = int(max_seconds * rate)
+            for block in sf.blocks(io.BytesIO(data), blocksize=1 << 16, dtype="float32", always_2d=True):
+                frames += block.shape[0]
+                bad += int((~np.isfinite(block)).sum())
+                if frames > longest:
+                    raise UploadError(413, f"{fname}: longer than this server's limit of {max_seconds:g} s "
+                                           "(--max-seconds); tag long recordings with `raytag predict`")
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         reason = (str(err).strip() or type(err).__name__).splitlines()[0]
         raise UploadError(415, f"{fname}: cannot decode as audio ({reason}); send wav, flac or ogg") from None
-    if wave.shape[0] == 0 or rate <= 0:
+    if frames == 0 or rate <= 0:
         raise UploadError(422, f"{fname}: empty audio (0 samples)")
-    bad = int((~np.isfinite(wave)).sum())
     if bad:
-        raise UploadError(422, f"{fname}: {bad} of {wave.size} samples are not finite (NaN or inf)")
-    return Clip(fname=fname, data=data, duration=wave.shape[0] / float(rate))
+        raise UploadError(422, f"{fname}: {bad} samples are not finite (NaN or inf)")
+    return Clip(fname=fname, data=data, duration=frames / float(rate))
 
 
 def parse_top(value: Optional[str], n_classes: int) -> int:
