@@ -42,3 +42,12 @@ def test_other_clips_or_labels_are_another_run(tmp_path):
     relabelled = SimpleNamespace(**{**vars(plan), "noisy_y": np.zeros((1, 2), np.float32)})
     with pytest.raises(ConfigError, match=r"data: 'sha256:\w+ \(2 curated, 1 noisy, 1 test clips\)' then"):
         check_run_settings(str(tmp_path), cfg, relabelled)
+
+
+def test_a_setting_a_newer_raytag_added_is_not_a_change_of_the_run(tmp_path):
+    check_run_settings(str(tmp_path), Config.from_dict({}))
+    recorded = json.loads((tmp_path / SETTINGS_FILE).read_text())
+    del recorded["train.lr"]  # as if written before train.lr existed
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps(recorded))
+    (tmp_path / "checkpoint_000000").mkdir()
+    check_run_settings(str(tmp_path), Config.from_dict({}))  # resumes

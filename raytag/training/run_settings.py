@@ -6,8 +6,9 @@ run's checkpoints. With other settings (other folds, another model, another seed
 would continue the old run's progress on a new plan: steps, weights and predictions of
 two runs mixed in one folder. `run_settings.json` holds the settings of the run's first
 start, with a signature of its clips and labels; a rerun whose settings or data differ,
-while the folder holds checkpoints, is refused with the difference. Settings that only say where and how fast to train (workers, devices,
-threads, checkpoint spacing, number format...) may change between attempts.
+while the folder holds checkpoints, is refused with the difference. Settings that only say
+where and how fast to train (workers, devices, threads, checkpoint spacing, number
+format...) may change between attempts.
 """
 from __future__ import annotations
 
@@ -39,9 +40,10 @@ def check_run_settings(run_dir: str, cfg: Config, plan=None) -> None:
     path = files.join(run_dir, SETTINGS_FILE)
     if files.exists(path) and _has_checkpoints(run_dir):
         before = json.loads(files.read_text(path))
-        changed = sorted(k for k in before.keys() | settings.keys() if before.get(k) != settings.get(k))
+        # keys in both only: a setting a newer raytag added (or dropped) is not a change of the run
+        changed = sorted(k for k in before.keys() & settings.keys() if before[k] != settings[k])
         if changed:
-            shown = "; ".join(f"{k}: {before.get(k)!r} then, {settings.get(k)!r} now" for k in changed[:5])
+            shown = "; ".join(f"{k}: {before[k]!r} then, {settings[k]!r} now" for k in changed[:5])
             more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
             raise ConfigError(
                 f"{run_dir}: this run began with other settings ({shown}{more}), and rerunning a name "
