@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -468,8 +469,15 @@ def _coerce(tp, value, path):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 (PyYAML) reads 3e-4, with no ".", as text
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{path}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if math.isnan(value):
+            raise ConfigError(f"{path}: expected a number, got NaN")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -503,6 +511,12 @@ _RANGES = {
     ("TrainConfig", "num_workers"): (1, None),
     ("TrainConfig", "checkpoint_every"): (1, None),
     ("TrainConfig", "average_last"): (0, None),
+    ("WaveAugmentConfig", "gain_db"): (0.0, None),
+    ("WaveAugmentConfig", "time_shift"): (0.0, 1.0),
+    ("ModelConfig", "dropout"): (0.0, 0.99),
+    ("WarmupConfig", "epochs"): (0, None),
+    ("FinetuneConfig", "epochs"): (0, None),
+    ("PseudoLabelConfig", "epochs"): (0, None),
     ("TrainConfig", "profile_epoch"): (0, None),
     ("TrainConfig", "crop_seconds"): (0.05, None),
     ("CVConfig", "n_folds"): (2, None),
@@ -551,3 +565,18 @@ def _check_ranges(obj, path):
             "give each worker a whole GPU (gpus_per_worker: 1) or set ddp_backend: gloo")
     if isinstance(obj, FeatureConfig) and obj.fmax is not None and obj.fmax > obj.sample_rate / 2:
         raise ConfigError(f"{path}.fmax: {obj.fmax} is above the Nyquist frequency {obj.sample_rate / 2}")
+    if isinstance(obj, FeatureConfig) and obj.fmin >= (obj.fmax if obj.fmax is not None else obj.sample_rate / 2):
+        raise ConfigError(f"{path}.fmin: {obj.fmin} leaves no band below fmax "
+                          f"({obj.fmax if obj.fmax is not None else obj.sample_rate / 2})")
+    if isinstance(obj, CVConfig) and obj.folds is not None:
+        bad = [f for f in obj.folds if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f < obj.n_folds]
+        if bad or not obj.folds:
+            raise ConfigError(f"{path + '.' if path else ''}folds: {obj.folds!r}: give fold numbers from 0 to "
+                              f"{obj.n_folds - 1} (n_folds {obj.n_folds}), or null for all")
+    if isinstance(obj, PseudoLabelConfig) and obj.enabled:
+        # the highest lower bound the schedule reaches (raytag.pipeline.schedule.lower_bound)
+        one_bound = obj.lower.shape == "constant" or obj.rounds <= 1
+        highest = obj.lower.start if one_bound else max(obj.lower.start, obj.lower.end)
+        if highest >= obj.upper:
+            raise ConfigError(f"{path}.upper: {obj.upper} must stay above the lower bound, which reaches "
+                              f"{highest}: no clip could be selected")

@@ -177,6 +177,20 @@ def test_repeated_class_column_in_sample_submission(tmp_path):
         load_dataset(root)
 
 
+def test_an_unnamed_class_column_in_sample_submission_is_refused(tmp_path):
+    """A spreadsheet's trailing comma must not become a class ("Unnamed: 3") of the model."""
+    root = make_fat2019(tmp_path / "d")
+    (root / "sample_submission.csv").write_text("fname,Bark,Applause,\nt1.wav,0,0,\nt2.wav,0,0,\n")
+    with pytest.raises(DatasetError, match=r"header field\(s\) 4 have no name \(a trailing comma\?\)"):
+        load_dataset(root)
+    from raytag.data.truth import TruthError, read_truth
+
+    write_csv(tmp_path / "truth.csv", ["fname", "labels"], [("a.wav", "dog")])
+    (tmp_path / "sample_submission.csv").write_text("fname,dog,cat,\n")
+    with pytest.raises(TruthError, match="have no name"):
+        read_truth(tmp_path / "truth.csv")
+
+
 def test_repeated_column_in_a_submission_or_sample_submission_is_refused(tmp_path):
     write_csv(tmp_path / "truth.csv", ["fname", "labels"], [("a.wav", "dog"), ("b.wav", "cat")])
     (tmp_path / "s.csv").write_text("fname,dog,cat,dog\na.wav,0.9,0.1,0.2\nb.wav,0.1,0.8,0.3\n")

@@ -13,6 +13,12 @@ def header_fields(path: str | Path) -> list[str]:
     return [name.strip() for name in row]
 
 
+def unnamed_fields(path: str | Path) -> list[int]:
+    """1-based positions of header fields with no name (a trailing comma from a spreadsheet:
+    pandas would name that column "Unnamed: N")."""
+    return [i + 1 for i, name in enumerate(header_fields(path)) if not name]
+
+
 def repeated_fields(path: str | Path) -> list[str]:
     """Names that appear more than once on the header line, in first-seen order."""
     return repeated_names(header_fields(path))

@@ -29,7 +29,7 @@ import pandas as pd
 from raytag import storage
 from raytag.data.audio import audio_info, load_audio
 from raytag.data.audio import min_seconds as audio_min_seconds
-from raytag.data.csvcheck import repeated_fields
+from raytag.data.csvcheck import repeated_fields, unnamed_fields
 from raytag.data.labels import labels_to_matrix, parse_label_field
 from raytag.data.truth import read_truth
 from raytag.errors import AudioDecodeError, DatasetError
@@ -210,6 +210,10 @@ class _Reader:
             if not classes:
                 raise DatasetError(f"{sub_path}: no class columns after fname; "
                                    "its columns give the class order")
+            unnamed = unnamed_fields(sub_path)
+            if unnamed:
+                raise DatasetError(f"{sub_path}: header field(s) {', '.join(map(str, unnamed))} have no name (a "
+                                   "trailing comma?); each column after fname names a class")
             repeated = repeated_fields(sub_path)  # pandas renames a repeat ("dog.1"): read the header itself
             if repeated or len(set(classes)) != len(classes):
                 raise DatasetError(f"{sub_path}: repeated class column(s) {', '.join(repeated)}; "

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from raytag import storage
-from raytag.data.csvcheck import header_fields, repeated_fields, repeated_names
+from raytag.data.csvcheck import header_fields, repeated_fields, repeated_names, unnamed_fields
 from raytag.data.labels import labels_to_matrix, parse_label_field
 from raytag.errors import TruthError
 
@@ -116,6 +116,10 @@ def _sample_submission_classes(truth_path) -> Optional[list[str]]:
         cols = [str(c).strip() for c in pd.read_csv(sample, nrows=0).columns]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise TruthError(f"{sample}: not a readable sample submission ({err}); it names the classes") from None
+    unnamed = unnamed_fields(sample)
+    if unnamed:
+        raise TruthError(f"{sample}: header field(s) {', '.join(map(str, unnamed))} have no name (a trailing "
+                         "comma?); it names the classes")
     repeated = repeated_fields(sample)
     if repeated:
         raise TruthError(f"{sample}: class columns appear more than once: {few(repeated)}; it names the classes")

@@ -1,0 +1,45 @@
+"""Settings are checked when they are read: a value that would fail (or be ignored) later,
+after compute was spent, is refused up front with the key named."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from raytag.config import Config, ConfigError, parse_cli_overrides
+
+
+def _with(*items: str) -> Config:
+    return Config().with_overrides(parse_cli_overrides(list(items)))
+
+
+def test_numbers_in_exponent_form_are_numbers():
+    """PyYAML reads 3e-4 (no ".") as text; --help's own example must work."""
+    assert _with("train.lr=3e-4").train.lr == pytest.approx(3e-4)
+    assert Config.from_dict(yaml.safe_load("train:\n  lr: 1e-3\n")).train.lr == pytest.approx(1e-3)
+    for bad, needle in (("train.lr=abc", "expected a number, got 'abc'"), ("train.lr=.nan", "got NaN")):
+        with pytest.raises(ConfigError, match=needle):
+            _with(bad)
+
+
+@pytest.mark.parametrize("items, needle", [
+    (["train.augment.gain_db=-6"], "gain_db: -6.0 is below the minimum 0"),
+    (["train.augment.time_shift=-0.1"], "time_shift: -0.1 is below the minimum 0"),
+    (["model.dropout=1.5"], "dropout: 1.5 is above the maximum"),
+    (["pipeline.pseudo.epochs=-3"], "pipeline.pseudo.epochs: -3 is below the minimum 0"),
+    (["features.fmin=9000", "features.fmax=8000"], "fmin: 9000.0 leaves no band below fmax"),
+    (['cv.folds=["0","1"]'], "cv.folds: .*give fold numbers from 0 to 4"),
+    (["cv.folds=[]"], "cv.folds: \\[\\]: give fold numbers"),
+    (["cv.folds=[5]"], "cv.folds: \\[5\\]: give fold numbers from 0 to 4"),
+    (["pipeline.pseudo.enabled=true", "pipeline.pseudo.rounds=3", "pipeline.pseudo.upper=0.6"],
+     "pseudo.upper: 0.6 must stay above the lower bound, which reaches 0.65"),
+])
+def test_values_that_would_fail_later_are_refused_with_the_key(items, needle):
+    with pytest.raises(ConfigError, match=needle):
+        _with(*items)
+
+
+def test_the_pseudo_bound_check_follows_the_schedule():
+    # one round, or a constant schedule, never reaches lower.end
+    assert _with("pipeline.pseudo.enabled=true", "pipeline.pseudo.rounds=1", "pipeline.pseudo.upper=0.6")
+    assert _with("pipeline.pseudo.enabled=true", "pipeline.pseudo.lower.shape=constant", "pipeline.pseudo.upper=0.6")
+    assert _with("pipeline.pseudo.enabled=false", "pipeline.pseudo.upper=0.6")  # off: not used
