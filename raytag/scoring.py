@@ -106,6 +106,13 @@ def score_2019(truth: Truth, sub: Submission, truth_path="truth", sub_path="subm
                 f"{sub_path}: class columns not in {Path(truth_path).parent / 'sample_submission.csv'}: "
                 f"{_few(unknown)} (check the spelling of the header)"
             )
+        # a class left out is a competitor the ranking never sees: lwlrap would come out higher
+        absent = [c for c in truth.classes if c not in set(classes)]
+        if absent:
+            raise ScoringError(
+                f"{sub_path}: no score column for {_few(absent)} of "
+                f"{Path(truth_path).parent / 'sample_submission.csv'}; a submission scores every class"
+            )
     col = {c: j for j, c in enumerate(classes)}
     unknown_labels = sorted({lab for labs in truth.labels for lab in labs if lab not in col})
     if unknown_labels:
@@ -162,6 +169,8 @@ def score_2018(truth: Truth, sub: Submission, truth_path="truth", sub_path="subm
     """MAP@3 of a 2018 submission."""
     classes = truth.classes or sorted({labs[0] for labs in truth.labels})
     known = set(classes)
+    if not truth.fnames:
+        raise ScoringError(f"{truth_path}: no clip to score (every row is left out, e.g. usage 'Ignored')")
     rows, extra = _align(truth, sub, truth_path, sub_path)
     predicted = [sub.top3[r] for r in rows]
     unknown = sorted({lab for labs in predicted for lab in labs if lab not in known})

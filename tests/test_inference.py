@@ -92,3 +92,19 @@ def test_one_pass_gives_the_probabilities_and_embeddings_of_two(name):
     assert both.shape == (4, 5 + emb.shape[1])
     np.testing.assert_allclose(both[:, :5], probs, atol=1e-6)
     np.testing.assert_allclose(both[:, 5:], emb, atol=1e-6)
+
+
+def test_tta_passes_cut_only_segments_training_could_have_made():
+    """A short clip is looped whole in every pass (never one frame repeated); a clip a little
+    longer than a segment gets windows inside it (never a loop seam)."""
+    from raytag.training.inference import clip_segments
+
+    short = np.arange(30, dtype=np.float32)[None, None, :]  # frame value = frame index
+    segs, _ = clip_segments([short], 128, overlap=0.5, tta=2)
+    assert len(segs) == 3
+    for seg in segs:
+        assert sorted(set(seg[0, 0].tolist())) == list(range(30))  # every frame of the clip, looped
+    longer = np.arange(140, dtype=np.float32)[None, None, :]
+    segs, _ = clip_segments([longer], 128, overlap=0.5, tta=1)
+    for seg in segs:
+        assert np.all(np.diff(seg[0, 0]) == 1)  # contiguous frames: no wrap from 139 back to the start

@@ -99,6 +99,11 @@ def test_unknown_and_missing_class_columns(tmp_path, files_2019):
                           tmp_path / "s2.csv")
     with pytest.raises(ScoringError, match="not in .*sample_submission.csv: Meow"):
         score_files(truth, tmp_path / "s2.csv")
+    # and a class of the sample submission left out: fewer competitors would raise lwlrap
+    pd.DataFrame(columns=["fname"] + CLASSES + ["Meow"]).to_csv(tmp_path / "sample_submission.csv", index=False)
+    write_submission_2019(["a.wav", "b.wav", "c.wav"], CLASSES, SCORES, tmp_path / "s3.csv")
+    with pytest.raises(ScoringError, match="no score column for Meow of .*sample_submission.csv"):
+        score_files(truth, tmp_path / "s3.csv")
 
 
 @pytest.mark.parametrize("value, kind", [("abc", "non-numeric"), ("", "empty or NaN"), ("nan", "empty or NaN"),
@@ -165,6 +170,10 @@ def test_2018_submission_checks(tmp_path):
         read_submission(tmp_path / "s.csv")
     pd.DataFrame({"fname": ["a"], "label": ["Bork"]}).to_csv(tmp_path / "s.csv", index=False)
     with pytest.raises(ScoringError, match="labels that no clip .*Bork"):
+        score_files(tmp_path / "t.csv", tmp_path / "s.csv")
+    pd.DataFrame({"fname": ["a"], "label": ["Bark"], "usage": ["Ignored"]}).to_csv(tmp_path / "t.csv", index=False)
+    pd.DataFrame({"fname": ["a"], "label": ["Bark"]}).to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(ScoringError, match="no clip to score"):
         score_files(tmp_path / "t.csv", tmp_path / "s.csv")
 
 

@@ -42,11 +42,17 @@ def _tta_offsets(tta: int, segment_frames: int) -> list[int]:
 
 
 def _segments(clip: np.ndarray, segment_frames: int, overlap: float, tta: int) -> np.ndarray:
+    """The clip's segments for each TTA pass. Every segment is one training could have made:
+    a clip of at most one segment is looped whole (a pass starts the loop elsewhere in it,
+    as training's random phase does); a longer clip's shifted windows stay inside it."""
     n = clip.shape[-1]
     segs = []
     for offset in _tta_offsets(tta, segment_frames):
+        if n <= segment_frames:
+            segs.append(tile_to(np.roll(clip, -(offset % max(n, 1)), axis=-1), segment_frames))
+            continue
         starts = segment_starts(max(n - offset, 1), segment_frames, overlap)
-        segs.extend(cut_segment(clip, min(offset, max(n - 1, 0)) + s, segment_frames) for s in starts)
+        segs.extend(cut_segment(clip, min(offset + s, n - segment_frames), segment_frames) for s in starts)
     return np.stack(segs)
 
 
