@@ -103,3 +103,11 @@ def test_shorter_than_one_frame(tmp_path):
     assert load_audio(tmp_path / "short.wav", 16000, min_samples=160).shape == (160,)
     with pytest.raises(AudioDecodeError, match="too short: 160 samples .* at least 1024"):
         load_audio(tmp_path / "short.wav", 16000, min_samples=1024)
+
+
+def test_channels_that_cancel_are_silence_not_a_clip_of_zeros(tmp_path):
+    tone = np.sin(np.linspace(0, 200, 8000)).astype(np.float32)
+    path = tmp_path / "cancel.wav"
+    sf.write(path, np.stack([tone, -tone], axis=1), 8000, subtype="FLOAT")
+    with pytest.raises(AudioDecodeError, match="digital silence.*once its channels are averaged"):
+        load_audio(path, 8000)

@@ -81,9 +81,10 @@ def load_audio(
     if not finite.all():
         bad = int((~finite.all(axis=1)).sum())
         raise AudioDecodeError(path, f"{bad} of {data.shape[0]} samples are not finite (NaN or inf); damaged file")
-    if not data.any():
-        raise AudioDecodeError(path, f"digital silence: all {data.shape[0]} samples are 0")
     wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if not wave.any():  # after the mix: two channels that cancel exactly are silence too
+        what = "samples are 0" if not data.any() else "samples are 0 once its channels are averaged (they cancel)"
+        raise AudioDecodeError(path, f"digital silence: all {data.shape[0]} {what}")
     if sample_rate is not None and int(sample_rate) != rate:
         wave = soxr.resample(wave, rate, int(sample_rate), quality="HQ")
     wave = np.ascontiguousarray(wave, dtype=np.float32)
