@@ -428,16 +428,16 @@ def main(argv=None) -> int:
                     help=f"comma-separated sections to run (data is always made): {', '.join(SECTIONS)}")
     ap.add_argument("--sample-every", type=float, default=0.5, help="seconds between nvidia-smi samples")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="extra",
-                    help="a setting for every run, on top of the script's (repeatable), e.g. train.prefetch_batches=0")
+                    help="a setting for every run, on top of the script's (repeatable), e.g. train.precision=fp32")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
     args = ap.parse_args(argv)
     smoke = args.cpu_smoke
-    extra = {}
-    for item in args.extra:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            ap.error(f"--set {item!r}: give KEY=VALUE, e.g. train.prefetch_batches=0")
-        extra[key.strip()] = yaml.safe_load(value)
+    from raytag.config import ConfigError, parse_cli_overrides
+
+    try:
+        extra = parse_cli_overrides(args.extra)  # as `raytag train --set` reads them
+    except ConfigError as err:
+        ap.error(str(err))
     if not smoke:
         import torch
 

@@ -565,9 +565,10 @@ def _check_ranges(obj, path):
             "give each worker a whole GPU (gpus_per_worker: 1) or set ddp_backend: gloo")
     if isinstance(obj, FeatureConfig) and obj.fmax is not None and obj.fmax > obj.sample_rate / 2:
         raise ConfigError(f"{path}.fmax: {obj.fmax} is above the Nyquist frequency {obj.sample_rate / 2}")
-    if isinstance(obj, FeatureConfig) and obj.fmin >= (obj.fmax if obj.fmax is not None else obj.sample_rate / 2):
-        raise ConfigError(f"{path}.fmin: {obj.fmin} leaves no band below fmax "
-                          f"({obj.fmax if obj.fmax is not None else obj.sample_rate / 2})")
+    if isinstance(obj, FeatureConfig):
+        top = obj.fmax if obj.fmax is not None else obj.sample_rate / 2
+        if obj.fmin >= top:
+            raise ConfigError(f"{path}.fmin: {obj.fmin} leaves no band below fmax ({top})")
     if isinstance(obj, CVConfig) and obj.folds is not None:
         bad = [f for f in obj.folds if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f < obj.n_folds]
         if bad or not obj.folds:

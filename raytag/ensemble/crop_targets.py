@@ -39,7 +39,7 @@ def held_out_folds(source: str, noisy: bool) -> dict[str, int]:
     for name in ("oof.parquet", "noisy_oof.parquet") if noisy else ("oof.parquet",):
         path = storage.join(source, name)
         if storage.exists(path):
-            table = storage.read_parquet_table(path).to_pandas()
+            table = storage.read_parquet(path)
             if "fold" in table.columns:
                 folds.update(zip(table["clip_id"], table["fold"].astype(int)))
     return folds

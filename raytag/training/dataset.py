@@ -81,7 +81,12 @@ class CropBatches:
             start = int(rng.integers(0, n - self.crop_frames + 1))
             return np.asarray(self.store.crop(clip_id, start, self.crop_frames), dtype=np.float32), start
         clip = np.asarray(self.store.get(clip_id), dtype=np.float32)
-        return tile_to(np.roll(clip, -int(rng.integers(0, n)), axis=-1), self.crop_frames), None
+        return loop_from(clip, int(rng.integers(0, n)), self.crop_frames), None
+
+
+def loop_from(feats: np.ndarray, phase: int, length: int) -> np.ndarray:
+    """A clip shorter than `length` frames, looped to `length` starting at frame `phase`."""
+    return tile_to(np.roll(feats, -phase, axis=-1), length)
 
 
 def tile_to(feats: np.ndarray, length: int) -> np.ndarray:

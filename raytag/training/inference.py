@@ -9,7 +9,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from raytag.training.dataset import tile_to
+from raytag.training.dataset import loop_from, tile_to
 
 
 def segment_starts(n_frames: int, segment_frames: int, overlap: float = 0.5) -> list[int]:
@@ -49,7 +49,7 @@ def _segments(clip: np.ndarray, segment_frames: int, overlap: float, tta: int) -
     segs = []
     for offset in _tta_offsets(tta, segment_frames):
         if n <= segment_frames:
-            segs.append(tile_to(np.roll(clip, -(offset % max(n, 1)), axis=-1), segment_frames))
+            segs.append(loop_from(clip, offset % max(n, 1), segment_frames))
             continue
         starts = segment_starts(max(n - offset, 1), segment_frames, overlap)
         segs.extend(cut_segment(clip, min(offset + s, n - segment_frames), segment_frames) for s in starts)
