@@ -119,7 +119,9 @@ def test_train_prints_one_line_per_epoch_matching_the_runs_history(train_cli):
     assert [float(x["lwlrap"]) for x in lines] == pytest.approx(history["val_lwlrap"].tolist(), abs=1e-3)
     # printed to 0.1 s: off by up to half of that, and 1.45 may print as 1.4 (binary floats)
     assert [float(x["seconds"]) for x in lines] == pytest.approx(history["wall_seconds"].tolist(), abs=0.051)
-    assert all(0 < float(x["seconds"]) for x in lines)
+    # an epoch of the tiny config can take under 0.05 s on a fast machine and print as 0.0 s,
+    # so the measured times are checked where they are kept unrounded
+    assert (history["wall_seconds"] > 0).all()
     assert [x["eta"].startswith("ETA") for x in lines] == [True, True, False]  # the last says "last epoch"
     # the lines come while training, before the final tables
     assert output.index("last epoch") < output.index("CV lwlrap by fold")
