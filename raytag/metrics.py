@@ -123,21 +123,26 @@ def paired_bootstrap_lwlrap(truth, scores_a, scores_b, n_boot: int = 1000, seed:
     """lwlrap(b) - lwlrap(a) on the same clips, with a 90% interval from resampling clips.
 
     Paired: each resample draws clips (with replacement) and scores both models on the same
-    draw, so the interval reflects how much b beats a, not the noise of each score alone."""
+    draw, so the interval reflects how much b beats a, not the noise of each score alone.
+
+    Only clips with at least one label are drawn (`n_labelled` of `n_clips`): lwlrap ignores
+    the others, so they change no resample's score, and on a tiny set a draw of only them
+    would leave lwlrap undefined."""
     truth = np.asarray(truth)
     scores_a, scores_b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
     if not (truth.shape == scores_a.shape == scores_b.shape):
         raise ValueError(f"shapes differ: truth {truth.shape}, a {scores_a.shape}, b {scores_b.shape}")
-    diff = float(lwlrap(truth, scores_b) - lwlrap(truth, scores_a))
+    diff = float(lwlrap(truth, scores_b) - lwlrap(truth, scores_a))  # raises when no clip has a label
+    labelled = np.flatnonzero((truth > 0).any(axis=1))
     rng = np.random.default_rng(seed)
-    n = len(truth)
     boots = np.empty(n_boot)
     for i in range(n_boot):
-        idx = rng.integers(0, n, n)
+        idx = labelled[rng.integers(0, len(labelled), len(labelled))]
         boots[i] = lwlrap(truth[idx], scores_b[idx]) - lwlrap(truth[idx], scores_a[idx])
     lo, hi = np.percentile(boots, [5, 95])
     return {"diff": round(diff, 4), "ci90": [round(float(lo), 4), round(float(hi), 4)],
-            "p_better": round(float(np.mean(boots > 0)), 3), "n_clips": int(n)}
+            "p_better": round(float(np.mean(boots > 0)), 3), "n_clips": len(truth),
+            "n_labelled": len(labelled)}
 
 
 def map_at_3_multi_hot(truth, scores) -> float:

@@ -113,6 +113,24 @@ def test_paired_bootstrap_sees_a_better_model_and_no_difference_between_equals()
         paired_bootstrap_lwlrap(truth, good[:10], good)
 
 
+def test_paired_bootstrap_on_a_tiny_set_draws_only_clips_with_labels():
+    """Two of three clips have no label: plain resampling would often draw only those (lwlrap
+    undefined). lwlrap ignores unlabelled clips, so the bootstrap draws from the labelled ones:
+    the same answer as on the labelled clips alone."""
+    from raytag.metrics import paired_bootstrap_lwlrap
+
+    truth = np.array([[1, 0, 0], [0, 0, 0], [0, 0, 0]])
+    a = np.array([[0.2, 0.9, 0.1], [0.5, 0.5, 0.5], [0.1, 0.2, 0.3]])
+    b = np.array([[0.9, 0.1, 0.2], [0.3, 0.2, 0.1], [0.7, 0.8, 0.9]])
+    out = paired_bootstrap_lwlrap(truth, a, b, n_boot=200)
+    assert out["diff"] == pytest.approx(0.5) and out["ci90"] == [0.5, 0.5] and out["p_better"] == 1.0
+    assert out["n_clips"] == 3 and out["n_labelled"] == 1
+    labelled_only = paired_bootstrap_lwlrap(truth[:1], a[:1], b[:1], n_boot=200)
+    assert {**labelled_only, "n_clips": 3} == out
+    with pytest.raises(ValueError, match="no clip has a positive label"):
+        paired_bootstrap_lwlrap(np.zeros((3, 3)), a, b)
+
+
 def test_map_at_3_of_a_multi_hot_truth_and_each_layouts_scores():
     from raytag.metrics import layout_metric, layout_scores, map_at_3_multi_hot
 
