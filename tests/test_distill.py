@@ -385,3 +385,27 @@ def test_a_segment_grain_student_trains_and_records_its_grain(experiment, distil
         distill(experiment, StudentSettings(target_grain="frame"))
     with pytest.raises(RaytagError, match="teacher's probabilities as they are"):
         distill(experiment, StudentSettings(target_grain="segment", teacher_scale="clip_max"))
+
+
+def test_a_student_can_start_from_its_template_members_network(experiment, distilled):
+    """--init member: the student is the template member's first fold model, fine-tuned. At a
+    learning rate too small to move them, its trained weights are that model's; from
+    scratch they are not."""
+    teacher = load_artifact(storage.join(experiment, "ensemble", "artifact"))
+    member = template_member(teacher).models[0]
+    cache = str(Path(experiment).parent / "cache")
+
+    def student_params(init: str) -> dict:
+        got = distill(experiment, StudentSettings(epochs=1, lr=1e-12, init=init), feature_cache=cache)
+        summary = json.loads((Path(experiment) / "distill" / "distill_summary.json").read_text())
+        assert summary["init"] == init
+        return dict(load_artifact(got.artifact_path).members[0].models[0].named_parameters())
+
+    fine_tuned, scratch = student_params("member"), student_params("scratch")
+    for name, weight in member.named_parameters():
+        torch.testing.assert_close(fine_tuned[name], weight, atol=1e-6, rtol=0, msg=name)
+    assert any(not torch.allclose(scratch[n], w) for n, w in member.named_parameters())
+    with pytest.raises(RaytagError, match="--init member starts from the member's own network"):
+        StudentSettings(init="member", width=4).check()
+    with pytest.raises(RaytagError, match="--init"):
+        StudentSettings(init="teacher").check()

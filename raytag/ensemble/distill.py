@@ -80,6 +80,7 @@ TEACHER = "teacher.parquet"
 TEACHER_SCALES = ("prob", "clip_max")  # how the teacher's predictions become targets (StudentSettings)
 NOISY_TARGETS = ("oof", "ensemble")  # where the noisy clips' teacher predictions come from (StudentSettings)
 TARGET_GRAINS = ("clip", "segment")  # a crop's teacher target: its clip's, or the teacher's at the crop (StudentSettings)
+INITS = ("scratch", "member")  # the student's first weights: random, or the template member's first fold model's
 SEGMENTS = "teacher_segments.npz"  # the teacher along each clip (--target-grain segment), cached
 SOURCE_COLUMN = "target_source"  # "oof" (out-of-fold: curated; noisy with cv.noisy_folds) or "ensemble"
 
@@ -116,6 +117,10 @@ class StudentSettings:
     # "clip": every crop of a clip is taught the clip's target; "segment": the teacher's part
     # follows the teacher along the clip, at the crop's start (raytag.ensemble.crop_targets)
     target_grain: str = "clip"
+    # "scratch": random weights; "member": the template member's first fold model's weights
+    # (the student is then that network, fine-tuned on every clip's blended target; its
+    # model, width, depth and features must be the member's)
+    init: str = "scratch"
 
     def check(self) -> None:
         if self.epochs < 1:
@@ -134,6 +139,11 @@ class StudentSettings:
             raise RaytagError(f"--noisy-targets {self.noisy_targets}: must be one of {', '.join(NOISY_TARGETS)}")
         if self.target_grain not in TARGET_GRAINS:
             raise RaytagError(f"--target-grain {self.target_grain}: must be one of {', '.join(TARGET_GRAINS)}")
+        if self.init not in INITS:
+            raise RaytagError(f"--init {self.init}: must be one of {', '.join(INITS)}")
+        if self.init == "member" and (self.model, self.width, self.depth, self.features) != (None,) * 4:
+            raise RaytagError("--init member starts from the member's own network, so the student takes its "
+                              "model, width, depth and features; drop --model/--width/--depth, or use --init scratch")
         if self.target_grain == "segment" and self.teacher_scale != "prob":
             raise RaytagError("--target-grain segment takes the teacher's probabilities as they are; "
                               "drop --teacher-scale, or use --target-grain clip")
@@ -363,11 +373,15 @@ def _member_recipe(settings: dict) -> dict:
 
 
 def train_student(cfg: Config, plan, store, targets: LabelledSet, progress: bool = False,
-                  batches: Optional[CropBatches] = None) -> tuple[torch.nn.Module, list]:
+                  batches: Optional[CropBatches] = None,
+                  init_from: Optional[torch.nn.Module] = None) -> tuple[torch.nn.Module, list]:
     """The student, trained on `targets` (soft) over the store's random crops (`batches`:
-    crops with targets of their own, as `segment_batches` makes)."""
+    crops with targets of their own, as `segment_batches` makes), starting from
+    `init_from`'s weights when given (a network of the same architecture)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, plan.n_classes, plan.channels, plan.bins)
+    if init_from is not None:
+        model.load_state_dict(init_from.state_dict())
     step = Step(kind="finetune", fold=None, epochs=int(cfg.pipeline.finetune.epochs))
     batches = batches or CropBatches(store, targets, cfg.crop_frames(), cfg.train.batch_size)
     optimizer, scheduler = build_optimizer(cfg, model, step, batches.steps_per_epoch(1))
@@ -436,7 +450,11 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     if settings.target_grain == "segment":
         say("teacher along each clip: its members score every quarter-crop segment of the student's features")
         batches = segment_batches(art, cfg, store, dataset, targets, settings, out_dir)
-    model, losses = train_student(cfg, plan, store, targets, progress=progress, batches=batches)
+    init_from = template.models[0] if settings.init == "member" else None
+    if init_from is not None:
+        say(f"student starts from member {template.name}'s first fold model")
+    model, losses = train_student(cfg, plan, store, targets, progress=progress, batches=batches,
+                                  init_from=init_from)
 
     student_dir = storage.join(out_dir, "student")
     local = _local(student_dir)
@@ -456,7 +474,7 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
               "targets": {"oof": n_oof, "ensemble": len(targets) - n_oof},
               "label_weight": settings.label_weight, "teacher_scale": settings.teacher_scale,
               "noisy_targets": settings.noisy_targets, "target_grain": settings.target_grain,
-              "epochs": settings.epochs, "train_loss": [round(x, 5) for x in losses]}
+              "init": settings.init, "epochs": settings.epochs, "train_loss": [round(x, 5) for x in losses]}
     dest = save_artifact(storage.join(out_dir, "artifact"), [MemberSpec("student", student_dir)], "mean", None,
                          classes, art.layout, scores, distilled=record)
     result = DistillResult(artifact_path=dest, teacher_path=storage.join(out_dir, TEACHER), n_oof=n_oof,
