@@ -108,3 +108,17 @@ def test_tta_passes_cut_only_segments_training_could_have_made():
     segs, _ = clip_segments([longer], 128, overlap=0.5, tta=1)
     for seg in segs:
         assert np.all(np.diff(seg[0, 0]) == 1)  # contiguous frames: no wrap from 139 back to the start
+
+
+@pytest.mark.parametrize("overlap,hop", [(0.0, 128), (0.5, 64), (0.75, 32)])
+def test_tta_passes_shift_segments_by_a_fraction_of_the_hop(overlap, hop):
+    """With tta=3 the passes start a quarter of the hop between segments apart, at any overlap:
+    together their segments start every hop/4 frames (none repeats another pass's start)."""
+    from raytag.training.inference import clip_segments
+
+    clip = np.arange(1000, dtype=np.float32)[None, None, :]  # frame value = frame index
+    segs, _ = clip_segments([clip], 128, overlap=overlap, tta=3)
+    starts = segs[:, 0, 0, 0].astype(int)
+    inner = np.unique(starts[starts < 1000 - 128])  # the last segment of each pass ends at the clip's end
+    assert inner[0] == 0 and np.all(np.diff(inner) == hop // 4)
+    assert len(starts) == len(np.unique(starts)) + 3  # the four passes share only that last segment

@@ -19,12 +19,17 @@ def segment_starts(n_frames: int, segment_frames: int, overlap: float = 0.5) -> 
     `cut_segment`)."""
     if n_frames <= segment_frames:
         return [0]
-    hop = max(1, int(round(segment_frames * (1.0 - overlap))))
+    hop = segment_hop(segment_frames, overlap)
     starts = list(range(0, n_frames - segment_frames + 1, hop))
     last = n_frames - segment_frames
     if starts[-1] != last:
         starts.append(last)
     return starts
+
+
+def segment_hop(segment_frames: int, overlap: float) -> int:
+    """Frames from one segment's start to the next's (at least 1)."""
+    return max(1, int(round(segment_frames * (1.0 - overlap))))
 
 
 def cut_segment(feats: np.ndarray, start: int, length: int) -> np.ndarray:
@@ -36,9 +41,11 @@ def cut_segment(feats: np.ndarray, start: int, length: int) -> np.ndarray:
     return seg
 
 
-def _tta_offsets(tta: int, segment_frames: int) -> list[int]:
-    """Pass 0 is unshifted; each extra pass shifts the segment grid by a fraction of a segment."""
-    return [0] + [int(segment_frames * (k / (tta + 1)) * 0.5) for k in range(1, tta + 1)]
+def _tta_offsets(tta: int, segment_frames: int, overlap: float) -> list[int]:
+    """Pass 0 is unshifted; pass k shifts the segment grid by k/(tta+1) of the hop, so the
+    passes fall evenly between pass 0's segments (a shift of a whole hop would repeat them)."""
+    hop = segment_hop(segment_frames, overlap)
+    return [0] + [int(hop * k / (tta + 1)) for k in range(1, tta + 1)]
 
 
 def _segments(clip: np.ndarray, segment_frames: int, overlap: float, tta: int) -> np.ndarray:
@@ -47,7 +54,7 @@ def _segments(clip: np.ndarray, segment_frames: int, overlap: float, tta: int) -
     as training's random phase does); a longer clip's shifted windows stay inside it."""
     n = clip.shape[-1]
     segs = []
-    for offset in _tta_offsets(tta, segment_frames):
+    for offset in _tta_offsets(tta, segment_frames, overlap):
         if n <= segment_frames:
             segs.append(loop_from(clip, offset % max(n, 1), segment_frames))
             continue
