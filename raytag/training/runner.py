@@ -28,7 +28,7 @@ from raytag.session import ensure_ray, in_local_session
 from raytag.training.checkpoint import check_legacy_checkpoints
 from raytag.training.in_process import fit_in_process, has_worker_group_checkpoints, local_checkpoints
 from raytag.training.outputs import OUTPUTS_DIR, write_metrics, write_outputs
-from raytag.training.plan import build_plan
+from raytag.training.plan import build_plan, model_folds
 from raytag.training.progress import EpochEvent, epoch_events
 from raytag.training.run_settings import check_run_settings
 from raytag.training.run_state import RUN_FILES, RunState
@@ -91,6 +91,7 @@ def fit_pipeline(
     run_dir = files.join(storage, name)
     check_legacy_checkpoints(run_dir)  # before any worker could load one
     run_files = files.join(run_dir, RUN_FILES)
+    build_steps(cfg, model_folds(cfg))  # a pipeline that cannot run is refused here, not in a worker
     # the store first: before Ray runs in this process, its build may fork worker processes
     dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
     check_run_settings(run_dir, cfg, plan)  # a rerun of the name resumes only the same run, on the same clips

@@ -17,6 +17,15 @@ from raytag.training.steps import Step
 
 def _start_step(ctx: _Context, model, step: Step, steps: list[Step]):
     """Set the weights a step starts from, and choose a stage-2 round's pseudo labels."""
+    start_fold(ctx, model, step, steps)
+    if step.kind == "stage2" and ctx.cfg.pipeline.pseudo.enabled:
+        _choose_pseudo(ctx, model, step)
+
+
+def start_fold(ctx: _Context, model, step: Step, steps: list[Step]):
+    """At a fold's first step of any kind (a filter too, when stage 1 is off), the fold's
+    starting weights: the warm-up's, else a fresh seeded network. Else the next fold would
+    go on from the last fold's model, which trained on this fold's held-out clips."""
     net = _unwrap(model)
     first_of_fold = step.fold is not None and all(
         s.fold != step.fold for s in steps[: steps.index(step)]
@@ -29,8 +38,6 @@ def _start_step(ctx: _Context, model, step: Step, steps: list[Step]):
             torch.manual_seed(ctx.cfg.seed * 1000 + step.fold)
             fresh = build_model(ctx.cfg.model, ctx.plan.n_classes, ctx.plan.channels, ctx.plan.bins)
             net.load_state_dict(fresh.state_dict())
-    if step.kind == "stage2" and ctx.cfg.pipeline.pseudo.enabled:
-        _choose_pseudo(ctx, model, step)
 
 
 def stage2_adds_nothing(ctx: _Context, step: Step, steps: list[Step]) -> bool:

@@ -54,6 +54,12 @@ def build_steps(cfg: Config, folds: list[int]) -> list[Step]:
             rounds = p.pseudo.rounds if p.pseudo.enabled else 1
             for r in range(rounds):
                 steps.append(Step("stage2", fold, round=r, epochs=p.pseudo.epochs, lr=p.pseudo.lr))
+    if steps and steps[0].kind == "filter":
+        # no warm-up and no stage 1: the filter would score the noisy clips with an untrained network
+        raise ConfigError(
+            "pipeline.filter / pipeline.label_spreading judge noisy clips with a trained model, but nothing "
+            "trains before them: enable pipeline.finetune (epochs > 0) or pipeline.warmup"
+        )
     if not any(s.trains and s.fold is not None for s in steps):
         raise ConfigError(
             "pipeline trains no fold model: enable pipeline.finetune (epochs > 0) or stage 2 "

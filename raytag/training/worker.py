@@ -41,7 +41,7 @@ from raytag.training.losses import build_loss, small_loss_keep
 from raytag.training.profiling import profiled, wants_profile
 from raytag.training.rungs import RUNG_SCORE, rung_metrics
 from raytag.training.run_state import RunState, _Context, _unwrap
-from raytag.training.stage_steps import _run_filter, _start_step, finish_fold_early, stage2_adds_nothing
+from raytag.training.stage_steps import _run_filter, _start_step, finish_fold_early, stage2_adds_nothing, start_fold
 from raytag.training.steps import Step, build_steps, last_training_step_of_fold
 
 
@@ -170,6 +170,7 @@ def run_loop(loop_config: dict, worker) -> None:
         i = state.progress["step"]
         step = steps[i]
         if step.kind == "filter":
+            start_fold(ctx, model, step, steps)  # stage 1 off: the filter is the fold's first step
             _run_filter(ctx, model, step)
             state.progress["step"] += 1
             state.progress["epoch"] = 0

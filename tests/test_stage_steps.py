@@ -1,0 +1,50 @@
+"""Where each fold's training starts when its first step is not stage 1: with
+pipeline.finetune off, a fold begins with the noisy-label filter, which must judge the noisy
+clips with the warm-up model, not with the last fold's model (that one trained on this
+fold's held-out curated clips: a CV leak). No Ray: the step function on a small network."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from raytag.config import Config, ConfigError
+from raytag.models import build_model
+from raytag.training.stage_steps import start_fold
+from raytag.training.steps import build_steps
+
+FILTER_ONLY = {"model": {"name": "cnn2d", "width": 4, "depth": 1},
+               "pipeline": {"finetune": {"enabled": False}, "filter": {"enabled": True},
+                            "pseudo": {"enabled": False}}}
+
+
+def test_each_folds_filter_starts_from_the_warmup_weights(tmp_path: Path):
+    cfg = Config.from_dict({**FILTER_ONLY, "pipeline": {**FILTER_ONLY["pipeline"], "warmup": {"enabled": True}}})
+    steps = build_steps(cfg, [0, 1])
+    assert [s.kind for s in steps] == ["warmup", "filter", "stage2", "filter", "stage2"]
+    plan = SimpleNamespace(n_classes=3, channels=1, bins=16)
+    model = build_model(cfg.model, plan.n_classes, plan.channels, plan.bins)
+    (tmp_path / "weights").mkdir()
+    warm = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    save_file({k: v.contiguous() for k, v in warm.items()}, str(tmp_path / "weights" / "warmup.safetensors"))
+    ctx = SimpleNamespace(cfg=cfg, plan=plan, state=SimpleNamespace(out=tmp_path))
+    for fold_filter in (steps[1], steps[3]):
+        with torch.no_grad():  # as the previous fold's stage 2 left it
+            for p in model.parameters():
+                p.add_(1.0)
+        start_fold(ctx, model, fold_filter, steps)
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(value, warm[name], msg=name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    start_fold(ctx, model, steps[4], steps)  # not the fold's first step: the filter's model goes on
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[name], msg=name)
+
+
+def test_a_filter_with_nothing_trained_before_it_is_refused():
+    with pytest.raises(ConfigError, match="nothing trains before them"):
+        build_steps(Config.from_dict({**FILTER_ONLY, "pipeline": {**FILTER_ONLY["pipeline"],
+                                                                  "warmup": {"enabled": False}}}), [0, 1])
