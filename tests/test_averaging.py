@@ -86,3 +86,17 @@ def test_nothing_added_leaves_the_model_alone():
     avg.load_into(net)
     assert avg.state() is None
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: a resume loads the sums on the CPU")
+def test_a_running_sum_restored_on_the_cpu_adds_up_with_a_gpu_model(tmp_path):
+    net = _net().cuda()
+    first = WeightAverage(4, 8)
+    first.add(net)
+    save_train_state(tmp_path, {"average": first.state()})
+    resumed = WeightAverage(4, 8)
+    resumed.restore(load_train_state(tmp_path)["average"])  # safetensors loads onto the CPU
+    resumed.add(net)  # raised a device mismatch when the sums followed the model's device
+    resumed.load_into(net)
+    assert all(t.device.type == "cpu" and (t.dtype == torch.float64 or not t.is_floating_point())
+               for t in resumed.total.values())

@@ -93,6 +93,17 @@ def test_training_resumed_from_a_checkpoint_continues_exactly(tmp_path, optimize
     assert fresh_opt.state_dict()["param_groups"] == opt.state_dict()["param_groups"]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: dropout there draws from the device's generator")
+def test_a_resumed_gpu_run_continues_the_devices_random_draws(tmp_path):
+    torch.cuda.manual_seed(0)
+    torch.rand(3, device="cuda")
+    save_train_state(tmp_path, {"rng": capture_rng()})
+    uninterrupted = torch.rand(5, device="cuda")
+    torch.cuda.manual_seed(0)  # a fresh process reseeds: it would repeat the first draws
+    restore_rng(load_train_state(tmp_path)["rng"])
+    assert torch.equal(torch.rand(5, device="cuda"), uninterrupted)
+
+
 def test_a_value_json_cannot_hold_is_refused_instead_of_pickled(tmp_path):
     with pytest.raises(CheckpointError, match=r"state\.scheduler\.anneal: a builtin_function_or_method cannot be stored"):
         save_train_state(tmp_path, {"scheduler": {"anneal": len}})

@@ -48,7 +48,7 @@ class WeightAverage:
             self.total = {k: _as_sum(v) for k, v in state.items()}
         else:
             for k, v in state.items():
-                self.total[k] = self.total[k] + v.detach().double() if v.is_floating_point() else v.detach().clone()
+                self.total[k] = self.total[k] + _as_sum(v) if v.is_floating_point() else _as_sum(v)
         self.count += 1
 
     def load_into(self, model: torch.nn.Module) -> None:
@@ -69,5 +69,7 @@ class WeightAverage:
 
 
 def _as_sum(v: torch.Tensor) -> torch.Tensor:
-    # float64 sums: 30 float32 additions lose nothing that matters, but the sum is cheap
-    return v.detach().double().clone() if v.is_floating_point() else v.detach().clone()
+    # float64 sums: 30 float32 additions lose nothing that matters, but the sum is cheap.
+    # On the CPU whatever the model's device: a checkpoint's sums are loaded there, and
+    # must add up with a GPU model's weights after a resume (MPS has no float64 at all)
+    return v.detach().to("cpu", torch.float64 if v.is_floating_point() else v.dtype, copy=True)

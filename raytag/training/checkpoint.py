@@ -88,8 +88,12 @@ def _decode(obj, tensors: dict, where: str):
 
 # ----------------------------------------------------------------------------- RNG states
 def capture_rng() -> dict:
-    """The global RNG states a resumed run must continue from (dropout draws from torch's)."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The global RNG states a resumed run must continue from (dropout draws from torch's;
+    on a GPU from the device's own generator, which a CPU-only run never starts)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this rank's device
+    return state
 
 
 def restore_rng(state: dict) -> None:
@@ -97,6 +101,8 @@ def restore_rng(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
     np.random.set_state(tuple(state["numpy"]))
     torch.set_rng_state(state["torch"].to(torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].to(torch.uint8))
 
 
 # ----------------------------------------------------------------------------- save / load
