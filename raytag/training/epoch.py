@@ -37,6 +37,24 @@ def build_optimizer(cfg, model, step: Step, steps_per_epoch: int):
     return opt, sched
 
 
+def load_schedule(scheduler, saved: dict) -> None:
+    """Continue a checkpoint's learning-rate schedule. A resume with another number of
+    workers (train.num_workers may change between attempts) has another number of steps per
+    epoch, so the saved schedule's length differs from the new one's: it then goes on at the
+    same fraction of its length (checkpoints fall on epoch boundaries, so that is the same
+    epoch), where loading the old state would overrun OneCycleLR's total or stop annealing short."""
+    def length(x) -> int:
+        return int(x["total_steps"] if "total_steps" in x else x["T_max"])
+
+    new_length = length(vars(scheduler))
+    if length(saved) == new_length:
+        scheduler.load_state_dict(saved)
+        return
+    scheduler.last_epoch = round(int(saved["last_epoch"]) * new_length / length(saved))
+    scheduler._step_count = scheduler.last_epoch + 1  # as step() keeps it (torch warns on 0)
+    # the optimizer's learning rate, loaded from the same checkpoint, is already this fraction's
+
+
 def train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: CropBatches, seed, step,
                  keep: float = 1.0) -> float:
     cfg = ctx.cfg

@@ -36,7 +36,7 @@ from raytag.models import build_model
 from raytag.training.averaging import WeightAverage
 from raytag.training.checkpoint import capture_rng, restore_rng
 from raytag.training.dataset import CropBatches
-from raytag.training.epoch import build_optimizer, cv_so_far, evaluate, train_epoch
+from raytag.training.epoch import build_optimizer, cv_so_far, evaluate, load_schedule, train_epoch
 from raytag.training.losses import build_loss, small_loss_keep
 from raytag.training.profiling import profiled, wants_profile
 from raytag.training.rungs import RUNG_SCORE, rung_metrics
@@ -198,7 +198,7 @@ def run_loop(loop_config: dict, worker) -> None:
             if train_state is not None and train_state.get("step") == i and train_state.get("optimizer"):
                 optimizer.load_state_dict(train_state["optimizer"])
                 if scheduler is not None and train_state.get("scheduler"):
-                    scheduler.load_state_dict(train_state["scheduler"])
+                    load_schedule(scheduler, train_state["scheduler"])
                 average.restore(train_state.get("average"))
             train_state = None
             step_built = i
