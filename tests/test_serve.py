@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import requests
 import soundfile as sf
@@ -86,6 +89,80 @@ def test_top_and_fname_parsing():
             parse_top(bad, 14)
     assert clean_fname("../../etc/passwd") == "passwd" and clean_fname("C:\\x\\dog.wav") == "dog.wav"
     assert clean_fname(None) == "upload"
+
+
+# ----------------------------------------------------------------------------- one bad clip in a batch (no Ray)
+POISON = _wav_bytes(np.full(800, 0.25))  # the clip the stand-in model fails on
+
+
+class _FailsOnOneClip:
+    """An artifact stand-in that scores every clip 0.5, except that scoring fails (a bug, not a
+    decode error) for any batch holding POISON."""
+    classes = ["dog", "cat"]
+
+    def predict_files(self, paths, device="cpu"):
+        if any(Path(p).read_bytes() == POISON for p in paths):
+            raise RuntimeError("model failed on this clip")
+        probs = pd.DataFrame(0.5, index=pd.Index(paths, name="file"), columns=self.classes)
+        return probs, pd.DataFrame(columns=["file", "reason"])
+
+
+def _scored_together(score, size):
+    """Stands in for @serve.batch (which needs a replica): the first `size` calls are scored
+    in one call of `score`, and, as Serve does, an exception from it goes to every caller."""
+    waiting = []
+
+    async def tag_batch(clip):
+        future = asyncio.get_running_loop().create_future()
+        waiting.append((clip, future))
+        if len(waiting) == size:
+            try:
+                for (_, fut), result in zip(waiting, score([c for c, _ in waiting])):
+                    fut.set_result(result)
+            except Exception as err:  # noqa: BLE001
+                for _, fut in waiting:
+                    fut.set_exception(err)
+        return await future
+
+    return tag_batch
+
+
+def _raw_upload(data: bytes, fname: str):
+    """A POST /tag request with the clip as its raw body."""
+    from starlette.requests import Request
+
+    scope = {"type": "http", "method": "POST", "path": "/tag", "query_string": f"fname={fname}".encode(),
+             "headers": [(b"content-type", b"audio/wav"), (b"content-length", str(len(data)).encode())]}
+
+    async def receive():
+        return {"type": "http.request", "body": data, "more_body": False}
+
+    return Request(scope, receive)
+
+
+def test_a_clip_that_fails_in_a_batch_fails_only_its_own_request():
+    """Three clients in one batch, one clip breaks the model: that client gets a 500 with the
+    error, the other two get their tags."""
+    from fastapi.responses import JSONResponse
+
+    from raytag.serve.app import Tagger
+
+    tagger = object.__new__(Tagger.func_or_class)  # the replica's class, without Serve
+    tagger.artifact, tagger.device = _FailsOnOneClip(), "cpu"
+    tagger.max_upload_bytes, tagger.max_seconds = MB, 60.0
+    tagger._pool = ThreadPoolExecutor(1)
+    tagger._tag_batch = _scored_together(tagger._score, size=3)
+    uploads = {"a.wav": _wav_bytes(np.zeros(800)), "bad.wav": POISON, "b.wav": _wav_bytes(np.ones(800) * 0.1)}
+
+    async def three_clients():
+        return await asyncio.gather(*(tagger.tag(_raw_upload(data, name)) for name, data in uploads.items()))
+
+    good_a, bad, good_b = asyncio.run(three_clients())
+    for answer, name in ((good_a, "a.wav"), (good_b, "b.wav")):
+        assert isinstance(answer, dict), answer.body
+        assert answer["fname"] == name and [t["score"] for t in answer["tags"]] == [0.5, 0.5]
+    assert isinstance(bad, JSONResponse) and bad.status_code == 500
+    assert "model failed on this clip" in json.loads(bad.body)["error"]
 
 
 # ----------------------------------------------------------------------------- a live server

@@ -4,7 +4,8 @@ One deployment, `Tagger`, is both the HTTP ingress (FastAPI) and the model: each
 loads the artifact once, checks every upload (raytag.serve.upload), and scores uploads
 that arrive together from different clients as one batch (`@serve.batch`). Scoring calls
 the artifact's own `predict_files`, the code path of `raytag predict`, on the uploads
-written to a temporary folder, so the two give the same scores for the same file.
+written to a temporary folder, so the two give the same scores for the same file. A clip
+that makes its batch fail fails only its own request (the batch's clips are scored alone).
 
 Endpoints: POST /tag, GET /healthz, GET /classes, GET / (a page to drop a clip on).
 """
@@ -120,6 +121,8 @@ class Tagger:
             clip = await asyncio.get_running_loop().run_in_executor(
                 None, check_audio, fname, data, self.max_upload_bytes, self.max_seconds)
             result = await self._tag_batch(clip)
+            if "exception" in result:
+                raise result["exception"]  # this clip's own failure: a 500 for this request alone
             if "error" in result:
                 raise UploadError(422, result["error"])
         except UploadError as err:
@@ -169,7 +172,25 @@ class Tagger:
         return await loop.run_in_executor(self._pool, self._score, clips)
 
     def _score(self, clips: list[Clip]) -> list[dict]:
-        """Score a batch with the artifact's predict_files (the `raytag predict` path)."""
+        """Score a batch; when it fails for a reason other than a decode error (those come back
+        per clip), score each clip alone, so that only the clip that fails gets a 500: Serve
+        hands an exception from the batch to every client in it."""
+        try:
+            return self._score_together(clips)
+        except Exception:  # noqa: BLE001 - which clip caused it is found by scoring them alone
+            if len(clips) == 1:
+                raise
+            log.warning("raytag: a batch of %d failed; scoring its clips one by one", len(clips), exc_info=True)
+            return [self._score_alone(clip) for clip in clips]
+
+    def _score_alone(self, clip: Clip) -> dict:
+        try:
+            return self._score_together([clip])[0]
+        except Exception as err:  # noqa: BLE001 - handed to this clip's request, raised there
+            return {"exception": err}
+
+    def _score_together(self, clips: list[Clip]) -> list[dict]:
+        """Score clips with the artifact's predict_files (the `raytag predict` path)."""
         with tempfile.TemporaryDirectory(prefix="raytag-serve-") as tmp:
             paths = []
             for i, clip in enumerate(clips):
