@@ -240,25 +240,17 @@ def _truth(outputs: Path, which: str, data: Path, index, classes) -> np.ndarray:
 
 
 def paired_bootstrap(run_a: Path, run_b: Path, which: str, data: Path, n_boot: int = 500, seed: int = 0) -> dict:
-    """lwlrap(b) - lwlrap(a) on the same clips, with a 90% interval from resampling clips."""
-    from raytag.metrics import lwlrap
+    """lwlrap(b) - lwlrap(a) on the clips both runs predicted, with a 90% interval
+    (raytag.metrics.paired_bootstrap_lwlrap)."""
+    from raytag.metrics import paired_bootstrap_lwlrap
 
     a = _aligned(run_a / "outputs", which, data)
     b = _aligned(run_b / "outputs", which, data)
     common = a.index.intersection(b.index)
     a, b = a.loc[common], b.loc[common]
-    classes = list(a.columns)
-    y = _truth(run_a / "outputs", which, data, common, classes)
-    pa, pb = a.to_numpy(), b.to_numpy()
-    diff = float(lwlrap(y, pb) - lwlrap(y, pa))
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(common), len(common))
-        boots.append(lwlrap(y[idx], pb[idx]) - lwlrap(y[idx], pa[idx]))
-    lo, hi = np.percentile(boots, [5, 95])
-    return {"diff": round(diff, 4), "ci90": [round(float(lo), 4), round(float(hi), 4)],
-            "p_better": round(float(np.mean(np.asarray(boots) > 0)), 3)}
+    y = _truth(run_a / "outputs", which, data, common, list(a.columns))
+    got = paired_bootstrap_lwlrap(y, a.to_numpy(), b.to_numpy(), n_boot=n_boot, seed=seed)
+    return {k: got[k] for k in ("diff", "ci90", "p_better")}
 
 
 # ----------------------------------------------------------------------------- reporting
