@@ -43,6 +43,24 @@ def test_stage2_is_skipped_when_nothing_was_accepted_and_pseudo_is_off(ray_sessi
     assert result.metrics["cv_lwlrap"] > 0
 
 
+def test_pseudo_rounds_that_take_nothing_are_skipped_too(ray_session, demo_data, tmp_path):
+    # nothing accepted, and no clip reaches a top probability of 0.999 after 2 epochs: each round's
+    # pseudo labels are chosen (and recorded), then the round is skipped rather than training on
+    # the curated clips alone with a new one-cycle schedule
+    cfg = {"pipeline": {"warmup": {"enabled": False}, "finetune": {"epochs": 2},
+                        "filter": {"enabled": True, "rule": "min_prob", "threshold": 1.0},
+                        "pseudo": {"enabled": True, "rounds": 2, "epochs": 2,
+                                   "lower": {"start": 0.999, "end": 0.999}, "upper": 1.0}}}
+    result, history = _fit(cfg, demo_data, tmp_path, "nothing")
+    trained = history[history["train_loss"].notna()]
+    assert set(trained["stage"]) == {"finetune"} and len(trained) == 2
+    pseudo = [json.loads((Path(result.outputs_dir) / "pseudo" / f"fold0_r{r}.json").read_text()) for r in (0, 1)]
+    assert [p["n_pseudo"] for p in pseudo] == [0, 0] and pseudo[0]["n_unlabelled"] > 0
+    oof = pd.read_parquet(f"{result.outputs_dir}/oof.parquet")
+    assert set(oof["stage"]) == {"finetune"} and len(oof) > 0  # the fold ends with its stage-1 model
+    assert result.metrics["cv_lwlrap"] > 0
+
+
 def test_soft_rejected_quantile_pseudo_and_small_loss_reach_stage2(ray_session, demo_data, tmp_path):
     cfg = {"train": {**BASE["train"], "loss": {"noisy_keep": 0.7, "noisy_keep_ramp": 1}},
            "pipeline": {"warmup": {"enabled": False}, "finetune": {"epochs": 1},

@@ -41,22 +41,30 @@ def start_fold(ctx: _Context, model, step: Step, steps: list[Step]):
 
 
 def stage2_adds_nothing(ctx: _Context, step: Step, steps: list[Step]) -> bool:
-    """True for a stage-2 round that would train on stage 1's curated clips alone."""
-    if step.kind != "stage2" or ctx.cfg.pipeline.pseudo.enabled:
+    """True for a stage-2 round that would train on stage 1's curated clips alone: no noisy
+    clip accepted, none soft-labelled, and no pseudo labels (pseudo-labelling off, or this
+    round's chosen and none taken; before they are chosen, False)."""
+    if step.kind != "stage2":
         return False
     if not any(s.fold == step.fold and s.trains for s in steps[: steps.index(step)]):
         return False  # stage 2 is this fold's only training
+    if ctx.cfg.pipeline.pseudo.enabled:
+        chosen = ctx.state.load_json(f"pseudo/fold{step.fold}_r{step.round}.json")
+        if chosen is None or chosen["n_pseudo"]:
+            return False
     decision = ctx.state.load_json(f"filter/fold{step.fold}.json")
     soft = ctx.state.load_preds(f"soft/fold{step.fold}")
     return not (decision and decision["accepted"]) and not (soft and len(soft[0]))
 
 
 def finish_fold_early(ctx: _Context, model, step: Step, steps: list[Step]):
-    """Make the fold's last trained model (stage 1) its final one: weights and predictions."""
+    """Make the fold's last trained model (stage 1, or the last round that trained) its final
+    one: weights and predictions."""
     if ctx.rank != 0:
         return
-    last = max(i for i, s in enumerate(steps[: steps.index(step)]) if s.fold == step.fold and s.trains)
-    tag = f"{steps[last].stage_name}__fold{step.fold}"
+    trained = [s for s in steps[: steps.index(step)] if s.fold == step.fold and s.trains
+               and ctx.state.load_preds(f"oof/{s.stage_name}__fold{step.fold}") is not None]  # not a skipped round
+    tag = f"{trained[-1].stage_name}__fold{step.fold}"
     ctx.state.save_weights(f"fold{step.fold}", model)
     ctx.state.save_preds(f"final/oof_fold{step.fold}", *ctx.state.load_preds(f"oof/{tag}"))
     ctx.state.save_preds(f"final/test_fold{step.fold}", *ctx.state.load_preds(f"test/{tag}"))

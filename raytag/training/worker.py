@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -43,6 +44,8 @@ from raytag.training.rungs import RUNG_SCORE, rung_metrics
 from raytag.training.run_state import RunState, _Context, _unwrap
 from raytag.training.stage_steps import _run_filter, _start_step, finish_fold_early, stage2_adds_nothing, start_fold
 from raytag.training.steps import Step, build_steps, last_training_step_of_fold
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- what the loop asks of Ray Train
@@ -111,7 +114,10 @@ def open_node_store(plan):
         fcntl.flock(lock, fcntl.LOCK_EX)
         dataset = load_dataset(materialize_data(plan.data_ref), sample_rate=plan.config.features.sample_rate,
                                features=plan.config.features)
-        store = build_feature_store(dataset, plan.config.features, str(cache), progress=False)
+        # in this process: Ray tasks for the shards would each need a free CPU on this node,
+        # and where the workers' placement groups hold every CPU (one GPU trial per small
+        # node) none would ever start, the other trial's worker waiting on the lock meanwhile
+        store = build_feature_store(dataset, plan.config.features, str(cache), progress=False, workers=1)
     missing = set(plan.curated_ids + plan.noisy_ids + plan.test_ids) - set(store.clip_ids)
     if missing:
         raise RuntimeError(f"this node's feature store lacks {len(missing)} clips of the plan "
@@ -179,16 +185,21 @@ def run_loop(loop_config: dict, worker) -> None:
             continue
 
         epoch = state.progress["epoch"]
-        if epoch == 0 and step_built != i and stage2_adds_nothing(ctx, step, steps):
-            # no noisy clip accepted, none soft-labelled and no pseudo-labels: stage 2 would only
-            # train on stage 1's curated clips again, so the fold ends with its stage-1 model
-            finish_fold_early(ctx, model, step, steps)
-            state.progress["step"] += 1
-            _report(worker, ctx, model, optimizer, scheduler, steps, step, {"train_loss": float("nan")},
-                    checkpoint=True)
-            continue
         if epoch == 0 and step_built != i:
-            _start_step(ctx, model, step, steps)  # fresh fold weights, pseudo set...
+            if not stage2_adds_nothing(ctx, step, steps):
+                _start_step(ctx, model, step, steps)  # fresh fold weights, pseudo set...
+            if stage2_adds_nothing(ctx, step, steps):
+                # no noisy clip accepted, none soft-labelled and no pseudo-labels: the round would only
+                # train on stage 1's curated clips again, so it is skipped; the fold's last one ends
+                # the fold with the model it has (stage 1's, or the last round's that trained)
+                log.warning("fold %s %s: nothing beyond the curated clips to train on (no noisy clip "
+                            "accepted or soft-labelled, no pseudo labels); skipped", step.fold, step.stage_name)
+                if i == final_step_of_fold[step.fold]:
+                    finish_fold_early(ctx, model, step, steps)
+                state.progress["step"] += 1
+                _report(worker, ctx, model, optimizer, scheduler, steps, step, {"train_loss": float("nan")},
+                        checkpoint=True)
+                continue
         data = ctx.training_set(step)
         # train.batch_size is the global batch: each worker takes its share
         batches = CropBatches(store, data, cfg.crop_frames(), -(-cfg.train.batch_size // world))
