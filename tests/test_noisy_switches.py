@@ -59,6 +59,7 @@ def test_pseudo_rounds_that_take_nothing_are_skipped_too(ray_session, demo_data,
     oof = pd.read_parquet(f"{result.outputs_dir}/oof.parquet")
     assert set(oof["stage"]) == {"finetune"} and len(oof) > 0  # the fold ends with its stage-1 model
     assert result.metrics["cv_lwlrap"] > 0
+    assert result.metrics["epochs_run"] == 2  # the filter and the skipped rounds trained nothing
 
 
 def test_soft_rejected_quantile_pseudo_and_small_loss_reach_stage2(ray_session, demo_data, tmp_path):

@@ -48,3 +48,14 @@ def test_a_filter_with_nothing_trained_before_it_is_refused():
     with pytest.raises(ConfigError, match="nothing trains before them"):
         build_steps(Config.from_dict({**FILTER_ONLY, "pipeline": {**FILTER_ONLY["pipeline"],
                                                                   "warmup": {"enabled": False}}}), [0, 1])
+
+
+def test_a_folds_final_stage_is_its_last_in_pipeline_order_not_in_file_order():
+    import pandas as pd
+
+    from raytag.training.outputs import _final_stage
+
+    names = ["finetune"] + [f"stage2_r{r}" for r in range(11)]
+    preds = pd.DataFrame({"fold": 0, "stage": sorted(names)})  # as the files sort: ..., stage2_r10, ..., stage2_r9
+    assert preds["stage"].iloc[-1] == "stage2_r9"
+    assert _final_stage(preds, 0) == "stage2_r10"

@@ -171,7 +171,8 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store,
         **{f"cv_{k}": float(v) for k, v in cv_scores.items() if k != "lwlrap"},
         "fold_lwlrap": {str(k): v for k, v in fold_scores.items()},
         "test_lwlrap": test_lw,
-        "epochs_run": int((history["stage"] != "filter").sum()) if len(history) else 0,
+        # epochs that trained: filter steps and skipped stage-2 rounds report no training loss
+        "epochs_run": int(history["train_loss"].notna().sum()) if len(history) else 0,
         "n_skipped": int(len(skipped)),
         "noisy_oof_clips": int(sum(len(f) for f in noisy_oof)),
     }
@@ -199,8 +200,9 @@ def model_card(plan) -> dict:
 
 
 def _final_stage(stage_preds: pd.DataFrame, fold: int) -> str:
+    """The fold's last stage with predictions, in pipeline order (files sort stage2_r10 before _r9)."""
     rows = stage_preds[stage_preds["fold"] == fold]
-    return str(rows["stage"].iloc[-1]) if len(rows) else ""
+    return str(max(rows["stage"], key=_stage_order)) if len(rows) else ""
 
 
 def _truth_matrix(dataset, split, classes):
@@ -279,8 +281,8 @@ def _tsne(ckpt_out: Path, staging: Path, plan, dataset):
     lab_idx = {c: i for i, c in enumerate(plan.curated_ids)}
     noisy_idx = {c: i for i, c in enumerate(plan.noisy_ids)}
     # colour = first given label (curated clips: true; noisy clips: as given, maybe wrong)
-    lab_labels = [int(np.argmax(plan.curated_y[lab_idx[str(c)]])) for c in data["labelled_ids"]]
-    noisy_labels = np.asarray([int(np.argmax(plan.noisy_y[noisy_idx[str(c)]])) for c in data["noisy_ids"]])
+    lab_labels = [_first_label(plan.curated_y[lab_idx[str(c)]]) for c in data["labelled_ids"]]
+    noisy_labels = np.asarray([_first_label(plan.noisy_y[noisy_idx[str(c)]]) for c in data["noisy_ids"]])
     accepted = data["accepted"].astype(bool)
     before = np.concatenate([data["labelled"], data["noisy"]])
     after = np.concatenate([data["labelled"], data["noisy"][accepted]])
@@ -288,6 +290,11 @@ def _tsne(ckpt_out: Path, staging: Path, plan, dataset):
               after, np.concatenate([lab_labels, noisy_labels[accepted]]),
               plan.classes, staging / "tsne_filter.png", seed=plan.config.seed,
               title=f"{plan.config.name}: curated + noisy clips (given labels) before / after the filter")
+
+
+def _first_label(row: np.ndarray) -> int:
+    """A clip's colour: its first given label, or -1 (grey, "unlabelled") when it has none."""
+    return int(np.argmax(row)) if row.max() > 0.5 else -1
 
 
 # ----------------------------------------------------------------------------- readers
