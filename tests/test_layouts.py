@@ -128,6 +128,22 @@ def test_fsd2018_bad_manually_verified(tmp_path):
     assert len(ds.clips) == 4
 
 
+def test_fsd2018_row_with_several_labels_is_skipped(tmp_path):
+    """2018 clips have one label each (MAP@3 scores one): a row "Bark,Meow" is left out with
+    its reason, not trained on as a clip with two labels."""
+    root = make_fsd2018(tmp_path / "d")
+    table = pd.read_csv(root / "train.csv", dtype=str)
+    table.loc[1, "label"] = "Bark,Meow"
+    table.to_csv(root / "train.csv", index=False)
+    ds = load_dataset(root)
+    assert skipped_reason(ds, "audio_train/b.wav") == (
+        "train.csv line 3: FSDKaggle2018 clips have exactly one label; this row has 2 (Bark,Meow)")
+    assert "noisy/b.wav" not in set(ds.clips["clip_id"])
+    assert all(len(labels) == 1 for labels in ds.clips["labels"] if labels)
+    assert ds.classes == ["Bark", "Violin"]  # Meow was on the skipped row only
+    assert len(ds.skipped) == 1 and len(ds.clips) == 4  # the other clips kept; b.wav not "unlisted"
+
+
 def test_symlinked_audio_folder_is_allowed(tmp_path):
     """Data kept on another disk and linked in is a normal set-up, not an escape."""
     elsewhere = make_fat2019(tmp_path / "big_disk")

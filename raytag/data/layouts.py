@@ -5,7 +5,7 @@ FSDKaggle2019 (Freesound Audio Tagging 2019):
     train_noisy.csv,   train_noisy/     fname,labels
     sample_submission.csv, test/        fname + one column per class: the class order
 FSDKaggle2018 (Freesound General-Purpose Audio Tagging):
-    train.csv, audio_train/             fname,label,manually_verified (1: curated, 0: noisy)
+    train.csv, audio_train/             fname,label (one),manually_verified (1: curated, 0: noisy)
     sample_submission.csv, audio_test/  fname,label: the test clips
 Optional, beside them, for reporting only (never to be trained on or tuned against):
     test_labels.csv                     fname,labels  the truth of the test clips
@@ -242,14 +242,10 @@ class _Reader:
         classes = sorted({lab for f in train["label"] for lab in parse_label_field(f)})
         self.vocab, self.vocab_source = set(classes), "labels of train.csv"
         verified = train["manually_verified"].str.strip()
-        bad = ~verified.isin(["0", "1"])
+        usable = self._fsd2018_usable_rows(train, verified)
         train = train.assign(labels=train["label"])
-        for line, row in train[bad].iterrows():
-            self._skip(f"audio_train/{row['fname']}",
-                       f"train.csv line {line + 2}: manually_verified must be 0 or 1, "
-                       f"got {row['manually_verified']!r}")
         split_of = verified.map({"1": "curated", "0": "noisy"})
-        self._add_labelled(train[~bad], split_of[~bad], "train.csv", "audio_train",
+        self._add_labelled(train[usable], split_of[usable], "train.csv", "audio_train",
                            all_fnames=set(train["fname"].str.strip()))
         sub_path = self.root / "sample_submission.csv"
         sub = _read_csv(sub_path, ["fname"]) if sub_path.is_file() else None
@@ -257,6 +253,17 @@ class _Reader:
             log.warning("%s missing: no test clips", sub_path)
         self._add_test(sub, "sample_submission.csv", "audio_test")
         return classes
+
+    def _fsd2018_usable_rows(self, train: pd.DataFrame, verified: pd.Series) -> pd.Series:
+        """Mask of the train.csv rows to read on; each other row is skipped with its reason."""
+        usable = pd.Series(True, index=train.index)
+        for line, row in train.iterrows():
+            problem = _fsd2018_row_problem(row, verified.loc[line])
+            if problem:
+                self._skip(_display("audio_train", row["fname"].strip()),
+                           f"train.csv line {line + 2}: {problem}")
+                usable.loc[line] = False
+        return usable
 
     # -- rows ------------------------------------------------------------------
     def _add_labelled(self, table, split, csv_name, folder_name, all_fnames=None):
@@ -403,6 +410,18 @@ def _read_truth(path: Path, classes: list[str]) -> Optional[pd.DataFrame]:
     dropped with a warning (raytag.data.truth, lenient: reporting only)."""
     truth = read_truth(path, strict=False, classes=classes)
     return None if truth is None else truth.table()[["fname", "labels"]]
+
+
+def _fsd2018_row_problem(row, verified: str) -> Optional[str]:
+    """Why a train.csv row of the 2018 layout cannot be used, or None."""
+    if verified not in ("0", "1"):
+        return f"manually_verified must be 0 or 1, got {row['manually_verified']!r}"
+    labels = parse_label_field(row["label"])
+    # MAP@3 scores one label per clip; a row with none is reported by the common row checks
+    if len(labels) > 1:
+        return (f"FSDKaggle2018 clips have exactly one label; "
+                f"this row has {len(labels)} ({','.join(labels)})")
+    return None
 
 
 def _display(folder_name: str, fname: str) -> str:
