@@ -58,6 +58,10 @@ class CropBatches:
         per_rank = -(-len(order) // world_size)
         # pad by wrapping so every rank runs the same number of steps (DDP needs that)
         order = np.resize(order, per_rank * world_size)[rank::world_size]
+        if self.batch_size > 1 and len(order) % self.batch_size == 1:
+            # a last batch of one clip breaks BatchNorm in training wherever a network pools
+            # down to one value per channel (short crops, few bins): it takes one more clip
+            order = np.append(order, order[0])
         crops = np.random.default_rng([seed, rank])
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
