@@ -330,6 +330,7 @@ class Config:
         cfg.members = [_build(MemberConfig, m, f"members[{i}]") for i, m in enumerate(cfg.members)]
         cfg.member_configs()  # every member's settings checked now, before compute is spent
         _check_noisy_folds(cfg)
+        _check_model_takes_features(cfg)
         return cfg
 
     @classmethod
@@ -501,6 +502,7 @@ _RANGES = {
     ("FeatureConfig", "hop_length"): (1, 1 << 16),
     ("FeatureConfig", "n_mels"): (4, 512),
     ("FeatureConfig", "deltas"): (0, 2),
+    ("FeatureConfig", "top_db"): (0, None),  # below 0 every value becomes the clip's peak: a constant
     ("MixupConfig", "alpha"): (0.0, None),
     ("MixupConfig", "prob"): (0.0, 1.0),
     ("TrainConfig", "batch_size"): (1, None),
@@ -543,6 +545,18 @@ def _check_noisy_folds(cfg: "Config") -> None:
         raise ConfigError("cv.noisy_folds: the warm-up trains on noisy clips before the folds split them, so no "
                           "fold model's noisy predictions would be out of sample; set pipeline.warmup.enabled: "
                           "false, or cv.noisy_folds: false")
+
+
+def _check_model_takes_features(cfg: "Config") -> None:
+    """Raw waveforms ([B, C, 1, samples]) go to the raw-wave CNN only: a spectrogram network
+    would train on them as an image one bin tall, without a word."""
+    raw_in, raw_model = cfg.features.kind == "raw", cfg.model.name == "rawwave_cnn"
+    if raw_in and not raw_model:
+        raise ConfigError(f"features.kind: raw (waveforms) needs model.name: rawwave_cnn; {cfg.model.name} "
+                          "takes spectrogram-like features (logmel, mfcc, colormel)")
+    if raw_model and not raw_in:
+        raise ConfigError(f"model.name: rawwave_cnn takes waveforms; set features.kind: raw "
+                          f"(not {cfg.features.kind})")
 
 
 def _check_ranges(obj, path):

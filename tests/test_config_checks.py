@@ -27,6 +27,9 @@ def test_numbers_in_exponent_form_are_numbers():
     (["model.dropout=1.5"], "dropout: 1.5 is above the maximum"),
     (["pipeline.pseudo.epochs=-3"], "pipeline.pseudo.epochs: -3 is below the minimum 0"),
     (["features.fmin=9000", "features.fmax=8000"], "fmin: 9000.0 leaves no band below fmax"),
+    (["features.top_db=-10"], "top_db: -10.0 is below the minimum 0"),
+    (["features.kind=raw"], "features.kind: raw .*needs model.name: rawwave_cnn"),
+    (["model.name=rawwave_cnn"], "rawwave_cnn takes waveforms; set features.kind: raw"),
     (['cv.folds=["0","1"]'], "cv.folds: .*give fold numbers from 0 to 4"),
     (["cv.folds=[]"], "cv.folds: \\[\\]: give fold numbers"),
     (["cv.folds=[5]"], "cv.folds: \\[5\\]: give fold numbers from 0 to 4"),
@@ -43,3 +46,25 @@ def test_the_pseudo_bound_check_follows_the_schedule():
     assert _with("pipeline.pseudo.enabled=true", "pipeline.pseudo.rounds=1", "pipeline.pseudo.upper=0.6")
     assert _with("pipeline.pseudo.enabled=true", "pipeline.pseudo.lower.shape=constant", "pipeline.pseudo.upper=0.6")
     assert _with("pipeline.pseudo.enabled=false", "pipeline.pseudo.upper=0.6")  # off: not used
+
+
+def test_raw_waveforms_reach_every_member_only_as_the_raw_wave_cnn():
+    default = Config.from_yaml("configs/default.yaml")
+    with pytest.raises(ConfigError, match=r"members\[1\]\.set: features.kind: raw"):
+        default.with_overrides({"features.kind": "raw", "model.name": "rawwave_cnn"})  # vgg_small's member keeps its model
+    raw = Config.from_dict({"features": {"kind": "raw"}, "model": {"name": "rawwave_cnn"}})
+    assert (raw.features.kind, raw.model.name) == ("raw", "rawwave_cnn")
+
+
+def test_a_members_model_setting_is_refused_before_the_first_member_trains():
+    """Family settings are checked when a model is built: a run builds every member's first,
+    so the second member's bad setting does not wait for the first member's training."""
+    from raytag.models.registry import ModelConfigError, check_run_models
+
+    default = Config.from_yaml("configs/default.yaml")
+    check_run_models(default)
+    both = default.with_overrides({"model.name": "cnn2d", "model.params.hidden": 0})  # cnn2d's, not vgg_small's
+    with pytest.raises(ModelConfigError, match="member vgg_small: model.params.hidden: not a setting of model 'vgg_small'"):
+        check_run_models(both)
+    with pytest.raises(ModelConfigError, match="model.depth"):
+        check_run_models(Config.from_dict({"model": {"name": "resnet18", "depth": 7}}))

@@ -49,6 +49,20 @@ def build_model(cfg: ModelConfig, n_classes: int, in_channels: int, n_bins: int)
     return channels_last(builder(cfg, n_classes, in_channels, n_bins))
 
 
+def check_run_models(cfg) -> None:
+    """Build, on its front end's shape, the model each member of a run (or the run's one
+    family) will train: a model setting that cannot be used (an unknown name or family
+    setting, a depth the family lacks) is refused before features are built and before an
+    earlier member trains for minutes or hours."""
+    from raytag.features.frontends import frontend_shape
+
+    for name, member in cfg.member_configs() or [(None, cfg)]:
+        try:
+            build_model(member.model, 2, *frontend_shape(member.features))
+        except ModelConfigError as err:
+            raise ModelConfigError(f"member {name}: {err}" if name else str(err)) from None
+
+
 def channels_last(model: nn.Module) -> nn.Module:
     """A model with 2-D convolutions keeps its 4-D weights channels-last (NHWC).
 

@@ -24,6 +24,7 @@ from raytag.config import Config, ConfigError
 from raytag.data.layouts import load_dataset
 from raytag.errors import RaytagError
 from raytag.features.store import build_feature_store, default_feature_cache
+from raytag.models.registry import check_run_models
 from raytag.session import ensure_ray, in_local_session
 from raytag.training.checkpoint import check_legacy_checkpoints
 from raytag.training.in_process import fit_in_process, has_worker_group_checkpoints, local_checkpoints
@@ -92,6 +93,7 @@ def fit_pipeline(
     check_legacy_checkpoints(run_dir)  # before any worker could load one
     run_files = files.join(run_dir, RUN_FILES)
     build_steps(cfg, model_folds(cfg))  # a pipeline that cannot run is refused here, not in a worker
+    check_run_models(cfg)  # likewise a model setting
     # the store first: before Ray runs in this process, its build may fork worker processes
     dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
     check_run_settings(run_dir, cfg, plan)  # a rerun of the name resumes only the same run, on the same clips
