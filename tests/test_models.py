@@ -256,6 +256,7 @@ def test_unknown_name_lists_the_valid_ones():
         (ModelConfig(name="resnet18", params={"hidden": 3}), 64, "valid keys: \\(none\\)"),
         (ModelConfig(name="resnet34", depth=5), 64, "model.depth"),
         (ModelConfig(name="cnn_1d", params={"kernel_size": 4}), 64, "must be odd"),
+        (ModelConfig(name="cnn_1d_dropout", params={"dense_units": 64}), 64, "dense_units.*valid keys: kernel_size"),
         (ModelConfig(name="cnn2d", width=0), 64, "model.width"),
         (ModelConfig(name="cnn2d", dropout=1.0), 64, "model.dropout"),
         (ModelConfig(name="rawwave_cnn"), 64, "features.kind: raw"),

@@ -40,7 +40,9 @@ class Conv1dBlock(nn.Module):
 class CNN1d(Tagger):
     def __init__(self, variant: str, cfg: ModelConfig, n_classes: int, in_channels: int, n_bins: int):
         super().__init__(in_channels, n_bins, n_classes, fixed_bins=True)
-        p = family_params(cfg, {"kernel_size": 3, "dense_units": 256})
+        # dense_units only where there is a dense layer: elsewhere it would be a setting that does nothing
+        neck = {"dense_units": 256} if variant == "cnn_1d_dense_dropout" else {}
+        p = family_params(cfg, {"kernel_size": 3, **neck})
         if p["kernel_size"] % 2 == 0:
             raise ModelConfigError(f"model.params.kernel_size: must be odd, got {p['kernel_size']}")
         widths = block_widths(cfg.width, cfg.depth)
