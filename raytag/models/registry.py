@@ -14,6 +14,7 @@ from torch import nn
 
 from raytag.config import ModelConfig
 from raytag.errors import RaytagError
+from raytag.features.frontends import frontend_shape
 
 Builder = Callable[[ModelConfig, int, int, int], nn.Module]
 
@@ -54,8 +55,6 @@ def check_run_models(cfg) -> None:
     family) will train: a model setting that cannot be used (an unknown name or family
     setting, a depth the family lacks) is refused before features are built and before an
     earlier member trains for minutes or hours."""
-    from raytag.features.frontends import frontend_shape
-
     for name, member in cfg.member_configs() or [(None, cfg)]:
         try:
             build_model(member.model, 2, *frontend_shape(member.features))
