@@ -45,3 +45,17 @@ def test_cnn2d_without_neck_classifies_the_pooled_features():
     assert model.embed_dim == 256  # the last conv block's width
     x = torch.randn(3, 1, 64, 40)
     assert model(x).shape == (3, 7) and model.embed(x).shape == (3, 256)
+
+
+def test_global_scaling_of_mfcc_is_flagged(caplog):
+    """Pooled with c0 (~sqrt(n_mels) x the mean dB), the other cepstral coefficients reach the
+    network far smaller: the run says so and names per_bin."""
+    bin_mean, bin_std = np.array([[-400.0, 10.0, 2.0]]), np.array([[60.0, 8.0, 4.0]])
+    with caplog.at_level("WARNING"):
+        input_scaling(InputNormConfig(kind="global"), bin_mean, bin_std, features_kind="mfcc")
+    assert "per_bin" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        input_scaling(InputNormConfig(kind="global"), bin_mean, bin_std, features_kind="logmel")
+        input_scaling(InputNormConfig(kind="per_bin"), bin_mean, bin_std, features_kind="mfcc")
+    assert caplog.text == ""

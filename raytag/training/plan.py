@@ -5,6 +5,7 @@ workers receive it whole (a few MB even at FAT2019 scale). Truth files for test 
 noisy clips never enter it: the workers cannot see them."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -16,6 +17,8 @@ from raytag.data.labels import labels_to_matrix
 from raytag.pipeline.selection import select_noisy_subset
 from raytag.pipeline.spreading import load_groups_file
 from raytag.training.folds import make_folds, read_clip_groups
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -115,7 +118,8 @@ def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: s
         feature_cache=str(feature_cache),
         channels=int(channels),
         bins=int(bins),
-        **dict(zip(("norm_mean", "norm_std"), input_scaling(cfg.train.normalize, store.mean, store.std))),
+        **dict(zip(("norm_mean", "norm_std"), input_scaling(cfg.train.normalize, store.mean, store.std,
+                                                                   cfg.features.kind))),
     )
 
 
@@ -133,7 +137,8 @@ def _noisy_folds(cfg: Config, noisy, noisy_y: np.ndarray, root: Path) -> np.ndar
     return np.asarray(make_folds(noisy_y, cfg.cv.n_folds, cfg.cv.seed, groups), dtype=np.int64)
 
 
-def input_scaling(norm: InputNormConfig, bin_mean, bin_std) -> tuple[np.ndarray, np.ndarray]:
+def input_scaling(norm: InputNormConfig, bin_mean, bin_std,
+                  features_kind: str = "logmel") -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) arrays of shape (C, F) that the model input is scaled by: (x - mean) / std.
 
     Whatever the kind, the result is per-bin arrays, so the workers, inference and the
@@ -141,6 +146,12 @@ def input_scaling(norm: InputNormConfig, bin_mean, bin_std) -> tuple[np.ndarray,
     exactly (every bin has the same frames): var = mean(std^2 + mean^2) - mean^2."""
     bin_mean = np.asarray(bin_mean, dtype=np.float64)
     bin_std = np.asarray(bin_std, dtype=np.float64)
+    if norm.kind == "global" and features_kind == "mfcc":
+        # c0 is ~sqrt(n_mels) x the mean dB: pooled with it, the other coefficients are scaled
+        # ~20x smaller than it. Cepstra are scaled per coefficient (CMVN) as a rule
+        log.warning("train.normalize.kind: global on MFCC scales every coefficient by c0's spread, so c1... "
+                    "reach the network ~20x smaller; train.normalize.kind: per_bin scales each coefficient "
+                    "on its own (cepstral mean and variance normalisation)")
     if norm.kind == "per_bin":
         mean, std = bin_mean, bin_std
     elif norm.kind == "global":
