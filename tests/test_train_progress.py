@@ -83,6 +83,16 @@ def test_the_epoch_line_reads_as_the_issue_asks():
     assert [duration(s) for s in (0.3, 7.4, 65, 3600 + 5 * 60 + 9)] == ["<1s", "7s", "1m 05s", "1h 05m"]
 
 
+def test_on_the_2018_layout_the_epoch_line_shows_map3_beside_lwlrap():
+    """A 2018 run's rows carry val_map3 (its task's score); a 2019 row has none, and its line stays as it was."""
+    row = {**_row(1, 3, 4.0), "val_map3": 0.6123}
+    event = epoch_event(row, STEPS, 5, 8.0)
+    assert event.val_map3 == 0.6123 and epoch_event(_row(1, 3, 4.0), STEPS, 5, 8.0).val_map3 is None
+    assert re.sub(r"\s+", " ", epoch_line(event)) == \
+        "finetune fold 1/5 epoch 3/3 loss 0.0700 val lwlrap 0.400 MAP@3 0.612 4.0 s ETA 8s"
+    assert LINE.match(epoch_line(epoch_event(_row(1, 3, 4.0), STEPS, 5, 8.0)))  # 2019: no MAP@3
+
+
 TINY = {
     "name": "lines",
     "features": {"n_mels": 32, "hop_length": 320},

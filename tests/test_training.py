@@ -139,6 +139,15 @@ def test_on_the_2018_layout_every_report_has_map3(ray_session, demo_data, tmp_pa
     assert 0 < result.metrics["cv_map3"] <= 1 and 0 < result.metrics["cv_lwlrap"] <= 1
     assert json.loads((Path(result.outputs_dir) / "metrics.json").read_text())["cv_map3"] == \
         pytest.approx(result.metrics["cv_map3"])
+    # beside lwlrap by fold and by stage too, and the run's artifact is ranked by it (what `raytag train` prints)
+    assert set(result.metrics["fold_map3"]) == set(result.metrics["fold_lwlrap"]) == {"0"}
+    assert result.metrics["fold_map3"]["0"] == pytest.approx(result.metrics["cv_map3"])  # fold 0 is all the OOF
+    assert pd.read_csv(Path(result.outputs_dir) / "stages.csv")["cv_map3"].between(0, 1).all()
+    from raytag.ensemble.artifact import load_artifact
+    from raytag.ensemble.members import save_run_artifact
+
+    scores = load_artifact(save_run_artifact(cfg, result)).scores
+    assert scores["metric"] == "cv_map3" and scores["cv_map3"] == pytest.approx(result.metrics["cv_map3"])
 
 
 def test_refit_trains_one_more_model_on_every_curated_clip(tiny_run, demo_data, tmp_path):

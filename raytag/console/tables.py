@@ -11,21 +11,44 @@ from rich.table import Table
 from raytag.search.leaderboard import board_metric
 
 # stages.csv column -> short console heading (the CSV keeps every column)
-_STAGE_COLUMNS = {"stage": "stage", "folds": "folds", "cv_lwlrap": "CV", "test_lwlrap": "test",
-                  "n_accepted": "accepted", "filter_precision": "prec.", "filter_recall": "recall",
-                  "n_pseudo": "pseudo"}
+_STAGE_COLUMNS = {"stage": "stage", "folds": "folds", "cv_lwlrap": "CV", "cv_map3": "CV MAP@3",
+                  "test_lwlrap": "test", "n_accepted": "accepted", "filter_precision": "prec.",
+                  "filter_recall": "recall", "n_pseudo": "pseudo"}
+_SCORE_HEADINGS = {"lwlrap": "lwlrap", "map3": "MAP@3"}  # a fold table's score columns
 
 
 def stage_table(stages: pd.DataFrame):
-    """lwlrap by stage, with the filter's accepted count and precision/recall and the
-    pseudo-labelled count where they apply (averaged over folds)."""
-    table = Table(title="lwlrap by stage (CV on out-of-fold clips; test only reported); filter precision/recall")
+    """lwlrap by stage (and MAP@3 on the 2018 layout), with the filter's accepted count and
+    precision/recall and the pseudo-labelled count where they apply (averaged over folds)."""
     cols = [c for c in _STAGE_COLUMNS if c in stages.columns and stages[c].notna().any()]
+    with_map3 = "cv_map3" in cols
+    scores = ("lwlrap and MAP@3 by stage (CV on out-of-fold clips; test lwlrap only reported)" if with_map3
+              else "lwlrap by stage (CV on out-of-fold clips; test only reported)")
+    table = Table(title=f"{scores}; filter precision/recall")
     for col in cols:
-        table.add_column(_STAGE_COLUMNS[col], justify="left" if col == "stage" else "right", no_wrap=True)
+        heading = "CV lwlrap" if with_map3 and col == "cv_lwlrap" else _STAGE_COLUMNS[col]  # beside CV MAP@3
+        table.add_column(heading, justify="left" if col == "stage" else "right", no_wrap=True)
     for _, row in stages.iterrows():
         table.add_row(*[_stage_cell(row[c]) for c in cols])
     return table
+
+
+def fold_table(metrics: dict):
+    """A run's CV lwlrap by fold and overall (out-of-fold); MAP@3 beside it where the run
+    has it (the 2018 layout; "-" for a fold whose MAP@3 the metrics do not hold)."""
+    names = ["lwlrap"] + (["map3"] if metrics.get("cv_map3") is not None else [])
+    table = Table(title="CV lwlrap and MAP@3 by fold" if "map3" in names else "CV lwlrap by fold")
+    table.add_column("fold")
+    for name in names:
+        table.add_column(_SCORE_HEADINGS[name], justify="right")
+    for fold in metrics["fold_lwlrap"]:
+        table.add_row(str(fold), *[_score_cell((metrics.get(f"fold_{n}") or {}).get(fold)) for n in names])
+    table.add_row("[bold]overall (OOF)[/]", *[f"[bold]{_score_cell(metrics[f'cv_{n}'])}[/]" for n in names])
+    return table
+
+
+def _score_cell(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _stage_cell(v) -> str:

@@ -36,7 +36,7 @@ from raytag.errors import RaytagError
 from raytag.metrics import layout_scores, lwlrap
 from raytag.training.outputs import (
     CONFIG, HISTORY, MEMBERS_DIR, OOF_PREDICTIONS, OOF_TRUTH, OUTPUTS_DIR, SKIPPED, STAGES, SUBMISSION, TEST_PREDICTIONS,
-    TEST_TRUTH, read_model_card, read_predictions, write_metrics, write_parquet,
+    TEST_TRUTH, fold_metrics, read_model_card, read_predictions, write_metrics, write_parquet,
 )
 from raytag.training.plan import model_folds
 from raytag.training.progress import EpochEvent, MembersEta, step_units
@@ -78,8 +78,8 @@ def fit_members(cfg: Config, data, storage: str, name: str, feature_cache: Optio
     with tempfile.TemporaryDirectory() as staging:
         metrics, stages, layout, classes = write_member_outputs(cfg, runs, Path(staging))
         specs = [MemberSpec(r.name, r.result.outputs_dir, r.result.metrics["cv_lwlrap"]) for r in runs]
-        scores = {"metric": "cv_lwlrap", "cv_lwlrap": metrics["cv_lwlrap"], "test_lwlrap": metrics["test_lwlrap"],
-                  "cv_method": f"{cfg.combine} mean of the members' out-of-fold predictions (nothing fitted)"}
+        method = f"{cfg.combine} mean of the members' out-of-fold predictions (nothing fitted)"
+        scores = artifact_scores(metrics, method)
         metrics["artifact"] = save_artifact(files.join(run_dir, ARTIFACT_DIR), specs, cfg.combine, None,
                                             classes, layout, scores)
         metrics["seconds"] = round(time.time() - started, 1)
@@ -93,10 +93,23 @@ def save_run_artifact(cfg: Config, result: PipelineResult) -> str:
     that `raytag predict` takes a run's folder as it takes a members run's or a sweep's."""
     card = read_model_card(result.outputs_dir)
     spec = MemberSpec(safe_name(cfg.model.name), result.outputs_dir, result.metrics["cv_lwlrap"])
-    scores = {"metric": "cv_lwlrap", "cv_lwlrap": result.metrics["cv_lwlrap"],
-              "test_lwlrap": result.metrics.get("test_lwlrap"), "cv_method": "the run's out-of-fold predictions"}
+    scores = artifact_scores(result.metrics, "the run's out-of-fold predictions")
     return save_artifact(files.join(result.run_dir, ARTIFACT_DIR), [spec], "mean", None, card["classes"],
                          card["layout"], scores)
+
+
+def artifact_scores(metrics: dict, cv_method: str) -> dict:
+    """The `scores` of a `raytag train` artifact. Its "metric" is the layout's own, as a
+    sweep's leaderboard and the ensemble job rank by: cv_map3 where the run has it (the
+    2018 layout), else cv_lwlrap; lwlrap is kept beside MAP@3."""
+    metric = "cv_map3" if metrics.get("cv_map3") is not None else "cv_lwlrap"
+    return {"metric": metric, "cv_lwlrap": metrics["cv_lwlrap"], **_map3_of(metrics),
+            "test_lwlrap": metrics.get("test_lwlrap"), "cv_method": cv_method}
+
+
+def _map3_of(metrics: dict) -> dict:
+    """{"cv_map3": ...} where a run's metrics have it (the 2018 layout), else {}: 2019 records stay as they were."""
+    return {"cv_map3": metrics["cv_map3"]} if metrics.get("cv_map3") is not None else {}
 
 
 def write_member_outputs(cfg: Config, runs: list[MemberRun], staging: Path):
@@ -128,7 +141,7 @@ def write_member_outputs(cfg: Config, runs: list[MemberRun], staging: Path):
     y_oof = truth_matrix(read_truth(str(staging / OOF_TRUTH)).table(), ids, classes)
     cv_scores = layout_scores(layout, y_oof, oof_probs)
     folds = oof_df["fold"].to_numpy()
-    fold_scores = {str(f): float(lwlrap(y_oof[folds == f], oof_probs[folds == f])) for f in sorted(set(folds))}
+    fold_scores = {f: layout_scores(layout, y_oof[folds == f], oof_probs[folds == f]) for f in sorted(set(folds))}
 
     # -- test: each member's fold mean (as the artifact predicts), then combined --------------
     test_score = None
@@ -150,17 +163,17 @@ def write_member_outputs(cfg: Config, runs: list[MemberRun], staging: Path):
     member_metrics, stage_rows, histories = {}, [], []
     for run in runs:
         m = run.result.metrics
-        member_metrics[run.name] = {"model": run.config.model.name, "cv_lwlrap": m["cv_lwlrap"],
+        member_metrics[run.name] = {"model": run.config.model.name, "cv_lwlrap": m["cv_lwlrap"], **_map3_of(m),
                                     "test_lwlrap": m.get("test_lwlrap"), "seconds": m.get("seconds"),
                                     "precision": m.get("precision"),
                                     "outputs": run.result.outputs_dir}
         final = run.result.stages.iloc[-1]
         stage_rows.append({"stage": f"{run.name} ({run.config.model.name}, {final['stage']})",
-                           "folds": final["folds"], "cv_lwlrap": m["cv_lwlrap"],
+                           "folds": final["folds"], "cv_lwlrap": m["cv_lwlrap"], **_map3_of(m),
                            "test_lwlrap": np.nan if m.get("test_lwlrap") is None else m["test_lwlrap"]})
         histories.append(files.read_csv(files.join(run.result.outputs_dir, HISTORY)).assign(member=run.name))
     stage_rows.append({"stage": f"{cfg.combine} mean of the {len(runs)} members", "folds": len(fold_scores),
-                       "cv_lwlrap": float(cv_scores["lwlrap"]),
+                       **{f"cv_{k}": float(v) for k, v in cv_scores.items()},
                        "test_lwlrap": np.nan if test_score is None else test_score})
     stages = pd.DataFrame(stage_rows)
     stages.to_csv(staging / STAGES, index=False)
@@ -170,7 +183,7 @@ def write_member_outputs(cfg: Config, runs: list[MemberRun], staging: Path):
     metrics = {
         "cv_lwlrap": float(cv_scores["lwlrap"]),
         **{f"cv_{k}": float(v) for k, v in cv_scores.items() if k != "lwlrap"},
-        "fold_lwlrap": fold_scores,
+        **fold_metrics(fold_scores),
         "test_lwlrap": test_score,
         "combine": cfg.combine,
         "members": member_metrics,

@@ -113,7 +113,7 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store,
         if fold != plan.refit_fold:  # the refit model has no out-of-fold clips
             ids, probs = _load(ckpt_out / "preds" / "final" / f"oof_fold{fold}.npz")
             oof.append(_frame(ids, probs, fold, stage, run, classes))
-            fold_scores[fold] = float(lwlrap(plan.curated_y[[curated_row[c] for c in ids]], probs))
+            fold_scores[fold] = layout_scores(plan.layout, plan.curated_y[[curated_row[c] for c in ids]], probs)
             noisy_path = ckpt_out / "preds" / "final" / f"noisy_fold{fold}.npz"
             if noisy_path.exists():  # cv.noisy_folds: the fold's noisy clips, which its model did not train on
                 noisy_oof.append(_frame(*_load(noisy_path), fold, stage, run, classes))
@@ -169,7 +169,7 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store,
     metrics = {
         "cv_lwlrap": cv,
         **{f"cv_{k}": float(v) for k, v in cv_scores.items() if k != "lwlrap"},
-        "fold_lwlrap": {str(k): v for k, v in fold_scores.items()},
+        **fold_metrics(fold_scores),
         "test_lwlrap": test_lw,
         # epochs that trained: filter steps and skipped stage-2 rounds report no training loss
         "epochs_run": int(history["train_loss"].notna().sum()) if len(history) else 0,
@@ -177,6 +177,13 @@ def write_outputs(ckpt_out: Path, staging: Path, plan, dataset, store,
         "noisy_oof_clips": int(sum(len(f) for f in noisy_oof)),
     }
     return metrics, stages
+
+
+def fold_metrics(fold_scores: dict) -> dict:
+    """{fold: layout_scores of its held-out clips} -> {"fold_lwlrap": {"0": ...}, ...}, and
+    "fold_map3" on the 2018 layout (fold ids as strings: the keys of metrics.json)."""
+    names = next(iter(fold_scores.values()), {"lwlrap": None}).keys()
+    return {f"fold_{n}": {str(fold): float(s[n]) for fold, s in fold_scores.items()} for n in names}
 
 
 def model_card(plan) -> dict:
@@ -225,8 +232,8 @@ def _stage_table(stage_oof, stage_test, plan, classes, curated_row, test_truth, 
     for stage in order:
         part = stage_oof[stage_oof["stage"] == stage]
         y = plan.curated_y[[curated_row[c] for c in part["clip_id"]]]
-        row = {"stage": stage, "folds": int(part["fold"].nunique()),
-               "cv_lwlrap": float(lwlrap(y, part[classes].to_numpy()))}
+        cv = layout_scores(plan.layout, y, part[classes].to_numpy())  # MAP@3 beside lwlrap on 2018
+        row = {"stage": stage, "folds": int(part["fold"].nunique()), **{f"cv_{k}": float(v) for k, v in cv.items()}}
         tpart = stage_test[stage_test["stage"] == stage]
         row["test_lwlrap"] = (_score_against(tpart.groupby("clip_id")[classes].mean(), test_truth)
                               if test_truth is not None and len(tpart) else float("nan"))

@@ -37,6 +37,7 @@ class EpochEvent:
     val_lwlrap: float  # the fold's held-out curated clips (all curated clips in the warm-up)
     seconds: float  # the worker's time since its previous report: training, evaluation, checkpoint
     eta_seconds: float  # estimate of the time the run has left (EtaClock)
+    val_map3: Optional[float] = None  # the same clips in MAP@3: the 2018 layout only
 
 
 class EtaClock:
@@ -120,6 +121,7 @@ def epoch_event(row: dict, steps: list[Step], n_folds: int, eta_seconds: float) 
         stage=str(row["stage"]), fold=steps[int(row["step_index"])].fold, n_folds=n_folds,
         epoch=step_epoch, epochs=int(row["step_epochs"]), train_loss=float(row["train_loss"]),
         val_lwlrap=float(row["val_lwlrap"]), seconds=float(row["wall_seconds"]), eta_seconds=eta_seconds,
+        val_map3=float(row["val_map3"]) if "val_map3" in row else None,
     )
 
 
