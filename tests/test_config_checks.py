@@ -68,3 +68,15 @@ def test_a_members_model_setting_is_refused_before_the_first_member_trains():
         check_run_models(both)
     with pytest.raises(ModelConfigError, match="model.depth"):
         check_run_models(Config.from_dict({"model": {"name": "resnet18", "depth": 7}}))
+
+
+def test_a_members_run_refuses_a_bad_member_before_any_member_trains(monkeypatch, tmp_path):
+    from raytag.ensemble import members
+    from raytag.models.registry import ModelConfigError
+
+    trained = []
+    monkeypatch.setattr(members, "fit_pipeline", lambda cfg, *a, **k: trained.append(cfg.model.name))
+    bad = Config.from_yaml("configs/default.yaml").with_overrides({"model.name": "cnn2d", "model.params.hidden": 0})
+    with pytest.raises(ModelConfigError, match="member vgg_small"):
+        members.fit_members(bad, "unused", str(tmp_path), "run", progress=False)
+    assert trained == []

@@ -41,6 +41,7 @@ from raytag.training.outputs import (
 from raytag.training.plan import model_folds
 from raytag.training.progress import EpochEvent, MembersEta, step_units
 from raytag.training.runner import PipelineResult, fit_pipeline
+from raytag.models.registry import check_run_models
 from raytag.training.steps import build_steps
 
 ARTIFACT_DIR = "artifact"
@@ -65,6 +66,7 @@ def fit_members(cfg: Config, data, storage: str, name: str, feature_cache: Optio
     storage = files.absolute(storage)
     run_dir = files.join(storage, name)
     members = cfg.member_configs()
+    check_run_models(cfg)  # every member's model, before the first member trains
     eta = MembersEta([step_units(build_steps(c, model_folds(c))) for _, c in members])
     runs = []
     for i, (member, member_cfg) in enumerate(members):
