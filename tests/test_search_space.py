@@ -320,3 +320,8 @@ def test_a_base_model_setting_one_searched_model_lacks_fails_at_load(tmp_path):
     good.write_text("space: {model.name: {choice: [cnn2d, crnn]}}\n"
                     "conditional:\n  - when: {model.name: cnn2d}\n    space: {model.params.hidden: {choice: [0]}}\n")
     load_space(good)
+    typo = tmp_path / "typo.yaml"  # a family setting searched under its family's condition, misspelt
+    typo.write_text("space: {model.name: {choice: [cnn2d, crnn]}}\n"
+                    "conditional:\n  - when: {model.name: crnn}\n    space: {model.params.rnn_hidden: {choice: [64, 128]}}\n")
+    with pytest.raises(SpaceError, match=r"space.model.params.rnn_hidden = 64: model.params.rnn_hidden: not a setting"):
+        load_space(typo)

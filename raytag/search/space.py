@@ -11,7 +11,7 @@ A space file has four sections (see search_spaces/quick.yaml for a commented exa
       train.mixup: {alpha: {uniform: [0.0, 1.0], step: 0.1}}   # nesting = dotted keys
     conditional:                      # blocks sampled only when their `when` holds
       - when: {model.name: crnn}      # a value or a list of values (any of)
-        space: {model.params.rnn_hidden: {choice: [64, 128]}}
+        space: {model.params.lstm_hidden: {choice: [64, 128]}}
         conditional: [...]            # blocks nest
     search: {samples: 8, metric: auto, mode: max, scheduler: asha, grace_period: 2, ...}
     resources: {num_workers: 1, cpus_per_worker: 0.5, gpus_per_worker: 0, use_gpu: false}
@@ -626,8 +626,8 @@ def _validate_against_config(space: SearchSpace):
                     cfg = space.trial_config({**conditions, p.key: value})
                 except ConfigError as err:
                     raise SpaceError(f"{src}: {where}space.{p.key} = {value!r}: {err}") from None
-                if p.key == "model.name":
-                    _check_model_params(cfg, f"{src}: {where}space.model.name = {value!r}")
+                if p.key == "model.name" or p.key.startswith("model.params."):  # a conditional's family setting too
+                    _check_model_params(cfg, f"{src}: {where}space.{p.key} = {value!r}")
         for i, child in enumerate(block.children):
             walk(child, conditions, f"{where}conditional[{i}].")
 
