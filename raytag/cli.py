@@ -105,10 +105,10 @@ def make_demo_data(
 @app.command()
 def prepare(
     data: str = typer.Option(..., help=DATA_HELP),
-    config: Optional[Path] = typer.Option(None, help="YAML config; its `features` section is used."),
-    cache: Path = typer.Option(Path("results/features"), help="Feature cache folder."),
+    config: Optional[Path] = typer.Option(None, help="YAML config whose `features` to build: give the one you will train with, e.g. configs/default.yaml (default: the built-in features, 96 mels)."),
+    cache: Optional[Path] = typer.Option(None, help="Feature cache folder (default: the one `raytag train` and `raytag tune` read: $RAYTAG_CACHE, else ~/.cache/raytag/features)."),
 ):
-    """Check a dataset and compute (or reuse) its cached features."""
+    """Check a dataset and compute (or reuse) its cached features, where train and tune will reuse them."""
     from raytag.console.prepare import prepare_command
 
     _run(prepare_command, data=data, config=config, cache=cache)
@@ -123,7 +123,7 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="Override a setting: --set train.lr=3e-4 (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No line per epoch; only the tables at the end."),
 ):
-    """Run one configuration, all folds and all enabled stages, on a Ray Train worker group.
+    """Run one configuration, all folds and all enabled stages, on a Ray Train worker group (or in this process, for one CPU worker on a local Ray: train.runner).
     Prints one line per epoch (stage, fold, epoch, train loss, held-out lwlrap, seconds,
     time left for the run) unless --quiet."""
     from raytag.console.train import train_command
@@ -169,7 +169,7 @@ def report(
 def ensemble(
     experiment: str = typer.Argument(..., help="Experiment name (a folder under --storage)."),
     storage: str = typer.Option("results", help=STORAGE_HELP),
-    top: Optional[int] = typer.Option(5, help="Candidates: the K best trials by the leaderboard's metric (CV MAP@3 on 2018 data, else CV lwlrap)."),
+    top: Optional[int] = typer.Option(5, help="Candidates: the K best trials by the leaderboard's metric (CV MAP@3 on 2018 data, else CV lwlrap); 0: no limit."),
     min_cv: Optional[float] = typer.Option(None, help="Candidates: trials over this bar in the leaderboard's metric."),
     with_: List[str] = typer.Option([], "--with", help="Another experiment under --storage whose trials are candidates too (repeatable): a sweep of other model families on the same data and folds, or a `raytag train` run (each of its members competes). The ensemble is written under EXPERIMENT."),
 ):
@@ -235,7 +235,7 @@ def pull(
 
 @app.command()
 def predict(
-    artifact: Path = typer.Argument(..., help="Artifact folder (from `raytag ensemble` or `raytag pull`)."),
+    artifact: Path = typer.Argument(..., help="Artifact folder (from `raytag train`, `ensemble`, `distill` or `pull`)."),
     inputs: List[Path] = typer.Argument(..., help="Audio files or folders to tag."),
     out: Optional[Path] = typer.Option(None, help="Output file (default: submission.csv, or stdout for json)."),
     format: str = typer.Option("csv", help="csv (Kaggle submission of the artifact's layout) or json."),
@@ -263,7 +263,7 @@ def score(
 
 @app.command()
 def serve(
-    artifact: str = typer.Argument(..., help="Artifact folder or URI (from `raytag ensemble` or `raytag pull`)."),
+    artifact: str = typer.Argument(..., help="Artifact folder or URI (from `raytag train`, `ensemble`, `distill` or `pull`)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 to accept other machines."),
     port: int = typer.Option(8000, help="TCP port of the HTTP endpoint."),
     replicas: int = typer.Option(1, help="Model replicas (Ray actors), each with the whole artifact loaded."),

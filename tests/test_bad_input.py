@@ -256,3 +256,14 @@ def test_prepare_reports_every_bad_clip_and_prints_the_skipped_path_whole(ray_se
         assert reason in skipped[f"train_noisy/{name}"], skipped
     assert len(skipped) == len(reasons)  # nothing else left out
     assert json.loads((path.parent / "meta.json").read_text())["n_clips"] == 8  # every good clip kept
+
+
+@pytest.mark.ray
+def test_prepare_fills_the_cache_train_and_tune_read(ray_session, tmp_path):
+    """Without --cache, `raytag prepare` builds where a run looks ($RAYTAG_CACHE or
+    ~/.cache/raytag/features), so a later `raytag train` reuses the features."""
+    root = make_fat2019(tmp_path / "d")
+    cache = tmp_path / "node-cache"
+    result = CliRunner(env={"COLUMNS": "200", "RAYTAG_CACHE": str(cache)}).invoke(app, ["prepare", "--data", str(root)])
+    assert result.exit_code == 0, result.output
+    assert list(cache.glob("*/*/meta.json")), list(cache.rglob("*"))  # <cache>/<feature key>/<dataset>/

@@ -674,6 +674,7 @@ class PreparedFeatures:
 def prepare_features(data, config, cache) -> PreparedFeatures:
     """Read the dataset, build or reuse its features, and write skipped.csv beside them."""
     cfg = Config.from_yaml(config) if config else Config()
+    cache = cache or default_feature_cache()  # where train and tune look for it
     try:  # before any work: a file in the way is a message, not a traceback
         Path(cache).expanduser().mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as err:
