@@ -195,7 +195,7 @@ def distill(
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: that member's; its optimizer and schedule)."),
     batch_size: int = typer.Option(32, help="Clips per training batch."),
     overlap: Optional[float] = typer.Option(None, help="Segment overlap when tagging (default: the ensemble's); 0 is fastest."),
-    feature_cache: Optional[str] = typer.Option(None, help="Feature cache folder (default: the node-local cache the sweep used)."),
+    feature_cache: Optional[str] = typer.Option(None, help="Feature cache folder (default: where train and tune build it: $RAYTAG_CACHE, else ~/.cache/raytag/features; `raytag demo` builds in results/features)."),
     seed: int = typer.Option(0, help="Seed of the student's initialisation and batches."),
     label_weight: float = typer.Option(0.5, help="Each clip's target: this share of its given labels, the rest the teacher's soft prediction (0: the teacher's alone)."),
     teacher_scale: str = typer.Option("prob", help="The teacher's part of a target: 'prob' (its probabilities) or 'clip_max' (each clip's divided by its top class score, so the top class teaches 1)."),
