@@ -175,3 +175,15 @@ def test_quiet_prints_no_epoch_line_but_the_tables(train_cli, demo_data, monkeyp
     assert loud.exit_code == 0 and quiet.exit_code == 0, loud.output + quiet.output
     assert len(LINE.findall(loud.output)) == 1
     assert not LINE.search(quiet.output) and "CV lwlrap by fold" in quiet.output
+
+
+def test_a_set_that_a_member_sets_itself_is_noted():
+    from raytag.config import Config
+    from raytag.console.train import members_keep_their_own
+
+    cfg = Config.from_yaml("configs/default.yaml")
+    notes = members_keep_their_own(cfg, {"train.lr": 3e-4, "train.mixup": {"alpha": 0.2}, "seed": 1})
+    assert notes == ["--set train.lr: member vgg_small sets train.lr itself (0.002), so the override does not reach it",
+                     "--set train.mixup: member vgg_small sets train.mixup.alpha itself (0.3), so the override does "
+                     "not reach it"]
+    assert members_keep_their_own(cfg.with_overrides({"members": []}), {"train.lr": 3e-4}) == []

@@ -44,13 +44,26 @@ def epoch_line(event: EpochEvent) -> str:
             f"{event.seconds:.1f} s  {eta}")
 
 
+def members_keep_their_own(cfg: Config, cli: dict) -> list[str]:
+    """A note for each `--set` key that a member's own `set` names (or a key inside it): the
+    member's value wins there, so the override reaches only the other members."""
+    def overlaps(a: str, b: str) -> bool:
+        return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+    return [f"--set {key}: member {m.name} sets {own} itself ({m.set[own]!r}), so the override does not reach it"
+            for key in cli for m in cfg.members for own in m.set if overlaps(key, own)]
+
+
 def train_command(config: Path, data: Path, storage: str, name: Optional[str], overrides: list[str],
                   quiet: bool = False):
     """`quiet`: no line per epoch (the run's tables at the end only)."""
     console = Console()
     cfg = Config.from_yaml(config)
     if overrides:
-        cfg = cfg.with_overrides(parse_cli_overrides(overrides))
+        cli = parse_cli_overrides(overrides)
+        cfg = cfg.with_overrides(cli)
+        for note in members_keep_their_own(cfg, cli):
+            console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     ensure_ray()
     check_storage(storage)  # a multi-node cluster needs storage and data every node can read
     check_data(str(data))
