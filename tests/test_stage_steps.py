@@ -59,3 +59,16 @@ def test_a_folds_final_stage_is_its_last_in_pipeline_order_not_in_file_order():
     preds = pd.DataFrame({"fold": 0, "stage": sorted(names)})  # as the files sort: ..., stage2_r10, ..., stage2_r9
     assert preds["stage"].iloc[-1] == "stage2_r9"
     assert _final_stage(preds, 0) == "stage2_r10"
+
+
+def test_filter_recall_counts_only_the_clips_each_folds_filter_judged():
+    """With cv.noisy_folds a fold's filter never sees its held-out noisy clips; a correct clip
+    among those is not one it failed to keep."""
+    from raytag.pipeline.report import filter_precision_recall
+    from raytag.training.outputs import _judged
+
+    given = {"n1": ("a",), "n2": ("b",), "n3": ("a",), "n4": ("b",)}  # all four correctly labelled
+    decision = {"accepted": ["n1", "n2"], "unlabelled": []}  # n3, n4: this fold's held-out clips
+    truth = {c: list(labels) for c, labels in given.items()}
+    assert filter_precision_recall(decision["accepted"], given, truth)["recall"] == 0.5  # the old figure
+    assert filter_precision_recall(decision["accepted"], _judged(decision, given), truth)["recall"] == 1.0
