@@ -34,6 +34,7 @@ from raytag.ensemble.artifact import MemberSpec, save_artifact
 from raytag.ensemble.combiners import combine
 from raytag.errors import RaytagError
 from raytag.metrics import layout_scores, lwlrap
+from raytag.models.registry import check_run_models
 from raytag.training.outputs import (
     CONFIG, HISTORY, MEMBERS_DIR, OOF_PREDICTIONS, OOF_TRUTH, OUTPUTS_DIR, SKIPPED, STAGES, SUBMISSION, TEST_PREDICTIONS,
     TEST_TRUTH, fold_metrics, read_model_card, read_predictions, write_metrics, write_parquet,
@@ -41,7 +42,6 @@ from raytag.training.outputs import (
 from raytag.training.plan import model_folds
 from raytag.training.progress import EpochEvent, MembersEta, step_units
 from raytag.training.runner import PipelineResult, fit_pipeline
-from raytag.models.registry import check_run_models
 from raytag.training.steps import build_steps
 
 ARTIFACT_DIR = "artifact"

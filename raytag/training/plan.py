@@ -72,6 +72,7 @@ def model_folds(cfg: Config) -> list[int]:
 
 def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: str = "") -> Plan:
     """Folds, the noisy subset and label matrices for the clips the store could decode."""
+    warn_if_cepstra_pooled(cfg.train.normalize, cfg.features.kind)
     usable = set(store.clip_ids)
     clips = dataset.clips[dataset.clips["clip_id"].isin(usable)]
     curated = clips[clips["split"] == "curated"].reset_index(drop=True)
@@ -118,8 +119,7 @@ def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: s
         feature_cache=str(feature_cache),
         channels=int(channels),
         bins=int(bins),
-        **dict(zip(("norm_mean", "norm_std"), input_scaling(cfg.train.normalize, store.mean, store.std,
-                                                                   cfg.features.kind))),
+        **dict(zip(("norm_mean", "norm_std"), input_scaling(cfg.train.normalize, store.mean, store.std))),
     )
 
 
@@ -137,8 +137,17 @@ def _noisy_folds(cfg: Config, noisy, noisy_y: np.ndarray, root: Path) -> np.ndar
     return np.asarray(make_folds(noisy_y, cfg.cv.n_folds, cfg.cv.seed, groups), dtype=np.int64)
 
 
-def input_scaling(norm: InputNormConfig, bin_mean, bin_std,
-                  features_kind: str = "logmel") -> tuple[np.ndarray, np.ndarray]:
+def warn_if_cepstra_pooled(norm: InputNormConfig, features_kind: str) -> None:
+    """Global scaling pools every bin with the first: on MFCC, c0 is ~sqrt(n_mels) x the mean
+    dB, so the other coefficients reach the network ~20x smaller than it. Cepstra are scaled
+    per coefficient (CMVN) as a rule."""
+    if norm.kind == "global" and features_kind == "mfcc":
+        log.warning("train.normalize.kind: global on MFCC scales every coefficient by c0's spread, so c1... "
+                    "reach the network ~20x smaller; train.normalize.kind: per_bin scales each coefficient "
+                    "on its own (cepstral mean and variance normalisation)")
+
+
+def input_scaling(norm: InputNormConfig, bin_mean, bin_std) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) arrays of shape (C, F) that the model input is scaled by: (x - mean) / std.
 
     Whatever the kind, the result is per-bin arrays, so the workers, inference and the
@@ -146,12 +155,6 @@ def input_scaling(norm: InputNormConfig, bin_mean, bin_std,
     exactly (every bin has the same frames): var = mean(std^2 + mean^2) - mean^2."""
     bin_mean = np.asarray(bin_mean, dtype=np.float64)
     bin_std = np.asarray(bin_std, dtype=np.float64)
-    if norm.kind == "global" and features_kind == "mfcc":
-        # c0 is ~sqrt(n_mels) x the mean dB: pooled with it, the other coefficients are scaled
-        # ~20x smaller than it. Cepstra are scaled per coefficient (CMVN) as a rule
-        log.warning("train.normalize.kind: global on MFCC scales every coefficient by c0's spread, so c1... "
-                    "reach the network ~20x smaller; train.normalize.kind: per_bin scales each coefficient "
-                    "on its own (cepstral mean and variance normalisation)")
     if norm.kind == "per_bin":
         mean, std = bin_mean, bin_std
     elif norm.kind == "global":

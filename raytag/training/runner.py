@@ -92,14 +92,14 @@ def fit_pipeline(
     run_dir = files.join(storage, name)
     check_legacy_checkpoints(run_dir)  # before any worker could load one
     run_files = files.join(run_dir, RUN_FILES)
-    build_steps(cfg, model_folds(cfg))  # a pipeline that cannot run is refused here, not in a worker
+    steps = build_steps(cfg, model_folds(cfg))  # a pipeline that cannot run is refused here, not in a worker
     check_run_models(cfg)  # likewise a model setting
     # the store first: before Ray runs in this process, its build may fork worker processes
     dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
     check_run_settings(run_dir, cfg, plan)  # a rerun of the name resumes only the same run, on the same clips
     ensure_ray()
 
-    watch = (epoch_events(on_epoch, build_steps(cfg, plan.model_folds), cfg.cv.n_folds) if on_epoch
+    watch = (epoch_events(on_epoch, steps, cfg.cv.n_folds) if on_epoch
              else nullcontext([]))
     in_process = runs_in_process(cfg, run_dir)
     with watch as epoch_callbacks:

@@ -62,11 +62,14 @@ def finish_fold_early(ctx: _Context, model, step: Step, steps: list[Step]):
     one: weights and predictions."""
     if ctx.rank != 0:
         return
-    trained = [s for s in steps[: steps.index(step)] if s.fold == step.fold and s.trains
-               and ctx.state.load_preds(f"oof/{s.stage_name}__fold{step.fold}") is not None]  # not a skipped round
-    tag = f"{trained[-1].stage_name}__fold{step.fold}"
+    earlier = [s for s in steps[: steps.index(step)] if s.fold == step.fold and s.trains]
+    for last in reversed(earlier):  # the last that trained: a skipped round left no predictions
+        tag = f"{last.stage_name}__fold{step.fold}"
+        oof = ctx.state.load_preds(f"oof/{tag}")
+        if oof is not None:
+            break
     ctx.state.save_weights(f"fold{step.fold}", model)
-    ctx.state.save_preds(f"final/oof_fold{step.fold}", *ctx.state.load_preds(f"oof/{tag}"))
+    ctx.state.save_preds(f"final/oof_fold{step.fold}", *oof)
     ctx.state.save_preds(f"final/test_fold{step.fold}", *ctx.state.load_preds(f"test/{tag}"))
     noisy = ctx.state.load_preds(f"noisy/{tag}")  # cv.noisy_folds: the held-out noisy clips
     if noisy is not None:

@@ -186,8 +186,7 @@ def run_loop(loop_config: dict, worker) -> None:
 
         epoch = state.progress["epoch"]
         if epoch == 0 and step_built != i:
-            if not stage2_adds_nothing(ctx, step, steps):
-                _start_step(ctx, model, step, steps)  # fresh fold weights, pseudo set...
+            _start_step(ctx, model, step, steps)  # fresh fold weights, pseudo set...
             if stage2_adds_nothing(ctx, step, steps):
                 # no noisy clip accepted, none soft-labelled and no pseudo-labels: the round would only
                 # train on stage 1's curated clips again, so it is skipped; the fold's last one ends
