@@ -21,8 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_train_step import CPU, _model, _timed  # noqa: E402
-from raytag.training.precision import training_autocast  # noqa: E402
+from bench_train_step import _model, _timed, train_step  # noqa: E402
 
 
 class NCHWBatchNorm2d(torch.nn.BatchNorm2d):
@@ -40,18 +39,7 @@ def step_seconds(name: str, width: int, layout: str, steps: int = 6) -> float:
         for m in model.modules():
             if type(m) is torch.nn.BatchNorm2d:
                 m.__class__ = NCHWBatchNorm2d  # same parameters and buffers, another forward
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    x, y = torch.randn(32, 1, 64, 128), torch.rand(32, 50)
-
-    def step():
-        with training_autocast("bf16", CPU):
-            logits = model(x)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return _timed(step, steps)
+    return _timed(train_step(model, "bf16"), steps)
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ Writes results/benchmarks/train_compile.json (with the load average before and a
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -30,40 +29,19 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from raytag.config import ModelConfig  # noqa: E402
-from raytag.models import build_model  # noqa: E402
-from raytag.training.precision import resolve_precision, training_autocast  # noqa: E402
-
-CPU = torch.device("cpu")
+from bench_train_step import CPU, _model, step_args, train_step  # noqa: E402
+from raytag.training.precision import resolve_precision  # noqa: E402
 
 
-def make_step(name: str, width: int, compiled: bool, precision: str, bins: int = 64, frames: int = 128):
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(name=name, width=width), 50, 1, bins).train()
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    forward = torch.compile(model) if compiled else model
-    x, y = torch.randn(32, 1, bins, frames).to(memory_format=torch.channels_last), torch.rand(32, 50)
-
-    def step():
-        with training_autocast(precision, CPU):
-            logits = forward(x)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
-
-    return step
+def make_step(name: str, width: int, compiled: bool, precision: str):
+    """The default's training step on a channels-last model, its forward pass compiled or not."""
+    model = _model(name, width, 64, nhwc=True).train()
+    return train_step(model, precision, forward=torch.compile(model) if compiled else None,
+                      memory_format=torch.channels_last)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="vgg_small:16,resnet18:32", help="NAME:WIDTH,... (default: the default's members)")
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (the default's torch_threads)")
-    ap.add_argument("--out", default=str(REPO / "results" / "benchmarks" / "train_compile.json"))
-    a = ap.parse_args()
+    a = step_args(__doc__, "train_compile.json")
     torch.set_num_threads(a.threads)
     precision = resolve_precision("auto", CPU)
     load_before = [round(v, 2) for v in os.getloadavg()]

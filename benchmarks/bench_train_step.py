@@ -57,20 +57,27 @@ def _timed(fn, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def train_step_seconds(name, width, precision, nhwc, steps, bins=64, frames=128) -> float:
-    model = _model(name, width, bins, nhwc).train()
+def train_step(model, precision: str, forward=None, bins=64, frames=128, memory_format=torch.contiguous_format):
+    """One training step as a Train worker runs it (forward under `precision`, BCE on float32
+    logits, backward, AdamW) on a random batch of the default's shape; `forward` (default:
+    the model) is what runs the forward pass, a compiled model say."""
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    x, y = torch.randn(32, 1, bins, frames), torch.rand(32, 50)
+    forward = model if forward is None else forward  # (a compiled module has no truth value)
+    x, y = torch.randn(32, 1, bins, frames).to(memory_format=memory_format), torch.rand(32, 50)
 
     def step():
         with training_autocast(precision, CPU):
-            logits = model(x)
+            logits = forward(x)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    return _timed(step, steps)
+    return step
+
+
+def train_step_seconds(name, width, precision, nhwc, steps, bins=64, frames=128) -> float:
+    return _timed(train_step(_model(name, width, bins, nhwc).train(), precision, bins=bins, frames=frames), steps)
 
 
 def inference_seconds(name, width, precision, nhwc, steps, bins=64, frames=128) -> float:
@@ -84,14 +91,19 @@ def inference_seconds(name, width, precision, nhwc, steps, bins=64, frames=128) 
     return _timed(forward, steps)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def step_args(doc: str, out_name: str) -> argparse.Namespace:
+    """The command line this and bench_train_compile.py share: models, steps, repeats, threads, out."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--models", default="vgg_small:16,resnet18:32", help="NAME:WIDTH,... (default: the default's members)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the default's torch_threads)")
-    ap.add_argument("--out", default=str(REPO / "results" / "benchmarks" / "train_step.json"))
-    a = ap.parse_args()
+    ap.add_argument("--out", default=str(REPO / "results" / "benchmarks" / out_name))
+    return ap.parse_args()
+
+
+def main() -> None:
+    a = step_args(__doc__, "train_step.json")
     torch.set_num_threads(a.threads)
     load_before = [round(v, 2) for v in os.getloadavg()]
     rows = []
