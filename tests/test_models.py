@@ -10,6 +10,7 @@ import torch
 from raytag.config import ModelConfig
 from raytag.errors import RaytagError
 from raytag.models import MODELS, Tagger, build_model, register
+from raytag.models.common import block_widths
 from raytag.models.resnet import BasicBlock
 from raytag.training.checkpoint import load_train_state, save_train_state
 
@@ -238,6 +239,20 @@ def test_width_depth_and_params_change_the_model():
     assert build_model(small_cfg("vgg_large", params={}), 5, 1, N_BINS).embed_dim == 4096
 
 
+def test_crnn_skip_adds_the_conv_path_to_the_embedding():
+    cfg = small_cfg("crnn", params={"lstm_hidden": 24, "skip": 1})
+    model = build_model(cfg, 5, 1, N_BINS).eval()
+    conv_width = block_widths(cfg.width, cfg.depth)[-1]
+    assert model.embed_dim == 48 + conv_width
+    x = torch.randn(2, 1, N_BINS, 40)
+    with torch.no_grad():
+        embedding = model.pooled(x)
+        conv = model.backbone(x).mean(dim=2)
+    assert embedding.shape == (2, 48 + conv_width)
+    # the first part is the conv features' own mean + max over time, not the LSTM's
+    torch.testing.assert_close(embedding[:, :conv_width], conv.mean(-1) + conv.amax(-1))
+
+
 def test_unknown_name_lists_the_valid_ones():
     with pytest.raises(RaytagError) as err:
         build_model(ModelConfig(name="resnet-18"), 5, 1, 64)
@@ -252,6 +267,7 @@ def test_unknown_name_lists_the_valid_ones():
     [
         (ModelConfig(name="cnn2d", params={"hiden": 64}), 64, "hiden.*valid keys: hidden"),
         (ModelConfig(name="crnn", params={"lstm_hidden": "big"}), 64, "lstm_hidden: expected int"),
+        (ModelConfig(name="crnn", params={"skip": 2}), 64, "skip: 0 or 1"),
         (ModelConfig(name="vgg_small", params={"dense_units": 0}), 64, "dense_units: must be > 0"),
         (ModelConfig(name="resnet18", params={"hidden": 3}), 64, "valid keys: \\(none\\)"),
         (ModelConfig(name="resnet34", depth=5), 64, "model.depth"),

@@ -6,6 +6,9 @@ params:
   lstm_layers (int, 1)        stacked LSTM layers
   time_pool_blocks (int, 99)  conv blocks that also halve time (fewer keeps more
                               frames for the LSTM at more compute); >= depth pools in all
+  skip (int, 0)               1: the conv features' own mean + max over time join the
+                              LSTM's in the embedding, so the head sees the conv path
+                              directly (the LSTM refines it instead of gating it)
 """
 from __future__ import annotations
 
@@ -15,14 +18,15 @@ from torch import nn
 from raytag.config import ModelConfig
 from raytag.models.cnn2d import conv_stack
 from raytag.models.common import Tagger, block_widths, linear_classifier, time_meanmax
-from raytag.models.registry import family_params, register
+from raytag.models.registry import ModelConfigError, family_params, register
 
 
 class CRNN(Tagger):
     def __init__(self, cfg: ModelConfig, n_classes: int, in_channels: int, n_bins: int):
         super().__init__(in_channels, n_bins, n_classes)
         p = family_params(
-            cfg, {"lstm_hidden": 128, "lstm_layers": 1, "time_pool_blocks": 99}, may_be_zero=("time_pool_blocks",)
+            cfg, {"lstm_hidden": 128, "lstm_layers": 1, "time_pool_blocks": 99, "skip": 0},
+            may_be_zero=("time_pool_blocks", "skip"),
         )
         widths = block_widths(cfg.width, cfg.depth)
         self.backbone = conv_stack(in_channels, widths, p["time_pool_blocks"])
@@ -34,13 +38,17 @@ class CRNN(Tagger):
             bidirectional=True,
             dropout=cfg.dropout if p["lstm_layers"] > 1 else 0.0,
         )
-        self.embed_dim = 2 * p["lstm_hidden"]
+        if p["skip"] not in (0, 1):
+            raise ModelConfigError(f"model.params.skip: 0 or 1, got {p['skip']!r} (model 'crnn')")
+        self.skip = bool(p["skip"])
+        self.embed_dim = 2 * p["lstm_hidden"] + (widths[-1] if self.skip else 0)
         self.classifier = linear_classifier(self.embed_dim, n_classes, cfg.dropout)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        seq = self.backbone(x).mean(dim=2).transpose(1, 2)  # [B, T', C]
-        out, _ = self.lstm(seq)  # [B, T', 2H]
-        return time_meanmax(out.transpose(1, 2))
+        conv = self.backbone(x).mean(dim=2)  # [B, C, T']
+        out, _ = self.lstm(conv.transpose(1, 2))  # [B, T', 2H]
+        pooled = time_meanmax(out.transpose(1, 2))
+        return torch.cat([time_meanmax(conv), pooled], dim=1) if self.skip else pooled
 
 
 @register("crnn")
