@@ -144,7 +144,7 @@ def test_stopped_trials_reach_optuna_as_pruned():
         searcher.on_trial_result("done", {**row, "cv_lwlrap": 0.7})
     for row in reports[:2 + 3]:  # stopped by the scheduler at fine-tune epoch 3
         searcher.on_trial_result("stopped", {**row, "cv_lwlrap": 0.95})
-    searcher.on_trial_complete("done", {**reports[-1], "cv_lwlrap": 0.81, "pipeline_done": 1})
+    searcher.on_trial_complete("done", {**reports[-1], "cv_lwlrap": 0.81, "pipeline_done": 1, "trial_complete": 1})
     # the last result of a stopped trial has the metric (a partial score) but no pipeline_done
     searcher.on_trial_complete("stopped", {**reports[4], "cv_lwlrap": 0.95, "pipeline_done": 0})
     searcher.on_trial_complete("broken", None, error=True)
@@ -156,6 +156,21 @@ def test_stopped_trials_reach_optuna_as_pruned():
     assert stopped.intermediate_values == pytest.approx({1: 0.51, 2: 0.52, 3: 0.53})
     assert stopped.value == pytest.approx(0.53)  # Optuna's value of a pruned trial: its last step
     assert broken.state == TrialState.FAIL
+
+
+def test_trial_stopped_on_its_last_epoch_report_reaches_optuna_as_pruned():
+    """The workers set pipeline_done on their last epoch report; ASHA can stop the trial
+    on that very report, before run_trial's final one (trial_complete) with the OOF score."""
+    from optuna.trial import TrialState
+
+    searcher = build_searcher(parse_space(SPACE))
+    searcher.suggest("last-epoch")
+    reports = pipeline_reports(config(2), fine_tune_curve(0.5))
+    for row in reports:
+        searcher.on_trial_result("last-epoch", {**row, "cv_lwlrap": 0.95})
+    searcher.on_trial_complete("last-epoch", {**reports[-1], "cv_lwlrap": 0.95, "pipeline_done": 1})
+    (trial,) = searcher._ot_study.trials
+    assert trial.state == TrialState.PRUNED
 
 
 def test_search_metric_follows_the_layout():

@@ -94,7 +94,9 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         # The driver was killed after this pipeline finished but before Tune saved the
         # trial as done: report the stored result instead of training again.
         # (a result stored before the scheduler's keys existed gets them: every report has them)
-        tune.report({RUNG_EPOCH: 0, RUNG_SCORE: 0.0, "pipeline_done": 1, **json.loads(files.read_text(done_path))})
+        # (and trial_complete, which PipelineSearch and the leaderboard read as "finished")
+        tune.report({RUNG_EPOCH: 0, RUNG_SCORE: 0.0, "pipeline_done": 1,
+                     **json.loads(files.read_text(done_path)), "trial_complete": 1})
         return
 
     failure_path = files.join(setup.trials_dir, trial_id, TRIAL_FAILURE)
@@ -129,8 +131,8 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         # the scheduler's keys as the workers last reported them (every result carries them)
         RUNG_EPOCH: int(last_report.get(RUNG_EPOCH, 0)),
         RUNG_SCORE: float(last_report.get(RUNG_SCORE, 0.0)),
-        "pipeline_done": 1,  # Optuna: a finished trial (PipelineSearch)
-        "trial_complete": 1,
+        "pipeline_done": 1,
+        "trial_complete": 1,  # Optuna: a finished trial (PipelineSearch); only set here
     }
     files.write_text(done_path, json.dumps(final))
     tune.report(final)
@@ -317,7 +319,9 @@ def _pipeline_searcher_class():
 
         Ray's OptunaSearch marks a trial COMPLETE whenever its last result has the metric,
         so a trial the scheduler stopped would enter TPE as finished with a partial score.
-        Here only a trial that finished its pipeline (`pipeline_done`) is COMPLETE; one
+        Here only a trial whose run_trial finished (`trial_complete`) is COMPLETE: the
+        workers' `pipeline_done` is set on their last epoch report, which the scheduler can
+        still stop the trial on, before the pipeline's out-of-fold score exists. One
         stopped early is PRUNED, and its intermediate values are the scheduler's own
         yardstick (`rung_score` at `rung_epoch`), so TPE ranks pruned trials like ASHA did.
         """
@@ -336,7 +340,7 @@ def _pipeline_searcher_class():
         def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
             if error and trial_id not in self._completed_trials and not self._failed_by_itself(trial_id):
                 return  # stopped by the storage, not failed: --resume continues it, then Optuna hears
-            if error or trial_id in self._completed_trials or (result or {}).get("pipeline_done"):
+            if error or trial_id in self._completed_trials or (result or {}).get("trial_complete"):
                 return super().on_trial_complete(trial_id, result, error)
             try:  # a stopped trial: Optuna takes its last intermediate value
                 self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
