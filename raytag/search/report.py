@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import math
 import warnings
 from typing import Optional
@@ -113,7 +114,9 @@ def plot_search(board: pd.DataFrame, space: SearchSpace, importance: Optional[pd
             for status, (marker, colour) in styles.items():
                 s = part[part["status"] == status]
                 ax.scatter(s[key].astype(float), s[metric], marker=marker, color=colour)
-            if p.kind == "loguniform":
+            # a log axis with no positive point raises (every trial failed, or none took
+            # the `when` branch that searches this key)
+            if p.kind == "loguniform" and (part[key].astype(float) > 0).any():
                 ax.set_xscale("log")
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         else:
@@ -143,8 +146,14 @@ def save_report(exp_dir: str, board: pd.DataFrame, space: SearchSpace) -> Option
     if importance is not None:
         files.write_text(files.join(exp_dir, "importance.csv"),
                          importance.rename_axis("setting").reset_index().to_csv(index=False))
+    try:
+        png = plot_search(board, space, importance)
+    except Exception as err:  # noqa: BLE001 - the plot is extra: the leaderboard is the result
+        logging.getLogger(__name__).warning("could not draw %s (%s: %s); leaderboard.csv is written",
+                                            PLOT_NAME, type(err).__name__, err)
+        return None
     path = files.join(exp_dir, PLOT_NAME)
-    files.write_bytes(path, plot_search(board, space, importance))
+    files.write_bytes(path, png)
     return path
 
 
