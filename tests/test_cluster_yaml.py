@@ -112,3 +112,13 @@ def test_dashboard_listens_on_localhost_only(config):
     hosts = re.findall(r"--dashboard-host[= ](\S+)", start)
     assert hosts == ["127.0.0.1"], f"dashboard host {hosts or 'default'}; bind it to 127.0.0.1"
     assert "ray dashboard cluster.yaml" in CLUSTER_YAML.read_text()
+
+
+def test_head_setup_installs_boto3_into_the_venv_ray_runs_from(config):
+    """The head's autoscaler runs on ~/raytag-venv's ray and needs boto3 to start the GPU
+    workers; ray[default,...] does not bring it, and a head_setup_commands of our own
+    replaces Ray's default one (which installs boto3 into the system python)."""
+    head = _validate(config)["head_setup_commands"]  # setup_commands first, as `ray up` runs them
+    made_venv = next(i for i, cmd in enumerate(head) if "-m venv ~/raytag-venv" in cmd)
+    boto3 = [i for i, cmd in enumerate(head) if re.search(r"raytag-venv/bin/pip install[^&|;]*\bboto3", cmd)]
+    assert boto3 and boto3[0] > made_venv, head
