@@ -96,7 +96,7 @@ def make_trial_outputs(out, trial_id: str, y_oof, y_test, signal: float, seed: i
         "layout": layout, "norm_mean": (rng.normal(-40, 1, (c, f))).tolist(),
         "norm_std": (np.full((c, f), 15.0)).tolist(),
         "crop_frames": cfg.crop_frames(), "segment_frames": cfg.segment_frames(),
-        "inference": cfg.to_dict()["inference"],
+        "inference": cfg.to_dict()["inference"], "folds": list(range(n_folds)), "refit_fold": None,
     }
     storage.write_text(storage.join(out, "model.json"), json.dumps(model_json))
     storage.write_text(storage.join(out, "config.yaml"), cfg.to_yaml())
@@ -461,3 +461,16 @@ def test_a_trial_with_the_classes_in_another_order_is_left_out(tmp_path):
     res = build_ensemble(exp, top=2)
     assert [s["reason"] for s in res.skipped] == ["different class list (or order)"]
     assert len(res.members) == 1 and res.skipped[0]["trial_id"] not in res.members
+
+
+def test_a_trial_with_fold_models_missing_is_left_out(tmp_path):
+    """model.json lists the folds whose models were saved: a member missing some would run
+    with fewer fold models than it was scored with, so it is left out with the reason."""
+    exp = make_experiment(tmp_path, signals=(0.9, 0.8, 0.7))
+    weights = Path(exp) / "trial_1" / "outputs" / "weights"
+    for k in (1, 2):
+        (weights / f"fold{k}.safetensors").unlink()
+    res = build_ensemble(exp, top=3)
+    assert sorted(res.members) == ["trial_0", "trial_2"]
+    reasons = {s["trial_id"]: s["reason"] for s in res.skipped}
+    assert "fold1, fold2 missing (model.json lists 0,1,2)" in reasons["trial_1"]

@@ -93,14 +93,40 @@ def trial_settings(outputs_dir: str) -> dict:
 
 
 def fold_files(outputs_dir: str) -> list[str]:
-    """The trial's fold weight files (relative to weights/), in fold order."""
+    """The trial's fold weight files (relative to weights/), in fold order: exactly the
+    folds its model.json lists (`folds`, plus `refit_fold`), so that a member whose fold
+    models were not all saved is refused rather than run with fewer models than it was
+    scored with. A card from before those fields were written gives whatever files exist."""
     weights_dir = storage.join(outputs_dir, WEIGHTS)
     if not storage.is_dir(weights_dir):
         raise ArtifactError(f"{weights_dir}: missing; the trial has no saved fold models")
-    found = [f for f in storage.list_files(weights_dir) if _FOLD_FILE.match(f)]
+    found = {int(m.group(1)): f for f in storage.list_files(weights_dir) if (m := _FOLD_FILE.match(f))}
     if not found:
         raise ArtifactError(f"{weights_dir}: no fold*.safetensors files")
-    return sorted(found, key=lambda f: int(_FOLD_FILE.match(f).group(1)))
+    listed = listed_folds(outputs_dir)
+    if listed is None:
+        return [found[k] for k in sorted(found)]
+    missing = [k for k in listed if k not in found]
+    if missing:
+        names = ", ".join(f"fold{k}" for k in missing)
+        raise ArtifactError(
+            f"{weights_dir}: {names} missing (model.json lists {','.join(map(str, listed))}); "
+            "the trial's fold models were not all saved: train it again or leave it out"
+        )
+    return [found[k] for k in listed]  # stray files of folds the card does not list are not members
+
+
+def listed_folds(outputs_dir: str) -> Optional[list[int]]:
+    """The fold ids whose models a trial saved, by its model.json (`folds` + `refit_fold`);
+    None when the card predates those fields (or cannot be read: trial_settings says why)."""
+    try:
+        card = json.loads(storage.read_text(storage.join(outputs_dir, MODEL_CARD)))
+    except (RaytagError, ValueError, OSError):
+        return None
+    if not isinstance(card, dict) or card.get("folds") is None:
+        return None
+    refit = card.get("refit_fold")
+    return sorted({int(k) for k in card["folds"]} | ({int(refit)} if refit is not None else set()))
 
 
 # ----------------------------------------------------------------------------- save
