@@ -325,3 +325,20 @@ def test_a_base_model_setting_one_searched_model_lacks_fails_at_load(tmp_path):
                     "conditional:\n  - when: {model.name: crnn}\n    space: {model.params.rnn_hidden: {choice: [64, 128]}}\n")
     with pytest.raises(SpaceError, match=r"space.model.params.rnn_hidden = 64: model.params.rnn_hidden: not a setting"):
         load_space(typo)
+
+
+@pytest.mark.parametrize("text, model, key", [
+    # a conditional on two models: its model.params must suit both, not only the first
+    ("space: {model.name: {choice: [crnn, resnet18]}}\n"
+     "conditional:\n  - when: {model.name: [crnn, resnet18]}\n"
+     "    space: {model.params.lstm_hidden: {choice: [32, 64]}}\n", "resnet18", "lstm_hidden"),
+    # a top-level model.params setting reaches every searched model
+    ("space:\n  model.name: {choice: [crnn, resnet18]}\n  model.params.lstm_hidden: {choice: [32, 64]}\n",
+     "resnet18", "lstm_hidden"),
+])
+def test_searched_model_params_are_checked_against_every_model_in_scope(tmp_path, text, model, key):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(SpaceError, match=rf"space.model.params.{key} = 32: model.params.{key}: "
+                                         rf"not a setting of model '{model}'"):
+        load_space(path)

@@ -617,21 +617,37 @@ def _validate_against_config(space: SearchSpace):
     _check_model_names(space, base)
     _check_model_params(base, f"{src}: base")
 
-    def walk(block: Block, conditions: dict, where: str):
+    def walk(block: Block, conditions: dict, models: list, where: str):
         for key, allowed in block.when:
             conditions = {**conditions, key: allowed[0]}
+        models = _models_in_scope(block, models)
         for p in block.params:
             for value in p.extremes():
                 try:
                     cfg = space.trial_config({**conditions, p.key: value})
                 except ConfigError as err:
                     raise SpaceError(f"{src}: {where}space.{p.key} = {value!r}: {err}") from None
-                if p.key == "model.name" or p.key.startswith("model.params."):  # a conditional's family setting too
+                if p.key == "model.name":  # the base's model.params against each searched model
                     _check_model_params(cfg, f"{src}: {where}space.{p.key} = {value!r}")
+                elif p.key.startswith("model.params."):  # against every model a trial here can have
+                    for model in models:
+                        cfg = space.trial_config({**conditions, "model.name": model, p.key: value})
+                        _check_model_params(cfg, f"{src}: {where}space.{p.key} = {value!r}")  # names the model
         for i, child in enumerate(block.children):
-            walk(child, conditions, f"{where}conditional[{i}].")
+            walk(child, conditions, models, f"{where}conditional[{i}].")
 
-    walk(space.root, {}, "")
+    walk(space.root, {}, [base.model.name], "")
+
+
+def _models_in_scope(block: Block, outer: list) -> list:
+    """The model.name values a trial that samples this block can have: those searched in it
+    (else the enclosing blocks'), narrowed by its `when` on model.name."""
+    searched = [v for p in block.params if p.key == "model.name" for v in p.values]
+    models = searched or outer
+    for key, allowed in block.when:
+        if key == "model.name":
+            models = [m for m in models if m in allowed] or list(allowed)
+    return models
 
 
 def _check_model_params(cfg: Config, where: str):
