@@ -252,6 +252,29 @@ def test_bad_arguments_fail_before_any_trial(tmp_path):
         report_command("nope", storage=str(tmp_path / "r"))
 
 
+@pytest.mark.parametrize("args, message", [
+    ({"samples": -1}, r"--samples -1: .*search.samples: must be at least 1"),  # Tune: -1 = no limit
+    ({"samples": 0}, r"--samples 0: .*search.samples: must be at least 1"),
+    ({"samples": 1}, r"--samples 1: .*2 first trials but search.samples is 1"),
+    ({"scheduler": "asha"}, r"--scheduler asha: .*grace_period: 20 first-fold epochs"),  # over a FIFO file
+])
+def test_command_line_search_settings_are_checked_before_anything_starts(tmp_path, monkeypatch, args, message):
+    import raytag.search.tuner as tuner
+
+    def no_ray():
+        raise AssertionError("the sweep started Ray with settings it should have refused")
+
+    monkeypatch.setattr(tuner, "ensure_ray", no_ray)
+    space = tmp_path / "fifo.yaml"
+    space.write_text(FAKE_SPACE.replace("SAMPLES", "4")
+                     .replace("scheduler: asha, grace_period: 2", "scheduler: fifo, grace_period: 20")
+                     .replace("startup_trials: 3", "startup_trials: 3, first_trials: [{train.lr: 1.0e-3}, {train.lr: 2.0e-3}]"))
+    (tmp_path / "data").mkdir()
+    with pytest.raises(ConfigError, match=message):  # a SpaceError, which the CLI prints
+        tuner.run_sweep(space, tmp_path / "data", storage=str(tmp_path / "r"), **args)
+    assert not (tmp_path / "r").exists()
+
+
 DRIVER = """
 import sys
 sys.path.insert(0, {tests!r})

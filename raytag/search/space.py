@@ -321,6 +321,24 @@ def with_fixed_settings(space: SearchSpace, settings: dict[str, Any]) -> SearchS
     return parse_space(text, source=space.source, default_name=space.name)
 
 
+def with_search_overrides(space: SearchSpace, flags: dict[str, Any]) -> SearchSpace:
+    """The space with search settings the command line gives (`raytag tune --samples 8`:
+    {"--samples": ("samples", 8)}), checked as the file's own are: Tune reads samples -1 as
+    "no limit", and an ASHA over a FIFO file still needs a reachable first rung."""
+    given = {flag: (setting, value) for flag, (setting, value) in flags.items() if value is not None}
+    if not given:
+        return space
+    out = dataclasses.replace(space, search=dataclasses.replace(
+        space.search, **{setting: value for setting, value in given.values()}))
+    try:
+        _check_settings(out)
+        _check_rungs(out)
+    except SpaceError as err:
+        shown = " ".join(f"{flag} {value}" for flag, (_, value) in given.items())
+        raise SpaceError(f"{shown}: {err}") from None
+    return out
+
+
 def parse_space(text: str, source: str = "<space>", default_name: str = "sweep") -> SearchSpace:
     try:
         data = yaml.safe_load(text) or {}

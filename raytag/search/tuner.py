@@ -39,7 +39,8 @@ from raytag.errors import DatasetError, RaytagError, StorageError, StorageFault
 from raytag.search.leaderboard import (TRIAL_FAILURE, TRIAL_RESULT, build_leaderboard, error_reason,
                                        reason_from_text)
 from raytag.search.report import save_report
-from raytag.search.space import SearchSpace, describe, load_space, parse_space, with_fixed_settings
+from raytag.search.space import (SearchSpace, describe, load_space, parse_space, with_fixed_settings,
+                                 with_search_overrides)
 from raytag.search.tune_state import StateBackup, repair_state, set_aside_damaged_snapshot
 from raytag.session import ensure_ray
 from raytag.training.rungs import RUNG_EPOCH, RUNG_SCORE
@@ -436,6 +437,12 @@ def run_sweep(
     space = load_space(space_path)
     # --set is checked before anything is written; a resumed sweep keeps what it started with
     fixed = with_fixed_settings(space, settings) if settings else space
+    fixed = with_search_overrides(fixed, {  # checked as the file's own settings, before anything is written
+        "--samples": ("samples", None if samples is None else int(samples)),
+        "--scheduler": ("scheduler", None if scheduler is None else scheduler.lower()),
+        "max_concurrent_trials": ("max_concurrent_trials",
+                             None if max_concurrent_trials is None else int(max_concurrent_trials)),
+    })
     name = name or space.name
     if files.is_uri(str(data)):  # copied onto each node by raytag.cluster.materialize_data
         data = str(data).rstrip("/")
@@ -487,16 +494,7 @@ def run_sweep(
         else:
             if resume:
                 say(f"nothing to resume in {exp_dir}; starting a new sweep")
-            space = fixed
-            overrides = {}
-            if samples is not None:
-                overrides["samples"] = int(samples)
-            if scheduler is not None:
-                overrides["scheduler"] = scheduler.lower()
-            if max_concurrent_trials is not None:
-                overrides["max_concurrent_trials"] = int(max_concurrent_trials)
-            space.search = dataclasses.replace(space.search, **overrides)
-            build_scheduler(space)  # a bad --scheduler fails before anything is written
+            space = fixed  # with the command line's --samples/--scheduler/--max-concurrent
 
         # "auto" -> the layout's own score; a resumed sweep keeps the metric it started with
         space.search = dataclasses.replace(
