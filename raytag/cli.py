@@ -143,11 +143,13 @@ def tune(
     set_: List[str] = typer.Option([], "--set", help="Fix a setting for every trial, as if in the space's base: --set cv.clip_groups=groups.csv (repeatable; a key the space searches is refused)."),
 ):
     """Search pipeline configurations with Ray Tune + Optuna; prints a leaderboard."""
-    from raytag.console.sweep import tune_command
+    from raytag.console.sweep import has_scored_trials, tune_command
 
     result = _run(tune_command, space=space, data=data, storage=storage, name=name, samples=samples,
                   resume=resume, scheduler=scheduler, overrides=set_)
     _html_report(result.experiment_dir)
+    if not has_scored_trials(result.leaderboard):  # every trial failed: no result (reasons printed)
+        raise typer.Exit(code=2)
 
 
 @app.command()

@@ -19,7 +19,28 @@ def tune_command(space, data, storage="results", name=None, samples=None, resume
     print_leaderboard(result.leaderboard)
     Console(stderr=True).print(f"leaderboard: {files.join(result.experiment_dir, 'leaderboard.csv')}"
                                + (f"\nplot: {result.plot_path}" if result.plot_path else ""), highlight=False)
+    if not has_scored_trials(result.leaderboard):
+        print_no_result(result.leaderboard)
     return result
+
+
+def has_scored_trials(board: pd.DataFrame) -> bool:
+    """Whether any trial finished or was scored before the scheduler stopped it: a sweep
+    without one has no result (`raytag tune` then exits 2)."""
+    return bool(len(board)) and board["status"].isin(["ok", "stopped early"]).any()
+
+
+def print_no_result(board: pd.DataFrame) -> None:
+    """Why no trial has a score: each distinct reason once, with how many trials it ended."""
+    from rich.markup import escape
+
+    reasons = board["reason"].fillna("").replace("", "(no reason recorded)").value_counts()
+    lines = [f"  {count} x {escape(str(reason))}" for reason, count in reasons.items()]
+    Console(stderr=True).print(
+        f"[bold red]error:[/] no trial of the sweep has a score ({len(board)} trials)"
+        + (":\n" + "\n".join(lines) if lines else "")
+        + "\nFix the cause above (the space's settings, --data, the cluster) and run a new sweep.",
+        soft_wrap=True, highlight=False)
 
 
 def report_command(experiment: str, storage: str = "results") -> pd.DataFrame:

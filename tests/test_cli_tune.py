@@ -1,0 +1,49 @@
+"""`raytag tune`'s exit status: a sweep in which no trial has a score is a failure (exit 2),
+its leaderboard and report still written. run_sweep is replaced: no Ray, no training."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from typer.testing import CliRunner
+
+import raytag.cli as cli
+import raytag.console.sweep as sweep
+from raytag.search.space import parse_space
+from raytag.search.tuner import SweepResult
+
+
+def fake_sweep(statuses: list[str], reason: str = "ConfigError: model.width: 48 is refused"):
+    rows = [{"rank": i + 1, "trial_id": f"t{i}", "order": i + 1, "status": status,
+             "reason": reason if status == "failed" else "", "rank_by": "cv_lwlrap",
+             "cv_lwlrap": math.nan if status == "failed" else 0.5, "cv_map3": math.nan,
+             "test_lwlrap": math.nan, "epochs_run": 0, "seconds": 1.0, "outputs_dir": ""}
+            for i, status in enumerate(statuses)]
+    space = parse_space("space: {train.lr: {uniform: [0.001, 0.01]}}\nsearch: {samples: 2, scheduler: fifo}\n")
+
+    def run_sweep(*args, **kwargs):
+        return SweepResult(experiment_dir="/nowhere/sweep", leaderboard=pd.DataFrame(rows),
+                           plot_path=None, space=space)
+    return run_sweep
+
+
+def tune(monkeypatch, statuses):
+    monkeypatch.setattr(sweep, "run_sweep", fake_sweep(statuses))
+    reports = []
+    monkeypatch.setattr(cli, "_html_report", reports.append)
+    result = CliRunner().invoke(cli.app, ["tune", "--space", "s.yaml", "--data", "d"])
+    return result, reports
+
+
+def test_tune_exits_2_when_every_trial_failed(monkeypatch):
+    result, reports = tune(monkeypatch, ["failed", "failed"])
+    assert result.exit_code == 2, result.output
+    assert reports == ["/nowhere/sweep"]  # the report is still written first
+    assert "no trial of the sweep has a score (2 trials)" in result.output
+    assert "2 x ConfigError: model.width: 48 is refused" in result.output
+
+
+def test_tune_exits_0_when_a_trial_has_a_score(monkeypatch):
+    result, _ = tune(monkeypatch, ["failed", "stopped early"])
+    assert result.exit_code == 0, result.output
+    assert "no trial of the sweep has a score" not in result.output
