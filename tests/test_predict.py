@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from raytag.ensemble.artifact import MemberSpec, load_artifact, save_artifact
 from raytag.ensemble.job import build_ensemble
-from raytag.ensemble.tagging import predict_files
+from raytag.ensemble.tagging import as_stored, predict_files
 from raytag.errors import RaytagError
 from raytag.console.predict import predict_command
 from raytag.predict import expand_inputs
@@ -76,7 +76,8 @@ def test_predict_files_reports_bad_audio_and_leaves_it_out(artifact_2019, audio)
 
 
 def test_predict_matches_a_by_hand_computation(artifact_2019, audio):
-    """Segment averaging, normalisation, fold averaging and the combiner, done by hand."""
+    """Segment averaging, normalisation, fold averaging and the combiner, done by hand
+    (on features rounded as the feature store keeps them)."""
     from raytag.data.audio import load_audio
     from raytag.features.frontends import build_frontend
     from raytag.training.inference import predict_segments
@@ -89,7 +90,7 @@ def test_predict_matches_a_by_hand_computation(artifact_2019, audio):
         cfg = m.feature_config
         wave = load_audio(path, cfg.sample_rate)
         with torch.no_grad():
-            feats = build_frontend(cfg)(torch.from_numpy(wave)[None])[0].numpy()
+            feats = as_stored(build_frontend(cfg)(torch.from_numpy(wave)[None])[0].numpy())
         s = m.settings
         assert feats.shape[-1] > 2 * s["segment_frames"]
         folds = [predict_segments(model, [feats], s["segment_frames"], overlap=s["inference"]["overlap"],
@@ -234,7 +235,7 @@ def test_shared_front_ends_and_segments_cut_once_score_as_each_fold_on_its_own(t
     for m in art.members:
         cfg, s = m.feature_config, m.settings
         with torch.no_grad():
-            feats = [build_frontend(cfg)(torch.from_numpy(load_audio(f, cfg.sample_rate))[None])[0].numpy()
+            feats = [as_stored(build_frontend(cfg)(torch.from_numpy(load_audio(f, cfg.sample_rate))[None])[0].numpy())
                      for f in files]
         folds = [predict_segments(model, feats, s["segment_frames"], overlap=s["inference"]["overlap"],
                                   tta=s["inference"]["tta"], batch_size=3,
@@ -244,3 +245,32 @@ def test_shared_front_ends_and_segments_cut_once_score_as_each_fold_on_its_own(t
     probs, failures = art.predict_files(files, batch_size=5)
     assert failures.empty
     assert np.abs(probs.to_numpy() - art.combine(member_probs)).max() <= 1e-5
+
+
+def test_predict_scores_the_features_the_store_held_for_scoring(artifact_2019, audio, tmp_path):
+    """OOF and test scores (what chose the artifact) come from the float16 feature store;
+    `raytag predict` must score a clip from those same numbers, not from float32 ones."""
+    import shutil
+
+    from raytag.data.layouts import load_dataset
+    from raytag.ensemble.tagging import _MemberRunner
+    from raytag.features.store import build_feature_store
+
+    art = load_artifact(artifact_2019)
+    cfg = art.members[0].feature_config
+    assert all(m.feature_config.cache_key() == cfg.cache_key() for m in art.members)
+    data = tmp_path / "data"
+    (data / "train_curated").mkdir(parents=True)
+    (data / "test").mkdir()
+    shutil.copy(audio["tone.wav"], data / "train_curated" / "tone.wav")
+    pd.DataFrame({"fname": ["tone.wav"], "labels": [CLASSES[0]]}).to_csv(data / "train_curated.csv", index=False)
+    pd.DataFrame(columns=["fname", *CLASSES]).to_csv(data / "sample_submission.csv", index=False)
+    dataset = load_dataset(str(data), sample_rate=cfg.sample_rate)
+    store = build_feature_store(dataset, cfg, tmp_path / "cache", progress=False, workers=1)
+    stored = store.get(store.clip_ids[0])
+
+    runners = [_MemberRunner(m, cfg.cache_key(), 32, "cpu") for m in art.members]
+    from_store = art.combine([r.predict([stored]) for r in runners])
+    probs, failures = art.predict_files([data / "train_curated" / "tone.wav"])
+    assert failures.empty
+    assert np.allclose(probs.to_numpy(), from_store, rtol=0, atol=1e-6)

@@ -40,7 +40,16 @@ class _FrontEnd:
     def features(self, wave: np.ndarray) -> np.ndarray:
         # one clip at a time: top_db and lengths are per clip, as in the feature store
         x = torch.from_numpy(wave)[None].to(self.device)
-        return self.module(x)[0].float().cpu().numpy()
+        return as_stored(self.module(x)[0].float().cpu().numpy())
+
+
+def as_stored(feats: np.ndarray) -> np.ndarray:
+    """Features rounded as the feature store keeps them (float16, read back as float32):
+    the OOF and test scores an artifact was chosen by came from stored features, so new
+    audio is tagged from the same numbers. Beyond float16's range a value becomes inf,
+    which the finite check after this refuses, as the store does."""
+    with np.errstate(over="ignore"):
+        return feats.astype(np.float16).astype(np.float32)
 
 
 class _MemberRunner:
@@ -125,7 +134,7 @@ def _featurise(path: str, frontends: dict, need: dict) -> dict:
         except RuntimeError as err:
             raise AudioDecodeError(path, f"front end failed: {str(err).splitlines()[0]}") from err
         if not np.isfinite(x).all():
-            raise AudioDecodeError(path, "features are not finite (NaN/inf)")
+            raise AudioDecodeError(path, "features are not finite (NaN/inf, or beyond float16 range)")
         feats[key] = x
     return feats
 
