@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from raytag.data.audio import load_audio
 from raytag.data.layouts import load_dataset
 from raytag.features.frontends import build_frontend
 from raytag.console.prepare import prepare_command
-from raytag.features.store import FeatureStore, FeatureStoreError, build_feature_store, shard_name
+from raytag.features.store import FeatureStore, FeatureStoreError, build_feature_store
 
 CFG = FeatureConfig(kind="logmel", sample_rate=16000, n_mels=32, n_fft=512, hop_length=160)
 CLASSES = ["Bark", "Chirp", "Hum"]
@@ -113,7 +114,7 @@ def test_undecodable_clip_is_reported_with_its_reason_and_left_out(store):
     on_disk = pd.read_csv(store.path / "failed.csv")
     assert on_disk["file"].tolist() == [f"train_noisy/{BAD}"]
     index = pd.read_parquet(store.path / "index.parquet")
-    assert list(index.columns) == ["clip_id", "shard", "offset", "n_frames"]
+    assert list(index.columns) == ["clip_id", "shard", "offset", "n_frames", "file"]
     assert not index["clip_id"].str.contains("nan_clip").any()
 
 
@@ -135,7 +136,7 @@ def test_shards_are_opened_lazily_and_the_store_pickles_cheaply(store):
     copy = pickle.loads(blob)
     assert copy._shards == {}
     np.testing.assert_array_equal(copy.get("test/t1.wav"), store.get("test/t1.wav"))
-    on_disk = np.load(store.path / shard_name(0), mmap_mode="r")
+    on_disk = np.load(store.shard_path(0), mmap_mode="r")
     assert on_disk.dtype == np.float16 and on_disk.shape[1:] == (1, 32)  # time-major (T, C, F)
 
 
@@ -152,7 +153,7 @@ def test_reading_maps_no_shard_into_the_process(store):
     for clip_id in fresh.clip_ids:
         full = fresh.get(clip_id)
         np.testing.assert_array_equal(fresh.crop(clip_id, 1, 5), full[..., 1:6])
-    assert fresh._shards and not any(shard_name(0)[:6] in path for path in _mapped_files() if str(store.path) in path)
+    assert fresh._shards and not any("shard-" in path for path in _mapped_files() if str(store.path) in path)
 
 
 def test_open_shard_files_are_capped_least_recently_used_first(store, monkeypatch):
@@ -173,7 +174,7 @@ def test_a_shard_cut_short_after_opening_is_an_error_naming_it(store, tmp_path):
     shutil.copytree(store.path, copy)
     fresh = FeatureStore.open(copy)
     last = fresh.clip_ids[-1]
-    shard = copy / shard_name(int(fresh._shard[fresh._row(last)]))
+    shard = fresh.shard_path(int(fresh._shard[fresh._row(last)]))
     fresh.get(last)  # opened while whole
     with open(shard, "r+b") as fh:
         fh.truncate(shard.stat().st_size - 64)
@@ -209,16 +210,16 @@ def test_a_store_whose_files_disagree_with_its_shards_is_finished_again(dataset,
 def test_interrupted_build_resumes_only_the_missing_shards(ray_session, dataset, tmp_path):
     first = build_feature_store(dataset, CFG, tmp_path, progress=False, chunk_size=3)
     expected = {c: first.get(c) for c in first.clip_ids}
-    (first.path / shard_name(1)).unlink()  # as if killed before shard 1 was written
-    with open(first.path / shard_name(2), "r+b") as fh:  # and shard 2 half written
+    first.shard_path(1).unlink()  # as if killed before shard 1 was written
+    with open(first.shard_path(2), "r+b") as fh:  # and shard 2 half written
         fh.truncate(100)
     (first.path / "meta.json").unlink()
     with pytest.raises(FeatureStoreError, match="prepare"):
         FeatureStore.open(first.path)
-    stamp0 = (first.path / shard_name(0)).stat().st_mtime_ns
+    stamp0 = first.shard_path(0).stat().st_mtime_ns
     resumed = build_feature_store(dataset, CFG, tmp_path, progress=False, chunk_size=3)
     assert resumed.build_info["computed"] == 2 and resumed.build_info["reused"] == 1
-    assert (first.path / shard_name(0)).stat().st_mtime_ns == stamp0
+    assert first.shard_path(0).stat().st_mtime_ns == stamp0
     assert resumed.clip_ids == first.clip_ids
     for clip_id, ref in expected.items():
         np.testing.assert_array_equal(resumed.get(clip_id), ref)
@@ -237,6 +238,52 @@ def test_changed_settings_or_audio_are_not_served_from_the_cache(ray_session, da
     again = build_feature_store(dataset, CFG, tmp_path, progress=False, chunk_size=3)
     assert again.build_info["computed"] == 1
     np.testing.assert_allclose(again.get("curated/c0.wav"), direct(dataset, "curated/c0.wav"), atol=0.06, rtol=1e-3)
+
+
+def _build_here(dataset, cache, cfg=CFG):
+    """A build in this process (no Ray, no fork): quick, and monkeypatches reach it."""
+    return build_feature_store(dataset, cfg, cache, progress=False, chunk_size=3, workers=1)
+
+
+def _add_curated_clip(root, fname, label="Bark", seconds=0.8):
+    sf.write(root / "train_curated" / fname, _tone(22050, seconds, 440, 77), 22050, subtype="PCM_16")
+    csv = root / "train_curated.csv"
+    table = pd.read_csv(csv, dtype=str)
+    pd.concat([table, pd.DataFrame([(fname, label)], columns=["fname", "labels"])]).to_csv(csv, index=False)
+    return load_dataset(root, sample_rate=CFG.sample_rate)
+
+
+def test_a_reader_opened_before_a_rebuild_still_reads_its_own_clips(tmp_path):
+    """A rebuild that moves clips between shards must not serve a reader with the old
+    index another clip's frames (it wrote the shard files in place)."""
+    root = make_fat2019(tmp_path / "data")
+    first = _build_here(load_dataset(root, sample_rate=CFG.sample_rate), tmp_path / "cache")
+    expected = {c: first.get(c) for c in first.clip_ids}
+    before = FeatureStore.open(first.path)  # no shard opened yet
+    pickled = pickle.dumps(before)
+    # "curated/a.wav" sorts first: every clip after it moves, every shard is rewritten
+    rebuilt = _build_here(_add_curated_clip(root, "a.wav"), tmp_path / "cache")
+    assert rebuilt.build_info["computed"] == 4 and "curated/a.wav" in rebuilt
+    for reader in (before, pickle.loads(pickled)):
+        for clip_id, ref in expected.items():
+            np.testing.assert_array_equal(reader.get(clip_id), ref)
+    for clip_id in rebuilt.clip_ids:
+        if clip_id != "curated/a.wav":
+            np.testing.assert_array_equal(rebuilt.get(clip_id), expected[clip_id])
+
+
+def test_a_reader_two_rebuilds_behind_gets_an_error_not_wrong_frames(tmp_path):
+    root = make_fat2019(tmp_path / "data")
+    first = _build_here(load_dataset(root, sample_rate=CFG.sample_rate), tmp_path / "cache")
+    stale = FeatureStore.open(first.path)
+    for npy in first.path.glob("shard-*.npy"):  # written an hour ago: clearly older than the next builds
+        os.utime(npy, (npy.stat().st_atime - 3600, npy.stat().st_mtime - 3600))
+    _build_here(_add_curated_clip(root, "a.wav"), tmp_path / "cache")
+    newest = _build_here(_add_curated_clip(root, "b.wav"), tmp_path / "cache")
+    with pytest.raises(FeatureStoreError, match="rebuilt.*open the store again"):
+        stale.get("test/t1.wav")
+    on_disk = {p.name for p in newest.path.glob("shard-*.npy")}
+    assert set(newest._files.values()) <= on_disk and len(on_disk) <= 2 * len(newest._files)
 
 
 def test_datasets_sharing_a_cache_folder_get_separate_stores(ray_session, dataset, tmp_path):

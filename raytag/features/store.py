@@ -5,11 +5,14 @@ On disk, `<cache_dir>/<feature_cfg.cache_key()>/<dataset tag>/` (`store.path`), 
 dataset tag is the dataset folder's name plus a hash of its absolute path: one cache
 folder serves many datasets (the demo, a benchmark, a competition set) without one
 build overwriting the shards another run is reading.
-    shard-XXXXX.npy   float16, time-major (T, C, F): the clips of one chunk, concatenated
-    shard-XXXXX.json  that shard's index rows, decode failures, statistics sums and the
-                      signature of its clips (clip_id, path, size, mtime); written after
-                      the .npy, so a shard is trusted only when both are complete
-    index.parquet     clip_id, shard, offset, n_frames (every clip that decoded)
+    shard-XXXXX-<hash>.npy  float16, time-major (T, C, F): the clips of one chunk,
+                      concatenated; <hash> is of its contents, so a rebuild that changes a
+                      shard writes a new file and never rewrites one a reader may hold
+    shard-XXXXX.json  that shard's .npy name, index rows, decode failures, statistics sums
+                      and the signature of its clips (clip_id, path, size, mtime); written
+                      after the .npy, so a shard is trusted only when both are complete
+    index.parquet     clip_id, shard, offset, n_frames, file (every clip that decoded;
+                      file: its shard's .npy)
     failed.csv        file, reason: clips that could not be decoded (left out, never zeros)
     meta.json         feature settings, (C, F), per-bin mean/std, counts; written last,
                       so its presence marks a finished store
@@ -28,6 +31,11 @@ of float16 on disk, read through the page cache. Not a memory map: a mapped page
 touched stays in the reading process's RSS, so a training worker's RSS grew with the
 store (every clip is read each epoch); a read copies the frames and maps nothing. A
 `FeatureStore` pickles as its path and index only; each process reopens the shards it touches.
+
+A rebuild leaves the .npy files of the index it replaces, so a reader that opened the
+store before it (a training run beside a `raytag prepare`) still reads what it indexed;
+files of older builds are deleted. A reader two rebuilds behind gets an error, never
+another clip's frames.
 """
 from __future__ import annotations
 
@@ -58,10 +66,11 @@ from raytag.session import ensure_ray
 
 log = logging.getLogger("raytag.features")
 
-FORMAT_VERSION = 1
-INDEX_COLUMNS = ["clip_id", "shard", "offset", "n_frames"]
+FORMAT_VERSION = 2  # 2: content-addressed shard files named in the index
+INDEX_COLUMNS = ["clip_id", "shard", "offset", "n_frames", "file"]
 FAILED_COLUMNS = ["file", "reason"]
 MAX_OPEN_SHARDS = 256  # per store; FSDKaggle2019 (24k clips) is ~190 shards of 128 clips
+MTIME_SLACK_S = 2.0  # file times lag the clock (coarse timestamps): "older than this build" allows this much
 STD_FLOOR = 1e-5  # a constant bin (e.g. an empty mel band) gets this std, so x/std stays finite
 
 
@@ -74,8 +83,9 @@ class FeatureStoreError(RaytagError):
     """A feature store folder is missing, incomplete or of another format."""
 
 
-def shard_name(shard: int) -> str:
-    return f"shard-{shard:05d}.npy"
+def shard_name(shard: int, digest: str) -> str:
+    """The .npy file of a shard with these contents (`digest`: a hash of them)."""
+    return f"shard-{shard:05d}-{digest}.npy"
 
 
 def _sidecar_name(shard: int) -> str:
@@ -94,6 +104,7 @@ class FeatureStore:
         self._shard = index["shard"].to_numpy(np.int64)
         self._offset = index["offset"].to_numpy(np.int64)
         self._frames = index["n_frames"].to_numpy(np.int64)
+        self._files = {int(shard): str(file) for shard, file in zip(index["shard"], index["file"])}
         self._setup()
 
     def _setup(self):
@@ -103,7 +114,7 @@ class FeatureStore:
 
     # -- pickling: path + index + meta only; shard files are reopened per process --------
     def __getstate__(self):
-        return {k: getattr(self, k) for k in ("path", "meta", "failed", "_ids", "_shard", "_offset", "_frames")}
+        return {k: getattr(self, k) for k in ("path", "meta", "failed", "_ids", "_shard", "_offset", "_frames", "_files")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -165,6 +176,10 @@ class FeatureStore:
     def n_frames(self, clip_id: str) -> int:
         return int(self._frames[self._row(clip_id)])
 
+    def shard_path(self, shard: int) -> Path:
+        """The .npy file this store's index reads shard `shard` from."""
+        return self.path / self._files[shard]
+
     # -- data -------------------------------------------------------------------------
     def get(self, clip_id: str) -> np.ndarray:
         """All frames of one clip, float32 (C, F, T)."""
@@ -198,7 +213,7 @@ class FeatureStore:
         if found is None:
             if len(self._shards) >= MAX_OPEN_SHARDS:  # a file descriptor each: keep within ulimit -n
                 self._shards.popitem(last=False)[1].close()
-            found = self._shards[shard] = ShardFile(self.path / shard_name(shard))
+            found = self._shards[shard] = ShardFile(self.shard_path(shard))
         else:
             self._shards.move_to_end(shard)
         return found
@@ -237,6 +252,11 @@ class ShardFile:
             if path.stat().st_size < expected:
                 raise ValueError(f"truncated: {path.stat().st_size} bytes, the header says {expected}")
             self.fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError as err:
+            raise FeatureStoreError(
+                f"{path}: shard gone: the store was rebuilt more than once since this reader "
+                "opened it; open the store again (FeatureStore.open) to read the new build"
+            ) from err
         except (OSError, ValueError) as err:
             raise self._unreadable(err) from err
 
@@ -286,7 +306,7 @@ def build_feature_store(
     key = feature_cfg.cache_key()
     root = store_dir(cache_dir, feature_cfg, dataset.root)
     root.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
 
     clips = dataset.clips.sort_values("clip_id", kind="stable").reset_index(drop=True)
     chunks = [clips.iloc[i: i + chunk_size] for i in range(0, len(clips), chunk_size)]
@@ -321,7 +341,7 @@ def build_feature_store(
     merged = _merge(results, len(chunks), shape)
     store = _finished_as(root, key, merged)
     if store is None:
-        _finish(root, merged, feature_cfg, shape, key, build_info)
+        _finish(root, merged, feature_cfg, shape, key, build_info, started_at)
         store = FeatureStore.open(root)
     else:
         # The store there is what _finish would write: its files are left as they are.
@@ -478,11 +498,10 @@ def _clip_row(row, dataset_root) -> dict:
 def _finished_shard(root: Path, shard: int, key: str, signature: list) -> Optional[dict]:
     """The sidecar of a complete shard of exactly these clips, else None."""
     side = root / _sidecar_name(shard)
-    npy = root / shard_name(shard)
     try:
         info = json.loads(side.read_text())
-        complete = npy.stat().st_size == info["bytes"]
-    except (OSError, ValueError, KeyError):
+        complete = (root / info["file"]).stat().st_size == info["bytes"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     if complete and info.get("key") == key and info.get("signature") == signature:
         return info
@@ -526,16 +545,24 @@ def _compute_shard(shard: int, rows: list, signature: list, key: str, root: str,
             count += flat.shape[0]
     data = np.concatenate(feats) if feats else np.zeros((0, c, f), np.float16)
     out_dir = Path(root)
-    npy = out_dir / shard_name(shard)
+    # named by its contents: equal names hold equal bytes, so replacing a file that a
+    # reader has open (or will open from an older index) changes nothing it reads
+    npy = out_dir / shard_name(shard, _digest(data))
     _atomic_write(npy, lambda fh: np.save(fh, data))
     info = {
-        "key": key, "shard": shard, "signature": signature, "bytes": npy.stat().st_size,
+        "key": key, "shard": shard, "file": npy.name, "signature": signature, "bytes": npy.stat().st_size,
         "index": index, "failed": failures,
         "sums": sums.tolist(), "squares": squares.tolist(), "count": count,
     }
     _atomic_write(out_dir / _sidecar_name(shard), lambda fh: fh.write(json.dumps(info).encode()))
     info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
     return info
+
+
+def _digest(data: np.ndarray) -> str:
+    blob = hashlib.sha256(f"{data.dtype.str}{data.shape}".encode())
+    blob.update(np.ascontiguousarray(data).data)
+    return blob.hexdigest()[:16]
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -568,7 +595,7 @@ def _merge(results: dict, n_chunks: int, shape) -> _Merged:
     sums, squares, count = np.zeros(shape[0] * shape[1]), np.zeros(shape[0] * shape[1]), 0
     for shard in range(n_chunks):
         info = results[shard]
-        rows.extend(info["index"])
+        rows.extend([*row, info["file"]] for row in info["index"])
         failed.extend(info["failed"])
         sums += np.asarray(info["sums"])
         squares += np.asarray(info["squares"])
@@ -595,16 +622,15 @@ def _finished_as(root: Path, key: str, merged: _Merged) -> "FeatureStore | None"
             and store.clip_ids == [str(c) for c in merged.index["clip_id"]]
             and np.array_equal(store._shard, merged.index["shard"]) and np.array_equal(store._offset, merged.index["offset"])
             and np.array_equal(store._frames, merged.index["n_frames"])
+            and store._files == _files_of(merged.index)
             and store.failed.values.tolist() == [list(map(str, f)) for f in merged.failed]
             and np.array_equal(np.ravel(meta.get("mean")), merged.mean) and np.array_equal(np.ravel(meta.get("std")), merged.std))
     return store if same else None
 
 
-def _finish(root: Path, merged: _Merged, cfg: FeatureConfig, shape, key: str, build_info: dict):
+def _finish(root: Path, merged: _Merged, cfg: FeatureConfig, shape, key: str, build_info: dict, started_at: float):
     """Write index.parquet, failed.csv and (last) meta.json from the merged sidecars."""
-    for stale in root.glob("shard-*.*"):  # shards of an earlier, larger clip list
-        if stale.suffix in (".npy", ".json") and int(stale.stem.split("-")[1]) >= merged.n_chunks:
-            stale.unlink()
+    _remove_stale_shards(root, merged, started_at)
     index, failed = merged.index, merged.failed
     (root / "meta.json").unlink(missing_ok=True)  # the store is incomplete until meta is rewritten
     _atomic_write(root / "index.parquet", lambda fh: index.to_parquet(fh, index=False))
@@ -620,6 +646,32 @@ def _finish(root: Path, merged: _Merged, cfg: FeatureConfig, shape, key: str, bu
         "last_build": build_info,
     }
     _atomic_write(root / "meta.json", lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
+
+
+def _files_of(index: pd.DataFrame) -> dict[int, str]:
+    return {int(shard): str(file) for shard, file in zip(index["shard"], index["file"])}
+
+
+def _indexed_files(root: Path) -> set[str]:
+    """The shard files the index now at `root` reads (none if it is absent or of an older format)."""
+    try:
+        return set(pd.read_parquet(root / "index.parquet", columns=["file"])["file"])
+    except (OSError, ValueError, KeyError):  # absent, or an older index without the column
+        return set()
+
+
+def _remove_stale_shards(root: Path, merged: _Merged, started_at: float) -> None:
+    """Delete the shard files neither the new index nor the one it replaces reads.
+
+    The replaced index's files stay: a reader that opened it keeps reading what it indexed.
+    Files written since this build started may be a concurrent build's, so they stay too."""
+    keep = set(_files_of(merged.index).values()) | _indexed_files(root)
+    for npy in root.glob("shard-*.npy"):
+        if npy.name not in keep and npy.stat().st_mtime < started_at - MTIME_SLACK_S:
+            npy.unlink(missing_ok=True)
+    for side in root.glob("shard-*.json"):  # sidecars of an earlier, larger clip list
+        if int(side.stem.split("-")[1]) >= merged.n_chunks:
+            side.unlink(missing_ok=True)
 
 
 class _progress:
