@@ -23,7 +23,8 @@ import pandas as pd
 
 from raytag import __version__, storage
 from raytag.ensemble.combiners import combine, rank_reference
-from raytag.ensemble.job import FINISHED, _resolve_outputs, load_oof_truth, load_trial, truth_matrix
+from raytag.ensemble.job import (FINISHED, _finished_trials, _resolve_outputs, load_oof_truth, load_trial,
+                                 truth_matrix)
 from raytag.errors import RaytagError
 from raytag.metrics import per_class_lwlrap
 
@@ -121,38 +122,28 @@ def _per_class(exp_dir: str, best: list[dict]) -> str:
     if not best:
         return _missing("no finished trial with saved outputs")
     try:
-        columns = {}
         top = load_trial(best[0]["outputs"])
         truth = load_oof_truth(best[0]["outputs"], exp_dir)
         classes = top.classes
         y = truth_matrix(truth, top.oof.index, classes)
         keep = y.sum(axis=1) > 0
-        columns[f"best trial ({best[0]['trial_id']})"] = per_class_lwlrap(y[keep], top.oof.to_numpy()[keep])[0]
-        weights = per_class_lwlrap(y[keep], top.oof.to_numpy()[keep])[1]
-        note = ""
-        summary_path = storage.join(exp_dir, "ensemble", "ensemble_summary.json")
-        if storage.exists(summary_path):
-            summary = json.loads(storage.read_text(summary_path))
-            outputs = _member_outputs(exp_dir, summary["members"])
-            trials = [load_trial(o) for o in outputs]
-            common = trials[0].oof.index
-            for t in trials[1:]:
-                common = common.intersection(t.oof.index)
-            common = common.sort_values()
-            oof = np.stack([t.oof.loc[common, classes].to_numpy(np.float64) for t in trials])
-            refs = [rank_reference(t.oof[classes].to_numpy(np.float64)) for t in trials]
-            w = summary.get("weights") if summary["chosen"] == "weighted" else None
-            probs = combine(summary["chosen"], oof, w, refs)
-            y_e = truth_matrix(truth, common, classes)
-            keep_e = y_e.sum(axis=1) > 0
-            columns[f"ensemble ({summary['chosen']})"] = per_class_lwlrap(y_e[keep_e], probs[keep_e])[0]
-            if summary["chosen"] == "weighted":
-                note = ('<p class="note">The weighted ensemble is scored here with its final weights, fitted on '
-                        'these same clips (in-sample); the comparison below gives its nested-CV score.</p>')
-        else:
-            note = '<p class="missing">No ensemble yet: run <code>raytag ensemble</code> to add its column.</p>'
+        scores, weights = per_class_lwlrap(y[keep], top.oof.to_numpy()[keep])
     except (RaytagError, OSError, KeyError, ValueError) as err:
         return _missing(f"per-class lwlrap could not be computed: {err}")
+    columns = {f"best trial ({best[0]['trial_id']})": scores}
+    # the ensemble's column on its own: when it cannot be computed, the best trial's stays
+    summary_path = storage.join(exp_dir, "ensemble", "ensemble_summary.json")
+    if storage.exists(summary_path):
+        try:
+            summary = json.loads(storage.read_text(summary_path))
+            columns[f"ensemble ({summary['chosen']})"] = _ensemble_per_class(exp_dir, summary, truth, classes)
+            note = ('<p class="note">The weighted ensemble is scored here with its final weights, fitted on '
+                    'these same clips (in-sample); the comparison below gives its nested-CV score.</p>'
+                    if summary["chosen"] == "weighted" else "")
+        except (RaytagError, OSError, KeyError, ValueError) as err:
+            note = _missing(f"the ensemble's per-class lwlrap could not be computed: {err}")
+    else:
+        note = '<p class="missing">No ensemble yet: run <code>raytag ensemble</code> to add its column.</p>'
     table = pd.DataFrame(columns, index=pd.Index(classes, name="class"))
     table["share of labels"] = weights
     table = table.sort_values(table.columns[1] if len(columns) > 1 else table.columns[0]).reset_index()
@@ -160,17 +151,48 @@ def _per_class(exp_dir: str, best: list[dict]) -> str:
     return head + note + _table(table, sortable=True, bar_columns=list(columns))
 
 
-def _member_outputs(exp_dir: str, trial_ids: list[str]) -> list[str]:
+def _ensemble_per_class(exp_dir: str, summary: dict, truth: pd.DataFrame, classes: list) -> np.ndarray:
+    """Per-class lwlrap of the ensemble's chosen combiner on the clips all its members predicted."""
+    trials = [load_trial(o) for o in _member_outputs(exp_dir, summary)]
+    common = trials[0].oof.index
+    for t in trials[1:]:
+        common = common.intersection(t.oof.index)
+    common = common.sort_values()
+    oof = np.stack([t.oof.loc[common, classes].to_numpy(np.float64) for t in trials])
+    refs = [rank_reference(t.oof[classes].to_numpy(np.float64)) for t in trials]
+    w = summary.get("weights") if summary["chosen"] == "weighted" else None
+    probs = combine(summary["chosen"], oof, w, refs)
+    y = truth_matrix(truth, common, classes)
+    keep = y.sum(axis=1) > 0
+    return per_class_lwlrap(y[keep], probs[keep])[0]
 
-    board = storage.read_csv(storage.join(exp_dir, "leaderboard.csv"))
-    by_id = dict(zip(board["trial_id"].astype(str), board["outputs_dir"].astype(str)))
+
+def _member_outputs(exp_dir: str, summary: dict) -> list[str]:
+    """Each ensemble member's outputs folder: a trial of this sweep, or of an experiment it
+    was built `--with` (named `<experiment>/<trial>`, as raytag.ensemble.job names them)."""
+    found = _candidate_outputs(exp_dir, "")
+    for other in summary.get("with") or []:
+        found.update(_candidate_outputs(_find_experiment(exp_dir, str(other)), f"{storage.basename(other)}/"))
     out = []
-    for tid in trial_ids:
-        path = _resolve_outputs(exp_dir, by_id.get(str(tid), ""))
-        if path is None:
+    for tid in summary["members"]:
+        if str(tid) not in found:
             raise RaytagError(f"ensemble member {tid}: its outputs are not found")
-        out.append(path)
+        out.append(found[str(tid)])
     return out
+
+
+def _candidate_outputs(experiment: str, prefix: str) -> dict[str, str]:
+    """{trial id as the ensemble names it: outputs folder} of an experiment's finished trials."""
+    candidates, _, _ = _finished_trials(experiment, prefix=prefix)
+    return {c.trial_id: c.outputs_dir for c in candidates}
+
+
+def _find_experiment(exp_dir: str, other: str) -> str:
+    """A `--with` experiment as it was given, else (a relative path given elsewhere, a moved
+    storage) the folder of that name beside this sweep."""
+    if storage.exists(other):
+        return other
+    return storage.join(exp_dir.rstrip("/").rsplit("/", 1)[0], storage.basename(other))
 
 
 def _ensemble(exp_dir: str) -> str:

@@ -109,3 +109,29 @@ def test_report_in_a_headless_browser(sweep):
         assert column() == sorted(column(), reverse=True)
     finally:
         driver.quit()
+
+
+def test_per_class_section_with_members_of_other_experiments(tmp_path):
+    """`raytag ensemble A --with B`: members named B/<trial> are found in B, so the page
+    keeps its per-class table with the ensemble's column."""
+    exp = make_experiment(tmp_path, signals=(0.9, 0.1))
+    other = make_experiment(tmp_path, signals=(1.2, 0.2), name="families")
+    assert "families/trial_0" in build_ensemble(exp, top=3, also=[other]).members
+    page = storage.read_text(write_report_html(exp))
+    section = page[page.index('id="per-class"'):page.index('id="ensemble"')]
+    assert "could not be computed" not in section
+    assert "ensemble (" in section and "best trial (" in section
+    for cls in CLASSES:
+        assert f"<td>{cls}</td>" in section
+
+
+def test_per_class_keeps_the_best_trial_when_the_ensemble_column_fails(tmp_path):
+    exp = make_experiment(tmp_path, signals=(0.9, 0.1))
+    build_ensemble(exp, top=2)
+    summary_path = storage.join(exp, "ensemble", "ensemble_summary.json")
+    summary = storage.read_text(summary_path).replace('"trial_0"', '"gone/trial_0"')
+    storage.write_text(summary_path, summary)
+    page = storage.read_text(write_report_html(exp))
+    section = page[page.index('id="per-class"'):page.index('id="ensemble"')]
+    assert "ensemble member gone/trial_0: its outputs are not found" in section
+    assert "best trial (" in section and f"<td>{CLASSES[0]}</td>" in section
