@@ -286,6 +286,18 @@ def test_a_reader_two_rebuilds_behind_gets_an_error_not_wrong_frames(tmp_path):
     assert set(newest._files.values()) <= on_disk and len(on_disk) <= 2 * len(newest._files)
 
 
+def test_a_new_decoder_or_front_end_version_recomputes_every_shard(tmp_path, monkeypatch):
+    """Shards made by older decoding code must not be served once FEATURES_VERSION moves on."""
+    import raytag.features.store as store_module
+
+    dataset = load_dataset(make_fat2019(tmp_path / "data"), sample_rate=CFG.sample_rate)
+    first = _build_here(dataset, tmp_path / "cache")
+    monkeypatch.setattr(store_module, "FEATURES_VERSION", store_module.FEATURES_VERSION + 1)
+    again = _build_here(dataset, tmp_path / "cache")
+    assert again.build_info["computed"] == first.build_info["chunks"] == 3
+    assert again.meta["key"] != first.meta["key"] and again.path == first.path
+
+
 def test_datasets_sharing_a_cache_folder_get_separate_stores(ray_session, dataset, tmp_path):
     other_root = make_fat2019(tmp_path / "other")
     other = load_dataset(other_root, sample_rate=CFG.sample_rate)

@@ -20,7 +20,8 @@ build overwriting the shards another run is reading.
 Clips are sorted by clip_id and cut into chunks of `chunk_size`; one task per chunk
 decodes, runs the torch front end (one thread) and writes its shard atomically (temporary
 file, then rename). The tasks run in processes forked from the caller, or in Ray tasks
-where Ray already runs in the calling process (see _compute_shards). A rebuild reuses every shard whose signature still matches, so a
+where Ray already runs in the calling process (see _compute_shards). A rebuild reuses every shard whose signature and key (`shard_key`: the settings,
+FEATURES_VERSION, FORMAT_VERSION, librosa's version) still match, so a
 second build does no audio work and an interrupted build resumes where it stopped. The
 cache folder must be visible to every node that runs tasks (a shared or local disk on
 one machine; on a cluster, a shared file system).
@@ -67,6 +68,9 @@ from raytag.session import ensure_ray
 log = logging.getLogger("raytag.features")
 
 FORMAT_VERSION = 2  # 2: content-addressed shard files named in the index
+# Bump when decoding (raytag.data.audio) or a front end's output changes for the same
+# settings: shards are reused only when their sidecar's key (settings + these) matches.
+FEATURES_VERSION = 1
 INDEX_COLUMNS = ["clip_id", "shard", "offset", "n_frames", "file"]
 FAILED_COLUMNS = ["file", "reason"]
 MAX_OPEN_SHARDS = 256  # per store; FSDKaggle2019 (24k clips) is ~190 shards of 128 clips
@@ -303,7 +307,7 @@ def build_feature_store(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     shape = frontend_shape(feature_cfg)  # refuses impossible settings before any work
-    key = feature_cfg.cache_key()
+    key = shard_key(feature_cfg)
     root = store_dir(cache_dir, feature_cfg, dataset.root)
     root.mkdir(parents=True, exist_ok=True)
     started, started_at = time.perf_counter(), time.time()
@@ -466,6 +470,15 @@ def _one_thread() -> None:
 def _frontend(cfg_dict: dict) -> tuple[FeatureConfig, "torch.nn.Module"]:
     cfg = FeatureConfig(**cfg_dict)
     return cfg, build_frontend(cfg).eval()
+
+
+def shard_key(feature_cfg: FeatureConfig) -> str:
+    """What a shard's features depend on besides its clips: the settings, this code's
+    decoder and front end (FEATURES_VERSION), the file format and librosa's filters."""
+    from importlib.metadata import version
+
+    librosa = ".".join(version("librosa").split(".")[:2])
+    return f"{feature_cfg.cache_key()}-features{FEATURES_VERSION}-format{FORMAT_VERSION}-librosa{librosa}"
 
 
 def store_dir(cache_dir: str | Path, feature_cfg: FeatureConfig, dataset_root: str | Path) -> Path:
