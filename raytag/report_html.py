@@ -27,6 +27,7 @@ from raytag.ensemble.job import (FINISHED, _finished_trials, _resolve_outputs, l
                                  truth_matrix)
 from raytag.errors import RaytagError
 from raytag.metrics import per_class_lwlrap
+from raytag.search.leaderboard import board_metric
 
 REPORT_NAME = "report.html"
 BEST_TRIALS = 3  # stage tables shown
@@ -45,10 +46,11 @@ def write_report_html(exp_dir: str) -> str:
     board = storage.read_csv(board_path)
     name = exp_dir.rstrip("/").rsplit("/", 1)[-1]
     best = _best_trials(exp_dir, board)
+    metric = board_metric(board)
     sections = [
         _section("Leaderboard", _leaderboard(board), "leaderboard"),
-        _section("Search", _search(exp_dir), "search"),
-        _section(f"Stages of the best {len(best) or ''} trial(s)".replace("  ", " "), _stages(best), "stages"),
+        _section("Search", _search(exp_dir, metric), "search"),
+        _section(f"Stages of the best {len(best) or ''} trial(s) by {metric}".replace("  ", " "), _stages(best), "stages"),
         _section("Per-class lwlrap (out-of-fold)", _per_class(exp_dir, best), "per-class"),
         _section("Ensemble", _ensemble(exp_dir), "ensemble"),
         _section("t-SNE of the filter's embeddings (best trial)", _tsne(best), "tsne"),
@@ -64,18 +66,20 @@ def write_report_html(exp_dir: str) -> str:
 
 # ----------------------------------------------------------------------------- parts
 def _best_trials(exp_dir: str, board: pd.DataFrame) -> list[dict]:
-    """The best finished trials whose outputs can be found: [{trial_id, cv, outputs}]."""
-
-    if not {"trial_id", "cv_lwlrap", "outputs_dir"} <= set(board.columns):
+    """The best finished trials whose outputs can be found, by the leaderboard's own metric
+    (cv_map3 on FSDKaggle2018): [{trial_id, metric, cv, outputs}]."""
+    metric = board_metric(board)
+    if not {"trial_id", metric, "outputs_dir"} <= set(board.columns):
         return []
     if "status" in board:
         board = board[board["status"].astype(str).str.lower().isin(FINISHED)]
-    board = board.dropna(subset=["cv_lwlrap", "outputs_dir"]).sort_values("cv_lwlrap", ascending=False)
+    board = board.dropna(subset=[metric, "outputs_dir"]).sort_values(metric, ascending=False)
     out = []
     for rec in board.to_dict(orient="records"):
         outputs = _resolve_outputs(exp_dir, str(rec["outputs_dir"]))
         if outputs is not None:
-            out.append({"trial_id": str(rec["trial_id"]), "cv": float(rec["cv_lwlrap"]), "outputs": outputs})
+            out.append({"trial_id": str(rec["trial_id"]), "metric": metric, "cv": float(rec[metric]),
+                        "outputs": outputs})
         if len(out) == BEST_TRIALS:
             break
     return out
@@ -87,8 +91,8 @@ def _leaderboard(board: pd.DataFrame) -> str:
             + _table(shown, sortable=True, table_id="leaderboard-table"))
 
 
-def _search(exp_dir: str) -> str:
-    parts = [_image(storage.join(exp_dir, "search.png"), "CV lwlrap over the trials and against the most important settings")]
+def _search(exp_dir: str, metric: str) -> str:
+    parts = [_image(storage.join(exp_dir, "search.png"), f"{metric} over the trials and against the most important settings")]
     imp_path = storage.join(exp_dir, "importance.csv")
     if storage.exists(imp_path):
         imp = storage.read_csv(imp_path)
@@ -105,7 +109,7 @@ def _stages(best: list[dict]) -> str:
     parts = []
     for t in best:
         path = storage.join(t["outputs"], "stages.csv")
-        parts.append(f"<h3>{html.escape(t['trial_id'])} (CV lwlrap {t['cv']:.4f})</h3>")
+        parts.append(f"<h3>{html.escape(t['trial_id'])} ({t['metric']} {t['cv']:.4f})</h3>")
         if not storage.exists(path):
             parts.append(_missing(f"{path} is missing"))
             continue

@@ -135,3 +135,17 @@ def test_per_class_keeps_the_best_trial_when_the_ensemble_column_fails(tmp_path)
     section = page[page.index('id="per-class"'):page.index('id="ensemble"')]
     assert "ensemble member gone/trial_0: its outputs are not found" in section
     assert "best trial (" in section and f"<td>{CLASSES[0]}</td>" in section
+
+
+def test_best_trials_follow_the_leaderboard_s_metric(tmp_path):
+    """On FSDKaggle2018 data the leaderboard ranks by cv_map3: so do the page's best trials."""
+    exp = make_experiment(tmp_path, signals=(0.9, 0.6, 0.3))
+    board = storage.read_csv(storage.join(exp, "leaderboard.csv"))
+    board["rank_by"], board["cv_map3"] = "cv_map3", [0.2, 0.3, 0.7]  # trial_2 first by MAP@3
+    storage.write_csv(board, storage.join(exp, "leaderboard.csv"))
+    page = storage.read_text(write_report_html(exp))
+    stages = page[page.index('id="stages"'):page.index('id="per-class"')]
+    assert "best 3 trial(s) by cv_map3" in stages
+    assert re.findall(r"<h3>(\w+) \(cv_map3 ([0-9.]+)\)</h3>", stages) == [
+        ("trial_2", "0.7000"), ("trial_1", "0.3000"), ("trial_0", "0.2000")]
+    assert "best trial (trial_2)" in page
