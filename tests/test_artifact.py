@@ -161,6 +161,33 @@ def test_a_model_card_without_a_field_is_refused_naming_the_file(ensemble, tmp_p
         save_artifact(str(tmp_path / "art"), [MemberSpec("t0", str(outputs))], "mean", None, CLASSES, "fat2019")
 
 
+def test_a_save_that_fails_midway_leaves_the_old_artifact_whole(ensemble, tmp_path, monkeypatch):
+    """A local rerun writes beside the old artifact and swaps it in: a write that fails
+    (a full disk, say) leaves the old one loadable and no half-written folder behind."""
+    from raytag.ensemble.artifact import MemberSpec, save_artifact
+
+    exp = Path(ensemble.artifact_path).parents[1]
+    specs = [MemberSpec(n, str(exp / n / "outputs")) for n in ("trial_0", "trial_1")]
+    dest = tmp_path / "art"
+    save_artifact(str(dest), specs, "mean", None, CLASSES, "fat2019")
+    real_write, calls = storage.write_bytes, {"n": 0}
+
+    def failing_write(path, data):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(storage, "write_bytes", failing_write)
+    with pytest.raises(OSError, match="No space left"):
+        save_artifact(str(dest), specs, "geometric", None, CLASSES, "fat2019")
+    monkeypatch.setattr(storage, "write_bytes", real_write)
+    assert load_artifact(dest).combiner == "mean"
+    assert [p.name for p in tmp_path.iterdir()] == ["art"]
+    save_artifact(str(dest), specs, "geometric", None, CLASSES, "fat2019")  # a rerun that works replaces it
+    assert load_artifact(dest).combiner == "geometric" and [p.name for p in tmp_path.iterdir()] == ["art"]
+
+
 def _copy_artifact(src: str, dst: Path) -> str:
     storage.copy_tree(src, str(dst))
     return str(dst)
@@ -249,6 +276,16 @@ def test_pull_refuses_damaged_source_and_missing_artifact(ensemble, tmp_path):
     victim.write_text(victim.read_text().replace("cnn2d", "cnn2e"))
     with pytest.raises(ArtifactError, match="members/trial_2/member.json: checksum does not match"):
         pull("exp", str(copy_root), tmp_path / "y")
+
+
+def test_pull_names_an_artifact_folder_without_its_manifest(ensemble, tmp_path):
+    """A folder whose writing stopped before the manifest is not 'no ensemble artifact'."""
+    exp_dir = Path(ensemble.artifact_path).parents[1]
+    store = tmp_path / "store"
+    storage.copy_tree(str(exp_dir / "ensemble" / "artifact"), str(store / "exp" / "ensemble" / "artifact"))
+    (store / "exp" / "ensemble" / "artifact" / "manifest.json").unlink()
+    with pytest.raises(StorageError, match=r"artifact folder has no manifest.json \(an interrupted write\?\)"):
+        pull("exp", str(store), tmp_path / "got")
 
 
 def test_pull_takes_a_train_runs_artifact(ensemble, tmp_path):

@@ -10,15 +10,22 @@
 
 Weights are safetensors: loading them can never run code (unlike a pickle). The manifest
 is written last, so a folder whose writing was interrupted has no manifest and is refused.
+A local artifact is written into a sibling folder and swapped in by renames, so a rerun
+that fails leaves the old one whole; under a URI (no folder rename) the old one is gone
+once writing starts, and a failed rerun leaves a folder without a manifest.
 `load_artifact` checks every file against the manifest and refuses a missing file, an
 extra file or a checksum mismatch with an ArtifactError naming the file.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -185,17 +192,53 @@ def save_artifact(
     if distilled is not None:
         ensemble["distilled"] = distilled
     put(ENSEMBLE, _json_bytes(ensemble))
-    storage.remove_tree(dest)  # old files would be 'extra files' and fail verification
-    for rel, data in contents.items():
-        storage.write_bytes(storage.join(dest, rel), data)
-    manifest = {  # last: a folder without it is refused as incomplete
+    manifest = {
         "format": FORMAT,
         "raytag_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "files": {rel: storage.sha256_bytes(data) for rel, data in sorted(contents.items())},
     }
-    storage.write_bytes(storage.join(dest, MANIFEST), _json_bytes(manifest))
+    put(MANIFEST, _json_bytes(manifest))  # last in the dict: written last, a folder without it is refused
+    if storage.is_local_path(dest):
+        _write_swapped(dest, contents)
+    else:
+        _write_in_place(dest, contents)
     return str(dest)
+
+
+def _write_swapped(dest: str, contents: dict[str, bytes]) -> None:
+    """A local artifact: written whole into a hidden sibling folder, then swapped in by
+    renames, so a write that fails (a full disk) leaves the old artifact whole and loadable."""
+    _, inner = storage.resolve(dest)
+    target = Path(inner)
+    tag = uuid.uuid4().hex[:8]
+    fresh, old = target.with_name(f".{target.name}.{tag}.new"), target.with_name(f".{target.name}.{tag}.old")
+    try:
+        for rel, data in contents.items():
+            storage.write_bytes(str(fresh / rel), data)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    if target.exists():
+        os.replace(target, old)
+    try:
+        os.replace(fresh, target)
+    except OSError:
+        if old.exists():
+            os.replace(old, target)  # put the old artifact back
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_in_place(dest: str, contents: dict[str, bytes]) -> None:
+    """An artifact under a URI (object storage has no folder rename): the old files go
+    first (they would be extra files to verification) and the manifest is written last,
+    so a write that fails leaves a folder without a manifest, which loading and `raytag
+    pull` refuse as incomplete until the job is run again."""
+    storage.remove_tree(dest)
+    for rel, data in contents.items():
+        storage.write_bytes(storage.join(dest, rel), data)
 
 
 def _json_bytes(obj) -> bytes:
