@@ -298,6 +298,33 @@ def test_a_new_decoder_or_front_end_version_recomputes_every_shard(tmp_path, mon
     assert again.meta["key"] != first.meta["key"] and again.path == first.path
 
 
+def test_a_clip_that_could_not_be_read_once_is_tried_again_by_the_next_build(tmp_path, monkeypatch):
+    """A passing read error (libsndfile's "System error.", an NFS hiccup) must not be
+    remembered as that clip's verdict for good."""
+    import raytag.features.store as store_module
+    from raytag.data.audio import AudioReadError
+
+    dataset = load_dataset(make_fat2019(tmp_path / "data"), sample_rate=CFG.sample_rate)
+    flaky = dataset.clips.set_index("clip_id").loc["curated/c1.wav", "path"]
+    calls = []
+
+    def fails_once(path, *args, **kwargs):
+        if str(path) == flaky and not calls:
+            calls.append(path)
+            raise AudioReadError(path, "cannot decode: Error opening: System error.")
+        return load_audio(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_module, "load_audio", fails_once)
+    first = _build_here(dataset, tmp_path / "cache")
+    assert "train_curated/c1.wav" in first.failed["file"].tolist() and "curated/c1.wav" not in first
+    again = _build_here(dataset, tmp_path / "cache")
+    assert again.build_info["computed"] == 1  # only the shard that left it out
+    assert "curated/c1.wav" in again and again.failed["file"].tolist() == [f"train_noisy/{BAD}"]
+    assert pd.read_csv(again.path / "failed.csv")["file"].tolist() == [f"train_noisy/{BAD}"]
+    np.testing.assert_allclose(again.get("curated/c1.wav"), direct(dataset, "curated/c1.wav"), atol=0.06, rtol=1e-3)
+    assert _build_here(dataset, tmp_path / "cache").build_info["computed"] == 0  # bad samples are not retried
+
+
 def test_datasets_sharing_a_cache_folder_get_separate_stores(ray_session, dataset, tmp_path):
     other_root = make_fat2019(tmp_path / "other")
     other = load_dataset(other_root, sample_rate=CFG.sample_rate)

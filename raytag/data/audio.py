@@ -2,7 +2,9 @@
 at a chosen sample rate, or read only its header.
 
 Every way a file can be unusable raises `AudioDecodeError(path, reason)` so the caller
-can leave that one clip out, name it and carry on.
+can leave that one clip out, name it and carry on. `AudioReadError`, its subclass, is a
+file that could not be opened or read: that may pass (an I/O error, a copy in progress),
+so a cache must try it again rather than remember it.
 """
 from __future__ import annotations
 
@@ -21,6 +23,11 @@ log = logging.getLogger("raytag.data")
 # soundfile raises LibsndfileError (a RuntimeError) for bad data, plain OSError/TypeError
 # for some unreadable files; all of them mean "this file cannot be decoded".
 _DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, OSError, TypeError, ValueError)
+
+
+class AudioReadError(AudioDecodeError):
+    """The file could not be opened, read or parsed as audio: unlike bad samples (NaN,
+    silence, too short), another try may succeed."""
 
 
 def min_samples(features) -> int:
@@ -44,7 +51,7 @@ def audio_info(path: str | Path) -> tuple[float, int, int]:
     try:
         info = sf.info(str(path))
     except _DECODE_ERRORS as err:
-        raise AudioDecodeError(path, f"unreadable audio header: {_reason(path, err)}") from err
+        raise AudioReadError(path, f"unreadable audio header: {_reason(path, err)}") from err
     if info.samplerate <= 0 or info.channels <= 0:
         raise AudioDecodeError(
             path, f"bad header: sample rate {info.samplerate}, channels {info.channels}"
@@ -74,7 +81,7 @@ def load_audio(
             else:
                 data = f.read(dtype="float32", always_2d=True)
     except _DECODE_ERRORS as err:
-        raise AudioDecodeError(path, f"cannot decode: {_reason(path, err)}") from err
+        raise AudioReadError(path, f"cannot decode: {_reason(path, err)}") from err
     if data.shape[0] == 0:
         raise AudioDecodeError(path, "empty audio (0 samples)")
     finite = np.isfinite(data)

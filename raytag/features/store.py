@@ -59,7 +59,7 @@ import pandas as pd
 from raytag.cluster import materialize_data  # a dataset URI is copied to this node once
 from raytag.cluster import this_node_strategy
 from raytag.config import Config, FeatureConfig
-from raytag.data.audio import load_audio, min_samples
+from raytag.data.audio import AudioReadError, load_audio, min_samples
 from raytag.data.layouts import Dataset, load_dataset
 from raytag.errors import AudioDecodeError, RaytagError
 from raytag.features.frontends import build_frontend, frontend_shape
@@ -320,6 +320,8 @@ def build_feature_store(
         rows = [_clip_row(r, dataset.root) for r in chunk.itertuples(index=False)]
         signature = [r["signature"] for r in rows]
         done = _finished_shard(root, shard, key, signature)
+        if done is not None and _read_failures_decode_now(done, feature_cfg):
+            done = None  # a clip that could not be read before can be now: compute the shard again
         if done is not None:
             results[shard] = done
         else:
@@ -521,6 +523,20 @@ def _finished_shard(root: Path, shard: int, key: str, signature: list) -> Option
     return None
 
 
+def _read_failures_decode_now(info: dict, cfg: FeatureConfig) -> bool:
+    """Whether a clip that a shard left out because it could not be read (maybe for a
+    passing reason: an I/O error, a copy in progress) decodes now. Clips with bad samples
+    are not tried again: their files (size, mtime) are unchanged, so is the verdict."""
+    for path in info.get("retry", []):
+        try:
+            load_audio(path, cfg.sample_rate, min_samples=min_samples(cfg))
+        except AudioDecodeError:
+            continue
+        log.info("%s decodes now; its shard %d is computed again", path, info["shard"])
+        return True
+    return False
+
+
 def _compute_shard(shard: int, rows: list, signature: list, key: str, root: str, front=None) -> dict:
     """Decode one chunk's clips, run the front end, write the shard atomically.
 
@@ -529,7 +545,7 @@ def _compute_shard(shard: int, rows: list, signature: list, key: str, root: str,
 
     cfg, front = front if front is not None else _POOL_FRONTEND
     c, f = frontend_shape(cfg)
-    feats, index, failures = [], [], []
+    feats, index, failures, retry = [], [], [], []
     sums, squares, count = np.zeros(c * f), np.zeros(c * f), 0
     offset = 0
     for row in rows:
@@ -537,6 +553,8 @@ def _compute_shard(shard: int, rows: list, signature: list, key: str, root: str,
             wave = load_audio(row["path"], cfg.sample_rate, min_samples=min_samples(cfg))
         except AudioDecodeError as err:
             failures.append([row["file"], err.reason])
+            if isinstance(err, AudioReadError):
+                retry.append(row["path"])  # tried again by the next build
             continue
         try:
             with torch.inference_mode():
@@ -564,7 +582,7 @@ def _compute_shard(shard: int, rows: list, signature: list, key: str, root: str,
     _atomic_write(npy, lambda fh: np.save(fh, data))
     info = {
         "key": key, "shard": shard, "file": npy.name, "signature": signature, "bytes": npy.stat().st_size,
-        "index": index, "failed": failures,
+        "index": index, "failed": failures, "retry": retry,
         "sums": sums.tolist(), "squares": squares.tolist(), "count": count,
     }
     _atomic_write(out_dir / _sidecar_name(shard), lambda fh: fh.write(json.dumps(info).encode()))
