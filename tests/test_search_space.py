@@ -342,3 +342,11 @@ def test_searched_model_params_are_checked_against_every_model_in_scope(tmp_path
     with pytest.raises(SpaceError, match=rf"space.model.params.{key} = 32: model.params.{key}: "
                                          rf"not a setting of model '{model}'"):
         load_space(path)
+
+
+@pytest.mark.parametrize("mode", ["min", "MAX", "best"])
+def test_search_mode_other_than_max_is_refused(mode):
+    # both search metrics are higher-is-better: min would keep the worst trials
+    with pytest.raises(SpaceError, match=rf"search.mode: '{mode}', but every search metric .* is higher-is-better"):
+        parse_space(GOOD.replace("search: {samples: 4,", f"search: {{mode: {mode}, samples: 4,"))
+    assert parse_space(GOOD.replace("search: {samples: 4,", "search: {mode: max, samples: 4,")).search.mode == "max"

@@ -601,8 +601,9 @@ def _check_settings(space: SearchSpace):
                          "cv_lwlrap or cv_map3")
     if s.metric not in METRICS:
         raise SpaceError(f"{src}: search.metric: {s.metric!r} is not one of {', '.join(METRICS)}")
-    if s.mode not in ("max", "min"):
-        raise SpaceError(f"{src}: search.mode: {s.mode!r} is not 'max' or 'min'")
+    if s.mode != "max":  # min would make the scheduler and TPE keep the worst trials
+        raise SpaceError(f"{src}: search.mode: {s.mode!r}, but every search metric (cv_lwlrap, cv_map3) "
+                         "is higher-is-better; set mode: max or leave it out")
     if s.scheduler not in SCHEDULERS:
         raise SpaceError(f"{src}: search.scheduler: {s.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
     if s.grace_period < 1:
