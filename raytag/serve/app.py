@@ -31,7 +31,7 @@ from starlette.requests import Request as StarletteRequest
 from raytag import storage
 from raytag.ensemble.artifact import load_artifact, read_manifest
 from raytag.errors import RaytagError
-from raytag.session import local_init_kwargs
+from raytag.session import in_local_session, local_init_kwargs
 # helpers the replica calls live in other modules: Serve ships this class by value, and
 # functions defined in this module are not found in the replica
 from raytag.serve.upload import (MAX_SECONDS, Clip, UploadError, audio_suffix, check_audio, clean_fname,
@@ -40,6 +40,10 @@ from raytag.serve.upload import (MAX_SECONDS, Clip, UploadError, audio_suffix, c
 APP_NAME = "raytag"
 log = logging.getLogger("ray.serve")  # Serve routes this logger to the replica's log and stderr
 api = FastAPI(title="raytag", docs_url=None, redoc_url=None)
+
+
+class ServeDeployError(RaytagError):
+    """Ray Serve could not deploy the artifact (a replica failed to start, or cannot be placed)."""
 
 
 @dataclass
@@ -246,25 +250,71 @@ def start(opts: ServeOptions) -> str:
     check_port_free(opts.host, opts.port)
     if not ray.is_initialized():
         _init_ray()
+    refuse_replicas_this_session_cannot_place(opts)
     serve.start(proxy_location="HeadOnly", http_options={"host": opts.host, "port": opts.port})
-    serve.run(build_app(opts), name=APP_NAME, route_prefix="/",
-              logging_config={"enable_access_log": False})
+    _deploy(opts)
     shown = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
     return f"http://{shown}:{opts.port}"
 
 
+def _deploy(opts: ServeOptions) -> None:
+    """serve.run, waiting until every replica has loaded the artifact; its failure (a replica's
+    constructor raised) becomes a ServeDeployError with Serve's reason."""
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        serve.run(build_app(opts), name=APP_NAME, route_prefix="/",
+                  logging_config={"enable_access_log": False})
+    except (RuntimeError, TimeoutError, RayServeException) as err:
+        raise ServeDeployError(f"Ray Serve could not deploy {opts.artifact}: {err}\nThe replica's own log "
+                               f"(Ray dashboard, Serve tab, or `ray logs`) has the whole story; fix "
+                               f"the cause and run `raytag serve` again") from None
+
+
+def refuse_replicas_this_session_cannot_place(opts: ServeOptions) -> None:
+    """On a one-node local session, replicas that do not fit would wait for resources forever;
+    a joined cluster (RAY_ADDRESS) may add nodes (its autoscaler), so there they are left to wait."""
+    import ray
+
+    if in_local_session() and sum(1 for node in ray.nodes() if node.get("Alive")) == 1:
+        check_replicas_fit(opts, ray.cluster_resources())
+
+
+def check_replicas_fit(opts: ServeOptions, have: dict) -> None:
+    """RaytagError unless opts.replicas replicas fit the resources `have` (Ray's CPU and GPU counts)."""
+    need = {"CPU": opts.replicas * opts.replica_cpus, "GPU": opts.replicas * opts.replica_gpus}
+    short = [kind for kind, amount in need.items() if amount > have.get(kind, 0.0) + 1e-9]
+    if not short:
+        return
+    fix = " / ".join(f"--replica-{kind.lower()}s" for kind in short)
+    raise ServeDeployError(
+        f"--replicas {opts.replicas} x (--replica-cpus {opts.replica_cpus:g}, --replica-gpus "
+        f"{opts.replica_gpus:g}) need {need['CPU']:g} CPUs and {need['GPU']:g} GPUs, but this "
+        f"machine's Ray session has {have.get('CPU', 0.0):g} CPUs and {have.get('GPU', 0.0):g} GPUs, so "
+        f"Serve would wait for them forever; lower --replicas or {fix}"
+        + (" (--replica-gpus 0 runs the models on the CPU)" if "GPU" in short else ""))
+
+
 def stop() -> None:
-    serve.shutdown()
+    """Shut Serve down (its apps, half-deployed ones included); without Ray there is nothing to
+    stop, and serve.shutdown would start a Ray session just to find that out."""
+    import ray
+
+    if ray.is_initialized():
+        serve.shutdown()
 
 
 def _init_ray() -> None:
     import ray
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    handler = signal.getsignal(signal.SIGTERM)
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True, configure_logging=False)
     else:  # the replicas' request logs are printed here (log_to_driver)
         ray.init(**local_init_kwargs(address="local", log_to_driver=True))
+    if handler is _raise_interrupt:  # ray.init sets its own, which exits without stopping Serve
+        signal.signal(signal.SIGTERM, handler)
 
 
 def serve_command(artifact: str, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
@@ -280,11 +330,13 @@ def serve_command(artifact: str, host: str = "127.0.0.1", port: int = 8000, repl
     opts.check()
     console.print(f"checking {opts.artifact}, then starting Ray Serve with {opts.replicas} replica(s) ...",
                   highlight=False)
-    url = start(opts)
-    console.print(f"serving [bold]{url}[/]  (page: {url}/, API: POST {url}/tag, GET {url}/classes, "
-                  f"{url}/healthz); Ctrl-C stops", highlight=False)
+    # from before start(): serve.run may wait minutes (for GPU nodes), and a SIGTERM or a failed
+    # deployment then must not leave the detached Serve app behind
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
+        url = start(opts)
+        console.print(f"serving [bold]{url}[/]  (page: {url}/, API: POST {url}/tag, GET {url}/classes, "
+                      f"{url}/healthz); Ctrl-C stops", highlight=False)
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:

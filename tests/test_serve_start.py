@@ -1,0 +1,120 @@
+"""`raytag serve` starting and failing to start, with Ray and Ray Serve stubbed (fast, no Ray
+session): a deployment that fails or is stopped while it deploys still shuts Serve down, and
+a local session refuses replicas it can never place."""
+from __future__ import annotations
+
+import signal
+import sys
+
+import pytest
+import ray
+from ray import serve
+from typer.testing import CliRunner
+
+from raytag.errors import RaytagError
+from raytag.serve import app as serve_app
+from raytag.serve.app import ServeOptions
+from raytag.session import free_port
+
+
+@pytest.fixture
+def stubbed_ray(monkeypatch):
+    """ray.init joins 'a cluster' (not a local session) and, as the real one does, sets its own
+    SIGTERM handler (exit at once); Serve starts; shutdowns are counted."""
+    calls = {"shutdown": 0, "ray_up": False}
+
+    def ray_init(**kwargs):
+        calls["ray_up"] = True
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+
+    monkeypatch.setattr(serve_app, "load_artifact", lambda path, **kw: None)  # not what is tested here
+    monkeypatch.setattr(ray, "init", ray_init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: calls["ray_up"])
+    monkeypatch.setattr(serve_app, "in_local_session", lambda: False)
+    monkeypatch.setattr(serve, "start", lambda **kw: None)
+    monkeypatch.setattr(serve, "shutdown", lambda: calls.__setitem__("shutdown", calls["shutdown"] + 1))
+    sigterm = signal.getsignal(signal.SIGTERM)
+    yield calls
+    signal.signal(signal.SIGTERM, sigterm)
+
+
+def _raytag_serve(tmp_path, *options):
+    from raytag.cli import app
+
+    return CliRunner().invoke(app, ["serve", str(tmp_path), "--port", str(free_port()), *options])
+
+
+def test_a_failed_deployment_is_a_clear_error_and_shuts_serve_down(stubbed_ray, monkeypatch, tmp_path):
+    def deploy_fails(*args, **kwargs):  # what serve.run raises when a replica's constructor fails
+        raise RuntimeError("Deploying application raytag failed: Tagger.__init__: CUDA out of memory")
+
+    monkeypatch.setattr(serve, "run", deploy_fails)
+    result = _raytag_serve(tmp_path)
+    assert result.exit_code == 2, result.output
+    assert "could not deploy" in result.output and "CUDA out of memory" in result.output
+    assert "Traceback" not in result.output
+    assert stubbed_ray["shutdown"] == 1
+
+
+def test_sigterm_while_deploying_shuts_serve_down(stubbed_ray, monkeypatch, tmp_path):
+    """`ray job stop` sends SIGTERM while serve.run still waits (for GPU nodes, say): the
+    half-deployed app is shut down, not left behind."""
+    before = signal.getsignal(signal.SIGTERM)
+
+    def deploy_interrupted(*args, **kwargs):
+        handler = signal.getsignal(signal.SIGTERM)
+        assert handler is serve_app._raise_interrupt, f"SIGTERM runs {handler} while Serve deploys"
+        handler(signal.SIGTERM, None)  # what the signal would run, without signalling pytest
+
+    monkeypatch.setattr(serve, "run", deploy_interrupted)
+    result = _raytag_serve(tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "stopped" in result.output and stubbed_ray["shutdown"] == 1
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_error_before_ray_starts_does_not_start_ray_to_shut_it_down(monkeypatch, tmp_path):
+    """A bad artifact is refused before Ray starts; stopping then must not start Ray (serve.shutdown would)."""
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(serve, "shutdown", lambda: pytest.fail("serve.shutdown without Ray"))
+    result = _raytag_serve(tmp_path / "nothing")
+    assert result.exit_code == 2 and "no such artifact" in result.output
+
+
+# ----------------------------------------------------------------------------- what fits a local session
+@pytest.mark.parametrize("options, have, wanted", [
+    (dict(replica_gpus=1.0), {"CPU": 2.0}, "--replica-gpus"),
+    (dict(replicas=4), {"CPU": 2.0}, "--replicas 4"),
+    (dict(replicas=3, replica_gpus=0.5), {"CPU": 8.0, "GPU": 1.0}, "1.5 GPUs"),
+])
+def test_replicas_that_cannot_fit_one_node_are_refused(options, have, wanted):
+    with pytest.raises(RaytagError, match=wanted):
+        serve_app.check_replicas_fit(ServeOptions(artifact="a", **options), have)
+
+
+def test_replicas_that_fit_one_node_pass():
+    serve_app.check_replicas_fit(ServeOptions(artifact="a", replicas=2, replica_cpus=1.0), {"CPU": 2.0})
+    serve_app.check_replicas_fit(ServeOptions(artifact="a", replicas=2, replica_gpus=0.5), {"CPU": 4.0, "GPU": 1.0})
+    serve_app.check_replicas_fit(ServeOptions(artifact="a", replicas=3, replica_cpus=0.1), {"CPU": 0.30000000000000004})
+
+
+def _one_node_with(monkeypatch, resources: dict, local: bool):
+    monkeypatch.setattr(serve_app, "in_local_session", lambda: local)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": resources}])
+    monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
+    monkeypatch.setattr(serve, "run", lambda *a, **k: pytest.fail("deployed replicas that cannot be placed"))
+
+
+def test_start_refuses_a_gpu_replica_on_a_local_session_without_gpu(stubbed_ray, monkeypatch, tmp_path):
+    _one_node_with(monkeypatch, {"CPU": 2.0}, local=True)
+    with pytest.raises(RaytagError, match="--replica-gpus"):
+        serve_app.start(ServeOptions(artifact=str(tmp_path), port=free_port(), replica_gpus=1.0))
+
+
+def test_start_trusts_a_joined_cluster_to_add_nodes(stubbed_ray, monkeypatch, tmp_path):
+    """A cluster joined through RAY_ADDRESS may autoscale: a GPU replica waits for its GPU node."""
+    _one_node_with(monkeypatch, {"CPU": 4.0}, local=False)
+    deployed = []
+    monkeypatch.setattr(serve, "run", lambda *a, **k: deployed.append(k["name"]))
+    serve_app.start(ServeOptions(artifact=str(tmp_path), port=free_port(), replica_gpus=1.0))
+    assert deployed == ["raytag"]
