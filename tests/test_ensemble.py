@@ -474,3 +474,32 @@ def test_a_trial_with_fold_models_missing_is_left_out(tmp_path):
     assert sorted(res.members) == ["trial_0", "trial_2"]
     reasons = {s["trial_id"]: s["reason"] for s in res.skipped}
     assert "fold1, fold2 missing (model.json lists 0,1,2)" in reasons["trial_1"]
+
+
+def test_a_trial_whose_model_card_cannot_be_read_is_left_out_and_the_job_finishes(tmp_path):
+    """model.json is read when a candidate loads (the artifact needs it), not after scoring:
+    an old or incomplete card costs that trial, not the whole job."""
+    exp = make_experiment(tmp_path, signals=(0.9, 0.8, 0.7))
+    card_path = Path(exp) / "trial_1" / "outputs" / "model.json"
+    card = json.loads(card_path.read_text())
+    del card["norm_std"]
+    card_path.write_text(json.dumps(card))
+    res = build_ensemble(exp, top=3)
+    assert sorted(res.members) == ["trial_0", "trial_2"]
+    reasons = {s["trial_id"]: s["reason"] for s in res.skipped}
+    assert "norm_std missing" in reasons["trial_1"]
+    assert len(load_artifact(res.artifact_path).members) == 2
+
+
+def test_top_k_takes_the_next_candidate_in_place_of_one_left_out(tmp_path):
+    """--top K counts members, not candidates: a top-K trial that cannot be a member is
+    replaced by the next best one."""
+    import shutil
+
+    exp = make_experiment(tmp_path, signals=(1.6, 1.0, 0.5, 0.1))
+    ranked = [c.trial_id for c in select_candidates(exp, top=None)[0]]
+    shutil.rmtree(Path(exp) / ranked[1] / "outputs" / "weights")
+    res = build_ensemble(exp, top=2)
+    assert res.members == [ranked[0], ranked[2]]
+    reasons = {s["trial_id"]: s["reason"] for s in res.skipped}
+    assert "no saved fold models" in reasons[ranked[1]] and reasons[ranked[3]] == "not in the top 2"

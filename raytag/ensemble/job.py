@@ -186,6 +186,49 @@ def _resolve_outputs(experiment_dir: str, outputs_dir: str) -> Optional[str]:
     return None
 
 
+def load_members(candidates: Sequence[Candidate], top: Optional[int]
+                 ) -> tuple[list[Candidate], list[TrialPredictions], list[dict], list[dict]]:
+    """(members, their predictions, their model.json settings, the candidates left out with
+    the reason): candidates are walked best first until `top` are members (0 or None: no
+    limit). One that cannot be a member (unreadable predictions or model.json, fold models
+    missing, classes in another order, too few of the best one's clips) is left out, and the
+    next candidate takes its place, so --top K gives K members where K can be had."""
+    members, trials, settings, skipped = [], [], [], []
+    for cand in candidates:
+        if top and len(members) == top:
+            skipped.append({"trial_id": cand.trial_id, "reason": f"not in the top {top}"})
+            continue
+        try:
+            pred = load_trial(cand.outputs_dir)
+            card = trial_settings(cand.outputs_dir)  # the artifact reads model.json: check it now, not after scoring
+            fold_files(cand.outputs_dir)  # a member must be savable: its fold models are all there
+        except RaytagError as err:
+            skipped.append({"trial_id": cand.trial_id, "reason": str(err)})
+            continue
+        reason = _not_a_member(pred, card, trials[0] if trials else None)
+        if reason:
+            skipped.append({"trial_id": cand.trial_id, "reason": reason})
+            continue
+        members.append(cand)
+        trials.append(pred)
+        settings.append(card)
+    return members, trials, settings, skipped
+
+
+def _not_a_member(pred: TrialPredictions, card: dict, best: Optional[TrialPredictions]) -> str:
+    """Why a readable trial cannot join the members so far ('' when it can)."""
+    if list(card["classes"]) != list(pred.classes):  # the network outputs the card's order
+        return "model.json's class list (or order) differs from its predictions'"
+    if best is None:
+        return ""
+    if list(pred.classes) != list(best.classes):  # a member's head outputs in its own order
+        return "different class list (or order)"
+    coverage = len(best.oof.index.intersection(pred.oof.index)) / len(best.oof.index)
+    if coverage < MIN_COVERAGE:
+        return f"OOF covers {coverage:.0%} of the best trial's clips"
+    return ""
+
+
 # ----------------------------------------------------------------------------- reading a trial
 def load_trial(outputs_dir: str) -> TrialPredictions:
     oof_df, classes = read_predictions(storage.join(outputs_dir, OOF_PREDICTIONS))
@@ -234,33 +277,16 @@ def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional
     experiments whose trials are candidates too; the outputs go under `experiment_dir`."""
     experiment_dir, also = str(experiment_dir), [str(a) for a in also]
     say = console.print if console is not None else (lambda *a, **k: None)
-    candidates, skipped = select_candidates(experiment_dir, top, min_cv, also)
+    # the top K is taken as members load: a candidate left out makes room for the next
+    candidates, skipped = select_candidates(experiment_dir, None, min_cv, also)
     metric = candidates[0].rank_by
     # the table's score columns: lwlrap always, the ranking metric beside it
     names = list(dict.fromkeys(["lwlrap", SCORE_COLUMNS[metric]]))
-    say(f"{len(candidates)} candidate trial(s), ranked by {metric}: {', '.join(c.trial_id for c in candidates)}")
-    trials, members = [], []
-    for cand in candidates:
-        try:
-            pred = load_trial(cand.outputs_dir)
-            fold_files(cand.outputs_dir)  # a member must be savable: its fold models are there
-        except RaytagError as err:
-            skipped.append({"trial_id": cand.trial_id, "reason": str(err)})
-            continue
-        if trials and list(pred.classes) != list(trials[0].classes):  # a member's head outputs in its own order
-            skipped.append({"trial_id": cand.trial_id, "reason": "different class list (or order)"})
-            continue
-        if trials:
-            base = trials[0].oof.index
-            coverage = len(base.intersection(pred.oof.index)) / len(base)
-            if coverage < MIN_COVERAGE:
-                skipped.append({"trial_id": cand.trial_id,
-                                "reason": f"OOF covers {coverage:.0%} of the best trial's clips"})
-                continue
-        trials.append(pred)
-        members.append(cand)
+    members, trials, settings, left_out = load_members(candidates, top)
+    skipped += left_out
     if not trials:
         raise RaytagError(f"{experiment_dir}: no candidate trial could be read: {skipped}")
+    say(f"{len(members)} member trial(s), ranked by {metric}: {', '.join(c.trial_id for c in members)}")
     classes = trials[0].classes
 
     # align OOF predictions by clip_id (inner join over members)
@@ -354,7 +380,7 @@ def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional
     table["chosen"] = table["name"].eq(chosen) & table["kind"].eq("ensemble")
 
     out_dir = storage.join(experiment_dir, "ensemble")
-    layout = trial_settings(members[0].outputs_dir)["layout"]
+    layout = settings[0]["layout"]
     specs = [MemberSpec(c.name, c.outputs_dir, float(lwlrap(y_oof, oof[i])), references[i])
              for i, c in enumerate(members)]
     chosen_row = table[table["chosen"]].iloc[0]
