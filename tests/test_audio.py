@@ -111,3 +111,15 @@ def test_channels_that_cancel_are_silence_not_a_clip_of_zeros(tmp_path):
     sf.write(path, np.stack([tone, -tone], axis=1), 8000, subtype="FLOAT")
     with pytest.raises(AudioDecodeError, match="digital silence.*once its channels are averaged"):
         load_audio(path, 8000)
+
+
+def test_a_wav_cut_short_is_an_error_not_a_shorter_clip(tmp_path):
+    """An interrupted copy leaves a WAV whose header promises more frames than it holds."""
+    sf.write(tmp_path / "whole.wav", sine(440, 1.0, 16000), 16000, subtype="PCM_16")
+    data = (tmp_path / "whole.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[: len(data) // 2])
+    for read in (lambda p: load_audio(p, 16000), audio_info):
+        with pytest.raises(AudioDecodeError, match="truncated: header says 16000 frames, file holds 79"):
+            read(tmp_path / "cut.wav")
+    assert load_audio(tmp_path / "whole.wav", 16000).shape == (16000,)
+    assert audio_info(tmp_path / "whole.wav")[0] == pytest.approx(1.0)

@@ -9,6 +9,7 @@ so a cache must try it again rather than remember it.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -48,6 +49,7 @@ def audio_info(path: str | Path) -> tuple[float, int, int]:
     what is too short.
     """
     _check_not_empty(path)
+    _check_wav_complete(path)
     try:
         info = sf.info(str(path))
     except _DECODE_ERRORS as err:
@@ -71,6 +73,7 @@ def load_audio(
     than `min_samples` after resampling (pass `min_samples(features)`: one frame).
     """
     _check_not_empty(path)
+    _check_wav_complete(path)
     try:
         with sf.SoundFile(str(path)) as f:
             rate = f.samplerate
@@ -111,6 +114,51 @@ def _check_not_empty(path) -> None:
         return  # missing or unreadable: soundfile says so
     if empty:
         raise AudioDecodeError(path, "empty file (0 bytes)")
+
+
+_WAV_UNKNOWN_LENGTH = (0, 0xFFFFFFFF)  # data sizes a streaming writer leaves: no length to check
+
+
+def _check_wav_complete(path) -> None:
+    """A WAV whose data chunk holds fewer bytes on disk than its header says was cut off
+    (an interrupted copy): libsndfile would decode what is there as a shorter clip."""
+    try:
+        with open(path, "rb") as fh:
+            found = _wav_data_chunk(fh)
+            if found is None:
+                return
+            declared, block_align = found
+            held = os.fstat(fh.fileno()).st_size - fh.tell()
+    except OSError:
+        return  # unreadable: decoding reports it
+    if declared in _WAV_UNKNOWN_LENGTH or held >= declared:
+        return
+    unit = max(block_align, 1)
+    raise AudioDecodeError(
+        path, f"truncated: header says {declared // unit} frames, file holds {held // unit} "
+              "(an interrupted copy?); copy the file again")
+
+
+def _wav_data_chunk(fh) -> Optional[tuple[int, int]]:
+    """(data chunk size in bytes, block align) of a RIFF/WAVE file, the file positioned at
+    the data; None for other files or a WAV without a data chunk (libsndfile judges those)."""
+    head = fh.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    block_align = 0
+    while True:
+        chunk = fh.read(8)
+        if len(chunk) < 8:
+            return None
+        name, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+        if name == b"data":
+            return size, block_align
+        padded = size + (size & 1)  # chunks are padded to an even size
+        if name == b"fmt ":
+            body = fh.read(padded)
+            block_align = int.from_bytes(body[12:14], "little") if len(body) >= 14 else 0
+        else:
+            fh.seek(padded, os.SEEK_CUR)
 
 
 def _reason(path, err: Exception) -> str:
