@@ -56,3 +56,27 @@ def test_a_plot_that_cannot_be_drawn_leaves_the_leaderboard_and_a_warning(tmp_pa
     assert save_report(str(tmp_path), board(rows), parse_space(SPACE)) is None
     assert (tmp_path / "leaderboard.csv").exists() and not (tmp_path / "search.png").exists()
     assert "could not draw search.png (ValueError: no axis)" in caplog.text
+
+
+def test_best_and_importance_come_from_finished_trials_only():
+    """A stopped or unfinished trial's score is partial: not the sweep's best, not in the
+    best-so-far line, not in the importance fit."""
+    from raytag.search.report import param_importance, running_best
+    from raytag.search.tuner import SweepResult
+
+    space = parse_space(SPACE.replace("model.name: {choice: [cnn2d, crnn]}",
+                                      "model.name: {choice: [cnn2d, crnn]}\n  train.weight_decay: {uniform: [0.0, 0.1]}"))
+    rows = [{"status": "stopped early", "cv_lwlrap": 0.9, "model.name": "crnn", "train.lr": 1e-3, "train.weight_decay": 0.01},
+            {"status": "ok", "cv_lwlrap": 0.5, "model.name": "cnn2d", "train.lr": math.nan, "train.weight_decay": 0.02},
+            {"status": "unfinished", "cv_lwlrap": 0.8, "model.name": "crnn", "train.lr": 2e-3, "train.weight_decay": 0.03},
+            {"status": "ok", "cv_lwlrap": 0.6, "model.name": "crnn", "train.lr": 3e-3, "train.weight_decay": 0.04},
+            {"status": "stopped early", "cv_lwlrap": 0.7, "model.name": "cnn2d", "train.lr": math.nan, "train.weight_decay": 0.05}]
+    ranked = board(rows)
+    order = ranked.sort_values("order").reset_index(drop=True)
+    assert running_best(order, "cv_lwlrap").tolist()[1:] == [0.5, 0.5, 0.6, 0.6]
+    assert math.isnan(running_best(order, "cv_lwlrap").iloc[0])
+    assert param_importance(ranked, space) is None  # two finished trials: too few for fANOVA
+    result = SweepResult(experiment_dir="x", leaderboard=ranked, plot_path=None, space=space)
+    assert result.best["trial_id"] == "t3"
+    unfinished = ranked[ranked["status"] != "ok"]
+    assert SweepResult(experiment_dir="x", leaderboard=unfinished, plot_path=None, space=space).best is None

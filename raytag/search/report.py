@@ -28,11 +28,12 @@ TOP_SETTINGS = 3
 
 
 def param_importance(board: pd.DataFrame, space: SearchSpace) -> Optional[pd.Series]:
-    """fANOVA importance of each setting present in every scored trial; None if too few."""
+    """fANOVA importance of each setting over the finished trials; None if too few.
+    (A stopped trial's score is a partial one, not comparable with the out-of-fold scores.)"""
     import optuna
 
     metric = board_metric(board)
-    scored = board[board["status"].isin(["ok", "stopped early"]) & board[metric].notna()]
+    scored = board[(board["status"] == "ok") & board[metric].notna()]
     if len(scored) < 3:
         return None
     dists = {p.key: p.optuna_distribution() for p in space.params()}
@@ -73,6 +74,12 @@ def _as_choice(value, choices):
     return None
 
 
+def running_best(order: pd.DataFrame, metric: str) -> pd.Series:
+    """The best finished trial's score so far, trial by trial in start order (NaN before the
+    first): stopped and unfinished trials have partial scores, which are not results."""
+    return order[metric].where(order["status"] == "ok").cummax().ffill()
+
+
 def plot_search(board: pd.DataFrame, space: SearchSpace, importance: Optional[pd.Series]) -> bytes:
     """PNG: the ranking metric by trial (running best line) and against the top settings."""
     import matplotlib
@@ -97,9 +104,7 @@ def plot_search(board: pd.DataFrame, space: SearchSpace, importance: Optional[pd
         lo = order[metric].min()
         ax.scatter(failed.index + 1, [0 if math.isnan(lo) else lo] * len(failed), marker="v",
                    color="C3", label="failed")
-    best = order[metric].where(order["status"] != "failed")
-    best = (best.cummax() if space.search.mode == "max" else best.cummin()).ffill()
-    ax.step(order.index + 1, best, where="post", color="k", lw=1, label="best so far")
+    ax.step(order.index + 1, running_best(order, metric), where="post", color="k", lw=1, label="best so far")
     ax.set_xlabel("trial (in start order)")
     ax.set_ylabel(metric)
     ax.set_title(f"{space.name}: {len(board)} trials")

@@ -60,7 +60,8 @@ class SweepResult:
 
     @property
     def best(self) -> Optional[dict]:
-        ok = self.leaderboard[self.leaderboard["status"] != "failed"]
+        """The best finished trial: a stopped or unfinished trial's score is partial, not its OOF score."""
+        ok = self.leaderboard[self.leaderboard["status"] == "ok"]
         ok = ok[ok[self.space.search.metric].notna()]
         return None if ok.empty else ok.iloc[0].to_dict()
 
