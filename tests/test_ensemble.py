@@ -503,3 +503,21 @@ def test_top_k_takes_the_next_candidate_in_place_of_one_left_out(tmp_path):
     assert res.members == [ranked[0], ranked[2]]
     reasons = {s["trial_id"]: s["reason"] for s in res.skipped}
     assert "no saved fold models" in reasons[ranked[1]] and reasons[ranked[3]] == "not in the top 2"
+
+
+def test_with_one_outer_fold_fitted_combiners_are_still_scored_on_held_out_clips(tmp_path):
+    """cv.folds=[0]: every OOF clip is in one fold, so the rank and weighted combiners are
+    scored over seeded groups of the clips, never on the clips they were fitted on."""
+    exp = storage.join(str(tmp_path), "exp")
+    y, yt = make_truth(100, 1), make_truth(30, 2)
+    rows = []
+    for i, signal in enumerate((1.2, 1.0, 0.0)):
+        out, cv = make_trial_outputs(exp, f"t{i}", y, yt, signal, seed=50 + i, fold_of=np.zeros(100, dtype=int))
+        rows.append({"trial_id": f"t{i}", "status": "TERMINATED", "cv_lwlrap": cv, "outputs_dir": out})
+    storage.write_csv(pd.DataFrame(rows), storage.join(exp, "leaderboard.csv"))
+    res = build_ensemble(exp, top=3)
+    t = res.table.set_index("name")
+    for name in ("rank", "weighted", res.chosen):
+        assert t.loc[name, "cv_method"].startswith("nested oof"), t.loc[name, "cv_method"]
+    assert t.loc["weighted", "cv_lwlrap_in_sample"] >= t.loc["weighted", "cv_lwlrap"] - 1e-9
+    assert len(res.nested_fold_weights) == 5
