@@ -122,3 +122,24 @@ def test_head_setup_installs_boto3_into_the_venv_ray_runs_from(config):
     made_venv = next(i for i, cmd in enumerate(head) if "-m venv ~/raytag-venv" in cmd)
     boto3 = [i for i, cmd in enumerate(head) if re.search(r"raytag-venv/bin/pip install[^&|;]*\bboto3", cmd)]
     assert boto3 and boto3[0] > made_venv, head
+
+
+# python3 of each Ubuntu release the launcher's AMIs are built on
+UBUNTU_PYTHON = {"22.04": "3.10", "24.04": "3.12"}
+
+
+def test_nodes_python_is_one_raytag_supports(config):
+    """~/raytag-venv is made with the AMI's own python3; pyproject's requires-python must admit
+    it (if it is ever raised past it, the setup must install a newer Python, see cluster.yaml)."""
+    from packaging.specifiers import SpecifierSet
+
+    requires = SpecifierSet(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"])
+    made_venv = next(cmd for cmd in config["setup_commands"] if "-m venv ~/raytag-venv" in cmd)
+    interpreter = re.search(r"\bpython(3(?:\.\d+)?) -m venv", made_venv).group(1)
+    for name, node in config["available_node_types"].items():
+        image = node["node_config"]["ImageId"]
+        ubuntu = re.search(r"ubuntu-(\d+\.\d+)", image)
+        assert ubuntu, f"{name}: cannot tell which Python {image} has; name the Ubuntu release in this test"
+        version = interpreter if "." in interpreter else UBUNTU_PYTHON[ubuntu.group(1)]
+        assert requires.contains(version), f"{name}: python {version} of {image}, raytag requires {requires}"
+        assert f"Python {version}" in CLUSTER_YAML.read_text(), f"cluster.yaml does not say the nodes run Python {version}"
