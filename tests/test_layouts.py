@@ -234,6 +234,25 @@ def test_every_bad_clip_is_skipped_with_its_reason(tmp_path, caplog):
     assert list(back.columns) == ["file", "reason"] and len(back) == 13
 
 
+def test_a_rejected_row_does_not_shadow_a_good_row_of_the_same_fname(tmp_path):
+    """`c1.wav,Brak` then `c1.wav,Bark`: the misspelt row is skipped, the good one kept
+    (both were dropped, the second as a "duplicate" of a row that was not kept)."""
+    root = make_fat2019(tmp_path / "d")
+    write_csv(root / "train_curated.csv", ["fname", "labels"], [
+        ("c1.wav", "Brak"), ("c1.wav", "Bark"), ("c1.wav", "Chirp"),
+        ("c2.wav", "Bark,\nApplause"), ("c3.flac", "Chirp"), ("c4.ogg", "Applause"), ("c4.ogg", "Bark"),
+    ])
+    ds = load_dataset(root)
+    curated = ds.split("curated").set_index("fname")
+    assert curated.loc["c1.wav", "labels"] == ("Bark",)
+    reasons = ds.skipped[ds.skipped["file"] == "train_curated/c1.wav"]["reason"].tolist()
+    assert reasons == ["train_curated.csv line 2: label 'Brak' is not a class (classes: sample_submission.csv columns)",
+                       "train_curated.csv line 4: duplicate fname (line 3 is kept)"]
+    # c2's quoted labels span two lines: later rows are named by the line they are on
+    assert curated.loc["c2.wav", "labels"] == ("Bark", "Applause")
+    assert skipped_reason(ds, "train_curated/c4.ogg") == "train_curated.csv line 9: duplicate fname (line 8 is kept)"
+
+
 def test_min_seconds_is_an_argument(tmp_path):
     root = make_fat2019(tmp_path / "d")
     ds = load_dataset(root, min_seconds=0.6)  # c1, n1, t1, t2 are 0.5 s

@@ -17,6 +17,7 @@ a whole raises `DatasetError`, saying what to fix.
 """
 from __future__ import annotations
 
+import csv
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -261,23 +262,22 @@ class _Reader:
             problem = _fsd2018_row_problem(row, verified.loc[line])
             if problem:
                 self._skip(_display("audio_train", row["fname"].strip()),
-                           f"train.csv line {line + 2}: {problem}")
+                           f"train.csv line {_line_no(train, line)}: {problem}")
                 usable.loc[line] = False
         return usable
 
     # -- rows ------------------------------------------------------------------
     def _add_labelled(self, table, split, csv_name, folder_name, all_fnames=None):
         folder = self._folder(folder_name, csv_name, len(table))
-        seen: dict[str, int] = {}
+        kept: dict[str, int] = {}  # fname -> line of the row read for it; only rows that passed every check
         for line, row in table.iterrows():
-            fname, line_no = row["fname"].strip(), int(line) + 2
+            fname, line_no = row["fname"].strip(), _line_no(table, line)
             where = f"{csv_name} line {line_no}"
             row_split = split if isinstance(split, str) else split.loc[line]
             file = _display(folder_name, fname)
-            if fname in seen:
-                self._skip(file, f"{where}: duplicate fname (line {seen[fname]} is kept)")
+            if fname in kept:
+                self._skip(file, f"{where}: duplicate fname (line {kept[fname]} is kept)")
                 continue
-            seen[fname] = line_no
             labels = parse_label_field(row["labels"])
             if not labels:
                 self._skip(file, f"{where}: no labels")
@@ -287,25 +287,27 @@ class _Reader:
                 self._skip(file, f"{where}: label {unknown[0]!r} is not a class "
                                  f"(classes: {self.vocab_source})")
                 continue
-            self._add(folder, folder_name, fname, labels, row_split, where)
-        self._unlisted(folder_name, all_fnames if all_fnames is not None else set(seen), csv_name)
+            if self._add(folder, folder_name, fname, labels, row_split, where):
+                kept[fname] = line_no
+        listed = set(table["fname"].str.strip())
+        self._unlisted(folder_name, all_fnames if all_fnames is not None else listed, csv_name)
 
     def _add_test(self, sub, csv_name, folder_name):
         if sub is None:
             self._unlisted(folder_name, set(), csv_name)
             return
         folder = self._folder(folder_name, csv_name, len(sub))
-        seen: dict[str, int] = {}
+        kept: dict[str, int] = {}
         for line, fname in sub["fname"].items():
-            fname, line_no = fname.strip(), int(line) + 2
+            fname, line_no = fname.strip(), _line_no(sub, line)
             where = f"{csv_name} line {line_no}"
-            if fname in seen:
+            if fname in kept:
                 self._skip(_display(folder_name, fname),
-                           f"{where}: duplicate fname (line {seen[fname]} is kept)")
+                           f"{where}: duplicate fname (line {kept[fname]} is kept)")
                 continue
-            seen[fname] = line_no
-            self._add(folder, folder_name, fname, (), "test", where)
-        self._unlisted(folder_name, set(seen), csv_name)
+            if self._add(folder, folder_name, fname, (), "test", where):
+                kept[fname] = line_no
+        self._unlisted(folder_name, set(sub["fname"].str.strip()), csv_name)
 
     def _folder(self, folder_name, csv_name, n_rows) -> Optional[Path]:
         folder = self.root / folder_name
@@ -318,14 +320,16 @@ class _Reader:
             return None
         return folder
 
-    def _add(self, folder, folder_name, fname, labels, split, where):
+    def _add(self, folder, folder_name, fname, labels, split, where) -> bool:
+        """Add one candidate clip; False (and skipped, with why) when its fname is unusable."""
         file = _display(folder_name, fname)
         path, reason = self._safe_path(folder, fname)
         if reason:
             self._skip(file, f"{where}: {reason}")
-            return
+            return False
         self.rows.append(dict(clip_id=f"{split}/{fname}", fname=fname, path=str(path),
                               labels=tuple(labels), split=split, file=file))
+        return True
 
     def _safe_path(self, folder: Path, fname: str) -> tuple[Optional[Path], Optional[str]]:
         """The file's path, or why the fname cannot be used. A fname must stay inside the
@@ -402,7 +406,32 @@ def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
             f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(table.columns) or 'none'}. "
             f"The file must have a header line with {', '.join(required)}"
         )
-    return table.reset_index(drop=True)
+    table = table.reset_index(drop=True)
+    table.attrs["lines"] = _record_lines(path, len(table))
+    return table
+
+
+def _record_lines(path: Path, n_rows: int) -> Optional[list[int]]:
+    """The line of the file each data row starts on (a quoted field may span lines, so
+    row + 2 can be wrong); None when csv's reading and pandas' disagree on the rows."""
+    lines, start = [], 1
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+            reader = csv.reader(fh)
+            for record in reader:
+                if any(field.strip() for field in record):  # pandas skips blank lines
+                    lines.append(start)
+                start = reader.line_num + 1
+    except (OSError, csv.Error):
+        return None
+    rows = lines[1:]  # the first record is the header
+    return rows if len(rows) == n_rows else None
+
+
+def _line_no(table: pd.DataFrame, row) -> int:
+    """The line of the CSV file `table` was read from where row `row` (its index) starts."""
+    lines = table.attrs.get("lines")
+    return lines[int(row)] if lines else int(row) + 2
 
 
 def _read_truth(path: Path, classes: list[str]) -> Optional[pd.DataFrame]:
