@@ -20,6 +20,8 @@ def test_lenient_drops_bad_rows_with_a_warning(tmp_path, caplog):
     assert truth.fnames == ["a.wav", "d.wav"]  # b: no label, c: unknown label, a again: repeat
     assert truth.labels == [("Bark", "Rain"), ("Chirp",)]
     assert "2 rows with no or unknown labels ignored" in caplog.text
+    assert "1 rows repeat an fname and are ignored" in caplog.text
+    assert "with other labels than the first: a.wav" in caplog.text
 
 
 def test_lenient_ignores_a_missing_or_unusable_file(tmp_path, caplog):
@@ -65,3 +67,22 @@ def test_truth_matrix_aligns_by_clip_id_else_by_file_name(tmp_path):
     assert np.array_equal(y, [[1, 1, 0], [0, 0, 1]])
     with pytest.raises(TruthError, match="no truth for clip test/z.wav"):
         truth_matrix(by_name, ["test/z.wav"], CLASSES)
+
+
+def test_2018_labels_joined_by_a_comma_are_several_labels_not_a_class(tmp_path, caplog):
+    path = tmp_path / "t.csv"
+    path.write_text('fname,label\na,Bark\nb,"Bark,Rain"\n')
+    with pytest.raises(TruthError, match="exactly one label.*: b$"):
+        read_truth(path)
+    with caplog.at_level(logging.WARNING, logger="raytag.data"):
+        truth = read_truth(path, strict=False)
+    assert truth.fnames == ["a"] and "1 rows with no or unknown labels ignored" in caplog.text
+
+
+def test_lenient_repeats_with_the_same_labels_are_dropped_with_a_plain_warning(tmp_path, caplog):
+    path = tmp_path / "t.csv"
+    path.write_text('fname,labels\na.wav,"Bark,Rain"\na.wav,"Rain,Bark"\n')
+    with caplog.at_level(logging.WARNING, logger="raytag.data"):
+        truth = read_truth(path, strict=False, classes=CLASSES)
+    assert truth.fnames == ["a.wav"] and truth.labels == [("Bark", "Rain")]
+    assert "1 rows repeat an fname" in caplog.text and "other labels" not in caplog.text

@@ -190,8 +190,22 @@ def _read_lenient(path, classes) -> Optional[Truth]:
         log.warning("%s: %d rows with no or unknown labels ignored", path, ok.count(False))
     ok = pd.Series(ok, index=df.index)
     keep = ok & ~df["fname"].where(ok).duplicated()  # a repeated fname: its first usable row
+    _warn_repeats(path, df["fname"], labels, ok, keep)
     return Truth(layout, df["fname"][keep].tolist(), [lab for lab, k in zip(labels, keep) if k],
                  list(classes) if classes is not None else None)
+
+
+def _warn_repeats(path, fnames: pd.Series, labels: list, ok: pd.Series, keep: pd.Series) -> None:
+    """Warn of the usable rows dropped as repeats of an fname, naming those whose labels
+    differ from the row kept (which of them is true, the file does not say)."""
+    repeats = ok & ~keep
+    if not repeats.any():
+        return
+    kept = {f: lab for f, lab, k in zip(fnames, labels, keep) if k}
+    conflicting = [f for f, lab, r in zip(fnames, labels, repeats) if r and set(lab) != set(kept[f])]
+    detail = f"; with other labels than the first: {few(conflicting)}" if conflicting else ""
+    log.warning("%s: %d rows repeat an fname and are ignored (the first usable row is kept)%s",
+                path, int(repeats.sum()), detail)
 
 
 def _fnames(df: pd.DataFrame) -> list[str]:
@@ -209,9 +223,10 @@ def _scored_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _single_labels(df: pd.DataFrame) -> tuple[list[tuple[str, ...]], list[bool]]:
-    """2018: one label per row; (labels, bad) where bad rows have none or several."""
+    """2018: one label per row; (labels, bad) where bad rows have none or several
+    (separated by spaces or commas: 2018 class names have neither)."""
     labels = [s.strip() for s in df["label"]]
-    bad = [not lab or " " in lab for lab in labels]
+    bad = [not lab or " " in lab or "," in lab for lab in labels]
     return [(lab,) for lab in labels], bad
 
 
