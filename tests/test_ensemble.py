@@ -521,3 +521,27 @@ def test_with_one_outer_fold_fitted_combiners_are_still_scored_on_held_out_clips
         assert t.loc[name, "cv_method"].startswith("nested oof"), t.loc[name, "cv_method"]
     assert t.loc["weighted", "cv_lwlrap_in_sample"] >= t.loc["weighted", "cv_lwlrap"] - 1e-9
     assert len(res.nested_fold_weights) == 5
+
+
+def test_a_weighted_mean_s_zero_weight_members_are_not_saved(tmp_path):
+    """A member the fitted weights leave at 0 adds nothing: it is not in the artifact (so
+    it is not run at predict time), and the artifact predicts as it would with it."""
+    import soundfile as sf
+
+    from raytag.ensemble.artifact import MemberSpec, save_artifact
+
+    exp = make_experiment(tmp_path, signals=(1.5, 1.4, 0.0))
+    res = build_ensemble(exp, top=3)
+    assert res.chosen == "weighted" and res.weights[res.members.index("trial_2")] == 0
+    ensemble = json.loads((Path(res.artifact_path) / "ensemble.json").read_text())
+    assert ensemble["members"] == [m for m in res.members if m != "trial_2"]
+    assert 0 not in ensemble["weights"] and len(ensemble["weights"]) == 2
+    assert res.artifact_members == ensemble["members"]
+    everyone = str(tmp_path / "all")
+    save_artifact(everyone, [MemberSpec(m, str(Path(exp) / m / "outputs")) for m in res.members], "weighted",
+                  res.weights, CLASSES, "fat2019")
+    wav = tmp_path / "noise.wav"
+    sf.write(wav, np.random.default_rng(3).normal(0, 0.1, 8000 * 2).astype(np.float32), 8000)
+    saved, _ = load_artifact(res.artifact_path).predict_files([wav])
+    full, _ = load_artifact(everyone).predict_files([wav])
+    assert np.allclose(saved.to_numpy(), full.to_numpy(), rtol=0, atol=1e-6)

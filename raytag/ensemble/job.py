@@ -72,7 +72,8 @@ class EnsembleResult:
     chosen: str  # combiner saved in the artifact
     metric: str  # the table column the choice was made by (cv_lwlrap or cv_map3)
     artifact_path: str
-    members: list[str] = field(default_factory=list)
+    members: list[str] = field(default_factory=list)  # every trial combined (the table's singles)
+    artifact_members: list[str] = field(default_factory=list)  # those saved: a weighted mean's weight-0 ones are not
     weights: Optional[list[float]] = None  # the weighted combiner's final weights
     nested_fold_weights: dict = field(default_factory=dict)
     skipped: list[dict] = field(default_factory=list)  # candidates left out, with the reason
@@ -385,14 +386,15 @@ def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional
     layout = settings[0]["layout"]
     specs = [MemberSpec(c.name, c.outputs_dir, float(lwlrap(y_oof, oof[i])), references[i])
              for i, c in enumerate(members)]
+    saved = weighted_members(range(len(members)), weights) if chosen == "weighted" else list(range(len(members)))
     chosen_row = table[table["chosen"]].iloc[0]
     scores = {"metric": metric, "cv_method": chosen_row.cv_method, "oof_clips": int(len(common))}
     for n in names:
         scores[f"cv_{n}"] = float(chosen_row[f"cv_{n}"])
         scores[f"test_{n}"] = None if pd.isna(chosen_row[f"test_{n}"]) else float(chosen_row[f"test_{n}"])
     artifact_path = save_artifact(
-        storage.join(out_dir, "artifact"), specs, chosen,
-        weights.tolist() if chosen == "weighted" else None, classes, layout, scores,
+        storage.join(out_dir, "artifact"), [specs[i] for i in saved], chosen,
+        [float(weights[i]) for i in saved] if chosen == "weighted" else None, classes, layout, scores,
     )
     table_path = storage.join(out_dir, "comparison.csv")
     storage.write_csv(table, table_path)
@@ -406,10 +408,12 @@ def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional
     result = EnsembleResult(
         table=table, chosen=chosen, metric=metric, artifact_path=artifact_path,
         members=[c.trial_id for c in members], weights=weights.tolist(),
+        artifact_members=[members[i].trial_id for i in saved],
         nested_fold_weights=fold_weights, skipped=skipped, table_path=table_path, chart_path=chart_path,
     )
     summary = {
         "chosen": chosen, "chosen_by": metric, "members": result.members, "weights": result.weights,
+        "artifact_members": result.artifact_members,
         "with": also,  # the other experiments whose trials were candidates
         "nested_fold_weights": {str(k): v for k, v in fold_weights.items()},
         "oof_clips": int(len(common)), "test_clips": 0 if y_test is None else int(len(y_test)),
@@ -417,6 +421,12 @@ def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional
     }
     storage.write_text(storage.join(out_dir, "ensemble_summary.json"), json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def weighted_members(indices, weights) -> list[int]:
+    """The members a weighted mean uses: a weight of 0 adds nothing to the mean, so saving
+    (and, at every prediction, running) its fold models would only cost time and space."""
+    return [i for i in indices if weights[i] > 0]
 
 
 def scoring_folds(outer_folds: np.ndarray) -> tuple[np.ndarray, str]:
