@@ -545,3 +545,21 @@ def test_a_weighted_mean_s_zero_weight_members_are_not_saved(tmp_path):
     saved, _ = load_artifact(res.artifact_path).predict_files([wav])
     full, _ = load_artifact(everyone).predict_files([wav])
     assert np.allclose(saved.to_numpy(), full.to_numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--top", "-1"], "--top -1: give the number of best trials"),
+    (["--min-cv", "1.5"], "--min-cv 1.5: a CV bar must lie between 0 and 1"),
+    (["--min-cv", "-0.1"], "--min-cv -0.1: a CV bar must lie between 0 and 1"),
+])
+def test_cli_ensemble_refuses_a_negative_top_and_a_cv_bar_outside_0_1(tmp_path, args, message):
+    """--top -1 used to slice off the worst trial silently; no artifact is written now."""
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+
+    make_experiment(tmp_path, signals=(0.9, 0.5), n=40, n_test=10)
+    result = CliRunner().invoke(app, ["ensemble", "exp", "--storage", str(tmp_path), *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "exp" / "ensemble").exists()

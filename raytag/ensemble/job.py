@@ -81,7 +81,21 @@ class EnsembleResult:
     chart_path: str = ""
 
 
+class EnsembleOptionError(RaytagError):
+    """A candidate option (--top, --min-cv) that selects no sensible set of trials."""
+
+
 # ----------------------------------------------------------------------------- candidates
+def check_selection(top: Optional[int], min_cv: Optional[float]) -> None:
+    """Refuse --top < 0 (a negative slice would silently drop the worst trials) and a
+    --min-cv outside the range of the CV scores (lwlrap and MAP@3 lie in [0, 1])."""
+    if top is not None and top < 0:
+        raise EnsembleOptionError(f"--top {top}: give the number of best trials to combine, or 0 for no limit")
+    if min_cv is not None and not 0 <= min_cv <= 1:
+        raise EnsembleOptionError(f"--min-cv {min_cv}: a CV bar must lie between 0 and 1 "
+                                  "(the leaderboard's lwlrap or MAP@3)")
+
+
 def select_candidates(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional[float] = None,
                       also: Sequence[str] = ()) -> tuple[list[Candidate], list[dict]]:
     """Finished trials with saved predictions, best first in the leaderboard's ranking
@@ -90,6 +104,7 @@ def select_candidates(experiment_dir: str, top: Optional[int] = 5, min_cv: Optio
     `also`: more experiment folders whose trials compete as candidates (a sweep of other
     model families, say); their leaderboards must rank by the same metric. Their trials are
     named `<experiment>/<trial>` so that the table says where each member came from."""
+    check_selection(top, min_cv)
     rows, skipped, metric = _finished_trials(experiment_dir)
     for other in also:
         more, more_skipped, other_metric = _finished_trials(other, prefix=f"{storage.basename(other)}/")
@@ -279,6 +294,7 @@ def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional
     experiments whose trials are candidates too; the outputs go under `experiment_dir`."""
     experiment_dir, also = str(experiment_dir), [str(a) for a in also]
     say = console.print if console is not None else (lambda *a, **k: None)
+    check_selection(top, min_cv)
     # the top K is taken as members load: a candidate left out makes room for the next
     candidates, skipped = select_candidates(experiment_dir, None, min_cv, also)
     metric = candidates[0].rank_by
