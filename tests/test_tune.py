@@ -410,3 +410,31 @@ def test_real_sweep_of_the_pipeline_on_demo_data(ray_session, demo_data, tmp_pat
         assert epochs[1]["rung_score"] == epochs[1]["val_lwlrap"] == epochs[2]["rung_score"]
         assert lines[-1]["rung_epoch"] == 1 and lines[-1]["pipeline_done"] == 1
     assert (Path(result.experiment_dir) / "search.png").is_file()
+
+
+def test_resume_notes_a_changed_space_only_when_it_changed(tmp_path):
+    """A sweep started with --set stores the file with them fixed: resuming it (with or
+    without the same --set) is not a change of the space file."""
+    from raytag.search.space import load_space, with_fixed_settings
+    from raytag.search.tuner import space_changed
+
+    space = load_space(write_space(tmp_path, 4))
+    settings = {"cv.n_folds": 3}
+    stored = with_fixed_settings(space, settings).text
+    assert not space_changed(stored, space, settings)
+    assert not space_changed(space.text, space, {})
+    edited = load_space(write_space(tmp_path, 5))
+    assert space_changed(stored, edited, settings)
+    assert space_changed(space.text, edited, {})
+
+
+def test_a_resumed_sweep_gets_the_concurrency_computed_now():
+    from raytag.search.space import parse_space
+    from raytag.search.tuner import build_searcher, limit_concurrency, set_resumed_concurrency
+
+    space = parse_space(FAKE_SPACE.replace("SAMPLES", "4").replace("seed: 0,", "seed: 0, metric: cv_lwlrap,"))
+    limiter = limit_concurrency(build_searcher(space), 4)
+    # what Tuner.restore leaves: the limiter unpickled with the limit the sweep started with
+    restored = SimpleNamespace(_local_tuner=SimpleNamespace(_tune_config=SimpleNamespace(search_alg=limiter)))
+    assert set_resumed_concurrency(restored, 2) and limiter.max_concurrent == 2
+    assert not set_resumed_concurrency(SimpleNamespace(), 2)  # Ray's layout changed: said, not applied

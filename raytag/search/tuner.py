@@ -477,10 +477,10 @@ def run_sweep(
                 say(f"note: {', '.join(repaired)} was cut short when the storage failed; "
                     "resuming from its last complete copy")
             stored = files.read_text(files.join(exp_dir, "space.yaml"))
-            if stored != space.text:
+            started = json.loads(files.read_text(files.join(exp_dir, "sweep.json")))
+            if space_changed(stored, space, started.get("settings") or {}):
                 say(f"note: {space_path} changed since the sweep started; resuming with the stored space")
             space = parse_space(stored, source=files.join(exp_dir, "space.yaml"), default_name=name)
-            started = json.loads(files.read_text(files.join(exp_dir, "sweep.json")))
             space.search = dataclasses.replace(space.search, **started["search"])
             if samples not in (None, space.search.samples) or scheduler not in (None, space.search.scheduler):
                 say("note: --samples/--scheduler are fixed when a sweep starts; resuming with "
@@ -518,10 +518,14 @@ def run_sweep(
                 exp_dir, trainable=trainable, resume_unfinished=True,
                 resume_errored=True, restart_errored=False,
             )
+            if not set_resumed_concurrency(tuner, n_parallel):
+                say(f"note: the resumed sweep runs as many trials at once as when it started "
+                    f"({space.search.max_concurrent_trials})")
         else:
             files.write_text(files.join(exp_dir, "space.yaml"), space.text)
             started = {"search": {k: getattr(space.search, k)
                                   for k in ("samples", "scheduler", "max_concurrent_trials", "metric")},
+                       "settings": settings or {},  # --set: a resume compares the space file with it
                        "data": data, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
             files.write_text(files.join(exp_dir, "sweep.json"), json.dumps(started, indent=1))
             s = space.search
@@ -559,6 +563,31 @@ def run_sweep(
         board = build_leaderboard(exp_dir, space)
         plot = save_report(exp_dir, board, space)
         return SweepResult(experiment_dir=exp_dir, leaderboard=board, plot_path=plot, space=space)
+
+
+def space_changed(stored: str, space: SearchSpace, started_settings: dict) -> bool:
+    """Whether the space file differs from the one a sweep started with: the stored text is
+    the file's, or with `--set` (sweep.json's `settings`) the file with them fixed."""
+    if stored == space.text:
+        return False
+    if not started_settings:
+        return True
+    try:
+        return stored != with_fixed_settings(space, started_settings).text
+    except ValueError:  # a SpaceError: the file now searches a key that --set fixed
+        return True
+
+
+def set_resumed_concurrency(tuner, n_parallel: int) -> bool:
+    """Give a restored sweep's limiter (limit_concurrency; Tune unpickles it with the limit
+    the sweep started with) the limit computed now, for this cluster. False where Tune's
+    restored tuner does not expose it (its layout is Ray's own)."""
+    tune_config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    limiter = getattr(tune_config, "search_alg", None)
+    if not hasattr(limiter, "set_max_concurrency"):
+        return False
+    limiter.set_max_concurrency(int(n_parallel))
+    return True
 
 
 def _printer(enabled: bool):
