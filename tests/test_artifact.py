@@ -288,6 +288,20 @@ def test_pull_names_an_artifact_folder_without_its_manifest(ensemble, tmp_path):
         pull("exp", str(store), tmp_path / "got")
 
 
+def test_pull_brings_the_sweeps_report_files(ensemble, tmp_path):
+    """`raytag pull` promises the report: report.html, search.png and importance.csv sit at
+    the experiment's top level (raytag.report_html, raytag.search.report)."""
+    exp_dir = Path(ensemble.artifact_path).parents[1]
+    store = tmp_path / "store"
+    storage.copy_tree(str(exp_dir), str(store / "exp"))
+    reports = {"report.html": b"<html>report</html>", "search.png": b"\x89PNG\r\n", "importance.csv": b"param,imp\n"}
+    for name, data in reports.items():
+        (store / "exp" / name).write_bytes(data)
+    result = pull("exp", str(store), tmp_path / "got")
+    for name, data in reports.items():
+        assert (tmp_path / "got" / name).read_bytes() == data and name in result.copied
+
+
 def test_pull_takes_a_train_runs_artifact(ensemble, tmp_path):
     """`raytag train` saves <run>/artifact; pull finds it where a sweep keeps ensemble/artifact."""
     exp_dir = Path(ensemble.artifact_path).parents[1]

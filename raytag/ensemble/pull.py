@@ -10,8 +10,8 @@ never holds a manifest whose files are not all there and verified.
 
     DIR/artifact/            the artifact (for `raytag predict DIR/artifact ...`)
     DIR/leaderboard.csv      the sweep's leaderboard
+    DIR/report.html, search.png, importance.csv   the sweep's report, where it has them
     DIR/ensemble/            comparison.csv, comparison.png, ensemble_summary.json
-    DIR/report/              the sweep's report folder, when it has one
 """
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ from raytag.ensemble.artifact import MANIFEST, experiment_artifact, read_manifes
 from raytag.errors import ArtifactError, StorageError
 
 ENSEMBLE_REPORTS = ("comparison.csv", "comparison.png", "ensemble_summary.json")
+# the experiment's own reports, each copied where it exists: raytag.search.report writes the
+# leaderboard, search.png and importance.csv; raytag.report_html writes report.html
+SWEEP_REPORTS = ("leaderboard.csv", "report.html", "search.png", "importance.csv")
 
 
 @dataclass
@@ -72,16 +75,11 @@ def pull(experiment: str, storage_uri: str, to: Path) -> PullResult:
     result.skipped += [f"artifact/{f}" for f in stats.skipped]
     verify_artifact(dst_artifact)
 
-    reports = ["leaderboard.csv"] + [f"ensemble/{name}" for name in ENSEMBLE_REPORTS]
+    reports = [*SWEEP_REPORTS, *(f"ensemble/{name}" for name in ENSEMBLE_REPORTS)]
     present = [rel for rel in reports if storage.exists(storage.join(source, rel))]
     stats = storage.copy_tree(source, str(to), files=present)
     result.copied += stats.copied
     result.skipped += stats.skipped
-    report_dir = storage.join(source, "report")
-    if storage.is_dir(report_dir):
-        stats = storage.copy_tree(report_dir, str(to / "report"))
-        result.copied += [f"report/{f}" for f in stats.copied]
-        result.skipped += [f"report/{f}" for f in stats.skipped]
     return result
 
 
