@@ -76,7 +76,7 @@ def test_garbage_file_says_what_soundfile_said(tmp_path):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(AudioDecodeError, match="cannot decode"):
+    with pytest.raises(AudioDecodeError, match="nope.wav: file not found"):
         load_audio(tmp_path / "nope.wav", 16000)
 
 
@@ -123,3 +123,21 @@ def test_a_wav_cut_short_is_an_error_not_a_shorter_clip(tmp_path):
             read(tmp_path / "cut.wav")
     assert load_audio(tmp_path / "whole.wav", 16000).shape == (16000,)
     assert audio_info(tmp_path / "whole.wav")[0] == pytest.approx(1.0)
+
+
+def test_a_missing_or_unreadable_file_says_so_not_system_error(tmp_path, monkeypatch):
+    import raytag.data.audio as audio_module
+    from raytag.data.audio import AudioReadError
+
+    for read in (lambda p: load_audio(p, 16000), audio_info):
+        with pytest.raises(AudioReadError, match="missing.wav: file not found$"):
+            read(tmp_path / "missing.wav")
+    sf.write(tmp_path / "locked.wav", sine(440, 0.5, 16000), 16000)
+
+    def denied(path, *args, **kwargs):  # what chmod 000 does for a user other than root
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(audio_module, "open", denied, raising=False)
+    for read in (lambda p: load_audio(p, 16000), audio_info):
+        with pytest.raises(AudioReadError, match="locked.wav: permission denied"):
+            read(tmp_path / "locked.wav")

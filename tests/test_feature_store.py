@@ -325,6 +325,37 @@ def test_a_clip_that_could_not_be_read_once_is_tried_again_by_the_next_build(tmp
     assert _build_here(dataset, tmp_path / "cache").build_info["computed"] == 0  # bad samples are not retried
 
 
+def test_running_out_of_memory_on_one_clip_is_that_clips_failure(tmp_path, monkeypatch):
+    import raytag.features.store as store_module
+
+    dataset = load_dataset(make_fat2019(tmp_path / "data"), sample_rate=CFG.sample_rate)
+    huge = dataset.clips.set_index("clip_id").loc["noisy/n0.wav", "path"]
+
+    def out_of_memory_on_huge(path, *args, **kwargs):
+        if str(path) == huge:
+            raise MemoryError()
+        return load_audio(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_module, "load_audio", out_of_memory_on_huge)
+    store = _build_here(dataset, tmp_path / "cache")
+    failed = dict(store.failed.itertuples(index=False))
+    assert "out of memory" in failed["train_noisy/n0.wav"] and len(store) == 7
+
+
+def test_a_shard_whose_process_died_is_named_with_its_files(tmp_path):
+    from concurrent.futures.process import BrokenProcessPool
+
+    from raytag.errors import RaytagError
+    from raytag.features.store import _failed
+
+    rows = [{"file": f"train_noisy/n{i}.wav"} for i in range(7)]
+    err = _failed(tmp_path, 4, rows, BrokenProcessPool("A process in the process pool was terminated abruptly"))
+    assert isinstance(err, RaytagError)
+    text = str(err)
+    assert "shard 4" in text and "terminated abruptly" in text and "run the same command again" in text
+    assert "train_noisy/n0.wav, train_noisy/n1.wav" in text and "n4.wav and 2 more" in text and "n5.wav" not in text
+
+
 def test_datasets_sharing_a_cache_folder_get_separate_stores(ray_session, dataset, tmp_path):
     other_root = make_fat2019(tmp_path / "other")
     other = load_dataset(other_root, sample_rate=CFG.sample_rate)

@@ -48,7 +48,7 @@ def audio_info(path: str | Path) -> tuple[float, int, int]:
     A file with a valid header and no samples returns duration 0.0; the caller decides
     what is too short.
     """
-    _check_not_empty(path)
+    _check_file(path)
     _check_wav_complete(path)
     try:
         info = sf.info(str(path))
@@ -72,7 +72,7 @@ def load_audio(
     sample (never silently zeroed), is digital silence (every sample 0), or is shorter
     than `min_samples` after resampling (pass `min_samples(features)`: one frame).
     """
-    _check_not_empty(path)
+    _check_file(path)
     _check_wav_complete(path)
     try:
         with sf.SoundFile(str(path)) as f:
@@ -107,11 +107,20 @@ def load_audio(
     return wave
 
 
-def _check_not_empty(path) -> None:
+def _check_file(path) -> None:
+    """A file that is missing, unreadable or empty, said plainly (libsndfile reports a
+    missing or unreadable file as "System error.")."""
     try:
-        empty = Path(path).stat().st_size == 0
-    except OSError:
-        return  # missing or unreadable: soundfile says so
+        with open(path, "rb") as fh:
+            empty = os.fstat(fh.fileno()).st_size == 0
+    except FileNotFoundError as err:
+        raise AudioReadError(path, "file not found") from err
+    except PermissionError as err:
+        raise AudioReadError(path, "permission denied (cannot read the file)") from err
+    except IsADirectoryError as err:
+        raise AudioDecodeError(path, "a folder, not an audio file") from err
+    except OSError as err:
+        raise AudioReadError(path, f"cannot read the file: {err.strerror or err}") from err
     if empty:
         raise AudioDecodeError(path, "empty file (0 bytes)")
 

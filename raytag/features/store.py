@@ -401,9 +401,19 @@ def _may_fork() -> bool:
     return threading.active_count() == 1 and not (ray is not None and ray.is_initialized())
 
 
-def _failed(root: Path, shard: int, err: Exception) -> RaytagError:
-    return RaytagError(f"feature extraction of {root / shard_name(shard)} failed: {err}. "
-                       "Finished shards are kept; run the same command again to resume.")
+_SHOW_FILES = 5  # how many of a failed shard's files an error names
+
+
+def _failed(root: Path, shard: int, rows: list, err: Exception) -> RaytagError:
+    """The error for a shard whose task failed or whose process died (killed for memory,
+    a crash in a decoder): it names the shard's files, one of which may be the cause."""
+    files = [row["file"] for row in rows]
+    more = f" and {len(files) - _SHOW_FILES} more" if len(files) > _SHOW_FILES else ""
+    return RaytagError(
+        f"feature extraction of shard {shard} in {root} failed: {str(err) or type(err).__name__}. "
+        f"Its files: {', '.join(files[:_SHOW_FILES])}{more}. Finished shards are kept; run the "
+        "same command again to resume. If a process died again, one of these files (or one "
+        "of a shard computed at the same time) is the likely cause: move it out of the dataset.")
 
 
 def _forked_pool(todo: list, cfg_dict: dict, key: str, root: Path, n: int):
@@ -414,16 +424,16 @@ def _forked_pool(todo: list, cfg_dict: dict, key: str, root: Path, n: int):
     _POOL_FRONTEND = _frontend(cfg_dict)  # built once here; the forked processes inherit it
     pool = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("fork"), initializer=_one_thread)
     try:
-        pending = {pool.submit(_compute_shard, shard, rows, signature, key, str(root)): shard
+        pending = {pool.submit(_compute_shard, shard, rows, signature, key, str(root)): (shard, rows)
                    for shard, rows, signature in todo}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                shard = pending.pop(future)
+                shard, rows = pending.pop(future)
                 try:
                     out = future.result()
-                except Exception as err:  # noqa: BLE001 - the task's error, or its process died
-                    raise _failed(root, shard, err) from err
+                except Exception as err:  # noqa: BLE001 - the task's error, or its process died (BrokenProcessPool)
+                    raise _failed(root, shard, rows, err) from err
                 yield shard, out
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -436,17 +446,18 @@ def _ray_tasks(todo: list, cfg_dict: dict, key: str, root: Path):
     # An explicit strategy also lets the tasks leave a caller's placement group (inside a
     # Tune trial, which holds a fraction of a CPU, they would otherwise never be scheduled).
     task = ray.remote(num_cpus=1, scheduling_strategy=this_node_strategy())(_ray_shard)
-    refs = {task.remote(shard, rows, signature, cfg_dict, key, str(root)): shard
+    refs = {task.remote(shard, rows, signature, cfg_dict, key, str(root)): (shard, rows)
             for shard, rows, signature in todo}
     pending = list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         for ref in ready:
+            shard, rows = refs[ref]
             try:
                 out = ray.get(ref)
             except ray.exceptions.RayError as err:
-                raise _failed(root, refs[ref], err) from err
-            yield refs[ref], out
+                raise _failed(root, shard, rows, err) from err
+            yield shard, out
 
 
 def _ray_shard(shard: int, rows: list, signature: list, cfg_dict: dict, key: str, root: str) -> dict:
@@ -555,6 +566,10 @@ def _compute_shard(shard: int, rows: list, signature: list, key: str, root: str,
             failures.append([row["file"], err.reason])
             if isinstance(err, AudioReadError):
                 retry.append(row["path"])  # tried again by the next build
+            continue
+        except MemoryError:  # one huge file: its failure, not the shard's; may fit another time
+            failures.append([row["file"], "out of memory while decoding it (a very long or damaged file?)"])
+            retry.append(row["path"])
             continue
         try:
             with torch.inference_mode():
