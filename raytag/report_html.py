@@ -15,8 +15,10 @@ import html
 import io
 import json
 import math
+import re
 from datetime import datetime, timezone
 from typing import Optional
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
@@ -44,7 +46,7 @@ def write_report_html(exp_dir: str) -> str:
     if not storage.exists(board_path):
         raise RaytagError(f"{board_path}: no leaderboard; run `raytag tune` (or `raytag report`) first")
     board = storage.read_csv(board_path)
-    name = exp_dir.rstrip("/").rsplit("/", 1)[-1]
+    name = storage.basename(exp_dir)
     best = _best_trials(exp_dir, board)
     metric = board_metric(board)
     sections = [
@@ -57,7 +59,7 @@ def write_report_html(exp_dir: str) -> str:
     ]
     made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = _PAGE.format(title=html.escape(f"raytag sweep {name}"), name=html.escape(name),
-                        meta=html.escape(f"{len(board)} trials; {exp_dir}; written {made} by raytag {__version__}"),
+                        meta=html.escape(f"{len(board)} trials; {shown_path(exp_dir)}; written {made} by raytag {__version__}"),
                         body="\n".join(sections), style=_STYLE, script=_SCRIPT)
     path = report_path(exp_dir)
     storage.write_text(path, page)
@@ -214,12 +216,26 @@ def _tsne(best: list[dict]) -> str:
     return _image(storage.join(best[0]["outputs"], "tsne_filter.png"), "t-SNE of the filter's embeddings")
 
 
+def shown_path(path: str) -> str:
+    """A storage path as the page shows it: a URI without its user:password@ and its ?options
+    (which may hold keys); the page is meant to be mailed."""
+    text = storage.normalize_uri(path)
+    if not storage.is_uri(text):
+        return text
+    parts = urlsplit(text)
+    return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
+
+
+_URI_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]*")
+
+
 # ----------------------------------------------------------------------------- html pieces
 def _section(title: str, body: str, anchor: str) -> str:
     return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>\n{body}\n</section>'
 
 
 def _missing(why: str) -> str:
+    why = _URI_IN_TEXT.sub(lambda m: shown_path(m.group(0)), why)  # the paths it names, without secrets
     return f'<p class="missing">Not available: {html.escape(why)}.</p>'
 
 

@@ -149,3 +149,15 @@ def test_best_trials_follow_the_leaderboard_s_metric(tmp_path):
     assert re.findall(r"<h3>(\w+) \(cv_map3 ([0-9.]+)\)</h3>", stages) == [
         ("trial_2", "0.7000"), ("trial_1", "0.3000"), ("trial_0", "0.2000")]
     assert "best trial (trial_2)" in page
+
+
+def test_report_shows_no_uri_options_or_credentials(tmp_path):
+    from raytag.report_html import shown_path
+
+    exp = make_experiment(tmp_path, signals=(0.9,), n=40, n_test=10)
+    page = storage.read_text(write_report_html(f"file://{exp}?secret_key=abc"))
+    assert "<title>raytag sweep exp</title>" in page and "<h1>raytag sweep exp</h1>" in page
+    assert f"file://{exp};" in page  # the meta line names where the sweep is
+    assert "search.png is missing" in page and "secret_key" not in page
+    assert shown_path("s3://AKIA:pw@bucket/runs/exp?region=r&secret=s") == "s3://bucket/runs/exp"
+    assert shown_path("/local/runs/exp") == "/local/runs/exp"
