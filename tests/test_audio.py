@@ -141,3 +141,17 @@ def test_a_missing_or_unreadable_file_says_so_not_system_error(tmp_path, monkeyp
     for read in (lambda p: load_audio(p, 16000), audio_info):
         with pytest.raises(AudioReadError, match="locked.wav: permission denied"):
             read(tmp_path / "locked.wav")
+
+
+def test_resampled_length_counts_as_the_decoder_does():
+    """The header check predicts the decoded length; soxr rounds half up (400 samples at
+    16 kHz are 1102.5 at 44.1 kHz: 1103)."""
+    import soxr
+
+    from raytag.data.audio import resampled_length
+
+    for rate_in, rate_out in [(44100, 16000), (16000, 44100), (22050, 16000), (48000, 32000)]:
+        for n in (1, 15, 400, 1411, 2822, 4001):
+            got = soxr.resample(np.ones(n, np.float32), rate_in, rate_out, quality="HQ").size
+            assert resampled_length(n, rate_in, rate_out) == got, (rate_in, rate_out, n)
+    assert resampled_length(123, 16000, 16000) == resampled_length(123, 16000, None) == 123

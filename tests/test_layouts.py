@@ -253,6 +253,37 @@ def test_a_rejected_row_does_not_shadow_a_good_row_of_the_same_fname(tmp_path):
     assert skipped_reason(ds, "train_curated/c4.ogg") == "train_curated.csv line 9: duplicate fname (line 8 is kept)"
 
 
+@pytest.mark.parametrize("rate", [44100, 22050])
+def test_header_check_and_decoder_agree_on_the_shortest_resampled_clip(tmp_path, rate):
+    """At 44.1 kHz a 2822-frame clip resamples to 1024 samples at 16 kHz: one n_fft frame,
+    usable. The header check compared seconds (0.06399 < 0.064) and left it out."""
+    from raytag.config import FeatureConfig
+    from raytag.data.audio import load_audio, min_samples
+    from raytag.errors import AudioDecodeError
+
+    features = FeatureConfig(sample_rate=16000, n_fft=1024)
+    limit = min_samples(features) * rate // 16000  # frames near one frame's length once resampled
+    root = tmp_path / "d"
+    lengths = range(limit - 4, limit + 5)
+    (root / "train_curated").mkdir(parents=True)
+    for n in lengths:
+        tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / rate)
+        sf.write(root / "train_curated" / f"c{n}.wav", tone, rate)
+    write_csv(root / "train_curated.csv", ["fname", "labels"], [(f"c{n}.wav", "Bark") for n in lengths])
+    write_csv(root / "sample_submission.csv", ["fname", "Bark"], [])
+    kept = set(load_dataset(root, features=features).split("curated")["fname"])
+    for n in lengths:
+        path = root / "train_curated" / f"c{n}.wav"
+        assert sf.info(path).frames == n
+        try:
+            load_audio(path, 16000, min_samples=min_samples(features))
+            decodes = True
+        except AudioDecodeError:
+            decodes = False
+        assert (f"c{n}.wav" in kept) == decodes, f"{n} frames at {rate} Hz: header and decoder disagree"
+    assert f"c{limit - 4}.wav" not in kept and f"c{limit + 4}.wav" in kept
+
+
 def test_min_seconds_is_an_argument(tmp_path):
     root = make_fat2019(tmp_path / "d")
     ds = load_dataset(root, min_seconds=0.6)  # c1, n1, t1, t2 are 0.5 s

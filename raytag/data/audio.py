@@ -42,6 +42,15 @@ def min_seconds(features) -> float:
     return min_samples(features) / float(features.sample_rate)
 
 
+def resampled_length(frames: int, rate_in: int, rate_out: Optional[int]) -> int:
+    """How many samples `frames` at `rate_in` become once `load_audio` resamples them to
+    `rate_out` (None: not resampled). soxr rounds the exact length half up; checks made
+    from a header must count the same way as the decoder or they disagree at the limit."""
+    if not rate_out or int(rate_out) == int(rate_in):
+        return int(frames)
+    return (2 * int(frames) * int(rate_out) + int(rate_in)) // (2 * int(rate_in))
+
+
 def audio_info(path: str | Path) -> tuple[float, int, int]:
     """(duration_s, sample_rate, channels) from the file header only (no decoding).
 

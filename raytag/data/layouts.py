@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 from raytag import storage
-from raytag.data.audio import audio_info, load_audio
-from raytag.data.audio import min_seconds as audio_min_seconds
+from raytag.data.audio import audio_info, load_audio, resampled_length
+from raytag.data.audio import min_samples as audio_min_samples
 from raytag.data.csvcheck import repeated_fields, unnamed_fields
 from raytag.data.labels import labels_to_matrix, parse_label_field
 from raytag.data.truth import read_truth
@@ -127,18 +127,20 @@ def load_dataset(
 
     `sample_rate` is only recorded (for `Dataset.audio`); nothing is decoded here, clip
     lengths come from file headers. Clips shorter than `min_seconds` are skipped; given
-    `features` (a FeatureConfig), its rule replaces it: one frame, `audio.min_seconds`,
-    the rule the feature store and `raytag predict` apply too.
+    `features` (a FeatureConfig), its rule replaces it: one frame (`audio.min_samples`)
+    once resampled to the features' rate, counted as the decoder counts, the rule the
+    feature store and `raytag predict` apply too.
     """
+    frame_rule = None
     if features is not None:
         sample_rate = features.sample_rate if sample_rate is None else sample_rate
-        min_seconds = audio_min_seconds(features)
+        frame_rule = (audio_min_samples(features), int(features.sample_rate))
     root = Path(root).expanduser().absolute()
     if not root.exists():
         raise DatasetError(f"dataset folder not found: {root}")
     if not root.is_dir():
         raise DatasetError(f"{root} is a file; pass the dataset folder")
-    reader = _Reader(root, min_seconds)
+    reader = _Reader(root, min_seconds, frame_rule)
     if (root / LAYOUT_FILES["fat2019"]).is_file():
         layout, classes = "fat2019", reader.read_fat2019()
     elif (root / LAYOUT_FILES["fsd2018"]).is_file():
@@ -194,10 +196,11 @@ def load_dataset(
 class _Reader:
     """Collects candidate clips and skipped files while the CSVs are read."""
 
-    def __init__(self, root: Path, min_seconds: float):
+    def __init__(self, root: Path, min_seconds: float, frame_rule: Optional[tuple[int, int]] = None):
         self.root = root
         self.root_real = root.resolve()
         self.min_seconds = float(min_seconds)
+        self.frame_rule = frame_rule  # (min samples, at this rate): replaces min_seconds
         self.rows: list[dict] = []  # candidates; headers are checked in finish()
         self.skipped: list[tuple[str, str]] = []
 
@@ -371,14 +374,14 @@ class _Reader:
         with ThreadPoolExecutor(max_workers=_INFO_THREADS) as pool:
             infos = list(pool.map(_try_info, [r["path"] for r in self.rows]))
         kept = []
-        for row, (duration, error) in zip(self.rows, infos):
+        for row, (duration, rate, error) in zip(self.rows, infos):
+            short = None if error is not None or duration <= 0 else self._too_short(duration, rate)
             if error is not None:
                 self._skip(row["file"], error)
             elif duration <= 0:
                 self._skip(row["file"], "empty audio file (0 samples)")
-            elif duration < self.min_seconds:
-                self._skip(row["file"], f"too short: {duration:.3f} s, need at least "
-                                        f"{self.min_seconds:g} s (one frame)")
+            elif short:
+                self._skip(row["file"], short)
             else:
                 kept.append({**row, "duration": duration})
         clips = pd.DataFrame(kept, columns=CLIP_COLUMNS + ["file"])[CLIP_COLUMNS]
@@ -386,11 +389,26 @@ class _Reader:
         return clips.reset_index(drop=True)
 
 
+    def _too_short(self, duration: float, rate: int) -> Optional[str]:
+        """Why a clip of this header is too short to use, or None."""
+        if self.frame_rule is None:
+            if duration >= self.min_seconds:
+                return None
+            return f"too short: {duration:.3f} s, need at least {self.min_seconds:g} s (one frame)"
+        need, rate_out = self.frame_rule
+        samples = resampled_length(round(duration * rate), rate, rate_out)  # as load_audio will have it
+        if samples >= need:
+            return None
+        return f"too short: {samples} samples at {rate_out} Hz, need at least {need} (one frame)"
+
+
 def _try_info(path: str):
+    """(duration s, sample rate, None) from the header, or (0.0, 0, why it is unusable)."""
     try:
-        return audio_info(path)[0], None
+        duration, rate, _ = audio_info(path)
+        return duration, rate, None
     except AudioDecodeError as err:
-        return 0.0, err.reason
+        return 0.0, 0, err.reason
 
 
 # ----------------------------------------------------------------------------- helpers
