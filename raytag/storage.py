@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
+from urllib.parse import quote, unquote
 
 import pandas as pd
 import pyarrow as pa
@@ -84,30 +85,34 @@ def absolute(path: str | os.PathLike) -> str:
     return text.rstrip("/") if is_uri(text) else str(Path(text).expanduser().resolve())
 
 
+# what a URI path may hold as it is (RFC 3986 pchar); anything else (space, %, ?, #,
+# non-ASCII) is percent-encoded, and pyarrow decodes it back to the name
+_URI_PATH_SAFE = "/!$&'()*+,;=:@~"
+
+
 def join(base: str | os.PathLike, *parts: str) -> str:
     """Join path parts with "/" keeping a URI's scheme ("s3://b/x" + "y" -> "s3://b/x/y") and
     its options ("s3://b/x?endpoint_override=h:9000" + "y" -> "s3://b/x/y?endpoint_override=h:9000":
     appended after them, the parts would be read as an option's value and every file would
-    land on one object)."""
+    land on one object). Under a URI the parts are file names as `list_files` gives them,
+    percent-encoded ("x y.wav" -> "x%20y.wav", "50%.wav" -> "50%25.wav"); the base is a
+    URI already and is kept as it is."""
     text = normalize_uri(base)
     if not is_uri(text):
         return os.path.join(text, *parts)
     head, sep, options = text.partition("?")
     out = head.rstrip("/")
     for part in parts:
-        part = str(part).strip("/")
-        if "?" in part or "#" in part:  # a URI would end its path there and drop the rest
-            raise StorageError(f"{part!r}: a name under a storage URI cannot hold '?' or '#'; rename it")
-        out = f"{out}/{part}"
+        out = f"{out}/{quote(str(part).strip('/'), safe=_URI_PATH_SAFE)}"
     return out + sep + options
 
 
 def basename(path: str | os.PathLike) -> str:
     """The last part of a local path or a URI ("s3://b/x/exp/?region=r" -> "exp")."""
     text = normalize_uri(path)
-    if is_uri(text):
-        text = text.partition("?")[0]
-    return text.rstrip("/").rsplit("/", 1)[-1]
+    if not is_uri(text):
+        return text.rstrip("/").rsplit("/", 1)[-1]
+    return unquote(text.partition("?")[0].rstrip("/").rsplit("/", 1)[-1])  # the name, as join was given it
 
 
 def safe_relpath(name, where: str = "", error: type = StorageError) -> str:
