@@ -706,6 +706,13 @@ def _indexed_files(root: Path) -> set[str]:
         return set()
 
 
+def _older_than(path: Path, when: float) -> bool:
+    try:
+        return path.stat().st_mtime < when
+    except FileNotFoundError:  # a concurrent build removed it first
+        return False
+
+
 def _remove_stale_shards(root: Path, merged: _Merged, started_at: float) -> None:
     """Delete the shard files neither the new index nor the one it replaces reads.
 
@@ -713,7 +720,7 @@ def _remove_stale_shards(root: Path, merged: _Merged, started_at: float) -> None
     Files written since this build started may be a concurrent build's, so they stay too."""
     keep = set(_files_of(merged.index).values()) | _indexed_files(root)
     for npy in root.glob("shard-*.npy"):
-        if npy.name not in keep and npy.stat().st_mtime < started_at - MTIME_SLACK_S:
+        if npy.name not in keep and _older_than(npy, started_at - MTIME_SLACK_S):
             npy.unlink(missing_ok=True)
     for side in root.glob("shard-*.json"):  # sidecars of an earlier, larger clip list
         if int(side.stem.split("-")[1]) >= merged.n_chunks:
