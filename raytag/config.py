@@ -21,9 +21,12 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type
 
 import yaml
 
+from raytag.errors import RaytagError
 
-class ConfigError(ValueError):
-    """A setting is unknown, of the wrong type or out of range; the message names it."""
+
+class ConfigError(RaytagError, ValueError):
+    """A setting is unknown, of the wrong type or out of range; the message names it.
+    (A ValueError too, for callers that caught it as one before it was a RaytagError.)"""
 
 
 # ----------------------------------------------------------------------------- features

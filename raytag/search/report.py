@@ -38,7 +38,7 @@ def param_importance(board: pd.DataFrame, space: SearchSpace) -> Optional[pd.Ser
         return None
     dists = {p.key: p.optuna_distribution() for p in space.params()}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize" if space.search.mode == "max" else "minimize")
+    study = optuna.create_study(direction="maximize")  # every metric is higher-is-better (space.py)
     for _, row in scored.iterrows():
         params = {}
         for key, dist in dists.items():
