@@ -69,6 +69,31 @@ class ModelConfig:
     params: dict = field(default_factory=dict)  # family-specific extras
 
 
+# Family params whose default changed, as {family: {key: (value before, value now)}}. A saved
+# model (model.json, an artifact's member.json) written before the change lacks the key and
+# was built with the old value; one written since records it (`recorded_model_settings`),
+# so an old artifact keeps loading its weights into the network they came from.
+CHANGED_DEFAULTS: dict[str, dict[str, tuple]] = {
+    "crnn": {"skip": (0, 1)},  # session 25: +0.26 CV on the dev benchmark (models/crnn.py)
+}
+
+
+def recorded_model_settings(model: dict) -> dict:
+    """`model` (a ModelConfig as a dict) to save: with today's value of every changed
+    default it leaves out written in, so a later change cannot alter what it builds."""
+    changed = CHANGED_DEFAULTS.get(model.get("name"), {})
+    params = {key: now for key, (_, now) in changed.items()} | dict(model.get("params") or {})
+    return {**model, "params": params}
+
+
+def saved_model_settings(model: dict) -> dict:
+    """`model` as read back from a saved card: a changed default it leaves out takes the
+    value it had before the change (the card predates it; see CHANGED_DEFAULTS)."""
+    changed = CHANGED_DEFAULTS.get(model.get("name"), {})
+    params = {key: before for key, (before, _) in changed.items()} | dict(model.get("params") or {})
+    return {**model, "params": params}
+
+
 # ----------------------------------------------------------------------------- training
 @dataclass
 class MixupConfig:

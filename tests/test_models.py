@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from raytag.config import ModelConfig
+from raytag.config import ModelConfig, recorded_model_settings, saved_model_settings
 from raytag.errors import RaytagError
 from raytag.models import MODELS, Tagger, build_model, register
 from raytag.models.common import block_widths
@@ -234,13 +234,13 @@ def test_width_depth_and_params_change_the_model():
     deeper = build_model(small_cfg("cnn2d", depth=4), 5, 1, N_BINS)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(wider) > count(base) and count(deeper) > count(base)
-    assert build_model(small_cfg("crnn", params={"lstm_hidden": 24}), 5, 1, N_BINS).embed_dim == 48
+    assert build_model(small_cfg("crnn", params={"lstm_hidden": 24, "skip": 0}), 5, 1, N_BINS).embed_dim == 48
     assert build_model(small_cfg("vgg_small", params={}), 5, 1, N_BINS).embed_dim == 1024
     assert build_model(small_cfg("vgg_large", params={}), 5, 1, N_BINS).embed_dim == 4096
 
 
 def test_crnn_skip_adds_the_conv_path_to_the_embedding():
-    cfg = small_cfg("crnn", params={"lstm_hidden": 24, "skip": 1})
+    cfg = small_cfg("crnn", params={"lstm_hidden": 24})  # skip is on by default
     model = build_model(cfg, 5, 1, N_BINS).eval()
     conv_width = block_widths(cfg.width, cfg.depth)[-1]
     assert model.embed_dim == 48 + conv_width
@@ -251,6 +251,20 @@ def test_crnn_skip_adds_the_conv_path_to_the_embedding():
     assert embedding.shape == (2, 48 + conv_width)
     # the first part is the conv features' own mean + max over time, not the LSTM's
     torch.testing.assert_close(embedding[:, :conv_width], conv.mean(-1) + conv.amax(-1))
+
+
+def test_a_saved_crnn_from_before_skip_was_the_default_still_loads_its_weights():
+    """A card written before crnn's skip default changed lacks the key and was built without
+    it; one written now records it, so it keeps building the same network."""
+    old_card = {"name": "crnn", "width": 4, "depth": 2, "dropout": 0.0, "params": {"lstm_hidden": 8}}
+    old_model = build_model(ModelConfig(**{**old_card, "params": {"lstm_hidden": 8, "skip": 0}}), 5, 1, N_BINS)
+    rebuilt = build_model(ModelConfig(**saved_model_settings(old_card)), 5, 1, N_BINS)
+    rebuilt.load_state_dict(old_model.state_dict())  # same shapes: the old network
+    written = recorded_model_settings({**old_card, "params": {"lstm_hidden": 8}})
+    assert written["params"] == {"lstm_hidden": 8, "skip": 1}
+    assert saved_model_settings(written) == written  # read back as written
+    assert saved_model_settings({**old_card, "params": {"skip": 1}})["params"] == {"skip": 1}
+    assert recorded_model_settings({"name": "cnn2d", "params": {}}) == {"name": "cnn2d", "params": {}}
 
 
 def test_unknown_name_lists_the_valid_ones():

@@ -35,7 +35,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from raytag import __version__, storage
-from raytag.config import Config, ConfigError, safe_name
+from raytag.config import Config, ConfigError, safe_name, saved_model_settings
 from raytag.ensemble.combiners import COMBINERS, combine
 from raytag.ensemble.tagging import predict_files
 from raytag.errors import ArtifactError, RaytagError
@@ -82,7 +82,7 @@ def trial_settings(outputs_dir: str) -> dict:
     """
     card = read_model_card(outputs_dir)
     try:
-        cfg = Config.from_dict({"features": card["features"], "model": card["model"],
+        cfg = Config.from_dict({"features": card["features"], "model": saved_model_settings(card["model"]),
                                 "inference": card["inference"]})
     except ConfigError as err:
         raise ArtifactError(f"{storage.join(outputs_dir, MODEL_CARD)}: settings cannot be read: {err}") from err
@@ -369,6 +369,7 @@ def load_artifact(path, device: str = "cpu") -> Artifact:
         if list(settings.get("classes", [])) != list(ens["classes"]):
             raise ArtifactError(f"{path}/members/{name}/{MEMBER}: class list differs from {ENSEMBLE}")
         try:
+            settings["model"] = saved_model_settings(settings["model"])  # a member saved before a default changed
             cfg = Config.from_dict({"features": settings["features"], "model": settings["model"]})
         except (ConfigError, KeyError) as err:
             raise ArtifactError(f"{path}/members/{name}/{MEMBER}: bad settings: {err}") from err

@@ -6,9 +6,14 @@ params:
   lstm_layers (int, 1)        stacked LSTM layers
   time_pool_blocks (int, 99)  conv blocks that also halve time (fewer keeps more
                               frames for the LSTM at more compute); >= depth pools in all
-  skip (int, 0)               1: the conv features' own mean + max over time join the
+  skip (int, 1)               1: the conv features' own mean + max over time join the
                               LSTM's in the embedding, so the head sees the conv path
-                              directly (the LSTM refines it instead of gating it)
+                              directly and the LSTM adds to it; 0: the LSTM's alone (the
+                              seed's net and raytag's before session 25). On 5 folds of the
+                              dev benchmark (crnn w32, the default recipe) skip lifted CV
+                              0.352 -> 0.608 and test 0.444 -> 0.644: without it the head
+                              waits for the LSTM and the net barely learns in 30 epochs
+                              (results/benchmarks/quality.md, twenty-fifth session)
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ class CRNN(Tagger):
     def __init__(self, cfg: ModelConfig, n_classes: int, in_channels: int, n_bins: int):
         super().__init__(in_channels, n_bins, n_classes)
         p = family_params(
-            cfg, {"lstm_hidden": 128, "lstm_layers": 1, "time_pool_blocks": 99, "skip": 0},
+            cfg, {"lstm_hidden": 128, "lstm_layers": 1, "time_pool_blocks": 99, "skip": 1},
             may_be_zero=("time_pool_blocks", "skip"),
         )
         widths = block_widths(cfg.width, cfg.depth)

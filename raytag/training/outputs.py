@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raytag import storage
+from raytag.config import recorded_model_settings
 from raytag.data.truth import truth_frame
 from raytag.data.submission import write_submission_2018, write_submission_2019
 from raytag.metrics import layout_scores, lwlrap
@@ -191,7 +192,7 @@ def model_card(plan) -> dict:
     cfg = plan.config
     return {
         "features": cfg.to_dict()["features"],
-        "model": cfg.to_dict()["model"],
+        "model": recorded_model_settings(cfg.to_dict()["model"]),  # a later default change cannot alter it
         "inference": cfg.to_dict()["inference"],
         "classes": list(plan.classes),
         "layout": plan.layout,
