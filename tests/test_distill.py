@@ -409,3 +409,85 @@ def test_a_student_can_start_from_its_template_members_network(experiment, disti
         StudentSettings(init="member", width=4).check()
     with pytest.raises(RaytagError, match="--init"):
         StudentSettings(init="teacher").check()
+
+
+# ----------------------------------------------------------------------------- the teacher's cache, no training
+HAND_CLASSES = ["bark", "rain", "siren"]
+
+
+def _hand_dataset(root: Path, curated: dict, noisy: dict):
+    """A Dataset of clips that need no audio: {fname: labels tuple} per split."""
+    from raytag.data.layouts import Dataset
+
+    rows = [{"clip_id": f"{split}/{f}", "fname": f, "path": str(root / split / f), "labels": labels,
+             "split": split, "duration": 1.0}
+            for split, clips in (("curated", curated), ("noisy", noisy)) for f, labels in clips.items()]
+    return Dataset(root=root, layout="fat2019", classes=list(HAND_CLASSES), clips=pd.DataFrame(rows),
+                   skipped=pd.DataFrame(columns=["file", "reason"]))
+
+
+def _hand_member(folder: Path, name: str, curated_ids: list, noisy_ids: list, seed: int) -> Member:
+    """A member whose out-of-fold predictions (curated and noisy) cover every clip given,
+    so teacher_targets never has to run a model."""
+    rng = np.random.default_rng(seed)
+    for file, ids in (("oof.parquet", curated_ids), ("noisy_oof.parquet", noisy_ids)):
+        frame = pd.DataFrame(rng.uniform(size=(len(ids), len(HAND_CLASSES))), columns=HAND_CLASSES)
+        frame.insert(0, "clip_id", ids)
+        frame.insert(1, "fold", np.arange(len(ids)) % 2)
+        frame.insert(2, "run", 0)
+        frame.insert(3, "stage", "finetune")
+        storage.write_parquet(frame, str(folder / name / file), metadata={"raytag.classes": json.dumps(HAND_CLASSES)})
+    return Member(name, {"source": str(folder / name)}, [])
+
+
+def _hand_teacher(tmp_path: Path, curated: dict, noisy: dict, extra_noisy: tuple = ()) -> tuple:
+    """(artifact, dataset): a two-member mean teacher with out-of-fold predictions for every
+    clip of the dataset (and for the noisy fnames `extra_noisy`, which it does not have yet)."""
+    art_dir = tmp_path / "artifact"
+    art_dir.mkdir(parents=True, exist_ok=True)
+    (art_dir / "manifest.json").write_text("{}")
+    cur_ids = [f"curated/{f}" for f in curated]
+    noisy_ids = [f"noisy/{f}" for f in [*noisy, *extra_noisy]]
+    members = [_hand_member(tmp_path / "trials", f"m{i}", cur_ids, noisy_ids, seed=i) for i in range(2)]
+    art = Artifact(path=str(art_dir), combiner="mean", weights=None, classes=list(HAND_CLASSES), layout="fat2019",
+                   members=members)
+    return art, _hand_dataset(tmp_path / "data", curated, noisy)
+
+
+CURATED = {"c1.wav": ("bark",), "c2.wav": ("rain",), "c3.wav": ("siren", "bark")}
+NOISY = {"n1.wav": ("rain",), "n2.wav": ("bark",)}
+
+
+def test_a_damaged_teacher_cache_is_computed_again(tmp_path):
+    """A kill mid-write once left teacher.parquet cut short, and every rerun then crashed in
+    pyarrow: now it is written whole or not at all, and an unreadable one is made again."""
+    art, dataset = _hand_teacher(tmp_path, CURATED, NOISY)
+    out = str(tmp_path / "distill")
+    first = teacher_targets(art, dataset, out)
+    cache = tmp_path / "distill" / "teacher.parquet"
+    data = cache.read_bytes()
+    cache.write_bytes(data[: len(data) // 2])
+    again = teacher_targets(art, dataset, out)
+    assert list(again.index) == list(first.index) and set(again["target_source"]) == {"oof"}
+    np.testing.assert_allclose(again[HAND_CLASSES].to_numpy(), first[HAND_CLASSES].to_numpy())
+    assert pd.read_parquet(cache).shape[0] == len(first)  # the cache was written again, whole
+    assert [p.name for p in cache.parent.iterdir()] == ["teacher.parquet"]  # no partial file left
+
+
+def test_a_write_cut_short_leaves_the_old_teacher_cache_whole(tmp_path, monkeypatch):
+    import raytag.training.outputs as outputs
+
+    art, dataset = _hand_teacher(tmp_path, CURATED, NOISY)
+    out = str(tmp_path / "distill")
+    teacher_targets(art, dataset, out)
+    cache = tmp_path / "distill" / "teacher.parquet"
+    before = cache.read_bytes()
+
+    def killed(table, where, **kwargs):  # half a file written, then the process dies
+        Path(where).write_bytes(before[: len(before) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs.pq, "write_table", killed)
+    with pytest.raises(KeyboardInterrupt):
+        outputs.write_parquet(pd.DataFrame({"clip_id": ["x"], "bark": [0.5]}), cache, ["bark"])
+    assert cache.read_bytes() == before

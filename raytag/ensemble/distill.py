@@ -183,10 +183,9 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
     path = storage.join(out_dir, TEACHER)
     art = probability_teacher(art)
     key = f"{_manifest_id(art.path)}:{art.combiner}:{noisy_targets}"  # nor another teacher's, or kind's
-    if storage.exists(path):
-        cached, _ = read_predictions(path)
-        if "artifact_manifest" in cached.columns and (cached["artifact_manifest"] == key).all():
-            return cached.drop(columns=["artifact_manifest"]).set_index("clip_id")
+    cached = _cached_teacher(path, key)
+    if cached is not None:
+        return cached
     classes = list(art.classes)
     sources = []
     for m in art.members:
@@ -231,6 +230,21 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
     storage.makedirs(out_dir)
     write_parquet(frame, _local(path), classes)
     return table
+
+
+def _cached_teacher(path: str, key: str) -> Optional[pd.DataFrame]:
+    """The cached teacher table when it was made for `key`; None when there is none, it is
+    another teacher's, or it cannot be read (then it is made again, not a crash on every rerun)."""
+    if not storage.exists(path):
+        return None
+    try:
+        cached, _ = read_predictions(path)
+    except (OSError, ValueError, RaytagError) as err:  # e.g. cut short by a kill (pyarrow's ArrowInvalid)
+        log.warning("%s: unreadable (%s); the teacher's targets are computed again", path, err)
+        return None
+    if "artifact_manifest" not in cached.columns or not (cached["artifact_manifest"] == key).all():
+        return None
+    return cached.drop(columns=["artifact_manifest"]).set_index("clip_id")
 
 
 def student_targets(table: pd.DataFrame, dataset, classes: list[str], label_weight: float,
@@ -463,10 +477,6 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     (local / MODEL_CARD).write_text(json.dumps(model_card(plan), indent=2))
 
     scores = _score(art, dataset, model, cfg, plan, store, targets.clip_ids, table[classes].to_numpy(np.float32))
-    # the student's test scores through the predict path, as the saved artifact will tag
-    student = Artifact(path=student_dir, combiner="mean", weights=None, classes=classes, layout=art.layout,
-                       members=[Member("student", trial_settings(student_dir), [model])])
-    scores.update(score_on_test(student, probability_teacher(art), dataset, settings.batch_size, progress))
     record = {"teacher": artifact_path, "teacher_manifest_sha256": _manifest_id(artifact_path),
               "teacher_members": [m.name for m in art.members], "teacher_combiner": art.combiner,
               "student_template": template.name,  # the member whose recipe, front end and model it took
@@ -475,8 +485,13 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
               "label_weight": settings.label_weight, "teacher_scale": settings.teacher_scale,
               "noisy_targets": settings.noisy_targets, "target_grain": settings.target_grain,
               "init": settings.init, "epochs": settings.epochs, "train_loss": [round(x, 5) for x in losses]}
-    dest = save_artifact(storage.join(out_dir, "artifact"), [MemberSpec("student", student_dir)], "mean", None,
-                         classes, art.layout, scores, distilled=record)
+    # saved before the test pass too, so an interruption there does not lose the trained student
+    _save_student(out_dir, student_dir, classes, art.layout, scores, record)
+    # the student's test scores through the predict path, as the saved artifact will tag
+    student = Artifact(path=student_dir, combiner="mean", weights=None, classes=classes, layout=art.layout,
+                       members=[Member("student", trial_settings(student_dir), [model])])
+    scores.update(score_on_test(student, probability_teacher(art), dataset, settings.batch_size, progress))
+    dest = _save_student(out_dir, student_dir, classes, art.layout, scores, record)
     result = DistillResult(artifact_path=dest, teacher_path=storage.join(out_dir, TEACHER), n_oof=n_oof,
                            n_ensemble=len(targets) - n_oof, epochs=settings.epochs, seconds=time.time() - started,
                            student=f"{cfg.model.name} w{cfg.model.width} d{cfg.model.depth}",
@@ -486,6 +501,12 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
                        json.dumps({**record, "artifact": dest, "scores": scores,
                                    "seconds": round(result.seconds, 1)}, indent=2) + "\n")
     return result
+
+
+def _save_student(out_dir: str, student_dir: str, classes: list, layout: str, scores: dict, record: dict) -> str:
+    """The student as a one-member artifact in `<out_dir>/artifact`; returns its path."""
+    return save_artifact(storage.join(out_dir, "artifact"), [MemberSpec("student", student_dir)], "mean", None,
+                         classes, layout, scores, distilled=record)
 
 
 def _sweep_data(experiment_dir: str) -> str:

@@ -9,6 +9,7 @@ here for reporting only, after training has finished."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -69,10 +70,15 @@ def _frame(ids, probs, fold, stage, run, classes) -> pd.DataFrame:
 
 
 def write_parquet(df: pd.DataFrame, path: Path, classes):
+    """Written whole or not at all: to a temporary name beside `path`, then renamed over it,
+    so a kill mid-write never leaves a damaged file that every later read fails on."""
     table = pa.Table.from_pandas(df, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[b"raytag.classes"] = json.dumps(list(classes)).encode()
-    pq.write_table(table.replace_schema_metadata(meta), path)
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    pq.write_table(table.replace_schema_metadata(meta), partial)
+    os.replace(partial, path)
 
 
 def _split_tag(tag: str):
