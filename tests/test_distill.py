@@ -491,3 +491,26 @@ def test_a_write_cut_short_leaves_the_old_teacher_cache_whole(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         outputs.write_parquet(pd.DataFrame({"clip_id": ["x"], "bark": [0.5]}), cache, ["bark"])
     assert cache.read_bytes() == before
+
+
+def test_the_teacher_cache_follows_the_dataset(tmp_path):
+    """The cache was keyed by the teacher only: a clip added to the dataset got no target
+    (and another --data with the same clip ids reused the old ones)."""
+    art, dataset = _hand_teacher(tmp_path, CURATED, NOISY, extra_noisy=("n3.wav",))
+    out = str(tmp_path / "distill")
+    first = teacher_targets(art, dataset, out)
+    assert "noisy/n3.wav" not in first.index
+    grown = _hand_dataset(dataset.root, CURATED, {**NOISY, "n3.wav": ("siren",)})
+    assert "noisy/n3.wav" in teacher_targets(art, grown, out).index
+    # the same clips in another folder, then relabelled: each time the targets are made again
+    cache = tmp_path / "distill" / "teacher.parquet"
+
+    def cache_key() -> str:
+        return pd.read_parquet(cache)["artifact_manifest"].iloc[0]
+
+    keys = [cache_key()]
+    teacher_targets(art, _hand_dataset(tmp_path / "elsewhere", CURATED, {**NOISY, "n3.wav": ("siren",)}), out)
+    keys.append(cache_key())
+    teacher_targets(art, _hand_dataset(tmp_path / "elsewhere", CURATED, {**NOISY, "n3.wav": ("rain",)}), out)
+    keys.append(cache_key())
+    assert len(set(keys)) == 3 and str(tmp_path / "elsewhere") in keys[1]

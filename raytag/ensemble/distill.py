@@ -15,8 +15,9 @@ Teacher targets, one row per training clip (`<experiment>/distill/teacher.parque
   trained only some folds: `cv.folds`): the ensemble artifact's predictions
   (`predict_files`, the predict path), from models that trained on the clip. On the dev
   benchmark students did as well with these as with out-of-fold noisy targets (speed.md).
-The file is reused while the artifact's manifest is unchanged (the noisy pass is the
-expensive part), so trying another student costs only its training.
+The file is reused while the artifact's manifest and the dataset (its folder, curated and
+noisy clips and their labels) are unchanged (the noisy pass is the expensive part), so
+trying another student costs only its training.
 
 The student is trained in this process with the engine's own pieces: the feature store
 and plan (`prepare_data`, the student's features; cached like a trial's), random-crop
@@ -34,12 +35,14 @@ a `distilled` record: teacher, targets, scores), `distill_summary.json`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import time
 import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -172,6 +175,25 @@ def _manifest_id(artifact_path: str) -> str:
     return storage.sha256_file(storage.join(artifact_path, MANIFEST))
 
 
+def _dataset_id(dataset) -> str:
+    """Which clips targets are for: the dataset's folder and a hash of its curated and noisy
+    clip ids and labels, so another --data, or the same one grown or relabelled, is not
+    taught with old targets."""
+    root = str(dataset.root)
+    if not storage.is_uri(root):
+        root = str(Path(root).resolve())
+    clips = _training_clips(dataset)
+    digest = hashlib.sha256()
+    for clip_id, labels in sorted(zip(clips["clip_id"], clips["labels"])):
+        digest.update(f"{clip_id}\t{','.join(sorted(labels))}\n".encode())
+    return f"{root}#{digest.hexdigest()[:16]}"
+
+
+def _training_clips(dataset) -> pd.DataFrame:
+    """The clips a student trains on: curated, then noisy."""
+    return pd.concat([dataset.split("curated"), dataset.split("noisy")], ignore_index=True)
+
+
 def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
                     progress: bool = False, noisy_targets: str = "oof") -> pd.DataFrame:
     """DataFrame indexed by clip_id: one column per class and `target_source`; out-of-fold
@@ -182,8 +204,9 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
     `<out_dir>/teacher.parquet`."""
     path = storage.join(out_dir, TEACHER)
     art = probability_teacher(art)
-    key = f"{_manifest_id(art.path)}:{art.combiner}:{noisy_targets}"  # nor another teacher's, or kind's
-    cached = _cached_teacher(path, key)
+    # nor another teacher's, kind's or dataset's
+    key = f"{_manifest_id(art.path)}:{art.combiner}:{noisy_targets}:{_dataset_id(dataset)}"
+    cached = _cached_teacher(path, key, set(_training_clips(dataset)["clip_id"]))
     if cached is not None:
         return cached
     classes = list(art.classes)
@@ -215,7 +238,7 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
             covered.update(common)
     # the rest (noisy clips without noisy folds; clips some member has no out-of-fold
     # prediction of, as in a sweep that trained only some folds): the artifact's own predictions
-    rest = pd.concat([curated, noisy])
+    rest = _training_clips(dataset)
     rest = rest[~rest["clip_id"].isin(covered)]
     if len(rest):
         probs, _ = predict_files(art, list(rest["path"]), batch_size=batch_size, progress=progress)
@@ -232,9 +255,10 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
     return table
 
 
-def _cached_teacher(path: str, key: str) -> Optional[pd.DataFrame]:
-    """The cached teacher table when it was made for `key`; None when there is none, it is
-    another teacher's, or it cannot be read (then it is made again, not a crash on every rerun)."""
+def _cached_teacher(path: str, key: str, clip_ids: set) -> Optional[pd.DataFrame]:
+    """The cached teacher table when it was made for `key` and has a row for each of
+    `clip_ids`, no more; None when there is none, it is another's, or it cannot be read
+    (then it is made again, not a crash on every rerun)."""
     if not storage.exists(path):
         return None
     try:
@@ -244,7 +268,8 @@ def _cached_teacher(path: str, key: str) -> Optional[pd.DataFrame]:
         return None
     if "artifact_manifest" not in cached.columns or not (cached["artifact_manifest"] == key).all():
         return None
-    return cached.drop(columns=["artifact_manifest"]).set_index("clip_id")
+    table = cached.drop(columns=["artifact_manifest"]).set_index("clip_id")
+    return table if set(table.index) == clip_ids else None
 
 
 def student_targets(table: pd.DataFrame, dataset, classes: list[str], label_weight: float,
@@ -276,7 +301,8 @@ def segment_batches(art: Artifact, cfg: Config, store, dataset, targets: Labelle
     teacher's grid cached in `<out_dir>/teacher_segments.npz` for this teacher and crop)."""
     teacher = probability_teacher(art)
     crop = cfg.crop_frames()
-    key = f"{_manifest_id(art.path)}:{teacher.combiner}:{settings.noisy_targets}:{crop}:{HOP_FRACTION}"
+    key = (f"{_manifest_id(art.path)}:{teacher.combiner}:{settings.noisy_targets}:{crop}:{HOP_FRACTION}:"
+           f"{_dataset_id(dataset)}")
     cache = _local(storage.join(out_dir, SEGMENTS))
     segments = None
     if cache.is_file():
@@ -317,8 +343,6 @@ def probability_teacher(art: Artifact) -> Artifact:
 
 def _local(path: str):
     """The local path of a distillation output (write_parquet and safetensors write local files)."""
-    from pathlib import Path
-
     if storage.is_uri(path):
         raise RaytagError(f"{path}: distillation writes its outputs to a local folder; use a local --storage")
     return Path(path)
