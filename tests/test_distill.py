@@ -25,8 +25,8 @@ from raytag.data.labels import labels_to_matrix
 from raytag.data.layouts import load_dataset
 from raytag.ensemble.artifact import Artifact, Member, describe, load_artifact
 from raytag.ensemble.distill import (
-    StudentSettings, distill, probability_teacher, student_config, student_targets, teacher_targets, template_member,
-    train_student,
+    StudentSettings, distill, probability_teacher, student_config, student_targets, teacher_oof_scores, teacher_targets,
+    template_member, train_student,
 )
 from raytag.ensemble.job import build_ensemble
 from raytag.errors import RaytagError
@@ -514,3 +514,22 @@ def test_the_teacher_cache_follows_the_dataset(tmp_path):
     teacher_targets(art, _hand_dataset(tmp_path / "elsewhere", CURATED, {**NOISY, "n3.wav": ("rain",)}), out)
     keys.append(cache_key())
     assert len(set(keys)) == 3 and str(tmp_path / "elsewhere") in keys[1]
+
+
+def test_the_teachers_curated_score_takes_only_out_of_fold_rows(tmp_path):
+    """Curated rows from the artifact's own predictions ("ensemble": a sweep that trained only
+    some folds) come from models that trained on the clip: they used to count, flattering
+    the teacher."""
+    dataset = _hand_dataset(tmp_path, {**CURATED, "c4.wav": ("rain",)}, NOISY)
+    ids = list(dataset.split("curated")["clip_id"]) + list(dataset.split("noisy")["clip_id"])
+    probs = np.random.default_rng(0).uniform(size=(len(ids), len(HAND_CLASSES)))
+    table = pd.DataFrame(probs, index=pd.Index(ids, name="clip_id"), columns=HAND_CLASSES)
+    table["target_source"] = "oof"
+    oof_only = teacher_oof_scores(table.drop(index="curated/c4.wav"), dataset, HAND_CLASSES)
+    table.loc["curated/c4.wav", HAND_CLASSES] = [0.0, 1.0, 0.0]  # perfect, and in-sample
+    table.loc["curated/c4.wav", "target_source"] = "ensemble"
+    got = teacher_oof_scores(table, dataset, HAND_CLASSES)
+    assert got == oof_only and got["teacher_curated_oof_clips"] == 3  # the noisy rows are not curated
+    table["target_source"] = "ensemble"
+    assert teacher_oof_scores(table, dataset, HAND_CLASSES) == {"teacher_curated_oof_lwlrap": None,
+                                                                "teacher_curated_oof_clips": 0}

@@ -20,7 +20,9 @@ def distill_command(experiment: str, storage: str = "results", data: Optional[st
     view = Table(title=f"distilled student of {experiment} (test labels only reported, never used)")
     for col in ("model", "curated lwlrap", "test lwlrap"):
         view.add_column(col, justify="left" if col == "model" else "right")
-    view.add_row("teacher (ensemble)", _fmt(s.get("teacher_curated_oof_lwlrap")) + " (its targets)",
+    # out-of-fold clips only: the artifact's own predictions come from models that trained on the clip
+    view.add_row("teacher (ensemble)",
+                 _fmt(s.get("teacher_curated_oof_lwlrap")) + f" (OOF, {s.get('teacher_curated_oof_clips', 0)} clips)",
                  _fmt(s.get("teacher_test_lwlrap")))
     view.add_row(f"student ({result.student})",
                  _fmt(s.get("train_curated_lwlrap")) + " (trained on)", _fmt(s.get("test_lwlrap")))

@@ -501,6 +501,7 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     (local / MODEL_CARD).write_text(json.dumps(model_card(plan), indent=2))
 
     scores = _score(art, dataset, model, cfg, plan, store, targets.clip_ids, table[classes].to_numpy(np.float32))
+    scores.update(teacher_oof_scores(table, dataset, classes))
     record = {"teacher": artifact_path, "teacher_manifest_sha256": _manifest_id(artifact_path),
               "teacher_members": [m.name for m in art.members], "teacher_combiner": art.combiner,
               "student_template": template.name,  # the member whose recipe, front end and model it took
@@ -546,7 +547,7 @@ def _sweep_data(experiment_dir: str) -> str:
 def _score(art, dataset, model, cfg, plan, store, clip_ids: list[str], teacher: np.ndarray) -> dict:
     """How well the student learned its targets: lwlrap of its predictions on the training
     clips against the teacher's targets made binary (> 0.5, else the top class), on curated
-    clips also against the curated labels, beside the teacher's own OOF score there."""
+    clips also against the curated labels (the teacher's own: `teacher_oof_scores`)."""
     probs = predict_segments(model, iter_store_clips(store, clip_ids), cfg.segment_frames(),
                              overlap=cfg.inference.overlap, reduce=cfg.inference.reduce, batch_size=64,
                              mean=plan.norm_mean, std=plan.norm_std)
@@ -558,10 +559,21 @@ def _score(art, dataset, model, cfg, plan, store, clip_ids: list[str], teacher: 
     return {
         "agreement_lwlrap": float(lwlrap(binary, probs)),  # student vs the teacher's top labels
         "train_curated_lwlrap": float(lwlrap(y, probs[rows])),  # in-sample: trained on these clips
-        "teacher_curated_oof_lwlrap": float(lwlrap(y, teacher[rows])),
         "teacher_cv_lwlrap": art.scores.get("cv_lwlrap"),
         "teacher_test_lwlrap": art.scores.get("test_lwlrap"),
     }
+
+
+def teacher_oof_scores(table: pd.DataFrame, dataset, classes: list[str]) -> dict:
+    """The teacher's lwlrap on the curated clips whose targets are out-of-fold
+    (SOURCE_COLUMN "oof"), and how many there are; None when there are none. Rows from the
+    artifact's predictions ("ensemble": a sweep that trained only some folds) come from
+    models that trained on the clip, so they would flatter the teacher."""
+    truth = dict(zip(dataset.split("curated")["clip_id"], dataset.label_matrix("curated")))
+    oof = table[(table[SOURCE_COLUMN] == "oof") & table.index.isin(list(truth))]
+    y = np.stack([truth[c] for c in oof.index]) if len(oof) else np.zeros((0, len(classes)))
+    score = float(lwlrap(y, oof[classes].to_numpy(np.float64))) if y.sum() > 0 else None
+    return {"teacher_curated_oof_lwlrap": score, "teacher_curated_oof_clips": len(oof)}
 
 
 def score_on_test(student: Artifact, teacher: Artifact, dataset, batch_size, progress) -> dict:
