@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from raytag import storage
-from raytag.config import Config
+from raytag.config import Config, recorded_model_settings
 from raytag.data.truth import read_truth, truth_matrix
 from raytag.ensemble.combiners import (
     arithmetic_mean, combine, geometric_mean, percentile_ranks, rank_mean, rank_reference,
@@ -92,7 +92,8 @@ def make_trial_outputs(out, trial_id: str, y_oof, y_test, signal: float, seed: i
         save_file({k2: v.contiguous() for k2, v in net.state_dict().items()}, local)
     rng = np.random.default_rng(seed)
     model_json = {
-        "features": cfg.to_dict()["features"], "model": cfg.to_dict()["model"], "classes": CLASSES,
+        "features": cfg.to_dict()["features"], "model": recorded_model_settings(cfg.to_dict()["model"]),
+        "classes": CLASSES,  # the model as training's model_card records it
         "layout": layout, "norm_mean": (rng.normal(-40, 1, (c, f))).tolist(),
         "norm_std": (np.full((c, f), 15.0)).tolist(),
         "crop_frames": cfg.crop_frames(), "segment_frames": cfg.segment_frames(),

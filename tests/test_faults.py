@@ -732,6 +732,7 @@ def test_optuna_hears_a_trial_the_storage_stopped_only_once_it_finishes(tmp_path
     refused, stopped = sorted(searcher._ot_study.trials, key=lambda t: t.number)
     assert refused.state == TrialState.FAIL and stopped.state == TrialState.RUNNING
     assert "stopped" not in limited.live_trials  # what Tune's limiter does: the next trial may start
-    limited.on_trial_complete("stopped", {"cv_lwlrap": 0.7, "rung_epoch": 4, "rung_score": 0.7, "pipeline_done": 1})
+    limited.on_trial_complete("stopped", {"cv_lwlrap": 0.7, "rung_epoch": 4, "rung_score": 0.7, "pipeline_done": 1,
+                                          "trial_complete": 1})  # run_trial's final report
     stopped = sorted(searcher._ot_study.trials, key=lambda t: t.number)[1]
     assert stopped.state == TrialState.COMPLETE and stopped.value == pytest.approx(0.7)
