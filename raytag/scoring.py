@@ -46,15 +46,12 @@ def read_submission(path) -> Submission:
     df = read_keyed_csv(path, "submission", ScoringError)
     others = [c for c in df.columns if c != "fname"]
     if others == ["label"]:
-        top3 = []
-        for fname, text in zip(df["fname"], df["label"]):
-            labels = tuple(text.split())
-            if len(labels) > 3:
-                raise ScoringError(f"{path}: clip {fname} lists {len(labels)} labels; MAP@3 takes at most 3")
-            if len(set(labels)) != len(labels):
-                raise ScoringError(f"{path}: clip {fname} lists a label twice: {text}")
-            top3.append(labels)
-        return Submission(LAYOUT_2018, df["fname"].tolist(), top3=top3)
+        return _read_2018(path, df)
+    if "label" in others and not _any_number(df["label"]):
+        # label text beside other columns: a 2018 submission with extras, not 2019 scores
+        extra = [c for c in others if c != "label"]
+        raise ScoringError(f"{path}: a 2018 submission has exactly the columns fname,label; found extra: "
+                           f"{_few(extra)}. Drop those columns")
     if not others:
         raise ScoringError(f"{path}: the submission has only an fname column; expected one score column per class")
     dup = pd.Index(others)[pd.Index(others).duplicated()].unique()
@@ -78,6 +75,24 @@ def read_submission(path) -> Submission:
             raise ScoringError(f"{path}: column {col!r} has {len(rows)} {kind}: {shown}; every score must be a finite number")
         scores[:, j] = values
     return Submission(LAYOUT_2019, df["fname"].tolist(), classes=others, scores=scores)
+
+
+def _read_2018(path: Path, df: pd.DataFrame) -> Submission:
+    """fname,label: up to 3 distinct space-separated labels per clip, best first."""
+    top3 = []
+    for fname, text in zip(df["fname"], df["label"]):
+        labels = tuple(text.split())
+        if len(labels) > 3:
+            raise ScoringError(f"{path}: clip {fname} lists {len(labels)} labels; MAP@3 takes at most 3")
+        if len(set(labels)) != len(labels):
+            raise ScoringError(f"{path}: clip {fname} lists a label twice: {text}")
+        top3.append(labels)
+    return Submission(LAYOUT_2018, df["fname"].tolist(), top3=top3)
+
+
+def _any_number(column: pd.Series) -> bool:
+    """Whether any value of a text column reads as a number (a score column's would)."""
+    return bool(pd.to_numeric(column.str.strip(), errors="coerce").notna().any())
 
 
 # ----------------------------------------------------------------------------- scoring

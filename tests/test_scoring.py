@@ -199,3 +199,14 @@ def test_writers_round_trip_and_refuse_nan(tmp_path):
         write_submission_2019([f"{i}.wav" for i in range(5)], CLASSES, s, tmp_path / "x.csv")
     with pytest.raises(ValueError, match="match"):
         write_submission_2018(["a"], CLASSES, np.zeros((2, 4)), tmp_path / "y.csv")
+
+
+def test_a_2018_submission_with_extra_columns_is_named_as_such(tmp_path):
+    """fname,label,usage was read as a 2019 score table and refused for 'non-numeric scores'."""
+    pd.DataFrame({"fname": ["a", "b"], "label": ["Bark Rain", "Rain"], "usage": ["Public", "Private"]}).to_csv(
+        tmp_path / "s.csv", index=False)
+    with pytest.raises(ScoringError, match="a 2018 submission has exactly the columns fname,label; found extra: usage"):
+        read_submission(tmp_path / "s.csv")
+    # a 2019 class called "label" is a score column like any other
+    pd.DataFrame({"fname": ["a"], "label": ["0.3"], "Rain": ["0.7"]}).to_csv(tmp_path / "s19.csv", index=False)
+    assert read_submission(tmp_path / "s19.csv").classes == ["label", "Rain"]
