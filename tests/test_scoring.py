@@ -210,3 +210,17 @@ def test_a_2018_submission_with_extra_columns_is_named_as_such(tmp_path):
     # a 2019 class called "label" is a score column like any other
     pd.DataFrame({"fname": ["a"], "label": ["0.3"], "Rain": ["0.7"]}).to_csv(tmp_path / "s19.csv", index=False)
     assert read_submission(tmp_path / "s19.csv").classes == ["label", "Rain"]
+
+
+def test_a_written_submission_scores_as_the_scores_in_memory(tmp_path):
+    """float32 scores near 1 differ in the 8th digit: written with 7, the true class's
+    0.99999994 and another's 0.99999988 became a tie and the file scored lower."""
+    scores = np.array([[0.99999994, 0.99999988, 0.5], [0.2, 0.99999976, 0.99999982]], dtype=np.float32)
+    truth = np.array([[1, 0, 0], [0, 1, 0]])
+    classes = CLASSES[:3]
+    write_truth_2019(tmp_path / "t.csv", ["a", "b"], truth, classes)
+    write_sample_submission(tmp_path, classes)
+    write_submission_2019(["a", "b"], classes, scores, tmp_path / "s.csv")
+    in_memory = lwlrap(truth, scores.astype(np.float64))
+    assert in_memory == pytest.approx(0.75)
+    assert score_files(tmp_path / "t.csv", tmp_path / "s.csv")["lwlrap"] == pytest.approx(in_memory)

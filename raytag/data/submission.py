@@ -29,7 +29,9 @@ def write_submission_2019(fnames: Sequence[str], classes: Sequence[str], scores,
     path.parent.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(scores, columns=list(classes))
     df.insert(0, "fname", list(fnames))
-    df.to_csv(path, index=False, float_format="%.7g")
+    # 9 significant digits tell every float32 apart (7 rounded 0.99999994 and 0.99999988 into
+    # a tie), so the file ranks as the model did
+    df.to_csv(path, index=False, float_format="%.9g")
     return path
 
 
