@@ -169,7 +169,7 @@ def report(
 
 @app.command()
 def ensemble(
-    experiment: str = typer.Argument(..., help="Experiment name (a folder under --storage)."),
+    experiment: str = typer.Argument(..., help="Experiment name (a folder under --storage): a sweep, or a `raytag train` run (its members are the candidates)."),
     storage: str = typer.Option("results", help=STORAGE_HELP),
     top: Optional[int] = typer.Option(5, help="Candidates: the K best trials by the leaderboard's metric (CV MAP@3 on 2018 data, else CV lwlrap); 0: no limit."),
     min_cv: Optional[float] = typer.Option(None, help="Candidates: trials over this bar in the leaderboard's metric."),

@@ -322,8 +322,11 @@ def test_a_train_run_s_members_join_as_candidates(tmp_path):
     storage.copy_tree(out, storage.join(one, "outputs"))
     cands, _ = select_candidates(exp, top=None, also=[one])
     assert "single" in [c.trial_id for c in cands]
-    with pytest.raises(RaytagError, match="--with"):  # a train run is not a sweep to ensemble on its own
-        select_candidates(run)
+    # a train run ensembles on its own too (`raytag ensemble RUN --with OTHER_RUN`): its members
+    cands, skipped = select_candidates(run, top=None)
+    assert {c.trial_id for c in cands} == {"resnet18", "cnn2d"} and [s["trial_id"] for s in skipped] == ["crnn"]
+    res = build_ensemble(run, top=None, also=[one])
+    assert set(res.members) == {"resnet18", "cnn2d", "single"}
 
 
 def test_trials_with_different_folds_are_aligned_by_clip(tmp_path):

@@ -139,11 +139,10 @@ def _finished_trials(experiment_dir: str, prefix: str = "") -> tuple[list[Candid
     out (with the reason), and the metric the leaderboard ranks by. A `raytag train` run's
     folder (no leaderboard) gives its members, or its one model, instead (_train_run_models)."""
     path = storage.join(experiment_dir, "leaderboard.csv")
-    if not storage.exists(path) and prefix and storage.exists(storage.join(experiment_dir, OUTPUTS_DIR, METRICS)):
+    if not storage.exists(path) and storage.exists(storage.join(experiment_dir, OUTPUTS_DIR, METRICS)):
         return _train_run_models(experiment_dir, prefix)
     if not storage.exists(path):
-        raise RaytagError(f"{path}: no leaderboard; run `raytag tune` for this experiment first"
-                          + ("" if prefix else " (a `raytag train` run joins with --with)"))
+        raise RaytagError(f"{path}: no leaderboard; run `raytag tune` (or `raytag train`) for this experiment first")
     board = storage.read_csv(path)
     metric = board_metric(board)
     if metric not in SCORE_COLUMNS:
@@ -181,7 +180,7 @@ def _train_run_models(run_dir: str, prefix: str) -> tuple[list[Candidate], list[
         found = [(f"{prefix}{name}", storage.join(members_dir, name, OUTPUTS_DIR))
                  for name in storage.list_dir(members_dir)]
     else:
-        found = [(prefix.rstrip("/"), storage.join(run_dir, OUTPUTS_DIR))]
+        found = [(prefix.rstrip("/") or storage.basename(run_dir), storage.join(run_dir, OUTPUTS_DIR))]
     rows, skipped = [], []
     for trial_id, outputs in found:
         if not storage.exists(storage.join(outputs, OOF_PREDICTIONS)) or not storage.exists(storage.join(outputs, METRICS)):
