@@ -180,13 +180,16 @@ def map_at_3_from_lists(true_labels: Sequence[str], predicted: Sequence[Sequence
     return total / len(true_labels)
 
 
-def score_2018(truth: Truth, sub: Submission, truth_path="truth", sub_path="submission") -> dict:
-    """MAP@3 of a 2018 submission."""
+def score_2018(truth: Truth, sub: Submission, truth_path="truth", sub_path="submission",
+               ignored: Sequence[str] = ()) -> dict:
+    """MAP@3 of a 2018 submission. `ignored`: the truth's fnames with usage "Ignored"; the
+    submission's rows for them are listed apart from those the truth does not know."""
     classes = truth.classes or sorted({labs[0] for labs in truth.labels})
     known = set(classes)
     if not truth.fnames:
         raise ScoringError(f"{truth_path}: no clip to score (every row is left out, e.g. usage 'Ignored')")
     rows, extra = _align(truth, sub, truth_path, sub_path)
+    unscored = set(ignored)
     predicted = [sub.top3[r] for r in rows]
     unknown = sorted({lab for labs in predicted for lab in labs if lab not in known})
     if unknown:
@@ -198,8 +201,18 @@ def score_2018(truth: Truth, sub: Submission, truth_path="truth", sub_path="subm
         "metric": "map@3",
         "map@3": map_at_3_from_lists([labs[0] for labs in truth.labels], predicted),
         "n_clips": len(truth.fnames),
-        "extra": extra,
+        "extra": [f for f in extra if f not in unscored],
+        "ignored": [f for f in extra if f in unscored],  # in the truth, but not scored (as on Kaggle)
     }
+
+
+def ignored_fnames(truth_path) -> list[str]:
+    """The fnames of a 2018 truth file's rows with usage "Ignored" (read_truth leaves them out)."""
+    df = read_keyed_csv(truth_path, "truth", ScoringError, keys=("fname", "clip_id"))
+    if "usage" not in df.columns:
+        return []
+    names = df["fname"] if "fname" in df.columns else df["clip_id"].str.split("/").str[-1]
+    return names[df["usage"].str.strip().str.lower() == "ignored"].tolist()
 
 
 def score_files(truth_path, submission_path) -> dict:
@@ -213,4 +226,4 @@ def score_files(truth_path, submission_path) -> dict:
         )
     if truth.layout == LAYOUT_2019:
         return score_2019(truth, sub, truth_path, submission_path)
-    return score_2018(truth, sub, truth_path, submission_path)
+    return score_2018(truth, sub, truth_path, submission_path, ignored_fnames(truth_path))

@@ -224,3 +224,17 @@ def test_a_written_submission_scores_as_the_scores_in_memory(tmp_path):
     in_memory = lwlrap(truth, scores.astype(np.float64))
     assert in_memory == pytest.approx(0.75)
     assert score_files(tmp_path / "t.csv", tmp_path / "s.csv")["lwlrap"] == pytest.approx(in_memory)
+
+
+def test_rows_the_2018_truth_ignores_are_reported_as_ignored(tmp_path, capsys):
+    """A truth row with usage "Ignored" was reported as a submission row 'not in the truth'."""
+    pd.DataFrame({"fname": ["a", "b", "e"], "label": ["Bark", "Rain", "Chirp"],
+                  "usage": ["Public", "Private", "Ignored"]}).to_csv(tmp_path / "t.csv", index=False)
+    pd.DataFrame({"fname": ["a", "b", "e", "z"], "label": ["Bark", "Rain Bark", "Chirp", "Bark"]}).to_csv(
+        tmp_path / "s.csv", index=False)
+    result = score_command(truth=tmp_path / "t.csv", submission=tmp_path / "s.csv")
+    assert result["map@3"] == pytest.approx(1.0) and result["n_clips"] == 2
+    assert (result["ignored"], result["extra"]) == (["e"], ["z"])
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+    assert "1 submission rows are truth clips with usage 'Ignored', not scored (as on Kaggle): e" in err
+    assert "1 submission rows are not in the truth and were not scored: z" in err

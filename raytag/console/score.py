@@ -16,6 +16,9 @@ def score_command(truth, submission, per_class: bool = False) -> dict:
     result = score_files(Path(truth), Path(submission))
     out = Console()
     err = Console(stderr=True)
+    if result.get("ignored"):
+        err.print(f"note: {len(result['ignored'])} submission rows are truth clips with usage 'Ignored', not scored "
+                  f"(as on Kaggle): {_few(result['ignored'])}")
     if result["extra"]:
         err.print(f"note: {len(result['extra'])} submission rows are not in the truth and were not scored: {_few(result['extra'])}")
     if result["metric"] == "map@3":
