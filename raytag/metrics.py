@@ -23,7 +23,12 @@ every class the same score therefore gets no credit from ties. With this convent
 lwlrap equals sklearn's LRAP with sample_weight = number of positives per clip.
 
 MAP@3 (2018, one true label per clip): 1/r if the true label is at rank r <= 3, else 0,
-averaged over clips. The rank uses the same pessimistic tie rule.
+averaged over clips. The rank uses the same pessimistic tie rule. This is deliberate, and
+it differs from a 2018 submission file, where a list has no ties: its writer
+(raytag.data.submission.top3_labels) breaks a tie toward the earlier class, so the file can
+score higher than these scores do (a true class tied with another: 1/2 here, 1 in a file
+that lists it first): the metric gives a model no credit for a tie it did not resolve,
+where the list's order is luck of the class order.
 
 Ranks are "max" ranks along the class axis (as scipy.stats.rankdata(method="max")), which
 is exactly the pessimistic count above, computed with numpy over all clips at once
@@ -103,7 +108,9 @@ def lwlrap(truth, scores) -> float:
 
 
 def map_at_3(true_idx, scores) -> float:
-    """Mean average precision at 3 with one true class index per clip (2018 metric)."""
+    """Mean average precision at 3 with one true class index per clip (2018 metric). Ties
+    count pessimistically; a written 2018 submission breaks them toward the earlier class
+    instead, so on tied scores it can score higher (module doc)."""
     true_idx = np.asarray(true_idx)
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2 or true_idx.shape != (scores.shape[0],):

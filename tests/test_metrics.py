@@ -147,3 +147,15 @@ def test_map_at_3_of_a_multi_hot_truth_and_each_layouts_scores():
     assert set(layout_scores("fat2019", truth, scores)) == {"lwlrap"}
     with pytest.raises(ValueError, match="unknown dataset layout"):
         layout_metric("fsd2017")
+
+
+def test_map_at_3_counts_ties_pessimistically_unlike_a_written_list():
+    """The documented gap (metrics module doc, submission.top3_labels): the metric ranks a
+    tied class above the true one, the 2018 writer lists the earlier class first."""
+    from raytag.data.submission import top3_labels
+    from raytag.scoring import map_at_3_from_lists
+
+    scores = np.array([[0.5, 0.5, 0.1]])
+    assert map_at_3(np.array([0]), scores) == pytest.approx(0.5)
+    listed = top3_labels(["a", "b", "c"], scores)
+    assert listed == [("a", "b", "c")] and map_at_3_from_lists(["a"], listed) == 1.0

@@ -36,7 +36,10 @@ def write_submission_2019(fnames: Sequence[str], classes: Sequence[str], scores,
 
 
 def top3_labels(classes: Sequence[str], scores) -> list[tuple[str, ...]]:
-    """Best three classes per row; ties go to the earlier class (stable sort)."""
+    """Best three classes per row; ties go to the earlier class (stable sort). A list has
+    no ties, so this differs from raytag.metrics.map_at_3, which counts a tied class as
+    ranked above the true one: on tied scores the file can score higher than the scores
+    did in memory (the metric's rule is deliberate; see raytag.metrics)."""
     scores = np.asarray(scores, dtype=np.float64)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :3]
     return [tuple(classes[j] for j in row) for row in order]
