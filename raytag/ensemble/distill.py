@@ -206,7 +206,7 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
     art = probability_teacher(art)
     # nor another teacher's, kind's or dataset's
     key = f"{_manifest_id(art.path)}:{art.combiner}:{noisy_targets}:{_dataset_id(dataset)}"
-    cached = _cached_teacher(path, key, set(_training_clips(dataset)["clip_id"]))
+    cached = _cached_teacher(path, key)
     if cached is not None:
         return cached
     classes = list(art.classes)
@@ -255,10 +255,11 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
     return table
 
 
-def _cached_teacher(path: str, key: str, clip_ids: set) -> Optional[pd.DataFrame]:
-    """The cached teacher table when it was made for `key` and has a row for each of
-    `clip_ids`, no more; None when there is none, it is another's, or it cannot be read
-    (then it is made again, not a crash on every rerun)."""
+def _cached_teacher(path: str, key: str) -> Optional[pd.DataFrame]:
+    """The cached teacher table when it was made for `key` (which holds the dataset's clips:
+    `_dataset_id`); None when there is none, it is another's, or it cannot be read (then it
+    is made again, not a crash on every rerun). Its clips may be fewer than the dataset's:
+    files the artifact could not decode have no row, and must not make every rerun redo it."""
     if not storage.exists(path):
         return None
     try:
@@ -268,8 +269,7 @@ def _cached_teacher(path: str, key: str, clip_ids: set) -> Optional[pd.DataFrame
         return None
     if "artifact_manifest" not in cached.columns or not (cached["artifact_manifest"] == key).all():
         return None
-    table = cached.drop(columns=["artifact_manifest"]).set_index("clip_id")
-    return table if set(table.index) == clip_ids else None
+    return cached.drop(columns=["artifact_manifest"]).set_index("clip_id")
 
 
 def student_targets(table: pd.DataFrame, dataset, classes: list[str], label_weight: float,
