@@ -42,3 +42,8 @@ class TruthError(ScoringError):
 
 class CheckpointError(RaytagError):
     """A run's checkpoint cannot be saved or loaded safely (a pickle, a missing or altered file)."""
+
+
+class TrainingDiverged(RaytagError, FloatingPointError):
+    """The training loss became NaN or infinite. A retry replays the same seeded epochs and
+    diverges again, so it is raised at once (a FloatingPointError too, for older callers)."""

@@ -192,3 +192,42 @@ def test_a_profiled_epoch_splits_its_time_by_phase_and_keeps_its_trace(ray_sessi
     assert "operators by host time" in report
     with gzip.open(profile / "epoch2.trace.json.gz", "rt") as f:
         assert any(e.get("name") == "raytag.forward" for e in json.load(f)["traceEvents"])
+
+
+def test_a_diverged_loss_is_raised_as_a_user_error_without_restarts(ray_session, demo_data, tmp_path, monkeypatch):
+    """A NaN loss recurs on every restart (the same seeded epochs): the in-process run raises
+    TrainingDiverged, a RaytagError the CLI prints as one line, after one attempt, not
+    train.max_failures more."""
+    import torch
+
+    from raytag.errors import RaytagError
+
+    attempts = []
+
+    def nan_loss(name):  # built once per attempt (worker.run_loop)
+        attempts.append(name)
+        return lambda logits, *args, **kwargs: logits.sum() * torch.tensor(float("nan"))
+
+    monkeypatch.setattr("raytag.training.worker.build_loss", nan_loss)
+    cfg = Config.from_dict({**ONE, "train": {**ONE["train"], "max_failures": 2}})
+    with pytest.raises(RaytagError, match="loss became nan") as caught:
+        fit_pipeline(cfg, demo_data, str(tmp_path / "results"), "diverges", feature_cache=str(tmp_path / "cache"),
+                     progress=False)
+    assert isinstance(caught.value, FloatingPointError)  # older `except FloatingPointError` still holds
+    assert len(attempts) == 1
+
+
+def test_the_user_error_behind_a_worker_group_failure_is_raised(ray_session):
+    """Ray Train raises a WorkerGroupError around a worker's exception (after its own
+    restarts): fit_pipeline raises the RaytagError inside it, other failures unchanged."""
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from raytag.errors import CheckpointError
+    from raytag.training.runner import surfacing_user_errors
+
+    inner = CheckpointError("checkpoint_000003: model.safetensors was altered")
+    with pytest.raises(CheckpointError) as caught, surfacing_user_errors():
+        raise WorkerGroupError("rank 0: CheckpointError", {0: inner})
+    assert caught.value is inner
+    with pytest.raises(WorkerGroupError), surfacing_user_errors():
+        raise WorkerGroupError("rank 0: RuntimeError", {0: RuntimeError("a worker's own bug")})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from raytag.errors import TrainingDiverged
 from raytag.metrics import layout_metric, layout_scores
 from raytag.training.augment import gain_pattern, mixup, random_gain_shift, spec_augment
 from raytag.training.dataset import CropBatches
@@ -86,7 +87,7 @@ def train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: Cr
         with phase("raytag.wait"):  # on a GPU: the host waits here for the device's queued work
             finite = bool(torch.isfinite(loss))
         if not finite:
-            raise FloatingPointError(
+            raise TrainingDiverged(
                 f"loss became {loss.item()} in stage {step.stage_name} (fold {step.fold}): "
                 f"lower train.lr (now {step.lr or cfg.train.lr}) or check the features"
             )

@@ -16,7 +16,8 @@ so the loop (`worker.run_loop`) takes this object where a Train worker takes
 - each report goes to the run's Ray Train callbacks (`after_report`), as the controller
   calls them: the sweep's forwarding to Tune and the driver's epoch lines work unchanged;
 - a failed attempt restarts from the last checkpoint, up to `train.max_failures` times
-  (Ray Train's FailureConfig).
+  (Ray Train's FailureConfig); not a RaytagError (a diverged loss, a bad checkpoint, a
+  dataset that differs): a restart replays the same seeded epochs and fails the same way.
 
 What it cannot do is outlive its process: a run killed with its process resumes only when
 it is rerun (a sweep's trial: `raytag tune --resume`; Tune's own trial restarts).
@@ -32,6 +33,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from raytag.errors import RaytagError
 from raytag.training.worker import run_loop
 
 PREFIX = "checkpoint_local_"
@@ -108,7 +110,8 @@ class InProcessWorker:
 def fit_in_process(loop_config: dict, run_dir: str | Path, callbacks: Sequence, max_failures: int,
                    say=None) -> InProcessResult:
     """Run the loop here, restarting from the last checkpoint after a failure, at most
-    `max_failures` times; returns the last checkpoint, or raises the last failure."""
+    `max_failures` times; returns the last checkpoint, or raises the last failure. A
+    RaytagError is raised at once: it is the run's own, and would recur on every restart."""
     say = say or (lambda message: warnings.warn(message, RuntimeWarning, stacklevel=3))
     worker = InProcessWorker(run_dir, callbacks)
     threads = torch.get_num_threads()  # the loop sets train.torch_threads: give the caller its own back
@@ -118,7 +121,7 @@ def fit_in_process(loop_config: dict, run_dir: str | Path, callbacks: Sequence, 
                 run_loop(loop_config, worker)
                 break
             except Exception as err:  # noqa: BLE001 - as Ray Train's FailureConfig: retried, then raised
-                if attempt == max_failures:
+                if attempt == max_failures or isinstance(err, RaytagError):
                     raise
                 where = "".join(traceback.format_exception_only(type(err), err)).strip()
                 say(f"run {Path(run_dir).name}: attempt {attempt + 1} failed ({where}); restarting from its "

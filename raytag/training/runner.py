@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -102,7 +102,7 @@ def fit_pipeline(
     watch = (epoch_events(on_epoch, steps, cfg.cv.n_folds) if on_epoch
              else nullcontext([]))
     in_process = runs_in_process(cfg, run_dir)
-    with watch as epoch_callbacks:
+    with watch as epoch_callbacks, surfacing_user_errors():
         if in_process:
             result = fit_in_process(_loop_config(plan, run_files), run_dir, [*callbacks, *epoch_callbacks],
                                     cfg.train.max_failures)
@@ -122,6 +122,29 @@ def fit_pipeline(
         outputs_dir = files.join(run_dir, OUTPUTS_DIR)
         files.copy_tree(staging, outputs_dir)  # a local folder or a URI (pyarrow.fs)
     return PipelineResult(run_dir=run_dir, outputs_dir=outputs_dir, metrics=metrics, stages=stages)
+
+
+@contextmanager
+def surfacing_user_errors():
+    """Re-raise the RaytagError behind a failed fit (a worker's diverged loss, bad checkpoint...),
+    which Ray Train wraps in its WorkerGroupError: the CLI then prints its one line, not Ray's
+    traceback. Other failures pass unchanged."""
+    try:
+        yield
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None or user_error is err:
+            raise
+        raise user_error  # err stays in its chain (__context__), for storage_fault and tracebacks
+
+
+def find_user_error(err: BaseException) -> Optional[RaytagError]:
+    """The first RaytagError in err's chain, as raised (not Ray's RayTaskError copy of it,
+    whose message is the remote traceback)."""
+    from ray.exceptions import RayError
+
+    return next((e for e in files.exception_chain(err)
+                 if isinstance(e, RaytagError) and not isinstance(e, RayError)), None)
 
 
 def runs_in_process(cfg: Config, run_dir: str) -> bool:

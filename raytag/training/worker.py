@@ -31,6 +31,7 @@ import torch
 
 from raytag.cluster import materialize_data
 from raytag.data.layouts import load_dataset
+from raytag.errors import DatasetError
 from raytag.features.store import FeatureStore, build_feature_store, default_feature_cache
 from raytag.metrics import layout_metric
 from raytag.models import build_model
@@ -120,8 +121,9 @@ def open_node_store(plan):
         store = build_feature_store(dataset, plan.config.features, str(cache), progress=False, workers=1)
     missing = set(plan.curated_ids + plan.noisy_ids + plan.test_ids) - set(store.clip_ids)
     if missing:
-        raise RuntimeError(f"this node's feature store lacks {len(missing)} clips of the plan "
-                           f"(e.g. {sorted(missing)[:3]}): the data at {plan.data_ref} differs between nodes")
+        raise DatasetError(f"this node's feature store lacks {len(missing)} clips of the plan "
+                           f"(e.g. {sorted(missing)[:3]}): the data at {plan.data_ref} differs between nodes; "
+                           "give every node the same dataset (or a data URI each node copies)")
     return store
 
 
