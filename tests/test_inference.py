@@ -121,4 +121,21 @@ def test_tta_passes_shift_segments_by_a_fraction_of_the_hop(overlap, hop):
     starts = segs[:, 0, 0, 0].astype(int)
     inner = np.unique(starts[starts < 1000 - 128])  # the last segment of each pass ends at the clip's end
     assert inner[0] == 0 and np.all(np.diff(inner) == hop // 4)
-    assert len(starts) == len(np.unique(starts)) + 3  # the four passes share only that last segment
+    assert len(starts) == len(np.unique(starts))  # that last segment once, not once per pass
+
+
+@pytest.mark.parametrize("tta", [1, 2, 3])
+def test_tta_scores_each_segment_once_and_a_clip_of_one_segment_is_never_looped(tta):
+    """Each shifted pass clamps its last segment to the clip's end, where pass 0 has one: it is
+    kept once (not tta+1 times, which weighed the end more in the mean). A clip exactly one
+    segment long is that one window, as training's crop of it (no loop seam)."""
+    from raytag.training.inference import clip_segments
+
+    for n in range(10, 40):
+        clip = np.arange(n, dtype=np.float32)[None, None, :]  # frame value = frame index
+        segs, _ = clip_segments([clip], 10, overlap=0.5, tta=tta)
+        starts = segs[:, 0, 0, 0].astype(int).tolist()
+        assert len(starts) == len(set(starts)), (n, starts)
+        assert np.all(np.diff(segs[..., 0, 0, :], axis=-1) == 1), n  # windows inside the clip
+    segs, _ = clip_segments([np.arange(10, dtype=np.float32)[None, None, :]], 10, overlap=0.5, tta=tta)
+    assert segs.shape[0] == 1 and segs[0, 0, 0].tolist() == list(range(10))

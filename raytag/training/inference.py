@@ -49,18 +49,26 @@ def _tta_offsets(tta: int, segment_frames: int, overlap: float) -> list[int]:
 
 
 def _segments(clip: np.ndarray, segment_frames: int, overlap: float, tta: int) -> np.ndarray:
-    """The clip's segments for each TTA pass. Every segment is one training could have made:
-    a clip of at most one segment is looped whole (a pass starts the loop elsewhere in it,
-    as training's random phase does); a longer clip's shifted windows stay inside it."""
+    """The clip's segments for each TTA pass, each segment once. Every segment is one training
+    could have made (dataset.CropBatches): a clip shorter than a segment is looped whole (a
+    pass starts the loop elsewhere in it, as training's random phase does); a clip of at
+    least one segment gets windows inside it, never a loop seam."""
     n = clip.shape[-1]
-    segs = []
-    for offset in _tta_offsets(tta, segment_frames, overlap):
-        if n <= segment_frames:
-            segs.append(loop_from(clip, offset % max(n, 1), segment_frames))
-            continue
-        starts = segment_starts(max(n - offset, 1), segment_frames, overlap)
-        segs.extend(cut_segment(clip, min(offset + s, n - segment_frames), segment_frames) for s in starts)
-    return np.stack(segs)
+    if n < segment_frames:
+        phases = dict.fromkeys(offset % max(n, 1) for offset in _tta_offsets(tta, segment_frames, overlap))
+        return np.stack([loop_from(clip, phase, segment_frames) for phase in phases])  # n phases at most
+    return np.stack([cut_segment(clip, start, segment_frames)
+                     for start in tta_segment_starts(n, segment_frames, overlap, tta)])
+
+
+def tta_segment_starts(n_frames: int, segment_frames: int, overlap: float, tta: int) -> list[int]:
+    """Start frames of every pass's segments over a clip of at least one segment, in pass
+    order, each once: a shifted pass's last segment is clamped to the clip's end, where pass
+    0 already has one, and counting it again would weigh the clip's end more in the mean."""
+    last = n_frames - segment_frames
+    starts = (min(offset + start, last) for offset in _tta_offsets(tta, segment_frames, overlap)
+              for start in segment_starts(max(n_frames - offset, 1), segment_frames, overlap))
+    return list(dict.fromkeys(starts))
 
 
 def clip_segments(clips, segment_frames: int, overlap: float = 0.5,
