@@ -231,3 +231,20 @@ def test_the_user_error_behind_a_worker_group_failure_is_raised(ray_session):
     assert caught.value is inner
     with pytest.raises(WorkerGroupError), surfacing_user_errors():
         raise WorkerGroupError("rank 0: RuntimeError", {0: RuntimeError("a worker's own bug")})
+
+
+def test_a_failed_attempt_leaves_no_work_folder_behind(ray_session, demo_data, tmp_path, monkeypatch):
+    """The loop's work folder (raytag-rank0-*: weights and predictions of the attempt) goes
+    however the attempt ends, not only when it succeeds."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where mkdtemp puts it
+    monkeypatch.setenv("RAYTAG_FAIL_ONCE", f"0:{tmp_path / 'failed'}")
+    cfg = Config.from_dict({**ONE, "train": {**ONE["train"], "max_failures": 0}})
+    with pytest.raises(RuntimeError, match="RAYTAG_FAIL_ONCE"):
+        fit_pipeline(cfg, demo_data, str(tmp_path / "results"), "fails", feature_cache=str(tmp_path / "cache"),
+                     progress=False)
+    assert (tmp_path / "failed").exists(), "the injected failure never happened"
+    assert not list(scratch.glob("raytag-rank*"))

@@ -136,6 +136,17 @@ def train_loop_per_worker(loop_config: dict):
 
 def run_loop(loop_config: dict, worker) -> None:
     """Every step of the plan on `worker` (RayTrainWorker, or in_process.InProcessWorker)."""
+    rank, _ = worker.world()
+    # the attempt's run state (weights, predictions) until they are checkpointed: removed however
+    # the attempt ends, since a restart or rerun resumes from the persisted checkpoint, not from here
+    work = Path(tempfile.mkdtemp(prefix=f"raytag-rank{rank}-"))
+    try:
+        _run_steps(loop_config, worker, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_steps(loop_config: dict, worker, work: Path) -> None:
     plan = loop_config["plan"]
     if loop_config.get("trace"):
         os.environ["RAYTAG_TRACE"] = loop_config["trace"]
@@ -148,7 +159,6 @@ def run_loop(loop_config: dict, worker) -> None:
     steps = build_steps(cfg, plan.model_folds)
     final_step_of_fold = last_training_step_of_fold(steps)
 
-    work = Path(tempfile.mkdtemp(prefix=f"raytag-rank{rank}-"))
     ckpt = worker.checkpoint()
     train_state = None
     if ckpt is not None:
@@ -244,8 +254,6 @@ def run_loop(loop_config: dict, worker) -> None:
             state.progress["epoch"] = 0
         _report(worker, ctx, model, optimizer, scheduler, steps, step, metrics, checkpoint=due, average=average)
         _trace({"event": "report_done", "rank": rank})
-
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def _report(worker, ctx: _Context, model, optimizer, scheduler, steps: list[Step], step: Step, metrics: dict,
