@@ -47,3 +47,7 @@ class CheckpointError(RaytagError):
 class TrainingDiverged(RaytagError, FloatingPointError):
     """The training loss became NaN or infinite. A retry replays the same seeded epochs and
     diverges again, so it is raised at once (a FloatingPointError too, for older callers)."""
+
+
+class ClusterError(RaytagError):
+    """The Ray cluster named by RAY_ADDRESS cannot be joined (unreachable, refused, no token)."""

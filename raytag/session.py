@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import socket
 
+from raytag.errors import ClusterError
+
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 # Ray Train's controller takes one report off each worker's queue (of size 1) per poll, every
 # 2 s by default, so a worker whose epochs are shorter than that waits in ray.train.report
@@ -55,13 +57,27 @@ def ensure_ray(**overrides) -> None:
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False, configure_logging=False, **overrides)
+        join_cluster(**overrides)
     else:  # "local": never join a cluster that `ray start` left running on this machine
         kwargs = local_init_kwargs(address="local", **overrides)
         # the driver's own trainers read them here (Ray Train passes them on to its controller)
         for key in LOCAL_TRAIN_ENV:
             os.environ.setdefault(key, kwargs["runtime_env"]["env_vars"][key])
         ray.init(**kwargs)
+
+
+def join_cluster(**overrides) -> None:
+    """Join the cluster in RAY_ADDRESS; a failure (unreachable, refused, no token) is a
+    ClusterError that names the address and what to do, not Ray's traceback."""
+    import ray
+
+    address = os.environ["RAY_ADDRESS"]
+    try:
+        ray.init(log_to_driver=False, configure_logging=False, **overrides)
+    except Exception as err:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError... here
+        reason = next(iter(str(err).strip().splitlines()), type(err).__name__)  # Ray's first line, no stack
+        raise ClusterError(f"cannot join the Ray cluster at RAY_ADDRESS={address}: {reason}; unset RAY_ADDRESS "
+                           "to run locally, or check the address and RAY_AUTH_TOKEN") from err
 
 
 def in_local_session() -> bool:
