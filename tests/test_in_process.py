@@ -93,7 +93,7 @@ def test_no_failures_allowed_raises_the_failure(ray_session, demo_data, tmp_path
                      progress=False)
 
 
-def test_the_runner_follows_the_request_and_the_runs_checkpoints(ray_session, tmp_path, monkeypatch):
+def test_the_runner_follows_the_request_and_the_runs_checkpoints(ray_session, tmp_path, monkeypatch, caplog):
     def cfg(**train):
         return Config.from_dict({"train": {"num_workers": 1, **train}})
 
@@ -110,7 +110,13 @@ def test_the_runner_follows_the_request_and_the_runs_checkpoints(ray_session, tm
 
     began_here = tmp_path / "here"
     (began_here / f"{PREFIX}000001").mkdir(parents=True)
-    assert runs_in_process(cfg(num_workers=2), str(began_here))  # resumes where it began
+    assert not [r for r in caplog.records if "resumes there" in r.getMessage()]  # a fresh run: no note
+    for more in ({"num_workers": 2}, {"use_gpu": True}):  # resumes where it began, and says so
+        caplog.clear()
+        assert runs_in_process(cfg(**more), str(began_here))
+        notes = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert any("began in-process on one CPU worker and resumes there" in n and "another --name" in n
+                   for n in notes), notes
     with pytest.raises(ConfigError, match="began in-process"):
         runs_in_process(cfg(runner="ray_train"), str(began_here))
 

@@ -8,6 +8,7 @@ the final checkpoint (and the run files it lists) into the trial outputs that se
 ensemble read (docs/ARCHITECTURE.md, "Trial outputs")."""
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -35,6 +36,8 @@ from raytag.training.run_settings import check_run_settings
 from raytag.training.run_state import RUN_FILES, RunState
 from raytag.training.steps import build_steps
 from raytag.training.worker import train_loop_per_worker
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -177,9 +180,19 @@ def runs_in_process(cfg: Config, run_dir: str) -> bool:
                               "to resume it, or give the run another name")
         return True
     if began_here or began_in_group:
+        if began_here and not fits:
+            _warn_resumes_in_process(run_dir, t)
         return began_here
     # a local session only: a joined cluster may be one head node now, and grow
     return fits and in_local_session() and len([n for n in ray.nodes() if n.get("Alive")]) == 1
+
+
+def _warn_resumes_in_process(run_dir: str, t) -> None:
+    """A run that began in-process resumes there (its checkpoints are not Ray Train's), so
+    settings asking for a worker group now would be silently ignored: say so."""
+    log.warning("run %s began in-process on one CPU worker and resumes there as it began: train.num_workers "
+                "%s and use_gpu %s apply to a new run only; give it another --name to train with them",
+                run_dir, t.num_workers, t.use_gpu)
 
 
 def _loop_config(plan, run_files: str) -> dict:
