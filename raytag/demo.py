@@ -116,9 +116,14 @@ def _summary(sweep, ens, best, clip, top3, seconds, out, data) -> dict:
     t = ens.table
     single = t[t["kind"] == "single"].sort_values("cv_lwlrap", ascending=False).iloc[0]
     chosen = t[t["name"] == ens.chosen].iloc[0]
-    for label, row in ((f"best single: {single['name']}", single), (f"ensemble: {ens.chosen}", chosen)):
+    n_members = len(ens.members)
+    ensemble_label = f"ensemble of {n_members}: {ens.chosen}"
+    for label, row in ((f"best single: {single['name']}", single), (ensemble_label, chosen)):
         table.add_row(label, f"{row['cv_lwlrap']:.4f}", _fmt(row.get("test_lwlrap")))
     console.print(table)
+    if n_members == 1:  # ASHA stopped the others: the "ensemble" is that one trial
+        console.print("(one trial finished its pipeline, the others were stopped early by the scheduler, "
+                      "so the ensemble is that trial; a longer sweep gives it more: --samples)")
 
     console.print(f"tagged {clip.name}: " + ", ".join(f"{c} {p:.2f}" for c, p in top3.items()))
     skipped = Path(best["outputs_dir"]) / SKIPPED
