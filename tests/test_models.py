@@ -253,6 +253,16 @@ def test_crnn_skip_adds_the_conv_path_to_the_embedding():
     torch.testing.assert_close(embedding[:, :conv_width], conv.mean(-1) + conv.amax(-1))
 
 
+def test_resnet_without_the_stem_pool_keeps_twice_the_resolution_and_the_same_weights():
+    pooled = build_model(small_cfg("resnet18", depth=2), 5, 1, N_BINS).eval()
+    unpooled = build_model(small_cfg("resnet18", depth=2, params={"stem_pool": 0}), 5, 1, N_BINS).eval()
+    unpooled.load_state_dict(pooled.state_dict())  # pooling has no weights: the same parameters
+    x = torch.randn(1, 1, N_BINS, 64)
+    with torch.no_grad():
+        a, b = pooled.stages(pooled.stem(x)), unpooled.stages(unpooled.stem(x))
+    assert b.shape[-2:] == (a.shape[-2] * 2, a.shape[-1] * 2)
+
+
 def test_a_saved_crnn_from_before_skip_was_the_default_still_loads_its_weights():
     """A card written before crnn's skip default changed lacks the key and was built without
     it; one written now records it, so it keeps building the same network."""
@@ -283,7 +293,8 @@ def test_unknown_name_lists_the_valid_ones():
         (ModelConfig(name="crnn", params={"lstm_hidden": "big"}), 64, "lstm_hidden: expected int"),
         (ModelConfig(name="crnn", params={"skip": 2}), 64, "skip: 0 or 1"),
         (ModelConfig(name="vgg_small", params={"dense_units": 0}), 64, "dense_units: must be > 0"),
-        (ModelConfig(name="resnet18", params={"hidden": 3}), 64, "valid keys: \\(none\\)"),
+        (ModelConfig(name="resnet18", params={"hidden": 3}), 64, "valid keys: stem_pool"),
+        (ModelConfig(name="resnet18", params={"stem_pool": 2}), 64, "stem_pool: 0 or 1"),
         (ModelConfig(name="resnet34", depth=5), 64, "model.depth"),
         (ModelConfig(name="cnn_1d", params={"kernel_size": 4}), 64, "must be odd"),
         (ModelConfig(name="cnn_1d_dropout", params={"dense_units": 64}), 64, "dense_units.*valid keys: kernel_size"),

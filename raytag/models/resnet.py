@@ -6,6 +6,10 @@ torchvision's resnet18/34 (same parameter count at width 64), but the head pools
 mean over frequency and mean + max over time so any crop length works.
 `width` is the stem width (64 is the standard net; 32 the CPU default);
 stage widths are width * (1, 2, 4, 8). `depth` (1-4) keeps the first `depth` stages.
+
+params: stem_pool (int, 1) 1: the stem's 3x3 max pooling (stride 2) as in torchvision, so the
+stem downsamples 4x; 0: left out (2x), for small spectrograms (64 mels x 128 frames end in a
+2 x 4 map with it), at about 3x the compute of the stages.
 """
 from __future__ import annotations
 
@@ -43,7 +47,9 @@ class BasicBlock(nn.Module):
 class ResNet(Tagger):
     def __init__(self, layers: tuple[int, ...], cfg: ModelConfig, n_classes: int, in_channels: int, n_bins: int):
         super().__init__(in_channels, n_bins, n_classes)
-        family_params(cfg, {})
+        p = family_params(cfg, {"stem_pool": 1}, may_be_zero=("stem_pool",))
+        if p["stem_pool"] not in (0, 1):
+            raise ModelConfigError(f"model.params.stem_pool: 0 or 1, got {p['stem_pool']!r} (model {cfg.name!r})")
         if cfg.depth > len(layers):
             raise ModelConfigError(
                 f"model.depth: {cfg.name} has {len(layers)} stages, got depth={cfg.depth} (use 1-{len(layers)})"
@@ -53,7 +59,7 @@ class ResNet(Tagger):
             nn.Conv2d(in_channels, w, 7, stride=2, padding=3, bias=False),
             nn.BatchNorm2d(w),
             nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, stride=2, padding=1),
+            nn.MaxPool2d(3, stride=2, padding=1) if p["stem_pool"] else nn.Identity(),
         )
         stages, c_in = [], w
         for i, n_blocks in enumerate(layers[: cfg.depth]):
