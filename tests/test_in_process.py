@@ -254,3 +254,34 @@ def test_a_failed_attempt_leaves_no_work_folder_behind(ray_session, demo_data, t
                      progress=False)
     assert (tmp_path / "failed").exists(), "the injected failure never happened"
     assert not list(scratch.glob("raytag-rank*"))
+
+
+def test_a_store_error_a_restart_cures_is_retried_and_a_recurring_one_is_not(tmp_path, monkeypatch):
+    """A feature-store shard replaced by a rebuild (FeatureStoreError, a RaytagError) is cured
+    by a restart, which opens the store again: the run goes on. A dataset that differs
+    (DatasetError) would recur on every restart: it is raised after one attempt."""
+    from raytag.errors import DatasetError
+    from raytag.features.store import FeatureStoreError
+    from raytag.training import in_process
+
+    attempts = []
+
+    def shard_gone_once(loop_config, worker):
+        attempts.append(len(attempts))
+        if len(attempts) == 1:
+            raise FeatureStoreError("fold0.npy: shard gone: ... open the store again (FeatureStore.open)")
+
+    monkeypatch.setattr(in_process, "run_loop", shard_gone_once)
+    with pytest.warns(RuntimeWarning, match="attempt 1 failed .*shard gone"):
+        result = in_process.fit_in_process({}, tmp_path / "run", (), max_failures=2)
+    assert len(attempts) == 2 and result.error is None
+
+    def dataset_differs(loop_config, worker):
+        attempts.append(len(attempts))
+        raise DatasetError("the store lacks clips of the plan")
+
+    attempts.clear()
+    monkeypatch.setattr(in_process, "run_loop", dataset_differs)
+    with pytest.raises(DatasetError):
+        in_process.fit_in_process({}, tmp_path / "run", (), max_failures=2)
+    assert len(attempts) == 1

@@ -16,8 +16,10 @@ so the loop (`worker.run_loop`) takes this object where a Train worker takes
 - each report goes to the run's Ray Train callbacks (`after_report`), as the controller
   calls them: the sweep's forwarding to Tune and the driver's epoch lines work unchanged;
 - a failed attempt restarts from the last checkpoint, up to `train.max_failures` times
-  (Ray Train's FailureConfig); not a RaytagError (a diverged loss, a bad checkpoint, a
-  dataset that differs): a restart replays the same seeded epochs and fails the same way.
+  (Ray Train's FailureConfig); not an error that recurs (`RECURRING`: a diverged loss, a bad
+  checkpoint, a dataset that differs, a bad setting): a restart replays the same seeded
+  epochs and fails the same way. Other user errors are retried, as a restart can cure them
+  (a feature-store shard replaced by a rebuild, a transient read error).
 
 What it cannot do is outlive its process: a run killed with its process resumes only when
 it is rerun (a sweep's trial: `raytag tune --resume`; Tune's own trial restarts).
@@ -33,12 +35,18 @@ from typing import Optional, Sequence
 
 import torch
 
-from raytag.errors import RaytagError
+from raytag.config import ConfigError
+from raytag.errors import CheckpointError, DatasetError, TrainingDiverged
 from raytag.training.worker import run_loop
 
 PREFIX = "checkpoint_local_"
 KEEP = 2  # as the worker group's CheckpointConfig(num_to_keep=2)
 TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's list of a run's checkpoints
+
+# Errors a restart cannot cure: it replays the same seeded epochs on the same checkpoint,
+# dataset and settings. Any other failure (a FeatureStoreError included: a store rebuilt
+# under the run, a transient read error) is retried, as Ray Train's FailureConfig does.
+RECURRING = (TrainingDiverged, CheckpointError, DatasetError, ConfigError)
 
 
 @dataclass
@@ -111,7 +119,7 @@ def fit_in_process(loop_config: dict, run_dir: str | Path, callbacks: Sequence, 
                    say=None) -> InProcessResult:
     """Run the loop here, restarting from the last checkpoint after a failure, at most
     `max_failures` times; returns the last checkpoint, or raises the last failure. A
-    RaytagError is raised at once: it is the run's own, and would recur on every restart."""
+    `RECURRING` error is raised at once: it would recur on every restart."""
     say = say or (lambda message: warnings.warn(message, RuntimeWarning, stacklevel=3))
     worker = InProcessWorker(run_dir, callbacks)
     threads = torch.get_num_threads()  # the loop sets train.torch_threads: give the caller its own back
@@ -121,7 +129,7 @@ def fit_in_process(loop_config: dict, run_dir: str | Path, callbacks: Sequence, 
                 run_loop(loop_config, worker)
                 break
             except Exception as err:  # noqa: BLE001 - as Ray Train's FailureConfig: retried, then raised
-                if attempt == max_failures or isinstance(err, RaytagError):
+                if attempt == max_failures or isinstance(err, RECURRING):
                     raise
                 where = "".join(traceback.format_exception_only(type(err), err)).strip()
                 say(f"run {Path(run_dir).name}: attempt {attempt + 1} failed ({where}); restarting from its "
