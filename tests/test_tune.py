@@ -428,13 +428,20 @@ def test_resume_notes_a_changed_space_only_when_it_changed(tmp_path):
     assert space_changed(space.text, edited, {})
 
 
-def test_a_resumed_sweep_gets_the_concurrency_computed_now():
+def test_a_resumed_sweep_gets_the_concurrency_computed_now(tmp_path):
+    """Tune restores the limiter's saved state (its whole __dict__, max_concurrent too)
+    inside fit(), after set_resumed_concurrency: the limit set now must outlive that."""
+    from ray.tune.search import SearchGenerator
+
     from raytag.search.space import parse_space
     from raytag.search.tuner import build_searcher, limit_concurrency, set_resumed_concurrency
 
     space = parse_space(FAKE_SPACE.replace("SAMPLES", "4").replace("seed: 0,", "seed: 0, metric: cv_lwlrap,"))
-    limiter = limit_concurrency(build_searcher(space), 4)
+    SearchGenerator(limit_concurrency(build_searcher(space), 4)).save_to_dir(str(tmp_path), "started")
     # what Tuner.restore leaves: the limiter unpickled with the limit the sweep started with
+    limiter = limit_concurrency(build_searcher(space), 4)
     restored = SimpleNamespace(_local_tuner=SimpleNamespace(_tune_config=SimpleNamespace(search_alg=limiter)))
-    assert set_resumed_concurrency(restored, 2) and limiter.max_concurrent == 2
+    assert set_resumed_concurrency(restored, 2)
+    SearchGenerator(limiter).restore_from_dir(str(tmp_path))  # what Tune's fit() does next
+    assert limiter.max_concurrent == 2
     assert not set_resumed_concurrency(SimpleNamespace(), 2)  # Ray's layout changed: said, not applied

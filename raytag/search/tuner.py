@@ -300,7 +300,8 @@ def limit_concurrency(searcher, max_concurrent: int):
     """Tune's ConcurrencyLimiter around the searcher, except that it also passes on the end
     of a trial it has forgotten. The limiter drops a trial once it ends in error and does
     not save what it holds, so when `--resume` finished a trial the storage had stopped,
-    Optuna never heard of it and showed it RUNNING for good (TPE never used its score)."""
+    Optuna never heard of it and showed it RUNNING for good (TPE never used its score).
+    Restoring its saved state keeps the limit it has (see set_resumed_concurrency)."""
     from ray.tune.search import ConcurrencyLimiter
 
     class ResumableLimiter(ConcurrencyLimiter):
@@ -308,6 +309,13 @@ def limit_concurrency(searcher, max_concurrent: int):
             if trial_id not in self.live_trials and self.searcher.is_open(trial_id):
                 return self.searcher.on_trial_complete(trial_id, result=result, error=error)
             return super().on_trial_complete(trial_id, result=result, error=error)
+
+        def set_state(self, state: dict):
+            # Tune's fit() restores the saved __dict__ after Tuner.restore, max_concurrent too;
+            # keep the limit set for this cluster (set_resumed_concurrency) over the saved one
+            limit_now = self.max_concurrent
+            super().set_state(state)
+            self.max_concurrent = limit_now
 
     return ResumableLimiter(searcher, max_concurrent=max_concurrent)
 
@@ -580,7 +588,8 @@ def space_changed(stored: str, space: SearchSpace, started_settings: dict) -> bo
 
 def set_resumed_concurrency(tuner, n_parallel: int) -> bool:
     """Give a restored sweep's limiter (limit_concurrency; Tune unpickles it with the limit
-    the sweep started with) the limit computed now, for this cluster. False where Tune's
+    the sweep started with) the limit computed now, for this cluster; the limiter keeps it
+    when fit() restores its saved state (ResumableLimiter.set_state). False where Tune's
     restored tuner does not expose it (its layout is Ray's own)."""
     tune_config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
     limiter = getattr(tune_config, "search_alg", None)
