@@ -75,6 +75,31 @@ def test_garbage_file_says_what_soundfile_said(tmp_path):
         audio_info(bad)
 
 
+def test_a_damaged_file_is_a_lasting_failure_an_io_error_a_passing_one(tmp_path, monkeypatch):
+    """A cache remembers a file libsndfile cannot make sense of (it fails the same way every
+    time) and tries again only an I/O failure (libsndfile's "System error.")."""
+    import raytag.data.audio as audio_module
+    from raytag.data.audio import AudioReadError
+
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"this is not audio at all" * 10)
+    for read in (lambda p: load_audio(p, 16000), audio_info):
+        with pytest.raises(AudioDecodeError) as err:
+            read(bad)
+        assert not isinstance(err.value, AudioReadError)
+
+    sf.write(tmp_path / "ok.wav", sine(440, 0.5, 16000), 16000)
+
+    def system_error(*args, **kwargs):
+        raise sf.LibsndfileError(2, prefix="Error opening: ")
+
+    monkeypatch.setattr(audio_module.sf, "SoundFile", system_error)
+    monkeypatch.setattr(audio_module.sf, "info", system_error)
+    for read in (lambda p: load_audio(p, 16000), audio_info):
+        with pytest.raises(AudioReadError, match="System error"):
+            read(tmp_path / "ok.wav")
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(AudioDecodeError, match="nope.wav: file not found"):
         load_audio(tmp_path / "nope.wav", 16000)

@@ -325,6 +325,33 @@ def test_a_clip_that_could_not_be_read_once_is_tried_again_by_the_next_build(tmp
     assert _build_here(dataset, tmp_path / "cache").build_info["computed"] == 0  # bad samples are not retried
 
 
+def _counting_decodes(monkeypatch) -> list:
+    """The paths the store decodes from now on, in order."""
+    import raytag.features.store as store_module
+
+    decoded = []
+
+    def counted(path, *args, **kwargs):
+        decoded.append(str(path))
+        return load_audio(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_module, "load_audio", counted)
+    return decoded
+
+
+def test_a_damaged_file_fails_once_and_is_not_decoded_again(tmp_path, monkeypatch):
+    """A file libsndfile cannot make sense of fails the same way every time: the next build
+    remembers it (no audio work), as it does a clip with bad samples."""
+    root = make_fat2019(tmp_path / "data")
+    dataset = load_dataset(root, sample_rate=CFG.sample_rate)
+    (root / "train_curated" / "c1.wav").write_bytes(b"RIFF, then nothing audio-like" * 20)  # damaged after the listing
+    first = _build_here(dataset, tmp_path / "cache")
+    assert "cannot decode" in dict(first.failed.itertuples(index=False))["train_curated/c1.wav"]
+    decoded = _counting_decodes(monkeypatch)
+    again = _build_here(dataset, tmp_path / "cache")
+    assert again.build_info["computed"] == 0 and decoded == []
+
+
 def test_running_out_of_memory_on_one_clip_is_that_clips_failure(tmp_path, monkeypatch):
     import raytag.features.store as store_module
 

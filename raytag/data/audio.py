@@ -3,8 +3,10 @@ at a chosen sample rate, or read only its header.
 
 Every way a file can be unusable raises `AudioDecodeError(path, reason)` so the caller
 can leave that one clip out, name it and carry on. `AudioReadError`, its subclass, is a
-file that could not be opened or read: that may pass (an I/O error, a copy in progress),
-so a cache must try it again rather than remember it.
+file that could not be opened or read for a reason that may pass (not found, permission
+denied, an I/O error, libsndfile's "System error."), so a cache must try it again rather
+than remember it. A file libsndfile reads but cannot make sense of (unrecognised format,
+damaged data) fails the same way every time: a plain AudioDecodeError, remembered.
 """
 from __future__ import annotations
 
@@ -27,8 +29,24 @@ _DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, OSError, TypeError, ValueErr
 
 
 class AudioReadError(AudioDecodeError):
-    """The file could not be opened, read or parsed as audio: unlike bad samples (NaN,
-    silence, too short), another try may succeed."""
+    """The file could not be opened or read (an I/O failure): unlike a damaged file or
+    bad samples (NaN, silence, too short), another try may succeed."""
+
+
+_SF_SYSTEM_ERROR = 2  # libsndfile's SF_ERR_SYSTEM: the OS refused the open or read
+
+
+def _may_pass(err: Exception) -> bool:
+    """Whether a decoder error is an I/O failure (worth another try), not bad contents."""
+    if isinstance(err, OSError):
+        return err.errno is not None
+    return isinstance(err, sf.LibsndfileError) and err.code == _SF_SYSTEM_ERROR
+
+
+def _decode_error(path, what: str, err: Exception) -> AudioDecodeError:
+    """AudioReadError for an I/O failure, else AudioDecodeError (the same every time)."""
+    kind = AudioReadError if _may_pass(err) else AudioDecodeError
+    return kind(path, f"{what}: {_reason(path, err)}")
 
 
 def min_samples(features) -> int:
@@ -62,7 +80,7 @@ def audio_info(path: str | Path) -> tuple[float, int, int]:
     try:
         info = sf.info(str(path))
     except _DECODE_ERRORS as err:
-        raise AudioReadError(path, f"unreadable audio header: {_reason(path, err)}") from err
+        raise _decode_error(path, "unreadable audio header", err) from err
     if info.samplerate <= 0 or info.channels <= 0:
         raise AudioDecodeError(
             path, f"bad header: sample rate {info.samplerate}, channels {info.channels}"
@@ -93,7 +111,7 @@ def load_audio(
             else:
                 data = f.read(dtype="float32", always_2d=True)
     except _DECODE_ERRORS as err:
-        raise AudioReadError(path, f"cannot decode: {_reason(path, err)}") from err
+        raise _decode_error(path, "cannot decode", err) from err
     if data.shape[0] == 0:
         raise AudioDecodeError(path, "empty audio (0 samples)")
     finite = np.isfinite(data)
