@@ -367,6 +367,11 @@ def test_running_out_of_memory_on_one_clip_is_that_clips_failure(tmp_path, monke
     store = _build_here(dataset, tmp_path / "cache")
     failed = dict(store.failed.itertuples(index=False))
     assert "out of memory" in failed["train_noisy/n0.wav"] and len(store) == 7
+    # the next build does not decode it in this process, where a MemoryError would fail it
+    again = _build_here(dataset, tmp_path / "cache")
+    assert again.build_info["computed"] == 0 and "out of memory" in dict(again.failed.itertuples(index=False))["train_noisy/n0.wav"]
+    # a sidecar that does list it (an older build's) counts it as still failing
+    assert not store_module._read_failures_decode_now({"retry": [huge], "shard": 1}, CFG)
 
 
 def test_a_shard_whose_process_died_is_named_with_its_files(tmp_path):

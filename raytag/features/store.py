@@ -541,7 +541,7 @@ def _read_failures_decode_now(info: dict, cfg: FeatureConfig) -> bool:
     for path in info.get("retry", []):
         try:
             load_audio(path, cfg.sample_rate, min_samples=min_samples(cfg))
-        except AudioDecodeError:
+        except (AudioDecodeError, MemoryError):  # still failing (an older sidecar may list an OOM clip)
             continue
         log.info("%s decodes now; its shard %d is computed again", path, info["shard"])
         return True
@@ -567,9 +567,11 @@ def _compute_shard(shard: int, rows: list, signature: list, key: str, root: str,
             if isinstance(err, AudioReadError):
                 retry.append(row["path"])  # tried again by the next build
             continue
-        except MemoryError:  # one huge file: its failure, not the shard's; may fit another time
-            failures.append([row["file"], "out of memory while decoding it (a very long or damaged file?)"])
-            retry.append(row["path"])
+        except MemoryError:  # one huge file: its failure, not the shard's
+            # not in `retry`: the next build would decode it in the driver, where a
+            # MemoryError fails the whole build; a new mtime (touch) has it computed again
+            failures.append([row["file"], "out of memory while decoding it (a very long or damaged file?); "
+                                          "touch the file to have the next build try it again"])
             continue
         try:
             with torch.inference_mode():
