@@ -275,6 +275,42 @@ def test_command_line_search_settings_are_checked_before_anything_starts(tmp_pat
     assert not (tmp_path / "r").exists()
 
 
+class _StopAfterTheNotes(Exception):
+    """Raised where a resume would start Tune: the test only needs what came before."""
+
+
+def test_a_resume_notes_command_line_search_settings_instead_of_checking_them(tmp_path, monkeypatch):
+    """--resume keeps the samples and scheduler the sweep started with, so a --samples the
+    new-sweep checks would refuse (fewer than first_trials) is noted, not an error."""
+    import raytag.search.tuner as tuner
+
+    notes = []
+    monkeypatch.setattr(tuner, "_printer", lambda enabled: notes.append)
+    for name in ("ensure_ray", "check_storage", "check_data"):
+        monkeypatch.setattr(tuner, name, lambda *a, **k: None)
+
+    def stop(*args, **kwargs):
+        raise _StopAfterTheNotes
+
+    monkeypatch.setattr(tuner, "concurrency", stop)
+    text = (FAKE_SPACE.replace("SAMPLES", "4")
+            .replace("startup_trials: 3", "startup_trials: 3, first_trials: [{train.lr: 1.0e-3}, {train.lr: 2.0e-3}]"))
+    space = tmp_path / "fake.yaml"
+    space.write_text(text)
+    (tmp_path / "data").mkdir()
+    exp = tmp_path / "r" / "fake"  # a sweep that started: what Tuner.can_restore and the resume read
+    exp.mkdir(parents=True)
+    (exp / "tuner.pkl").write_bytes(b"")
+    (exp / "space.yaml").write_text(text)
+    (exp / "sweep.json").write_text(json.dumps({
+        "search": {"samples": 4, "scheduler": "asha", "max_concurrent_trials": 1, "metric": "cv_lwlrap"},
+        "settings": {}, "data": str(tmp_path / "data")}))
+    with pytest.raises(_StopAfterTheNotes):
+        tuner.run_sweep(space, tmp_path / "data", storage=str(tmp_path / "r"), resume=True, samples=1)
+    assert any("--samples/--scheduler are fixed when a sweep starts" in note and "samples=4" in note
+               for note in notes), notes
+
+
 DRIVER = """
 import sys
 sys.path.insert(0, {tests!r})

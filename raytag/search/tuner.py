@@ -446,12 +446,14 @@ def run_sweep(
     space = load_space(space_path)
     # --set is checked before anything is written; a resumed sweep keeps what it started with
     fixed = with_fixed_settings(space, settings) if settings else space
-    fixed = with_search_overrides(fixed, {  # checked as the file's own settings, before anything is written
+    overrides = {
         "--samples": ("samples", None if samples is None else int(samples)),
         "--scheduler": ("scheduler", None if scheduler is None else scheduler.lower()),
         "max_concurrent_trials": ("max_concurrent_trials",
-                             None if max_concurrent_trials is None else int(max_concurrent_trials)),
-    })
+                                  None if max_concurrent_trials is None else int(max_concurrent_trials)),
+    }
+    if not resume:  # checked as the file's own settings, before anything is written
+        fixed = with_search_overrides(fixed, overrides)
     name = name or space.name
     if files.is_uri(str(data)):  # copied onto each node by raytag.cluster.materialize_data
         data = str(data).rstrip("/")
@@ -501,8 +503,9 @@ def run_sweep(
                 say(f"note: the sweep started on --data {started['data']}, resumed on {data}; a trial with "
                     "checkpoints continues only if its clips and labels are the same")
         else:
-            if resume:
+            if resume:  # a resume ignores the overrides (noted above); a new sweep takes them, checked
                 say(f"nothing to resume in {exp_dir}; starting a new sweep")
+                fixed = with_search_overrides(fixed, overrides)
             space = fixed  # with the command line's --samples/--scheduler/--max-concurrent
 
         # "auto" -> the layout's own score; a resumed sweep keeps the metric it started with
