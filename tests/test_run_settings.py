@@ -51,3 +51,35 @@ def test_a_setting_a_newer_raytag_added_is_not_a_change_of_the_run(tmp_path):
     (tmp_path / SETTINGS_FILE).write_text(json.dumps(recorded))
     (tmp_path / "checkpoint_000000").mkdir()
     check_run_settings(str(tmp_path), Config.from_dict({}))  # resumes
+
+
+CRNN = {"name": "crnn", "width": 4, "depth": 2, "dropout": 0.0, "params": {"lstm_hidden": 8}}
+
+
+def test_a_run_begun_before_crnns_skip_default_resumes_with_the_model_its_checkpoints_hold(tmp_path):
+    """run_settings.json of a crnn run begun before skip's default became 1 lacks the key, and
+    its checkpoints hold skip=0 weights: a resume that leaves skip unset builds skip=0 (in the
+    plan the workers build from), and they load; one that asks for skip=1 is refused."""
+    import numpy as np
+    from types import SimpleNamespace
+
+    from raytag.models import build_model
+
+    cfg = Config.from_dict({"model": CRNN})
+    plan = SimpleNamespace(cfg=cfg.to_dict(), classes=["Bark"], curated_ids=["c1"], noisy_ids=[], test_ids=[],
+                           curated_y=np.ones((1, 1), np.float32), noisy_y=np.zeros((0, 1), np.float32))
+    check_run_settings(str(tmp_path), cfg, plan)  # a new run records today's default
+    recorded = json.loads((tmp_path / SETTINGS_FILE).read_text())
+    assert recorded["model.params.skip"] == 1
+    del recorded["model.params.skip"]  # as written before the default changed
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps(recorded))
+    (tmp_path / "checkpoint_local_000001").mkdir()
+    old_weights = build_model(Config.from_dict({"model": {**CRNN, "params": {"lstm_hidden": 8, "skip": 0}}}).model,
+                              3, 1, 64).state_dict()
+
+    resumed = check_run_settings(str(tmp_path), cfg, plan)
+    assert resumed.model.params["skip"] == 0 and plan.cfg["model"]["params"]["skip"] == 0
+    build_model(Config.from_dict(plan.cfg).model, 3, 1, 64).load_state_dict(old_weights)  # strict
+    with pytest.raises(ConfigError, match=r"model.params.skip: 0 then, 1 now"):
+        check_run_settings(str(tmp_path), Config.from_dict({"model": {**CRNN, "params": {"lstm_hidden": 8,
+                                                                                         "skip": 1}}}))

@@ -8,19 +8,25 @@ two runs mixed in one folder. `run_settings.json` holds the settings of the run'
 start, with a signature of its clips and labels; a rerun whose settings or data differ,
 while the folder holds checkpoints, is refused with the difference. Settings that only say
 where and how fast to train (workers, devices, threads, checkpoint spacing, number
-format...) may change between attempts.
+format...) may change between attempts. A model param whose default changed since the run
+began (config.CHANGED_DEFAULTS) and that the rerun leaves unset keeps its value of then:
+the checkpoints hold that model's weights.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 import numpy as np
 
 from raytag import storage as files
-from raytag.config import Config, ConfigError
+from raytag.config import CHANGED_DEFAULTS, Config, ConfigError, recorded_model_settings, saved_model_settings
+
+log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "run_settings.json"
+PARAMS = "model.params."  # the prefix of a model family's params among the recorded settings
 
 # may change between attempts of one run: where and how fast it trains, not what it learns
 FREE_TO_CHANGE = (
@@ -31,26 +37,66 @@ FREE_TO_CHANGE = (
 )
 
 
-def check_run_settings(run_dir: str, cfg: Config, plan=None) -> None:
+def check_run_settings(run_dir: str, cfg: Config, plan=None) -> Config:
     """Record `cfg` (and the clips and labels of `plan`) as the run's settings, or refuse a
-    resume with other ones (ConfigError)."""
-    settings = _settings(cfg)
+    resume with other ones (ConfigError). Returns the config the run trains with: `cfg`, or
+    on a resume `cfg` with the model params the run began with whose default changed since
+    and that `cfg` leaves unset (set in `plan.cfg` too, which the workers build the model
+    from): the checkpoints hold weights of that model."""
+    path = files.join(run_dir, SETTINGS_FILE)
+    if not (files.exists(path) and _has_checkpoints(run_dir)):
+        files.write_text(path, json.dumps(_with_data(_settings(cfg), plan), indent=1, sort_keys=True))
+        return cfg
+    before = _saved_settings(json.loads(files.read_text(path)))
+    kept = _params_kept_from_start(before, cfg)
+    if kept:
+        cfg = _with_model_params(cfg, plan, kept)
+    settings = _with_data(_settings(cfg), plan)
+    # keys in both only: a setting a newer raytag added (or dropped) is not a change of the run
+    changed = sorted(k for k in before.keys() & settings.keys() if before[k] != settings[k])
+    if changed:
+        shown = "; ".join(f"{k}: {before[k]!r} then, {settings[k]!r} now" for k in changed[:5])
+        more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
+        raise ConfigError(
+            f"{run_dir}: this run began with other settings ({shown}{more}), and rerunning a name "
+            "resumes its checkpoints; give the new run another --name, or delete the folder to start over"
+        )
+    if kept:
+        log.info("run %s resumes with %s as it began (a default changed since)", run_dir,
+                 ", ".join(f"{PARAMS}{k}={v!r}" for k, v in kept.items()))
+    return cfg
+
+
+def _with_data(settings: dict, plan) -> dict:
     if plan is not None:
         settings["data"] = data_signature(plan)
-    path = files.join(run_dir, SETTINGS_FILE)
-    if files.exists(path) and _has_checkpoints(run_dir):
-        before = json.loads(files.read_text(path))
-        # keys in both only: a setting a newer raytag added (or dropped) is not a change of the run
-        changed = sorted(k for k in before.keys() & settings.keys() if before[k] != settings[k])
-        if changed:
-            shown = "; ".join(f"{k}: {before[k]!r} then, {settings[k]!r} now" for k in changed[:5])
-            more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
-            raise ConfigError(
-                f"{run_dir}: this run began with other settings ({shown}{more}), and rerunning a name "
-                "resumes its checkpoints; give the new run another --name, or delete the folder to start over"
-            )
-        return
-    files.write_text(path, json.dumps(settings, indent=1, sort_keys=True))
+    return settings
+
+
+def _saved_settings(before: dict) -> dict:
+    """Recorded settings as read back: a changed default of the model family that they lack
+    (recorded before the change, see config.CHANGED_DEFAULTS) takes its value before it."""
+    params = {k[len(PARAMS):]: v for k, v in before.items() if k.startswith(PARAMS)}
+    saved = saved_model_settings({"name": before.get("model.name"), "params": params})["params"]
+    return {**before, **{PARAMS + k: v for k, v in saved.items()}}
+
+
+def _params_kept_from_start(before: dict, cfg: Config) -> dict:
+    """The changed-default params of the run's model that `cfg` leaves unset: built with the
+    value the run began with, not today's default, or the checkpoints' weights would not fit."""
+    if before.get("model.name") != cfg.model.name:
+        return {}  # another family: a change check_run_settings refuses
+    changed = CHANGED_DEFAULTS.get(cfg.model.name, {})
+    return {key: before[PARAMS + key] for key in changed
+            if key not in cfg.model.params and PARAMS + key in before}
+
+
+def _with_model_params(cfg: Config, plan, params: dict) -> Config:
+    if plan is not None:
+        model = plan.cfg["model"]
+        plan.cfg["model"] = {**model, "params": {**model.get("params", {}), **params}}
+    return Config.from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"],
+                                                        "params": {**cfg.model.params, **params}}})
 
 
 def data_signature(plan) -> str:
@@ -79,5 +125,7 @@ def _settings(cfg: Config) -> dict:
         elif prefix not in FREE_TO_CHANGE:
             flat[prefix] = value
 
-    walk("", json.loads(json.dumps(cfg.to_dict())))  # JSON's types: a tuple compares as the list it is saved as
+    as_dict = json.loads(json.dumps(cfg.to_dict()))  # JSON's types: a tuple compares as the list it is saved as
+    as_dict["model"] = recorded_model_settings(as_dict["model"])  # today's changed defaults written in
+    walk("", as_dict)
     return flat

@@ -99,7 +99,7 @@ def fit_pipeline(
     check_run_models(cfg)  # likewise a model setting
     # the store first: before Ray runs in this process, its build may fork worker processes
     dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
-    check_run_settings(run_dir, cfg, plan)  # a rerun of the name resumes only the same run, on the same clips
+    cfg = check_run_settings(run_dir, cfg, plan)  # a rerun of the name resumes only the same run, on the same clips
     ensure_ray()
 
     watch = (epoch_events(on_epoch, steps, cfg.cv.n_folds) if on_epoch
