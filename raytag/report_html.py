@@ -198,7 +198,7 @@ def _find_experiment(exp_dir: str, other: str) -> str:
     storage) the folder of that name beside this sweep."""
     if storage.exists(other):
         return other
-    return storage.join(exp_dir.rstrip("/").rsplit("/", 1)[0], storage.basename(other))
+    return storage.join(storage.parent(exp_dir), storage.basename(other))
 
 
 def _ensemble(exp_dir: str) -> str:

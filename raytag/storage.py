@@ -115,6 +115,20 @@ def basename(path: str | os.PathLike) -> str:
     return unquote(text.partition("?")[0].rstrip("/").rsplit("/", 1)[-1])  # the name, as join was given it
 
 
+def parent(path: str | os.PathLike) -> str:
+    """The folder holding a local path or a URI's object, keeping the URI's options
+    ("s3://b/x/exp?endpoint_override=http://m:9000" -> "s3://b/x?endpoint_override=http://m:9000":
+    split after them, an option's "/" would be cut instead). A bucket is its own parent."""
+    text = normalize_uri(path)
+    if not is_uri(text):
+        return os.path.dirname(text.rstrip("/") or "/")
+    head, sep, options = text.partition("?")
+    scheme = _URI.match(head).group(0)
+    folders = head[len(scheme):].rstrip("/")
+    up = folders.rsplit("/", 1)[0] or folders[:1]  # "file:///a" -> "file:///"
+    return scheme + up + sep + options
+
+
 def safe_relpath(name, where: str = "", error: type = StorageError) -> str:
     """`name` as a "/"-separated relative path that stays inside its folder, or `error`
     naming the entry. Names come from files other people write (a manifest, member.json,

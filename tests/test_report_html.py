@@ -161,3 +161,13 @@ def test_report_shows_no_uri_options_or_credentials(tmp_path):
     assert "search.png is missing" in page and "secret_key" not in page
     assert shown_path("s3://AKIA:pw@bucket/runs/exp?region=r&secret=s") == "s3://bucket/runs/exp"
     assert shown_path("/local/runs/exp") == "/local/runs/exp"
+
+
+def test_a_with_experiment_is_looked_for_beside_a_uri_sweep_with_its_options(monkeypatch):
+    """--with's fallback (the name beside this sweep) keeps the sweep URI's options, also
+    one whose value holds "/"."""
+    from raytag.report_html import _find_experiment
+
+    monkeypatch.setattr(storage, "exists", lambda path: False)  # given as it was: not found there
+    options = "?endpoint_override=http://m:9000"
+    assert _find_experiment(f"s3://b/runs/sweep{options}", "old/other") == f"s3://b/runs/other{options}"

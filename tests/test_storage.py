@@ -17,3 +17,14 @@ def test_names_listed_under_a_file_uri_can_be_joined_and_read_back(tmp_path):
         assert storage.read_bytes(path) == (tmp_path / "sub dir" / name).read_bytes()
         assert storage.basename(path) == name
     assert storage.join("s3://b/p?region=r", "x y", "50%.wav") == "s3://b/p/x%20y/50%25.wav?region=r"
+
+
+def test_the_parent_of_a_uri_keeps_its_options():
+    """An option's value may hold "/" (an endpoint URL): the parent is taken before the "?"."""
+    options = "?endpoint_override=http://m:9000"
+    assert storage.parent(f"s3://b/x/exp{options}") == f"s3://b/x{options}"
+    assert storage.parent(f"s3://b/x/exp/{options}") == f"s3://b/x{options}"
+    assert storage.parent("s3://b/x/exp") == "s3://b/x"
+    assert storage.parent("s3://b") == "s3://b"  # a bucket has no parent folder to go to
+    assert storage.parent("file:///r/x") == "file:///r" and storage.parent("file:///r") == "file:///"
+    assert storage.parent("/r/x/exp/") == "/r/x"
