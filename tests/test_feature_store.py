@@ -286,6 +286,41 @@ def test_a_reader_two_rebuilds_behind_gets_an_error_not_wrong_frames(tmp_path):
     assert set(newest._files.values()) <= on_disk and len(on_disk) <= 2 * len(newest._files)
 
 
+def _backdate_shard_files(folder, seconds=3600):
+    """Written `seconds` ago: clearly older than any build's grace period."""
+    for npy in folder.glob("shard-*.npy"):
+        os.utime(npy, (npy.stat().st_atime - seconds, npy.stat().st_mtime - seconds))
+
+
+def test_a_shard_whose_clips_all_failed_is_kept_and_not_decoded_again(tmp_path):
+    """Its .npy (empty) is in no index, only in its sidecar: a rebuild must not delete it,
+    or the build after decodes that shard again."""
+    dataset = load_dataset(make_fat2019(tmp_path / "data"), sample_rate=CFG.sample_rate)
+
+    def build():  # one clip a shard: the undecodable clip is a shard of its own
+        return build_feature_store(dataset, CFG, tmp_path / "cache", progress=False, chunk_size=1, workers=1)
+
+    first = build()
+    _backdate_shard_files(first.path)
+    (first.path / "meta.json").unlink()  # the next build finishes the store again (and tidies)
+    assert build().build_info["computed"] == 0
+    assert build().build_info["computed"] == 0
+
+
+def test_a_rebuild_deletes_only_unnamed_shard_files_older_than_the_grace_period(tmp_path):
+    """An unnamed file a few minutes old may be a concurrent build's, started earlier and
+    not yet indexed: only an old one is deleted."""
+    dataset = load_dataset(make_fat2019(tmp_path / "data"), sample_rate=CFG.sample_rate)
+    first = _build_here(dataset, tmp_path / "cache")
+    recent, old = first.path / "shard-00000-0123456789abcdef.npy", first.path / "shard-00000-fedcba9876543210.npy"
+    for path, age in ((recent, 60), (old, 3600)):
+        path.write_bytes(b"another build's shard")
+        os.utime(path, (path.stat().st_atime - age, path.stat().st_mtime - age))
+    (first.path / "meta.json").unlink()
+    _build_here(dataset, tmp_path / "cache")
+    assert recent.exists() and not old.exists()
+
+
 def test_a_new_decoder_or_front_end_version_recomputes_every_shard(tmp_path, monkeypatch):
     """Shards made by older decoding code must not be served once FEATURES_VERSION moves on."""
     import raytag.features.store as store_module

@@ -36,7 +36,13 @@ store (every clip is read each epoch); a read copies the frames and maps nothing
 A rebuild leaves the .npy files of the index it replaces, so a reader that opened the
 store before it (a training run beside a `raytag prepare`) still reads what it indexed;
 files of older builds are deleted. A reader two rebuilds behind gets an error, never
-another clip's frames.
+another clip's frames. A file that a current sidecar names (a shard whose clips all
+failed, which no index lists; a concurrent build's new shard) is never deleted, and an
+unnamed one only once STALE_AFTER_S old (its mtime), so a concurrent build may index it
+first. The limit: a concurrent build whose shard another build has since replaced, and
+that indexes it more than STALE_AFTER_S after writing it (or with a file server clock that
+far off), may find it deleted: its readers get the "shard gone" error, and running
+`raytag prepare` again rebuilds it.
 """
 from __future__ import annotations
 
@@ -74,7 +80,9 @@ FEATURES_VERSION = 1
 INDEX_COLUMNS = ["clip_id", "shard", "offset", "n_frames", "file"]
 FAILED_COLUMNS = ["file", "reason"]
 MAX_OPEN_SHARDS = 256  # per store; FSDKaggle2019 (24k clips) is ~190 shards of 128 clips
-MTIME_SLACK_S = 2.0  # file times lag the clock (coarse timestamps): "older than this build" allows this much
+# A shard file nothing names is deleted only once this old (by mtime): younger, it may be a
+# concurrent build's not yet indexed. Minutes, so a file server's clock skew does not matter.
+STALE_AFTER_S = 600.0
 STD_FLOOR = 1e-5  # a constant bin (e.g. an empty mel band) gets this std, so x/std stays finite
 
 
@@ -310,7 +318,7 @@ def build_feature_store(
     key = shard_key(feature_cfg)
     root = store_dir(cache_dir, feature_cfg, dataset.root)
     root.mkdir(parents=True, exist_ok=True)
-    started, started_at = time.perf_counter(), time.time()
+    started = time.perf_counter()
 
     clips = dataset.clips.sort_values("clip_id", kind="stable").reset_index(drop=True)
     chunks = [clips.iloc[i: i + chunk_size] for i in range(0, len(clips), chunk_size)]
@@ -347,7 +355,7 @@ def build_feature_store(
     merged = _merge(results, len(chunks), shape)
     store = _finished_as(root, key, merged)
     if store is None:
-        _finish(root, merged, feature_cfg, shape, key, build_info, started_at)
+        _finish(root, merged, feature_cfg, shape, key, build_info)
         store = FeatureStore.open(root)
     else:
         # The store there is what _finish would write: its files are left as they are.
@@ -632,6 +640,7 @@ class _Merged:
 
     index: pd.DataFrame
     failed: list
+    files: set  # every shard's .npy, also one whose clips all failed (no index row names it)
     n_chunks: int
     count: int
     mean: np.ndarray  # (C * F,)
@@ -654,7 +663,8 @@ def _merge(results: dict, n_chunks: int, shape) -> _Merged:
         std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
     else:  # no training frames (only test clips, or all failed): nothing to normalise by
         mean, std = np.zeros_like(sums), np.ones_like(sums)
-    return _Merged(index, failed, n_chunks, count, mean, std)
+    files = {results[shard]["file"] for shard in range(n_chunks)}
+    return _Merged(index, failed, files, n_chunks, count, mean, std)
 
 
 def _finished_as(root: Path, key: str, merged: _Merged) -> "FeatureStore | None":
@@ -676,9 +686,9 @@ def _finished_as(root: Path, key: str, merged: _Merged) -> "FeatureStore | None"
     return store if same else None
 
 
-def _finish(root: Path, merged: _Merged, cfg: FeatureConfig, shape, key: str, build_info: dict, started_at: float):
+def _finish(root: Path, merged: _Merged, cfg: FeatureConfig, shape, key: str, build_info: dict):
     """Write index.parquet, failed.csv and (last) meta.json from the merged sidecars."""
-    _remove_stale_shards(root, merged, started_at)
+    _remove_stale_shards(root, merged)
     index, failed = merged.index, merged.failed
     (root / "meta.json").unlink(missing_ok=True)  # the store is incomplete until meta is rewritten
     _atomic_write(root / "index.parquet", lambda fh: index.to_parquet(fh, index=False))
@@ -708,6 +718,17 @@ def _indexed_files(root: Path) -> set[str]:
         return set()
 
 
+def _sidecar_files(root: Path) -> set[str]:
+    """The shard files the sidecars now at `root` name (a concurrent build's included)."""
+    files = set()
+    for side in root.glob("shard-*.json"):
+        try:
+            files.add(str(json.loads(side.read_text())["file"]))
+        except (OSError, ValueError, KeyError, TypeError):  # being replaced, or removed meanwhile
+            continue
+    return files
+
+
 def _older_than(path: Path, when: float) -> bool:
     try:
         return path.stat().st_mtime < when
@@ -715,18 +736,21 @@ def _older_than(path: Path, when: float) -> bool:
         return False
 
 
-def _remove_stale_shards(root: Path, merged: _Merged, started_at: float) -> None:
-    """Delete the shard files neither the new index nor the one it replaces reads.
+def _remove_stale_shards(root: Path, merged: _Merged) -> None:
+    """Delete the shard files that nothing names and that are STALE_AFTER_S old.
 
-    The replaced index's files stay: a reader that opened it keeps reading what it indexed.
-    Files written since this build started may be a concurrent build's, so they stay too."""
-    keep = set(_files_of(merged.index).values()) | _indexed_files(root)
-    for npy in root.glob("shard-*.npy"):
-        if npy.name not in keep and _older_than(npy, started_at - MTIME_SLACK_S):
-            npy.unlink(missing_ok=True)
+    Kept: the new index's files, the replaced index's (a reader that opened it keeps
+    reading what it indexed), and every file a sidecar names (a shard whose clips all
+    failed; a concurrent build's shard). A younger file may be a concurrent build's whose
+    sidecar is not written yet."""
     for side in root.glob("shard-*.json"):  # sidecars of an earlier, larger clip list
         if int(side.stem.split("-")[1]) >= merged.n_chunks:
             side.unlink(missing_ok=True)
+    keep = merged.files | set(_files_of(merged.index).values()) | _indexed_files(root) | _sidecar_files(root)
+    cutoff = time.time() - STALE_AFTER_S
+    for npy in root.glob("shard-*.npy"):
+        if npy.name not in keep and _older_than(npy, cutoff):
+            npy.unlink(missing_ok=True)
 
 
 class _progress:
