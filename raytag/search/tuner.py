@@ -482,28 +482,10 @@ def run_sweep(
                 "or give --name for a new one"
             )
         if resume and restorable:
-            repaired = repair_state(exp_dir)  # a state file cut short by a storage fault
-            if repaired:
-                say(f"note: {', '.join(repaired)} was cut short when the storage failed; "
-                    "resuming from its last complete copy")
-            stored = files.read_text(files.join(exp_dir, "space.yaml"))
-            started = json.loads(files.read_text(files.join(exp_dir, "sweep.json")))
-            if space_changed(stored, space, started.get("settings") or {}):
-                say(f"note: {space_path} changed since the sweep started; resuming with the stored space")
-            space = parse_space(stored, source=files.join(exp_dir, "space.yaml"), default_name=name)
-            space.search = dataclasses.replace(space.search, **started["search"])
-            if samples not in (None, space.search.samples) or scheduler not in (None, space.search.scheduler):
-                say("note: --samples/--scheduler are fixed when a sweep starts; resuming with "
-                    f"samples={space.search.samples}, scheduler={space.search.scheduler}")
-            if settings and any(space.base.get(k, object()) != v for k, v in settings.items()):
-                say("note: --set is fixed when a sweep starts; resuming with the stored space's settings")
-            if started.get("data") not in (None, data):
-                # a moved copy of the same data resumes; other clips or labels are refused by each
-                # trial that has checkpoints (raytag.training.run_settings), new trials use --data
-                say(f"note: the sweep started on --data {started['data']}, resumed on {data}; a trial with "
-                    "checkpoints continues only if its clips and labels are the same")
+            space = resumed_space(exp_dir, space, space_path=space_path, name=name, data=data,
+                                  samples=samples, scheduler=scheduler, settings=settings, say=say)
         else:
-            if resume:  # a resume ignores the overrides (noted above); a new sweep takes them, checked
+            if resume:  # a resume ignores the overrides (resumed_space notes them); a new sweep checks them
                 say(f"nothing to resume in {exp_dir}; starting a new sweep")
                 fixed = with_search_overrides(fixed, overrides)
             space = fixed  # with the command line's --samples/--scheduler/--max-concurrent
@@ -574,6 +556,34 @@ def run_sweep(
         board = build_leaderboard(exp_dir, space)
         plot = save_report(exp_dir, board, space)
         return SweepResult(experiment_dir=exp_dir, leaderboard=board, plot_path=plot, space=space)
+
+
+def resumed_space(exp_dir: str, space: SearchSpace, *, space_path, name: str, data: str,
+                  samples: Optional[int], scheduler: Optional[str], settings: Optional[dict],
+                  say: Callable[[str], None]) -> SearchSpace:
+    """The space a sweep started with (its space.yaml and sweep.json's search settings), for
+    --resume; notes what of this command it ignores and what changed since the start."""
+    repaired = repair_state(exp_dir)  # a state file cut short by a storage fault
+    if repaired:
+        say(f"note: {', '.join(repaired)} was cut short when the storage failed; "
+            "resuming from its last complete copy")
+    stored = files.read_text(files.join(exp_dir, "space.yaml"))
+    started = json.loads(files.read_text(files.join(exp_dir, "sweep.json")))
+    if space_changed(stored, space, started.get("settings") or {}):
+        say(f"note: {space_path} changed since the sweep started; resuming with the stored space")
+    space = parse_space(stored, source=files.join(exp_dir, "space.yaml"), default_name=name)
+    space.search = dataclasses.replace(space.search, **started["search"])
+    if samples not in (None, space.search.samples) or scheduler not in (None, space.search.scheduler):
+        say("note: --samples/--scheduler are fixed when a sweep starts; resuming with "
+            f"samples={space.search.samples}, scheduler={space.search.scheduler}")
+    if settings and any(space.base.get(k, object()) != v for k, v in settings.items()):
+        say("note: --set is fixed when a sweep starts; resuming with the stored space's settings")
+    if started.get("data") not in (None, data):
+        # a moved copy of the same data resumes; other clips or labels are refused by each
+        # trial that has checkpoints (raytag.training.run_settings), new trials use --data
+        say(f"note: the sweep started on --data {started['data']}, resumed on {data}; a trial with "
+            "checkpoints continues only if its clips and labels are the same")
+    return space
 
 
 def space_changed(stored: str, space: SearchSpace, started_settings: dict) -> bool:
