@@ -470,6 +470,13 @@ def test_open_refuses_a_folder_that_is_not_a_store(tmp_path):
         FeatureStore.open(tmp_path)
 
 
+def test_opening_an_older_format_says_a_build_rebuilds_it(tmp_path):
+    """A build replaces an older format by itself: nothing needs deleting by hand."""
+    (tmp_path / "meta.json").write_text(json.dumps({"format": 1}))
+    with pytest.raises(FeatureStoreError, match=r"format 1.*run `raytag prepare` \(or any command that builds features\) to rebuild it"):
+        FeatureStore.open(tmp_path)
+
+
 def test_prepare_command_builds_and_writes_skipped_csv(ray_session, tmp_path, capsys):
     root = make_fat2019(tmp_path / "data")
     (root / "train_curated" / "unlisted.wav").write_bytes(b"not listed in the csv")

@@ -146,7 +146,7 @@ class FeatureStore:
         if meta.get("format") != FORMAT_VERSION:
             raise FeatureStoreError(
                 f"{path}: feature store format {meta.get('format')!r}, this raytag reads "
-                f"{FORMAT_VERSION}; delete the folder and run `raytag prepare` again"
+                f"{FORMAT_VERSION}; run `raytag prepare` (or any command that builds features) to rebuild it"
             )
         index = pd.read_parquet(path / "index.parquet")
         failed_path = path / "failed.csv"
