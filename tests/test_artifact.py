@@ -187,6 +187,47 @@ def test_a_save_that_fails_midway_leaves_the_old_artifact_whole(ensemble, tmp_pa
     assert load_artifact(dest).combiner == "geometric" and [p.name for p in tmp_path.iterdir()] == ["art"]
 
 
+def test_a_killed_saves_swap_folders_go_at_the_next_save(ensemble, tmp_path):
+    """A save killed mid-swap (SIGKILL, OOM) leaves hidden .art.<tag>.new / .old folders; the
+    next save, holding the folder's lock, removes them. Killed between its two renames, the
+    old artifact sat in .old alone: it is put back before the new one is swapped in."""
+    import shutil
+
+    from raytag.ensemble.artifact import MemberSpec, save_artifact
+
+    exp = Path(ensemble.artifact_path).parents[1]
+    specs = [MemberSpec(n, str(exp / n / "outputs")) for n in ("trial_0", "trial_1")]
+    dest = tmp_path / "art"
+    save_artifact(str(dest), specs, "mean", None, CLASSES, "fat2019")
+    shutil.copytree(dest, tmp_path / ".art.0badc0de.new")  # killed before its swap
+    dest.rename(tmp_path / ".art.1badc0de.old")  # killed between the renames: no art at all
+    save_artifact(str(dest), specs, "geometric", None, CLASSES, "fat2019")
+    assert load_artifact(dest).combiner == "geometric" and [p.name for p in tmp_path.iterdir()] == ["art"]
+
+    import os
+    import socket
+
+    lock = tmp_path / storage.LOCK_NAME  # a save running now (a live process) holds it
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "command": "raytag ensemble"}))
+    with pytest.raises(storage.LockHeld, match=rf"artifact {dest} is in use"):
+        save_artifact(str(dest), specs, "mean", None, CLASSES, "fat2019")
+    assert load_artifact(dest).combiner == "geometric"
+
+
+def test_a_manifest_less_ensemble_artifact_is_refused_not_passed_over(ensemble, tmp_path):
+    """A `raytag train` run whose ensemble/artifact has no manifest (a failed rerun to a URI)
+    does not fall back to its own <run>/artifact: the broken folder is named."""
+    from raytag.ensemble.artifact import experiment_artifact
+
+    run = tmp_path / "run"
+    storage.copy_tree(ensemble.artifact_path, str(run / "artifact"))
+    assert experiment_artifact(str(run)) == str(run / "artifact")
+    storage.copy_tree(ensemble.artifact_path, str(run / "ensemble" / "artifact"))
+    (run / "ensemble" / "artifact" / "manifest.json").unlink()
+    with pytest.raises(ArtifactError, match=rf"{run / 'ensemble' / 'artifact'}: artifact folder has no manifest"):
+        experiment_artifact(str(run))
+
+
 def _copy_artifact(src: str, dst: Path) -> str:
     storage.copy_tree(src, str(dst))
     return str(dst)
@@ -283,7 +324,7 @@ def test_pull_names_an_artifact_folder_without_its_manifest(ensemble, tmp_path):
     store = tmp_path / "store"
     storage.copy_tree(str(exp_dir / "ensemble" / "artifact"), str(store / "exp" / "ensemble" / "artifact"))
     (store / "exp" / "ensemble" / "artifact" / "manifest.json").unlink()
-    with pytest.raises(StorageError, match=r"artifact folder has no manifest.json \(an interrupted write\?\)"):
+    with pytest.raises(ArtifactError, match=r"artifact folder has no manifest.json \(an interrupted write\?\)"):
         pull("exp", str(store), tmp_path / "got")
 
 

@@ -55,10 +55,18 @@ _FOLD_FILE = re.compile(r"^fold(\d+)\.safetensors$")
 def experiment_artifact(experiment_dir: str) -> Optional[str]:
     """The artifact an experiment serves, or None: a sweep's ensemble (`raytag ensemble`
     writes <experiment>/ensemble/artifact), else a `raytag train` run's own (its members'
-    fold models and combiner, <run>/artifact). A sweep's ensemble wins where both exist."""
+    fold models and combiner, <run>/artifact). A sweep's ensemble wins where both exist.
+    An artifact folder without its manifest (written last: an interrupted write, such as a
+    failed rerun to a URI) is refused, not passed over for the other place, which would
+    silently serve another artifact than the one asked for."""
     for path in (storage.join(experiment_dir, "ensemble", "artifact"), storage.join(experiment_dir, "artifact")):
         if storage.exists(storage.join(path, MANIFEST)):
             return path
+        if storage.is_dir(path):
+            raise ArtifactError(
+                f"{path}: artifact folder has no {MANIFEST} (an interrupted write?); run `raytag ensemble` "
+                f"(or the `raytag train` run) for {experiment_dir} again, or delete that folder"
+            )
     return None
 
 
@@ -208,9 +216,37 @@ def save_artifact(
 
 def _write_swapped(dest: str, contents: dict[str, bytes]) -> None:
     """A local artifact: written whole into a hidden sibling folder, then swapped in by
-    renames, so a write that fails (a full disk) leaves the old artifact whole and loadable."""
+    renames, so a write that fails (a full disk) leaves the old artifact whole and loadable.
+    One save at a time (the parent folder's lock): two swaps at once would rename onto each
+    other's folder and strand the old artifact."""
     _, inner = storage.resolve(dest)
     target = Path(inner)
+    with storage.folder_lock(str(target.parent), f"artifact {target}"):
+        _clear_stale_swaps(target)
+        _swap_in(target, contents)
+
+
+def _swap_folders(target: Path, suffix: str) -> list[Path]:
+    """The hidden `.<name>.<tag><suffix>` siblings of `target`, oldest first."""
+    if not target.parent.is_dir():
+        return []
+    found = [p for p in target.parent.iterdir()
+             if p.name.startswith(f".{target.name}.") and p.name.endswith(suffix) and p.is_dir()]
+    return sorted(found, key=lambda p: p.stat().st_mtime)
+
+
+def _clear_stale_swaps(target: Path) -> None:
+    """Remove the swap folders of a save that was killed (SIGKILL, OOM); with the lock held
+    none is in use. Killed between its two renames, it left the old artifact in `.old` and
+    none at `target`: that one is put back first, in case this save fails too."""
+    olds = _swap_folders(target, ".old")
+    if olds and not target.exists():
+        os.replace(olds.pop(), target)
+    for stale in olds + _swap_folders(target, ".new"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _swap_in(target: Path, contents: dict[str, bytes]) -> None:
     tag = uuid.uuid4().hex[:8]
     fresh, old = target.with_name(f".{target.name}.{tag}.new"), target.with_name(f".{target.name}.{tag}.old")
     try:

@@ -40,9 +40,8 @@ def pull(experiment: str, storage_uri: str, to: Path) -> PullResult:
         raise StorageError(f"--to {storage.normalize_uri(to)}: pull copies the artifact to a local folder; "
                            "give a local path (the artifact stays in --storage too)")
     source = storage.join(storage_uri, experiment)
-    src_artifact = experiment_artifact(source)
+    src_artifact = experiment_artifact(source)  # refuses an artifact folder without its manifest
     if src_artifact is None:
-        _refuse_incomplete_artifact(source, experiment, storage_uri)
         where = storage.join(source, "ensemble", "artifact") if storage.exists(source) else source
         raise StorageError(
             f"{where}: no ensemble artifact; run `raytag ensemble {experiment} --storage {storage_uri}` first "
@@ -81,17 +80,6 @@ def pull(experiment: str, storage_uri: str, to: Path) -> PullResult:
     result.copied += stats.copied
     result.skipped += stats.skipped
     return result
-
-
-def _refuse_incomplete_artifact(source: str, experiment: str, storage_uri: str) -> None:
-    """An artifact folder without its manifest is a write that did not finish (the
-    manifest is written last), not a missing ensemble: say so."""
-    for path in (storage.join(source, "ensemble", "artifact"), storage.join(source, "artifact")):
-        if storage.is_dir(path):
-            raise StorageError(
-                f"{path}: artifact folder has no {MANIFEST} (an interrupted write?); run "
-                f"`raytag ensemble {experiment} --storage {storage_uri}` (or the `raytag train` run) again"
-            )
 
 
 def _remove_strays(folder: Path, keep: set[str]) -> None:
