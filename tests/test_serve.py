@@ -67,6 +67,35 @@ def test_audio_longer_than_the_limit_is_refused_before_it_is_decoded_whole(monke
         check_audio("b.wav", _wav_bytes(np.r_[np.zeros(70_000), np.nan, np.inf]), MB)  # beyond the first block
 
 
+def _flac_bytes(frames, channels, rate) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.full((frames, channels), 0.25, np.float32), rate, format="FLAC")
+    return buf.getvalue()
+
+
+def test_a_small_upload_that_decodes_to_too_many_samples_is_refused_before_decoding(monkeypatch):
+    """A few KB of FLAC of a constant value can hold 8 channels at 192 kHz, far more once
+    decoded (which `raytag predict` does whole): the header's frames x channels are checked
+    against the cap before a block is read, and the rate and channel count are capped."""
+    import raytag.serve.upload as upload
+
+    monkeypatch.setattr(upload, "DECODED_SAMPLES_PER_SECOND", 1000)  # cap: 10 s -> 10 000 samples
+    read = []
+    real_blocks = sf.blocks
+    monkeypatch.setattr(sf, "blocks", lambda *a, **k: (read.append(len(b)) or b for b in real_blocks(*a, **k)))
+    wide = _flac_bytes(4000, 8, 192_000)  # 0.02 s, but 32 000 samples
+    assert len(wide) < 4000
+    with pytest.raises(UploadError, match=r"decodes to 32000 samples \(4000 frames x 8 channels\)") as err:
+        check_audio("wide.flac", wide, MB, max_seconds=10)
+    assert err.value.status == 413 and read == []  # refused from the header, nothing decoded
+    assert check_audio("mono.flac", _flac_bytes(4000, 1, 8000), MB, max_seconds=10).duration == pytest.approx(0.5)
+    for data, reason in ((_wav_bytes(np.full(100, 0.1), rate=384_000), "sample rate 384000 Hz"),
+                         (_wav_bytes(np.full((10, 16), 0.1)), "16 channels")):
+        with pytest.raises(UploadError, match=reason) as err:
+            check_audio("odd.wav", data, MB, max_seconds=10)
+        assert err.value.status == 422
+
+
 def test_read_capped_counts_what_arrives_not_what_is_declared():
     async def chunks(n):
         for _ in range(n):

@@ -20,6 +20,13 @@ MAX_SECONDS = 1800.0  # `raytag serve --max-seconds`: uploads longer than this g
 
 MULTIPART_SLACK = 64 * 1024  # multipart boundaries and headers around the file itself
 
+# `raytag predict` decodes a clip whole (all channels, float32), so what an upload decodes to
+# is capped, not only its length: a few MB of FLAC can hold 8 channels at 192 kHz, gigabytes
+# once decoded. Frames x channels may be at most --max-seconds of 48 kHz mono (345 MB at 1800 s).
+DECODED_SAMPLES_PER_SECOND = 48_000
+MAX_SAMPLE_RATE = 192_000
+MAX_CHANNELS = 8
+
 
 class UploadError(Exception):
     def __init__(self, status: int, reason: str):
@@ -61,19 +68,24 @@ def clean_fname(name: Optional[str], default: str = "upload") -> str:
 
 
 def check_audio(fname: str, data: bytes, limit: int, max_seconds: float = MAX_SECONDS) -> Clip:
-    """Check an upload before it is scored: not empty, decodable, has samples, at most
-    `max_seconds` long, all finite. It is read block by block: a compressed file of a
-    few MB can hold hours of audio, gigabytes once decoded, so its length is checked
-    before anything is held whole. `raytag predict` decodes the file again by its own path
-    (the one code path that scores)."""
+    """Check an upload before it is scored: not empty, decodable, has samples, a usual sample
+    rate and channel count, at most `max_seconds` long and at most `decoded_sample_cap` samples
+    (all channels), all finite. It is read block by block: a compressed file of a few MB can
+    hold hours of audio, gigabytes once decoded, so its size is checked from the header and
+    again as it is read, before anything is held whole. `raytag predict` decodes the file again
+    by its own path (the one code path that scores)."""
     if not data:
         raise UploadError(400, "empty upload: send an audio file as the request body or as the multipart field 'file'")
     if len(data) > limit:
         raise UploadError(413, f"upload of {len(data)} bytes is over the limit of {_mb(limit)}")
     frames = bad = 0
     try:
-        rate = sf.info(io.BytesIO(data)).samplerate
+        info = sf.info(io.BytesIO(data))
+        rate = info.samplerate
         if rate > 0:
+            check_rate_and_channels(fname, rate, info.channels)
+            cap = decoded_sample_cap(max_seconds)
+            check_decoded_size(fname, info.frames, info.channels, cap)
             longest = int(max_seconds * rate)
             for block in sf.blocks(io.BytesIO(data), blocksize=1 << 16, dtype="float32", always_2d=True):
                 frames += block.shape[0]
@@ -81,6 +93,7 @@ def check_audio(fname: str, data: bytes, limit: int, max_seconds: float = MAX_SE
                 if frames > longest:
                     raise UploadError(413, f"{fname}: longer than this server's limit of {max_seconds:g} s "
                                            "(--max-seconds); tag long recordings with `raytag predict`")
+                check_decoded_size(fname, frames, block.shape[1], cap)  # a header may understate
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         reason = (str(err).strip() or type(err).__name__).splitlines()[0]
         raise UploadError(415, f"{fname}: cannot decode as audio ({reason}); send wav, flac or ogg") from None
@@ -89,6 +102,29 @@ def check_audio(fname: str, data: bytes, limit: int, max_seconds: float = MAX_SE
     if bad:
         raise UploadError(422, f"{fname}: {bad} samples are not finite (NaN or inf)")
     return Clip(fname=fname, data=data, duration=frames / float(rate))
+
+
+def decoded_sample_cap(max_seconds: float) -> int:
+    """The most samples (frames x channels) an upload may decode to."""
+    return int(max_seconds * DECODED_SAMPLES_PER_SECOND)
+
+
+def check_rate_and_channels(fname: str, rate: int, channels: int) -> None:
+    if rate > MAX_SAMPLE_RATE:
+        raise UploadError(422, f"{fname}: sample rate {rate} Hz is over this server's limit of "
+                               f"{MAX_SAMPLE_RATE} Hz; resample it (48 kHz or less is plenty for tagging)")
+    if channels > MAX_CHANNELS:
+        raise UploadError(422, f"{fname}: {channels} channels is over this server's limit of {MAX_CHANNELS}; "
+                               "mix it down to mono or stereo")
+
+
+def check_decoded_size(fname: str, frames: int, channels: int, cap: int) -> None:
+    """413 when `frames` x `channels` samples are over `cap` (a compressed upload may be small
+    and still decode to gigabytes)."""
+    if frames * channels > cap:
+        raise UploadError(413, f"{fname}: decodes to {frames * channels} samples ({frames} frames x {channels} "
+                               f"channels), over this server's limit of {cap} (--max-seconds of 48 kHz mono); "
+                               "send it shorter, mono or at a lower rate, or tag it with `raytag predict`")
 
 
 def parse_top(value: Optional[str], n_classes: int) -> int:
