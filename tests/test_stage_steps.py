@@ -72,3 +72,16 @@ def test_filter_recall_counts_only_the_clips_each_folds_filter_judged():
     truth = {c: list(labels) for c, labels in given.items()}
     assert filter_precision_recall(decision["accepted"], given, truth)["recall"] == 0.5  # the old figure
     assert filter_precision_recall(decision["accepted"], _judged(decision, given), truth)["recall"] == 1.0
+
+
+def test_pseudo_labels_with_nothing_trained_before_them_are_refused():
+    """Warm-up, fine-tune and filter off, pseudo on: round 0 would label the noisy clips with a
+    fresh network (every probability ~0.5, so every clip with every class)."""
+    cfg = Config.from_dict({"model": FILTER_ONLY["model"],
+                            "pipeline": {"warmup": {"enabled": False}, "finetune": {"enabled": False},
+                                         "filter": {"enabled": False}, "pseudo": {"enabled": True}}})
+    with pytest.raises(ConfigError, match="pipeline.pseudo .*pipeline.finetune"):
+        build_steps(cfg, [0, 1])
+    warmed = Config.from_dict({**cfg.to_dict(), "pipeline": {**cfg.to_dict()["pipeline"],
+                                                             "warmup": {"enabled": True, "epochs": 1}}})
+    assert [s.kind for s in build_steps(warmed, [0])] == ["warmup", "stage2", "stage2"]

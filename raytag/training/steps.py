@@ -54,18 +54,33 @@ def build_steps(cfg: Config, folds: list[int]) -> list[Step]:
             rounds = p.pseudo.rounds if p.pseudo.enabled else 1
             for r in range(rounds):
                 steps.append(Step("stage2", fold, round=r, epochs=p.pseudo.epochs, lr=p.pseudo.lr))
-    if steps and steps[0].kind == "filter":
-        # no warm-up and no stage 1: the filter would score the noisy clips with an untrained network
-        raise ConfigError(
-            "pipeline.filter / pipeline.label_spreading judge noisy clips with a trained model, but nothing "
-            "trains before them: enable pipeline.finetune (epochs > 0) or pipeline.warmup"
-        )
+    _refuse_judging_with_an_untrained_model(cfg, steps)
     if not any(s.trains and s.fold is not None for s in steps):
         raise ConfigError(
             "pipeline trains no fold model: enable pipeline.finetune (epochs > 0) or stage 2 "
             "(pipeline.filter / pipeline.label_spreading / pipeline.pseudo)"
         )
     return steps
+
+
+def _refuse_judging_with_an_untrained_model(cfg: Config, steps: list[Step]) -> None:
+    """A fold's first step must not judge noisy clips: with no warm-up and no stage 1 it would
+    do so with a fresh network, whose ~0.5 probabilities accept (or pseudo-label) anything."""
+    first = steps[0] if steps else None
+    if first is None or first.kind == "warmup":
+        return
+    if first.kind == "filter":
+        raise ConfigError(
+            "pipeline.filter / pipeline.label_spreading judge noisy clips with a trained model, but nothing "
+            "trains before them: enable pipeline.finetune (epochs > 0) or pipeline.warmup"
+        )
+    if first.kind == "stage2" and cfg.pipeline.pseudo.enabled:
+        # round 0's pseudo labels are chosen before the round trains: every probability is ~0.5
+        raise ConfigError(
+            "pipeline.pseudo labels noisy clips with a trained model, but nothing trains before stage 2's "
+            "first round: enable pipeline.finetune (epochs > 0) or pipeline.warmup (epochs > 0), "
+            "or set pipeline.pseudo.enabled: false"
+        )
 
 
 def last_training_step_of_fold(steps: list[Step]) -> dict[int, int]:
