@@ -36,7 +36,7 @@ from raytag.errors import DatasetError, RaytagError
 log = logging.getLogger("raytag.data")
 
 SAMPLE_RATE = 16000
-DEMO_VERSION = 1  # bump when the generated audio changes, so old folders are rewritten
+DEMO_VERSION = 2  # bump when the generated audio changes, so old folders are rewritten
 PER_CLASS = {"curated": 20, "noisy": 40, "test": 10}
 MIX_FRACTION = 0.15
 NOISY_WRONG_FRACTION = 0.5
@@ -101,7 +101,9 @@ def _pink(rng, n):
 def _pulse_train(rng, n, rate_hz, kernel):
     out = np.zeros(n + len(kernel))
     period = SAMPLE_RATE / rate_hz
-    pos = rng.uniform(0, period)
+    # the first pulse lands inside the event, whole where it fits: an event (0.3 s or more)
+    # may be shorter than one period (up to 1 s), and one with no pulse would be silence
+    pos = rng.uniform(0, max(1, min(period, n - len(kernel))))
     while pos < n:
         i = int(pos)
         out[i:i + len(kernel)] += kernel * rng.uniform(0.6, 1.0)
@@ -224,6 +226,7 @@ def _event_into(rng, clip, name, level_db):
     length = min(n, max(int(0.3 * SAMPLE_RATE), int(rng.uniform(0.4, 1.0) * n)))
     start = int(rng.integers(0, n - length + 1))
     event = GENERATORS[name](rng, length)
+    assert np.any(event), f"the {name} generator made silence: the clip would be labelled {name} without it"
     clip[start:start + length] += event / _rms(event) * 10 ** (level_db / 20)
 
 
