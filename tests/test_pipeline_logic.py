@@ -335,3 +335,24 @@ def test_quantile_bounds_take_a_share_of_clips_whatever_the_calibration():
     assert quantile_bounds(shy, 0.5, 1.0)[1] == 1.0
     with pytest.raises(ValueError):
         quantile_bounds(shy, 0.7, 0.5)
+
+
+def test_a_one_class_group_does_not_accept_every_clip_of_its_class(caplog):
+    """Ten noisy clips tagged "a" that sit in the "b" cluster: spreading within the group {a}
+    alone would reach them with "a" and accept all ten; among all classes they get "b"."""
+    rng = np.random.default_rng(0)
+    centre = {"a": np.full(6, 3.0), "b": np.full(6, -3.0)}
+    x_lab = np.concatenate([centre["a"] + rng.normal(size=(20, 6)), centre["b"] + rng.normal(size=(20, 6))])
+    y_lab = np.repeat(np.eye(2), 20, axis=0)
+    x_noisy = centre["b"] + rng.normal(size=(10, 6))
+    y_noisy = np.tile([1.0, 0.0], (10, 1))
+    classes = ["a", "b"]
+    plain, _ = spread_labels(x_lab, y_lab, x_noisy, y_noisy, LabelSpreadingConfig(), classes)
+    with caplog.at_level("WARNING", logger="raytag.pipeline.spreading"):
+        grouped, spread = spread_labels(x_lab, y_lab, x_noisy, y_noisy,
+                                        LabelSpreadingConfig(groups={"g1": ["a"], "g2": ["b"]}), classes)
+    assert plain.sum() == 0 and grouped.sum() == 0 and set(spread) == {1}
+    assert "one class only" in caplog.text and "'g1'" in caplog.text
+    # labelled clips of one class in all: spreading accepts none rather than all
+    only_a, _ = spread_labels(x_lab[:20], y_lab[:20], x_noisy, y_noisy, LabelSpreadingConfig(), classes)
+    assert only_a.sum() == 0

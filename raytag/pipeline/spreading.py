@@ -19,6 +19,11 @@ Choices, and why:
     classes lets a clip choose among fewer, related labels. Classes named by no group form
     one "rest" group. A clip takes part in every group holding one of its labels; a noisy
     clip is accepted if any group's spread label is among its given labels.
+  - A group whose labelled clips hold one class (a one-class group, a one-class "rest", a
+    groups file trimmed to a subset, a fold lacking the group's other classes) would
+    spread that class to every node and accept every clip tagged with it: its noisy clips
+    are spread among all classes instead (none accepted by spreading when the labelled
+    clips hold one class in all), with a warning.
   - The rbf graph is dense ((clips)^2 floats, about three copies inside sklearn), so at
     most cfg.max_graph clips go into one graph: noisy clips are spread in seeded random
     chunks, each with all the group's labelled clips; if the labelled clips alone would
@@ -27,6 +32,7 @@ Choices, and why:
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +43,7 @@ import yaml
 from raytag.config import ConfigError, LabelSpreadingConfig
 
 REST_GROUP = "rest"
+log = logging.getLogger(__name__)
 
 
 def _as_2d(name: str, x, dtype=np.float64) -> np.ndarray:
@@ -182,33 +189,73 @@ def spread_labels(
     rng = np.random.default_rng(seed)
     accepted = np.zeros(len(x_noi), dtype=bool)
     spread = np.full(len(x_noi), -1, dtype=np.int64)
-    for members in groups.values():
-        lab_rows = np.flatnonzero(y_lab[:, members].any(axis=1))
-        noi_rows = np.flatnonzero(y_noi[:, members].any(axis=1))
-        if lab_rows.size == 0 or noi_rows.size == 0:
-            continue  # nothing to spread from, or to
-        # first in-group label of each labelled clip (members are sorted by class index)
-        lab_class = members[y_lab[np.ix_(lab_rows, members)].argmax(axis=1)]
-        x_group = _normalise(np.concatenate([x_lab[lab_rows], x_noi[noi_rows]]))
-        xl, xn = x_group[: lab_rows.size], x_group[lab_rows.size:]
-
-        lab_cap = max(1, (3 * cfg.max_graph) // 4)
-        if xl.shape[0] > lab_cap:
-            keep = _stratified_share(lab_class, lab_cap, rng)
-            xl, lab_class = xl[keep], lab_class[keep]
-        chunk = max(1, cfg.max_graph - xl.shape[0])
-        order = rng.permutation(noi_rows.size) if noi_rows.size > chunk else np.arange(noi_rows.size)
-        for part in np.array_split(order, int(np.ceil(noi_rows.size / chunk))):
-            pred = _spread_one_graph(xl, lab_class, xn[part], cfg)
-            rows = noi_rows[part]
-            hit = np.zeros(rows.size, dtype=bool)
-            ok = pred >= 0
-            hit[ok] = y_noi[rows[ok], pred[ok]]
-            # record the accepting group's label; else the first group's guess
-            take = ~accepted[rows] & (hit | (spread[rows] < 0))
-            spread[rows[take]] = pred[take]
-            accepted[rows] |= hit
+    one_class = {}
+    for name, members in groups.items():
+        if _labelled_classes(y_lab, members) == 1:
+            one_class[name] = members
+            continue
+        _spread_group(members, np.flatnonzero(y_noi[:, members].any(axis=1)), x_lab, y_lab, x_noi, y_noi,
+                      cfg, rng, accepted, spread)
+    if one_class:
+        # one labelled class would reach every node and accept every clip tagged with it,
+        # whatever it sounds like: those clips are spread among all classes instead
+        everything = np.arange(n_classes)
+        _warn_one_class_groups(one_class, classes)
+        in_one_class = y_noi[:, np.concatenate(list(one_class.values()))].any(axis=1)
+        if _labelled_classes(y_lab, everything) >= 2:
+            _spread_group(everything, np.flatnonzero(in_one_class), x_lab, y_lab, x_noi, y_noi,
+                          cfg, rng, accepted, spread)
     return accepted, spread
+
+
+def _labelled_classes(y_lab: np.ndarray, members: np.ndarray) -> int:
+    """How many of a group's classes some labelled clip carries."""
+    return int(y_lab[:, members].any(axis=0).sum())
+
+
+_warned_one_class: set = set()
+
+
+def _warn_one_class_groups(one_class: dict, classes: Sequence[str]) -> None:
+    """Once per set of groups (spread_labels runs once per fold)."""
+    key = tuple(sorted(one_class))
+    if key in _warned_one_class:
+        return
+    _warned_one_class.add(key)
+    names = {g: [classes[i] for i in members] for g, members in one_class.items()}
+    log.warning("pipeline.label_spreading: group(s) %s have labelled clips of one class only, so spreading "
+                "within them would accept every noisy clip tagged with their class; their noisy clips are spread "
+                "among all classes instead (none is accepted by spreading when the labelled clips hold one class "
+                "in all). Merge such a group into another.", names)
+
+
+def _spread_group(members, noi_rows, x_lab, y_lab, x_noi, y_noi, cfg: LabelSpreadingConfig,
+                  rng: np.random.Generator, accepted: np.ndarray, spread: np.ndarray) -> None:
+    """Spread the labels of `members` to the noisy rows `noi_rows`; updates accepted and spread."""
+    lab_rows = np.flatnonzero(y_lab[:, members].any(axis=1))
+    if lab_rows.size == 0 or noi_rows.size == 0:
+        return  # nothing to spread from, or to
+    # first in-group label of each labelled clip (members are sorted by class index)
+    lab_class = members[y_lab[np.ix_(lab_rows, members)].argmax(axis=1)]
+    x_group = _normalise(np.concatenate([x_lab[lab_rows], x_noi[noi_rows]]))
+    xl, xn = x_group[: lab_rows.size], x_group[lab_rows.size:]
+
+    lab_cap = max(1, (3 * cfg.max_graph) // 4)
+    if xl.shape[0] > lab_cap:
+        keep = _stratified_share(lab_class, lab_cap, rng)
+        xl, lab_class = xl[keep], lab_class[keep]
+    chunk = max(1, cfg.max_graph - xl.shape[0])
+    order = rng.permutation(noi_rows.size) if noi_rows.size > chunk else np.arange(noi_rows.size)
+    for part in np.array_split(order, int(np.ceil(noi_rows.size / chunk))):
+        pred = _spread_one_graph(xl, lab_class, xn[part], cfg)
+        rows = noi_rows[part]
+        hit = np.zeros(rows.size, dtype=bool)
+        ok = pred >= 0
+        hit[ok] = y_noi[rows[ok], pred[ok]]
+        # record the accepting group's label; else the first group's guess
+        take = ~accepted[rows] & (hit | (spread[rows] < 0))
+        spread[rows[take]] = pred[take]
+        accepted[rows] |= hit
 
 
 SHIPPED_GROUPS = Path(__file__).resolve().parent / "groups"
