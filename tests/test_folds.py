@@ -205,3 +205,20 @@ def test_noisy_folds_keep_clip_groups_whole_and_refuse_a_warmup(demo_dataset, tm
     assert set(alone.noisy_fold) == {0, 1, 2}
     with pytest.raises(ConfigError, match="cv.noisy_folds: the warm-up trains on noisy clips"):
         Config.from_dict({"cv": {"noisy_folds": True}, "pipeline": {"warmup": {"enabled": True, "epochs": 2}}})
+
+
+def test_a_warmup_with_no_noisy_clips_is_refused_when_planned(demo_dataset):
+    """A curated-only dataset (no noisy clip usable) with the warm-up on: refused on the driver,
+    not as "a training step has no clips" in a worker."""
+    from types import SimpleNamespace
+
+    from raytag.training.plan import build_plan
+
+    curated = list(demo_dataset.split("curated")["clip_id"]) + list(demo_dataset.split("test")["clip_id"])
+    bins = np.zeros((1, 8), np.float32)
+    store = SimpleNamespace(clip_ids=curated, shape=(1, 8), mean=bins, std=bins + 1, path=".")
+    cfg = Config.from_dict({"cv": {"n_folds": 3}, "pipeline": {"warmup": {"enabled": True, "epochs": 2}}})
+    with pytest.raises(ConfigError, match="pipeline.warmup .*no usable noisy clips"):
+        build_plan(cfg, demo_dataset, store)
+    off = Config.from_dict({"cv": {"n_folds": 3}, "pipeline": {"warmup": {"enabled": False}}})
+    assert build_plan(off, demo_dataset, store).noisy_ids == []

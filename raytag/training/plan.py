@@ -95,6 +95,7 @@ def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: s
         if len(noisy) and cfg.pipeline.noisy_selection.enabled
         else list(noisy["clip_id"])
     )
+    _refuse_a_warmup_without_clips(cfg, len(noisy), len(subset))
     channels, bins = store.shape
     spreading = cfg.pipeline.label_spreading
     if spreading.groups_file and not spreading.groups:
@@ -121,6 +122,24 @@ def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: s
         bins=int(bins),
         **dict(zip(("norm_mean", "norm_std"), input_scaling(cfg.train.normalize, store.mean, store.std))),
     )
+
+
+def _refuse_a_warmup_without_clips(cfg: Config, n_noisy: int, n_subset: int) -> None:
+    """The warm-up trains on noisy clips alone; with none it would fail late, in a worker
+    (and be retried), instead of here."""
+    warmup = cfg.pipeline.warmup
+    if not (warmup.enabled and warmup.epochs > 0):
+        return
+    n_used = n_subset if warmup.use == "subset" else n_noisy
+    if n_used:
+        return
+    if n_noisy == 0:
+        why = "the dataset has no usable noisy clips (no train_noisy.csv, or none could be decoded)"
+    else:
+        why = f"pipeline.noisy_selection keeps none of the {n_noisy} noisy clips"
+    raise ConfigError(f"pipeline.warmup trains on noisy clips (pipeline.warmup.use: {warmup.use}), but {why}; "
+                      "set pipeline.warmup.enabled: false, pipeline.warmup.use: all, or loosen "
+                      "pipeline.noisy_selection")
 
 
 def _noisy_folds(cfg: Config, noisy, noisy_y: np.ndarray, root: Path) -> np.ndarray:
