@@ -546,7 +546,9 @@ _RANGES = {
     ("ModelConfig", "dropout"): (0.0, 0.99),
     ("WarmupConfig", "epochs"): (0, None),
     ("FinetuneConfig", "epochs"): (0, None),
-    ("PseudoLabelConfig", "epochs"): (0, None),
+    # 1, not 0: build_steps keeps every stage-2 round and a worker trains a 0-epoch round once anyway;
+    # turn stage 2 off with pipeline.filter / label_spreading / pseudo .enabled: false
+    ("PseudoLabelConfig", "epochs"): (1, None),
     ("TrainConfig", "profile_epoch"): (0, None),
     ("TrainConfig", "crop_seconds"): (0.05, None),
     ("CVConfig", "n_folds"): (2, None),

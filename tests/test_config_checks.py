@@ -25,7 +25,8 @@ def test_numbers_in_exponent_form_are_numbers():
     (["train.augment.gain_db=-6"], "gain_db: -6.0 is below the minimum 0"),
     (["train.augment.time_shift=-0.1"], "time_shift: -0.1 is below the minimum 0"),
     (["model.dropout=1.5"], "dropout: 1.5 is above the maximum"),
-    (["pipeline.pseudo.epochs=-3"], "pipeline.pseudo.epochs: -3 is below the minimum 0"),
+    (["pipeline.pseudo.epochs=-3"], "pipeline.pseudo.epochs: -3 is below the minimum 1"),
+    (["pipeline.pseudo.epochs=0"], "pipeline.pseudo.epochs: 0 is below the minimum 1"),  # trained 1 epoch a round
     (["features.fmin=9000", "features.fmax=8000"], "fmin: 9000.0 leaves no band below fmax"),
     (["features.top_db=-10"], "top_db: -10.0 is below the minimum 0"),
     (["features.kind=raw"], "features.kind: raw .*needs model.name: rawwave_cnn"),
