@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from raytag import __version__
 from raytag.errors import RaytagError
@@ -39,8 +40,6 @@ def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except (RaytagError, ConfigError) as err:
-        from rich.markup import escape
-
         # soft_wrap: never split or crop a path in the message (80 columns, piped output);
         # escape: a "[...]" in the message is text, not rich markup
         console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
@@ -56,11 +55,11 @@ def _html_report(exp_dir: str, required: bool = False) -> None:
         path = write_report_html(exp_dir)
     except Exception as err:  # noqa: BLE001 - reported; the report is an extra after tune/ensemble
         if required:
-            console.print(f"[bold red]error:[/] report.html not written: {err}")
+            console.print(f"[bold red]error:[/] report.html not written: {escape(str(err))}")
             raise typer.Exit(code=2)
-        console.print(f"[yellow]report.html not written:[/] {err}")
+        console.print(f"[yellow]report.html not written:[/] {escape(str(err))}")
         return
-    console.print(f"report: [bold]{path}[/]", highlight=False)
+    console.print(f"report: [bold]{escape(str(path))}[/]", highlight=False)
 
 
 def _version(value: bool):
@@ -99,7 +98,7 @@ def make_demo_data(
     from raytag.data.demo import make_demo_dataset
 
     path = _run(make_demo_dataset, out, seed=seed, scale=scale)
-    console.print(f"demo dataset written to [bold]{path}[/]")
+    console.print(f"demo dataset written to [bold]{escape(str(path))}[/]")  # a path is text, not markup
 
 
 @app.command()

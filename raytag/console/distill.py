@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
@@ -32,7 +33,8 @@ def distill_command(experiment: str, storage: str = "results", data: Optional[st
                   f"targets: {result.label_weight:g} x the given labels + {1 - result.label_weight:g} x the teacher's "
                   f"({result.teacher_scale}, per {result.target_grain}; {result.n_oof} clips out-of-fold, {result.n_ensemble} from the artifact), {result.epochs} epochs, "
                   f"{result.seconds:.0f} s")
-    console.print(f"artifact: [bold]{result.artifact_path}[/]  (tag audio: raytag predict {result.artifact_path} FILES...)")
+    shown = escape(str(result.artifact_path))  # a path is text, not rich markup
+    console.print(f"artifact: [bold]{shown}[/]  (tag audio: raytag predict {shown} FILES...)")
     return result
 
 

@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
@@ -26,14 +27,15 @@ def ensemble_command(experiment: str, storage: str = "results", top: Optional[in
         view.add_column(col)
     for r in result.table.to_dict(orient="records"):
         mark = " *" if r["chosen"] else ""
-        view.add_row(f"{r['name']}{mark}", r["kind"], *(f"{r[c]:.4f}" for c in scores), r["cv_method"],
-                     "-" if pd.isna(r["test_lwlrap"]) else f"{r['test_lwlrap']:.4f}", r["weights"])
+        view.add_row(f"{escape(str(r['name']))}{mark}", r["kind"], *(f"{r[c]:.4f}" for c in scores), r["cv_method"],
+                     "-" if pd.isna(r["test_lwlrap"]) else f"{r['test_lwlrap']:.4f}", escape(str(r["weights"])))
     console.print(view)
     for s in result.skipped:
-        console.print(f"left out {s['trial_id']}: {s['reason']}")
-    console.print(f"chosen: [bold]{result.chosen}[/] (*, the best OOF {result.metric}); "
-                  f"artifact: [bold]{result.artifact_path}[/]")
-    console.print(f"table: {result.table_path}; chart: {result.chart_path}")
+        # escape: names, reasons and paths are text, not rich markup
+        console.print(f"left out {escape(str(s['trial_id']))}: {escape(str(s['reason']))}")
+    console.print(f"chosen: [bold]{escape(str(result.chosen))}[/] (*, the best OOF {result.metric}); "
+                  f"artifact: [bold]{escape(str(result.artifact_path))}[/]")
+    console.print(f"table: {escape(str(result.table_path))}; chart: {escape(str(result.chart_path))}")
     return result
 
 
@@ -44,5 +46,6 @@ def pull_command(experiment: str, storage: str, to: Path) -> PullResult:
         f"pulled {experiment}: {len(result.copied)} file(s) copied, {len(result.skipped)} already "
         f"present and verified; artifact checksums OK"
     )
-    console.print(f"artifact: [bold]{result.artifact}[/]  (tag audio: raytag predict {result.artifact} FILES...)")
+    shown = escape(str(result.artifact))  # a path is text, not rich markup
+    console.print(f"artifact: [bold]{shown}[/]  (tag audio: raytag predict {shown} FILES...)")
     return result

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from raytag.search.leaderboard import board_metric
@@ -80,10 +81,11 @@ def print_leaderboard(board: pd.DataFrame, top: int = 20) -> None:
     console = Console(width=None if Console().is_terminal else 160)
     console.print(table)
     for _, r in board[board["status"] == "failed"].iterrows():
-        console.print(f"trial {r['trial_id']} failed: {r['reason']}", highlight=False)
+        # escape: a reason quoting a path ("[/tmp/x]") is text, not rich markup
+        console.print(f"trial {escape(str(r['trial_id']))} failed: {escape(str(r['reason']))}", highlight=False)
 
 
 def _board_cell(x) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
-    return f"{x:.4g}" if isinstance(x, float) else str(x)
+    return f"{x:.4g}" if isinstance(x, float) else escape(str(x))  # a parameter's text, not markup

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 from rich.console import Console
+from rich.markup import escape
 
 from raytag.cluster import check_data, check_storage
 from raytag.config import Config, parse_cli_overrides
@@ -63,7 +64,7 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
         cli = parse_cli_overrides(overrides)
         cfg = cfg.with_overrides(cli)
         for note in members_keep_their_own(cfg, cli):
-            console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+            console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     ensure_ray()
     check_storage(storage)  # a multi-node cluster needs storage and data every node can read
     check_data(str(data))
@@ -91,9 +92,11 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
     console.print(fold_table(result.metrics))
     if result.metrics.get("test_lwlrap") is not None:
         console.print(f"test lwlrap (reported only, never used to choose): {result.metrics['test_lwlrap']:.4f}")
-    console.print(f"checkpoints: {result.run_dir}\npredictions, weights, submission: {result.outputs_dir}")
+    # paths and notes are text ("[live]" in a folder name), not rich markup
+    console.print(f"checkpoints: {escape(str(result.run_dir))}\n"
+                  f"predictions, weights, submission: {escape(str(result.outputs_dir))}")
     if result.metrics.get("artifact"):
-        console.print(f"artifact (for raytag predict / serve): {result.metrics['artifact']}", soft_wrap=True)
+        console.print(f"artifact (for raytag predict / serve): {escape(str(result.metrics['artifact']))}", soft_wrap=True)
     if cfg.train.profile_epoch:
         report = f"outputs/profile/epoch{cfg.train.profile_epoch}.txt"
         local = Path(result.run_dir).is_dir()
@@ -101,7 +104,7 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
         where = ("\n  ".join(str(f) for f in found) if found else
                  f"none: the run trained fewer than {cfg.train.profile_epoch} epochs" if local else
                  f"{report} under {result.run_dir} (each member's, for members)")
-        console.print(f"profile of epoch {cfg.train.profile_epoch} (train.profile_epoch):\n  {where}", soft_wrap=True,
+        console.print(f"profile of epoch {cfg.train.profile_epoch} (train.profile_epoch):\n  {escape(where)}", soft_wrap=True,
                       highlight=False)
     return result
 
