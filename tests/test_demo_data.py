@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 
 from raytag.data import demo, labels_to_matrix, load_audio, load_dataset
 from raytag.data.demo import CLASSES, make_demo_dataset
-from raytag.errors import DatasetError
+from raytag.errors import DatasetError, RaytagError
 
 TINY = 0.1  # 2 curated, 4 noisy, 1 test clip per class: fast
 
@@ -114,6 +114,14 @@ def test_interrupted_write_is_redone(tmp_path):
     (root / "demo.json").write_text(json.dumps({**marker, "complete": False}))
     make_demo_dataset(root, seed=0, scale=TINY)
     assert json.loads((root / "demo.json").read_text())["complete"]
+
+
+def test_a_negative_seed_is_refused_before_the_old_set_is_cleared(tmp_path):
+    root = make_demo_dataset(tmp_path / "d", seed=0, scale=TINY)
+    before = digest(root)
+    with pytest.raises(RaytagError, match="--seed -1: must be 0 or more"):
+        make_demo_dataset(root, seed=-1, scale=TINY)
+    assert digest(root) == before
 
 
 def test_refuses_to_overwrite_a_foreign_dataset(tmp_path):

@@ -268,6 +268,8 @@ def make_demo_dataset(out: str | Path, seed: int = 0, scale: float = 1.0) -> Pat
     out = Path(out).expanduser().absolute()
     if not scale > 0:  # also refuses NaN
         raise RaytagError(f"--scale {scale}: must be a positive number (1.0 is the full demo set)")
+    if int(seed) < 0:  # checked before an earlier set is cleared: numpy refuses it only later
+        raise RaytagError(f"--seed {seed}: must be 0 or more (the same seed gives the same files)")
     wanted = {"seed": int(seed), "scale": float(scale), "version": DEMO_VERSION}
     if _is_complete(out, wanted):
         log.info("demo dataset in %s reused (seed %d, scale %g)", out, seed, scale)
