@@ -222,3 +222,15 @@ def test_a_warmup_with_no_noisy_clips_is_refused_when_planned(demo_dataset):
         build_plan(cfg, demo_dataset, store)
     off = Config.from_dict({"cv": {"n_folds": 3}, "pipeline": {"warmup": {"enabled": False}}})
     assert build_plan(off, demo_dataset, store).noisy_ids == []
+
+
+def test_a_filter_after_a_finetune_on_all_noisy_clips_is_warned_of(demo_dataset, caplog):
+    """The filter model already fitted the noisy clips' given labels: it accepts nearly all."""
+    with caplog.at_level("WARNING", logger="raytag.training.plan"):
+        _plan(Config.from_dict({"cv": {"n_folds": 3}, "pipeline": {"finetune": {"noisy": "all"},
+                                                                   "filter": {"enabled": True}}}), demo_dataset)
+    assert "pipeline.finetune.noisy: all" in caplog.text and "pipeline.filter" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="raytag.training.plan"):
+        _plan(Config.from_dict({"cv": {"n_folds": 3}, "pipeline": {"filter": {"enabled": True}}}), demo_dataset)
+    assert "finetune.noisy" not in caplog.text

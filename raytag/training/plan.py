@@ -73,6 +73,7 @@ def model_folds(cfg: Config) -> list[int]:
 def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: str = "") -> Plan:
     """Folds, the noisy subset and label matrices for the clips the store could decode."""
     warn_if_cepstra_pooled(cfg.train.normalize, cfg.features.kind)
+    warn_if_filter_judges_its_own_training_clips(cfg)
     usable = set(store.clip_ids)
     clips = dataset.clips[dataset.clips["clip_id"].isin(usable)]
     curated = clips[clips["split"] == "curated"].reset_index(drop=True)
@@ -154,6 +155,20 @@ def _noisy_folds(cfg: Config, noisy, noisy_y: np.ndarray, root: Path) -> np.ndar
     if cfg.cv.clip_groups:  # a file of the curated clips' groups alone: each noisy clip its own group
         groups = read_clip_groups(cfg.cv.clip_groups, list(noisy["fname"]), root, kind="noisy", must_list_some=False)
     return np.asarray(make_folds(noisy_y, cfg.cv.n_folds, cfg.cv.seed, groups), dtype=np.int64)
+
+
+def warn_if_filter_judges_its_own_training_clips(cfg: Config) -> None:
+    """pipeline.finetune.noisy: all (or subset) fits the stage-1 model to those noisy clips' given
+    labels, and the probability filter then judges them with that model: it accepts nearly all
+    of them, wrong labels included. A legitimate baseline, so a warning, not a refusal."""
+    p = cfg.pipeline
+    fits_noisy = p.finetune.enabled and p.finetune.epochs > 0 and p.finetune.noisy != "none"
+    if p.filter.enabled and fits_noisy:
+        which = "every noisy clip" if p.finetune.noisy == "all" else "the rough noisy subset"
+        log.warning("pipeline.filter judges noisy clips with the stage-1 model, but pipeline.finetune.noisy: %s "
+                    "trained that model on %s at face value, so it accepts nearly all of them, wrong labels "
+                    "included; set pipeline.finetune.noisy: none for a filter that means something",
+                    p.finetune.noisy, which)
 
 
 def warn_if_cepstra_pooled(norm: InputNormConfig, features_kind: str) -> None:
