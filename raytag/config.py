@@ -302,7 +302,9 @@ class PseudoLabelConfig(StageConfig):
     lower: ThresholdSchedule = field(default_factory=ThresholdSchedule)
     upper: float = 0.98  # leave out clips the model is already sure of
     # probability: lower/upper are probabilities; quantile: they are quantiles of the clips'
-    # top probabilities (robust to a model's calibration, see raytag.pipeline.pseudo)
+    # top probabilities (robust to a model's calibration, see raytag.pipeline.pseudo); the lower
+    # bound is then also the per-class cut for a taken clip's targets, so an under-confident
+    # model (bound ~0.24) gives clips more positive labels than they hold (by design)
     bounds: Literal["probability", "quantile"] = "probability"
 
 

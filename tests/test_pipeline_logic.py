@@ -356,3 +356,16 @@ def test_a_one_class_group_does_not_accept_every_clip_of_its_class(caplog):
     # labelled clips of one class in all: spreading accepts none rather than all
     only_a, _ = spread_labels(x_lab[:20], y_lab[:20], x_noisy, y_noisy, LabelSpreadingConfig(), classes)
     assert only_a.sum() == 0
+
+
+def test_quantile_bounds_give_an_under_confident_model_several_labels_a_clip_by_design():
+    """Documented design choice (pseudo.quantile_bounds): the quantile-derived lower bound is
+    also the per-class target cut, so a low bound makes every class above it positive."""
+    from raytag.pipeline.pseudo import quantile_bounds
+
+    rng = np.random.default_rng(1)
+    shy = rng.uniform(0.0, 0.3, size=(500, 8))  # an under-confident model
+    lower, upper = quantile_bounds(shy, 0.35, 0.98)
+    assert lower < 0.3
+    rows, targets = select_pseudo(shy, lower, upper)
+    assert targets[rows].sum(axis=1).mean() > 1.3  # several positive labels per taken clip, not one

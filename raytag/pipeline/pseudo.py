@@ -55,6 +55,12 @@ def quantile_bounds(probs, lower_q: float, upper_q: float) -> tuple[float, float
     of the clips in the first round and 35% in the last, whatever the calibration; an
     upper quantile of 0.98 leaves out the 2% the model is surest of. Returns
     (lower, upper) probabilities for `select_pseudo`; upper is 1.0 (no cut) at upper_q >= 1.
+
+    Design choice, kept on purpose: the lower probability is also `select_pseudo`'s per-class
+    cut for the targets. On an under-confident model it is low (say 0.24), so a taken clip
+    gets every class at or above it: more positive labels per clip than the data holds
+    (1.6 a clip where clips carry ~1). The quantiles bound how many clips are taken, not how
+    many labels each gets; use bounds: probability for a fixed per-class cut.
     """
     if not 0.0 <= lower_q < upper_q:
         raise ValueError(f"need 0 <= lower_q < upper_q, got {lower_q}, {upper_q}")
