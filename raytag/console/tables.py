@@ -16,6 +16,7 @@ _STAGE_COLUMNS = {"stage": "stage", "folds": "folds", "cv_lwlrap": "CV", "cv_map
                   "test_lwlrap": "test", "n_accepted": "accepted", "filter_precision": "prec.",
                   "filter_recall": "recall", "n_pseudo": "pseudo"}
 _SCORE_HEADINGS = {"lwlrap": "lwlrap", "map3": "MAP@3"}  # a fold table's score columns
+_COUNT_COLUMNS = {"folds", "n_accepted", "n_pseudo"}  # averaged over folds, shown as whole clips
 
 
 def stage_table(stages: pd.DataFrame):
@@ -26,11 +27,16 @@ def stage_table(stages: pd.DataFrame):
     scores = ("lwlrap and MAP@3 by stage (CV on out-of-fold clips; test lwlrap only reported)" if with_map3
               else "lwlrap by stage (CV on out-of-fold clips; test only reported)")
     table = Table(title=f"{scores}; filter precision/recall")
-    for col in cols:
+    rows = [[_stage_cell(row[c], c) for c in cols] for _, row in stages.iterrows()]
+    for i, col in enumerate(cols):
         heading = "CV lwlrap" if with_map3 and col == "cv_lwlrap" else _STAGE_COLUMNS[col]  # beside CV MAP@3
-        table.add_column(heading, justify="left" if col == "stage" else "right", no_wrap=True)
-    for _, row in stages.iterrows():
-        table.add_row(*[_stage_cell(row[c]) for c in cols])
+        if col == "stage":  # a long stage name wraps
+            table.add_column(heading, overflow="fold")
+        else:  # a number is never cut ("0.6…" at 80 columns, piped): its heading wraps instead
+            widest = max([len(r[i]) for r in rows], default=1)
+            table.add_column(heading, justify="right", overflow="fold", min_width=widest)
+    for cells in rows:
+        table.add_row(*cells)
     return table
 
 
@@ -52,9 +58,13 @@ def _score_cell(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _stage_cell(v) -> str:
+def _stage_cell(v, col: str = "") -> str:
+    if isinstance(v, (float, np.floating, int, np.integer)) and np.isnan(v):
+        return ""
+    if col in _COUNT_COLUMNS:
+        return f"{float(v):.0f}"
     if isinstance(v, (float, np.floating)):
-        return "" if np.isnan(v) else f"{v:.3f}" if abs(v) <= 1 else f"{v:.0f}"
+        return f"{v:.3f}" if abs(v) <= 1 else f"{v:.0f}"
     return str(v)
 
 
