@@ -194,6 +194,38 @@ def test_a_clip_that_fails_in_a_batch_fails_only_its_own_request():
     assert "model failed on this clip" in json.loads(bad.body)["error"]
 
 
+def _multipart_upload(data: bytes, fname: str, content_type: str):
+    """A POST /tag request with the clip in the multipart field `file`, under `content_type`
+    (its boundary added)."""
+    from starlette.requests import Request
+    from urllib3.filepost import encode_multipart_formdata
+
+    body, ctype = encode_multipart_formdata({"file": (fname, data, "audio/wav")})
+    header = content_type + ctype[len("multipart/form-data"):]
+    scope = {"type": "http", "method": "POST", "path": "/tag", "query_string": b"",
+             "headers": [(b"content-type", header.encode()), (b"content-length", str(len(body)).encode())]}
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(scope, receive)
+
+
+def test_a_multipart_upload_is_read_whatever_the_case_of_its_media_type_and_415s_say_why_plainly():
+    from raytag.serve.app import Tagger
+
+    tagger = object.__new__(Tagger.func_or_class)  # the replica's class, without Serve
+    tagger.max_upload_bytes = MB
+    clip = _wav_bytes(np.zeros(800))
+    for ctype in ("multipart/form-data", "Multipart/Form-Data", "MULTIPART/FORM-DATA"):
+        fname, data = asyncio.run(tagger._read_upload(_multipart_upload(clip, "dog.wav", ctype)))
+        assert (fname, data) == ("dog.wav", clip), ctype
+    with pytest.raises(UploadError) as err:
+        check_audio("junk.wav", b"this is not audio at all", MB)
+    assert err.value.status == 415
+    assert err.value.reason == "junk.wav: cannot decode as audio (Format not recognised.); send wav, flac or ogg"
+
+
 # ----------------------------------------------------------------------------- a live server
 @pytest.fixture(scope="module")
 def artifact(artifact_2019):

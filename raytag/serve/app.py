@@ -35,7 +35,7 @@ from raytag.session import in_local_session, local_init_kwargs
 # helpers the replica calls live in other modules: Serve ships this class by value, and
 # functions defined in this module are not found in the replica
 from raytag.serve.upload import (MAX_SECONDS, Clip, UploadError, audio_suffix, check_audio, clean_fname,
-                                 page_html, parse_top, read_capped)
+                                 is_multipart, page_html, parse_top, read_capped)
 
 APP_NAME = "raytag"
 log = logging.getLogger("ray.serve")  # Serve routes this logger to the replica's log and stderr
@@ -147,7 +147,7 @@ class Tagger:
         """(fname, bytes) from a multipart field `file` or from the raw body."""
         limit = self.max_upload_bytes
         ctype = request.headers.get("content-type", "")
-        if not ctype.startswith("multipart/form-data"):
+        if not is_multipart(ctype):
             body = await read_capped(request.stream(), limit, request.headers.get("content-length"))
             return clean_fname(request.query_params.get("fname")), body
         body = await read_capped(request.stream(), limit + 64 * 1024, request.headers.get("content-length"))

@@ -7,6 +7,7 @@ that it can be tested alone.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import AsyncIterator, Optional
@@ -95,13 +96,24 @@ def check_audio(fname: str, data: bytes, limit: int, max_seconds: float = MAX_SE
                                            "(--max-seconds); tag long recordings with `raytag predict`")
                 check_decoded_size(fname, frames, block.shape[1], cap)  # a header may understate
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
-        reason = (str(err).strip() or type(err).__name__).splitlines()[0]
-        raise UploadError(415, f"{fname}: cannot decode as audio ({reason}); send wav, flac or ogg") from None
+        raise UploadError(415, f"{fname}: cannot decode as audio ({decode_reason(err)}); send wav, flac or ogg") from None
     if frames == 0 or rate <= 0:
         raise UploadError(422, f"{fname}: empty audio (0 samples)")
     if bad:
         raise UploadError(422, f"{fname}: {bad} samples are not finite (NaN or inf)")
     return Clip(fname=fname, data=data, duration=frames / float(rate))
+
+
+def decode_reason(err: Exception) -> str:
+    """libsndfile's reason, without its "Error opening <_io.BytesIO object at 0x...>: "
+    prefix (the in-memory file object means nothing to a client)."""
+    reason = (str(err).strip() or type(err).__name__).splitlines()[0]
+    return re.sub(r"^Error opening <[^>]*>:\s*", "", reason) or type(err).__name__
+
+
+def is_multipart(content_type: str) -> bool:
+    """A media type's name is case-insensitive (RFC 9110): "Multipart/Form-Data" is multipart."""
+    return content_type.strip().lower().startswith("multipart/form-data")
 
 
 def decoded_sample_cap(max_seconds: float) -> int:
