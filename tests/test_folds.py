@@ -234,3 +234,28 @@ def test_a_filter_after_a_finetune_on_all_noisy_clips_is_warned_of(demo_dataset,
     with caplog.at_level("WARNING", logger="raytag.training.plan"):
         _plan(Config.from_dict({"cv": {"n_folds": 3}, "pipeline": {"filter": {"enabled": True}}}), demo_dataset)
     assert "finetune.noisy" not in caplog.text
+
+
+def test_a_noisy_clip_takes_the_fold_of_its_curated_siblings_group(demo_dataset, tmp_path, caplog):
+    """cv.clip_groups with groups spanning both splits (FSDKaggle2018: one train.csv): a noisy
+    clip of a group goes to its curated siblings' fold, else that fold's model trains on a
+    sibling of the clips it predicts. Without cv.noisy_folds the leak is warned of."""
+    curated = sorted(demo_dataset.split("curated")["fname"])
+    noisy = sorted(demo_dataset.split("noisy")["fname"])
+    group = {f: f"rec{i}" for i, f in enumerate(curated)}
+    group.update({f: f"rec{i}" for i, f in enumerate(noisy[:10])})  # ten noisy siblings of curated clips
+    group.update({f: f"solo{i}" for i, f in enumerate(noisy[10:])})
+    (tmp_path / "groups.csv").write_text("fname,group\n" + "".join(f"{f},{g}\n" for f, g in group.items()))
+    cfg = Config.from_dict({**NOISY_FOLDS, "cv": {**NOISY_FOLDS["cv"], "clip_groups": str(tmp_path / "groups.csv")}})
+    plan = _plan(cfg, demo_dataset)
+    fold_of_group = {group[c.split("/", 1)[1]]: f for c, f in zip(plan.curated_ids, plan.curated_fold)}
+    for cid, fold in zip(plan.noisy_ids, plan.noisy_fold):
+        g = group[cid.split("/", 1)[1]]
+        if g in fold_of_group:
+            assert fold == fold_of_group[g], cid
+    assert set(plan.noisy_fold) == {0, 1, 2}
+    off = Config.from_dict({"cv": {"n_folds": 3, "clip_groups": str(tmp_path / "groups.csv")},
+                            "pipeline": {"warmup": {"enabled": False}}})
+    with caplog.at_level("WARNING", logger="raytag.training.plan"):
+        assert _plan(off, demo_dataset).noisy_fold is None
+    assert "hold both curated and noisy clips" in caplog.text and "cv.noisy_folds: true" in caplog.text

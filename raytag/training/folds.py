@@ -78,7 +78,8 @@ def _stratified_folds(y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
 
 
 def read_clip_groups(path: str | Path, fnames: Sequence[str], root: Optional[Path] = None,
-                     kind: str = "curated", must_list_some: bool = True) -> Optional[list[str]]:
+                     kind: str = "curated", must_list_some: bool = True,
+                     warn_unlisted: bool = True) -> Optional[list[str]]:
     """The group of each clip in `fnames`, from a CSV with columns fname and group (others
     are ignored). A relative path is looked up in `root` (the dataset folder) first.
 
@@ -111,7 +112,7 @@ def read_clip_groups(path: str | Path, fnames: Sequence[str], root: Optional[Pat
             return None
         raise ConfigError(f"cv.clip_groups: {p} lists none of the {len(fnames)} {kind} clips "
                           f"(e.g. {list(fnames[:2])}; it has {list(table['fname'][:2])}): is it this dataset's file?")
-    if unlisted:
+    if unlisted and warn_unlisted:
         log.warning("cv.clip_groups: %d of %d %s clips are not in %s (e.g. %s); each is its own group",
                     len(unlisted), len(fnames), kind, p, unlisted[:3])
     # an unlisted clip's group is its own name, prefixed so it cannot meet a listed group

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pandas as pd
 
 from raytag.config import Config, ConfigError, InputNormConfig
 from raytag.data.labels import labels_to_matrix
@@ -86,7 +87,13 @@ def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: s
         groups = read_clip_groups(cfg.cv.clip_groups, list(curated["fname"]), Path(dataset.root))
     fold_ids = make_folds(curated_y, cfg.cv.n_folds, cfg.cv.seed, groups)
     noisy_y = labels_to_matrix(list(noisy["labels"]), classes) if len(noisy) else np.zeros((0, len(classes)), np.float32)
-    noisy_fold = _noisy_folds(cfg, noisy, noisy_y, Path(dataset.root)) if cfg.cv.noisy_folds else None
+    # an unlisted clip's own group (folds.read_clip_groups) is shared with no clip
+    curated_fold_of_group = {g: int(f) for g, f in zip(groups or [], fold_ids) if not g.startswith("\0")}
+    if cfg.cv.noisy_folds:
+        noisy_fold = _noisy_folds(cfg, noisy, noisy_y, Path(dataset.root), curated_fold_of_group)
+    else:
+        noisy_fold = None
+        _warn_if_groups_span_splits(cfg, noisy, Path(dataset.root), curated_fold_of_group)
     folds = cv_folds(cfg)
     bad = [f for f in folds if not 0 <= f < cfg.cv.n_folds]
     if bad:
@@ -143,18 +150,51 @@ def _refuse_a_warmup_without_clips(cfg: Config, n_noisy: int, n_subset: int) -> 
                       "pipeline.noisy_selection")
 
 
-def _noisy_folds(cfg: Config, noisy, noisy_y: np.ndarray, root: Path) -> np.ndarray:
+def _noisy_folds(cfg: Config, noisy, noisy_y: np.ndarray, root: Path,
+                 curated_fold_of_group: dict | None = None) -> np.ndarray:
     """cv.noisy_folds: a fold id for each noisy clip, stratified on the given labels as the
     curated folds are, with cv.clip_groups' groups kept whole when the file lists noisy clips
     (a noisy clip cut from the recording of another must not be predicted by a model that
-    heard its sibling)."""
+    heard its sibling). A noisy clip whose group also holds curated clips (FSDKaggle2018:
+    both splits come from one train.csv) takes that group's curated fold."""
     if len(noisy) < cfg.cv.n_folds:
         raise ConfigError(f"cv.noisy_folds: {len(noisy)} noisy clip(s) cannot be split into {cfg.cv.n_folds} "
                           "folds; set cv.noisy_folds: false")
     groups = None
     if cfg.cv.clip_groups:  # a file of the curated clips' groups alone: each noisy clip its own group
         groups = read_clip_groups(cfg.cv.clip_groups, list(noisy["fname"]), root, kind="noisy", must_list_some=False)
-    return np.asarray(make_folds(noisy_y, cfg.cv.n_folds, cfg.cv.seed, groups), dtype=np.int64)
+    shared = np.array([g in (curated_fold_of_group or {}) for g in groups]) if groups else np.zeros(0, bool)
+    if not shared.any():  # as before: every noisy clip stratified
+        return np.asarray(make_folds(noisy_y, cfg.cv.n_folds, cfg.cv.seed, groups), dtype=np.int64)
+    folds = np.array([curated_fold_of_group.get(g, -1) for g in groups], dtype=np.int64)
+    rest = ~shared
+    if rest.any():
+        folds[rest] = _folds_of_the_rest(noisy_y[rest], [g for g, r in zip(groups, rest) if r], cfg)
+    return folds
+
+
+def _folds_of_the_rest(y: np.ndarray, groups: list, cfg: Config) -> np.ndarray:
+    """Stratified folds for the noisy clips no curated group claims; too few groups to
+    stratify are dealt out in a seeded order."""
+    if len(set(groups)) >= cfg.cv.n_folds:
+        return make_folds(y, cfg.cv.n_folds, cfg.cv.seed, groups)
+    codes, _ = pd.factorize(pd.Series(groups, dtype=object))
+    dealt = np.random.default_rng(cfg.cv.seed).permutation(codes.max() + 1) % cfg.cv.n_folds
+    return dealt[codes]
+
+
+def _warn_if_groups_span_splits(cfg: Config, noisy, root: Path, curated_fold_of_group: dict) -> None:
+    """Without cv.noisy_folds every fold trains on every noisy clip, so a noisy sibling of a
+    held-out curated clip leaks it into the model that predicts it."""
+    if not (curated_fold_of_group and len(noisy)):
+        return
+    groups = read_clip_groups(cfg.cv.clip_groups, list(noisy["fname"]), root, kind="noisy",
+                              must_list_some=False, warn_unlisted=False)
+    shared = sorted({g for g in groups or [] if g in curated_fold_of_group})
+    if shared:
+        log.warning("cv.clip_groups: %d group(s) hold both curated and noisy clips (e.g. %s); without "
+                    "cv.noisy_folds every fold trains on the noisy ones, so held-out curated clips leak "
+                    "through their noisy siblings; set cv.noisy_folds: true", len(shared), shared[:3])
 
 
 def warn_if_filter_judges_its_own_training_clips(cfg: Config) -> None:
