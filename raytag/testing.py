@@ -215,5 +215,7 @@ class LocalCluster:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.disconnect()
-        self.stop()
+        try:
+            self.disconnect()
+        finally:  # a failed disconnect must not leave the nodes' Ray processes running
+            self.stop()

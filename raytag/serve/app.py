@@ -38,6 +38,8 @@ from raytag.serve.upload import (MAX_SECONDS, Clip, UploadError, audio_suffix, c
                                  is_multipart, page_html, parse_top, read_capped)
 
 APP_NAME = "raytag"
+INTERNAL_ERROR = ("internal error: this clip could not be tagged (the server's log has the details); "
+                  "try again, and report it if it happens again")
 log = logging.getLogger("ray.serve")  # Serve routes this logger to the replica's log and stderr
 api = FastAPI(title="raytag", docs_url=None, redoc_url=None)
 
@@ -133,9 +135,10 @@ class Tagger:
             log.info("POST /tag %d bytes -> %d (%s) in %.1f ms", size, err.status, err.reason,
                      1000 * (time.perf_counter() - started))
             return JSONResponse({"error": err.reason}, status_code=err.status)
-        except Exception as err:  # noqa: BLE001 - one request's bug must not end the server
+        except Exception:  # noqa: BLE001 - one request's bug must not end the server
+            # the detail (it may name the server's temp paths) goes to the replica's log only
             log.exception("POST /tag %d bytes: unexpected error", size)
-            return JSONResponse({"error": f"internal error: {type(err).__name__}: {err}"}, status_code=500)
+            return JSONResponse({"error": INTERNAL_ERROR}, status_code=500)
         scores = result["scores"]
         order = np.argsort(-scores, kind="stable")[:top]
         tags = [{"label": self.artifact.classes[i], "score": float(scores[i])} for i in order]
