@@ -403,6 +403,8 @@ class Config:
             if member.name in seen:
                 raise ConfigError(f"{where}.name: {member.name!r} is used twice; member names must differ")
             seen.add(member.name)
+            for key in member.set:
+                _key_text(key, f"{where}.set")
             bad = [k for k in member.set if k.split(".")[0] in ("members", "combine", "name", "seed", "cv")]
             if bad:
                 raise ConfigError(f"{where}.set: {bad[0]!r} cannot differ between members (they share the "
@@ -425,19 +427,57 @@ class Config:
 
 
 def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
-    """Set dotted keys ("train.mixup.alpha": 0.2) in a nested dict; a copy is returned."""
+    """Set dotted keys ("train.mixup.alpha": 0.2) in a nested dict (a Config's); a copy is
+    returned. A mapping given for a section ("train": {"lr": 0.002}) changes only the keys it
+    names; a mapping-valued setting (model.params) is replaced whole."""
     out = copy.deepcopy(data)
     for dotted, value in overrides.items():
-        node = out
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {} if node.get(part) is None else node[part]
-                if not isinstance(node[part], dict):
-                    raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
-            node = node[part]
-        node[parts[-1]] = value
+        _set_dotted(out, _key_text(dotted, "override"), value)
     return out
+
+
+def _key_text(key: Any, where: str) -> str:
+    if not isinstance(key, str):
+        raise ConfigError(f"{where}: key {key!r} is not a setting name; write dotted names as text, "
+                          "e.g. train.lr: 0.001 (quote keys YAML reads as other types, e.g. 'true')")
+    return key
+
+
+def _set_dotted(out: dict, dotted: str, value: Any) -> None:
+    if isinstance(value, dict) and _section_type(dotted) is not None:
+        # merged key by key: assigned whole, the section's other settings would fall back to
+        # the built-in defaults (from_dict fills what a mapping leaves out)
+        for key, inner in value.items():
+            _set_dotted(out, f"{dotted}.{_key_text(key, dotted)}", inner)
+        return
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {} if node.get(part) is None else node[part]
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def _section_type(dotted: str):
+    """The dataclass a dotted key of Config names (pipeline.finetune -> FinetuneConfig), or
+    None where it names a value, a mapping-valued setting or no setting at all."""
+    tp: Any = Config
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(tp):
+            return None
+        tp = _optional_inner(get_type_hints(tp).get(part))
+    return tp if dataclasses.is_dataclass(tp) else None
+
+
+def _optional_inner(tp):
+    """Optional[X] -> X; other types unchanged."""
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else tp
+    return tp
 
 
 def parse_cli_overrides(items: list[str]) -> dict[str, Any]:

@@ -81,3 +81,31 @@ def test_a_members_run_refuses_a_bad_member_before_any_member_trains(monkeypatch
     with pytest.raises(ModelConfigError, match="member vgg_small"):
         members.fit_members(bad, "unused", str(tmp_path), "run", progress=False)
     assert trained == []
+
+
+def test_a_mapping_for_a_section_changes_only_the_keys_it_names():
+    """A mapping assigned whole replaced the section, its other keys falling back to the
+    built-in defaults; a mapping-valued setting (model.params) is still replaced whole."""
+    base = Config.from_dict({"train": {"batch_size": 8, "lr": 0.01, "mixup": {"alpha": 0.1}},
+                             "pipeline": {"finetune": {"epochs": 3, "lr": 0.005}},
+                             "model": {"params": {"a": 1}}})
+    cli = base.with_overrides(parse_cli_overrides(["train={lr: 0.002, mixup: {prob: 0.5}}"]))
+    assert (cli.train.lr, cli.train.batch_size) == (0.002, 8)
+    assert (cli.train.mixup.alpha, cli.train.mixup.prob) == (0.1, 0.5)
+    nested = base.with_overrides({"pipeline": {"finetune": {"epochs": 10}}, "model": {"params": {"b": 2}}})
+    assert (nested.pipeline.finetune.epochs, nested.pipeline.finetune.lr) == (10, 0.005)
+    assert nested.model.params == {"b": 2}
+    with pytest.raises(ConfigError, match="unknown setting 'train.lrr'"):
+        base.with_overrides({"train": {"lrr": 1}})
+
+
+def test_a_members_nested_set_keeps_the_rest_of_the_section():
+    cfg = Config.from_dict({"pipeline": {"finetune": {"epochs": 4, "lr": 0.005}},
+                            "members": [{"name": "a"}, {"name": "b", "set": {"pipeline": {"finetune": {"epochs": 9}}}}]})
+    finetune = dict(cfg.member_configs())["b"].pipeline.finetune
+    assert (finetune.epochs, finetune.lr) == (9, 0.005)
+
+
+def test_a_key_that_is_not_text_is_refused_with_the_member():
+    with pytest.raises(ConfigError, match=r"members\[1\]\.set: key True is not a setting name"):
+        Config.from_dict({"members": [{"name": "a"}, {"name": "b", "set": {True: 1}}]})
