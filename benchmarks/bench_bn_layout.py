@@ -12,6 +12,7 @@ vgg_small w16 and resnet18 w32 in three layouts, alternating, best of 2 rounds:
 
     .venv/bin/python benchmarks/bench_bn_layout.py        # about 30 s on 2 cores
 """
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -43,6 +44,8 @@ def step_seconds(name: str, width: int, layout: str, steps: int = 6) -> float:
 
 
 def main() -> None:
+    # No options; parsed so that --help prints the docstring and runs nothing.
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     torch.set_num_threads(2)
     print(f"load average before: {os.getloadavg()}")
     layouts = ("channels_last", "bn_nchw", "nchw")

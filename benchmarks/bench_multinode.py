@@ -12,6 +12,7 @@ scheduling and start-up cost across nodes, not extra compute).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -127,9 +128,16 @@ def _run(layout: str, root: Path, data: Path, space: Path, features, kill: bool)
         os.environ.pop(rc.SHARED_FS_ENV, None)
 
 
+def parse_args() -> argparse.Namespace:
+    """No options; parsed so that --help prints this and runs nothing (the run overwrites multinode.json)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return ap.parse_args()
+
+
 def main():
     import torch
 
+    parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="rtbench_") as tmp:
         root = Path(tmp)

@@ -7,6 +7,7 @@ scores. This wrapper imports the script, wraps its `predict` to remember the las
 
 usage: run_reference.py SCRIPT DATA_DIR OUT.parquet [script args...]
 """
+import argparse
 import csv
 import importlib.util
 import sys
@@ -15,8 +16,18 @@ from pathlib import Path
 import pandas as pd
 
 
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("script", help="path to cnn_reference.py")
+    ap.add_argument("data", help="dataset folder (with sample_submission.csv and test_labels.csv)")
+    ap.add_argument("out", help="where to write the test predictions (parquet)")
+    ap.add_argument("script_args", nargs=argparse.REMAINDER, help="passed to the script unchanged")
+    return ap.parse_args()
+
+
 def main():
-    script, data, out, *args = sys.argv[1:]
+    a = parse_args()
+    script, data, out, args = a.script, a.data, a.out, a.script_args
     spec = importlib.util.spec_from_file_location("cnn_reference", script)
     ref = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ref)
