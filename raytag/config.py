@@ -606,6 +606,27 @@ _RANGES = {
     ("LossConfig", "lsoft_beta"): (0.0, 1.0),
     ("LossConfig", "noisy_keep"): (0.05, 1.0),
     ("LossConfig", "noisy_keep_ramp"): (0, None),
+    # in_process runs range(max_failures + 1) attempts (-1: none at all); Ray Train reads -1 as unlimited
+    ("TrainConfig", "max_failures"): (0, None),
+    # sklearn's LabelSpreading / PCA limits, checked here so a run does not fail after fold 0 trained
+    ("LabelSpreadingConfig", "gamma"): (0.0, None),
+    ("LabelSpreadingConfig", "max_iter"): (1, None),
+    ("LabelSpreadingConfig", "pca_components"): (1, None),
+    ("LabelSpreadingConfig", "max_graph"): (2, None),
+    # 0 rounds silently dropped stage 2; turn it off with the .enabled switches instead
+    ("PseudoLabelConfig", "rounds"): (1, None),
+    # numpy, iterstrat and sklearn take seeds in [0, 2**32 - 1]
+    ("Config", "seed"): (0, 2**32 - 1),
+    ("CVConfig", "seed"): (0, 2**32 - 1),
+}
+
+_OPEN_RANGES = {
+    # (class name, field): (low, high) exclusive; None = open
+    ("LabelSpreadingConfig", "alpha"): (0.0, 1.0),
+    # a stage's own learning rate (None: train.lr); AdamW refuses one below 0 and 0 learns nothing
+    ("WarmupConfig", "lr"): (0.0, None),
+    ("FinetuneConfig", "lr"): (0.0, None),
+    ("PseudoLabelConfig", "lr"): (0.0, None),
 }
 
 
@@ -631,6 +652,18 @@ def _check_model_takes_features(cfg: "Config") -> None:
                           f"(not {cfg.features.kind})")
 
 
+def _check_open_ranges(obj, path):
+    for (cls_name, name), (low, high) in _OPEN_RANGES.items():
+        value = getattr(obj, name) if type(obj).__name__ == cls_name else None
+        if value is None:  # another class, or an optional setting left to its default
+            continue
+        where = f"{path}.{name}" if path else name
+        if low is not None and not value > low:
+            raise ConfigError(f"{where}: {value} must be above {low}")
+        if high is not None and not value < high:
+            raise ConfigError(f"{where}: {value} must be below {high}")
+
+
 def _check_ranges(obj, path):
     for (cls_name, name), (low, high) in _RANGES.items():
         if type(obj).__name__ != cls_name:
@@ -643,6 +676,7 @@ def _check_ranges(obj, path):
             raise ConfigError(f"{where}: {value} is below the minimum {low}")
         if high is not None and value > high:
             raise ConfigError(f"{where}: {value} is above the maximum {high}")
+    _check_open_ranges(obj, path)
     if (isinstance(obj, TrainConfig) and obj.use_gpu and obj.num_workers > 1 and obj.gpus_per_worker < 1
             and obj.ddp_backend != "gloo"):
         raise ConfigError(

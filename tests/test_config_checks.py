@@ -36,6 +36,21 @@ def test_numbers_in_exponent_form_are_numbers():
     (["cv.folds=[5]"], "cv.folds: \\[5\\]: give fold numbers from 0 to 4"),
     (["pipeline.pseudo.enabled=true", "pipeline.pseudo.rounds=3", "pipeline.pseudo.upper=0.6"],
      "pseudo.upper: 0.6 must stay above the lower bound, which reaches 0.65"),
+    (["train.max_failures=-1"], "train.max_failures: -1 is below the minimum 0"),  # in_process: no attempt at all
+    (["pipeline.label_spreading.alpha=0"], "label_spreading.alpha: 0.0 must be above 0"),
+    (["pipeline.label_spreading.alpha=1"], "label_spreading.alpha: 1.0 must be below 1"),
+    (["pipeline.label_spreading.gamma=-1"], "label_spreading.gamma: -1.0 is below the minimum 0"),
+    (["pipeline.label_spreading.max_iter=0"], "label_spreading.max_iter: 0 is below the minimum 1"),
+    (["pipeline.label_spreading.pca_components=0"], "label_spreading.pca_components: 0 is below the minimum 1"),
+    (["pipeline.label_spreading.max_graph=1"], "label_spreading.max_graph: 1 is below the minimum 2"),
+    (["pipeline.pseudo.rounds=0"], "pipeline.pseudo.rounds: 0 is below the minimum 1"),  # stage 2 dropped silently
+    (["pipeline.warmup.lr=-0.001"], "pipeline.warmup.lr: -0.001 must be above 0"),
+    (["pipeline.finetune.lr=0"], "pipeline.finetune.lr: 0.0 must be above 0"),  # was replaced by train.lr
+    (["pipeline.pseudo.lr=0"], "pipeline.pseudo.lr: 0.0 must be above 0"),
+    (["seed=-1"], "^seed: -1 is below the minimum 0"),
+    (["seed=4294967296"], "^seed: 4294967296 is above the maximum 4294967295"),
+    (["cv.seed=-1"], "cv.seed: -1 is below the minimum 0"),
+    (["cv.seed=4294967296"], "cv.seed: 4294967296 is above the maximum 4294967295"),
 ])
 def test_values_that_would_fail_later_are_refused_with_the_key(items, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -109,3 +124,17 @@ def test_a_members_nested_set_keeps_the_rest_of_the_section():
 def test_a_key_that_is_not_text_is_refused_with_the_member():
     with pytest.raises(ConfigError, match=r"members\[1\]\.set: key True is not a setting name"):
         Config.from_dict({"members": [{"name": "a"}, {"name": "b", "set": {True: 1}}]})
+
+
+def test_a_stage_learning_rate_is_its_own_and_none_means_train_lr():
+    import torch
+
+    from raytag.training.epoch import build_optimizer
+    from raytag.training.steps import Step
+
+    cfg = _with("train.lr=0.003", "train.scheduler=none")
+    model = torch.nn.Linear(2, 2)
+    lr_of = lambda lr: build_optimizer(cfg, model, Step("finetune", 0, epochs=1, lr=lr), 4)[0].param_groups[0]["lr"]
+    assert (lr_of(None), lr_of(0.0005)) == (0.003, 0.0005)
+    assert lr_of(0.0) == 0.0  # a stage's own value is used as given (the config refuses 0)
+    assert _with("pipeline.finetune.lr=0.0005", "seed=4294967295").pipeline.finetune.lr == 0.0005

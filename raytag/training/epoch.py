@@ -18,7 +18,7 @@ from raytag.training.steps import Step
 
 
 def build_optimizer(cfg, model, step: Step, steps_per_epoch: int):
-    lr = step.lr or cfg.train.lr
+    lr = cfg.train.lr if step.lr is None else step.lr  # a stage lr of 0 is refused by the config, not replaced
     params = model.parameters()
     if cfg.train.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.train.weight_decay)
