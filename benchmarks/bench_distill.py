@@ -22,12 +22,18 @@ from raytag.ensemble.tagging import predict_files
 from raytag.metrics import paired_bootstrap_lwlrap
 
 
+def teacher_key(teacher_path: str) -> str:
+    """The teacher artifact's full resolved path: copies of one run teach alike, so it is tagged
+    once, but two runs of one name (in different storages, or every sweep's "ensemble") differ."""
+    return str(Path(teacher_path).resolve())
+
+
 def compare(exp: Path, dataset, teacher_cache: dict) -> dict:
     student = load_artifact(str(exp / "distill" / "artifact"))
     teacher_path = experiment_artifact(str(exp))
     paths = list(dataset.split("test")["path"])
     s_probs, _ = predict_files(student, paths, batch_size=32)
-    key = Path(teacher_path).resolve().parent.name  # copies of one run teach alike: tag it once
+    key = teacher_key(teacher_path)
     if key not in teacher_cache:
         teacher = load_artifact(teacher_path)
         t_probs = predict_files(teacher, paths, batch_size=32)[0]
@@ -39,6 +45,8 @@ def compare(exp: Path, dataset, teacher_cache: dict) -> dict:
     y, rows = labelled_test_rows(list(s_probs.index), dataset)
     summary = json.loads((exp / "distill" / "distill_summary.json").read_text())
     return {
+        "experiment": str(exp.resolve()),
+        "teacher_artifact": key,
         "student_test_lwlrap": scores["test_lwlrap"],
         "student_test_agreement_lwlrap": scores["test_agreement_lwlrap"],
         "student_minus_teacher": paired_bootstrap_lwlrap(y, t_probs.loc[s_probs.index].to_numpy()[rows],

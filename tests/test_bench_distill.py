@@ -1,0 +1,36 @@
+"""benchmarks/bench_distill.py's teacher cache: it keyed teachers on their folder's name
+("ensemble" for every sweep), so a second run's students were scored against the first's
+teacher. The key is now the artifact's full resolved path."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    if "bench_distill" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_distill", REPO / "benchmarks" / "bench_distill.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return sys.modules["bench_distill"]
+
+
+def test_two_teachers_of_one_name_in_different_storages_get_different_keys(tmp_path):
+    first = tmp_path / "storage_a" / "sweep" / "ensemble" / "artifact"
+    second = tmp_path / "storage_b" / "sweep" / "ensemble" / "artifact"
+    key = _bench().teacher_key
+    assert key(str(first)) != key(str(second))
+
+
+def test_one_teacher_reached_two_ways_gets_one_key(tmp_path):
+    real = tmp_path / "runs" / "default" / "artifact"
+    real.mkdir(parents=True)
+    link = tmp_path / "linked"
+    link.symlink_to(tmp_path / "runs")
+    key = _bench().teacher_key
+    assert key(str(link / "default" / "artifact")) == key(str(real))
+    assert key(str(tmp_path / "runs" / "default" / ".." / "default" / "artifact")) == key(str(real))
