@@ -356,7 +356,10 @@ class Config:
     # -- construction -------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict | None) -> "Config":
-        cfg = _build(cls, data or {}, "")
+        data = dict(data or {})
+        if "members" in data and data["members"] is None:  # `members:` left empty in YAML: none
+            data["members"] = []
+        cfg = _build(cls, data, "")
         cfg.members = [_build(MemberConfig, m, f"members[{i}]") for i, m in enumerate(cfg.members)]
         cfg.member_configs()  # every member's settings checked now, before compute is spent
         _check_noisy_folds(cfg)
@@ -549,6 +552,8 @@ def _coerce(tp, value, path):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         if math.isnan(value):
             raise ConfigError(f"{path}: expected a number, got NaN")
+        if math.isinf(value):  # no setting means "unbounded" by inf; it fails later (crop_frames' int())
+            raise ConfigError(f"{path}: {value} is not a finite number; give a finite value")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -21,6 +21,15 @@ def test_numbers_in_exponent_form_are_numbers():
             _with(bad)
 
 
+def test_infinite_numbers_are_refused_with_the_key():
+    """inf passed the range checks (no maximum) and failed in the worker (crop_frames' int())."""
+    for bad, needle in (("train.crop_seconds=.inf", "train.crop_seconds: inf is not a finite number"),
+                        ("inference.segment_seconds=.inf", "segment_seconds: inf is not a finite number"),
+                        ("train.lr=-.inf", "train.lr: -inf is not a finite number")):
+        with pytest.raises(ConfigError, match=needle):
+            _with(bad)
+
+
 @pytest.mark.parametrize("items, needle", [
     (["train.augment.gain_db=-6"], "gain_db: -6.0 is below the minimum 0"),
     (["train.augment.time_shift=-0.1"], "time_shift: -0.1 is below the minimum 0"),
@@ -138,3 +147,9 @@ def test_a_stage_learning_rate_is_its_own_and_none_means_train_lr():
     assert (lr_of(None), lr_of(0.0005)) == (0.003, 0.0005)
     assert lr_of(0.0) == 0.0  # a stage's own value is used as given (the config refuses 0)
     assert _with("pipeline.finetune.lr=0.0005", "seed=4294967295").pipeline.finetune.lr == 0.0005
+
+
+def test_members_left_empty_in_yaml_means_no_members(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("name: solo\nmembers:\n")
+    assert Config.from_yaml(path).members == []
