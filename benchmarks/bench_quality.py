@@ -22,7 +22,8 @@ on test and, between raytag rows, on their common out-of-fold clips (`--pairs a:
     python benchmarks/bench_quality.py --data DIR --rows reference_script reference
     python benchmarks/bench_quality.py --data DIR --report-only               # table from finished rows
 
-Finished rows are reused (results/quality/<row>-<config hash>); writes
+Finished rows are reused (results/quality/<row>-<config hash>-<data fingerprint>, the
+fingerprint covering --data's resolved path and clip lists; --clip-groups' contents too); writes
 results/benchmarks/quality.json and quality.md. Run it alone on the machine: it records the
 load average beside every row's minutes.
 """
@@ -174,24 +175,58 @@ def load_avg() -> str:
 
 
 # ----------------------------------------------------------------------------- runs
+# the files that say which clips a dataset has (and their labels): hashed into every cache key
+CLIP_LISTS = ("train_curated.csv", "train_noisy.csv", "test_labels.csv", "sample_submission.csv")
+
+
+def files_digest(paths: list[Path]) -> str:
+    """sha256 of the files' names and contents (a missing file counts as empty), 8 hex digits."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(str(path.name).encode())
+        h.update(path.read_bytes() if path.is_file() else b"")
+    return h.hexdigest()[:8]
+
+
+def data_fingerprint(data: Path) -> str:
+    """The dataset's resolved path and its clip lists: two --data folders never share a cached row."""
+    h = hashlib.sha256(str(data.resolve()).encode())
+    h.update(files_digest([data / name for name in CLIP_LISTS]).encode())
+    return h.hexdigest()[:8]
+
+
+def link_to(link: Path, target: Path) -> None:
+    """`link` -> `target`, replacing a link left pointing elsewhere by an earlier --data."""
+    target = target.resolve()
+    if link.is_symlink() and Path(os.readlink(link)) != target:
+        link.unlink()
+    if not link.exists() and not link.is_symlink():
+        link.symlink_to(target)
+
+
 def fold0_training_data(data: Path, reference_info: dict) -> Path:
     """`data` with train_curated.csv cut to the clips a raytag fold-0 model trains on (the
-    held-out clips of the `reference` row's oof.parquet removed); audio linked, not copied."""
-    out = STORAGE / "data_fold0_train"
+    held-out clips of the `reference` row's oof.parquet removed); audio linked, not copied.
+    One folder per source dataset, so its links never point at another --data."""
+    out = STORAGE / f"data_fold0_train-{data_fingerprint(data)}"
     out.mkdir(parents=True, exist_ok=True)
     for name in ("train_curated", "train_noisy", "test", "sample_submission.csv", "test_labels.csv",
                  "train_noisy.csv"):
-        link = out / name
-        if not link.exists():
-            link.symlink_to((data / name).resolve())
+        link_to(out / name, data / name)
     held = {c.split("/", 1)[1] for c in pd.read_parquet(Path(reference_info["outputs"]) / "oof.parquet")["clip_id"]}
     curated = pd.read_csv(data / "train_curated.csv", dtype=str, keep_default_na=False)
     curated[~curated["fname"].isin(held)].to_csv(out / "train_curated.csv", index=False)
     return out
 
 
+def script_dir(row: str, epochs: int, data: Path) -> Path:
+    """Where a script row's run is cached: its epochs and the exact data it trained on (for the
+    fold-0 row, the cut clip list, so the reference row's folds and clip groups count too)."""
+    return STORAGE / f"{row}-e{epochs}-{data_fingerprint(data)}"
+
+
 def run_script(data: Path, epochs: int, row: str = "reference_script") -> dict:
-    out_dir = STORAGE / f"{row}-e{epochs}"
+    out_dir = script_dir(row, epochs, data)
     preds = out_dir / "test.parquet"
     info_path = out_dir / "info.json"
     if info_path.is_file():
@@ -205,7 +240,7 @@ def run_script(data: Path, epochs: int, row: str = "reference_script") -> dict:
     print(f"[bench] {row}: {' '.join(cmd)}", flush=True)
     log = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     print(log, flush=True)
-    info = {"row": row, "minutes": round((time.time() - started) / 60, 2),
+    info = {"row": row, "data": str(data.resolve()), "minutes": round((time.time() - started) / 60, 2),
             "load_before": load_before, "load_after": load_avg(), "log": log.splitlines()[-8:],
             "test_preds": str(preds), "cv_lwlrap": None}
     info_path.write_text(json.dumps(info, indent=2))
@@ -250,10 +285,18 @@ def config_hash(cfg) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def run_name(row: str, cfg, data: Path) -> str:
+    """A raytag row's cache key: its settings (folds included), the data, the clip groups' contents."""
+    key = f"{row}-{config_hash(cfg)}-{data_fingerprint(data)}"
+    if cfg.cv.clip_groups:
+        key += f"-g{files_digest([Path(cfg.cv.clip_groups)])}"
+    return key
+
+
 def run_raytag(row: str, cfg, data: Path, features: Path) -> dict:
     from raytag.training.runner import fit_pipeline
 
-    name = f"{row}-{config_hash(cfg)}"
+    name = run_name(row, cfg, data)
     outputs = STORAGE / name / "outputs"
     info_path = STORAGE / name / "bench.json"
     if info_path.is_file():
@@ -385,6 +428,17 @@ def ensemble_vs_rows(frames: dict, y_test: pd.DataFrame, rows: dict, scores: dic
     return out
 
 
+def refuse_combined_test_on_other_folds(label: str, outputs: Path, folds: list[int], run_folds: list[int]) -> None:
+    """A members run stores its test predictions already combined over all its folds (fold -1):
+    they cannot be cut to the sweep's folds, so comparing them on fewer folds would be mislabelled."""
+    test_folds = set(pd.read_parquet(outputs / "test.parquet", columns=["fold"])["fold"])
+    if test_folds == {-1} and set(folds) != set(run_folds):
+        sys.exit(f"--ensemble-vs-run {label}: {outputs} holds test predictions combined over its folds "
+                 f"{run_folds} (a members run), which cannot be cut to the sweep's folds {folds}; "
+                 f"give a run trained on folds {folds} only, or one member's outputs "
+                 f"(<run>/members/<member>/outputs)")
+
+
 def ensemble_vs_runs(frames: dict, y_test: pd.DataFrame, runs: list[str], classes: list[str]) -> list[dict]:
     """The sweep's ensemble against finished `raytag train` runs (LABEL=OUTPUTS), like with
     like: each run's test predictions are the mean of its models of the folds the sweep
@@ -396,6 +450,7 @@ def ensemble_vs_runs(frames: dict, y_test: pd.DataFrame, runs: list[str], classe
         outputs = Path(path)
         oof = pd.read_parquet(outputs / "oof.parquet")
         folds = sorted(oof.loc[oof["clip_id"].isin(oof_ids), "fold"].unique().tolist())
+        refuse_combined_test_on_other_folds(label, outputs, folds, sorted(oof["fold"].unique().tolist()))
         pair = paired(y_test, fold_mean_test(outputs, classes, folds), frames["test"])
         out.append({"row": f"{label} (folds {','.join(map(str, folds))})", "on": "test", "n": int(len(y_test)), **pair})
         run_oof = oof.set_index("clip_id")[classes]
@@ -525,19 +580,20 @@ def main():
     for row in wanted:
         what, config_file, over = table[row]
         if row.startswith("reference_script"):
-            done = (STORAGE / f"{row}-e{args.epochs}" / "info.json")
-            if args.report_only and not done.is_file():
-                continue
             data = args.data
             if row == "reference_script_fold0":
+                if folds != [0]:
+                    sys.exit("reference_script_fold0 is the script on fold 0's training clips: run it with --folds 0")
                 if "reference" not in results:
                     sys.exit("reference_script_fold0 needs the `reference` row (its fold 0): list it first")
                 data = fold0_training_data(args.data, results["reference"])
+            if args.report_only and not (script_dir(row, args.epochs, data) / "info.json").is_file():
+                continue
             results[row] = run_script(data, args.epochs, row)
             continue
         cfg = config_for(config_file, over, args.epochs, folds, args.clip_groups)
         if args.report_only:
-            path = STORAGE / f"{row}-{config_hash(cfg)}" / "bench.json"
+            path = STORAGE / run_name(row, cfg, args.data) / "bench.json"
             if path.is_file():
                 results[row] = json.loads(path.read_text())
             continue
