@@ -115,3 +115,31 @@ def test_the_default_config_trains_two_model_families():
     cfg = Config.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
     families = {c.model.name for _, c in cfg.member_configs()}
     assert families == {"resnet18", "vgg_small"} and cfg.combine == "geometric"
+
+
+def test_members_whose_front_ends_keep_other_clips_are_refused_before_any_trains(monkeypatch, tmp_path):
+    """A longer frame (n_fft) drops short clips: the members' folds would differ, found before
+    only after every member trained. Clips are read from headers (faked here), once per rule."""
+    from types import SimpleNamespace
+
+    from raytag.ensemble import members
+    from raytag.errors import RaytagError
+
+    def fake_dataset(root, sample_rate, features):
+        kept = [c for c, seconds in (("curated/a.wav", 1.0), ("curated/short.wav", 0.1))
+                if seconds * sample_rate >= features.n_fft]
+        return SimpleNamespace(split=lambda name: pd.DataFrame({"clip_id": kept}))
+
+    trained, loads = [], []
+    monkeypatch.setattr(members, "materialize_data", lambda data: data)
+    monkeypatch.setattr(members, "load_dataset", lambda *a, **k: loads.append(1) or fake_dataset(*a, **k))
+    monkeypatch.setattr(members, "fit_pipeline", lambda cfg, *a, **k: trained.append(cfg.model.name))
+    cfg = Config.from_dict({"members": [{"name": "small", "set": {"features.n_fft": 1024}},
+                                        {"name": "wide", "set": {"features.n_fft": 4096}}]})
+    with pytest.raises(RaytagError, match=r"member wide: its features.n_fft 4096 .* drops 1 curated clip.*curated/short.wav"):
+        members.fit_members(cfg, "unused", str(tmp_path), "run", progress=False)
+    assert trained == [] and len(loads) == 2
+    loads.clear()
+    same = Config.from_dict({"members": [{"name": "a"}, {"name": "b", "set": {"model.width": 16}}]})
+    members._check_members_keep_the_same_clips(same.member_configs(), "unused")
+    assert loads == []  # one rule: nothing read

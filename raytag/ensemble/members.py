@@ -27,6 +27,9 @@ import numpy as np
 import pandas as pd
 
 from raytag import storage as files
+from raytag.cluster import materialize_data
+from raytag.data.audio import min_samples
+from raytag.data.layouts import load_dataset
 from raytag.config import Config, safe_name
 from raytag.data.submission import write_submission_2018, write_submission_2019
 from raytag.data.truth import read_truth, truth_matrix
@@ -67,6 +70,7 @@ def fit_members(cfg: Config, data, storage: str, name: str, feature_cache: Optio
     run_dir = files.join(storage, name)
     members = cfg.member_configs()
     check_run_models(cfg)  # every member's model, before the first member trains
+    _check_members_keep_the_same_clips(members, data)
     eta = MembersEta([step_units(build_steps(c, model_folds(c))) for _, c in members])
     runs = []
     for i, (member, member_cfg) in enumerate(members):
@@ -193,6 +197,42 @@ def write_member_outputs(cfg: Config, runs: list[MemberRun], staging: Path):
         "n_skipped": int(runs[0].result.metrics.get("n_skipped", 0)),
     }
     return metrics, stages, layout, classes
+
+
+def _check_members_keep_the_same_clips(members: list[tuple[str, Config]], data) -> None:
+    """A member's front end (features.sample_rate, n_fft) sets the shortest usable clip (one
+    frame). Members whose rules differ may keep other curated clips, so other folds, which
+    _check_same_folds would find only after every member trained: compared here from the
+    file headers, read once per distinct rule (none when all members share one)."""
+    by_rule: dict[tuple, list[tuple[str, Config]]] = {}
+    for member, member_cfg in members:
+        features = member_cfg.features
+        by_rule.setdefault((features.sample_rate, min_samples(features)), []).append((member, member_cfg))
+    if len(by_rule) < 2:
+        return
+    root = materialize_data(data)
+    kept = []
+    for group in by_rule.values():
+        member, member_cfg = group[0]
+        dataset = load_dataset(root, sample_rate=member_cfg.features.sample_rate, features=member_cfg.features)
+        kept.append((member, member_cfg, set(dataset.split("curated")["clip_id"])))
+    first, _, first_ids = kept[0]
+    for member, member_cfg, ids in kept[1:]:
+        if ids != first_ids:
+            _refuse_other_clips(member, member_cfg, first, first_ids - ids or ids - first_ids,
+                                lost=bool(first_ids - ids))
+
+
+def _refuse_other_clips(member: str, member_cfg: Config, first: str, differing: set, lost: bool) -> None:
+    features = member_cfg.features
+    frame = min_samples(features) / features.sample_rate
+    verb = "drops" if lost else "keeps"
+    raise RaytagError(
+        f"member {member}: its features.n_fft {features.n_fft} at features.sample_rate {features.sample_rate} "
+        f"(shortest usable clip {frame:.3f} s) {verb} {len(differing)} curated clip(s) that member {first} does "
+        f"not (e.g. {sorted(differing)[0]}), so their folds would differ and their predictions could not be "
+        "combined; give the members front ends whose frame (n_fft / sample_rate) every clip covers, or remove "
+        "the clips shorter than the longest member's frame from the dataset")
 
 
 def _check_same_folds(runs: list[MemberRun], oofs: list[pd.DataFrame]) -> None:
