@@ -16,7 +16,9 @@ benchmark's test clips (/work/bench/escfat/test, 5 s clips at 16 kHz).
 2. Distilled (--distilled DIR, an artifact from `raytag distill`): the same engine with 2
    and 1 torch threads, and each CPU export in place of the eager model (int8 dynamic
    quantisation, torch.compile, ONNX Runtime when installed), with its largest probability
-   difference to the eager model (an export is worth keeping only within 1e-3).
+   difference to the eager model (an export is worth keeping only within 1e-3). The variants
+   alternate within each of --rounds rounds (best of each kept); every model of the member is
+   exported, so an export row never times the eager models.
 
     .venv/bin/python benchmarks/bench_predict.py [--artifact DIR] [--distilled DIR] [--clips 64]
 
@@ -184,6 +186,32 @@ def export_variants(model, example):
     return out
 
 
+def export_every_model(models: list, example, export=None) -> dict:
+    """name -> (one export per model, or None; note): a member of several models runs an export
+    only when every model has one (timing the eager models under an export's name misreports it)."""
+    export = export or export_variants
+    per_model = [export(m, example) for m in models]
+    out = {}
+    for name in per_model[0]:
+        fns = [variants[name][0] for variants in per_model]
+        failed = [variants[name][1] for variants in per_model if variants[name][0] is None]
+        note = per_model[0][name][1] + (f" (each of {len(models)} models)" if len(models) > 1 else "")
+        out[name] = (None, failed[0]) if failed else (fns, note)
+    return out
+
+
+def interleaved_best(variants: list, rounds: int, measure) -> dict:
+    """Each variant measured once per round, the variants alternating within every round (so a
+    change in the machine's load falls on all of them alike); label -> fastest (wall, ...) result."""
+    best = {}
+    for _ in range(rounds):
+        for variant in variants:
+            got = measure(variant)
+            if variant["label"] not in best or got[0] < best[variant["label"]][0]:
+                best[variant["label"]] = got
+    return best
+
+
 def bench_distilled(distilled: str, paths, rounds: int, batch_size: int) -> dict:
     import torch
 
@@ -194,64 +222,81 @@ def bench_distilled(distilled: str, paths, rounds: int, batch_size: int) -> dict
     seconds = audio_seconds(paths)
     member = art.members[0]
     eager = list(member.models)
-    rows = []
     threads0 = torch.get_num_threads()
 
-    def run(label, threads, models=None, note=""):
-        torch.set_num_threads(threads)
-        member.models[:] = models if models is not None else eager
+    def in_place(variant, fn):
+        torch.set_num_threads(variant["threads"])
+        member.models[:] = variant["models"] or eager
         try:
-            predict_files(art, paths[:2], batch_size=batch_size)  # warm-up
-            best = None
-            for _ in range(rounds):
-                load = load_average()
-                wall, _, p, _ = timed(lambda q, **k: predict_files(art, q, batch_size=batch_size), paths)
-                best = (wall, p, load) if best is None or wall < best[0] else best
-            return best
+            return fn()
         finally:
             member.models[:] = eager
             torch.set_num_threads(threads0)
 
-    reference = None
-    for threads in (2, 1):
-        wall, p, load = run(f"eager {threads}t", threads)
-        reference = p if reference is None else reference
-        rows.append({"variant": "eager", "threads": threads, "wall_s": round(wall, 2),
-                     "x_real_time": round(seconds / wall, 1), "load_avg": load,
-                     "max_abs_prob_diff": float(np.abs(p.to_numpy() - reference.to_numpy()).max()), "note": ""})
-        print(f"  distilled eager   {threads}t: {seconds / wall:7.1f} x real time  (load {load})", flush=True)
+    def measure(variant):
+        load = load_average()
+        wall, _, p, _ = in_place(variant, lambda: timed(lambda q, **k: predict_files(art, q, batch_size=batch_size),
+                                                        paths))
+        return wall, p, load
+
     seg = int(member.settings["segment_frames"])
     c, f = np.asarray(member.settings["norm_mean"]).shape
     example = torch.zeros(batch_size, c, f, seg)
-    for name, (fn, note) in export_variants(eager[0], example).items():
-        if fn is None:
-            rows.append({"variant": name, "threads": 2, "note": note})
+    variants = [{"label": f"eager {t}t", "variant": "eager", "threads": t, "models": None, "note": ""} for t in (2, 1)]
+    failed = []
+    for name, (fns, note) in export_every_model(eager, example).items():
+        if fns is None:
+            failed.append({"variant": name, "threads": 2, "note": note})
             print(f"  distilled {name}: {note}", flush=True)
-            continue
-        wall, p, load = run(name, 2, [fn] * len(eager) if len(eager) == 1 else None, note)
+        else:
+            variants.append({"label": name, "variant": name, "threads": 2, "models": fns, "note": note})
+    for variant in variants:  # warm-up (first-call allocations, thread pools)
+        in_place(variant, lambda: predict_files(art, paths[:2], batch_size=batch_size))
+    best = interleaved_best(variants, rounds, measure)
+    reference = best["eager 2t"][1]
+    rows = []
+    for variant in variants:
+        wall, p, load = best[variant["label"]]
         diff = float(np.abs(p.to_numpy() - reference.to_numpy()).max())
-        rows.append({"variant": name, "threads": 2, "wall_s": round(wall, 2), "x_real_time": round(seconds / wall, 1),
-                     "load_avg": load, "max_abs_prob_diff": diff, "agrees_1e-3": diff <= AGREE_EXPORT, "note": note})
-        print(f"  distilled {name:<14} 2t: {seconds / wall:7.1f} x real time, max |diff| {diff:.2e}  (load {load})",
-              flush=True)
+        row = {"variant": variant["variant"], "threads": variant["threads"], "wall_s": round(wall, 2),
+               "x_real_time": round(seconds / wall, 1), "load_avg": load, "max_abs_prob_diff": diff,
+               "note": variant["note"]}
+        if variant["models"] is not None:
+            row["agrees_1e-3"] = diff <= AGREE_EXPORT
+        rows.append(row)
+        print(f"  distilled {variant['label']:<14}: {seconds / wall:7.1f} x real time, max |diff| {diff:.2e}  "
+              f"(load {load})", flush=True)
+    rows += failed
     return {"artifact": distilled, "model": member.settings["model"], "features": member.settings["features"],
             "inference": member.settings.get("inference"), "scores": art.scores,
-            "distilled": getattr(art, "distilled", None), "variants": rows}
+            "distilled": getattr(art, "distilled", None), "rounds": "interleaved, best of each", "variants": rows}
 
 
 # ----------------------------------------------------------------------------- report
+def provenance_line(section: dict) -> str:
+    """Where one section's figures come from: its own run, which may be older than the file's."""
+    prov = section.get("provenance")
+    if not prov:
+        return "Measured by an earlier run that did not record its command (kept from the last predict.json)."
+    return (f"Measured {prov['when']} by `{prov['command']}` at commit {prov['commit']} on "
+            f"{prov['machine']['cpus']} cores: {prov['clips']} clips of {prov['data']} "
+            f"({prov['audio_seconds']:.0f} s of audio).")
+
+
 def write_section(result: dict, speed_md: Path) -> None:
     ens = result.get("ensemble")
     lines = ["## Prediction", "",
-             f"Command: `{result['command']}` on {result['machine']['cpus']} cores shared with other jobs "
-             f"(1/5/15-minute load average per row). {result['clips']} clips of {result['data']} "
-             f"({result['audio_seconds']:.0f} s of audio), end to end through `predict_files` "
-             "(decode, front ends, segments, models, combiner). x real time = seconds of audio per second.", ""]
+             "Each part below says which run measured it (a rerun of one part keeps the other's figures). "
+             "Machines shared with other jobs (1/5/15-minute load average per row); end to end through "
+             "`predict_files` (decode, front ends, segments, models, combiner). x real time = seconds of "
+             "audio per second.", ""]
     if ens:
-        lines += [f"Ensemble: {len(ens['members'])} members, {ens['fold_models']} fold models "
+        after = ens.get("provenance", {}).get("commit", "the commit measured")
+        lines += [provenance_line(ens), "",
+                  f"Ensemble: {len(ens['members'])} members, {ens['fold_models']} fold models "
                   f"({', '.join(m['model'] + '/' + m['features'] for m in ens['members'])}), "
                   f"{ens['torch_threads']} torch threads, batch {ens['batch_size']}. Before = engine of "
-                  f"commit {BASELINE}; after = {result.get('commit', 'this commit')}. Interleaved rounds.", "",
+                  f"commit {BASELINE}; after = {after}. Interleaved rounds.", "",
                   "| engine | round | wall s | CPU s | x real time | load |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['engine']} | {r['round']} | {r['wall_s']} | {r.get('cpu_s', '-')} | {r['x_real_time']} | "
                   f"{r['load_avg']} |" for r in ens["runs"]]
@@ -264,7 +309,8 @@ def write_section(result: dict, speed_md: Path) -> None:
                       f"({'within' if ens['same_predictions'] else 'NOT within'} 1e-5).", ""]
     dist = result.get("distilled")
     if dist:
-        lines += [f"Distilled model ({dist['model']['name']} width {dist['model']['width']} depth "
+        lines += [provenance_line(dist), "",
+                  f"Distilled model ({dist['model']['name']} width {dist['model']['width']} depth "
                   f"{dist['model']['depth']}, {dist['features']['kind']} {dist['features']['n_mels']} mels, "
                   f"overlap {dist['inference']['overlap'] if dist['inference'] else '-'}), best of rounds:", "",
                   "| variant | threads | x real time | max abs prob diff to eager | load | note |",
@@ -305,22 +351,24 @@ def main(argv=None) -> int:
         sys.exit(f"no test clips under {args.data}/test")
     commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
                             text=True).stdout.strip()
-    result = {"benchmark": "predict", "command": " ".join(["python", *sys.argv]), "commit": commit,
-              "data": str(args.data),
-              "clips": len(paths), "audio_seconds": audio_seconds(paths),
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-              "load_avg_start": load_average()}
+    prov = {"command": " ".join(["python", *sys.argv]), "commit": commit, "data": str(args.data),
+            "clips": len(paths), "audio_seconds": audio_seconds(paths),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "when": time.strftime("%Y-%m-%d %H:%M")}
+    # top level: this invocation; each section keeps the provenance of the run that measured it
+    result = {"benchmark": "predict", **prov, "load_avg_start": load_average()}
     old = json.loads(args.out.read_text()) if args.out.exists() else {}
     if not args.skip_ensemble:
         args.work.mkdir(parents=True, exist_ok=True)
         artifact = args.artifact or build_ensemble_artifact(args.work)
         print(f"ensemble {artifact}: {len(paths)} clips", flush=True)
-        result["ensemble"] = bench_ensemble(artifact, paths, args.rounds, args.batch_size)
+        result["ensemble"] = {**bench_ensemble(artifact, paths, args.rounds, args.batch_size), "provenance": prov}
     elif "ensemble" in old:
         result["ensemble"] = old["ensemble"]  # keep the last measurement of the part not rerun
     if args.distilled:
         print(f"distilled {args.distilled}", flush=True)
-        result["distilled"] = bench_distilled(args.distilled, paths, args.rounds, args.batch_size)
+        result["distilled"] = {**bench_distilled(args.distilled, paths, args.rounds, args.batch_size),
+                               "provenance": prov}
     elif "distilled" in old:
         result["distilled"] = old["distilled"]
     result["load_avg_end"] = load_average()
