@@ -141,8 +141,8 @@ def load_run(run: Path, data: Path, feature_cache: str) -> RunData:
                   "are not the ones the run trained on; the model card's values are used", flush=True)
     check_folds(outputs, plan)
     models = {}
-    for fold in card["folds"]:
-        models[int(fold)] = load_fold_model(outputs, card, cfg, int(fold))
+    for fold in saved_model_folds(card):
+        models[fold] = load_fold_model(outputs, card, cfg, fold)
     truth = dataset.truth_for("test")
     metrics = json.loads((outputs / METRICS).read_text())
     return RunData(run=run, cfg=cfg, card=card, models=models, store=store, classes=list(plan.classes),
@@ -150,6 +150,13 @@ def load_run(run: Path, data: Path, feature_cache: str) -> RunData:
                    test_ids=list(plan.test_ids),
                    test_truth=truth_frame(truth, plan.classes) if truth is not None and len(truth) else None,
                    metrics=metrics, store_note=note)
+
+
+def saved_model_folds(card: dict) -> list[int]:
+    """The fold ids of the run's saved models: its CV folds and, with cv.refit, the model on every
+    curated clip (which joins the test mean; leaving it out made a refit run "NOT REPRODUCED")."""
+    refit = card.get("refit_fold")
+    return [int(f) for f in card["folds"]] + ([int(refit)] if refit is not None else [])
 
 
 def check_folds(outputs: Path, plan) -> None:
@@ -195,9 +202,10 @@ def score_setting(rd: RunData, overrides: dict, batch_size: int) -> dict:
     oof_ids, oof_parts, test_parts = [], [], []
     with torch.inference_mode():
         for fold, model in rd.models.items():
-            held = [c for c, f in zip(rd.curated_ids, rd.curated_fold) if f == fold]
-            oof_ids += held
-            oof_parts.append(predict_segments(model, clips_of(rd, held), **kwargs))
+            if fold != rd.card.get("refit_fold"):  # the refit model holds no clip out
+                held = [c for c, f in zip(rd.curated_ids, rd.curated_fold) if f == fold]
+                oof_ids += held
+                oof_parts.append(predict_segments(model, clips_of(rd, held), **kwargs))
             if rd.test_ids:
                 test_parts.append(predict_segments(model, clips_of(rd, rd.test_ids), **kwargs))
     seconds = time.perf_counter() - started

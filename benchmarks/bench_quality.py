@@ -461,6 +461,16 @@ def ensemble_vs_runs(frames: dict, y_test: pd.DataFrame, runs: list[str], classe
 
 
 # ----------------------------------------------------------------------------- report
+def dataset_counts(data: Path, classes: list[str]) -> str:
+    """'N curated, N noisy, N test clips, N classes', counted from the data's clip lists."""
+    def rows(name: str) -> int:
+        path = data / name
+        return len(pd.read_csv(path, usecols=[0])) if path.is_file() else 0
+
+    return (f"{rows('train_curated.csv')} curated, {rows('train_noisy.csv')} noisy, "
+            f"{rows('test_labels.csv')} test clips, {len(classes)} classes")
+
+
 def report(results: dict, data: Path, args) -> None:
     from raytag.metrics import lwlrap
 
@@ -500,10 +510,10 @@ def report(results: dict, data: Path, args) -> None:
     OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
     OUT_JSON.write_text(json.dumps(report, indent=2))
     md = ["# Tagging quality on the dev benchmark (issue 10)", "",
-          f"Data: make_fat_bench.py default build (334 curated, 666 noisy, 332 test clips, 50 classes).  ",
+          f"Data: `{data}` ({dataset_counts(data, classes)}).  ",
           f"Command: `{report['command']}`; folds trained: {args.folds}.  ",
           "CV: out-of-fold lwlrap of the trained folds' held-out curated clips. Test: the fold models' mean "
-          "on the 332 test clips (reported, never used to choose). Intervals: paired bootstrap over clips, "
+          f"on the {len(y_test)} test clips (reported, never used to choose). Intervals: paired bootstrap over clips, "
           "1000 resamples, 90%.", "",
           "| row | what | CV lwlrap | test lwlrap | test - script [90% CI] | min | load avg (before / after) |",
           "|---|---|---|---|---|---|---|"]
@@ -513,7 +523,7 @@ def report(results: dict, data: Path, args) -> None:
             f"{r['test_vs_script']['diff']:+.4f} [{r['test_vs_script']['ci90'][0]:+.3f}, "
             f"{r['test_vs_script']['ci90'][1]:+.3f}]")
         md.append(f"| {r['row']} | {r['what']} | {cv} | {r['test_lwlrap']:.4f} | {vs} | {r['minutes']:.1f} | {r['load']} |")
-    for title, pairs in (("Paired test comparisons (332 test clips)", test_pairs),
+    for title, pairs in ((f"Paired test comparisons ({len(y_test)} test clips)", test_pairs),
                          ("Paired CV comparisons (common out-of-fold clips)", cv_pairs)):
         if not pairs:
             continue

@@ -138,3 +138,8 @@ def test_a_raytag_rows_cache_key_covers_its_folds_data_and_clip_groups(tmp_path)
     groups.write_text("fname,group\nx.wav,g2\n")
     keys.add(bench.run_name("default", grouped, one))
     assert len(keys) == 5
+
+
+def test_the_reports_clip_counts_come_from_the_data(tmp_path):
+    data = _dataset(tmp_path / "one", ["x.wav", "y.wav", "z.wav"])
+    assert _bench().dataset_counts(data, CLASSES) == "3 curated, 1 noisy, 1 test clips, 2 classes"
