@@ -26,6 +26,11 @@ raytag), before and after one right after the other, one at a time:
              child, 3 of each after one untimed warm-up fit of each: start-up and wall time.
   demo       `raytag demo --out <empty folder>`: wall time of the whole command.
 
+Limits: epoch and demo take one sample of each variant and tree, the trees one after the
+other (not alternated in rounds as bench_throughput.py does), so a change in the machine's
+load between them shows up as a difference; read them with the recorded load averages, and
+use bench_throughput.py for an epoch-time comparison that needs intervals.
+
 Memory against dataset size (1x and 4x clips) is benchmarks/bench_scale.py.
 
     git archive <old commit> | tar -x -C /tmp/before
@@ -112,8 +117,8 @@ def child_epoch(args) -> dict:
     data, cache, storage = Path(args.data), Path(args.cache), Path(args.work) / "runs"
     storage.mkdir(parents=True, exist_ok=True)
     cfg1, cfg2 = bt.make_config(args.epochs, 1, 2.0), bt.make_config(args.epochs, 2, 2.0)
+    ensure_ray()  # before every variant, so all four run beside the same idle Ray processes
     runs = {"plain_1t": bt.run_plain(cfg1, data, cache, 1)}
-    ensure_ray()
     runs["ray_1w"] = bt.run_ray(cfg1, data, cache, storage, "speed-1w")
     runs["plain_2t"] = bt.run_plain(cfg1, data, cache, 2)
     runs["ray_2w"] = bt.run_ray(cfg2, data, cache, storage, "speed-2w")
