@@ -263,6 +263,16 @@ def test_resnet_without_the_stem_pool_keeps_twice_the_resolution_and_the_same_we
     assert b.shape[-2:] == (a.shape[-2] * 2, a.shape[-1] * 2)
 
 
+def test_resnet_zero_init_residual_starts_every_block_as_the_identity():
+    from raytag.models.resnet import BasicBlock
+
+    model = build_model(small_cfg("resnet18", depth=2, params={"zero_init_residual": 1}), 5, 1, N_BINS)
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    assert blocks and all(float(b.bn2.weight.detach().abs().sum()) == 0.0 for b in blocks)
+    plain = build_model(small_cfg("resnet18", depth=2), 5, 1, N_BINS)
+    assert all(float(m.bn2.weight.detach().abs().sum()) > 0 for m in plain.modules() if isinstance(m, BasicBlock))
+
+
 def test_a_saved_crnn_from_before_skip_was_the_default_still_loads_its_weights():
     """A card written before crnn's skip default changed lacks the key and was built without
     it; one written now records it, so it keeps building the same network."""
@@ -293,7 +303,8 @@ def test_unknown_name_lists_the_valid_ones():
         (ModelConfig(name="crnn", params={"lstm_hidden": "big"}), 64, "lstm_hidden: expected int"),
         (ModelConfig(name="crnn", params={"skip": 2}), 64, "skip: 0 or 1"),
         (ModelConfig(name="vgg_small", params={"dense_units": 0}), 64, "dense_units: must be > 0"),
-        (ModelConfig(name="resnet18", params={"hidden": 3}), 64, "valid keys: stem_pool"),
+        (ModelConfig(name="resnet18", params={"hidden": 3}), 64, "valid keys: stem_pool, zero_init_residual"),
+        (ModelConfig(name="resnet18", params={"zero_init_residual": 2}), 64, "zero_init_residual: 0 or 1"),
         (ModelConfig(name="resnet18", params={"stem_pool": 2}), 64, "stem_pool: 0 or 1"),
         (ModelConfig(name="resnet34", depth=5), 64, "model.depth"),
         (ModelConfig(name="cnn_1d", params={"kernel_size": 4}), 64, "must be odd"),

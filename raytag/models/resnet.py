@@ -9,7 +9,8 @@ stage widths are width * (1, 2, 4, 8). `depth` (1-4) keeps the first `depth` sta
 
 params: stem_pool (int, 1) 1: the stem's 3x3 max pooling (stride 2) as in torchvision, so the
 stem downsamples 4x; 0: left out (2x), for small spectrograms (64 mels x 128 frames end in a
-2 x 4 map with it), at about 2-3x the compute. Measured on the dev benchmark (the default's
+2 x 4 map with it), at about 2-3x the compute. zero_init_residual (int, 0) 1: each block's last
+BN scale starts at 0, so every residual block starts as the identity (torchvision's option). Measured on the dev benchmark (the default's
 resnet18 w32 member, folds 0-1): 0 scored OOF 0.645 against 1's 0.686 (-0.040 [-0.079, +0.003])
 in 2.2x the time, so 1 stays the default (results/benchmarks/quality.md, twenty-fifth session).
 """
@@ -49,9 +50,11 @@ class BasicBlock(nn.Module):
 class ResNet(Tagger):
     def __init__(self, layers: tuple[int, ...], cfg: ModelConfig, n_classes: int, in_channels: int, n_bins: int):
         super().__init__(in_channels, n_bins, n_classes)
-        p = family_params(cfg, {"stem_pool": 1}, may_be_zero=("stem_pool",))
-        if p["stem_pool"] not in (0, 1):
-            raise ModelConfigError(f"model.params.stem_pool: 0 or 1, got {p['stem_pool']!r} (model {cfg.name!r})")
+        p = family_params(cfg, {"stem_pool": 1, "zero_init_residual": 0},
+                          may_be_zero=("stem_pool", "zero_init_residual"))
+        for key in ("stem_pool", "zero_init_residual"):
+            if p[key] not in (0, 1):
+                raise ModelConfigError(f"model.params.{key}: 0 or 1, got {p[key]!r} (model {cfg.name!r})")
         if cfg.depth > len(layers):
             raise ModelConfigError(
                 f"model.depth: {cfg.name} has {len(layers)} stages, got depth={cfg.depth} (use 1-{len(layers)})"
@@ -73,9 +76,9 @@ class ResNet(Tagger):
         self.stages = nn.Sequential(*stages)
         self.embed_dim = c_in
         self.classifier = linear_classifier(c_in, n_classes, cfg.dropout)
-        self._init_weights()
+        self._init_weights(zero_init_residual=bool(p["zero_init_residual"]))
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, zero_init_residual: bool = False) -> None:
         # torchvision's initialisation, so a width-64 net trains like the reference.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -83,6 +86,10 @@ class ResNet(Tagger):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if zero_init_residual:  # each block starts as the identity (Goyal et al. 2017; torchvision's option)
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return freq_mean_time_meanmax(self.stages(self.stem(x)))
