@@ -10,7 +10,9 @@ stage widths are width * (1, 2, 4, 8). `depth` (1-4) keeps the first `depth` sta
 params: stem_pool (int, 1) 1: the stem's 3x3 max pooling (stride 2) as in torchvision, so the
 stem downsamples 4x; 0: left out (2x), for small spectrograms (64 mels x 128 frames end in a
 2 x 4 map with it), at about 2-3x the compute. zero_init_residual (int, 0) 1: each block's last
-BN scale starts at 0, so every residual block starts as the identity (torchvision's option). Measured on the dev benchmark (the default's
+BN scale starts at 0, so every residual block starts as the identity (torchvision's option). On
+the dev benchmark (the default's resnet18 member, folds 0-1) it scored OOF 0.670 against 0.686,
+so 0 stays the default (quality.md, twenty-fifth session). Measured on the dev benchmark (the default's
 resnet18 w32 member, folds 0-1): 0 scored OOF 0.645 against 1's 0.686 (-0.040 [-0.079, +0.003])
 in 2.2x the time, so 1 stays the default (results/benchmarks/quality.md, twenty-fifth session).
 """
