@@ -3,20 +3,11 @@
 teacher. The key is now the artifact's full resolved path."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
+from bench_util import load_benchmark
 
 
 def _bench():
-    if "bench_distill" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_distill", REPO / "benchmarks" / "bench_distill.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["bench_distill"]
+    return load_benchmark("bench_distill")
 
 
 def test_two_teachers_of_one_name_in_different_storages_get_different_keys(tmp_path):

@@ -5,10 +5,8 @@ outputs/ with its metrics.json. The script must rebuild the folds, load the fold
 reproduce those metrics with the run's own setting and score the other settings."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +23,11 @@ from raytag.training.inference import iter_store_clips, predict_segments
 from raytag.training.outputs import OUTPUTS_DIR, write_metrics, write_outputs
 from raytag.training.plan import build_plan
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_util import load_benchmark
 
 
 def _bench():
-    """The script as a module (registered first: its dataclass looks itself up there)."""
-    if "bench_inference" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_inference", REPO / "benchmarks" / "bench_inference.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["bench_inference"]
+    return load_benchmark("bench_inference")
 
 
 CFG = Config.from_dict({

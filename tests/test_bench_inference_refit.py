@@ -2,20 +2,11 @@
 mean (which includes the model on every curated clip) was reported "NOT REPRODUCED"."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
+from bench_util import load_benchmark
 
 
 def _bench():
-    if "bench_inference" not in sys.modules:  # registered first: its dataclass looks itself up there
-        spec = importlib.util.spec_from_file_location("bench_inference", REPO / "benchmarks" / "bench_inference.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["bench_inference"]
+    return load_benchmark("bench_inference")
 
 
 def test_a_refit_runs_model_on_every_clip_is_loaded_beside_its_fold_models():

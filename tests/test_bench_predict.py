@@ -5,20 +5,11 @@ section of the report keeps the provenance of the run that measured it (a rerun 
 gave the carried-over part its own command and commit)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
+from bench_util import load_benchmark
 
 
 def _bench():
-    if "bench_predict" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_predict", REPO / "benchmarks" / "bench_predict.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["bench_predict"]
+    return load_benchmark("bench_predict")
 
 
 def test_variants_alternate_within_each_round_and_the_fastest_is_kept():

@@ -6,25 +6,19 @@ and a members run's test predictions (combined over all its folds, fold -1) were
 "(folds 0,1)" against a sweep of two folds."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_util import load_benchmark
+
 CLASSES = ["a", "b"]
 
 
 def _bench():
-    if "bench_quality" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_quality", REPO / "benchmarks" / "bench_quality.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["bench_quality"]
+    return load_benchmark("bench_quality")
 
 
 def _dataset(root: Path, curated: list[str]) -> Path:
