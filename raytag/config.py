@@ -657,31 +657,32 @@ def _check_model_takes_features(cfg: "Config") -> None:
                           f"(not {cfg.features.kind})")
 
 
-def _check_open_ranges(obj, path):
-    for (cls_name, name), (low, high) in _OPEN_RANGES.items():
-        value = getattr(obj, name) if type(obj).__name__ == cls_name else None
-        if value is None:  # another class, or an optional setting left to its default
-            continue
-        where = f"{path}.{name}" if path else name
+def _out_of_range(value, low, high, exclusive: bool) -> Optional[str]:
+    """What is wrong with `value` for the bounds (low, high), None = open; None if nothing."""
+    if exclusive:
         if low is not None and not value > low:
-            raise ConfigError(f"{where}: {value} must be above {low}")
+            return f"{value} must be above {low}"
         if high is not None and not value < high:
-            raise ConfigError(f"{where}: {value} must be below {high}")
+            return f"{value} must be below {high}"
+    else:
+        if low is not None and value < low:
+            return f"{value} is below the minimum {low}"
+        if high is not None and value > high:
+            return f"{value} is above the maximum {high}"
+    return None
 
 
 def _check_ranges(obj, path):
-    for (cls_name, name), (low, high) in _RANGES.items():
-        if type(obj).__name__ != cls_name:
-            continue
-        value = getattr(obj, name)
-        if value is None:  # an optional setting left to its default
-            continue
-        where = f"{path}.{name}" if path else name
-        if low is not None and value < low:
-            raise ConfigError(f"{where}: {value} is below the minimum {low}")
-        if high is not None and value > high:
-            raise ConfigError(f"{where}: {value} is above the maximum {high}")
-    _check_open_ranges(obj, path)
+    for table, exclusive in ((_RANGES, False), (_OPEN_RANGES, True)):
+        for (cls_name, name), (low, high) in table.items():
+            if type(obj).__name__ != cls_name:
+                continue
+            value = getattr(obj, name)
+            if value is None:  # an optional setting left to its default
+                continue
+            problem = _out_of_range(value, low, high, exclusive)
+            if problem:
+                raise ConfigError(f"{path}.{name}: {problem}" if path else f"{name}: {problem}")
     if (isinstance(obj, TrainConfig) and obj.use_gpu and obj.num_workers > 1 and obj.gpus_per_worker < 1
             and obj.ddp_backend != "gloo"):
         raise ConfigError(
