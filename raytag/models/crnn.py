@@ -23,7 +23,7 @@ from torch import nn
 from raytag.config import ModelConfig
 from raytag.models.cnn2d import conv_stack
 from raytag.models.common import Tagger, block_widths, linear_classifier, time_meanmax
-from raytag.models.registry import ModelConfigError, family_params, register
+from raytag.models.registry import family_params, register
 
 
 class CRNN(Tagger):
@@ -31,7 +31,7 @@ class CRNN(Tagger):
         super().__init__(in_channels, n_bins, n_classes)
         p = family_params(
             cfg, {"lstm_hidden": 128, "lstm_layers": 1, "time_pool_blocks": 99, "skip": 1},
-            may_be_zero=("time_pool_blocks", "skip"),
+            may_be_zero=("time_pool_blocks", "skip"), switches=("skip",),
         )
         widths = block_widths(cfg.width, cfg.depth)
         self.backbone = conv_stack(in_channels, widths, p["time_pool_blocks"])
@@ -43,8 +43,6 @@ class CRNN(Tagger):
             bidirectional=True,
             dropout=cfg.dropout if p["lstm_layers"] > 1 else 0.0,
         )
-        if p["skip"] not in (0, 1):
-            raise ModelConfigError(f"model.params.skip: 0 or 1, got {p['skip']!r} (model 'crnn')")
         self.skip = bool(p["skip"])
         self.embed_dim = 2 * p["lstm_hidden"] + (widths[-1] if self.skip else 0)
         self.classifier = linear_classifier(self.embed_dim, n_classes, cfg.dropout)

@@ -92,11 +92,13 @@ def _check_sizes(cfg: ModelConfig, n_classes: int, in_channels: int, n_bins: int
         raise ModelConfigError(f"model.dropout: must be in [0, 1), got {cfg.dropout}")
 
 
-def family_params(cfg: ModelConfig, defaults: dict, may_be_zero: tuple[str, ...] = ()) -> dict:
+def family_params(cfg: ModelConfig, defaults: dict, may_be_zero: tuple[str, ...] = (),
+                  switches: tuple[str, ...] = ()) -> dict:
     """`cfg.params` merged over a family's defaults; unknown keys and wrong types are errors.
 
     A typo in `model.params` would otherwise be silently ignored and a search would
-    spend compute on a setting that never reached the model.
+    spend compute on a setting that never reached the model. `switches` are int settings
+    that take 0 or 1 only (YAML and --set give 0/1, which a bool type would refuse).
     """
     unknown = sorted(set(cfg.params) - set(defaults))
     if unknown:
@@ -119,5 +121,7 @@ def family_params(cfg: ModelConfig, defaults: dict, may_be_zero: tuple[str, ...]
         if want in (int, float) and not low_ok:
             bound = ">= 0" if key in may_be_zero else "> 0"
             raise ModelConfigError(f"model.params.{key}: must be {bound}, got {value!r}")
+        if key in switches and value not in (0, 1):
+            raise ModelConfigError(f"model.params.{key}: 0 or 1, got {value!r} (model {cfg.name!r})")
         out[key] = value
     return out

@@ -52,11 +52,8 @@ class BasicBlock(nn.Module):
 class ResNet(Tagger):
     def __init__(self, layers: tuple[int, ...], cfg: ModelConfig, n_classes: int, in_channels: int, n_bins: int):
         super().__init__(in_channels, n_bins, n_classes)
-        p = family_params(cfg, {"stem_pool": 1, "zero_init_residual": 0},
-                          may_be_zero=("stem_pool", "zero_init_residual"))
-        for key in ("stem_pool", "zero_init_residual"):
-            if p[key] not in (0, 1):
-                raise ModelConfigError(f"model.params.{key}: 0 or 1, got {p[key]!r} (model {cfg.name!r})")
+        switches = ("stem_pool", "zero_init_residual")
+        p = family_params(cfg, {"stem_pool": 1, "zero_init_residual": 0}, may_be_zero=switches, switches=switches)
         if cfg.depth > len(layers):
             raise ModelConfigError(
                 f"model.depth: {cfg.name} has {len(layers)} stages, got depth={cfg.depth} (use 1-{len(layers)})"
