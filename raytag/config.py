@@ -149,6 +149,18 @@ class InputNormConfig:
     scale: float = 20.0  # fixed only
 
 
+@dataclass
+class NoisyTeacherConfig:
+    """A finished run teaches the noisy clips' targets (raytag.ensemble.noisy_teacher): fold k's
+    model trains each noisy clip towards label_weight x its given labels + the rest x the
+    prediction of the teacher's fold-k models, which never saw fold k's curated clips, so CV
+    stays honest. The teacher must have the run's folds (same cv settings and curated clips)."""
+
+    # a `raytag train` run or sweep folder (its artifact), or an artifact folder; None: off
+    artifact: Optional[str] = None
+    label_weight: float = 0.5  # the given (noisy) labels' share of each noisy clip's target
+
+
 # train.precision's values (raytag.training.precision reads them from here)
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -169,6 +181,7 @@ class TrainConfig:
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     augment: WaveAugmentConfig = field(default_factory=WaveAugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    noisy_teacher: NoisyTeacherConfig = field(default_factory=NoisyTeacherConfig)
     # Ray Train scaling: one worker group runs every stage of a pipeline.
     num_workers: int = 2
     use_gpu: bool = False
@@ -611,6 +624,7 @@ _RANGES = {
     ("LossConfig", "lsoft_beta"): (0.0, 1.0),
     ("LossConfig", "noisy_keep"): (0.05, 1.0),
     ("LossConfig", "noisy_keep_ramp"): (0, None),
+    ("NoisyTeacherConfig", "label_weight"): (0.0, 1.0),
     # in_process runs range(max_failures + 1) attempts (-1: none at all); Ray Train reads -1 as unlimited
     ("TrainConfig", "max_failures"): (0, None),
     # sklearn's LabelSpreading / PCA limits, checked here so a run does not fail after fold 0 trained

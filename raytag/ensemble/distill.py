@@ -382,6 +382,7 @@ def student_config(template: Member, s: StudentSettings) -> Config:
     model.update({k: v for k, v in (("width", s.width), ("depth", s.depth)) if v is not None})
     train = recipe.get("train", {})
     train.update(crop_seconds=crop, batch_size=s.batch_size, num_workers=1)
+    train.pop("noisy_teacher", None)  # the student's targets are the distillation's own
     if s.label_weight == 0:  # the teacher's targets alone: every clip alike
         train["loss"] = {"name": "bce", "noisy_loss": "same", "noisy_weight": 1.0}
     if s.lr is not None:

@@ -143,21 +143,33 @@ def predict_files(artifact, paths: Sequence, batch_size: int = 32, progress: boo
                   device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(probs, failures): probs is indexed by file (str) with one column per class, in the
     order of `paths` minus the failures; failures has columns file, reason."""
+    (probs,), failures = predict_files_each([artifact], paths, batch_size, progress, device)
+    return probs, failures
+
+
+def predict_files_each(artifacts: Sequence, paths: Sequence, batch_size: int = 32, progress: bool = False,
+                       device: str = "cpu") -> tuple[list[pd.DataFrame], pd.DataFrame]:
+    """`predict_files` for several artifacts over the same files, each file decoded and
+    featurised once for all of them (e.g. one artifact per fold: raytag.ensemble.noisy_teacher).
+    Returns ([probs of each artifact], failures)."""
     frontends: dict[str, _FrontEnd] = {}
-    runners = []
-    for m in artifact.members:
-        cfg = m.feature_config
-        key = cfg.cache_key()  # every setting that changes the features
-        if key not in frontends:
-            frontends[key] = _FrontEnd(cfg, device)
-        runners.append(_MemberRunner(m, key, batch_size, device))
+    runners: list[list[_MemberRunner]] = []
+    for artifact in artifacts:
+        runners.append([])
+        for m in artifact.members:
+            cfg = m.feature_config
+            key = cfg.cache_key()  # every setting that changes the features
+            if key not in frontends:
+                frontends[key] = _FrontEnd(cfg, device)
+            runners[-1].append(_MemberRunner(m, key, batch_size, device))
     # each file is decoded once per rate, long enough for the longest frame at that rate
     # (the feature store's rule: one frame)
     need: dict[int, int] = {}
     for fe in frontends.values():
         rate = fe.cfg.sample_rate
         need[rate] = max(need.get(rate, 0), min_samples(fe.cfg))
-    names, rows, failures = [], [], []
+    names, failures = [], []
+    rows: list[list[np.ndarray]] = [[] for _ in artifacts]
     paths = [str(p) for p in paths]
     bar = progress_bar(progress)
     with bar:
@@ -175,12 +187,15 @@ def predict_files(artifact, paths: Sequence, batch_size: int = 32, progress: boo
                 for key, x in per_frontend.items():
                     feats[key].append(x)
             if ok:
-                rows.append(artifact.combine([r.predict(feats[r.frontend]) for r in runners]))
+                for out, artifact, members in zip(rows, artifacts, runners):
+                    out.append(artifact.combine([r.predict(feats[r.frontend]) for r in members]))
                 names.extend(ok)
             bar.update(task, advance=len(chunk))
-    probs = np.concatenate(rows) if rows else np.zeros((0, len(artifact.classes)), dtype=np.float32)
-    probs_df = pd.DataFrame(probs, index=pd.Index(names, name="file"), columns=list(artifact.classes))
-    return probs_df, pd.DataFrame(failures, columns=["file", "reason"])
+    index = pd.Index(names, name="file")
+    probs = [pd.DataFrame(np.concatenate(out) if out else np.zeros((0, len(a.classes)), dtype=np.float32),
+                          index=index, columns=list(a.classes))
+             for out, a in zip(rows, artifacts)]
+    return probs, pd.DataFrame(failures, columns=["file", "reason"])
 
 
 def progress_bar(enabled: bool):

@@ -46,6 +46,10 @@ class Plan:
     # cv.noisy_folds: the fold of each noisy clip (aligned with noisy_ids), which that fold's
     # model does not train on and predicts; None: every fold trains on every noisy clip
     noisy_fold: Optional[np.ndarray] = None
+    # train.noisy_teacher: {model fold: (noisy clips, classes) float32 targets} aligned with
+    # noisy_ids, the given labels blended with the teacher's fold models' predictions
+    # (raytag.ensemble.noisy_teacher); None: the given labels
+    noisy_targets: Optional[dict] = None
 
     @property
     def config(self) -> Config:

@@ -204,10 +204,15 @@ class _Context:
             return [] if held_out else list(self.plan.noisy_ids)
         return [c for c, f in zip(self.plan.noisy_ids, split) if (f == fold) == held_out]
 
-    def noisy(self, ids: list[str], targets: np.ndarray | None = None) -> LabelledSet:
+    def noisy(self, ids: list[str], targets: np.ndarray | None = None, fold: int | None = None) -> LabelledSet:
+        """Noisy clips with `targets`, else the targets fold `fold`'s model learns them by: the
+        given labels, or with train.noisy_teacher those blended with the teacher's (the
+        warm-up, fold None, has no teacher fold: given labels)."""
         if targets is None:
             rows = [self.noisy_index[c] for c in ids]
-            targets = self.plan.noisy_y[rows] if rows else np.zeros((0, self.plan.n_classes), np.float32)
+            by_fold = self.plan.noisy_targets or {}
+            source = by_fold[fold] if fold in by_fold else self.plan.noisy_y
+            targets = source[rows] if rows else np.zeros((0, self.plan.n_classes), np.float32)
         return LabelledSet(list(ids), targets, np.ones(len(ids), bool))
 
     def training_set(self, step: Step) -> LabelledSet:
@@ -219,11 +224,11 @@ class _Context:
             extra = {"none": [], "subset": self.plan.noisy_subset, "all": self.plan.noisy_ids}[p.finetune.noisy]
             allowed = set(self.noisy_ids(step.fold))  # cv.noisy_folds: not the fold's held-out ones
             extra = [c for c in extra if c in allowed]
-            return base.concat(self.noisy(extra)) if extra else base
+            return base.concat(self.noisy(extra, fold=step.fold)) if extra else base
         # stage 2: curated + accepted noisy (given labels) + this round's pseudo-labelled clips
         decision = self.state.load_json(f"filter/fold{step.fold}.json")
         accepted = decision["accepted"] if decision else []
-        data = base.concat(self.noisy(accepted)) if accepted else base
+        data = base.concat(self.noisy(accepted, fold=step.fold)) if accepted else base
         pseudo = self.state.load_preds(f"pseudo/fold{step.fold}_r{step.round}")
         taken = set()
         if pseudo is not None and len(pseudo[0]):

@@ -99,6 +99,10 @@ def fit_pipeline(
     check_run_models(cfg)  # likewise a model setting
     # the store first: before Ray runs in this process, its build may fork worker processes
     dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
+    if cfg.train.noisy_teacher.artifact:
+        from raytag.ensemble.noisy_teacher import noisy_teacher_targets  # the ensemble package imports this one
+
+        plan.noisy_targets = noisy_teacher_targets(cfg, plan, dataset, plan.feature_cache, progress=progress)
     cfg = check_run_settings(run_dir, cfg, plan)  # a rerun of the name resumes only the same run, on the same clips
     ensure_ray()
 

@@ -1,0 +1,150 @@
+"""`train.noisy_teacher`: a finished run's models teach the noisy clips' targets, fold by fold.
+
+Fold k's model trains each noisy clip towards `label_weight` x its given labels + the rest x
+the teacher's prediction of that clip from the teacher's own fold-k models (each member's
+fold-k model, combined as the teacher's artifact combines; a rank mean as the plain mean,
+`probability_teacher`). Those models trained on the same curated clips as fold k's model and
+never on fold k's held-out ones, so the held-out score stays out of sample. A teacher whose
+folds differ from the run's (another cv.seed, n_folds, clip groups or curated set) would leak
+the held-out labels through the targets, and is refused.
+
+This is the FAT2019 winners' second round, an ensemble's predictions as the noisy set's
+labels, and Noisy Student's next generation (Xie et al. 2020) with the labels kept in the mix.
+The teacher's fold models run on the noisy clips once: the predictions are cached in the
+feature cache (`noisy_teachers/<key>.npz`), keyed by the teacher's manifest, the dataset and
+the folds, so every member of a `raytag train` run, and a rerun, reuse them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from raytag import storage
+from raytag.config import Config
+from raytag.ensemble.artifact import MANIFEST, Artifact, experiment_artifact, load_artifact
+from raytag.ensemble.tagging import predict_files_each
+from raytag.errors import RaytagError
+from raytag.training.outputs import OOF_PREDICTIONS, read_predictions
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR = "noisy_teachers"
+
+
+def teacher_artifact_path(ref: str) -> str:
+    """The artifact `ref` names: an artifact folder itself, or a run's or sweep's folder (its
+    ensemble, else its own artifact, as `raytag distill` and `predict` take them)."""
+    if storage.exists(storage.join(ref, MANIFEST)):
+        return ref
+    if not storage.is_dir(ref):
+        raise RaytagError(f"train.noisy_teacher.artifact: {ref}: no such folder; give a finished `raytag train` "
+                          "run's folder (<storage>/<name>), a sweep's, or an artifact folder")
+    path = experiment_artifact(ref)
+    if path is None:
+        raise RaytagError(f"train.noisy_teacher.artifact: {ref} holds no artifact (no finished `raytag train` "
+                          "run or `raytag ensemble` there)")
+    return path
+
+
+def fold_of_file(rel: str) -> int:
+    """fold3.safetensors -> 3."""
+    return int(Path(rel).name.removeprefix("fold").split(".")[0])
+
+
+def teacher_fold_ids(art: Artifact) -> dict[str, dict[int, int]]:
+    """Each member's {fold id: index of its model in member.models}."""
+    return {m.name: {fold_of_file(rel): i for i, rel in enumerate(m.settings["folds"])} for m in art.members}
+
+
+def check_teacher_folds(art: Artifact, plan) -> None:
+    """Refuse a teacher whose fold models do not hold out exactly the run's folds: each
+    member's out-of-fold predictions (its trial's oof.parquet) must put every curated clip of
+    each of the run's folds in that fold, and no other clip."""
+    if list(art.classes) != list(plan.classes):
+        raise RaytagError(f"train.noisy_teacher: {art.path} tags other classes than this dataset's; a teacher "
+                          "must be a run on the same dataset")
+    run_folds = {f: set(c for c, k in zip(plan.curated_ids, plan.curated_fold) if k == f) for f in plan.folds}
+    for member in art.members:
+        have = teacher_fold_ids(art)[member.name]
+        missing = [f for f in plan.folds if f not in have]
+        if missing:
+            raise RaytagError(f"train.noisy_teacher: member {member.name} of {art.path} has no model of fold(s) "
+                              f"{missing}; the teacher must have trained every fold this run trains")
+        source = member.settings.get("source")
+        oof_path = storage.join(source, OOF_PREDICTIONS) if source else None
+        if not oof_path or not storage.exists(oof_path):
+            raise RaytagError(f"train.noisy_teacher: member {member.name}'s out-of-fold predictions ({oof_path}) "
+                              "are not there, so its folds cannot be checked against this run's; use the "
+                              "teacher where its run's outputs are")
+        oof, _ = read_predictions(oof_path)
+        for fold, clips in run_folds.items():
+            theirs = set(oof.loc[oof["fold"] == fold, "clip_id"].astype(str))
+            if theirs != clips:
+                raise RaytagError(
+                    f"train.noisy_teacher: {member.name}'s fold {fold} held out {len(theirs)} curated clips, this "
+                    f"run's fold {fold} holds {len(clips)} ({len(theirs ^ clips)} differ): its fold-{fold} model "
+                    "trained on clips this run scores, which would leak their labels into the targets. Train "
+                    "the teacher with the same cv settings (n_folds, seed, clip_groups) on the same dataset")
+
+
+def fold_teachers(art: Artifact, folds: list[int]) -> list[Artifact]:
+    """One artifact per fold: each member reduced to its model of that fold. A fold the
+    teacher has no model of (cv.refit's model, on every curated clip: any teacher is out of
+    sample for it, as it has no held-out clips) is taught by all the teacher's models."""
+    index = teacher_fold_ids(art)
+
+    def models(m, f):
+        return [m.models[index[m.name][f]]] if f in index[m.name] else list(m.models)
+
+    return [dataclasses.replace(art, members=[dataclasses.replace(m, models=models(m, f)) for m in art.members])
+            for f in folds]
+
+
+def cache_key(art: Artifact, folds: list[int], noisy_ids: list[str], paths: list[str]) -> str:
+    digest = hashlib.sha256(storage.sha256_file(storage.join(art.path, MANIFEST)).encode())
+    digest.update(repr((art.combiner, art.weights, folds, noisy_ids, paths)).encode())
+    return digest.hexdigest()[:20]
+
+
+def noisy_teacher_targets(cfg: Config, plan, dataset, cache_root: str,
+                          progress: bool = False) -> dict[int, np.ndarray]:
+    """{model fold: (noisy clips, classes) float32 targets}, aligned with plan.noisy_ids: the
+    given labels and the teacher's fold predictions blended by label_weight."""
+    from raytag.ensemble.distill import probability_teacher  # distill imports the training engine
+
+    setting = cfg.train.noisy_teacher
+    art = probability_teacher(load_artifact(teacher_artifact_path(setting.artifact)))
+    check_teacher_folds(art, plan)
+    path_of = dict(zip(dataset.clips["clip_id"], dataset.clips["path"].astype(str)))
+    paths = [path_of[c] for c in plan.noisy_ids]
+    predictions = _cached_predictions(art, list(plan.model_folds), list(plan.noisy_ids), paths, cache_root, progress)
+    w = float(setting.label_weight)
+    return {f: (w * plan.noisy_y + (1 - w) * p).astype(np.float32) for f, p in predictions.items()}
+
+
+def _cached_predictions(art: Artifact, folds: list[int], noisy_ids: list[str], paths: list[str], cache_root: str,
+                        progress: bool) -> dict[int, np.ndarray]:
+    path = Path(cache_root) / CACHE_DIR / f"{cache_key(art, folds, noisy_ids, paths)}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as cached:
+                return {f: cached[f"fold{f}"] for f in folds}
+        except (OSError, ValueError, KeyError) as err:  # cut short by a kill: made again
+            log.warning("%s: unreadable (%s); the teacher's predictions are made again", path, err)
+    log.info("noisy teacher %s: %d fold(s) x %d member(s) on %d noisy clips", art.path, len(folds),
+             len(art.members), len(paths))
+    probs, failures = predict_files_each(fold_teachers(art, folds), paths, progress=progress)
+    if len(failures):  # the store decoded these clips, so the same decoder should too
+        first = failures.iloc[0]
+        raise RaytagError(f"train.noisy_teacher: {len(failures)} noisy clip(s) the feature store took could not be "
+                          f"tagged by the teacher, e.g. {first['file']}: {first['reason']}")
+    out = {f: p.loc[paths].to_numpy(np.float32) for f, p in zip(folds, probs)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp.npz")
+    np.savez(partial, **{f"fold{f}": v for f, v in out.items()})
+    partial.replace(path)  # whole or not at all
+    return out
