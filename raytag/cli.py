@@ -79,7 +79,7 @@ def main(
 def demo(
     out: Path = typer.Option(Path("results"), help="Folder for the demo's data cache and results."),
     tiny: bool = typer.Option(False, help="A much smaller run (used by the tests)."),
-    samples: Optional[int] = typer.Option(None, help="Trials in the demo sweep (default: from search_spaces/demo.yaml)."),
+    samples: Optional[int] = typer.Option(None, help="Trials in a new demo sweep (default: from search_spaces/demo.yaml). A rerun resumes the sweep under --out with its first count: give a fresh --out (or delete results/demo) to change it."),
 ):
     """Make the built-in demo dataset and run the whole job on it: features, a small
     search of the multi-stage pipeline, the ensemble, and tagging with the artifact."""
@@ -181,21 +181,23 @@ def ensemble(
     from raytag import storage as files
 
     _run(ensemble_command, experiment=experiment, storage=storage, top=top, min_cv=min_cv, also=with_)
-    _html_report(files.join(files.absolute(storage), experiment))
+    exp_dir = files.join(files.absolute(storage), experiment)
+    if files.exists(files.join(exp_dir, "leaderboard.csv")):  # a sweep; a train run has no report page
+        _html_report(exp_dir)
 
 
 @app.command()
 def distill(
     experiment: str = typer.Argument(..., help="A sweep with an ensemble (`raytag ensemble`) or a `raytag train` run: its name, a folder under --storage."),
-    storage: str = typer.Option("results", help=STORAGE_HELP),
+    storage: str = typer.Option("results", help="Where the experiment is: a local folder (distill writes its outputs beside it; a URI is refused)."),
     data: Optional[str] = typer.Option(None, help="The dataset the sweep ran on (default: the one in its sweep.json; a train run needs it)."),
     model: Optional[str] = typer.Option(None, help="The student's architecture (a model name, as in search spaces; default: that of the teacher's member with the best out-of-fold lwlrap, whose recipe it takes)."),
-    width: Optional[int] = typer.Option(None, help="The student's width (channels of its first block; default: that member's)."),
-    depth: Optional[int] = typer.Option(None, help="The student's depth (blocks; default: that member's)."),
+    width: Optional[int] = typer.Option(None, help="The student's width (channels of its first block; default: that member's, or 32 with a --model no member has)."),
+    depth: Optional[int] = typer.Option(None, help="The student's depth (blocks; default: that member's, or 4 with a --model no member has)."),
     epochs: int = typer.Option(30, help="Training epochs over every training clip."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: that member's; its optimizer and schedule)."),
     batch_size: int = typer.Option(32, help="Clips per training batch."),
-    overlap: Optional[float] = typer.Option(None, help="Segment overlap when tagging (default: the ensemble's); 0 is fastest."),
+    overlap: Optional[float] = typer.Option(None, help="Segment overlap when tagging (default: that of the member the student is made like, see --model); 0 is fastest."),
     feature_cache: Optional[str] = typer.Option(None, help="Feature cache folder (default: where train and tune build it: $RAYTAG_CACHE, else ~/.cache/raytag/features; `raytag demo` builds in results/features)."),
     seed: int = typer.Option(0, help="Seed of the student's initialisation and batches."),
     label_weight: float = typer.Option(0.5, help="Each clip's target: this share of its given labels, the rest the teacher's soft prediction (0: the teacher's alone)."),

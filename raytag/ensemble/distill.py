@@ -464,6 +464,7 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     say = say or (lambda *a, **k: None)
     settings.check()
     experiment_dir = str(experiment_dir)
+    _local(experiment_dir)  # every output is written locally: refuse a URI before any work
     artifact_path = experiment_artifact(experiment_dir)
     if artifact_path is None:
         raise RaytagError(f"{experiment_dir}: no artifact to distil; run `raytag ensemble` for a sweep, or "
