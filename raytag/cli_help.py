@@ -7,7 +7,7 @@ description can break mid-sentence. Here, once, at start-up:
 
 - options show a click-style value name (TEXT, INTEGER, FLOAT, PATH, or the option's own
   `metavar`), flags show none; arguments appear in upper case (ARTIFACT, INPUTS...) in
-  the usage line and the table, with no type label;
+  the usage line (the Arguments table keeps Typer's lower-case name), with no type label;
 - each command's help is re-flowed: lines joined within a paragraph, paragraphs kept.
 
 If a later Typer drops the hooks used here, help falls back to Typer's own look (the

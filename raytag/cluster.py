@@ -9,7 +9,7 @@ every node). `check_storage` refuses anything else before any compute is spent.
 Data on a cluster (the one way raytag supports): the dataset folder lives at a URI
 (s3://, gs://, file://) and each node copies it once into a node-local cache with
 `materialize_data`; each node then builds its own feature store from that local copy
-(feature stores are memory-mapped, so they must be on a local disk anyway). A plain local
+(feature stores are read with os.pread, so they must be on a local disk anyway). A plain local
 path is used in place, which is right on one machine or on a shared filesystem.
 
 `LocalCluster`, a real multi-node cluster on loopback for tests, is in raytag.testing.

@@ -123,7 +123,7 @@ def _summary(sweep, ens, best, clip, top3, seconds, out, data) -> dict:
     console.print(table)
     if n_members == 1:  # ASHA stopped the others: the "ensemble" is that one trial
         console.print("(one trial finished its pipeline, the others were stopped early by the scheduler, "
-                      "so the ensemble is that trial; a longer sweep gives it more: --samples)")
+                      "so the ensemble is that trial; a longer sweep gives it more: --samples N with a fresh --out)")
 
     console.print(f"tagged {clip.name}: " + ", ".join(f"{c} {p:.2f}" for c, p in top3.items()))
     skipped = Path(best["outputs_dir"]) / SKIPPED
