@@ -38,22 +38,67 @@ def build_optimizer(cfg, model, step: Step, steps_per_epoch: int):
     return opt, sched
 
 
+def _schedule_length(x: dict) -> int:
+    """The number of optimizer steps of a schedule (its state_dict, or vars() of one)."""
+    return int(x["total_steps"] if "total_steps" in x else x["T_max"])
+
+
 def load_schedule(scheduler, saved: dict) -> None:
     """Continue a checkpoint's learning-rate schedule. A resume with another number of
     workers (train.num_workers may change between attempts) has another number of steps per
     epoch, so the saved schedule's length differs from the new one's: it then goes on at the
     same fraction of its length (checkpoints fall on epoch boundaries, so that is the same
     epoch), where loading the old state would overrun OneCycleLR's total or stop annealing short."""
-    def length(x) -> int:
-        return int(x["total_steps"] if "total_steps" in x else x["T_max"])
-
-    new_length = length(vars(scheduler))
-    if length(saved) == new_length:
+    new_length = _schedule_length(vars(scheduler))
+    if _schedule_length(saved) == new_length:
         scheduler.load_state_dict(saved)
         return
-    scheduler.last_epoch = round(int(saved["last_epoch"]) * new_length / length(saved))
+    scheduler.last_epoch = round(int(saved["last_epoch"]) * new_length / _schedule_length(saved))
     scheduler._step_count = scheduler.last_epoch + 1  # as step() keeps it (torch warns on 0)
     # the optimizer's learning rate, loaded from the same checkpoint, is already this fraction's
+
+
+_MOMENTUM_KEYS = ("betas", "momentum")  # what OneCycleLR's cycle_momentum moves
+
+
+def resume_optimizer(optimizer, scheduler, saved: dict, saved_schedule: dict | None, done: float) -> None:
+    """Continue a checkpoint's optimizer, and its schedule, in the middle of a step; `done` is
+    the share of the step's epochs trained. A resume with another number of workers has
+    another number of optimizer steps, so it can cross build_optimizer's 4-step threshold for
+    OneCycleLR either way:
+
+    - saved without a schedule (too few steps then), built with one now: the checkpoint's
+      param groups lack the keys OneCycleLR keeps in them (initial_lr, max_lr, min_lr, the
+      momentum bounds), and its first step() raised KeyError 'initial_lr'. The fresh groups'
+      keys are put back, and the schedule starts at `done` of its length, with its learning
+      rate (and momentum) there, as a run with these workers had all along;
+    - saved with a schedule, built without one now: the constant learning rate (and
+      momentum) of the fresh optimizer, not the cycle's value where the checkpoint fell.
+
+    Otherwise as before: the optimizer's state, and the schedule through load_schedule."""
+    fresh = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    if scheduler is None:
+        if saved_schedule:
+            for group, new in zip(optimizer.param_groups, fresh):
+                for key in ("lr", *_MOMENTUM_KEYS):
+                    if key in new:
+                        group[key] = new[key]
+        return
+    for group, new in zip(optimizer.param_groups, fresh):
+        for key, value in new.items():
+            group.setdefault(key, value)
+    if saved_schedule:
+        load_schedule(scheduler, saved_schedule)
+        return
+    # no schedule saved: step it once from just before `done` of its length, so that its
+    # learning rate (and OneCycleLR's momentum) are set for there (OneCycleLR's get_lr is in
+    # closed form); _step_count as step() keeps it, so it sees no first call before optimizer.step()
+    at = round(done * _schedule_length(vars(scheduler)))
+    if at > 0:
+        scheduler.last_epoch = at - 1
+        scheduler._step_count = at
+        scheduler.step()
 
 
 def epoch_generator(seed: int, rank: int) -> torch.Generator:

@@ -38,7 +38,7 @@ from raytag.models import build_model
 from raytag.training.averaging import WeightAverage
 from raytag.training.checkpoint import capture_rng, restore_rng
 from raytag.training.dataset import CropBatches
-from raytag.training.epoch import build_optimizer, cv_so_far, evaluate, load_schedule, train_epoch
+from raytag.training.epoch import build_optimizer, cv_so_far, evaluate, resume_optimizer, train_epoch
 from raytag.training.losses import build_loss, small_loss_keep
 from raytag.training.profiling import profiled, wants_profile
 from raytag.training.rungs import RUNG_SCORE, rung_metrics
@@ -218,9 +218,10 @@ def _run_steps(loop_config: dict, worker, work: Path) -> None:
             optimizer, scheduler = build_optimizer(cfg, model, step, batches.steps_per_epoch(world))
             average = WeightAverage(cfg.train.average_last, step.epochs)
             if train_state is not None and train_state.get("step") == i and train_state.get("optimizer"):
-                optimizer.load_state_dict(train_state["optimizer"])
-                if scheduler is not None and train_state.get("scheduler"):
-                    load_schedule(scheduler, train_state["scheduler"])
+                # the step's share trained: another worker count may build a schedule the
+                # checkpoint lacks, or none where it had one (resume_optimizer)
+                resume_optimizer(optimizer, scheduler, train_state["optimizer"], train_state.get("scheduler"),
+                                 done=epoch / step.epochs)
                 average.restore(train_state.get("average"))
             train_state = None
             step_built = i
