@@ -83,3 +83,78 @@ def test_a_run_begun_before_crnns_skip_default_resumes_with_the_model_its_checkp
     with pytest.raises(ConfigError, match=r"model.params.skip: 0 then, 1 now"):
         check_run_settings(str(tmp_path), Config.from_dict({"model": {**CRNN, "params": {"lstm_hidden": 8,
                                                                                          "skip": 1}}}))
+
+
+def _plan(**changes):
+    """A plan as build_plan makes it (the parts check_run_settings reads)."""
+    import numpy as np
+    from types import SimpleNamespace
+
+    plan = SimpleNamespace(
+        cfg=Config.from_dict({}).to_dict(), classes=["Bark", "Purr"], curated_ids=["c1", "c2", "c3", "c4"],
+        noisy_ids=["n1", "n2"], test_ids=["t1"], curated_y=np.eye(2, dtype=np.float32)[[0, 1, 0, 1]],
+        noisy_y=np.ones((2, 2), np.float32), curated_fold=np.array([0, 0, 1, 1]), noisy_fold=None,
+        noisy_subset=["n1"], noisy_targets=None)
+    for key, value in changes.items():
+        setattr(plan, key, value)
+    return plan
+
+
+def _with_groups(groups):
+    cfg = Config.from_dict({}).to_dict()
+    cfg["pipeline"]["label_spreading"]["groups"] = groups
+    return cfg
+
+
+@pytest.mark.parametrize("key, changed", [
+    ("plan.curated_fold", {"curated_fold": [1, 0, 0, 1]}),  # cv.clip_groups fixed: the same clips, other folds
+    ("plan.noisy_fold", {"noisy_fold": [0, 1]}),
+    ("plan.noisy_subset", {"noisy_subset": ["n2"]}),
+    ("plan.label_spreading_groups", {"cfg": _with_groups([["Bark", "Purr"]])}),  # a groups_file edited
+])
+def test_a_resume_on_another_plan_from_the_same_config_is_refused(tmp_path, key, changed):
+    """The folds, noisy subset and spreading groups come from files the config only names
+    (cv.clip_groups, groups_file): a resume whose plan differs would mix two splits."""
+    import numpy as np
+
+    cfg = Config.from_dict({})
+    check_run_settings(str(tmp_path), cfg, _plan())
+    (tmp_path / "checkpoint_000000").mkdir()
+    check_run_settings(str(tmp_path), cfg, _plan())  # the same plan resumes
+    changed = {k: np.asarray(v) if k.endswith("fold") else v for k, v in changed.items()}
+    with pytest.raises(ConfigError, match=rf"{key}: '[^']+' then, 'sha256:\w+ [^']+' now.*derived from the files"):
+        check_run_settings(str(tmp_path), cfg, _plan(**changed))
+
+
+def test_a_resume_with_a_re_ensembled_noisy_teacher_is_refused(tmp_path):
+    """train.noisy_teacher names a folder: the teacher there (its artifact's files) is part of
+    the plan; the targets themselves may differ in the last bits when made again on another node."""
+    import numpy as np
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "manifest.json").write_text(json.dumps({"created": "then", "files": {"ensemble.json": "aa"}}))
+    cfg = Config.from_dict({"train": {"noisy_teacher": {"artifact": str(teacher)}}})
+    run = tmp_path / "run"
+    targets = {0: np.full((2, 2), 0.75, np.float32), 1: np.full((2, 2), 0.25, np.float32)}
+    check_run_settings(str(run), cfg, _plan(cfg=cfg.to_dict(), noisy_targets=targets))
+    (run / "checkpoint_000000").mkdir()
+    (teacher / "manifest.json").write_text(json.dumps({"created": "now", "files": {"ensemble.json": "aa"}}))
+    nudged = {f: t + np.float32(1e-7) for f, t in targets.items()}  # made again elsewhere: the same teacher
+    check_run_settings(str(run), cfg, _plan(cfg=cfg.to_dict(), noisy_targets=nudged))
+    (teacher / "manifest.json").write_text(json.dumps({"created": "now", "files": {"ensemble.json": "bb"}}))
+    with pytest.raises(ConfigError, match=r"plan.noisy_teacher: 'sha256:\w+ \(teacher artifact of 1 files\)' then"):
+        check_run_settings(str(run), cfg, _plan(cfg=cfg.to_dict(), noisy_targets=targets))
+
+
+def test_a_run_recorded_before_the_plan_keys_still_resumes(tmp_path):
+    cfg = Config.from_dict({})
+    check_run_settings(str(tmp_path), cfg, _plan())
+    recorded = json.loads((tmp_path / SETTINGS_FILE).read_text())
+    assert {k for k in recorded if k.startswith("plan.")} == {
+        "plan.curated_fold", "plan.noisy_fold", "plan.noisy_subset", "plan.label_spreading_groups",
+        "plan.noisy_teacher"}
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps({k: v for k, v in recorded.items()
+                                                      if not k.startswith("plan.")}))
+    (tmp_path / "checkpoint_000000").mkdir()
+    check_run_settings(str(tmp_path), cfg, _plan(noisy_subset=["n2"]))  # nothing recorded to compare it with

@@ -11,6 +11,15 @@ where and how fast to train (workers, devices, threads, checkpoint spacing, numb
 format...) may change between attempts. A model param whose default changed since the run
 began (config.CHANGED_DEFAULTS) and that the rerun leaves unset keeps its value of then:
 the checkpoints hold that model's weights.
+
+The config holds only the paths of the files the plan is derived from (cv.clip_groups,
+pipeline.label_spreading.groups_file, train.noisy_teacher.artifact), so the plan itself is
+recorded too (`plan.*` keys, a SHA-256 each): the curated and noisy folds, the noisy subset,
+the resolved label-spreading groups and the noisy teacher's artifact. A groups file fixed,
+a teacher re-ensembled or a fold splitter upgraded between attempts would otherwise resume
+folds trained on one split with folds of another (clips scored twice or never, held-out
+clips a fold's model already trained on). Runs recorded before these keys resume as before:
+only keys in both records are compared.
 """
 from __future__ import annotations
 
@@ -57,8 +66,11 @@ def check_run_settings(run_dir: str, cfg: Config, plan=None) -> Config:
     if changed:
         shown = "; ".join(f"{k}: {before[k]!r} then, {settings[k]!r} now" for k in changed[:5])
         more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
+        derived = ("; plan.* is derived from the files the config names (cv.clip_groups, "
+                   "pipeline.label_spreading.groups_file, train.noisy_teacher.artifact) and the dataset: "
+                   "one of them changed since the run began" if any(k.startswith("plan.") for k in changed) else "")
         raise ConfigError(
-            f"{run_dir}: this run began with other settings ({shown}{more}), and rerunning a name "
+            f"{run_dir}: this run began with other settings ({shown}{more}{derived}), and rerunning a name "
             "resumes its checkpoints; give the new run another --name, or delete the folder to start over"
         )
     if kept:
@@ -70,6 +82,7 @@ def check_run_settings(run_dir: str, cfg: Config, plan=None) -> Config:
 def _with_data(settings: dict, plan) -> dict:
     if plan is not None:
         settings["data"] = data_signature(plan)
+        settings.update(plan_signature(plan))
     return settings
 
 
@@ -108,6 +121,52 @@ def data_signature(plan) -> str:
         digest.update(np.ascontiguousarray(labels, dtype=np.float32).tobytes())
     return f"sha256:{digest.hexdigest()[:16]} ({len(plan.curated_ids)} curated, {len(plan.noisy_ids)} noisy, " \
            f"{len(plan.test_ids)} test clips)"
+
+
+def plan_signature(plan) -> dict:
+    """What the driver derives from files the config only names (`plan.*` keys, beside the
+    config's and "data"): the folds (cv.clip_groups, the fold splitter), the noisy folds and
+    subset, the label-spreading groups as resolved from groups_file, and the noisy teacher."""
+    signature = {}
+    curated_fold = getattr(plan, "curated_fold", None)
+    if curated_fold is not None:
+        folds = np.asarray(curated_fold, dtype=np.int64)
+        signature["plan.curated_fold"] = _digest(folds.tobytes(), f"folds of {len(folds)} curated clips")
+    if hasattr(plan, "noisy_fold"):
+        noisy = plan.noisy_fold
+        signature["plan.noisy_fold"] = ("none" if noisy is None else _digest(
+            np.asarray(noisy, dtype=np.int64).tobytes(), f"folds of {len(noisy)} noisy clips"))
+    subset = getattr(plan, "noisy_subset", None)
+    if subset is not None:
+        signature["plan.noisy_subset"] = _digest(json.dumps([str(c) for c in subset]).encode(),
+                                                 f"{len(subset)} noisy clips")
+    cfg = getattr(plan, "cfg", None)
+    if isinstance(cfg, dict):
+        groups = ((cfg.get("pipeline") or {}).get("label_spreading") or {}).get("groups")
+        signature["plan.label_spreading_groups"] = ("none" if not groups else _digest(
+            json.dumps(groups, sort_keys=True).encode(), f"{len(groups)} groups"))
+    if hasattr(plan, "noisy_targets"):
+        signature["plan.noisy_teacher"] = _teacher_signature(plan)
+    return signature
+
+
+def _teacher_signature(plan) -> str:
+    """The noisy teacher by its artifact's contents (the SHA-256 of every file its manifest
+    lists, without the manifest's date): the targets' own bytes are not compared, as a teacher
+    whose cached predictions are made again on another node (the feature cache is node-local)
+    may differ from them in the last bits."""
+    ref = (((plan.cfg or {}).get("train") or {}).get("noisy_teacher") or {}).get("artifact")
+    if plan.noisy_targets is None or not ref:
+        return "none"
+    from raytag.ensemble.artifact import MANIFEST  # the ensemble package imports this one
+    from raytag.ensemble.noisy_teacher import teacher_artifact_path
+
+    listed = json.loads(files.read_text(files.join(teacher_artifact_path(ref), MANIFEST))).get("files")
+    return _digest(json.dumps(listed, sort_keys=True).encode(), f"teacher artifact of {len(listed or {})} files")
+
+
+def _digest(data: bytes, what: str) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()[:16]} ({what})"
 
 
 def _has_checkpoints(run_dir: str) -> bool:
