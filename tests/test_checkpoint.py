@@ -186,6 +186,37 @@ def test_a_missing_altered_or_escaping_run_file_stops_the_resume(tmp_path):
         RunState.restore(ckpt, tmp_path / "w3", str(storage))
 
 
+def test_a_failed_copy_of_a_run_file_that_is_there_is_not_called_missing(tmp_path, monkeypatch):
+    """A full local disk (or lost access) while the run files are copied back is the copy's
+    failure: the error names both sides, keeps the OSError behind it (a sweep's storage_fault
+    reads its errno), and does not advise deleting a run whose folder is whole."""
+    from raytag import storage as files
+    from raytag.errors import StorageError
+
+    state, storage, ckpt, _ = _run_state_with_files(tmp_path)
+    real_copy = files.copy_file
+
+    def disk_full(src, dst):
+        if str(src).endswith("fold0.json"):
+            raise OSError(28, "No space left on device", str(dst))
+        real_copy(src, dst)
+
+    monkeypatch.setattr(files, "copy_file", disk_full)
+    with pytest.raises(StorageError) as failed:
+        RunState.restore(ckpt, tmp_path / "w1", str(storage))
+    assert not isinstance(failed.value, CheckpointError)
+    message = str(failed.value)
+    assert "delete" not in message and "missing" not in message
+    assert f"{storage / 'filter' / 'fold0.json'} to {tmp_path / 'w1' / 'outputs' / 'filter' / 'fold0.json'}" \
+        in message and "No space left on device" in message
+    assert isinstance(failed.value.__cause__, OSError) and failed.value.__cause__.errno == 28
+    assert files.storage_fault(failed.value, storage) is not None  # the sweep stops and --resume continues it
+
+    monkeypatch.setattr(files, "copy_file", real_copy)  # space freed: the same run resumes
+    restored, _ = RunState.restore(ckpt, tmp_path / "w2", str(storage))
+    assert restored.load_json("filter/fold0.json") == {"accepted": ["noisy/c.wav"]}
+
+
 def test_checkpoint_every_must_be_at_least_one():
     assert Config.from_dict({}).train.checkpoint_every == 1
     assert Config.from_dict({"train": {"checkpoint_every": 3}}).train.checkpoint_every == 3

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
-from raytag.errors import CheckpointError
+from raytag.errors import CheckpointError, StorageError
 from raytag.training.checkpoint import load_train_state, save_train_state
 from raytag.training.dataset import LabelledSet
 from raytag.training.inference import (
@@ -93,8 +93,14 @@ class RunState:
             try:
                 files.copy_file(source, str(local))
             except OSError as err:  # FileNotFoundError locally; an object store's own error otherwise
-                raise CheckpointError(f"{source}: missing, but the checkpoint {ckpt_dir} relies on it "
-                                      f"({err}); the run folder is incomplete (delete it to train again)") from None
+                if _absent(source):
+                    raise CheckpointError(f"{source}: missing, but the checkpoint {ckpt_dir} relies on it "
+                                          f"({err}); the run folder is incomplete (delete it to train again)") from None
+                # the file is there: the copy failed (a full or read-only local disk, access, a
+                # transient read), which a rerun cures; not a reason to give up the run
+                raise StorageError(f"cannot copy the run file {source} to {local}: {err}; the checkpoint "
+                                   f"{ckpt_dir} relies on it and the run folder holds it, so rerun once the "
+                                   "cause is fixed (disk space, access, the storage's connection)") from err
             if files.sha256_file(str(local)) != entry["sha256"]:
                 raise CheckpointError(f"{source}: changed since the checkpoint {ckpt_dir} listed it "
                                       "(SHA-256 differs); delete the run folder to train again")
@@ -157,6 +163,14 @@ class RunState:
         path = self.out / rel
         return json.loads(path.read_text()) if path.exists() else None
 
+
+
+def _absent(path: str) -> bool:
+    """True only when `path` is known not to exist (an error asking says nothing)."""
+    try:
+        return not files.exists(path)
+    except (OSError, StorageError):
+        return False
 
 
 def _signature(path: Path) -> tuple[int, int]:
