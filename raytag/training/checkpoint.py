@@ -88,8 +88,9 @@ def _decode(obj, tensors: dict, where: str):
 
 # ----------------------------------------------------------------------------- RNG states
 def capture_rng() -> dict:
-    """The global RNG states a resumed run must continue from (dropout draws from torch's;
-    on a GPU from the device's own generator, which a CPU-only run never starts)."""
+    """The global RNG states a resumed run must continue from. Rank 0's only: dropout, which
+    draws from torch's (on a GPU from the device's own generator), has them reseeded for
+    each rank at every training epoch (epoch.dropout_seed), so no rank relies on them there."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()  # this rank's device

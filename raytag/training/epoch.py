@@ -4,6 +4,8 @@ held-out scores (lwlrap; MAP@3 too on the 2018 layout), with a finished step's
 predictions and fold weights saved."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
@@ -107,6 +109,17 @@ def epoch_generator(seed: int, rank: int) -> torch.Generator:
     and benchmark figures reproduce) and keeps a large cfg.seed (>= ~2.3e9, times the
     worker's 1_000_003 and 7919) from overflowing."""
     return torch.Generator().manual_seed((seed * 7919 + rank) % 2**64)
+
+
+def dropout_seed(cfg_seed: int, global_step: int, rank: int) -> int:
+    """The seed of torch's global generators (CPU and CUDA: dropout draws from them) for a
+    rank's training epoch: a stable 64-bit hash (SHA-256, not Python's salted hash()) of
+    ("dropout", cfg.seed, the run's global step, the rank). Every DDP rank draws its own
+    masks, as it draws its own augmentation, from a stream kept apart from that of its
+    augmentation generator (epoch_generator); and an epoch draws the same masks whether the
+    run got there in one go or resumed from a checkpoint (which holds rank 0's RNG states only)."""
+    digest = hashlib.sha256(f"dropout:{int(cfg_seed)}:{int(global_step)}:{int(rank)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
 
 
 def train_epoch(ctx: _Context, model, optimizer, scheduler, loss_fn, batches: CropBatches, seed, step,

@@ -38,7 +38,9 @@ from raytag.models import build_model
 from raytag.training.averaging import WeightAverage
 from raytag.training.checkpoint import capture_rng, restore_rng
 from raytag.training.dataset import CropBatches
-from raytag.training.epoch import build_optimizer, cv_so_far, evaluate, resume_optimizer, train_epoch
+from raytag.training.epoch import (
+    build_optimizer, cv_so_far, dropout_seed, evaluate, resume_optimizer, train_epoch,
+)
 from raytag.training.losses import build_loss, small_loss_keep
 from raytag.training.profiling import profiled, wants_profile
 from raytag.training.rungs import RUNG_SCORE, rung_metrics
@@ -230,6 +232,8 @@ def _run_steps(loop_config: dict, worker, work: Path) -> None:
                 "global_step": state.progress["global_step"], "stage": step.stage_name})
         _fail_once(loop_config.get("fail_once"), state.progress["global_step"], rank)
         seed = int(cfg.seed * 1_000_003 + state.progress["global_step"])
+        # dropout: each rank its own masks, the same on a resume (epoch.dropout_seed)
+        torch.manual_seed(dropout_seed(cfg.seed, state.progress["global_step"], rank))
         profiling = (profiled(state.out / "profile", cfg.train.profile_epoch, device)
                      if wants_profile(cfg.train.profile_epoch, state.progress["global_step"], rank) else nullcontext())
         with profiling:

@@ -1,0 +1,150 @@
+"""What differs, and what must not, between the ranks of a DDP worker group.
+
+- dropout: every rank draws its own masks (the global torch generator is seeded per epoch
+  from cfg.seed, the global step and the rank), and a resumed rank draws what it would have
+  drawn without the interruption. Run in this process with a stand-in worker that says it is
+  rank r of 2; without a process group the loop's collectives are no-ops.
+"""
+from __future__ import annotations
+
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raytag.config import Config
+from raytag.training import worker as worker_module
+from raytag.training.epoch import dropout_seed, epoch_generator
+
+SMALL = {
+    "name": "ranks",
+    "features": {"n_mels": 32, "hop_length": 320},
+    "model": {"name": "cnn2d", "width": 8, "depth": 2, "params": {"hidden": 16}},
+    "train": {"crop_seconds": 1.0, "batch_size": 32, "lr": 3e-3, "num_workers": 2},
+    "cv": {"n_folds": 3, "folds": [0]},
+    "inference": {"overlap": 0.0},
+    "pipeline": {"warmup": {"epochs": 1}, "finetune": {"epochs": 2},
+                 "filter": {"enabled": False}, "pseudo": {"enabled": False}},
+}
+
+
+# ----------------------------------------------------------------------------- a stand-in worker
+class _Checkpoint:
+    def __init__(self, path: Path):
+        self.path = path
+
+    @contextmanager
+    def as_directory(self):
+        yield str(self.path)
+
+
+class _Rank:
+    """worker.RayTrainWorker's interface for rank `rank` of `world`, without Ray: checkpoints
+    it is given to resume from, and keeps the ones it reports."""
+
+    def __init__(self, rank: int, world: int, saved: Path, resume_from: Path | None = None):
+        self.rank, self.size, self.saved, self.resume_from = rank, world, saved, resume_from
+        self.saved.mkdir(parents=True, exist_ok=True)
+
+    def world(self):
+        return self.rank, self.size
+
+    def device(self):
+        return torch.device("cpu")
+
+    def prepare_model(self, model):
+        return model
+
+    def checkpoint(self):
+        return None if self.resume_from is None else _Checkpoint(self.resume_from)
+
+    def report(self, row, checkpoint_dir=None):
+        if checkpoint_dir is not None:
+            shutil.copytree(checkpoint_dir, self.saved / f"after_step{row['step']}")
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def plan(demo_data, tmp_path_factory):
+    from raytag.training.runner import prepare_data
+
+    cache = tmp_path_factory.mktemp("ranks_cache")
+    return prepare_data(Config.from_dict(SMALL), demo_data, str(cache), progress=False)[2]
+
+
+def _epoch_draws(plan, run: Path, rank: int, epochs: int, monkeypatch, resume_from: Path | None = None):
+    """{global step: (torch RNG state, a dropout mask)} as each of the first `epochs` training
+    epochs of rank `rank` of 2 begins (the epochs themselves train nothing)."""
+    seen: dict = {}
+
+    def train_epoch(ctx, model, *args, **kwargs):
+        if len(seen) == epochs:
+            raise _Stop
+        state = torch.get_rng_state().clone()
+        seen[ctx.state.progress["global_step"]] = (state, F.dropout(torch.ones(512), 0.5, training=True))
+        return 0.0
+
+    def evaluate(ctx, *args, **kwargs):  # no predictions: without a process group a rank sees its share only
+        return {"val_lwlrap": 0.5, "cv_lwlrap": 0.5}
+
+    monkeypatch.setattr(worker_module, "train_epoch", train_epoch)
+    monkeypatch.setattr(worker_module, "evaluate", evaluate)
+    worker = _Rank(rank, 2, run / f"saved_rank{rank}", resume_from)
+    with pytest.raises(_Stop):
+        worker_module.run_loop({"plan": plan, "run_files": str(run / "run_files")}, worker)
+    return seen, worker.saved
+
+
+def test_the_model_draws_dropout_masks(plan):
+    from raytag.models import build_model
+
+    model = build_model(plan.config.model, plan.n_classes, plan.channels, plan.bins)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+
+
+def test_each_rank_draws_its_own_dropout_masks(plan, tmp_path, monkeypatch):
+    """Rank 0's and rank 1's first epochs: the same masks before (every rank seeded alike)."""
+    ranks = [_epoch_draws(plan, tmp_path / f"rank{r}", r, 2, monkeypatch)[0] for r in (0, 1)]
+    assert sorted(ranks[0]) == sorted(ranks[1]) == [0, 1]
+    for step in (0, 1):
+        assert not torch.equal(ranks[0][step][0], ranks[1][step][0]), step
+        assert not torch.equal(ranks[0][step][1], ranks[1][step][1]), step
+    assert not torch.equal(ranks[0][0][1], ranks[0][1][1])  # and another mask every epoch
+
+
+def test_a_resumed_rank_draws_what_it_would_have_drawn(plan, tmp_path, monkeypatch):
+    """Rank 0 writes the checkpoints (its RNG states in them); a group resumed from the one
+    after the warm-up draws, on every rank, the masks of the run that was not interrupted."""
+    uninterrupted = {}
+    saved = None
+    for r in (0, 1):
+        uninterrupted[r], kept = _epoch_draws(plan, tmp_path / f"first{r}", r, 2, monkeypatch)
+        saved = saved or kept
+    checkpoint = saved / "after_step1"
+    assert checkpoint.is_dir()
+    for r in (0, 1):
+        if (tmp_path / "first0" / "run_files").is_dir():  # the run files rank 0 persisted (if any)
+            shutil.copytree(tmp_path / "first0" / "run_files", tmp_path / f"again{r}" / "run_files")
+        resumed, _ = _epoch_draws(plan, tmp_path / f"again{r}", r, 1, monkeypatch, resume_from=checkpoint)
+        assert list(resumed) == [1]
+        assert torch.equal(resumed[1][0], uninterrupted[r][1][0]), r
+        assert torch.equal(resumed[1][1], uninterrupted[r][1][1]), r
+
+
+def test_the_dropout_seed_is_stable_and_apart_from_the_augmentation_seed():
+    """A stable hash (not Python's salted hash()): the same seed in every process and run."""
+    assert dropout_seed(0, 0, 0) == 0x574C11ECBF4BDF23
+    assert dropout_seed(42, 3, 1) == dropout_seed(42.0, 3, 1)
+    seeds = {dropout_seed(s, g, r) for s in (0, 1, 2**40) for g in (0, 1, 7) for r in (0, 1, 2)}
+    assert len(seeds) == 27 and all(0 <= s < 2**64 for s in seeds)
+    for seed, step, rank in [(0, 0, 0), (42, 3, 1)]:
+        torch.manual_seed(dropout_seed(seed, step, rank))
+        augment = epoch_generator(int(seed * 1_000_003 + step), rank)
+        assert not torch.equal(torch.rand(8), torch.rand(8, generator=augment))
+
