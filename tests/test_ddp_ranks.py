@@ -4,18 +4,23 @@
   from cfg.seed, the global step and the rank), and a resumed rank draws what it would have
   drawn without the interruption. Run in this process with a stand-in worker that says it is
   rank r of 2; without a process group the loop's collectives are no-ops.
+- the loss: its weighted mean is normalised over the global batch, so DDP's mean of the
+  ranks' gradients is the gradient of the whole batch on one process (noisy_weight and the
+  batch's split into ranks do not change the step). Two processes of a gloo group.
 """
 from __future__ import annotations
 
+import pickle
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from raytag.config import Config
+from raytag.config import Config, LossConfig
 from raytag.training import worker as worker_module
 from raytag.training.epoch import dropout_seed, epoch_generator
 
@@ -147,4 +152,97 @@ def test_the_dropout_seed_is_stable_and_apart_from_the_augmentation_seed():
         torch.manual_seed(dropout_seed(seed, step, rank))
         augment = epoch_generator(int(seed * 1_000_003 + step), rank)
         assert not torch.equal(torch.rand(8), torch.rand(8, generator=augment))
+
+
+# ----------------------------------------------------------------------------- a real process group
+def _member(rank: int, fn, world: int, tmp: str, args: tuple):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/group", rank=rank, world_size=world)
+    try:
+        out = fn(rank, world, *args)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    Path(tmp, f"out{rank}.pkl").write_bytes(pickle.dumps(out))
+
+
+def _in_group(fn, tmp: Path, *args, world: int = 2) -> list:
+    """fn(rank, world, *args) on each rank of a `world`-process gloo group; their results."""
+    import torch.multiprocessing as mp
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    mp.start_processes(_member, args=(fn, world, str(tmp), args), nprocs=world, start_method="spawn")
+    return [pickle.loads((tmp / f"out{r}.pkl").read_bytes()) for r in range(world)]
+
+
+# ----------------------------------------------------------------------------- the loss's normalisation
+def _batch(n_noisy_by_rank, soft=False, seed=0):
+    """x, y, is_noisy of a 32-clip batch: rank r's 16 rows hold n_noisy_by_rank[r] noisy clips."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(32, 6, generator=gen)
+    y = (torch.rand(32, 5, generator=gen) < 0.3).float()
+    noisy = torch.zeros(32)
+    for r, n in enumerate(n_noisy_by_rank):
+        noisy[16 * r: 16 * r + n] = 1.0
+    if soft:  # mixup: the noisy share of each mixed clip
+        noisy = torch.rand(32, generator=gen)
+    return x, y, noisy if soft else noisy.bool()
+
+
+LOSS_CASES = {
+    # the audit's stage-2 batch: [14 curated + 2 noisy] and [6 curated + 10 noisy]
+    "noisy_weight 0.5": ({"noisy_weight": 0.5}, (2, 10), False),
+    # an all-noisy rank at noisy_weight 0: its loss is 0, which must not halve the other's step
+    "noisy_weight 0, a noisy rank": ({"noisy_weight": 0.0}, (0, 16), False),
+    "noisy_weight 0, all noisy": ({"noisy_weight": 0.0}, (16, 16), False),
+    "mixup shares, bce": ({"noisy_weight": 0.3, "noisy_loss": "same", "curated_weight": 2.0}, (0, 0), True),
+}
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Linear(6, 5)
+
+
+def _ddp_gradients(rank: int, world: int, cases: dict) -> dict:
+    from torch.nn.parallel import DistributedDataParallel
+
+    from raytag.training.losses import build_loss
+
+    grads = {}
+    for name, (loss_cfg, split, soft) in cases.items():
+        model = _model()
+        ddp = DistributedDataParallel(model)
+        x, y, noisy = _batch(split, soft)
+        mine = slice(16 * rank, 16 * (rank + 1))
+        build_loss(LossConfig(**loss_cfg))(ddp(x[mine]), y[mine], noisy[mine]).backward()
+        grads[name] = [p.grad.clone() for p in model.parameters()]
+    return grads
+
+
+def test_ddp_steps_with_the_gradient_of_the_whole_batch(tmp_path):
+    from raytag.training.losses import build_loss
+
+    ranks = _in_group(_ddp_gradients, tmp_path, LOSS_CASES)
+    for name, (loss_cfg, split, soft) in LOSS_CASES.items():
+        model = _model()
+        x, y, noisy = _batch(split, soft)
+        build_loss(LossConfig(**loss_cfg))(model(x), y, noisy).backward()
+        for rank, grads in enumerate(ranks):
+            for got, want in zip(grads[name], (p.grad for p in model.parameters())):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7, msg=f"{name}, rank {rank}")
+
+
+def test_a_single_process_loss_is_the_weighted_mean_as_before():
+    """No process group: sum(w * l) / sum(w) of the batch, unchanged."""
+    from raytag.training.losses import build_loss
+
+    model = _model()
+    x, y, noisy = _batch((2, 10))
+    loss_fn = build_loss(LossConfig(noisy_weight=0.5, noisy_loss="same"))
+    per_clip = F.binary_cross_entropy_with_logits(model(x), y, reduction="none").mean(dim=1)
+    w = torch.where(noisy, 0.5, 1.0)
+    torch.testing.assert_close(loss_fn(model(x), y, noisy), (w * per_clip).sum() / w.sum())
 

@@ -11,12 +11,17 @@ One callable covers a batch that mixes curated and noisy clips:
   every clip when cfg.name == "lsoft";
 - per-source weights: each clip's loss is weighted by cfg.curated_weight or
   cfg.noisy_weight and the batch loss is the weighted mean sum(w_i l_i) / sum(w_i).
+  Under DDP the mean is over the global batch (train.batch_size), not each rank's share:
+  a rank divides its sum(w_i l_i) by the weight summed over the ranks (an all-reduce) over
+  the world size, so DDP's mean of the ranks' gradients is the one-process gradient of the
+  whole batch, however its curated and noisy clips fall to the ranks.
 
 - small-loss selection (co-teaching's rule, Han et al. 2018, with one network): of the
   noisy clips of a batch only the share `keep` with the smallest loss counts; the others
   (most likely wrong labels: a network fits clean labels first) get weight 0. `keep`
   falls from 1 to cfg.noisy_keep over the first cfg.noisy_keep_ramp epochs of a stage
-  (`small_loss_keep`), since early on every loss is high.
+  (`small_loss_keep`), since early on every loss is high. Under DDP the share is taken of
+  each rank's noisy clips.
 
 `is_noisy` may be a bool tensor or a float tensor in [0, 1] (the share of a mixup
 mixture that came from a noisy clip). A clip with share q is scored with
@@ -76,12 +81,26 @@ class NoisyLabelLoss:
         w = self.source_weights(q) if weights is None else weights.to(device=logits.device, dtype=logits.dtype)
         if keep < 1.0:
             w = w * small_loss_mask(per_clip.detach(), q > 0.5, keep).to(w.dtype)
-        total = w.sum()
+        total = _mean_rank_weight(w.sum())  # the global batch's weight, per rank
         if total <= 0:
             # every clip weighs 0 (e.g. noisy_weight 0 on an all-noisy batch): no signal,
             # but keep the graph so backward() still works
             return (per_clip * 0.0).sum()
         return (w * per_clip).sum() / total
+
+
+def _mean_rank_weight(total: torch.Tensor) -> torch.Tensor:
+    """`total`, the weight of this process's clips; under DDP (a process group of more than
+    one rank) the weight of the global batch over the number of ranks instead. DDP averages
+    the ranks' gradients, so each rank's sum(w_i l_i) over this makes their mean the gradient
+    of sum(w_i l_i) / sum(w_i) over the whole batch. Every rank calls the loss once per
+    batch, and runs as many batches, so the all-reduce is matched on every rank."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return total
+    summed = total.detach().clone()
+    dist.all_reduce(summed)  # a sum: no gradient flows through the normaliser
+    return summed / dist.get_world_size()
 
 
 def small_loss_mask(per_clip: torch.Tensor, noisy: torch.Tensor, keep: float) -> torch.Tensor:
