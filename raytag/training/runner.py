@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 import time
 from contextlib import contextmanager, nullcontext
@@ -97,38 +98,63 @@ def fit_pipeline(
     run_files = files.join(run_dir, RUN_FILES)
     steps = build_steps(cfg, model_folds(cfg))  # a pipeline that cannot run is refused here, not in a worker
     check_run_models(cfg)  # likewise a model setting
-    # the store first: before Ray runs in this process, its build may fork worker processes
-    dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
-    if cfg.train.noisy_teacher.artifact:
-        from raytag.ensemble.noisy_teacher import noisy_teacher_targets  # the ensemble package imports this one
+    with run_folder_lock(run_dir, name):  # one process writes a run folder at a time
+        # the store first: before Ray runs in this process, its build may fork worker processes
+        dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
+        if cfg.train.noisy_teacher.artifact:
+            from raytag.ensemble.noisy_teacher import noisy_teacher_targets  # the ensemble package imports this one
 
-        plan.noisy_targets = noisy_teacher_targets(cfg, plan, dataset, plan.feature_cache, progress=progress)
-    cfg = check_run_settings(run_dir, cfg, plan)  # a rerun of the name resumes only the same run, on the same clips
-    ensure_ray()
+            plan.noisy_targets = noisy_teacher_targets(cfg, plan, dataset, plan.feature_cache, progress=progress)
+        cfg = check_run_settings(run_dir, cfg, plan)  # a rerun of the name resumes only the same run, on the same clips
+        ensure_ray()
 
-    watch = (epoch_events(on_epoch, steps, cfg.cv.n_folds) if on_epoch
-             else nullcontext([]))
-    in_process = runs_in_process(cfg, run_dir)
-    with watch as epoch_callbacks, surfacing_user_errors():
-        if in_process:
-            result = fit_in_process(_loop_config(plan, run_files), run_dir, [*callbacks, *epoch_callbacks],
-                                    cfg.train.max_failures)
-        else:
-            result = _fit_worker_group(cfg, plan, storage, name, run_files, [*callbacks, *epoch_callbacks])
-    if result.checkpoint is None:
-        raise RaytagError(f"run {name} ended without a checkpoint: {result.error}")
-    with result.checkpoint.as_directory() as ckpt, tempfile.TemporaryDirectory() as work, \
-            tempfile.TemporaryDirectory() as staging:
-        state, _ = RunState.restore(Path(ckpt), Path(work), run_files)  # the run files it lists
-        metrics, stages = write_outputs(state.out, Path(staging), plan, dataset, store,
-                                        history=state.progress["history"])
-        metrics["seconds"] = round(time.time() - started, 1)
-        metrics["precision"] = state.progress.get("precision", "fp32")  # train.precision as resolved
-        metrics["runner"] = "in_process" if in_process else "ray_train"
-        write_metrics(Path(staging), metrics)
-        outputs_dir = files.join(run_dir, OUTPUTS_DIR)
-        files.copy_tree(staging, outputs_dir)  # a local folder or a URI (pyarrow.fs)
+        watch = (epoch_events(on_epoch, steps, cfg.cv.n_folds) if on_epoch
+                 else nullcontext([]))
+        in_process = runs_in_process(cfg, run_dir)
+        with watch as epoch_callbacks, surfacing_user_errors():
+            if in_process:
+                result = fit_in_process(_loop_config(plan, run_files), run_dir, [*callbacks, *epoch_callbacks],
+                                        cfg.train.max_failures)
+            else:
+                result = _fit_worker_group(cfg, plan, storage, name, run_files, [*callbacks, *epoch_callbacks])
+        if result.checkpoint is None:
+            raise RaytagError(f"run {name} ended without a checkpoint: {result.error}")
+        with result.checkpoint.as_directory() as ckpt, tempfile.TemporaryDirectory() as work, \
+                tempfile.TemporaryDirectory() as staging:
+            state, _ = RunState.restore(Path(ckpt), Path(work), run_files)  # the run files it lists
+            metrics, stages = write_outputs(state.out, Path(staging), plan, dataset, store,
+                                            history=state.progress["history"])
+            metrics["seconds"] = round(time.time() - started, 1)
+            metrics["precision"] = state.progress.get("precision", "fp32")  # train.precision as resolved
+            metrics["runner"] = "in_process" if in_process else "ray_train"
+            write_metrics(Path(staging), metrics)
+            outputs_dir = files.join(run_dir, OUTPUTS_DIR)
+            files.copy_tree(staging, outputs_dir)  # a local folder or a URI (pyarrow.fs)
     return PipelineResult(run_dir=run_dir, outputs_dir=outputs_dir, metrics=metrics, stages=stages)
+
+
+def run_folder_lock(run_dir: str, name: str):
+    """The run folder's lock (storage.folder_lock), held while a run trains and writes its
+    outputs: a second `raytag train` of the same name and storage (another terminal, a
+    script rerun) is refused (LockHeld) rather than training into the same folder, where both
+    would number, persist and resume from each other's checkpoints and run files. A lock left
+    by a killed run is taken over on this host. Each folder has its own lock file, so a
+    members run (each member its own folder under members/) nests nothing.
+
+    Not in a Tune trial: its sweep already holds the lock of the experiment folder the trial
+    folders are in, and Tune runs each trial once at a time; a trial's own lock would outlive
+    a lost node, and the trial, resumed on another host, would fail on it for good."""
+    if _in_tune_trial():
+        return nullcontext()
+    return files.folder_lock(run_dir, f"run '{name}' ({run_dir})", clear_hint=" and rerun to resume the run")
+
+
+def _in_tune_trial() -> bool:
+    if "ray.tune" not in sys.modules:  # not imported: no trial in this process (and no import for `raytag train`)
+        return False
+    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+
+    return bool(_in_tune_session())
 
 
 @contextmanager

@@ -1,0 +1,102 @@
+"""One process writes a run folder at a time: a second `raytag train` of the same name and
+storage is refused by the run folder's lock (storage.folder_lock) before it reads the dataset
+or writes anything; a members run's member and a sweep's trial still train under the lock
+their parent folder holds."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from raytag.config import Config
+from raytag.storage import LOCK_NAME, LockHeld, folder_lock
+from raytag.training import runner
+
+HOLDER = """
+import sys, time
+from raytag.storage import folder_lock
+with folder_lock(sys.argv[1], "run 'first'"):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+class _PastTheLock(Exception):
+    """Raised where the run would load its dataset: the lock let it through."""
+
+
+@pytest.fixture
+def stop_past_the_lock(monkeypatch):
+    def prepare_data(*args, **kwargs):
+        raise _PastTheLock()
+
+    monkeypatch.setattr(runner, "prepare_data", prepare_data)
+
+
+@pytest.fixture
+def live_holder(tmp_path):
+    """Another process (a first `raytag train --name run`) holding the lock of <tmp>/res/run."""
+    run_dir = tmp_path / "res" / "run"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        yield run_dir, proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_second_run_of_one_name_is_refused_before_it_reads_or_writes(tmp_path, live_holder, stop_past_the_lock):
+    run_dir, pid = live_holder
+    with pytest.raises(LockHeld, match=rf"run 'run' \({run_dir}\) is in use: .*held by pid {pid} on host"
+                                       r".*and rerun to resume the run"):
+        runner.fit_pipeline(Config.from_dict({}), tmp_path / "data", str(tmp_path / "res"), "run", progress=False)
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_NAME]  # nothing of the first run touched
+    assert json.loads((run_dir / LOCK_NAME).read_text())["pid"] == pid
+
+
+def test_the_lock_is_held_while_the_run_works_and_released_after(tmp_path, monkeypatch):
+    run_dir = tmp_path / "res" / "run"
+    seen = {}
+
+    def prepare_data(*args, **kwargs):
+        seen["lock"] = json.loads((run_dir / LOCK_NAME).read_text())
+        raise _PastTheLock()
+
+    monkeypatch.setattr(runner, "prepare_data", prepare_data)
+    with pytest.raises(_PastTheLock):
+        runner.fit_pipeline(Config.from_dict({}), tmp_path / "data", str(tmp_path / "res"), "run", progress=False)
+    assert seen["lock"]["pid"] == os.getpid()
+    assert not (run_dir / LOCK_NAME).exists()  # a failed run leaves no lock: its rerun resumes
+
+
+def test_a_member_trains_under_its_members_runs_lock(tmp_path, stop_past_the_lock):
+    """Each folder has its own lock file: this process holding the members run's folder (as
+    its artifact save does) does not block a member's run in members/<member>/, nor does a
+    sweep's lock on its experiment folder block a trial folder under it."""
+    run_dir = tmp_path / "res" / "both"
+    with folder_lock(run_dir, "the members run"):
+        with pytest.raises(_PastTheLock):
+            runner.fit_pipeline(Config.from_dict({}), tmp_path / "data", str(run_dir / "members"), "cnn2d",
+                                progress=False)
+        with pytest.raises(_PastTheLock):
+            runner.fit_pipeline(Config.from_dict({}), tmp_path / "data", str(run_dir / "trials"), "trial_1",
+                                progress=False)
+        assert (run_dir / LOCK_NAME).exists()  # the parent's lock is left as it was
+    assert not list(run_dir.rglob(LOCK_NAME))
+
+
+def test_a_tune_trial_takes_no_lock_of_its_own(tmp_path, live_holder, stop_past_the_lock, monkeypatch):
+    """A trial's folder is under its sweep's locked experiment folder; a lock of its own could
+    only outlive a lost node and fail the trial when the sweep is resumed on another host."""
+    run_dir, _ = live_holder
+    monkeypatch.setattr(runner, "_in_tune_trial", lambda: True)
+    with pytest.raises(_PastTheLock):
+        runner.fit_pipeline(Config.from_dict({}), tmp_path / "data", str(tmp_path / "res"), "run", progress=False)
+
+
+def test_in_tune_trial_is_false_outside_tune():
+    assert runner._in_tune_trial() is False
