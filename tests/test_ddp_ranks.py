@@ -7,6 +7,8 @@
 - the loss: its weighted mean is normalised over the global batch, so DDP's mean of the
   ranks' gradients is the gradient of the whole batch on one process (noisy_weight and the
   batch's split into ranks do not change the step). Two processes of a gloo group.
+- the filter decision (and the soft targets) of rank 0 is every rank's, even where label
+  spreading, run on each rank's own CPU, would differ. Two processes of a gloo group.
 """
 from __future__ import annotations
 
@@ -246,3 +248,89 @@ def test_a_single_process_loss_is_the_weighted_mean_as_before():
     w = torch.where(noisy, 0.5, 1.0)
     torch.testing.assert_close(loss_fn(model(x), y, noisy), (w * per_clip).sum() / w.sum())
 
+
+# ----------------------------------------------------------------------------- the filter decision
+class _FilterContext:
+    """What stage_steps._run_filter asks of its context (run_state._Context): 12 noisy and 8
+    curated clips of 3 classes, with the same predictions on every rank (as the gathered ones are)."""
+
+    def __init__(self, cfg, rank: int, world: int, out: Path):
+        from types import SimpleNamespace
+
+        from raytag.training.run_state import RunState
+
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.state = RunState(out, str(out / "run_files"))
+        self.plan = SimpleNamespace(folds=[0, 1], classes=["a", "b", "c"], n_classes=3)
+        rng = np.random.default_rng(0)
+        self.noisy_clips = [f"n{i}" for i in range(12)]
+        self.given = (rng.random((12, 3)) < 0.5).astype(np.float32)
+        self.curated_clips = [f"c{i}" for i in range(8)]
+        self.curated_y = (rng.random((8, 3)) < 0.5).astype(np.float32)
+        self.probs = {c: rng.random(3).astype(np.float32) for c in self.noisy_clips + self.curated_clips}
+        self.emb = {c: rng.random(4).astype(np.float32) for c in self.noisy_clips + self.curated_clips}
+
+    def noisy_ids(self, fold, held_out=False):
+        return [] if held_out else list(self.noisy_clips)
+
+    def noisy(self, ids, targets=None, fold=None):
+        from raytag.training.dataset import LabelledSet
+
+        rows = [self.noisy_clips.index(c) for c in ids]
+        return LabelledSet(list(ids), self.given[rows] if targets is None else targets, np.ones(len(ids), bool))
+
+    def curated(self, fold, held_out):
+        from raytag.training.dataset import LabelledSet
+
+        return LabelledSet(list(self.curated_clips), self.curated_y, np.zeros(8, bool))
+
+    def predict(self, model, ids, embed=False):
+        return np.stack([(self.emb if embed else self.probs)[c] for c in ids])
+
+    def predict_and_embed(self, model, ids):
+        return self.predict(model, ids), self.predict(model, ids, embed=True)
+
+
+FILTER = {"pipeline": {"filter": {"enabled": True, "rule": "min_prob", "threshold": 0.3, "rejected": "soft"},
+                       "label_spreading": {"enabled": True, "embedding": "model", "combine": "or"}}}
+
+
+def _rank_spreading(rank: int):
+    def spread_labels(emb_l, y_l, emb_n, given, cfg, classes, seed=0):
+        # as near-ties could resolve on CPUs of two kinds: each rank accepts other clips
+        return np.arange(len(emb_n)) % 3 == rank, None
+
+    return spread_labels
+
+
+def _decide(rank: int, world: int, out: str) -> tuple:
+    from raytag.training import stage_steps
+    from raytag.training.steps import Step
+
+    ctx = _FilterContext(Config.from_dict(FILTER), rank, world, Path(out) / f"rank{rank}_of{world}")
+    stage_steps._run_filter(ctx, torch.nn.Identity(), Step("filter", 0))
+    decision = ctx.state.load_json("filter/fold0.json")
+    soft_ids, soft_targets = ctx.state.load_preds("soft/fold0")
+    return decision, soft_ids, soft_targets
+
+
+def _filter_on_rank(rank: int, world: int, out: str) -> tuple:
+    from raytag.training import stage_steps
+
+    stage_steps.spread_labels = _rank_spreading(rank)  # a process of its own: nothing to undo
+    return _decide(rank, world, out)
+
+
+def test_every_rank_keeps_rank_0s_filter_decision(tmp_path, monkeypatch):
+    ranks = _in_group(_filter_on_rank, tmp_path, str(tmp_path))
+    (decision0, soft_ids0, soft0), (decision1, soft_ids1, soft1) = ranks
+    assert decision0["n_spread_accepted"] == 4 and decision0["accepted"]
+    assert decision1 == decision0
+    assert soft_ids1 == soft_ids0 and len(soft_ids0) == 12 - decision0["n_accepted"]
+    np.testing.assert_array_equal(soft1, soft0)
+
+    # one process (no group) decides as rank 0 of the group does
+    monkeypatch.setattr("raytag.training.stage_steps.spread_labels", _rank_spreading(0))
+    decision, soft_ids, soft = _decide(0, 1, str(tmp_path))
+    assert decision == decision0 and soft_ids == soft_ids0
+    np.testing.assert_array_equal(soft, soft0)

@@ -100,7 +100,12 @@ def _choose_pseudo(ctx: _Context, model, step: Step):
 
 def _run_filter(ctx: _Context, model, step: Step):
     """Score every noisy clip with this fold's stage-1 model; accepted clips keep their
-    given labels (never the model's guesses) and join the labelled set."""
+    given labels (never the model's guesses) and join the labelled set.
+
+    The predictions are gathered, so every rank has the same; the decision is rank 0's
+    alone (label spreading and the PCA embedding run on a CPU, where ranks on CPUs of two
+    kinds could resolve a near-tie apart and then train on different sets), sent with its
+    soft targets to the other ranks, which save it as rank 0 does (and a resume restores)."""
     p = ctx.cfg.pipeline
     ids = ctx.noisy_ids(step.fold)  # cv.noisy_folds: the fold's held-out noisy clips are neither scored nor taken
     given = ctx.noisy(ids).targets  # their given labels, row for row
@@ -117,9 +122,10 @@ def _run_filter(ctx: _Context, model, step: Step):
         prob_accept = accept_by_rule(given, probs, p.filter.rule, p.filter.threshold)
         accept = prob_accept
         info["n_prob_accepted"] = int(prob_accept.sum())
-    if len(ids) and need_emb:
+    # the model's embeddings are gathered (every rank predicts); PCA's are rank 0's only
+    if len(ids) and need_emb and (ctx.rank == 0 or p.label_spreading.embedding == "model"):
         emb_l, emb_n = _embeddings(ctx, model, labelled.clip_ids, ids, noisy_emb)
-        if p.label_spreading.enabled:
+        if p.label_spreading.enabled and ctx.rank == 0:
             spread_accept, _ = spread_labels(emb_l, labelled.targets, emb_n, given,
                                              p.label_spreading, ctx.plan.classes, seed=ctx.cfg.seed)
             info["n_spread_accepted"] = int(np.asarray(spread_accept).sum())
@@ -131,20 +137,35 @@ def _run_filter(ctx: _Context, model, step: Step):
             emb_dir.mkdir(exist_ok=True)
             np.savez(emb_dir / f"fold{step.fold}.npz", labelled_ids=np.asarray(labelled.clip_ids),
                      labelled=emb_l, noisy_ids=np.asarray(ids), noisy=emb_n, accepted=accept)
-    accepted = [c for c, a in zip(ids, accept) if a]
+    soft = None
     if p.filter.rejected == "soft" and len(ids):
         # Reed et al. 2015's soft bootstrapping, with the filter model's guess fixed at filter time:
         # a rejected clip stays in stage 2 with target beta * given + (1 - beta) * prediction
         if probs is None:
-            probs = ctx.predict(model, ids)
+            probs = ctx.predict(model, ids)  # every rank: the prediction is shared work
         beta = p.filter.soft_beta
         rejected = ~np.asarray(accept, bool)
-        ctx.state.save_preds(f"soft/fold{step.fold}", [c for c, r in zip(ids, rejected) if r],
-                             (beta * given[rejected] + (1 - beta) * probs[rejected]).astype(np.float32))
+        soft = ([c for c, r in zip(ids, rejected) if r],
+                (beta * given[rejected] + (1 - beta) * probs[rejected]).astype(np.float32))
+    accepted = [c for c, a in zip(ids, accept) if a]
     info.update(accepted=accepted, unlabelled=[c for c, a in zip(ids, accept) if not a],
                 n_accepted=len(accepted), n_noisy=len(ids),
                 n_labelled=len(labelled) + len(accepted))
+    info, soft = _from_rank0((info, soft), ctx.world)
+    if soft is not None:
+        ctx.state.save_preds(f"soft/fold{step.fold}", *soft)
     ctx.state.save_json(f"filter/fold{step.fold}.json", info)
+
+
+def _from_rank0(obj, world_size: int):
+    """Rank 0's `obj` on every rank (torch.distributed.broadcast_object_list), as
+    run_state._share_rank0_buffers does for BatchNorm buffers; `obj` itself without a
+    process group of more than one rank."""
+    if world_size > 1 and torch.distributed.is_initialized():
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
 
 
 def _embeddings(ctx: _Context, model, labelled_ids, noisy_ids, noisy_emb=None):
