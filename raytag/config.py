@@ -669,6 +669,11 @@ def _check_model_takes_features(cfg: "Config") -> None:
     if raw_model and not raw_in:
         raise ConfigError(f"model.name: rawwave_cnn takes waveforms; set features.kind: raw "
                           f"(not {cfg.features.kind})")
+    if raw_in and cfg.train.specaugment.enabled:
+        # its masks cut time-frequency bins; the training step applies them to spectrogram-like features only
+        raise ConfigError("train.specaugment.enabled: SpecAugment masks time and mel bins, which raw waveforms "
+                          "(features.kind: raw) do not have, so it would be skipped without a word; set "
+                          "train.specaugment.enabled: false, or train on logmel, mfcc or colormel")
 
 
 def _out_of_range(value, low, high, exclusive: bool) -> Optional[str]:
