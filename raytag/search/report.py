@@ -36,7 +36,7 @@ def param_importance(board: pd.DataFrame, space: SearchSpace) -> Optional[pd.Ser
     scored = board[(board["status"] == "ok") & board[metric].notna()]
     if len(scored) < 3:
         return None
-    dists = {p.key: p.optuna_distribution() for p in space.params()}
+    dists = key_distributions(space)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")  # every metric is higher-is-better (space.py)
     for _, row in scored.iterrows():
@@ -49,6 +49,8 @@ def param_importance(board: pd.DataFrame, space: SearchSpace) -> Optional[pd.Ser
                 value = _as_choice(value, dist.choices)
                 if value is None:
                     continue
+            elif not _holds(dist, value):  # e.g. a value edited into leaderboard.csv
+                continue
             params[key] = value
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions={k: dists[k] for k in params}, value=float(row[metric])))
@@ -60,6 +62,51 @@ def param_importance(board: pd.DataFrame, space: SearchSpace) -> Optional[pd.Ser
     except (RuntimeError, ValueError):  # e.g. no setting varies across the scored trials
         return None
     return pd.Series(imp, name="importance") if imp else None
+
+
+def key_distributions(space: SearchSpace) -> dict:
+    """One Optuna distribution per searched key, covering every range the key can take.
+
+    A key may be searched in several conditional blocks (pipeline.filter.threshold over
+    [0.3, 0.8] when clip_lwlrap, over [0.2, 0.6] when min_prob); space.py lets their ranges
+    differ (Optuna samples each block's own), but a rebuilt study takes one distribution per
+    name, and a trial's value must lie in it: so the lowest low to the highest high, with the
+    blocks' step where they share one grid (else unquantized: every value is a float / an int)."""
+    import optuna.distributions as d
+
+    by_key: dict = {}
+    for p in space.params():
+        by_key.setdefault(p.key, []).append(p.optuna_distribution())
+    out = {}
+    for key, dists in by_key.items():
+        first = dists[0]
+        if len(dists) == 1 or isinstance(first, d.CategoricalDistribution):
+            out[key] = first  # one choice list per key (space.py refuses two)
+            continue
+        low, high = min(x.low for x in dists), max(x.high for x in dists)
+        steps = {x.step for x in dists}
+        step = steps.pop() if len(steps) == 1 else None
+        if step is not None and not all(_on_grid(x.low, low, step) for x in dists):
+            step = None
+        if step is not None:  # Optuna wants high on the grid (it would move it, with a warning)
+            high = low + math.floor((high - low) / step + 1e-9) * step
+        if isinstance(first, d.IntDistribution):
+            out[key] = d.IntDistribution(int(low), int(high), log=first.log, step=int(step or 1))
+        else:
+            out[key] = d.FloatDistribution(low, high, log=first.log, step=step)
+    return out
+
+
+def _on_grid(value: float, low: float, step: float) -> bool:
+    k = (value - low) / step
+    return abs(k - round(k)) < 1e-8
+
+
+def _holds(dist, value) -> bool:
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (TypeError, ValueError):
+        return False
 
 
 def _missing(x) -> bool:
@@ -147,7 +194,13 @@ def save_report(exp_dir: str, board: pd.DataFrame, space: SearchSpace) -> Option
     files.write_text(files.join(exp_dir, "leaderboard.csv"), board.to_csv(index=False))
     if board.empty:
         return None
-    importance = param_importance(board, space)
+    try:
+        importance = param_importance(board, space)
+    except Exception as err:  # noqa: BLE001 - importance is extra too: plot without it
+        logging.getLogger(__name__).warning("could not compute the settings' importance (%s: %s); "
+                                            "%s shows them in the space's order", type(err).__name__, err,
+                                            PLOT_NAME)
+        importance = None
     if importance is not None:
         files.write_text(files.join(exp_dir, "importance.csv"),
                          importance.rename_axis("setting").reset_index().to_csv(index=False))

@@ -1,0 +1,101 @@
+"""Fixes from the search-path audit (notes26/audit/search.md, items 1, 3, 5 and 6): the sweep
+report over a key searched in two blocks with different ranges, `--set` of a resource key,
+first trials whose list/dict values differ from a choice only in JSON text, and settings
+that fail only together. No Ray, no training."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from raytag.search.leaderboard import sort_leaderboard
+from raytag.search.report import param_importance, save_report
+from raytag.search.space import load_space, parse_space
+
+REPO = Path(__file__).resolve().parents[1]
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# -- item 1: a key searched in two conditional blocks with different ranges -------------------
+def _fat2019_board(space) -> pd.DataFrame:
+    """Four finished trials of fat2019.yaml; the clip_lwlrap ones at thresholds that only
+    the clip_lwlrap block's range [0.3, 0.8] holds (min_prob's is [0.2, 0.6])."""
+    keys = space.param_keys()
+    rows = []
+    for i, (rule, threshold, lr, score) in enumerate([
+        ("clip_lwlrap", 0.75, 1e-3, 0.71), ("min_prob", 0.2, 2e-4, 0.62),
+        ("clip_lwlrap", 0.8, 5e-4, 0.68), ("min_prob", 0.45, 2e-3, 0.66),
+    ]):
+        row = {k: math.nan for k in keys}
+        row.update({"trial_id": f"t{i}", "order": i + 1, "status": "ok", "reason": "", "cv_lwlrap": score,
+                    "cv_map3": math.nan, "test_lwlrap": math.nan, "epochs_run": 30, "seconds": 1.0,
+                    "outputs_dir": "", "pipeline.filter.rule": rule, "pipeline.filter.threshold": threshold,
+                    "train.lr": lr, "model.name": "cnn2d"})
+        rows.append(row)
+    return sort_leaderboard(pd.DataFrame(rows), keys=keys)
+
+
+@pytest.mark.parametrize("name", ["fat2019", "fat2019_ddp", "fsd2018"])
+def test_importance_over_a_key_searched_in_two_ranges_does_not_raise(name):
+    space = load_space(REPO / "search_spaces" / f"{name}.yaml")
+    imp = param_importance(_fat2019_board(space), space)
+    assert imp is not None and "pipeline.filter.threshold" in imp.index
+
+
+def test_the_report_of_such_a_sweep_is_written(tmp_path):
+    space = load_space(REPO / "search_spaces" / "fat2019.yaml")
+    path = save_report(str(tmp_path), _fat2019_board(space), space)
+    assert path is not None and Path(path).name == "search.png" and Path(path).stat().st_size > 0
+    assert (tmp_path / "importance.csv").exists()
+
+
+TWO_RANGES = """
+name: two
+base: {cv.n_folds: 2}
+space:
+  pipeline.filter.rule: {choice: [clip_lwlrap, min_prob]}
+conditional:
+  - when: {pipeline.filter.rule: clip_lwlrap}
+    space:
+      pipeline.filter.threshold: {quniform: [0.25, 0.75, 0.1]}
+      pipeline.finetune.epochs: {qrandint: [2, 8, 2]}
+  - when: {pipeline.filter.rule: min_prob}
+    space:
+      pipeline.filter.threshold: {quniform: [0.2, 0.6, 0.1]}
+      pipeline.finetune.epochs: {qrandint: [3, 9, 3]}
+search: {samples: 4, scheduler: fifo, metric: cv_lwlrap}
+"""
+
+
+def test_one_distribution_per_key_spans_every_block_and_holds_every_sample():
+    from raytag.search.report import key_distributions
+
+    space = parse_space(TWO_RANGES)
+    dists = key_distributions(space)
+    threshold, epochs = dists["pipeline.filter.threshold"], dists["pipeline.finetune.epochs"]
+    assert (threshold.low, threshold.high) == (0.2, 0.75) and threshold.step is None  # grids 0.25+0.1k, 0.2+0.1k
+    assert (epochs.low, epochs.high, epochs.step) == (2, 9, 1)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(40):
+        trial = study.ask()
+        values = {**trial.params, **(space.define_by_run(trial) or {})}
+        study.tell(trial, 0.0)
+        for key in ("pipeline.filter.threshold", "pipeline.finetune.epochs"):
+            dist = dists[key]
+            assert dist._contains(dist.to_internal_repr(values[key])), (key, values[key])
+
+
+def test_an_importance_that_cannot_be_computed_leaves_the_plot_and_a_warning(tmp_path, monkeypatch, caplog):
+    import raytag.search.report as report
+
+    def broken(*args):
+        raise ValueError("not contained")
+
+    monkeypatch.setattr(report, "param_importance", broken)
+    space = load_space(REPO / "search_spaces" / "fat2019.yaml")
+    path = save_report(str(tmp_path), _fat2019_board(space), space)
+    assert path is not None and (tmp_path / "search.png").exists() and (tmp_path / "leaderboard.csv").exists()
+    assert "could not compute the settings' importance (ValueError: not contained)" in caplog.text
