@@ -350,6 +350,10 @@ def safe_name(text: str) -> str:
     return name or "member"
 
 
+# settings that name a file or folder, relative to where the command runs (Config.with_absolute_paths)
+PATH_SETTINGS = ("cv.clip_groups", "pipeline.label_spreading.groups_file", "train.noisy_teacher.artifact")
+
+
 # ----------------------------------------------------------------------------- top level
 @dataclass
 class Config:
@@ -403,6 +407,22 @@ class Config:
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Config":
         return Config.from_dict(apply_overrides(self.to_dict(), overrides))
+
+    def with_absolute_paths(self, base: Path) -> "Config":
+        """The config with each setting that names a file or folder (PATH_SETTINGS) made
+        absolute where it exists relative to `base`, the folder the command was run from: a
+        Tune trial runs in a folder of its own, where a relative path no longer leads there.
+        A path that does not exist there is left as given (a clip-groups file inside the
+        dataset folder, a shipped groups set such as esc50, or a missing file the run names)."""
+        overrides = {}
+        for key in PATH_SETTINGS:
+            value = self.to_dict()
+            for part in key.split("."):
+                value = value[part]
+            if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute() \
+                    and (Path(base) / value).exists():
+                overrides[key] = str((Path(base) / value).resolve())
+        return self.with_overrides(overrides) if overrides else self
 
     # -- derived ------------------------------------------------------------
     def member_configs(self) -> list[tuple[str, "Config"]]:

@@ -127,9 +127,13 @@ def test_a_resume_on_another_plan_from_the_same_config_is_refused(tmp_path, key,
 
 
 def test_a_resume_with_a_re_ensembled_noisy_teacher_is_refused(tmp_path):
-    """train.noisy_teacher names a folder: the teacher there (its artifact's files) is part of
-    the plan; the targets themselves may differ in the last bits when made again on another node."""
+    """train.noisy_teacher names a folder: the teacher there (its artifact's files,
+    `teacher_identity`, which fit_pipeline's noisy_teacher hook returns) is part of the plan;
+    the targets themselves may differ in the last bits when made again on another node, and
+    the same teacher may be named by another path."""
     import numpy as np
+
+    from raytag.ensemble.noisy_teacher import teacher_identity
 
     teacher = tmp_path / "teacher"
     teacher.mkdir()
@@ -137,14 +141,20 @@ def test_a_resume_with_a_re_ensembled_noisy_teacher_is_refused(tmp_path):
     cfg = Config.from_dict({"train": {"noisy_teacher": {"artifact": str(teacher)}}})
     run = tmp_path / "run"
     targets = {0: np.full((2, 2), 0.75, np.float32), 1: np.full((2, 2), 0.25, np.float32)}
-    check_run_settings(str(run), cfg, _plan(cfg=cfg.to_dict(), noisy_targets=targets))
+
+    def plan(targets):
+        return _plan(cfg=cfg.to_dict(), noisy_targets=targets, noisy_teacher_id=teacher_identity(str(teacher)))
+
+    check_run_settings(str(run), cfg, plan(targets))
     (run / "checkpoint_000000").mkdir()
     (teacher / "manifest.json").write_text(json.dumps({"created": "now", "files": {"ensemble.json": "aa"}}))
     nudged = {f: t + np.float32(1e-7) for f, t in targets.items()}  # made again elsewhere: the same teacher
-    check_run_settings(str(run), cfg, _plan(cfg=cfg.to_dict(), noisy_targets=nudged))
+    check_run_settings(str(run), cfg, plan(nudged))
+    renamed = Config.from_dict({"train": {"noisy_teacher": {"artifact": str(tmp_path / "." / "teacher")}}})
+    check_run_settings(str(run), renamed, plan(targets))  # the same teacher, spelt another way
     (teacher / "manifest.json").write_text(json.dumps({"created": "now", "files": {"ensemble.json": "bb"}}))
     with pytest.raises(ConfigError, match=r"plan.noisy_teacher: 'sha256:\w+ \(teacher artifact of 1 files\)' then"):
-        check_run_settings(str(run), cfg, _plan(cfg=cfg.to_dict(), noisy_targets=targets))
+        check_run_settings(str(run), cfg, plan(targets))
 
 
 def test_a_run_recorded_before_the_plan_keys_still_resumes(tmp_path):

@@ -7,6 +7,7 @@ from rich.console import Console
 from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.config import parse_cli_overrides
 from raytag.console.tables import print_leaderboard
+from raytag.ensemble.noisy_teacher import noisy_teacher_targets
 from raytag.search.report import rebuild_report
 from raytag.search.tuner import run_sweep
 
@@ -15,7 +16,8 @@ def tune_command(space, data, storage="results", name=None, samples=None, resume
                  overrides=()):
     """`raytag tune`: run the sweep and print its leaderboard."""
     result = run_sweep(space, data, storage=storage, name=name, samples=samples, resume=resume,
-                       scheduler=scheduler, settings=parse_cli_overrides(list(overrides)))
+                       scheduler=scheduler, settings=parse_cli_overrides(list(overrides)),
+                       noisy_teacher=noisy_teacher_targets)
     print_leaderboard(result.leaderboard)
     Console(stderr=True).print(f"leaderboard: {files.join(result.experiment_dir, 'leaderboard.csv')}"
                                + (f"\nplot: {result.plot_path}" if result.plot_path else ""), highlight=False)

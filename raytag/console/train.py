@@ -11,6 +11,7 @@ from raytag.cluster import check_data, check_storage
 from raytag.config import Config, parse_cli_overrides
 from raytag.console.tables import fold_table, stage_table
 from raytag.ensemble.members import fit_members, save_run_artifact
+from raytag.ensemble.noisy_teacher import noisy_teacher_targets
 from raytag.session import ensure_ray
 from raytag.training.progress import EpochEvent
 from raytag.training.runner import fit_pipeline
@@ -86,7 +87,8 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
     if members:
         result = fit_members(cfg, data, storage, name, on_epoch=None if quiet else on_epoch, on_member=on_member)
     else:
-        result = fit_pipeline(cfg, data, storage, name, on_epoch=None if quiet else on_epoch)
+        result = fit_pipeline(cfg, data, storage, name, on_epoch=None if quiet else on_epoch,
+                              noisy_teacher=noisy_teacher_targets)
         result.metrics["artifact"] = save_run_artifact(cfg, result)
     console.print(stage_table(result.stages))
     console.print(fold_table(result.metrics))

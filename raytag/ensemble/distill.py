@@ -34,7 +34,6 @@ a `distilled` record: teacher, targets, scores), `distill_summary.json`.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -55,7 +54,8 @@ from raytag import storage
 from raytag.config import Config
 from raytag.data.labels import labels_to_matrix
 from raytag.ensemble.artifact import (
-    MANIFEST, Artifact, Member, MemberSpec, experiment_artifact, load_artifact, save_artifact, trial_settings,
+    MANIFEST, Artifact, Member, MemberSpec, experiment_artifact, load_artifact, probability_teacher, save_artifact,
+    trial_settings,
 )
 from raytag.ensemble.crop_targets import HOP_FRACTION, SegmentTargetCrops, held_out_folds, teacher_segments
 from raytag.ensemble.job import load_trial
@@ -328,17 +328,6 @@ def segment_batches(art: Artifact, cfg: Config, store, dataset, targets: Labelle
         os.replace(partial, cache)
     return SegmentTargetCrops(store, targets, crop, cfg.train.batch_size, segments,
                               given_labels(dataset, targets.clip_ids), settings.label_weight)
-
-
-def probability_teacher(art: Artifact) -> Artifact:
-    """The teacher whose outputs are targets: the artifact itself, but for a rank mean, the
-    plain mean of its members' probabilities. Mean percentile ranks order clips within a
-    class as lwlrap wants, but they are not probabilities (about uniform on [0, 1] for
-    every class), so as BCE targets they would teach every class at ~0.5 (on the dev
-    benchmark a student of a rank teacher scored 0.42 test lwlrap, its teacher 0.64)."""
-    if art.combiner != "rank":
-        return art
-    return dataclasses.replace(art, combiner="mean", weights=None)
 
 
 def _local(path: str):

@@ -34,6 +34,7 @@ from raytag.config import Config, safe_name
 from raytag.data.submission import write_submission_2018, write_submission_2019
 from raytag.data.truth import read_truth, truth_matrix
 from raytag.ensemble.artifact import MemberSpec, save_artifact
+from raytag.ensemble.noisy_teacher import noisy_teacher_targets
 from raytag.ensemble.combiners import combine
 from raytag.errors import RaytagError
 from raytag.metrics import layout_scores, lwlrap
@@ -78,7 +79,8 @@ def fit_members(cfg: Config, data, storage: str, name: str, feature_cache: Optio
             on_member(i, member, member_cfg)
         result = fit_pipeline(member_cfg, data, files.join(run_dir, MEMBERS_DIR), member,
                               feature_cache=feature_cache, progress=progress,
-                              on_epoch=eta.on_epoch(i, on_epoch) if on_epoch else None)
+                              on_epoch=eta.on_epoch(i, on_epoch) if on_epoch else None,
+                              noisy_teacher=noisy_teacher_targets)
         runs.append(MemberRun(member, member_cfg, result))
     outputs_dir = files.join(run_dir, OUTPUTS_DIR)
     with tempfile.TemporaryDirectory() as staging:

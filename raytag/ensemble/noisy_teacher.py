@@ -2,30 +2,39 @@
 
 Fold k's model trains each noisy clip towards `label_weight` x its given labels + the rest x
 the teacher's prediction of that clip from the teacher's own fold-k models (each member's
-fold-k model, combined as the teacher's artifact combines; a rank mean as the plain mean,
-`probability_teacher`). Those models trained on the same curated clips as fold k's model and
-never on fold k's held-out ones, so the held-out score stays out of sample. A teacher whose
-folds differ from the run's (another cv.seed, n_folds, clip groups or curated set) would leak
-the held-out labels through the targets, and is refused.
+fold-k model, combined as the teacher's artifact combines, `fold_safe_teacher`). Those models
+trained on the same curated clips as fold k's model and never on fold k's held-out ones, so
+the held-out score stays out of sample. A teacher whose folds differ from the run's (another
+cv.seed, n_folds, clip groups or curated set) would leak the held-out labels through the
+targets, and is refused.
 
 This is the FAT2019 winners' second round, an ensemble's predictions as the noisy set's
 labels, and Noisy Student's next generation (Xie et al. 2020) with the labels kept in the mix.
 The teacher's fold models run on the noisy clips once: the predictions are cached in the
-feature cache (`noisy_teachers/<key>.npz`), keyed by the teacher's manifest, the dataset and
-the folds, so every member of a `raytag train` run, and a rerun, reuse them.
+feature cache (`noisy_teachers/<key>.npz`), keyed by the teacher's manifest, the folds and the
+noisy files (path, size, modification time), so every member of a `raytag train` run, and a
+rerun, reuse them.
+
+The training engine sits below this package, so `fit_pipeline` takes `noisy_teacher_targets`
+as an argument (`noisy_teacher=`) from the commands that train (`raytag train`, the members
+of a run, `raytag tune`'s trials); it never imports it.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
+import os
+import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from raytag import storage
 from raytag.config import Config
-from raytag.ensemble.artifact import MANIFEST, Artifact, experiment_artifact, load_artifact
+from raytag.ensemble.artifact import MANIFEST, Artifact, experiment_artifact, load_artifact, probability_teacher
 from raytag.ensemble.tagging import predict_files_each
 from raytag.errors import RaytagError
 from raytag.training.outputs import OOF_PREDICTIONS, read_predictions
@@ -48,6 +57,28 @@ def teacher_artifact_path(ref: str) -> str:
         raise RaytagError(f"train.noisy_teacher.artifact: {ref} holds no artifact (no finished `raytag train` "
                           "run or `raytag ensemble` there)")
     return path
+
+
+def teacher_identity(artifact_path: str) -> str:
+    """The teacher by its contents: the SHA-256 of every file its manifest lists (not the
+    manifest's date), so the same teacher named by another path is the same, and a teacher
+    saved again with other members or weights is not."""
+    listed = json.loads(storage.read_text(storage.join(artifact_path, MANIFEST))).get("files") or {}
+    digest = hashlib.sha256(json.dumps(listed, sort_keys=True).encode()).hexdigest()[:16]
+    return f"sha256:{digest} (teacher artifact of {len(listed)} files)"
+
+
+def fold_safe_teacher(art: Artifact) -> Artifact:
+    """The artifact as a fold's teacher: probabilities (`probability_teacher`: a rank mean as
+    the plain mean), and fitted weights dropped for the plain mean too. The ensemble job
+    refits `weighted`'s weights on every fold's out-of-fold labels, fold k's held-out clips
+    included, so fold k's targets would be tuned on what fold k is scored on."""
+    art = probability_teacher(art)
+    if art.combiner == "weighted":
+        log.warning("train.noisy_teacher: %s combines its members with weights fitted on every fold's held-out "
+                    "labels; as a fold's teacher its members are averaged instead", art.path)
+        return dataclasses.replace(art, combiner="mean", weights=None)
+    return art
 
 
 def fold_of_file(rel: str) -> int:
@@ -105,25 +136,37 @@ def fold_teachers(art: Artifact, folds: list[int]) -> list[Artifact]:
 
 
 def cache_key(art: Artifact, folds: list[int], noisy_ids: list[str], paths: list[str]) -> str:
+    """The teacher (its manifest and combiner), the folds and the noisy files as they are now
+    (path, size, modification time: audio replaced in place is predicted again)."""
     digest = hashlib.sha256(storage.sha256_file(storage.join(art.path, MANIFEST)).encode())
-    digest.update(repr((art.combiner, art.weights, folds, noisy_ids, paths)).encode())
+    files = [(p, *_size_and_mtime(p)) for p in paths]
+    digest.update(repr((art.combiner, art.weights, folds, noisy_ids, files)).encode())
     return digest.hexdigest()[:20]
 
 
-def noisy_teacher_targets(cfg: Config, plan, dataset, cache_root: str,
-                          progress: bool = False) -> dict[int, np.ndarray]:
-    """{model fold: (noisy clips, classes) float32 targets}, aligned with plan.noisy_ids: the
-    given labels and the teacher's fold predictions blended by label_weight."""
-    from raytag.ensemble.distill import probability_teacher  # distill imports the training engine
+def _size_and_mtime(path: str) -> tuple[int, int]:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (-1, -1)  # the prediction then reports the file (failures)
+    return stat.st_size, stat.st_mtime_ns
 
+
+def noisy_teacher_targets(cfg: Config, plan, dataset, cache_root: str,
+                          progress: bool = False) -> tuple[dict[int, np.ndarray], str]:
+    """({model fold: (noisy clips, classes) float32 targets}, the teacher's identity): the
+    targets aligned with plan.noisy_ids, the given labels and the teacher's fold predictions
+    blended by label_weight. `fit_pipeline(noisy_teacher=...)` calls it."""
     setting = cfg.train.noisy_teacher
-    art = probability_teacher(load_artifact(teacher_artifact_path(setting.artifact)))
+    path = teacher_artifact_path(setting.artifact)
+    art = fold_safe_teacher(load_artifact(path))
     check_teacher_folds(art, plan)
     path_of = dict(zip(dataset.clips["clip_id"], dataset.clips["path"].astype(str)))
     paths = [path_of[c] for c in plan.noisy_ids]
     predictions = _cached_predictions(art, list(plan.model_folds), list(plan.noisy_ids), paths, cache_root, progress)
     w = float(setting.label_weight)
-    return {f: (w * plan.noisy_y + (1 - w) * p).astype(np.float32) for f, p in predictions.items()}
+    targets = {f: (w * plan.noisy_y + (1 - w) * p).astype(np.float32) for f, p in predictions.items()}
+    return targets, teacher_identity(path)
 
 
 def _cached_predictions(art: Artifact, folds: list[int], noisy_ids: list[str], paths: list[str], cache_root: str,
@@ -133,7 +176,7 @@ def _cached_predictions(art: Artifact, folds: list[int], noisy_ids: list[str], p
         try:
             with np.load(path) as cached:
                 return {f: cached[f"fold{f}"] for f in folds}
-        except (OSError, ValueError, KeyError) as err:  # cut short by a kill: made again
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:  # cut short by a kill: made again
             log.warning("%s: unreadable (%s); the teacher's predictions are made again", path, err)
     log.info("noisy teacher %s: %d fold(s) x %d member(s) on %d noisy clips", art.path, len(folds),
              len(art.members), len(paths))
@@ -144,7 +187,7 @@ def _cached_predictions(art: Artifact, folds: list[int], noisy_ids: list[str], p
                           f"tagged by the teacher, e.g. {first['file']}: {first['reason']}")
     out = {f: p.loc[paths].to_numpy(np.float32) for f, p in zip(folds, probs)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp.npz")
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.npz")  # one per writer
     np.savez(partial, **{f"fold{f}": v for f, v in out.items()})
     partial.replace(path)  # whole or not at all
     return out

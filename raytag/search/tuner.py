@@ -75,6 +75,12 @@ class TrialSetup:
     trials_dir: str  # <experiment>/trials
     feature_cache: Optional[str]  # None: the runner's node-local cache
     trial_fn: Optional[Callable] = None  # None: raytag.training.runner.fit_pipeline
+    # fit_pipeline's noisy_teacher (train.noisy_teacher's targets; raytag.ensemble.noisy_teacher
+    # sits above this package, so `raytag tune` passes it); None: a teacher is refused
+    noisy_teacher: Optional[Callable] = None
+    # the folder `raytag tune` ran in: a trial runs in a folder of its own (Ray Tune's chdir), so
+    # relative paths in its config are taken from here (Config.with_absolute_paths)
+    workdir: str = "."
 
 
 # ----------------------------------------------------------------------------- one trial
@@ -142,7 +148,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
 def _run_pipeline(config: dict, setup: TrialSetup, trial_id: str, last_report: dict):
     """One trial's pipeline run, its reports forwarded to Tune; TrialFailed when its score is unusable."""
-    cfg = setup.space.trial_config(config)
+    cfg = setup.space.trial_config(config).with_absolute_paths(Path(setup.workdir))
     # a storage fault that cut Ray Train's checkpoint list short: train this trial again from its start
     set_aside_damaged_snapshot(files.join(setup.trials_dir, trial_id))
     fit = setup.trial_fn
@@ -150,7 +156,8 @@ def _run_pipeline(config: dict, setup: TrialSetup, trial_id: str, last_report: d
         fit = fit_pipeline
     result = _fit_forwarding_reports(
         lambda callbacks: fit(cfg, setup.data, storage=setup.trials_dir, name=trial_id,
-                              callbacks=callbacks, feature_cache=setup.feature_cache, progress=False),
+                              callbacks=callbacks, feature_cache=setup.feature_cache, progress=False,
+                              **({"noisy_teacher": setup.noisy_teacher} if setup.noisy_teacher else {})),
         last_report,
     )
     metrics = dict(result.metrics)
@@ -434,11 +441,13 @@ def run_sweep(
     feature_cache: Optional[str] = None,
     trial_fn: Optional[Callable] = None,
     progress: bool = True,
+    noisy_teacher: Optional[Callable] = None,
 ) -> "SweepResult":
     """Run (or with resume=True continue) a sweep; returns its leaderboard and folder.
 
     `settings` (dotted keys: `raytag tune --set`) are fixed for every trial of a new sweep.
     `trial_fn` replaces fit_pipeline (same signature) for tests of the sweep machinery.
+    `noisy_teacher` goes to each trial's fit_pipeline (train.noisy_teacher).
     """
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -497,7 +506,8 @@ def run_sweep(
         if why:
             say(f"note: {why}")
         setup = TrialSetup(space=space, data=data, trials_dir=files.join(exp_dir, "trials"),
-                           feature_cache=feature_cache, trial_fn=trial_fn)
+                           feature_cache=feature_cache, trial_fn=trial_fn, noisy_teacher=noisy_teacher,
+                           workdir=os.getcwd())
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, setup=setup), space.resources.trial_resources()
         )

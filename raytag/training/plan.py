@@ -50,6 +50,7 @@ class Plan:
     # noisy_ids, the given labels blended with the teacher's fold models' predictions
     # (raytag.ensemble.noisy_teacher); None: the given labels
     noisy_targets: Optional[dict] = None
+    noisy_teacher_id: Optional[str] = None  # the teacher's contents (run_settings records it)
 
     @property
     def config(self) -> Config:

@@ -43,6 +43,9 @@ FREE_TO_CHANGE = (
     "train.num_workers", "train.use_gpu", "train.cpus_per_worker", "train.gpus_per_worker",
     "train.ddp_backend", "train.max_failures", "train.runner", "train.checkpoint_every",
     "train.torch_threads", "train.precision", "train.profile_epoch",
+    # the teacher's path may be spelt another way (relative, absolute, its run or artifact folder):
+    # what it holds is compared as plan.noisy_teacher (`_teacher_signature`)
+    "train.noisy_teacher.artifact",
 )
 
 
@@ -151,18 +154,13 @@ def plan_signature(plan) -> dict:
 
 
 def _teacher_signature(plan) -> str:
-    """The noisy teacher by its artifact's contents (the SHA-256 of every file its manifest
-    lists, without the manifest's date): the targets' own bytes are not compared, as a teacher
+    """The noisy teacher by its artifact's contents (`plan.noisy_teacher_id`, the SHA-256 of
+    every file its manifest lists): the targets' own bytes are not compared, as a teacher
     whose cached predictions are made again on another node (the feature cache is node-local)
     may differ from them in the last bits."""
-    ref = (((plan.cfg or {}).get("train") or {}).get("noisy_teacher") or {}).get("artifact")
-    if plan.noisy_targets is None or not ref:
+    if plan.noisy_targets is None:
         return "none"
-    from raytag.ensemble.artifact import MANIFEST  # the ensemble package imports this one
-    from raytag.ensemble.noisy_teacher import teacher_artifact_path
-
-    listed = json.loads(files.read_text(files.join(teacher_artifact_path(ref), MANIFEST))).get("files")
-    return _digest(json.dumps(listed, sort_keys=True).encode(), f"teacher artifact of {len(listed or {})} files")
+    return getattr(plan, "noisy_teacher_id", None) or "unknown"
 
 
 def _digest(data: bytes, what: str) -> str:

@@ -83,10 +83,14 @@ def fit_pipeline(
     feature_cache: Optional[str] = None,
     progress: bool = True,
     on_epoch: Optional[Callable[[EpochEvent], None]] = None,
+    noisy_teacher: Optional[Callable] = None,
 ) -> PipelineResult:
     """`on_epoch`, when given, is called on the driver after every training epoch with
     its `EpochEvent` (stage, fold, loss, held-out lwlrap, seconds, time left), from a
-    thread of its own while the worker group trains (raytag.training.progress)."""
+    thread of its own while the worker group trains (raytag.training.progress).
+    `noisy_teacher(cfg, plan, dataset, cache_root, progress=)` -> (targets by fold, teacher
+    identity) makes train.noisy_teacher's targets (raytag.ensemble.noisy_teacher's
+    noisy_teacher_targets, which lives above this package; the commands pass it)."""
     if cfg.members:
         raise ConfigError("members: a pipeline run trains one model family; `raytag train` trains each member "
                           "(raytag.ensemble.members), and a sweep searches model.name, whose trials "
@@ -102,9 +106,11 @@ def fit_pipeline(
         # the store first: before Ray runs in this process, its build may fork worker processes
         dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
         if cfg.train.noisy_teacher.artifact:
-            from raytag.ensemble.noisy_teacher import noisy_teacher_targets  # the ensemble package imports this one
-
-            plan.noisy_targets = noisy_teacher_targets(cfg, plan, dataset, plan.feature_cache, progress=progress)
+            if noisy_teacher is None:
+                raise ConfigError("train.noisy_teacher: this caller of fit_pipeline gives no way to load a teacher "
+                                  "(noisy_teacher=); run it with `raytag train` or `raytag tune`")
+            plan.noisy_targets, plan.noisy_teacher_id = noisy_teacher(cfg, plan, dataset, plan.feature_cache,
+                                                                      progress=progress)
         cfg = check_run_settings(run_dir, cfg, plan)  # a rerun of the name resumes only the same run, on the same clips
         ensure_ray()
 
