@@ -99,3 +99,74 @@ def test_an_importance_that_cannot_be_computed_leaves_the_plot_and_a_warning(tmp
     path = save_report(str(tmp_path), _fat2019_board(space), space)
     assert path is not None and (tmp_path / "search.png").exists() and (tmp_path / "leaderboard.csv").exists()
     assert "could not compute the settings' importance (ValueError: not contained)" in caplog.text
+
+
+# -- item 3: `--set` of a resource key, and --set keys the sampled values would override ------
+def test_set_of_a_resource_key_reaches_the_trials_over_the_spaces_resources():
+    from raytag.search.space import with_fixed_settings
+
+    space = load_space(REPO / "search_spaces" / "fat2019.yaml")
+    assert space.base_config().train.gpus_per_worker == 0.5
+    fixed = with_fixed_settings(space, {"train.gpus_per_worker": 1.0, "train.num_workers": 2,
+                                        "train.cpus_per_worker": 2})
+    train = fixed.base_config().train
+    assert (train.gpus_per_worker, train.num_workers, train.cpus_per_worker, train.use_gpu) == (1.0, 2, 2.0, True)
+    assert fixed.resources.gpus_per_worker == 1.0 and fixed.resources.num_workers == 2
+    again = parse_space(fixed.text, source="stored")  # what a resumed sweep reads back
+    assert again.resources == fixed.resources and again.base_config().train == train
+    # a section given whole is merged key by key, as Config's own overrides are
+    assert with_fixed_settings(space, {"train": {"num_workers": 2, "gpus_per_worker": 1}}).resources.num_workers == 2
+    off = with_fixed_settings(space, {"train.use_gpu": False}).base_config().train
+    assert off.use_gpu is False
+
+
+def test_set_of_a_setting_the_sampled_values_would_replace_is_refused():
+    from raytag.search.space import SpaceError, with_fixed_settings
+
+    space = load_space(REPO / "search_spaces" / "fat2019.yaml")  # searches train.mixup.alpha
+    with pytest.raises(SpaceError, match="--set train.mixup.alpha: .* searches this key"):
+        with_fixed_settings(space, {"train.mixup": {"alpha": 0.5}})
+    lists = parse_space(SPACE_WITH_PARAMS_CHOICE, source="p.yaml")  # model.params searched whole
+    with pytest.raises(SpaceError, match="--set model.params.hidden: p.yaml searches model.params"):
+        with_fixed_settings(lists, {"model.params.hidden": 32})
+    free = parse_space(SPACE_WITH_PARAM, source="q.yaml")  # model.params.lstm_hidden searched
+    with pytest.raises(SpaceError, match="--set model.params: q.yaml searches model.params.lstm_hidden"):
+        with_fixed_settings(free, {"model.params": {"lstm_hidden": 32}})
+    kept = with_fixed_settings(free, {"model.params": {"lstm_layers": 2}})  # another key of the mapping: kept
+    assert kept.trial_config({"model.name": "crnn", "model.params.lstm_hidden": 16}).model.params == {
+        "lstm_layers": 2, "lstm_hidden": 16}
+
+
+SPACE_WITH_PARAMS_CHOICE = """
+base: {cv.n_folds: 2, model.name: cnn2d}
+space:
+  model.params: {choice: [{hidden: 16}, {hidden: 64}]}
+search: {samples: 2, scheduler: fifo}
+"""
+
+SPACE_WITH_PARAM = """
+base: {cv.n_folds: 2, model.name: crnn}
+space:
+  model.params.lstm_hidden: {choice: [16, 32]}
+search: {samples: 2, scheduler: fifo}
+"""
+
+
+def test_a_space_file_that_sets_a_resource_twice_is_refused(tmp_path):
+    from raytag.search.space import SpaceError
+
+    path = tmp_path / "twice.yaml"
+    path.write_text("base: {train.num_workers: 2}\nresources: {num_workers: 1}\nsearch: {scheduler: fifo}\n"
+                    "space: {train.lr: {loguniform: [1.0e-4, 1.0e-3]}}\n")
+    with pytest.raises(SpaceError, match="base.train.num_workers: 2, but resources.num_workers: 1 wins"):
+        load_space(path)
+    path.write_text(path.read_text().replace("num_workers: 2", "num_workers: 1"))  # the same value: fine
+    assert load_space(path).base_config().train.num_workers == 1
+
+
+def test_use_gpu_without_a_gpu_per_worker_is_refused_at_load():
+    from raytag.search.space import SpaceError
+
+    with pytest.raises(SpaceError, match="gpus_per_worker"):
+        parse_space("resources: {use_gpu: true, gpus_per_worker: 0, num_workers: 1}\nsearch: {scheduler: fifo}\n"
+                    "space: {train.lr: {loguniform: [1.0e-4, 1.0e-3]}}\n", source="g.yaml")

@@ -188,8 +188,11 @@ class Resources:
         return res
 
     def overrides(self) -> dict:
-        keys = ("num_workers", "cpus_per_worker", "gpus_per_worker", "use_gpu")
-        return {f"train.{k}": getattr(self, k) for k in keys if getattr(self, k) is not None}
+        return {f"train.{k}": getattr(self, k) for k in _RESOURCE_KEYS if getattr(self, k) is not None}
+
+
+# Resources' settings that are train.* settings of every trial's Config (they win over base)
+_RESOURCE_KEYS = ("num_workers", "cpus_per_worker", "gpus_per_worker", "use_gpu")
 
 
 @dataclass
@@ -303,22 +306,70 @@ def load_space(path: str | Path) -> SearchSpace:
     path = Path(path)
     if not path.is_file():
         raise SpaceError(f"search space not found: {path} (see search_spaces/ for examples)")
-    return parse_space(path.read_text(), source=str(path), default_name=path.stem)
+    space = parse_space(path.read_text(), source=str(path), default_name=path.stem)
+    _check_base_against_resources(space)
+    return space
+
+
+def _check_base_against_resources(space: SearchSpace):
+    """A train.* resource setting in `base` that `resources` sets otherwise loses to it in every
+    trial, without a word: refuse it in a space file. (Checked on files only: a sweep stored
+    before this check stays readable, for its resume and its report.)"""
+    for key, value in space.resources.overrides().items():
+        if key in space.base and space.base[key] != value:
+            name = key[len("train."):]
+            raise SpaceError(f"{space.source}: base.{key}: {space.base[key]!r}, but resources.{name}: {value!r} "
+                             f"wins in every trial; set it in one place (resources.{name})")
 
 
 def with_fixed_settings(space: SearchSpace, settings: dict[str, Any]) -> SearchSpace:
     """The space with `settings` (dotted keys, as `raytag tune --set` gives them) fixed for
     every trial: merged into `base`, and into the text the sweep stores, so that a resumed
-    sweep keeps them. A key the space searches cannot be fixed: say which to change."""
-    searched = sorted(set(settings) & {p.key for p in space.params()})
-    if searched:
-        raise SpaceError(f"--set {searched[0]}: {space.source} searches this key; to fix it, take it out of "
-                         "the space's `space` (or `conditional`) section and into `base`")
+    sweep keeps them. A key the space searches cannot be fixed: say which to change.
+
+    The four per-trial resource settings (train.num_workers, cpus_per_worker, gpus_per_worker,
+    use_gpu) go into the `resources` section instead, which trials take over `base`: the
+    command line is the later, more specific word, so `--set train.gpus_per_worker=1` gives
+    each trial one GPU whatever the file's `resources:` says (it was silently overridden)."""
+    flat = _flatten_values(settings, space.source, "--set")  # a section given whole: key by key
+    params = {p.key: p for p in space.params()}
+    for key, value in flat.items():
+        if key in params:
+            raise SpaceError(f"--set {key}: {space.source} searches this key; to fix it, take it out of "
+                             "the space's `space` (or `conditional`) section and into `base`")
+        over = next((s for s in params if key.startswith(s + ".")), None)
+        if over:  # the sampled mapping replaces the whole setting, this key with it
+            raise SpaceError(f"--set {key}: {space.source} searches {over} whole ({params[over].describe()}), "
+                             f"which replaces {key} in every trial; set {over} in base instead of searching it")
+        under = next((s for s in params if s.startswith(key + ".") and _has_path(value, s[len(key) + 1:])), None)
+        if under:
+            raise SpaceError(f"--set {key}: {space.source} searches {under}, which every trial samples over "
+                             f"the value given here; leave {under[len(key) + 1:]} out of it")
     data = yaml.safe_load(space.text) or {}
-    data["base"] = {**space.base, **settings}  # flat dotted keys: a nested base and --set cannot clash
+    resources = {k: v for k, v in (data.get("resources") or {}).items()}
+    base = dict(space.base)
+    for key, value in flat.items():
+        name = key[len("train."):]
+        if key.startswith("train.") and name in _RESOURCE_KEYS:
+            resources[name] = value
+            base.pop(key, None)
+        else:
+            base[key] = value  # flat dotted keys: a nested base and --set cannot clash
+    data["base"] = base
+    if resources:
+        data["resources"] = resources
     given = " ".join(f"--set {k}={json.dumps(v)}" for k, v in settings.items())
     text = f"# {space.source} with `raytag tune {given}`\n" + yaml.safe_dump(data, sort_keys=False)
     return parse_space(text, source=space.source, default_name=space.name)
+
+
+def _has_path(value: Any, dotted: str) -> bool:
+    """Whether a mapping value names the (dotted) key below it."""
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    return True
 
 
 def with_search_overrides(space: SearchSpace, flags: dict[str, Any]) -> SearchSpace:
@@ -635,6 +686,10 @@ def _validate_against_config(space: SearchSpace):
         raise SpaceError(f"{src}: base/resources: {err}") from None
     _check_model_names(space, base)
     _check_model_params(base, f"{src}: base")
+    if base.train.use_gpu and base.train.gpus_per_worker <= 0:  # Ray refuses it in every trial
+        raise SpaceError(f"{src}: resources.gpus_per_worker: {base.train.gpus_per_worker:g} with use_gpu true, "
+                         "which Ray refuses (`use_gpu` is True but `GPU` is set to 0); give each worker a "
+                         "GPU share above 0 (e.g. 0.5) or set use_gpu: false")
 
     def walk(block: Block, conditions: dict, models: list, where: str):
         for key, allowed in block.when:
