@@ -4,6 +4,7 @@ first trials whose list/dict values differ from a choice only in JSON text, and 
 that fail only together. No Ray, no training."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -170,3 +171,34 @@ def test_use_gpu_without_a_gpu_per_worker_is_refused_at_load():
     with pytest.raises(SpaceError, match="gpus_per_worker"):
         parse_space("resources: {use_gpu: true, gpus_per_worker: 0, num_workers: 1}\nsearch: {scheduler: fifo}\n"
                     "space: {train.lr: {loguniform: [1.0e-4, 1.0e-3]}}\n", source="g.yaml")
+
+
+# -- item 5: first trials whose list/dict value equals a choice but is another JSON text -------
+FIRST_TRIALS = """
+base: {cv.n_folds: 4, model.name: cnn2d}
+space:
+  cv.folds: {choice: [[0, 1], [2, 3]]}
+  model.params: {choice: [{hidden: 16, dropout: 0.1}, {hidden: 32, dropout: 0.2}]}
+search:
+  samples: 2
+  scheduler: fifo
+  first_trials:
+    - {cv.folds: [0, 1.0], model.params: {dropout: 0.2, hidden: 32.0}}
+"""
+
+
+def test_first_trials_take_the_choice_they_equal_whatever_its_json_text():
+    space = parse_space(FIRST_TRIALS)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for point in space.first_points():
+        study.enqueue_trial(point)
+    trial = study.ask()
+    assert space.define_by_run(trial) == {"cv.folds": [0, 1], "model.params": {"hidden": 32, "dropout": 0.2}}
+
+
+def test_first_points_prefer_the_choice_of_the_same_json_text():
+    from raytag.search.space import Param
+
+    p = Param("x", "choice", values=([1], [True], {"a": 1, "b": 2}))
+    assert [json.dumps(p.choice_for(v)) for v in ([True], [1.0], [1], {"b": 2, "a": 1})] == [
+        "[true]", "[1]", "[1]", '{"a": 1, "b": 2}']

@@ -108,6 +108,16 @@ class Param:
             return d.IntDistribution(int(self.low), int(self.high), step=int(self.step or 1))
         return d.FloatDistribution(self.low, self.high, log=self.kind == "loguniform", step=self.step)
 
+    def choice_for(self, value: Any) -> Any:
+        """The choice `value` stands for: the one of the same JSON text, else one equal to it
+        ([0, 1.0] for [0, 1], a mapping in another key order): Optuna knows a list or mapping
+        choice by its JSON text (see suggest), so a first trial must give the choice's own."""
+        text = json.dumps(value, sort_keys=True)
+        for c in self.values:
+            if json.dumps(c, sort_keys=True) == text:
+                return c
+        return next(c for c in self.values if c == value)
+
     def holds(self, value: Any) -> bool:
         """Whether `value` is one this parameter can take."""
         if self.kind == "choice":
@@ -231,7 +241,14 @@ class SearchSpace:
         """`search.first_trials` as Optuna's values (a choice of lists or mappings is JSON text
         to Optuna: see Param.suggest), for the searcher's points_to_evaluate."""
         params = {p.key: p for p in self.params()}
-        return [{k: json.dumps(v) if params[k]._encoded else v for k, v in point.items()}
+
+        def optuna_value(p: Param, value: Any) -> Any:
+            if p.kind != "choice":
+                return value
+            choice = p.choice_for(value)  # held (checked at load), maybe as another JSON text
+            return json.dumps(choice) if p._encoded else choice
+
+        return [{k: optuna_value(params[k], v) for k, v in point.items()}
                 for point in self.search.first_trials or []]
 
     def trial_config(self, sampled: dict) -> Config:
