@@ -31,8 +31,10 @@ loaded, so "train.mixup.alhpa" or a threshold range past 1.0 fails before any co
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, get_type_hints
@@ -323,7 +325,7 @@ def load_space(path: str | Path) -> SearchSpace:
     path = Path(path)
     if not path.is_file():
         raise SpaceError(f"search space not found: {path} (see search_spaces/ for examples)")
-    space = parse_space(path.read_text(), source=str(path), default_name=path.stem)
+    space = parse_space(path.read_text(), source=str(path), default_name=path.stem, combinations=True)
     _check_base_against_resources(space)
     return space
 
@@ -377,7 +379,7 @@ def with_fixed_settings(space: SearchSpace, settings: dict[str, Any]) -> SearchS
         data["resources"] = resources
     given = " ".join(f"--set {k}={json.dumps(v)}" for k, v in settings.items())
     text = f"# {space.source} with `raytag tune {given}`\n" + yaml.safe_dump(data, sort_keys=False)
-    return parse_space(text, source=space.source, default_name=space.name)
+    return parse_space(text, source=space.source, default_name=space.name, combinations=True)
 
 
 def _has_path(value: Any, dotted: str) -> bool:
@@ -407,7 +409,11 @@ def with_search_overrides(space: SearchSpace, flags: dict[str, Any]) -> SearchSp
     return out
 
 
-def parse_space(text: str, source: str = "<space>", default_name: str = "sweep") -> SearchSpace:
+def parse_space(text: str, source: str = "<space>", default_name: str = "sweep", *,
+                combinations: bool = False) -> SearchSpace:
+    """Read and validate a space's YAML text. `combinations`: also try the settings' extremes
+    together (_check_combinations), as a new sweep's space is (load_space, --set); a sweep's
+    stored space is read without it, so that its resume and report keep working."""
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
@@ -435,6 +441,8 @@ def parse_space(text: str, source: str = "<space>", default_name: str = "sweep")
     _check_settings(space)
     _check_one_distribution_per_key(space)
     _validate_against_config(space)
+    if combinations:  # before the rungs: a step list that fails would read there as 1 epoch
+        _check_combinations(space)
     _check_rungs(space)
     return space
 
@@ -728,6 +736,96 @@ def _validate_against_config(space: SearchSpace):
             walk(child, conditions, models, f"{where}conditional[{i}].")
 
     walk(space.root, {}, [base.model.name], "")
+
+
+COMBINATIONS = 200  # extreme-value combinations tried at load (about 1 ms each)
+
+
+def _check_combinations(space: SearchSpace, budget: int = COMBINATIONS, seed: int = 0):
+    """Settings that depend on each other (pseudo-label upper against the lower bound's end,
+    fmin/fmax, n_mfcc against n_mels, a step list that trains no fold model) pass the
+    one-key-at-a-time check above and fail in the trials that combine them: each such trial
+    costs a start, and TPE learns nothing from a FAIL. Try combinations of every parameter's
+    extremes (every choice, each end of a range), as the trials' conditional blocks sample
+    them: all of them when there are at most `budget`, else a seeded sample of `budget`. A
+    combination that fails is cut down to the fewest settings that still fail, and named."""
+    combos = list(itertools.islice(_extreme_combinations([space.root], {}), budget + 1))
+    if len(combos) > budget:
+        rng, seen, combos = random.Random(seed), set(), []
+        for _ in range(budget):
+            combo = _random_extremes(space.root, rng)
+            text = json.dumps(combo, sort_keys=True, default=str)
+            if text not in seen:
+                seen.add(text)
+                combos.append(combo)
+    for combo in combos:
+        err = _combination_error(space, combo)
+        if err is None:
+            continue
+        needed = dict(combo)
+        for key in list(combo):  # drop what the failure does not need (the key back at base)
+            trial = {k: v for k, v in needed.items() if k != key}
+            if _combination_error(space, trial) == err:
+                needed = trial
+        shown = ", ".join(f"{k} = {v!r}" for k, v in needed.items())
+        raise SpaceError(f"{space.source}: {shown}: a trial can sample these together, which fails: {err}; "
+                         "narrow their ranges (or move them into conditional blocks) so that every "
+                         "combination holds")
+
+
+def _combination_error(space: SearchSpace, sampled: dict) -> Optional[str]:
+    """What a trial with these sampled values would fail on at its start, or None."""
+    from raytag.features.frontends import frontend_shape
+
+    try:
+        cfg = space.trial_config(sampled)
+        frontend_shape(cfg.features)
+        build_steps(cfg, _folds(cfg))
+    except ConfigError as err:
+        return str(err)
+    except Exception:  # noqa: BLE001 - not a setting's fault: the trial reports it
+        return None
+    return None
+
+
+def _ends(p: Param) -> list:
+    """The values a trial can sample at each end of p: a quantized range's high on its grid."""
+    if p.kind == "choice" or not p.step:
+        return p.extremes()
+    high = p.low + math.floor((p.high - p.low) / p.step + 1e-9) * p.step
+    if p.kind == "randint":
+        return [int(p.low), int(high)]
+    return [float(p.low), float(f"{high:.10g}")]
+
+
+def _extreme_combinations(stack: list, sampled: dict):
+    """Every combination of extremes, block by block in define_by_run's order (a block's
+    parameters, then its children), a block only where its `when` holds."""
+    if not stack:
+        yield dict(sampled)
+        return
+    block, rest = stack[0], stack[1:]
+    if not block.active(sampled):
+        yield from _extreme_combinations(rest, sampled)
+        return
+    keys = [p.key for p in block.params]
+    for values in itertools.product(*(_ends(p) for p in block.params)):
+        yield from _extreme_combinations(list(block.children) + rest, {**sampled, **dict(zip(keys, values))})
+
+
+def _random_extremes(root: Block, rng: random.Random) -> dict:
+    sampled: dict = {}
+
+    def visit(block: Block):
+        if not block.active(sampled):
+            return
+        for p in block.params:
+            sampled[p.key] = rng.choice(_ends(p))
+        for child in block.children:
+            visit(child)
+
+    visit(root)
+    return sampled
 
 
 def _models_in_scope(block: Block, outer: list) -> list:
