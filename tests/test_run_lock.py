@@ -6,22 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from raytag.config import Config
 from raytag.storage import LOCK_NAME, LockHeld, folder_lock
+
+from lock_util import lock_held_elsewhere
 from raytag.training import runner
 
-HOLDER = """
-import sys, time
-from raytag.storage import folder_lock
-with folder_lock(sys.argv[1], "run 'first'"):
-    print("locked", flush=True)
-    time.sleep(120)
-"""
 
 
 class _PastTheLock(Exception):
@@ -40,13 +33,8 @@ def stop_past_the_lock(monkeypatch):
 def live_holder(tmp_path):
     """Another process (a first `raytag train --name run`) holding the lock of <tmp>/res/run."""
     run_dir = tmp_path / "res" / "run"
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "locked"
-        yield run_dir, proc.pid
-    finally:
-        proc.kill()
-        proc.wait()
+    with lock_held_elsewhere(run_dir, "run 'first'") as pid:
+        yield run_dir, pid
 
 
 def test_a_second_run_of_one_name_is_refused_before_it_reads_or_writes(tmp_path, live_holder, stop_past_the_lock):

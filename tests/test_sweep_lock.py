@@ -7,36 +7,24 @@ import json
 import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from raytag import storage
 from raytag.storage import LOCK_NAME, LockHeld, folder_lock
 
+from lock_util import lock_held_elsewhere
+
 from test_tune import write_space
 
-HOLDER = """
-import sys, time
-from raytag.storage import folder_lock
-with folder_lock(sys.argv[1], "sweep 'fake'"):
-    print("locked", flush=True)
-    time.sleep(120)
-"""
 
 
 @pytest.fixture
 def live_holder(tmp_path):
     """Another process (a first driver) holding the lock of <tmp>/res/fake."""
     exp = tmp_path / "res" / "fake"
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(exp)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "locked"
-        yield exp, proc.pid
-    finally:
-        proc.kill()
-        proc.wait()
+    with lock_held_elsewhere(exp, "sweep 'fake'") as pid:
+        yield exp, pid
 
 
 def test_second_sweep_of_one_name_is_refused_before_writing(tmp_path, live_holder, monkeypatch):
