@@ -138,7 +138,7 @@ def tune(
     name: Optional[str] = typer.Option(None, help="Experiment name (default: the space's name)."),
     samples: Optional[int] = typer.Option(None, help="Number of trials (default: from the space)."),
     resume: bool = typer.Option(False, help="Continue an interrupted sweep of the same name."),
-    scheduler: Optional[str] = typer.Option(None, help="asha | fifo | hyperband (default: from the space)."),
+    scheduler: Optional[str] = typer.Option(None, help="asha | fifo (default: from the space). hyperband is refused: it does not fit the pipeline; use asha."),
     set_: List[str] = typer.Option([], "--set", help="Fix a setting for every trial, as if in the space's base: --set cv.clip_groups=groups.csv (repeatable; a key the space searches is refused)."),
 ):
     """Search pipeline configurations with Ray Tune + Optuna; prints a leaderboard."""

@@ -47,7 +47,16 @@ from raytag.training.rungs import rung_epochs_total
 from raytag.training.steps import build_steps
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "quniform", "qrandint")
-SCHEDULERS = ("asha", "fifo", "hyperband")
+SCHEDULERS = ("asha", "fifo")  # what a new sweep may use
+# HyperBand was offered once; a sweep stored with it still loads (its --resume and `raytag report`)
+STORED_SCHEDULERS = SCHEDULERS + ("hyperband",)
+HYPERBAND_REFUSED = (
+    "HyperBand does not fit raytag's pipeline: it has no grace_period (its brackets first compare "
+    "after as little as 1 first-fold epoch), it pauses every trial at its bracket's milestone until "
+    "all of the bracket get there (a trial whose first-fold epochs stop below it keeps the others "
+    "paused, holding their slots, for its whole pipeline), and each pause restarts a trial's "
+    "pipeline from its last checkpoint; use asha (or fifo) instead"
+)
 # What the searcher and the leaderboard choose by: the out-of-fold score of a finished
 # trial; "auto" is the dataset's own (cv_map3 on FSDKaggle2018, cv_lwlrap on FSDKaggle2019).
 METRICS = ("auto", "cv_lwlrap", "cv_map3")
@@ -160,10 +169,10 @@ class SearchSettings:
     metric: str = "auto"  # one of METRICS; the sweep resolves "auto" by the dataset's layout
     mode: str = "max"
     scheduler: str = "asha"
-    # ASHA/HyperBand count epochs of the first fold's fine-tune and stage-2 steps (rung_epoch,
+    # ASHA counts epochs of the first fold's fine-tune and stage-2 steps (rung_epoch,
     # raytag.training.rungs), so trials are compared at equal progress whatever their warm-up
     grace_period: int = 2  # first-fold epochs before the first cut
-    reduction_factor: float = 3.0  # ASHA/HyperBand: keep the best 1/reduction_factor at a rung
+    reduction_factor: float = 3.0  # ASHA: keep the best 1/reduction_factor at a rung
     max_t: Optional[int] = None  # the last rung's horizon in first-fold epochs; None: from the space
     max_concurrent_trials: int = 1
     seed: int = 0
@@ -402,6 +411,7 @@ def with_search_overrides(space: SearchSpace, flags: dict[str, Any]) -> SearchSp
         space.search, **{setting: value for setting, value in given.values()}))
     try:
         _check_settings(out)
+        _check_new_sweep(out)
         _check_rungs(out)
     except SpaceError as err:
         shown = " ".join(f"{flag} {value}" for flag, (_, value) in given.items())
@@ -411,9 +421,10 @@ def with_search_overrides(space: SearchSpace, flags: dict[str, Any]) -> SearchSp
 
 def parse_space(text: str, source: str = "<space>", default_name: str = "sweep", *,
                 combinations: bool = False) -> SearchSpace:
-    """Read and validate a space's YAML text. `combinations`: also try the settings' extremes
-    together (_check_combinations), as a new sweep's space is (load_space, --set); a sweep's
-    stored space is read without it, so that its resume and report keep working."""
+    """Read and validate a space's YAML text. `combinations`: the space of a new sweep
+    (load_space, --set): also try the settings' extremes together (_check_combinations) and
+    refuse what a new sweep may no longer use (_check_new_sweep: hyperband); a sweep's stored
+    space is read without it, so that its resume and report keep working."""
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
@@ -439,12 +450,20 @@ def parse_space(text: str, source: str = "<space>", default_name: str = "sweep",
         resources=_parse_dataclass(Resources, data.get("resources"), source, "resources"),
     )
     _check_settings(space)
+    if combinations:
+        _check_new_sweep(space)
     _check_one_distribution_per_key(space)
     _validate_against_config(space)
     if combinations:  # before the rungs: a step list that fails would read there as 1 epoch
         _check_combinations(space)
     _check_rungs(space)
     return space
+
+
+def _check_new_sweep(space: SearchSpace):
+    """What a new sweep may no longer use, though a stored sweep that used it still loads."""
+    if space.search.scheduler == "hyperband":
+        raise SpaceError(f"{space.source}: search.scheduler: hyperband is no longer offered. {HYPERBAND_REFUSED}")
 
 
 def _check_one_distribution_per_key(space: SearchSpace):
@@ -680,7 +699,7 @@ def _check_settings(space: SearchSpace):
     if s.mode != "max":  # min would make the scheduler and TPE keep the worst trials
         raise SpaceError(f"{src}: search.mode: {s.mode!r}, but every search metric (cv_lwlrap, cv_map3) "
                          "is higher-is-better; set mode: max or leave it out")
-    if s.scheduler not in SCHEDULERS:
+    if s.scheduler not in STORED_SCHEDULERS:  # hyperband: only in a stored sweep (_check_new_sweep)
         raise SpaceError(f"{src}: search.scheduler: {s.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
     if s.grace_period < 1:
         raise SpaceError(f"{src}: search.grace_period: must be at least 1")

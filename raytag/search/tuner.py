@@ -39,8 +39,8 @@ from raytag.errors import DatasetError, RaytagError, StorageError, StorageFault
 from raytag.search.leaderboard import (TRIAL_FAILURE, TRIAL_RESULT, build_leaderboard, error_reason,
                                        reason_from_text)
 from raytag.search.report import save_report
-from raytag.search.space import (SearchSpace, describe, load_space, parse_space, with_fixed_settings,
-                                 with_search_overrides)
+from raytag.search.space import (HYPERBAND_REFUSED, SearchSpace, SpaceError, describe, load_space, parse_space,
+                                 with_fixed_settings, with_search_overrides)
 from raytag.search.tune_state import StateBackup, repair_state, set_aside_damaged_snapshot
 from raytag.session import ensure_ray
 from raytag.training.rungs import RUNG_EPOCH, RUNG_SCORE
@@ -247,10 +247,11 @@ def trial_dirname(trial) -> str:
 
 # ----------------------------------------------------------------------------- sweep set-up
 def build_scheduler(space: SearchSpace, name: Optional[str] = None):
-    """ASHA (default), HyperBand or FIFO. ASHA and HyperBand count first-fold epochs
-    (`rung_epoch`) and compare the first fold's held-out score (`rung_score`), so every
-    rung compares trials at the same point of the pipeline (raytag.training.rungs)."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+    """ASHA (default) or FIFO. ASHA counts first-fold epochs (`rung_epoch`) and compares the
+    first fold's held-out score (`rung_score`), so every rung compares trials at the same
+    point of the pipeline (raytag.training.rungs). HyperBand is refused (HYPERBAND_REFUSED);
+    a sweep stored with it resumes with the scheduler Tune saved, not one built here."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     s = space.search
     name = (name or s.scheduler).lower()
@@ -263,14 +264,11 @@ def build_scheduler(space: SearchSpace, name: Optional[str] = None):
             time_attr=RUNG_EPOCH, metric=RUNG_SCORE, mode=s.mode, max_t=max_t,
             grace_period=s.grace_period, reduction_factor=s.reduction_factor, stop_last_trials=False,
         )
-    if name == "hyperband":
-        return HyperBandScheduler(
-            time_attr=RUNG_EPOCH, metric=RUNG_SCORE, mode=s.mode, max_t=max_t,
-            reduction_factor=s.reduction_factor, stop_last_trials=False,
-        )
     if name == "fifo":
         return FIFOScheduler()
-    raise RaytagError(f"--scheduler {name!r}: use asha, fifo or hyperband")
+    if name == "hyperband":
+        raise SpaceError(f"--scheduler hyperband: {HYPERBAND_REFUSED}")
+    raise SpaceError(f"--scheduler {name!r}: use asha or fifo")
 
 
 def reuses_trial_processes(space: SearchSpace) -> bool:
