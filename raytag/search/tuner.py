@@ -34,6 +34,7 @@ import pandas as pd
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.cluster import check_data, check_storage
+from raytag.config import ConfigError
 from raytag.data.layouts import detect_layout
 from raytag.errors import DatasetError, RaytagError, StorageError, StorageFault
 from raytag.search.leaderboard import (TRIAL_FAILURE, TRIAL_RESULT, build_leaderboard, error_reason,
@@ -450,9 +451,17 @@ def run_sweep(
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    space = load_space(space_path)
-    # --set is checked before anything is written; a resumed sweep keeps what it started with
-    fixed = with_fixed_settings(space, settings) if settings else space
+    space = fixed = file_error = None
+    try:
+        space = load_space(space_path)
+        # --set is checked before anything is written; a resumed sweep keeps what it started with
+        fixed = with_fixed_settings(space, settings) if settings else space
+    except (ConfigError, OSError) as err:
+        if not resume:
+            raise
+        # a resume runs the space the sweep stored (its space.yaml), so a file that moved, no
+        # longer loads, or now searches a key that --set fixed only costs the notes it gives
+        file_error = err
     overrides = {
         "--samples": ("samples", None if samples is None else int(samples)),
         "--scheduler": ("scheduler", None if scheduler is None else scheduler.lower()),
@@ -461,7 +470,8 @@ def run_sweep(
     }
     if not resume:  # checked as the file's own settings, before anything is written
         fixed = with_search_overrides(fixed, overrides)
-    name = name or space.name
+    # the name the space file gives; without the file (a resume), the name load_space would give it
+    name = name or (space.name if space is not None else Path(str(space_path)).stem)
     if files.is_uri(str(data)):  # copied onto each node by raytag.cluster.materialize_data
         data = str(data).rstrip("/")
     else:
@@ -471,6 +481,8 @@ def run_sweep(
         data = str(data.resolve())
     storage = files.absolute(storage)
     exp_dir = files.join(storage, name)
+    if file_error is not None and not tune.Tuner.can_restore(exp_dir):
+        raise _no_sweep_without_space(file_error, name, exp_dir)
 
     # One driver per sweep: a second `raytag tune` of the same name and storage is refused
     # before it writes anything (two drivers would overwrite each other's experiment state).
@@ -490,8 +502,11 @@ def run_sweep(
             )
         if resume and restorable:
             space = resumed_space(exp_dir, space, space_path=space_path, name=name, data=data,
-                                  samples=samples, scheduler=scheduler, settings=settings, say=say)
+                                  samples=samples, scheduler=scheduler, settings=settings, say=say,
+                                  file_error=file_error)
         else:
+            if file_error is not None:  # a new sweep needs its space file
+                raise _no_sweep_without_space(file_error, name, exp_dir)
             if resume:  # a resume ignores the overrides (resumed_space notes them); a new sweep checks them
                 say(f"nothing to resume in {exp_dir}; starting a new sweep")
                 fixed = with_search_overrides(fixed, overrides)
@@ -566,18 +581,23 @@ def run_sweep(
         return SweepResult(experiment_dir=exp_dir, leaderboard=board, plot_path=plot, space=space)
 
 
-def resumed_space(exp_dir: str, space: SearchSpace, *, space_path, name: str, data: str,
+def resumed_space(exp_dir: str, space: Optional[SearchSpace], *, space_path, name: str, data: str,
                   samples: Optional[int], scheduler: Optional[str], settings: Optional[dict],
-                  say: Callable[[str], None]) -> SearchSpace:
+                  say: Callable[[str], None], file_error: Optional[Exception] = None) -> SearchSpace:
     """The space a sweep started with (its space.yaml and sweep.json's search settings), for
-    --resume; notes what of this command it ignores and what changed since the start."""
+    --resume; notes what of this command it ignores and what changed since the start.
+    `space` is the space file as it is now (None, with `file_error`, where it cannot be
+    loaded, or with --set no longer applies): it is used only for those notes."""
     repaired = repair_state(exp_dir)  # a state file cut short by a storage fault
     if repaired:
         say(f"note: {', '.join(repaired)} was cut short when the storage failed; "
             "resuming from its last complete copy")
     stored = files.read_text(files.join(exp_dir, "space.yaml"))
     started = json.loads(files.read_text(files.join(exp_dir, "sweep.json")))
-    if space_changed(stored, space, started.get("settings") or {}):
+    if file_error is not None:
+        say(f"note: the space file cannot be used now ({file_error}); resuming with the space the sweep "
+            f"stored when it started ({files.join(exp_dir, 'space.yaml')})")
+    elif space is not None and space_changed(stored, space, started.get("settings") or {}):
         say(f"note: {space_path} changed since the sweep started; resuming with the stored space")
     space = parse_space(stored, source=files.join(exp_dir, "space.yaml"), default_name=name)
     space.search = dataclasses.replace(space.search, **started["search"])
@@ -592,6 +612,14 @@ def resumed_space(exp_dir: str, space: SearchSpace, *, space_path, name: str, da
         say(f"note: the sweep started on --data {started['data']}, resumed on {data}; a trial with "
             "checkpoints continues only if its clips and labels are the same")
     return space
+
+
+def _no_sweep_without_space(file_error: Exception, name: str, exp_dir: str) -> Exception:
+    """--resume where the space file cannot be used and there is no sweep to resume: the file's
+    own error, and where the resume looked (a sweep of another name needs its --name)."""
+    return SpaceError(f"{file_error}\n--resume: there is no sweep named '{name}' in {exp_dir} to resume "
+                      "(its stored space would have been used); give the sweep's --name, or a space file "
+                      "that loads to start a new sweep")
 
 
 def space_changed(stored: str, space: SearchSpace, started_settings: dict) -> bool:

@@ -1,0 +1,108 @@
+"""`raytag tune --resume` runs the space the sweep stored (its space.yaml), so it must not need
+the space file as it is now: one moved, deleted, no longer valid, or now searching a key that
+the start's --set fixed still resumes, with a note that the stored space is used."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from raytag.search.space import SpaceError, load_space, with_fixed_settings
+
+FAKE_SPACE = """
+name: fake
+base:
+  pipeline.finetune.epochs: 6
+space:
+  train.lr: {loguniform: [1.0e-4, 1.0e-2]}
+  model.width: {choice: [16, 48]}
+search: {samples: 4, scheduler: asha, grace_period: 2, reduction_factor: 2,
+         max_concurrent_trials: 1, seed: 0, startup_trials: 3}
+resources: {num_workers: 1, cpus_per_worker: 0.5, trial_cpus: 0.25}
+"""
+SETTINGS = {"cv.n_folds": 3}
+
+
+class _Resumed(Exception):
+    """Raised where the resume would start Tune; carries the space it would run."""
+
+
+@pytest.fixture
+def sweep(tmp_path, monkeypatch):
+    """A started sweep named fake in tmp/r (what Tuner.can_restore and the resume read), begun
+    with --set cv.n_folds=3; run_sweep stopped where it would start Tune."""
+    import raytag.search.tuner as tuner
+
+    notes = []
+    monkeypatch.setattr(tuner, "_printer", lambda enabled: notes.append)
+    for name in ("ensure_ray", "check_storage", "check_data"):
+        monkeypatch.setattr(tuner, name, lambda *a, **k: None)
+
+    def resumed(space, requested):
+        raise _Resumed(space)
+
+    monkeypatch.setattr(tuner, "concurrency", resumed)
+    path = tmp_path / "fake.yaml"
+    path.write_text(FAKE_SPACE)
+    (tmp_path / "data").mkdir()
+    exp = tmp_path / "r" / "fake"
+    exp.mkdir(parents=True)
+    (exp / "tuner.pkl").write_bytes(b"")
+    (exp / "space.yaml").write_text(with_fixed_settings(load_space(path), SETTINGS).text)
+    (exp / "sweep.json").write_text(json.dumps({
+        "search": {"samples": 4, "scheduler": "asha", "max_concurrent_trials": 1, "metric": "cv_lwlrap"},
+        "settings": SETTINGS, "data": str(tmp_path / "data")}))
+
+    def resume(**kwargs):
+        with pytest.raises(_Resumed) as caught:
+            tuner.run_sweep(path, tmp_path / "data", storage=str(tmp_path / "r"), resume=True, **kwargs)
+        return caught.value.args[0]
+
+    return path, exp, notes, resume
+
+
+def test_a_resume_needs_no_space_file(sweep):
+    path, exp, notes, resume = sweep
+    path.unlink()  # moved or deleted since the start
+    space = resume(settings=SETTINGS)
+    assert space.text == (exp / "space.yaml").read_text() and space.base["cv.n_folds"] == 3
+    assert any("cannot be used now" in n and "search space not found" in n and "space.yaml" in n
+               for n in notes), notes
+
+
+def test_a_resume_of_a_space_file_that_now_searches_a_set_key(sweep):
+    """The user repeats the start command, --set and all, but the file now searches cv.n_folds."""
+    path, exp, notes, resume = sweep
+    path.write_text(FAKE_SPACE.replace("  model.width:", "  cv.n_folds: {choice: [2, 3]}\n  model.width:"))
+    space = resume(settings=SETTINGS)
+    assert space.base["cv.n_folds"] == 3 and "cv.n_folds" not in space.param_keys()
+    assert any("cannot be used now" in n and "--set cv.n_folds" in n for n in notes), notes
+
+
+def test_a_resume_of_a_space_file_that_no_longer_loads(sweep):
+    path, exp, notes, resume = sweep
+    path.write_text(FAKE_SPACE.replace("train.lr:", "train.lrr:"))  # a key renamed
+    space = resume()
+    assert space.param_keys() == ["train.lr", "model.width"]
+
+
+def test_a_resume_of_an_unchanged_file_says_nothing_about_it(sweep):
+    path, exp, notes, resume = sweep
+    resume(settings=SETTINGS)
+    assert not any("space file" in n or "changed since" in n for n in notes), notes
+
+
+def test_without_a_sweep_to_resume_the_file_s_error_stands(tmp_path, monkeypatch):
+    import raytag.search.tuner as tuner
+
+    def no_ray():
+        raise AssertionError("started Ray without a space to run")
+
+    monkeypatch.setattr(tuner, "ensure_ray", no_ray)
+    (tmp_path / "data").mkdir()
+    with pytest.raises(SpaceError, match=r"(?s)search space not found.*no sweep named 'gone'.*--name"):
+        tuner.run_sweep(tmp_path / "gone.yaml", tmp_path / "data", storage=str(tmp_path / "r"), resume=True)
+    with pytest.raises(SpaceError, match="search space not found"):  # a new sweep: as before
+        tuner.run_sweep(tmp_path / "gone.yaml", tmp_path / "data", storage=str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
