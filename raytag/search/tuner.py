@@ -537,6 +537,9 @@ def run_sweep(
             if not set_resumed_concurrency(tuner, n_parallel):
                 say(f"note: the resumed sweep runs as many trials at once as when it started "
                     f"({space.search.max_concurrent_trials})")
+            # Tune does not restore the scheduler's rungs: replay the trials' recorded results into them
+            for note in restore_scheduler_state(tuner, exp_dir):
+                say(f"note: {note}")
         else:
             files.write_text(files.join(exp_dir, "space.yaml"), space.text)
             started = {"search": {k: getattr(space.search, k)
@@ -646,6 +649,84 @@ def set_resumed_concurrency(tuner, n_parallel: int) -> bool:
         return False
     limiter.set_max_concurrency(int(n_parallel))
     return True
+
+
+def restore_scheduler_state(tuner, exp_dir: str) -> list[str]:
+    """Give a restored sweep's ASHA scheduler its rungs back from the results its trials
+    recorded (each trial's result.json); returns notes for the user.
+
+    Tune does not save the scheduler: Tuner.restore unpickles it from tuner.pkl, written once
+    when the sweep was built (empty rungs), the TuneController leaves `_scheduler_alg` out of
+    the state it saves, and restored trials are only `on_trial_add`ed. Without this, a trial
+    that had passed a rung before the driver died is judged at that rung again, against the
+    other restored trials alone (the second of two resumed trials could be stopped, with its
+    folds untrained), and finished trials no longer set any cutoff. (The epoch budget needs
+    nothing: the TuneController saves its stopper, EpochBudget with its count, in that state.)
+
+    Replaying a trial's results in order through the bracket's own `on_result` records, at
+    each rung, the score at the first result that reached it, as the live run did (a rung's
+    record depends only on each trial's own results, not on the order of trials); the
+    decisions it returns are ignored. The trials are those of the experiment state Tune
+    resumes from (ExperimentAnalysis reads the same newest state file)."""
+    from ray.tune import ExperimentAnalysis
+    from ray.tune.schedulers import AsyncHyperBandScheduler, HyperBandScheduler
+
+    scheduler = getattr(getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None), "scheduler", None)
+    if isinstance(scheduler, HyperBandScheduler):
+        return ["a HyperBand sweep's brackets start again from zero (HyperBand is no longer offered; "
+                "new sweeps use asha)"]
+    if scheduler is None:  # Ray's restored tuner is laid out otherwise than raytag knows
+        return ["the scheduler's rungs start again from zero (Ray's restored tuner does not expose them)"]
+    if not isinstance(scheduler, AsyncHyperBandScheduler):
+        return []  # FIFO: nothing to restore
+    try:
+        trials = ExperimentAnalysis(exp_dir).trials
+    except Exception as err:  # noqa: BLE001 - the resume goes on, as it did before this replay
+        return [f"the scheduler's rungs start again from zero (the trials' results cannot be read: {err})"]
+    return _replay_rungs(scheduler, {trial.trial_id: _recorded_results(exp_dir, trial) for trial in trials})
+
+
+def _replay_rungs(scheduler, histories: dict[str, list[dict]]) -> list[str]:
+    """Record each trial's results in the ASHA scheduler's rungs (restore_scheduler_state)."""
+    from types import SimpleNamespace
+
+    brackets = getattr(scheduler, "_brackets", None)
+    time_attr, metric, op = (getattr(scheduler, k, None) for k in ("_time_attr", "_metric", "_metric_op"))
+    if (not isinstance(brackets, list) or len(brackets) != 1 or None in (time_attr, metric, op)
+            or not all(isinstance(r, tuple) and len(r) == 2 and isinstance(r[1], dict)
+                       for r in getattr(brackets[0], "_rungs", [None]))):
+        return ["the scheduler's rungs start again from zero (Ray's ASHA scheduler is laid out "
+                "otherwise than raytag knows)"]
+    bracket = brackets[0]
+    if any(recorded for _, recorded in bracket._rungs):
+        return []  # the scheduler came back with its rungs: nothing to replay
+    for trial_id, rows in histories.items():
+        trial = SimpleNamespace(trial_id=trial_id)  # on_result reads only the id
+        for row in rows:
+            if row.get(time_attr) is not None and row.get(metric) is not None:
+                bracket.on_result(trial, row[time_attr], op * float(row[metric]))
+    held = {tid for _, recorded in bracket._rungs for tid in recorded}
+    return [f"the scheduler's rungs hold the results of {len(held)} trials again"] if held else []
+
+
+def _recorded_results(exp_dir: str, trial) -> list[dict]:
+    """A trial's results in the order Tune recorded them (its result.json, one JSON object a
+    line); a line cut short by a killed driver, or a missing file, gives what could be read."""
+    folder = Path(str(trial.path)).name if getattr(trial, "path", None) else trial_dirname(trial)
+    path = files.join(exp_dir, folder, "result.json")
+    try:
+        text = files.read_text(path) if files.exists(path) else ""
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def _printer(enabled: bool):
