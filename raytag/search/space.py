@@ -42,6 +42,7 @@ from typing import Any, Optional, get_type_hints
 import yaml
 
 from raytag.config import Config, ConfigError, apply_overrides
+from raytag.features.frontends import frontend_shape
 from raytag.models import MODELS, ModelConfigError, build_model
 from raytag.training.rungs import rung_epochs_total
 from raytag.training.steps import build_steps
@@ -794,8 +795,6 @@ def _check_combinations(space: SearchSpace, budget: int = COMBINATIONS, seed: in
 
 def _combination_error(space: SearchSpace, sampled: dict) -> Optional[str]:
     """What a trial with these sampled values would fail on at its start, or None."""
-    from raytag.features.frontends import frontend_shape
-
     try:
         cfg = space.trial_config(sampled)
         frontend_shape(cfg.features)
