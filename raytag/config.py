@@ -350,6 +350,9 @@ def safe_name(text: str) -> str:
     return name or "member"
 
 
+# the class-group sets shipped for label spreading (pipeline.label_spreading.groups_file: esc50, ...)
+SHIPPED_GROUPS = Path(__file__).resolve().parent / "pipeline" / "groups"
+
 # settings that name a file or folder, relative to where the command runs (Config.with_absolute_paths)
 PATH_SETTINGS = ("cv.clip_groups", "pipeline.label_spreading.groups_file", "train.noisy_teacher.artifact")
 
@@ -408,20 +411,29 @@ class Config:
     def with_overrides(self, overrides: dict[str, Any]) -> "Config":
         return Config.from_dict(apply_overrides(self.to_dict(), overrides))
 
-    def with_absolute_paths(self, base: Path) -> "Config":
+    def with_absolute_paths(self, base: Path, data_root: Optional[Path] = None) -> "Config":
         """The config with each setting that names a file or folder (PATH_SETTINGS) made
-        absolute where it exists relative to `base`, the folder the command was run from: a
+        absolute where it names one relative to `base`, the folder the command was run from: a
         Tune trial runs in a folder of its own, where a relative path no longer leads there.
-        A path that does not exist there is left as given (a clip-groups file inside the
-        dataset folder, a shipped groups set such as esc50, or a missing file the run names)."""
+        Left as given: a clip-groups file in the dataset folder `data_root` (looked up there
+        first, as `raytag train` does), a shipped groups set (esc50), and a path that names
+        nothing there (the run then says which file is missing)."""
         overrides = {}
         for key in PATH_SETTINGS:
             value = self.to_dict()
             for part in key.split("."):
                 value = value[part]
-            if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute() \
-                    and (Path(base) / value).exists():
-                overrides[key] = str((Path(base) / value).resolve())
+            if not isinstance(value, str) or not value or "://" in value or Path(value).is_absolute():
+                continue
+            here = Path(base) / value
+            if key == "train.noisy_teacher.artifact":
+                found = here.is_dir()
+            elif key == "cv.clip_groups":
+                found = here.is_file() and not (data_root is not None and (Path(data_root) / value).is_file())
+            else:  # pipeline.label_spreading.groups_file
+                found = here.is_file() and not (not Path(value).suffix and (SHIPPED_GROUPS / f"{value}.yaml").is_file())
+            if found:
+                overrides[key] = str(here.resolve())
         return self.with_overrides(overrides) if overrides else self
 
     # -- derived ------------------------------------------------------------

@@ -196,3 +196,50 @@ def test_a_sweep_gives_each_trial_the_teacher_and_the_path_from_its_own_folder(r
     seen = json.loads((data / "seen.json").read_text())
     assert seen["artifact"] == str((tmp_path / "runs" / "default").resolve())
     assert seen["teacher"] == "noisy_teacher_targets"
+
+
+def test_paths_left_as_given_where_the_run_looks_elsewhere_first(tmp_path):
+    (tmp_path / "esc50").mkdir()  # a dataset folder named like a shipped groups set
+    (tmp_path / "groups.csv").write_text("fname,group\n")
+    (tmp_path / "mine.yaml").write_text("a: [x]\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "groups.csv").write_text("fname,group\n")
+    cfg = Config.from_dict({"cv": {"clip_groups": "groups.csv"},
+                            "pipeline": {"label_spreading": {"groups_file": "esc50"}}})
+    kept = cfg.with_absolute_paths(tmp_path, data_root=data)
+    assert kept.pipeline.label_spreading.groups_file == "esc50"  # shipped: esc50.yaml
+    assert kept.cv.clip_groups == "groups.csv"  # the dataset folder's, as raytag train reads it
+    moved = cfg.with_overrides({"pipeline.label_spreading.groups_file": "mine.yaml"}).with_absolute_paths(tmp_path)
+    assert moved.cv.clip_groups == str(tmp_path / "groups.csv")
+    assert moved.pipeline.label_spreading.groups_file == str(tmp_path / "mine.yaml")
+
+
+def test_a_weighted_teacher_is_known_apart_from_itself_unweighted(teacher, demo_data, monkeypatch):
+    """Its fold targets use the members' mean, unlike the targets of a run begun with its weights
+    (before fold_safe_teacher): the identity says so, so such a run is refused on resume."""
+    import raytag.ensemble.noisy_teacher as noisy_teacher_module
+
+    artifact, out = teacher
+    original = noisy_teacher_module.load_artifact
+    monkeypatch.setattr(noisy_teacher_module, "load_artifact", lambda path, device="cpu": dataclasses.replace(
+        original(path, device), combiner="weighted", weights=[1.0]))
+    cfg = _taught(artifact)
+    dataset, _, plan = prepare_data(cfg, demo_data, str(out / "cache"), progress=False)
+    _, identity = noisy_teacher_targets(cfg, plan, dataset, str(out / "cache"))
+    assert identity.startswith(teacher_identity(artifact)) and identity != teacher_identity(artifact)
+
+
+def test_a_sweep_without_a_way_to_load_the_teacher_is_refused_before_any_trial(ray_session, tmp_path):
+    from raytag.search.tuner import run_sweep
+
+    data = tmp_path / "data"
+    data.mkdir()
+    space = tmp_path / "one.yaml"
+    space.write_text("name: one\nbase:\n  train.noisy_teacher.artifact: somewhere\nspace:\n"
+                     "  train.lr: {choice: [0.001]}\n"
+                     "search: {samples: 1, scheduler: fifo, max_concurrent_trials: 1, seed: 0}\n"
+                     "resources: {num_workers: 1, cpus_per_worker: 0.5, trial_cpus: 0.25}\n")
+    with pytest.raises(RaytagError, match="no way to load a teacher"):
+        run_sweep(space, data, storage=str(tmp_path / "res"), name="t", trial_fn=_recording_fit, progress=False)
+    assert not (tmp_path / "res" / "t" / "trials").exists()

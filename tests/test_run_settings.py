@@ -168,3 +168,16 @@ def test_a_run_recorded_before_the_plan_keys_still_resumes(tmp_path):
                                                       if not k.startswith("plan.")}))
     (tmp_path / "checkpoint_000000").mkdir()
     check_run_settings(str(tmp_path), cfg, _plan(noisy_subset=["n2"]))  # nothing recorded to compare it with
+
+
+def test_a_path_spelt_another_way_resumes_and_its_contents_still_count(tmp_path):
+    """cv.clip_groups recorded relative, resumed absolute (a sweep's trial takes it from the
+    command's folder): the same plan resumes; another split is still refused (plan.curated_fold)."""
+    import numpy as np
+
+    check_run_settings(str(tmp_path), Config.from_dict({"cv": {"clip_groups": "groups.csv"}}), _plan())
+    (tmp_path / "checkpoint_000000").mkdir()
+    moved = Config.from_dict({"cv": {"clip_groups": "/data/x/groups.csv"}})
+    check_run_settings(str(tmp_path), moved, _plan())
+    with pytest.raises(ConfigError, match="plan.curated_fold"):
+        check_run_settings(str(tmp_path), moved, _plan(curated_fold=np.asarray([1, 0, 0, 1])))

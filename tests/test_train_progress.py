@@ -163,7 +163,7 @@ def test_quiet_prints_no_epoch_line_but_the_tables(train_cli, demo_data, monkeyp
                               pd.read_csv(run_dir / "outputs" / "stages.csv"))
     event = EpochEvent("finetune", 0, 3, 1, 2, 0.1, 0.5, 1.0, 1.0)
 
-    def fake_fit(cfg, data, storage, name, on_epoch=None):
+    def fake_fit(cfg, data, storage, name, on_epoch=None, noisy_teacher=None):
         if on_epoch is not None:
             on_epoch(event)
         return finished

@@ -159,14 +159,18 @@ def noisy_teacher_targets(cfg: Config, plan, dataset, cache_root: str,
     blended by label_weight. `fit_pipeline(noisy_teacher=...)` calls it."""
     setting = cfg.train.noisy_teacher
     path = teacher_artifact_path(setting.artifact)
-    art = fold_safe_teacher(load_artifact(path))
+    loaded = load_artifact(path)
+    art = fold_safe_teacher(loaded)
     check_teacher_folds(art, plan)
     path_of = dict(zip(dataset.clips["clip_id"], dataset.clips["path"].astype(str)))
     paths = [path_of[c] for c in plan.noisy_ids]
     predictions = _cached_predictions(art, list(plan.model_folds), list(plan.noisy_ids), paths, cache_root, progress)
     w = float(setting.label_weight)
     targets = {f: (w * plan.noisy_y + (1 - w) * p).astype(np.float32) for f, p in predictions.items()}
-    return targets, teacher_identity(path)
+    identity = teacher_identity(path)
+    if loaded.combiner == "weighted":  # targets unlike those of the same teacher before fold_safe_teacher
+        identity += " as the mean of its members (fitted weights dropped)"
+    return targets, identity
 
 
 def _cached_predictions(art: Artifact, folds: list[int], noisy_ids: list[str], paths: list[str], cache_root: str,

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from raytag.config import ConfigError, LabelSpreadingConfig
+from raytag.config import SHIPPED_GROUPS, ConfigError, LabelSpreadingConfig
 
 REST_GROUP = "rest"
 log = logging.getLogger(__name__)
@@ -256,9 +256,6 @@ def _spread_group(members, noi_rows, x_lab, y_lab, x_noi, y_noi, cfg: LabelSprea
         take = ~accepted[rows] & (hit | (spread[rows] < 0))
         spread[rows[take]] = pred[take]
         accepted[rows] |= hit
-
-
-SHIPPED_GROUPS = Path(__file__).resolve().parent / "groups"
 
 
 def load_groups_file(name_or_path: str, classes: Sequence[str]) -> dict[str, list[str]]:

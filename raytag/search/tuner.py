@@ -149,7 +149,8 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
 def _run_pipeline(config: dict, setup: TrialSetup, trial_id: str, last_report: dict):
     """One trial's pipeline run, its reports forwarded to Tune; TrialFailed when its score is unusable."""
-    cfg = setup.space.trial_config(config).with_absolute_paths(Path(setup.workdir))
+    data_root = None if files.is_uri(setup.data) else Path(setup.data)
+    cfg = setup.space.trial_config(config).with_absolute_paths(Path(setup.workdir), data_root)
     # a storage fault that cut Ray Train's checkpoint list short: train this trial again from its start
     set_aside_damaged_snapshot(files.join(setup.trials_dir, trial_id))
     fit = setup.trial_fn
@@ -515,6 +516,9 @@ def run_sweep(
         # "auto" -> the layout's own score; a resumed sweep keeps the metric it started with
         space.search = dataclasses.replace(
             space.search, metric=resolve_metric(space.search.metric, detect_layout(data), str(data)))
+        if noisy_teacher is None and space.base_config().train.noisy_teacher.artifact:
+            raise RaytagError("train.noisy_teacher: this caller of run_sweep gives no way to load a teacher "
+                              "(noisy_teacher=); run the sweep with `raytag tune`")
         n_parallel, why = concurrency(space, space.search.max_concurrent_trials)
         if why:
             say(f"note: {why}")

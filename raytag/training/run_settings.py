@@ -43,9 +43,10 @@ FREE_TO_CHANGE = (
     "train.num_workers", "train.use_gpu", "train.cpus_per_worker", "train.gpus_per_worker",
     "train.ddp_backend", "train.max_failures", "train.runner", "train.checkpoint_every",
     "train.torch_threads", "train.precision", "train.profile_epoch",
-    # the teacher's path may be spelt another way (relative, absolute, its run or artifact folder):
-    # what it holds is compared as plan.noisy_teacher (`_teacher_signature`)
-    "train.noisy_teacher.artifact",
+    # paths may be spelt another way (relative, absolute, a moved working folder, the teacher's run
+    # or artifact folder): what they hold is compared as plan.* (the folds, the resolved groups,
+    # plan.noisy_teacher), so a changed file is still refused
+    "train.noisy_teacher.artifact", "cv.clip_groups", "pipeline.label_spreading.groups_file",
 )
 
 
