@@ -168,9 +168,11 @@ def test_a_space_file_that_sets_a_resource_twice_is_refused(tmp_path):
 def test_use_gpu_without_a_gpu_per_worker_is_refused_at_load():
     from raytag.search.space import SpaceError
 
+    text = ("resources: {use_gpu: true, gpus_per_worker: 0, num_workers: 1}\nsearch: {scheduler: fifo}\n"
+            "space: {train.lr: {loguniform: [1.0e-4, 1.0e-3]}}\n")
     with pytest.raises(SpaceError, match="gpus_per_worker"):
-        parse_space("resources: {use_gpu: true, gpus_per_worker: 0, num_workers: 1}\nsearch: {scheduler: fifo}\n"
-                    "space: {train.lr: {loguniform: [1.0e-4, 1.0e-3]}}\n", source="g.yaml")
+        parse_space(text, source="g.yaml", combinations=True)  # a new sweep (load_space)
+    parse_space(text, source="g.yaml")  # a stored one still loads, so `raytag report` lists its failed trials
 
 
 # -- item 5: first trials whose list/dict value equals a choice but is another JSON text -------
@@ -255,3 +257,17 @@ def test_a_set_value_that_fails_with_a_searched_one_is_refused():
 def test_a_stored_sweep_with_such_a_space_stays_readable():
     """A sweep stored before the check (its resume, its report) parses as before."""
     assert parse_space(PSEUDO).param_keys() == ["model.name", "pipeline.pseudo.lower.end", "pipeline.pseudo.upper"]
+
+
+def test_a_resume_with_the_same_resource_set_is_not_told_it_is_ignored():
+    """--set train.num_workers goes into the stored space's resources, not its base: a resume with
+    the same --set must not print that --set is ignored (tuner._settings_in_force)."""
+    from raytag.search.space import with_fixed_settings
+    from raytag.search.tuner import _settings_in_force
+
+    space = parse_space("space: {train.lr: {loguniform: [1.0e-4, 1.0e-3]}}\nsearch: {scheduler: fifo}\n"
+                        "resources: {num_workers: 1, cpus_per_worker: 0.5}\n", source="r.yaml")
+    fixed = with_fixed_settings(space, {"train.num_workers": 2, "train.mixup": {"alpha": 0.2}})
+    assert _settings_in_force(fixed, {"train.num_workers": 2, "train.mixup": {"alpha": 0.2}})
+    assert not _settings_in_force(fixed, {"train.num_workers": 3})
+    assert not _settings_in_force(fixed, {"train.mixup": {"alpha": 0.3}})

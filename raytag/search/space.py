@@ -465,6 +465,14 @@ def _check_new_sweep(space: SearchSpace):
     """What a new sweep may no longer use, though a stored sweep that used it still loads."""
     if space.search.scheduler == "hyperband":
         raise SpaceError(f"{space.source}: search.scheduler: hyperband is no longer offered. {HYPERBAND_REFUSED}")
+    try:
+        train = space.base_config().train
+    except ConfigError:
+        return  # named by _validate_against_config
+    if train.use_gpu and train.gpus_per_worker <= 0:  # Ray refuses it in every trial
+        raise SpaceError(f"{space.source}: resources.gpus_per_worker: {train.gpus_per_worker:g} with use_gpu true, "
+                         "which Ray refuses (`use_gpu` is True but `GPU` is set to 0); give each worker a "
+                         "GPU share above 0 (e.g. 0.5) or set use_gpu: false")
 
 
 def _check_one_distribution_per_key(space: SearchSpace):
@@ -731,10 +739,6 @@ def _validate_against_config(space: SearchSpace):
         raise SpaceError(f"{src}: base/resources: {err}") from None
     _check_model_names(space, base)
     _check_model_params(base, f"{src}: base")
-    if base.train.use_gpu and base.train.gpus_per_worker <= 0:  # Ray refuses it in every trial
-        raise SpaceError(f"{src}: resources.gpus_per_worker: {base.train.gpus_per_worker:g} with use_gpu true, "
-                         "which Ray refuses (`use_gpu` is True but `GPU` is set to 0); give each worker a "
-                         "GPU share above 0 (e.g. 0.5) or set use_gpu: false")
 
     def walk(block: Block, conditions: dict, models: list, where: str):
         for key, allowed in block.when:

@@ -588,6 +588,33 @@ def run_sweep(
         return SweepResult(experiment_dir=exp_dir, leaderboard=board, plot_path=plot, space=space)
 
 
+def _settings_in_force(space, settings: dict) -> bool:
+    """Whether every `--set` value is what the stored space's trials get (its base, or its
+    resources section, where `--set` of a resource key goes), a mapping key by key."""
+    try:
+        effective = space.base_config().to_dict()
+    except ConfigError:
+        return False
+
+    def leaves(prefix: str, value):
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                yield from leaves(f"{prefix}.{key}", inner)
+        else:
+            yield prefix, value
+
+    for key, value in settings.items():
+        for path, want in leaves(key, value):
+            node = effective
+            for part in path.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    return False
+                node = node[part]
+            if node != want:
+                return False
+    return True
+
+
 def resumed_space(exp_dir: str, space: Optional[SearchSpace], *, space_path, name: str, data: str,
                   samples: Optional[int], scheduler: Optional[str], settings: Optional[dict],
                   say: Callable[[str], None], file_error: Optional[Exception] = None) -> SearchSpace:
@@ -611,7 +638,7 @@ def resumed_space(exp_dir: str, space: Optional[SearchSpace], *, space_path, nam
     if samples not in (None, space.search.samples) or scheduler not in (None, space.search.scheduler):
         say("note: --samples/--scheduler are fixed when a sweep starts; resuming with "
             f"samples={space.search.samples}, scheduler={space.search.scheduler}")
-    if settings and any(space.base.get(k, object()) != v for k, v in settings.items()):
+    if settings and not _settings_in_force(space, settings):
         say("note: --set is fixed when a sweep starts; resuming with the stored space's settings")
     if started.get("data") not in (None, data):
         # a moved copy of the same data resumes; other clips or labels are refused by each
