@@ -221,9 +221,9 @@ def test_shipped_spaces_load_and_every_sample_is_a_valid_config(name):
 
 
 def _flat(cfg: Config) -> dict:
-    from raytag.search.space import _flatten_values  # the dotted keys a space's `base` uses
+    from raytag.search.space import flatten_settings  # the dotted keys a space's `base` uses
 
-    return _flatten_values(cfg.to_dict(), "config", "")
+    return flatten_settings(cfg.to_dict(), "config", "")
 
 
 def test_built_in_defaults_are_the_default_recipe():

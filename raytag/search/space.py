@@ -360,7 +360,7 @@ def with_fixed_settings(space: SearchSpace, settings: dict[str, Any]) -> SearchS
     use_gpu) go into the `resources` section instead, which trials take over `base`: the
     command line is the later, more specific word, so `--set train.gpus_per_worker=1` gives
     each trial one GPU whatever the file's `resources:` says (it was silently overridden)."""
-    flat = _flatten_values(settings, space.source, "--set")  # a section given whole: key by key
+    flat = flatten_settings(settings, space.source, "--set")  # a section given whole: key by key
     params = {p.key: p for p in space.params()}
     for key, value in flat.items():
         if key in params:
@@ -436,7 +436,7 @@ def parse_space(text: str, source: str = "<space>", default_name: str = "sweep",
     if unknown:
         raise SpaceError(f"{source}: unknown section '{unknown[0]}'; sections are {', '.join(_SECTIONS)}")
 
-    base = _flatten_values(data.get("base") or {}, source, "base")
+    base = flatten_settings(data.get("base") or {}, source, "base")
     root = _parse_block(
         {"space": data.get("space") or {}, "conditional": data.get("conditional") or []},
         source, "", known={}, when=(),
@@ -509,7 +509,7 @@ def _check_rungs(space: SearchSpace):
         )
 
 
-def _flatten_values(node: Any, source: str, where: str, prefix: str = "") -> dict:
+def flatten_settings(node: Any, source: str, where: str, prefix: str = "") -> dict:
     """base: nested mappings or dotted keys -> {dotted: value}."""
     if not isinstance(node, dict):
         raise SpaceError(f"{source}: {where}: expected a mapping of settings, got {node!r}")
@@ -519,7 +519,7 @@ def _flatten_values(node: Any, source: str, where: str, prefix: str = "") -> dic
         # A Config section is a mapping; free-form dict settings (model.params,
         # label_spreading.groups) are set whole, so only descend into sections.
         if isinstance(value, dict) and _is_section(dotted):
-            out.update(_flatten_values(value, source, where, dotted + "."))
+            out.update(flatten_settings(value, source, where, dotted + "."))
         else:
             out[dotted] = value
     return out

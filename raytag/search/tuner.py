@@ -40,8 +40,8 @@ from raytag.errors import DatasetError, RaytagError, StorageError, StorageFault
 from raytag.search.leaderboard import (TRIAL_FAILURE, TRIAL_RESULT, build_leaderboard, error_reason,
                                        reason_from_text)
 from raytag.search.report import save_report
-from raytag.search.space import (HYPERBAND_REFUSED, SearchSpace, SpaceError, describe, load_space, parse_space,
-                                 with_fixed_settings, with_search_overrides)
+from raytag.search.space import (HYPERBAND_REFUSED, SearchSpace, SpaceError, flatten_settings, describe, load_space,
+                                 parse_space, with_fixed_settings, with_search_overrides)
 from raytag.search.tune_state import StateBackup, repair_state, set_aside_damaged_snapshot
 from raytag.session import ensure_ray
 from raytag.training.rungs import RUNG_EPOCH, RUNG_SCORE
@@ -590,28 +590,21 @@ def run_sweep(
 
 def _settings_in_force(space, settings: dict) -> bool:
     """Whether every `--set` value is what the stored space's trials get (its base, or its
-    resources section, where `--set` of a resource key goes), a mapping key by key."""
+    resources section, where `--set` of a resource key goes), a section key by key as
+    `with_fixed_settings` applies it."""
     try:
         effective = space.base_config().to_dict()
-    except ConfigError:
+        flat = flatten_settings(settings, space.source, "--set")
+    except (ConfigError, SpaceError):
         return False
-
-    def leaves(prefix: str, value):
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                yield from leaves(f"{prefix}.{key}", inner)
-        else:
-            yield prefix, value
-
-    for key, value in settings.items():
-        for path, want in leaves(key, value):
-            node = effective
-            for part in path.split("."):
-                if not isinstance(node, dict) or part not in node:
-                    return False
-                node = node[part]
-            if node != want:
+    for path, want in flat.items():
+        node = effective
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
                 return False
+            node = node[part]
+        if node != want:
+            return False
     return True
 
 
