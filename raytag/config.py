@@ -353,8 +353,13 @@ def safe_name(text: str) -> str:
 # the class-group sets shipped for label spreading (pipeline.label_spreading.groups_file: esc50, ...)
 SHIPPED_GROUPS = Path(__file__).resolve().parent / "pipeline" / "groups"
 
-# settings that name a file or folder, relative to where the command runs (Config.with_absolute_paths)
-PATH_SETTINGS = ("cv.clip_groups", "pipeline.label_spreading.groups_file", "train.noisy_teacher.artifact")
+
+def shipped_groups_file(name: str) -> Optional[Path]:
+    """The shipped groups set a groups_file value names (esc50 -> .../esc50.yaml), or None when it
+    names none: a value with a suffix is a path."""
+    path = SHIPPED_GROUPS / f"{name}.yaml"
+    return path if not Path(name).suffix and path.is_file() else None
+
 
 
 # ----------------------------------------------------------------------------- top level
@@ -412,28 +417,25 @@ class Config:
         return Config.from_dict(apply_overrides(self.to_dict(), overrides))
 
     def with_absolute_paths(self, base: Path, data_root: Optional[Path] = None) -> "Config":
-        """The config with each setting that names a file or folder (PATH_SETTINGS) made
+        """The config with each setting that names a file or folder made
         absolute where it names one relative to `base`, the folder the command was run from: a
         Tune trial runs in a folder of its own, where a relative path no longer leads there.
         Left as given: a clip-groups file in the dataset folder `data_root` (looked up there
         first, as `raytag train` does), a shipped groups set (esc50), and a path that names
         nothing there (the run then says which file is missing)."""
+        clip_groups, groups_file = self.cv.clip_groups, self.pipeline.label_spreading.groups_file
+        in_data = data_root is not None and clip_groups and (Path(data_root) / clip_groups).is_file()
+        found = {  # setting: (value, whether it names a file or folder relative to `base` that the run reads)
+            "cv.clip_groups": (clip_groups, lambda here: here.is_file() and not in_data),
+            "pipeline.label_spreading.groups_file":
+                (groups_file, lambda here: here.is_file() and shipped_groups_file(groups_file) is None),
+            "train.noisy_teacher.artifact": (self.train.noisy_teacher.artifact, Path.is_dir),
+        }
         overrides = {}
-        for key in PATH_SETTINGS:
-            value = self.to_dict()
-            for part in key.split("."):
-                value = value[part]
-            if not isinstance(value, str) or not value or "://" in value or Path(value).is_absolute():
-                continue
-            here = Path(base) / value
-            if key == "train.noisy_teacher.artifact":
-                found = here.is_dir()
-            elif key == "cv.clip_groups":
-                found = here.is_file() and not (data_root is not None and (Path(data_root) / value).is_file())
-            else:  # pipeline.label_spreading.groups_file
-                found = here.is_file() and not (not Path(value).suffix and (SHIPPED_GROUPS / f"{value}.yaml").is_file())
-            if found:
-                overrides[key] = str(here.resolve())
+        for key, (value, leads_there) in found.items():
+            if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute() \
+                    and leads_there(Path(base) / value):
+                overrides[key] = str((Path(base) / value).resolve())
         return self.with_overrides(overrides) if overrides else self
 
     # -- derived ------------------------------------------------------------

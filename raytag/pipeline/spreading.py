@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from raytag.config import SHIPPED_GROUPS, ConfigError, LabelSpreadingConfig
+from raytag.config import SHIPPED_GROUPS, ConfigError, LabelSpreadingConfig, shipped_groups_file
 
 REST_GROUP = "rest"
 log = logging.getLogger(__name__)
@@ -265,9 +265,7 @@ def load_groups_file(name_or_path: str, classes: Sequence[str]) -> dict[str, lis
     A file describes an ontology, so classes the dataset lacks are dropped (a 10-class
     subset can use the 50-class file); a file that names none of the dataset's classes is
     an error, since spreading would then run in one group without saying so."""
-    path = Path(name_or_path)
-    if not path.suffix and (SHIPPED_GROUPS / f"{name_or_path}.yaml").is_file():
-        path = SHIPPED_GROUPS / f"{name_or_path}.yaml"
+    path = shipped_groups_file(name_or_path) or Path(name_or_path)
     if not path.is_file():
         shipped = ", ".join(sorted(p.stem for p in SHIPPED_GROUPS.glob("*.yaml")))
         raise ConfigError(f"pipeline.label_spreading.groups_file: {name_or_path} is neither a file nor a "
