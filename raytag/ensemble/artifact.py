@@ -358,6 +358,11 @@ class Member:
     rank_reference: Optional[np.ndarray] = None
 
     @property
+    def fold_ids(self) -> list[int]:
+        """The fold of each model in `models` (fold3.safetensors -> 3), in their order."""
+        return [int(_FOLD_FILE.match(Path(rel).name).group(1)) for rel in self.settings["folds"]]
+
+    @property
     def feature_config(self):
         return Config.from_dict({"features": self.settings["features"]}).features
 

@@ -14,7 +14,6 @@ the crop: they are all the clip says.
 """
 from __future__ import annotations
 
-import re
 from typing import Callable, Sequence
 
 import numpy as np
@@ -45,10 +44,6 @@ def held_out_folds(source: str, noisy: bool) -> dict[str, int]:
     return folds
 
 
-def _fold_ids(member) -> list[int]:
-    return [int(re.match(r"fold(\d+)", rel).group(1)) for rel in member.settings["folds"]]
-
-
 @torch.inference_mode()
 def teacher_segments(members: Sequence, combine: Callable[[list[np.ndarray]], np.ndarray], store, feature_cfg,
                      clip_ids: Sequence[str], segment_frames: int, held_out: Sequence[dict[str, int]],
@@ -74,7 +69,7 @@ def teacher_segments(members: Sequence, combine: Callable[[list[np.ndarray]], np
             s = m.settings
             norm = normaliser(s.get("norm_mean"), s.get("norm_std"))
             by_fold = fold_segment_probs(m.models, norm(torch.from_numpy(segs)), batch_size)  # (folds, segments, K)
-            index = {fold: i for i, fold in enumerate(_fold_ids(m))}
+            index = {fold: i for i, fold in enumerate(m.fold_ids)}
             probs = np.empty(by_fold.shape[1:], dtype=np.float64)
             for i, clip in enumerate(chunk):
                 rows = owners == i

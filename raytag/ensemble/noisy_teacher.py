@@ -35,9 +35,10 @@ import numpy as np
 from raytag import storage
 from raytag.config import Config
 from raytag.ensemble.artifact import MANIFEST, Artifact, experiment_artifact, load_artifact, probability_teacher
+from raytag.ensemble.crop_targets import held_out_folds
 from raytag.ensemble.tagging import predict_files_each
 from raytag.errors import RaytagError
-from raytag.training.outputs import OOF_PREDICTIONS, read_predictions
+from raytag.training.outputs import OOF_PREDICTIONS
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +82,9 @@ def fold_safe_teacher(art: Artifact) -> Artifact:
     return art
 
 
-def fold_of_file(rel: str) -> int:
-    """fold3.safetensors -> 3."""
-    return int(Path(rel).name.removeprefix("fold").split(".")[0])
-
-
 def teacher_fold_ids(art: Artifact) -> dict[str, dict[int, int]]:
     """Each member's {fold id: index of its model in member.models}."""
-    return {m.name: {fold_of_file(rel): i for i, rel in enumerate(m.settings["folds"])} for m in art.members}
+    return {m.name: {fold: i for i, fold in enumerate(m.fold_ids)} for m in art.members}
 
 
 def check_teacher_folds(art: Artifact, plan) -> None:
@@ -99,8 +95,9 @@ def check_teacher_folds(art: Artifact, plan) -> None:
         raise RaytagError(f"train.noisy_teacher: {art.path} tags other classes than this dataset's; a teacher "
                           "must be a run on the same dataset")
     run_folds = {f: set(c for c, k in zip(plan.curated_ids, plan.curated_fold) if k == f) for f in plan.folds}
+    fold_ids = teacher_fold_ids(art)
     for member in art.members:
-        have = teacher_fold_ids(art)[member.name]
+        have = fold_ids[member.name]
         missing = [f for f in plan.folds if f not in have]
         if missing:
             raise RaytagError(f"train.noisy_teacher: member {member.name} of {art.path} has no model of fold(s) "
@@ -111,9 +108,9 @@ def check_teacher_folds(art: Artifact, plan) -> None:
             raise RaytagError(f"train.noisy_teacher: member {member.name}'s out-of-fold predictions ({oof_path}) "
                               "are not there, so its folds cannot be checked against this run's; use the "
                               "teacher where its run's outputs are")
-        oof, _ = read_predictions(oof_path)
+        held_out = held_out_folds(source, noisy=False)
         for fold, clips in run_folds.items():
-            theirs = set(oof.loc[oof["fold"] == fold, "clip_id"].astype(str))
+            theirs = {str(clip) for clip, k in held_out.items() if k == fold}
             if theirs != clips:
                 raise RaytagError(
                     f"train.noisy_teacher: {member.name}'s fold {fold} held out {len(theirs)} curated clips, this "
