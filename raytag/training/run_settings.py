@@ -119,12 +119,10 @@ def _with_model_params(cfg: Config, plan, params: dict) -> Config:
 def data_signature(plan) -> str:
     """What the run learns from and is scored on: its classes, clips and labels (SHA-256),
     whatever path the dataset was given by."""
-    digest = hashlib.sha256(json.dumps([list(plan.classes), list(plan.curated_ids), list(plan.noisy_ids),
-                                        list(plan.test_ids)]).encode())
+    data = json.dumps([list(plan.classes), list(plan.curated_ids), list(plan.noisy_ids), list(plan.test_ids)]).encode()
     for labels in (plan.curated_y, plan.noisy_y):
-        digest.update(np.ascontiguousarray(labels, dtype=np.float32).tobytes())
-    return f"sha256:{digest.hexdigest()[:16]} ({len(plan.curated_ids)} curated, {len(plan.noisy_ids)} noisy, " \
-           f"{len(plan.test_ids)} test clips)"
+        data += np.ascontiguousarray(labels, dtype=np.float32).tobytes()
+    return _digest(data, f"{len(plan.curated_ids)} curated, {len(plan.noisy_ids)} noisy, {len(plan.test_ids)} test clips")
 
 
 def plan_signature(plan) -> dict:
