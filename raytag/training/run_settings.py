@@ -122,7 +122,8 @@ def data_signature(plan) -> str:
     data = json.dumps([list(plan.classes), list(plan.curated_ids), list(plan.noisy_ids), list(plan.test_ids)]).encode()
     for labels in (plan.curated_y, plan.noisy_y):
         data += np.ascontiguousarray(labels, dtype=np.float32).tobytes()
-    return _digest(data, f"{len(plan.curated_ids)} curated, {len(plan.noisy_ids)} noisy, {len(plan.test_ids)} test clips")
+    return _digest(data, f"{len(plan.curated_ids)} curated, {len(plan.noisy_ids)} noisy, "
+                         f"{len(plan.test_ids)} test clips")
 
 
 def plan_signature(plan) -> dict:
