@@ -360,6 +360,10 @@ def _pipeline_searcher_class():
             if error or trial_id in self._completed_trials or (result or {}).get("trial_complete"):
                 return super().on_trial_complete(trial_id, result, error)
             try:  # a stopped trial: Optuna takes its last intermediate value
+                if result:
+                    # the result the scheduler stopped it on, with the rung's score it was judged
+                    # by: Tune passes that result here only, never to on_trial_result
+                    self.on_trial_result(trial_id, result)
                 self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
             except Exception as exc:  # noqa: BLE001 - as the parent: a bad tell must not end the sweep
                 import logging
