@@ -1,7 +1,8 @@
 """One process writes a run folder at a time: a second `raytag train` of the same name and
 storage is refused by the run folder's lock (storage.folder_lock) before it reads the dataset
 or writes anything; a members run's member and a sweep's trial still train under the lock
-their parent folder holds."""
+their parent folder holds. A run that fails before it writes anything removes the run folder
+it made for its lock, and keeps one that was there or that it wrote into."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import os
 import pytest
 
 from raytag.config import Config
+from raytag.errors import DatasetError
 from raytag.storage import LOCK_NAME, LockHeld, folder_lock
 
 from lock_util import lock_held_elsewhere
@@ -88,3 +90,40 @@ def test_a_tune_trial_takes_no_lock_of_its_own(tmp_path, live_holder, stop_past_
 
 def test_in_tune_trial_is_false_outside_tune():
     assert runner._in_tune_trial() is False
+
+
+# ----------------------------------------------------------------------------- a run that fails to start
+def _fit_on(data, storage, name="run"):
+    runner.fit_pipeline(Config.from_dict({}), data, str(storage), name, progress=False,
+                        feature_cache=str(storage.parent / "cache"))
+
+
+def test_a_run_whose_data_fails_to_load_leaves_no_run_folder(tmp_path):
+    """An empty data folder (no known layout): the DatasetError is raised as it was, and the
+    run folder the call made for its lock is gone, not left empty for `raytag list` or a resume."""
+    (tmp_path / "data").mkdir()
+    with pytest.raises(DatasetError, match="no known dataset layout"):
+        _fit_on(tmp_path / "data", tmp_path / "res")
+    assert not (tmp_path / "res" / "run").exists()
+
+
+def test_a_run_folder_that_was_there_or_was_written_to_is_kept(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    empty, earlier = tmp_path / "res" / "empty", tmp_path / "res" / "earlier"
+    empty.mkdir(parents=True)
+    earlier.mkdir()
+    (earlier / "run_settings.json").write_text("{}")
+    for run_dir in (empty, earlier):
+        with pytest.raises(DatasetError):
+            _fit_on(tmp_path / "data", tmp_path / "res", run_dir.name)
+    assert sorted(p.name for p in empty.iterdir()) == []
+    assert sorted(p.name for p in earlier.iterdir()) == ["run_settings.json"]
+
+    def prepare_data(*args, **kwargs):  # a run that wrote into its new folder before it failed
+        (tmp_path / "res" / "written" / "run_settings.json").write_text("{}")
+        raise _PastTheLock()
+
+    monkeypatch.setattr(runner, "prepare_data", prepare_data)
+    with pytest.raises(_PastTheLock):
+        _fit_on(tmp_path / "data", tmp_path / "res", "written")
+    assert sorted(p.name for p in (tmp_path / "res" / "written").iterdir()) == ["run_settings.json"]

@@ -102,7 +102,7 @@ def fit_pipeline(
     run_files = files.join(run_dir, RUN_FILES)
     steps = build_steps(cfg, model_folds(cfg))  # a pipeline that cannot run is refused here, not in a worker
     check_run_models(cfg)  # likewise a model setting
-    with run_folder_lock(run_dir, name):  # one process writes a run folder at a time
+    with run_folder(run_dir, name):  # one process writes a run folder at a time
         # the store first: before Ray runs in this process, its build may fork worker processes
         dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
         if cfg.train.noisy_teacher.artifact:
@@ -137,6 +137,33 @@ def fit_pipeline(
             outputs_dir = files.join(run_dir, OUTPUTS_DIR)
             files.copy_tree(staging, outputs_dir)  # a local folder or a URI (pyarrow.fs)
     return PipelineResult(run_dir=run_dir, outputs_dir=outputs_dir, metrics=metrics, stages=stages)
+
+
+@contextmanager
+def run_folder(run_dir: str, name: str):
+    """The run folder's lock (run_folder_lock) for the block; and a run folder this call
+    made, left with nothing in it by a run that failed (a dataset or a noisy teacher that did not
+    load), is removed, lock and all, before the lock would be released: it would only clutter
+    the storage and read as a run to `raytag list` or a later resume. A folder that was there
+    before, or that holds anything (checkpoints, run settings), is kept. The error passes unchanged."""
+    made_here = not files.exists(run_dir)
+    with run_folder_lock(run_dir, name):
+        try:
+            yield
+        except BaseException:
+            if made_here:
+                _remove_if_unused(run_dir)
+            raise
+
+
+def _remove_if_unused(run_dir: str) -> None:
+    """Remove run_dir if it holds no file but this run's lock; only warn where that fails,
+    so the run's own error is the one raised."""
+    try:
+        if files.is_dir(run_dir) and set(files.list_files(run_dir)) <= {files.LOCK_NAME}:
+            files.remove_tree(run_dir)
+    except (OSError, RaytagError) as err:
+        log.warning("could not remove the unused run folder %s: %s", run_dir, err)
 
 
 def run_folder_lock(run_dir: str, name: str):
