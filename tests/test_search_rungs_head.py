@@ -56,3 +56,47 @@ def test_a_stop_result_already_reported_is_not_reported_twice():
     rows = [{RUNG_EPOCH: e, RUNG_SCORE: 0.5 + e / 100} for e in range(1, 4)]
     trial = _stopped_trial(rows, rows[-1])
     assert trial.intermediate_values == pytest.approx({1: 0.51, 2: 0.52, 3: 0.53})
+
+
+# -- item 9: a head node without room for a trial's function -----------------------------------
+HEAD = "node:__internal_head__"
+
+
+def _cluster(monkeypatch, head_cpu: float, worker_cpu: float = 16.0):
+    """ray.nodes() and ray.cluster_resources() of a two-node cluster: the head and one worker."""
+    import ray
+
+    nodes = [{"Alive": True, "Resources": {"CPU": head_cpu, HEAD: 1.0, "node:10.0.0.1": 1.0}},
+             {"Alive": True, "Resources": {"CPU": worker_cpu, "GPU": 1.0, "node:10.0.0.2": 1.0}}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": head_cpu + worker_cpu, "GPU": 1.0})
+
+
+def _space(resources: str = "{num_workers: 1, cpus_per_worker: 1, trial_cpus: 0.5}"):
+    return parse_space(SPACE + f"resources: {resources}\n")
+
+
+def test_a_head_without_the_cpus_of_one_trial_function_is_refused(monkeypatch):
+    from raytag.errors import RaytagError
+    from raytag.search.tuner import concurrency
+
+    _cluster(monkeypatch, head_cpu=0.0)  # `ray start --head --num-cpus=0`
+    with pytest.raises(RaytagError, match=r"trial_cpus 0.5 CPUs there, but the head node has 0 CPUs"):
+        concurrency(_space(), 8)
+
+
+def test_trials_at_once_are_capped_by_the_head_nodes_cpus(monkeypatch):
+    from raytag.search.tuner import concurrency
+
+    _cluster(monkeypatch, head_cpu=2.0)
+    n, why = concurrency(_space(), 8)
+    assert n == 4 and "head node" in why  # 2 CPUs / 0.5 a trial function
+    assert concurrency(_space(), 3) == (3, "")  # fits: unchanged
+
+
+def test_trial_functions_off_the_head_leave_the_limit_to_the_cluster(monkeypatch):
+    from raytag.search.tuner import concurrency
+
+    _cluster(monkeypatch, head_cpu=0.0)
+    space = _space("{num_workers: 1, cpus_per_worker: 1, trial_cpus: 0.5, trials_on_head: false}")
+    assert concurrency(space, 8) == (8, "")

@@ -61,6 +61,7 @@ HYPERBAND_REFUSED = (
 # What the searcher and the leaderboard choose by: the out-of-fold score of a finished
 # trial; "auto" is the dataset's own (cv_map3 on FSDKaggle2018, cv_lwlrap on FSDKaggle2019).
 METRICS = ("auto", "cv_lwlrap", "cv_map3")
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's built-in resource of the head node
 _SECTIONS = ("name", "description", "base", "space", "conditional", "search", "resources")
 _SCALARS = (type(None), bool, int, float, str)
 
@@ -206,7 +207,7 @@ class Resources:
     def trial_resources(self) -> dict:
         res = {"CPU": self.trial_cpus}
         if self.trials_on_head:
-            res["node:__internal_head__"] = 0.001  # Ray's built-in resource of the head node
+            res[HEAD_NODE_RESOURCE] = 0.001
         return res
 
     def overrides(self) -> dict:

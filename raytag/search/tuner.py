@@ -40,8 +40,9 @@ from raytag.errors import DatasetError, RaytagError, StorageError, StorageFault
 from raytag.search.leaderboard import (TRIAL_FAILURE, TRIAL_RESULT, build_leaderboard, error_reason,
                                        reason_from_text)
 from raytag.search.report import save_report
-from raytag.search.space import (HYPERBAND_REFUSED, SearchSpace, SpaceError, flatten_settings, describe, load_space,
-                                 parse_space, with_fixed_settings, with_search_overrides)
+from raytag.search.space import (HEAD_NODE_RESOURCE, HYPERBAND_REFUSED, Resources, SearchSpace, SpaceError,
+                                 flatten_settings, describe, load_space, parse_space, with_fixed_settings,
+                                 with_search_overrides)
 from raytag.search.tune_state import StateBackup, repair_state, set_aside_damaged_snapshot
 from raytag.session import ensure_ray
 from raytag.training.rungs import RUNG_EPOCH, RUNG_SCORE
@@ -404,7 +405,8 @@ def concurrency(space: SearchSpace, requested: int) -> tuple[int, str]:
     placement group outside the trial's resources, so Tune cannot see that more trials
     would starve their trainers (which then time out starting). On a one-node cluster
     (a laptop) the limit is computed; on a multi-node, possibly autoscaling, cluster
-    the space's max_concurrent_trials is trusted."""
+    the space's max_concurrent_trials is trusted for the workers, and capped by the head
+    node's CPUs where the trial functions run there (head_concurrency)."""
     import ray
 
     cfg = space.base_config().train
@@ -412,7 +414,7 @@ def concurrency(space: SearchSpace, requested: int) -> tuple[int, str]:
     need_gpu = cfg.num_workers * cfg.gpus_per_worker if cfg.use_gpu else 0.0
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) != 1:
-        return requested, ""
+        return head_concurrency(space.resources, requested, nodes)
     have = ray.cluster_resources()
     fit = math.floor(have.get("CPU", 0) / need_cpu + 1e-9)
     if need_gpu:
@@ -426,6 +428,33 @@ def concurrency(space: SearchSpace, requested: int) -> tuple[int, str]:
         )
     if fit < requested:
         return fit, f"max_concurrent_trials {requested} -> {fit} (a trial needs {need_cpu:g} CPUs here)"
+    return requested, ""
+
+
+def head_concurrency(resources: Resources, requested: int, nodes: list[dict]) -> tuple[int, str]:
+    """Trials that fit at once on a multi-node cluster whose trial functions run on the head
+    (`trials_on_head`): each holds `trial_cpus` of the head's CPUs. The head does not grow
+    when the cluster autoscales, and Tune only logs a trial it cannot place (as if the cluster
+    were still scaling up), so a head without room for one would leave the sweep waiting for
+    ever. The worker groups' own needs are left to the cluster (other nodes, autoscaling)."""
+    if not resources.trials_on_head:
+        return requested, ""
+    head = next((n for n in nodes if HEAD_NODE_RESOURCE in (n.get("Resources") or {})), None)
+    if head is None:  # Ray no longer marks its head so: trust max_concurrent_trials, as before
+        return requested, ""
+    head_cpu = float(head["Resources"].get("CPU", 0.0))
+    fit = math.floor(head_cpu / resources.trial_cpus + 1e-9)
+    if fit < 1:
+        raise RaytagError(
+            f"each trial's function runs on the head node (resources.trials_on_head) and holds "
+            f"resources.trial_cpus {resources.trial_cpus:g} CPUs there, but the head node has {head_cpu:g} "
+            "CPUs, so no trial could ever start; give the head node CPUs (ray start --head --num-cpus=N, "
+            "or the head's num-cpus in KubeRay), lower resources.trial_cpus, or set "
+            "resources.trials_on_head: false"
+        )
+    if fit < requested:
+        return fit, (f"max_concurrent_trials {requested} -> {fit} (each trial's function holds "
+                     f"{resources.trial_cpus:g} of the head node's {head_cpu:g} CPUs)")
     return requested, ""
 
 
