@@ -9,6 +9,8 @@
   batch's split into ranks do not change the step). Two processes of a gloo group.
 - the filter decision (and the soft targets) of rank 0 is every rank's, even where label
   spreading, run on each rank's own CPU, would differ. Two processes of a gloo group.
+- small-loss selection (train.loss.noisy_keep) keeps, over the ranks, the noisy clips one
+  process keeps of the whole batch, whatever each rank's share of them. Two processes of a gloo group.
 """
 from __future__ import annotations
 
@@ -334,3 +336,75 @@ def test_every_rank_keeps_rank_0s_filter_decision(tmp_path, monkeypatch):
     decision, soft_ids, soft = _decide(0, 1, str(tmp_path))
     assert decision == decision0 and soft_ids == soft_ids0
     np.testing.assert_array_equal(soft, soft0)
+
+
+# ----------------------------------------------------------------------------- small-loss selection
+def _losses(n_noisy_by_rank):
+    """Per-clip losses and is_noisy of a 24-clip batch, rank r's 12 rows holding n_noisy_by_rank[r]
+    noisy clips; rank 1's clips fit worse, so a choice over the global batch drops its first."""
+    losses = torch.rand(24, generator=torch.Generator().manual_seed(0))
+    losses[12:] += 1.0
+    noisy = torch.zeros(24, dtype=torch.bool)
+    for r, n in enumerate(n_noisy_by_rank):
+        noisy[12 * r: 12 * r + n] = True
+    return losses, noisy
+
+
+KEEP_CASES = {
+    "an even split": ((6, 6), 0.5),
+    "uneven counts": ((3, 9), 0.5),
+    "a rank without noisy clips": ((0, 7), 0.6),
+    "no noisy clip": ((0, 0), 0.5),
+    "keep all": ((4, 5), 1.0),
+}
+
+
+def _kept_on_rank(rank: int, world: int) -> dict:
+    """Each case's mask of this rank's clips, and the gradient of a loss that keeps half the
+    noisy clips of the `_batch` of the loss cases above."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from raytag.training.losses import build_loss, small_loss_mask
+
+    mine = slice(12 * rank, 12 * (rank + 1))
+    masks = {}
+    for name, (split, keep) in KEEP_CASES.items():
+        losses, noisy = _losses(split)
+        masks[name] = small_loss_mask(losses[mine], noisy[mine], keep)
+    model = _model()
+    ddp = DistributedDataParallel(model)  # held: its reducer averages the gradients in backward()
+    x, y, noisy = _batch((2, 10))
+    half = slice(16 * rank, 16 * (rank + 1))
+    loss = build_loss(LossConfig(noisy_weight=0.5, noisy_loss="same"))
+    loss(ddp(x[half]), y[half], noisy[half], keep=0.5).backward()
+    return {"masks": masks, "grads": [p.grad.clone() for p in model.parameters()]}
+
+
+def test_small_loss_selection_keeps_of_the_global_batch(tmp_path):
+    """The ranks together keep the noisy clips one process keeps of the whole batch (not each
+    rank its own share of its clips), and so step with its gradient."""
+    from raytag.training.losses import build_loss, small_loss_mask
+
+    ranks = _in_group(_kept_on_rank, tmp_path)
+    for name, (split, keep) in KEEP_CASES.items():
+        losses, noisy = _losses(split)
+        union = torch.cat([ranks[r]["masks"][name] for r in (0, 1)])
+        assert union.tolist() == small_loss_mask(losses, noisy, keep).tolist(), name
+    assert ranks[0]["masks"]["an even split"][:6].all() and not ranks[1]["masks"]["an even split"][:6].any()
+
+    model = _model()
+    x, y, noisy = _batch((2, 10))
+    build_loss(LossConfig(noisy_weight=0.5, noisy_loss="same"))(model(x), y, noisy, keep=0.5).backward()
+    for rank in (0, 1):
+        for got, want in zip(ranks[rank]["grads"], (p.grad for p in model.parameters())):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7, msg=f"rank {rank}")
+
+
+def test_one_process_keeps_the_smallest_losses_as_before():
+    """No process group: ceil(keep * n) of the batch's noisy clips, curated clips always."""
+    from raytag.training.losses import small_loss_mask
+
+    losses, noisy = _losses((3, 9))
+    mask = small_loss_mask(losses, noisy, 0.5)
+    worst = torch.argsort(torch.where(noisy, losses, -1.0), descending=True)[:6]
+    assert mask.sum() == 24 - 6 and not mask[worst].any() and mask[~noisy].all()

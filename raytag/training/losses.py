@@ -21,7 +21,9 @@ One callable covers a batch that mixes curated and noisy clips:
   (most likely wrong labels: a network fits clean labels first) get weight 0. `keep`
   falls from 1 to cfg.noisy_keep over the first cfg.noisy_keep_ramp epochs of a stage
   (`small_loss_keep`), since early on every loss is high. Under DDP the share is taken of
-  each rank's noisy clips.
+  the global batch's noisy clips: the ranks all-gather their noisy clips' losses and each
+  drops its own among the global batch's largest, so as many are kept over the ranks as one
+  process keeps of the whole batch, however the batch was split.
 
 `is_noisy` may be a bool tensor or a float tensor in [0, 1] (the share of a mixup
 mixture that came from a noisy clip). A clip with share q is scored with
@@ -89,29 +91,66 @@ class NoisyLabelLoss:
         return (w * per_clip).sum() / total
 
 
+def _distributed() -> bool:
+    """Whether this process is one rank of a DDP process group of more than one."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def _mean_rank_weight(total: torch.Tensor) -> torch.Tensor:
     """`total`, the weight of this process's clips; under DDP (a process group of more than
     one rank) the weight of the global batch over the number of ranks instead. DDP averages
     the ranks' gradients, so each rank's sum(w_i l_i) over this makes their mean the gradient
     of sum(w_i l_i) / sum(w_i) over the whole batch. Every rank calls the loss once per
     batch, and runs as many batches, so the all-reduce is matched on every rank."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _distributed():
         return total
     summed = total.detach().clone()
-    dist.all_reduce(summed)  # a sum: no gradient flows through the normaliser
-    return summed / dist.get_world_size()
+    torch.distributed.all_reduce(summed)  # a sum: no gradient flows through the normaliser
+    return summed / torch.distributed.get_world_size()
 
 
 def small_loss_mask(per_clip: torch.Tensor, noisy: torch.Tensor, keep: float) -> torch.Tensor:
-    """bool [B]: every curated clip, and the ceil(keep * n) noisy clips with the smallest loss."""
+    """bool [B]: every curated clip, and the noisy clips with the smallest loss, ceil(keep * n)
+    of the batch's n (under DDP of the global batch's, see _dropped_noisy)."""
     mask = torch.ones_like(noisy, dtype=torch.bool)
     idx = torch.nonzero(noisy).flatten()
-    n_keep = int(math.ceil(keep * len(idx)))
-    if n_keep < len(idx):
-        worst = idx[torch.argsort(per_clip[idx], descending=True)[: len(idx) - n_keep]]
-        mask[worst] = False
+    mask[idx[_dropped_noisy(per_clip[idx], keep)]] = False
     return mask
+
+
+def _dropped_noisy(losses: torch.Tensor, keep: float) -> torch.Tensor:
+    """Positions in `losses` (this process's noisy clips) of the ones not kept: the largest
+    n - ceil(keep * n) losses of the batch's n. Under DDP the batch is the global one: every
+    rank ranks the same gathered losses (a stable sort, rank by rank as one process would see
+    the batch, so ties fall alike on every rank) and drops its own among them. Every rank
+    calls the loss once per batch with the same `keep`, so the gathers match."""
+    if not _distributed():
+        n_keep = int(math.ceil(keep * len(losses)))
+        return torch.argsort(losses, descending=True)[: len(losses) - n_keep]
+    everyone, first = _gather_ranks(losses.float())
+    n_keep = int(math.ceil(keep * len(everyone)))
+    worst = torch.argsort(everyone, descending=True, stable=True)[: len(everyone) - n_keep] - first
+    return worst[(worst >= 0) & (worst < len(losses))]
+
+
+def _gather_ranks(values: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The 1-d `values` of every rank, concatenated in rank order, and where this rank's begin.
+    Ranks may hold different counts: the counts are gathered first and each rank's values
+    padded to the largest (all_gather takes tensors of one shape)."""
+    dist = torch.distributed
+    count = torch.tensor([len(values)], device=values.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    first = sum(counts[: dist.get_rank()])
+    if max(counts) == 0:  # no noisy clip on any rank (every rank sees the same counts)
+        return values, first
+    padded = torch.zeros(max(counts), dtype=values.dtype, device=values.device)
+    padded[: len(values)] = values
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, counts)]), first
 
 
 def small_loss_keep(cfg: LossConfig, epoch: int) -> float:
