@@ -4,6 +4,8 @@ rung_score is in the sweep's search metric, and a head node too small for a tria
 driver is refused instead of leaving the sweep waiting for ever. No Ray cluster, no training."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from raytag.search.space import parse_space
@@ -56,6 +58,101 @@ def test_a_stop_result_already_reported_is_not_reported_twice():
     rows = [{RUNG_EPOCH: e, RUNG_SCORE: 0.5 + e / 100} for e in range(1, 4)]
     trial = _stopped_trial(rows, rows[-1])
     assert trial.intermediate_values == pytest.approx({1: 0.51, 2: 0.52, 3: 0.53})
+
+
+# -- item 8: rung_score is in the search metric -------------------------------------------------
+class _Reports:
+    """The loop's worker (worker.RayTrainWorker's report), keeping what it is given."""
+
+    def __init__(self):
+        self.rows = []
+
+    def report(self, row, checkpoint_dir=None):
+        self.rows.append(row)
+
+
+def _first_fold_report(plan) -> dict:
+    """The report of the first fine-tune epoch of fold 0, as the loop makes it for `plan`."""
+    from raytag.config import Config
+    from raytag.training.steps import build_steps
+    from raytag.training.worker import _report
+
+    steps = build_steps(Config.from_dict({"cv": {"n_folds": 2}, "pipeline": {"warmup": {"enabled": False}}}), [0, 1])
+    state = SimpleNamespace(progress={"step": 0, "epoch": 1, "global_step": 1, "history": []})
+    ctx = SimpleNamespace(plan=plan, state=state, rank=0, n_steps=len(steps), report_mark=0.0)
+    reports = _Reports()
+    metrics = {"train_loss": 0.3, "val_lwlrap": 0.61, "cv_lwlrap": 0.61, "val_map3": 0.42, "cv_map3": 0.42}
+    _report(reports, ctx, None, None, None, steps, steps[0], metrics, checkpoint=False)
+    (row,) = reports.rows
+    assert row[RUNG_EPOCH] == 1
+    return row
+
+
+def test_rung_score_is_in_the_plans_rung_metric_on_the_2018_layout():
+    row = _first_fold_report(SimpleNamespace(layout="fsd2018", rung_metric="lwlrap"))
+    assert row[RUNG_SCORE] == pytest.approx(row["val_lwlrap"])
+    # without one (`raytag train`, a sweep by cv_map3): the layout's metric, as before
+    assert _first_fold_report(SimpleNamespace(layout="fsd2018", rung_metric=None))[RUNG_SCORE] == pytest.approx(0.42)
+
+
+def test_a_sweep_by_lwlrap_on_2018_data_has_its_trials_score_rungs_in_lwlrap():
+    from raytag.search.tuner import rung_metric_for
+
+    assert rung_metric_for("cv_lwlrap", "fsd2018") == "lwlrap"
+    # the layout's own metric, or an unknown layout: the workers' default, nothing passed
+    assert rung_metric_for("cv_map3", "fsd2018") is None
+    assert rung_metric_for("cv_lwlrap", "fat2019") is None
+    assert rung_metric_for("cv_lwlrap", None) is None
+
+
+def test_a_trial_hands_its_rung_metric_to_its_pipeline_run(tmp_path, monkeypatch):
+    from raytag.search import tuner
+
+    calls = []
+
+    def recording_fit(cfg, data, storage, name, callbacks=(), feature_cache=None, progress=True, **options):
+        calls.append(options)
+        return SimpleNamespace(metrics={"cv_lwlrap": 0.6})
+
+    monkeypatch.setattr(tuner, "_fit_forwarding_reports", lambda run_fit, last: run_fit([]))
+    space = parse_space(SPACE)
+    for rung_metric, given in (("lwlrap", {"rung_metric": "lwlrap"}), (None, {})):
+        setup = tuner.TrialSetup(space=space, data=str(tmp_path), trials_dir=str(tmp_path / "trials"),
+                                 feature_cache=None, trial_fn=recording_fit, rung_metric=rung_metric)
+        tuner._run_pipeline({"train.lr": 1e-3}, setup, "t1", {})
+        assert calls.pop() == given
+
+
+def test_a_pipeline_run_puts_its_rung_metric_on_the_plan_the_workers_get(tmp_path, monkeypatch):
+    from raytag.config import Config, ConfigError
+    from raytag.training import runner
+
+    handed = []
+
+    class Handed(Exception):
+        pass
+
+    def fit_in_process(loop_config, *args, **kwargs):
+        handed.append(loop_config["plan"].rung_metric)
+        raise Handed
+
+    def prepare_data(cfg, data, feature_cache, progress):
+        return None, None, SimpleNamespace(layout=layout, rung_metric=None, feature_cache="")
+
+    monkeypatch.setattr(runner, "prepare_data", prepare_data)
+    monkeypatch.setattr(runner, "check_run_settings", lambda run_dir, cfg, plan: cfg)
+    monkeypatch.setattr(runner, "ensure_ray", lambda: None)
+    monkeypatch.setattr(runner, "runs_in_process", lambda cfg, run_dir: True)
+    monkeypatch.setattr(runner, "fit_in_process", fit_in_process)
+    cfg = Config.from_dict({"cv": {"n_folds": 2}})
+    layout = "fsd2018"
+    for rung_metric, on_plan in (("lwlrap", "lwlrap"), (None, "map3")):
+        with pytest.raises(Handed):
+            runner.fit_pipeline(cfg, tmp_path, str(tmp_path / "runs"), f"r{len(handed)}", rung_metric=rung_metric)
+        assert handed.pop() == on_plan
+    layout = "fat2019"  # MAP@3 scores one label a clip: the 2019 layout's runs make no such score
+    with pytest.raises(ConfigError, match="rung metric 'map3': the fat2019 layout's held-out scores are lwlrap"):
+        runner.fit_pipeline(cfg, tmp_path, str(tmp_path / "runs"), "r9", rung_metric="map3")
 
 
 # -- item 9: a head node without room for a trial's function -----------------------------------

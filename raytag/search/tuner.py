@@ -6,10 +6,11 @@ function trainable per trial that builds the pipeline's TorchTrainer itself with
 Tune, so the scheduler (ASHA by default) can stop weak trials early.
 
 What is compared: the scheduler counts the first fold's fine-tune and stage-2 epochs
-(`rung_epoch`) and compares that fold's held-out score (`rung_score`), so trials meet at
-a rung at equal progress whatever their warm-up (raytag.training.rungs). Optuna is told a
-finished trial's out-of-fold score (`search.metric`: cv_map3 on FSDKaggle2018, cv_lwlrap on
-FSDKaggle2019 by default) and a stopped trial as PRUNED, never as a finished partial score.
+(`rung_epoch`) and compares that fold's held-out score (`rung_score`, in the search metric:
+rung_metric_for), so trials meet at a rung at equal progress whatever their warm-up
+(raytag.training.rungs). Optuna is told a finished trial's out-of-fold score
+(`search.metric`: cv_map3 on FSDKaggle2018, cv_lwlrap on FSDKaggle2019 by default) and a
+stopped trial as PRUNED, never as a finished partial score.
 
     <storage>/<name>/                   the experiment (Ray's storage_path/name)
         space.yaml, sweep.json          the space and settings it was started with (for --resume)
@@ -37,6 +38,7 @@ from raytag.cluster import check_data, check_storage
 from raytag.config import ConfigError
 from raytag.data.layouts import detect_layout
 from raytag.errors import DatasetError, RaytagError, StorageError, StorageFault
+from raytag.metrics import layout_metric
 from raytag.search.leaderboard import (TRIAL_FAILURE, TRIAL_RESULT, build_leaderboard, error_reason,
                                        reason_from_text)
 from raytag.search.report import save_report
@@ -83,6 +85,9 @@ class TrialSetup:
     # the folder `raytag tune` ran in: a trial runs in a folder of its own (Ray Tune's chdir), so
     # relative paths in its config are taken from here (Config.with_absolute_paths)
     workdir: str = "."
+    # the held-out score the trials' rung_score is to be in (rung_metric_for): the search
+    # metric's, where it is not the layout's own; None: the layout's, fit_pipeline's default
+    rung_metric: Optional[str] = None
 
 
 # ----------------------------------------------------------------------------- one trial
@@ -157,10 +162,12 @@ def _run_pipeline(config: dict, setup: TrialSetup, trial_id: str, last_report: d
     fit = setup.trial_fn
     if fit is None:
         fit = fit_pipeline
+    # given only where set, as a trial_fn written for fit_pipeline's older signature takes neither
+    options = {**({"noisy_teacher": setup.noisy_teacher} if setup.noisy_teacher else {}),
+               **({"rung_metric": setup.rung_metric} if setup.rung_metric else {})}
     result = _fit_forwarding_reports(
         lambda callbacks: fit(cfg, setup.data, storage=setup.trials_dir, name=trial_id,
-                              callbacks=callbacks, feature_cache=setup.feature_cache, progress=False,
-                              **({"noisy_teacher": setup.noisy_teacher} if setup.noisy_teacher else {})),
+                              callbacks=callbacks, feature_cache=setup.feature_cache, progress=False, **options),
         last_report,
     )
     metrics = dict(result.metrics)
@@ -400,6 +407,17 @@ def resolve_metric(metric: str, layout: Optional[str], data: str) -> str:
     return metric
 
 
+def rung_metric_for(search_metric: str, layout: Optional[str]) -> Optional[str]:
+    """The held-out score the trials' rung_score must be in for ASHA to cut by what TPE and
+    the leaderboard choose by: the resolved search metric's ("cv_lwlrap" -> "lwlrap"). None
+    where that is the layout's own metric (what the workers score rungs by anyway), or the
+    layout is unknown (the trials' dataset reader says what is missing)."""
+    score = search_metric.removeprefix("cv_")
+    if layout is None or score == layout_metric(layout):
+        return None
+    return score
+
+
 def concurrency(space: SearchSpace, requested: int) -> tuple[int, str]:
     """Trials that fit at once on this cluster. Each trial's worker group has its own
     placement group outside the trial's resources, so Tune cannot see that more trials
@@ -547,8 +565,8 @@ def run_sweep(
             space = fixed  # with the command line's --samples/--scheduler/--max-concurrent
 
         # "auto" -> the layout's own score; a resumed sweep keeps the metric it started with
-        space.search = dataclasses.replace(
-            space.search, metric=resolve_metric(space.search.metric, detect_layout(data), str(data)))
+        layout = detect_layout(data)
+        space.search = dataclasses.replace(space.search, metric=resolve_metric(space.search.metric, layout, str(data)))
         if noisy_teacher is None and space.base_config().train.noisy_teacher.artifact:
             raise RaytagError("train.noisy_teacher: this caller of run_sweep gives no way to load a teacher "
                               "(noisy_teacher=); run the sweep with `raytag tune`")
@@ -557,7 +575,7 @@ def run_sweep(
             say(f"note: {why}")
         setup = TrialSetup(space=space, data=data, trials_dir=files.join(exp_dir, "trials"),
                            feature_cache=feature_cache, trial_fn=trial_fn, noisy_teacher=noisy_teacher,
-                           workdir=os.getcwd())
+                           workdir=os.getcwd(), rung_metric=rung_metric_for(space.search.metric, layout))
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, setup=setup), space.resources.trial_resources()
         )

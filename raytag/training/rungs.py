@@ -6,17 +6,32 @@ then the out-of-fold score of the folds done), and trials differ in warm-up leng
 count of reports compares trials at different points of the pipeline. The scheduler
 (raytag.search.tuner) therefore counts only the training epochs of the first fold's
 fine-tune and stage-2 steps (`rung_epoch`) and compares that fold's held-out score at that
-point (`rung_score`, in the layout's metric). Both are 0 during the warm-up and frozen
-once the first fold is done, so every report carries them.
+point (`rung_score`: in a sweep the search metric's score, so that the scheduler cuts by what
+the searcher and the leaderboard choose by; else the layout's metric). Both are 0 during the
+warm-up and frozen once the first fold is done, so every report carries them.
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from raytag.config import ConfigError
+from raytag.metrics import layout_metric
 from raytag.training.steps import Step
 
 RUNG_EPOCH = "rung_epoch"
 RUNG_SCORE = "rung_score"
+
+
+def resolve_rung_metric(layout: str, chosen: Optional[str] = None) -> str:
+    """The held-out score `rung_score` is in: `chosen` ("lwlrap" or "map3": a sweep's search
+    metric), else the layout's own metric. ConfigError for a score the layout does not make."""
+    if chosen is None:
+        return layout_metric(layout)
+    scored = dict.fromkeys(["lwlrap", layout_metric(layout)])  # what the workers' evaluation makes
+    if chosen not in scored:
+        raise ConfigError(f"rung metric {chosen!r}: the {layout} layout's held-out scores are "
+                          f"{', '.join(scored)}")
+    return chosen
 
 
 def rung_fold(steps: Sequence[Step]) -> Optional[int]:
@@ -49,8 +64,8 @@ def rung_epochs_total(steps: Sequence[Step]) -> int:
 def rung_metrics(steps: Sequence[Step], step_index: int, epoch: int, step: Step,
                  score: Optional[float], last_score: float) -> dict:
     """`rung_epoch` and `rung_score` of a report about `step`, made when the run's progress
-    is (`step_index`, `epoch`). `score` is this report's held-out score in the layout's
-    metric (None for a filter step); `last_score` the previous report's `rung_score`."""
+    is (`step_index`, `epoch`). `score` is this report's held-out score in the rung metric
+    (resolve_rung_metric; None for a filter step); `last_score` the previous report's `rung_score`."""
     fresh = is_rung_step(steps, step) and score is not None
     return {RUNG_EPOCH: rung_epochs_done(steps, step_index, epoch),
             RUNG_SCORE: float(score) if fresh else float(last_score)}

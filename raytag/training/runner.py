@@ -35,6 +35,7 @@ from raytag.training.plan import build_plan, model_folds
 from raytag.training.progress import EpochEvent, epoch_events
 from raytag.training.run_settings import check_run_settings
 from raytag.training.run_state import RUN_FILES, RunState
+from raytag.training.rungs import resolve_rung_metric
 from raytag.training.steps import build_steps
 from raytag.training.worker import train_loop_per_worker
 
@@ -84,13 +85,16 @@ def fit_pipeline(
     progress: bool = True,
     on_epoch: Optional[Callable[[EpochEvent], None]] = None,
     noisy_teacher: Optional[Callable] = None,
+    rung_metric: Optional[str] = None,
 ) -> PipelineResult:
     """`on_epoch`, when given, is called on the driver after every training epoch with
     its `EpochEvent` (stage, fold, loss, held-out lwlrap, seconds, time left), from a
     thread of its own while the worker group trains (raytag.training.progress).
     `noisy_teacher(cfg, plan, dataset, cache_root, progress=)` -> (targets by fold, teacher
     identity) makes train.noisy_teacher's targets (raytag.ensemble.noisy_teacher's
-    noisy_teacher_targets, which lives above this package; the commands pass it)."""
+    noisy_teacher_targets, which lives above this package; the commands pass it).
+    `rung_metric` ("lwlrap" or "map3") is the held-out score the reports' `rung_score` is in
+    (a sweep's search metric, raytag.training.rungs); None: the layout's own."""
     if cfg.members:
         raise ConfigError("members: a pipeline run trains one model family; `raytag train` trains each member "
                           "(raytag.ensemble.members), and a sweep searches model.name, whose trials "
@@ -105,6 +109,7 @@ def fit_pipeline(
     with run_folder(run_dir, name):  # one process writes a run folder at a time
         # the store first: before Ray runs in this process, its build may fork worker processes
         dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
+        plan.rung_metric = resolve_rung_metric(plan.layout, rung_metric)  # refused here, not in a worker
         if cfg.train.noisy_teacher.artifact:
             if noisy_teacher is None:
                 raise ConfigError("train.noisy_teacher: this caller of fit_pipeline gives no way to load a teacher "

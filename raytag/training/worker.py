@@ -43,7 +43,7 @@ from raytag.training.epoch import (
 )
 from raytag.training.losses import build_loss, small_loss_keep
 from raytag.training.profiling import profiled, wants_profile
-from raytag.training.rungs import RUNG_SCORE, rung_metrics
+from raytag.training.rungs import RUNG_SCORE, resolve_rung_metric, rung_metrics
 from raytag.training.run_state import RunState, _Context, _unwrap
 from raytag.training.stage_steps import _run_filter, _start_step, finish_fold_early, stage2_adds_nothing, start_fold
 from raytag.training.steps import Step, build_steps, last_training_step_of_fold
@@ -267,11 +267,11 @@ def _report(worker, ctx: _Context, model, optimizer, scheduler, steps: list[Step
 
     Every report carries the same keys, so schedulers never see a missing or NaN metric:
     `val_*` and `cv_*` (lwlrap; map3 too on the 2018 layout), the scheduler's yardstick
-    `rung_epoch` / `rung_score` (raytag.training.rungs), and where the run is for the
-    driver's epoch lines (raytag.training.progress): `step_index`, `step_epoch` (1-based
-    epoch of the step just trained; 0 on a row that trained nothing), `step_epochs` and
-    `wall_seconds` (since the previous report: the epoch's training, evaluation and
-    checkpoint, or the filter step)."""
+    `rung_epoch` / `rung_score` (raytag.training.rungs; the score in the plan's rung metric),
+    and where the run is for the driver's epoch lines (raytag.training.progress):
+    `step_index`, `step_epoch` (1-based epoch of the step just trained; 0 on a row that
+    trained nothing), `step_epochs` and `wall_seconds` (since the previous report: the
+    epoch's training, evaluation and checkpoint, or the filter step)."""
     progress = ctx.state.progress
     now = time.monotonic()
     wall, ctx.report_mark = now - ctx.report_mark, now
@@ -286,7 +286,7 @@ def _report(worker, ctx: _Context, model, optimizer, scheduler, steps: list[Step
         metrics.update({f"cv_{k}": v for k, v in (cv_so_far(ctx) or last_val).items()})
         score = None
     else:
-        score = metrics[f"val_{metric}"]
+        score = metrics[f"val_{resolve_rung_metric(ctx.plan.layout, ctx.plan.rung_metric)}"]
     last_rung = history[-1].get(RUNG_SCORE, 0.0) if history else 0.0
     metrics.update(rung_metrics(steps, progress["step"], progress["epoch"], step, score, last_rung))
     row = {"step": progress["global_step"], "stage": step.stage_name,
