@@ -179,6 +179,32 @@ def test_json_output_and_cli(artifact_2019, audio, tmp_path):
     assert bad.exit_code == 2 and "could be read" in bad.output
 
 
+def test_a_run_or_sweep_folder_is_answered_with_the_artifact_to_give(artifact_2019, audio, tmp_path):
+    """`raytag predict <run folder>` called the folder an interrupted artifact and advised
+    rebuilding it; it names the artifact inside instead."""
+    import shutil
+
+    from raytag.cli import app
+
+    def predict(folder) -> str:
+        result = CliRunner().invoke(app, ["predict", str(folder), str(audio["tone.wav"]), "--out",
+                                          str(tmp_path / "sub.csv")])
+        assert result.exit_code == 2, result.output
+        return result.output
+
+    sweep = Path(artifact_2019).parents[1]
+    said = predict(sweep)
+    assert str(sweep / "ensemble" / "artifact") in said and "interrupted" not in said
+    run = tmp_path / "run"
+    shutil.copytree(artifact_2019, run / "artifact")
+    said = predict(run)
+    assert str(run / "artifact") in said and "interrupted" not in said
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "sweep.json").write_text("{}")
+    said = predict(tmp_path / "fresh")
+    assert "run `raytag ensemble`" in said and str(tmp_path / "fresh" / "ensemble" / "artifact") in said
+
+
 def test_input_errors(tmp_path):
     with pytest.raises(RaytagError, match="no such file or folder"):
         expand_inputs([tmp_path / "nope.wav"])

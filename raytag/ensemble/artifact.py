@@ -301,6 +301,7 @@ def _check_state_dict(data: bytes, where: str) -> dict:
 def read_manifest(path: str) -> dict:
     manifest_path = storage.join(path, MANIFEST)
     if not storage.exists(manifest_path):
+        _refuse_an_experiment_folder(path)
         raise ArtifactError(
             f"{manifest_path}: missing; {path} is not a complete raytag artifact "
             "(its writing or copying may have been interrupted: run `raytag ensemble` or `raytag pull` again)"
@@ -320,6 +321,17 @@ def read_manifest(path: str) -> dict:
             f"{__version__} reads ({FORMAT}); upgrade raytag"
         )
     return manifest
+
+
+def _refuse_an_experiment_folder(path: str) -> None:
+    """A run's or sweep's folder given where an artifact is wanted (`raytag predict <run>`):
+    name the artifact inside it, rather than call the folder an interrupted artifact."""
+    inner = experiment_artifact(path)  # an artifact folder inside without its manifest is refused there
+    if inner is not None:
+        raise ArtifactError(f"{path} is a run's or sweep's folder, not an artifact; give its artifact: {inner}")
+    if storage.exists(storage.join(path, "sweep.json")):
+        raise ArtifactError(f"{path} is a sweep's folder with no ensemble yet: run `raytag ensemble` on it, "
+                            f"then give {storage.join(path, 'ensemble', 'artifact')}")
 
 
 def verify_artifact(path: str) -> dict:
