@@ -325,6 +325,9 @@ class PseudoLabelConfig(StageConfig):
 class PipelineConfig:
     noisy_selection: NoisySelectionConfig = field(default_factory=NoisySelectionConfig)
     warmup: WarmupConfig = field(default_factory=lambda: WarmupConfig(enabled=True, epochs=5))
+    # 10 epochs where the config has no finetune section; a section without `epochs` (a sweep's
+    # `pipeline.finetune.noisy: all` alone) takes FinetuneConfig's own 5. Left unequal on purpose:
+    # either change would alter what existing config files and resumed sweeps train
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(enabled=True, epochs=10))
     filter: FilterConfig = field(default_factory=FilterConfig)
     label_spreading: LabelSpreadingConfig = field(default_factory=LabelSpreadingConfig)
@@ -514,12 +517,20 @@ def _set_dotted(out: dict, dotted: str, value: Any) -> None:
 def _section_type(dotted: str):
     """The dataclass a dotted key of Config names (pipeline.finetune -> FinetuneConfig), or
     None where it names a value, a mapping-valued setting or no setting at all."""
+    tp = _optional_inner(_setting_type(dotted))
+    return tp if dataclasses.is_dataclass(tp) else None
+
+
+def _setting_type(dotted: str):
+    """The declared type of a dotted key of Config (train.lr -> float, cv.folds ->
+    Optional[list]), or None where it names no setting (a key inside model.params, a typo)."""
     tp: Any = Config
     for part in dotted.split("."):
+        tp = _optional_inner(tp)
         if not dataclasses.is_dataclass(tp):
             return None
-        tp = _optional_inner(get_type_hints(tp).get(part))
-    return tp if dataclasses.is_dataclass(tp) else None
+        tp = get_type_hints(tp).get(part)
+    return tp
 
 
 def _optional_inner(tp):
@@ -530,15 +541,49 @@ def _optional_inner(tp):
     return tp
 
 
+# Python's spelling of null, which YAML reads as text
+_PYTHON_NONE = ("None", "none")
+
+
 def parse_cli_overrides(items: list[str]) -> dict[str, Any]:
-    """`--set train.lr=3e-4` -> {"train.lr": 3e-4}; values parsed as YAML scalars."""
+    """`--set train.lr=3e-4` -> {"train.lr": 3e-4}; values parsed as YAML (`_cli_value`)."""
     out = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
+        out[key.strip()] = _cli_value(key.strip(), raw)
     return out
+
+
+def _cli_value(key: str, raw: str) -> Any:
+    """One `--set` value as YAML reads it, except that a text setting keeps the text typed
+    (YAML reads name=0123 as the octal 83, name=2024-01-01 as a date), and None/none mean
+    null for a setting whose values are not words (else cv.clip_groups=None named a file).
+    A key inside a mapping-valued setting (model.params.*) keeps YAML's reading."""
+    value = yaml.safe_load(raw)
+    tp = _setting_type(key)
+    if tp is None:
+        return value
+    if _takes_text(tp):
+        if value is not None and not isinstance(value, str):
+            typed = yaml.load(raw, Loader=yaml.BaseLoader)  # the same YAML, every scalar as text
+            return typed if isinstance(typed, str) else value
+        if not _takes_null(tp):
+            return value  # name=None is a run called None; train.scheduler=none a choice
+    return None if isinstance(value, str) and value in _PYTHON_NONE else value
+
+
+def _takes_text(tp) -> bool:
+    """Whether a setting of type `tp` holds text: str, or a choice of words (Literal)."""
+    tp = _optional_inner(tp)
+    if get_origin(tp) is Literal:
+        return all(isinstance(a, str) for a in get_args(tp))
+    return tp is str
+
+
+def _takes_null(tp) -> bool:
+    return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -565,7 +610,7 @@ def _coerce(tp, value, path):
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if value is None:
-            return tp()
+            raise _empty_section_error(tp, path)
         return _build(tp, value, path)
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
@@ -573,6 +618,9 @@ def _coerce(tp, value, path):
             if type(None) in get_args(tp):
                 return None
             raise ConfigError(f"{path}: must not be empty")
+        if isinstance(value, str) and value in _PYTHON_NONE and type(None) in get_args(tp):
+            # YAML reads None as text: a file named None, or "expected a number, got 'None'"
+            raise ConfigError(f"{path}: {value!r} is text in YAML; write null (or leave the key out) for none")
         return _coerce(args[0], value, path) if len(args) == 1 else value
     if origin is Literal:
         allowed = get_args(tp)
@@ -612,9 +660,23 @@ def _coerce(tp, value, path):
         return value
     if tp is list or origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
+            example = f"[{value}]" if isinstance(value, (str, int)) and not isinstance(value, bool) else "[0, 1]"
+            raise ConfigError(f"{path}: expected a list, got {value!r}; write it in brackets, e.g. {example}")
         return list(value)
     return value
+
+
+def _empty_section_error(tp, path: str) -> ConfigError:
+    """A section given as null (`--set pipeline.warmup=null`, a YAML section whose keys are all
+    commented out) used to become the section class's own defaults, which switch stages on and
+    differ from the file's values; say what to write instead."""
+    if "enabled" in {f.name for f in dataclasses.fields(tp)}:
+        instead = f"to switch it off write {path}.enabled: false"
+    else:
+        example = dataclasses.fields(tp)[0].name
+        instead = f"to change it give its settings, e.g. {path}.{example}: ..."
+    return ConfigError(f"{path}: empty (null); {instead}; leave the key out to keep its settings "
+                       "(the defaults, or with --set the config file's)")
 
 
 _RANGES = {

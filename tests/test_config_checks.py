@@ -155,3 +155,53 @@ def test_members_left_empty_in_yaml_means_no_members(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("name: solo\nmembers:\n")
     assert Config.from_yaml(path).members == []
+
+
+@pytest.mark.parametrize("item, key", [("pipeline.warmup=null", "pipeline.warmup"), ("pipeline.pseudo=", "pipeline.pseudo"),
+                                       ("pipeline.filter=~", "pipeline.filter"), ("pipeline.finetune=null", "pipeline.finetune"),
+                                       ("features=null", "features"), ("train.mixup=null", "train.mixup")])
+def test_a_section_given_as_null_is_refused_not_reset_to_the_built_in_defaults(item, key):
+    """null for a section became the section class's defaults: `pipeline.warmup=null`, meant as
+    "no warm-up", switched default.yaml's warm-up on, and a null finetune trained 5 epochs."""
+    default = Config.from_yaml("configs/default.yaml")
+    with pytest.raises(ConfigError, match=f"^{key}: empty \\(null\\); .*leave the key out"):
+        default.with_overrides(parse_cli_overrides([item]))
+
+
+def test_a_null_section_says_how_to_switch_a_stage_off(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("pipeline:\n  warmup:\n    # enabled: false\n    # epochs: 3\n")  # keys commented out
+    with pytest.raises(ConfigError, match="pipeline.warmup: empty .*write pipeline.warmup.enabled: false"):
+        Config.from_yaml(path)
+    with pytest.raises(ConfigError, match=r"members\[1\]\.set: pipeline.filter: empty .*pipeline.filter.enabled: false"):
+        Config.from_dict({"members": [{"name": "a"}, {"name": "b", "set": {"pipeline.filter": None}}]})
+    with pytest.raises(ConfigError, match="^train: empty .*e.g. train.crop_seconds"):  # no switch: name a setting
+        Config.from_dict({"train": None})
+
+
+def test_python_none_on_the_command_line_is_null_where_a_setting_takes_null():
+    """`--set cv.clip_groups=None` was the path 'None' (a missing file later), and
+    features.fmax=None "expected a number, got 'None'"."""
+    cfg = _with("cv.clip_groups=None", "train.noisy_teacher.artifact=none", "features.fmax=None", "cv.folds=None")
+    assert (cfg.cv.clip_groups, cfg.train.noisy_teacher.artifact, cfg.features.fmax, cfg.cv.folds) == (None,) * 4
+    # where a setting's values are words, none stays the word
+    words = _with("train.scheduler=none", "pipeline.finetune.noisy=none", "name=None")
+    assert (words.train.scheduler, words.pipeline.finetune.noisy, words.name) == ("none", "none", "None")
+
+
+def test_a_text_setting_keeps_the_text_typed():
+    """YAML reads 0123 as the octal number 83 and 2024-01-01 as a date: "expected text, got 83"."""
+    assert _with("name=0123").name == "0123"
+    assert _with("name=2024-01-01").name == "2024-01-01"
+    assert _with("name=on").name == "on"
+    assert _with("cv.clip_groups=0123 # a comment").cv.clip_groups == "0123"
+    assert _with("train.lr=0123").train.lr == 83  # a number setting keeps YAML's reading
+
+
+def test_value_errors_say_how_to_write_the_value():
+    with pytest.raises(ConfigError, match=r"cv.folds: expected a list, got '0,1'; write it in brackets, e.g. \[0,1\]"):
+        _with("cv.folds=0,1")
+    with pytest.raises(ConfigError, match=r"features.fmax: 'None' is text in YAML; write null"):
+        Config.from_dict(yaml.safe_load("features:\n  fmax: None\n"))  # a config file, not --set
+    with pytest.raises(ConfigError, match=r"cv.clip_groups: 'none' is text in YAML; write null"):
+        Config.from_dict({"cv": {"clip_groups": "none"}})

@@ -159,6 +159,9 @@ def test_the_first_trials_take_the_given_settings_then_tpe_samples():
         ({"base": {"train.optimiser": "adamw"}}, "train.optimiser"),
         ({"base": {"inference.tta": -1}}, "inference.tta: -1 is below the minimum 0"),
         ({"base": {"inference.segment_seconds": -2.0}}, "inference.segment_seconds: -2.0 is below the minimum"),
+        # a null section became the built-in defaults, switching the warm-up on in every trial
+        ({"base": {"pipeline.warmup": None}}, "pipeline.warmup: empty (null); to switch it off write "
+                                              "pipeline.warmup.enabled: false"),
         ({"search": {"scheduler": "pbt"}}, "search.scheduler"),
         ({"search": {"sampels": 3}}, "search.sampels"),
         ({"resources": {"gpus": 1}}, "resources.gpus"),
