@@ -150,6 +150,49 @@ def test_a_wav_cut_short_is_an_error_not_a_shorter_clip(tmp_path):
     assert audio_info(tmp_path / "whole.wav")[0] == pytest.approx(1.0)
 
 
+
+CONTAINERS = [  # (format, subtype, extension): libsndfile counts what these hold, not what their header says
+    ("RF64", "PCM_16", "wav"),  # what ffmpeg and field recorders write for long .wav files
+    ("W64", "PCM_24", "w64"),
+    ("AIFF", "PCM_16", "aiff"),
+    ("AIFF", "IMA_ADPCM", "aifc"),
+    ("AU", "PCM_16", "au"),
+]
+
+
+@pytest.mark.parametrize("fmt, subtype, ext", CONTAINERS)
+def test_other_containers_cut_short_are_errors_not_shorter_clips(tmp_path, fmt, subtype, ext):
+    x = sine(440, 1.0, 16000)
+    whole = tmp_path / f"whole.{ext}"
+    sf.write(whole, x, 16000, format=fmt, subtype=subtype)
+    data = whole.read_bytes()
+    (tmp_path / f"cut.{ext}").write_bytes(data[: int(len(data) * 0.6)])
+    for read in (lambda p: load_audio(p, 16000, 1024), audio_info):
+        with pytest.raises(AudioDecodeError, match=r"truncated: header says \d+ frames, file holds \d+ .*copy the "
+                                                   "file again"):
+            read(tmp_path / f"cut.{ext}")
+    with sf.SoundFile(whole) as f:  # a whole file decodes as libsndfile decodes it
+        np.testing.assert_array_equal(load_audio(whole, None), f.read(dtype="float32"))
+
+
+def test_an_ogg_cut_short_is_an_error_not_a_shorter_or_empty_clip(tmp_path):
+    """An Ogg header holds no length: libsndfile takes it from the last whole page, so a cut
+    file decoded as a shorter clip (or, cut before the first audio page, as "empty")."""
+    whole = tmp_path / "whole.ogg"
+    sf.write(whole, 0.3 * np.random.default_rng(0).standard_normal(80000), 16000)  # noise: several pages
+    data = whole.read_bytes()
+    pages = [i for i in range(1, len(data)) if data[i:i + 4] == b"OggS"]
+    for cut, why in [(len(data) // 2, "its last Ogg page is cut off"), (len(data) - 10, "cut off"),
+                     (pages[-1], "has no end-of-stream mark"), (pages[2] + 100, "cut off")]:
+        (tmp_path / "cut.ogg").write_bytes(data[:cut])
+        for read in (lambda p: load_audio(p, 16000, 1024), audio_info):
+            with pytest.raises(AudioDecodeError, match=f"truncated: .*{why}.*copy the file again"):
+                read(tmp_path / "cut.ogg")
+    assert load_audio(whole, None).shape == (80000,)
+    sf.write(tmp_path / "empty.ogg", np.zeros(0, np.float32), 16000)  # a whole stream with no samples
+    with pytest.raises(AudioDecodeError, match=r"empty audio \(0 samples\)"):
+        load_audio(tmp_path / "empty.ogg", 16000)
+
 def test_a_missing_or_unreadable_file_says_so_not_system_error(tmp_path, monkeypatch):
     import raytag.data.audio as audio_module
     from raytag.data.audio import AudioReadError

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -76,7 +77,7 @@ def audio_info(path: str | Path) -> tuple[float, int, int]:
     what is too short.
     """
     _check_file(path)
-    _check_wav_complete(path)
+    _check_complete(path)
     try:
         info = sf.info(str(path))
     except _DECODE_ERRORS as err:
@@ -100,7 +101,7 @@ def load_audio(
     than `min_samples` after resampling (pass `min_samples(features)`: one frame).
     """
     _check_file(path)
-    _check_wav_complete(path)
+    _check_complete(path)
     try:
         with sf.SoundFile(str(path)) as f:
             rate = f.samplerate
@@ -152,49 +153,161 @@ def _check_file(path) -> None:
         raise AudioDecodeError(path, "empty file (0 bytes)")
 
 
-_WAV_UNKNOWN_LENGTH = (0, 0xFFFFFFFF)  # data sizes a streaming writer leaves: no length to check
+# data sizes a streaming writer leaves (32 or 64 bits): no length to check
+_UNKNOWN_LENGTH = (0, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF)
 
 
-def _check_wav_complete(path) -> None:
-    """A WAV whose data chunk holds fewer bytes on disk than its header says was cut off
-    (an interrupted copy): libsndfile would decode what is there as a shorter clip."""
+@dataclass
+class _DataChunk:
+    """What a header declares of its audio data, and what the file holds of it."""
+
+    declared: int  # bytes of audio data the header declares
+    held: int  # bytes the file holds from the data's start
+    frames: int  # frames the header declares (bytes where the header gives no frame size)
+
+
+def _check_complete(path) -> None:
+    """A file cut off (an interrupted copy) that libsndfile would decode, without a word, as
+    a shorter clip: it counts the frames a WAV, RF64, W64, AIFF or AU holds, not those its
+    header declares, and an Ogg stream's length by its last whole page. Refused here instead,
+    from the header's data size (Ogg: its last page). FLAC and CAF need nothing: libsndfile
+    refuses them cut off. (MP3 is not checked: its header's length may be an estimate.)"""
     try:
         with open(path, "rb") as fh:
-            found = _wav_data_chunk(fh)
-            if found is None:
-                return
-            declared, block_align = found
-            held = os.fstat(fh.fileno()).st_size - fh.tell()
+            magic = fh.read(16)
+            fh.seek(0)
+            size = os.fstat(fh.fileno()).st_size
+            if magic[:4] == b"OggS":
+                problem = _ogg_cut_off(fh, size)
+            else:
+                data = _data_chunk(fh, magic, size)
+                problem = None if data is None else _short_data(data)
     except OSError:
         return  # unreadable: decoding reports it
-    if declared in _WAV_UNKNOWN_LENGTH or held >= declared:
-        return
-    unit = max(block_align, 1)
-    raise AudioDecodeError(
-        path, f"truncated: header says {declared // unit} frames, file holds {held // unit} "
-              "(an interrupted copy?); copy the file again")
+    if problem:
+        raise AudioDecodeError(path, f"truncated: {problem}; copy the file again")
 
 
-def _wav_data_chunk(fh) -> Optional[tuple[int, int]]:
-    """(data chunk size in bytes, block align) of a RIFF/WAVE file, the file positioned at
-    the data; None for other files or a WAV without a data chunk (libsndfile judges those)."""
-    head = fh.read(12)
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+def _data_chunk(fh, magic: bytes, size: int) -> Optional[_DataChunk]:
+    """The data chunk of a WAV (RIFF, RF64, BW64), W64, AIFF/AIFC or AU file; None for other
+    formats, a file without one (libsndfile judges those) or a streamed length."""
+    if magic[:4] in (b"RIFF", b"RF64", b"BW64") and magic[8:12] == b"WAVE":
+        found = _wave_data(fh, size)
+    elif magic == _W64_RIFF:
+        found = _w64_data(fh, size)
+    elif magic[:4] == b"FORM" and magic[8:12] in (b"AIFF", b"AIFC"):
+        found = _aiff_data(fh, size)
+    elif magic[:4] == b".snd":
+        found = _au_data(fh.read(24), size)
+    else:
         return None
-    block_align = 0
+    if found is None or found.declared in _UNKNOWN_LENGTH:
+        return None
+    return found
+
+
+def _short_data(data: _DataChunk) -> Optional[str]:
+    if data.held >= data.declared:
+        return None
+    held = data.frames * data.held // data.declared
+    return f"header says {data.frames} frames, file holds {held} (an interrupted copy?)"
+
+
+def _chunks(fh, id_size: int, size_size: int, byteorder: str, size_has_header: bool, align: int):
+    """(chunk id, body size) of each chunk from the file's position on; at each, the file is
+    at the chunk's body, which the caller may read from."""
+    header = id_size + size_size
     while True:
-        chunk = fh.read(8)
-        if len(chunk) < 8:
-            return None
-        name, size = chunk[:4], int.from_bytes(chunk[4:], "little")
-        if name == b"data":
-            return size, block_align
-        padded = size + (size & 1)  # chunks are padded to an even size
-        if name == b"fmt ":
-            body = fh.read(padded)
-            block_align = int.from_bytes(body[12:14], "little") if len(body) >= 14 else 0
-        else:
-            fh.seek(padded, os.SEEK_CUR)
+        head = fh.read(header)
+        if len(head) < header:
+            return
+        body = int.from_bytes(head[id_size:], byteorder) - (header if size_has_header else 0)
+        if body < 0:  # a damaged size: libsndfile judges the file
+            return
+        start = fh.tell()
+        yield head[:id_size], body
+        fh.seek(start + body + (-body % align))  # chunks are padded to `align` bytes
+
+
+def _wave_data(fh, size: int) -> Optional[_DataChunk]:
+    """RIFF/WAVE, and RF64/BW64 (files over 4 GB: the data's real size is in the ds64 chunk)."""
+    fh.seek(12)
+    block_align, ds64_data = 0, None
+    for name, body in _chunks(fh, 4, 4, "little", False, 2):
+        if name == b"ds64":
+            ds64_data = int.from_bytes(fh.read(16)[8:16], "little")  # riff size, then data size (64 bits)
+        elif name == b"fmt ":
+            block_align = int.from_bytes(fh.read(16)[12:14], "little")
+        elif name == b"data":
+            declared = ds64_data if body == 0xFFFFFFFF and ds64_data is not None else body
+            return _DataChunk(declared, size - fh.tell(), declared // max(block_align, 1))
+    return None
+
+
+# Sony Wave64: every id is a GUID; the first four bytes of each spell the RIFF name
+_W64_RIFF = b"riff" + bytes.fromhex("2e91cf11a5d628db04c10000")
+_W64_TAIL = bytes.fromhex("f3acd3118cd100c04f8edb8a")
+
+
+def _w64_data(fh, size: int) -> Optional[_DataChunk]:
+    fh.seek(40)  # riff GUID, 64-bit size, wave GUID
+    block_align = 0
+    for name, body in _chunks(fh, 16, 8, "little", True, 8):  # sizes count the 24-byte chunk header
+        if name == b"fmt " + _W64_TAIL:
+            block_align = int.from_bytes(fh.read(16)[12:14], "little")
+        elif name == b"data" + _W64_TAIL:
+            return _DataChunk(body, size - fh.tell(), body // max(block_align, 1))
+    return None
+
+
+def _aiff_data(fh, size: int) -> Optional[_DataChunk]:
+    """AIFF/AIFC: COMM declares the frames, SSND holds them after 8 bytes (offset, block size)."""
+    fh.seek(12)
+    frames = None
+    for name, body in _chunks(fh, 4, 4, "big", False, 2):
+        if name == b"COMM":
+            frames = int.from_bytes(fh.read(6)[2:6], "big")  # channels (16 bits), frames (32 bits)
+        elif name == b"SSND":
+            declared = body - 8
+            return _DataChunk(declared, size - fh.tell() - 8, declared if frames is None else frames)
+    return None
+
+
+_AU_SAMPLE_BYTES = {1: 1, 2: 1, 3: 2, 4: 3, 5: 4, 6: 4, 7: 8, 27: 1}  # by encoding: mu-law, PCM 8-32, float, double, A-law
+
+
+def _au_data(head: bytes, size: int) -> Optional[_DataChunk]:
+    """Sun/NeXT .au: data offset, data size, encoding, rate, channels (32 bits each, big-endian)."""
+    if len(head) < 24:
+        return None
+    offset, declared, encoding, _, channels = (int.from_bytes(head[i:i + 4], "big") for i in range(4, 24, 4))
+    width = _AU_SAMPLE_BYTES.get(encoding, 0) * channels
+    return _DataChunk(declared, size - offset, declared // max(width, 1))
+
+
+_OGG_PAGE_MAX = 27 + 255 + 255 * 255  # header, segment table, body: the longest Ogg page
+
+
+def _ogg_cut_off(fh, size: int) -> Optional[str]:
+    """Whether an Ogg stream's last page is cut off, or lacks the end-of-stream mark a
+    finished stream's last page carries. Bytes after the last page (or a capture pattern
+    found inside audio data) are not judged."""
+    fh.seek(max(0, size - _OGG_PAGE_MAX))
+    tail = fh.read()
+    at = tail.rfind(b"OggS")
+    if at < 0 or (len(tail) > at + 4 and tail[at + 4] != 0):  # no page, or not a page header (version 0)
+        return None
+    cut_off = "its last Ogg page is cut off (an interrupted copy?)"
+    header = tail[at:at + 27]
+    if len(header) < 27:
+        return cut_off
+    table = tail[at + 27:at + 27 + header[26]]  # the page's segment sizes
+    end = at + 27 + len(table) + sum(table)
+    if len(table) < header[26] or end > len(tail):
+        return cut_off
+    if end == len(tail) and not header[5] & 0x04:
+        return "its last Ogg page has no end-of-stream mark (an interrupted copy or recording?)"
+    return None
 
 
 def _reason(path, err: Exception) -> str:

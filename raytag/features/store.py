@@ -76,7 +76,8 @@ log = logging.getLogger("raytag.features")
 FORMAT_VERSION = 2  # 2: content-addressed shard files named in the index
 # Bump when decoding (raytag.data.audio) or a front end's output changes for the same
 # settings: shards are reused only when their sidecar's key (settings + these) matches.
-FEATURES_VERSION = 2  # 2: a truncated WAV fails (4153c85); a damaged file is not listed for retry
+FEATURES_VERSION = 3  # 2: a truncated WAV fails (4153c85); a damaged file is not listed for retry;
+# 3: a truncated RF64, W64, AIFF, AU or Ogg fails too (shards cached it as a shorter clip)
 INDEX_COLUMNS = ["clip_id", "shard", "offset", "n_frames", "file"]
 FAILED_COLUMNS = ["file", "reason"]
 MAX_OPEN_SHARDS = 256  # per store; FSDKaggle2019 (24k clips) is ~190 shards of 128 clips
