@@ -247,10 +247,53 @@ def test_a_rejected_row_does_not_shadow_a_good_row_of_the_same_fname(tmp_path):
     assert curated.loc["c1.wav", "labels"] == ("Bark",)
     reasons = ds.skipped[ds.skipped["file"] == "train_curated/c1.wav"]["reason"].tolist()
     assert reasons == ["train_curated.csv line 2: label 'Brak' is not a class (classes: sample_submission.csv columns)",
-                       "train_curated.csv line 4: duplicate fname (line 3 is kept)"]
+                       "train_curated.csv line 4: duplicate fname (line 3 is kept) with other labels: "
+                       "Chirp here, Bark there; correct the row that is wrong"]
     # c2's quoted labels span two lines: later rows are named by the line they are on
     assert curated.loc["c2.wav", "labels"] == ("Bark", "Applause")
-    assert skipped_reason(ds, "train_curated/c4.ogg") == "train_curated.csv line 9: duplicate fname (line 8 is kept)"
+    assert skipped_reason(ds, "train_curated/c4.ogg") == ("train_curated.csv line 9: duplicate fname (line 8 is kept) "
+                                                          "with other labels: Bark here, Applause there; "
+                                                          "correct the row that is wrong")
+
+
+def test_a_duplicate_fname_with_the_same_labels_is_only_a_duplicate(tmp_path):
+    root = make_fat2019(tmp_path / "d")
+    write_csv(root / "train_curated.csv", ["fname", "labels"], [
+        ("c1.wav", "Bark"), ("c2.wav", "Bark,Applause"), ("c2.wav", "Applause,Bark"),
+        ("c3.flac", "Chirp"), ("c4.ogg", "Applause"),
+    ])
+    ds = load_dataset(root)
+    assert skipped_reason(ds, "train_curated/c2.wav") == "train_curated.csv line 4: duplicate fname (line 3 is kept)"
+
+
+def test_a_row_with_more_fields_than_the_header_is_skipped_and_named(tmp_path):
+    """`n1.wav,Chirp,Bark` (labels unquoted): pandas took the first column as the index and
+    shifted every row, so each was dropped for a wrong reason ("train_noisy/Chirp: file not
+    found", the files "not listed"). The row is now skipped with how to write it; the others are read."""
+    root = make_fat2019(tmp_path / "d")
+    (root / "train_noisy.csv").write_text("fname,labels\nn1.wav,Chirp,Bark\nn2.wav,Bark\n")
+    ds = load_dataset(root)
+    assert skipped_reason(ds, "train_noisy/n1.wav") == (
+        'train_noisy.csv line 2: 3 fields but the header has 2; quote a field that holds several labels: '
+        'a.wav,"Bark,Meow"')
+    assert list(ds.split("noisy")["fname"]) == ["n2.wav"]
+    assert ds.split("noisy")["labels"].tolist() == [("Bark",)]
+    assert len(ds.skipped) == 1  # n1.wav is not also "not listed"
+
+
+def test_over_long_rows_later_in_the_file_and_a_trailing_comma(tmp_path):
+    """Later in the file pandas stopped with "Expected 2 fields in line 4, saw 3" (the whole
+    dataset refused, with no word of quoting); rows after a quoted field spanning lines keep
+    their own line numbers."""
+    root = make_fat2019(tmp_path / "d")
+    (root / "train_curated.csv").write_text(
+        'fname,labels\nc1.wav,Bark\nc2.wav,"Bark,\nApplause"\nc3.flac,Chirp,\nc4.ogg,Applause,Bark\n')
+    ds = load_dataset(root)
+    assert set(ds.split("curated")["fname"]) == {"c1.wav", "c2.wav"}
+    assert skipped_reason(ds, "train_curated/c3.flac") == (
+        "train_curated.csv line 5: 3 fields but the header has 2 (a trailing comma?); remove the empty field")
+    assert skipped_reason(ds, "train_curated/c4.ogg").startswith(
+        "train_curated.csv line 6: 3 fields but the header has 2; quote a field")
 
 
 @pytest.mark.parametrize("rate", [44100, 22050])
@@ -330,6 +373,26 @@ def test_no_usable_curated_clips(tmp_path):
         load_dataset(root)
 
 
+def test_a_missing_test_folder_means_no_test_clips(tmp_path, caplog):
+    """The test audio is only predicted: without test/ the run trains and reports no test
+    scores, the classes still those of sample_submission.csv (moving the file away, as the
+    error advised, changed the class list and its order)."""
+    root = make_fat2019(tmp_path / "d")
+    for p in (root / "test").iterdir():
+        p.unlink()
+    (root / "test").rmdir()
+    with caplog.at_level(logging.WARNING, logger="raytag.data"):
+        ds = load_dataset(root)
+    assert ds.classes == CLASSES_2019
+    assert ds.split("test").empty and len(ds.split("curated")) == 4
+    assert "sample_submission.csv lists 2 test clips but test/ is missing: no test clips" in caplog.text
+    root18 = make_fsd2018(tmp_path / "e")
+    for p in (root18 / "audio_test").iterdir():
+        p.unlink()
+    (root18 / "audio_test").rmdir()
+    assert load_dataset(root18).split("test").empty
+
+
 def test_missing_audio_folder(tmp_path):
     root = make_fat2019(tmp_path / "d")
     for p in (root / "train_noisy").iterdir():
@@ -363,4 +426,11 @@ def test_unreadable_csv(tmp_path):
     root = make_fat2019(tmp_path / "d")
     (root / "train_noisy.csv").write_text('fname,labels\n"n1.wav,Chirp\n')  # quote never closed
     with pytest.raises(DatasetError, match="train_noisy.csv: not a readable CSV file"):
+        load_dataset(root)
+
+
+def test_a_csv_in_another_encoding_is_refused_with_what_to_do(tmp_path):
+    root = make_fat2019(tmp_path / "d")
+    (root / "train_noisy.csv").write_bytes("fname,labels\nn1.wav,Chirp\nn2.wav,Bark\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match="train_noisy.csv: not UTF-8 text .*; save the file as UTF-8"):
         load_dataset(root)

@@ -86,3 +86,28 @@ def test_lenient_repeats_with_the_same_labels_are_dropped_with_a_plain_warning(t
         truth = read_truth(path, strict=False, classes=CLASSES)
     assert truth.fnames == ["a.wav"] and truth.labels == [("Bark", "Rain")]
     assert "1 rows repeat an fname" in caplog.text and "other labels" not in caplog.text
+
+
+def test_unquoted_labels_are_refused_strict_and_dropped_lenient(tmp_path, caplog):
+    """`a.wav,Bark,Rain` (more fields than the header): pandas took the first column as the
+    index, so strict said "fname appears more than once: Bark" and lenient kept one bogus
+    row ('Bark',): ('Rain',). Strict now names the line and how to quote; lenient drops it."""
+    path = tmp_path / "t.csv"
+    path.write_text("fname,labels\na.wav,Bark,Rain\nb.wav,Bark\nc.wav,Chirp\nd.wav,Rain,Chirp\n")
+    with pytest.raises(TruthError, match=r't.csv: line 2: 3 fields but the header has 2; quote a field that '
+                                         r'holds several labels: a.wav,"Bark,Meow" \(and 1 more such rows, on lines 5\)'):
+        read_truth(path)
+    with caplog.at_level(logging.WARNING, logger="raytag.data"):
+        truth = read_truth(path, strict=False, classes=CLASSES)
+    assert truth.fnames == ["b.wav", "c.wav"] and truth.labels == [("Bark",), ("Chirp",)]
+    assert "2 rows with more fields than the header ignored; line 2: 3 fields" in caplog.text
+
+
+def test_a_truth_file_in_another_encoding_says_save_it_as_utf8(tmp_path, caplog):
+    path = tmp_path / "t.csv"
+    path.write_bytes("fname,labels\ncaf\xe9.wav,Bark\n".encode("latin-1"))
+    with pytest.raises(TruthError, match="not UTF-8 text .*; save the file as UTF-8"):
+        read_truth(path)
+    with caplog.at_level(logging.WARNING, logger="raytag.data"):
+        assert read_truth(path, strict=False) is None
+    assert "save the file as UTF-8" in caplog.text

@@ -17,7 +17,7 @@ a whole raises `DatasetError`, saying what to fix.
 """
 from __future__ import annotations
 
-import csv
+import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,7 +30,7 @@ import pandas as pd
 from raytag import storage
 from raytag.data.audio import audio_info, load_audio, resampled_length
 from raytag.data.audio import min_samples as audio_min_samples
-from raytag.data.csvcheck import repeated_fields, unnamed_fields
+from raytag.data.csvcheck import OverlongRow, repeated_fields, split_overlong_rows, unnamed_fields
 from raytag.data.labels import labels_to_matrix, parse_label_field
 from raytag.data.truth import read_truth
 from raytag.errors import AudioDecodeError, DatasetError
@@ -170,7 +170,7 @@ def load_dataset(
         raise DatasetError(
             f"{root}: no usable curated clips ({len(skipped)} skipped"
             + (f", e.g. {reasons}" if reasons else "")
-            + "). Check that the curated CSV lists files present in its audio folder."
+            + "). Each reason says what to fix; the curated CSV must list files present in its audio folder."
         )
     counts = clips["split"].value_counts()
     summary = ", ".join(f"{s} {int(counts.get(s, 0))}" for s in SPLITS)
@@ -203,13 +203,15 @@ class _Reader:
         self.frame_rule = frame_rule  # (min samples, at this rate): replaces min_seconds
         self.rows: list[dict] = []  # candidates; headers are checked in finish()
         self.skipped: list[tuple[str, str]] = []
+        # fnames of each audio folder whose row was skipped unread (too many fields): listed
+        self.unread_rows: dict[str, set[str]] = {}
 
     # -- layouts ---------------------------------------------------------------
     def read_fat2019(self) -> list[str]:
-        curated = _read_csv(self.root / "train_curated.csv", ["fname", "labels"])
+        curated = self._read_table("train_curated.csv", ["fname", "labels"], "train_curated")
         sub_path = self.root / "sample_submission.csv"
         if sub_path.is_file():
-            sub = _read_csv(sub_path, ["fname"])
+            sub = self._read_table("sample_submission.csv", ["fname"], "test")
             classes = [c for c in sub.columns if c != "fname"]
             if not classes:
                 raise DatasetError(f"{sub_path}: no class columns after fname; "
@@ -233,7 +235,7 @@ class _Reader:
         self._add_labelled(curated, "curated", "train_curated.csv", "train_curated")
         noisy_path = self.root / "train_noisy.csv"
         if noisy_path.is_file():
-            noisy = _read_csv(noisy_path, ["fname", "labels"])
+            noisy = self._read_table("train_noisy.csv", ["fname", "labels"], "train_noisy")
             self._add_labelled(noisy, "noisy", "train_noisy.csv", "train_noisy")
         else:
             log.warning("%s missing: no noisy clips", noisy_path)
@@ -242,7 +244,7 @@ class _Reader:
         return classes
 
     def read_fsd2018(self) -> list[str]:
-        train = _read_csv(self.root / "train.csv", ["fname", "label", "manually_verified"])
+        train = self._read_table("train.csv", ["fname", "label", "manually_verified"], "audio_train")
         classes = sorted({lab for f in train["label"] for lab in parse_label_field(f)})
         self.vocab, self.vocab_source = set(classes), "labels of train.csv"
         verified = train["manually_verified"].str.strip()
@@ -252,7 +254,7 @@ class _Reader:
         self._add_labelled(train[usable], split_of[usable], "train.csv", "audio_train",
                            all_fnames=set(train["fname"].str.strip()))
         sub_path = self.root / "sample_submission.csv"
-        sub = _read_csv(sub_path, ["fname"]) if sub_path.is_file() else None
+        sub = self._read_table("sample_submission.csv", ["fname"], "audio_test") if sub_path.is_file() else None
         if sub is None:
             log.warning("%s missing: no test clips", sub_path)
         self._add_test(sub, "sample_submission.csv", "audio_test")
@@ -270,18 +272,30 @@ class _Reader:
         return usable
 
     # -- rows ------------------------------------------------------------------
+    def _read_table(self, csv_name: str, required: list[str], folder_name: str) -> pd.DataFrame:
+        """One of the layout's CSVs; a row with more fields than the header is skipped with
+        why (its fields cannot be told apart), the other rows read as usual."""
+        table, overlong = _read_csv(self.root / csv_name, required)
+        for row in overlong:
+            fname = row.value("fname")
+            self._skip(_display(folder_name, fname) if fname else csv_name,
+                       f"{csv_name} line {row.line}: {row.problem}")
+            self.unread_rows.setdefault(folder_name, set()).add(fname)
+        return table
+
     def _add_labelled(self, table, split, csv_name, folder_name, all_fnames=None):
         folder = self._folder(folder_name, csv_name, len(table))
-        kept: dict[str, int] = {}  # fname -> line of the row read for it; only rows that passed every check
+        # fname -> (line, labels) of the row read for it; only rows that passed every check
+        kept: dict[str, tuple[int, tuple]] = {}
         for line, row in table.iterrows():
             fname, line_no = row["fname"].strip(), _line_no(table, line)
             where = f"{csv_name} line {line_no}"
             row_split = split if isinstance(split, str) else split.loc[line]
             file = _display(folder_name, fname)
-            if fname in kept:
-                self._skip(file, f"{where}: duplicate fname (line {kept[fname]} is kept)")
-                continue
             labels = parse_label_field(row["labels"])
+            if fname in kept:
+                self._skip(file, f"{where}: {_duplicate_problem(labels, *kept[fname])}")
+                continue
             if not labels:
                 self._skip(file, f"{where}: no labels")
                 continue
@@ -291,13 +305,18 @@ class _Reader:
                                  f"(classes: {self.vocab_source})")
                 continue
             if self._add(folder, folder_name, fname, labels, row_split, where):
-                kept[fname] = line_no
+                kept[fname] = (line_no, labels)
         listed = set(table["fname"].str.strip())
         self._unlisted(folder_name, all_fnames if all_fnames is not None else listed, csv_name)
 
     def _add_test(self, sub, csv_name, folder_name):
         if sub is None:
             self._unlisted(folder_name, set(), csv_name)
+            return
+        if len(sub) and not (self.root / folder_name).is_dir():
+            # test audio is only predicted, never trained on; the file still gives the class columns
+            log.warning("%s: %s lists %d test clips but %s/ is missing: no test clips, no test predictions",
+                        self.root, csv_name, len(sub), folder_name)
             return
         folder = self._folder(folder_name, csv_name, len(sub))
         kept: dict[str, int] = {}
@@ -359,6 +378,7 @@ class _Reader:
         folder = self.root / folder_name
         if not folder.is_dir():
             return
+        listed = listed | self.unread_rows.get(folder_name, set())  # reported with their row
         for entry in sorted(folder.iterdir()):
             if entry.name.startswith(".") or entry.is_dir() or entry.name in listed:
                 continue
@@ -412,10 +432,19 @@ def _try_info(path: str):
 
 
 # ----------------------------------------------------------------------------- helpers
-def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
+def _read_csv(path: Path, required: list[str]) -> tuple[pd.DataFrame, list[OverlongRow]]:
+    """A layout CSV as text columns, and its rows with more fields than the header, which
+    are left out of the table (pandas would shift every row by a column for them)."""
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not UTF-8 text ({err}); save the file as UTF-8") from err
+    except OSError as err:
+        raise DatasetError(f"{path}: not a readable CSV file ({err}); fix or replace it") from err
+    rows = split_overlong_rows(text)
+    try:
+        table = pd.read_csv(io.StringIO(rows.text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise DatasetError(f"{path}: not a readable CSV file ({err}); fix or replace it") from err
     table.columns = [str(c).strip() for c in table.columns]
     missing = [c for c in required if c not in table.columns]
@@ -425,25 +454,10 @@ def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
             f"The file must have a header line with {', '.join(required)}"
         )
     table = table.reset_index(drop=True)
-    table.attrs["lines"] = _record_lines(path, len(table))
-    return table
-
-
-def _record_lines(path: Path, n_rows: int) -> Optional[list[int]]:
-    """The line of the file each data row starts on (a quoted field may span lines, so
-    row + 2 can be wrong); None when csv's reading and pandas' disagree on the rows."""
-    lines, start = [], 1
-    try:
-        with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
-            reader = csv.reader(fh)
-            for record in reader:
-                if any(field.strip() for field in record):  # pandas skips blank lines
-                    lines.append(start)
-                start = reader.line_num + 1
-    except (OSError, csv.Error):
-        return None
-    rows = lines[1:]  # the first record is the header
-    return rows if len(rows) == n_rows else None
+    # the line each row starts on (row + 2 is wrong after a quoted field spanning lines),
+    # unless csv's reading and pandas' disagree on the rows
+    table.attrs["lines"] = rows.lines if rows.lines is not None and len(rows.lines) == len(table) else None
+    return table, rows.overlong
 
 
 def _line_no(table: pd.DataFrame, row) -> int:
@@ -469,6 +483,16 @@ def _fsd2018_row_problem(row, verified: str) -> Optional[str]:
         return (f"FSDKaggle2018 clips have exactly one label; "
                 f"this row has {len(labels)} ({','.join(labels)})")
     return None
+
+
+def _duplicate_problem(labels: tuple, kept_line: int, kept_labels: tuple) -> str:
+    """Why a repeated fname's row is skipped; rows that disagree on the labels say so, since
+    which of them is right only the user can tell."""
+    problem = f"duplicate fname (line {kept_line} is kept)"
+    if set(labels) == set(kept_labels):
+        return problem
+    return (f"{problem} with other labels: {','.join(labels) or 'none'} here, {','.join(kept_labels)} "
+            "there; correct the row that is wrong")
 
 
 def _display(folder_name: str, fname: str) -> str:

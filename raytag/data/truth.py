@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from raytag import storage
-from raytag.data.csvcheck import header_fields, repeated_fields, repeated_names, unnamed_fields
+from raytag.data.csvcheck import (describe_overlong, header_fields, repeated_fields, repeated_names,
+                                  split_overlong_rows, unnamed_fields)
 from raytag.data.labels import labels_to_matrix, parse_label_field
 from raytag.errors import TruthError
 
@@ -73,11 +74,18 @@ def read_keyed_csv(path, what: str, error: type[Exception] = TruthError,
     if not storage.exists(path) or storage.is_dir(path):
         raise error(f"{what} file not found: {path}")
     try:
+        text = storage.read_bytes(path).decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: the {what} file is not UTF-8 text ({err}); save the file as UTF-8") from None
+    overlong = split_overlong_rows(text).overlong
+    if overlong:  # pandas would shift every row a column left: fnames would be labels
+        raise error(f"{path}: {describe_overlong(overlong)}")
+    try:
         # everything as text: "None" or "NA" stay labels, and bad numbers can be reported as written
-        df = pd.read_csv(io.BytesIO(storage.read_bytes(path)), dtype=str, keep_default_na=False)
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise error(f"{path}: the {what} file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+    except pd.errors.ParserError as err:
         raise error(f"{path}: not a readable CSV {what} file ({err})") from None
     df.columns = [str(c).strip() for c in df.columns]
     repeated = repeated_names(_header(df, path))  # pandas renamed them ("dog" -> "dog.1")
@@ -114,7 +122,9 @@ def _sample_submission_classes(truth_path) -> Optional[list[str]]:
         return None
     try:
         cols = [str(c).strip() for c in pd.read_csv(sample, nrows=0).columns]
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise TruthError(f"{sample}: not UTF-8 text ({err}); save the file as UTF-8 (it names the classes)") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise TruthError(f"{sample}: not a readable sample submission ({err}); it names the classes") from None
     unnamed = unnamed_fields(sample)
     if unnamed:
@@ -166,8 +176,17 @@ def _read_lenient(path, classes) -> Optional[Truth]:
     if not storage.exists(path) or storage.is_dir(path):
         return None
     try:
-        df = pd.read_csv(io.BytesIO(storage.read_bytes(path)), dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        text = storage.read_bytes(path).decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        log.warning("%s ignored: not UTF-8 text (%s); save the file as UTF-8", path, err)
+        return None
+    rows = split_overlong_rows(text)
+    if rows.overlong:  # left out, as rows with bad labels are: the others are read as usual
+        log.warning("%s: %d rows with more fields than the header ignored; %s",
+                    path, len(rows.overlong), describe_overlong(rows.overlong))
+    try:
+        df = pd.read_csv(io.StringIO(rows.text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         log.warning("%s ignored: not a readable CSV (%s)", path, err)
         return None
     df.columns = [str(c).strip() for c in df.columns]
