@@ -259,3 +259,41 @@ def test_a_noisy_clip_takes_the_fold_of_its_curated_siblings_group(demo_dataset,
     with caplog.at_level("WARNING", logger="raytag.training.plan"):
         assert _plan(off, demo_dataset).noisy_fold is None
     assert "hold both curated and noisy clips" in caplog.text and "cv.noisy_folds: true" in caplog.text
+
+
+def _store_without(dataset, lost: list[str]):
+    """A stand-in feature store that could not decode the clips `lost` (failed.csv rows)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    bins = np.zeros((1, 8), np.float32)
+    clips = dataset.clips.set_index("clip_id")
+    failed = pd.DataFrame({"file": [f"train_curated/{clips.loc[c, 'fname']}" for c in lost],
+                           "reason": ["digital silence: all 16000 samples are 0"] * len(lost)})
+    kept = [c for c in dataset.clips["clip_id"] if c not in set(lost)]
+    return SimpleNamespace(clip_ids=kept, shape=(1, 8), mean=bins, std=bins + 1, path="/cache/store", failed=failed)
+
+
+def test_no_curated_clip_decoded_points_at_failed_csv(demo_dataset):
+    """Every curated clip failed in the store: "0 labelled clips cannot be split into 3 folds;
+    lower cv.n_folds" could not help; the error now says they failed to decode and where."""
+    from raytag.errors import DatasetError
+    from raytag.training.plan import build_plan
+
+    curated = list(demo_dataset.split("curated")["clip_id"])
+    first = demo_dataset.split("curated")["fname"].iloc[0]
+    with pytest.raises(DatasetError, match=rf"no curated clip could be decoded \({len(curated)} failed, e.g. "
+                                           rf"train_curated/{first}: digital silence.*/cache/store/failed.csv"):
+        build_plan(Config.from_dict({"cv": {"n_folds": 3}}), demo_dataset, _store_without(demo_dataset, curated))
+
+
+def test_too_few_folds_after_decode_failures_says_how_many_failed(demo_dataset):
+    from raytag.training.folds import FoldError
+    from raytag.training.plan import build_plan
+
+    curated = list(demo_dataset.split("curated")["clip_id"])
+    store = _store_without(demo_dataset, curated[2:])
+    with pytest.raises(FoldError, match=rf"2 labelled clips cannot be split into 3 folds.*{len(curated) - 2} "
+                                        r"curated clips failed to decode .*/cache/store/failed.csv"):
+        build_plan(Config.from_dict({"cv": {"n_folds": 3}}), demo_dataset, store)

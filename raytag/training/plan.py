@@ -15,9 +15,10 @@ import pandas as pd
 
 from raytag.config import Config, ConfigError, InputNormConfig
 from raytag.data.labels import labels_to_matrix
+from raytag.errors import DatasetError
 from raytag.pipeline.selection import select_noisy_subset
 from raytag.pipeline.spreading import load_groups_file
-from raytag.training.folds import make_folds, read_clip_groups
+from raytag.training.folds import FoldError, make_folds, read_clip_groups
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,18 @@ def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: s
     noisy = clips[clips["split"] == "noisy"].reset_index(drop=True)
     test = clips[clips["split"] == "test"].reset_index(drop=True)
     classes = list(dataset.classes)
+    lost = _curated_lost_to_decoding(dataset, usable, store)
     curated_y = labels_to_matrix(list(curated["labels"]), classes)
     groups = None
     if cfg.cv.clip_groups:  # read here, on the driver: workers on other nodes may not have the file
         groups = read_clip_groups(cfg.cv.clip_groups, list(curated["fname"]), Path(dataset.root))
-    fold_ids = make_folds(curated_y, cfg.cv.n_folds, cfg.cv.seed, groups)
+    try:
+        fold_ids = make_folds(curated_y, cfg.cv.n_folds, cfg.cv.seed, groups)
+    except FoldError as err:
+        if not lost:
+            raise
+        raise FoldError(f"{err}. {len(lost)} curated clips failed to decode and are not counted "
+                        f"(listed with the reasons in {Path(store.path) / 'failed.csv'})") from err
     noisy_y = labels_to_matrix(list(noisy["labels"]), classes) if len(noisy) else np.zeros((0, len(classes)), np.float32)
     # an unlisted clip's own group (folds.read_clip_groups) is shared with no clip
     curated_fold_of_group = {g: int(f) for g, f in zip(groups or [], fold_ids) if not g.startswith("\0")}
@@ -138,6 +146,28 @@ def build_plan(cfg: Config, dataset, store, data_ref: str = "", feature_cache: s
         bins=int(bins),
         **dict(zip(("norm_mean", "norm_std"), input_scaling(cfg.train.normalize, store.mean, store.std))),
     )
+
+
+def _curated_lost_to_decoding(dataset, usable: set, store) -> list[str]:
+    """The curated clips the dataset kept but the store could not decode. None left at all
+    is a DatasetError pointing at failed.csv: no setting of the run can help then."""
+    curated = dataset.clips[dataset.clips["split"] == "curated"]
+    lost = [str(p) for cid, p in zip(curated["clip_id"], curated["path"]) if cid not in usable]
+    if lost and len(lost) == len(curated):
+        raise DatasetError(f"{dataset.root}: no curated clip could be decoded ({len(lost)} failed, "
+                           f"e.g. {_failure_example(store, dataset.root, lost[0])}); each is listed with its "
+                           f"reason in {Path(store.path) / 'failed.csv'}: fix or replace those files")
+    return lost
+
+
+def _failure_example(store, root, path: str) -> str:
+    """`file: reason` of one failed clip from the store's failures (keyed by the path in the dataset)."""
+    try:
+        file = str(Path(path).relative_to(root))
+    except ValueError:
+        file = path
+    reasons = dict(zip(store.failed["file"], store.failed["reason"])) if len(store.failed) else {}
+    return f"{file}: {reasons[file]}" if file in reasons else file
 
 
 def _refuse_a_warmup_without_clips(cfg: Config, n_noisy: int, n_subset: int) -> None:
