@@ -28,7 +28,18 @@ from raytag.ensemble.tagging import compile_models, predict_files
 from raytag.errors import RaytagError
 
 # what libsndfile (raytag.data.audio) decodes; folders are searched for these
-AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".w64"}
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64"}
+MACOS_METADATA = "__MACOSX"  # the folder of AppleDouble files ("._clip.wav") a macOS zip adds
+
+
+def _is_audio_in_folder(path: Path, folder: Path) -> bool:
+    """An audio file of a searched folder; hidden files and folders are left out, as the
+    dataset reader leaves them out: macOS's AppleDouble "._clip.wav" (in __MACOSX/ or beside
+    the clip) holds metadata, not audio."""
+    parts = path.relative_to(folder).parts
+    if any(p.startswith(".") or p == MACOS_METADATA for p in parts):
+        return False
+    return path.suffix.lower() in AUDIO_EXTENSIONS and path.is_file()
 
 
 def expand_inputs(inputs: Iterable) -> list[Path]:
@@ -38,7 +49,7 @@ def expand_inputs(inputs: Iterable) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            found = sorted(p for p in path.rglob("*") if _is_audio_in_folder(p, path))
             if not found:
                 raise RaytagError(f"{path}: folder holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
             out.extend(found)

@@ -160,3 +160,15 @@ def test_learnable_but_not_trivial(demo_data):
     print(f"demo learnability (scale 0.25): top-1 {top1:.2f}, LRAP {lrap:.2f}, chance LRAP {chance:.2f}")
     assert top1 > 3 / len(ds.classes)
     assert lrap > chance + 0.25
+
+
+@pytest.mark.parametrize("where, message", [
+    ("afile", r"afile is a file; give a folder"),
+    ("afile/sub", r"cannot write the demo dataset to .*afile/sub \(Not a directory\); give a folder you can write to"),
+])
+def test_a_path_that_cannot_be_the_folder_is_a_message_not_a_traceback(tmp_path, where, message):
+    """FileExistsError / NotADirectoryError reached the command line as tracebacks."""
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(RaytagError, match=message):
+        make_demo_dataset(tmp_path / where, seed=0, scale=TINY)
+    assert (tmp_path / "afile").read_text() == "mine"

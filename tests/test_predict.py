@@ -300,3 +300,25 @@ def test_predict_scores_the_features_the_store_held_for_scoring(artifact_2019, a
     probs, failures = art.predict_files([data / "train_curated" / "tone.wav"])
     assert failures.empty
     assert np.allclose(probs.to_numpy(), from_store, rtol=0, atol=1e-6)
+
+
+def test_a_folder_leaves_out_macos_metadata_and_collects_opus(tmp_path):
+    """A folder unzipped from macOS holds "._clip.wav" AppleDouble files (beside the clips and
+    under __MACOSX/), which became "format not recognised" failures; the dataset reader leaves
+    hidden files out, and so does predict now. Opus, which libsndfile reads, was not collected."""
+    clips = tmp_path / "clips"
+    (clips / "__MACOSX" / "clips").mkdir(parents=True)
+    (clips / ".hidden").mkdir()
+    for rel in ("a.wav", "b.opus", "._a.wav", "__MACOSX/clips/._b.opus", ".hidden/c.wav", "notes.txt"):
+        (clips / rel).write_bytes(b"x")
+    assert [p.relative_to(clips).as_posix() for p in expand_inputs([clips])] == ["a.wav", "b.opus"]
+
+
+@pytest.mark.skipif("OPUS" not in sf.available_subtypes("OGG"), reason="this libsndfile has no Opus")
+def test_an_opus_file_decodes(tmp_path):
+    from raytag.data.audio import load_audio
+
+    sf.write(tmp_path / "a.opus", (0.3 * np.sin(np.arange(48000) / 10)).astype(np.float32), 48000,
+             format="OGG", subtype="OPUS")
+    assert load_audio(tmp_path / "a.opus", 16000, min_samples=1024).shape == (16000,)
+

@@ -80,3 +80,21 @@ def test_best_and_importance_come_from_finished_trials_only():
     assert result.best["trial_id"] == "t3"
     unfinished = ranked[ranked["status"] != "ok"]
     assert SweepResult(experiment_dir="x", leaderboard=unfinished, plot_path=None, space=space).best is None
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_report_of_a_train_run_says_what_it_is_and_where_its_tables_are(tmp_path, finished):
+    """`raytag report NAME` on a `raytag train` run said "no sweep named NAME ... check the name"."""
+    from raytag.errors import RaytagError
+    from raytag.search.report import rebuild_report
+
+    run = tmp_path / "r" / "quick"
+    (run / "outputs").mkdir(parents=True)
+    (run / "run_settings.json").write_text("{}")
+    if finished:
+        (run / "outputs" / "stages.csv").write_text("stage,cv_lwlrap\nfinal,0.5\n")
+    with pytest.raises(RaytagError, match=r"'quick' is a `raytag train` run, not a sweep: .* tables are in "
+                                          rf".*quick/outputs/stages.csv and .*metrics.json{'' if finished else ' .once'}"):
+        rebuild_report("quick", storage=str(tmp_path / "r"))
+    with pytest.raises(RaytagError, match="no sweep named 'other'"):
+        rebuild_report("other", storage=str(tmp_path / "r"))

@@ -275,9 +275,7 @@ def make_demo_dataset(out: str | Path, seed: int = 0, scale: float = 1.0) -> Pat
         log.info("demo dataset in %s reused (seed %d, scale %g)", out, seed, scale)
         return out
     _clear(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # Marked incomplete first: an interrupted write is recognised as ours and redone.
-    _write_marker(out, {**wanted, "complete": False})
+    _start_folder(out, wanted)
     for folder in _FOLDERS.values():
         (out / folder).mkdir()
 
@@ -336,6 +334,19 @@ def _read_marker(out: Path):
         return json.loads((out / _MARKER).read_text())
     except (OSError, ValueError):
         return None
+
+
+def _start_folder(out: Path, wanted: dict):
+    """Create `out` and mark it as an incomplete demo set (an interrupted write is then
+    recognised as ours and redone), or say why it cannot hold the demo set."""
+    if out.exists() and not out.is_dir():
+        raise RaytagError(f"{out} is a file; give a folder (new or empty) for the demo dataset")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_marker(out, {**wanted, "complete": False})
+    except OSError as err:
+        raise RaytagError(f"cannot write the demo dataset to {out} ({err.strerror or err}); "
+                          "give a folder you can write to") from None
 
 
 def _clear(out: Path):

@@ -22,6 +22,8 @@ from raytag.errors import RaytagError
 from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.search.leaderboard import board_metric, build_leaderboard
 from raytag.search.space import SearchSpace, parse_space
+from raytag.training.outputs import MEMBERS_DIR, METRICS, OUTPUTS_DIR, STAGES
+from raytag.training.run_settings import SETTINGS_FILE
 
 PLOT_NAME = "search.png"
 TOP_SETTINGS = 3
@@ -215,11 +217,23 @@ def save_report(exp_dir: str, board: pd.DataFrame, space: SearchSpace) -> Option
     return path
 
 
+def _refuse_a_train_run(experiment: str, exp_dir: str) -> None:
+    """`raytag report` of a `raytag train` run: say what it is and where its tables are."""
+    if not any(files.exists(files.join(exp_dir, mark)) for mark in (SETTINGS_FILE, OUTPUTS_DIR, MEMBERS_DIR)):
+        return
+    outputs = files.join(exp_dir, OUTPUTS_DIR)
+    state = "" if files.exists(files.join(outputs, STAGES)) else " (once it has finished)"
+    raise RaytagError(f"'{experiment}' is a `raytag train` run, not a sweep: it has no leaderboard. Its tables "
+                      f"are in {files.join(outputs, STAGES)} and {files.join(outputs, METRICS)}{state}; "
+                      "`raytag report` is for `raytag tune` sweeps")
+
+
 def rebuild_report(experiment: str, storage: str = "results") -> tuple[pd.DataFrame, Optional[str]]:
     """Rebuild a sweep's leaderboard and plots from its experiment folder; (board, plot path)."""
     exp_dir = files.join(files.absolute(storage), experiment)
     space_file = files.join(exp_dir, "space.yaml")
     if not files.exists(space_file):
+        _refuse_a_train_run(experiment, exp_dir)
         raise RaytagError(f"no sweep named '{experiment}' in {storage} ({space_file} is missing); "
                           "check the name and --storage")
     space = parse_space(files.read_text(space_file), source=space_file, default_name=experiment)
