@@ -18,7 +18,7 @@ from raytag.data.layouts import load_dataset
 from raytag.ensemble.artifact import load_artifact
 from raytag.ensemble.members import save_run_artifact
 from raytag.ensemble.noisy_teacher import (
-    CACHE_DIR, fold_safe_teacher, fold_teachers, noisy_teacher_targets, teacher_identity,
+    CACHE_DIR, cache_key, fold_safe_teacher, fold_teachers, noisy_teacher_targets, teacher_identity,
 )
 from raytag.ensemble.tagging import predict_files
 from raytag.errors import RaytagError
@@ -90,6 +90,19 @@ def test_the_predictions_are_cached_and_read_back(teacher, demo_data):
     cached.write_bytes(b"cut short")  # a torn file (BadZipFile) is made again, not a crash
     remade, _ = noisy_teacher_targets(cfg, plan, dataset, str(cache))
     assert not np.all(remade[1] == 0.25)
+
+
+def test_the_cached_predictions_are_made_again_when_the_decoder_or_front_end_changes(teacher, monkeypatch):
+    """The key held the teacher, folds and files, not the feature store's decoder version, so an
+    upgrade that decodes otherwise (as FEATURES_VERSION 2 did) kept serving the old predictions."""
+    from raytag.features import store
+
+    art = load_artifact(teacher[0])
+    key = lambda: cache_key(art, [1, 2], ["noisy/a.wav"], ["/nowhere/a.wav"])
+    before = key()
+    assert key() == before
+    monkeypatch.setattr(store, "FEATURES_VERSION", store.FEATURES_VERSION + 1)
+    assert key() != before
 
 
 def test_a_run_with_a_teacher_trains_and_its_noisy_set_takes_the_fold_targets(teacher, demo_data, tmp_path):

@@ -11,9 +11,10 @@ targets, and is refused.
 This is the FAT2019 winners' second round, an ensemble's predictions as the noisy set's
 labels, and Noisy Student's next generation (Xie et al. 2020) with the labels kept in the mix.
 The teacher's fold models run on the noisy clips once: the predictions are cached in the
-feature cache (`noisy_teachers/<key>.npz`), keyed by the teacher's manifest, the folds and the
-noisy files (path, size, modification time), so every member of a `raytag train` run, and a
-rerun, reuse them.
+feature cache (`noisy_teachers/<key>.npz`), keyed by the teacher's manifest, its members' front
+ends as the feature store keys them (`shard_key`: settings, decoder version, librosa), the folds
+and the noisy files (path, size, modification time), so every member of a `raytag train` run,
+and a rerun, reuse them, and an upgrade that decodes or featurises otherwise does not.
 
 The training engine sits below this package, so `fit_pipeline` takes `noisy_teacher_targets`
 as an argument (`noisy_teacher=`) from the commands that train (`raytag train`, the members
@@ -38,6 +39,7 @@ from raytag.ensemble.artifact import MANIFEST, Artifact, experiment_artifact, lo
 from raytag.ensemble.crop_targets import held_out_folds
 from raytag.ensemble.tagging import predict_files_each
 from raytag.errors import RaytagError
+from raytag.features.store import shard_key
 from raytag.training.outputs import OOF_PREDICTIONS
 
 log = logging.getLogger(__name__)
@@ -133,11 +135,14 @@ def fold_teachers(art: Artifact, folds: list[int]) -> list[Artifact]:
 
 
 def cache_key(art: Artifact, folds: list[int], noisy_ids: list[str], paths: list[str]) -> str:
-    """The teacher (its manifest and combiner), the folds and the noisy files as they are now
-    (path, size, modification time: audio replaced in place is predicted again)."""
+    """The teacher (its manifest and combiner), each member's front end as this code runs it
+    (the feature store's key: a new decoder or librosa predicts again), the folds and the
+    noisy files as they are now (path, size, modification time: audio replaced in place is
+    predicted again)."""
     digest = hashlib.sha256(storage.sha256_file(storage.join(art.path, MANIFEST)).encode())
+    front_ends = [shard_key(m.feature_config) for m in art.members]
     files = [(p, *_size_and_mtime(p)) for p in paths]
-    digest.update(repr((art.combiner, art.weights, folds, noisy_ids, files)).encode())
+    digest.update(repr((art.combiner, art.weights, front_ends, folds, noisy_ids, files)).encode())
     return digest.hexdigest()[:20]
 
 
