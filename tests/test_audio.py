@@ -223,3 +223,19 @@ def test_resampled_length_counts_as_the_decoder_does():
             got = soxr.resample(np.ones(n, np.float32), rate_in, rate_out, quality="HQ").size
             assert resampled_length(n, rate_in, rate_out) == got, (rate_in, rate_out, n)
     assert resampled_length(123, 16000, 16000) == resampled_length(123, 16000, None) == 123
+
+
+def test_a_file_that_needs_more_memory_than_is_free_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from raytag.data.audio import decode_bytes_per_sample
+
+    path = tmp_path / "long.wav"
+    sf.write(path, sine(440, 1.0, 16000, channels=2), 16000, subtype="PCM_16")
+    needs = 32000 * decode_bytes_per_sample(2, 16000, 16000)
+    assert load_audio(path, 16000, max_bytes=int(needs) + 1).shape == (16000,)
+
+    def unread(*args, **kwargs):
+        raise AssertionError("read although refused")
+
+    monkeypatch.setattr(sf.SoundFile, "read", unread)
+    with pytest.raises(AudioDecodeError, match=r"too long to decode whole: 32000 samples \(16000 frames x 2 channels\)"):
+        load_audio(path, 16000, max_bytes=int(needs) - 100)

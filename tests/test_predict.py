@@ -322,3 +322,36 @@ def test_an_opus_file_decodes(tmp_path):
              format="OGG", subtype="OPUS")
     assert load_audio(tmp_path / "a.opus", 16000, min_samples=1024).shape == (16000,)
 
+
+def test_a_file_that_runs_out_of_memory_is_its_failure_not_the_commands(artifact_2019, audio, monkeypatch):
+    """A MemoryError decoding one huge file ended `raytag predict` with a traceback, and no
+    other file's scores were written; it is that file's failure now, as in the feature store."""
+    import raytag.ensemble.tagging as tagging
+
+    real = tagging.load_audio
+
+    def decode(path, *args, **kwargs):
+        if Path(path).name == "noise_long.flac":
+            raise MemoryError
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(tagging, "load_audio", decode)
+    files = [audio[n] for n in ("tone.wav", "noise_long.flac", "stereo.wav")]
+    probs, failures = load_artifact(artifact_2019).predict_files(files)
+    assert list(probs.index) == [str(audio["tone.wav"]), str(audio["stereo.wav"])]
+    assert failures.to_dict(orient="records") == [{"file": str(audio["noise_long.flac"]),
+                                                   "reason": tagging.OUT_OF_MEMORY}]
+
+
+def test_a_file_too_long_for_the_free_memory_is_refused_from_its_header(artifact_2019, audio, monkeypatch):
+    """Decoding needs about 9 bytes per sample (frames x channels) plus the mono mix and its
+    resampled copy: with 400 kB free, the 1.3 s and 0.7 s clips fit, the 5 s and 2 s ones
+    (8 kHz, 44.1 kHz) are refused before they are read, as `raytag serve` refuses an upload."""
+    import raytag.ensemble.tagging as tagging
+
+    monkeypatch.setattr(tagging, "available_memory", lambda: 400_000)
+    probs, failures = load_artifact(artifact_2019).predict_files([audio[n] for n in GOOD])
+    assert list(probs.index) == [str(audio["tone.wav"]), str(audio["stereo.wav"])]
+    assert list(failures["file"]) == [str(audio["chirp44k.wav"]), str(audio["noise_long.flac"])]
+    assert failures["reason"].str.match(r"too long to decode whole: \d+ samples \(\d+ frames x 1 channels\) need "
+                                        r"about 0\.0 GB of memory, 0\.0 GB is free; split it into shorter files").all()

@@ -91,7 +91,7 @@ def audio_info(path: str | Path) -> tuple[float, int, int]:
 
 
 def load_audio(
-    path: str | Path, sample_rate: Optional[int], min_samples: int = 1
+    path: str | Path, sample_rate: Optional[int], min_samples: int = 1, max_bytes: Optional[int] = None
 ) -> np.ndarray:
     """Decode `path` to a mono float32 waveform at `sample_rate` (None: keep the file's rate).
 
@@ -99,12 +99,16 @@ def load_audio(
     when the file is empty or cannot be decoded, holds no samples, holds any NaN or inf
     sample (never silently zeroed), is digital silence (every sample 0), or is shorter
     than `min_samples` after resampling (pass `min_samples(features)`: one frame).
+    With `max_bytes` (e.g. `available_memory()`), a file whose header says it needs more
+    memory than that to decode whole is refused before it is read.
     """
     _check_file(path)
     _check_complete(path)
     try:
         with sf.SoundFile(str(path)) as f:
             rate = f.samplerate
+            if max_bytes is not None:
+                _refuse_beyond_memory(path, f.frames, f.channels, rate, sample_rate, max_bytes)
             if f.subtype == "PCM_16":
                 # libsndfile's own int16 -> float32 conversion costs 5x the read here; x / 32768
                 # is exact in float32, so this gives the same samples
@@ -133,6 +137,59 @@ def load_audio(
             f"too short: {wave.size} samples at {rate_out} Hz, need at least {min_samples} (one frame)",
         )
     return wave
+
+
+def samples_over_cap(frames: int, channels: int, cap: int) -> Optional[str]:
+    """"N samples (F frames x C channels)" where a file of `frames` x `channels` (its
+    header's count) decodes to more than `cap` samples, else None: the rule by which
+    `raytag serve` refuses a long upload and `raytag predict` a file it has no memory for."""
+    samples = int(frames) * int(channels)
+    return f"{samples} samples ({frames} frames x {channels} channels)" if samples > cap else None
+
+
+# load_audio's memory per sample (frames x channels): the float32 samples, a second copy
+# while 16-bit ones are scaled, the finite mask (5-7 bytes measured with tracemalloc)
+DECODE_BYTES_PER_SAMPLE = 9
+
+
+def decode_bytes_per_sample(channels: int, rate_in: int, rate_out: Optional[int]) -> float:
+    """About the memory load_audio needs per sample of a file: its samples decoded, then per
+    frame the mono mix and the resampled copy (larger than the file when resampling up)."""
+    ratio = rate_out / rate_in if rate_out else 1.0
+    mix = 4.0 if channels > 1 else 0.0
+    return DECODE_BYTES_PER_SAMPLE + (mix + 4.0 * ratio) / channels
+
+
+def _refuse_beyond_memory(path, frames: int, channels: int, rate_in: int, rate_out: Optional[int],
+                          max_bytes: int) -> None:
+    per_sample = decode_bytes_per_sample(channels, rate_in, rate_out)
+    over = samples_over_cap(frames, channels, int(max_bytes // per_sample))
+    if over:
+        raise AudioDecodeError(
+            path, f"too long to decode whole: {over} need about {_gb(frames * channels * per_sample)} of memory, "
+                  f"{_gb(max_bytes)} is free; split it into shorter files (or mix it down to mono)")
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory free for this process now: the kernel's MemAvailable, within its
+    container's limit (cgroup v2) where it has one; None where neither can be read."""
+    free = []
+    try:
+        with open("/proc/meminfo") as fh:
+            free += [int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            free.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(min(free), 0) if free else None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.1f} GB"
 
 
 def _check_file(path) -> None:
@@ -273,7 +330,8 @@ def _aiff_data(fh, size: int) -> Optional[_DataChunk]:
     return None
 
 
-_AU_SAMPLE_BYTES = {1: 1, 2: 1, 3: 2, 4: 3, 5: 4, 6: 4, 7: 8, 27: 1}  # by encoding: mu-law, PCM 8-32, float, double, A-law
+# bytes per sample by encoding: mu-law, PCM 8, 16, 24, 32 bits, float, double, A-law
+_AU_SAMPLE_BYTES = {1: 1, 2: 1, 3: 2, 4: 3, 5: 4, 6: 4, 7: 8, 27: 1}
 
 
 def _au_data(head: bytes, size: int) -> Optional[_DataChunk]:

@@ -9,7 +9,8 @@ the members are combined with the artifact's combiner. All of it runs under
 `torch.inference_mode` (no autograd bookkeeping).
 
 A file that cannot be decoded is never scored as silence: it is returned in the
-failures table and left out of the scores.
+failures table and left out of the scores. So is one too long to decode whole with the
+memory free (refused from its header, or by a MemoryError while decoding).
 """
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from raytag.data.audio import load_audio, min_samples
+from raytag.data.audio import available_memory, load_audio, min_samples
 from raytag.errors import AudioDecodeError
 from raytag.features.frontends import build_frontend
 from raytag.training.inference import clip_segments, normaliser, reduce_segments
 
 FILES_PER_CHUNK = 16  # files decoded and featurised together (bounds memory for long lists)
+OUT_OF_MEMORY = "out of memory while decoding it (a very long file?); split it into shorter files"
 
 
 class _FrontEnd:
@@ -125,8 +127,10 @@ def compile_models(artifact) -> list[CompiledModel]:
 def _featurise(path: str, frontends: dict, need: dict) -> dict:
     """Each distinct front end's features of one file; AudioDecodeError when any step
     cannot use it. Decoding and front ends follow the feature store (raytag.features.store),
-    so a clip usable in training is usable here and the other way round."""
-    waves = {rate: load_audio(path, rate, min_samples=n) for rate, n in need.items()}
+    so a clip usable in training is usable here and the other way round. A file whose
+    header says it needs more memory than is free to decode whole is refused unread (a
+    recording of hours would otherwise end the whole command)."""
+    waves = {rate: load_audio(path, rate, min_samples=n, max_bytes=available_memory()) for rate, n in need.items()}
     feats = {}
     for key, fe in frontends.items():
         try:
@@ -182,6 +186,9 @@ def predict_files_each(artifacts: Sequence, paths: Sequence, batch_size: int = 3
                     per_frontend = _featurise(path, frontends, need)
                 except AudioDecodeError as err:
                     failures.append({"file": path, "reason": err.reason})
+                    continue
+                except MemoryError:  # one huge file (its header understated it): its failure, not the list's
+                    failures.append({"file": path, "reason": OUT_OF_MEMORY})
                     continue
                 ok.append(path)
                 for key, x in per_frontend.items():

@@ -15,6 +15,7 @@ from typing import AsyncIterator, Optional
 import numpy as np
 import soundfile as sf
 
+from raytag.data.audio import samples_over_cap
 from raytag.predict import AUDIO_EXTENSIONS
 
 MAX_SECONDS = 1800.0  # `raytag serve --max-seconds`: uploads longer than this get 413
@@ -133,10 +134,11 @@ def check_rate_and_channels(fname: str, rate: int, channels: int) -> None:
 def check_decoded_size(fname: str, frames: int, channels: int, cap: int) -> None:
     """413 when `frames` x `channels` samples are over `cap` (a compressed upload may be small
     and still decode to gigabytes)."""
-    if frames * channels > cap:
-        raise UploadError(413, f"{fname}: decodes to {frames * channels} samples ({frames} frames x {channels} "
-                               f"channels), over this server's limit of {cap} (--max-seconds of 48 kHz mono); "
-                               "send it shorter, mono or at a lower rate, or tag it with `raytag predict`")
+    over = samples_over_cap(frames, channels, cap)
+    if over:
+        raise UploadError(413, f"{fname}: decodes to {over}, over this server's limit of {cap} (--max-seconds "
+                               "of 48 kHz mono); send it shorter, mono or at a lower rate, or tag it with "
+                               "`raytag predict`")
 
 
 def parse_top(value: Optional[str], n_classes: int) -> int:
