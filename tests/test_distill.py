@@ -533,3 +533,16 @@ def test_the_teachers_curated_score_takes_only_out_of_fold_rows(tmp_path):
     table["target_source"] = "ensemble"
     assert teacher_oof_scores(table, dataset, HAND_CLASSES) == {"teacher_curated_oof_lwlrap": None,
                                                                 "teacher_curated_oof_clips": 0}
+
+
+def test_a_teacher_trained_without_test_clips_still_teaches(tmp_path):
+    """Its members' test.parquet is empty (a dataset without test clips): it was read as a
+    damaged file and distill stopped; now it means no test predictions."""
+    art, dataset = _hand_teacher(tmp_path, CURATED, NOISY)
+    for member in art.members:
+        empty = pd.DataFrame({"clip_id": pd.Series(dtype=str), "fold": pd.Series(dtype=int), "run": 0, "stage": "",
+                              **{c: pd.Series(dtype=np.float32) for c in HAND_CLASSES}})
+        storage.write_parquet(empty, storage.join(member.settings["source"], "test.parquet"),
+                              metadata={"raytag.classes": json.dumps(HAND_CLASSES)})
+    table = teacher_targets(art, dataset, str(tmp_path / "distill"))
+    assert len(table) == len(CURATED) + len(NOISY) and set(table["target_source"]) == {"oof"}

@@ -21,7 +21,7 @@ from raytag.ensemble.combiners import (
     arithmetic_mean, combine, geometric_mean, percentile_ranks, rank_mean, rank_reference,
 )
 from raytag.ensemble.artifact import load_artifact
-from raytag.ensemble.job import build_ensemble, select_candidates
+from raytag.ensemble.job import build_ensemble, load_trial, select_candidates
 from raytag.ensemble.weights import fit_weights, nested_fit
 from raytag.errors import RaytagError
 from raytag.metrics import lwlrap
@@ -346,6 +346,27 @@ def test_trials_with_different_folds_are_aligned_by_clip(tmp_path):
     res = build_ensemble(exp, top=2)
     singles = res.table[res.table.kind == "single"].set_index("name")["cv_lwlrap"]
     assert singles["a"] == pytest.approx(cv0) and singles["b"] == pytest.approx(cv1)
+
+
+def test_trials_of_a_dataset_without_test_clips_are_ensembled_with_no_test_score(tmp_path):
+    """Test clips are optional, and the runner then writes an empty test.parquet: it was read
+    as a damaged file, every candidate was left out and the job stopped."""
+    exp = make_experiment(tmp_path, signals=(0.9, 0.8), n=60, n_test=0)
+    out = storage.join(exp, "trial_0", "outputs")
+    assert pd.read_parquet(storage.join(out, "test.parquet")).empty
+    assert load_trial(out).test is None
+    res = build_ensemble(exp, top=2)
+    assert res.members == ["trial_0", "trial_1"] and res.skipped == []
+    assert res.table["test_lwlrap"].isna().all() and res.table["cv_lwlrap"].notna().all()
+    art = load_artifact(res.artifact_path)
+    assert art.scores["test_lwlrap"] is None
+    summary = json.loads(storage.read_text(storage.join(exp, "ensemble", "ensemble_summary.json")))
+    assert summary["test_clips"] == 0
+    # an empty oof.parquet is still no trial's outputs
+    oof_path = storage.join(out, "oof.parquet")
+    storage.write_parquet(pd.read_parquet(oof_path).iloc[:0], oof_path, metadata={"raytag.classes": json.dumps(CLASSES)})
+    with pytest.raises(RaytagError, match="oof.parquet: holds no predictions"):
+        load_trial(out)
 
 
 def test_missing_leaderboard_is_a_clear_error(tmp_path):

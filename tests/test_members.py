@@ -143,3 +143,45 @@ def test_members_whose_front_ends_keep_other_clips_are_refused_before_any_trains
     same = Config.from_dict({"members": [{"name": "a"}, {"name": "b", "set": {"model.width": 16}}]})
     members._check_members_keep_the_same_clips(same.member_configs(), "unused")
     assert loads == []  # one rule: nothing read
+
+
+def test_members_that_kept_other_test_clips_are_combined_on_the_clips_they_share(tmp_path):
+    """A test clip one member's front end (or store) could not use is missing from that
+    member's test.parquet: combining crashed with a KeyError after every member had trained,
+    and again on every rerun. Now the shared clips are combined and the others listed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raytag.ensemble.members import write_member_outputs
+    from test_ensemble import make_truth
+    from test_train_map3 import _member_runs
+
+    runs = _member_runs(tmp_path, "fat2019", make_truth(40, seed=1), make_truth(10, seed=2))
+    wide_test = Path(runs[1].result.outputs_dir) / "test.parquet"
+    table = pq.read_table(wide_test)
+    kept = table.to_pandas().query("clip_id != 'test/t0003.wav'")
+    pq.write_table(pa.Table.from_pandas(kept, preserve_index=False).replace_schema_metadata(table.schema.metadata),
+                   wide_test)
+    for attempt in ("first", "rerun"):  # a rerun resumes the finished members and combines again
+        staging = tmp_path / attempt
+        staging.mkdir()
+        metrics, _, _, _ = write_member_outputs(Config.from_dict({"name": "pair"}), runs, staging)
+        test = pd.read_parquet(staging / "test.parquet")
+        assert len(test) == 9 and "test/t0003.wav" not in set(test["clip_id"])
+        assert len(pd.read_csv(staging / "submission.csv")) == 9
+        assert isinstance(metrics["test_lwlrap"], float) and metrics["test_clips_left_out"] == 1
+        skipped = pd.read_csv(staging / "skipped.csv")
+        assert list(skipped["file"]) == ["test/t0003.wav"] and "member(s) wide" in skipped["reason"].iloc[0]
+        assert metrics["n_skipped"] == 1
+
+
+def test_members_without_test_clips_write_no_test_predictions(tmp_path):
+    from raytag.ensemble.members import write_member_outputs
+    from test_ensemble import make_truth
+    from test_train_map3 import _member_runs
+
+    runs = _member_runs(tmp_path, "fat2019", make_truth(40, seed=1), make_truth(0, seed=2))
+    (tmp_path / "staging").mkdir()
+    metrics, _, _, _ = write_member_outputs(Config.from_dict({"name": "pair"}), runs, tmp_path / "staging")
+    assert metrics["test_lwlrap"] is None and metrics["test_clips_left_out"] == 0
+    assert not (tmp_path / "staging" / "test.parquet").exists()

@@ -94,6 +94,10 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
     console.print(fold_table(result.metrics))
     if result.metrics.get("test_lwlrap") is not None:
         console.print(f"test lwlrap (reported only, never used to choose): {result.metrics['test_lwlrap']:.4f}")
+    if result.metrics.get("test_clips_left_out"):
+        console.print(f"{result.metrics['test_clips_left_out']} test clip(s) left out of the members' combined test "
+                      "predictions (and score): some member has no prediction of them, e.g. a clip shorter than its "
+                      "frame; listed in the outputs' skipped.csv", soft_wrap=True)
     # paths and notes are text ("[live]" in a folder name), not rich markup
     console.print(f"checkpoints: {escape(str(result.run_dir))}\n"
                   f"predictions, weights, submission: {escape(str(result.outputs_dir))}")

@@ -36,8 +36,8 @@ from raytag.errors import RaytagError
 from raytag.metrics import SCORERS, lwlrap
 from raytag.search.leaderboard import board_metric
 from raytag.training.outputs import (
-    MEMBERS_DIR, METRICS, MODEL_CARD, OOF_PREDICTIONS, OOF_TRUTH, OUTPUTS_DIR, TEST_PREDICTIONS, TEST_TRUTH,
-    read_predictions,
+    MEMBERS_DIR, METRICS, MODEL_CARD, OOF_PREDICTIONS, OOF_TRUTH, OUTPUTS_DIR, TEST_TRUTH, read_predictions,
+    read_test_predictions,
 )
 
 # leaderboard statuses of trials that ran their whole pipeline (raytag.search.leaderboard
@@ -253,13 +253,8 @@ def load_trial(outputs_dir: str) -> TrialPredictions:
         fold = oof_df.groupby("clip_id", sort=True)["fold"].first()
     else:
         fold = pd.Series(0, index=oof.index)
-    test = None
-    test_path = storage.join(outputs_dir, TEST_PREDICTIONS)
-    if storage.exists(test_path):
-        test_df, test_classes = read_predictions(test_path)
-        if test_classes != classes:
-            raise RaytagError(f"{test_path}: class order differs from oof.parquet")
-        test = test_df.groupby("clip_id", sort=True)[classes].mean()  # fold models averaged
+    # None without test clips (an empty test.parquet): the ensemble then reports no test score
+    test = read_test_predictions(outputs_dir, classes)
     return TrialPredictions(classes=classes, oof=oof, oof_fold=fold, test=test)
 
 

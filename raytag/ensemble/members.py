@@ -17,6 +17,7 @@ Layout of <storage>/<name>/:
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from raytag.metrics import layout_scores, lwlrap
 from raytag.models.registry import check_run_models
 from raytag.training.outputs import (
     CONFIG, HISTORY, MEMBERS_DIR, OOF_PREDICTIONS, OOF_TRUTH, OUTPUTS_DIR, SKIPPED, STAGES, SUBMISSION, TEST_PREDICTIONS,
-    TEST_TRUTH, fold_metrics, read_model_card, read_predictions, write_metrics, write_parquet,
+    TEST_TRUTH, fold_metrics, read_model_card, read_predictions, read_test_predictions, write_metrics, write_parquet,
 )
 from raytag.training.plan import model_folds
 from raytag.training.progress import EpochEvent, MembersEta, step_units
@@ -50,6 +51,8 @@ from raytag.training.steps import build_steps
 
 ARTIFACT_DIR = "artifact"
 ALL_FOLDS = -1  # the `fold` of a combined test row: every member's fold models, averaged
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -129,9 +132,7 @@ def write_member_outputs(cfg: Config, runs: list[MemberRun], staging: Path):
             raise RaytagError(f"member {run.name}: its classes differ from member {runs[0].name}'s")
         classes = member_classes
         oofs.append(oof.set_index("clip_id"))
-        test_path = files.join(run.result.outputs_dir, TEST_PREDICTIONS)
-        test = files.read_parquet(test_path) if files.exists(test_path) else None  # empty: no test clips
-        tests.append(None if test is None or test.empty else test.groupby("clip_id", sort=True)[classes].mean())
+        tests.append(read_test_predictions(run.result.outputs_dir, classes))  # None: no test clips
     _check_same_folds(runs, oofs)
     layout = read_model_card(runs[0].result.outputs_dir)["layout"]
     first = runs[0].result.outputs_dir
@@ -153,8 +154,8 @@ def write_member_outputs(cfg: Config, runs: list[MemberRun], staging: Path):
 
     # -- test: each member's fold mean (as the artifact predicts), then combined --------------
     test_score = None
-    if all(t is not None and len(t) for t in tests):
-        tids = tests[0].index
+    tids, left_out = shared_test_clips(runs, tests)
+    if len(tids):
         test_probs = combine(cfg.combine, np.stack([t.loc[tids, classes].to_numpy() for t in tests]))
         test_df = pd.DataFrame(test_probs.astype(np.float32), columns=classes)
         for col, value in (("stage", cfg.combine), ("run", cfg.name), ("fold", ALL_FOLDS), ("clip_id", tids.to_numpy())):
@@ -187,6 +188,8 @@ def write_member_outputs(cfg: Config, runs: list[MemberRun], staging: Path):
     stages.to_csv(staging / STAGES, index=False)
     pd.concat(histories, ignore_index=True).to_csv(staging / HISTORY, index=False)
     files.copy_file(files.join(first, SKIPPED), str(staging / SKIPPED))
+    if left_out:
+        _list_left_out_test_clips(staging / SKIPPED, left_out)
     (staging / CONFIG).write_text(cfg.to_yaml())
     metrics = {
         "cv_lwlrap": float(cv_scores["lwlrap"]),
@@ -196,9 +199,46 @@ def write_member_outputs(cfg: Config, runs: list[MemberRun], staging: Path):
         "combine": cfg.combine,
         "members": member_metrics,
         "epochs_run": int(sum(r.result.metrics.get("epochs_run", 0) for r in runs)),
-        "n_skipped": int(runs[0].result.metrics.get("n_skipped", 0)),
+        "n_skipped": int(runs[0].result.metrics.get("n_skipped", 0)) + len(left_out),  # skipped.csv's rows
+        "test_clips_left_out": len(left_out),
     }
     return metrics, stages, layout, classes
+
+
+def shared_test_clips(runs: list[MemberRun], tests: list[Optional[pd.DataFrame]]
+                      ) -> tuple[pd.Index, dict[str, list[str]]]:
+    """(the test clips every member predicted, sorted; {left-out clip: the members without
+    it}). Members on other front ends keep other test clips (a clip shorter than one
+    member's frame but not another's), and a member's store may fail on one: the combined
+    test predictions, like build_ensemble's, cover the clips all members share. None are
+    shared when a member has no test predictions (a dataset without test clips)."""
+    if any(test is None for test in tests):
+        return pd.Index([], dtype=object), {}
+    shared = tests[0].index
+    for test in tests[1:]:
+        shared = shared.intersection(test.index)
+    every = tests[0].index
+    for test in tests[1:]:
+        every = every.union(test.index)
+    left_out = {clip: [run.name for run, test in zip(runs, tests) if clip not in test.index]
+                for clip in every.difference(shared)}
+    if left_out:
+        example = next(iter(left_out))
+        log.warning("%d test clip(s) left out of the members' combined test predictions: some member has "
+                    "no prediction of them (e.g. %s, missing from member(s) %s, whose skipped.csv says why); listed "
+                    "in the run's skipped.csv",
+                    len(left_out), example, ", ".join(left_out[example]))
+    return shared.sort_values(), left_out
+
+
+def _list_left_out_test_clips(skipped_csv: Path, left_out: dict[str, list[str]]) -> None:
+    """Add the test clips the combination left out to the run's skipped.csv (file, reason)."""
+    rows = pd.DataFrame({"file": list(left_out),
+                         "reason": [f"test clip left out of the combined test predictions: member(s) "
+                                    f"{', '.join(members)} have no prediction of it (see their skipped.csv)"
+                                    for members in left_out.values()]})
+    skipped = pd.read_csv(skipped_csv, dtype=str, keep_default_na=False)
+    pd.concat([skipped, rows], ignore_index=True).to_csv(skipped_csv, index=False)
 
 
 def _check_members_keep_the_same_clips(members: list[tuple[str, Config]], data) -> None:

@@ -331,18 +331,37 @@ def _classes_of(table, path: str) -> list[str]:
     return [c for c in table.column_names if c not in META_COLUMNS]
 
 
-def read_predictions(path: str) -> tuple[pd.DataFrame, list[str]]:
+def read_predictions(path: str, allow_empty: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """A predictions parquet -> (its rows, classes in order). The runner writes only the
-    final model of each fold there (per-stage predictions go to stage_oof.parquet)."""
+    final model of each fold there (per-stage predictions go to stage_oof.parquet). An empty
+    one is refused unless `allow_empty` (test.parquet of a dataset without test clips)."""
     table = storage.read_parquet_table(path)
     classes = _classes_of(table, path)
     df = table.to_pandas()
+    if df.empty and allow_empty:
+        return df, classes
     missing = [c for c in ["clip_id", *classes] if c not in df.columns]
     if missing:
         raise RaytagError(f"{path}: column '{missing[0]}' is missing")
     if df.empty:
         raise RaytagError(f"{path}: holds no predictions")
     return df, classes
+
+
+def read_test_predictions(outputs_dir: str, classes: list[str]) -> pd.DataFrame | None:
+    """A trial's test predictions with its fold models averaged: one row per clip_id, one
+    column per class; None when it has none. Test clips are optional: a dataset without
+    them leaves an empty test.parquet, which means "no test predictions", not a damaged file."""
+    path = storage.join(outputs_dir, TEST_PREDICTIONS)
+    if not storage.exists(path):
+        return None
+    df, test_classes = read_predictions(path, allow_empty=True)
+    if df.empty:
+        return None
+    if test_classes != list(classes):
+        raise RaytagError(f"{path}: class order differs from oof.parquet's; train the trial again so "
+                          "that both come from one run")
+    return df.groupby("clip_id", sort=True)[list(classes)].mean()
 
 
 def read_noisy_oof(outputs_dir: str) -> pd.DataFrame | None:
