@@ -25,8 +25,8 @@ from raytag.data.labels import labels_to_matrix
 from raytag.data.layouts import load_dataset
 from raytag.ensemble.artifact import Artifact, Member, describe, load_artifact
 from raytag.ensemble.distill import (
-    StudentSettings, distill, probability_teacher, student_config, student_targets, teacher_oof_scores, teacher_targets,
-    template_member, train_student,
+    StudentSettings, distill, probability_teacher, scores_on_test, student_config, student_targets, teacher_oof_scores,
+    teacher_targets, template_member, train_student,
 )
 from raytag.ensemble.job import build_ensemble
 from raytag.errors import RaytagError
@@ -546,3 +546,36 @@ def test_a_teacher_trained_without_test_clips_still_teaches(tmp_path):
                               metadata={"raytag.classes": json.dumps(HAND_CLASSES)})
     table = teacher_targets(art, dataset, str(tmp_path / "distill"))
     assert len(table) == len(CURATED) + len(NOISY) and set(table["target_source"]) == {"oof"}
+
+
+def test_test_agreement_is_scored_on_the_files_the_teacher_could_read_too(tmp_path):
+    """The teacher decodes each file for its longest frame, so a short test file the student
+    read may be missing from the teacher's predictions: a KeyError once, after the student
+    was trained; now the agreement covers the files both read and counts the others."""
+    from raytag.data.layouts import Dataset
+
+    test = {f"t{i}.wav": HAND_CLASSES[i % 3] for i in range(6)}
+    paths = [str(tmp_path / "test" / f) for f in test]
+    clips = pd.DataFrame({"clip_id": [f"test/{f}" for f in test], "fname": list(test), "path": paths,
+                          "labels": [()] * len(test), "split": "test", "duration": 1.0})
+    dataset = Dataset(root=tmp_path, layout="fat2019", classes=list(HAND_CLASSES), clips=clips,
+                      skipped=pd.DataFrame(columns=["file", "reason"]),
+                      test_truth=pd.DataFrame({"fname": list(test), "labels": [(lab,) for lab in test.values()]}))
+    rng = np.random.default_rng(0)
+    student = pd.DataFrame(rng.uniform(size=(6, 3)), index=paths, columns=HAND_CLASSES)
+    teacher = pd.DataFrame(rng.uniform(size=(6, 3)), index=paths, columns=HAND_CLASSES)
+    short = paths[2]
+    got = scores_on_test(student, teacher.drop(index=short), dataset)
+    both = [p for p in paths if p != short]
+    expected = lwlrap(_top(teacher.loc[both].to_numpy()), student.loc[both].to_numpy())
+    assert got["test_agreement_lwlrap"] == pytest.approx(expected)
+    assert got["test_agreement_clips"] == 5 and got["test_agreement_left_out"] == 1
+    assert got["test_clips"] == 6  # the student's own test score needs no teacher: every file it read
+    full = scores_on_test(student, teacher, dataset)
+    assert full["test_agreement_left_out"] == 0 and full["test_lwlrap"] == got["test_lwlrap"]
+
+
+def _top(probs: np.ndarray) -> np.ndarray:
+    top = (probs > 0.5).astype(np.float32)
+    top[np.arange(len(top)), probs.argmax(axis=1)] = 1.0
+    return top

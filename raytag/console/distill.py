@@ -29,13 +29,19 @@ def distill_command(experiment: str, storage: str = "results", data: Optional[st
                  _fmt(s.get("train_curated_lwlrap")) + " (trained on)", _fmt(s.get("test_lwlrap")))
     console.print(view)
     console.print(f"student vs the teacher's top labels: lwlrap {_fmt(s.get('agreement_lwlrap'))} on the training clips, "
-                  f"{_fmt(s.get('test_agreement_lwlrap'))} on the test clips (no labels used); "
+                  f"{_fmt(s.get('test_agreement_lwlrap'))} on the test clips{_left_out(s)} (no labels used); "
                   f"targets: {result.label_weight:g} x the given labels + {1 - result.label_weight:g} x the teacher's "
                   f"({result.teacher_scale}, per {result.target_grain}; {result.n_oof} clips out-of-fold, {result.n_ensemble} from the artifact), {result.epochs} epochs, "
                   f"{result.seconds:.0f} s")
     shown = escape(str(result.artifact_path))  # a path is text, not rich markup
     console.print(f"artifact: [bold]{shown}[/]  (tag audio: raytag predict {shown} FILES...)")
     return result
+
+
+def _left_out(scores: dict) -> str:
+    """' (3 the teacher could not read left out)' where the test agreement skipped files."""
+    n = scores.get("test_agreement_left_out")
+    return f" ({n} the teacher could not read left out)" if n else ""
 
 
 def _fmt(x) -> str:

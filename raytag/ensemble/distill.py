@@ -581,9 +581,19 @@ def score_on_test(student: Artifact, teacher: Artifact, dataset, batch_size, pro
 
 
 def scores_on_test(student_probs: pd.DataFrame, teacher_probs: pd.DataFrame, dataset) -> dict:
-    """score_on_test's figures from the two models' predictions (indexed by test file path)."""
-    scores = {"test_agreement_lwlrap": float(lwlrap(_top_labels(teacher_probs.loc[student_probs.index].to_numpy()),
-                                                    student_probs.to_numpy()))}
+    """score_on_test's figures from the two models' predictions (indexed by test file path).
+    The agreement is on the files both read: the teacher decodes each file for its longest
+    frame, and members on other front ends than the student's may not read a short file
+    the student did (`test_agreement_left_out` counts those)."""
+    both = student_probs.index.intersection(teacher_probs.index, sort=False)
+    left_out = len(student_probs) - len(both)
+    if left_out:
+        log.warning("%d test file(s) the student read but its teacher could not (e.g. %s) are left out of the "
+                    "test agreement", left_out, student_probs.index.difference(both)[0])
+    agreement = (float(lwlrap(_top_labels(teacher_probs.loc[both].to_numpy()), student_probs.loc[both].to_numpy()))
+                 if len(both) else None)
+    scores = {"test_agreement_lwlrap": agreement, "test_agreement_clips": len(both),
+              "test_agreement_left_out": left_out}
     truth = dataset.truth_for("test")
     if truth is None or not len(truth):
         return {**scores, "test_lwlrap": None}
