@@ -214,6 +214,53 @@ def test_a_killed_saves_swap_folders_go_at_the_next_save(ensemble, tmp_path):
     assert load_artifact(dest).combiner == "geometric"
 
 
+def test_a_local_save_writes_each_file_before_reading_the_next(ensemble, tmp_path, monkeypatch):
+    """A local save once read every member's fold files into memory before writing any
+    (~550 MB for 10 members x 5 folds); it now streams them into the swap folder one by one."""
+    from raytag.ensemble.artifact import MemberSpec, save_artifact
+
+    exp = Path(ensemble.artifact_path).parents[1]
+    specs = [MemberSpec(n, str(exp / n / "outputs")) for n in ("trial_0", "trial_1")]
+    real_read, real_write, events = storage.read_bytes, storage.write_bytes, []
+
+    def read(path):
+        if str(path).endswith(".safetensors"):
+            events.append(("read", Path(str(path)).name))
+        return real_read(path)
+
+    def write(path, data):
+        if str(path).endswith(".safetensors"):
+            events.append(("write", Path(str(path)).name))
+        real_write(path, data)
+
+    monkeypatch.setattr(storage, "read_bytes", read)
+    monkeypatch.setattr(storage, "write_bytes", write)
+    save_artifact(str(tmp_path / "art"), specs, "mean", None, CLASSES, "fat2019")
+    monkeypatch.undo()
+    assert len(events) == 12 and events[:4] == [("read", "fold0.safetensors"), ("write", "fold0.safetensors"),
+                                                  ("read", "fold1.safetensors"), ("write", "fold1.safetensors")]
+    assert [m.name for m in load_artifact(str(tmp_path / "art")).members] == ["trial_0", "trial_1"]
+
+
+def test_a_load_checks_the_bytes_it_loads_not_an_earlier_read(ensemble, tmp_path, monkeypatch):
+    """load_artifact hashed every file, then read them again to load: a rerun's save swapping
+    its artifact in between gave a model of the new files checked against the old manifest.
+    Each file is now read once, and those bytes are both checked and loaded."""
+    path = _copy_artifact(ensemble.artifact_path, tmp_path / "a")
+    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    assert load_artifact(path).created == manifest["created"]
+    swapped = "members/trial_0/fold0.safetensors"
+    other = (Path(path) / "members" / "trial_0" / "fold1.safetensors").read_bytes()  # valid weights, another fold's
+    real_read = storage.read_bytes
+
+    def read_after_a_swap(where):
+        return other if str(where).endswith(swapped) else real_read(where)
+
+    monkeypatch.setattr(storage, "read_bytes", read_after_a_swap)
+    with pytest.raises(ArtifactError, match=f"checksum mismatch for {swapped}"):
+        load_artifact(path)
+
+
 def test_a_manifest_less_ensemble_artifact_is_refused_not_passed_over(ensemble, tmp_path):
     """A `raytag train` run whose ensemble/artifact has no manifest (a failed rerun to a URI)
     does not fall back to its own <run>/artifact: the broken folder is named."""

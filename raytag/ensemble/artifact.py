@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -155,9 +156,13 @@ def save_artifact(
     layout: str,
     scores: Optional[dict] = None,
     distilled: Optional[dict] = None,
+    parent_locked: bool = False,
 ) -> str:
     """Write an artifact folder at `dest` (local path or URI), replacing any old one.
-    `distilled`: for a student model (`raytag distill`), what it was distilled from."""
+    `distilled`: for a student model (`raytag distill`), what it was distilled from.
+    `parent_locked`: the caller holds the lock of dest's parent folder (storage.folder_lock)
+    for its whole job, as `raytag ensemble` and `raytag distill` do; else a local save takes
+    it for the save (the lock is not reentrant: taking it twice would refuse our own save)."""
     if combiner not in COMBINERS:
         raise ValueError(f"unknown combiner {combiner!r}")
     if combiner == "weighted" and (weights is None or len(weights) != len(members)):
@@ -165,29 +170,8 @@ def save_artifact(
     names = [m.name for m in members]
     if len(set(names)) != len(names):
         raise ValueError(f"member names must be unique, got {names}")
-    # every file is read and checked before the old artifact goes: a member that cannot be
-    # saved must not cost the user the artifact they have (and may be serving)
-    contents: dict[str, bytes] = {}
-
-    def put(rel: str, data: bytes) -> None:
-        contents[rel] = data
-
-    for spec in members:
-        settings = trial_settings(spec.outputs_dir)
-        if list(settings["classes"]) != list(classes):
-            raise ArtifactError(f"{spec.outputs_dir}: class list differs from the ensemble's")
-        files = fold_files(spec.outputs_dir)
-        for rel in files:
-            data = storage.read_bytes(storage.join(spec.outputs_dir, WEIGHTS, rel))
-            _check_state_dict(data, f"{spec.outputs_dir}/weights/{rel}")
-            put(f"members/{spec.name}/{rel}", data)
-        if combiner == "rank":
-            if spec.rank_reference is None:
-                raise ValueError(f"member {spec.name}: the rank combiner needs a rank reference")
-            ref = torch.from_numpy(np.ascontiguousarray(spec.rank_reference, dtype=np.float64))
-            put(f"members/{spec.name}/{RANK_REFERENCE}", save_safetensors({"quantiles": ref}))
-        settings.update(name=spec.name, folds=files, cv_lwlrap=spec.cv_lwlrap, source=str(spec.outputs_dir))
-        put(f"members/{spec.name}/{MEMBER}", _json_bytes(settings))
+    # the members' model cards (small) are checked before anything is written
+    cards = [_member_card(spec, combiner, classes) for spec in members]
     ensemble = {
         "format": FORMAT,
         "raytag_version": __version__,
@@ -200,31 +184,75 @@ def save_artifact(
     }
     if distilled is not None:
         ensemble["distilled"] = distilled
-    put(ENSEMBLE, _json_bytes(ensemble))
-    manifest = {
-        "format": FORMAT,
-        "raytag_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "files": {rel: storage.sha256_bytes(data) for rel, data in sorted(contents.items())},
-    }
-    put(MANIFEST, _json_bytes(manifest))  # last in the dict: written last, a folder without it is refused
+
+    def pack(put) -> None:
+        _pack(put, members, cards, ensemble)
+
     if storage.is_local_path(dest):
-        _write_swapped(dest, contents)
+        _write_swapped(dest, pack, parent_locked)
     else:
+        # every file is read and checked before the old artifact goes: a member that cannot
+        # be saved must not cost the user the artifact they have (and may be serving)
+        contents: dict[str, bytes] = {}
+        pack(contents.__setitem__)
         _write_in_place(dest, contents)
     return str(dest)
 
 
-def _write_swapped(dest: str, contents: dict[str, bytes]) -> None:
+def _member_card(spec: MemberSpec, combiner: str, classes: Sequence[str]) -> dict:
+    """A member's member.json, but for its fold list: its trial's model card, checked."""
+    settings = trial_settings(spec.outputs_dir)
+    if list(settings["classes"]) != list(classes):
+        raise ArtifactError(f"{spec.outputs_dir}: class list differs from the ensemble's")
+    if combiner == "rank" and spec.rank_reference is None:
+        raise ValueError(f"member {spec.name}: the rank combiner needs a rank reference")
+    return settings
+
+
+def _pack(put, members: Sequence[MemberSpec], cards: list[dict], ensemble: dict) -> None:
+    """Hand every file of the artifact to `put(rel, data)`, one at a time (so a local save
+    holds one fold file in memory, not every member's), the manifest last: a folder whose
+    writing stopped before it is refused."""
+    hashes: dict[str, str] = {}
+
+    def put_hashed(rel: str, data: bytes) -> None:
+        hashes[rel] = storage.sha256_bytes(data)
+        put(rel, data)
+
+    for spec, settings in zip(members, cards):
+        files = fold_files(spec.outputs_dir)
+        for rel in files:
+            data = storage.read_bytes(storage.join(spec.outputs_dir, WEIGHTS, rel))
+            _check_state_dict(data, f"{spec.outputs_dir}/weights/{rel}")
+            put_hashed(f"members/{spec.name}/{rel}", data)
+        if ensemble["combiner"] == "rank":
+            ref = torch.from_numpy(np.ascontiguousarray(spec.rank_reference, dtype=np.float64))
+            put_hashed(f"members/{spec.name}/{RANK_REFERENCE}", save_safetensors({"quantiles": ref}))
+        settings = {**settings, "name": spec.name, "folds": files, "cv_lwlrap": spec.cv_lwlrap,
+                    "source": str(spec.outputs_dir)}
+        put_hashed(f"members/{spec.name}/{MEMBER}", _json_bytes(settings))
+    put_hashed(ENSEMBLE, _json_bytes(ensemble))
+    manifest = {
+        "format": FORMAT,
+        "raytag_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": dict(sorted(hashes.items())),
+    }
+    put(MANIFEST, _json_bytes(manifest))
+
+
+def _write_swapped(dest: str, pack, parent_locked: bool) -> None:
     """A local artifact: written whole into a hidden sibling folder, then swapped in by
-    renames, so a write that fails (a full disk) leaves the old artifact whole and loadable.
-    One save at a time (the parent folder's lock): two swaps at once would rename onto each
-    other's folder and strand the old artifact."""
+    renames, so a write that fails (a full disk, a damaged fold file) leaves the old
+    artifact whole and loadable. One save at a time (the parent folder's lock, held from
+    the first file written): two swaps at once would rename onto each other's folder and
+    strand the old artifact, and a save would clear the other's half-written folder."""
     _, inner = storage.resolve(dest)
     target = Path(inner)
-    with storage.folder_lock(str(target.parent), f"artifact {target}"):
+    lock = nullcontext() if parent_locked else storage.folder_lock(str(target.parent), f"artifact {target}")
+    with lock:
         _clear_stale_swaps(target)
-        _swap_in(target, contents)
+        _swap_in(target, pack)
 
 
 def _swap_folders(target: Path, suffix: str) -> list[Path]:
@@ -247,12 +275,11 @@ def _clear_stale_swaps(target: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _swap_in(target: Path, contents: dict[str, bytes]) -> None:
+def _swap_in(target: Path, pack) -> None:
     tag = uuid.uuid4().hex[:8]
     fresh, old = target.with_name(f".{target.name}.{tag}.new"), target.with_name(f".{target.name}.{tag}.old")
     try:
-        for rel, data in contents.items():
-            storage.write_bytes(str(fresh / rel), data)
+        pack(lambda rel, data: storage.write_bytes(str(fresh / rel), data))
     except BaseException:
         shutil.rmtree(fresh, ignore_errors=True)
         raise
@@ -336,6 +363,14 @@ def _refuse_an_experiment_folder(path: str) -> None:
 
 def verify_artifact(path: str) -> dict:
     """Check every file against the manifest; returns the manifest or raises ArtifactError."""
+    manifest = _check_file_list(path)
+    for rel, sha in manifest["files"].items():
+        _check_checksum(path, rel, storage.sha256_file(storage.join(path, rel)), sha)
+    return manifest
+
+
+def _check_file_list(path: str) -> dict:
+    """The manifest, once the folder holds exactly the files it lists (hidden ones aside)."""
     manifest = read_manifest(path)
     expected: dict[str, str] = manifest["files"]
     present = set(storage.list_files(path)) - {MANIFEST}
@@ -348,14 +383,49 @@ def verify_artifact(path: str) -> dict:
     if extra:
         raise ArtifactError(f"{path}: file {extra[0]} is not in the manifest; an artifact must hold "
                             "only the files it was saved with")
-    for rel, sha in expected.items():
-        actual = storage.sha256_file(storage.join(path, rel))
-        if actual != sha:
-            raise ArtifactError(
-                f"{path}: checksum mismatch for {rel} (manifest {sha[:12]}..., file {actual[:12]}...); "
-                "the file was changed or damaged, copy the artifact again"
-            )
     return manifest
+
+
+def _check_checksum(path: str, rel: str, actual: str, expected: str) -> None:
+    if actual != expected:
+        raise ArtifactError(
+            f"{path}: checksum mismatch for {rel} (manifest {expected[:12]}..., file {actual[:12]}...); "
+            "the file was changed or damaged, copy the artifact again (or, if a rerun was saving over "
+            "it, load it again once that has finished)"
+        )
+
+
+@dataclass
+class _CheckedFiles:
+    """An artifact's files, each read once and checked against the manifest read at the
+    start, so the bytes loaded are the bytes verified: a rerun swapping a new artifact in
+    while this one loads gives a checksum error, never a mix of the two."""
+
+    path: str
+    manifest: dict
+    done: set = field(default_factory=set)
+
+    def read(self, rel: str) -> bytes:
+        expected = self.manifest["files"].get(rel)
+        if expected is None:
+            raise ArtifactError(f"{self.path}: file {rel} is not in the manifest; an artifact must hold "
+                                "only the files it was saved with")
+        data = storage.read_bytes(storage.join(self.path, rel))
+        _check_checksum(self.path, rel, storage.sha256_bytes(data), expected)
+        self.done.add(rel)
+        return data
+
+    def json(self, rel: str) -> dict:
+        try:
+            return json.loads(self.read(rel).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ArtifactError(f"{self.path}/{rel}: not valid JSON ({err})") from err
+
+    def check_the_rest(self) -> None:
+        """The files loading did not read (a member ensemble.json does not list) are checked too."""
+        for rel, sha in self.manifest["files"].items():
+            if rel not in self.done:
+                _check_checksum(self.path, rel, storage.sha256_file(storage.join(self.path, rel)), sha)
 
 
 def _hidden(rel: str) -> bool:
@@ -390,6 +460,7 @@ class Artifact:
     scores: dict = field(default_factory=dict)
     raytag_version: str = ""
     distilled: Optional[dict] = None  # a distilled student: its teacher and training record
+    created: str = ""  # when it was saved (its manifest's, read with the files loaded)
 
     def combine(self, member_probs: list[np.ndarray]) -> np.ndarray:
         """Combine per-member probabilities (each (clips, classes)) with the saved combiner."""
@@ -419,8 +490,9 @@ def load_artifact(path, device: str = "cpu") -> Artifact:
     path = str(path)
     if not storage.is_dir(path):
         raise ArtifactError(f"{path}: no such artifact folder")
-    manifest = verify_artifact(path)
-    ens = _read_json(path, ENSEMBLE)
+    manifest = _check_file_list(path)
+    files = _CheckedFiles(path, manifest)
+    ens = files.json(ENSEMBLE)
     for key in ("combiner", "members", "classes", "layout"):
         if key not in ens:
             raise ArtifactError(f"{path}/{ENSEMBLE}: '{key}' is missing")
@@ -430,7 +502,7 @@ def load_artifact(path, device: str = "cpu") -> Artifact:
     for name in ens["members"]:
         if not isinstance(name, str) or safe_name(name) != name:
             raise ArtifactError(f"{path}/{ENSEMBLE}: bad member name {name!r}")
-        settings = _read_json(path, f"members/{name}/{MEMBER}")
+        settings = files.json(f"members/{name}/{MEMBER}")
         if list(settings.get("classes", [])) != list(ens["classes"]):
             raise ArtifactError(f"{path}/members/{name}/{MEMBER}: class list differs from {ENSEMBLE}")
         try:
@@ -443,12 +515,13 @@ def load_artifact(path, device: str = "cpu") -> Artifact:
         for rel in settings["folds"]:
             # member.json names its files: only files inside the member folder that the
             # manifest vouches for are read
-            file = storage.safe_join(storage.join(path, "members", name), rel,
-                                     where=f"{path}/members/{name}/{MEMBER} folds", error=ArtifactError)
-            if f"members/{name}/{storage.safe_relpath(rel)}" not in manifest["files"]:
+            storage.safe_join(storage.join(path, "members", name), rel,  # no name or link out of the folder
+                              where=f"{path}/members/{name}/{MEMBER} folds", error=ArtifactError)
+            in_artifact = f"members/{name}/{storage.safe_relpath(rel)}"
+            if in_artifact not in manifest["files"]:
                 raise ArtifactError(f"{path}/members/{name}/{MEMBER}: fold file {rel!r} is not in the manifest")
             where = f"{path}/members/{name}/{rel}"
-            state = _check_state_dict(storage.read_bytes(file), where)
+            state = _check_state_dict(files.read(in_artifact), where)
             try:
                 model = build_model(cfg.model, len(ens["classes"]), in_channels, n_bins)
                 model.load_state_dict(state, strict=True)
@@ -457,9 +530,10 @@ def load_artifact(path, device: str = "cpu") -> Artifact:
             models.append(model.to(device).eval())
         ref = None
         if ens["combiner"] == "rank":
-            data = storage.read_bytes(storage.join(path, "members", name, RANK_REFERENCE))
+            data = files.read(f"members/{name}/{RANK_REFERENCE}")
             ref = _check_state_dict(data, f"{path}/members/{name}/{RANK_REFERENCE}")["quantiles"].numpy()
         members.append(Member(name=name, settings=settings, models=models, rank_reference=ref))
+    files.check_the_rest()
     return Artifact(
         path=path,
         combiner=ens["combiner"],
@@ -470,14 +544,8 @@ def load_artifact(path, device: str = "cpu") -> Artifact:
         scores=ens.get("scores", {}),
         raytag_version=manifest.get("raytag_version", ""),
         distilled=ens.get("distilled"),
+        created=manifest.get("created", ""),
     )
-
-
-def _read_json(path: str, rel: str) -> dict:
-    try:
-        return json.loads(storage.read_text(storage.join(path, rel)))
-    except ValueError as err:
-        raise ArtifactError(f"{path}/{rel}: not valid JSON ({err})") from err
 
 
 def artifact_size(path: str) -> int:
