@@ -493,6 +493,59 @@ def test_a_write_cut_short_leaves_the_old_teacher_cache_whole(tmp_path, monkeypa
     assert cache.read_bytes() == before
 
 
+def test_two_writers_of_one_teacher_cache_both_finish_and_leave_one_whole_file(tmp_path, monkeypatch):
+    """Both wrote `teacher.parquet.partial`: the first rename moved the file the other was
+    still writing, and the second rename raised FileNotFoundError. Each writer now has its
+    own temporary name."""
+    import threading
+
+    import raytag.training.outputs as outputs
+
+    real_write, both_written = outputs.pq.write_table, threading.Barrier(2, timeout=60)
+
+    def write_then_wait(table, where, **kwargs):  # neither renames before the other has written
+        real_write(table, where, **kwargs)
+        both_written.wait()
+
+    monkeypatch.setattr(outputs.pq, "write_table", write_then_wait)
+    path = tmp_path / "teacher.parquet"
+    frames = [pd.DataFrame({"clip_id": [f"c{i}"], "bark": [i / 2]}) for i in range(2)]
+    errors = []
+
+    def write(frame):
+        try:
+            outputs.write_parquet(frame, path, ["bark"])
+        except Exception as err:  # noqa: BLE001 - reported by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(frame,)) for frame in frames]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    back = pd.read_parquet(path)
+    assert any(back.equals(frame) for frame in frames)
+    assert [p.name for p in tmp_path.iterdir()] == ["teacher.parquet"]
+
+
+def test_a_distillation_of_an_experiment_another_one_holds_is_refused_before_any_work(experiment, distilled,
+                                                                                       monkeypatch):
+    """Two `raytag distill` runs of one experiment (two --width values in two terminals)
+    shared distill/ with no lock: one packed the other's student weights with its own record
+    and scores. The distill folder's lock is now held for the whole run."""
+    import raytag.ensemble.distill as distill_module
+
+    monkeypatch.setattr(distill_module, "prepare_data",
+                        lambda *a, **k: pytest.fail("worked in a distill folder another run holds"))
+    manifest = Path(distilled.artifact_path) / "manifest.json"
+    before = manifest.read_bytes()
+    with storage.folder_lock(str(Path(experiment) / "distill"), "another raytag distill"):
+        with pytest.raises(storage.LockHeld, match=r"run 'distill' .* is in use"):
+            distill(experiment, StudentSettings(width=4, depth=1, epochs=1))
+    assert manifest.read_bytes() == before
+
+
 def test_the_teacher_cache_follows_the_dataset(tmp_path):
     """The cache was keyed by the teacher only: a clip added to the dataset got no target
     (and another --data with the same clip ids reused the old ones)."""

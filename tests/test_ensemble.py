@@ -470,6 +470,35 @@ def test_a_member_that_cannot_be_saved_is_left_out_and_the_old_artifact_survives
     assert len(load_artifact(first.artifact_path).members) == len(again.members)  # untouched
 
 
+def test_a_second_ensemble_job_while_one_writes_is_refused_and_the_files_describe_one_job(tmp_path, monkeypatch):
+    """Only the artifact's own swap was locked: a second job (another terminal, --top 1)
+    finishing between the first's artifact and its table left the first's comparison.csv and
+    ensemble_summary.json beside the second's artifact. The ensemble folder's lock is now held
+    over all of a job's writes."""
+    import raytag.ensemble.job as job
+
+    exp = make_experiment(tmp_path, signals=(0.9, 0.8, 0.7))
+    real_save, refused, ran = job.save_artifact, [], []
+
+    def save_then_a_second_job(*args, **kwargs):
+        path = real_save(*args, **kwargs)
+        if not ran:  # another `raytag ensemble` of the experiment, between this one's writes
+            ran.append(True)
+            try:
+                build_ensemble(exp, top=1)
+            except storage.LockHeld as err:
+                refused.append(str(err))
+        return path
+
+    monkeypatch.setattr(job, "save_artifact", save_then_a_second_job)
+    result = build_ensemble(exp, top=3)
+    assert len(refused) == 1 and "the ensemble folder" in refused[0] and "is in use" in refused[0]
+    summary = json.loads(storage.read_text(storage.join(exp, "ensemble", "ensemble_summary.json")))
+    shipped = [m.name for m in load_artifact(summary["artifact"]).members]
+    assert summary["artifact_members"] == result.artifact_members == shipped
+    assert not (Path(exp) / "ensemble" / storage.LOCK_NAME).exists()
+
+
 def test_a_trial_with_the_classes_in_another_order_is_left_out(tmp_path):
     """Each member's network outputs its classes in its own order: the artifact needs one."""
     import pyarrow.parquet as pq

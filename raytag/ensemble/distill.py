@@ -35,6 +35,7 @@ a `distilled` record: teacher, targets, scores), `distill_summary.json`.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -73,7 +74,7 @@ from raytag.training.outputs import (
     CONFIG, MODEL_CARD, WEIGHTS, model_card, read_noisy_oof, read_predictions, write_parquet,
 )
 from raytag.training.precision import resolve_precision
-from raytag.training.runner import prepare_data
+from raytag.training.runner import prepare_data, run_folder
 from raytag.training.steps import Step
 
 log = logging.getLogger(__name__)
@@ -323,9 +324,9 @@ def segment_batches(art: Artifact, cfg: Config, store, dataset, targets: Labelle
         cache.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"s{i}": segments[c][0] for i, c in enumerate(ids)}
         arrays.update({f"p{i}": segments[c][1] for i, c in enumerate(ids)})
-        partial = cache.with_name(cache.name + ".partial.npz")  # a kill mid-write leaves no half cache
-        np.savez(partial, key=np.array(key), clip_ids=np.array(ids), **arrays)
-        os.replace(partial, cache)
+        sink = io.BytesIO()  # written whole by write_bytes (its own temporary name): a kill leaves no half cache
+        np.savez(sink, key=np.array(key), clip_ids=np.array(ids), **arrays)
+        storage.write_bytes(str(cache), sink.getvalue())
     return SegmentTargetCrops(store, targets, crop, cfg.train.batch_size, segments,
                               given_labels(dataset, targets.clip_ids), settings.label_weight)
 
@@ -448,7 +449,10 @@ class _StudentContext:
 # ----------------------------------------------------------------------------- the job
 def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), data: Optional[str] = None,
             feature_cache: Optional[str] = None, progress: bool = False, say=None) -> DistillResult:
-    """Distil the experiment's ensemble artifact into one student; returns where it went."""
+    """Distil the experiment's ensemble artifact into one student; returns where it went.
+    One distillation of an experiment at a time (the lock of `<experiment>/distill`, held
+    throughout): a second one would write its student into the folder this one packs into
+    its artifact minutes later, and ship one student's weights with the other's record."""
     started = time.time()
     say = say or (lambda *a, **k: None)
     settings.check()
@@ -458,15 +462,22 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     if artifact_path is None:
         raise RaytagError(f"{experiment_dir}: no artifact to distil; run `raytag ensemble` for a sweep, or "
                           "`raytag train` for a run, first")
-    art = load_artifact(artifact_path)
     data = data or _sweep_data(experiment_dir)
+    out_dir = storage.join(experiment_dir, DISTILL_DIR)
+    with run_folder(out_dir, DISTILL_DIR):
+        return _distill(artifact_path, out_dir, settings, data, feature_cache, progress, say, started)
+
+
+def _distill(artifact_path: str, out_dir: str, settings: StudentSettings, data: str, feature_cache: Optional[str],
+             progress: bool, say, started: float) -> DistillResult:
+    """distill(), once it holds the lock of `out_dir`."""
+    art = load_artifact(artifact_path)
     template = template_member(art, settings.model)
     cfg = student_config(template, settings)
     ensure_ray()  # the feature store is built by Ray tasks (cached: a rerun reuses it)
     dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
     if list(plan.classes) != list(art.classes):
         raise RaytagError(f"{data}: its classes differ from the artifact's; distil on the dataset the sweep ran on")
-    out_dir = storage.join(experiment_dir, DISTILL_DIR)
     say(f"teacher: {len(art.members)} member(s) ({art.combiner}); targets for curated (OOF) and noisy clips")
     table = teacher_targets(art, dataset, out_dir, progress=progress, noisy_targets=settings.noisy_targets)
     table = table[table.index.isin(store.clip_ids)]  # clips the student's front end could read
@@ -520,9 +531,10 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
 
 
 def _save_student(out_dir: str, student_dir: str, classes: list, layout: str, scores: dict, record: dict) -> str:
-    """The student as a one-member artifact in `<out_dir>/artifact`; returns its path."""
+    """The student as a one-member artifact in `<out_dir>/artifact`; returns its path (the
+    caller holds `out_dir`'s lock, the artifact folder's parent)."""
     return save_artifact(storage.join(out_dir, "artifact"), [MemberSpec("student", student_dir)], "mean", None,
-                         classes, layout, scores, distilled=record)
+                         classes, layout, scores, distilled=record, parent_locked=True)
 
 
 def _sweep_data(experiment_dir: str) -> str:

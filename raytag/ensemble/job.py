@@ -402,34 +402,38 @@ def build_ensemble(experiment_dir: str, top: Optional[int] = 5, min_cv: Optional
     for n in names:
         scores[f"cv_{n}"] = float(chosen_row[f"cv_{n}"])
         scores[f"test_{n}"] = None if pd.isna(chosen_row[f"test_{n}"]) else float(chosen_row[f"test_{n}"])
-    artifact_path = save_artifact(
-        storage.join(out_dir, "artifact"), [specs[i] for i in saved], chosen,
-        [float(weights[i]) for i in saved] if chosen == "weighted" else None, classes, layout, scores,
-    )
-    table_path = storage.join(out_dir, "comparison.csv")
-    storage.write_csv(table, table_path)
-    # the predictions the chosen combiner's CV score was computed from, for paired comparisons
-    oof_frame = pd.DataFrame(held_out[chosen], columns=classes)
-    oof_frame.insert(0, "clip_id", common.to_numpy())
-    oof_frame.insert(1, "fold", outer_folds)
-    storage.write_parquet(oof_frame, storage.join(out_dir, ENSEMBLE_OOF), {"raytag.classes": json.dumps(classes)})
-    chart_path = storage.join(out_dir, "comparison.png")
-    storage.write_bytes(chart_path, comparison_chart(table, metric))
-    result = EnsembleResult(
-        table=table, chosen=chosen, metric=metric, artifact_path=artifact_path,
-        members=[c.trial_id for c in members], weights=weights.tolist(),
-        artifact_members=[members[i].trial_id for i in saved],
-        nested_fold_weights=fold_weights, skipped=skipped, table_path=table_path, chart_path=chart_path,
-    )
-    summary = {
-        "chosen": chosen, "chosen_by": metric, "members": result.members, "weights": result.weights,
-        "artifact_members": result.artifact_members,
-        "with": also,  # the other experiments whose trials were candidates
-        "nested_fold_weights": {str(k): v for k, v in fold_weights.items()},
-        "oof_clips": int(len(common)), "test_clips": 0 if y_test is None else int(len(y_test)),
-        "skipped": skipped, "artifact": artifact_path, "scores": scores,
-    }
-    storage.write_text(storage.join(out_dir, "ensemble_summary.json"), json.dumps(summary, indent=2) + "\n")
+    # one job's files at a time: a second `raytag ensemble` of this experiment writing at the
+    # same time would leave its table and summary beside this one's artifact
+    with storage.folder_lock(out_dir, f"the ensemble folder {out_dir}"):
+        artifact_path = save_artifact(
+            storage.join(out_dir, "artifact"), [specs[i] for i in saved], chosen,
+            [float(weights[i]) for i in saved] if chosen == "weighted" else None, classes, layout, scores,
+            parent_locked=True,
+        )
+        table_path = storage.join(out_dir, "comparison.csv")
+        storage.write_csv(table, table_path)
+        # the predictions the chosen combiner's CV score was computed from, for paired comparisons
+        oof_frame = pd.DataFrame(held_out[chosen], columns=classes)
+        oof_frame.insert(0, "clip_id", common.to_numpy())
+        oof_frame.insert(1, "fold", outer_folds)
+        storage.write_parquet(oof_frame, storage.join(out_dir, ENSEMBLE_OOF), {"raytag.classes": json.dumps(classes)})
+        chart_path = storage.join(out_dir, "comparison.png")
+        storage.write_bytes(chart_path, comparison_chart(table, metric))
+        result = EnsembleResult(
+            table=table, chosen=chosen, metric=metric, artifact_path=artifact_path,
+            members=[c.trial_id for c in members], weights=weights.tolist(),
+            artifact_members=[members[i].trial_id for i in saved],
+            nested_fold_weights=fold_weights, skipped=skipped, table_path=table_path, chart_path=chart_path,
+        )
+        summary = {
+            "chosen": chosen, "chosen_by": metric, "members": result.members, "weights": result.weights,
+            "artifact_members": result.artifact_members,
+            "with": also,  # the other experiments whose trials were candidates
+            "nested_fold_weights": {str(k): v for k, v in fold_weights.items()},
+            "oof_clips": int(len(common)), "test_clips": 0 if y_test is None else int(len(y_test)),
+            "skipped": skipped, "artifact": artifact_path, "scores": scores,
+        }
+        storage.write_text(storage.join(out_dir, "ensemble_summary.json"), json.dumps(summary, indent=2) + "\n")
     return result
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -71,14 +72,20 @@ def _frame(ids, probs, fold, stage, run, classes) -> pd.DataFrame:
 
 def write_parquet(df: pd.DataFrame, path: Path, classes):
     """Written whole or not at all: to a temporary name beside `path`, then renamed over it,
-    so a kill mid-write never leaves a damaged file that every later read fails on."""
+    so a kill mid-write never leaves a damaged file that every later read fails on. The
+    temporary name is this writer's own: two writers of one path (two `raytag distill` runs
+    sharing a teacher cache) must not write into, or rename away, each other's file."""
     table = pa.Table.from_pandas(df, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[b"raytag.classes"] = json.dumps(list(classes)).encode()
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    pq.write_table(table.replace_schema_metadata(meta), partial)
-    os.replace(partial, path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        pq.write_table(table.replace_schema_metadata(meta), partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a unique name would not be overwritten by the next write
+        raise
 
 
 def _split_tag(tag: str):
