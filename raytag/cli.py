@@ -276,6 +276,8 @@ def serve(
                                       "(a small compressed file can hold hours); use `raytag predict` for long recordings."),
     replica_cpus: float = typer.Option(1.0, help="CPUs each replica holds."),
     replica_gpus: float = typer.Option(0.0, help="GPUs each replica holds (0.5 packs two on a GPU); >0 runs the models on CUDA."),
+    name: str = typer.Option("raytag", help="The Serve app's name: `raytag` is served at /, any other under /NAME/. "
+                             "A second `raytag serve` on one cluster needs its own (and the running Serve's --host/--port)."),
 ):
     """Serve an artifact over HTTP with Ray Serve until Ctrl-C.
 
@@ -285,7 +287,7 @@ def serve(
 
     _run(serve_command, artifact=artifact, host=host, port=port, replicas=replicas,
          max_batch_size=max_batch_size, max_upload_mb=max_upload_mb,
-         replica_cpus=replica_cpus, replica_gpus=replica_gpus, max_seconds=max_seconds)
+         replica_cpus=replica_cpus, replica_gpus=replica_gpus, max_seconds=max_seconds, name=name)
 
 
 

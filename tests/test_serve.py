@@ -250,9 +250,9 @@ def server(ray_session, artifact):
 
     opts = ServeOptions(artifact=artifact, port=free_port(), replicas=1, max_batch_size=8,
                         max_upload_mb=UPLOAD_LIMIT_MB, replica_cpus=0.5)
-    url = start(opts)
-    yield url
-    stop()
+    deployment = start(opts)
+    yield deployment.url
+    stop(deployment)
 
 
 def _post_file(url, path, **params):
@@ -342,6 +342,37 @@ def test_classes_and_page(server, artifact):
     page = requests.get(f"{server}/", timeout=TIMEOUT)
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert 'type="file"' in page.text
+
+
+@pytest.mark.ray
+def test_a_second_serve_on_another_port_is_refused_naming_the_running_ones(server, artifact):
+    """Ray Serve 2.60, really running: its address is read from the controller (Ray ignores
+    the http_options of a second serve.start, so the second URL had nothing behind it)."""
+    from raytag.serve.app import ServeOptions, start
+    from raytag.session import free_port
+
+    port = int(server.rsplit(":", 1)[1])
+    with pytest.raises(RaytagError, match=rf"listens on 127.0.0.1:{port} \(apps: 'raytag' at {server}\)"):
+        start(ServeOptions(artifact=artifact, port=free_port(), replica_cpus=0.5))
+
+
+@pytest.mark.ray
+def test_a_second_app_is_served_beside_the_first_and_stopping_it_leaves_the_first(server, artifact, audio):
+    from raytag.serve.app import ServeOptions, start, stop
+
+    port = int(server.rsplit(":", 1)[1])
+    second = start(ServeOptions(artifact=artifact, port=port, name="second", replica_cpus=0.5))
+    try:
+        assert second.url == f"{server}/second" and not second.started_serve
+        assert requests.get(f"{second.url}/classes", timeout=TIMEOUT).json()["classes"] == \
+            requests.get(f"{server}/classes", timeout=TIMEOUT).json()["classes"]
+        assert _post_file(second.url, audio["tone.wav"]).status_code == 200
+        assert 'type="file"' in requests.get(f"{second.url}/", timeout=TIMEOUT).text
+    finally:
+        left = stop(second)
+    assert left == ["raytag"]
+    assert requests.get(f"{server}/healthz", timeout=TIMEOUT).json()["status"] == "ok"
+    assert requests.get(f"{second.url}/healthz", timeout=TIMEOUT).status_code == 404
 
 
 def test_a_taken_port_is_a_clear_error(artifact):

@@ -1,6 +1,7 @@
 """`raytag serve` starting and failing to start, with Ray and Ray Serve stubbed (fast, no Ray
-session): a deployment that fails or is stopped while it deploys still shuts Serve down, and
-a local session refuses replicas it can never place."""
+session): a deployment that fails or is stopped while it deploys still shuts Serve down, a
+Serve already on the cluster is joined only as it can be (its address, another app name)
+and is left running, and a local session refuses replicas it can never place."""
 from __future__ import annotations
 
 import signal
@@ -20,19 +21,40 @@ from raytag.session import free_port
 @pytest.fixture
 def stubbed_ray(monkeypatch):
     """ray.init joins 'a cluster' (not a local session) and, as the real one does, sets its own
-    SIGTERM handler (exit at once); Serve starts; shutdowns are counted."""
-    calls = {"shutdown": 0, "ray_up": False}
+    SIGTERM handler (exit at once). The cluster's Serve (`calls["serve"]`, a RunningServe or
+    None) is a fake: serve.start starts it on the options' address unless it runs (then, like
+    Ray's, it ignores them), serve.run adds an app, serve.delete removes one (recorded), and
+    serve.shutdown ends it (counted)."""
+    calls = {"shutdown": 0, "ray_up": False, "serve": None, "deleted": []}
 
     def ray_init(**kwargs):
         calls["ray_up"] = True
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
 
+    def serve_start(http_options, **kwargs):
+        if calls["serve"] is None:
+            calls["serve"] = serve_app.RunningServe(http_options["host"], http_options["port"], {})
+
+    def serve_run(app, name, route_prefix, **kwargs):
+        calls["serve"].routes[name] = route_prefix
+
+    def serve_delete(name):
+        calls["deleted"].append(name)
+        calls["serve"].routes.pop(name, None)
+
+    def serve_shutdown():
+        calls["shutdown"] += 1
+        calls["serve"] = None
+
     monkeypatch.setattr(serve_app, "load_artifact", lambda path, **kw: None)  # not what is tested here
     monkeypatch.setattr(ray, "init", ray_init)
     monkeypatch.setattr(ray, "is_initialized", lambda: calls["ray_up"])
     monkeypatch.setattr(serve_app, "in_local_session", lambda: False)
-    monkeypatch.setattr(serve, "start", lambda **kw: None)
-    monkeypatch.setattr(serve, "shutdown", lambda: calls.__setitem__("shutdown", calls["shutdown"] + 1))
+    monkeypatch.setattr(serve_app, "running_serve", lambda: calls["serve"])
+    monkeypatch.setattr(serve, "start", serve_start)
+    monkeypatch.setattr(serve, "run", serve_run)
+    monkeypatch.setattr(serve, "delete", serve_delete)
+    monkeypatch.setattr(serve, "shutdown", serve_shutdown)
     sigterm = signal.getsignal(signal.SIGTERM)
     yield calls
     signal.signal(signal.SIGTERM, sigterm)
@@ -71,6 +93,70 @@ def test_sigterm_while_deploying_shuts_serve_down(stubbed_ray, monkeypatch, tmp_
     assert result.exit_code == 0, result.output
     assert "stopped" in result.output and stubbed_ray["shutdown"] == 1
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# ----------------------------------------------------------------------------- a Serve already on the cluster
+def test_a_second_serve_on_another_port_is_refused_naming_the_port_in_use(stubbed_ray, monkeypatch, tmp_path):
+    """Ray ignores a new HTTP port when Serve already runs: the second `raytag serve` printed a
+    URL where nothing listened, and replaced the first one's model on its port."""
+    from raytag.cli import app
+
+    running = free_port()
+    stubbed_ray["serve"] = serve_app.RunningServe("127.0.0.1", running, {"raytag": "/"})
+    monkeypatch.setattr(serve, "run", lambda *a, **k: pytest.fail("deployed over the running app"))
+    other = free_port()
+    result = CliRunner().invoke(app, ["serve", str(tmp_path), "--port", str(other)])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"cannot serve on 127.0.0.1:{other}" in text and f"listens on 127.0.0.1:{running}" in text
+    assert f"--port {running}" in text and "--name" in text
+    assert stubbed_ray["deleted"] == [] and stubbed_ray["shutdown"] == 0
+    assert stubbed_ray["serve"].routes == {"raytag": "/"}
+
+
+def test_an_app_of_the_running_apps_name_is_refused_and_another_name_is_served_beside_it(stubbed_ray, monkeypatch,
+                                                                                          tmp_path):
+    """The app was always named "raytag": a second serve on the same port replaced the first
+    one's model under its clients. And stopping it ran serve.shutdown, which removed every
+    Serve app on the cluster; now it deletes its own app only."""
+    port = free_port()
+    stubbed_ray["serve"] = serve_app.RunningServe("127.0.0.1", port, {"raytag": "/", "theirs": "/theirs"})
+    with pytest.raises(RaytagError, match=r"already runs an app named 'raytag' \(at http://127.0.0.1:\d+: .*--name"):
+        serve_app.start(ServeOptions(artifact=str(tmp_path), port=port))
+    deployment = serve_app.start(ServeOptions(artifact=str(tmp_path), port=port, name="student"))
+    assert deployment.url == f"http://127.0.0.1:{port}/student" and not deployment.started_serve
+    assert stubbed_ray["serve"].routes == {"raytag": "/", "theirs": "/theirs", "student": "/student"}
+    assert serve_app.stop(deployment) == ["raytag", "theirs"]
+    assert stubbed_ray["deleted"] == ["student"] and stubbed_ray["shutdown"] == 0
+
+
+def test_a_serve_this_command_started_stays_up_while_another_app_joined_it(stubbed_ray, tmp_path):
+    deployment = serve_app.start(ServeOptions(artifact=str(tmp_path), port=free_port()))
+    assert deployment.started_serve and stubbed_ray["serve"].routes == {"raytag": "/"}
+    stubbed_ray["serve"].routes["student"] = "/student"  # another `raytag serve --name student` joined
+    assert serve_app.stop(deployment) == ["student"] and stubbed_ray["shutdown"] == 0
+    assert serve_app.stop(serve_app.Deployment("student", "", started_serve=False)) == []
+    assert stubbed_ray["shutdown"] == 0  # not this one's Serve to end
+    deployment = serve_app.start(ServeOptions(artifact=str(tmp_path), port=stubbed_ray["serve"].port))
+    assert serve_app.stop(deployment) == [] and stubbed_ray["shutdown"] == 0  # joined, not started: left up
+
+
+def test_a_taken_port_is_refused_when_no_serve_runs(stubbed_ray, tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        port = sock.getsockname()[1]
+        with pytest.raises(RaytagError, match=f"127.0.0.1:{port}.*another program"):
+            serve_app.start(ServeOptions(artifact=str(tmp_path), port=port))
+    assert stubbed_ray["serve"] is None
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", "-lead", "with space"])
+def test_an_app_name_that_is_not_one_url_segment_is_refused(name):
+    with pytest.raises(RaytagError, match="--name"):
+        ServeOptions(artifact="a", name=name).check()
 
 
 def test_an_error_before_ray_starts_does_not_start_ray_to_shut_it_down(monkeypatch, tmp_path):

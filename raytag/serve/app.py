@@ -13,12 +13,13 @@ Endpoints: POST /tag, GET /healthz, GET /classes, GET / (a page to drop a clip o
 import asyncio
 import logging
 import os
+import re
 import signal
 import socket
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -26,10 +27,14 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
+# private, but Serve's public API cannot say where a running Serve listens, and serve.start
+# on a running one ignores the new http_options with a log line only
+from ray.serve.context import _get_global_client
+from ray.serve.exceptions import RayServeException
 from starlette.requests import Request as StarletteRequest
 
 from raytag import storage
-from raytag.ensemble.artifact import load_artifact, read_manifest
+from raytag.ensemble.artifact import load_artifact
 from raytag.errors import RaytagError
 from raytag.session import in_local_session, local_init_kwargs
 # helpers the replica calls live in other modules: Serve ships this class by value, and
@@ -37,7 +42,8 @@ from raytag.session import in_local_session, local_init_kwargs
 from raytag.serve.upload import (MAX_SECONDS, Clip, UploadError, audio_suffix, check_audio, clean_fname,
                                  is_multipart, page_html, parse_top, read_capped)
 
-APP_NAME = "raytag"
+APP_NAME = "raytag"  # the default app, served at "/"; any other --name is served under "/<name>"
+APP_NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")  # one URL path segment
 INTERNAL_ERROR = ("internal error: this clip could not be tagged (the server's log has the details); "
                   "try again, and report it if it happens again")
 log = logging.getLogger("ray.serve")  # Serve routes this logger to the replica's log and stderr
@@ -61,8 +67,15 @@ class ServeOptions:
     replica_gpus: float = 0.0
     batch_wait_ms: float = 10.0
     max_queued: int = 256  # requests waiting beyond this get 503 (a flood cannot grow memory)
+    name: str = APP_NAME  # the Serve app: several `raytag serve` on one cluster each need their own
+
+    @property
+    def route_prefix(self) -> str:
+        return "/" if self.name == APP_NAME else f"/{self.name}"
 
     def check(self) -> None:
+        if not APP_NAME_RULE.match(self.name):
+            raise RaytagError(f"--name {self.name!r}: letters, digits, '-' and '_' only (it is the app's URL path)")
         if self.replicas < 1:
             raise RaytagError(f"--replicas {self.replicas}: must be at least 1")
         if self.max_batch_size < 1:
@@ -90,7 +103,6 @@ class Tagger:
 
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.artifact = load_artifact(artifact, device=self.device)
-        self.created = read_manifest(artifact).get("created", "")
         self.max_upload_bytes = max_upload_bytes
         self.max_seconds = max_seconds
         self._tag_batch.set_max_batch_size(max_batch_size)
@@ -109,7 +121,7 @@ class Tagger:
     @api.get("/classes")
     async def classes(self):
         art = self.artifact
-        return {"classes": art.classes, "version": art.raytag_version, "created": self.created,
+        return {"classes": art.classes, "version": art.raytag_version, "created": art.created,
                 "combiner": art.combiner, "members": [m.name for m in art.members], "layout": art.layout}
 
     @api.get("/", response_class=HTMLResponse)
@@ -242,31 +254,103 @@ def check_port_free(host: str, port: int) -> None:
                               f"another with --port") from None
 
 
-def start(opts: ServeOptions) -> str:
-    """Verify the artifact, start Ray Serve and deploy; returns the base URL. Joins the Ray
-    session already running in this process, else RAY_ADDRESS's cluster, else a local one."""
+@dataclass(frozen=True)
+class RunningServe:
+    """Ray Serve as it already runs on the cluster: where its proxy listens, and its apps."""
+
+    host: str
+    port: int
+    routes: dict = field(default_factory=dict)  # app name -> route prefix
+
+    def url(self, route: str = "/") -> str:
+        return _url(self.host, self.port, route)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What `start` put on Ray Serve, so that `stop` removes that and nothing else."""
+
+    app_name: str
+    url: str
+    started_serve: bool  # Serve was not running before: this command started it
+
+
+def running_serve() -> Optional[RunningServe]:
+    """The Serve already running on this Ray cluster (another `raytag serve`, a killed one's
+    leftover app, anyone's), or None."""
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return None
+    apps = client.get_serve_details().get("applications", {})
+    http = client.http_config
+    return RunningServe(http.host, int(http.port), {name: app.get("route_prefix") for name, app in apps.items()})
+
+
+def check_can_join(running: RunningServe, opts: ServeOptions) -> None:
+    """RaytagError unless this app can be added to the running Serve as asked: Serve has one
+    HTTP address per cluster (it ignores another --host/--port), and deploying an app of a
+    running app's name would replace that app's model under its clients."""
+    apps = ", ".join(f"'{name}' at {running.url(route or '/')}" for name, route in sorted(running.routes.items()))
+    if (running.host, running.port) != (opts.host, opts.port):
+        beside = " and a --name of its own" if running.routes else ""
+        raise RaytagError(
+            f"cannot serve on {opts.host}:{opts.port}: Ray Serve already runs on this cluster and listens on "
+            f"{running.host}:{running.port} (apps: {apps or 'none'}), and one cluster's Serve has one HTTP "
+            f"address. Serve there with --host {running.host} --port {running.port}{beside}, or stop that "
+            f"Serve first")
+    if opts.name in running.routes:
+        raise RaytagError(
+            f"Ray Serve on this cluster already runs an app named '{opts.name}' "
+            f"(at {running.url(running.routes[opts.name] or '/')}: another `raytag serve`, or one left by a killed "
+            f"job); deploying would replace its model under its clients. Give this one its own --name (it is "
+            f"then served under /<name>/), or stop that one first (`ray job stop`; a leftover: `serve shutdown "
+            f"-y`, which stops every Serve app on the cluster)")
+    taken = [name for name, route in running.routes.items() if route == opts.route_prefix]
+    if taken:
+        raise RaytagError(f"the route {opts.route_prefix} is taken by the Serve app '{taken[0]}' on this cluster; "
+                          f"give this one another --name")
+
+
+def start(opts: ServeOptions) -> Deployment:
+    """Verify the artifact, start Ray Serve (or join the Serve already running on the
+    cluster) and deploy; returns what was deployed, for `stop`. Joins the Ray session
+    already running in this process, else RAY_ADDRESS's cluster, else a local one. A
+    deployment that fails or is interrupted is stopped before the error passes on."""
     import ray
 
     opts.check()
     opts.artifact = storage.absolute(opts.artifact)
     load_artifact(opts.artifact)  # a bad artifact is refused here, with its reason, not in a replica log
-    check_port_free(opts.host, opts.port)
     if not ray.is_initialized():
+        if not os.environ.get("RAY_ADDRESS"):  # a new local session has no Serve: refused before Ray starts
+            check_port_free(opts.host, opts.port)
         _init_ray()
+    running = running_serve()
+    if running is None:
+        check_port_free(opts.host, opts.port)
+    else:  # its proxy holds the port already
+        check_can_join(running, opts)
     refuse_replicas_this_session_cannot_place(opts)
-    serve.start(proxy_location="HeadOnly", http_options={"host": opts.host, "port": opts.port})
-    _deploy(opts)
-    shown = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
-    return f"http://{shown}:{opts.port}"
+    deployment = Deployment(opts.name, _url(opts.host, opts.port, opts.route_prefix), started_serve=running is None)
+    try:
+        serve.start(proxy_location="HeadOnly", http_options={"host": opts.host, "port": opts.port})
+        _deploy(opts)
+    except BaseException:  # SIGTERM (KeyboardInterrupt) too: no half-deployed app is left behind
+        stop(deployment)
+        raise
+    return deployment
+
+
+def _url(host: str, port: int, route: str) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{shown}:{port}{route.rstrip('/')}"
 
 
 def _deploy(opts: ServeOptions) -> None:
     """serve.run, waiting until every replica has loaded the artifact; its failure (a replica's
     constructor raised) becomes a ServeDeployError with Serve's reason."""
-    from ray.serve.exceptions import RayServeException
-
     try:
-        serve.run(build_app(opts), name=APP_NAME, route_prefix="/",
+        serve.run(build_app(opts), name=opts.name, route_prefix=opts.route_prefix,
                   logging_config={"enable_access_log": False})
     except (RuntimeError, TimeoutError, RayServeException) as err:
         raise ServeDeployError(f"Ray Serve could not deploy {opts.artifact}: {err}\nThe replica's own log "
@@ -298,13 +382,27 @@ def check_replicas_fit(opts: ServeOptions, have: dict) -> None:
         + (" (--replica-gpus 0 runs the models on the CPU)" if "GPU" in short else ""))
 
 
-def stop() -> None:
-    """Shut Serve down (its apps, half-deployed ones included); without Ray there is nothing to
-    stop, and serve.shutdown would start a Ray session just to find that out."""
+def stop(deployment: Deployment) -> list[str]:
+    """Delete this command's app (half-deployed or not); shut Serve down only when this
+    command started it and no other app runs there now (another `raytag serve` may have
+    joined it). Returns the apps left running. Without Ray there is nothing to stop, and a
+    Serve call would start a Ray session just to find that out."""
     import ray
 
-    if ray.is_initialized():
+    if not ray.is_initialized():
+        return []
+    try:
+        serve.delete(deployment.app_name)
+    # no Serve (any more: someone ran `serve shutdown`), so nothing of ours runs
+    except (RayServeException, ray.exceptions.RayActorError):
+        return []
+    except TimeoutError as err:  # still deleting after Serve's wait: Serve finishes it without us
+        log.warning("raytag: %s", err)
+    running = running_serve()
+    left = sorted(name for name in running.routes if name != deployment.app_name) if running is not None else []
+    if deployment.started_serve and running is not None and not left:
         serve.shutdown()
+    return left
 
 
 def _init_ray() -> None:
@@ -322,31 +420,37 @@ def _init_ray() -> None:
 
 def serve_command(artifact: str, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
                   max_batch_size: int = 8, max_upload_mb: float = 50.0, replica_cpus: float = 1.0,
-                  replica_gpus: float = 0.0, max_seconds: float = MAX_SECONDS) -> None:
-    """Serve until Ctrl-C (or SIGTERM, as `ray job stop` sends), then shut Serve down."""
+                  replica_gpus: float = 0.0, max_seconds: float = MAX_SECONDS, name: str = APP_NAME) -> None:
+    """Serve until Ctrl-C (or SIGTERM, as `ray job stop` sends), then remove the app (and
+    Serve, when this command started it and nothing else runs there)."""
     from rich.console import Console
 
     console = Console(stderr=True)
     opts = ServeOptions(artifact=str(artifact), host=host, port=port, replicas=replicas,
                         max_batch_size=max_batch_size, max_upload_mb=max_upload_mb,
-                        replica_cpus=replica_cpus, replica_gpus=replica_gpus, max_seconds=max_seconds)
+                        replica_cpus=replica_cpus, replica_gpus=replica_gpus, max_seconds=max_seconds, name=name)
     opts.check()
     console.print(f"checking {opts.artifact}, then starting Ray Serve with {opts.replicas} replica(s) ...",
                   highlight=False)
     # from before start(): serve.run may wait minutes (for GPU nodes), and a SIGTERM or a failed
     # deployment then must not leave the detached Serve app behind
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    deployment = None
     try:
-        url = start(opts)
+        deployment = start(opts)  # a failed or interrupted start stops what it deployed itself
+        url = deployment.url
         console.print(f"serving [bold]{url}[/]  (page: {url}/, API: POST {url}/tag, GET {url}/classes, "
                       f"{url}/healthz); Ctrl-C stops", highlight=False)
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
-        console.print("stopping: finishing requests in flight and shutting Ray Serve down ...")
+        console.print("stopping: finishing requests in flight and removing the app from Ray Serve ...")
     finally:
         signal.signal(signal.SIGTERM, previous)
-        stop()
+        left = stop(deployment) if deployment is not None else []
+    if left:
+        console.print(f"Ray Serve keeps running on the cluster for its other app(s): {', '.join(left)}",
+                      highlight=False)
     console.print("stopped")
 
 
