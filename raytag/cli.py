@@ -211,7 +211,8 @@ def distill(
     trained on its soft predictions for every training clip (out-of-fold on curated clips;
     on noisy clips too if the teacher trained with cv.noisy_folds, else the artifact's own),
     saved as an artifact under EXPERIMENT/distill/artifact that `raytag predict` and
-    `raytag serve` take like any other."""
+    `raytag serve` take like any other. The student trains and tags on the CPU, in this
+    process, whether or not the machine has a GPU."""
     from raytag.console.distill import distill_command
     from raytag.ensemble.distill import StudentSettings
 

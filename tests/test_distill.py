@@ -28,6 +28,7 @@ from raytag.ensemble.distill import (
     StudentSettings, distill, probability_teacher, scores_on_test, student_config, student_targets, teacher_oof_scores,
     teacher_targets, template_member, train_student,
 )
+from raytag.ensemble.distill import score_on_test, targets_oof_scores, teacher_test_predictions
 from raytag.ensemble.job import build_ensemble
 from raytag.errors import RaytagError
 from raytag.metrics import lwlrap
@@ -437,7 +438,7 @@ def _hand_member(folder: Path, name: str, curated_ids: list, noisy_ids: list, se
         frame.insert(2, "run", 0)
         frame.insert(3, "stage", "finetune")
         storage.write_parquet(frame, str(folder / name / file), metadata={"raytag.classes": json.dumps(HAND_CLASSES)})
-    return Member(name, {"source": str(folder / name)}, [])
+    return Member(name, {"source": str(folder / name), "features": FEATURES}, [])
 
 
 def _hand_teacher(tmp_path: Path, curated: dict, noisy: dict, extra_noisy: tuple = ()) -> tuple:
@@ -578,14 +579,142 @@ def test_the_teachers_curated_score_takes_only_out_of_fold_rows(tmp_path):
     probs = np.random.default_rng(0).uniform(size=(len(ids), len(HAND_CLASSES)))
     table = pd.DataFrame(probs, index=pd.Index(ids, name="clip_id"), columns=HAND_CLASSES)
     table["target_source"] = "oof"
-    oof_only = teacher_oof_scores(table.drop(index="curated/c4.wav"), dataset, HAND_CLASSES)
+    oof_only = targets_oof_scores(table.drop(index="curated/c4.wav"), dataset, HAND_CLASSES)
     table.loc["curated/c4.wav", HAND_CLASSES] = [0.0, 1.0, 0.0]  # perfect, and in-sample
     table.loc["curated/c4.wav", "target_source"] = "ensemble"
-    got = teacher_oof_scores(table, dataset, HAND_CLASSES)
-    assert got == oof_only and got["teacher_curated_oof_clips"] == 3  # the noisy rows are not curated
+    got = targets_oof_scores(table, dataset, HAND_CLASSES)
+    assert got == oof_only and got["targets_curated_oof_clips"] == 3  # the noisy rows are not curated
+    mean = Artifact(path="x", combiner="mean", weights=None, classes=HAND_CLASSES, layout="fat2019", members=[])
+    teacher = teacher_oof_scores(mean, table, dataset, HAND_CLASSES)  # nothing fitted: the targets' score
+    assert (teacher["teacher_curated_oof_lwlrap"], teacher["teacher_curated_oof_clips"]) == (
+        got["targets_curated_oof_lwlrap"], 3)
     table["target_source"] = "ensemble"
-    assert teacher_oof_scores(table, dataset, HAND_CLASSES) == {"teacher_curated_oof_lwlrap": None,
-                                                                "teacher_curated_oof_clips": 0}
+    assert targets_oof_scores(table, dataset, HAND_CLASSES) == {"targets_curated_oof_lwlrap": None,
+                                                                "targets_curated_oof_clips": 0}
+
+
+def test_a_fitted_teachers_curated_score_is_the_ensemble_jobs_nested_one(tmp_path):
+    """A weighted teacher's targets come from weights refitted on every OOF clip: scored on
+    those clips they were reported as its out-of-fold score, in-sample (0.7507 against
+    0.7319 nested on the dev benchmark's default5). The teacher's figure is now the ensemble
+    job's nested score, and the targets' own is reported beside it for what it is."""
+    from raytag.data.layouts import Dataset
+
+    from test_ensemble import CLASSES, make_experiment
+
+    exp = make_experiment(tmp_path, signals=(1.0, 0.2), n=90, n_test=10)
+    result = build_ensemble(exp, top=2)
+    assert result.chosen == "weighted"
+    row = result.table.set_index("name").loc["weighted"]
+    truth = pd.read_csv(Path(result.table_path).parents[1] / "trial_0" / "outputs" / "oof_truth.csv")
+    clips = pd.DataFrame({"clip_id": truth["clip_id"], "fname": truth["clip_id"].str.split("/").str[1],
+                          "path": [str(tmp_path / c) for c in truth["clip_id"]],
+                          "labels": [tuple(lab.split(",")) for lab in truth["labels"]], "split": "curated",
+                          "duration": 1.0})
+    dataset = Dataset(root=tmp_path, layout="fat2019", classes=CLASSES, clips=clips,
+                      skipped=pd.DataFrame(columns=["file", "reason"]))
+    art = load_artifact(result.artifact_path)
+    table = teacher_targets(art, dataset, str(tmp_path / "distill"))
+    got = teacher_oof_scores(art, table, dataset, CLASSES)
+    assert got["teacher_curated_oof_lwlrap"] == pytest.approx(row["cv_lwlrap"], abs=1e-9)
+    assert got["teacher_cv_method"] == "nested oof" and got["teacher_curated_oof_clips"] == 90
+    assert got["targets_curated_oof_lwlrap"] == pytest.approx(row["cv_lwlrap_in_sample"], abs=1e-9)
+    assert "in-sample" in got["targets_are"]
+    # a rank teacher teaches through its members' mean: that is its targets' score, not its own
+    ranked = dataclasses.replace(art, combiner="rank", weights=None,
+                                 scores={"cv_lwlrap": 0.5, "cv_method": "nested oof", "oof_clips": 90})
+    got = teacher_oof_scores(ranked, teacher_targets(ranked, dataset, str(tmp_path / "rank")), dataset, CLASSES)
+    assert got["teacher_curated_oof_lwlrap"] == 0.5 and "mean" in got["targets_are"]
+    assert got["targets_curated_oof_lwlrap"] == pytest.approx(result.table.set_index("name").loc["mean", "cv_lwlrap"])
+
+
+def _write_audio_stand_ins(dataset) -> None:
+    """Files at the clips' paths: their bytes stand for the audio (a fake predict reads their size)."""
+    for path in dataset.clips["path"]:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(b"a" * 10)
+
+
+def _predict_by_size(calls: list):
+    """A stand-in for predict_files: each file's scores are its size / 100; `calls` records the paths asked for."""
+    def predict(artifact, paths, batch_size=32, progress=False):
+        calls.append([str(p) for p in paths])
+        probs = [[Path(p).stat().st_size / 100] * len(artifact.classes) for p in paths]
+        index = pd.Index([str(p) for p in paths], name="file")
+        return pd.DataFrame(probs, index=index, columns=list(artifact.classes)), pd.DataFrame(columns=["file", "reason"])
+    return predict
+
+
+def test_the_teacher_cache_follows_the_audio_the_members_outputs_and_the_feature_code(tmp_path, monkeypatch):
+    """teacher.parquet was keyed on clip ids and labels only: a noisy clip's audio replaced
+    under its name, a member's out-of-fold predictions written again, or another front-end
+    code (FEATURES_VERSION, librosa) kept the old targets."""
+    import raytag.ensemble.distill as distill_module
+    import raytag.features.store as feature_store
+
+    art, dataset = _hand_teacher(tmp_path, CURATED, NOISY)
+    _write_audio_stand_ins(dataset)
+    calls = []
+    monkeypatch.setattr(distill_module, "predict_files", _predict_by_size(calls))
+    out = str(tmp_path / "distill")
+
+    def targets() -> pd.DataFrame:  # the noisy clips from the artifact's predictions (predict_files)
+        return teacher_targets(art, dataset, out, noisy_targets="ensemble")
+
+    first = targets()
+    assert len(calls) == 1 and targets().equals(first) and len(calls) == 1  # reused
+    (tmp_path / "data" / "noisy" / "n1.wav").write_bytes(b"b" * 30)  # replaced in place
+    assert targets().loc["noisy/n1.wav", "bark"] == pytest.approx(0.3) and len(calls) == 2
+    oof = tmp_path / "trials" / "m0" / "oof.parquet"
+    frame = pd.read_parquet(oof)
+    frame[HAND_CLASSES] = 1 - frame[HAND_CLASSES]
+    storage.write_parquet(frame, str(oof), metadata={"raytag.classes": json.dumps(HAND_CLASSES)})
+    again = targets()
+    assert len(calls) == 3 and not np.allclose(again.loc["curated/c1.wav", HAND_CLASSES].to_numpy(np.float64),
+                                               first.loc["curated/c1.wav", HAND_CLASSES].to_numpy(np.float64))
+    monkeypatch.setattr(feature_store, "FEATURES_VERSION", feature_store.FEATURES_VERSION + 1)
+    targets()
+    assert len(calls) == 4
+    # a cache keyed the old way (manifest, combiner, kind, dataset) is made again, not a crash
+    cache = tmp_path / "distill" / "teacher.parquet"
+    frame = pd.read_parquet(cache)
+    frame["artifact_manifest"] = "0" * 64 + ":mean:ensemble:" + str(dataset.root) + "#0123456789abcdef"
+    frame.to_parquet(cache)
+    assert targets().loc["noisy/n1.wav", "bark"] == pytest.approx(0.3) and len(calls) == 5
+
+
+def test_the_teachers_test_predictions_are_made_once_per_teacher_and_files(tmp_path, monkeypatch):
+    """Every distill run tagged the whole test set with the full teacher again (K x F
+    networks), so another student cost more than its training; they are cached now, and
+    made again when a test file or the teacher changes, or the cache cannot be read."""
+    import raytag.ensemble.distill as distill_module
+    from raytag.data.layouts import Dataset
+
+    art, _ = _hand_teacher(tmp_path, CURATED, NOISY)
+    names = ["t1.wav", "t2.wav", "t3.wav"]
+    paths = [str(tmp_path / "data" / "test" / f) for f in names]
+    clips = pd.DataFrame({"clip_id": [f"test/{f}" for f in names], "fname": names, "path": paths,
+                          "labels": [()] * 3, "split": "test", "duration": 1.0})
+    dataset = Dataset(root=tmp_path / "data", layout="fat2019", classes=list(HAND_CLASSES), clips=clips,
+                      skipped=pd.DataFrame(columns=["file", "reason"]))
+    _write_audio_stand_ins(dataset)
+    calls = []
+    monkeypatch.setattr(distill_module, "predict_files", _predict_by_size(calls))
+    student = dataclasses.replace(art, path=str(tmp_path / "student"))
+    out = str(tmp_path / "distill")
+    score_on_test(student, art, dataset, 8, False, out)
+    assert len(calls) == 2  # the teacher, then the student
+    score_on_test(student, art, dataset, 8, False, out)
+    assert len(calls) == 3  # the student only
+    got = teacher_test_predictions(art, paths, out, 8, False)
+    assert len(calls) == 3 and list(got.index) == paths and got.to_numpy() == pytest.approx(0.1)
+    Path(paths[1]).write_bytes(b"c" * 20)  # a test file replaced
+    assert teacher_test_predictions(art, paths, out, 8, False).loc[paths[1], "bark"] == pytest.approx(0.2)
+    assert len(calls) == 4
+    cache = tmp_path / "distill" / "teacher_test.npz"
+    cache.write_bytes(cache.read_bytes()[:40])  # cut short by a kill
+    teacher_test_predictions(art, paths, out, 8, False)
+    assert len(calls) == 5 and [p.name for p in cache.parent.iterdir()] == ["teacher_test.npz"]
 
 
 def test_a_teacher_trained_without_test_clips_still_teaches(tmp_path):

@@ -21,10 +21,16 @@ def distill_command(experiment: str, storage: str = "results", data: Optional[st
     view = Table(title=f"distilled student of {experiment} (test labels only reported, never used)")
     for col in ("model", "curated lwlrap", "test lwlrap"):
         view.add_column(col, justify="left" if col == "model" else "right")
-    # out-of-fold clips only: the artifact's own predictions come from models that trained on the clip
+    # out-of-fold clips only: the artifact's own predictions come from models that trained on the clip;
+    # a fitted combiner's score is the ensemble job's nested one, its targets' beside it
     view.add_row("teacher (ensemble)",
-                 _fmt(s.get("teacher_curated_oof_lwlrap")) + f" (OOF, {s.get('teacher_curated_oof_clips', 0)} clips)",
+                 _fmt(s.get("teacher_curated_oof_lwlrap"))
+                 + f" ({s.get('teacher_cv_method') or 'OOF'}, {s.get('teacher_curated_oof_clips') or 0} clips)",
                  _fmt(s.get("teacher_test_lwlrap")))
+    if s.get("targets_are"):
+        view.add_row(f"its targets ({s['targets_are']})",
+                     _fmt(s.get("targets_curated_oof_lwlrap")) + f" ({s.get('targets_curated_oof_clips', 0)} clips)",
+                     "-")
     view.add_row(f"student ({result.student})",
                  _fmt(s.get("train_curated_lwlrap")) + " (trained on)", _fmt(s.get("test_lwlrap")))
     console.print(view)

@@ -15,9 +15,11 @@ Teacher targets, one row per training clip (`<experiment>/distill/teacher.parque
   trained only some folds: `cv.folds`): the ensemble artifact's predictions
   (`predict_files`, the predict path), from models that trained on the clip. On the dev
   benchmark students did as well with these as with out-of-fold noisy targets (speed.md).
-The file is reused while the artifact's manifest and the dataset (its folder, curated and
-noisy clips and their labels) are unchanged (the noisy pass is the expensive part), so
-trying another student costs only its training.
+The file is reused while the teacher (its manifest, its members' out-of-fold files and
+their front ends' code: `shard_key`) and the dataset (its folder, curated and noisy clips,
+their labels and audio files) are unchanged (the noisy pass is the expensive part). So are
+the teacher's predictions on the test clips (`teacher_test.npz`), so trying another
+student costs its training and its own test pass.
 
 The student is trained in this process with the engine's own pieces: the feature store
 and plan (`prepare_data`, the student's features; cached like a trial's), random-crop
@@ -27,6 +29,7 @@ as the teacher's best member (by its out-of-fold lwlrap) was trained (its config
 Each clip's target blends its given labels with the teacher's prediction (`label_weight`). It is one model on one process
 with no folds, stages, checkpoints or reports to a scheduler, which is all that Ray
 Train's worker group would add (and its start-up, see results/benchmarks/throughput.md).
+It trains and predicts on the CPU, whatever the machine has (`_StudentContext`).
 
 Output, in `<experiment>/distill/`: `student/` (the student's model card and weights in
 the trial-output format), `artifact/` (a one-member artifact whose ensemble.json carries
@@ -40,6 +43,7 @@ import json
 import logging
 import os
 import time
+import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,8 +64,10 @@ from raytag.ensemble.artifact import (
 )
 from raytag.ensemble.crop_targets import HOP_FRACTION, SegmentTargetCrops, held_out_folds, teacher_segments
 from raytag.ensemble.job import load_trial
+from raytag.ensemble.noisy_teacher import _size_and_mtime
 from raytag.ensemble.tagging import predict_files, progress_bar
 from raytag.errors import RaytagError
+from raytag.features.store import shard_key
 from raytag.metrics import lwlrap
 from raytag.models import build_model
 from raytag.session import ensure_ray
@@ -71,7 +77,8 @@ from raytag.training.epoch import build_optimizer, train_epoch
 from raytag.training.inference import iter_store_clips, predict_segments
 from raytag.training.losses import build_loss
 from raytag.training.outputs import (
-    CONFIG, MODEL_CARD, WEIGHTS, model_card, read_noisy_oof, read_predictions, write_parquet,
+    CONFIG, MODEL_CARD, NOISY_OOF, OOF_PREDICTIONS, WEIGHTS, model_card, read_noisy_oof, read_predictions,
+    write_parquet,
 )
 from raytag.training.precision import resolve_precision
 from raytag.training.runner import prepare_data, run_folder
@@ -87,6 +94,10 @@ TARGET_GRAINS = ("clip", "segment")  # a crop's teacher target: its clip's, or t
 INITS = ("scratch", "member")  # the student's first weights: random, or the template member's first fold model's
 SEGMENTS = "teacher_segments.npz"  # the teacher along each clip (--target-grain segment), cached
 SOURCE_COLUMN = "target_source"  # "oof" (out-of-fold: curated; noisy with cv.noisy_folds) or "ensemble"
+TEACHER_TEST = "teacher_test.npz"  # the teacher's predictions on the test files, cached
+# combiners fitted on the members' out-of-fold predictions: the ensemble job scores them
+# nested (each clip by a fit without its fold); their targets' score here would be in-sample
+FITTED = {"weighted": "weights fitted on these clips: in-sample", "rank": "the members' mean"}
 
 
 @dataclass
@@ -178,16 +189,46 @@ def _manifest_id(artifact_path: str) -> str:
 
 def _dataset_id(dataset) -> str:
     """Which clips targets are for: the dataset's folder and a hash of its curated and noisy
-    clip ids and labels, so another --data, or the same one grown or relabelled, is not
-    taught with old targets."""
+    clip ids, labels and audio files as they are now (path, size, modification time, as the
+    feature store and the noisy teacher's cache tell a file replaced in place), so another
+    --data, or the same one grown, relabelled or with audio replaced, is not taught with old
+    targets."""
     root = str(dataset.root)
     if not storage.is_uri(root):
         root = str(Path(root).resolve())
     clips = _training_clips(dataset)
     digest = hashlib.sha256()
-    for clip_id, labels in sorted(zip(clips["clip_id"], clips["labels"])):
-        digest.update(f"{clip_id}\t{','.join(sorted(labels))}\n".encode())
+    for clip_id, labels, path in sorted(zip(clips["clip_id"], clips["labels"], clips["path"].astype(str))):
+        digest.update(f"{clip_id}\t{','.join(sorted(labels))}\t{path}\t{_size_and_mtime(path)}\n".encode())
     return f"{root}#{digest.hexdigest()[:16]}"
+
+
+def _files_id(paths) -> str:
+    """A hash of files as they are now (path, size, modification time)."""
+    digest = hashlib.sha256()
+    for path in sorted(str(p) for p in paths):
+        digest.update(f"{path}\t{_size_and_mtime(path)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _teacher_id(art: Artifact) -> str:
+    """The teacher as its targets depend on it: its manifest and combiner, its members'
+    out-of-fold files (a member's outputs written again give other targets) and the code of
+    their front ends (the feature store's key: settings, FEATURES_VERSION, librosa), which
+    the artifact's own predictions go through."""
+    outputs = [(m.name, _out_of_fold_stamps(m.settings.get("source"))) for m in art.members]
+    front_ends = sorted({shard_key(m.feature_config) for m in art.members})
+    digest = hashlib.sha256(repr((outputs, front_ends)).encode()).hexdigest()[:16]
+    return f"{_manifest_id(art.path)}:{art.combiner}:{digest}"
+
+
+def _out_of_fold_stamps(source) -> list:
+    """(name, (size, mtime)) of a member's out-of-fold files; none without its outputs
+    (teacher_targets then refuses the member)."""
+    if not source:
+        return []
+    return sorted((name, stamp) for name, stamp in storage.file_stamps(source).items()
+                  if name in (OOF_PREDICTIONS, NOISY_OOF))
 
 
 def _training_clips(dataset) -> pd.DataFrame:
@@ -206,7 +247,7 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
     path = storage.join(out_dir, TEACHER)
     art = probability_teacher(art)
     # nor another teacher's, kind's or dataset's
-    key = f"{_manifest_id(art.path)}:{art.combiner}:{noisy_targets}:{_dataset_id(dataset)}"
+    key = f"{_teacher_id(art)}:{noisy_targets}:{_dataset_id(dataset)}"
     cached = _cached_teacher(path, key)
     if cached is not None:
         return cached
@@ -302,8 +343,7 @@ def segment_batches(art: Artifact, cfg: Config, store, dataset, targets: Labelle
     teacher's grid cached in `<out_dir>/teacher_segments.npz` for this teacher and crop)."""
     teacher = probability_teacher(art)
     crop = cfg.crop_frames()
-    key = (f"{_manifest_id(art.path)}:{teacher.combiner}:{settings.noisy_targets}:{crop}:{HOP_FRACTION}:"
-           f"{_dataset_id(dataset)}")
+    key = f"{_teacher_id(teacher)}:{settings.noisy_targets}:{crop}:{HOP_FRACTION}:{_dataset_id(dataset)}"
     cache = _local(storage.join(out_dir, SEGMENTS))
     segments = None
     if cache.is_file():
@@ -503,7 +543,7 @@ def _distill(artifact_path: str, out_dir: str, settings: StudentSettings, data: 
     (local / MODEL_CARD).write_text(json.dumps(model_card(plan), indent=2))
 
     scores = _score(art, dataset, model, cfg, plan, store, targets.clip_ids, table[classes].to_numpy(np.float32))
-    scores.update(teacher_oof_scores(table, dataset, classes))
+    scores.update(teacher_oof_scores(art, table, dataset, classes))
     record = {"teacher": artifact_path, "teacher_manifest_sha256": _manifest_id(artifact_path),
               "teacher_members": [m.name for m in art.members], "teacher_combiner": art.combiner,
               "student_template": template.name,  # the member whose recipe, front end and model it took
@@ -517,7 +557,7 @@ def _distill(artifact_path: str, out_dir: str, settings: StudentSettings, data: 
     # the student's test scores through the predict path, as the saved artifact will tag
     student = Artifact(path=student_dir, combiner="mean", weights=None, classes=classes, layout=art.layout,
                        members=[Member("student", trial_settings(student_dir), [model])])
-    scores.update(score_on_test(student, probability_teacher(art), dataset, settings.batch_size, progress))
+    scores.update(score_on_test(student, probability_teacher(art), dataset, settings.batch_size, progress, out_dir))
     dest = _save_student(out_dir, student_dir, classes, art.layout, scores, record)
     result = DistillResult(artifact_path=dest, teacher_path=storage.join(out_dir, TEACHER), n_oof=n_oof,
                            n_ensemble=len(targets) - n_oof, epochs=settings.epochs, seconds=time.time() - started,
@@ -550,7 +590,7 @@ def _sweep_data(experiment_dir: str) -> str:
 def _score(art, dataset, model, cfg, plan, store, clip_ids: list[str], teacher: np.ndarray) -> dict:
     """How well the student learned its targets: lwlrap of its predictions on the training
     clips against the teacher's targets made binary (> 0.5, else the top class), on curated
-    clips also against the curated labels (the teacher's own: `teacher_oof_scores`)."""
+    clips also against the curated labels (the teacher's: `teacher_oof_scores`)."""
     probs = predict_segments(model, iter_store_clips(store, clip_ids), cfg.segment_frames(),
                              overlap=cfg.inference.overlap, reduce=cfg.inference.reduce, batch_size=64,
                              mean=plan.norm_mean, std=plan.norm_std)
@@ -567,8 +607,25 @@ def _score(art, dataset, model, cfg, plan, store, clip_ids: list[str], teacher: 
     }
 
 
-def teacher_oof_scores(table: pd.DataFrame, dataset, classes: list[str]) -> dict:
-    """The teacher's lwlrap on the curated clips whose targets are out-of-fold
+def teacher_oof_scores(art: Artifact, table: pd.DataFrame, dataset, classes: list[str]) -> dict:
+    """The teacher's out-of-fold curated lwlrap, how many clips it is on and how it was
+    scored, with its targets' own (`targets_oof_scores`) beside it. A plain or geometric
+    mean fits nothing, so its targets are its held-out predictions. A fitted teacher
+    (FITTED) is not: its targets come from weights refitted on every clip (in-sample), or
+    from the members' mean (a rank teacher), so its score is the nested one the ensemble
+    job computed and saved with the artifact."""
+    targets = targets_oof_scores(table, dataset, classes)
+    if art.combiner not in FITTED:
+        return {"teacher_curated_oof_lwlrap": targets["targets_curated_oof_lwlrap"],
+                "teacher_curated_oof_clips": targets["targets_curated_oof_clips"], "teacher_cv_method": "oof",
+                **targets}
+    return {"teacher_curated_oof_lwlrap": art.scores.get("cv_lwlrap"),
+            "teacher_curated_oof_clips": art.scores.get("oof_clips"),
+            "teacher_cv_method": art.scores.get("cv_method"), "targets_are": FITTED[art.combiner], **targets}
+
+
+def targets_oof_scores(table: pd.DataFrame, dataset, classes: list[str]) -> dict:
+    """The targets' lwlrap on the curated clips whose targets are out-of-fold
     (SOURCE_COLUMN "oof"), and how many there are; None when there are none. Rows from the
     artifact's predictions ("ensemble": a sweep that trained only some folds) come from
     models that trained on the clip, so they would flatter the teacher."""
@@ -576,20 +633,56 @@ def teacher_oof_scores(table: pd.DataFrame, dataset, classes: list[str]) -> dict
     oof = table[(table[SOURCE_COLUMN] == "oof") & table.index.isin(list(truth))]
     y = np.stack([truth[c] for c in oof.index]) if len(oof) else np.zeros((0, len(classes)))
     score = float(lwlrap(y, oof[classes].to_numpy(np.float64))) if y.sum() > 0 else None
-    return {"teacher_curated_oof_lwlrap": score, "teacher_curated_oof_clips": len(oof)}
+    return {"targets_curated_oof_lwlrap": score, "targets_curated_oof_clips": len(oof)}
 
 
-def score_on_test(student: Artifact, teacher: Artifact, dataset, batch_size, progress) -> dict:
+def score_on_test(student: Artifact, teacher: Artifact, dataset, batch_size, progress, out_dir: str) -> dict:
     """On the test clips, which neither model trained on: how well the student agrees with
     its teacher (lwlrap against the teacher's top labels, as `_score` on the training clips;
     no labels used, so it is there for any dataset and may guide a choice of student), and
-    its lwlrap on the clips with labels (reported only, never used to choose)."""
-    paths = list(dataset.split("test")["path"])
+    its lwlrap on the clips with labels (reported only, never used to choose). The
+    teacher's predictions are cached in `out_dir` (`teacher_test_predictions`)."""
+    paths = [str(p) for p in dataset.split("test")["path"]]
     if not paths:
         return {"test_agreement_lwlrap": None, "test_lwlrap": None}
+    t_probs = teacher_test_predictions(teacher, paths, out_dir, batch_size, progress)
     probs, _ = predict_files(student, paths, batch_size=batch_size, progress=progress)
-    t_probs, _ = predict_files(teacher, list(probs.index), batch_size=batch_size, progress=progress)
     return scores_on_test(probs, t_probs, dataset)
+
+
+def teacher_test_predictions(teacher: Artifact, paths: list[str], out_dir: str, batch_size: int,
+                             progress: bool) -> pd.DataFrame:
+    """The teacher's predictions on the test files (indexed by path; the files it could
+    read), from `<out_dir>/teacher_test.npz` while the teacher and the files are unchanged:
+    the full ensemble (K x F networks) on every test file is the slow part of a student's
+    test pass, and the same for every student of that teacher."""
+    cache = _local(storage.join(out_dir, TEACHER_TEST))
+    key = f"{_teacher_id(teacher)}:{_files_id(paths)}"
+    cached = _cached_test_predictions(cache, key, teacher.classes)
+    if cached is not None:
+        return cached
+    probs, _ = predict_files(teacher, paths, batch_size=batch_size, progress=progress)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_name(f".{cache.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.npz")  # one per writer
+    np.savez(partial, key=np.array(key), files=np.array(list(probs.index), dtype=str), probs=probs.to_numpy())
+    os.replace(partial, cache)  # whole or not at all
+    return probs
+
+
+def _cached_test_predictions(cache: Path, key: str, classes: list[str]) -> Optional[pd.DataFrame]:
+    """The cached teacher's test predictions when made for `key`; None when there are none,
+    they are another teacher's or files', or they cannot be read (then made again)."""
+    if not cache.is_file():
+        return None
+    try:
+        with np.load(cache) as saved:
+            if str(saved["key"]) != key:
+                return None
+            files = pd.Index([str(f) for f in saved["files"]], name="file")
+            return pd.DataFrame(saved["probs"], index=files, columns=list(classes))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:  # cut short by a kill
+        log.warning("%s: unreadable (%s); the teacher's test predictions are made again", cache, err)
+        return None
 
 
 def scores_on_test(student_probs: pd.DataFrame, teacher_probs: pd.DataFrame, dataset) -> dict:
