@@ -29,6 +29,8 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 STORAGE_HELP = "Where results go: a local folder or a URI (s3://bucket/prefix, gs://...)."
+FEATURE_CACHE_HELP = ("Feature cache folder on a local disk (default: $RAYTAG_CACHE, else ~/.cache/raytag/features). "
+                      "prepare, train and tune build and read features there: give each the same one.")
 DATA_HELP = ("Dataset folder in the FSDKaggle2019 or FSDKaggle2018 layout (see README), "
              "or a URI of one (s3://, gs://, file://) that each node copies once.")
 
@@ -104,13 +106,14 @@ def make_demo_data(
 @app.command()
 def prepare(
     data: str = typer.Option(..., help=DATA_HELP),
-    config: Optional[Path] = typer.Option(None, help="YAML config whose `features` to build: give the one you will train with, e.g. configs/default.yaml (default: the built-in features, 96 mels)."),
-    cache: Optional[Path] = typer.Option(None, help="Feature cache folder (default: the one `raytag train` and `raytag tune` read: $RAYTAG_CACHE, else ~/.cache/raytag/features)."),
+    config: Optional[Path] = typer.Option(None, help="YAML whose features to build: the run config you will train with, e.g. configs/default.yaml (with `members`: each member's front end), or the search space you will tune (its base's). Default: the built-in features, 96 mels."),
+    feature_cache: Optional[str] = typer.Option(None, "--feature-cache", "--cache", help=FEATURE_CACHE_HELP),
+    set_: List[str] = typer.Option([], "--set", help="Override a setting, as train's --set does (tune's, for a search space): --set features.n_mels=128 (repeatable)."),
 ):
     """Check a dataset and compute (or reuse) its cached features, where train and tune will reuse them."""
     from raytag.console.prepare import prepare_command
 
-    _run(prepare_command, data=data, config=config, cache=cache)
+    _run(prepare_command, data=data, config=config, cache=feature_cache, overrides=set_)
 
 
 @app.command()
@@ -121,13 +124,15 @@ def train(
     name: Optional[str] = typer.Option(None, help="Run name (default: the config's name). Same name resumes."),
     set_: List[str] = typer.Option([], "--set", help="Override a setting: --set train.lr=3e-4 (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No line per epoch; only the tables at the end."),
+    feature_cache: Optional[str] = typer.Option(None, "--feature-cache", help=FEATURE_CACHE_HELP),
 ):
     """Run one configuration, all folds and all enabled stages, on a Ray Train worker group (or in this process, for one CPU worker on a local Ray: train.runner).
     Prints one line per epoch (stage, fold, epoch, train loss, held-out lwlrap, seconds,
     time left for the run) unless --quiet."""
     from raytag.console.train import train_command
 
-    _run(train_command, config=config, data=data, storage=storage, name=name, overrides=set_, quiet=quiet)
+    _run(train_command, config=config, data=data, storage=storage, name=name, overrides=set_, quiet=quiet,
+         feature_cache=feature_cache)
 
 
 @app.command()
@@ -140,12 +145,13 @@ def tune(
     resume: bool = typer.Option(False, help="Continue an interrupted sweep of the same name."),
     scheduler: Optional[str] = typer.Option(None, help="asha | fifo (default: from the space). hyperband is refused: it does not fit the pipeline; use asha."),
     set_: List[str] = typer.Option([], "--set", help="Fix a setting for every trial, as if in the space's base: --set cv.clip_groups=groups.csv (repeatable; a key the space searches is refused)."),
+    feature_cache: Optional[str] = typer.Option(None, "--feature-cache", help=FEATURE_CACHE_HELP + " On a cluster, the same path on every node."),
 ):
     """Search pipeline configurations with Ray Tune + Optuna; prints a leaderboard."""
     from raytag.console.sweep import has_scored_trials, tune_command
 
     result = _run(tune_command, space=space, data=data, storage=storage, name=name, samples=samples,
-                  resume=resume, scheduler=scheduler, overrides=set_)
+                  resume=resume, scheduler=scheduler, overrides=set_, feature_cache=feature_cache)
     _html_report(result.experiment_dir)
     if not has_scored_trials(result.leaderboard):  # every trial failed: no result (reasons printed)
         raise typer.Exit(code=2)
@@ -198,7 +204,7 @@ def distill(
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: that member's; its optimizer and schedule)."),
     batch_size: int = typer.Option(32, help="Clips per training batch."),
     overlap: Optional[float] = typer.Option(None, help="Segment overlap when tagging (default: that of the member the student is made like, see --model); 0 is fastest."),
-    feature_cache: Optional[str] = typer.Option(None, help="Feature cache folder (default: where train and tune build it: $RAYTAG_CACHE, else ~/.cache/raytag/features; `raytag demo` builds in results/features)."),
+    feature_cache: Optional[str] = typer.Option(None, help=FEATURE_CACHE_HELP + " `raytag demo` builds in results/features."),
     seed: int = typer.Option(0, help="Seed of the student's initialisation and batches."),
     label_weight: float = typer.Option(0.5, help="Each clip's target: this share of its given labels, the rest the teacher's soft prediction (0: the teacher's alone)."),
     teacher_scale: str = typer.Option("prob", help="The teacher's part of a target: 'prob' (its probabilities) or 'clip_max' (each clip's divided by its top class score, so the top class teaches 1)."),

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -181,14 +182,84 @@ def _list_source(fs, root: str) -> dict[str, dict]:
     return files
 
 
-def _copy_one(fs, root: str, rel: str, mtime_ns: int, dest_root: Path) -> None:
+COPY_BLOCK = 1 << 22  # bytes read from the source at a time
+
+
+def _copy_one(fs, root: str, rel: str, mtime_ns: int, dest_root: Path, report: "_CopyReport") -> None:
     target = Path(safe_join(dest_root, rel, where=f"copy of {root}", error=DatasetError))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".part")
     with fs.open_input_stream(f"{root.rstrip('/')}/{rel}", compression=None) as src, open(tmp, "wb") as dst:
-        shutil.copyfileobj(src, dst, length=1 << 22)
+        while block := src.read(COPY_BLOCK):
+            dst.write(block)
+            report.copied_bytes(len(block))
     os.utime(tmp, ns=(mtime_ns, mtime_ns))  # the source's time: a resumed copy can tell whose version it has
     os.replace(tmp, target)  # a file under its real name is always whole
+    report.copied_file()
+
+
+class _CopyReport:
+    """What a copy of a data URI does, on stderr: one line with the files and bytes to copy
+    (a node's first copy of a large dataset takes minutes, and said nothing), and with
+    `bar` (the driver, progress on) a rich bar of bytes and files, updated by the copying
+    threads. Redrawn by those threads, at most every REDRAW_S, not by a refresh thread of
+    rich's: the caller may fork worker processes right after (raytag.features.store)."""
+
+    REDRAW_S = 0.2
+
+    def __init__(self, uri: str, dest: Path, sizes: list[int], kept: int, bar: bool):
+        self.uri, self.dest, self.sizes, self.kept, self.show_bar = uri, dest, sizes, kept, bar
+        self.lock = threading.Lock()
+        self.bar = self.task = None
+        self.files_done, self.redrawn = 0, 0.0
+
+    def __enter__(self) -> "_CopyReport":
+        from rich.console import Console
+        from rich.filesize import decimal
+
+        console = Console(stderr=True)
+        kept = f"; {self.kept:,} already copied" if self.kept else ""
+        files = f"{len(self.sizes):,} file{'s' if len(self.sizes) != 1 else ''}"
+        console.print(f"data: copying {files} ({decimal(sum(self.sizes))}) from {self.uri} "
+                      f"to {self.dest}{kept}", markup=False, highlight=False, soft_wrap=True)
+        if self.show_bar:
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                       TransferSpeedColumn)
+
+            self.bar = Progress(TextColumn("data"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                TextColumn("{task.fields[files]}"), TimeRemainingColumn(),
+                                console=console, auto_refresh=False)
+            self.bar.start()
+            self.task = self.bar.add_task("data", total=sum(self.sizes), files=self._files_text())
+            self.bar.refresh()
+        return self
+
+    def _files_text(self) -> str:
+        return f"{self.files_done:,}/{len(self.sizes):,} files"
+
+    def copied_bytes(self, n: int) -> None:
+        if self.bar is not None:
+            with self.lock:
+                self.bar.advance(self.task, n)
+                self._redraw()
+
+    def copied_file(self) -> None:
+        with self.lock:
+            self.files_done += 1
+            if self.bar is not None:
+                self.bar.update(self.task, files=self._files_text())
+                self._redraw()
+
+    def _redraw(self, now: bool = False) -> None:
+        if now or time.monotonic() - self.redrawn >= self.REDRAW_S:
+            self.bar.refresh()
+            self.redrawn = time.monotonic()
+
+    def __exit__(self, *exc) -> bool:
+        if self.bar is not None:
+            self._redraw(now=True)
+            self.bar.stop()
+        return False
 
 
 def _copied(path: Path, meta: dict) -> bool:
@@ -200,7 +271,7 @@ def _copied(path: Path, meta: dict) -> bool:
 
 
 def materialize_data(data: str | os.PathLike, cache_root: str | os.PathLike | None = None,
-                     threads: int = 16) -> Path:
+                     threads: int = 16, progress: bool = False) -> Path:
     """Make a dataset folder readable on this node; return its local path.
 
     A plain local path is returned as it is. A URI (s3://, gs://, file://, read through
@@ -212,7 +283,9 @@ def materialize_data(data: str | os.PathLike, cache_root: str | os.PathLike | No
     - atomic: the folder is renamed into place with a marker listing every file, so a
       reader never sees half a dataset;
     - kept current: each call lists the source and recopies files whose size or
-      modification time changed, and drops files the source no longer has.
+      modification time changed, and drops files the source no longer has;
+    - reported: a copy with files to fetch prints their count and size (stderr), and with
+      `progress` (a command's driver) a bar of bytes and files while it runs.
     """
     text = normalize_uri(data)
     if not is_uri(text):
@@ -255,8 +328,11 @@ def materialize_data(data: str | os.PathLike, cache_root: str | os.PathLike | No
 
         # a file left by an interrupted copy is kept only if it is the source's current version
         todo = [rel for rel, meta in source.items() if not _copied(partial / rel, meta)]
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            list(pool.map(lambda rel: _copy_one(fs, root, rel, source[rel]["mtime_ns"], partial), todo))
+        if todo:
+            report = _CopyReport(text, final, [source[rel]["size"] for rel in todo], len(source) - len(todo),
+                                 bar=progress)
+            with report, ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+                list(pool.map(lambda rel: _copy_one(fs, root, rel, source[rel]["mtime_ns"], partial, report), todo))
         for path in sorted(partial.rglob("*"), reverse=True):  # files the source no longer has
             rel = path.relative_to(partial).as_posix()
             if path.is_file() and rel not in source:

@@ -221,8 +221,29 @@ def test_prepare_cache_is_a_file(tmp_path):
     (tmp_path / "cache").write_text("not a folder")
     result = CliRunner().invoke(app, ["prepare", "--data", str(root), "--cache", str(tmp_path / "cache")])
     assert result.exit_code == 2, result.output
-    assert "--cache" in result.output and "not a folder" in result.output
+    assert "--feature-cache" in result.output and "not a folder" in result.output
     assert isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("option", ["--cache", "--feature-cache"])
+def test_prepare_refuses_a_uri_for_the_feature_cache(tmp_path, monkeypatch, option):
+    """Features are read from a local disk on each node: an s3:// cache is refused, not
+    made into a local folder "s3:" (typer's Path made s3://b/f into s3:/b/f)."""
+    root = make_fat2019(tmp_path / "d")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["prepare", "--data", str(root), option, "s3://bucket/features"])
+    assert result.exit_code == 2, result.output
+    assert "s3://bucket/features" in result.output and "local folder" in result.output
+    assert not (tmp_path / "s3:").exists()
+
+
+@pytest.mark.parametrize("command", [["train", "--config", "configs/default.yaml"],
+                                     ["tune", "--space", "search_spaces/quick.yaml"], ["distill", "quick"]])
+def test_train_tune_and_distill_refuse_a_uri_for_the_feature_cache(tmp_path, command):
+    result = CliRunner().invoke(app, [*command, "--storage", str(tmp_path), "--data", str(tmp_path),
+                                      "--feature-cache", "gs://bucket/f"])
+    assert result.exit_code == 2, result.output
+    assert "gs://bucket/f" in result.output and "local folder" in result.output
 
 
 # ----------------------------------------------------------------------------- 9: 2018 vocabulary

@@ -47,3 +47,19 @@ def test_tune_exits_0_when_a_trial_has_a_score(monkeypatch):
     result, _ = tune(monkeypatch, ["failed", "stopped early"])
     assert result.exit_code == 0, result.output
     assert "no trial of the sweep has a score" not in result.output
+
+
+def test_tune_passes_the_feature_cache_to_the_sweep(monkeypatch, tmp_path):
+    """Trials build and read features where --feature-cache says (an absolute folder),
+    where `raytag prepare --feature-cache` put them; without it, each node's default."""
+    calls = []
+    run = fake_sweep(["ok"])
+    monkeypatch.setattr(sweep, "run_sweep", lambda *a, **k: calls.append(k) or run(*a, **k))
+    monkeypatch.setattr(cli, "_html_report", lambda path: None)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.app, ["tune", "--space", "s.yaml", "--data", "d", "--feature-cache", "features"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli.app, ["tune", "--space", "s.yaml", "--data", "d"])
+    assert result.exit_code == 0, result.output
+    assert [c["feature_cache"] for c in calls] == [str(tmp_path / "features"), None]
+

@@ -480,8 +480,112 @@ def test_opening_an_older_format_says_a_build_rebuilds_it(tmp_path):
 def test_prepare_command_builds_and_writes_skipped_csv(ray_session, tmp_path, capsys):
     root = make_fat2019(tmp_path / "data")
     (root / "train_curated" / "unlisted.wav").write_bytes(b"not listed in the csv")
-    store = prepare_command(data=root, config=None, cache=tmp_path / "cache")
+    [store] = prepare_command(data=root, config=None, cache=tmp_path / "cache")
     skipped = pd.read_csv(store.path / "skipped.csv")
     assert set(skipped["file"]) == {"train_curated/unlisted.wav", f"train_noisy/{BAD}"}
     out = capsys.readouterr().out
     assert "skipped.csv" in out and "failed to decode" in out and str(len(store)) in out
+    assert f"--feature-cache {tmp_path / 'cache'}" in " ".join(out.split())  # not the default: say how to read it
+
+
+# ----------------------------------------------------------------------------- builders of one store
+def test_builders_of_one_store_that_start_together_compute_each_shard_once(tmp_path, monkeypatch):
+    """A sweep's trials of the same features start together: the second builder waits for
+    the first (the store's build lock), then reuses its shards instead of computing them too."""
+    import threading
+
+    import raytag.features.store as store_module
+
+    dataset = load_dataset(make_fat2019(tmp_path / "data"), sample_rate=CFG.sample_rate)
+    compute = store_module._compute_shard
+    both_computing = threading.Barrier(2, timeout=2.0)  # met only if both compute at once
+
+    def compute_beside_the_other(*args, **kwargs):
+        try:
+            both_computing.wait()
+        except threading.BrokenBarrierError:  # the other builder is not computing: go on alone
+            pass
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(store_module, "_compute_shard", compute_beside_the_other)
+    built = []
+    builders = [threading.Thread(target=lambda: built.append(_build_here(dataset, tmp_path / "cache")))
+                for _ in range(2)]
+    for builder in builders:
+        builder.start()
+    for builder in builders:
+        builder.join()
+    assert len(built) == 2
+    n_chunks = built[0].build_info["chunks"]
+    assert n_chunks == 3  # 9 clips in chunks of 3
+    assert sum(b.build_info["computed"] for b in built) == n_chunks
+    assert sorted(b.build_info["reused"] for b in built) == [0, n_chunks]
+    assert built[0].clip_ids == built[1].clip_ids
+
+
+def test_a_builder_waiting_for_another_says_so(tmp_path, capsys):
+    import threading
+
+    from raytag.features.store import BUILD_LOCK, exclusive_lock
+
+    lock = tmp_path / BUILD_LOCK
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with exclusive_lock(lock, waiting="unused"):
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    threading.Timer(0.3, release.set).start()
+    with exclusive_lock(lock, waiting="features: another process is building it; waiting", say=True):
+        assert release.is_set()  # entered only once the holder let go
+    holder.join()
+    assert "another process is building it; waiting" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- what prepare builds
+SPACE = """name: tiny
+base:
+  features.n_mels: 24
+space:
+  features.deltas: {choice: [0, 1]}
+"""
+
+
+def test_prepare_builds_a_search_spaces_base_features_with_set_fixed_in_it(ray_session, tmp_path, capsys):
+    root = make_fat2019(tmp_path / "data")
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    [store] = prepare_command(data=root, config=space, cache=tmp_path / "cache")
+    assert store.feature_config.n_mels == 24 and store.feature_config.deltas == 0
+    assert "searches features.deltas" in " ".join(capsys.readouterr().out.split())
+    [store] = prepare_command(data=root, config=space, cache=tmp_path / "cache", overrides=["features.n_mels=20"])
+    assert store.feature_config.n_mels == 20  # as `raytag tune --set` fixes it for every trial
+
+
+def test_prepare_applies_set_to_a_run_config(ray_session, tmp_path):
+    root = make_fat2019(tmp_path / "data")
+    [store] = prepare_command(data=root, config=None, cache=tmp_path / "cache",
+                              overrides=["features.n_mels=20", "features.hop_length=256"])
+    assert (store.feature_config.n_mels, store.feature_config.hop_length) == (20, 256)
+
+
+def test_prepare_builds_each_members_front_end_and_says_for_whom(ray_session, tmp_path, capsys):
+    from raytag.config import Config
+
+    root = make_fat2019(tmp_path / "data")
+    config = tmp_path / "members.yaml"
+    config.write_text(Config.from_dict({
+        "features": {"n_mels": 24},
+        "members": [{"name": "narrow", "set": {"features.n_mels": 20}},
+                    {"name": "plain", "set": {"model.width": 8}},
+                    {"name": "wide", "set": {"model.width": 64}}],
+    }).to_yaml())
+    stores = prepare_command(data=root, config=config, cache=tmp_path / "cache")
+    assert sorted(s.feature_config.n_mels for s in stores) == [20, 24]  # one per distinct front end
+    out = " ".join(capsys.readouterr().out.split())
+    assert "narrow" in out and "plain, wide" in out
+    assert all((s.path / "skipped.csv").is_file() for s in stores)

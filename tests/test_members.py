@@ -131,7 +131,7 @@ def test_members_whose_front_ends_keep_other_clips_are_refused_before_any_trains
         return SimpleNamespace(split=lambda name: pd.DataFrame({"clip_id": kept}))
 
     trained, loads = [], []
-    monkeypatch.setattr(members, "materialize_data", lambda data: data)
+    monkeypatch.setattr(members, "materialize_data", lambda data, progress=False: data)
     monkeypatch.setattr(members, "load_dataset", lambda *a, **k: loads.append(1) or fake_dataset(*a, **k))
     monkeypatch.setattr(members, "fit_pipeline", lambda cfg, *a, **k: trained.append(cfg.model.name))
     cfg = Config.from_dict({"members": [{"name": "small", "set": {"features.n_fft": 1024}},

@@ -68,6 +68,24 @@ def test_materialize_copies_a_uri_once_and_keeps_it_current(tmp_path):
     assert (local / "train_curated/a.wav").stat().st_ino == before.st_ino  # unchanged: kept
 
 
+def test_materialize_says_what_it_copies_and_shows_a_bar_on_the_driver(tmp_path, capsys):
+    """A dataset at a URI may take minutes to copy: the copy says how many files and bytes
+    (and which are already here), with `progress` also a bar of bytes and files; a copy
+    that is current says nothing."""
+    src = _make_source(tmp_path)
+    size = sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
+    rc.materialize_data(src.as_uri(), tmp_path / "cache", progress=True)
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"data: copying 3 files ({size / 1000:.1f} kB) from {src.as_uri()}" in err
+    assert "3/3 files" in err  # the bar, at its end
+    rc.materialize_data(src.as_uri(), tmp_path / "cache", progress=True)
+    assert capsys.readouterr().err == ""  # nothing to copy
+    (src / "train_noisy.csv").write_text("fname,labels\n")
+    rc.materialize_data(src.as_uri(), tmp_path / "cache")  # a worker's call: the line, no bar
+    err = capsys.readouterr().err
+    assert err.startswith("data: copying 1 file (") and "; 3 already copied" in err and len(err.splitlines()) == 1
+
+
 def test_materialize_resumes_an_interrupted_copy(tmp_path):
     src = _make_source(tmp_path)
     cache = tmp_path / "cache"

@@ -163,7 +163,7 @@ def test_quiet_prints_no_epoch_line_but_the_tables(train_cli, demo_data, monkeyp
                               pd.read_csv(run_dir / "outputs" / "stages.csv"))
     event = EpochEvent("finetune", 0, 3, 1, 2, 0.1, 0.5, 1.0, 1.0)
 
-    def fake_fit(cfg, data, storage, name, on_epoch=None, noisy_teacher=None):
+    def fake_fit(cfg, data, storage, name, on_epoch=None, noisy_teacher=None, feature_cache=None):
         if on_epoch is not None:
             on_epoch(event)
         return finished
@@ -187,3 +187,30 @@ def test_a_set_that_a_member_sets_itself_is_noted():
                      "--set train.mixup: member vgg_small sets train.mixup.alpha itself (0.3), so the override does "
                      "not reach it"]
     assert members_keep_their_own(cfg.with_overrides({"members": []}), {"train.lr": 3e-4}) == []
+
+
+@pytest.mark.parametrize("family", [[], ["--set", "members=[]"]], ids=["members", "one family"])
+def test_train_builds_and_reads_features_in_the_feature_cache_given(tmp_path, monkeypatch, family):
+    """--feature-cache reaches the run (fit_members or fit_pipeline) as an absolute folder,
+    so that a cache `raytag prepare --feature-cache` filled is the one read."""
+    import raytag.console.train as train_console
+    from raytag.errors import RaytagError
+
+    seen = []
+
+    def fake_fit(cfg, data, storage, name, feature_cache=None, **kwargs):
+        seen.append(feature_cache)
+        raise RaytagError("stopped by the test")
+
+    for name in ("fit_members", "fit_pipeline"):
+        monkeypatch.setattr(train_console, name, fake_fit)
+    monkeypatch.setattr(train_console, "ensure_ray", lambda: None)
+    monkeypatch.setattr(train_console, "check_storage", lambda storage: None)
+    monkeypatch.setattr(train_console, "check_data", lambda data: None)
+    config = Path("configs/default.yaml").resolve()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", "--config", str(config), "--data", str(tmp_path), *family,
+                                      "--feature-cache", "features"])
+    assert "stopped by the test" in result.output, result.output
+    assert seen == [str(tmp_path / "features")] and (tmp_path / "features").is_dir()
+

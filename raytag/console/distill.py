@@ -10,12 +10,14 @@ from rich.table import Table
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.ensemble.distill import DistillResult, StudentSettings, distill
+from raytag.features.store import feature_cache_folder
 
 
 def distill_command(experiment: str, storage: str = "results", data: Optional[str] = None,
                     feature_cache: Optional[str] = None, settings: StudentSettings = StudentSettings()) -> DistillResult:
     console = Console(stderr=True)
-    result = distill(files.join(storage, experiment), settings, data=data, feature_cache=feature_cache,
+    cache = feature_cache_folder(feature_cache) if feature_cache is not None else None
+    result = distill(files.join(storage, experiment), settings, data=data, feature_cache=cache,
                      progress=True, say=console.print)
     s = result.scores
     view = Table(title=f"distilled student of {experiment} (test labels only reported, never used)")

@@ -8,16 +8,19 @@ from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.config import parse_cli_overrides
 from raytag.console.tables import print_leaderboard
 from raytag.ensemble.noisy_teacher import noisy_teacher_targets
+from raytag.features.store import feature_cache_folder
 from raytag.search.report import rebuild_report
 from raytag.search.tuner import run_sweep
 
 
 def tune_command(space, data, storage="results", name=None, samples=None, resume=False, scheduler=None,
-                 overrides=()):
-    """`raytag tune`: run the sweep and print its leaderboard."""
+                 overrides=(), feature_cache=None):
+    """`raytag tune`: run the sweep and print its leaderboard. `feature_cache`: where the
+    trials build and read features (None: each node's default, default_feature_cache)."""
+    cache = feature_cache_folder(feature_cache) if feature_cache is not None else None
     result = run_sweep(space, data, storage=storage, name=name, samples=samples, resume=resume,
                        scheduler=scheduler, settings=parse_cli_overrides(list(overrides)),
-                       noisy_teacher=noisy_teacher_targets)
+                       noisy_teacher=noisy_teacher_targets, feature_cache=cache)
     print_leaderboard(result.leaderboard)
     Console(stderr=True).print(f"leaderboard: {files.join(result.experiment_dir, 'leaderboard.csv')}"
                                + (f"\nplot: {result.plot_path}" if result.plot_path else ""), highlight=False)

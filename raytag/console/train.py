@@ -12,6 +12,7 @@ from raytag.config import Config, parse_cli_overrides
 from raytag.console.tables import fold_table, stage_table
 from raytag.ensemble.members import fit_members, save_run_artifact
 from raytag.ensemble.noisy_teacher import noisy_teacher_targets
+from raytag.features.store import feature_cache_folder
 from raytag.session import ensure_ray
 from raytag.training.progress import EpochEvent
 from raytag.training.runner import fit_pipeline
@@ -57,9 +58,11 @@ def members_keep_their_own(cfg: Config, cli: dict) -> list[str]:
 
 
 def train_command(config: Path, data: Path, storage: str, name: Optional[str], overrides: list[str],
-                  quiet: bool = False):
-    """`quiet`: no line per epoch (the run's tables at the end only)."""
+                  quiet: bool = False, feature_cache: Optional[str] = None):
+    """`quiet`: no line per epoch (the run's tables at the end only). `feature_cache`: where
+    features are built and read (None: default_feature_cache)."""
     console = Console()
+    cache = feature_cache_folder(feature_cache) if feature_cache is not None else None
     cfg = Config.from_yaml(config)
     if overrides:
         cli = parse_cli_overrides(overrides)
@@ -85,9 +88,10 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
                       soft_wrap=True)
 
     if members:
-        result = fit_members(cfg, data, storage, name, on_epoch=None if quiet else on_epoch, on_member=on_member)
+        result = fit_members(cfg, data, storage, name, feature_cache=cache, on_epoch=None if quiet else on_epoch,
+                             on_member=on_member)
     else:
-        result = fit_pipeline(cfg, data, storage, name, on_epoch=None if quiet else on_epoch,
+        result = fit_pipeline(cfg, data, storage, name, feature_cache=cache, on_epoch=None if quiet else on_epoch,
                               noisy_teacher=noisy_teacher_targets)
         result.metrics["artifact"] = save_run_artifact(cfg, result)
     console.print(stage_table(result.stages))

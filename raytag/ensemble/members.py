@@ -74,7 +74,7 @@ def fit_members(cfg: Config, data, storage: str, name: str, feature_cache: Optio
     run_dir = files.join(storage, name)
     members = cfg.member_configs()
     check_run_models(cfg)  # every member's model, before the first member trains
-    _check_members_keep_the_same_clips(members, data)
+    _check_members_keep_the_same_clips(members, data, progress)
     eta = MembersEta([step_units(build_steps(c, model_folds(c))) for _, c in members])
     runs = []
     for i, (member, member_cfg) in enumerate(members):
@@ -241,7 +241,7 @@ def _list_left_out_test_clips(skipped_csv: Path, left_out: dict[str, list[str]])
     pd.concat([skipped, rows], ignore_index=True).to_csv(skipped_csv, index=False)
 
 
-def _check_members_keep_the_same_clips(members: list[tuple[str, Config]], data) -> None:
+def _check_members_keep_the_same_clips(members: list[tuple[str, Config]], data, progress: bool = False) -> None:
     """A member's front end (features.sample_rate, n_fft) sets the shortest usable clip (one
     frame). Members whose rules differ may keep other curated clips, so other folds, which
     _check_same_folds would find only after every member trained: compared here from the
@@ -252,7 +252,7 @@ def _check_members_keep_the_same_clips(members: list[tuple[str, Config]], data) 
         by_rule.setdefault((features.sample_rate, min_samples(features)), []).append((member, member_cfg))
     if len(by_rule) < 2:
         return
-    root = materialize_data(data)
+    root = materialize_data(data, progress=progress)  # the first copy of a data URI, when it is one
     kept = []
     for group in by_rule.values():
         member, member_cfg = group[0]

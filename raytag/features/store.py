@@ -20,7 +20,10 @@ build overwriting the shards another run is reading.
 Clips are sorted by clip_id and cut into chunks of `chunk_size`; one task per chunk
 decodes, runs the torch front end (one thread) and writes its shard atomically (temporary
 file, then rename). The tasks run in processes forked from the caller, or in Ray tasks
-where Ray already runs in the calling process (see _compute_shards). A rebuild reuses every shard whose signature and key (`shard_key`: the settings,
+where Ray already runs in the calling process (see _compute_shards). One process builds a
+store at a time (`.build.lock` in its folder, an flock): builders that start together, a
+sweep's trials of the same features, would each compute every shard; the later ones wait,
+then reuse the shards. A rebuild reuses every shard whose signature and key (`shard_key`: the settings,
 FEATURES_VERSION, FORMAT_VERSION, librosa's version) still match, so a
 second build does no audio work and an interrupted build resumes where it stopped. The
 cache folder must be visible to every node that runs tasks (a shared or local disk on
@@ -46,6 +49,7 @@ far off), may find it deleted: its readers get the "shard gone" error, and runni
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -55,9 +59,10 @@ import resource
 import time
 import uuid
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -70,6 +75,7 @@ from raytag.data.layouts import Dataset, load_dataset
 from raytag.errors import AudioDecodeError, RaytagError
 from raytag.features.frontends import build_frontend, frontend_shape
 from raytag.session import ensure_ray
+from raytag.storage import is_local_path, is_uri, normalize_uri, resolve
 
 log = logging.getLogger("raytag.features")
 
@@ -316,25 +322,23 @@ def build_feature_store(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     shape = frontend_shape(feature_cfg)  # refuses impossible settings before any work
-    key = shard_key(feature_cfg)
     root = store_dir(cache_dir, feature_cfg, dataset.root)
     root.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    # one builder of a store at a time: builders that start together (a sweep's trials of the
+    # same features) would each compute every shard; a later one finds them done and reuses them
+    with exclusive_lock(root / BUILD_LOCK, waiting=f"features: another process is building {root}; "
+                                                   "waiting for it, then reusing its shards", say=progress):
+        return _build_locked(dataset, feature_cfg, root, shape, progress, chunk_size, workers)
 
+
+def _build_locked(dataset, feature_cfg: FeatureConfig, root: Path, shape, progress: bool, chunk_size: int,
+                  workers: Optional[int]) -> FeatureStore:
+    """build_feature_store's work, under the store's build lock."""
+    key = shard_key(feature_cfg)
+    started = time.perf_counter()
     clips = dataset.clips.sort_values("clip_id", kind="stable").reset_index(drop=True)
     chunks = [clips.iloc[i: i + chunk_size] for i in range(0, len(clips), chunk_size)]
-    results: dict[int, dict] = {}
-    todo = []
-    for shard, chunk in enumerate(chunks):
-        rows = [_clip_row(r, dataset.root) for r in chunk.itertuples(index=False)]
-        signature = [r["signature"] for r in rows]
-        done = _finished_shard(root, shard, key, signature)
-        if done is not None and _read_failures_decode_now(done, feature_cfg):
-            done = None  # a clip that could not be read before can be now: compute the shard again
-        if done is not None:
-            results[shard] = done
-        else:
-            todo.append((shard, rows, signature))
+    results, todo = _reusable_shards(root, chunks, dataset.root, feature_cfg, key)
 
     task_rss = []
     ran_in = None
@@ -366,6 +370,45 @@ def build_feature_store(
     for file, reason in store.failed.itertuples(index=False):
         log.warning("feature extraction skipped %s: %s", file, reason)
     return store
+
+
+def _reusable_shards(root: Path, chunks: list, dataset_root, feature_cfg: FeatureConfig, key: str):
+    """({shard: sidecar} of the finished shards to reuse, [(shard, rows, signature)] to compute)."""
+    results: dict[int, dict] = {}
+    todo = []
+    for shard, chunk in enumerate(chunks):
+        rows = [_clip_row(r, dataset_root) for r in chunk.itertuples(index=False)]
+        signature = [r["signature"] for r in rows]
+        done = _finished_shard(root, shard, key, signature)
+        if done is not None and _read_failures_decode_now(done, feature_cfg):
+            done = None  # a clip that could not be read before can be now: compute the shard again
+        if done is not None:
+            results[shard] = done
+        else:
+            todo.append((shard, rows, signature))
+    return results, todo
+
+
+BUILD_LOCK = ".build.lock"  # in a store folder: held by the process building it
+
+
+@contextmanager
+def exclusive_lock(path: Path, waiting: str, say: bool = False) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if absent) while the block runs; wait for
+    another holder first, saying `waiting` (logged; also printed on stderr with `say`). The
+    kernel drops the lock when its holder exits, so a killed builder leaves nothing to clear.
+    A lock per open file: two threads of one process exclude each other too."""
+    with open(path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info(waiting)
+            if say:
+                from rich.console import Console
+
+                Console(stderr=True).print(waiting, markup=False, highlight=False, soft_wrap=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # released when the file closes
 
 
 def usable_cpus() -> int:
@@ -790,10 +833,36 @@ class _progress:
 
 
 # ============================================================================ `raytag prepare`
+def feature_cache_folder(cache: Optional[str | os.PathLike], option: str = "--feature-cache") -> str:
+    """The feature cache to build in and read from: `cache`, else default_feature_cache(), as
+    an absolute local folder (created). Called before any work, so a wrong one costs no data
+    copy. Features are read with os.pread from a local disk, each node building its own: a
+    URI (s3://...) is refused; a file:// URI is its local path."""
+    text = normalize_uri(str(cache)) if cache is not None else default_feature_cache()
+    if is_uri(text):
+        if not is_local_path(text):
+            raise FeatureStoreError(
+                f"{option} {text}: a URI, but features are node-local (each node builds its own and reads "
+                "it from its own disk); give a local folder, e.g. /mnt/nvme/raytag-features")
+        text = resolve(text)[1]
+    path = Path(text).expanduser().absolute()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise FeatureStoreError(f"{option} {text}: not a folder ({err.strerror}: {err.filename}); "
+                                "give a folder for the feature cache") from None
+    except OSError as err:
+        raise FeatureStoreError(f"{option} {text}: cannot create it ({err.strerror}: {err.filename}); "
+                                "give a folder you can write to") from None
+    return str(path)
+
+
 @dataclass
 class PreparedFeatures:
-    """What `prepare_features` did: the dataset read, its store, and what was left out."""
+    """What `prepare_features` did for one front end: the dataset read, its store, and what
+    was left out."""
 
+    members: list[str]  # the members that train on these features; []: the config has none
     dataset: Dataset
     features: FeatureConfig  # the settings the store was built with
     store: FeatureStore
@@ -803,18 +872,32 @@ class PreparedFeatures:
     hours: float  # audio in the store
 
 
-def prepare_features(data, config, cache) -> PreparedFeatures:
-    """Read the dataset, build or reuse its features, and write skipped.csv beside them."""
-    cfg = Config.from_yaml(config) if config else Config()
-    cache = cache or default_feature_cache()  # where train and tune look for it
-    try:  # before any work: a file in the way is a message, not a traceback
-        Path(cache).expanduser().mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as err:
-        raise FeatureStoreError(f"--cache {cache}: not a folder ({err.strerror}: {err.filename}); "
-                                "give a folder for the feature cache") from None
-    dataset = load_dataset(materialize_data(data), sample_rate=cfg.features.sample_rate, features=cfg.features)
+def front_ends(cfg: Config) -> list[tuple[list[str], FeatureConfig]]:
+    """Each distinct front end a run of `cfg` trains on, with the members that use it. With
+    `members`, one per distinct `features` of Config.member_configs (what `raytag train`
+    trains, each member building its own store); else cfg.features, used by no member."""
+    runs = cfg.member_configs()
+    if not runs:
+        return [([], cfg.features)]
+    by_key: dict[str, tuple[list[str], FeatureConfig]] = {}
+    for member, member_cfg in runs:
+        by_key.setdefault(member_cfg.features.cache_key(), ([], member_cfg.features))[0].append(member)
+    return list(by_key.values())
+
+
+def prepare_features(data, cfg: Config, cache: Optional[str] = None) -> list[PreparedFeatures]:
+    """Read the dataset, build or reuse the features of every front end a run of `cfg` trains
+    on (front_ends), and write skipped.csv beside each store. `cache`: as
+    feature_cache_folder takes it (None: where train and tune look by default)."""
+    cache = feature_cache_folder(cache)
+    root = materialize_data(data, progress=True)
+    return [_prepare_one(root, members, features, cache) for members, features in front_ends(cfg)]
+
+
+def _prepare_one(root: Path, members: list[str], features: FeatureConfig, cache: str) -> PreparedFeatures:
+    dataset = load_dataset(root, sample_rate=features.sample_rate, features=features)
     started = time.perf_counter()
-    store = build_feature_store(dataset, cfg.features, cache, progress=True)
+    store = build_feature_store(dataset, features, cache, progress=True)
     seconds = time.perf_counter() - started
 
     skipped = pd.concat([dataset.skipped[FAILED_COLUMNS], store.failed[FAILED_COLUMNS]], ignore_index=True)
@@ -823,4 +906,4 @@ def prepare_features(data, config, cache) -> PreparedFeatures:
 
     durations = dataset.clips.set_index("clip_id")["duration"]
     hours = float(durations.reindex(store.clip_ids).sum()) / 3600.0
-    return PreparedFeatures(dataset, cfg.features, store, seconds, skipped, skipped_path, hours)
+    return PreparedFeatures(members, dataset, features, store, seconds, skipped, skipped_path, hours)

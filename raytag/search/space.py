@@ -341,6 +341,17 @@ def load_space(path: str | Path) -> SearchSpace:
     return space
 
 
+def is_space_file(path: str | Path) -> bool:
+    """Whether the YAML file at `path` is a search space rather than a run config: it has a
+    section only a space has (base, space, ...). False for a file that is absent or not
+    YAML, whose error Config.from_yaml gives."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and bool(set(data) & (set(_SECTIONS) - {"name"}))
+
+
 def _check_base_against_resources(space: SearchSpace):
     """A train.* resource setting in `base` that `resources` sets otherwise loses to it in every
     trial, without a word: refuse it in a space file. (Checked on files only: a sweep stored

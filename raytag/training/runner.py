@@ -53,7 +53,8 @@ class PipelineResult:
 def prepare_data(cfg: Config, data, feature_cache: Optional[str], progress: bool):
     """Dataset + feature store + plan, in that order (each reused from cache where it can)."""
     cache = feature_cache or default_feature_cache()
-    dataset = load_dataset(materialize_data(data), sample_rate=cfg.features.sample_rate, features=cfg.features)
+    dataset = load_dataset(materialize_data(data, progress=progress), sample_rate=cfg.features.sample_rate,
+                           features=cfg.features)
     store = build_feature_store(dataset, cfg.features, cache, progress=progress)
     return dataset, store, build_plan(cfg, dataset, store, data_ref=str(data), feature_cache=cache)
 

@@ -16,7 +16,6 @@ epoch with its evaluation in epoch.py.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ import torch
 from raytag.cluster import materialize_data
 from raytag.data.layouts import load_dataset
 from raytag.errors import DatasetError
-from raytag.features.store import FeatureStore, build_feature_store, default_feature_cache
+from raytag.features.store import FeatureStore, build_feature_store, default_feature_cache, exclusive_lock
 from raytag.metrics import layout_metric
 from raytag.models import build_model
 from raytag.training.averaging import WeightAverage
@@ -113,8 +112,8 @@ def open_node_store(plan):
         return FeatureStore.open(plan.store_path)
     cache = Path(plan.feature_cache or default_feature_cache())
     cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(cache / ".build.lock", waiting=f"{cache}: another worker of this node is building "
+                                                        "its feature store; waiting for it"):
         dataset = load_dataset(materialize_data(plan.data_ref), sample_rate=plan.config.features.sample_rate,
                                features=plan.config.features)
         # in this process: Ray tasks for the shards would each need a free CPU on this node,
