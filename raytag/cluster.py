@@ -262,6 +262,12 @@ class _CopyReport:
         return False
 
 
+def is_data_copy(path: str | os.PathLike) -> bool:
+    """Whether `path` is a copy materialize_data made of a data URI: its files keep their
+    source's size and modification time, but each node's copy has a change time of its own."""
+    return (Path(path) / MARKER).is_file()
+
+
 def _copied(path: Path, meta: dict) -> bool:
     """Whether `path` is a finished copy of the source file `meta` (its size and time)."""
     if not path.is_file():

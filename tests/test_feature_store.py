@@ -589,3 +589,94 @@ def test_prepare_builds_each_members_front_end_and_says_for_whom(ray_session, tm
     out = " ".join(capsys.readouterr().out.split())
     assert "narrow" in out and "plain, wide" in out
     assert all((s.path / "skipped.csv").is_file() for s in stores)
+
+
+
+def test_a_file_replaced_keeping_its_size_and_mtime_is_computed_again(tmp_path):
+    """Audio of the same length and format has the same size, and cp -p, rsync -a or an
+    archive extracted again keep the mtime: the file's change time tells the new audio."""
+    root = make_fat2019(tmp_path / "data")
+    dataset = load_dataset(root, sample_rate=CFG.sample_rate)
+    first = _build_here(dataset, tmp_path / "cache")
+    path = root / "train_curated" / "c0.wav"
+    before, stat = first.get("curated/c0.wav"), os.stat(path)
+    sf.write(path, _tone(22050, 1.0, 1234, 99), 22050, subtype="PCM_16")  # other audio, same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(path).st_size == stat.st_size
+    again = _build_here(dataset, tmp_path / "cache")
+    assert again.build_info["computed"] == 1
+    assert not np.array_equal(again.get("curated/c0.wav"), before)
+    np.testing.assert_allclose(again.get("curated/c0.wav"), direct(dataset, "curated/c0.wav"), atol=0.06, rtol=1e-3)
+
+
+def test_a_data_copy_made_again_at_the_same_path_reuses_every_shard(tmp_path):
+    """Each node copies a data URI with its own change time, at the same path: with a shared
+    feature cache, a change time in the signature would have each node compute every shard
+    again in turn. A copy keeps its source's size and mtime, and those decide."""
+    import shutil
+
+    from raytag.cluster import materialize_data
+
+    make_fat2019(tmp_path / "bucket")
+    uri = (tmp_path / "bucket").as_uri()
+    copy = materialize_data(uri, tmp_path / "node-data")
+    first = _build_here(load_dataset(copy, sample_rate=CFG.sample_rate), tmp_path / "cache")
+    shutil.rmtree(copy)  # another node's copy, at the same path
+    assert materialize_data(uri, tmp_path / "node-data") == copy
+    again = _build_here(load_dataset(copy, sample_rate=CFG.sample_rate), tmp_path / "cache")
+    assert again.build_info["computed"] == 0 and again.clip_ids == first.clip_ids
+
+
+def test_identity_names_the_key_and_the_audio_the_same_on_every_node(tmp_path):
+    """FeatureStore.identity (a run's plan.features): the store's key and each clip's size and
+    mtime, so a copy of the data elsewhere (another node) has the same, other audio or another
+    front end does not; a resume is refused on them (run_settings)."""
+    import shutil
+    from types import SimpleNamespace
+
+    from raytag.config import Config, ConfigError
+    from raytag.training.run_settings import check_run_settings
+
+    root = make_fat2019(tmp_path / "data")
+    dataset = load_dataset(root, sample_rate=CFG.sample_rate)
+    store = _build_here(dataset, tmp_path / "cache")
+    ids = store.clip_ids
+    same = store.identity(ids)
+    assert same.startswith("sha256:") and f"features of {len(ids)} clips, {store.meta['key']})" in same
+    assert _build_here(dataset, tmp_path / "cache").identity(ids) == same
+    assert FeatureStore.open(store.path).identity(ids) is None and pickle.loads(pickle.dumps(store)).identity(ids) is None
+    elsewhere = shutil.copytree(root, tmp_path / "node2" / "data")  # copy2: mtimes kept, change times new
+    assert _build_here(load_dataset(elsewhere, sample_rate=CFG.sample_rate), tmp_path / "cache2").identity(ids) == same
+    mfcc = dataclasses.replace(CFG, kind="mfcc", n_mfcc=13)
+    assert _build_here(dataset, tmp_path / "cache", mfcc).identity(ids) != same
+
+    def plan(store):
+        return SimpleNamespace(classes=CLASSES, curated_ids=ids, noisy_ids=[], test_ids=[],
+                               curated_y=np.zeros((len(ids), 3), np.float32), noisy_y=np.zeros((0, 3), np.float32),
+                               features_id=store.identity(ids))
+
+    run = tmp_path / "run"
+    check_run_settings(str(run), Config(), plan(store))
+    (run / "checkpoint_000000").mkdir()
+    sf.write(root / "train_curated" / "c0.wav", _tone(22050, 1.0, 1234, 99), 22050, subtype="PCM_16")  # re-exported
+    with pytest.raises(ConfigError, match=r"plan.features: .* an audio file was replaced"):
+        check_run_settings(str(run), Config(), plan(_build_here(dataset, tmp_path / "cache")))
+
+
+def test_each_members_plan_names_its_own_front_end(tmp_path):
+    """A members run trains each member in its own run folder, on its own features: each
+    member's plan.features is its own front end's."""
+    from raytag.config import Config
+    from raytag.features.store import shard_key
+    from raytag.training.runner import prepare_data
+
+    root = make_fat2019(tmp_path / "data")
+    cfg = Config.from_dict({"features": dataclasses.asdict(CFG), "cv": {"n_folds": 2},
+                            "members": [{"name": "wide"}, {"name": "narrow", "set": {"features.n_mels": 20}}]})
+    identities = {}
+    for member, member_cfg in cfg.member_configs():
+        _, store, plan = prepare_data(member_cfg, str(root), str(tmp_path / "cache"), progress=False)
+        assert plan.features_id == store.identity(plan.curated_ids + plan.noisy_ids + plan.test_ids)
+        identities[member] = plan.features_id
+    assert identities["wide"] != identities["narrow"]
+    assert identities["narrow"].endswith(f", {shard_key(dataclasses.replace(CFG, n_mels=20))})")

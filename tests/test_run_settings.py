@@ -181,3 +181,23 @@ def test_a_path_spelt_another_way_resumes_and_its_contents_still_count(tmp_path)
     check_run_settings(str(tmp_path), moved, _plan())
     with pytest.raises(ConfigError, match="plan.curated_fold"):
         check_run_settings(str(tmp_path), moved, _plan(curated_fold=np.asarray([1, 0, 0, 1])))
+
+
+def test_a_resume_on_other_features_is_refused_and_one_recorded_before_the_key_resumes(tmp_path):
+    """plan.features (FeatureStore.identity: the store's key and the clips' audio stamps):
+    audio re-exported under the same names, or an upgrade that changes the features, would
+    otherwise resume checkpoints trained on the old features with the new ones."""
+    cfg = Config.from_dict({})
+    then = "sha256:aaaa (features of 7 clips, k-features3-format2-librosa0.11)"
+    check_run_settings(str(tmp_path), cfg, _plan(features_id=then))
+    assert json.loads((tmp_path / SETTINGS_FILE).read_text())["plan.features"] == then
+    (tmp_path / "checkpoint_000000").mkdir()
+    check_run_settings(str(tmp_path), cfg, _plan(features_id=then))  # the same features resume
+    now = "sha256:bbbb (features of 7 clips, k-features3-format2-librosa0.12)"
+    with pytest.raises(ConfigError, match=r"plan.features: '[^']+librosa0.11\)' then, '[^']+librosa0.12\)' now; "
+                                          r"plan.features is the feature store's key .* an audio file was replaced"):
+        check_run_settings(str(tmp_path), cfg, _plan(features_id=now))
+    recorded = json.loads((tmp_path / SETTINGS_FILE).read_text())
+    del recorded["plan.features"]  # as recorded before the key existed
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps(recorded))
+    check_run_settings(str(tmp_path), cfg, _plan(features_id=now))  # nothing recorded to compare it with

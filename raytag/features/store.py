@@ -9,8 +9,9 @@ build overwriting the shards another run is reading.
                       concatenated; <hash> is of its contents, so a rebuild that changes a
                       shard writes a new file and never rewrites one a reader may hold
     shard-XXXXX.json  that shard's .npy name, index rows, decode failures, statistics sums
-                      and the signature of its clips (clip_id, path, size, mtime); written
-                      after the .npy, so a shard is trusted only when both are complete
+                      and the signature of its clips (clip_id, path, size, mtime, and the
+                      change time for a local dataset: _clip_row); written after the
+                      .npy, so a shard is trusted only when both are complete
     index.parquet     clip_id, shard, offset, n_frames, file (every clip that decoded;
                       file: its shard's .npy)
     failed.csv        file, reason: clips that could not be decoded (left out, never zeros)
@@ -67,6 +68,7 @@ from typing import Iterator, Optional
 import numpy as np
 import pandas as pd
 
+from raytag.cluster import is_data_copy
 from raytag.cluster import materialize_data  # a dataset URI is copied to this node once
 from raytag.cluster import this_node_strategy
 from raytag.config import Config, FeatureConfig
@@ -130,6 +132,9 @@ class FeatureStore:
         self._pos = {cid: i for i, cid in enumerate(self._ids)}
         self._shards: OrderedDict[int, ShardFile] = OrderedDict()  # opened on first use, least recent first
         self.build_info: dict = dict(self.meta.get("last_build", {}))
+        # clip_id: audio_stamp as the build that returned this store found them ({} once
+        # opened from disk or unpickled): see `identity`
+        self.audio_stamps: dict = {}
 
     # -- pickling: path + index + meta only; shard files are reopened per process --------
     def __getstate__(self):
@@ -185,6 +190,19 @@ class FeatureStore:
     def std(self) -> np.ndarray:
         """Per-bin std (C, F) over the same frames, floored at STD_FLOOR."""
         return np.maximum(np.asarray(self.meta["std"], dtype=np.float32), STD_FLOOR)
+
+    def identity(self, clip_ids) -> Optional[str]:
+        """What the features of `clip_ids` are, the same on every node that holds the same
+        data: this store's key (shard_key: the settings, FEATURES_VERSION, FORMAT_VERSION,
+        librosa's version) and each clip's audio stamp (size, mtime) as its build found them.
+        No feature bytes, which a store built on another node may have otherwise in the last
+        bits. None where the build's stamps are not known (a store opened from disk)."""
+        if not self.audio_stamps:
+            return None
+        ids = [str(c) for c in clip_ids]
+        blob = json.dumps([self.meta["key"], [[c, *self.audio_stamps[c]] for c in ids]]).encode()
+        digest = hashlib.sha256(blob).hexdigest()[:16]
+        return f"sha256:{digest} (features of {len(ids)} clips, {self.meta['key']})"
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -367,6 +385,7 @@ def _build_locked(dataset, feature_cfg: FeatureConfig, root: Path, shape, progre
         # Rewriting them (meta.json last) would open a window in which a sweep's concurrent
         # trial, opening the same store, finds no meta.json and fails.
         store.build_info = build_info
+    store.audio_stamps = merged.stamps
     for file, reason in store.failed.itertuples(index=False):
         log.warning("feature extraction skipped %s: %s", file, reason)
     return store
@@ -376,8 +395,9 @@ def _reusable_shards(root: Path, chunks: list, dataset_root, feature_cfg: Featur
     """({shard: sidecar} of the finished shards to reuse, [(shard, rows, signature)] to compute)."""
     results: dict[int, dict] = {}
     todo = []
+    with_ctime = counts_ctime(dataset_root)
     for shard, chunk in enumerate(chunks):
-        rows = [_clip_row(r, dataset_root) for r in chunk.itertuples(index=False)]
+        rows = [_clip_row(r, dataset_root, with_ctime) for r in chunk.itertuples(index=False)]
         signature = [r["signature"] for r in rows]
         done = _finished_shard(root, shard, key, signature)
         if done is not None and _read_failures_decode_now(done, feature_cfg):
@@ -554,14 +574,17 @@ def store_dir(cache_dir: str | Path, feature_cfg: FeatureConfig, dataset_root: s
     return Path(cache_dir).expanduser().absolute() / feature_cfg.cache_key() / f"{name}-{tag}"
 
 
-def _clip_row(row, dataset_root) -> dict:
-    """What a task needs about one clip, and the signature that decides shard reuse."""
+def _clip_row(row, dataset_root, with_ctime: bool) -> dict:
+    """What a task needs about one clip, and the signature that decides shard reuse: the
+    clip, its path, size and mtime (`audio_stamp`), and with `with_ctime` its change time,
+    which no tool can set back: a file replaced by another of the same size whose mtime was
+    kept (cp -p, rsync -a, an archive extracted again) is then computed again."""
     path = str(row.path)
     try:
         st = os.stat(path)
-        stamp = [st.st_size, st.st_mtime_ns]
+        stamp, changed = [st.st_size, st.st_mtime_ns], [st.st_ctime_ns]
     except OSError:
-        stamp = [-1, -1]  # missing now: the task reports the decode failure
+        stamp, changed = [-1, -1], [-1]  # missing now: the task reports the decode failure
     try:
         file = str(Path(path).relative_to(dataset_root))
     except ValueError:
@@ -569,8 +592,22 @@ def _clip_row(row, dataset_root) -> dict:
     return {
         "clip_id": str(row.clip_id), "path": path, "file": file,
         "in_stats": row.split != "test",  # statistics over training material only
-        "signature": [str(row.clip_id), path, *stamp],
+        "signature": [str(row.clip_id), path, *stamp, *(changed if with_ctime else [])],
     }
+
+
+def counts_ctime(dataset_root) -> bool:
+    """Whether shard signatures hold the files' change time: not for a data-cache copy of a
+    URI (cluster.materialize_data), which each node makes with its own change time (nodes
+    whose feature cache is shared would compute every shard again in turn) and which is
+    copied again only when the source's size or mtime changes, so a change time adds nothing."""
+    return not is_data_copy(dataset_root)
+
+
+def audio_stamp(signature: list) -> list:
+    """(size, mtime_ns) of a clip's audio file from its shard signature: the same on every
+    node that holds the same data (a data-cache copy keeps its source's mtime)."""
+    return signature[2:4]
 
 
 def _finished_shard(root: Path, shard: int, key: str, signature: list) -> Optional[dict]:
@@ -689,10 +726,12 @@ class _Merged:
     count: int
     mean: np.ndarray  # (C * F,)
     std: np.ndarray
+    stamps: dict  # clip_id: audio_stamp, of every clip the shards were built from
 
 
 def _merge(results: dict, n_chunks: int, shape) -> _Merged:
     rows, failed = [], []
+    stamps = {sig[0]: audio_stamp(sig) for shard in range(n_chunks) for sig in results[shard]["signature"]}
     sums, squares, count = np.zeros(shape[0] * shape[1]), np.zeros(shape[0] * shape[1]), 0
     for shard in range(n_chunks):
         info = results[shard]
@@ -708,7 +747,7 @@ def _merge(results: dict, n_chunks: int, shape) -> _Merged:
     else:  # no training frames (only test clips, or all failed): nothing to normalise by
         mean, std = np.zeros_like(sums), np.ones_like(sums)
     files = {results[shard]["file"] for shard in range(n_chunks)}
-    return _Merged(index, failed, files, n_chunks, count, mean, std)
+    return _Merged(index, failed, files, n_chunks, count, mean, std, stamps)
 
 
 def _finished_as(root: Path, key: str, merged: _Merged) -> "FeatureStore | None":

@@ -18,8 +18,13 @@ recorded too (`plan.*` keys, a SHA-256 each): the curated and noisy folds, the n
 the resolved label-spreading groups and the noisy teacher's artifact. A groups file fixed,
 a teacher re-ensembled or a fold splitter upgraded between attempts would otherwise resume
 folds trained on one split with folds of another (clips scored twice or never, held-out
-clips a fold's model already trained on). Runs recorded before these keys resume as before:
-only keys in both records are compared.
+clips a fold's model already trained on). `plan.features` is the feature store the run
+reads (its key: the feature settings, FEATURES_VERSION, librosa's version; and each clip's
+audio file by size and modification time): audio re-exported under the same names, or an
+upgrade that changes the features, would otherwise resume checkpoints trained on the old
+features with the new ones and a new input scaling. A members run records each member's
+own front end, in the member's own run folder. Runs recorded before these keys resume as
+before: only keys in both records are compared.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from raytag.config import CHANGED_DEFAULTS, Config, ConfigError, recorded_model_
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "run_settings.json"
+FEATURES = "plan.features"  # the feature store's key and the clips' audio stamps (Plan.features_id)
 PARAMS = "model.params."  # the prefix of a model family's params among the recorded settings
 
 # may change between attempts of one run: where and how fast it trains, not what it learns
@@ -70,17 +76,28 @@ def check_run_settings(run_dir: str, cfg: Config, plan=None) -> Config:
     if changed:
         shown = "; ".join(f"{k}: {before[k]!r} then, {settings[k]!r} now" for k in changed[:5])
         more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
-        derived = ("; plan.* is derived from the files the config names (cv.clip_groups, "
-                   "pipeline.label_spreading.groups_file, train.noisy_teacher.artifact) and the dataset: "
-                   "one of them changed since the run began" if any(k.startswith("plan.") for k in changed) else "")
         raise ConfigError(
-            f"{run_dir}: this run began with other settings ({shown}{more}{derived}), and rerunning a name "
-            "resumes its checkpoints; give the new run another --name, or delete the folder to start over"
+            f"{run_dir}: this run began with other settings ({shown}{more}{_why_derived(changed)}), and rerunning "
+            "a name resumes its checkpoints; give the new run another --name, or delete the folder to start over"
         )
     if kept:
         log.info("run %s resumes with %s as it began (a default changed since)", run_dir,
                  ", ".join(f"{PARAMS}{k}={v!r}" for k, v in kept.items()))
     return cfg
+
+
+def _why_derived(changed: list) -> str:
+    """What a changed plan.* key stands for (the config only names its files)."""
+    why = ""
+    if any(k.startswith("plan.") and k != FEATURES for k in changed):
+        why += ("; plan.* is derived from the files the config names (cv.clip_groups, "
+                "pipeline.label_spreading.groups_file, train.noisy_teacher.artifact) and the dataset: "
+                "one of them changed since the run began")
+    if FEATURES in changed:
+        why += ("; plan.features is the feature store's key (the features settings, FEATURES_VERSION, librosa's "
+                "version) and each clip's audio file (size, modification time): an audio file was replaced or "
+                "raytag or librosa upgraded since the run began, so its checkpoints learnt from other features")
+    return why
 
 
 def _with_data(settings: dict, plan) -> dict:
@@ -129,7 +146,9 @@ def data_signature(plan) -> str:
 def plan_signature(plan) -> dict:
     """What the driver derives from files the config only names (`plan.*` keys, beside the
     config's and "data"): the folds (cv.clip_groups, the fold splitter), the noisy folds and
-    subset, the label-spreading groups as resolved from groups_file, and the noisy teacher."""
+    subset, the label-spreading groups as resolved from groups_file, the noisy teacher, and
+    the features (`Plan.features_id`: no feature bytes, which a store rebuilt on another
+    node may have otherwise in the last bits)."""
     signature = {}
     curated_fold = getattr(plan, "curated_fold", None)
     if curated_fold is not None:
@@ -150,6 +169,9 @@ def plan_signature(plan) -> dict:
             json.dumps(groups, sort_keys=True).encode(), f"{len(groups)} groups"))
     if hasattr(plan, "noisy_targets"):
         signature["plan.noisy_teacher"] = _teacher_signature(plan)
+    features = getattr(plan, "features_id", None)
+    if features is not None:
+        signature[FEATURES] = features
     return signature
 
 

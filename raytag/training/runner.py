@@ -56,7 +56,9 @@ def prepare_data(cfg: Config, data, feature_cache: Optional[str], progress: bool
     dataset = load_dataset(materialize_data(data, progress=progress), sample_rate=cfg.features.sample_rate,
                            features=cfg.features)
     store = build_feature_store(dataset, cfg.features, cache, progress=progress)
-    return dataset, store, build_plan(cfg, dataset, store, data_ref=str(data), feature_cache=cache)
+    plan = build_plan(cfg, dataset, store, data_ref=str(data), feature_cache=cache)
+    plan.features_id = store.identity(plan.curated_ids + plan.noisy_ids + plan.test_ids)  # run_settings' plan.features
+    return dataset, store, plan
 
 
 def _trainer_class(torch_trainer):
