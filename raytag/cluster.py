@@ -36,6 +36,7 @@ MARKER = ".raytag_materialized.json"  # written last: its presence means the cop
 # The cluster launcher writes its config here on the head node, where `ray job submit`
 # runs the driver; its max_workers tells whether the autoscaler may add nodes later.
 LAUNCHER_CONFIG = Path.home() / "ray_bootstrap_config.yaml"
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's built-in resource of the head node
 
 
 
@@ -64,7 +65,7 @@ def cluster_nodes() -> list[dict]:
             "address": node.get("NodeManagerAddress", ""),
             "cpus": float(res.get("CPU", 0.0)),
             "gpus": float(res.get("GPU", 0.0)),
-            "is_head": "node:__internal_head__" in res,
+            "is_head": HEAD_NODE_RESOURCE in res,
         })
     return nodes
 

@@ -156,17 +156,24 @@ def test_a_pipeline_run_puts_its_rung_metric_on_the_plan_the_workers_get(tmp_pat
 
 
 # -- item 9: a head node without room for a trial's function -----------------------------------
-HEAD = "node:__internal_head__"
+HEAD = "node:__internal_head__"  # Ray's own name, spelled out: raytag's constant must match it
+
+
+def _ray_nodes(monkeypatch, nodes: list[dict]):
+    """A connected Ray whose ray.nodes() is `nodes`, as cluster.cluster_nodes() reads it."""
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
 
 
 def _cluster(monkeypatch, head_cpu: float, worker_cpu: float = 16.0):
-    """ray.nodes() and ray.cluster_resources() of a two-node cluster: the head and one worker."""
-    import ray
-
-    nodes = [{"Alive": True, "Resources": {"CPU": head_cpu, HEAD: 1.0, "node:10.0.0.1": 1.0}},
-             {"Alive": True, "Resources": {"CPU": worker_cpu, "GPU": 1.0, "node:10.0.0.2": 1.0}}]
-    monkeypatch.setattr(ray, "nodes", lambda: nodes)
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": head_cpu + worker_cpu, "GPU": 1.0})
+    """A two-node cluster: the head and one worker, and a dead node that no longer counts."""
+    _ray_nodes(monkeypatch, [
+        {"NodeID": "h", "Alive": True, "Resources": {"CPU": head_cpu, HEAD: 1.0, "node:10.0.0.1": 1.0}},
+        {"NodeID": "w", "Alive": True, "Resources": {"CPU": worker_cpu, "GPU": 1.0, "node:10.0.0.2": 1.0}},
+        {"NodeID": "x", "Alive": False, "Resources": {"CPU": 64.0, "node:10.0.0.3": 1.0}},
+    ])
 
 
 def _space(resources: str = "{num_workers: 1, cpus_per_worker: 1, trial_cpus: 0.5}"):
@@ -197,3 +204,15 @@ def test_trial_functions_off_the_head_leave_the_limit_to_the_cluster(monkeypatch
     _cluster(monkeypatch, head_cpu=0.0)
     space = _space("{num_workers: 1, cpus_per_worker: 1, trial_cpus: 0.5, trials_on_head: false}")
     assert concurrency(space, 8) == (8, "")
+
+
+def test_on_one_node_trials_at_once_are_what_its_cpus_hold(monkeypatch):
+    from raytag.errors import RaytagError
+    from raytag.search.tuner import concurrency
+
+    _ray_nodes(monkeypatch, [{"NodeID": "h", "Alive": True, "Resources": {"CPU": 4.0, HEAD: 1.0}}])
+    n, why = concurrency(_space(), 8)
+    assert n == 2 and "a trial needs 1.5 CPUs" in why  # 0.5 for the function + 1 worker's CPU
+    _ray_nodes(monkeypatch, [{"NodeID": "h", "Alive": True, "Resources": {"CPU": 1.0, HEAD: 1.0}}])
+    with pytest.raises(RaytagError, match=r"one trial needs 1.5 CPUs but this Ray node has 1 CPUs"):
+        concurrency(_space(), 8)

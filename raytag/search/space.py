@@ -41,6 +41,7 @@ from typing import Any, Optional, get_type_hints
 
 import yaml
 
+from raytag.cluster import HEAD_NODE_RESOURCE
 from raytag.config import Config, ConfigError, apply_overrides
 from raytag.features.frontends import frontend_shape
 from raytag.models import MODELS, ModelConfigError, build_model
@@ -61,7 +62,6 @@ HYPERBAND_REFUSED = (
 # What the searcher and the leaderboard choose by: the out-of-fold score of a finished
 # trial; "auto" is the dataset's own (cv_map3 on FSDKaggle2018, cv_lwlrap on FSDKaggle2019).
 METRICS = ("auto", "cv_lwlrap", "cv_map3")
-HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's built-in resource of the head node
 _SECTIONS = ("name", "description", "base", "space", "conditional", "search", "resources")
 _SCALARS = (type(None), bool, int, float, str)
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 import pandas as pd
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
-from raytag.cluster import check_data, check_storage
+from raytag.cluster import check_data, check_storage, cluster_nodes
 from raytag.config import ConfigError
 from raytag.data.layouts import detect_layout
 from raytag.errors import DatasetError, RaytagError, StorageError, StorageFault
@@ -42,9 +42,8 @@ from raytag.metrics import layout_metric
 from raytag.search.leaderboard import (TRIAL_FAILURE, TRIAL_RESULT, build_leaderboard, error_reason,
                                        reason_from_text)
 from raytag.search.report import save_report
-from raytag.search.space import (HEAD_NODE_RESOURCE, HYPERBAND_REFUSED, Resources, SearchSpace, SpaceError,
-                                 flatten_settings, describe, load_space, parse_space, with_fixed_settings,
-                                 with_search_overrides)
+from raytag.search.space import (HYPERBAND_REFUSED, Resources, SearchSpace, SpaceError, flatten_settings, describe,
+                                 load_space, parse_space, with_fixed_settings, with_search_overrides)
 from raytag.search.tune_state import StateBackup, repair_state, set_aside_damaged_snapshot
 from raytag.session import ensure_ray
 from raytag.training.rungs import RUNG_EPOCH, RUNG_SCORE
@@ -425,23 +424,21 @@ def concurrency(space: SearchSpace, requested: int) -> tuple[int, str]:
     (a laptop) the limit is computed; on a multi-node, possibly autoscaling, cluster
     the space's max_concurrent_trials is trusted for the workers, and capped by the head
     node's CPUs where the trial functions run there (head_concurrency)."""
-    import ray
-
     cfg = space.base_config().train
     need_cpu = space.resources.trial_cpus + cfg.num_workers * cfg.cpus_per_worker
     need_gpu = cfg.num_workers * cfg.gpus_per_worker if cfg.use_gpu else 0.0
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = cluster_nodes()
     if len(nodes) != 1:
         return head_concurrency(space.resources, requested, nodes)
-    have = ray.cluster_resources()
-    fit = math.floor(have.get("CPU", 0) / need_cpu + 1e-9)
+    (node,) = nodes
+    fit = math.floor(node["cpus"] / need_cpu + 1e-9)
     if need_gpu:
-        fit = min(fit, math.floor(have.get("GPU", 0) / need_gpu + 1e-9))
+        fit = min(fit, math.floor(node["gpus"] / need_gpu + 1e-9))
     if fit < 1:
         raise RaytagError(
             f"one trial needs {need_cpu:g} CPUs"
             + (f" and {need_gpu:g} GPUs" if need_gpu else "")
-            + f" but this Ray node has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; "
+            + f" but this Ray node has {node['cpus']:g} CPUs and {node['gpus']:g} GPUs; "
             "lower resources.num_workers / cpus_per_worker / gpus_per_worker in the space"
         )
     if fit < requested:
@@ -454,13 +451,14 @@ def head_concurrency(resources: Resources, requested: int, nodes: list[dict]) ->
     (`trials_on_head`): each holds `trial_cpus` of the head's CPUs. The head does not grow
     when the cluster autoscales, and Tune only logs a trial it cannot place (as if the cluster
     were still scaling up), so a head without room for one would leave the sweep waiting for
-    ever. The worker groups' own needs are left to the cluster (other nodes, autoscaling)."""
+    ever. The worker groups' own needs are left to the cluster (other nodes, autoscaling).
+    `nodes`: cluster.cluster_nodes()."""
     if not resources.trials_on_head:
         return requested, ""
-    head = next((n for n in nodes if HEAD_NODE_RESOURCE in (n.get("Resources") or {})), None)
+    head = next((n for n in nodes if n["is_head"]), None)
     if head is None:  # Ray no longer marks its head so: trust max_concurrent_trials, as before
         return requested, ""
-    head_cpu = float(head["Resources"].get("CPU", 0.0))
+    head_cpu = head["cpus"]
     fit = math.floor(head_cpu / resources.trial_cpus + 1e-9)
     if fit < 1:
         raise RaytagError(
