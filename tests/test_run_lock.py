@@ -11,7 +11,7 @@ import os
 import pytest
 
 from raytag.config import Config
-from raytag.errors import DatasetError
+from raytag.errors import DatasetError, StorageError
 from raytag.storage import LOCK_NAME, LockHeld, folder_lock
 
 from lock_util import lock_held_elsewhere
@@ -127,3 +127,16 @@ def test_a_run_folder_that_was_there_or_was_written_to_is_kept(tmp_path, monkeyp
     with pytest.raises(_PastTheLock):
         _fit_on(tmp_path / "data", tmp_path / "res", "written")
     assert sorted(p.name for p in (tmp_path / "res" / "written").iterdir()) == ["run_settings.json"]
+
+
+def test_a_storage_that_cannot_be_read_is_a_storage_error_naming_the_run(tmp_path, monkeypatch, stop_past_the_lock):
+    """The run folder's existence is checked before its lock is taken: a storage that cannot be
+    stat'ed (a URI's credentials, a parent without permission) is refused with the run named,
+    not with pyarrow's raw OSError and a traceback."""
+    def unreadable(path):
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(runner.files, "exists", unreadable)
+    run_dir = tmp_path / "res" / "run"
+    with pytest.raises(StorageError, match=rf"run 'run' \({run_dir}\): cannot read its storage: .*Permission denied"):
+        runner.fit_pipeline(Config.from_dict({}), tmp_path / "data", str(tmp_path / "res"), "run", progress=False)

@@ -24,7 +24,7 @@ from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.cluster import materialize_data  # a dataset URI is copied to this node once
 from raytag.config import Config, ConfigError
 from raytag.data.layouts import load_dataset
-from raytag.errors import RaytagError
+from raytag.errors import RaytagError, StorageError
 from raytag.features.store import build_feature_store, default_feature_cache
 from raytag.models.registry import check_run_models
 from raytag.session import ensure_ray, in_local_session
@@ -154,7 +154,7 @@ def run_folder(run_dir: str, name: str):
     load), is removed, lock and all, before the lock would be released: it would only clutter
     the storage and read as a run to `raytag list` or a later resume. A folder that was there
     before, or that holds anything (checkpoints, run settings), is kept. The error passes unchanged."""
-    made_here = not files.exists(run_dir)
+    made_here = not _run_folder_exists(run_dir, name)
     with run_folder_lock(run_dir, name):
         try:
             yield
@@ -162,6 +162,19 @@ def run_folder(run_dir: str, name: str):
             if made_here:
                 _remove_if_unused(run_dir)
             raise
+
+
+def _run_folder_exists(run_dir: str, name: str) -> bool:
+    """Whether run_dir is there already. The first access to the run's storage: one that cannot
+    be read (a URI's credentials or endpoint, a parent folder without permission) is a
+    StorageError naming the run, as its lock would give, not pyarrow's raw OSError."""
+    try:
+        return files.exists(run_dir)
+    except OSError as err:
+        raise StorageError(
+            f"run '{name}' ({run_dir}): cannot read its storage: {err}. Check that the storage path "
+            "can be read and written by this user, or for a URI its credentials and endpoint"
+        ) from err
 
 
 def _remove_if_unused(run_dir: str) -> None:
