@@ -139,7 +139,7 @@ class Tagged:
     artifact: Artifact
     files: list[Path]  # every input file, folders expanded
     probs: pd.DataFrame  # index file, one column per class (the files that could be read)
-    failures: pd.DataFrame  # file, reason (the files that could not)
+    failures: pd.DataFrame  # file, reason, retry (the files that could not; retry: another try may succeed)
 
 
 def tag_inputs(artifact: Path, inputs: list[Path], format: str = "csv", batch_size: int = 32,

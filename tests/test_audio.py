@@ -239,3 +239,69 @@ def test_a_file_that_needs_more_memory_than_is_free_is_refused_before_it_is_read
     monkeypatch.setattr(sf.SoundFile, "read", unread)
     with pytest.raises(AudioDecodeError, match=r"too long to decode whole: 32000 samples \(16000 frames x 2 channels\)"):
         load_audio(path, 16000, max_bytes=int(needs) - 100)
+
+
+GIB = 2**30
+
+
+def _fake_machine(tmp_path, monkeypatch, cgroups: dict, own: str = "/", mem_available: int = 60 * GIB):
+    """/proc/meminfo, /proc/self/cgroup and a cgroup v2 tree under tmp_path: `cgroups` maps
+    a cgroup path to its (memory.max, memory.current, memory.stat text)."""
+    import raytag.data.audio as audio
+
+    root = tmp_path / "cgroup"
+    for name, (limit, current, stat) in cgroups.items():
+        folder = root / name.strip("/")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "memory.max").write_text(f"{limit}\n")
+        (folder / "memory.current").write_text(f"{current}\n")
+        (folder / "memory.stat").write_text(stat)
+    (tmp_path / "meminfo").write_text(f"MemTotal: 67108864 kB\nMemAvailable: {mem_available // 1024} kB\n")
+    (tmp_path / "self_cgroup").write_text(f"0::{own}\n")
+    monkeypatch.setattr(audio, "CGROUP_ROOT", root)
+    monkeypatch.setattr(audio, "MEMINFO", tmp_path / "meminfo")
+    monkeypatch.setattr(audio, "SELF_CGROUP", tmp_path / "self_cgroup")
+    return audio
+
+
+def test_page_cache_in_a_container_is_not_taken_for_used_memory(tmp_path, monkeypatch):
+    """memory.current charges the page cache of every file the container read: with 3.9 of
+    its 4 GiB charged, 3.5 GiB of it file cache, the free memory read 102 MiB and a
+    3-minute stereo clip (189 MiB) was refused. The cache the kernel reclaims is free."""
+    stat = f"anon {400 * 2**20}\nfile {int(3.5 * GIB)}\nactive_file {GIB // 2}\ninactive_file {3 * GIB}\nshmem 0\n"
+    audio = _fake_machine(tmp_path, monkeypatch, {"/": (4 * GIB, int(3.9 * GIB), stat)})
+    assert audio.available_memory() == 4 * GIB - (int(3.9 * GIB) - int(3.5 * GIB))
+    per_sample = audio.decode_bytes_per_sample(2, 44100, 32000)
+    assert audio.samples_over_cap(180 * 44100, 2, int(audio.decode_memory_budget() // per_sample)) is None
+
+
+def test_a_cgroup_over_its_limit_for_a_moment_still_decodes_an_ordinary_clip(tmp_path, monkeypatch):
+    """memory.current just above memory.max read as 0 bytes free, and a 1 s clip was
+    refused: the budget never falls below DECODE_MEMORY_FLOOR."""
+    audio = _fake_machine(tmp_path, monkeypatch, {"/": (4 * GIB, 4 * GIB + 4096, "anon 4294971392\n")})
+    assert audio.available_memory() == 0
+    assert audio.decode_memory_budget() == audio.DECODE_MEMORY_FLOOR
+    path = tmp_path / "one_second.wav"
+    sf.write(path, sine(440, 1.0, 16000), 16000)
+    assert load_audio(path, 16000, max_bytes=audio.decode_memory_budget()).shape == (16000,)
+
+
+def test_the_limit_of_the_process_s_own_cgroup_or_a_parent_s_counts(tmp_path, monkeypatch):
+    """Outside a cgroup namespace the process's cgroup is a subfolder (/proc/self/cgroup),
+    and the limit may be set on a parent (a pod's, over its container's); the tightest wins."""
+    pod = (2 * GIB, GIB, f"inactive_file {GIB // 4}\n")
+    audio = _fake_machine(tmp_path, monkeypatch, {"/kubepods": ("max", 5 * GIB, ""), "/kubepods/pod1": pod,
+                                                  "/kubepods/pod1/ctr": ("max", GIB, "")}, own="/kubepods/pod1/ctr")
+    assert audio.available_memory() == 2 * GIB - (GIB - GIB // 4)
+    (tmp_path / "meminfo").write_text("MemAvailable: 524288 kB\n")  # the machine's own is tighter still
+    assert audio.available_memory() == 512 * 2**20
+
+
+def test_a_file_refused_for_memory_may_pass_another_time(tmp_path):
+    from raytag.data.audio import AudioMemoryError, AudioReadError
+
+    path = tmp_path / "a.wav"
+    sf.write(path, sine(440, 1.0, 16000), 16000)
+    with pytest.raises(AudioMemoryError, match="more than the 0.0 GB available") as err:
+        load_audio(path, 16000, max_bytes=1000)
+    assert isinstance(err.value, AudioReadError)  # not remembered as a bad file

@@ -71,6 +71,7 @@ def test_predict_files_reports_bad_audio_and_leaves_it_out(artifact_2019, audio)
     assert np.isfinite(probs.to_numpy()).all() and ((probs.to_numpy() > 0) & (probs.to_numpy() < 1)).all()
     assert list(failures["file"]) == [str(audio["corrupt.wav"]), str(audio["empty.wav"])]
     assert failures["reason"].str.len().gt(0).all()
+    assert not failures["retry"].any()  # damaged or empty: the same on every try
     # different clips get different scores (not a constant fill)
     assert probs.to_numpy().std(axis=0).max() > 1e-4
 
@@ -340,7 +341,7 @@ def test_a_file_that_runs_out_of_memory_is_its_failure_not_the_commands(artifact
     probs, failures = load_artifact(artifact_2019).predict_files(files)
     assert list(probs.index) == [str(audio["tone.wav"]), str(audio["stereo.wav"])]
     assert failures.to_dict(orient="records") == [{"file": str(audio["noise_long.flac"]),
-                                                   "reason": tagging.OUT_OF_MEMORY}]
+                                                   "reason": tagging.OUT_OF_MEMORY, "retry": True}]
 
 
 def test_a_file_too_long_for_the_free_memory_is_refused_from_its_header(artifact_2019, audio, monkeypatch):
@@ -349,9 +350,11 @@ def test_a_file_too_long_for_the_free_memory_is_refused_from_its_header(artifact
     (8 kHz, 44.1 kHz) are refused before they are read, as `raytag serve` refuses an upload."""
     import raytag.ensemble.tagging as tagging
 
-    monkeypatch.setattr(tagging, "available_memory", lambda: 400_000)
+    monkeypatch.setattr(tagging, "decode_memory_budget", lambda: 400_000)
     probs, failures = load_artifact(artifact_2019).predict_files([audio[n] for n in GOOD])
     assert list(probs.index) == [str(audio["tone.wav"]), str(audio["stereo.wav"])]
     assert list(failures["file"]) == [str(audio["chirp44k.wav"]), str(audio["noise_long.flac"])]
     assert failures["reason"].str.match(r"too long to decode whole: \d+ samples \(\d+ frames x 1 channels\) need "
-                                        r"about 0\.0 GB of memory, 0\.0 GB is free; split it into shorter files").all()
+                                        r"about 0\.0 GB of memory, more than the 0\.0 GB available; split it into "
+                                        r"shorter files").all()
+    assert failures["retry"].all()  # refused for memory now: a later run may have it

@@ -34,6 +34,11 @@ class AudioReadError(AudioDecodeError):
     bad samples (NaN, silence, too short), another try may succeed."""
 
 
+class AudioMemoryError(AudioReadError):
+    """The file needs more memory to decode whole than this process may take now: refused
+    unread. With more memory free another try may succeed, so it is not remembered either."""
+
+
 _SF_SYSTEM_ERROR = 2  # libsndfile's SF_ERR_SYSTEM: the OS refused the open or read
 
 
@@ -99,8 +104,8 @@ def load_audio(
     when the file is empty or cannot be decoded, holds no samples, holds any NaN or inf
     sample (never silently zeroed), is digital silence (every sample 0), or is shorter
     than `min_samples` after resampling (pass `min_samples(features)`: one frame).
-    With `max_bytes` (e.g. `available_memory()`), a file whose header says it needs more
-    memory than that to decode whole is refused before it is read.
+    With `max_bytes` (e.g. `decode_memory_budget()`), a file whose header says it needs more
+    memory than that to decode whole is refused before it is read (AudioMemoryError).
     """
     _check_file(path)
     _check_complete(path)
@@ -165,27 +170,96 @@ def _refuse_beyond_memory(path, frames: int, channels: int, rate_in: int, rate_o
     per_sample = decode_bytes_per_sample(channels, rate_in, rate_out)
     over = samples_over_cap(frames, channels, int(max_bytes // per_sample))
     if over:
-        raise AudioDecodeError(
+        raise AudioMemoryError(
             path, f"too long to decode whole: {over} need about {_gb(frames * channels * per_sample)} of memory, "
-                  f"{_gb(max_bytes)} is free; split it into shorter files (or mix it down to mono)")
+                  f"more than the {_gb(max_bytes)} available; split it into shorter files (or mix it down to mono)")
+
+
+# A file whose decode needs less than this is never refused for memory. It is several times
+# the largest clip of the FSDKaggle sets (30 s of 48 kHz stereo needs about 40 MB) and takes
+# in some minutes of CD-quality audio, yet it is small beside what a process holding the
+# models already uses. A lower free-memory reading says more about the reading (page cache
+# not yet reclaimed, a container briefly over its limit) than about what a decode can get;
+# a MemoryError while decoding is still that one file's failure.
+DECODE_MEMORY_FLOOR = 256 * 2**20
+
+MEMINFO = Path("/proc/meminfo")
+SELF_CGROUP = Path("/proc/self/cgroup")
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # cgroup v2's unified hierarchy
+# memory.stat entries the kernel reclaims before it refuses the cgroup memory: the file
+# cache's LRU lists (shmem, e.g. Ray's object store in /dev/shm, is not on them) and
+# reclaimable slab, as /proc/meminfo's MemAvailable counts them
+RECLAIMABLE = ("inactive_file", "active_file", "slab_reclaimable")
+
+
+def decode_memory_budget() -> Optional[int]:
+    """The memory one file may take to decode (load_audio's max_bytes): what is free now
+    (`available_memory`), never less than DECODE_MEMORY_FLOOR; None where nothing can be
+    read (no cap)."""
+    free = available_memory()
+    return None if free is None else max(free, DECODE_MEMORY_FLOOR)
 
 
 def available_memory() -> Optional[int]:
-    """Bytes of memory free for this process now: the kernel's MemAvailable, within its
-    container's limit (cgroup v2) where it has one; None where neither can be read."""
-    free = []
+    """Bytes of memory free for this process now: the kernel's MemAvailable, within the
+    headroom of its cgroup (v2) and of each cgroup above it that has a memory limit; None
+    where none of these can be read."""
+    free = [n for n in (_mem_available(), _cgroup_headroom()) if n is not None]
+    return max(min(free), 0) if free else None
+
+
+def _mem_available() -> Optional[int]:
     try:
-        with open("/proc/meminfo") as fh:
-            free += [int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:")]
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def _cgroup_headroom() -> Optional[int]:
+    """The least headroom of this process's cgroup and its ancestors that have a limit."""
+    rooms = [room for folder in _own_cgroup_and_ancestors() if (room := _headroom(folder)) is not None]
+    return min(rooms) if rooms else None
+
+
+def _own_cgroup_and_ancestors() -> list[Path]:
+    """This process's cgroup v2 folder (from /proc/self/cgroup: within a container's cgroup
+    namespace it is the root itself), then each parent up to the root."""
+    own = CGROUP_ROOT
     try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            free.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
-    except (OSError, ValueError):
+        for line in SELF_CGROUP.read_text().splitlines():
+            if line.startswith("0::"):
+                folder = CGROUP_ROOT / line[3:].strip().lstrip("/")
+                own = folder if folder.is_dir() and ".." not in folder.parts else CGROUP_ROOT
+    except OSError:
         pass
-    return max(min(free), 0) if free else None
+    return [own, *[p for p in own.parents if p.is_relative_to(CGROUP_ROOT)]]
+
+
+def _headroom(folder: Path) -> Optional[int]:
+    """A cgroup's memory.max less what it uses that the kernel would not reclaim first
+    (memory.current charges the page cache of every file read, so a container that has read
+    its limit's worth of audio sits near memory.max with most of it free to take); None
+    without a limit."""
+    try:
+        limit = (folder / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        limit, used = int(limit), int((folder / "memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+    return limit - max(used - _reclaimable(folder), 0)
+
+
+def _reclaimable(folder: Path) -> int:
+    """The RECLAIMABLE bytes of a cgroup's memory.stat; 0 where it cannot be read."""
+    try:
+        stat = dict(line.split()[:2] for line in (folder / "memory.stat").read_text().splitlines() if line.strip())
+        return sum(int(stat.get(name, 0)) for name in RECLAIMABLE)
+    except (OSError, ValueError):
+        return 0
 
 
 def _gb(n: float) -> str:

@@ -469,7 +469,7 @@ class Artifact:
 
     def predict_files(self, paths, batch_size: int = 32, progress: bool = False, device: str = "cpu"):
         """Tag audio files: (probs DataFrame indexed by file, classes as columns;
-        failures DataFrame file, reason). Unreadable files are only in `failures`.
+        failures DataFrame file, reason, retry). Unreadable files are only in `failures`.
         `device` must be the one the artifact was loaded on."""
         return predict_files(self, paths, batch_size=batch_size, progress=progress, device=device)
 

@@ -10,7 +10,9 @@ the members are combined with the artifact's combiner. All of it runs under
 
 A file that cannot be decoded is never scored as silence: it is returned in the
 failures table and left out of the scores. So is one too long to decode whole with the
-memory free (refused from its header, or by a MemoryError while decoding).
+memory free (refused from its header, or by a MemoryError while decoding). The table's
+`retry` column marks the failures another try may not repeat (memory, an I/O error), so a
+caller that caches what it tagged can leave those files to be tried again.
 """
 from __future__ import annotations
 
@@ -21,13 +23,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from raytag.data.audio import available_memory, load_audio, min_samples
+from raytag.data.audio import AudioReadError, decode_memory_budget, load_audio, min_samples
 from raytag.errors import AudioDecodeError
 from raytag.features.frontends import build_frontend
 from raytag.training.inference import clip_segments, normaliser, reduce_segments
 
 FILES_PER_CHUNK = 16  # files decoded and featurised together (bounds memory for long lists)
 OUT_OF_MEMORY = "out of memory while decoding it (a very long file?); split it into shorter files"
+FAILURE_COLUMNS = ["file", "reason", "retry"]  # retry: the failure may pass (memory, I/O)
 
 
 class _FrontEnd:
@@ -130,7 +133,8 @@ def _featurise(path: str, frontends: dict, need: dict) -> dict:
     so a clip usable in training is usable here and the other way round. A file whose
     header says it needs more memory than is free to decode whole is refused unread (a
     recording of hours would otherwise end the whole command)."""
-    waves = {rate: load_audio(path, rate, min_samples=n, max_bytes=available_memory()) for rate, n in need.items()}
+    waves = {rate: load_audio(path, rate, min_samples=n, max_bytes=decode_memory_budget())
+             for rate, n in need.items()}
     feats = {}
     for key, fe in frontends.items():
         try:
@@ -146,7 +150,8 @@ def _featurise(path: str, frontends: dict, need: dict) -> dict:
 def predict_files(artifact, paths: Sequence, batch_size: int = 32, progress: bool = False,
                   device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(probs, failures): probs is indexed by file (str) with one column per class, in the
-    order of `paths` minus the failures; failures has columns file, reason."""
+    order of `paths` minus the failures; failures has columns file, reason, retry (True
+    where another try may succeed: refused or out of memory, an I/O error)."""
     (probs,), failures = predict_files_each([artifact], paths, batch_size, progress, device)
     return probs, failures
 
@@ -185,10 +190,10 @@ def predict_files_each(artifacts: Sequence, paths: Sequence, batch_size: int = 3
                 try:
                     per_frontend = _featurise(path, frontends, need)
                 except AudioDecodeError as err:
-                    failures.append({"file": path, "reason": err.reason})
+                    failures.append({"file": path, "reason": err.reason, "retry": isinstance(err, AudioReadError)})
                     continue
                 except MemoryError:  # one huge file (its header understated it): its failure, not the list's
-                    failures.append({"file": path, "reason": OUT_OF_MEMORY})
+                    failures.append({"file": path, "reason": OUT_OF_MEMORY, "retry": True})
                     continue
                 ok.append(path)
                 for key, x in per_frontend.items():
@@ -202,7 +207,7 @@ def predict_files_each(artifacts: Sequence, paths: Sequence, batch_size: int = 3
     probs = [pd.DataFrame(np.concatenate(out) if out else np.zeros((0, len(a.classes)), dtype=np.float32),
                           index=index, columns=list(a.classes))
              for out, a in zip(rows, artifacts)]
-    return probs, pd.DataFrame(failures, columns=["file", "reason"])
+    return probs, pd.DataFrame(failures, columns=FAILURE_COLUMNS).astype({"retry": bool})
 
 
 def progress_bar(enabled: bool):
