@@ -134,6 +134,24 @@ def bench_serve(url: str, clips: list[Path], requests_per_level: int) -> list[di
     return rows
 
 
+def timed_serve(opts, clips: list[Path], requests_per_level: int) -> tuple[float, list[dict]]:
+    """Deploy the app, time its start-up, run the concurrency levels on it, and remove it
+    (start returns the Deployment that stop takes: stop removes that app and nothing else)."""
+    import requests
+
+    from raytag.serve.app import start, stop
+
+    t0 = time.perf_counter()
+    deployment = start(opts)
+    startup = time.perf_counter() - t0
+    try:
+        for c in clips[:2]:  # warm-up
+            requests.post(f"{deployment.url}/tag", data=c.read_bytes(), timeout=300).raise_for_status()
+        return startup, bench_serve(deployment.url, clips, requests_per_level)
+    finally:
+        stop(deployment)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--artifact", help="artifact folder (default: build a default-config one)")
@@ -146,7 +164,7 @@ def main():
 
     import ray
 
-    from raytag.serve.app import ServeOptions, start, stop
+    from raytag.serve.app import ServeOptions
     from raytag.session import free_port, local_init_kwargs
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
@@ -160,17 +178,9 @@ def main():
         ray.init(**local_init_kwargs(address="local", num_cpus=2))
         opts = ServeOptions(artifact=artifact, port=free_port(), replicas=args.replicas,
                             max_batch_size=args.max_batch_size, replica_cpus=args.replica_cpus)
-        t0 = time.perf_counter()
-        url = start(opts)
-        startup = time.perf_counter() - t0
         try:
-            import requests
-
-            for c in clips[:2]:  # warm-up
-                requests.post(f"{url}/tag", data=c.read_bytes(), timeout=300).raise_for_status()
-            levels = bench_serve(url, clips, args.requests)
+            startup, levels = timed_serve(opts, clips, args.requests)
         finally:
-            stop()
             ray.shutdown()
 
     best = max(levels, key=lambda r: r["requests_per_s"])

@@ -368,6 +368,10 @@ def test_a_second_app_is_served_beside_the_first_and_stopping_it_leaves_the_firs
             requests.get(f"{server}/classes", timeout=TIMEOUT).json()["classes"]
         assert _post_file(second.url, audio["tone.wav"]).status_code == 200
         assert 'type="file"' in requests.get(f"{second.url}/", timeout=TIMEOUT).text
+        # the page fetches `classes` and `tag` relative to itself: at /second (no slash) they
+        # would be the default app's, so that address must send the browser to /second/
+        bare = requests.get(second.url, allow_redirects=False, timeout=TIMEOUT)
+        assert bare.status_code in (307, 308) and bare.headers["location"] == f"{second.url}/"
     finally:
         left = stop(second)
     assert left == ["raytag"]

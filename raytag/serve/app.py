@@ -27,9 +27,6 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
-# private, but Serve's public API cannot say where a running Serve listens, and serve.start
-# on a running one ignores the new http_options with a log line only
-from ray.serve.context import _get_global_client
 from ray.serve.exceptions import RayServeException
 from starlette.requests import Request as StarletteRequest
 
@@ -256,14 +253,25 @@ def check_port_free(host: str, port: int) -> None:
 
 @dataclass(frozen=True)
 class RunningServe:
-    """Ray Serve as it already runs on the cluster: where its proxy listens, and its apps."""
+    """Ray Serve as it already runs on the cluster: where its proxy listens, and its apps.
+    host and port are None, and each route None, where this Ray does not say (running_serve)."""
 
-    host: str
-    port: int
+    host: Optional[str]
+    port: Optional[int]
     routes: dict = field(default_factory=dict)  # app name -> route prefix
+
+    @property
+    def address_known(self) -> bool:
+        return self.host is not None and self.port is not None
 
     def url(self, route: str = "/") -> str:
         return _url(self.host, self.port, route)
+
+    def where(self, route: Optional[str]) -> str:
+        """An app's URL, for messages."""
+        if not self.address_known or route is None:
+            return "an address this Ray does not report"
+        return self.url(route)
 
 
 @dataclass(frozen=True)
@@ -277,7 +285,22 @@ class Deployment:
 
 def running_serve() -> Optional[RunningServe]:
     """The Serve already running on this Ray cluster (another `raytag serve`, a killed one's
-    leftover app, anyone's), or None."""
+    leftover app, anyone's), or None. Read through Ray's private controller client, the only
+    way to learn where Serve listens (serve.start on a running Serve ignores new http_options
+    with a log line only); where a Ray version changed that API, the public serve.status()
+    gives the apps without address or routes, and the checks that need those are skipped."""
+    try:
+        return _running_serve_from_controller()
+    except (ImportError, AttributeError) as err:
+        log.warning("raytag: this Ray does not offer the private Serve client API raytag reads the running "
+                    "Serve's address and routes from (%s); checking the app names only", err)
+        return _running_serve_from_status()
+
+
+def _running_serve_from_controller() -> Optional[RunningServe]:
+    # imported here, so that a Ray without it still imports this module (running_serve falls back)
+    from ray.serve.context import _get_global_client
+
     client = _get_global_client(raise_if_no_controller_running=False)
     if client is None:
         return None
@@ -286,12 +309,24 @@ def running_serve() -> Optional[RunningServe]:
     return RunningServe(http.host, int(http.port), {name: app.get("route_prefix") for name, app in apps.items()})
 
 
+def _running_serve_from_status() -> Optional[RunningServe]:
+    """Serve's public status: with no Serve running it has neither proxies nor apps."""
+    status = serve.status()
+    if not status.proxies and not status.applications:
+        return None
+    return RunningServe(None, None, {name: None for name in status.applications})
+
+
 def check_can_join(running: RunningServe, opts: ServeOptions) -> None:
     """RaytagError unless this app can be added to the running Serve as asked: Serve has one
     HTTP address per cluster (it ignores another --host/--port), and deploying an app of a
     running app's name would replace that app's model under its clients."""
-    apps = ", ".join(f"'{name}' at {running.url(route or '/')}" for name, route in sorted(running.routes.items()))
-    if (running.host, running.port) != (opts.host, opts.port):
+    apps = ", ".join(f"'{name}' at {running.where(route or '/')}" for name, route in sorted(running.routes.items()))
+    if not running.address_known:
+        log.warning("raytag: Ray Serve already runs on this cluster and this Ray does not say where it "
+                    "listens; if not on %s:%d, Serve keeps its own address and %s has nothing behind it",
+                    opts.host, opts.port, _url(opts.host, opts.port, opts.route_prefix))
+    elif (running.host, running.port) != (opts.host, opts.port):
         beside = " and a --name of its own" if running.routes else ""
         raise RaytagError(
             f"cannot serve on {opts.host}:{opts.port}: Ray Serve already runs on this cluster and listens on "
@@ -301,7 +336,7 @@ def check_can_join(running: RunningServe, opts: ServeOptions) -> None:
     if opts.name in running.routes:
         raise RaytagError(
             f"Ray Serve on this cluster already runs an app named '{opts.name}' "
-            f"(at {running.url(running.routes[opts.name] or '/')}: another `raytag serve`, or one left by a killed "
+            f"(at {running.where(running.routes[opts.name] or '/')}: another `raytag serve`, or one left by a killed "
             f"job); deploying would replace its model under its clients. Give this one its own --name (it is "
             f"then served under /<name>/), or stop that one first (`ray job stop`; a leftover: `serve shutdown "
             f"-y`, which stops every Serve app on the cluster)")
