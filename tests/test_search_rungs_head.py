@@ -60,6 +60,18 @@ def test_a_stop_result_already_reported_is_not_reported_twice():
     assert trial.intermediate_values == pytest.approx({1: 0.51, 2: 0.52, 3: 0.53})
 
 
+def test_a_stopped_trial_whose_last_result_cannot_be_reported_is_still_pruned():
+    """The report of the stop result sat in the tell's try: a result without rung_score (or a
+    non-number) skipped the tell, and Optuna kept the trial RUNNING for good."""
+    from optuna.trial import TrialState
+
+    rows = [{RUNG_EPOCH: 1, RUNG_SCORE: 0.51}, {RUNG_EPOCH: 2, RUNG_SCORE: 0.52}]
+    for stop_on in ({RUNG_EPOCH: 3}, {RUNG_EPOCH: 3, RUNG_SCORE: "n/a"}):
+        trial = _stopped_trial(rows, stop_on)
+        assert trial.state == TrialState.PRUNED
+        assert trial.intermediate_values == pytest.approx({1: 0.51, 2: 0.52})
+
+
 # -- item 8: rung_score is in the search metric -------------------------------------------------
 class _Reports:
     """The loop's worker (worker.RayTrainWorker's report), keeping what it is given."""

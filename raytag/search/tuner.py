@@ -366,17 +366,24 @@ def _pipeline_searcher_class():
                 return  # stopped by the storage, not failed: --resume continues it, then Optuna hears
             if error or trial_id in self._completed_trials or (result or {}).get("trial_complete"):
                 return super().on_trial_complete(trial_id, result, error)
+            if result:
+                # the result the scheduler stopped it on, with the rung's score it was judged
+                # by: Tune passes that result here only, never to on_trial_result
+                self._report_stop_result(trial_id, result)
             try:  # a stopped trial: Optuna takes its last intermediate value
-                if result:
-                    # the result the scheduler stopped it on, with the rung's score it was judged
-                    # by: Tune passes that result here only, never to on_trial_result
-                    self.on_trial_result(trial_id, result)
                 self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
             except Exception as exc:  # noqa: BLE001 - as the parent: a bad tell must not end the sweep
-                import logging
-
                 logging.getLogger(__name__).warning("Optuna refused the pruned trial %s: %s", trial_id, exc)
             self._completed_trials.add(trial_id)
+
+        def _report_stop_result(self, trial_id: str, result: dict) -> None:
+            """on_trial_result, where a result it cannot read (no rung_score, a non-number) only
+            costs that value: the trial must still be told PRUNED, or Optuna keeps it RUNNING."""
+            try:
+                self.on_trial_result(trial_id, result)
+            except Exception as exc:  # noqa: BLE001 - one bad value must not keep the trial open
+                logging.getLogger(__name__).warning("the stopped trial %s's last rung score was not reported "
+                                                    "to Optuna: %s", trial_id, exc)
 
         def is_open(self, trial_id: str) -> bool:
             """Suggested and not yet told to Optuna (running, or stopped by the storage)."""
