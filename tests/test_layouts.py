@@ -296,6 +296,57 @@ def test_over_long_rows_later_in_the_file_and_a_trailing_comma(tmp_path):
         "train_curated.csv line 6: 3 fields but the header has 2; quote a field")
 
 
+
+def write_r_table(path, header, rows):
+    """What R's write.table(df, file, sep = ",") writes: every field quoted, and a row name
+    ("1", "2", ...) before each row that the header has no field for."""
+    quoted = lambda fields: ",".join(f'"{f}"' for f in fields)
+    lines = [quoted(header)] + [quoted([str(i), *row]) for i, row in enumerate(rows, start=1)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_r_row_names_on_every_row_are_left_out_as_pandas_left_them(tmp_path, caplog):
+    """R's write.table writes a row name before every row: pandas read them as its index and the
+    file loaded; 8928786 skipped every row as unquoted labels, naming "train_curated/1" as the
+    file, and the dataset stopped with "no usable curated clips"."""
+    root = make_fat2019(tmp_path / "d")
+    write_r_table(root / "train_curated.csv", ["fname", "labels"],
+                  [("c1.wav", "Bark"), ("c2.wav", "Bark,Applause"), ("c3.flac", "Chirp"), ("c4.ogg", "Applause")])
+    with caplog.at_level(logging.WARNING, logger="raytag.data"):
+        ds = load_dataset(root)
+    curated = ds.split("curated")
+    assert list(curated["fname"]) == ["c1.wav", "c2.wav", "c3.flac", "c4.ogg"]
+    assert curated["labels"].tolist() == [("Bark",), ("Bark", "Applause"), ("Chirp",), ("Applause",)]
+    assert ds.skipped.empty
+    assert "train_curated.csv: every row has one field more than the header, first a row number" in caplog.text
+
+
+def test_every_row_one_field_longer_without_row_numbers_names_both_causes(tmp_path):
+    """Every row one field longer, its first field a file name: unquoted labels on every row, or
+    row names R was given. Neither can be told apart, so the reason names both."""
+    root = make_fat2019(tmp_path / "d")
+    (root / "train_noisy.csv").write_text("fname,labels\nn1.wav,Chirp,Bark\nn2.wav,Bark,Chirp\n")
+    ds = load_dataset(root)
+    assert skipped_reason(ds, "train_noisy/n1.wav") == (
+        "train_noisy.csv line 2: 3 fields but the header has 2, like every row of the file: a row-name column? "
+        "Write it without row names (R: write.csv(df, row.names = FALSE)); "
+        'else quote a field that holds several labels: a.wav,"Bark,Meow"')
+
+
+def test_an_over_long_row_of_scores_or_2018_labels_gets_advice_for_its_form(tmp_path):
+    """The label-quoting hint was given for every file: a sample_submission.csv row holds
+    scores, and a 2018 file separates its labels with spaces."""
+    root = make_fat2019(tmp_path / "d")
+    (root / "sample_submission.csv").write_text("fname,Bark,Applause,Chirp\nt1.wav,0,0,0,0\nt2.wav,0,0,0\n")
+    assert skipped_reason(load_dataset(root), "test/t1.wav") == (
+        "sample_submission.csv line 2: 5 fields but the header has 4; "
+        "check the row for a stray comma: one value for each column of the header")
+    root = make_fsd2018(tmp_path / "e")
+    (root / "train.csv").write_text("fname,label,manually_verified\na.wav,Violin,Bark,1\nb.wav,Bark,0\n"
+                                    "c.wav,Bark,1\nd.wav,Violin,0\n")
+    assert "a 2018 file separates labels with spaces, not commas" in skipped_reason(load_dataset(root), "audio_train/a.wav")
+
+
 @pytest.mark.parametrize("rate", [44100, 22050])
 def test_header_check_and_decoder_agree_on_the_shortest_resampled_clip(tmp_path, rate):
     """At 44.1 kHz a 2822-frame clip resamples to 1024 samples at 16 kHz: one n_fft frame,

@@ -177,6 +177,16 @@ def test_2018_submission_checks(tmp_path):
         score_files(tmp_path / "t.csv", tmp_path / "s.csv")
 
 
+def test_a_2018_submission_with_comma_separated_labels_is_told_to_use_spaces(tmp_path):
+    """The advice was to quote the labels (a.wav,"Bark,Meow"), which reads as the one label
+    'Bark,Meow,Rain' in a 2018 submission: scored wrong, or refused as an unknown label."""
+    (tmp_path / "s.csv").write_text("fname,label\na.wav,Bark,Meow,Rain\nb.wav,Rain\n")
+    with pytest.raises(ScoringError, match=r"s.csv: line 2: 4 fields but the header has 2; a 2018 file separates "
+                                           r"labels with spaces, not commas \(a submission lists up to 3: "
+                                           r"a.wav,Bark Meow Rain"):
+        read_submission(tmp_path / "s.csv")
+
+
 def test_map_from_lists_matches_metric_on_random_data():
     rng = np.random.default_rng(0)
     classes = [f"c{i}" for i in range(12)]

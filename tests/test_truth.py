@@ -103,6 +103,18 @@ def test_unquoted_labels_are_refused_strict_and_dropped_lenient(tmp_path, caplog
     assert "2 rows with more fields than the header ignored; line 2: 3 fields" in caplog.text
 
 
+def test_r_row_names_are_left_out_in_both_modes(tmp_path, caplog):
+    """R's write.table (a row name before each row, none in the header) loaded before
+    8928786, which refused it strict and dropped every row lenient, as unquoted labels."""
+    path = tmp_path / "t.csv"
+    path.write_text('"fname","labels"\n"1","a.wav","Bark,Rain"\n"2","b.wav","Chirp"\n')
+    for strict in (True, False):
+        with caplog.at_level(logging.WARNING, logger="raytag.data"):
+            truth = read_truth(path, strict=strict, classes=CLASSES)
+        assert truth.fnames == ["a.wav", "b.wav"] and truth.labels == [("Bark", "Rain"), ("Chirp",)]
+    assert "first a row number (R's write.table row names): read without it" in caplog.text
+
+
 def test_a_truth_file_in_another_encoding_says_save_it_as_utf8(tmp_path, caplog):
     path = tmp_path / "t.csv"
     path.write_bytes("fname,labels\ncaf\xe9.wav,Bark\n".encode("latin-1"))

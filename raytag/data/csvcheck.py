@@ -1,11 +1,15 @@
 """Checks pandas does not make on a CSV file: the header line as written, before pandas
 renames a repeated column ("dog", "dog" -> "dog", "dog.1"), so a repeated class column can
 be reported; and data rows with more fields than the header (unquoted multi-labels:
-`a.wav,Bark,Meow`), which pandas would read by taking the first column as the index."""
+`a.wav,Bark,Meow`), which pandas would read by taking the first column as the index.
+A file whose every row holds one field more, first a distinct whole number, is the
+row-name layout R's write.table writes; pandas reads it right (the row names as its
+index), so it is passed on whole."""
 from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -47,13 +51,26 @@ class OverlongRow:
     line: int  # where the row starts in the file
     fields: list[str]
     header: list[str]  # stripped
+    every_row: bool = False  # every data row of the file is one field longer: row names, perhaps
 
     @property
     def problem(self) -> str:
         counts = f"{len(self.fields)} fields but the header has {len(self.header)}"
         if not any(f.strip() for f in self.fields[len(self.header):]):
             return f"{counts} (a trailing comma?); remove the empty field"
-        return f'{counts}; quote a field that holds several labels: a.wav,"Bark,Meow"'
+        if self.every_row:
+            return (f"{counts}, like every row of the file: a row-name column? Write it without row names "
+                    f"(R: write.csv(df, row.names = FALSE)); else {self._how_to_write()}")
+        return f"{counts}; {self._how_to_write()}"
+
+    def _how_to_write(self) -> str:
+        """How a row of this file holds what its extra fields held, by the file's form."""
+        if "labels" in self.header:  # 2019: labels separated by commas, so quoted
+            return 'quote a field that holds several labels: a.wav,"Bark,Meow"'
+        if "label" in self.header:  # 2018: a submission's top 3 separated by spaces
+            return ("a 2018 file separates labels with spaces, not commas (a submission lists up to 3: "
+                    "a.wav,Bark Meow Rain; a truth or train.csv row holds one label)")
+        return "check the row for a stray comma: one value for each column of the header"
 
     def value(self, column: str) -> str:
         """The row's field under `column` as written (the first field without that column)."""
@@ -67,34 +84,69 @@ class CsvRows:
     text: str  # the file without its over-long rows
     lines: Optional[list[int]]  # the line each data row of `text` starts on; None: not known
     overlong: list[OverlongRow] = field(default_factory=list)
+    # every row starts with a row name the header has no field for (R's write.table): pandas
+    # reads them as its index, which the reader drops
+    row_names: bool = False
+
+
+@dataclass
+class _Record:
+    start: int  # the lines the record spans, as csv.reader counts them
+    end: int
+    fields: list[str]
 
 
 def split_overlong_rows(text: str) -> CsvRows:
-    """Take the rows with more fields than the header out of a CSV file's text.
+    """Take the rows with more fields than the header out of a CSV file's text, unless
+    every row has a row name (`has_row_names`): the text is then kept whole.
 
     Lines are counted as csv.reader counts them (a quoted field may span lines), and a
     blank line is skipped as pandas skips it. When csv cannot read the text, it is returned
     whole (lines None), for pandas to report."""
     lines = io.StringIO(text, newline="").readlines()  # the lines csv.reader is fed
-    reader = csv.reader(lines)
-    header, starts, overlong, drop = None, [], [], set()
-    start = 1
     try:
-        for record in reader:
-            end = reader.line_num
-            if len(record) > 1 or "".join(record).strip():  # pandas skips blank lines
-                if header is None:
-                    header = [name.strip() for name in record]
-                elif len(record) > len(header):
-                    overlong.append(OverlongRow(start, record, header))
-                    drop.update(range(start, end + 1))
-                else:
-                    starts.append(start)
-            start = end + 1
+        records = _records(lines)
     except csv.Error:
         return CsvRows(text, None)
+    if not records:
+        return CsvRows(text, [])
+    header, rows = [name.strip() for name in records[0].fields], records[1:]
+    if has_row_names(header, [row.fields for row in rows]):
+        return CsvRows(text, [row.start for row in rows], row_names=True)
+    every_row = len(rows) > 1 and all(len(row.fields) == len(header) + 1 for row in rows)
+    overlong = [OverlongRow(row.start, row.fields, header, every_row)
+                for row in rows if len(row.fields) > len(header)]
+    drop = {n for row in rows if len(row.fields) > len(header) for n in range(row.start, row.end + 1)}
     kept = "".join(line for n, line in enumerate(lines, start=1) if n not in drop) if drop else text
-    return CsvRows(kept, starts, overlong)
+    return CsvRows(kept, [row.start for row in rows if len(row.fields) <= len(header)], overlong)
+
+
+def _records(lines: list[str]) -> list[_Record]:
+    """The file's records that are not blank (pandas skips blank lines), header first."""
+    reader = csv.reader(lines)
+    records, start = [], 1
+    for fields in reader:
+        end = reader.line_num
+        if len(fields) > 1 or "".join(fields).strip():
+            records.append(_Record(start, end, fields))
+        start = end + 1
+    return records
+
+
+def has_row_names(header: list[str], rows: list[list[str]]) -> bool:
+    """Whether every data row holds one field more than the header, first a distinct whole
+    number: R's write.table(df, sep = ",") with its default row names ("1","a.wav","Bark").
+    A file of unquoted labels (a.wav,Bark,Meow) starts its rows with file names instead."""
+    if not rows or any(len(row) != len(header) + 1 for row in rows):
+        return False
+    names = [row[0].strip() for row in rows]
+    return all(re.fullmatch(r"\d+", name) for name in names) and len(set(names)) == len(names)
+
+
+def row_names_note(path) -> str:
+    """That a file's row names (`CsvRows.row_names`) are left out, and how to write it without."""
+    return (f"{path}: every row has one field more than the header, first a row number (R's write.table "
+            "row names): read without it; R: write.csv(df, row.names = FALSE) leaves it out")
 
 
 def describe_overlong(rows: list[OverlongRow]) -> str:

@@ -30,7 +30,8 @@ import pandas as pd
 from raytag import storage
 from raytag.data.audio import audio_info, load_audio, resampled_length
 from raytag.data.audio import min_samples as audio_min_samples
-from raytag.data.csvcheck import OverlongRow, repeated_fields, split_overlong_rows, unnamed_fields
+from raytag.data.csvcheck import (OverlongRow, repeated_fields, row_names_note, split_overlong_rows,
+                                  unnamed_fields)
 from raytag.data.labels import labels_to_matrix, parse_label_field
 from raytag.data.truth import read_truth
 from raytag.errors import AudioDecodeError, DatasetError
@@ -434,7 +435,8 @@ def _try_info(path: str):
 # ----------------------------------------------------------------------------- helpers
 def _read_csv(path: Path, required: list[str]) -> tuple[pd.DataFrame, list[OverlongRow]]:
     """A layout CSV as text columns, and its rows with more fields than the header, which
-    are left out of the table (pandas would shift every row by a column for them)."""
+    are left out of the table (pandas would shift every row by a column for them). Row
+    names on every row (R's write.table) are pandas' index, dropped below."""
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -442,6 +444,8 @@ def _read_csv(path: Path, required: list[str]) -> tuple[pd.DataFrame, list[Overl
     except OSError as err:
         raise DatasetError(f"{path}: not a readable CSV file ({err}); fix or replace it") from err
     rows = split_overlong_rows(text)
+    if rows.row_names:
+        log.warning("%s", row_names_note(path))
     try:
         table = pd.read_csv(io.StringIO(rows.text), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
