@@ -553,7 +553,16 @@ def parse_cli_overrides(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
         key, raw = item.split("=", 1)
         out[key.strip()] = _cli_value(key.strip(), raw)
+        _check_null_section(key.strip(), out[key.strip()])
     return out
+
+
+def _check_null_section(key: str, value: Any) -> None:
+    """A `--set` section given as null is refused here, where its advice can be written in
+    --set syntax (`_coerce` would say it as YAML), unless null means the section's defaults."""
+    section = _section_type(key)
+    if value is None and section is not None and not _off_by_default(section):
+        raise _empty_section_error(section, key, on_command_line=True)
 
 
 def _cli_value(key: str, raw: str) -> Any:
@@ -610,6 +619,8 @@ def _coerce(tp, value, path):
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if value is None:
+            if _off_by_default(tp):  # null: none of it (train.noisy_teacher: null, no teacher)
+                return tp()
             raise _empty_section_error(tp, path)
         return _build(tp, value, path)
     if origin in (Union, types.UnionType):
@@ -666,17 +677,53 @@ def _coerce(tp, value, path):
     return value
 
 
-def _empty_section_error(tp, path: str) -> ConfigError:
+# the setting that switches a section on, and its value when off; "enabled" where not named
+_SECTION_SWITCH = {NoisyTeacherConfig: ("artifact", None)}
+
+
+def _section_switch(tp) -> Optional[tuple[str, Any]]:
+    """(setting, value when off) of the section class `tp`, or None for a section with no
+    switch (train, features, train.mixup: their settings are always in use)."""
+    name, off = _SECTION_SWITCH.get(tp, ("enabled", False))
+    return (name, off) if name in {f.name for f in dataclasses.fields(tp)} else None
+
+
+def _off_by_default(tp) -> bool:
+    """Whether the section's built-in defaults leave it off (train.noisy_teacher, train.specaugment,
+    pipeline.label_spreading). Such a section given as null means those defaults: off, as null
+    meant before null sections were refused; one whose defaults switch it on is refused."""
+    switch = _section_switch(tp)
+    return switch is not None and getattr(tp(), switch[0]) == switch[1]
+
+
+def _empty_section_error(tp, path: str, on_command_line: bool = False) -> ConfigError:
     """A section given as null (`--set pipeline.warmup=null`, a YAML section whose keys are all
     commented out) used to become the section class's own defaults, which switch stages on and
-    differ from the file's values; say what to write instead."""
-    if "enabled" in {f.name for f in dataclasses.fields(tp)}:
-        instead = f"to switch it off write {path}.enabled: false"
+    differ from the file's values; say what to write instead, as --set or as YAML."""
+    switch = _section_switch(tp)
+    if switch is not None:
+        name, off = switch
+        verb = "give" if on_command_line else "write"
+        instead = f"to switch it off {verb} {_setting_text(f'{path}.{name}', off, on_command_line)}"
     else:
-        example = dataclasses.fields(tp)[0].name
-        instead = f"to change it give its settings, e.g. {path}.{example}: ..."
-    return ConfigError(f"{path}: empty (null); {instead}; leave the key out to keep its settings "
-                       "(the defaults, or with --set the config file's)")
+        instead = f"to change it give its settings, e.g. {_setting_text(_example_key(tp, path), '...', on_command_line)}"
+    keep = ("leave this --set out to keep the config file's settings" if on_command_line
+            else "leave the key out to keep its settings")
+    return ConfigError(f"{path}: empty (null); {instead}; {keep}")
+
+
+def _setting_text(key: str, value: Any, on_command_line: bool) -> str:
+    """`key` set to `value` as the user would type it: --set key=value, or YAML's key: value."""
+    text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).splitlines()[0]
+    return f"--set {key}={text}" if on_command_line else f"{key}: {text}"
+
+
+def _example_key(tp, path: str) -> str:
+    """The dotted key of the first value setting inside section `tp` (train -> train.crop_seconds)."""
+    first = dataclasses.fields(tp)[0]
+    inner = _optional_inner(get_type_hints(tp)[first.name])
+    key = f"{path}.{first.name}"
+    return _example_key(inner, key) if dataclasses.is_dataclass(inner) else key
 
 
 _RANGES = {

@@ -164,8 +164,36 @@ def test_a_section_given_as_null_is_refused_not_reset_to_the_built_in_defaults(i
     """null for a section became the section class's defaults: `pipeline.warmup=null`, meant as
     "no warm-up", switched default.yaml's warm-up on, and a null finetune trained 5 epochs."""
     default = Config.from_yaml("configs/default.yaml")
-    with pytest.raises(ConfigError, match=f"^{key}: empty \\(null\\); .*leave the key out"):
+    with pytest.raises(ConfigError, match=f"^{key}: empty \\(null\\); .*leave this --set out"):
         default.with_overrides(parse_cli_overrides([item]))
+
+
+def test_a_null_section_from_set_is_answered_in_set_syntax():
+    """The advice was YAML (`write pipeline.warmup.enabled: false`) for a null typed in --set,
+    and `--set 'pipeline.warmup.enabled: false'` is refused for having no '='."""
+    with pytest.raises(ConfigError, match=r"^pipeline.warmup: empty \(null\); to switch it off give "
+                                          r"--set pipeline.warmup.enabled=false; leave this --set out to keep "
+                                          r"the config file's settings$"):
+        _with("pipeline.warmup=null")
+    with pytest.raises(ConfigError, match=r"^train: empty \(null\); to change it give its settings, "
+                                          r"e.g. --set train.crop_seconds=\.\.\.;"):
+        _with("train=null")
+
+
+def test_a_section_whose_defaults_are_off_takes_null_as_off():
+    """`--set train.noisy_teacher=null` meant "no teacher" (its defaults: artifact null) until
+    null sections were refused ("give its settings"). A section whose built-in defaults are
+    off (noisy_teacher, specaugment, label_spreading) takes null as those defaults again;
+    one whose defaults would switch a stage on is still refused (above)."""
+    on = Config.from_dict({"train": {"noisy_teacher": {"artifact": "runs/teacher", "label_weight": 0.3},
+                                     "specaugment": {"enabled": True}},
+                           "pipeline": {"label_spreading": {"enabled": True}}})
+    off = on.with_overrides(parse_cli_overrides(["train.noisy_teacher=null", "train.specaugment=~",
+                                                 "pipeline.label_spreading=None"]))
+    assert off.train.noisy_teacher.artifact is None and off.train.noisy_teacher.label_weight == 0.5
+    assert not off.train.specaugment.enabled and not off.pipeline.label_spreading.enabled
+    in_a_file = Config.from_dict(yaml.safe_load("train:\n  noisy_teacher:\n    # artifact: runs/teacher\n"))
+    assert in_a_file.train.noisy_teacher.artifact is None
 
 
 def test_a_null_section_says_how_to_switch_a_stage_off(tmp_path):
