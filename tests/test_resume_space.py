@@ -106,3 +106,65 @@ def test_without_a_sweep_to_resume_the_file_s_error_stands(tmp_path, monkeypatch
     with pytest.raises(SpaceError, match="search space not found"):  # a new sweep: as before
         tuner.run_sweep(tmp_path / "gone.yaml", tmp_path / "data", storage=str(tmp_path / "r"))
     assert not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------------------------------- the rung metric a resume keeps
+def _trial_setup_of(sweep, monkeypatch, layout: str, **kwargs):
+    """The TrialSetup a run of the `sweep` fixture's space makes on `layout` data (resume=True
+    by default), stopped there."""
+    import ray.tune
+    import raytag.search.tuner as tuner
+
+    path, exp, notes, resume = sweep
+    monkeypatch.setattr(tuner, "detect_layout", lambda data: layout)
+    monkeypatch.setattr(tuner, "concurrency", lambda space, requested: (1, ""))
+
+    def setup_made(**fields):
+        raise _Resumed(fields)
+
+    monkeypatch.setattr(tuner, "TrialSetup", setup_made)
+    monkeypatch.setattr(ray.tune.Tuner, "can_restore", staticmethod(lambda exp_dir: (Path(exp_dir) / "tuner.pkl").exists()))
+    with pytest.raises(_Resumed) as caught:
+        tuner.run_sweep(path, path.parent / "data", storage=str(exp.parent), **{"resume": True, **kwargs})
+    return caught.value.args[0]
+
+
+def test_a_2018_sweep_by_lwlrap_started_before_rung_metrics_were_recorded_keeps_map3(sweep, monkeypatch):
+    """a38fbf4 made a 2018 sweep by cv_lwlrap score its rungs in lwlrap; one started before it
+    and resumed after mixed its recorded MAP@3 rungs (ASHA's replay, Optuna) with lwlrap ones."""
+    path, exp, notes, resume = sweep
+    assert "rung_metric" not in json.loads((exp / "sweep.json").read_text())  # as such a sweep stored it
+    assert _trial_setup_of(sweep, monkeypatch, "fsd2018")["rung_metric"] is None  # the layout's: MAP@3
+    assert any("rung_score) in map3 as when it started, not in lwlrap" in n for n in notes), notes
+
+
+def test_a_resumed_sweep_keeps_the_rung_metric_it_recorded(sweep, monkeypatch):
+    path, exp, notes, resume = sweep
+    started = json.loads((exp / "sweep.json").read_text())
+    (exp / "sweep.json").write_text(json.dumps({**started, "rung_metric": "lwlrap"}))
+    assert _trial_setup_of(sweep, monkeypatch, "fsd2018")["rung_metric"] == "lwlrap"
+    assert not any("rung_score" in n for n in notes), notes
+
+
+def test_a_new_sweep_records_its_rung_metric(sweep, monkeypatch):
+    import ray.tune
+    import raytag.search.tuner as tuner
+
+    path, exp, notes, resume = sweep
+    path.write_text(FAKE_SPACE.replace("search: {", "search: {metric: cv_lwlrap, "))
+    (exp / "tuner.pkl").unlink()  # nothing to resume: a new sweep
+    (exp / "sweep.json").unlink()
+    monkeypatch.setattr(ray.tune, "with_parameters", lambda trainable, **kw: trainable)  # no Ray object store
+    monkeypatch.setattr(ray.tune, "with_resources", lambda trainable, resources: trainable)
+
+    def searcher_built(space, trials_dir):
+        raise _Resumed(json.loads((exp / "sweep.json").read_text()))
+
+    monkeypatch.setattr(tuner, "build_searcher", searcher_built)
+    monkeypatch.setattr(tuner, "concurrency", lambda space, requested: (1, ""))
+    for layout, recorded in (("fsd2018", "lwlrap"), ("fat2019", None)):
+        monkeypatch.setattr(tuner, "detect_layout", lambda data: layout)
+        with pytest.raises(_Resumed) as caught:
+            tuner.run_sweep(path, path.parent / "data", storage=str(exp.parent))
+        assert caught.value.args[0]["rung_metric"] == recorded
+        (exp / "sweep.json").unlink()

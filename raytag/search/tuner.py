@@ -572,6 +572,9 @@ def run_sweep(
         # "auto" -> the layout's own score; a resumed sweep keeps the metric it started with
         layout = detect_layout(data)
         space.search = dataclasses.replace(space.search, metric=resolve_metric(space.search.metric, layout, str(data)))
+        rung_metric = rung_metric_for(space.search.metric, layout)
+        if resume and restorable:  # its recorded rungs and Optuna's values are in the one it started with
+            rung_metric = resumed_rung_metric(exp_dir, rung_metric, layout, say)
         if noisy_teacher is None and space.base_config().train.noisy_teacher.artifact:
             raise RaytagError("train.noisy_teacher: this caller of run_sweep gives no way to load a teacher "
                               "(noisy_teacher=); run the sweep with `raytag tune`")
@@ -580,7 +583,7 @@ def run_sweep(
             say(f"note: {why}")
         setup = TrialSetup(space=space, data=data, trials_dir=files.join(exp_dir, "trials"),
                            feature_cache=feature_cache, trial_fn=trial_fn, noisy_teacher=noisy_teacher,
-                           workdir=os.getcwd(), rung_metric=rung_metric_for(space.search.metric, layout))
+                           workdir=os.getcwd(), rung_metric=rung_metric)
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, setup=setup), space.resources.trial_resources()
         )
@@ -605,6 +608,7 @@ def run_sweep(
             started = {"search": {k: getattr(space.search, k)
                                   for k in ("samples", "scheduler", "max_concurrent_trials", "metric")},
                        "settings": settings or {},  # --set: a resume compares the space file with it
+                       "rung_metric": rung_metric,  # null: the layout's own; a resume keeps it
                        "data": data, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
             files.write_text(files.join(exp_dir, "sweep.json"), json.dumps(started, indent=1))
             s = space.search
@@ -695,6 +699,27 @@ def resumed_space(exp_dir: str, space: Optional[SearchSpace], *, space_path, nam
         say(f"note: the sweep started on --data {started['data']}, resumed on {data}; a trial with "
             "checkpoints continues only if its clips and labels are the same")
     return space
+
+
+def resumed_rung_metric(exp_dir: str, chosen_now: Optional[str], layout: Optional[str],
+                        say: Callable[[str], None]) -> Optional[str]:
+    """The score a resumed sweep's trials put in rung_score: the one its sweep.json records
+    (None: the layout's own), not the one rung_metric_for picks today, since ASHA's replayed
+    rungs and Optuna's intermediate values already hold scores in it; a sweep started before
+    it was recorded scored rungs in the layout's metric, and keeps that."""
+    started = json.loads(files.read_text(files.join(exp_dir, "sweep.json")))
+    recorded = started.get("rung_metric")
+    if recorded != chosen_now:
+        say(f"note: this sweep's trials score their rungs (rung_score) in {_rung_score_name(recorded, layout)} "
+            f"as when it started, not in {_rung_score_name(chosen_now, layout)} as a new sweep would: the "
+            "rungs and Optuna values it recorded are in that score")
+    return recorded
+
+
+def _rung_score_name(rung_metric: Optional[str], layout: Optional[str]) -> str:
+    if rung_metric is not None:
+        return rung_metric
+    return layout_metric(layout) if layout is not None else "the layout's own metric"
 
 
 def _no_sweep_without_space(file_error: Exception, name: str, exp_dir: str) -> Exception:
