@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from raytag.ensemble.distill import (
 )
 from raytag.ensemble.distill import score_on_test, targets_oof_scores, teacher_test_predictions
 from raytag.ensemble.job import build_ensemble
+from raytag.ensemble.tagging import FAILURE_COLUMNS
 from raytag.errors import RaytagError
 from raytag.metrics import lwlrap
 from raytag.training.dataset import LabelledSet
@@ -542,8 +544,11 @@ def test_a_distillation_of_an_experiment_another_one_holds_is_refused_before_any
     manifest = Path(distilled.artifact_path) / "manifest.json"
     before = manifest.read_bytes()
     with storage.folder_lock(str(Path(experiment) / "distill"), "another raytag distill"):
-        with pytest.raises(storage.LockHeld, match=r"run 'distill' .* is in use"):
+        with pytest.raises(storage.LockHeld, match=r"the distillation of .* is in use") as refused:
             distill(experiment, StudentSettings(width=4, depth=1, epochs=1))
+    # a distill has nothing to resume, and "run 'distill'" read as a train run's name
+    assert "resume" not in str(refused.value) and "run 'distill'" not in str(refused.value)
+    assert str(refused.value).endswith("and run `raytag distill` again.")
     assert manifest.read_bytes() == before
 
 
@@ -641,8 +646,108 @@ def _predict_by_size(calls: list):
         calls.append([str(p) for p in paths])
         probs = [[Path(p).stat().st_size / 100] * len(artifact.classes) for p in paths]
         index = pd.Index([str(p) for p in paths], name="file")
-        return pd.DataFrame(probs, index=index, columns=list(artifact.classes)), pd.DataFrame(columns=["file", "reason"])
+        return pd.DataFrame(probs, index=index, columns=list(artifact.classes)), pd.DataFrame(columns=FAILURE_COLUMNS)
     return predict
+
+
+def _predict_failing(calls: list, failing: dict):
+    """`_predict_by_size` with the files of `failing` ({path: retry}) as failures: refused for
+    memory (retry) or damaged (no retry)."""
+    by_size = _predict_by_size(calls)
+
+    def predict(artifact, paths, batch_size=32, progress=False):
+        probs, _ = by_size(artifact, paths, batch_size, progress)
+        bad = [str(p) for p in paths if str(p) in failing]
+        reasons = ["too long to decode whole: need more memory" if failing[p] else "cannot decode: damaged"
+                   for p in bad]
+        failures = pd.DataFrame({"file": bad, "reason": reasons, "retry": [failing[p] for p in bad]},
+                                columns=FAILURE_COLUMNS)
+        return probs.drop(index=bad), failures
+    return predict
+
+
+def test_a_clip_refused_for_memory_is_named_and_tried_again_by_the_next_run(tmp_path, monkeypatch, caplog):
+    """A clip the teacher refused for memory (a shortage that passes) had no row in
+    teacher.parquet, without a word, and every later distill reused that table: the clip
+    was left out for good. The failure is now logged (file: reason) and a table missing such
+    a clip is not kept; a clip that fails the same way every time (damaged) is logged and
+    its absence kept, so reruns do not tag again for it."""
+    import raytag.ensemble.distill as distill_module
+
+    art, dataset = _hand_teacher(tmp_path, CURATED, NOISY)
+    _write_audio_stand_ins(dataset)
+    refused, damaged = (str(tmp_path / "data" / "noisy" / f) for f in ("n1.wav", "n2.wav"))
+    calls, out = [], str(tmp_path / "distill")
+
+    def targets() -> pd.DataFrame:  # the noisy clips from the artifact's predictions (predict_files)
+        return teacher_targets(art, dataset, out, noisy_targets="ensemble")
+
+    monkeypatch.setattr(distill_module, "predict_files", _predict_failing(calls, {refused: True}))
+    with caplog.at_level(logging.WARNING, logger="raytag.ensemble.distill"):
+        first = targets()
+    assert "noisy/n1.wav" not in first.index and "noisy/n2.wav" in first.index
+    assert f"{refused}: too long to decode whole" in caplog.text and "tries them again" in caplog.text
+    assert not (tmp_path / "distill" / "teacher.parquet").exists()
+    monkeypatch.setattr(distill_module, "predict_files", _predict_failing(calls, {damaged: False}))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="raytag.ensemble.distill"):
+        again = targets()
+    assert len(calls) == 2 and "noisy/n1.wav" in again.index and "noisy/n2.wav" not in again.index
+    assert f"{damaged}: cannot decode: damaged" in caplog.text and "tries them again" not in caplog.text
+    assert targets().equals(again) and len(calls) == 2  # kept: the damaged clip is not tagged again
+
+
+def test_the_teachers_test_predictions_are_not_kept_without_a_file_refused_for_memory(tmp_path, monkeypatch,
+                                                                                       caplog):
+    import raytag.ensemble.distill as distill_module
+
+    art, _ = _hand_teacher(tmp_path, CURATED, NOISY)
+    paths = [str(tmp_path / "data" / "test" / f"t{i}.wav") for i in range(3)]
+    for path in paths:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(b"a" * 10)
+    calls, out = [], str(tmp_path / "distill")
+    monkeypatch.setattr(distill_module, "predict_files", _predict_failing(calls, {paths[1]: True}))
+    with caplog.at_level(logging.WARNING, logger="raytag.ensemble.distill"):
+        assert list(teacher_test_predictions(art, paths, out, 8, False).index) == [paths[0], paths[2]]
+    assert f"{paths[1]}: too long to decode whole" in caplog.text
+    assert not (tmp_path / "distill" / "teacher_test.npz").exists()
+    monkeypatch.setattr(distill_module, "predict_files", _predict_by_size(calls))
+    assert list(teacher_test_predictions(art, paths, out, 8, False).index) == paths and len(calls) == 2
+    assert list(teacher_test_predictions(art, paths, out, 8, False).index) == paths and len(calls) == 2
+
+
+def test_the_segment_teachers_cache_is_written_without_a_copy_in_memory(tmp_path, monkeypatch):
+    """It went through np.savez into a BytesIO and its getvalue(): the grid, the buffer and
+    the copy were alive at once (3x the grid, hundreds of MB on FSDKaggle2019). It is
+    streamed to a temporary file of its own now, renamed over the cache."""
+    import tracemalloc
+    from types import SimpleNamespace
+
+    import raytag.ensemble.distill as distill_module
+
+    art, dataset = _hand_teacher(tmp_path, CURATED, NOISY)
+    ids = list(dataset.clips["clip_id"])
+    rng = np.random.default_rng(0)
+    grid = {c: (np.arange(625_000, dtype=np.float32), rng.random((625_000, 3), dtype=np.float32)) for c in ids}
+    monkeypatch.setattr(distill_module, "teacher_segments", lambda *a, **k: grid)
+    monkeypatch.setattr(distill_module, "SegmentTargetCrops", lambda *a, **k: "crops")
+    cfg = SimpleNamespace(crop_frames=lambda: 64, features=None, train=SimpleNamespace(batch_size=4))
+    targets = LabelledSet(ids, np.zeros((len(ids), len(HAND_CLASSES))), np.zeros(len(ids), bool))
+    settings = StudentSettings(target_grain="segment")
+    tracemalloc.start()
+    try:
+        distill_module.segment_batches(art, cfg, None, dataset, targets, settings, str(tmp_path / "distill"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    size = sum(s.nbytes + p.nbytes for s, p in grid.values())  # 50 MB
+    assert peak < size / 2, f"peak {peak / 2**20:.0f} MiB writing a {size / 2**20:.0f} MiB grid"
+    cache = tmp_path / "distill" / "teacher_segments.npz"
+    with np.load(cache) as saved:
+        assert list(saved["clip_ids"]) == ids
+        np.testing.assert_array_equal(saved["p3"], grid[ids[3]][1])
+    assert [p.name for p in cache.parent.iterdir()] == ["teacher_segments.npz"]  # no temporary left
 
 
 def test_the_teacher_cache_follows_the_audio_the_members_outputs_and_the_feature_code(tmp_path, monkeypatch):

@@ -38,7 +38,6 @@ a `distilled` record: teacher, targets, scores), `distill_summary.json`.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -65,7 +64,7 @@ from raytag.ensemble.artifact import (
 from raytag.ensemble.crop_targets import HOP_FRACTION, SegmentTargetCrops, held_out_folds, teacher_segments
 from raytag.ensemble.job import load_trial
 from raytag.ensemble.noisy_teacher import _size_and_mtime
-from raytag.ensemble.tagging import predict_files, progress_bar
+from raytag.ensemble.tagging import FAILURE_COLUMNS, predict_files, progress_bar
 from raytag.errors import RaytagError
 from raytag.features.store import shard_key
 from raytag.metrics import lwlrap
@@ -95,6 +94,9 @@ INITS = ("scratch", "member")  # the student's first weights: random, or the tem
 SEGMENTS = "teacher_segments.npz"  # the teacher along each clip (--target-grain segment), cached
 SOURCE_COLUMN = "target_source"  # "oof" (out-of-fold: curated; noisy with cv.noisy_folds) or "ensemble"
 TEACHER_TEST = "teacher_test.npz"  # the teacher's predictions on the test files, cached
+# in the keys of teacher.parquet and teacher_test.npz. 2: a cache made before may lack clips
+# the teacher refused for memory it only seemed to lack (a cap that counted the page cache)
+CACHE_VERSION = 2
 # combiners fitted on the members' out-of-fold predictions: the ensemble job scores them
 # nested (each clip by a fit without its fold); their targets' score here would be in-sample
 FITTED = {"weighted": "weights fitted on these clips: in-sample", "rank": "the members' mean"}
@@ -247,7 +249,7 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
     path = storage.join(out_dir, TEACHER)
     art = probability_teacher(art)
     # nor another teacher's, kind's or dataset's
-    key = f"{_teacher_id(art)}:{noisy_targets}:{_dataset_id(dataset)}"
+    key = f"v{CACHE_VERSION}:{_teacher_id(art)}:{noisy_targets}:{_dataset_id(dataset)}"
     cached = _cached_teacher(path, key)
     if cached is not None:
         return cached
@@ -282,14 +284,17 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
     # prediction of, as in a sweep that trained only some folds): the artifact's own predictions
     rest = _training_clips(dataset)
     rest = rest[~rest["clip_id"].isin(covered)]
+    failures = pd.DataFrame(columns=FAILURE_COLUMNS)
     if len(rest):
-        probs, _ = predict_files(art, list(rest["path"]), batch_size=batch_size, progress=progress)
+        probs, failures = predict_files(art, list(rest["path"]), batch_size=batch_size, progress=progress)
         by_path = dict(zip(rest["path"].astype(str), rest["clip_id"]))
         probs.index = pd.Index([by_path[p] for p in probs.index], name="clip_id")
         rows.append(probs.assign(**{SOURCE_COLUMN: "ensemble"}))
     if not rows:
         raise RaytagError(f"{dataset.root}: no curated or noisy clips to distil on")
     table = pd.concat(rows)
+    if _warn_untagged(failures, "training", path):
+        return table
     frame = table.reset_index()
     frame["artifact_manifest"] = key
     storage.makedirs(out_dir)
@@ -297,11 +302,27 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
     return table
 
 
+def _warn_untagged(failures: pd.DataFrame, what: str, cache) -> bool:
+    """Log the files the teacher could not tag (how many, the first as file: reason); True
+    when some of them may pass on another try (failures' retry: refused or out of memory, an
+    I/O error), so `cache` must not be written: it would leave them out of every later run."""
+    if failures.empty:
+        return False
+    first = failures.iloc[0]
+    retry = int(failures["retry"].sum())
+    log.warning("%d %s file(s) the teacher could not tag have no prediction, e.g. %s: %s%s", len(failures), what,
+                first["file"], first["reason"],
+                f"; {retry} of them may pass on another try (memory, I/O), so {cache} is not kept and the next "
+                "run tries them again" if retry else "")
+    return retry > 0
+
+
 def _cached_teacher(path: str, key: str) -> Optional[pd.DataFrame]:
     """The cached teacher table when it was made for `key` (which holds the dataset's clips:
     `_dataset_id`); None when there is none, it is another's, or it cannot be read (then it
     is made again, not a crash on every rerun). Its clips may be fewer than the dataset's:
-    files the artifact could not decode have no row, and must not make every rerun redo it."""
+    files the artifact could not decode have no row, and must not make every rerun redo it
+    (a failure that may pass, e.g. for memory, is never cached: `_warn_untagged`)."""
     if not storage.exists(path):
         return None
     try:
@@ -361,14 +382,25 @@ def segment_batches(art: Artifact, cfg: Config, store, dataset, targets: Labelle
         segments = teacher_segments(teacher.members, teacher.combine, store, cfg.features, targets.clip_ids,
                                     crop, held_out, batch_size=settings.batch_size)
         ids = list(segments)
-        cache.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"s{i}": segments[c][0] for i, c in enumerate(ids)}
         arrays.update({f"p{i}": segments[c][1] for i, c in enumerate(ids)})
-        sink = io.BytesIO()  # written whole by write_bytes (its own temporary name): a kill leaves no half cache
-        np.savez(sink, key=np.array(key), clip_ids=np.array(ids), **arrays)
-        storage.write_bytes(str(cache), sink.getvalue())
+        _save_npz(cache, key=np.array(key), clip_ids=np.array(ids), **arrays)
     return SegmentTargetCrops(store, targets, crop, cfg.train.batch_size, segments,
                               given_labels(dataset, targets.clip_ids), settings.label_weight)
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    """np.savez streamed to a temporary name of this writer's own beside `path`, then renamed
+    over it: a kill leaves no half cache, two writers never share a file, and the arrays are
+    not first copied into memory (a segment grid is hundreds of MB)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.npz")
+    try:
+        np.savez(partial, **arrays)
+        os.replace(partial, path)  # whole or not at all
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a unique name would not be overwritten by the next write
+        raise
 
 
 def _local(path: str):
@@ -504,7 +536,8 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
                           "`raytag train` for a run, first")
     data = data or _sweep_data(experiment_dir)
     out_dir = storage.join(experiment_dir, DISTILL_DIR)
-    with run_folder(out_dir, DISTILL_DIR):
+    with run_folder(out_dir, DISTILL_DIR, what=f"the distillation of {experiment_dir} ({out_dir})",
+                    clear_hint=" and run `raytag distill` again"):
         return _distill(artifact_path, out_dir, settings, data, feature_cache, progress, say, started)
 
 
@@ -521,6 +554,10 @@ def _distill(artifact_path: str, out_dir: str, settings: StudentSettings, data: 
     say(f"teacher: {len(art.members)} member(s) ({art.combiner}); targets for curated (OOF) and noisy clips")
     table = teacher_targets(art, dataset, out_dir, progress=progress, noisy_targets=settings.noisy_targets)
     table = table[table.index.isin(store.clip_ids)]  # clips the student's front end could read
+    untaught = _untaught_clips(dataset, store, table)  # counted: the teacher's warning names them once
+    if untaught:
+        say(f"{untaught} training clip(s) the student's features hold have no teacher target (the teacher could not "
+            "tag them) and are left out")
     classes = list(art.classes)
     targets = student_targets(table, dataset, classes, settings.label_weight, settings.teacher_scale)
     n_oof = int((table[SOURCE_COLUMN] == "oof").sum())
@@ -548,7 +585,7 @@ def _distill(artifact_path: str, out_dir: str, settings: StudentSettings, data: 
               "teacher_members": [m.name for m in art.members], "teacher_combiner": art.combiner,
               "student_template": template.name,  # the member whose recipe, front end and model it took
               "target_combiner": probability_teacher(art).combiner,  # a rank teacher teaches through its mean
-              "targets": {"oof": n_oof, "ensemble": len(targets) - n_oof},
+              "targets": {"oof": n_oof, "ensemble": len(targets) - n_oof}, "untaught_clips": untaught,
               "label_weight": settings.label_weight, "teacher_scale": settings.teacher_scale,
               "noisy_targets": settings.noisy_targets, "target_grain": settings.target_grain,
               "init": settings.init, "epochs": settings.epochs, "train_loss": [round(x, 5) for x in losses]}
@@ -568,6 +605,12 @@ def _distill(artifact_path: str, out_dir: str, settings: StudentSettings, data: 
                        json.dumps({**record, "artifact": dest, "scores": scores,
                                    "seconds": round(result.seconds, 1)}, indent=2) + "\n")
     return result
+
+
+def _untaught_clips(dataset, store, table: pd.DataFrame) -> int:
+    """How many curated and noisy clips the student's store holds have no teacher target."""
+    clips = _training_clips(dataset)["clip_id"]
+    return int((clips.isin(store.clip_ids) & ~clips.isin(table.index)).sum())
 
 
 def _save_student(out_dir: str, student_dir: str, classes: list, layout: str, scores: dict, record: dict) -> str:
@@ -657,15 +700,13 @@ def teacher_test_predictions(teacher: Artifact, paths: list[str], out_dir: str, 
     the full ensemble (K x F networks) on every test file is the slow part of a student's
     test pass, and the same for every student of that teacher."""
     cache = _local(storage.join(out_dir, TEACHER_TEST))
-    key = f"{_teacher_id(teacher)}:{_files_id(paths)}"
+    key = f"v{CACHE_VERSION}:{_teacher_id(teacher)}:{_files_id(paths)}"
     cached = _cached_test_predictions(cache, key, teacher.classes)
     if cached is not None:
         return cached
-    probs, _ = predict_files(teacher, paths, batch_size=batch_size, progress=progress)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_name(f".{cache.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.npz")  # one per writer
-    np.savez(partial, key=np.array(key), files=np.array(list(probs.index), dtype=str), probs=probs.to_numpy())
-    os.replace(partial, cache)  # whole or not at all
+    probs, failures = predict_files(teacher, paths, batch_size=batch_size, progress=progress)
+    if not _warn_untagged(failures, "test", cache):
+        _save_npz(cache, key=np.array(key), files=np.array(list(probs.index), dtype=str), probs=probs.to_numpy())
     return probs
 
 
