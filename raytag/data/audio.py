@@ -309,14 +309,15 @@ def _check_complete(path) -> None:
             fh.seek(0)
             size = os.fstat(fh.fileno()).st_size
             if magic[:4] == b"OggS":
-                problem = _ogg_cut_off(fh, size)
+                reason = _ogg_cut_off(fh, size)  # what to do included: a recording can end so too
             else:
                 data = _data_chunk(fh, magic, size)
                 problem = None if data is None else _short_data(data)
+                reason = problem and f"truncated: {problem}; copy the file again"
     except OSError:
         return  # unreadable: decoding reports it
-    if problem:
-        raise AudioDecodeError(path, f"truncated: {problem}; copy the file again")
+    if reason:
+        raise AudioDecodeError(path, reason)
 
 
 def _data_chunk(fh, magic: bytes, size: int) -> Optional[_DataChunk]:
@@ -421,15 +422,17 @@ _OGG_PAGE_MAX = 27 + 255 + 255 * 255  # header, segment table, body: the longest
 
 
 def _ogg_cut_off(fh, size: int) -> Optional[str]:
-    """Whether an Ogg stream's last page is cut off, or lacks the end-of-stream mark a
-    finished stream's last page carries. Bytes after the last page (or a capture pattern
+    """Why an Ogg stream is refused, with what to do: its last page is cut off, or it lacks
+    the end-of-stream mark a finished stream's last page carries (a copy interrupted at a
+    page's end, but more often a recording or stream capture stopped without closing the
+    file, which copying again cannot mend). Bytes after the last page (or a capture pattern
     found inside audio data) are not judged."""
     fh.seek(max(0, size - _OGG_PAGE_MAX))
     tail = fh.read()
     at = tail.rfind(b"OggS")
     if at < 0 or (len(tail) > at + 4 and tail[at + 4] != 0):  # no page, or not a page header (version 0)
         return None
-    cut_off = "its last Ogg page is cut off (an interrupted copy?)"
+    cut_off = "truncated: its last Ogg page is cut off (an interrupted copy?); copy the file again"
     header = tail[at:at + 27]
     if len(header) < 27:
         return cut_off
@@ -438,7 +441,9 @@ def _ogg_cut_off(fh, size: int) -> Optional[str]:
     if len(table) < header[26] or end > len(tail):
         return cut_off
     if end == len(tail) and not header[5] & 0x04:
-        return "its last Ogg page has no end-of-stream mark (an interrupted copy or recording?)"
+        return ("truncated or not closed properly (an interrupted copy or recording): its last Ogg page has no "
+                "end-of-stream mark; copy the file again, or if the original is like this too, close it with a "
+                "tool such as ffmpeg (ffmpeg -i FILE -c:a copy FIXED.ogg rewrites it without re-encoding)")
     return None
 
 
