@@ -594,7 +594,8 @@ def test_prepare_builds_each_members_front_end_and_says_for_whom(ray_session, tm
 
 def test_a_file_replaced_keeping_its_size_and_mtime_is_computed_again(tmp_path):
     """Audio of the same length and format has the same size, and cp -p, rsync -a or an
-    archive extracted again keep the mtime: the file's change time tells the new audio."""
+    archive extracted again keep the mtime: the file's change time moved, so it is hashed,
+    and its bytes are not those its shard was computed from."""
     root = make_fat2019(tmp_path / "data")
     dataset = load_dataset(root, sample_rate=CFG.sample_rate)
     first = _build_here(dataset, tmp_path / "cache")
@@ -607,6 +608,39 @@ def test_a_file_replaced_keeping_its_size_and_mtime_is_computed_again(tmp_path):
     assert again.build_info["computed"] == 1
     assert not np.array_equal(again.get("curated/c0.wav"), before)
     np.testing.assert_allclose(again.get("curated/c0.wav"), direct(dataset, "curated/c0.wav"), atol=0.06, rtol=1e-3)
+
+
+def _files_of_dataset(root):
+    return [p for p in sorted(Path(root).rglob("*")) if p.is_file()]
+
+
+def test_a_change_of_status_alone_hashes_the_files_and_reuses_every_shard(tmp_path, monkeypatch):
+    """chown -R (even to the owner already), chmod, a hard link (rsnapshot, cp -al) or a
+    rename move a file's change time, not its audio: each such file is hashed once, its shard
+    reused, and the sidecar keeps the new change time, so the next build hashes nothing (a
+    cache this user may only read keeps the old one: the next build hashes them again)."""
+    import errno
+
+    import raytag.features.store as store_module
+
+    root = make_fat2019(tmp_path / "data")
+    dataset = load_dataset(root, sample_rate=CFG.sample_rate)
+    first = _build_here(dataset, tmp_path / "cache")
+    for path in _files_of_dataset(root):  # what chown -R does to files already owned
+        st = os.stat(path)
+        os.chown(path, st.st_uid, st.st_gid)
+    os.link(root / "train_curated" / "c1.wav", tmp_path / "snapshot-c1.wav")
+    with monkeypatch.context() as read_only:
+        read_only.setattr(store_module, "_atomic_write",
+                          lambda *a: (_ for _ in ()).throw(PermissionError(errno.EACCES, "Permission denied")))
+        assert _build_here(dataset, tmp_path / "cache").build_info["computed"] == 0
+    again = _build_here(dataset, tmp_path / "cache")
+    assert again.build_info["computed"] == 0 and again.clip_ids == first.clip_ids
+    assert again.identity(again.clip_ids) == first.identity(first.clip_ids)
+    hashed = []
+    digest = store_module.file_digest
+    monkeypatch.setattr(store_module, "file_digest", lambda path: hashed.append(path) or digest(path))
+    assert _build_here(dataset, tmp_path / "cache").build_info["computed"] == 0 and hashed == []
 
 
 def test_a_data_copy_made_again_at_the_same_path_reuses_every_shard(tmp_path):
@@ -628,9 +662,10 @@ def test_a_data_copy_made_again_at_the_same_path_reuses_every_shard(tmp_path):
 
 
 def test_identity_names_the_key_and_the_audio_the_same_on_every_node(tmp_path):
-    """FeatureStore.identity (a run's plan.features): the store's key and each clip's size and
-    mtime, so a copy of the data elsewhere (another node) has the same, other audio or another
-    front end does not; a resume is refused on them (run_settings)."""
+    """FeatureStore.identity (a run's plan.features): the store's key and the contents of each
+    clip's audio file, so a copy of the data elsewhere (another node), with its mtimes kept or
+    not, has the same, other audio or another front end does not; a resume is refused on them
+    (run_settings) and allowed on a copy that did not keep the mtimes."""
     import shutil
     from types import SimpleNamespace
 
@@ -642,7 +677,7 @@ def test_identity_names_the_key_and_the_audio_the_same_on_every_node(tmp_path):
     store = _build_here(dataset, tmp_path / "cache")
     ids = store.clip_ids
     same = store.identity(ids)
-    assert same.startswith("sha256:") and f"features of {len(ids)} clips, {store.meta['key']})" in same
+    assert same.startswith("blake2b:") and f"audio contents of {len(ids)} clips, {store.meta['key']})" in same
     assert _build_here(dataset, tmp_path / "cache").identity(ids) == same
     assert FeatureStore.open(store.path).identity(ids) is None and pickle.loads(pickle.dumps(store)).identity(ids) is None
     elsewhere = shutil.copytree(root, tmp_path / "node2" / "data")  # copy2: mtimes kept, change times new
@@ -658,8 +693,15 @@ def test_identity_names_the_key_and_the_audio_the_same_on_every_node(tmp_path):
     run = tmp_path / "run"
     check_run_settings(str(run), Config(), plan(store))
     (run / "checkpoint_000000").mkdir()
+    # the data copied again without its mtimes (cp -r, scp, an archive extracted without them)
+    shutil.rmtree(root)
+    shutil.copytree(elsewhere, root, copy_function=shutil.copyfile)
+    assert os.stat(root / "train_curated" / "c0.wav").st_mtime_ns != os.stat(elsewhere / "train_curated" / "c0.wav").st_mtime_ns
+    copied = _build_here(dataset, tmp_path / "cache")
+    assert copied.build_info["computed"] == 3 and copied.identity(ids) == same
+    check_run_settings(str(run), Config(), plan(copied))  # the same audio resumes
     sf.write(root / "train_curated" / "c0.wav", _tone(22050, 1.0, 1234, 99), 22050, subtype="PCM_16")  # re-exported
-    with pytest.raises(ConfigError, match=r"plan.features: .* an audio file was replaced"):
+    with pytest.raises(ConfigError, match=r"plan.features: .* an audio file's contents changed"):
         check_run_settings(str(run), Config(), plan(_build_here(dataset, tmp_path / "cache")))
 
 

@@ -184,20 +184,37 @@ def test_a_path_spelt_another_way_resumes_and_its_contents_still_count(tmp_path)
 
 
 def test_a_resume_on_other_features_is_refused_and_one_recorded_before_the_key_resumes(tmp_path):
-    """plan.features (FeatureStore.identity: the store's key and the clips' audio stamps):
+    """plan.features (FeatureStore.identity: the store's key and the clips' audio contents):
     audio re-exported under the same names, or an upgrade that changes the features, would
     otherwise resume checkpoints trained on the old features with the new ones."""
     cfg = Config.from_dict({})
-    then = "sha256:aaaa (features of 7 clips, k-features3-format2-librosa0.11)"
+    then = "blake2b:aaaa (audio contents of 7 clips, k-features3-format2-librosa0.11)"
     check_run_settings(str(tmp_path), cfg, _plan(features_id=then))
     assert json.loads((tmp_path / SETTINGS_FILE).read_text())["plan.features"] == then
     (tmp_path / "checkpoint_000000").mkdir()
     check_run_settings(str(tmp_path), cfg, _plan(features_id=then))  # the same features resume
-    now = "sha256:bbbb (features of 7 clips, k-features3-format2-librosa0.12)"
+    now = "blake2b:bbbb (audio contents of 7 clips, k-features3-format2-librosa0.12)"
     with pytest.raises(ConfigError, match=r"plan.features: '[^']+librosa0.11\)' then, '[^']+librosa0.12\)' now; "
-                                          r"plan.features is the feature store's key .* an audio file was replaced"):
+                                          r"plan.features is the feature store's key .* contents of each clip's "
+                                          r"audio file \(not its times: a copy resumes\): an audio file's contents"):
         check_run_settings(str(tmp_path), cfg, _plan(features_id=now))
     recorded = json.loads((tmp_path / SETTINGS_FILE).read_text())
     del recorded["plan.features"]  # as recorded before the key existed
     (tmp_path / SETTINGS_FILE).write_text(json.dumps(recorded))
     check_run_settings(str(tmp_path), cfg, _plan(features_id=now))  # nothing recorded to compare it with
+
+
+def test_a_plan_features_made_by_the_older_rule_is_not_compared(tmp_path):
+    """An older raytag recorded plan.features from the clips' sizes and modification times
+    ("sha256:"): it cannot be compared with one made from their contents, so the run resumes
+    as one recorded before the key did (the recorded value is left as it was)."""
+    import numpy as np
+
+    cfg = Config.from_dict({})
+    older = "sha256:aaaa (features of 7 clips, k-features3-format2-librosa0.11)"
+    check_run_settings(str(tmp_path), cfg, _plan(features_id=older))
+    (tmp_path / "checkpoint_000000").mkdir()
+    check_run_settings(str(tmp_path), cfg, _plan(features_id="blake2b:bbbb (audio contents of 7 clips, k)"))
+    assert json.loads((tmp_path / SETTINGS_FILE).read_text())["plan.features"] == older
+    with pytest.raises(ConfigError, match="plan.curated_fold"):  # the rest is still compared
+        check_run_settings(str(tmp_path), cfg, _plan(features_id="blake2b:bbbb", curated_fold=np.asarray([1, 0, 0, 1])))

@@ -8,10 +8,11 @@ build overwriting the shards another run is reading.
     shard-XXXXX-<hash>.npy  float16, time-major (T, C, F): the clips of one chunk,
                       concatenated; <hash> is of its contents, so a rebuild that changes a
                       shard writes a new file and never rewrites one a reader may hold
-    shard-XXXXX.json  that shard's .npy name, index rows, decode failures, statistics sums
-                      and the signature of its clips (clip_id, path, size, mtime, and the
-                      change time for a local dataset: _clip_row); written after the
-                      .npy, so a shard is trusted only when both are complete
+    shard-XXXXX.json  that shard's .npy name, index rows, decode failures, statistics sums,
+                      the signature of its clips (clip_id, path, size, mtime: _clip_row)
+                      and their contents (each file's change time and a blake2b of its
+                      bytes: _unchanged_contents); written after the .npy, so a shard is
+                      trusted only when both are complete
     index.parquet     clip_id, shard, offset, n_frames, file (every clip that decoded;
                       file: its shard's .npy)
     failed.csv        file, reason: clips that could not be decoded (left out, never zeros)
@@ -26,7 +27,10 @@ store at a time (`.build.lock` in its folder, an flock): builders that start tog
 sweep's trials of the same features, would each compute every shard; the later ones wait,
 then reuse the shards. A rebuild reuses every shard whose signature and key (`shard_key`: the settings,
 FEATURES_VERSION, FORMAT_VERSION, librosa's version) still match, so a
-second build does no audio work and an interrupted build resumes where it stopped. The
+second build does no audio work and an interrupted build resumes where it stopped. For a
+local dataset a file whose change time moved (rewritten with its size and mtime kept, but
+also chmod, chown, a hard link, a rename) is hashed, and its shard computed again only when
+its bytes differ from those the shard was computed from. The
 cache folder must be visible to every node that runs tasks (a shared or local disk on
 one machine; on a cluster, a shared file system).
 
@@ -82,6 +86,9 @@ from raytag.storage import is_local_path, is_uri, normalize_uri, resolve
 log = logging.getLogger("raytag.features")
 
 FORMAT_VERSION = 2  # 2: content-addressed shard files named in the index
+# FeatureStore.identity's first word: an identity made by another rule (an older raytag's
+# "sha256:", by size and mtime) cannot be compared with it (run_settings)
+IDENTITY_SCHEME = "blake2b"
 # Bump when decoding (raytag.data.audio) or a front end's output changes for the same
 # settings: shards are reused only when their sidecar's key (settings + these) matches.
 FEATURES_VERSION = 3  # 2: a truncated WAV fails (4153c85); a damaged file is not listed for retry;
@@ -132,9 +139,9 @@ class FeatureStore:
         self._pos = {cid: i for i, cid in enumerate(self._ids)}
         self._shards: OrderedDict[int, ShardFile] = OrderedDict()  # opened on first use, least recent first
         self.build_info: dict = dict(self.meta.get("last_build", {}))
-        # clip_id: audio_stamp as the build that returned this store found them ({} once
-        # opened from disk or unpickled): see `identity`
-        self.audio_stamps: dict = {}
+        # clip_id: blake2b of the audio file the build that returned this store computed it
+        # from ({} once opened from disk or unpickled): see `identity`
+        self.audio_digests: dict = {}
 
     # -- pickling: path + index + meta only; shard files are reopened per process --------
     def __getstate__(self):
@@ -192,17 +199,18 @@ class FeatureStore:
         return np.maximum(np.asarray(self.meta["std"], dtype=np.float32), STD_FLOOR)
 
     def identity(self, clip_ids) -> Optional[str]:
-        """What the features of `clip_ids` are, the same on every node that holds the same
-        data: this store's key (shard_key: the settings, FEATURES_VERSION, FORMAT_VERSION,
-        librosa's version) and each clip's audio stamp (size, mtime) as its build found them.
-        No feature bytes, which a store built on another node may have otherwise in the last
-        bits. None where the build's stamps are not known (a store opened from disk)."""
-        if not self.audio_stamps:
+        """What the features of `clip_ids` are, the same wherever the same audio is: this
+        store's key (shard_key: the settings, FEATURES_VERSION, FORMAT_VERSION, librosa's
+        version) and the contents of each clip's audio file (its blake2b), not its path or
+        times, so a copy that did not keep modification times is the same. No feature bytes,
+        which a store built on another node may have otherwise in the last bits. None where
+        the build's digests are not known (a store opened from disk)."""
+        if not self.audio_digests:
             return None
         ids = [str(c) for c in clip_ids]
-        blob = json.dumps([self.meta["key"], [[c, *self.audio_stamps[c]] for c in ids]]).encode()
-        digest = hashlib.sha256(blob).hexdigest()[:16]
-        return f"sha256:{digest} (features of {len(ids)} clips, {self.meta['key']})"
+        blob = json.dumps([self.meta["key"], [[c, self.audio_digests[c]] for c in ids]]).encode()
+        digest = hashlib.blake2b(blob, digest_size=8).hexdigest()
+        return f"{IDENTITY_SCHEME}:{digest} (audio contents of {len(ids)} clips, {self.meta['key']})"
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -385,7 +393,7 @@ def _build_locked(dataset, feature_cfg: FeatureConfig, root: Path, shape, progre
         # Rewriting them (meta.json last) would open a window in which a sweep's concurrent
         # trial, opening the same store, finds no meta.json and fails.
         store.build_info = build_info
-    store.audio_stamps = merged.stamps
+    store.audio_digests = merged.digests
     for file, reason in store.failed.itertuples(index=False):
         log.warning("feature extraction skipped %s: %s", file, reason)
     return store
@@ -397,9 +405,11 @@ def _reusable_shards(root: Path, chunks: list, dataset_root, feature_cfg: Featur
     todo = []
     with_ctime = counts_ctime(dataset_root)
     for shard, chunk in enumerate(chunks):
-        rows = [_clip_row(r, dataset_root, with_ctime) for r in chunk.itertuples(index=False)]
+        rows = [_clip_row(r, dataset_root) for r in chunk.itertuples(index=False)]
         signature = [r["signature"] for r in rows]
         done = _finished_shard(root, shard, key, signature)
+        if done is not None and with_ctime:
+            done = _unchanged_contents(root, done, rows)
         if done is not None and _read_failures_decode_now(done, feature_cfg):
             done = None  # a clip that could not be read before can be now: compute the shard again
         if done is not None:
@@ -574,40 +584,70 @@ def store_dir(cache_dir: str | Path, feature_cfg: FeatureConfig, dataset_root: s
     return Path(cache_dir).expanduser().absolute() / feature_cfg.cache_key() / f"{name}-{tag}"
 
 
-def _clip_row(row, dataset_root, with_ctime: bool) -> dict:
-    """What a task needs about one clip, and the signature that decides shard reuse: the
-    clip, its path, size and mtime (`audio_stamp`), and with `with_ctime` its change time,
-    which no tool can set back: a file replaced by another of the same size whose mtime was
-    kept (cp -p, rsync -a, an archive extracted again) is then computed again."""
+def _clip_row(row, dataset_root) -> dict:
+    """What a task needs about one clip: the clip, its path, its change time (`ctime`, which
+    no tool can set back: see _unchanged_contents) and the signature that decides shard
+    reuse (clip_id, path, size, mtime)."""
     path = str(row.path)
     try:
         st = os.stat(path)
-        stamp, changed = [st.st_size, st.st_mtime_ns], [st.st_ctime_ns]
+        stamp, ctime = [st.st_size, st.st_mtime_ns], st.st_ctime_ns
     except OSError:
-        stamp, changed = [-1, -1], [-1]  # missing now: the task reports the decode failure
+        stamp, ctime = [-1, -1], -1  # missing now: the task reports the decode failure
     try:
         file = str(Path(path).relative_to(dataset_root))
     except ValueError:
         file = path
     return {
-        "clip_id": str(row.clip_id), "path": path, "file": file,
+        "clip_id": str(row.clip_id), "path": path, "file": file, "ctime": ctime,
         "in_stats": row.split != "test",  # statistics over training material only
-        "signature": [str(row.clip_id), path, *stamp, *(changed if with_ctime else [])],
+        "signature": [str(row.clip_id), path, *stamp],
     }
 
 
 def counts_ctime(dataset_root) -> bool:
-    """Whether shard signatures hold the files' change time: not for a data-cache copy of a
-    URI (cluster.materialize_data), which each node makes with its own change time (nodes
-    whose feature cache is shared would compute every shard again in turn) and which is
-    copied again only when the source's size or mtime changes, so a change time adds nothing."""
+    """Whether a moved change time has a file hashed before its shard is reused: not for a
+    data-cache copy of a URI (cluster.materialize_data), which each node makes with its own
+    change time (nodes whose feature cache is shared would hash every file again in turn)
+    and which is copied again only when the source's size or mtime changes, so a change time
+    adds nothing."""
     return not is_data_copy(dataset_root)
 
 
-def audio_stamp(signature: list) -> list:
-    """(size, mtime_ns) of a clip's audio file from its shard signature: the same on every
-    node that holds the same data (a data-cache copy keeps its source's mtime)."""
-    return signature[2:4]
+def file_digest(path) -> Optional[str]:
+    """blake2b of a file's bytes: what a shard's clip was computed from. None where the file
+    cannot be read (its decode failure says why)."""
+    blake = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                blake.update(block)
+    except OSError:
+        return None
+    return blake.hexdigest()
+
+
+def _unchanged_contents(root: Path, info: dict, rows: list) -> Optional[dict]:
+    """`info` (the sidecar of a shard whose signature matches) if its clips' files still hold
+    the bytes it was computed from, else None. A change time moves when a file is rewritten,
+    even with its size and mtime kept (cp -p, rsync -a, an archive extracted again), but also
+    on chmod, chown, a hard link or a rename: only files whose change time moved are hashed
+    (far cheaper than decoding them), and the shard is computed again only where a digest
+    differs. Else the sidecar takes the new change times, so the next build hashes nothing."""
+    contents = info["contents"]
+    moved = [i for i, row in enumerate(rows) if row["ctime"] != contents[i][0]]
+    if not moved:
+        return info
+    if any(file_digest(rows[i]["path"]) != contents[i][1] for i in moved):
+        return None
+    for i in moved:
+        contents[i] = [rows[i]["ctime"], contents[i][1]]
+    log.info("%s: shard %d reused: %d of its files changed status, not contents", root, info["shard"], len(moved))
+    try:
+        _atomic_write(root / _sidecar_name(info["shard"]), lambda fh: fh.write(json.dumps(info).encode()))
+    except OSError as err:  # a cache this user may only read: the next build hashes them again
+        log.info("%s: cannot record shard %d's new change times (%s)", root, info["shard"], err.strerror or err)
+    return info
 
 
 def _finished_shard(root: Path, shard: int, key: str, signature: list) -> Optional[dict]:
@@ -618,9 +658,17 @@ def _finished_shard(root: Path, shard: int, key: str, signature: list) -> Option
         complete = (root / info["file"]).stat().st_size == info["bytes"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if complete and info.get("key") == key and info.get("signature") == signature:
+    if complete and info.get("key") == key and info.get("signature") == signature and _has_contents(info):
         return info
     return None
+
+
+def _has_contents(info: dict) -> bool:
+    """Whether a sidecar holds a [change time, digest] per clip (one written before them does
+    not: its shard is computed again, once)."""
+    contents = info.get("contents")
+    return (isinstance(contents, list) and len(contents) == len(info["signature"])
+            and all(isinstance(c, list) and len(c) == 2 for c in contents))
 
 
 def _read_failures_decode_now(info: dict, cfg: FeatureConfig) -> bool:
@@ -645,10 +693,14 @@ def _compute_shard(shard: int, rows: list, signature: list, key: str, root: str,
 
     cfg, front = front if front is not None else _POOL_FRONTEND
     c, f = frontend_shape(cfg)
-    feats, index, failures, retry = [], [], [], []
+    feats, index, failures, retry, contents = [], [], [], [], []
     sums, squares, count = np.zeros(c * f), np.zeros(c * f), 0
     offset = 0
     for row in rows:
+        # the bytes the clip is computed from, hashed just before it is decoded (one read from
+        # disk, the other from the page cache); with the change time its build saw, they let
+        # the next build tell a file rewritten from one whose status changed (_unchanged_contents)
+        contents.append([row["ctime"], file_digest(row["path"])])
         try:
             wave = load_audio(row["path"], cfg.sample_rate, min_samples=min_samples(cfg))
         except AudioDecodeError as err:
@@ -687,7 +739,8 @@ def _compute_shard(shard: int, rows: list, signature: list, key: str, root: str,
     npy = out_dir / shard_name(shard, _digest(data))
     _atomic_write(npy, lambda fh: np.save(fh, data))
     info = {
-        "key": key, "shard": shard, "file": npy.name, "signature": signature, "bytes": npy.stat().st_size,
+        "key": key, "shard": shard, "file": npy.name, "signature": signature, "contents": contents,
+        "bytes": npy.stat().st_size,
         "index": index, "failed": failures, "retry": retry,
         "sums": sums.tolist(), "squares": squares.tolist(), "count": count,
     }
@@ -726,12 +779,13 @@ class _Merged:
     count: int
     mean: np.ndarray  # (C * F,)
     std: np.ndarray
-    stamps: dict  # clip_id: audio_stamp, of every clip the shards were built from
+    digests: dict  # clip_id: file_digest of the audio every clip was computed from
 
 
 def _merge(results: dict, n_chunks: int, shape) -> _Merged:
     rows, failed = [], []
-    stamps = {sig[0]: audio_stamp(sig) for shard in range(n_chunks) for sig in results[shard]["signature"]}
+    digests = {sig[0]: content[1] for shard in range(n_chunks)
+               for sig, content in zip(results[shard]["signature"], results[shard]["contents"])}
     sums, squares, count = np.zeros(shape[0] * shape[1]), np.zeros(shape[0] * shape[1]), 0
     for shard in range(n_chunks):
         info = results[shard]
@@ -747,7 +801,7 @@ def _merge(results: dict, n_chunks: int, shape) -> _Merged:
     else:  # no training frames (only test clips, or all failed): nothing to normalise by
         mean, std = np.zeros_like(sums), np.ones_like(sums)
     files = {results[shard]["file"] for shard in range(n_chunks)}
-    return _Merged(index, failed, files, n_chunks, count, mean, std, stamps)
+    return _Merged(index, failed, files, n_chunks, count, mean, std, digests)
 
 
 def _finished_as(root: Path, key: str, merged: _Merged) -> "FeatureStore | None":

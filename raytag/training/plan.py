@@ -53,7 +53,7 @@ class Plan:
     noisy_targets: Optional[dict] = None
     noisy_teacher_id: Optional[str] = None  # the teacher's contents (run_settings records it)
     # the features the run trains on (FeatureStore.identity: the store's key and its clips' audio
-    # stamps), which run_settings records as plan.features; None: not known
+    # contents), which run_settings records as plan.features; None: not known
     features_id: Optional[str] = None
     # the held-out score the reports' rung_score is in (rungs.resolve_rung_metric): a sweep's
     # search metric, "lwlrap" or "map3"; None: the layout's own

@@ -19,12 +19,13 @@ the resolved label-spreading groups and the noisy teacher's artifact. A groups f
 a teacher re-ensembled or a fold splitter upgraded between attempts would otherwise resume
 folds trained on one split with folds of another (clips scored twice or never, held-out
 clips a fold's model already trained on). `plan.features` is the feature store the run
-reads (its key: the feature settings, FEATURES_VERSION, librosa's version; and each clip's
-audio file by size and modification time): audio re-exported under the same names, or an
-upgrade that changes the features, would otherwise resume checkpoints trained on the old
-features with the new ones and a new input scaling. A members run records each member's
-own front end, in the member's own run folder. Runs recorded before these keys resume as
-before: only keys in both records are compared.
+reads (its key: the feature settings, FEATURES_VERSION, librosa's version; and the contents
+of each clip's audio file, so a copy that did not keep modification times resumes): audio
+re-exported under the same names, or an upgrade that changes the features, would otherwise
+resume checkpoints trained on the old features with the new ones and a new input scaling.
+A members run records each member's own front end, in the member's own run folder. Runs
+recorded before these keys resume as before: only keys in both records are compared (and
+a plan.features made by an older rule, by size and modification time, is not compared).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from raytag.config import CHANGED_DEFAULTS, Config, ConfigError, recorded_model_
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "run_settings.json"
-FEATURES = "plan.features"  # the feature store's key and the clips' audio stamps (Plan.features_id)
+FEATURES = "plan.features"  # the feature store's key and the clips' audio contents (Plan.features_id)
 PARAMS = "model.params."  # the prefix of a model family's params among the recorded settings
 
 # may change between attempts of one run: where and how fast it trains, not what it learns
@@ -72,7 +73,8 @@ def check_run_settings(run_dir: str, cfg: Config, plan=None) -> Config:
         cfg = _with_model_params(cfg, plan, kept)
     settings = _with_data(_settings(cfg), plan)
     # keys in both only: a setting a newer raytag added (or dropped) is not a change of the run
-    changed = sorted(k for k in before.keys() & settings.keys() if before[k] != settings[k])
+    changed = sorted(k for k in before.keys() & settings.keys()
+                     if before[k] != settings[k] and _comparable(k, before[k], settings[k]))
     if changed:
         shown = "; ".join(f"{k}: {before[k]!r} then, {settings[k]!r} now" for k in changed[:5])
         more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
@@ -95,9 +97,19 @@ def _why_derived(changed: list) -> str:
                 "one of them changed since the run began")
     if FEATURES in changed:
         why += ("; plan.features is the feature store's key (the features settings, FEATURES_VERSION, librosa's "
-                "version) and each clip's audio file (size, modification time): an audio file was replaced or "
-                "raytag or librosa upgraded since the run began, so its checkpoints learnt from other features")
+                "version) and the contents of each clip's audio file (not its times: a copy resumes): an audio "
+                "file's contents changed or raytag or librosa upgraded since the run began, so its checkpoints "
+                "learnt from other features")
     return why
+
+
+def _comparable(key: str, then, now) -> bool:
+    """Whether a recorded value can be compared with today's: a plan.features made by another
+    rule (its first word, e.g. an older raytag's "sha256:" of sizes and modification times)
+    cannot, and counts as not recorded."""
+    if key != FEATURES:
+        return True
+    return str(then).split(":", 1)[0] == str(now).split(":", 1)[0]
 
 
 def _with_data(settings: dict, plan) -> dict:
