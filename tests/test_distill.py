@@ -544,8 +544,11 @@ def test_a_distillation_of_an_experiment_another_one_holds_is_refused_before_any
     manifest = Path(distilled.artifact_path) / "manifest.json"
     before = manifest.read_bytes()
     with storage.folder_lock(str(Path(experiment) / "distill"), "another raytag distill"):
-        with pytest.raises(storage.LockHeld, match=r"run 'distill' .* is in use"):
+        with pytest.raises(storage.LockHeld, match=r"the distillation of .* is in use") as refused:
             distill(experiment, StudentSettings(width=4, depth=1, epochs=1))
+    # a distill has nothing to resume, and "run 'distill'" read as a train run's name
+    assert "resume" not in str(refused.value) and "run 'distill'" not in str(refused.value)
+    assert str(refused.value).endswith("and run `raytag distill` again.")
     assert manifest.read_bytes() == before
 
 

@@ -536,7 +536,8 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
                           "`raytag train` for a run, first")
     data = data or _sweep_data(experiment_dir)
     out_dir = storage.join(experiment_dir, DISTILL_DIR)
-    with run_folder(out_dir, DISTILL_DIR):
+    with run_folder(out_dir, DISTILL_DIR, what=f"the distillation of {experiment_dir} ({out_dir})",
+                    clear_hint=" and run `raytag distill` again"):
         return _distill(artifact_path, out_dir, settings, data, feature_cache, progress, say, started)
 
 

@@ -148,14 +148,15 @@ def fit_pipeline(
 
 
 @contextmanager
-def run_folder(run_dir: str, name: str):
-    """The run folder's lock (run_folder_lock) for the block; and a run folder this call
+def run_folder(run_dir: str, name: str, *, what: Optional[str] = None, clear_hint: Optional[str] = None):
+    """The run folder's lock (run_folder_lock, whose LockHeld wording `what` and `clear_hint`
+    replace for a job that is not a train run) for the block; and a run folder this call
     made, left with nothing in it by a run that failed (a dataset or a noisy teacher that did not
     load), is removed, lock and all, before the lock would be released: it would only clutter
     the storage and read as a run to `raytag list` or a later resume. A folder that was there
     before, or that holds anything (checkpoints, run settings), is kept. The error passes unchanged."""
     made_here = not _run_folder_exists(run_dir, name)
-    with run_folder_lock(run_dir, name):
+    with run_folder_lock(run_dir, name, what=what, clear_hint=clear_hint):
         try:
             yield
         except BaseException:
@@ -187,7 +188,7 @@ def _remove_if_unused(run_dir: str) -> None:
         log.warning("could not remove the unused run folder %s: %s", run_dir, err)
 
 
-def run_folder_lock(run_dir: str, name: str):
+def run_folder_lock(run_dir: str, name: str, *, what: Optional[str] = None, clear_hint: Optional[str] = None):
     """The run folder's lock (storage.folder_lock), held while a run trains and writes its
     outputs: a second `raytag train` of the same name and storage (another terminal, a
     script rerun) is refused (LockHeld) rather than training into the same folder, where both
@@ -197,10 +198,14 @@ def run_folder_lock(run_dir: str, name: str):
 
     Not in a Tune trial: its sweep already holds the lock of the experiment folder the trial
     folders are in, and Tune runs each trial once at a time; a trial's own lock would outlive
-    a lost node, and the trial, resumed on another host, would fail on it for good."""
+    a lost node, and the trial, resumed on another host, would fail on it for good.
+
+    `what` names the job in a LockHeld ("run '<name>' (<folder>)"), `clear_hint` says what to
+    run once a dead holder's lock is deleted (" and rerun to resume the run")."""
     if _in_tune_trial():
         return nullcontext()
-    return files.folder_lock(run_dir, f"run '{name}' ({run_dir})", clear_hint=" and rerun to resume the run")
+    return files.folder_lock(run_dir, what or f"run '{name}' ({run_dir})",
+                             clear_hint=" and rerun to resume the run" if clear_hint is None else clear_hint)
 
 
 def _in_tune_trial() -> bool:
