@@ -185,12 +185,17 @@ def test_a_shard_cut_short_after_opening_is_an_error_naming_it(store, tmp_path):
 
 
 def test_second_build_reuses_every_shard_and_decodes_nothing(store, dataset):
-    stamps = {p.name: p.stat().st_mtime_ns for p in store.path.iterdir()}
+    from raytag.features.store import BUILD_LOCK
+
+    def stamps(path):  # but the build lock, whose holder writes itself into it for a waiter to name
+        return {p.name: p.stat().st_mtime_ns for p in path.iterdir() if p.name != BUILD_LOCK}
+
+    before = stamps(store.path)
     again = build_feature_store(dataset, CFG, store.path.parent.parent, progress=False, chunk_size=3)
     assert again.build_info["computed"] == 0 and again.build_info["reused"] == 3
     assert again.build_info["task_peak_rss_mb"] is None  # no task ran
     # nothing rewritten, meta.json included: a sweep's trials open the store while others "build" it
-    assert {p.name: p.stat().st_mtime_ns for p in again.path.iterdir()} == stamps
+    assert stamps(again.path) == before
     assert again.failed["file"].tolist() == store.failed["file"].tolist()  # failures remembered
     np.testing.assert_array_equal(again.get("noisy/n1.wav"), store.get("noisy/n1.wav"))
 
@@ -543,7 +548,168 @@ def test_a_builder_waiting_for_another_says_so(tmp_path, capsys):
     with exclusive_lock(lock, waiting="features: another process is building it; waiting", say=True):
         assert release.is_set()  # entered only once the holder let go
     holder.join()
-    assert "another process is building it; waiting" in capsys.readouterr().err
+    said = " ".join(capsys.readouterr().err.split())
+    assert "another process is building it; waiting" in said
+    # who holds it, and what a stopped (Ctrl-Z) or hung holder means: it waits for that process
+    assert f"held by pid {os.getpid()} on " in said and f"keeps {lock} until it ends" in said
+
+
+# ----------------------------------------------------------------------------- a lock that cannot be had
+@pytest.fixture
+def shared_tmp():
+    """A folder under /tmp that another user may enter (pytest's tmp_path is this user's only)."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="raytag-shared-"))
+    base.chmod(0o755)
+    yield base
+    for path in [base, *base.rglob("*")]:
+        if path.is_dir() and not path.is_symlink():
+            path.chmod(0o755)  # so a non-root test run can delete what it made read-only
+    shutil.rmtree(base)
+
+
+def _read_only(folder: Path):
+    for path in sorted(folder.rglob("*"), reverse=True):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    folder.chmod(0o555)
+
+
+_BUILD_IN_A_CHILD = """
+import dataclasses, json, sys
+from raytag.config import FeatureConfig
+from raytag.data.layouts import load_dataset
+from raytag.features.store import build_feature_store
+cfg = FeatureConfig(**json.loads(sys.argv[3]))
+dataset = load_dataset(sys.argv[1], sample_rate=cfg.sample_rate)
+try:
+    print(json.dumps(build_feature_store(dataset, cfg, sys.argv[2], progress=False, chunk_size=3, workers=1).build_info))
+except Exception as err:
+    print(json.dumps({"error": type(err).__name__, "message": str(err)}))
+"""
+
+
+def _build_as_another_user(data: Path, cache: Path) -> dict:
+    """build_info of a build by a user who may not write the cache (as root: nobody), or the
+    error it ended with ({error, message})."""
+    import shutil
+
+    command = [sys.executable, "-c", _BUILD_IN_A_CHILD, str(data), str(cache), json.dumps(dataclasses.asdict(CFG))]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: no other user to build as")
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "HOME": "/tmp"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_cache_this_user_may_only_read_serves_a_build_that_reuses_every_shard(shared_tmp):
+    """A colleague's prepared cache, a read-only mount: a build that reuses every shard writes
+    nothing, so it needs no write access, not even to the build lock's file."""
+    root = make_fat2019(shared_tmp / "data")
+    built = _build_here(load_dataset(root, sample_rate=CFG.sample_rate), shared_tmp / "cache")
+    _read_only(shared_tmp / "cache")
+    info = _build_as_another_user(root, shared_tmp / "cache")
+    assert "error" not in info, info
+    assert info["computed"] == 0 and info["reused"] == built.build_info["chunks"] == 3
+
+
+def test_a_build_that_must_write_into_a_cache_it_cannot_write_says_where_and_what_to_do(shared_tmp):
+    root = make_fat2019(shared_tmp / "data")
+    _build_here(load_dataset(root, sample_rate=CFG.sample_rate), shared_tmp / "cache")
+    _add_curated_clip(root, "c9.wav")  # a new clip: a shard to compute
+    _read_only(shared_tmp / "cache")
+    info = _build_as_another_user(root, shared_tmp / "cache")
+    assert info.get("error") == "StorageError", info
+    assert f"cannot write the feature store {shared_tmp / 'cache'}" in info["message"]
+    assert "shards must be computed" in info["message"] and "--feature-cache" in info["message"]
+
+
+def test_a_file_system_without_flock_builds_without_the_lock(tmp_path, monkeypatch, caplog):
+    """Lustre without -o flock, some FUSE file systems: flock fails (ENOLCK, ENOSYS); the
+    build goes on without the lock, as builds did before it (shards are content-addressed)."""
+    import errno
+    import fcntl
+    import logging
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    dataset = load_dataset(make_fat2019(tmp_path / "data"), sample_rate=CFG.sample_rate)
+    with caplog.at_level(logging.WARNING, logger="raytag.features"):
+        store = _build_here(dataset, tmp_path / "cache")
+    assert store.build_info["computed"] == 3 and len(store) > 0
+    assert "cannot lock it (No locks available); going on without the lock" in caplog.text
+
+
+def test_a_lock_file_in_a_group_shared_cache_is_writable_by_the_group(tmp_path):
+    """A cache shared by a group (chmod g+ws): the umask would leave the group a lock file it
+    cannot open for writing, which flock over NFS needs."""
+    from raytag.features.store import BUILD_LOCK, exclusive_lock
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o2775)
+    with exclusive_lock(shared / BUILD_LOCK, waiting="unused"):
+        pass
+    assert (shared / BUILD_LOCK).stat().st_mode & 0o777 == 0o664
+
+
+def test_a_feature_cache_that_cannot_be_created_is_a_storage_error_naming_it(tmp_path):
+    """The store's folder, or a Train worker's node cache, under a path that cannot be made (a
+    file in the way here; a parent this user may not write): what to do, not a traceback."""
+    from types import SimpleNamespace
+
+    from raytag.errors import StorageError
+    from raytag.training.worker import open_node_store
+
+    root = make_fat2019(tmp_path / "data")
+    (tmp_path / "a file").write_text("")
+    cache = tmp_path / "a file" / "cache"
+    with pytest.raises(StorageError, match=r"cannot write the feature store .*a file/cache.*--feature-cache"):
+        _build_here(load_dataset(root, sample_rate=CFG.sample_rate), cache)
+    plan = SimpleNamespace(store_path=str(tmp_path / "not on this node"), feature_cache=str(cache),
+                           data_ref=str(root), config=SimpleNamespace(features=CFG))
+    with pytest.raises(StorageError, match=r"cannot create the feature cache .*a file/cache on this node"):
+        open_node_store(plan)
+
+
+@pytest.mark.timeout(120)
+def test_a_train_worker_waits_a_bounded_time_for_another_builder_of_its_nodes_store(tmp_path, monkeypatch, caplog):
+    """A trial driver on this node (trials_on_head: false) holds the store's lock while its
+    Ray tasks wait for CPUs that this worker's placement group holds: the worker must not wait
+    for that lock for ever, but build beside it (in this process, as it builds anyway)."""
+    import logging
+    from types import SimpleNamespace
+
+    import raytag.training.worker as worker
+    from raytag.features.store import BUILD_LOCK, store_dir
+
+    root = make_fat2019(tmp_path / "data")
+    dataset = load_dataset(root, sample_rate=CFG.sample_rate)
+    lock = store_dir(tmp_path / "cache", CFG, dataset.root) / BUILD_LOCK
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time\nf = open(sys.argv[1], 'a')\nfcntl.flock(f, fcntl.LOCK_EX)\n"
+                               "print('held', flush=True)\ntime.sleep(600)", str(lock)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(worker, "NODE_STORE_LOCK_WAIT_S", 1.0)
+        plan = SimpleNamespace(store_path=str(tmp_path / "the driver's store, not on this node"),
+                               feature_cache=str(tmp_path / "cache"), data_ref=str(root),
+                               config=SimpleNamespace(features=CFG), curated_ids=[], noisy_ids=[], test_ids=[])
+        with caplog.at_level(logging.WARNING, logger="raytag.features"):
+            store = worker.open_node_store(plan)
+        assert holder.poll() is None  # the other builder still holds its lock
+        assert store.clip_ids == sorted(c for c in dataset.clips["clip_id"] if not c.endswith(BAD))
+        assert "still held it after 1 s" in caplog.text
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # ----------------------------------------------------------------------------- what prepare builds

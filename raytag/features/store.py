@@ -22,17 +22,27 @@ build overwriting the shards another run is reading.
 Clips are sorted by clip_id and cut into chunks of `chunk_size`; one task per chunk
 decodes, runs the torch front end (one thread) and writes its shard atomically (temporary
 file, then rename). The tasks run in processes forked from the caller, or in Ray tasks
-where Ray already runs in the calling process (see _compute_shards). One process builds a
-store at a time (`.build.lock` in its folder, an flock): builders that start together, a
-sweep's trials of the same features, would each compute every shard; the later ones wait,
-then reuse the shards. A rebuild reuses every shard whose signature and key (`shard_key`: the settings,
-FEATURES_VERSION, FORMAT_VERSION, librosa's version) still match, so a
-second build does no audio work and an interrupted build resumes where it stopped. For a
+where Ray already runs in the calling process (see _compute_shards), always on the calling
+node. One process builds a store at a time (`.build.lock` in its folder: exclusive_lock,
+raytag.features.locking): builders that start together, a sweep's trials of the same
+features, would each compute every shard; the later ones wait, then reuse the shards. Where
+the lock cannot be had the build goes on without it (two builders then compute some shards
+twice, as shards are content-addressed and written whole). A build that reuses every shard
+writes no file of the store, so a cache the user may only read serves it; one that must
+write into such a cache is refused before any work (StorageError). A rebuild reuses every
+shard whose signature and key (`shard_key`: the settings, FEATURES_VERSION, FORMAT_VERSION,
+librosa's version) still match, so a second build does no audio work and an interrupted
+build resumes where it stopped. For a
 local dataset a file whose change time moved (rewritten with its size and mtime kept, but
 also chmod, chown, a hard link, a rename) is hashed, and its shard computed again only when
-its bytes differ from those the shard was computed from. The
-cache folder must be visible to every node that runs tasks (a shared or local disk on
-one machine; on a cluster, a shared file system).
+its bytes differ from those the shard was computed from.
+
+The cache folder is a path on each node (no URI: shards are read with os.pread). By default
+it is on each node's own disk, and on a cluster each node builds its own copy at that path
+(training.worker.open_node_store, where the driver's store is not found). On a file system
+that the nodes mount at the same path it is shared: the nodes read the store the first of
+them built, builders on several nodes take turns through the lock where it supports flock,
+and a data-cache copy's change time is not checked (counts_ctime: each node's copy has its own).
 
 Readers read only the frames asked for (`os.pread` at the clip's offset in its shard), so
 no process holds the whole store: FAT2019 at 44.1 kHz, 128 mels, hop 345 is about 4.6 GB
@@ -54,7 +64,6 @@ far off), may find it deleted: its readers get the "shard gone" error, and runni
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -64,10 +73,9 @@ import resource
 import time
 import uuid
 from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -78,8 +86,9 @@ from raytag.cluster import this_node_strategy
 from raytag.config import Config, FeatureConfig
 from raytag.data.audio import AudioReadError, load_audio, min_samples
 from raytag.data.layouts import Dataset, load_dataset
-from raytag.errors import AudioDecodeError, RaytagError
+from raytag.errors import AudioDecodeError, RaytagError, StorageError
 from raytag.features.frontends import build_frontend, frontend_shape
+from raytag.features.locking import exclusive_lock
 from raytag.session import ensure_ray
 from raytag.storage import is_local_path, is_uri, normalize_uri, resolve
 
@@ -103,7 +112,8 @@ STD_FLOOR = 1e-5  # a constant bin (e.g. an empty mel band) gets this std, so x/
 
 
 def default_feature_cache() -> str:
-    """Node-local feature cache; features are rebuilt per node, never shared by path."""
+    """The feature cache when no --feature-cache is given: on this node's disk (on a cluster
+    each node builds its own copy there, unless that path is on a file system the nodes share)."""
     return os.environ.get("RAYTAG_CACHE", str(Path.home() / ".cache" / "raytag" / "features"))
 
 
@@ -336,25 +346,50 @@ DEFAULT_CHUNK = 128  # clips per shard: a few MB of float16, big enough that per
 
 def build_feature_store(
     dataset, feature_cfg: FeatureConfig, cache_dir: str | Path, progress: bool = True,
-    chunk_size: int = DEFAULT_CHUNK, workers: Optional[int] = None,
+    chunk_size: int = DEFAULT_CHUNK, workers: Optional[int] = None, lock_wait_s: Optional[float] = None,
 ) -> FeatureStore:
     """Compute (or reuse) the features of every clip of `dataset`, shards in parallel.
 
     Up to `workers` processes (default: the CPUs this process may use) each take whole
     shards (see _compute_shards for which processes). Returns the opened store;
     `store.build_info` says how many shards were computed and how many reused, where they
-    ran, the time taken and the peak RSS of the processes that computed them.
+    ran, the time taken and the peak RSS of the processes that computed them. A build that
+    reuses every shard writes no file of the store (only its lock's holder record, where it
+    may), so a cache this user may only read serves it.
+    `lock_wait_s`: how long to wait for another builder of this store before building
+    beside it (None: until it is done).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     shape = frontend_shape(feature_cfg)  # refuses impossible settings before any work
     root = store_dir(cache_dir, feature_cfg, dataset.root)
-    root.mkdir(parents=True, exist_ok=True)
+    _make_store_folder(root)
     # one builder of a store at a time: builders that start together (a sweep's trials of the
     # same features) would each compute every shard; a later one finds them done and reuses them
     with exclusive_lock(root / BUILD_LOCK, waiting=f"features: another process is building {root}; "
-                                                   "waiting for it, then reusing its shards", say=progress):
+                                                   "waiting for it, then reusing its shards",
+                        say=progress, wait_s=lock_wait_s):
         return _build_locked(dataset, feature_cfg, root, shape, progress, chunk_size, workers)
+
+
+def _make_store_folder(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _unwritable(root, err.strerror or str(err), "its folder does not exist yet") from None
+
+
+def _check_writable(root: Path, what: str) -> None:
+    """Refuse, before any work, a build that must write into a store this user may only read."""
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise _unwritable(root, "no write access", what)
+
+
+def _unwritable(root: Path, reason: str, what: str) -> StorageError:
+    return StorageError(
+        f"cannot write the feature store {root} ({reason}), and {what}: give --feature-cache (or "
+        "RAYTAG_CACHE) a folder you can write, or have whoever owns this cache build these features "
+        "there first (raytag prepare with the same data, config and --set), after which they are only read")
 
 
 def _build_locked(dataset, feature_cfg: FeatureConfig, root: Path, shape, progress: bool, chunk_size: int,
@@ -365,6 +400,8 @@ def _build_locked(dataset, feature_cfg: FeatureConfig, root: Path, shape, progre
     clips = dataset.clips.sort_values("clip_id", kind="stable").reset_index(drop=True)
     chunks = [clips.iloc[i: i + chunk_size] for i in range(0, len(clips), chunk_size)]
     results, todo = _reusable_shards(root, chunks, dataset.root, feature_cfg, key)
+    if todo:
+        _check_writable(root, f"{len(todo)} of its {len(chunks)} shards must be computed")
 
     task_rss = []
     ran_in = None
@@ -386,6 +423,7 @@ def _build_locked(dataset, feature_cfg: FeatureConfig, root: Path, shape, progre
     merged = _merge(results, len(chunks), shape)
     store = _finished_as(root, key, merged)
     if store is None:
+        _check_writable(root, "its index must be written again")
         _finish(root, merged, feature_cfg, shape, key, build_info)
         store = FeatureStore.open(root)
     else:
@@ -419,26 +457,7 @@ def _reusable_shards(root: Path, chunks: list, dataset_root, feature_cfg: Featur
     return results, todo
 
 
-BUILD_LOCK = ".build.lock"  # in a store folder: held by the process building it
-
-
-@contextmanager
-def exclusive_lock(path: Path, waiting: str, say: bool = False) -> Iterator[None]:
-    """Hold an exclusive flock on `path` (created if absent) while the block runs; wait for
-    another holder first, saying `waiting` (logged; also printed on stderr with `say`). The
-    kernel drops the lock when its holder exits, so a killed builder leaves nothing to clear.
-    A lock per open file: two threads of one process exclude each other too."""
-    with open(path, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info(waiting)
-            if say:
-                from rich.console import Console
-
-                Console(stderr=True).print(waiting, markup=False, highlight=False, soft_wrap=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield  # released when the file closes
+BUILD_LOCK = ".build.lock"  # in a store folder: held by the process building it (exclusive_lock)
 
 
 def usable_cpus() -> int:
@@ -521,13 +540,18 @@ def _forked_pool(todo: list, cfg_dict: dict, key: str, root: Path, n: int):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+# One shard's Ray task holds a whole CPU of the calling node: where trial functions hold every
+# CPU of the node they build on, none starts (search.tuner.head_concurrency leaves one free)
+SHARD_TASK_CPUS = 1
+
+
 def _ray_tasks(todo: list, cfg_dict: dict, key: str, root: Path):
     import ray
 
     ensure_ray()
     # An explicit strategy also lets the tasks leave a caller's placement group (inside a
     # Tune trial, which holds a fraction of a CPU, they would otherwise never be scheduled).
-    task = ray.remote(num_cpus=1, scheduling_strategy=this_node_strategy())(_ray_shard)
+    task = ray.remote(num_cpus=SHARD_TASK_CPUS, scheduling_strategy=this_node_strategy())(_ray_shard)
     refs = {task.remote(shard, rows, signature, cfg_dict, key, str(root)): (shard, rows)
             for shard, rows, signature in todo}
     pending = list(refs)
@@ -929,14 +953,16 @@ class _progress:
 def feature_cache_folder(cache: Optional[str | os.PathLike], option: str = "--feature-cache") -> str:
     """The feature cache to build in and read from: `cache`, else default_feature_cache(), as
     an absolute local folder (created). Called before any work, so a wrong one costs no data
-    copy. Features are read with os.pread from a local disk, each node building its own: a
-    URI (s3://...) is refused; a file:// URI is its local path."""
+    copy. Features are read with os.pread from a path on each node (its own disk by default,
+    each node building its own copy; or a file system the nodes share): a URI (s3://...) is
+    refused; a file:// URI is its local path."""
     text = normalize_uri(str(cache)) if cache is not None else default_feature_cache()
     if is_uri(text):
         if not is_local_path(text):
             raise FeatureStoreError(
-                f"{option} {text}: a URI, but features are node-local (each node builds its own and reads "
-                "it from its own disk); give a local folder, e.g. /mnt/nvme/raytag-features")
+                f"{option} {text}: a URI, but features are read by byte range from a folder on each node (its "
+                "own disk, where each node builds its own copy, or a file system the nodes share); give a "
+                "local folder, e.g. /mnt/nvme/raytag-features")
         text = resolve(text)[1]
     path = Path(text).expanduser().absolute()
     try:

@@ -30,8 +30,9 @@ import torch
 
 from raytag.cluster import materialize_data
 from raytag.data.layouts import load_dataset
-from raytag.errors import DatasetError
-from raytag.features.store import FeatureStore, build_feature_store, default_feature_cache, exclusive_lock
+from raytag.errors import DatasetError, StorageError
+from raytag.features.locking import exclusive_lock
+from raytag.features.store import FeatureStore, build_feature_store, default_feature_cache
 from raytag.metrics import layout_metric
 from raytag.models import build_model
 from raytag.training.averaging import WeightAverage
@@ -104,6 +105,12 @@ def _trace(event: dict):
             fh.write(json.dumps({"pid": os.getpid(), "time": time.time(), **event}) + "\n")
 
 
+# How long a worker building its node's store waits for another builder of that store (a
+# trial's driver on this node, with trials_on_head false) before building beside it: that
+# builder's Ray tasks may be waiting for the CPUs this worker's placement group holds.
+NODE_STORE_LOCK_WAIT_S = 60.0
+
+
 def open_node_store(plan):
     """The feature store on this node: the driver's, or (a worker on another node of a
     cluster, where that path does not exist) one built here from the data reference.
@@ -111,7 +118,11 @@ def open_node_store(plan):
     if (Path(plan.store_path) / "meta.json").exists():
         return FeatureStore.open(plan.store_path)
     cache = Path(plan.feature_cache or default_feature_cache())
-    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StorageError(f"cannot create the feature cache {cache} on this node ({err.strerror or err}): give "
+                           "--feature-cache a folder that every node can create and write") from None
     with exclusive_lock(cache / ".build.lock", waiting=f"{cache}: another worker of this node is building "
                                                         "its feature store; waiting for it"):
         dataset = load_dataset(materialize_data(plan.data_ref), sample_rate=plan.config.features.sample_rate,
@@ -119,7 +130,8 @@ def open_node_store(plan):
         # in this process: Ray tasks for the shards would each need a free CPU on this node,
         # and where the workers' placement groups hold every CPU (one GPU trial per small
         # node) none would ever start, the other trial's worker waiting on the lock meanwhile
-        store = build_feature_store(dataset, plan.config.features, str(cache), progress=False, workers=1)
+        store = build_feature_store(dataset, plan.config.features, str(cache), progress=False, workers=1,
+                                    lock_wait_s=NODE_STORE_LOCK_WAIT_S)
     missing = set(plan.curated_ids + plan.noisy_ids + plan.test_ids) - set(store.clip_ids)
     if missing:
         raise DatasetError(f"this node's feature store lacks {len(missing)} clips of the plan "
