@@ -206,8 +206,23 @@ def test_trials_at_once_are_capped_by_the_head_nodes_cpus(monkeypatch):
 
     _cluster(monkeypatch, head_cpu=2.0)
     n, why = concurrency(_space(), 8)
-    assert n == 4 and "head node" in why  # 2 CPUs / 0.5 a trial function
-    assert concurrency(_space(), 3) == (3, "")  # fits: unchanged
+    assert n == 2 and "head node" in why  # (2 CPUs - 1 for feature builds) / 0.5 a trial function
+    assert concurrency(_space(), 2) == (2, "")  # fits: unchanged
+
+
+def test_the_head_keeps_a_cpu_for_the_ray_tasks_of_the_trials_feature_builds(monkeypatch):
+    """A trial builds the features it does not find with Ray tasks of 1 CPU each on its own
+    node, the head: trial functions (actors, which keep their CPUs while they wait) filling
+    the head would leave those tasks, and so every trial, waiting for ever. The README's
+    sizing, 8 x 0.5 on an m5.xlarge's 4 CPUs, did."""
+    from raytag.search.tuner import concurrency
+
+    _cluster(monkeypatch, head_cpu=4.0)
+    n, why = concurrency(_space(), 8)
+    assert n == 6 and "1 is left for the Ray tasks of the trials' feature builds" in why
+    _cluster(monkeypatch, head_cpu=1.0)  # no whole CPU beside one trial function: said, not refused
+    n, why = concurrency(_space(), 1)
+    assert n == 1 and "leave no whole CPU" in why and "raytag prepare" in why and "1.5 CPUs or more" in why
 
 
 def test_trial_functions_off_the_head_leave_the_limit_to_the_cluster(monkeypatch):

@@ -38,6 +38,7 @@ from raytag.cluster import check_data, check_storage, cluster_nodes
 from raytag.config import ConfigError
 from raytag.data.layouts import detect_layout
 from raytag.errors import DatasetError, RaytagError, StorageError, StorageFault
+from raytag.features.store import SHARD_TASK_CPUS  # a trial's feature build holds these per task
 from raytag.metrics import layout_metric
 from raytag.search.leaderboard import (TRIAL_FAILURE, TRIAL_RESULT, build_leaderboard, error_reason,
                                        reason_from_text)
@@ -459,7 +460,10 @@ def head_concurrency(resources: Resources, requested: int, nodes: list[dict]) ->
     when the cluster autoscales, and Tune only logs a trial it cannot place (as if the cluster
     were still scaling up), so a head without room for one would leave the sweep waiting for
     ever. The worker groups' own needs are left to the cluster (other nodes, autoscaling).
-    `nodes`: cluster.cluster_nodes()."""
+    A trial builds the features it does not find on the head too, with Ray tasks of one CPU
+    each there (features.store, called in a Ray worker): trial functions filling the head
+    (actors keep their CPUs while they wait) would leave them waiting for ever, so one CPU
+    is left free for those tasks where the head has it. `nodes`: cluster.cluster_nodes()."""
     if not resources.trials_on_head:
         return requested, ""
     head = next((n for n in nodes if n["is_head"]), None)
@@ -475,10 +479,22 @@ def head_concurrency(resources: Resources, requested: int, nodes: list[dict]) ->
             "or the head's num-cpus in KubeRay), lower resources.trial_cpus, or set "
             "resources.trials_on_head: false"
         )
+    spare = SHARD_TASK_CPUS if head_cpu - SHARD_TASK_CPUS >= resources.trial_cpus - 1e-9 else 0
+    fit = math.floor((head_cpu - spare) / resources.trial_cpus + 1e-9)
+    note = "" if spare else _no_cpu_for_feature_builds(resources, head_cpu)
     if fit < requested:
-        return fit, (f"max_concurrent_trials {requested} -> {fit} (each trial's function holds "
-                     f"{resources.trial_cpus:g} of the head node's {head_cpu:g} CPUs)")
-    return requested, ""
+        held = f"each trial's function holds {resources.trial_cpus:g} of the head node's {head_cpu:g} CPUs"
+        room = f"; {spare:g} is left for the Ray tasks of the trials' feature builds" if spare else ""
+        return fit, "; ".join(filter(None, [f"max_concurrent_trials {requested} -> {fit} ({held}{room})", note]))
+    return requested, note
+
+
+def _no_cpu_for_feature_builds(resources: Resources, head_cpu: float) -> str:
+    return (f"the head node's {head_cpu:g} CPUs leave no whole CPU beside a trial function for the Ray tasks "
+            "that build a trial's features there, so a trial whose features are not built yet would wait for "
+            "ever: build them on the head first (raytag prepare with the same data, --feature-cache and "
+            "space; a space that searches features.* builds its other front ends in its trials), or give the "
+            f"head {resources.trial_cpus + SHARD_TASK_CPUS:g} CPUs or more")
 
 
 
