@@ -73,7 +73,7 @@ def test_feature_store_reports_bad_clips_instead_of_zeroing_them(tmp_path):
     sf.write(tmp_path / "audio" / "good.wav", tone(4000), 16000)
     cfg = FeatureConfig()
     rows = [{"clip_id": f"curated/{n}", "path": str(tmp_path / "audio" / n), "file": f"train_curated/{n}",
-             "in_stats": True} for n in [*reasons, "good.wav"]]
+             "in_stats": True, "ctime": -1} for n in [*reasons, "good.wav"]]
     (tmp_path / "store").mkdir()
     out = _compute_shard(0, rows, [], "key", str(tmp_path / "store"), _frontend(vars(cfg)))
     failed = dict(out["failed"])
@@ -109,7 +109,7 @@ def test_prepare_and_predict_share_the_one_frame_rule(tmp_path, artifact_2019): 
     ds = load_dataset(root, features=features)  # prepare's reader: header lengths
     kept_reader = {n for n in lengths if f"curated/{n}" in set(ds.clips["clip_id"])}
     files = {n: str(root / "train_curated" / n) for n in lengths}
-    store_rows = [{"clip_id": n, "path": p, "file": n, "in_stats": True} for n, p in files.items()]
+    store_rows = [{"clip_id": n, "path": p, "file": n, "in_stats": True, "ctime": -1} for n, p in files.items()]
     (tmp_path / "s").mkdir()
     kept_store = {r[0] for r in _compute_shard(0, store_rows, [], "k", str(tmp_path / "s"), _frontend(vars(features)))["index"]}
     probs, failures = load_artifact(artifact_2019).predict_files(list(files.values()))
