@@ -653,8 +653,12 @@ def test_a_lock_file_in_a_group_shared_cache_is_writable_by_the_group(tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o2775)
-    with exclusive_lock(shared / BUILD_LOCK, waiting="unused"):
-        pass
+    old_umask = os.umask(0o022)  # the common umask, which alone would make the file 0644
+    try:
+        with exclusive_lock(shared / BUILD_LOCK, waiting="unused"):
+            pass
+    finally:
+        os.umask(old_umask)
     assert (shared / BUILD_LOCK).stat().st_mode & 0o777 == 0o664
 
 
@@ -710,6 +714,31 @@ def test_a_train_worker_waits_a_bounded_time_for_another_builder_of_its_nodes_st
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_builder_beside_another_reuses_the_shards_the_other_finishes_meanwhile(tmp_path, monkeypatch):
+    """A Train worker whose wait for the lock ran out builds one shard after another beside
+    the lock's holder: a shard the holder finishes meanwhile is taken, not computed again."""
+    import raytag.features.store as store_module
+
+    dataset = load_dataset(make_fat2019(tmp_path / "data"), sample_rate=CFG.sample_rate)
+    compute = store_module._compute_shard
+    computed_here = []
+
+    def the_other_builder_finishes_shard_1_meanwhile(shard, rows, *args, **kwargs):
+        out = compute(shard, rows, *args, **kwargs)
+        computed_here.append(shard)
+        if shard == 0:  # the other builder writes shard 1 before this one gets to it
+            chunk = dataset.clips.sort_values("clip_id", kind="stable").iloc[3:6]
+            other_rows = [store_module._clip_row(r, dataset.root) for r in chunk.itertuples(index=False)]
+            compute(1, other_rows, [r["signature"] for r in other_rows], *args[1:], **kwargs)
+        return out
+
+    monkeypatch.setattr(store_module, "_compute_shard", the_other_builder_finishes_shard_1_meanwhile)
+    store = _build_here(dataset, tmp_path / "cache")
+    assert computed_here == [0, 2]
+    assert (store.build_info["computed"], store.build_info["reused"]) == (2, 1)
+    assert store.clip_ids == sorted(c for c in dataset.clips["clip_id"] if not c.endswith(BAD))
 
 
 # ----------------------------------------------------------------------------- what prepare builds

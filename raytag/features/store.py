@@ -27,8 +27,11 @@ node. One process builds a store at a time (`.build.lock` in its folder: exclusi
 raytag.features.locking): builders that start together, a sweep's trials of the same
 features, would each compute every shard; the later ones wait, then reuse the shards. Where
 the lock cannot be had the build goes on without it (two builders then compute some shards
-twice, as shards are content-addressed and written whole). A build that reuses every shard
-writes no file of the store, so a cache the user may only read serves it; one that must
+twice, as shards are content-addressed and written whole); a build that waited a bounded
+time and goes on beside the holder takes each shard the holder finishes meanwhile (where it
+computes in this process). A build that reuses every shard writes no shard or index of the
+store (only, where it may, the sidecars of shards whose files' change times moved:
+_unchanged_contents), so a cache the user may only read serves it; one that must
 write into such a cache is refused before any work (StorageError). A rebuild reuses every
 shard whose signature and key (`shard_key`: the settings, FEATURES_VERSION, FORMAT_VERSION,
 librosa's version) still match, so a second build does no audio work and an interrupted
@@ -354,8 +357,9 @@ def build_feature_store(
     shards (see _compute_shards for which processes). Returns the opened store;
     `store.build_info` says how many shards were computed and how many reused, where they
     ran, the time taken and the peak RSS of the processes that computed them. A build that
-    reuses every shard writes no file of the store (only its lock's holder record, where it
-    may), so a cache this user may only read serves it.
+    reuses every shard writes no shard or index of the store (only, where it may, its lock's
+    holder record and the sidecars of shards whose files' change times moved, with the new
+    ones), so a cache this user may only read serves it.
     `lock_wait_s`: how long to wait for another builder of this store before building
     beside it (None: until it is done).
     """
@@ -409,14 +413,17 @@ def _build_locked(dataset, feature_cfg: FeatureConfig, root: Path, shape, progre
         ran_in, shards = _compute_shards(todo, asdict(feature_cfg), key, root, workers)
         with _progress(progress, len(chunks), len(results)) as advance:
             for shard, out in shards:
-                task_rss.append(out.pop("peak_rss_mb"))
+                rss = out.pop("peak_rss_mb", None)  # None: another builder finished it meanwhile
+                if rss is not None:
+                    task_rss.append(rss)
                 results[shard] = out
                 advance()
     else:
         log.info("%s: all %d shards reused, no audio decoded", root, len(chunks))
 
+    computed = len(task_rss)
     build_info = {
-        "chunks": len(chunks), "computed": len(todo), "reused": len(chunks) - len(todo), "ran_in": ran_in,
+        "chunks": len(chunks), "computed": computed, "reused": len(chunks) - computed, "ran_in": ran_in,
         "seconds": round(time.perf_counter() - started, 3),
         "task_peak_rss_mb": max(task_rss) if task_rss else None,
     }
@@ -485,9 +492,39 @@ def _compute_shards(todo: list, cfg_dict: dict, key: str, root: Path, workers: O
 
 
 def _in_this_process(todo: list, cfg_dict: dict, key: str, root: Path):
-    front = _frontend(cfg_dict)
+    """One shard after another. A builder that runs beside another (its wait for the lock ran
+    out: a Train worker's, open_node_store) takes each shard that the other has finished
+    since this build was planned rather than computing it again."""
+    planned = {shard: _sidecar_stamp(root, shard) for shard, _, _ in todo}
+    front = None
     for shard, rows, signature in todo:
+        done = _finished_since(root, shard, key, signature, planned[shard])
+        if done is not None:
+            log.info("%s: shard %d reused: another builder finished it meanwhile", root, shard)
+            yield shard, done
+            continue
+        if front is None:
+            front = _frontend(cfg_dict)
         yield shard, _compute_shard(shard, rows, signature, key, str(root), front)
+
+
+def _sidecar_stamp(root: Path, shard: int) -> Optional[tuple]:
+    """Which file a shard's sidecar is now (a rewrite renames a new one in), None if absent."""
+    try:
+        st = os.stat(root / _sidecar_name(shard))
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _finished_since(root: Path, shard: int, key: str, signature: list, planned: Optional[tuple]) -> Optional[dict]:
+    """The sidecar of this shard if another builder has written it since `planned` (its
+    stamp when this build was planned) for exactly these clips, else None. A sidecar that
+    was there at planning time was judged then (stale: changed audio, a read failure that
+    decodes now) and is not taken."""
+    if _sidecar_stamp(root, shard) in (planned, None):
+        return None
+    return _finished_shard(root, shard, key, signature)
 
 
 def _may_fork() -> bool:
