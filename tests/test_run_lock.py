@@ -140,3 +140,17 @@ def test_a_storage_that_cannot_be_read_is_a_storage_error_naming_the_run(tmp_pat
     run_dir = tmp_path / "res" / "run"
     with pytest.raises(StorageError, match=rf"run 'run' \({run_dir}\): cannot read its storage: .*Permission denied"):
         runner.fit_pipeline(Config.from_dict({}), tmp_path / "data", str(tmp_path / "res"), "run", progress=False)
+
+
+def test_a_storage_that_cannot_be_read_names_a_job_that_is_not_a_train_run_in_its_own_words(tmp_path, monkeypatch):
+    """A distill's folder (run_folder's `what`): its storage error says what the job is, as
+    its LockHeld does, not "run 'distill'"."""
+    def unreadable(path):
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(runner.files, "exists", unreadable)
+    what = f"the distillation of {tmp_path / 'exp'} ({tmp_path / 'exp' / 'distill'})"
+    with pytest.raises(StorageError, match=r"^the distillation of .*exp/distill\): cannot read its storage") as err:
+        with runner.run_folder(str(tmp_path / "exp" / "distill"), "distill", what=what, clear_hint=""):
+            pass
+    assert "run 'distill'" not in str(err.value)

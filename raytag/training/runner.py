@@ -155,7 +155,7 @@ def run_folder(run_dir: str, name: str, *, what: Optional[str] = None, clear_hin
     load), is removed, lock and all, before the lock would be released: it would only clutter
     the storage and read as a run to `raytag list` or a later resume. A folder that was there
     before, or that holds anything (checkpoints, run settings), is kept. The error passes unchanged."""
-    made_here = not _run_folder_exists(run_dir, name)
+    made_here = not _run_folder_exists(run_dir, _job(run_dir, name, what))
     with run_folder_lock(run_dir, name, what=what, clear_hint=clear_hint):
         try:
             yield
@@ -165,15 +165,20 @@ def run_folder(run_dir: str, name: str, *, what: Optional[str] = None, clear_hin
             raise
 
 
-def _run_folder_exists(run_dir: str, name: str) -> bool:
+def _job(run_dir: str, name: str, what: Optional[str]) -> str:
+    """How errors about this run folder name the job: `what`, else a train run's wording."""
+    return what or f"run '{name}' ({run_dir})"
+
+
+def _run_folder_exists(run_dir: str, job: str) -> bool:
     """Whether run_dir is there already. The first access to the run's storage: one that cannot
     be read (a URI's credentials or endpoint, a parent folder without permission) is a
-    StorageError naming the run, as its lock would give, not pyarrow's raw OSError."""
+    StorageError naming the job (`job`: _job), as its lock would give, not pyarrow's raw OSError."""
     try:
         return files.exists(run_dir)
     except OSError as err:
         raise StorageError(
-            f"run '{name}' ({run_dir}): cannot read its storage: {err}. Check that the storage path "
+            f"{job}: cannot read its storage: {err}. Check that the storage path "
             "can be read and written by this user, or for a URI its credentials and endpoint"
         ) from err
 
@@ -204,7 +209,7 @@ def run_folder_lock(run_dir: str, name: str, *, what: Optional[str] = None, clea
     run once a dead holder's lock is deleted (" and rerun to resume the run")."""
     if _in_tune_trial():
         return nullcontext()
-    return files.folder_lock(run_dir, what or f"run '{name}' ({run_dir})",
+    return files.folder_lock(run_dir, _job(run_dir, name, what),
                              clear_hint=" and rerun to resume the run" if clear_hint is None else clear_hint)
 
 
