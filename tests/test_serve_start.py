@@ -227,10 +227,14 @@ def test_the_module_imports_where_ray_lacks_its_private_serve_client():
 def test_without_the_private_client_serve_is_joined_by_app_names_alone(stubbed_ray, monkeypatch, tmp_path, caplog):
     """The address check is skipped with a logged note; the public serve.status still gives
     the apps, so a running app's name is refused and stop still finds what is left."""
+    import logging
+
     import ray.serve.context as context
 
     monkeypatch.delattr(context, "_get_global_client")
     monkeypatch.setattr(serve_app, "running_serve", REAL_RUNNING_SERVE)
+    monkeypatch.setattr(serve_app, "_said_without_private_client", False)
+    caplog.set_level(logging.WARNING, logger="ray.serve")
 
     def status():  # the public status of the fake cluster's Serve (no address, no routes)
         running = stubbed_ray["serve"]
@@ -239,14 +243,62 @@ def test_without_the_private_client_serve_is_joined_by_app_names_alone(stubbed_r
 
     monkeypatch.setattr(serve, "status", status)
     assert serve_app.running_serve() is None
+    assert "private Serve client" in caplog.text
     stubbed_ray["serve"] = serve_app.RunningServe("127.0.0.1", free_port(), {"raytag": "/"})
     with pytest.raises(RaytagError, match="already runs an app named 'raytag'"):
         serve_app.start(ServeOptions(artifact=str(tmp_path), port=free_port()))
     caplog.clear()
     deployment = serve_app.start(ServeOptions(artifact=str(tmp_path), port=free_port(), name="student"))
-    assert "does not say where it listens" in caplog.text and "private Serve client" in caplog.text
+    assert "does not say where it listens" in caplog.text
     assert stubbed_ray["serve"].routes == {"raytag": "/", "student": "/student"}
     assert serve_app.stop(deployment) == ["raytag"] and stubbed_ray["shutdown"] == 0
+    assert "private Serve client" not in caplog.text  # said once per process, not at every start and stop
+
+
+class _Client:
+    """Ray's private Serve controller client as raytag reads it."""
+
+    def __init__(self, http_config=SimpleNamespace(host="127.0.0.1", port=8000), details=None):
+        self.http_config = http_config
+        self._details = details
+
+    def get_serve_details(self):
+        if self._details is None:
+            raise AttributeError("'NoneType' object has no attribute 'get'")  # a fault inside the API
+        return self._details
+
+
+def _with_client(monkeypatch, client):
+    import ray.serve.context as context
+
+    monkeypatch.setattr(context, "_get_global_client", lambda raise_if_no_controller_running=True: client)
+    monkeypatch.setattr(serve_app, "_said_without_private_client", False)
+
+
+def test_an_attribute_error_inside_the_private_client_is_not_taken_for_an_older_ray(monkeypatch, caplog):
+    """Only a missing API falls back to serve.status(); a fault inside a present one (or in
+    raytag) is raised, not reported as "this Ray does not offer the private Serve client"."""
+    _with_client(monkeypatch, _Client(details=None))
+    monkeypatch.setattr(serve, "status", lambda: pytest.fail("fell back to serve.status()"))
+    with pytest.raises(AttributeError, match="no attribute 'get'"):
+        serve_app.running_serve()
+    assert "private Serve client" not in caplog.text
+
+
+def test_a_private_client_without_the_api_raytag_reads_falls_back_to_app_names(monkeypatch, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="ray.serve")
+    _with_client(monkeypatch, SimpleNamespace(http_config=None))  # no get_serve_details
+    monkeypatch.setattr(serve, "status", lambda: SimpleNamespace(proxies={"head": 1}, applications={"raytag": 1}))
+    assert serve_app.running_serve() == serve_app.RunningServe(None, None, {"raytag": None})
+    assert "its Serve client has no get_serve_details" in caplog.text
+
+
+def test_a_serve_without_http_options_has_its_apps_but_no_address(monkeypatch):
+    _with_client(monkeypatch, _Client(http_config=None, details={"applications": {"raytag": {"route_prefix": "/"}}}))
+    running = serve_app.running_serve()
+    assert running == serve_app.RunningServe(None, None, {"raytag": "/"}) and not running.address_known
 
 
 # ----------------------------------------------------------------------------- benchmarks/bench_serve.py

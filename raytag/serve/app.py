@@ -289,24 +289,52 @@ def running_serve() -> Optional[RunningServe]:
     way to learn where Serve listens (serve.start on a running Serve ignores new http_options
     with a log line only); where a Ray version changed that API, the public serve.status()
     gives the apps without address or routes, and the checks that need those are skipped."""
-    try:
-        return _running_serve_from_controller()
-    except (ImportError, AttributeError) as err:
-        log.warning("raytag: this Ray does not offer the private Serve client API raytag reads the running "
-                    "Serve's address and routes from (%s); checking the app names only", err)
+    get_client = _private_client_getter()
+    if get_client is None:
         return _running_serve_from_status()
-
-
-def _running_serve_from_controller() -> Optional[RunningServe]:
-    # imported here, so that a Ray without it still imports this module (running_serve falls back)
-    from ray.serve.context import _get_global_client
-
-    client = _get_global_client(raise_if_no_controller_running=False)
+    client = get_client(raise_if_no_controller_running=False)
     if client is None:
         return None
+    missing = [name for name in _PRIVATE_CLIENT_API if not hasattr(client, name)]
+    if missing:
+        _say_without_private_client(f"its Serve client has no {', '.join(missing)}")
+        return _running_serve_from_status()
+    return _running_serve_from_client(client)
+
+
+# what raytag reads of Ray's private ServeControllerClient
+_PRIVATE_CLIENT_API = ("get_serve_details", "http_config")
+
+
+def _private_client_getter():
+    """Ray's private ray.serve.context._get_global_client, or None (said) where this Ray has
+    none. Looked up here, so that a Ray without it still imports this module."""
+    try:
+        from ray.serve.context import _get_global_client
+    except ImportError as err:
+        _say_without_private_client(str(err))
+        return None
+    return _get_global_client
+
+
+def _running_serve_from_client(client) -> RunningServe:
     apps = client.get_serve_details().get("applications", {})
+    routes = {name: app.get("route_prefix") for name, app in apps.items()}
     http = client.http_config
-    return RunningServe(http.host, int(http.port), {name: app.get("route_prefix") for name, app in apps.items()})
+    if http is None:  # no HTTP options recorded (Serve without a proxy): the address is not known
+        return RunningServe(None, None, routes)
+    return RunningServe(http.host, int(http.port), routes)
+
+
+_said_without_private_client = False  # said once per process: running_serve runs at start and at stop
+
+
+def _say_without_private_client(why: str) -> None:
+    global _said_without_private_client
+    if not _said_without_private_client:
+        _said_without_private_client = True
+        log.warning("raytag: this Ray does not offer the private Serve client API raytag reads the running "
+                    "Serve's address and routes from (%s); checking the app names only", why)
 
 
 def _running_serve_from_status() -> Optional[RunningServe]:
