@@ -29,7 +29,8 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 STORAGE_HELP = "Where results go: a local folder or a URI (s3://bucket/prefix, gs://...)."
-FEATURE_CACHE_HELP = ("Feature cache folder on a local disk (default: $RAYTAG_CACHE, else ~/.cache/raytag/features). "
+FEATURE_CACHE_HELP = ("Feature cache folder, a path on each node: its own disk, or a folder every node mounts at "
+                      "the same path (default: $RAYTAG_CACHE, else ~/.cache/raytag/features). "
                       "prepare, train and tune build and read features there: give each the same one.")
 DATA_HELP = ("Dataset folder in the FSDKaggle2019 or FSDKaggle2018 layout (see README), "
              "or a URI of one (s3://, gs://, file://) that each node copies once.")
