@@ -203,6 +203,25 @@ def remove_tree(path) -> None:
         fs.delete_dir(inner)
 
 
+def write_local_atomically(path, write) -> None:
+    """Write a local file whole or not at all: `write(fh)` fills a temporary name of this
+    writer's own beside `path` (flushed to disk), which is then renamed over it. A kill
+    mid-write leaves no damaged file for every later read to fail on, and two writers of one
+    path (two trials building one store, two distills sharing a teacher cache) never write
+    into, or rename away, each other's file; the content is streamed, never held whole."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def read_bytes(path) -> bytes:
     fs, inner = resolve(path)
     try:

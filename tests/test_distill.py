@@ -486,8 +486,8 @@ def test_a_write_cut_short_leaves_the_old_teacher_cache_whole(tmp_path, monkeypa
     cache = tmp_path / "distill" / "teacher.parquet"
     before = cache.read_bytes()
 
-    def killed(table, where, **kwargs):  # half a file written, then the process dies
-        Path(where).write_bytes(before[: len(before) // 2])
+    def killed(table, where, **kwargs):  # half a file written (into the writer's open file), then the process dies
+        where.write(before[: len(before) // 2])
         raise KeyboardInterrupt
 
     monkeypatch.setattr(outputs.pq, "write_table", killed)

@@ -826,7 +826,7 @@ def test_a_change_of_status_alone_hashes_the_files_and_reuses_every_shard(tmp_pa
         os.chown(path, st.st_uid, st.st_gid)
     os.link(root / "train_curated" / "c1.wav", tmp_path / "snapshot-c1.wav")
     with monkeypatch.context() as read_only:
-        read_only.setattr(store_module, "_atomic_write",
+        read_only.setattr(store_module, "write_local_atomically",
                           lambda *a: (_ for _ in ()).throw(PermissionError(errno.EACCES, "Permission denied")))
         assert _build_here(dataset, tmp_path / "cache").build_info["computed"] == 0
     again = _build_here(dataset, tmp_path / "cache")

@@ -40,9 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
-import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -394,13 +392,7 @@ def _save_npz(path: Path, **arrays) -> None:
     over it: a kill leaves no half cache, two writers never share a file, and the arrays are
     not first copied into memory (a segment grid is hundreds of MB)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.npz")
-    try:
-        np.savez(partial, **arrays)
-        os.replace(partial, path)  # whole or not at all
-    except BaseException:
-        partial.unlink(missing_ok=True)  # a unique name would not be overwritten by the next write
-        raise
+    storage.write_local_atomically(path, lambda fh: np.savez(fh, **arrays))
 
 
 def _local(path: str):

@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 import zipfile
 from pathlib import Path
 
@@ -193,7 +192,5 @@ def _cached_predictions(art: Artifact, folds: list[int], noisy_ids: list[str], p
                           f"tagged by the teacher, e.g. {first['file']}: {first['reason']}")
     out = {f: p.loc[paths].to_numpy(np.float32) for f, p in zip(folds, probs)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.npz")  # one per writer
-    np.savez(partial, **{f"fold{f}": v for f, v in out.items()})
-    partial.replace(path)  # whole or not at all
+    storage.write_local_atomically(path, lambda fh: np.savez(fh, **{f"fold{f}": v for f, v in out.items()}))
     return out

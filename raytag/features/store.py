@@ -74,7 +74,6 @@ import os
 import re
 import resource
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,7 +92,7 @@ from raytag.errors import AudioDecodeError, RaytagError, StorageError
 from raytag.features.frontends import build_frontend, frontend_shape
 from raytag.features.locking import exclusive_lock
 from raytag.session import ensure_ray
-from raytag.storage import is_local_path, is_uri, normalize_uri, resolve
+from raytag.storage import is_local_path, is_uri, normalize_uri, resolve, write_local_atomically
 
 log = logging.getLogger("raytag.features")
 
@@ -705,7 +704,7 @@ def _unchanged_contents(root: Path, info: dict, rows: list) -> Optional[dict]:
         contents[i] = [rows[i]["ctime"], contents[i][1]]
     log.info("%s: shard %d reused: %d of its files changed status, not contents", root, info["shard"], len(moved))
     try:
-        _atomic_write(root / _sidecar_name(info["shard"]), lambda fh: fh.write(json.dumps(info).encode()))
+        write_local_atomically(root / _sidecar_name(info["shard"]), lambda fh: fh.write(json.dumps(info).encode()))
     except OSError as err:  # a cache this user may only read: the next build hashes them again
         log.info("%s: cannot record shard %d's new change times (%s)", root, info["shard"], err.strerror or err)
     return info
@@ -798,14 +797,14 @@ def _compute_shard(shard: int, rows: list, signature: list, key: str, root: str,
     # named by its contents: equal names hold equal bytes, so replacing a file that a
     # reader has open (or will open from an older index) changes nothing it reads
     npy = out_dir / shard_name(shard, _digest(data))
-    _atomic_write(npy, lambda fh: np.save(fh, data))
+    write_local_atomically(npy, lambda fh: np.save(fh, data))
     info = {
         "key": key, "shard": shard, "file": npy.name, "signature": signature, "contents": contents,
         "bytes": npy.stat().st_size,
         "index": index, "failed": failures, "retry": retry,
         "sums": sums.tolist(), "squares": squares.tolist(), "count": count,
     }
-    _atomic_write(out_dir / _sidecar_name(shard), lambda fh: fh.write(json.dumps(info).encode()))
+    write_local_atomically(out_dir / _sidecar_name(shard), lambda fh: fh.write(json.dumps(info).encode()))
     info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
     return info
 
@@ -814,19 +813,6 @@ def _digest(data: np.ndarray) -> str:
     blob = hashlib.sha256(f"{data.dtype.str}{data.shape}".encode())
     blob.update(np.ascontiguousarray(data).data)
     return blob.hexdigest()[:16]
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @dataclass
@@ -889,8 +875,8 @@ def _finish(root: Path, merged: _Merged, cfg: FeatureConfig, shape, key: str, bu
     _remove_stale_shards(root, merged)
     index, failed = merged.index, merged.failed
     (root / "meta.json").unlink(missing_ok=True)  # the store is incomplete until meta is rewritten
-    _atomic_write(root / "index.parquet", lambda fh: index.to_parquet(fh, index=False))
-    _atomic_write(root / "failed.csv",
+    write_local_atomically(root / "index.parquet", lambda fh: index.to_parquet(fh, index=False))
+    write_local_atomically(root / "failed.csv",
                   lambda fh: pd.DataFrame(failed, columns=FAILED_COLUMNS).to_csv(fh, index=False))
     meta = {
         "format": FORMAT_VERSION, "key": key, "features": asdict(cfg), "shape": list(shape),
@@ -901,7 +887,7 @@ def _finish(root: Path, merged: _Merged, cfg: FeatureConfig, shape, key: str, bu
         "mean": merged.mean.reshape(shape).tolist(), "std": merged.std.reshape(shape).tolist(),
         "last_build": build_info,
     }
-    _atomic_write(root / "meta.json", lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
+    write_local_atomically(root / "meta.json", lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
 
 
 def _files_of(index: pd.DataFrame) -> dict[int, str]:

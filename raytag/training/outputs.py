@@ -9,9 +9,7 @@ here for reporting only, after training has finished."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -78,14 +76,7 @@ def write_parquet(df: pd.DataFrame, path: Path, classes):
     table = pa.Table.from_pandas(df, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[b"raytag.classes"] = json.dumps(list(classes)).encode()
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        pq.write_table(table.replace_schema_metadata(meta), partial)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)  # a unique name would not be overwritten by the next write
-        raise
+    storage.write_local_atomically(path, lambda fh: pq.write_table(table.replace_schema_metadata(meta), fh))
 
 
 def _split_tag(tag: str):
