@@ -207,6 +207,7 @@ def distill(
     overlap: Optional[float] = typer.Option(None, help="Segment overlap when tagging (default: that of the member the student is made like, see --model); 0 is fastest."),
     feature_cache: Optional[str] = typer.Option(None, help=FEATURE_CACHE_HELP + " `raytag demo` builds in results/features."),
     seed: int = typer.Option(0, help="Seed of the student's initialisation and batches."),
+    students: int = typer.Option(1, help="Students trained alike but for their seeds (--seed, +1, ...) and averaged in the artifact, as a run's fold models are: each one more costs a student's training and slows tagging (the front end is shared)."),
     label_weight: float = typer.Option(0.5, help="Each clip's target: this share of its given labels, the rest the teacher's soft prediction (0: the teacher's alone)."),
     teacher_scale: str = typer.Option("prob", help="The teacher's part of a target: 'prob' (its probabilities) or 'clip_max' (each clip's divided by its top class score, so the top class teaches 1)."),
     average_last: Optional[int] = typer.Option(None, help="The student is the mean of its last N epochs' weights (SWA; 0: off; default: as its member was trained)."),
@@ -224,7 +225,8 @@ def distill(
     from raytag.ensemble.distill import StudentSettings
 
     settings = StudentSettings(model=model, width=width, depth=depth, epochs=epochs, lr=lr,
-                               batch_size=batch_size, overlap=overlap, seed=seed, label_weight=label_weight,
+                               batch_size=batch_size, overlap=overlap, seed=seed, students=students,
+                               label_weight=label_weight,
                                teacher_scale=teacher_scale, noisy_targets=noisy_targets, target_grain=target_grain,
                                average_last=average_last, init=init)
     _run(distill_command, experiment=experiment, storage=storage, data=data, feature_cache=feature_cache,

@@ -866,3 +866,30 @@ def _top(probs: np.ndarray) -> np.ndarray:
     top = (probs > 0.5).astype(np.float32)
     top[np.arange(len(top)), probs.argmax(axis=1)] = 1.0
     return top
+
+
+def test_several_students_are_averaged_like_fold_models(experiment, distilled, demo_data):
+    """--students 2 trains the seed's student and the next seed's, saves both as the student
+    member's models, and tags with their mean; the first is the one a single-student run of
+    the same seed trains, and a later single-student run leaves no second model behind."""
+    small = dict(width=4, depth=1, epochs=2, batch_size=16)
+    cache = str(Path(experiment).parent / "cache")
+    one = distill(experiment, StudentSettings(**small, seed=3), feature_cache=cache)
+    first = load_artifact(one.artifact_path).members[0].models[0].state_dict()
+    two = distill(experiment, StudentSettings(**small, seed=3, students=2), feature_cache=cache)
+    art = load_artifact(two.artifact_path)
+    member = art.members[0]
+    assert len(member.models) == 2 and two.student.endswith(" x2")
+    assert art.distilled["seeds"] == [3, 4] and len(art.distilled["train_loss_by_student"]) == 2
+    a, b = (m.state_dict() for m in member.models)
+    assert all(torch.equal(a[k], first[k]) for k in first)  # the same seed, the same student
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # the next seed, another one
+    clips = [str(p) for p in load_dataset(demo_data).split("test")["path"][:4]]
+    mean, _ = art.predict_files(clips)
+    each = [dataclasses.replace(art, members=[dataclasses.replace(member, models=[m])]).predict_files(clips)[0]
+            for m in member.models]
+    assert np.allclose(mean.to_numpy(), np.mean([e.to_numpy() for e in each], axis=0), atol=1e-6)
+    again = distill(experiment, StudentSettings(**small, seed=3), feature_cache=cache)
+    assert len(load_artifact(again.artifact_path).members[0].models) == 1
+    with pytest.raises(RaytagError, match="--students"):
+        distill(experiment, StudentSettings(students=0))

@@ -42,7 +42,7 @@ import json
 import logging
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -116,6 +116,10 @@ class StudentSettings:
     overlap: Optional[float] = None  # segment overlap at inference; None: the member's
     features: Optional[dict] = None  # front end settings; None: the member's
     seed: int = 0
+    # students trained alike but for their seeds (seed, seed + 1, ...), averaged as a member's
+    # fold models are: a run's test predictions are its 5 fold models' mean, which gains
+    # over any one of them, and one student is one network (results/benchmarks/speed.md)
+    students: int = 1
     # each clip's target: label_weight x its given labels + the rest x the teacher's soft
     # prediction (Hinton et al. 2015's two terms, as one BCE target). The teacher's
     # predictions on the clips it trained on repeat the labels it memorised, and on curated
@@ -140,6 +144,8 @@ class StudentSettings:
     def check(self) -> None:
         if self.epochs < 1:
             raise RaytagError(f"--epochs {self.epochs}: must be at least 1")
+        if self.students < 1:
+            raise RaytagError(f"--students {self.students}: must be at least 1")
         if self.batch_size < 1:
             raise RaytagError(f"--batch-size {self.batch_size}: must be at least 1")
         if self.average_last is not None and not 0 <= self.average_last <= self.epochs:
@@ -465,6 +471,28 @@ def _member_recipe(settings: dict) -> dict:
     return Config.from_dict(yaml.safe_load(storage.read_text(path)) or {}).to_dict()
 
 
+def train_students(cfg: Config, plan, store, targets: LabelledSet, n: int, progress: bool = False,
+                   batches: Optional[CropBatches] = None, init_from: Optional[torch.nn.Module] = None,
+                   say=None) -> tuple[list[torch.nn.Module], list[list[float]]]:
+    """`n` students trained alike on the same targets but for their seeds (cfg.seed, + 1,
+    ...: initial weights, crops, mixup); their per-epoch losses beside them."""
+    models, losses = [], []
+    for i in range(n):
+        if n > 1 and say is not None:
+            say(f"student {i + 1} of {n} (seed {cfg.seed + i})")
+        model, loss = train_student(replace(cfg, seed=cfg.seed + i), plan, store, targets, progress=progress,
+                                    batches=batches, init_from=init_from)
+        models.append(model)
+        losses.append(loss)
+    return models, losses
+
+
+def _student_name(cfg: Config, n: int) -> str:
+    """'vgg_small w16 d4', or 'vgg_small w16 d4 x2' for two students averaged."""
+    name = f"{cfg.model.name} w{cfg.model.width} d{cfg.model.depth}"
+    return name if n == 1 else f"{name} x{n}"
+
+
 def train_student(cfg: Config, plan, store, targets: LabelledSet, progress: bool = False,
                   batches: Optional[CropBatches] = None,
                   init_from: Optional[torch.nn.Module] = None) -> tuple[torch.nn.Module, list]:
@@ -562,16 +590,21 @@ def _distill(artifact_path: str, out_dir: str, settings: StudentSettings, data: 
     init_from = template.models[0] if settings.init == "member" else None
     if init_from is not None:
         say(f"student starts from member {template.name}'s first fold model")
-    model, losses = train_student(cfg, plan, store, targets, progress=progress, batches=batches,
-                                  init_from=init_from)
+    models, losses = train_students(cfg, plan, store, targets, settings.students, progress=progress,
+                                    batches=batches, init_from=init_from, say=say)
 
     student_dir = storage.join(out_dir, "student")
     local = _local(student_dir)
     (local / WEIGHTS).mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(local / WEIGHTS / "fold0.safetensors"))
-    (local / MODEL_CARD).write_text(json.dumps(model_card(plan), indent=2))
+    for stale in (local / WEIGHTS).glob("fold*.safetensors"):  # a former run's students, maybe more of them
+        stale.unlink()
+    for i, model in enumerate(models):  # stored as a member's fold models are, and averaged as they are
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  str(local / WEIGHTS / f"fold{i}.safetensors"))
+    card = {**model_card(plan), "folds": list(range(len(models))), "refit_fold": None}
+    (local / MODEL_CARD).write_text(json.dumps(card, indent=2))
 
-    scores = _score(art, dataset, model, cfg, plan, store, targets.clip_ids, table[classes].to_numpy(np.float32))
+    scores = _score(art, dataset, models, cfg, plan, store, targets.clip_ids, table[classes].to_numpy(np.float32))
     scores.update(teacher_oof_scores(art, table, dataset, classes))
     record = {"teacher": artifact_path, "teacher_manifest_sha256": _manifest_id(artifact_path),
               "teacher_members": [m.name for m in art.members], "teacher_combiner": art.combiner,
@@ -580,19 +613,23 @@ def _distill(artifact_path: str, out_dir: str, settings: StudentSettings, data: 
               "targets": {"oof": n_oof, "ensemble": len(targets) - n_oof}, "untaught_clips": untaught,
               "label_weight": settings.label_weight, "teacher_scale": settings.teacher_scale,
               "noisy_targets": settings.noisy_targets, "target_grain": settings.target_grain,
-              "init": settings.init, "epochs": settings.epochs, "train_loss": [round(x, 5) for x in losses]}
+              "init": settings.init, "epochs": settings.epochs, "students": settings.students,
+              "seeds": [settings.seed + i for i in range(settings.students)],
+              "train_loss": [round(x, 5) for x in losses[0]]}
+    if settings.students > 1:
+        record["train_loss_by_student"] = [[round(x, 5) for x in run] for run in losses]
     # saved before the test pass too, so an interruption there does not lose the trained student
     _save_student(out_dir, student_dir, classes, art.layout, scores, record)
     # the student's test scores through the predict path, as the saved artifact will tag
     student = Artifact(path=student_dir, combiner="mean", weights=None, classes=classes, layout=art.layout,
-                       members=[Member("student", trial_settings(student_dir), [model])])
+                       members=[Member("student", trial_settings(student_dir), models)])
     scores.update(score_on_test(student, probability_teacher(art), dataset, settings.batch_size, progress, out_dir))
     dest = _save_student(out_dir, student_dir, classes, art.layout, scores, record)
     result = DistillResult(artifact_path=dest, teacher_path=storage.join(out_dir, TEACHER), n_oof=n_oof,
                            n_ensemble=len(targets) - n_oof, epochs=settings.epochs, seconds=time.time() - started,
-                           student=f"{cfg.model.name} w{cfg.model.width} d{cfg.model.depth}",
+                           student=_student_name(cfg, settings.students),
                            label_weight=settings.label_weight, teacher_scale=settings.teacher_scale,
-                           target_grain=settings.target_grain, train_loss=losses, scores=scores)
+                           target_grain=settings.target_grain, train_loss=losses[0], scores=scores)
     storage.write_text(storage.join(out_dir, "distill_summary.json"),
                        json.dumps({**record, "artifact": dest, "scores": scores,
                                    "seconds": round(result.seconds, 1)}, indent=2) + "\n")
@@ -622,13 +659,14 @@ def _sweep_data(experiment_dir: str) -> str:
                       "trained on with --data")
 
 
-def _score(art, dataset, model, cfg, plan, store, clip_ids: list[str], teacher: np.ndarray) -> dict:
-    """How well the student learned its targets: lwlrap of its predictions on the training
-    clips against the teacher's targets made binary (> 0.5, else the top class), on curated
-    clips also against the curated labels (the teacher's: `teacher_oof_scores`)."""
-    probs = predict_segments(model, iter_store_clips(store, clip_ids), cfg.segment_frames(),
-                             overlap=cfg.inference.overlap, reduce=cfg.inference.reduce, batch_size=64,
-                             mean=plan.norm_mean, std=plan.norm_std)
+def _score(art, dataset, models, cfg, plan, store, clip_ids: list[str], teacher: np.ndarray) -> dict:
+    """How well the students (their mean, as the artifact tags) learned their targets: lwlrap
+    of their predictions on the training clips against the teacher's targets made binary
+    (> 0.5, else the top class), on curated clips also against the curated labels (the
+    teacher's: `teacher_oof_scores`)."""
+    probs = np.mean([predict_segments(model, iter_store_clips(store, clip_ids), cfg.segment_frames(),
+                                      overlap=cfg.inference.overlap, reduce=cfg.inference.reduce, batch_size=64,
+                                      mean=plan.norm_mean, std=plan.norm_std) for model in models], axis=0)
     binary = _top_labels(teacher)
     cur_ids = dataset.split("curated")["clip_id"]
     truth = dict(zip(cur_ids, dataset.label_matrix("curated")))
