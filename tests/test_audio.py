@@ -248,57 +248,133 @@ def test_a_file_that_needs_more_memory_than_is_free_is_refused_before_it_is_read
 GIB = 2**30
 
 
-def _fake_machine(tmp_path, monkeypatch, cgroups: dict, own: str = "/", mem_available: int = 60 * GIB):
-    """/proc/meminfo, /proc/self/cgroup and a cgroup v2 tree under tmp_path: `cgroups` maps
-    a cgroup path to its (memory.max, memory.current, memory.stat text)."""
-    import raytag.data.audio as audio
-
-    root = tmp_path / "cgroup"
+def _fake_machine(tmp_path, cgroups: dict, own: str = "/", mem_available: int = 60 * GIB):
+    """A stand-in for / under tmp_path (pass it as `root`): /proc/meminfo, /proc/self/cgroup
+    and a cgroup v2 tree; `cgroups` maps a cgroup path to its (memory.max, memory.current,
+    memory.stat text)."""
     for name, (limit, current, stat) in cgroups.items():
-        folder = root / name.strip("/")
+        folder = tmp_path / "sys/fs/cgroup" / name.strip("/")
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "memory.max").write_text(f"{limit}\n")
         (folder / "memory.current").write_text(f"{current}\n")
         (folder / "memory.stat").write_text(stat)
-    (tmp_path / "meminfo").write_text(f"MemTotal: 67108864 kB\nMemAvailable: {mem_available // 1024} kB\n")
-    (tmp_path / "self_cgroup").write_text(f"0::{own}\n")
-    monkeypatch.setattr(audio, "CGROUP_ROOT", root)
-    monkeypatch.setattr(audio, "MEMINFO", tmp_path / "meminfo")
-    monkeypatch.setattr(audio, "SELF_CGROUP", tmp_path / "self_cgroup")
-    return audio
+    _write_meminfo(tmp_path, f"MemTotal: 67108864 kB\nMemAvailable: {mem_available // 1024} kB\n")
+    _write_self_cgroup(tmp_path, f"0::{own}\n")
+    return tmp_path
 
 
-def test_page_cache_in_a_container_is_not_taken_for_used_memory(tmp_path, monkeypatch):
+def _write_meminfo(root, text: str) -> None:
+    (root / "proc").mkdir(exist_ok=True)
+    (root / "proc/meminfo").write_text(text)
+
+
+def _write_self_cgroup(root, text: str) -> None:
+    (root / "proc/self").mkdir(parents=True, exist_ok=True)
+    (root / "proc/self/cgroup").write_text(text)
+
+
+def _fake_v1_machine(tmp_path, cgroups: dict, own: str, meminfo: str):
+    """A stand-in for / with cgroup v1's memory hierarchy: `cgroups` maps a cgroup path to
+    its (memory.limit_in_bytes, memory.usage_in_bytes, memory.stat text)."""
+    for name, (limit, usage, stat) in cgroups.items():
+        folder = tmp_path / "sys/fs/cgroup/memory" / name.strip("/")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "memory.limit_in_bytes").write_text(f"{limit}\n")
+        (folder / "memory.usage_in_bytes").write_text(f"{usage}\n")
+        (folder / "memory.stat").write_text(stat)
+    _write_meminfo(tmp_path, meminfo)
+    # a v1 machine lists each controller's hierarchy, and the (empty) unified one
+    _write_self_cgroup(tmp_path, f"12:cpu,cpuacct:{own}\n11:memory:{own}\n0::/\n")
+    return tmp_path
+
+
+def test_page_cache_in_a_container_is_not_taken_for_used_memory(tmp_path):
     """memory.current charges the page cache of every file the container read: with 3.9 of
     its 4 GiB charged, 3.5 GiB of it file cache, the free memory read 102 MiB and a
     3-minute stereo clip (189 MiB) was refused. The cache the kernel reclaims is free."""
+    from raytag.data import audio
+
     stat = f"anon {400 * 2**20}\nfile {int(3.5 * GIB)}\nactive_file {GIB // 2}\ninactive_file {3 * GIB}\nshmem 0\n"
-    audio = _fake_machine(tmp_path, monkeypatch, {"/": (4 * GIB, int(3.9 * GIB), stat)})
-    assert audio.available_memory() == 4 * GIB - (int(3.9 * GIB) - int(3.5 * GIB))
+    root = _fake_machine(tmp_path, {"/": (4 * GIB, int(3.9 * GIB), stat)})
+    assert audio.available_memory(root) == 4 * GIB - (int(3.9 * GIB) - int(3.5 * GIB))
     per_sample = audio.decode_bytes_per_sample(2, 44100, 32000)
-    assert audio.samples_over_cap(180 * 44100, 2, int(audio.decode_memory_budget() // per_sample)) is None
+    assert audio.samples_over_cap(180 * 44100, 2, int(audio.decode_memory_budget(root) // per_sample)) is None
 
 
-def test_a_cgroup_over_its_limit_for_a_moment_still_decodes_an_ordinary_clip(tmp_path, monkeypatch):
+def test_a_cgroup_over_its_limit_for_a_moment_still_decodes_an_ordinary_clip(tmp_path):
     """memory.current just above memory.max read as 0 bytes free, and a 1 s clip was
     refused: the budget never falls below DECODE_MEMORY_FLOOR."""
-    audio = _fake_machine(tmp_path, monkeypatch, {"/": (4 * GIB, 4 * GIB + 4096, "anon 4294971392\n")})
-    assert audio.available_memory() == 0
-    assert audio.decode_memory_budget() == audio.DECODE_MEMORY_FLOOR
+    from raytag.data import audio
+
+    root = _fake_machine(tmp_path, {"/": (4 * GIB, 4 * GIB + 4096, "anon 4294971392\n")})
+    assert audio.available_memory(root) == 0
+    assert audio.decode_memory_budget(root) == audio.DECODE_MEMORY_FLOOR
     path = tmp_path / "one_second.wav"
     sf.write(path, sine(440, 1.0, 16000), 16000)
-    assert load_audio(path, 16000, max_bytes=audio.decode_memory_budget()).shape == (16000,)
+    assert load_audio(path, 16000, max_bytes=audio.decode_memory_budget(root)).shape == (16000,)
 
 
-def test_the_limit_of_the_process_s_own_cgroup_or_a_parent_s_counts(tmp_path, monkeypatch):
+def test_the_limit_of_the_process_s_own_cgroup_or_a_parent_s_counts(tmp_path):
     """Outside a cgroup namespace the process's cgroup is a subfolder (/proc/self/cgroup),
     and the limit may be set on a parent (a pod's, over its container's); the tightest wins."""
+    from raytag.data import audio
+
     pod = (2 * GIB, GIB, f"inactive_file {GIB // 4}\n")
-    audio = _fake_machine(tmp_path, monkeypatch, {"/kubepods": ("max", 5 * GIB, ""), "/kubepods/pod1": pod,
-                                                  "/kubepods/pod1/ctr": ("max", GIB, "")}, own="/kubepods/pod1/ctr")
-    assert audio.available_memory() == 2 * GIB - (GIB - GIB // 4)
-    (tmp_path / "meminfo").write_text("MemAvailable: 524288 kB\n")  # the machine's own is tighter still
-    assert audio.available_memory() == 512 * 2**20
+    root = _fake_machine(tmp_path, {"/kubepods": ("max", 5 * GIB, ""), "/kubepods/pod1": pod,
+                                    "/kubepods/pod1/ctr": ("max", GIB, "")}, own="/kubepods/pod1/ctr")
+    assert audio.available_memory(root) == 2 * GIB - (GIB - GIB // 4)
+    _write_meminfo(root, "MemAvailable: 524288 kB\n")  # the machine's own is tighter still
+    assert audio.available_memory(root) == 512 * 2**20
+
+
+def test_cgroup_v2_memory_high_below_memory_max_is_the_limit(tmp_path):
+    """memory.high (systemd's MemoryHigh=) throttles the cgroup and reclaims hard above it,
+    however far off memory.max is; only memory.max was read, so a cgroup with memory.high
+    at 2 GiB and no memory.max read as the machine's 60 GiB free."""
+    from raytag.data import audio
+
+    root = _fake_machine(tmp_path, {"/": ("max", GIB, f"inactive_file {GIB // 4}\n")})
+    (root / "sys/fs/cgroup/memory.high").write_text(f"{2 * GIB}\n")
+    assert audio.available_memory(root) == 2 * GIB - (GIB - GIB // 4)
+    (root / "sys/fs/cgroup/memory.max").write_text(f"{int(1.5 * GIB)}\n")  # the lower of the two wins
+    assert audio.available_memory(root) == int(1.5 * GIB) - (GIB - GIB // 4)
+    (root / "sys/fs/cgroup/memory.high").write_text("max\n")  # "max": no limit
+    assert audio.available_memory(root) == int(1.5 * GIB) - (GIB - GIB // 4)
+    (root / "sys/fs/cgroup/memory.max").write_text("max\n")
+    assert audio.available_memory(root) == 60 * GIB
+
+
+def test_cgroup_v1_memory_limit_counts(tmp_path):
+    """A cgroup v1 machine (older Docker, Kubernetes and HPC nodes) sets the limit in
+    memory/memory.limit_in_bytes: it was not read, so a 4 GiB container read the machine's
+    60 GiB free. Its usage counts page cache as v2's does (memory.stat's total_*_file)."""
+    from raytag.data import audio
+
+    stat = f"cache {3 * GIB}\nrss {GIB // 2}\ntotal_inactive_file {2 * GIB}\ntotal_active_file {GIB}\n"
+    root = _fake_v1_machine(tmp_path, {"/": (4 * GIB, int(3.5 * GIB), stat)}, own="/docker/0123abcd",
+                            meminfo="MemTotal: 67108864 kB\nMemAvailable: 62914560 kB\n")
+    assert audio.available_memory(root) == 4 * GIB - GIB // 2
+    assert audio.decode_memory_budget(root) == 4 * GIB - GIB // 2
+
+
+def test_cgroup_v1_s_no_limit_values_limit_nothing(tmp_path):
+    """cgroup v1 writes "no limit" as a huge page-aligned number (9223372036854771712); a
+    container without a limit of its own under a pod with one (Kubernetes on v1) has the
+    pod's, and where no cgroup has one and MemAvailable cannot be read there is no cap,
+    not a cap of exabytes. A limit above the machine's memory limits nothing either."""
+    from raytag.data import audio
+
+    no_limit, above_the_machine = 9223372036854771712, 2**50
+    cgroups = {"/": (no_limit, 10 * GIB, ""), "/kubepods": (above_the_machine, 5 * GIB, ""),
+               "/kubepods/pod1": (2 * GIB, GIB, ""), "/kubepods/pod1/ctr": (no_limit, GIB, "")}
+    root = _fake_v1_machine(tmp_path, cgroups, own="/kubepods/pod1/ctr", meminfo="MemTotal: 67108864 kB\n")
+    assert audio.available_memory(root) == GIB
+    (root / "sys/fs/cgroup/memory/kubepods/pod1/memory.limit_in_bytes").write_text(f"{no_limit}\n")
+    assert audio.available_memory(root) is None
+    assert audio.decode_memory_budget(root) is None
+    (root / "sys/fs/cgroup/memory/kubepods/memory.limit_in_bytes").write_text(f"{no_limit}\n")
+    _write_meminfo(root, "")  # the machine's memory unknown: v1's no-limit value is still no limit
+    assert audio.available_memory(root) is None
 
 
 def test_a_file_refused_for_memory_may_pass_another_time(tmp_path):

@@ -183,81 +183,142 @@ def _refuse_beyond_memory(path, frames: int, channels: int, rate_in: int, rate_o
 # a MemoryError while decoding is still that one file's failure.
 DECODE_MEMORY_FLOOR = 256 * 2**20
 
-MEMINFO = Path("/proc/meminfo")
-SELF_CGROUP = Path("/proc/self/cgroup")
-CGROUP_ROOT = Path("/sys/fs/cgroup")  # cgroup v2's unified hierarchy
+SYSTEM_ROOT = Path("/")  # where /proc and /sys are; a test gives a folder that stands in for them
+MEMINFO = Path("proc/meminfo")
+SELF_CGROUP = Path("proc/self/cgroup")
+CGROUP_ROOT = Path("sys/fs/cgroup")  # cgroup v2's unified hierarchy
+CGROUP_V1_MEMORY = CGROUP_ROOT / "memory"  # cgroup v1's memory controller hierarchy
 # memory.stat entries the kernel reclaims before it refuses the cgroup memory: the file
 # cache's LRU lists (shmem, e.g. Ray's object store in /dev/shm, is not on them) and
 # reclaimable slab, as /proc/meminfo's MemAvailable counts them
 RECLAIMABLE = ("inactive_file", "active_file", "slab_reclaimable")
+# cgroup v1's memory.stat names for the file cache of the cgroup and its children, the
+# cgroup memory.usage_in_bytes counts (v1's memory.stat has no slab)
+RECLAIMABLE_V1 = ("total_inactive_file", "total_active_file")
+# cgroup v1 writes "no limit" as its largest page-aligned count (9223372036854771712 with
+# 4 KiB pages); any limit this large, or above the machine's memory, limits nothing
+NO_LIMIT = 2**60
 
 
-def decode_memory_budget() -> Optional[int]:
+@dataclass(frozen=True)
+class _MemoryFiles:
+    """How one cgroup version names a cgroup's memory limits, use and reclaimable cache."""
+
+    limits: tuple[str, ...]
+    usage: str
+    reclaimable: tuple[str, ...]
+
+
+# v2: memory.max, where the OOM killer steps in, and memory.high, above which the kernel
+# throttles the cgroup and reclaims hard (set by systemd's MemoryHigh=, for one)
+CGROUP_V2_FILES = _MemoryFiles(("memory.max", "memory.high"), "memory.current", RECLAIMABLE)
+CGROUP_V1_FILES = _MemoryFiles(("memory.limit_in_bytes",), "memory.usage_in_bytes", RECLAIMABLE_V1)
+
+
+def decode_memory_budget(root: Path = SYSTEM_ROOT) -> Optional[int]:
     """The memory one file may take to decode (load_audio's max_bytes): what is free now
     (`available_memory`), never less than DECODE_MEMORY_FLOOR; None where nothing can be
     read (no cap)."""
-    free = available_memory()
+    free = available_memory(root)
     return None if free is None else max(free, DECODE_MEMORY_FLOOR)
 
 
-def available_memory() -> Optional[int]:
+def available_memory(root: Path = SYSTEM_ROOT) -> Optional[int]:
     """Bytes of memory free for this process now: the kernel's MemAvailable, within the
-    headroom of its cgroup (v2) and of each cgroup above it that has a memory limit; None
-    where none of these can be read."""
-    free = [n for n in (_mem_available(), _cgroup_headroom()) if n is not None]
+    headroom of its cgroup and of each cgroup above it that has a memory limit (cgroup v2's
+    memory.max and memory.high, cgroup v1's memory.limit_in_bytes); None where none of
+    these can be read. `root` stands in for / (a test's fake /proc and /sys)."""
+    meminfo = _meminfo(Path(root) / MEMINFO)
+    rooms = (meminfo.get("MemAvailable"), _cgroup_headroom(Path(root), meminfo.get("MemTotal")))
+    free = [n for n in rooms if n is not None]
     return max(min(free), 0) if free else None
 
 
-def _mem_available() -> Optional[int]:
+def _meminfo(path: Path) -> dict[str, int]:
+    """/proc/meminfo's sizes (its kB entries) in bytes; empty where it cannot be read."""
+    entries = {}
     try:
-        for line in MEMINFO.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(":")
+            if value.strip().endswith(" kB"):
+                entries[name] = int(value.split()[0]) * 1024
+    except (OSError, ValueError):
         pass
-    return None
+    return entries
 
 
-def _cgroup_headroom() -> Optional[int]:
-    """The least headroom of this process's cgroup and its ancestors that have a limit."""
-    rooms = [room for folder in _own_cgroup_and_ancestors() if (room := _headroom(folder)) is not None]
+def _cgroup_headroom(root: Path, machine_total: Optional[int]) -> Optional[int]:
+    """The least headroom of this process's memory cgroups (v2 and v1) and their ancestors
+    that have a limit."""
+    v2 = _own_cgroup_and_ancestors(root, CGROUP_ROOT, _is_v2_line)
+    v1 = _own_cgroup_and_ancestors(root, CGROUP_V1_MEMORY, _is_v1_memory_line)
+    folders = [(CGROUP_V2_FILES, folder) for folder in v2] + [(CGROUP_V1_FILES, folder) for folder in v1]
+    rooms = [room for files, folder in folders if (room := _headroom(folder, files, machine_total)) is not None]
     return min(rooms) if rooms else None
 
 
-def _own_cgroup_and_ancestors() -> list[Path]:
-    """This process's cgroup v2 folder (from /proc/self/cgroup: within a container's cgroup
-    namespace it is the root itself), then each parent up to the root."""
-    own = CGROUP_ROOT
+def _is_v2_line(hierarchy: str, controllers: str) -> bool:
+    return hierarchy == "0" and controllers == ""
+
+
+def _is_v1_memory_line(hierarchy: str, controllers: str) -> bool:
+    return "memory" in controllers.split(",")
+
+
+def _own_cgroup_and_ancestors(root: Path, mount: Path, is_own_line) -> list[Path]:
+    """This process's cgroup folder in the hierarchy mounted at `mount` (from its line in
+    /proc/self/cgroup, "hierarchy:controllers:path"; within a container's cgroup namespace,
+    or where the container sees only its own cgroup, it is the mount itself), then each
+    parent up to the mount."""
+    top = own = root / mount
     try:
-        for line in SELF_CGROUP.read_text().splitlines():
-            if line.startswith("0::"):
-                folder = CGROUP_ROOT / line[3:].strip().lstrip("/")
-                own = folder if folder.is_dir() and ".." not in folder.parts else CGROUP_ROOT
+        for line in (root / SELF_CGROUP).read_text().splitlines():
+            hierarchy, _, rest = line.partition(":")
+            controllers, _, path = rest.partition(":")
+            if is_own_line(hierarchy, controllers):
+                folder = top / path.strip().lstrip("/")
+                own = folder if folder.is_dir() and ".." not in folder.parts else top
     except OSError:
         pass
-    return [own, *[p for p in own.parents if p.is_relative_to(CGROUP_ROOT)]]
+    return [own, *[p for p in own.parents if p.is_relative_to(top)]]
 
 
-def _headroom(folder: Path) -> Optional[int]:
-    """A cgroup's memory.max less what it uses that the kernel would not reclaim first
-    (memory.current charges the page cache of every file read, so a container that has read
-    its limit's worth of audio sits near memory.max with most of it free to take); None
-    without a limit."""
+def _headroom(folder: Path, files: _MemoryFiles, machine_total: Optional[int]) -> Optional[int]:
+    """A cgroup's tightest memory limit less what it uses that the kernel would not reclaim
+    first (its usage charges the page cache of every file read, so a container that has
+    read its limit's worth of audio sits near its limit with most of it free to take);
+    None without a limit."""
+    limit = _tightest_limit(folder, files.limits, machine_total)
+    if limit is None:
+        return None
     try:
-        limit = (folder / "memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        limit, used = int(limit), int((folder / "memory.current").read_text())
+        used = int((folder / files.usage).read_text())
     except (OSError, ValueError):
         return None
-    return limit - max(used - _reclaimable(folder), 0)
+    return limit - max(used - _reclaimable(folder, files.reclaimable), 0)
 
 
-def _reclaimable(folder: Path) -> int:
-    """The RECLAIMABLE bytes of a cgroup's memory.stat; 0 where it cannot be read."""
+def _tightest_limit(folder: Path, names: tuple[str, ...], machine_total: Optional[int]) -> Optional[int]:
+    """The lowest of a cgroup's limit files that limits anything: not "max", not cgroup
+    v1's huge "no limit", not above the machine's memory; None where none does."""
+    limits = [limit for name in names if (limit := _read_limit(folder / name)) is not None
+              and limit < NO_LIMIT and (machine_total is None or limit <= machine_total)]
+    return min(limits) if limits else None
+
+
+def _read_limit(path: Path) -> Optional[int]:
+    try:
+        text = path.read_text().strip()
+        return None if text == "max" else int(text)
+    except (OSError, ValueError):
+        return None
+
+
+def _reclaimable(folder: Path, names: tuple[str, ...]) -> int:
+    """The named reclaimable bytes of a cgroup's memory.stat; 0 where it cannot be read."""
     try:
         stat = dict(line.split()[:2] for line in (folder / "memory.stat").read_text().splitlines() if line.strip())
-        return sum(int(stat.get(name, 0)) for name in RECLAIMABLE)
+        return sum(int(stat.get(name, 0)) for name in names)
     except (OSError, ValueError):
         return 0
 
