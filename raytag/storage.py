@@ -232,18 +232,12 @@ def read_bytes(path) -> bytes:
 
 
 def write_bytes(path, data: bytes) -> None:
-    """Write a whole file, creating its folder; never leaves half a file under `path`."""
+    """Write a whole file, creating its folder; never leaves half a file under `path` (a local
+    one through `write_local_atomically`; an object store's PUT is all-or-nothing already)."""
     fs, inner = resolve(path)
     fs.create_dir(posixpath.dirname(inner), recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
-        tmp = f"{inner}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            with fs.open_output_stream(tmp, compression=None) as out:
-                out.write(data)
-            fs.move(tmp, inner)
-        except OSError:  # a full disk: leave no half-written temporary behind
-            _remove(tmp)
-            raise
+        write_local_atomically(inner, lambda fh: fh.write(data))
     else:
         with fs.open_output_stream(inner, compression=None) as out:
             out.write(data)

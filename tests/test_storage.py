@@ -1,4 +1,11 @@
-"""raytag.storage: names under a URI are percent-encoded by `join`, as pyarrow decodes them."""
+"""raytag.storage: names under a URI are percent-encoded by `join`, as pyarrow decodes them; local
+writes are whole or not at all."""
+import os
+import resource
+import signal
+
+import pytest
+
 from raytag import storage
 
 ODD_NAMES = ["x y.wav", "50%.wav", "50%25.wav", "a#b.wav", "what?.wav", "café.wav", "a+b=c,d.wav"]
@@ -28,3 +35,26 @@ def test_the_parent_of_a_uri_keeps_its_options():
     assert storage.parent("s3://b") == "s3://b"  # a bucket has no parent folder to go to
     assert storage.parent("file:///r/x") == "file:///r" and storage.parent("file:///r") == "file:///"
     assert storage.parent("/r/x/exp/") == "/r/x"
+
+
+def test_a_local_write_is_flushed_to_disk_and_a_failed_one_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    """write_bytes had its own temporary-then-rename write, which never flushed the file to
+    disk (a power cut after the rename could leave an empty file); it now goes through
+    write_local_atomically, like every other local whole-file write."""
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    path = tmp_path / "new" / "folder" / "state.json"
+    storage.write_bytes(str(path), b"old")  # its folder is made
+    assert path.read_bytes() == b"old" and synced
+    # a disk that fills up mid-write (the file size limit stands in for it)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a killed process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))
+    try:
+        with pytest.raises(OSError):
+            storage.write_bytes(str(path), b"x" * 100_000)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert path.read_bytes() == b"old" and os.listdir(path.parent) == ["state.json"]
