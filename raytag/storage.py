@@ -370,6 +370,19 @@ def file_stamps(path) -> dict[str, tuple]:
             if info.type == pafs.FileType.File}
 
 
+def local_file_stamp(path) -> tuple[int, int, int]:
+    """(size, mtime_ns, ctime_ns) of a local file as it is now; (-1, -1, -1) where there is none.
+    For a cache keyed on the files it was made from: the change time moves whenever a file is
+    rewritten, even with its size and mtime kept (`cp -p`, `rsync -a`), and no tool sets it
+    back. It also moves on chmod, chown, a hard link or a rename: such a cache is then made
+    again without need, never reused wrongly."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1, -1)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -820,6 +822,38 @@ def test_the_teachers_test_predictions_are_made_once_per_teacher_and_files(tmp_p
     cache.write_bytes(cache.read_bytes()[:40])  # cut short by a kill
     teacher_test_predictions(art, paths, out, 8, False)
     assert len(calls) == 5 and [p.name for p in cache.parent.iterdir()] == ["teacher_test.npz"]
+
+
+def _replace_keeping_size_and_mtime(path: Path, data: bytes) -> None:
+    """Other bytes under the same name, size and mtime, as `cp -p` or `rsync -a` leave them."""
+    st = path.stat()
+    assert len(data) == st.st_size
+    time.sleep(0.01)  # change times tick with the kernel's clock, coarsely on some kernels
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_the_teachers_caches_follow_a_clip_replaced_keeping_its_size_and_mtime(tmp_path, monkeypatch):
+    """teacher.parquet and teacher_test.npz were keyed on each file's size and mtime, which
+    `cp -p`, `rsync -a` or an archive extracted again keep: other audio under the same name
+    kept the old targets and test predictions. The change time moves, and the key holds it."""
+    import raytag.ensemble.distill as distill_module
+
+    art, dataset = _hand_teacher(tmp_path, CURATED, NOISY)
+    _write_audio_stand_ins(dataset)
+    calls = []
+    monkeypatch.setattr(distill_module, "predict_files", _predict_by_size(calls))
+    out = str(tmp_path / "distill")
+    paths = [str(p) for p in dataset.clips["path"]]
+
+    def both() -> int:  # the noisy clips' targets, then the predictions on the files as test files
+        teacher_targets(art, dataset, out, noisy_targets="ensemble")
+        teacher_test_predictions(art, paths, out, 8, False)
+        return len(calls)
+
+    assert both() == 2 and both() == 2  # reused
+    _replace_keeping_size_and_mtime(tmp_path / "data" / "noisy" / "n1.wav", b"b" * 10)
+    assert both() == 4
 
 
 def test_a_teacher_trained_without_test_clips_still_teaches(tmp_path):

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 
 from raytag.config import Config, ConfigError
 from raytag.data.layouts import load_dataset
-from raytag.ensemble.artifact import load_artifact
+from raytag.ensemble.artifact import Artifact, Member, load_artifact
 from raytag.ensemble.members import save_run_artifact
 from raytag.ensemble.noisy_teacher import (
     CACHE_DIR, cache_key, fold_safe_teacher, fold_teachers, noisy_teacher_targets, teacher_identity,
@@ -103,6 +104,26 @@ def test_the_cached_predictions_are_made_again_when_the_decoder_or_front_end_cha
     assert key() == before
     monkeypatch.setattr(store, "FEATURES_VERSION", store.FEATURES_VERSION + 1)
     assert key() != before
+
+
+def test_the_cached_predictions_are_made_again_when_a_noisy_clip_is_replaced_keeping_its_size_and_mtime(tmp_path):
+    """The key held each noisy file's size and mtime, which `cp -p`, `rsync -a` or an archive
+    extracted again keep: other audio under the same name kept the old predictions. The
+    change time moves, and the key holds it."""
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    (folder / "manifest.json").write_text("{}")
+    art = Artifact(path=str(folder), combiner="mean", weights=None, classes=["a"], layout="fat2019",
+                   members=[Member("m0", {"features": BASE["features"]}, [])])
+    clip = tmp_path / "n1.wav"
+    clip.write_bytes(b"a" * 10)
+    key = lambda: cache_key(art, [1, 2], ["noisy/n1.wav"], [str(clip)])
+    before, st = key(), clip.stat()
+    assert key() == before
+    time.sleep(0.01)  # change times tick with the kernel's clock, coarsely on some kernels
+    clip.write_bytes(b"b" * 10)
+    os.utime(clip, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert clip.stat().st_size == st.st_size and key() != before
 
 
 def test_a_run_with_a_teacher_trains_and_its_noisy_set_takes_the_fold_targets(teacher, demo_data, tmp_path):

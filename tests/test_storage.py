@@ -1,8 +1,9 @@
 """raytag.storage: names under a URI are percent-encoded by `join`, as pyarrow decodes them; local
-writes are whole or not at all."""
+writes are whole or not at all; a local file's stamp tells other bytes under the same name."""
 import os
 import resource
 import signal
+import time
 
 import pytest
 
@@ -58,3 +59,18 @@ def test_a_local_write_is_flushed_to_disk_and_a_failed_one_leaves_the_old_file_a
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous)
     assert path.read_bytes() == b"old" and os.listdir(path.parent) == ["state.json"]
+
+
+def test_a_local_files_stamp_moves_when_it_is_replaced_keeping_its_size_and_mtime(tmp_path):
+    """What the teachers' caches key on: `cp -p` and `rsync -a` keep a file's size and mtime
+    (size and mtime alone took other audio for the old), not its change time."""
+    path = tmp_path / "clip.wav"
+    path.write_bytes(b"a" * 10)
+    before, st = storage.local_file_stamp(path), path.stat()
+    assert before == (10, st.st_mtime_ns, st.st_ctime_ns) and storage.local_file_stamp(str(path)) == before
+    time.sleep(0.01)  # change times tick with the kernel's clock, coarsely on some kernels
+    path.write_bytes(b"b" * 10)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = storage.local_file_stamp(path)
+    assert after[:2] == before[:2] and after != before
+    assert storage.local_file_stamp(tmp_path / "missing.wav") == (-1, -1, -1)

@@ -61,7 +61,6 @@ from raytag.ensemble.artifact import (
 )
 from raytag.ensemble.crop_targets import HOP_FRACTION, SegmentTargetCrops, held_out_folds, teacher_segments
 from raytag.ensemble.job import load_trial
-from raytag.ensemble.noisy_teacher import _size_and_mtime
 from raytag.ensemble.tagging import FAILURE_COLUMNS, predict_files, progress_bar
 from raytag.errors import RaytagError
 from raytag.features.store import shard_key
@@ -195,25 +194,25 @@ def _manifest_id(artifact_path: str) -> str:
 
 def _dataset_id(dataset) -> str:
     """Which clips targets are for: the dataset's folder and a hash of its curated and noisy
-    clip ids, labels and audio files as they are now (path, size, modification time, as the
-    feature store and the noisy teacher's cache tell a file replaced in place), so another
-    --data, or the same one grown, relabelled or with audio replaced, is not taught with old
-    targets."""
+    clip ids, labels and audio files as they are now (path, size, modification and change
+    time: storage.local_file_stamp, as the noisy teacher's cache tells a file replaced in
+    place, `cp -p` included), so another --data, or the same one grown, relabelled or with
+    audio replaced, is not taught with old targets."""
     root = str(dataset.root)
     if not storage.is_uri(root):
         root = str(Path(root).resolve())
     clips = _training_clips(dataset)
     digest = hashlib.sha256()
     for clip_id, labels, path in sorted(zip(clips["clip_id"], clips["labels"], clips["path"].astype(str))):
-        digest.update(f"{clip_id}\t{','.join(sorted(labels))}\t{path}\t{_size_and_mtime(path)}\n".encode())
+        digest.update(f"{clip_id}\t{','.join(sorted(labels))}\t{path}\t{storage.local_file_stamp(path)}\n".encode())
     return f"{root}#{digest.hexdigest()[:16]}"
 
 
 def _files_id(paths) -> str:
-    """A hash of files as they are now (path, size, modification time)."""
+    """A hash of files as they are now (path, size, modification and change time)."""
     digest = hashlib.sha256()
     for path in sorted(str(p) for p in paths):
-        digest.update(f"{path}\t{_size_and_mtime(path)}\n".encode())
+        digest.update(f"{path}\t{storage.local_file_stamp(path)}\n".encode())
     return digest.hexdigest()[:16]
 
 

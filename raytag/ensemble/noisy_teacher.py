@@ -13,8 +13,9 @@ labels, and Noisy Student's next generation (Xie et al. 2020) with the labels ke
 The teacher's fold models run on the noisy clips once: the predictions are cached in the
 feature cache (`noisy_teachers/<key>.npz`), keyed by the teacher's manifest, its members' front
 ends as the feature store keys them (`shard_key`: settings, decoder version, librosa), the folds
-and the noisy files (path, size, modification time), so every member of a `raytag train` run,
-and a rerun, reuse them, and an upgrade that decodes or featurises otherwise does not.
+and the noisy files (path, size, modification and change time: storage.local_file_stamp), so
+every member of a `raytag train` run, and a rerun, reuse them, and an upgrade that decodes or
+featurises otherwise, or audio replaced in place, does not.
 
 The training engine sits below this package, so `fit_pipeline` takes `noisy_teacher_targets`
 as an argument (`noisy_teacher=`) from the commands that train (`raytag train`, the members
@@ -26,7 +27,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import zipfile
 from pathlib import Path
 
@@ -136,21 +136,13 @@ def fold_teachers(art: Artifact, folds: list[int]) -> list[Artifact]:
 def cache_key(art: Artifact, folds: list[int], noisy_ids: list[str], paths: list[str]) -> str:
     """The teacher (its manifest and combiner), each member's front end as this code runs it
     (the feature store's key: a new decoder or librosa predicts again), the folds and the
-    noisy files as they are now (path, size, modification time: audio replaced in place is
-    predicted again)."""
+    noisy files as they are now (path, size, modification and change time: audio replaced in
+    place is predicted again, even with its size and mtime kept, as `cp -p` does)."""
     digest = hashlib.sha256(storage.sha256_file(storage.join(art.path, MANIFEST)).encode())
     front_ends = [shard_key(m.feature_config) for m in art.members]
-    files = [(p, *_size_and_mtime(p)) for p in paths]
+    files = [(p, *storage.local_file_stamp(p)) for p in paths]  # missing: the prediction reports it
     digest.update(repr((art.combiner, art.weights, front_ends, folds, noisy_ids, files)).encode())
     return digest.hexdigest()[:20]
-
-
-def _size_and_mtime(path: str) -> tuple[int, int]:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return (-1, -1)  # the prediction then reports the file (failures)
-    return stat.st_size, stat.st_mtime_ns
 
 
 def noisy_teacher_targets(cfg: Config, plan, dataset, cache_root: str,
