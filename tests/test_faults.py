@@ -16,7 +16,6 @@ would resume from, so a kill always lands after a checkpoint the restart can loa
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
@@ -32,6 +31,9 @@ import pandas as pd
 import pytest
 
 from raytag.session import CONTROLLER_POLL
+
+import sweep_util
+from sweep_util import disk_filling_fit, fake_space
 
 
 # each trial: a tiny pipeline on 2 workers: warm-up 1 epoch, 2 folds x 2 fine-tune epochs
@@ -574,50 +576,7 @@ def test_a_damaged_train_checkpoint_list_is_set_aside(tmp_path):
 
 # ----------------------------------------------------------------------------- a trial meets the fault first (quick)
 FAKE_SAMPLES = 3  # seed 0 draws width 16, 48, 48: a trial the storage stops and two that refuse
-FAKE_SPACE = """
-name: fake
-base:
-  pipeline.finetune.epochs: 4
-space:
-  train.lr: {loguniform: [1.0e-4, 1.0e-2]}
-  model.width: {choice: [16, 48]}
-search: {samples: SAMPLES, scheduler: fifo, max_concurrent_trials: 1, seed: 0}
-resources: {num_workers: 1, cpus_per_worker: 0.5, trial_cpus: 0.25}
-""".replace("SAMPLES", str(FAKE_SAMPLES))
-
-
-def disk_filling_fit(cfg, data, storage, name, callbacks=(), feature_cache=None, progress=True):
-    """Stands in for fit_pipeline: width 48 is refused (the trial's own failure); while
-    `<data>/disk_full` exists a trial's "checkpoint" write after its second epoch finds the
-    disk full. Progress is kept in `<storage>/<name>/epochs` (its checkpoint): a rerun
-    continues from there. Each start is logged in `<data>/starts.log` as "name epoch"."""
-    import errno
-    from types import SimpleNamespace
-
-    from raytag.config import ConfigError
-
-    run = Path(storage) / name
-    run.mkdir(parents=True, exist_ok=True)
-    done = int((run / "epochs").read_text()) if (run / "epochs").exists() else 0
-    with open(Path(data) / "starts.log", "a") as log:
-        log.write(f"{name} {done}\n")
-    if cfg.model.width == 48:
-        raise ConfigError("model.width: 48 is refused by this fake runner")
-    epochs = cfg.pipeline.finetune.epochs
-    score = 1.0 - abs(math.log10(cfg.train.lr) + 3.0) / 2.0
-    for epoch in range(done + 1, epochs + 1):
-        if epoch == 3 and (Path(data) / "disk_full").exists():
-            raise OSError(errno.ENOSPC, "No space left on device", str(run / "checkpoint_000002"))
-        (run / "epochs").write_text(str(epoch))
-        metrics = {"step": epoch, "stage": "finetune", "fold": 0, "round": 0, "epoch": epoch,
-                   "train_loss": 1.0 / epoch, "val_lwlrap": score, "cv_lwlrap": score,
-                   "rung_epoch": epoch, "rung_score": score, "pipeline_done": int(epoch == epochs)}
-        for cb in callbacks:
-            cb.after_report(None, [metrics], None)
-    (run / "outputs").mkdir(exist_ok=True)
-    return SimpleNamespace(run_dir=str(run), outputs_dir=str(run / "outputs"), stages=None,
-                           metrics={"cv_lwlrap": score, "fold_lwlrap": [score], "test_lwlrap": None,
-                                    "epochs_run": epochs, "seconds": 1.0})
+FAKE_SPACE = fake_space(epochs=4, samples=FAKE_SAMPLES, scheduler="fifo")
 
 
 @pytest.mark.ray
@@ -633,7 +592,7 @@ def test_a_trial_that_meets_the_full_disk_first_is_continued_by_resume(ray_sessi
     from raytag.search.leaderboard import TRIAL_FAILURE
     from raytag.search.tuner import run_sweep
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    cloudpickle.register_pickle_by_value(sweep_util)  # workers cannot import tests/
     data = tmp_path / "data"
     data.mkdir()
     (data / "disk_full").write_text("")

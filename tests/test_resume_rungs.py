@@ -10,11 +10,8 @@ The sweeps here stop the way a storage fault stops one (a trial's write finds th
 after its second epoch, past the grace rung), which leaves the trials to `--resume`."""
 from __future__ import annotations
 
-import errno
 import json
-import math
-import sys
-import time
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,59 +19,19 @@ import pytest
 
 from raytag.search.space import parse_space
 
-RUNG_SPACE = """
-name: rungs
-base:
-  pipeline.finetune.epochs: 3
-space:
-  train.lr: {loguniform: [1.0e-4, 1.0e-2]}
-search: {samples: 2, scheduler: asha, grace_period: 2, reduction_factor: 2, max_t: 3,
-         max_concurrent_trials: 1, seed: 0, metric: cv_lwlrap,
-         first_trials: [{train.lr: 3.0e-4}, {train.lr: 1.0e-3}]}
-resources: {num_workers: 1, cpus_per_worker: 0.5, trial_cpus: 0.25}
-"""
-BUDGET_SPACE = """
-name: budget
-base:
-  pipeline.finetune.epochs: 6
-space:
-  train.lr: {loguniform: [1.0e-4, 1.0e-3]}
-search: {samples: 3, scheduler: fifo, epoch_budget: 7, max_concurrent_trials: 1, seed: 0, metric: cv_lwlrap}
-resources: {num_workers: 1, cpus_per_worker: 0.5, trial_cpus: 0.25}
-"""
-LATE_S = 6.0  # after the resume the lower trial reports this much later than the higher one
+import sweep_util
+from sweep_util import LR, disk_filling_fit, fake_space
 
-
-def _score(lr: float) -> float:
-    return 1.0 - abs(math.log10(lr) + 3.0) / 2.0  # 1e-3: 1.0, 3e-4: 0.74
-
-
-def faulting_fit(cfg, data, storage, name, callbacks=(), feature_cache=None, progress=True):
-    """Stands in for fit_pipeline: one report per epoch (rung_score = the trial's score at every
-    epoch); while `<data>/disk_full` exists the third epoch's write finds the disk full.
-    Progress is kept in `<storage>/<name>/epochs` (its checkpoint): a rerun continues there.
-    A rerun of the lower-scoring trial waits LATE_S first, so that after the resume the higher
-    one reaches the rung first (the order in which an empty rung stops the lower one)."""
-    run = Path(storage) / name
-    run.mkdir(parents=True, exist_ok=True)
-    done = int((run / "epochs").read_text()) if (run / "epochs").exists() else 0
-    score = _score(cfg.train.lr)
-    if done and score < 0.9:
-        time.sleep(LATE_S)
-    epochs = cfg.pipeline.finetune.epochs
-    for epoch in range(done + 1, epochs + 1):
-        if epoch == 3 and (Path(data) / "disk_full").exists():
-            raise OSError(errno.ENOSPC, "No space left on device", str(run / "checkpoint_000002"))
-        (run / "epochs").write_text(str(epoch))
-        metrics = {"step": epoch, "stage": "finetune", "fold": 0, "round": 0, "epoch": epoch,
-                   "train_loss": 1.0 / epoch, "val_lwlrap": score, "cv_lwlrap": score,
-                   "rung_epoch": epoch, "rung_score": score, "pipeline_done": int(epoch == epochs)}
-        for cb in callbacks:
-            cb.after_report(None, [metrics], None)
-    (run / "outputs").mkdir(exist_ok=True)
-    return SimpleNamespace(run_dir=str(run), outputs_dir=str(run / "outputs"), stages=None,
-                           metrics={"cv_lwlrap": score, "fold_lwlrap": [score], "test_lwlrap": None,
-                                    "epochs_run": epochs, "seconds": 1.0})
+RUNG_SPACE = fake_space(name="rungs", epochs=3, params={"train.lr": LR}, samples=2, scheduler="asha",
+                        grace_period=2, reduction_factor=2, max_t=3, metric="cv_lwlrap",
+                        first_trials=[{"train.lr": 3.0e-4}, {"train.lr": 1.0e-3}])
+BUDGET_SPACE = fake_space(name="budget", params={"train.lr": {"loguniform": [1.0e-4, 1.0e-3]}}, samples=3,
+                          scheduler="fifo", epoch_budget=7, metric="cv_lwlrap")
+# The trials' fake: a rerun of the lower-scoring trial (lr 3e-4) waits LATE_S first, so that
+# after the resume the higher one (1e-3) reaches the rung first (the order in which an empty
+# rung stops the lower one)
+LATE_S = 6.0
+faulting_fit = partial(disk_filling_fit, late_rerun_s=LATE_S)
 
 
 def _stopped_by_the_storage(run_sweep, space: Path, data: Path, **sweep):
@@ -102,7 +59,7 @@ def test_trials_that_passed_a_rung_before_the_resume_are_not_judged_there_again(
 
     from raytag.search.tuner import run_sweep
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    cloudpickle.register_pickle_by_value(sweep_util)  # workers cannot import tests/
     data = tmp_path / "data"
     data.mkdir()
     space = tmp_path / "rungs.yaml"
@@ -127,7 +84,7 @@ def test_a_resumed_sweep_does_not_spend_its_epoch_budget_again(ray_session, tmp_
 
     from raytag.search.tuner import run_sweep
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cloudpickle.register_pickle_by_value(sweep_util)
     data = tmp_path / "data"
     data.mkdir()
     space = tmp_path / "budget.yaml"

@@ -10,17 +10,10 @@ import pytest
 
 from raytag.search.space import SpaceError, load_space, with_fixed_settings
 
-FAKE_SPACE = """
-name: fake
-base:
-  pipeline.finetune.epochs: 6
-space:
-  train.lr: {loguniform: [1.0e-4, 1.0e-2]}
-  model.width: {choice: [16, 48]}
-search: {samples: 4, scheduler: asha, grace_period: 2, reduction_factor: 2,
-         max_concurrent_trials: 1, seed: 0, startup_trials: 3}
-resources: {num_workers: 1, cpus_per_worker: 0.5, trial_cpus: 0.25}
-"""
+from sweep_util import LR, WIDTH, fake_space
+
+FAKE = dict(samples=4, scheduler="asha", grace_period=2, reduction_factor=2, startup_trials=3)
+FAKE_SPACE = fake_space(**FAKE)
 SETTINGS = {"cv.n_folds": 3}
 
 
@@ -74,7 +67,8 @@ def test_a_resume_needs_no_space_file(sweep):
 def test_a_resume_of_a_space_file_that_now_searches_a_set_key(sweep):
     """The user repeats the start command, --set and all, but the file now searches cv.n_folds."""
     path, exp, notes, resume = sweep
-    path.write_text(FAKE_SPACE.replace("  model.width:", "  cv.n_folds: {choice: [2, 3]}\n  model.width:"))
+    searched = {"train.lr": LR, "cv.n_folds": {"choice": [2, 3]}, "model.width": WIDTH}
+    path.write_text(fake_space(**FAKE, params=searched))
     space = resume(settings=SETTINGS)
     assert space.base["cv.n_folds"] == 3 and "cv.n_folds" not in space.param_keys()
     assert any("cannot be used now" in n and "--set cv.n_folds" in n for n in notes), notes
@@ -82,7 +76,7 @@ def test_a_resume_of_a_space_file_that_now_searches_a_set_key(sweep):
 
 def test_a_resume_of_a_space_file_that_no_longer_loads(sweep):
     path, exp, notes, resume = sweep
-    path.write_text(FAKE_SPACE.replace("train.lr:", "train.lrr:"))  # a key renamed
+    path.write_text(fake_space(**FAKE, params={"train.lrr": LR, "model.width": WIDTH}))  # a key renamed
     space = resume()
     assert space.param_keys() == ["train.lr", "model.width"]
 
@@ -151,7 +145,7 @@ def test_a_new_sweep_records_its_rung_metric(sweep, monkeypatch):
     import raytag.search.tuner as tuner
 
     path, exp, notes, resume = sweep
-    path.write_text(FAKE_SPACE.replace("search: {", "search: {metric: cv_lwlrap, "))
+    path.write_text(fake_space(**FAKE, metric="cv_lwlrap"))
     (exp / "tuner.pkl").unlink()  # nothing to resume: a new sweep
     (exp / "sweep.json").unlink()
     monkeypatch.setattr(ray.tune, "with_parameters", lambda trainable, **kw: trainable)  # no Ray object store

@@ -12,20 +12,17 @@ from typer.testing import CliRunner
 from raytag.config import ConfigError
 from raytag.search.space import SpaceError, load_space, parse_space, with_fixed_settings, with_search_overrides
 
-SPACE = """
-name: hb
-base:
-  pipeline.finetune.epochs: 6
-space:
-  train.lr: {loguniform: [1.0e-4, 1.0e-2]}
-search: {samples: 4, scheduler: SCHEDULER, grace_period: 2, reduction_factor: 2, max_concurrent_trials: 1, seed: 0}
-resources: {num_workers: 1, cpus_per_worker: 0.5, trial_cpus: 0.25}
-"""
+from sweep_util import LR, fake_space
+
+
+def _space_text(scheduler: str) -> str:
+    return fake_space(name="hb", params={"train.lr": LR}, samples=4, scheduler=scheduler,
+                      grace_period=2, reduction_factor=2)
 
 
 def _space_file(tmp_path: Path, scheduler: str) -> Path:
     path = tmp_path / f"{scheduler}.yaml"
-    path.write_text(SPACE.replace("SCHEDULER", scheduler))
+    path.write_text(_space_text(scheduler))
     return path
 
 
@@ -44,14 +41,14 @@ def test_the_command_line_s_hyperband_is_refused(tmp_path):
 def test_build_scheduler_refuses_hyperband():
     from raytag.search.tuner import build_scheduler
 
-    space = parse_space(SPACE.replace("SCHEDULER", "asha"))
+    space = parse_space(_space_text("asha"))
     with pytest.raises(SpaceError, match="use asha"):
         build_scheduler(space, "hyperband")
 
 
 def test_a_stored_sweep_that_used_hyperband_still_loads(tmp_path):
     """What --resume and `raytag report` read: the stored space.yaml, parsed as stored."""
-    stored = parse_space(SPACE.replace("SCHEDULER", "hyperband"), source="results/hb/space.yaml")
+    stored = parse_space(_space_text("hyperband"), source="results/hb/space.yaml")
     assert stored.search.scheduler == "hyperband"
     with pytest.raises(SpaceError, match="no longer offered"):  # but --set makes a new sweep's space
         with_fixed_settings(stored, {"cv.n_folds": 3})
@@ -78,7 +75,7 @@ def test_a_resumed_hyperband_sweep_reads_its_stored_space(tmp_path):
 
     exp = tmp_path / "r" / "hb"
     exp.mkdir(parents=True)
-    text = SPACE.replace("SCHEDULER", "hyperband")
+    text = _space_text("hyperband")
     (exp / "space.yaml").write_text(text)
     (exp / "sweep.json").write_text(json.dumps({
         "search": {"samples": 4, "scheduler": "hyperband", "max_concurrent_trials": 1, "metric": "cv_lwlrap"},

@@ -24,19 +24,13 @@ import pytest
 from raytag.config import ConfigError
 from raytag.errors import RaytagError
 
+from sweep_util import fake_space
+
 REPO = Path(__file__).resolve().parents[1]
 
-FAKE_SPACE = """
-name: fake
-base:
-  pipeline.finetune.epochs: 6
-space:
-  train.lr: {loguniform: [1.0e-4, 1.0e-2]}
-  model.width: {choice: [16, 48]}
-search: {samples: SAMPLES, scheduler: asha, grace_period: 2, reduction_factor: 2,
-         max_concurrent_trials: 1, seed: 0, startup_trials: 3}
-resources: {num_workers: 1, cpus_per_worker: 0.5, trial_cpus: 0.25}
-"""
+# how the sweeps here search sweep_util.fake_space's train.lr and model.width, unless a test says otherwise
+FAKE_SEARCH = dict(scheduler="asha", grace_period=2, reduction_factor=2, startup_trials=3)
+FIRST_TRIALS = [{"train.lr": 1.0e-3}, {"train.lr": 2.0e-3}]
 
 
 def expected_score(lr: float) -> float:
@@ -77,7 +71,7 @@ def fake_fit(cfg, data, storage, name, callbacks=(), feature_cache=None, progres
 
 def write_space(tmp_path: Path, samples: int) -> Path:
     path = tmp_path / "fake.yaml"
-    path.write_text(FAKE_SPACE.replace("SAMPLES", str(samples)))
+    path.write_text(fake_space(samples=samples, **FAKE_SEARCH))
     return path
 
 
@@ -193,9 +187,8 @@ def test_on_2018_data_the_sweep_ranks_by_map3(ray_session, tmp_path):
     data.mkdir()
     (data / "train.csv").write_text("fname,label,manually_verified\n")  # the layout's marker file
     space = tmp_path / "fake.yaml"
-    space.write_text(FAKE_SPACE.replace("SAMPLES", "3").replace("width: {choice: [16, 48]}", "width: {choice: [8, 16, 32]}")
-                     .replace("scheduler: asha", "scheduler: fifo").replace("seed: 0", "seed: 3")
-                     .replace("train.lr: {loguniform: [1.0e-4, 1.0e-2]}", "train.lr: {loguniform: [1.0e-4, 5.0e-3]}"))
+    searched = {"train.lr": {"loguniform": [1.0e-4, 5.0e-3]}, "model.width": {"choice": [8, 16, 32]}}
+    space.write_text(fake_space(samples=3, **{**FAKE_SEARCH, "scheduler": "fifo", "seed": 3}, params=searched))
     # `raytag tune --set`: fixed for every trial (the space's base says 6 epochs), and stored with the space
     result = run_sweep(space, data, storage=str(tmp_path / "res"), name="s18", trial_fn=fake_fit, progress=False,
                        settings={"pipeline.finetune.epochs": 3})
@@ -266,9 +259,8 @@ def test_command_line_search_settings_are_checked_before_anything_starts(tmp_pat
 
     monkeypatch.setattr(tuner, "ensure_ray", no_ray)
     space = tmp_path / "fifo.yaml"
-    space.write_text(FAKE_SPACE.replace("SAMPLES", "4")
-                     .replace("scheduler: asha, grace_period: 2", "scheduler: fifo, grace_period: 20")
-                     .replace("startup_trials: 3", "startup_trials: 3, first_trials: [{train.lr: 1.0e-3}, {train.lr: 2.0e-3}]"))
+    space.write_text(fake_space(samples=4, scheduler="fifo", grace_period=20, reduction_factor=2, startup_trials=3,
+                                first_trials=FIRST_TRIALS))
     (tmp_path / "data").mkdir()
     with pytest.raises(ConfigError, match=message):  # a SpaceError, which the CLI prints
         tuner.run_sweep(space, tmp_path / "data", storage=str(tmp_path / "r"), **args)
@@ -293,8 +285,7 @@ def test_a_resume_notes_command_line_search_settings_instead_of_checking_them(tm
         raise _StopAfterTheNotes
 
     monkeypatch.setattr(tuner, "concurrency", stop)
-    text = (FAKE_SPACE.replace("SAMPLES", "4")
-            .replace("startup_trials: 3", "startup_trials: 3, first_trials: [{train.lr: 1.0e-3}, {train.lr: 2.0e-3}]"))
+    text = fake_space(samples=4, **FAKE_SEARCH, first_trials=FIRST_TRIALS)
     space = tmp_path / "fake.yaml"
     space.write_text(text)
     (tmp_path / "data").mkdir()
@@ -472,7 +463,7 @@ def test_a_resumed_sweep_gets_the_concurrency_computed_now(tmp_path):
     from raytag.search.space import parse_space
     from raytag.search.tuner import build_searcher, limit_concurrency, set_resumed_concurrency
 
-    space = parse_space(FAKE_SPACE.replace("SAMPLES", "4").replace("seed: 0,", "seed: 0, metric: cv_lwlrap,"))
+    space = parse_space(fake_space(samples=4, **FAKE_SEARCH, metric="cv_lwlrap"))
     SearchGenerator(limit_concurrency(build_searcher(space), 4)).save_to_dir(str(tmp_path), "started")
     # what Tuner.restore leaves: the limiter unpickled with the limit the sweep started with
     limiter = limit_concurrency(build_searcher(space), 4)
