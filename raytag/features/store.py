@@ -5,10 +5,11 @@ On disk, `<cache_dir>/<feature_cfg.cache_key()>/<dataset tag>/` (`store.path`), 
 dataset tag is the dataset folder's name plus a hash of its absolute path: one cache
 folder serves many datasets (the demo, a benchmark, a competition set) without one
 build overwriting the shards another run is reading.
-    shard-XXXXX-<hash>.npy  float16, time-major (T, C, F): the clips of one chunk,
-                      concatenated; <hash> is of its contents, so a rebuild that changes a
-                      shard writes a new file and never rewrites one a reader may hold
-    shard-XXXXX.json  that shard's .npy name, index rows, decode failures, statistics sums,
+    shard-<id>-<hash>.npy  float16, time-major (T, C, F): the clips of one shard,
+                      concatenated; <id> names its clips (shard_id), <hash> is of its
+                      contents, so a rebuild that changes a shard writes a new file and
+                      never rewrites one a reader may hold
+    shard-<id>.json   that shard's .npy name, index rows, decode failures, statistics sums,
                       the signature of its clips (clip_id, path, size, mtime: _clip_row)
                       and their contents (each file's change time and a blake2b of its
                       bytes: _unchanged_contents); written after the .npy, so a shard is
@@ -19,11 +20,16 @@ build overwriting the shards another run is reading.
     meta.json         feature settings, (C, F), per-bin mean/std, counts; written last,
                       so its presence marks a finished store
 
-Clips are sorted by clip_id and cut into chunks of `chunk_size`; one task per chunk
-decodes, runs the torch front end (one thread) and writes its shard atomically (temporary
-file, then rename). The tasks run in processes forked from the caller, or in Ray tasks
-where Ray already runs in the calling process (see _compute_shards), always on the calling
-node. One process builds a store at a time (`.build.lock` in its folder: exclusive_lock,
+Clips are sorted by clip_id and cut into shards of about `chunk_size` clips where their
+contents say (shard_bounds: after a clip whose clip_id hashes to a multiple of a divisor,
+within a least and a most size), not at every `chunk_size`-th clip: a clip added, removed
+or unreadable for one build changes the shard it falls in (now and then its neighbour too),
+not every shard after it. A shard is named by its clips (shard_id), not by its place in the
+list, so the others keep their names and are reused. One task per shard decodes, runs the
+torch front end (one thread) and writes its shard atomically (temporary file, then rename).
+The tasks run in processes forked from the caller, or in Ray tasks where Ray already runs
+in the calling process (see _compute_shards), always on the calling node. One process
+builds a store at a time (`.build.lock` in its folder: exclusive_lock,
 raytag.features.locking): builders that start together, a sweep's trials of the same
 features, would each compute every shard; the later ones wait, then reuse the shards. Where
 the lock cannot be had the build goes on without it (two builders then compute some shards
@@ -31,14 +37,13 @@ twice, as shards are content-addressed and written whole); a build that waited a
 time and goes on beside the holder takes each shard the holder finishes meanwhile (where it
 computes in this process). A build that reuses every shard writes no shard or index of the
 store (only, where it may, the sidecars of shards whose files' change times moved:
-_unchanged_contents), so a cache the user may only read serves it; one that must
-write into such a cache is refused before any work (StorageError). A rebuild reuses every
-shard whose signature and key (`shard_key`: the settings, FEATURES_VERSION, FORMAT_VERSION,
-librosa's version) still match, so a second build does no audio work and an interrupted
-build resumes where it stopped. For a
-local dataset a file whose change time moved (rewritten with its size and mtime kept, but
-also chmod, chown, a hard link, a rename) is hashed, and its shard computed again only when
-its bytes differ from those the shard was computed from.
+_unchanged_contents), so a cache the user may only read serves it; one that must write into
+such a cache is refused before any work (StorageError). A rebuild reuses every shard whose
+signature and key (`shard_key`: the settings, FEATURES_VERSION, FORMAT_VERSION, librosa's
+version) still match, so a second build does no audio work and an interrupted build resumes
+where it stopped. For a local dataset a file whose change time moved (rewritten with its
+size and mtime kept, but also chmod, chown, a hard link, a rename) is hashed, and its shard
+computed again only when its bytes differ from those the shard was computed from.
 
 The cache folder is a path on each node (no URI: shards are read with os.pread). By default
 it is on each node's own disk, and on a cluster each node builds its own copy at that path
@@ -123,13 +128,13 @@ class FeatureStoreError(RaytagError):
     """A feature store folder is missing, incomplete or of another format."""
 
 
-def shard_name(shard: int, digest: str) -> str:
-    """The .npy file of a shard with these contents (`digest`: a hash of them)."""
-    return f"shard-{shard:05d}-{digest}.npy"
+def shard_name(shard: str, digest: str) -> str:
+    """The .npy file of shard `shard` (its shard_id) with these contents (`digest`: a hash of them)."""
+    return f"shard-{shard}-{digest}.npy"
 
 
-def _sidecar_name(shard: int) -> str:
-    return f"shard-{shard:05d}.json"
+def _sidecar_name(shard: str) -> str:
+    return f"shard-{shard}.json"
 
 
 # ============================================================================ reading
@@ -346,6 +351,47 @@ class ShardFile:
 DEFAULT_CHUNK = 128  # clips per shard: a few MB of float16, big enough that per-shard costs vanish
 
 
+def shard_bounds(clip_ids: list[str], chunk_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of each shard of `clip_ids` (sorted): about `chunk_size` clips each, cut
+    where the clips say, so that a clip added or removed moves no boundary but those near it.
+
+    A shard ends after a clip whose clip_id hashes to a multiple of a divisor, once it holds
+    at least half of `chunk_size` clips (none is tiny: each shard costs a task, a file and a
+    sidecar); the divisor makes shards `chunk_size` clips on average. A run of clips that
+    none ends is cut at twice `chunk_size` (so no shard grows without bound): the one
+    boundary a clip's place decides, which an insert before it moves until the next shard
+    the clips end. A last piece shorter than the least joins the shard before it."""
+    least, most = max(1, chunk_size // 2), 2 * chunk_size
+    divisor = chunk_size - least + 1  # past the least, 1 in `divisor` clips ends a shard
+    bounds, start = [], 0
+    for i, clip_id in enumerate(clip_ids):
+        size = i + 1 - start
+        if size >= most or (size >= least and _ends_a_shard(clip_id, divisor)):
+            bounds.append((start, i + 1))
+            start = i + 1
+    if start < len(clip_ids):
+        if bounds and len(clip_ids) - start < least:
+            start = bounds.pop()[0]
+        bounds.append((start, len(clip_ids)))
+    return bounds
+
+
+def _ends_a_shard(clip_id: str, divisor: int) -> bool:
+    """Whether a shard may end after this clip: a hash of its clip_id (the same in every
+    process and run, unlike Python's hash()) is a multiple of `divisor`."""
+    digest = hashlib.sha1(clip_id.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") % divisor == 0
+
+
+def shard_id(clip_ids: list[str]) -> str:
+    """A shard's name: a hash of its clip_ids, the same wherever these clips make a shard, so
+    a build finds the shards that a clip added or removed elsewhere in the list left as
+    they were (a name by place would change for every shard after it). In digits: an older
+    raytag building in the same folder reads a sidecar's name as its shard's number."""
+    digest = hashlib.blake2b(json.dumps(list(clip_ids)).encode(), digest_size=8).digest()
+    return f"{int.from_bytes(digest, 'big'):020d}"
+
+
 def build_feature_store(
     dataset, feature_cfg: FeatureConfig, cache_dir: str | Path, progress: bool = True,
     chunk_size: int = DEFAULT_CHUNK, workers: Optional[int] = None, lock_wait_s: Optional[float] = None,
@@ -401,17 +447,18 @@ def _build_locked(dataset, feature_cfg: FeatureConfig, root: Path, shape, progre
     key = shard_key(feature_cfg)
     started = time.perf_counter()
     clips = dataset.clips.sort_values("clip_id", kind="stable").reset_index(drop=True)
-    chunks = [clips.iloc[i: i + chunk_size] for i in range(0, len(clips), chunk_size)]
-    results, todo = _reusable_shards(root, chunks, dataset.root, feature_cfg, key)
+    chunks = [clips.iloc[start:stop] for start, stop in shard_bounds(clips["clip_id"].astype(str).tolist(), chunk_size)]
+    shards = [shard_id(chunk["clip_id"].astype(str).tolist()) for chunk in chunks]
+    results, todo = _reusable_shards(root, zip(shards, chunks), dataset.root, feature_cfg, key)
     if todo:
         _check_writable(root, f"{len(todo)} of its {len(chunks)} shards must be computed")
 
     task_rss = []
     ran_in = None
     if todo:
-        ran_in, shards = _compute_shards(todo, asdict(feature_cfg), key, root, workers)
+        ran_in, finished = _compute_shards(todo, asdict(feature_cfg), key, root, workers)
         with _progress(progress, len(chunks), len(results)) as advance:
-            for shard, out in shards:
+            for shard, out in finished:
                 rss = out.pop("peak_rss_mb", None)  # None: another builder finished it meanwhile
                 if rss is not None:
                     task_rss.append(rss)
@@ -426,7 +473,7 @@ def _build_locked(dataset, feature_cfg: FeatureConfig, root: Path, shape, progre
         "seconds": round(time.perf_counter() - started, 3),
         "task_peak_rss_mb": max(task_rss) if task_rss else None,
     }
-    merged = _merge(results, len(chunks), shape)
+    merged = _merge(results, shards, shape)
     store = _finished_as(root, key, merged)
     if store is None:
         _check_writable(root, "its index must be written again")
@@ -443,12 +490,13 @@ def _build_locked(dataset, feature_cfg: FeatureConfig, root: Path, shape, progre
     return store
 
 
-def _reusable_shards(root: Path, chunks: list, dataset_root, feature_cfg: FeatureConfig, key: str):
-    """({shard: sidecar} of the finished shards to reuse, [(shard, rows, signature)] to compute)."""
-    results: dict[int, dict] = {}
+def _reusable_shards(root: Path, chunks, dataset_root, feature_cfg: FeatureConfig, key: str):
+    """({shard: sidecar} of the finished shards to reuse, [(shard, rows, signature)] to compute),
+    of `chunks`: (shard_id, its clips)."""
+    results: dict[str, dict] = {}
     todo = []
     with_ctime = counts_ctime(dataset_root)
-    for shard, chunk in enumerate(chunks):
+    for shard, chunk in chunks:
         rows = [_clip_row(r, dataset_root) for r in chunk.itertuples(index=False)]
         signature = [r["signature"] for r in rows]
         done = _finished_shard(root, shard, key, signature)
@@ -499,7 +547,7 @@ def _in_this_process(todo: list, cfg_dict: dict, key: str, root: Path):
     for shard, rows, signature in todo:
         done = _finished_since(root, shard, key, signature, planned[shard])
         if done is not None:
-            log.info("%s: shard %d reused: another builder finished it meanwhile", root, shard)
+            log.info("%s: shard %s reused: another builder finished it meanwhile", root, shard)
             yield shard, done
             continue
         if front is None:
@@ -507,7 +555,7 @@ def _in_this_process(todo: list, cfg_dict: dict, key: str, root: Path):
         yield shard, _compute_shard(shard, rows, signature, key, str(root), front)
 
 
-def _sidecar_stamp(root: Path, shard: int) -> Optional[tuple]:
+def _sidecar_stamp(root: Path, shard: str) -> Optional[tuple]:
     """Which file a shard's sidecar is now (a rewrite renames a new one in), None if absent."""
     try:
         st = os.stat(root / _sidecar_name(shard))
@@ -516,7 +564,7 @@ def _sidecar_stamp(root: Path, shard: int) -> Optional[tuple]:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def _finished_since(root: Path, shard: int, key: str, signature: list, planned: Optional[tuple]) -> Optional[dict]:
+def _finished_since(root: Path, shard: str, key: str, signature: list, planned: Optional[tuple]) -> Optional[dict]:
     """The sidecar of this shard if another builder has written it since `planned` (its
     stamp when this build was planned) for exactly these clips, else None. A sidecar that
     was there at planning time was judged then (stale: changed audio, a read failure that
@@ -541,7 +589,7 @@ def _may_fork() -> bool:
 _SHOW_FILES = 5  # how many of a failed shard's files an error names
 
 
-def _failed(root: Path, shard: int, rows: list, err: Exception) -> RaytagError:
+def _failed(root: Path, shard, rows: list, err: Exception) -> RaytagError:
     """The error for a shard whose task failed or whose process died (killed for memory,
     a crash in a decoder): it names the shard's files, one of which may be the cause."""
     files = [row["file"] for row in rows]
@@ -602,7 +650,7 @@ def _ray_tasks(todo: list, cfg_dict: dict, key: str, root: Path):
             yield shard, out
 
 
-def _ray_shard(shard: int, rows: list, signature: list, cfg_dict: dict, key: str, root: str) -> dict:
+def _ray_shard(shard: str, rows: list, signature: list, cfg_dict: dict, key: str, root: str) -> dict:
     """Ray task: one shard, with the front end built once per worker process."""
     global _POOL_FRONTEND
     import torch
@@ -702,7 +750,7 @@ def _unchanged_contents(root: Path, info: dict, rows: list) -> Optional[dict]:
         return None
     for i in moved:
         contents[i] = [rows[i]["ctime"], contents[i][1]]
-    log.info("%s: shard %d reused: %d of its files changed status, not contents", root, info["shard"], len(moved))
+    log.info("%s: shard %s reused: %d of its files changed status, not contents", root, info["shard"], len(moved))
     try:
         write_local_atomically(root / _sidecar_name(info["shard"]), lambda fh: fh.write(json.dumps(info).encode()))
     except OSError as err:  # a cache this user may only read: the next build hashes them again
@@ -710,7 +758,7 @@ def _unchanged_contents(root: Path, info: dict, rows: list) -> Optional[dict]:
     return info
 
 
-def _finished_shard(root: Path, shard: int, key: str, signature: list) -> Optional[dict]:
+def _finished_shard(root: Path, shard: str, key: str, signature: list) -> Optional[dict]:
     """The sidecar of a complete shard of exactly these clips, else None."""
     side = root / _sidecar_name(shard)
     try:
@@ -740,13 +788,13 @@ def _read_failures_decode_now(info: dict, cfg: FeatureConfig) -> bool:
             load_audio(path, cfg.sample_rate, min_samples=min_samples(cfg))
         except (AudioDecodeError, MemoryError):  # still failing (an older sidecar may list an OOM clip)
             continue
-        log.info("%s decodes now; its shard %d is computed again", path, info["shard"])
+        log.info("%s decodes now; its shard %s is computed again", path, info["shard"])
         return True
     return False
 
 
-def _compute_shard(shard: int, rows: list, signature: list, key: str, root: str, front=None) -> dict:
-    """Decode one chunk's clips, run the front end, write the shard atomically.
+def _compute_shard(shard: str, rows: list, signature: list, key: str, root: str, front=None) -> dict:
+    """Decode one shard's clips, run the front end, write the shard atomically.
 
     `front`: (settings, front end) to run (default: the one _forked_pool or _ray_shard set up)."""
     import torch
@@ -785,7 +833,7 @@ def _compute_shard(shard: int, rows: list, signature: list, key: str, root: str,
             failures.append([row["file"], "features are not finite (NaN/inf, or beyond float16 range)"])
             continue
         feats.append(x16)
-        index.append([row["clip_id"], shard, offset, int(x16.shape[0])])
+        index.append([row["clip_id"], offset, int(x16.shape[0])])  # its place in the build: _merge
         offset += int(x16.shape[0])
         if row["in_stats"]:
             flat = x16.reshape(x16.shape[0], -1).astype(np.float64)
@@ -822,6 +870,7 @@ class _Merged:
     index: pd.DataFrame
     failed: list
     files: set  # every shard's .npy, also one whose clips all failed (no index row names it)
+    sidecars: set  # every shard's sidecar (its name)
     n_chunks: int
     count: int
     mean: np.ndarray  # (C * F,)
@@ -829,14 +878,16 @@ class _Merged:
     digests: dict  # clip_id: file_digest of the audio every clip was computed from
 
 
-def _merge(results: dict, n_chunks: int, shape) -> _Merged:
+def _merge(results: dict, shards: list[str], shape) -> _Merged:
+    """`results`: {shard_id: sidecar}; `shards`: this build's shard_ids in clip order, whose
+    place in it is the index's `shard` (the store's number for a shard file)."""
     rows, failed = [], []
-    digests = {sig[0]: content[1] for shard in range(n_chunks)
+    digests = {sig[0]: content[1] for shard in shards
                for sig, content in zip(results[shard]["signature"], results[shard]["contents"])}
     sums, squares, count = np.zeros(shape[0] * shape[1]), np.zeros(shape[0] * shape[1]), 0
-    for shard in range(n_chunks):
+    for number, shard in enumerate(shards):
         info = results[shard]
-        rows.extend([*row, info["file"]] for row in info["index"])
+        rows.extend([clip_id, number, offset, n_frames, info["file"]] for clip_id, offset, n_frames in info["index"])
         failed.extend(info["failed"])
         sums += np.asarray(info["sums"])
         squares += np.asarray(info["squares"])
@@ -847,8 +898,9 @@ def _merge(results: dict, n_chunks: int, shape) -> _Merged:
         std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
     else:  # no training frames (only test clips, or all failed): nothing to normalise by
         mean, std = np.zeros_like(sums), np.ones_like(sums)
-    files = {results[shard]["file"] for shard in range(n_chunks)}
-    return _Merged(index, failed, files, n_chunks, count, mean, std, digests)
+    files = {results[shard]["file"] for shard in shards}
+    sidecars = {_sidecar_name(shard) for shard in shards}
+    return _Merged(index, failed, files, sidecars, len(shards), count, mean, std, digests)
 
 
 def _finished_as(root: Path, key: str, merged: _Merged) -> "FeatureStore | None":
@@ -921,17 +973,20 @@ def _older_than(path: Path, when: float) -> bool:
 
 
 def _remove_stale_shards(root: Path, merged: _Merged) -> None:
-    """Delete the shard files that nothing names and that are STALE_AFTER_S old.
+    """Delete the sidecars and shard files that nothing names and that are STALE_AFTER_S old.
 
-    Kept: the new index's files, the replaced index's (a reader that opened it keeps
-    reading what it indexed), and every file a sidecar names (a shard whose clips all
-    failed; a concurrent build's shard). A younger file may be a concurrent build's whose
-    sidecar is not written yet."""
-    for side in root.glob("shard-*.json"):  # sidecars of an earlier, larger clip list
-        if int(side.stem.split("-")[1]) >= merged.n_chunks:
+    Sidecars kept: this build's, and younger ones: a concurrent build's, or the shard of a
+    clip list a build or two ago (a clip that could not be listed for one build makes its
+    shard another; the next build, with the clip back, reuses the shard it was in). Files
+    kept: the new index's, the replaced index's (a reader that opened it keeps reading what
+    it indexed), and every file a sidecar kept names (a shard whose clips all failed; a
+    concurrent build's shard). A younger file may be a concurrent build's whose sidecar is
+    not written yet."""
+    cutoff = time.time() - STALE_AFTER_S
+    for side in root.glob("shard-*.json"):  # shards of other clip lists (or an older raytag's)
+        if side.name not in merged.sidecars and _older_than(side, cutoff):
             side.unlink(missing_ok=True)
     keep = merged.files | set(_files_of(merged.index).values()) | _indexed_files(root) | _sidecar_files(root)
-    cutoff = time.time() - STALE_AFTER_S
     for npy in root.glob("shard-*.npy"):
         if npy.name not in keep and _older_than(npy, cutoff):
             npy.unlink(missing_ok=True)
