@@ -668,39 +668,101 @@ def _predict_failing(calls: list, failing: dict):
     return predict
 
 
-def test_a_clip_refused_for_memory_is_named_and_tried_again_by_the_next_run(tmp_path, monkeypatch, caplog):
-    """A clip the teacher refused for memory (a shortage that passes) had no row in
-    teacher.parquet, without a word, and every later distill reused that table: the clip
-    was left out for good. The failure is now logged (file: reason) and a table missing such
-    a clip is not kept; a clip that fails the same way every time (damaged) is logged and
-    its absence kept, so reruns do not tag again for it."""
+def _drop_noisy_oof(tmp_path: Path, member: str, fnames) -> None:
+    """Take noisy clips out of one member's noisy_oof.parquet (as a sweep that trained only
+    some folds leaves them): with --noisy-targets oof, the artifact then predicts them."""
+    path = tmp_path / "trials" / member / "noisy_oof.parquet"
+    frame = pd.read_parquet(path)
+    frame = frame[~frame["clip_id"].isin([f"noisy/{f}" for f in fnames])]
+    storage.write_parquet(frame, str(path), metadata={"raytag.classes": json.dumps(HAND_CLASSES)})
+
+
+def _refusing_teacher(tmp_path: Path, monkeypatch, caplog, noisy_targets: str) -> tuple:
+    """(targets, calls, refused): a hand teacher whose artifact predicts the noisy clips and
+    refuses noisy/n1.wav for memory; targets() runs teacher_targets with the warnings of
+    that run alone in caplog. With --noisy-targets oof, a member lacks the noisy clips'
+    out-of-fold predictions, so the artifact predicts them there too."""
+    import raytag.ensemble.distill as distill_module
+
+    art, dataset = _hand_teacher(tmp_path, CURATED, NOISY, extra_noisy=("n3.wav",))
+    if noisy_targets == "oof":
+        _drop_noisy_oof(tmp_path, "m1", NOISY)
+    _write_audio_stand_ins(dataset)
+    refused = str(tmp_path / "data" / "noisy" / "n1.wav")
+    calls, out = [], str(tmp_path / "distill")
+    monkeypatch.setattr(distill_module, "predict_files", _predict_failing(calls, {refused: True}))
+
+    def targets(where: str = out) -> pd.DataFrame:
+        with caplog.at_level(logging.WARNING, logger="raytag.ensemble.distill"):
+            caplog.clear()
+            return teacher_targets(art, dataset, where, noisy_targets=noisy_targets)
+    return targets, calls, refused
+
+
+@pytest.mark.parametrize("noisy_targets", ["ensemble", "oof"])
+def test_a_clip_refused_for_memory_is_the_only_one_tagged_again(tmp_path, monkeypatch, caplog, noisy_targets):
+    """A clip the teacher refused for memory (a shortage that passes) kept teacher.parquet
+    from being written at all, so every later distill tagged every noisy clip again with the
+    full ensemble (hours on FSDKaggle2019) to fail on the same clip. The others' targets are
+    kept now, with the failure; the next run tags only that clip, and names it again while
+    it fails. So with --noisy-targets oof, where a member lacks some noisy clips'
+    out-of-fold predictions."""
+    targets, calls, refused = _refusing_teacher(tmp_path, monkeypatch, caplog, noisy_targets)
+    first = targets()
+    assert calls == [[refused, str(tmp_path / "data" / "noisy" / "n2.wav")]]
+    assert "noisy/n1.wav" not in first.index and first.loc["noisy/n2.wav", "bark"] == pytest.approx(0.1)
+    assert f"{refused}: too long to decode whole" in caplog.text
+    again = targets()  # still refused: only that clip is tried, and it is named again
+    assert calls[1:] == [[refused]] and again.equals(first)
+    assert f"{refused}: too long to decode whole" in caplog.text and "tags those again" in caplog.text
+
+
+@pytest.mark.parametrize("noisy_targets", ["ensemble", "oof"])
+def test_a_clip_refused_for_memory_then_tagged_completes_the_table(tmp_path, monkeypatch, caplog, noisy_targets):
+    """Once the refused clip can be tagged, the next run tags it alone and the table is whole,
+    as one run would have made it (the student's crops follow its order); a run after that
+    tags nothing."""
+    import raytag.ensemble.distill as distill_module
+
+    targets, calls, refused = _refusing_teacher(tmp_path, monkeypatch, caplog, noisy_targets)
+    targets()
+    monkeypatch.setattr(distill_module, "predict_files", _predict_by_size(calls))  # the memory is there now
+    whole = targets()
+    assert calls[1:] == [[refused]] and whole.loc["noisy/n1.wav", "bark"] == pytest.approx(0.1) and not caplog.text
+    assert targets().equals(whole) and len(calls) == 2 and not caplog.text
+    at_once = targets(str(tmp_path / "at_once"))
+    assert list(whole.index) == list(at_once.index)
+    np.testing.assert_allclose(whole[HAND_CLASSES].to_numpy(np.float64), at_once[HAND_CLASSES].to_numpy(np.float64))
+
+
+def test_a_damaged_clip_is_kept_out_and_named_on_every_run_without_tagging_again(tmp_path, monkeypatch, caplog):
+    """A clip that fails the same way every time (damaged) is recorded with the targets: a
+    rerun tags nothing for it and still names it (file: reason); it has no row, never zeros."""
     import raytag.ensemble.distill as distill_module
 
     art, dataset = _hand_teacher(tmp_path, CURATED, NOISY)
     _write_audio_stand_ins(dataset)
-    refused, damaged = (str(tmp_path / "data" / "noisy" / f) for f in ("n1.wav", "n2.wav"))
+    damaged = str(tmp_path / "data" / "noisy" / "n2.wav")
     calls, out = [], str(tmp_path / "distill")
-
-    def targets() -> pd.DataFrame:  # the noisy clips from the artifact's predictions (predict_files)
-        return teacher_targets(art, dataset, out, noisy_targets="ensemble")
-
-    monkeypatch.setattr(distill_module, "predict_files", _predict_failing(calls, {refused: True}))
-    with caplog.at_level(logging.WARNING, logger="raytag.ensemble.distill"):
-        first = targets()
-    assert "noisy/n1.wav" not in first.index and "noisy/n2.wav" in first.index
-    assert f"{refused}: too long to decode whole" in caplog.text and "tries them again" in caplog.text
-    assert not (tmp_path / "distill" / "teacher.parquet").exists()
     monkeypatch.setattr(distill_module, "predict_files", _predict_failing(calls, {damaged: False}))
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="raytag.ensemble.distill"):
-        again = targets()
-    assert len(calls) == 2 and "noisy/n1.wav" in again.index and "noisy/n2.wav" not in again.index
-    assert f"{damaged}: cannot decode: damaged" in caplog.text and "tries them again" not in caplog.text
-    assert targets().equals(again) and len(calls) == 2  # kept: the damaged clip is not tagged again
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="raytag.ensemble.distill"):
+            table = teacher_targets(art, dataset, out, noisy_targets="ensemble")
+        assert "noisy/n2.wav" not in table.index and "noisy/n1.wav" in table.index
+        assert f"{damaged}: cannot decode: damaged" in caplog.text and "tags those again" not in caplog.text
+    assert len(calls) == 1
+    Path(damaged).write_bytes(b"b" * 20)  # replaced: another key, so every clip is tagged again
+    monkeypatch.setattr(distill_module, "predict_files", _predict_by_size(calls))
+    table = teacher_targets(art, dataset, out, noisy_targets="ensemble")
+    assert table.loc["noisy/n2.wav", "bark"] == pytest.approx(0.2)
+    assert len(calls[1]) == 2
 
 
-def test_the_teachers_test_predictions_are_not_kept_without_a_file_refused_for_memory(tmp_path, monkeypatch,
-                                                                                       caplog):
+def test_the_teachers_test_predictions_are_kept_and_only_a_file_refused_for_memory_is_tagged_again(
+        tmp_path, monkeypatch, caplog):
+    """A test file refused for memory kept teacher_test.npz from being written, so every run
+    tagged the whole test set with the full teacher again; now only that file is."""
     import raytag.ensemble.distill as distill_module
 
     art, _ = _hand_teacher(tmp_path, CURATED, NOISY)
@@ -713,10 +775,47 @@ def test_the_teachers_test_predictions_are_not_kept_without_a_file_refused_for_m
     with caplog.at_level(logging.WARNING, logger="raytag.ensemble.distill"):
         assert list(teacher_test_predictions(art, paths, out, 8, False).index) == [paths[0], paths[2]]
     assert f"{paths[1]}: too long to decode whole" in caplog.text
-    assert not (tmp_path / "distill" / "teacher_test.npz").exists()
+    assert (tmp_path / "distill" / "teacher_test.npz").exists()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="raytag.ensemble.distill"):
+        assert list(teacher_test_predictions(art, paths, out, 8, False).index) == [paths[0], paths[2]]
+    assert calls[1:] == [[paths[1]]] and f"{paths[1]}: too long to decode whole" in caplog.text
     monkeypatch.setattr(distill_module, "predict_files", _predict_by_size(calls))
-    assert list(teacher_test_predictions(art, paths, out, 8, False).index) == paths and len(calls) == 2
-    assert list(teacher_test_predictions(art, paths, out, 8, False).index) == paths and len(calls) == 2
+    assert list(teacher_test_predictions(art, paths, out, 8, False).index) == paths and calls[2:] == [[paths[1]]]
+    assert list(teacher_test_predictions(art, paths, out, 8, False).index) == paths and len(calls) == 3
+
+
+def test_the_segment_teachers_cache_computes_only_the_clips_it_lacks(tmp_path, monkeypatch):
+    """A clip added to the student's targets (one the teacher tagged on a later try) made the
+    whole grid be computed again; now only that clip's is, and the cache holds both."""
+    from types import SimpleNamespace
+
+    import raytag.ensemble.distill as distill_module
+
+    art, dataset = _hand_teacher(tmp_path, CURATED, NOISY)
+    ids = list(dataset.clips["clip_id"])
+    asked = []
+
+    def grid(members, combine, store, features, clip_ids, *a, **k):
+        asked.append(list(clip_ids))
+        return {c: (np.arange(3, dtype=np.float64), np.full((3, 3), ids.index(c), np.float32)) for c in clip_ids}
+
+    monkeypatch.setattr(distill_module, "teacher_segments", grid)
+    monkeypatch.setattr(distill_module, "held_out_folds", lambda *a, **k: {})
+    monkeypatch.setattr(distill_module, "SegmentTargetCrops", lambda store, data, crop, batch, by_clip, *a: by_clip)
+    cfg = SimpleNamespace(crop_frames=lambda: 64, features=None, train=SimpleNamespace(batch_size=4))
+    settings = StudentSettings(target_grain="segment")
+
+    def segments(clips: list) -> dict:
+        targets = LabelledSet(clips, np.zeros((len(clips), len(HAND_CLASSES))), np.zeros(len(clips), bool))
+        return distill_module.segment_batches(art, cfg, None, dataset, targets, settings, str(tmp_path / "distill"))
+
+    segments(ids[:-1])
+    got = segments(ids)
+    assert asked == [ids[:-1], ids[-1:]] and set(got) == set(ids)
+    assert got[ids[1]][1][0, 0] == 1 and got[ids[-1]][1][0, 0] == len(ids) - 1
+    segments(ids)
+    assert len(asked) == 2
 
 
 def test_the_segment_teachers_cache_is_written_without_a_copy_in_memory(tmp_path, monkeypatch):

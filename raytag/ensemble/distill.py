@@ -19,7 +19,10 @@ The file is reused while the teacher (its manifest, its members' out-of-fold fil
 their front ends' code: `shard_key`) and the dataset (its folder, curated and noisy clips,
 their labels and audio files) are unchanged (the noisy pass is the expensive part). So are
 the teacher's predictions on the test clips (`teacher_test.npz`), so trying another
-student costs its training and its own test pass.
+student costs its training and its own test pass. A clip the teacher could not tag (e.g.
+refused for memory) has no target, is named in a warning on every run, and is kept in
+the cache with its failure: a later run tags only the clips whose failure may pass
+(memory, I/O) and merges them in, rather than the whole noisy set again.
 
 The student is trained in this process with the engine's own pieces: the feature store
 and plan (`prepare_data`, the student's features; cached like a trial's), random-crop
@@ -90,6 +93,10 @@ TARGET_GRAINS = ("clip", "segment")  # a crop's teacher target: its clip's, or t
 INITS = ("scratch", "member")  # the student's first weights: random, or the template member's first fold model's
 SEGMENTS = "teacher_segments.npz"  # the teacher along each clip (--target-grain segment), cached
 SOURCE_COLUMN = "target_source"  # "oof" (out-of-fold: curated; noisy with cv.noisy_folds) or "ensemble"
+# teacher.parquet's row for a clip the teacher could not tag: no scores, its failure in these columns
+UNTAGGED = "untagged"
+UNTAGGED_COLUMNS = {"file": "untagged_file", "reason": "untagged_reason", "retry": "untagged_retry"}
+UNTAGGED_NAMED = 5  # failures named in the warning (a count for the rest)
 TEACHER_TEST = "teacher_test.npz"  # the teacher's predictions on the test files, cached
 # in the keys of teacher.parquet and teacher_test.npz. 2: a cache made before may lack clips
 # the teacher refused for memory it only seemed to lack (a cap that counted the page cache)
@@ -247,15 +254,40 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
     rows ("oof") from the members' out-of-fold predictions on curated clips and, where every
     member has them (cv.noisy_folds), on noisy clips, combined as the artifact combines (a
     rank mean as the plain mean: `probability_teacher`); the other clips' rows
-    ("ensemble") from the artifact's predictions (likewise). Cached in
-    `<out_dir>/teacher.parquet`."""
+    ("ensemble") from the artifact's predictions (likewise). A clip the artifact could not
+    tag has no row (never zeros); its failure is logged on every run (`_warn_untagged`).
+    Cached in `<out_dir>/teacher.parquet` with those failures (`_cached_teacher`): a later
+    run for the same key tags only the clips whose failure may pass (memory, I/O) and any
+    the table lacks, and merges them in."""
     path = storage.join(out_dir, TEACHER)
     art = probability_teacher(art)
     # nor another teacher's, kind's or dataset's
     key = f"v{CACHE_VERSION}:{_teacher_id(art)}:{noisy_targets}:{_dataset_id(dataset)}"
     cached = _cached_teacher(path, key)
-    if cached is not None:
-        return cached
+    if cached is None:
+        table, failures = _out_of_fold_rows(art, dataset, noisy_targets), _no_failures()
+    else:
+        table, failures = cached
+    # the rest (noisy clips without noisy folds; clips some member has no out-of-fold
+    # prediction of, as in a sweep that trained only some folds): the artifact's own predictions
+    rest = _training_clips(dataset)
+    rest = rest[~rest["clip_id"].isin(table.index)]
+    paths = _worth_tagging(list(rest["path"].astype(str)), failures)
+    if paths:
+        probs, new_failures = predict_files(art, paths, batch_size=batch_size, progress=progress)
+        by_path = dict(zip(rest["path"].astype(str), rest["clip_id"]))
+        probs.index = pd.Index([by_path[p] for p in probs.index], name="clip_id")
+        table = _in_training_order(_concat([table, probs.assign(**{SOURCE_COLUMN: "ensemble"})]), dataset)
+        failures = _after_retry(failures, paths, new_failures)
+    if paths or cached is None:
+        storage.makedirs(out_dir)
+        _save_teacher(path, key, table, failures, dataset, list(art.classes))
+    _warn_untagged(failures, "training")
+    return table
+
+
+def _out_of_fold_rows(art: Artifact, dataset, noisy_targets: str) -> pd.DataFrame:
+    """teacher_targets' "oof" rows: the clips every member has an out-of-fold prediction of."""
     classes = list(art.classes)
     sources = []
     for m in art.members:
@@ -268,7 +300,9 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
             )
         sources.append(source)
     curated, noisy = dataset.split("curated"), dataset.split("noisy")
-    rows, covered = [], set()
+    if curated.empty and noisy.empty:
+        raise RaytagError(f"{dataset.root}: no curated or noisy clips to distil on")
+    rows = [_no_rows(classes, "clip_id").assign(**{SOURCE_COLUMN: "oof"})]
     for clips, member_preds in (
         (curated, [load_trial(s).oof for s in sources]),
         (noisy, [read_noisy_oof(s) if noisy_targets == "oof" else None for s in sources]),
@@ -282,50 +316,89 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
             oof = art.combine([p.loc[common, classes].to_numpy(np.float64) for p in member_preds])
             rows.append(pd.DataFrame(oof, index=pd.Index(common, name="clip_id"), columns=classes)
                         .assign(**{SOURCE_COLUMN: "oof"}))
-            covered.update(common)
-    # the rest (noisy clips without noisy folds; clips some member has no out-of-fold
-    # prediction of, as in a sweep that trained only some folds): the artifact's own predictions
-    rest = _training_clips(dataset)
-    rest = rest[~rest["clip_id"].isin(covered)]
-    failures = pd.DataFrame(columns=FAILURE_COLUMNS)
-    if len(rest):
-        probs, failures = predict_files(art, list(rest["path"]), batch_size=batch_size, progress=progress)
-        by_path = dict(zip(rest["path"].astype(str), rest["clip_id"]))
-        probs.index = pd.Index([by_path[p] for p in probs.index], name="clip_id")
-        rows.append(probs.assign(**{SOURCE_COLUMN: "ensemble"}))
-    if not rows:
-        raise RaytagError(f"{dataset.root}: no curated or noisy clips to distil on")
-    table = pd.concat(rows)
-    if _warn_untagged(failures, "training", path):
-        return table
-    frame = table.reset_index()
-    frame["artifact_manifest"] = key
-    storage.makedirs(out_dir)
-    write_parquet(frame, _local(path), classes)
-    return table
+    return _concat(rows)
 
 
-def _warn_untagged(failures: pd.DataFrame, what: str, cache) -> bool:
-    """Log the files the teacher could not tag (how many, the first as file: reason); True
-    when some of them may pass on another try (failures' retry: refused or out of memory, an
-    I/O error), so `cache` must not be written: it would leave them out of every later run."""
+def _concat(frames: list) -> pd.DataFrame:
+    """pd.concat of the frames with rows (an empty one only when all are: pandas warns
+    about empty entries' dtypes)."""
+    with_rows = [f for f in frames if len(f)]
+    return pd.concat(with_rows) if with_rows else frames[0]
+
+
+def _in_training_order(table: pd.DataFrame, dataset) -> pd.DataFrame:
+    """The "oof" rows, then the "ensemble" rows in the dataset's order: the order one run
+    gives, so a table completed over several runs (clips tagged on a later try) teaches the
+    student as one made at once would (its crops follow the clips' order)."""
+    position = {c: i for i, c in enumerate(_training_clips(dataset)["clip_id"])}
+    oof = table[table[SOURCE_COLUMN] == "oof"]
+    ensemble = table[table[SOURCE_COLUMN] != "oof"]
+    ensemble = ensemble.iloc[np.argsort([position[c] for c in ensemble.index], kind="stable")]
+    return _concat([oof, ensemble])
+
+
+def _no_rows(classes, index_name: str) -> pd.DataFrame:
+    """An empty table of predictions (float columns, one per class)."""
+    return pd.DataFrame(np.zeros((0, len(classes))), columns=list(classes), index=pd.Index([], name=index_name))
+
+
+def _no_failures() -> pd.DataFrame:
+    return pd.DataFrame(columns=FAILURE_COLUMNS).astype({"retry": bool})
+
+
+def _worth_tagging(paths: list[str], failures: pd.DataFrame) -> list[str]:
+    """`paths` less the files the teacher failed on in a way another try would repeat (a
+    damaged file, not retry): their failure stays recorded until the file changes, which
+    changes the cache's key."""
+    for_good = set(failures.loc[~failures["retry"].astype(bool), "file"])
+    return [p for p in paths if p not in for_good]
+
+
+def _after_retry(failures: pd.DataFrame, tried: list[str], new_failures: pd.DataFrame) -> pd.DataFrame:
+    """The failures once the files `tried` were tagged again: theirs replaced by this try's."""
+    kept = failures[~failures["file"].isin(tried)]
+    return _concat([kept, new_failures]).reset_index(drop=True).astype({"retry": bool})
+
+
+def _warn_untagged(failures: pd.DataFrame, what: str) -> None:
+    """Log the files the teacher could not tag (how many, the first few as file: reason, and
+    how many another try may pass: the next run tags those again, and only those)."""
     if failures.empty:
-        return False
-    first = failures.iloc[0]
-    retry = int(failures["retry"].sum())
-    log.warning("%d %s file(s) the teacher could not tag have no prediction, e.g. %s: %s%s", len(failures), what,
-                first["file"], first["reason"],
-                f"; {retry} of them may pass on another try (memory, I/O), so {cache} is not kept and the next "
-                "run tries them again" if retry else "")
-    return retry > 0
+        return
+    named = "; ".join(f"{f}: {r}" for f, r in zip(failures["file"][:UNTAGGED_NAMED], failures["reason"]))
+    more = f" (and {len(failures) - UNTAGGED_NAMED} more)" if len(failures) > UNTAGGED_NAMED else ""
+    retry = int(failures["retry"].astype(bool).sum())
+    log.warning("%d %s file(s) the teacher could not tag have no prediction and are left out: %s%s%s", len(failures),
+                what, named, more,
+                f"; {retry} of them may pass on another try (memory, I/O): the next run tags those again, and only "
+                "those" if retry else "")
 
 
-def _cached_teacher(path: str, key: str) -> Optional[pd.DataFrame]:
-    """The cached teacher table when it was made for `key` (which holds the dataset's clips:
-    `_dataset_id`); None when there is none, it is another's, or it cannot be read (then it
-    is made again, not a crash on every rerun). Its clips may be fewer than the dataset's:
-    files the artifact could not decode have no row, and must not make every rerun redo it
-    (a failure that may pass, e.g. for memory, is never cached: `_warn_untagged`)."""
+def _save_teacher(path: str, key: str, table: pd.DataFrame, failures: pd.DataFrame, dataset,
+                  classes: list[str]) -> None:
+    """teacher.parquet: the table's rows, and one row per clip the teacher could not tag
+    (SOURCE_COLUMN UNTAGGED, no scores, its failure in the UNTAGGED_COLUMNS)."""
+    clips = _training_clips(dataset)
+    clip_of = dict(zip(clips["path"].astype(str), clips["clip_id"]))
+    untagged = failures.rename(columns=UNTAGGED_COLUMNS).assign(
+        clip_id=[clip_of[f] for f in failures["file"]], **{SOURCE_COLUMN: UNTAGGED})
+    frame = _concat([table.reset_index(), untagged]).reset_index(drop=True)
+    for column in UNTAGGED_COLUMNS.values():  # on every row: empty where the clip was tagged
+        if column not in frame.columns:
+            frame[column] = None
+    frame[UNTAGGED_COLUMNS["retry"]] = frame[UNTAGGED_COLUMNS["retry"]].eq(True)
+    frame["artifact_manifest"] = key
+    write_parquet(frame, _local(path), classes)
+
+
+def _cached_teacher(path: str, key: str) -> Optional[tuple[pd.DataFrame, pd.DataFrame]]:
+    """(the cached teacher table, the failures recorded with it: FAILURE_COLUMNS) when it was
+    made for `key` (which holds the dataset's clips: `_dataset_id`); None when there is
+    none, it is another's, or it cannot be read (then it is made again, not a crash on every
+    rerun). A clip the teacher could not tag has a row of its own (SOURCE_COLUMN UNTAGGED)
+    with its failure, so a rerun knows what to try again and what to report; a table
+    written before those rows were kept simply lacks such clips, which teacher_targets
+    then tags."""
     if not storage.exists(path):
         return None
     try:
@@ -335,7 +408,14 @@ def _cached_teacher(path: str, key: str) -> Optional[pd.DataFrame]:
         return None
     if "artifact_manifest" not in cached.columns or not (cached["artifact_manifest"] == key).all():
         return None
-    return cached.drop(columns=["artifact_manifest"]).set_index("clip_id")
+    cached = cached.drop(columns=["artifact_manifest"]).set_index("clip_id")
+    untagged = cached[SOURCE_COLUMN] == UNTAGGED
+    failures = _no_failures()
+    if untagged.any():
+        failures = (cached.loc[untagged, list(UNTAGGED_COLUMNS.values())]
+                    .rename(columns={v: k for k, v in UNTAGGED_COLUMNS.items()})
+                    .reset_index(drop=True).astype({"retry": bool}))
+    return cached.loc[~untagged].drop(columns=[c for c in UNTAGGED_COLUMNS.values() if c in cached.columns]), failures
 
 
 def student_targets(table: pd.DataFrame, dataset, classes: list[str], label_weight: float,
@@ -364,32 +444,42 @@ def given_labels(dataset, clip_ids: list[str]) -> np.ndarray:
 def segment_batches(art: Artifact, cfg: Config, store, dataset, targets: LabelledSet, settings: StudentSettings,
                     out_dir: str) -> SegmentTargetCrops:
     """The student's crops with targets that follow the teacher along each clip (the
-    teacher's grid cached in `<out_dir>/teacher_segments.npz` for this teacher and crop)."""
+    teacher's grid cached in `<out_dir>/teacher_segments.npz` for this teacher and crop; a
+    clip the cache lacks, e.g. one the teacher tagged on a later try, is computed and added,
+    the others reused)."""
     teacher = probability_teacher(art)
     crop = cfg.crop_frames()
     key = f"{_teacher_id(teacher)}:{settings.noisy_targets}:{crop}:{HOP_FRACTION}:{_dataset_id(dataset)}"
     cache = _local(storage.join(out_dir, SEGMENTS))
-    segments = None
-    if cache.is_file():
-        try:
-            with np.load(cache) as saved:
-                if str(saved["key"]) == key and set(targets.clip_ids) <= set(saved["clip_ids"]):
-                    segments = {c: (saved[f"s{i}"], saved[f"p{i}"]) for i, c in enumerate(saved["clip_ids"])}
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:  # damaged: computed again
-            log.warning("%s: unreadable (%s); the teacher's grid is computed again", cache, err)
-            segments = None
-    if segments is None:
+    segments = _cached_segments(cache, key)
+    missing = [c for c in targets.clip_ids if c not in segments]
+    if missing:
         # every member has its trial outputs: teacher_targets, which ran first, refuses a teacher without
         held_out = [held_out_folds(m.settings["source"], noisy=settings.noisy_targets == "oof")
                     for m in teacher.members]
-        segments = teacher_segments(teacher.members, teacher.combine, store, cfg.features, targets.clip_ids,
-                                    crop, held_out, batch_size=settings.batch_size)
+        segments.update(teacher_segments(teacher.members, teacher.combine, store, cfg.features, missing,
+                                         crop, held_out, batch_size=settings.batch_size))
         ids = list(segments)
         arrays = {f"s{i}": segments[c][0] for i, c in enumerate(ids)}
         arrays.update({f"p{i}": segments[c][1] for i, c in enumerate(ids)})
         _save_npz(cache, key=np.array(key), clip_ids=np.array(ids), **arrays)
     return SegmentTargetCrops(store, targets, crop, cfg.train.batch_size, segments,
                               given_labels(dataset, targets.clip_ids), settings.label_weight)
+
+
+def _cached_segments(cache: Path, key: str) -> dict:
+    """{clip: (starts, probs)} of the cached teacher grid when made for `key`; {} when there
+    is none, it is another teacher's, crop's or dataset's, or it cannot be read."""
+    if not cache.is_file():
+        return {}
+    try:
+        with np.load(cache) as saved:
+            if str(saved["key"]) != key:
+                return {}
+            return {str(c): (saved[f"s{i}"], saved[f"p{i}"]) for i, c in enumerate(saved["clip_ids"])}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:  # damaged: computed again
+        log.warning("%s: unreadable (%s); the teacher's grid is computed again", cache, err)
+        return {}
 
 
 def _save_npz(path: Path, **arrays) -> None:
@@ -724,24 +814,41 @@ def score_on_test(student: Artifact, teacher: Artifact, dataset, batch_size, pro
 
 def teacher_test_predictions(teacher: Artifact, paths: list[str], out_dir: str, batch_size: int,
                              progress: bool) -> pd.DataFrame:
-    """The teacher's predictions on the test files (indexed by path; the files it could
-    read), from `<out_dir>/teacher_test.npz` while the teacher and the files are unchanged:
-    the full ensemble (K x F networks) on every test file is the slow part of a student's
-    test pass, and the same for every student of that teacher."""
+    """The teacher's predictions on the test files (indexed by path, in the order of `paths`;
+    the files it could read), from `<out_dir>/teacher_test.npz` while the teacher and the
+    files are unchanged: the full ensemble (K x F networks) on every test file is the slow
+    part of a student's test pass, and the same for every student of that teacher. The
+    files it could not tag are kept with it (their failures), and a later run tags only
+    those another try may pass (memory, I/O), as `teacher_targets` does."""
     cache = _local(storage.join(out_dir, TEACHER_TEST))
     key = f"v{CACHE_VERSION}:{_teacher_id(teacher)}:{_files_id(paths)}"
+    paths = [str(p) for p in paths]
     cached = _cached_test_predictions(cache, key, teacher.classes)
-    if cached is not None:
-        return cached
-    probs, failures = predict_files(teacher, paths, batch_size=batch_size, progress=progress)
-    if not _warn_untagged(failures, "test", cache):
-        _save_npz(cache, key=np.array(key), files=np.array(list(probs.index), dtype=str), probs=probs.to_numpy())
+    if cached is None:
+        probs, failures = _no_rows(teacher.classes, "file"), _no_failures()
+    else:
+        probs, failures = cached
+    to_tag = _worth_tagging([p for p in paths if p not in probs.index], failures)
+    if to_tag:
+        new, new_failures = predict_files(teacher, to_tag, batch_size=batch_size, progress=progress)
+        probs = _concat([probs, new])
+        probs = probs.loc[[p for p in paths if p in probs.index]]
+        failures = _after_retry(failures, to_tag, new_failures)
+    if to_tag or cached is None:
+        _save_npz(cache, key=np.array(key), files=np.array(list(probs.index), dtype=str),
+                  probs=probs.to_numpy(np.float64), failed_files=np.array(list(failures["file"]), dtype=str),
+                  failed_reasons=np.array(list(failures["reason"]), dtype=str),
+                  failed_retry=failures["retry"].to_numpy(bool))
+    _warn_untagged(failures, "test")
     return probs
 
 
-def _cached_test_predictions(cache: Path, key: str, classes: list[str]) -> Optional[pd.DataFrame]:
-    """The cached teacher's test predictions when made for `key`; None when there are none,
-    they are another teacher's or files', or they cannot be read (then made again)."""
+def _cached_test_predictions(cache: Path, key: str, classes: list[str]) -> Optional[tuple[pd.DataFrame,
+                                                                                          pd.DataFrame]]:
+    """(the cached teacher's test predictions, the failures kept with them) when made for
+    `key`; None when there are none, they are another teacher's or files', or they cannot be
+    read (then made again). A cache written before failures were kept has none: a file it
+    lacks is tagged again."""
     if not cache.is_file():
         return None
     try:
@@ -749,7 +856,13 @@ def _cached_test_predictions(cache: Path, key: str, classes: list[str]) -> Optio
             if str(saved["key"]) != key:
                 return None
             files = pd.Index([str(f) for f in saved["files"]], name="file")
-            return pd.DataFrame(saved["probs"], index=files, columns=list(classes))
+            probs = pd.DataFrame(saved["probs"], index=files, columns=list(classes))
+            failures = _no_failures()
+            if "failed_files" in saved.files and len(saved["failed_files"]):
+                failures = pd.DataFrame({"file": [str(f) for f in saved["failed_files"]],
+                                         "reason": [str(r) for r in saved["failed_reasons"]],
+                                         "retry": saved["failed_retry"].astype(bool)}, columns=FAILURE_COLUMNS)
+            return probs, failures
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:  # cut short by a kill
         log.warning("%s: unreadable (%s); the teacher's test predictions are made again", cache, err)
         return None
