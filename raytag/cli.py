@@ -23,6 +23,7 @@ app = typer.Typer(
         "Start with `raytag demo`: it makes a small dataset and runs every step on this machine."
     ),
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},  # every command's context inherits it
     add_completion=False,
     pretty_exceptions_enable=False,
 )

@@ -42,6 +42,7 @@ PARTIAL_SUFFIX = ".partial"
 _URI = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 # typer/pathlib turn "s3://b/k" into "s3:/b/k"; accept that form for the schemes we know.
 _MANGLED_URI = re.compile(r"^(s3|gs|gcs|hdfs|file):/(?!/)")
+_CLOUD_SCHEMES = ("s3", "gs", "gcs")  # object stores reached over the network
 
 
 def is_uri(path: str | os.PathLike) -> bool:
@@ -74,9 +75,20 @@ def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(text)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as err:
-        raise StorageError(
-            f"{text}: cannot open this storage URI ({err}); use a local folder, file://, s3:// or gs://"
-        ) from err
+        raise _unopenable_uri(text, err) from err
+
+
+def _unopenable_uri(text: str, err: Exception) -> StorageError:
+    """Why a URI could not be opened: a scheme raytag does not read, or one it does whose
+    service did not answer (pyarrow asks s3 for the bucket's region as it opens it)."""
+    scheme = _URI.match(text).group(1).lower()
+    if scheme not in (*_CLOUD_SCHEMES, "file", "hdfs"):  # what pyarrow opens
+        return StorageError(f"{text}: unsupported storage scheme '{scheme}://' ({err}); "
+                            "use a local folder, file://, s3:// or gs://")
+    if isinstance(err, OSError) and scheme in _CLOUD_SCHEMES:
+        return StorageError(f"{text}: cannot reach {scheme}:// storage ({err}); check the network, the "
+                            "bucket's name and your credentials")
+    return StorageError(f"{text}: cannot open this storage URI ({err})")
 
 
 def absolute(path: str | os.PathLike) -> str:

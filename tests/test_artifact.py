@@ -68,7 +68,7 @@ def test_storage_join_keeps_uri_scheme():
     assert storage.join("s3://bucket/prefix", "trial#1") == "s3://bucket/prefix/trial%231"  # encoded, not cut off
     assert storage.resolve("~/runs")[1] == str(Path.home() / "runs")
     assert storage.join("results", "exp") == "results/exp"
-    with pytest.raises(StorageError, match="cannot open this storage URI"):
+    with pytest.raises(StorageError, match="unsupported storage scheme"):
         storage.resolve("nosuchscheme://x/y")
 
 
@@ -410,3 +410,18 @@ def test_cli_pull(ensemble, tmp_path):
     assert result.exit_code == 0, result.output
     assert "checksums OK" in result.output
     assert (tmp_path / "got" / "artifact" / "manifest.json").exists()
+
+
+def test_a_file_given_as_the_artifact_is_named_a_file(tmp_path):
+    """`raytag predict clip.wav clip.wav` (the artifact forgotten) said "no such artifact
+    folder" of a file that exists."""
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(b"RIFF")
+    result = CliRunner().invoke(app, ["predict", str(clip), str(clip), "--out", str(tmp_path / "s.csv")],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert "is a file, not an artifact folder; give the artifact's folder" in result.output

@@ -31,7 +31,16 @@ def test_values_are_named_like_click_and_flags_have_none():
     text = _help("predict")
     assert re.search(r"--batch-size\s+INTEGER", text) and re.search(r"--out\s+PATH", text)
     assert "ARTIFACT INPUTS..." in text
-    assert re.search(r"--help\s+Show this message", text)
+    assert re.search(r"--help\s+-h\s+Show this message", text)
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_h_is_help_like_dash_dash_help(command):
+    """`raytag predict -h` used to say "No such option: -h"."""
+    args = [command] if command else []
+    result = CliRunner().invoke(app, [*args, "-h"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+    assert result.exit_code == 0, result.output
+    assert result.output == _help(*args)
 
 
 def test_paragraphs_after_the_first_are_reflowed():

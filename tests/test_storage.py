@@ -4,6 +4,7 @@ import os
 import resource
 import signal
 import time
+import types
 
 import pytest
 
@@ -74,3 +75,32 @@ def test_a_local_files_stamp_moves_when_it_is_replaced_keeping_its_size_and_mtim
     after = storage.local_file_stamp(path)
     assert after[:2] == before[:2] and after != before
     assert storage.local_file_stamp(tmp_path / "missing.wav") == (-1, -1, -1)
+
+
+def test_an_unreachable_bucket_is_not_called_an_unsupported_uri(tmp_path, monkeypatch):
+    """`raytag predict s3://bucket/... clip.wav` off the network said "cannot open this storage
+    URI ...; use a local folder, file://, s3:// or gs://" of an s3:// URI; now an s3 or gs URI
+    whose service does not answer points at the network and credentials, and only a scheme
+    raytag does not read is called unsupported."""
+    from pyarrow import fs as pafs
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+
+    def offline(uri):
+        raise OSError("When resolving region for bucket 'bucket': AWS Error NETWORK_CONNECTION "
+                      "during HeadBucket operation: Could not resolve host")
+
+    with pytest.raises(storage.StorageError, match="unsupported storage scheme 'nosuchscheme://'"):
+        storage.resolve("nosuchscheme://x/y")
+    offline_fs = types.SimpleNamespace(**{n: getattr(pafs, n) for n in dir(pafs) if not n.startswith("_")})
+    offline_fs.FileSystem = types.SimpleNamespace(from_uri=offline)  # pyarrow's own type cannot be patched
+    monkeypatch.setattr(storage, "pafs", offline_fs)
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(b"RIFF")
+    result = CliRunner().invoke(app, ["predict", "s3://bucket/exp/ensemble/artifact", str(clip),
+                                      "--out", str(tmp_path / "s.csv")], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "cannot reach s3:// storage" in text and "credentials" in text, text
+    assert "use a local folder" not in text

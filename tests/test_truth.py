@@ -123,3 +123,18 @@ def test_a_truth_file_in_another_encoding_says_save_it_as_utf8(tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="raytag.data"):
         assert read_truth(path, strict=False) is None
     assert "save the file as UTF-8" in caplog.text
+
+
+def test_a_folder_given_as_the_truth_file_is_named_a_folder_not_missing(tmp_path):
+    """`raytag score --truth .` said "truth file not found: ." of a folder that exists."""
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+
+    (tmp_path / "sub.csv").write_text("fname,Bark,Rain,Chirp\na.wav,0.1,0.2,0.3\n")
+    result = CliRunner().invoke(app, ["score", "--truth", str(tmp_path), "--submission", str(tmp_path / "sub.csv")],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert "is a folder; give the truth CSV file itself" in result.output and "not found" not in result.output
+    with pytest.raises(TruthError, match="truth file not found"):  # a missing file still says so
+        read_truth(tmp_path / "none.csv")

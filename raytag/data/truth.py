@@ -71,7 +71,9 @@ def read_keyed_csv(path, what: str, error: type[Exception] = TruthError,
     has (stripped, unique, never empty); `error` names the file and the problem otherwise.
     Used for truth files here and for submissions by raytag.scoring."""
     path = str(path)
-    if not storage.exists(path) or storage.is_dir(path):
+    if storage.is_dir(path):
+        raise error(f"{path}: is a folder; give the {what} CSV file itself")
+    if not storage.exists(path):
         raise error(f"{what} file not found: {path}")
     try:
         text = storage.read_bytes(path).decode("utf-8-sig")

@@ -489,6 +489,9 @@ def load_artifact(path, device: str = "cpu") -> Artifact:
     """Verify and load an artifact folder (local path or URI)."""
     path = str(path)
     if not storage.is_dir(path):
+        if storage.exists(path):  # e.g. an audio file given first, the artifact forgotten
+            raise ArtifactError(f"{path}: is a file, not an artifact folder; give the artifact's folder "
+                                "(made by `raytag train`, `ensemble`, `distill` or `pull`)")
         raise ArtifactError(f"{path}: no such artifact folder")
     manifest = _check_file_list(path)
     files = _CheckedFiles(path, manifest)
