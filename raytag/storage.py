@@ -163,6 +163,25 @@ def safe_relpath(name, where: str = "", error: type = StorageError) -> str:
     raise error(f"{prefix}refused entry {text!r}: {why}; names must be relative paths inside the folder")
 
 
+def check_name(name: str, option: str) -> str:
+    """An experiment or run name as the command line gave it (`option`: "--name",
+    "EXPERIMENT"...), or StorageError: it is one folder directly under --storage, so an empty
+    name (the storage itself), ".", ".." or a "/" (a folder elsewhere) is refused."""
+    text = str(name)
+    if not text.strip():
+        why = "empty"
+    elif re.search(r"[/\\]", text):
+        why = "a name is one folder directly under --storage, not a path"
+    elif text in (".", ".."):
+        why = f"'{text}' names no folder of its own"
+    elif "\0" in text:
+        why = "it contains a NUL byte"
+    else:
+        return text
+    raise StorageError(f"{option} {text!r}: {why}; give a name such as fat2019 (the folder it has, "
+                       "or will have, in --storage)")
+
+
 def safe_join(root, name, where: str = "", error: type = StorageError) -> str:
     """`root` joined with the untrusted relative `name` (see `safe_relpath`); for a local
     folder the result must also resolve inside `root` (no symlink out of it)."""

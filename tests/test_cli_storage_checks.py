@@ -43,3 +43,52 @@ def test_ensemble_of_a_train_run_writes_no_report(monkeypatch, tmp_path):
     result = CliRunner().invoke(app, ["ensemble", "quick", "--storage", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert len(written) == 1 and written[0].endswith("quick")
+
+
+BAD_NAMES = ["", "a/b", ".."]
+NAMED = {  # command line -> the option its name is given as
+    "train": (["train", "--config", "{cfg}", "--data", "{data}", "--storage", "{st}", "--name", "{bad}"], "--name"),
+    "tune": (["tune", "--space", "{cfg}", "--data", "{data}", "--storage", "{st}", "--name", "{bad}"], "--name"),
+    "report": (["report", "{bad}", "--storage", "{st}"], "EXPERIMENT"),
+    "ensemble": (["ensemble", "{bad}", "--storage", "{st}"], "EXPERIMENT"),
+    "ensemble --with": (["ensemble", "quick", "--storage", "{st}", "--with", "{bad}"], "--with"),
+    "pull": (["pull", "{bad}", "--storage", "{st}", "--to", "{data}/to"], "EXPERIMENT"),
+    "distill": (["distill", "{bad}", "--storage", "{st}"], "EXPERIMENT"),
+}
+
+
+def _no_ray():
+    raise AssertionError("started Ray with a name that is refused")
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+@pytest.mark.parametrize("command", list(NAMED))
+def test_a_name_that_is_not_one_folder_under_storage_is_refused(command, bad, tmp_path, monkeypatch):
+    """`raytag report ''` read the storage itself, `report ../other/sweep` another storage's
+    sweep, and `train/tune --name ../x` would write outside --storage: every name is one folder."""
+    import raytag.console.train
+    import raytag.search.tuner
+
+    monkeypatch.setattr(raytag.console.train, "ensure_ray", _no_ray)
+    monkeypatch.setattr(raytag.search.tuner, "ensure_ray", _no_ray)
+    (tmp_path / "st").mkdir()
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("name: run\n")
+    args, option = NAMED[command]
+    fill = dict(cfg=str(cfg), data=str(tmp_path), st=str(tmp_path / "st"), bad=bad)
+    result = CliRunner().invoke(app, [a.format(**fill) for a in args], env={"COLUMNS": "300"})
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, text
+    assert f"error: {option} {bad!r}:" in text and "give a name such as" in text, text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml", "st"] and not any((tmp_path / "st").iterdir())
+
+
+def test_train_refuses_a_config_whose_name_is_a_path(tmp_path, monkeypatch):
+    import raytag.console.train
+
+    monkeypatch.setattr(raytag.console.train, "ensure_ray", _no_ray)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("name: ../elsewhere\n")
+    result = CliRunner().invoke(app, ["train", "--config", str(cfg), "--data", str(tmp_path)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert f"{cfg}: name '../elsewhere'" in " ".join(result.output.split())

@@ -16,6 +16,9 @@ from raytag.ensemble.pull import PullResult, pull
 
 def ensemble_command(experiment: str, storage: str = "results", top: Optional[int] = 5,
                      min_cv: Optional[float] = None, also: Sequence[str] = ()) -> EnsembleResult:
+    files.check_name(experiment, "EXPERIMENT")
+    for name in also:
+        files.check_name(name, "--with")
     console = Console(stderr=True)
     result = build_ensemble(files.join(storage, experiment), top=top, min_cv=min_cv, console=console,
                             also=[files.join(storage, name) for name in also])
@@ -40,6 +43,7 @@ def ensemble_command(experiment: str, storage: str = "results", top: Optional[in
 
 
 def pull_command(experiment: str, storage: str, to: Path) -> PullResult:
+    files.check_name(experiment, "EXPERIMENT")
     console = Console(stderr=True)
     result = pull(experiment, storage, to)
     console.print(

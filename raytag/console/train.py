@@ -14,6 +14,7 @@ from raytag.ensemble.members import fit_members, save_run_artifact
 from raytag.ensemble.noisy_teacher import noisy_teacher_targets
 from raytag.features.store import feature_cache_folder
 from raytag.session import ensure_ray
+from raytag.storage import check_name
 from raytag.training.progress import EpochEvent
 from raytag.training.runner import fit_pipeline
 
@@ -62,6 +63,8 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
     """`quiet`: no line per epoch (the run's tables at the end only). `feature_cache`: where
     features are built and read (None: default_feature_cache)."""
     console = Console()
+    if name is not None:  # "" too: it would mean the config's name, or the storage itself
+        check_name(name, "--name")
     cache = feature_cache_folder(feature_cache) if feature_cache is not None else None
     cfg = Config.from_yaml(config)
     if overrides:
@@ -69,10 +72,10 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
         cfg = cfg.with_overrides(cli)
         for note in members_keep_their_own(cfg, cli):
             console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    name = name or check_name(cfg.name, f"{config}: name")
     ensure_ray()
     check_storage(storage)  # a multi-node cluster needs storage and data every node can read
     check_data(str(data))
-    name = name or cfg.name
     n_folds = len(cfg.cv.folds or range(cfg.cv.n_folds))
     members = cfg.member_configs()
     what = (f"{len(members)} members ({', '.join(n for n, _ in members)}), {cfg.combine} mean" if members
