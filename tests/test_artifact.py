@@ -425,3 +425,66 @@ def test_a_file_given_as_the_artifact_is_named_a_file(tmp_path):
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 2, result.output
     assert "is a file, not an artifact folder; give the artifact's folder" in result.output
+
+
+@pytest.mark.parametrize("mine", ["artifact/notes.txt", "artifact/sub/data.txt", "leaderboard.csv"])
+def test_pull_refuses_foreign_files_in_to_artifact(ensemble, tmp_path, mine):
+    """A folder no pull wrote: a file the pull would delete (in artifact/) or overwrite (a
+    report) is the user's; pull refuses before writing anything, and the file survives."""
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+
+    exp_dir = Path(ensemble.artifact_path).parents[1]
+    to = tmp_path / "mine"
+    (to / mine).parent.mkdir(parents=True)
+    (to / mine).write_text("precious")
+    args = ["pull", exp_dir.name, "--storage", str(exp_dir.parent), "--to", str(to)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert f"not from a raytag pull ({mine})" in result.output and "empty or new folder" in result.output
+    assert (to / mine).read_text() == "precious"
+    assert sorted(p.relative_to(to).as_posix() for p in to.rglob("*") if p.is_file()) == [mine]
+
+
+def test_pull_resumes_after_an_interruption_into_a_folder_it_wrote(ensemble, tmp_path):
+    """An interrupted pull's files (no manifest yet) are the pull's own: pulled.json marks the
+    folder, so a pull of another experiment replaces them rather than refusing."""
+    exp_dir = Path(ensemble.artifact_path).parents[1]
+    store = tmp_path / "store"
+    storage.copy_tree(str(exp_dir / "ensemble" / "artifact"), str(store / "default" / "artifact"))
+    to = tmp_path / "got"
+    (to / "artifact").mkdir(parents=True)
+    (to / "artifact" / "half.bin").write_bytes(b"from a pull that stopped")
+    (to / "pulled.json").write_text(json.dumps({"experiment": "gone", "storage": str(store)}))
+    result = pull("default", str(store), to)
+    assert not (to / "artifact" / "half.bin").exists() and result.replaced["experiment"] == "gone"
+    load_artifact(to / "artifact")
+
+
+def test_pull_of_other_experiment_leaves_no_stale_reports(ensemble, tmp_path):
+    """A sweep pulled into a folder, then a train run into the same one: the sweep's leaderboard
+    and reports must not stay beside the run's artifact, and pulled.json names the run."""
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+
+    exp_dir = Path(ensemble.artifact_path).parents[1]
+    store = tmp_path / "store"
+    storage.copy_tree(str(exp_dir), str(store / "exp"))
+    (store / "exp" / "report.html").write_text("<html>exp</html>")
+    storage.copy_tree(str(exp_dir / "ensemble" / "artifact"), str(store / "default" / "artifact"))
+    to = tmp_path / "got"
+    first = pull("exp", str(store), to)
+    assert "leaderboard.csv" in first.copied and (to / "ensemble" / "comparison.csv").exists()
+    assert first.replaced is None and json.loads((to / "pulled.json").read_text())["experiment"] == "exp"
+    result = CliRunner().invoke(app, ["pull", "default", "--storage", str(store), "--to", str(to)])
+    assert result.exit_code == 0, result.output
+    assert f"held exp from {store}, now replaced by default" in result.output
+    left = sorted(p.relative_to(to).as_posix() for p in to.rglob("*") if p.is_file())
+    assert left == sorted(["pulled.json", *(f"artifact/{f}" for f in json.loads(
+        (to / "artifact" / "manifest.json").read_text())["files"]), "artifact/manifest.json"])
+    assert json.loads((to / "pulled.json").read_text()) == {
+        "experiment": "default", "storage": str(store), "source": str(store / "default")}
+    again = pull("default", str(store), to)  # the same experiment again: nothing replaced
+    assert again.replaced is None and again.copied == []

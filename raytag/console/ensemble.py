@@ -46,6 +46,12 @@ def pull_command(experiment: str, storage: str, to: Path) -> PullResult:
     files.check_name(experiment, "EXPERIMENT")
     console = Console(stderr=True)
     result = pull(experiment, storage, to)
+    if result.replaced is not None:  # the folder held another experiment: say what went
+        old = result.replaced
+        before = f"{old['experiment']} from {old.get('storage')}" if "experiment" in old else "an unknown experiment"
+        gone = f"; removed its {', '.join(result.removed)}" if result.removed else ""
+        console.print(f"note: {escape(str(to))} held {escape(str(before))}, now replaced by {escape(experiment)}"
+                      f"{escape(gone)}", soft_wrap=True, highlight=False)
     console.print(
         f"pulled {experiment}: {len(result.copied)} file(s) copied, {len(result.skipped)} already "
         f"present and verified; artifact checksums OK"

@@ -12,11 +12,20 @@ never holds a manifest whose files are not all there and verified.
     DIR/leaderboard.csv      the sweep's leaderboard
     DIR/report.html, search.png, importance.csv   the sweep's report, where it has them
     DIR/ensemble/            comparison.csv, comparison.png, ensemble_summary.json
+    DIR/pulled.json          what DIR holds: {"experiment", "storage", "source"}
+
+DIR is a new or empty folder, or one an earlier pull wrote (it holds pulled.json or
+artifact/manifest.json). Into such a folder a pull of another experiment replaces the
+artifact and the reports, and deletes the reports the new source lacks, so DIR never
+describes two experiments. Anywhere else, a file pull would delete or overwrite (a file in
+DIR/artifact that is not the artifact's, a leaderboard.csv) makes it refuse, before it writes.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from raytag import storage
 from raytag.ensemble.artifact import MANIFEST, experiment_artifact, read_manifest, verify_artifact
@@ -26,6 +35,8 @@ ENSEMBLE_REPORTS = ("comparison.csv", "comparison.png", "ensemble_summary.json")
 # the experiment's own reports, each copied where it exists: raytag.search.report writes the
 # leaderboard, search.png and importance.csv; raytag.report_html writes report.html
 SWEEP_REPORTS = ("leaderboard.csv", "report.html", "search.png", "importance.csv")
+REPORTS = (*SWEEP_REPORTS, *(f"ensemble/{name}" for name in ENSEMBLE_REPORTS))
+PULLED = "pulled.json"  # written by pull into --to: which experiment the folder holds
 
 
 @dataclass
@@ -33,6 +44,8 @@ class PullResult:
     artifact: Path
     copied: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # the previous pull's reports the source lacks
+    replaced: Optional[dict] = None  # the previous pull's record, when it was of another experiment
 
 
 def pull(experiment: str, storage_uri: str, to: Path) -> PullResult:
@@ -52,6 +65,9 @@ def pull(experiment: str, storage_uri: str, to: Path) -> PullResult:
     manifest = read_manifest(src_artifact)
     expected = manifest["files"]
     result = PullResult(artifact=Path(dst_artifact))
+    present = [rel for rel in REPORTS if storage.exists(storage.join(source, rel))]
+    record = {"experiment": experiment, "storage": storage.absolute(storage_uri), "source": storage.absolute(source)}
+    ours, result.replaced = _claim_folder(to, record, set(expected), present)
 
     # a manifest left from an older artifact must not vouch for a half-new folder
     old_manifest = Path(dst_artifact) / MANIFEST
@@ -74,20 +90,88 @@ def pull(experiment: str, storage_uri: str, to: Path) -> PullResult:
     result.skipped += [f"artifact/{f}" for f in stats.skipped]
     verify_artifact(dst_artifact)
 
-    reports = [*SWEEP_REPORTS, *(f"ensemble/{name}" for name in ENSEMBLE_REPORTS)]
-    present = [rel for rel in reports if storage.exists(storage.join(source, rel))]
+    if ours:  # the folder mirrors the source: no report of an earlier pull is left beside this one
+        result.removed = _remove_stale_reports(to, keep=set(present))
     stats = storage.copy_tree(source, str(to), files=present)
     result.copied += stats.copied
     result.skipped += stats.skipped
     return result
 
 
+def _claim_folder(to: Path, record: dict, listed: set[str], reports: list[str]) -> tuple[bool, Optional[dict]]:
+    """Make `to` this pull's folder: refuse (before writing anything) one no pull wrote that
+    holds files the pull would delete or overwrite, then record the pull in pulled.json.
+    Returns whether an earlier pull wrote the folder, and that pull's record where it was of
+    another experiment (its reports are then replaced or removed)."""
+    previous = _previous_pull(to)
+    ours = previous is not None or (to / "artifact" / MANIFEST).is_file()
+    if not ours:
+        _refuse_foreign_files(to, listed, reports)
+    replaced = previous if previous is not None and _other_experiment(previous, record) else None
+    storage.write_text(str(to / PULLED), json.dumps(record, indent=1) + "\n")
+    return ours, replaced
+
+
+def _previous_pull(to: Path) -> Optional[dict]:
+    """The record an earlier pull left in `to` (pulled.json), or None. A record that cannot be
+    read still marks the folder as a pull's: only raytag writes that name there."""
+    path = to / PULLED
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _other_experiment(previous: dict, record: dict) -> bool:
+    return (previous.get("experiment"), previous.get("storage")) != (record["experiment"], record["storage"])
+
+
+def _refuse_foreign_files(to: Path, listed: set[str], reports: list[str]) -> None:
+    """StorageError naming the files a pull would delete or overwrite in a folder that no pull
+    wrote: files in `to`/artifact that are not the artifact's (an interrupted pull's ".partial"
+    files and the manifest's own files aside), and the reports the source has that are there."""
+    artifact = to / "artifact"
+    if artifact.exists() and not artifact.is_dir():
+        raise StorageError(f"--to {to}: {artifact} is a file, not an artifact folder; give an empty or new folder")
+    foreign = [f"artifact/{rel}" for rel in _local_files(artifact)
+               if rel not in listed and not rel.endswith(storage.PARTIAL_SUFFIX) and not _hidden(rel)]
+    foreign += [rel for rel in reports if (to / rel).exists()]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise StorageError(f"--to {to}: holds files that are not from a raytag pull ({shown}), which the pull "
+                           "would delete or overwrite; give an empty or new folder, or move them out")
+
+
 def _remove_strays(folder: Path, keep: set[str]) -> None:
     """Delete files in a local artifact folder that the source manifest does not list
-    (an older artifact's files, ".partial" leftovers), so verification sees only ours."""
+    (an older artifact's files, ".partial" leftovers), so verification sees only ours.
+    Hidden files (.DS_Store) are left: verification ignores them, and they are not raytag's."""
+    for rel in _local_files(folder):
+        if rel not in keep and rel != MANIFEST and not _hidden(rel):
+            (folder / rel).unlink()
+
+
+def _remove_stale_reports(to: Path, keep: set[str]) -> list[str]:
+    """Delete the reports in `to` that the source does not have (an earlier pull's, of
+    another experiment or an older state of this one); returns them."""
+    stale = [rel for rel in REPORTS if rel not in keep and (to / rel).is_file()]
+    for rel in stale:
+        (to / rel).unlink()
+    reports_dir = to / "ensemble"
+    if reports_dir.is_dir() and not any(reports_dir.iterdir()):
+        reports_dir.rmdir()
+    return stale
+
+
+def _local_files(folder: Path) -> list[str]:
+    """Relative paths of the files under a local folder (none when it is absent)."""
     if not folder.is_dir():
-        return
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        if path.is_file() and rel not in keep and rel != MANIFEST:
-            path.unlink()
+        return []
+    return [path.relative_to(folder).as_posix() for path in sorted(folder.rglob("*")) if path.is_file()]
+
+
+def _hidden(rel: str) -> bool:
+    return any(part.startswith(".") for part in rel.split("/"))
