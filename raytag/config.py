@@ -740,13 +740,15 @@ _RANGES = {
     ("TrainConfig", "onecycle_pct"): (0.01, 0.99),
     ("TrainConfig", "weight_decay"): (0.0, None),
     ("InputNormConfig", "scale"): (1e-6, None),
-    ("TrainConfig", "lr"): (0.0, None),
     ("TrainConfig", "num_workers"): (1, None),
     ("TrainConfig", "checkpoint_every"): (1, None),
     ("TrainConfig", "average_last"): (0, None),
     ("WaveAugmentConfig", "gain_db"): (0.0, None),
     ("WaveAugmentConfig", "time_shift"): (0.0, 1.0),
     ("ModelConfig", "dropout"): (0.0, 0.99),
+    # a model's first block's channels and its number of blocks: 0 builds no network
+    ("ModelConfig", "width"): (1, None),
+    ("ModelConfig", "depth"): (1, None),
     ("WarmupConfig", "epochs"): (0, None),
     ("FinetuneConfig", "epochs"): (0, None),
     # 1, not 0: build_steps keeps every stage-2 round and a worker trains a 0-epoch round once anyway;
@@ -785,7 +787,9 @@ _RANGES = {
 _OPEN_RANGES = {
     # (class name, field): (low, high) exclusive; None = open
     ("LabelSpreadingConfig", "alpha"): (0.0, 1.0),
-    # a stage's own learning rate (None: train.lr); AdamW refuses one below 0 and 0 learns nothing
+    # the learning rate, and a stage's own (None: train.lr): AdamW refuses one below 0 and 0 learns
+    # nothing (every fold and stage trained for hours with no update)
+    ("TrainConfig", "lr"): (0.0, None),
     ("WarmupConfig", "lr"): (0.0, None),
     ("FinetuneConfig", "lr"): (0.0, None),
     ("PseudoLabelConfig", "lr"): (0.0, None),

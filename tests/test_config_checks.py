@@ -58,6 +58,11 @@ def test_infinite_numbers_are_refused_with_the_key():
     (["pipeline.warmup.lr=-0.001"], "pipeline.warmup.lr: -0.001 must be above 0"),
     (["pipeline.finetune.lr=0"], "pipeline.finetune.lr: 0.0 must be above 0"),  # was replaced by train.lr
     (["pipeline.pseudo.lr=0"], "pipeline.pseudo.lr: 0.0 must be above 0"),
+    # train.lr=0 trained every fold and stage with no update; -1's message implied 0 was fine
+    (["train.lr=0"], "train.lr: 0.0 must be above 0"),
+    (["train.lr=-1"], "train.lr: -1.0 must be above 0"),
+    (["model.width=0"], "model.width: 0 is below the minimum 1"),  # failed only when the model was built
+    (["model.depth=0"], "model.depth: 0 is below the minimum 1"),
     (["seed=-1"], "^seed: -1 is below the minimum 0"),
     (["seed=4294967296"], "^seed: 4294967296 is above the maximum 4294967295"),
     (["cv.seed=-1"], "cv.seed: -1 is below the minimum 0"),
