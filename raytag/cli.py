@@ -251,8 +251,8 @@ def pull(
 def predict(
     artifact: Path = typer.Argument(..., help="Artifact folder (from `raytag train`, `ensemble`, `distill` or `pull`)."),
     inputs: List[Path] = typer.Argument(..., help="Audio files or folders to tag."),
-    out: Optional[Path] = typer.Option(None, help="Output file (default: submission.csv, or stdout for json)."),
-    format: str = typer.Option("csv", help="csv (Kaggle submission of the artifact's layout) or json."),
+    out: Optional[Path] = typer.Option(None, help="Output file; - for stdout (default: submission.csv, or stdout for json)."),
+    format: Optional[str] = typer.Option(None, help="csv (Kaggle submission of the artifact's layout) or json (default: json for an --out ending in .json, else csv)."),
     batch_size: int = typer.Option(32, help="Segments per forward pass."),
     compile: bool = typer.Option(False, "--compile", help="Run the networks through torch.compile: about 1.3x faster on CPU, same scores (to 1e-6), but compiling takes 15-40 s a run, so it pays only on lists of several hours of audio. Needs a C++ compiler; without one the networks run as usual, with a warning."),
 ):

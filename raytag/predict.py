@@ -8,7 +8,8 @@ report (`<out>.failures.csv` and the printed summary) and left out of the output
 
 Output follows the artifact's dataset layout: FSDKaggle2019 -> `fname` + one score column
 per class; FSDKaggle2018 -> `fname,label` with the top 3 classes separated by spaces.
-`--format json` writes the top 3 and every score per file (handy for a few files).
+`--format json` writes the top 3 and every score per file (handy for a few files); an
+`--out` ending in .json chooses it too. `--out -` writes either format to stdout.
 """
 from __future__ import annotations
 
@@ -70,6 +71,21 @@ def expand_inputs(inputs: Iterable) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- output formats
+STDOUT = "-"  # --out - : the output goes to stdout, as the usual command-line tools take it
+
+
+def to_stdout(out: Optional[Path], format: str) -> bool:
+    """Whether the output goes to stdout: `--out -`, or JSON without --out."""
+    return (out is None and format == "json") or (out is not None and str(out) == STDOUT)
+
+
+def output_format(format: Optional[str], out: Optional[Path]) -> str:
+    """--format as given; not given: json for an --out ending in .json, else csv."""
+    if format is not None:
+        return format
+    return "json" if out is not None and Path(out).suffix.lower() == ".json" else "csv"
+
+
 def output_names(files: Sequence[str]) -> list[str]:
     """`fname` values: the base name, or the path as given where base names collide."""
     base = [Path(f).name for f in files]
@@ -90,10 +106,11 @@ def to_json(probs: pd.DataFrame, failures: pd.DataFrame) -> dict:
 
 def write_output(probs: pd.DataFrame, failures: pd.DataFrame, layout: str, format: str,
                  out: Optional[Path]) -> Optional[Path]:
-    """Write the submission (or JSON); returns the path written (None: JSON on stdout)."""
+    """Write the submission (or JSON); returns the path written (None: on stdout)."""
+    stdout = to_stdout(out, format)
     if format == "json":
         text = json.dumps(to_json(probs, failures), indent=2)
-        if out is None:
+        if stdout:
             sys.stdout.write(text + "\n")
             return None
         Path(out).parent.mkdir(parents=True, exist_ok=True)  # as the CSV writers do: check_out_path allows a new folder
@@ -101,14 +118,14 @@ def write_output(probs: pd.DataFrame, failures: pd.DataFrame, layout: str, forma
         return Path(out)
     writer = write_submission_2018 if layout == "fsd2018" else write_submission_2019
     return writer(output_names(list(probs.index)), list(probs.columns), probs.to_numpy(),
-                  Path(out or "submission.csv"))
+                  sys.stdout if stdout else Path(out or "submission.csv"))
 
 
 def check_out_path(out: Optional[Path], format: str) -> None:
     """Refuse an --out that cannot be written (a folder, under a file, read-only folder)
     before any tagging, so no work is lost at the end."""
-    if out is None and format == "json":
-        return  # stdout
+    if to_stdout(out, format):
+        return
     if out is not None and storage.is_uri(out):  # Path("s3://b/k") is the local folder "s3:/b"
         raise RaytagError(f"--out {storage.normalize_uri(out)}: predictions are written to a local file; "
                           "give a local path, then copy it to the bucket (e.g. aws s3 cp)")
@@ -126,7 +143,10 @@ def check_out_path(out: Optional[Path], format: str) -> None:
         raise RaytagError(f"--out {out}: the file exists and cannot be overwritten (permission denied)")
 
 
-def failures_path(out: Optional[Path]) -> Path:
+def failures_path(out: Optional[Path]) -> Optional[Path]:
+    """Where a CSV output's failures are listed; None for a CSV on stdout (they are printed)."""
+    if out is not None and str(out) == STDOUT:
+        return None
     out = Path(out or "submission.csv")
     return out.with_name(out.stem + ".failures.csv")
 
@@ -165,14 +185,15 @@ def save_outputs(tagged: Tagged, out: Optional[Path], format: str) -> tuple[Opti
     then the output, and remove a failures list an earlier run left. Returns (the output
     written, None for JSON on stdout; the failures list written, or None). Raises when no
     input file could be read."""
+    listed = failures_path(out) if format == "csv" else None  # JSON carries its failures itself
     fail_file = None
-    if len(tagged.failures) and format == "csv":
-        fail_file = failures_path(out)
+    if len(tagged.failures) and listed is not None:
+        fail_file = listed
         fail_file.parent.mkdir(parents=True, exist_ok=True)
         tagged.failures.to_csv(fail_file, index=False)
     if tagged.probs.empty:
         raise RaytagError(f"none of the {len(tagged.files)} input file(s) could be read (reasons above)")
     written = write_output(tagged.probs, tagged.failures, tagged.artifact.layout, format, out)
-    if format == "csv" and fail_file is None:
-        failures_path(out).unlink(missing_ok=True)  # a list from an earlier run would mislead
+    if listed is not None and fail_file is None:
+        listed.unlink(missing_ok=True)  # a list from an earlier run would mislead
     return written, fail_file

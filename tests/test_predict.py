@@ -180,6 +180,33 @@ def test_json_output_and_cli(artifact_2019, audio, tmp_path):
     assert bad.exit_code == 2 and "could be read" in bad.output
 
 
+def test_out_dash_is_stdout_for_both_formats_and_a_json_name_chooses_json(artifact_2019, audio, tmp_path, monkeypatch):
+    """`--out -` wrote a CSV file named "-" (a CSV could not go to stdout at all), and
+    `--out tags.json` without --format json wrote CSV into it."""
+    import io
+
+    from raytag.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    tone, corrupt = str(audio["tone.wav"]), str(audio["corrupt.wav"])
+    csv = CliRunner().invoke(app, ["predict", artifact_2019, tone, corrupt, "--out", "-"])
+    assert csv.exit_code == 0, csv.output
+    sub = pd.read_csv(io.StringIO(csv.stdout))
+    assert list(sub.columns) == ["fname", *CLASSES] and list(sub["fname"]) == ["tone.wav"]
+    assert "corrupt.wav" in csv.stderr and "wrote stdout" in csv.stderr  # no failures file beside stdout
+    assert list(tmp_path.iterdir()) == []  # neither "-" nor "-.failures.csv"
+
+    js = CliRunner().invoke(app, ["predict", artifact_2019, tone, "--format", "json", "--out", "-"])
+    assert js.exit_code == 0, js.output
+    assert [Path(f["file"]).name for f in json.loads(js.stdout)["files"]] == ["tone.wav"]
+
+    named = CliRunner().invoke(app, ["predict", artifact_2019, tone, "--out", "tags.json"])
+    assert named.exit_code == 0, named.output
+    assert [Path(f["file"]).name for f in json.loads((tmp_path / "tags.json").read_text())["files"]] == ["tone.wav"]
+    asked = CliRunner().invoke(app, ["predict", artifact_2019, tone, "--out", "odd.json", "--format", "csv"])
+    assert asked.exit_code == 0 and (tmp_path / "odd.json").read_text().startswith("fname,")  # as asked
+
+
 def test_a_run_or_sweep_folder_is_answered_with_the_artifact_to_give(artifact_2019, audio, tmp_path):
     """`raytag predict <run folder>` called the folder an interrupted artifact and advised
     rebuilding it; it names the artifact inside instead."""

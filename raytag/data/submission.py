@@ -7,7 +7,7 @@ NaN would be written into the file and silently score as the worst rank.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence, TextIO, Union
 
 import numpy as np
 import pandas as pd
@@ -22,17 +22,27 @@ def _check_table(fnames: Sequence[str], classes: Sequence[str], scores) -> np.nd
     return scores
 
 
-def write_submission_2019(fnames: Sequence[str], classes: Sequence[str], scores, path) -> Path:
-    """fname + one score column per class, in `classes` order. Returns the path written."""
-    scores = _check_table(fnames, classes, scores)
-    path = Path(path)
+def _write_csv(df: pd.DataFrame, target: Union[str, Path, TextIO], **kwargs) -> Optional[Path]:
+    """Write `df` to a file (its folder made; returns the path) or to an open text stream
+    such as sys.stdout (returns None)."""
+    if hasattr(target, "write"):
+        df.to_csv(target, index=False, **kwargs)
+        return None
+    path = Path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False, **kwargs)
+    return path
+
+
+def write_submission_2019(fnames: Sequence[str], classes: Sequence[str], scores, path) -> Optional[Path]:
+    """fname + one score column per class, in `classes` order, to a file or a text stream
+    (`_write_csv`). Returns the path written."""
+    scores = _check_table(fnames, classes, scores)
     df = pd.DataFrame(scores, columns=list(classes))
     df.insert(0, "fname", list(fnames))
     # 9 significant digits tell every float32 apart (7 rounded 0.99999994 and 0.99999988 into
     # a tie), so the file ranks as the model did
-    df.to_csv(path, index=False, float_format="%.9g")
-    return path
+    return _write_csv(df, path, float_format="%.9g")
 
 
 def top3_labels(classes: Sequence[str], scores) -> list[tuple[str, ...]]:
@@ -45,12 +55,10 @@ def top3_labels(classes: Sequence[str], scores) -> list[tuple[str, ...]]:
     return [tuple(classes[j] for j in row) for row in order]
 
 
-def write_submission_2018(fnames: Sequence[str], classes: Sequence[str], scores, path) -> Path:
-    """fname,label with the top-3 classes space-separated, best first."""
+def write_submission_2018(fnames: Sequence[str], classes: Sequence[str], scores, path) -> Optional[Path]:
+    """fname,label with the top-3 classes space-separated, best first, to a file or a text
+    stream (`_write_csv`)."""
     scores = _check_table(fnames, classes, scores)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     labels = [" ".join(t) for t in top3_labels(classes, scores)]
-    pd.DataFrame({"fname": list(fnames), "label": labels}).to_csv(path, index=False)
-    return path
+    return _write_csv(pd.DataFrame({"fname": list(fnames), "label": labels}), path)
 
