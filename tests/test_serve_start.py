@@ -4,7 +4,9 @@ Serve already on the cluster is joined only as it can be (its address, another a
 and is left running, and a local session refuses replicas it can never place."""
 from __future__ import annotations
 
+import errno
 import signal
+import socket
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -350,3 +352,33 @@ def test_a_named_apps_page_opened_without_its_slash_is_sent_to_it():
     (checked with Ray Serve 2.60 in tests/test_serve.py); this keeps that from going unseen."""
     answer = _get("/student", "/student")
     assert answer["status"] in (307, 308) and answer["location"] == "http://127.0.0.1:8000/student/"
+
+
+@pytest.mark.parametrize("failure, port, said", [
+    (OSError(errno.EADDRINUSE, "Address already in use"), 18123, "holds that port"),
+    (OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"), 18123,
+     "--host 10.99.99.99 is not an address of this machine"),
+    (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), 18123,
+     "--host 10.99.99.99 is not an address of this machine"),
+    (OSError(errno.EACCES, "Permission denied"), 80, "ports below 1024 need root"),
+])
+def test_a_failed_bind_says_whether_the_host_or_the_port_is_wrong(failure, port, said, monkeypatch, tmp_path):
+    """Every failed bind was blamed on a taken port, also a --host that is not this machine's
+    (10.99.99.99: 'Cannot assign requested address'), a host name that does not resolve, and
+    a port below 1024 without root."""
+    def bind(self, address):
+        raise failure
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(serve_app, "load_artifact", lambda path, **kw: None)
+    monkeypatch.setattr(serve_app, "_init_ray", lambda: pytest.fail("started Ray on an address it cannot serve"))
+    monkeypatch.setattr(socket.socket, "bind", bind)
+    from raytag.cli import app
+
+    result = CliRunner().invoke(app, ["serve", str(tmp_path), "--host", "10.99.99.99", "--port", str(port)],
+                                env={"COLUMNS": "300"})
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, text
+    assert said in text, text
+    assert ("holds that port" in text) == (said == "holds that port"), text

@@ -11,6 +11,7 @@ Endpoints: POST /tag, GET /healthz, GET /classes, GET / (a page to drop a clip o
 """
 # no `from __future__ import annotations`: FastAPI must see the real Request type on the routes
 import asyncio
+import errno
 import logging
 import os
 import re
@@ -246,9 +247,21 @@ def check_port_free(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as err:
-            raise RaytagError(f"cannot serve on {host}:{port}: {err.strerror or err}; another program "
-                              f"(or an earlier `raytag serve`) holds that port: stop it or choose "
-                              f"another with --port") from None
+            raise RaytagError(bind_failure(host, port, err)) from None
+
+
+def bind_failure(host: str, port: int, err: OSError) -> str:
+    """What a failed bind of --host/--port says to do: only a taken port is the port's fault."""
+    where = f"cannot serve on {host}:{port}: {err.strerror or err}"
+    if isinstance(err, socket.gaierror) or err.errno == errno.EADDRNOTAVAIL:  # no such name / not ours
+        return (f"{where}; --host {host} is not an address of this machine: give 127.0.0.1 (this machine "
+                "only) or 0.0.0.0 (every address, to accept other machines)")
+    if err.errno == errno.EACCES and port < 1024:
+        return f"{where}; ports below 1024 need root: choose another with --port, e.g. --port 8000"
+    if err.errno == errno.EADDRINUSE:
+        return (f"{where}; another program (or an earlier `raytag serve`) holds that port: stop it or "
+                "choose another with --port")
+    return f"{where}; check --host and --port"
 
 
 @dataclass(frozen=True)
