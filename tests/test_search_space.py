@@ -353,3 +353,37 @@ def test_search_mode_other_than_max_is_refused(mode):
     with pytest.raises(SpaceError, match=rf"search.mode: '{mode}', but every search metric .* is higher-is-better"):
         parse_space(GOOD.replace("search: {samples: 4,", f"search: {{mode: {mode}, samples: 4,"))
     assert parse_space(GOOD.replace("search: {samples: 4,", "search: {mode: max, samples: 4,")).search.mode == "max"
+
+
+def test_a_run_config_and_a_space_given_for_each_other_are_named(tmp_path, monkeypatch):
+    """`tune --space configs/default.yaml` said "unknown section 'combine'", and `train
+    --config search_spaces/quick.yaml` "unknown setting 'base'": neither named the mix-up."""
+    from typer.testing import CliRunner
+
+    import raytag.console.train
+    import raytag.search.tuner
+    from raytag.cli import app
+
+    def no_ray():
+        raise AssertionError("started Ray for a file of the other kind")
+
+    monkeypatch.setattr(raytag.console.train, "ensure_ray", no_ray)
+    monkeypatch.setattr(raytag.search.tuner, "ensure_ray", no_ray)
+    root = Path(__file__).resolve().parents[1]
+    config, space = root / "configs" / "default.yaml", root / "search_spaces" / "quick.yaml"
+
+    def said(*args) -> str:
+        result = CliRunner().invoke(app, [*args, "--data", str(tmp_path), "--storage", str(tmp_path / "r")],
+                                    env={"COLUMNS": "300"})
+        assert result.exit_code == 2, result.output
+        return " ".join(result.output.split())
+
+    told = said("tune", "--space", str(config))
+    assert "this is a run config" in told and f"run it with `raytag train --config {config}`" in told
+    assert f"this is a search space, not a run config; run it with `raytag tune --space {space}`" in said(
+        "train", "--config", str(space))
+    # a space with a mistyped section is still told about that section
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("name: t\nbase: {}\nspce: {}\n")
+    with pytest.raises(SpaceError, match="unknown section 'spce'"):
+        load_space(typo)

@@ -8,11 +8,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from raytag.cluster import check_data, check_storage
-from raytag.config import Config, parse_cli_overrides
+from raytag.config import Config, ConfigError, parse_cli_overrides
 from raytag.console.tables import fold_table, stage_table
 from raytag.ensemble.members import fit_members, save_run_artifact
 from raytag.ensemble.noisy_teacher import noisy_teacher_targets
 from raytag.features.store import feature_cache_folder
+from raytag.search.space import is_space_file
 from raytag.session import ensure_ray
 from raytag.storage import check_name
 from raytag.training.progress import EpochEvent
@@ -66,6 +67,9 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
     if name is not None:  # "" too: it would mean the config's name, or the storage itself
         check_name(name, "--name")
     cache = feature_cache_folder(feature_cache) if feature_cache is not None else None
+    if is_space_file(config):  # its base/space sections would read as unknown settings
+        raise ConfigError(f"{config}: this is a search space, not a run config; run it with "
+                          f"`raytag tune --space {config}`, or give a run config (see configs/)")
     cfg = Config.from_yaml(config)
     if overrides:
         cli = parse_cli_overrides(overrides)

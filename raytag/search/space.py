@@ -341,6 +341,17 @@ def load_space(path: str | Path) -> SearchSpace:
     return space
 
 
+def _refuse_a_run_config(data: dict, source: str) -> None:
+    """A run config given as a space (`tune --space configs/default.yaml`): no section that
+    holds a space's settings, and only a run config's top-level keys."""
+    run_keys = {f.name for f in dataclasses.fields(Config)}
+    if set(data) & {"base", "space", "conditional"} or not set(data) <= run_keys:
+        return
+    raise SpaceError(f"{source}: this is a run config (it has {', '.join(sorted(set(data) - {'name'}))}, a run's "
+                     f"settings), not a search space; run it with `raytag train --config {source}`, or give a "
+                     "search space (see search_spaces/), whose base: holds such settings")
+
+
 def is_space_file(path: str | Path) -> bool:
     """Whether the YAML file at `path` is a search space rather than a run config: it has a
     section only a space has (base, space, ...). False for a file that is absent or not
@@ -446,6 +457,7 @@ def parse_space(text: str, source: str = "<space>", default_name: str = "sweep",
         raise SpaceError(f"{source}: top level must be a mapping with sections {', '.join(_SECTIONS)}")
     unknown = sorted(set(data) - set(_SECTIONS))
     if unknown:
+        _refuse_a_run_config(data, source)
         raise SpaceError(f"{source}: unknown section '{unknown[0]}'; sections are {', '.join(_SECTIONS)}")
 
     base = flatten_settings(data.get("base") or {}, source, "base")
