@@ -38,8 +38,10 @@ DATA_HELP = ("Dataset folder in the FSDKaggle2019 or FSDKaggle2018 layout (see R
 
 
 def _run(fn, *args, **kwargs):
-    """Call a command's implementation; user errors print as one clear message."""
+    """Call a command's implementation; user errors, and files it could not read or write,
+    print as one clear message (exit 2)."""
     from raytag.config import ConfigError
+    from raytag.errors import os_error_text
 
     try:
         return fn(*args, **kwargs)
@@ -47,6 +49,9 @@ def _run(fn, *args, **kwargs):
         # soft_wrap: never split or crop a path in the message (80 columns, piped output);
         # escape: a "[...]" in the message is text, not rich markup
         console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(code=2)
+    except OSError as err:  # a file or folder the command could not read or write: named, no traceback
+        console.print(f"[bold red]error:[/] {escape(os_error_text(err))}", soft_wrap=True)
         raise typer.Exit(code=2)
 
 

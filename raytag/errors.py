@@ -51,3 +51,12 @@ class TrainingDiverged(RaytagError, FloatingPointError):
 
 class ClusterError(RaytagError):
     """The Ray cluster named by RAY_ADDRESS cannot be joined (unreachable, refused, no token)."""
+
+
+def os_error_text(err: OSError) -> str:
+    """An OSError as "<file>: <reason>" for a message (pyarrow's errors carry the file in
+    their text instead, and are shown as they are)."""
+    if err.filename is not None and err.strerror:
+        other = f" -> {err.filename2}" if err.filename2 is not None else ""
+        return f"{err.filename}{other}: {err.strerror}"
+    return str(err)

@@ -488,3 +488,39 @@ def test_pull_of_other_experiment_leaves_no_stale_reports(ensemble, tmp_path):
         "experiment": "default", "storage": str(store), "source": str(store / "default")}
     again = pull("default", str(store), to)  # the same experiment again: nothing replaced
     assert again.replaced is None and again.copied == []
+
+
+def test_pull_to_a_file_is_refused_without_a_traceback(ensemble, tmp_path):
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+
+    exp_dir = Path(ensemble.artifact_path).parents[1]
+    (tmp_path / "truth.csv").write_text("fname,labels\n")
+    for to, said in [(tmp_path / "truth.csv", "is a file; give a folder"),
+                     (tmp_path / "truth.csv" / "sub", f"{tmp_path / 'truth.csv'} is a file, not a folder")]:
+        result = CliRunner().invoke(app, ["pull", exp_dir.name, "--storage", str(exp_dir.parent), "--to", str(to)])
+        assert result.exit_code == 2 and said in result.output, result.output
+        assert "Traceback" not in result.output
+    assert (tmp_path / "truth.csv").read_text() == "fname,labels\n"
+
+
+def test_pull_to_a_read_only_folder_is_refused_before_copying(ensemble, tmp_path, monkeypatch):
+    """Root writes anywhere, so the folder is made read-only by answering os.access for it."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+
+    exp_dir = Path(ensemble.artifact_path).parents[1]
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == read_only and mode & os.W_OK
+                        else real_access(path, mode, **kw))
+    result = CliRunner().invoke(app, ["pull", exp_dir.name, "--storage", str(exp_dir.parent),
+                                      "--to", str(read_only / "dest")])
+    assert result.exit_code == 2, result.output
+    assert f"cannot write in {read_only} (permission denied)" in result.output and "Traceback" not in result.output
+    assert not any(read_only.iterdir())

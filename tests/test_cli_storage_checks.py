@@ -92,3 +92,18 @@ def test_train_refuses_a_config_whose_name_is_a_path(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["train", "--config", str(cfg), "--data", str(tmp_path)], env={"COLUMNS": "300"})
     assert result.exit_code == 2, result.output
     assert f"{cfg}: name '../elsewhere'" in " ".join(result.output.split())
+
+
+def test_a_file_system_error_is_one_line_naming_the_file(monkeypatch):
+    """Backstop: an OSError no command turned into a RaytagError prints `error: <file>: <reason>`
+    and exits 2, with no traceback."""
+    import errno
+
+    def denied(**kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", "/srv/results/quick/leaderboard.csv")
+
+    monkeypatch.setattr(raytag.console.ensemble, "pull_command", denied)
+    result = CliRunner().invoke(app, ["pull", "quick", "--storage", "/srv/results", "--to", "got"])
+    assert result.exit_code == 2, result.output
+    assert "error: /srv/results/quick/leaderboard.csv: Permission denied" in result.output
+    assert "Traceback" not in result.output

@@ -98,3 +98,33 @@ def test_report_of_a_train_run_says_what_it_is_and_where_its_tables_are(tmp_path
         rebuild_report("quick", storage=str(tmp_path / "r"))
     with pytest.raises(RaytagError, match="no sweep named 'other'"):
         rebuild_report("other", storage=str(tmp_path / "r"))
+
+
+def test_report_of_a_read_only_sweep_prints_the_leaderboard_and_warns(tmp_path, monkeypatch):
+    """`raytag report` of a colleague's sweep or a read-only mount: the leaderboard is shown,
+    then a warning that its files were not rewritten, and the exit code is 0."""
+    import errno
+
+    from typer.testing import CliRunner
+
+    from raytag import storage
+    from raytag.cli import app
+
+    exp = tmp_path / "r" / "rep"
+    exp.mkdir(parents=True)
+    (exp / "space.yaml").write_text(SPACE)
+    rows = [{"status": "ok", "cv_lwlrap": 0.5, "model.name": "crnn", "train.lr": 1e-3},
+            {"status": "ok", "cv_lwlrap": 0.6, "model.name": "cnn2d", "train.lr": math.nan}]
+    (exp / "leaderboard.csv").write_text(board(rows).to_csv(index=False))  # no Tune state: read from the CSV
+    before = (exp / "leaderboard.csv").read_bytes()
+
+    def read_only(path, data):
+        raise PermissionError(errno.EPERM, "Operation not permitted", f"{exp}/.leaderboard.csv.0.tmp")
+
+    monkeypatch.setattr(storage, "write_bytes", read_only)
+    result = CliRunner().invoke(app, ["report", "rep", "--storage", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    table = result.output.index("leaderboard (2 trials")
+    warning = result.output.index("warning: leaderboard.csv and search.png not rewritten")
+    assert table < warning and "Operation not permitted" in result.output and "Traceback" not in result.output
+    assert (exp / "leaderboard.csv").read_bytes() == before

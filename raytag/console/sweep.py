@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.config import parse_cli_overrides
 from raytag.console.tables import print_leaderboard
 from raytag.ensemble.noisy_teacher import noisy_teacher_targets
+from raytag.errors import os_error_text
 from raytag.features.store import feature_cache_folder
-from raytag.search.report import rebuild_report
+from raytag.search.report import PLOT_NAME, read_sweep_board, save_report
 from raytag.search.tuner import run_sweep
 
 
@@ -53,9 +55,15 @@ def print_no_result(board: pd.DataFrame) -> None:
 def report_command(experiment: str, storage: str = "results") -> pd.DataFrame:
     """`raytag report EXPERIMENT`: rebuild the leaderboard and plots from the experiment folder."""
     files.check_name(experiment, "EXPERIMENT")
-    board, plot = rebuild_report(experiment, storage)
-    print_leaderboard(board)
-    exp_dir = files.join(files.absolute(storage), experiment)
-    Console(stderr=True).print(f"leaderboard: {files.join(exp_dir, 'leaderboard.csv')}"
-                               + (f"\nplot: {plot}" if plot else ""), highlight=False)
+    exp_dir, board, space = read_sweep_board(experiment, storage)
+    print_leaderboard(board)  # shown before anything is written: the folder may be read-only
+    err = Console(stderr=True)
+    try:
+        plot = save_report(exp_dir, board, space)
+    except OSError as fault:  # a colleague's sweep, a read-only mount: the leaderboard above is the result
+        err.print(f"[yellow]warning:[/] leaderboard.csv and {PLOT_NAME} not rewritten ({escape(os_error_text(fault))}); "
+                  "the table above is the sweep's leaderboard", soft_wrap=True, highlight=False)
+        return board
+    err.print(f"leaderboard: {files.join(exp_dir, 'leaderboard.csv')}" + (f"\nplot: {plot}" if plot else ""),
+              highlight=False)
     return board

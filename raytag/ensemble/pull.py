@@ -23,6 +23,7 @@ DIR/artifact that is not the artifact's, a leaderboard.csv) makes it refuse, bef
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -61,6 +62,7 @@ def pull(experiment: str, storage_uri: str, to: Path) -> PullResult:
             "(or `raytag train` to make a run of that name)"
         )
     to = Path(to).resolve()
+    _check_to_folder(to)
     dst_artifact = str(to / "artifact")
     manifest = read_manifest(src_artifact)
     expected = manifest["files"]
@@ -96,6 +98,21 @@ def pull(experiment: str, storage_uri: str, to: Path) -> PullResult:
     result.copied += stats.copied
     result.skipped += stats.skipped
     return result
+
+
+def _check_to_folder(to: Path) -> None:
+    """Refuse a --to that is a file, lies under one, or cannot be written (as the nearest
+    folder that exists says), before anything is copied or written."""
+    if to.exists() and not to.is_dir():
+        raise StorageError(f"--to {to}: is a file; give a folder (pull writes the artifact and the reports in it)")
+    for folder in (to, *to.parents):
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            raise StorageError(f"--to {to}: {folder} is a file, not a folder; give a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise StorageError(f"--to {to}: cannot write in {folder} (permission denied); give a folder you can write")
+        return
 
 
 def _claim_folder(to: Path, record: dict, listed: set[str], reports: list[str]) -> tuple[bool, Optional[dict]]:

@@ -1,6 +1,7 @@
 """Sweep report: leaderboard.csv, importance.csv and search.png (the ranking metric, cv_map3
 on FSDKaggle2018 and cv_lwlrap on FSDKaggle2019, over trials and against the most important
-settings); `rebuild_report` redraws them for `raytag report EXPERIMENT`.
+settings); `read_sweep_board` reads a finished sweep's leaderboard for `raytag report EXPERIMENT`
+(which shows it, then redraws them), `rebuild_report` reads and redraws in one.
 
 Importance is Optuna's fANOVA (`optuna.importance.get_param_importances`) on a study
 rebuilt from the finished trials; it needs a few trials with a score, so a tiny sweep
@@ -230,6 +231,13 @@ def _refuse_a_train_run(experiment: str, exp_dir: str) -> None:
 
 def rebuild_report(experiment: str, storage: str = "results") -> tuple[pd.DataFrame, Optional[str]]:
     """Rebuild a sweep's leaderboard and plots from its experiment folder; (board, plot path)."""
+    exp_dir, board, space = read_sweep_board(experiment, storage)
+    return board, save_report(exp_dir, board, space)
+
+
+def read_sweep_board(experiment: str, storage: str = "results") -> tuple[str, pd.DataFrame, SearchSpace]:
+    """A sweep's leaderboard read from its experiment folder, writing nothing (a colleague's
+    sweep or a read-only mount can be shown): (experiment folder, board, space)."""
     exp_dir = files.join(files.absolute(storage), experiment)
     space_file = files.join(exp_dir, "space.yaml")
     if not files.exists(space_file):
@@ -249,5 +257,4 @@ def rebuild_report(experiment: str, storage: str = "results") -> tuple[pd.DataFr
         if not files.exists(csv):
             raise RaytagError(f"cannot read the sweep in {exp_dir}: {err}") from err
         board = pd.read_csv(io.StringIO(files.read_text(csv)))
-    plot = save_report(exp_dir, board, space)
-    return board, plot
+    return exp_dir, board, space
