@@ -554,6 +554,43 @@ def test_a_distillation_of_an_experiment_another_one_holds_is_refused_before_any
     assert manifest.read_bytes() == before
 
 
+def _experiment_that_must_not_start(tmp_path: Path, monkeypatch) -> str:
+    """An experiment whose artifact is a hand teacher (a cnn2d member on FEATURES), with
+    Ray's start and the feature build made to fail the test: a distill refused up front
+    never reaches them."""
+    import raytag.ensemble.distill as distill_module
+
+    art, _ = _hand_teacher(tmp_path, CURATED, NOISY)
+    for member in art.members:
+        member.settings.update(model=dict(TEACHER_MODEL), crop_frames=62, segment_frames=62)
+    monkeypatch.setattr(distill_module, "experiment_artifact", lambda exp: art.path)
+    monkeypatch.setattr(distill_module, "load_artifact", lambda path: art)
+    monkeypatch.setattr(distill_module, "ensure_ray", lambda: pytest.fail("started Ray before refusing"))
+    monkeypatch.setattr(distill_module, "prepare_data", lambda *a, **k: pytest.fail("built features before refusing"))
+    (tmp_path / "data").mkdir(exist_ok=True)  # the dataset folder the hand teacher's clips are in
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    return str(exp)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (StudentSettings(model="nosuch"), "--model nosuch: unknown model; valid names: cnn2d, crnn"),
+    (StudentSettings(width=0), "--width 0: must be at least 1"),
+    (StudentSettings(depth=-2), "--depth -2: must be at least 1"),
+    # a depth only the family lacks: known once the student's config is made, still before Ray
+    (StudentSettings(model="resnet18", depth=9),
+     r"--model resnet18 --depth 9: the student \(resnet18 w32 d9\) cannot be built: .*has 4 stages"),
+])
+def test_a_student_model_it_cannot_build_is_refused_before_ray_features_and_the_teacher(
+        tmp_path, monkeypatch, settings, message):
+    """--model nosuch, --width 0 and --depth 0 were refused by build_model only after Ray
+    started, the features were built and the teacher tagged every noisy clip (minutes to an
+    hour on FSDKaggle2019); now at once, naming the option typed."""
+    exp = _experiment_that_must_not_start(tmp_path, monkeypatch)
+    with pytest.raises(RaytagError, match=message):
+        distill(exp, settings, data=str(tmp_path / "data"))
+
+
 def test_the_teacher_cache_follows_the_dataset(tmp_path):
     """The cache was keyed by the teacher only: a clip added to the dataset got no target
     (and another --data with the same clip ids reused the old ones)."""

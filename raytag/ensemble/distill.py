@@ -66,9 +66,10 @@ from raytag.ensemble.crop_targets import HOP_FRACTION, SegmentTargetCrops, held_
 from raytag.ensemble.job import load_trial
 from raytag.ensemble.tagging import FAILURE_COLUMNS, predict_files, progress_bar
 from raytag.errors import RaytagError
+from raytag.features.frontends import frontend_shape
 from raytag.features.store import shard_key
 from raytag.metrics import lwlrap
-from raytag.models import build_model
+from raytag.models import MODELS, ModelConfigError, build_model
 from raytag.session import ensure_ray
 from raytag.training.averaging import WeightAverage
 from raytag.training.dataset import CropBatches, LabelledSet
@@ -154,6 +155,11 @@ class StudentSettings:
             raise RaytagError(f"--students {self.students}: must be at least 1")
         if self.batch_size < 1:
             raise RaytagError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.model is not None and self.model not in MODELS:
+            raise RaytagError(f"--model {self.model}: unknown model; valid names: {', '.join(MODELS)}")
+        for option, value in (("--width", self.width), ("--depth", self.depth)):
+            if value is not None and value < 1:
+                raise RaytagError(f"{option} {value}: must be at least 1")
         if self.average_last is not None and not 0 <= self.average_last <= self.epochs:
             raise RaytagError(f"--average-last {self.average_last}: must be in [0, --epochs {self.epochs}]")
         if self.lr is not None and not self.lr > 0:
@@ -550,6 +556,19 @@ def student_config(template: Member, s: StudentSettings) -> Config:
     })
 
 
+def check_student_model(cfg: Config, s: StudentSettings) -> None:
+    """Build the student once on its front end's shape, so that a model it cannot be (a depth
+    its family lacks, a waveform model on spectrograms) is refused before Ray starts, features
+    are built and the teacher tags every training clip; the message names the options given."""
+    try:
+        build_model(cfg.model, 2, *frontend_shape(cfg.features))
+    except ModelConfigError as err:
+        given = [f"{option} {value}" for option, value in (("--model", s.model), ("--width", s.width),
+                                                             ("--depth", s.depth)) if value is not None]
+        prefix = f"{' '.join(given)}: " if given else ""
+        raise RaytagError(f"{prefix}the student ({_student_name(cfg, 1)}) cannot be built: {err}") from None
+
+
 def _member_recipe(settings: dict) -> dict:
     """The member trial's config.yaml as a dict, or {} (raytag's defaults) when its outputs
     do not have one."""
@@ -656,6 +675,7 @@ def _distill(artifact_path: str, out_dir: str, settings: StudentSettings, data: 
     art = load_artifact(artifact_path)
     template = template_member(art, settings.model)
     cfg = student_config(template, settings)
+    check_student_model(cfg, settings)
     ensure_ray()  # the feature store is built by Ray tasks (cached: a rerun reuses it)
     dataset, store, plan = prepare_data(cfg, data, feature_cache, progress)
     if list(plan.classes) != list(art.classes):
