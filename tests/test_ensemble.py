@@ -6,6 +6,7 @@ whole job on synthetic trial folders written in the trial-outputs format of ARCH
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -291,6 +292,36 @@ def test_trials_of_other_experiments_compete_as_candidates(tmp_path):
     storage.write_csv(board, board_path)
     with pytest.raises(RaytagError, match="ranks by cv_map3"):
         select_candidates(exp, also=[other])
+
+
+def test_the_experiment_itself_or_an_experiment_twice_is_refused_as_with(tmp_path):
+    """`raytag ensemble demo --with demo` (or `--with b --with b`) built an artifact holding
+    every chosen model twice: predict and serve ran each network twice for the same scores."""
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+
+    exp = make_experiment(tmp_path, signals=(0.9, 0.1), n=40, n_test=10)
+    other = make_experiment(tmp_path, signals=(1.2, 0.2), n=40, n_test=10, name="families")
+    with pytest.raises(RaytagError, match="--with exp: that is EXPERIMENT itself"):
+        select_candidates(exp, also=[f"{tmp_path}/./exp/"])  # the same folder, written otherwise
+    with pytest.raises(RaytagError, match="--with families: given twice"):
+        build_ensemble(exp, also=[other, other])
+    result = CliRunner().invoke(app, ["ensemble", "exp", "--storage", str(tmp_path), "--with", "exp"])
+    assert result.exit_code == 2, result.output
+    assert "--with exp: that is EXPERIMENT itself" in " ".join(result.output.split())
+    assert not (tmp_path / "exp" / "ensemble").exists()
+
+
+def test_a_trial_two_leaderboards_name_joins_once(tmp_path):
+    """A copied sweep's leaderboard keeps the original trials' absolute outputs_dir: with
+    `--with` of the copy each model would join twice; the second is listed as skipped."""
+    exp = make_experiment(tmp_path, signals=(0.9, 0.1), n=40, n_test=10)
+    shutil.copytree(exp, tmp_path / "copy")
+    cands, skipped = select_candidates(exp, top=None, also=[str(tmp_path / "copy")])
+    assert [c.trial_id for c in cands] == ["trial_0", "trial_1"]
+    assert {s["trial_id"] for s in skipped} == {"copy/trial_0", "copy/trial_1"}
+    assert all(s["reason"].startswith("the same outputs as trial_") for s in skipped)
 
 
 def test_a_train_run_s_members_join_as_candidates(tmp_path):

@@ -105,6 +105,7 @@ def select_candidates(experiment_dir: str, top: Optional[int] = 5, min_cv: Optio
     model families, say); their leaderboards must rank by the same metric. Their trials are
     named `<experiment>/<trial>` so that the table says where each member came from."""
     check_selection(top, min_cv)
+    check_also(experiment_dir, also)
     rows, skipped, metric = _finished_trials(experiment_dir)
     for other in also:
         more, more_skipped, other_metric = _finished_trials(other, prefix=f"{storage.basename(other)}/")
@@ -113,6 +114,8 @@ def select_candidates(experiment_dir: str, top: Optional[int] = 5, min_cv: Optio
                               "an ensemble is chosen by one metric, so combine experiments on one dataset layout")
         rows += more
         skipped += more_skipped
+    rows, repeated = _one_per_outputs(rows)
+    skipped += repeated
     rows.sort(key=lambda c: -c.leaderboard_cv)
     seen: dict[str, int] = {}
     for c in rows:  # two trial ids may sanitise to one folder name
@@ -132,6 +135,36 @@ def select_candidates(experiment_dir: str, top: Optional[int] = 5, min_cv: Optio
         where = ", ".join([experiment_dir, *also])
         raise RaytagError(f"{where}: no finished trial with saved predictions{bar}; nothing to ensemble")
     return rows, skipped
+
+
+def check_also(experiment_dir: str, also: Sequence[str]) -> None:
+    """Refuse a --with that is the experiment itself or is given twice: its trials would join
+    twice, and the artifact would run the same networks twice for the same scores."""
+    seen = {storage.absolute(experiment_dir): True}  # True: the experiment itself
+    for other in also:
+        key = storage.absolute(other)
+        if key in seen:
+            why = ("that is EXPERIMENT itself, whose trials are candidates already" if seen[key]
+                   else "given twice; an experiment's trials join once")
+            raise EnsembleOptionError(f"--with {storage.basename(other)}: {why}; drop it (--with adds another "
+                                      "experiment's trials)")
+        seen[key] = False
+
+
+def _one_per_outputs(rows: list[Candidate]) -> tuple[list[Candidate], list[dict]]:
+    """The candidates with one per outputs folder, and the others as skipped: two rows can name
+    one trial's outputs (a copied sweep's leaderboard keeps the absolute outputs_dir of the
+    original), and that model would join the ensemble twice."""
+    first: dict[str, Candidate] = {}
+    kept, skipped = [], []
+    for c in rows:
+        key = storage.absolute(c.outputs_dir)
+        if key in first:
+            skipped.append({"trial_id": c.trial_id, "reason": f"the same outputs as {first[key].trial_id} ({key})"})
+            continue
+        first[key] = c
+        kept.append(c)
+    return kept, skipped
 
 
 def _finished_trials(experiment_dir: str, prefix: str = "") -> tuple[list[Candidate], list[dict], str]:
