@@ -210,7 +210,7 @@ def distill(
     epochs: int = typer.Option(30, help="Training epochs over every training clip."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: that member's; its optimizer and schedule)."),
     batch_size: int = typer.Option(32, help="Clips per training batch."),
-    overlap: Optional[float] = typer.Option(None, help="Segment overlap when tagging (default: that of the member the student is made like, see --model); 0 is fastest."),
+    overlap: Optional[float] = typer.Option(None, help="Segment overlap when tagging, 0 to 0.95 (default: that of the member the student is made like, see --model); 0 is fastest."),
     feature_cache: Optional[str] = typer.Option(None, help=FEATURE_CACHE_HELP + " `raytag demo` builds in results/features."),
     seed: int = typer.Option(0, help="Seed of the student's initialisation and batches."),
     students: int = typer.Option(1, help="Students trained alike but for their seeds (--seed, +1, ...) and averaged in the artifact, as a run's fold models are: each one more costs a student's training and slows tagging (the front end is shared)."),

@@ -1063,3 +1063,40 @@ def test_several_students_are_averaged_like_fold_models(experiment, distilled, d
     assert len(load_artifact(again.artifact_path).members[0].models) == 1
     with pytest.raises(RaytagError, match="--students"):
         distill(experiment, StudentSettings(students=0))
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--seed", "-1"], "--seed -1: must be from 0 to 4294967295"),
+    (["--seed", "4294967295", "--students", "2"], "the last student's seed, 4294967296, is above 4294967295"),
+    (["--overlap", "0.97"], "--overlap 0.97: must be from 0 to 0.95"),
+    (["--overlap", "-0.1"], "--overlap -0.1: must be from 0 to 0.95"),
+])
+def test_distill_names_the_option_typed_and_overlap_has_one_range(args, said, tmp_path):
+    """`distill --seed -1` was told "cv.seed: -1 is below the minimum 0" and `--overlap 0.97`
+    "inference.overlap: 0.97 is above the maximum 0.95" (check() said [0, 1)), only once the
+    student's config was made; now check() names the option, with the config's own range."""
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+    from raytag.config import _RANGES
+    from raytag.ensemble.distill import MAX_OVERLAP
+
+    assert MAX_OVERLAP == _RANGES[("InferenceConfig", "overlap")][1]
+    result = CliRunner().invoke(app, ["distill", "demo", "--storage", str(tmp_path), *args], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert said in " ".join(result.output.split())
+    StudentSettings(overlap=MAX_OVERLAP, seed=2**32 - 2, students=2).check()  # the ends of the ranges pass
+
+
+def test_the_student_has_no_warm_up_to_refuse_a_dataset_for(tmp_path):
+    """The student's config left pipeline.warmup on (the default), so a dataset whose rough
+    noisy selection keeps no clip was refused ("set pipeline.warmup.enabled: false"), advice
+    distill has no option for; the student never warms up (train_student trains one step)."""
+    from raytag.training.plan import _refuse_a_warmup_without_clips
+
+    art, _ = _hand_teacher(tmp_path, CURATED, NOISY)
+    for member in art.members:
+        member.settings.update(model=dict(TEACHER_MODEL), crop_frames=62, segment_frames=62)
+    cfg = student_config(template_member(art), StudentSettings())
+    assert not cfg.pipeline.warmup.enabled
+    _refuse_a_warmup_without_clips(cfg, n_noisy=len(NOISY), n_subset=0)  # no noisy clip selected: fine

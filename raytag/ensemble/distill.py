@@ -105,6 +105,8 @@ CACHE_VERSION = 2
 # combiners fitted on the members' out-of-fold predictions: the ensemble job scores them
 # nested (each clip by a fit without its fold); their targets' score here would be in-sample
 FITTED = {"weighted": "weights fitted on these clips: in-sample", "rank": "the members' mean"}
+MAX_OVERLAP = 0.95  # inference.overlap's range in raytag.config (tests/test_distill.py checks they agree)
+MAX_SEED = 2**32 - 1  # numpy, iterstrat and sklearn take seeds up to this (cv.seed, seed)
 
 
 @dataclass
@@ -180,8 +182,14 @@ class StudentSettings:
         if self.target_grain == "segment" and self.teacher_scale != "prob":
             raise RaytagError("--target-grain segment takes the teacher's probabilities as they are; "
                               "drop --teacher-scale, or use --target-grain clip")
-        if self.overlap is not None and not 0 <= self.overlap < 1:
-            raise RaytagError(f"--overlap {self.overlap}: must be in [0, 1)")
+        if self.overlap is not None and not 0 <= self.overlap <= MAX_OVERLAP:
+            raise RaytagError(f"--overlap {self.overlap}: must be from 0 to {MAX_OVERLAP}")
+        last_seed = self.seed + self.students - 1  # student i trains with --seed + i
+        if not 0 <= self.seed <= MAX_SEED:
+            raise RaytagError(f"--seed {self.seed}: must be from 0 to {MAX_SEED}")
+        if last_seed > MAX_SEED:
+            raise RaytagError(f"--seed {self.seed} with --students {self.students}: the last student's seed, "
+                              f"{last_seed}, is above {MAX_SEED}; give a lower --seed")
 
 
 @dataclass
@@ -551,7 +559,10 @@ def student_config(template: Member, s: StudentSettings) -> Config:
         "model": model,
         "train": train,
         "cv": {"n_folds": 2, "folds": [0], "seed": s.seed},
-        "pipeline": {"finetune": {"epochs": s.epochs}},
+        # the student trains one step on every clip (train_student), never a warm-up; left on, the
+        # warm-up's check refused a dataset whose noisy selection keeps no clip, with advice
+        # (set pipeline.warmup.enabled) that distill has no option to follow
+        "pipeline": {"warmup": {"enabled": False}, "finetune": {"epochs": s.epochs}},
         "inference": inference,
     })
 
