@@ -1,9 +1,10 @@
 """Distilled students beside their teachers on the dev benchmark's test clips.
 
-    python benchmarks/bench_distill.py --data DIR [--out JSON] NAME=EXPERIMENT_DIR ...
+    python benchmarks/bench_distill.py --data DIR [--out JSON] NAME=EXPERIMENT_DIR[#K] ...
 
 EXPERIMENT_DIR is what `raytag distill` was given (it holds distill/artifact and the
-teacher's artifact). For each: the student's test lwlrap and the teacher's, the paired
+teacher's artifact). `#K` scores only the first K students of a `--students N` artifact: they
+are exactly what `--students K` with the same --seed trains (seeds seed .. seed + K - 1). For each: the student's test lwlrap and the teacher's, the paired
 bootstrap of student - teacher (90%), and the student's agreement with its teacher on the
 test clips (lwlrap against the teacher's top labels; no labels used: the figure to choose
 students by). Prints a table and writes JSON.
@@ -11,6 +12,7 @@ students by). Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -28,8 +30,18 @@ def teacher_key(teacher_path: str) -> str:
     return str(Path(teacher_path).resolve())
 
 
-def compare(exp: Path, dataset, teacher_cache: dict) -> dict:
-    student = load_artifact(str(exp / "distill" / "artifact"))
+def first_students(student, k: int | None):
+    """The artifact with only its first `k` students (all when k is None)."""
+    if k is None:
+        return student
+    member = student.members[0]
+    if not 1 <= k <= len(member.models):
+        raise SystemExit(f"#{k}: the artifact holds {len(member.models)} student(s)")
+    return dataclasses.replace(student, members=[dataclasses.replace(member, models=member.models[:k])])
+
+
+def compare(exp: Path, dataset, teacher_cache: dict, k: int | None = None) -> dict:
+    student = first_students(load_artifact(str(exp / "distill" / "artifact")), k)
     teacher_path = experiment_artifact(str(exp))
     paths = list(dataset.split("test")["path"])
     s_probs, _ = predict_files(student, paths, batch_size=32)
@@ -47,6 +59,7 @@ def compare(exp: Path, dataset, teacher_cache: dict) -> dict:
     return {
         "experiment": str(exp.resolve()),
         "teacher_artifact": key,
+        "students": len(student.members[0].models),
         "student_test_lwlrap": scores["test_lwlrap"],
         "student_test_agreement_lwlrap": scores["test_agreement_lwlrap"],
         "student_minus_teacher": paired_bootstrap_lwlrap(y, t_probs.loc[s_probs.index].to_numpy()[rows],
@@ -67,7 +80,8 @@ def main():
     rows, teachers = {}, {}
     for item in args.runs:
         name, path = item.split("=", 1)
-        rows[name] = compare(Path(path), dataset, teachers)
+        path, _, k = path.partition("#")
+        rows[name] = compare(Path(path), dataset, teachers, int(k) if k else None)
         r = rows[name]
         d = r["student_minus_teacher"]
         print(f"{name:28s} student {r['student_test_lwlrap']:.4f}  teacher {r['teacher_test_lwlrap']:.4f}  "
