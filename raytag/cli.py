@@ -99,7 +99,7 @@ def demo(
 
 @app.command("make-demo-data")
 def make_demo_data(
-    out: Path = typer.Argument(..., help="Folder to write the demo dataset to (2019 layout)."),
+    out: str = typer.Argument(..., help="Folder to write the demo dataset to (2019 layout); a local path."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same files."),
     scale: float = typer.Option(1.0, help="Multiplies the number of clips per split."),
 ):

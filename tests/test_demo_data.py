@@ -172,3 +172,21 @@ def test_a_path_that_cannot_be_the_folder_is_a_message_not_a_traceback(tmp_path,
     with pytest.raises(RaytagError, match=message):
         make_demo_dataset(tmp_path / where, seed=0, scale=TINY)
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+@pytest.mark.parametrize("out, message", [
+    ("", "OUT '': empty; give the folder to write the demo dataset to"),
+    ("s3://bucket/x", "OUT s3://bucket/x: a URI, but the demo dataset is written to a local folder"),
+])
+def test_an_empty_path_or_a_bucket_uri_is_refused_before_writing(tmp_path, monkeypatch, out, message):
+    """`make-demo-data ""` filled the current folder with clips and CSVs, and
+    `make-demo-data s3://bucket/x` a local folder ./s3:/bucket/x, both reported as written."""
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["make-demo-data", out, "--scale", str(TINY)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not any(tmp_path.iterdir())

@@ -1002,3 +1002,24 @@ def test_each_members_plan_names_its_own_front_end(tmp_path):
         identities[member] = plan.features_id
     assert identities["wide"] != identities["narrow"]
     assert identities["narrow"].endswith(f", {shard_key(dataclasses.replace(CFG, n_mels=20))})")
+
+
+def test_an_empty_feature_cache_is_refused_and_an_empty_raytag_cache_is_unset(tmp_path, monkeypatch):
+    """`--feature-cache "$CACHE"` with CACHE unset, or `export RAYTAG_CACHE=`, built the
+    features in whatever folder the command ran in, so a run started elsewhere built them again."""
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+    from raytag.features.store import default_feature_cache, feature_cache_folder
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FeatureStoreError, match="--feature-cache '': empty; give a folder for the feature cache"):
+        feature_cache_folder("")
+    (tmp_path / "data").mkdir()
+    result = CliRunner().invoke(app, ["prepare", "--data", str(tmp_path / "data"), "--feature-cache", ""],
+                                env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert "--feature-cache '': empty" in result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
+    monkeypatch.setenv("RAYTAG_CACHE", "")
+    assert default_feature_cache() == str(Path.home() / ".cache" / "raytag" / "features")

@@ -120,8 +120,10 @@ STD_FLOOR = 1e-5  # a constant bin (e.g. an empty mel band) gets this std, so x/
 
 def default_feature_cache() -> str:
     """The feature cache when no --feature-cache is given: on this node's disk (on a cluster
-    each node builds its own copy there, unless that path is on a file system the nodes share)."""
-    return os.environ.get("RAYTAG_CACHE", str(Path.home() / ".cache" / "raytag" / "features"))
+    each node builds its own copy there, unless that path is on a file system the nodes share).
+    An empty RAYTAG_CACHE (`export RAYTAG_CACHE=` or one set from an unset variable) counts as
+    unset: as a path it would mean whatever folder a command starts in."""
+    return os.environ.get("RAYTAG_CACHE") or str(Path.home() / ".cache" / "raytag" / "features")
 
 
 class FeatureStoreError(RaytagError):
@@ -1035,6 +1037,9 @@ def feature_cache_folder(cache: Optional[str | os.PathLike], option: str = "--fe
     each node building its own copy; or a file system the nodes share): a URI (s3://...) is
     refused; a file:// URI is its local path."""
     text = normalize_uri(str(cache)) if cache is not None else default_feature_cache()
+    if not text.strip():  # an unset shell variable (--feature-cache "$CACHE"): the current folder
+        raise FeatureStoreError(f"{option} {text!r}: empty; give a folder for the feature cache, or leave "
+                                f"{option} out for the default ($RAYTAG_CACHE, else ~/.cache/raytag/features)")
     if is_uri(text):
         if not is_local_path(text):
             raise FeatureStoreError(
