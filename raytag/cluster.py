@@ -142,6 +142,27 @@ def check_data(data: str | os.PathLike) -> None:
         "data", "--data", text, len(cluster_nodes()), "s3://bucket/fat2019"))
 
 
+def check_data_folder(data: str | os.PathLike) -> Path | None:
+    """--data as a local dataset folder (resolved), or None for a URI (`materialize_data`
+    copies it onto each node); DatasetError when it is empty (an unset shell variable: it
+    would mean the current folder), a file or not there. Cheap, so the commands call it
+    before Ray starts or a run folder is made."""
+    text = normalize_uri(data)
+    if not text.strip():
+        raise DatasetError(f"--data {text!r}: empty; give the dataset folder (the one holding train_curated.csv "
+                           "or train.csv)")
+    if is_uri(text):
+        return None
+    path = Path(text).expanduser()
+    if path.is_file():
+        raise DatasetError(f"--data {path} is a file; give the dataset folder (the one holding "
+                           "train_curated.csv or train.csv)")
+    if not path.is_dir():
+        raise DatasetError(f"--data {path}: folder not found; give the dataset folder (the one holding "
+                           "train_curated.csv or train.csv)")
+    return path.resolve()
+
+
 def this_node_strategy():
     """A Ray scheduling strategy that keeps tasks on the calling node (hard affinity).
 
@@ -295,14 +316,9 @@ def materialize_data(data: str | os.PathLike, cache_root: str | os.PathLike | No
       `progress` (a command's driver) a bar of bytes and files while it runs.
     """
     text = normalize_uri(data)
-    if not is_uri(text):
-        path = Path(text).expanduser()
-        if path.is_file():
-            raise DatasetError(f"--data {path} is a file; give the dataset folder (the one holding "
-                               "train_curated.csv or train.csv)")
-        if not path.is_dir():
-            raise DatasetError(f"data folder not found: {path}")
-        return path.resolve()
+    local = check_data_folder(text)
+    if local is not None:
+        return local
 
     import pyarrow.fs as pafs
     from filelock import FileLock  # ships with Ray

@@ -90,6 +90,44 @@ def test_data_option_given_a_file(tmp_path):
         materialize_data(tmp_path / "train.csv")
 
 
+def _no_ray():
+    raise AssertionError("started Ray before checking --data")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("data", ["", "no_such_folder"])
+@pytest.mark.parametrize("command", [["train", "--config", str(REPO / "configs" / "default.yaml")],
+                                     ["tune", "--space", str(REPO / "search_spaces" / "quick.yaml")]])
+def test_train_and_tune_name_a_missing_data_folder_before_ray_or_any_folder(tmp_path, monkeypatch, command, data):
+    """`train --data <typo>` started Ray (tens of seconds) and made the run folder before
+    saying the folder did not exist; `--data ""` (an unset shell variable) meant the current
+    folder for tune. Now both are refused before Ray starts or a folder is made."""
+    import raytag.console.train
+    import raytag.search.tuner
+
+    monkeypatch.setattr(raytag.console.train, "ensure_ray", _no_ray)
+    monkeypatch.setattr(raytag.search.tuner, "ensure_ray", _no_ray)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, [*command, "--data", data, "--storage", str(tmp_path / "st")],
+                                env={"COLUMNS": "300"})
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, text
+    assert ("--data '': empty; give the dataset folder" if not data else
+            f"--data {data}: folder not found; give the dataset folder") in text, text
+    assert not any(tmp_path.iterdir())
+
+
+def test_prepare_refuses_an_empty_data_path(tmp_path, monkeypatch):
+    """`prepare --data ""` read the current folder and listed the user's own files."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["prepare", "--data", "", "--feature-cache", str(tmp_path / "cache")],
+                                env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert "--data '': empty; give the dataset folder" in result.output
+
+
 # ----------------------------------------------------------------------------- 4: one short-clip rule
 def test_prepare_and_predict_share_the_one_frame_rule(tmp_path, artifact_2019):  # noqa: F811
     from raytag.ensemble.artifact import load_artifact

@@ -591,6 +591,17 @@ def test_a_student_model_it_cannot_build_is_refused_before_ray_features_and_the_
         distill(exp, settings, data=str(tmp_path / "data"))
 
 
+@pytest.mark.parametrize("data, message", [("no_such_folder", "--data .*no_such_folder: folder not found"),
+                                           ("", "--data '': empty")])
+def test_a_missing_data_folder_is_named_before_ray_starts(tmp_path, monkeypatch, data, message):
+    """`distill --data <typo>` started Ray and reached the feature build before saying the
+    folder did not exist."""
+    exp = _experiment_that_must_not_start(tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RaytagError, match=message):
+        distill(exp, StudentSettings(), data=data)
+
+
 def test_the_teacher_cache_follows_the_dataset(tmp_path):
     """The cache was keyed by the teacher only: a clip added to the dataset got no target
     (and another --data with the same clip ids reused the old ones)."""

@@ -7,7 +7,7 @@ from typing import Optional
 from rich.console import Console
 from rich.markup import escape
 
-from raytag.cluster import check_data, check_storage
+from raytag.cluster import check_data, check_data_folder, check_storage
 from raytag.config import Config, ConfigError, parse_cli_overrides
 from raytag.console.tables import fold_table, stage_table
 from raytag.ensemble.members import fit_members, save_run_artifact
@@ -66,6 +66,7 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
     console = Console()
     if name is not None:  # "" too: it would mean the config's name, or the storage itself
         check_name(name, "--name")
+    check_data_folder(data)  # a typo is named before Ray starts and the run folder is made
     cache = feature_cache_folder(feature_cache) if feature_cache is not None else None
     if is_space_file(config):  # its base/space sections would read as unknown settings
         raise ConfigError(f"{config}: this is a search space, not a run config; run it with "

@@ -56,6 +56,7 @@ import yaml
 from safetensors.torch import save_file
 
 from raytag import storage
+from raytag.cluster import check_data_folder
 from raytag.config import Config
 from raytag.data.labels import labels_to_matrix
 from raytag.ensemble.artifact import (
@@ -673,7 +674,8 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
     if artifact_path is None:
         raise RaytagError(f"{experiment_dir}: no artifact to distil; run `raytag ensemble` for a sweep, or "
                           "`raytag train` for a run, first")
-    data = data or _sweep_data(experiment_dir)
+    data = _sweep_data(experiment_dir) if data is None else data
+    check_data_folder(data)  # a typo or "" is named before Ray starts and the features are built
     out_dir = storage.join(experiment_dir, DISTILL_DIR)
     with run_folder(out_dir, DISTILL_DIR, what=f"the distillation of {experiment_dir} ({out_dir})",
                     clear_hint=" and run `raytag distill` again"):

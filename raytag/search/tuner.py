@@ -34,10 +34,10 @@ from typing import Any, Callable, Optional
 import pandas as pd
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
-from raytag.cluster import check_data, check_storage, cluster_nodes
+from raytag.cluster import check_data, check_data_folder, check_storage, cluster_nodes
 from raytag.config import ConfigError
 from raytag.data.layouts import detect_layout
-from raytag.errors import DatasetError, RaytagError, StorageError, StorageFault
+from raytag.errors import RaytagError, StorageError, StorageFault
 from raytag.features.store import SHARD_TASK_CPUS  # a trial's feature build holds these per task
 from raytag.metrics import layout_metric
 from raytag.search.leaderboard import (TRIAL_FAILURE, TRIAL_RESULT, build_leaderboard, error_reason,
@@ -545,13 +545,8 @@ def run_sweep(
         fixed = with_search_overrides(fixed, overrides)
     # the name the space file gives; without the file (a resume), the name load_space would give it
     name = name or (space.name if space is not None else Path(str(space_path)).stem)
-    if files.is_uri(str(data)):  # copied onto each node by raytag.cluster.materialize_data
-        data = str(data).rstrip("/")
-    else:
-        data = Path(data).expanduser()
-        if not data.is_dir():
-            raise DatasetError(f"--data {data}: not a folder (give a dataset folder in the FSDKaggle2019/2018 layout)")
-        data = str(data.resolve())
+    local = check_data_folder(data)  # None: a URI, copied onto each node by raytag.cluster.materialize_data
+    data = str(local) if local is not None else str(data).rstrip("/")
     storage = files.absolute(storage)
     exp_dir = files.join(storage, name)
     if file_error is not None and not tune.Tuner.can_restore(exp_dir):
