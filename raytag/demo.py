@@ -57,7 +57,7 @@ def run_demo(out: Path = Path("results"), tiny: bool = False, samples: Optional[
     _prepare_features(space, data, out / "features")
     sweep = run_sweep(space, data, storage=str(out), name=name,
                       samples=samples if samples is not None else (2 if tiny else None),
-                      resume=True, feature_cache=str(out / "features"))
+                      resume=True, start_if_nothing_to_resume=True, feature_cache=str(out / "features"))
     best = sweep.best
     if best is None:
         raise RaytagError(f"every trial of the demo sweep failed: see {sweep.experiment_dir}/leaderboard.csv")

@@ -63,3 +63,39 @@ def test_tune_passes_the_feature_cache_to_the_sweep(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     assert [c["feature_cache"] for c in calls] == [str(tmp_path / "features"), None]
 
+
+
+def test_resume_of_a_name_with_no_sweep_is_refused_naming_the_sweeps_there(monkeypatch, tmp_path):
+    """`tune --name fat2019b --resume` (meant: fat2019) started a new full sweep with one note
+    line; now it is refused before Ray starts, naming the sweeps --storage holds. The demo,
+    whose first run resumes nothing, starts its sweep (start_if_nothing_to_resume)."""
+    from pathlib import Path
+
+    import pytest
+
+    import raytag.search.tuner as tuner
+
+    class RayStarted(Exception):
+        pass
+
+    def ray_started():
+        raise RayStarted
+
+    monkeypatch.setattr(tuner, "ensure_ray", ray_started)
+    space = Path(__file__).resolve().parents[1] / "search_spaces" / "quick.yaml"
+    (tmp_path / "data").mkdir()
+    storage = tmp_path / "r"
+    (storage / "fat2019").mkdir(parents=True)
+    (storage / "fat2019" / "tuner.pkl").write_bytes(b"")  # what Tuner.can_restore looks for
+    (storage / "notes").mkdir()  # a folder that is no sweep
+    result = CliRunner().invoke(cli.app, ["tune", "--space", str(space), "--data", str(tmp_path / "data"),
+                                          "--storage", str(storage), "--name", "fat2019b", "--resume"],
+                                env={"COLUMNS": "300"})
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, text
+    assert f"--resume: there is no sweep named 'fat2019b' in {storage} to resume (the sweeps there: fat2019)" in text
+    assert "drop --resume to start a new sweep named 'fat2019b'" in text
+    assert sorted(p.name for p in storage.iterdir()) == ["fat2019", "notes"]  # nothing written
+    with pytest.raises(RayStarted):  # the demo's first run: lenient
+        tuner.run_sweep(space, tmp_path / "data", storage=str(storage), name="demo", resume=True,
+                        start_if_nothing_to_resume=True)

@@ -514,12 +514,15 @@ def run_sweep(
     trial_fn: Optional[Callable] = None,
     progress: bool = True,
     noisy_teacher: Optional[Callable] = None,
+    start_if_nothing_to_resume: bool = False,
 ) -> "SweepResult":
     """Run (or with resume=True continue) a sweep; returns its leaderboard and folder.
 
     `settings` (dotted keys: `raytag tune --set`) are fixed for every trial of a new sweep.
     `trial_fn` replaces fit_pipeline (same signature) for tests of the sweep machinery.
     `noisy_teacher` goes to each trial's fit_pipeline (train.noisy_teacher).
+    `resume` with no sweep of that name to resume is refused (a mistyped --name must not start
+    a new full sweep), unless `start_if_nothing_to_resume` (the demo: its first run starts it).
     """
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -549,8 +552,11 @@ def run_sweep(
     data = str(local) if local is not None else str(data).rstrip("/")
     storage = files.absolute(storage)
     exp_dir = files.join(storage, name)
-    if file_error is not None and not tune.Tuner.can_restore(exp_dir):
-        raise _no_sweep_without_space(file_error, name, exp_dir)
+    if resume and not tune.Tuner.can_restore(exp_dir):
+        if file_error is not None:
+            raise _no_sweep_without_space(file_error, name, exp_dir)
+        if not start_if_nothing_to_resume:  # before Ray starts or anything is written
+            raise _nothing_to_resume(name, storage, exp_dir, tune.Tuner.can_restore)
 
     # One driver per sweep: a second `raytag tune` of the same name and storage is refused
     # before it writes anything (two drivers would overwrite each other's experiment state).
@@ -739,6 +745,16 @@ def _no_sweep_without_space(file_error: Exception, name: str, exp_dir: str) -> E
     return SpaceError(f"{file_error}\n--resume: there is no sweep named '{name}' in {exp_dir} to resume "
                       "(its stored space would have been used); give the sweep's --name, or a space file "
                       "that loads to start a new sweep")
+
+
+def _nothing_to_resume(name: str, storage: str, exp_dir: str, can_restore: Callable[[str], bool]) -> RaytagError:
+    """--resume of a name with no sweep to resume: the sweeps that --storage does hold."""
+    sweeps = [entry for entry in files.list_dir(storage) if can_restore(files.join(storage, entry))]
+    there = f"the sweeps there: {', '.join(sweeps)}" if sweeps else "it holds no sweep"
+    if files.exists(exp_dir):
+        there += f"; {exp_dir} has no saved sweep state"
+    return RaytagError(f"--resume: there is no sweep named '{name}' in {storage} to resume ({there}); check "
+                       f"--name and --storage, or drop --resume to start a new sweep named '{name}'")
 
 
 def space_changed(stored: str, space: SearchSpace, started_settings: dict) -> bool:
