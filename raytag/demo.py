@@ -44,6 +44,7 @@ def demo_space() -> Path:
 
 def run_demo(out: Path = Path("results"), tiny: bool = False, samples: Optional[int] = None) -> dict:
     started = time.time()
+    check_samples(samples)
     out = Path(out).resolve()
     name = "demo-tiny" if tiny else "demo"
     console.rule(f"[bold]raytag demo[/] (results under {out})")
@@ -75,6 +76,14 @@ def run_demo(out: Path = Path("results"), tiny: bool = False, samples: Optional[
 
     summary = _summary(sweep, ens, best, clip, top3, time.time() - started, out, data)
     return summary
+
+
+def check_samples(samples: Optional[int]) -> None:
+    """--samples below 1 was refused by the sweep only after the demo data (about 1000 clips)
+    and their features were made, and ignored on a rerun (the sweep keeps its first count)."""
+    if samples is not None and samples < 1:
+        raise RaytagError(f"--samples {samples}: give the number of trials of a new demo sweep, at least 1 "
+                          "(or leave it out for search_spaces/demo.yaml's)")
 
 
 # The tests' demo: the same steps on a smaller set with a much smaller budget.

@@ -9,9 +9,8 @@ from typer.testing import CliRunner
 
 from raytag.cli import app
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
+@pytest.mark.ray
+@pytest.mark.slow
 def test_demo_tiny_runs_every_layer_then_reuses_its_work(ray_session, tmp_path):
     runner = CliRunner()
     first = runner.invoke(app, ["demo", "--tiny", "--out", str(tmp_path)])
@@ -31,3 +30,16 @@ def test_demo_tiny_runs_every_layer_then_reuses_its_work(ray_session, tmp_path):
     again = json.loads((tmp_path / "demo-tiny" / "demo_summary.json").read_text())
     assert sorted(p.name for p in (tmp_path / "demo-tiny" / "trials").iterdir()) == trials_before
     assert again["best_cv_lwlrap"] == pytest.approx(summary["best_cv_lwlrap"])
+
+
+@pytest.mark.parametrize("samples", ["0", "-1"])
+def test_a_bad_samples_count_is_refused_before_the_demo_data_is_made(tmp_path, monkeypatch, samples):
+    """`raytag demo --samples 0` wrote about 1000 clips and built their features before the
+    sweep refused the count (and a rerun ignored it)."""
+    import raytag.demo
+
+    monkeypatch.setattr(raytag.demo, "make_demo_dataset", lambda *a, **k: pytest.fail("made the data first"))
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--samples", samples], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert f"--samples {samples}: give the number of trials of a new demo sweep, at least 1" in result.output
+    assert not any(tmp_path.iterdir())
