@@ -1,11 +1,14 @@
-"""A small search space and a fake trial function, for the tests of the sweep machinery.
+"""A small search space and fake trial functions, for the tests of the sweep machinery.
 
-A sweep that runs `disk_filling_fit` ships it to Ray's workers, which cannot import tests/:
+A sweep that runs `disk_filling_fit` or `self_killing_fit` ships it to Ray's workers, which cannot import tests/:
 register this module with `cloudpickle.register_pickle_by_value(sweep_util)` first."""
 from __future__ import annotations
 
 import errno
 import math
+import os
+import signal
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -69,3 +72,39 @@ def disk_filling_fit(cfg, data, storage, name, callbacks=(), feature_cache=None,
     return SimpleNamespace(run_dir=str(run), outputs_dir=str(run / "outputs"), stages=None,
                            metrics={"cv_lwlrap": score, "fold_lwlrap": [score], "test_lwlrap": None,
                                     "epochs_run": epochs, "seconds": 1.0})
+
+
+def self_killing_fit(cfg, data, storage, name, callbacks=(), feature_cache=None, progress=True):
+    """Stands in for fit_pipeline training in the trial's process (raytag.training.in_process):
+    each epoch's checkpoint is persisted by InProcessWorker as `<storage>/<name>/checkpoint_local_NNNNNN`
+    and reported with it, and a rerun of the same name continues from the last one, as
+    fit_in_process does. Width 48 is refused (the trial's own failure). While `<data>/kill_once`
+    exists, the first trial to checkpoint its epoch 2 deletes it and SIGKILLs its own process
+    (the trial's, as the out-of-memory killer would). Each start is logged in `<data>/starts.log`
+    as "name epoch pid"."""
+    from raytag.training.in_process import InProcessWorker
+
+    worker = InProcessWorker(Path(storage) / name, callbacks)
+    latest = worker.checkpoint()
+    done = int((Path(latest.path) / "epoch").read_text()) if latest else 0
+    with open(Path(data) / "starts.log", "a") as log:
+        log.write(f"{name} {done} {os.getpid()}\n")
+    if cfg.model.width == 48:
+        raise ConfigError("model.width: 48 is refused by this fake runner")
+    score = lr_score(cfg.train.lr)
+    epochs = cfg.pipeline.finetune.epochs
+    for epoch in range(done + 1, epochs + 1):
+        metrics = {"step": epoch, "stage": "finetune", "fold": 0, "round": 0, "epoch": epoch,
+                   "train_loss": 1.0 / epoch, "val_lwlrap": score, "cv_lwlrap": score,
+                   "rung_epoch": epoch, "rung_score": score, "pipeline_done": int(epoch == epochs)}
+        with tempfile.TemporaryDirectory() as state:
+            (Path(state) / "epoch").write_text(str(epoch))
+            worker.report(metrics, Path(state))
+        kill = Path(data) / "kill_once"
+        if epoch == 2 and kill.exists():
+            kill.unlink()
+            os.kill(os.getpid(), signal.SIGKILL)
+    (Path(storage) / name / "outputs").mkdir(exist_ok=True)
+    return SimpleNamespace(run_dir=str(Path(storage) / name), outputs_dir=str(Path(storage) / name / "outputs"),
+                           stages=None, metrics={"cv_lwlrap": score, "fold_lwlrap": [score], "test_lwlrap": None,
+                                                 "epochs_run": epochs, "seconds": 1.0})

@@ -33,7 +33,7 @@ import pytest
 from raytag.session import CONTROLLER_POLL
 
 import sweep_util
-from sweep_util import disk_filling_fit, fake_space
+from sweep_util import LR, WIDTH, disk_filling_fit, fake_space, self_killing_fit
 
 
 # each trial: a tiny pipeline on 2 workers: warm-up 1 epoch, 2 folds x 2 fine-tune epochs
@@ -630,6 +630,48 @@ def test_a_trial_that_meets_the_full_disk_first_is_continued_by_resume(ray_sessi
     assert sorted(t.state.name for t in study.trials) == sorted(["FAIL"] * len(refused) + ["COMPLETE"] * len(stopped))
     assert sorted(t.value for t in study.trials if t.state.name == "COMPLETE") == pytest.approx(
         sorted(by_id.loc[sorted(stopped), "cv_lwlrap"]))
+
+
+# ----------------------------------------------------------------------------- a trial's process is killed (quick)
+@pytest.mark.ray
+def test_a_trial_whose_process_is_killed_is_started_again_from_its_checkpoint(ray_session, tmp_path):
+    """A trial that trains in its own process (train.runner) dies with it (the out-of-memory
+    killer): Tune starts it again and it continues from its last checkpoint
+    (checkpoint_local_NNNNNN in its trial folder), ending ok; the other trials run once each,
+    and one that failed by itself is not trained again."""
+    from ray import cloudpickle
+
+    from raytag.search.tuner import run_sweep
+
+    cloudpickle.register_pickle_by_value(sweep_util)  # workers cannot import tests/
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "kill_once").write_text("")
+    space = tmp_path / "killed.yaml"
+    first_trials = [{"train.lr": 1.0e-3, "model.width": 16}, {"train.lr": 3.0e-4, "model.width": 48},
+                    {"train.lr": 2.0e-3, "model.width": 16}]
+    space.write_text(fake_space(samples=3, scheduler="fifo", epochs=4, params={"train.lr": LR, "model.width": WIDTH},
+                                first_trials=first_trials))
+    board = run_sweep(space, data, storage=str(tmp_path / "res"), name="killed", trial_fn=self_killing_fit,
+                      progress=False).leaderboard
+
+    assert not (data / "kill_once").exists()  # the kill happened
+    starts = [line.split() for line in (data / "starts.log").read_text().splitlines()]
+    by_lr = board.assign(lr=board["train.lr"].round(12)).set_index("lr")
+    killed, refused, other = (by_lr.loc[round(p["train.lr"], 12), "trial_id"] for p in first_trials)
+    # the killed trial: started again in another process, from its epoch-2 checkpoint (2 of 4 epochs retrained)
+    runs = [(int(epoch), pid) for name, epoch, pid in starts if name == killed]
+    assert [epoch for epoch, _ in runs] == [0, 2] and runs[0][1] != runs[1][1], starts
+    assert by_lr.loc[1.0e-3, "status"] == "ok", board[["trial_id", "status", "reason"]]
+    assert by_lr.loc[1.0e-3, "cv_lwlrap"] == pytest.approx(1.0)
+    reported = [json.loads(line) for line in (tmp_path / "res" / "killed" / f"trial_{killed}" / "result.json")
+                .read_text().splitlines()]
+    assert [r["step"] for r in reported if "step" in r][-2:] == [3, 4]  # the restart reported epochs 3 and 4 only
+    # the others: each trained once; the refused one is failed with its own reason, not trained again
+    assert [name for name, _, _ in starts if name in (refused, other)] == [refused, other], starts
+    assert by_lr.loc[2.0e-3, "status"] == "ok" and by_lr.loc[2.0e-3, "cv_lwlrap"] == pytest.approx(0.8494850)
+    assert by_lr.loc[3.0e-4, "status"] == "failed"
+    assert by_lr.loc[3.0e-4, "reason"].startswith("ConfigError: model.width: 48 is refused")
 
 
 def test_storage_fault_tells_the_storage_s_failures_from_the_code_s(tmp_path):

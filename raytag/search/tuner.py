@@ -96,10 +96,12 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
     Any exception (a config the Config rejects, a worker crash beyond train.max_failures,
     a NaN score) fails this trial only; Tune records the reason and the sweep goes on, and
-    the trial records it too (TRIAL_FAILURE), so that `--resume` leaves it failed. A failure
-    that is the storage's fault (`storage.storage_fault`: it cannot be written, or an OSError
-    says the disk is full) is raised as StorageFault and not recorded: the sweep stops
-    (StorageWatch) and `--resume` continues the trial from its last checkpoint.
+    the trial records it too (TRIAL_FAILURE), so that neither Tune's restart (RestartKilledTrials)
+    nor `--resume` runs it again. A failure that is the storage's fault (`storage.storage_fault`:
+    it cannot be written, or an OSError says the disk is full) is raised as StorageFault and
+    not recorded: the sweep stops (StorageWatch) and `--resume` continues the trial from its
+    last checkpoint. A trial whose process dies (killed, out of memory) records nothing either:
+    Tune starts it again (RestartKilledTrials) and its pipeline continues from its checkpoints.
     """
     from ray import tune
 
@@ -116,10 +118,10 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
     failure_path = files.join(setup.trials_dir, trial_id, TRIAL_FAILURE)
     if files.exists(failure_path):
-        # `--resume` gives every errored trial back (resume_errored, for those the storage
-        # stopped); one that failed for a reason of its own fails again without training
+        # Tune's restart after any failure (RestartKilledTrials makes it the last) and `--resume`
+        # (resume_errored, for the trials the storage stopped) start it again: it fails without training
         raise TrialFailed(f"{json.loads(files.read_text(failure_path))['reason']} "
-                          "(failed before the sweep was resumed; not run again)")
+                          "(the trial failed earlier; not run again)")
 
     last_report: dict = {}
     try:
@@ -291,6 +293,16 @@ def reuses_trial_processes(space: SearchSpace) -> bool:
     trial's pipeline thread would go on holding its Ray Train worker group. So: the FIFO
     scheduler, and no epoch budget."""
     return space.search.scheduler.lower() == "fifo" and not space.search.epoch_budget
+
+
+def trial_restarts(space: SearchSpace) -> int:
+    """How many times Tune starts again a trial whose process died (Tune's FailureConfig:
+    failures in all, over the sweep's life, --resume included): train.max_failures of the
+    space's base, the bound its Train workers' restarts have within one run. The two do not
+    overlap: a worker that dies is restarted by Ray Train inside the trial, and a trial that
+    fails once those restarts are spent has raised, which Tune does not restart
+    (RestartKilledTrials); only the trial's own process dying is counted here."""
+    return space.base_config().train.max_failures
 
 
 def build_searcher(space: SearchSpace, trials_dir: Optional[str] = None):
@@ -648,9 +660,11 @@ def run_sweep(
                     # result.json per trial even where TUNE_DISABLE_AUTO_CALLBACK_LOGGERS is set:
                     # the leaderboard and `raytag report` read it back
                     callbacks=[SweepProgress(space.search.metric, progress), JsonLoggerCallback(), CSVLoggerCallback(),
-                               StorageWatch(exp_dir, setup.trials_dir, name)],
+                               StorageWatch(exp_dir, setup.trials_dir, name), RestartKilledTrials()],
                     stop=EpochBudget(s.epoch_budget) if s.epoch_budget else None,
-                    failure_config=tune.FailureConfig(max_failures=0),  # worker restarts live in train.max_failures
+                    # a trial whose process died starts again (its pipeline resumes its checkpoints);
+                    # one that raised does not (RestartKilledTrials); Train workers: train.max_failures
+                    failure_config=tune.FailureConfig(max_failures=trial_restarts(space)),
                     verbose=0,
                 ),
             )
@@ -934,6 +948,11 @@ class SweepProgress(_TuneCallback):
         self._done += 1
         self._say(f"trial {trial.trial_id} FAILED: {error_reason(trial)} [{self._done} done]")
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        if trial_process_died(trial):  # another failure's restart is only a check (RestartKilledTrials)
+            self._say(f"trial {trial.trial_id}: its process died; starting it again from its last checkpoint "
+                      f"(restart {trial.num_failures} of {trial.max_failures})")
+
 
 def _fmt(x: Any) -> str:
     return "-" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
@@ -945,6 +964,45 @@ def _short(config: dict) -> str:
         v = f"{v:.3g}" if isinstance(v, float) else v
         parts.append(f"{k.rsplit('.', 1)[-1]}={v}")
     return ", ".join(parts)
+
+
+# ----------------------------------------------------------------------------- killed trials
+def trial_process_died(trial) -> bool:
+    """Whether a trial's last failure was its process dying (killed, out of memory, its node
+    lost): Ray's RayActorError for the trial's own actor. What run_trial raised (the trial's own
+    failure, a StorageFault) comes as a RayTaskError, also where its cause is another actor's
+    error (a Train worker's). An error that cannot be read is taken as not a death."""
+    from ray import cloudpickle
+    from ray.exceptions import RayActorError, RayTaskError
+
+    path = trial.pickled_error_file  # written on this machine (the driver's copy) before any callback runs
+    if not path:
+        return False
+    try:
+        with open(path, "rb") as f:
+            error = cloudpickle.load(f)
+    except Exception:  # noqa: BLE001 - unreadable or unpicklable here: not known to be a death
+        return False
+    return isinstance(error, RayActorError) and not isinstance(error, RayTaskError)
+
+
+class RestartKilledTrials(_TuneCallback):
+    """Tune restarts only the trials whose process died.
+
+    Tune's FailureConfig(max_failures) starts a failed trial again while it has failed at most
+    that often, whatever failed; a trial whose process died (a SIGKILL, the out-of-memory
+    killer; a trial that trains in-process dies with its training) continues from its
+    checkpoints when run again (the same trial folder). Tune 2.60 decides before any callback
+    hears of the failure and counts every failure alike, so after any other failure (run_trial
+    raised: the trial's own failure, recorded in TRIAL_FAILURE, or a StorageFault) this makes the
+    restart Tune has queued the trial's last. That start costs no training: run_trial finds
+    TRIAL_FAILURE and raises at once; a trial the storage stopped goes on from its checkpoint
+    only where StorageWatch's probe (at the end of this step, before the restart) finds the
+    storage writable again, else the sweep stops with the trial left for --resume."""
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        if not trial_process_died(trial):
+            trial.max_failures = trial.num_failures  # its next failure is its last
 
 
 # ----------------------------------------------------------------------------- storage faults
@@ -1030,4 +1088,8 @@ class StorageWatch(_TuneCallback):
     def on_trial_error(self, iteration, trials, trial, **info):
         # a trial may meet a full disk before the next probe: probe at the end of this step,
         # before Tune starts another trial on the same storage (it does so in the next step)
+        self._last = None
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # the same before Tune starts the failed trial again (RestartKilledTrials)
         self._last = None

@@ -22,7 +22,8 @@ so the loop (`worker.run_loop`) takes this object where a Train worker takes
   (a feature-store shard replaced by a rebuild, a transient read error).
 
 What it cannot do is outlive its process: a run killed with its process resumes only when
-it is rerun (a sweep's trial: `raytag tune --resume`; Tune's own trial restarts).
+it is rerun (a sweep's trial: Tune starts it again, raytag.search.tuner.RestartKilledTrials,
+or `raytag tune --resume`).
 """
 from __future__ import annotations
 
