@@ -1111,3 +1111,19 @@ def test_the_student_has_no_warm_up_to_refuse_a_dataset_for(tmp_path):
     cfg = student_config(template_member(art), StudentSettings())
     assert not cfg.pipeline.warmup.enabled
     _refuse_a_warmup_without_clips(cfg, n_noisy=len(NOISY), n_subset=0)  # no noisy clip selected: fine
+
+
+@pytest.mark.parametrize("record, said", [("{nope", "not valid JSON"), ("[1, 2]", "not a sweep record")])
+def test_a_damaged_sweep_json_asks_for_data(tmp_path, monkeypatch, record, said):
+    """Without --data, distill reads the dataset from sweep.json: a damaged one is named, with
+    what to do, before any work."""
+    import raytag.ensemble.distill as distill_module
+    from raytag.cli import app
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "sweep.json").write_text(record)
+    monkeypatch.setattr(distill_module, "experiment_artifact", lambda folder: str(exp / "ensemble" / "artifact"))
+    result = CliRunner().invoke(app, ["distill", "exp", "--storage", str(tmp_path), "--epochs", "1"])
+    assert result.exit_code == 2, result.output
+    assert f"sweep.json: {said}" in result.output and "give the dataset the sweep ran on with --data" in result.output

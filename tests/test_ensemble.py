@@ -648,3 +648,28 @@ def test_cli_ensemble_refuses_a_negative_top_and_a_cv_bar_outside_0_1(tmp_path, 
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert not (tmp_path / "exp" / "ensemble").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n\x00\x00"])
+def test_an_empty_or_unreadable_leaderboard_says_how_to_rebuild_it(tmp_path, content):
+    """A leaderboard.csv cut to nothing (a disk that filled while tune wrote it) or not text:
+    `raytag ensemble` names it and the command that rebuilds it, with no traceback."""
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "leaderboard.csv").write_bytes(content)
+    result = CliRunner().invoke(app, ["ensemble", "exp", "--storage", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "leaderboard.csv: empty or unreadable leaderboard" in result.output
+    assert f"run `raytag report exp --storage {tmp_path}` to rebuild it" in result.output
+
+
+def test_a_damaged_sweep_json_is_named_where_the_ensemble_reads_the_dataset(tmp_path):
+    from raytag.ensemble.job import load_oof_truth
+
+    (tmp_path / "exp" / "trial" / "outputs").mkdir(parents=True)  # no oof_truth.csv: the dataset is read
+    (tmp_path / "exp" / "sweep.json").write_text("{nope")
+    with pytest.raises(RaytagError, match=r"sweep.json: not valid JSON .*restore it, or remove it"):
+        load_oof_truth(str(tmp_path / "exp" / "trial" / "outputs"), str(tmp_path / "exp"))

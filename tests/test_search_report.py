@@ -128,3 +128,37 @@ def test_report_of_a_read_only_sweep_prints_the_leaderboard_and_warns(tmp_path, 
     warning = result.output.index("warning: leaderboard.csv and search.png not rewritten")
     assert table < warning and "Operation not permitted" in result.output and "Traceback" not in result.output
     assert (exp / "leaderboard.csv").read_bytes() == before
+
+
+def _sweep_folder(root, leaderboard: bytes):
+    """A sweep folder with no Tune state: its leaderboard is read from leaderboard.csv."""
+    exp = root / "r" / "rep"
+    exp.mkdir(parents=True)
+    (exp / "space.yaml").write_text(SPACE)
+    (exp / "leaderboard.csv").write_bytes(leaderboard)
+    return exp
+
+
+def test_report_with_a_damaged_sweep_json_warns_and_shows_the_leaderboard(tmp_path, caplog):
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+
+    rows = [{"status": "ok", "cv_lwlrap": 0.5, "model.name": "crnn", "train.lr": 1e-3}]
+    exp = _sweep_folder(tmp_path, board(rows).to_csv(index=False).encode())
+    (exp / "sweep.json").write_text("{nope")
+    result = CliRunner().invoke(app, ["report", "rep", "--storage", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "leaderboard (1 trials" in result.output
+    assert "sweep.json: not valid JSON" in caplog.text and "ranking by the space's metric" in caplog.text
+
+
+def test_report_of_an_empty_leaderboard_without_tune_state_is_one_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+
+    _sweep_folder(tmp_path, b"")
+    result = CliRunner().invoke(app, ["report", "rep", "--storage", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert "cannot read the sweep in" in result.output and "leaderboard.csv is empty or unreadable" in result.output

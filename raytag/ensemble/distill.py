@@ -71,6 +71,7 @@ from raytag.features.frontends import frontend_shape
 from raytag.features.store import shard_key
 from raytag.metrics import lwlrap
 from raytag.models import MODELS, ModelConfigError, build_model
+from raytag.search.report import SWEEP_RECORD, read_sweep_record
 from raytag.session import ensure_ray
 from raytag.training.averaging import WeightAverage
 from raytag.training.dataset import CropBatches, LabelledSet
@@ -772,13 +773,12 @@ def _save_student(out_dir: str, student_dir: str, classes: list, layout: str, sc
 
 
 def _sweep_data(experiment_dir: str) -> str:
-    path = storage.join(experiment_dir, "sweep.json")
-    if storage.exists(path):
-        data = json.loads(storage.read_text(path)).get("data")
-        if data:
-            return str(data)
-    raise RaytagError(f"{path}: no dataset recorded (a `raytag train` run keeps none); give the dataset it "
-                      "trained on with --data")
+    """The dataset the sweep ran on, as its sweep.json records it."""
+    data = read_sweep_record(experiment_dir, "give the dataset the sweep ran on with --data").get("data")
+    if data:
+        return str(data)
+    raise RaytagError(f"{storage.join(experiment_dir, SWEEP_RECORD)}: no dataset recorded (a `raytag train` run "
+                      "keeps none); give the dataset it trained on with --data")
 
 
 def _score(art, dataset, models, cfg, plan, store, clip_ids: list[str], teacher: np.ndarray) -> dict:

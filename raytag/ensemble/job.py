@@ -35,6 +35,7 @@ from raytag.ensemble.weights import DEFAULT_STEPS, fit_weights, nested_fit
 from raytag.errors import RaytagError
 from raytag.metrics import SCORERS, lwlrap
 from raytag.search.leaderboard import board_metric
+from raytag.search.report import SWEEP_RECORD, read_sweep_record
 from raytag.training.outputs import (
     MEMBERS_DIR, METRICS, MODEL_CARD, OOF_PREDICTIONS, OOF_TRUTH, OUTPUTS_DIR, TEST_TRUTH, read_predictions,
     read_test_predictions,
@@ -176,7 +177,7 @@ def _finished_trials(experiment_dir: str, prefix: str = "") -> tuple[list[Candid
         return _train_run_models(experiment_dir, prefix)
     if not storage.exists(path):
         raise RaytagError(f"{path}: no leaderboard; run `raytag tune` (or `raytag train`) for this experiment first")
-    board = storage.read_csv(path)
+    board = _read_leaderboard(path, experiment_dir)
     metric = board_metric(board)
     if metric not in SCORE_COLUMNS:
         raise RaytagError(f"{path}: rank_by {metric!r} is not one of {', '.join(SCORE_COLUMNS)}")
@@ -199,6 +200,17 @@ def _finished_trials(experiment_dir: str, prefix: str = "") -> tuple[list[Candid
             continue
         rows.append(Candidate(trial_id, safe_name(trial_id), outputs, float(rec[metric]), metric))
     return rows, skipped, metric
+
+
+def _read_leaderboard(path: str, experiment_dir: str) -> pd.DataFrame:
+    """The leaderboard CSV; an empty or unreadable one (a disk that filled while tune wrote
+    it) is a RaytagError saying how to rebuild it from the trials."""
+    try:
+        return storage.read_csv(path)
+    except ValueError as err:  # pandas' EmptyDataError and ParserError, UnicodeDecodeError
+        name, where = storage.basename(experiment_dir), storage.parent(experiment_dir)
+        raise RaytagError(f"{path}: empty or unreadable leaderboard ({err}); run `raytag report {name} "
+                          f"--storage {where}` to rebuild it from the trials") from err
 
 
 def _train_run_models(run_dir: str, prefix: str) -> tuple[list[Candidate], list[dict], str]:
@@ -299,9 +311,10 @@ def load_oof_truth(outputs_dir: str, experiment_dir: Optional[str] = None) -> pd
     if storage.exists(path):
         return read_truth(path).table()
     data = None
-    sweep = storage.join(experiment_dir, "sweep.json") if experiment_dir else None
-    if sweep and storage.exists(sweep):
-        data = json.loads(storage.read_text(sweep)).get("data")
+    sweep = storage.join(experiment_dir, SWEEP_RECORD) if experiment_dir else None
+    if sweep:
+        data = read_sweep_record(experiment_dir, "the ensemble reads the dataset from it: restore it, or remove it "
+                                 "to use the one each trial's model.json records").get("data")
     if not data:
         data = json.loads(storage.read_text(storage.join(outputs_dir, MODEL_CARD))).get("data")
     if data:

@@ -27,6 +27,7 @@ from raytag.training.outputs import MEMBERS_DIR, METRICS, OUTPUTS_DIR, STAGES
 from raytag.training.run_settings import SETTINGS_FILE
 
 PLOT_NAME = "search.png"
+SWEEP_RECORD = "sweep.json"  # written by raytag.search.tuner when a sweep starts
 TOP_SETTINGS = 3
 
 
@@ -245,16 +246,44 @@ def read_sweep_board(experiment: str, storage: str = "results") -> tuple[str, pd
         raise RaytagError(f"no sweep named '{experiment}' in {storage} ({space_file} is missing); "
                           "check the name and --storage")
     space = parse_space(files.read_text(space_file), source=space_file, default_name=experiment)
-    settings_file = files.join(exp_dir, "sweep.json")
-    if files.exists(settings_file):  # the metric the sweep resolved ("auto" -> the layout's)
-        stored = json.loads(files.read_text(settings_file)).get("search", {}).get("metric")
-        if stored:
-            space.search = dataclasses.replace(space.search, metric=stored)
+    stored = _stored_metric(exp_dir)  # the metric the sweep resolved ("auto" -> the layout's)
+    if stored:
+        space.search = dataclasses.replace(space.search, metric=stored)
     try:
         board = build_leaderboard(exp_dir, space)
     except Exception as err:  # noqa: BLE001 - Tune's state unreadable: fall back to the saved CSV
         csv = files.join(exp_dir, "leaderboard.csv")
         if not files.exists(csv):
             raise RaytagError(f"cannot read the sweep in {exp_dir}: {err}") from err
-        board = pd.read_csv(io.StringIO(files.read_text(csv)))
+        try:
+            board = pd.read_csv(io.StringIO(files.read_text(csv)))
+        except ValueError as bad:  # empty (a disk that filled), not text, not a table
+            raise RaytagError(f"cannot read the sweep in {exp_dir}: {err}; and its {csv} is empty or "
+                              f"unreadable ({bad})") from bad
     return exp_dir, board, space
+
+
+def read_sweep_record(exp_dir: str, action: str) -> dict:
+    """The experiment's sweep.json (how `raytag tune` started it: its dataset, the metric it
+    resolved), {} where there is none; a damaged one is a RaytagError ending in `action`."""
+    path = files.join(exp_dir, SWEEP_RECORD)
+    if not files.exists(path):
+        return {}
+    try:
+        record = json.loads(files.read_text(path))
+    except ValueError as err:  # not JSON (a write cut short), not UTF-8
+        raise RaytagError(f"{path}: not valid JSON ({err}); {action}") from err
+    if not isinstance(record, dict):
+        raise RaytagError(f"{path}: not a sweep record (a JSON object); {action}")
+    return record
+
+
+def _stored_metric(exp_dir: str) -> Optional[str]:
+    """The metric sweep.json records; a damaged record is only warned about: the leaderboard
+    is still shown, ranked by the space's metric."""
+    try:
+        search = read_sweep_record(exp_dir, "ranking by the space's metric").get("search")
+    except RaytagError as err:
+        logging.getLogger(__name__).warning("%s", err)
+        return None
+    return search.get("metric") if isinstance(search, dict) else None
