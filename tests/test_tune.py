@@ -233,7 +233,7 @@ def test_leaderboard_ranks_finished_trials_first_by_its_metric():
 def test_bad_arguments_fail_before_any_trial(tmp_path):
     from raytag.search.tuner import run_sweep
 
-    with pytest.raises(RaytagError, match="not a folder"):
+    with pytest.raises(RaytagError, match="--data .*missing: folder not found"):
         run_sweep(write_space(tmp_path, 2), tmp_path / "missing", storage=str(tmp_path / "r"))
     (tmp_path / "data").mkdir()
     with pytest.raises(ConfigError, match="--set train.lr: .* searches this key"):  # --set of a searched key
