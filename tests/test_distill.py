@@ -127,7 +127,8 @@ def test_student_is_a_one_member_flagged_artifact_that_predict_takes(experiment,
     from raytag.cli import app
 
     art = load_artifact(distilled.artifact_path)
-    assert len(art.members) == 1 and len(art.members[0].models) == 1
+    # one member, the default two students (seeds 0 and 1) as its models
+    assert len(art.members) == 1 and len(art.members[0].models) == 2 and art.distilled["seeds"] == [0, 1]
     assert art.distilled["teacher"].endswith("artifact") and art.distilled["targets"] == {"oof": 70, "ensemble": 140}
     assert art.distilled["target_combiner"] == ("mean" if art.distilled["teacher_combiner"] == "rank"
                                                 else art.distilled["teacher_combiner"])
@@ -165,7 +166,7 @@ def test_student_learned_the_teachers_classes(experiment, distilled, demo_data):
 
 def test_reruns_reuse_the_teacher_targets_and_errors_are_clear(experiment, distilled, tmp_path):
     before = Path(distilled.teacher_path).stat().st_mtime_ns
-    again = distill(experiment, StudentSettings(width=4, depth=1, epochs=1), feature_cache=str(tmp_path / "c"))
+    again = distill(experiment, StudentSettings(width=4, depth=1, epochs=1, students=1), feature_cache=str(tmp_path / "c"))
     assert Path(again.teacher_path).stat().st_mtime_ns == before
     with pytest.raises(RaytagError, match="run `raytag ensemble`"):
         distill(str(tmp_path / "nothing"))
@@ -179,7 +180,7 @@ def test_a_train_runs_artifact_is_a_teacher_too(experiment, distilled, demo_data
     from --data."""
     run = tmp_path / "default"
     storage.copy_tree(storage.join(experiment, "ensemble", "artifact"), str(run / "artifact"))
-    small = StudentSettings(width=4, depth=1, epochs=1)
+    small = StudentSettings(width=4, depth=1, epochs=1, students=1)
     with pytest.raises(RaytagError, match="--data"):
         distill(str(run), small)
     got = distill(str(run), small, data=str(demo_data), feature_cache=str(Path(experiment).parent / "cache"))
@@ -367,7 +368,7 @@ def test_a_crops_target_interpolates_the_teacher_at_its_start_and_keeps_the_give
 
 
 def test_a_segment_grain_student_trains_and_records_its_grain(experiment, distilled, tmp_path):
-    small = StudentSettings(model="cnn2d", width=4, depth=1, epochs=1, target_grain="segment")
+    small = StudentSettings(model="cnn2d", width=4, depth=1, epochs=1, target_grain="segment", students=1)
     got = distill(experiment, small, feature_cache=str(Path(experiment).parent / "cache"))
     summary = json.loads((Path(experiment) / "distill" / "distill_summary.json").read_text())
     assert summary["target_grain"] == "segment" and Path(got.artifact_path).is_dir()
@@ -401,7 +402,7 @@ def test_a_student_can_start_from_its_template_members_network(experiment, disti
     cache = str(Path(experiment).parent / "cache")
 
     def student_params(init: str) -> dict:
-        got = distill(experiment, StudentSettings(epochs=1, lr=1e-12, init=init), feature_cache=cache)
+        got = distill(experiment, StudentSettings(epochs=1, lr=1e-12, init=init, students=1), feature_cache=cache)
         summary = json.loads((Path(experiment) / "distill" / "distill_summary.json").read_text())
         assert summary["init"] == init
         return dict(load_artifact(got.artifact_path).members[0].models[0].named_parameters())
@@ -547,7 +548,7 @@ def test_a_distillation_of_an_experiment_another_one_holds_is_refused_before_any
     before = manifest.read_bytes()
     with storage.folder_lock(str(Path(experiment) / "distill"), "another raytag distill"):
         with pytest.raises(storage.LockHeld, match=r"the distillation of .* is in use") as refused:
-            distill(experiment, StudentSettings(width=4, depth=1, epochs=1))
+            distill(experiment, StudentSettings(width=4, depth=1, epochs=1, students=1))
     # a distill has nothing to resume, and "run 'distill'" read as a train run's name
     assert "resume" not in str(refused.value) and "run 'distill'" not in str(refused.value)
     assert str(refused.value).endswith("and run `raytag distill` again.")
@@ -1055,7 +1056,7 @@ def test_several_students_are_averaged_like_fold_models(experiment, distilled, d
     the same seed trains, and a later single-student run leaves no second model behind."""
     small = dict(width=4, depth=1, epochs=2, batch_size=16)
     cache = str(Path(experiment).parent / "cache")
-    one = distill(experiment, StudentSettings(**small, seed=3), feature_cache=cache)
+    one = distill(experiment, StudentSettings(**small, seed=3, students=1), feature_cache=cache)
     first = load_artifact(one.artifact_path).members[0].models[0].state_dict()
     two = distill(experiment, StudentSettings(**small, seed=3, students=2), feature_cache=cache)
     art = load_artifact(two.artifact_path)
@@ -1070,7 +1071,7 @@ def test_several_students_are_averaged_like_fold_models(experiment, distilled, d
     each = [dataclasses.replace(art, members=[dataclasses.replace(member, models=[m])]).predict_files(clips)[0]
             for m in member.models]
     assert np.allclose(mean.to_numpy(), np.mean([e.to_numpy() for e in each], axis=0), atol=1e-6)
-    again = distill(experiment, StudentSettings(**small, seed=3), feature_cache=cache)
+    again = distill(experiment, StudentSettings(**small, seed=3, students=1), feature_cache=cache)
     assert len(load_artifact(again.artifact_path).members[0].models) == 1
     with pytest.raises(RaytagError, match="--students"):
         distill(experiment, StudentSettings(students=0))
