@@ -87,6 +87,28 @@ def test_a_resume_of_an_unchanged_file_says_nothing_about_it(sweep):
     assert not any("space file" in n or "changed since" in n for n in notes), notes
 
 
+
+@pytest.mark.parametrize("damage, says", [
+    ('{"search": {"samples": 4, "sched', "not valid JSON"),  # cut short: a full disk when the sweep started
+    (None, "missing, or without the sweep's search settings"),
+])
+def test_a_resume_with_a_damaged_sweep_record_names_it_and_what_to_do(sweep, damage, says):
+    """A damaged sweep.json ended `tune --resume` in a JSONDecodeError (a missing one, in a
+    FileNotFoundError) traceback; now a RaytagError names the file and what to do."""
+    from raytag.errors import RaytagError
+
+    path, exp, notes, resume = sweep
+    record = exp / "sweep.json"
+    if damage is None:
+        record.unlink()
+    else:
+        record.write_text(damage)
+    with pytest.raises(RaytagError) as caught:
+        resume()
+    text = str(caught.value)
+    assert text.startswith(f"{record}: {says}")
+    assert "restore the file from a copy, or start a new sweep under another --name" in text
+
 def test_without_a_sweep_to_resume_the_file_s_error_stands(tmp_path, monkeypatch):
     import raytag.search.tuner as tuner
 

@@ -42,7 +42,7 @@ from raytag.features.store import SHARD_TASK_CPUS  # a trial's feature build hol
 from raytag.metrics import layout_metric
 from raytag.search.leaderboard import (TRIAL_FAILURE, TRIAL_RESULT, build_leaderboard, error_reason,
                                        reason_from_text)
-from raytag.search.report import save_report
+from raytag.search.report import SWEEP_RECORD, read_sweep_record, save_report
 from raytag.search.space import (HYPERBAND_REFUSED, Resources, SearchSpace, SpaceError, flatten_settings, describe,
                                  load_space, parse_space, with_fixed_settings, with_search_overrides)
 from raytag.search.tune_state import StateBackup, repair_state, set_aside_damaged_snapshot
@@ -711,7 +711,7 @@ def resumed_space(exp_dir: str, space: Optional[SearchSpace], *, space_path, nam
         say(f"note: {', '.join(repaired)} was cut short when the storage failed; "
             "resuming from its last complete copy")
     stored = files.read_text(files.join(exp_dir, "space.yaml"))
-    started = json.loads(files.read_text(files.join(exp_dir, "sweep.json")))
+    started = started_record(exp_dir)
     if file_error is not None:
         say(f"note: the space file cannot be used now ({file_error}); resuming with the space the sweep "
             f"stored when it started ({files.join(exp_dir, 'space.yaml')})")
@@ -732,14 +732,25 @@ def resumed_space(exp_dir: str, space: Optional[SearchSpace], *, space_path, nam
     return space
 
 
+def started_record(exp_dir: str) -> dict:
+    """The sweep.json a sweep wrote when it started, for --resume; a damaged or missing one is a
+    RaytagError naming it (its search settings cannot be guessed, so the sweep cannot go on as it began)."""
+    action = ("--resume needs the record the sweep wrote when it started: restore the file from a copy, "
+              "or start a new sweep under another --name")
+    record = read_sweep_record(exp_dir, action)
+    if not isinstance(record.get("search"), dict):  # {}: no file, or one without the search settings
+        raise RaytagError(f"{files.join(exp_dir, SWEEP_RECORD)}: missing, or without the sweep's search "
+                          f"settings; {action}")
+    return record
+
+
 def resumed_rung_metric(exp_dir: str, chosen_now: Optional[str], layout: Optional[str],
                         say: Callable[[str], None]) -> Optional[str]:
     """The score a resumed sweep's trials put in rung_score: the one its sweep.json records
     (None: the layout's own), not the one rung_metric_for picks today, since ASHA's replayed
     rungs and Optuna's intermediate values already hold scores in it; a sweep started before
     it was recorded scored rungs in the layout's metric, and keeps that."""
-    started = json.loads(files.read_text(files.join(exp_dir, "sweep.json")))
-    recorded = started.get("rung_metric")
+    recorded = started_record(exp_dir).get("rung_metric")
     if recorded != chosen_now:
         say(f"note: this sweep's trials score their rungs (rung_score) in {_rung_score_name(recorded, layout)} "
             f"as when it started, not in {_rung_score_name(chosen_now, layout)} as a new sweep would: the "
