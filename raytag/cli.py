@@ -64,11 +64,11 @@ def _html_report(exp_dir: str, required: bool = False) -> None:
         path = write_report_html(exp_dir)
     except Exception as err:  # noqa: BLE001 - reported; the report is an extra after tune/ensemble
         if required:
-            console.print(f"[bold red]error:[/] report.html not written: {escape(str(err))}")
+            console.print(f"[bold red]error:[/] report.html not written: {escape(str(err))}", soft_wrap=True)
             raise typer.Exit(code=2)
-        console.print(f"[yellow]report.html not written:[/] {escape(str(err))}")
+        console.print(f"[yellow]report.html not written:[/] {escape(str(err))}", soft_wrap=True)
         return
-    console.print(f"report: [bold]{escape(str(path))}[/]", highlight=False)
+    console.print(f"report: [bold]{escape(str(path))}[/]", highlight=False, soft_wrap=True)  # a path on one line
 
 
 def _version(value: bool):
@@ -107,7 +107,7 @@ def make_demo_data(
     from raytag.data.demo import make_demo_dataset
 
     path = _run(make_demo_dataset, out, seed=seed, scale=scale)
-    console.print(f"demo dataset written to [bold]{escape(str(path))}[/]")  # a path is text, not markup
+    console.print(f"demo dataset written to [bold]{escape(str(path))}[/]", soft_wrap=True)  # text, not markup
 
 
 @app.command()

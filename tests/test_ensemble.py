@@ -108,14 +108,16 @@ def make_trial_outputs(out, trial_id: str, y_oof, y_test, signal: float, seed: i
 
 
 def make_experiment(root, signals=(0.9, 0.8, 0.7, 0.0), n=120, n_test=60, layout="fat2019",
-                    extra_rows=(), name="exp"):
-    """An experiment folder with a leaderboard and one trial per signal strength."""
+                    extra_rows=(), name="exp", trial_ids=None):
+    """An experiment folder with a leaderboard and one trial per signal strength (named
+    `trial_ids`, or trial_0, trial_1, ...)."""
     exp = storage.join(str(root), name)
     y_oof, y_test = make_truth(n, 1), make_truth(n_test, 2)
     rows = []
     for i, s in enumerate(signals):
-        out, cv = make_trial_outputs(exp, f"trial_{i}", y_oof, y_test, s, seed=10 + i, layout=layout)
-        rows.append({"trial_id": f"trial_{i}", "status": "TERMINATED", "cv_lwlrap": cv,
+        trial_id = trial_ids[i] if trial_ids else f"trial_{i}"
+        out, cv = make_trial_outputs(exp, trial_id, y_oof, y_test, s, seed=10 + i, layout=layout)
+        rows.append({"trial_id": trial_id, "status": "TERMINATED", "cv_lwlrap": cv,
                      "test_lwlrap": np.nan, "outputs_dir": out})
     rows += list(extra_rows)
     storage.write_csv(pd.DataFrame(rows), storage.join(exp, "leaderboard.csv"))
@@ -441,6 +443,28 @@ def test_cli_ensemble(tmp_path):
     assert (tmp_path / "exp" / "ensemble" / "artifact" / "manifest.json").exists()
     missing = CliRunner().invoke(app, ["ensemble", "nope", "--storage", str(tmp_path)])
     assert missing.exit_code == 2 and "no leaderboard" in " ".join(missing.output.split())
+
+
+def test_cli_ensemble_piped_shows_names_and_paths_whole_on_one_line(tmp_path):
+    """Piped to a file (CliRunner: not a terminal), rich fitted the output to 80 columns: a
+    trial's name was cut with "…" and the artifact's path split across lines, so the file did
+    not say which trial or where. Now each comes whole, on one line."""
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+
+    name = "a_sweep_named_at_some_length"
+    ids = ("train_fn_7ab02f3c_00003_3_lr=0.0031,width=48", "train_fn_7ab02f3c_00007_7_lr=0.0007,width=32")
+    make_experiment(tmp_path, signals=(0.9, 0.5), n=40, n_test=10, name=name, trial_ids=ids)
+    result = CliRunner().invoke(app, ["ensemble", name, "--storage", str(tmp_path), "--top", "2"],
+                                env={"COLUMNS": "80"})  # as a shell that exports its width would
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for trial_id in ids:  # its row of the table
+        assert any(trial_id in line and "single" in line for line in lines), (trial_id, result.output)
+    for path in (tmp_path / name / "ensemble" / "artifact", tmp_path / name / "report.html"):
+        assert any(str(path) in line for line in lines), (path, result.output)
+    assert "…" not in result.output
 
 
 def test_on_2018_data_candidates_and_the_choice_go_by_map3(tmp_path):

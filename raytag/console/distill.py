@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
+from raytag.console import output_console
 from raytag.ensemble.distill import DistillResult, StudentSettings, distill
 from raytag.features.store import feature_cache_folder
 
@@ -16,7 +16,7 @@ from raytag.features.store import feature_cache_folder
 def distill_command(experiment: str, storage: str = "results", data: Optional[str] = None,
                     feature_cache: Optional[str] = None, settings: StudentSettings = StudentSettings()) -> DistillResult:
     files.check_name(experiment, "EXPERIMENT")
-    console = Console(stderr=True)
+    console = output_console(stderr=True)
     cache = feature_cache_folder(feature_cache) if feature_cache is not None else None
     result = distill(files.join(storage, experiment), settings, data=data, feature_cache=cache,
                      progress=True, say=console.print)

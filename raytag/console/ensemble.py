@@ -5,11 +5,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import pandas as pd
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
+from raytag.console import output_console
 from raytag.ensemble.job import EnsembleResult, build_ensemble
 from raytag.ensemble.pull import PullResult, pull
 
@@ -19,7 +19,7 @@ def ensemble_command(experiment: str, storage: str = "results", top: Optional[in
     files.check_name(experiment, "EXPERIMENT")
     for name in also:
         files.check_name(name, "--with")
-    console = Console(stderr=True)
+    console = output_console(stderr=True)
     result = build_ensemble(files.join(storage, experiment), top=top, min_cv=min_cv, console=console,
                             also=[files.join(storage, name) for name in also])
     # the ranking metric first, lwlrap beside it
@@ -27,7 +27,8 @@ def ensemble_command(experiment: str, storage: str = "results", top: Optional[in
     sweeps = " + ".join([experiment, *also])
     view = Table(title=f"ensemble of {sweeps}, ranked by {result.metric}")
     for col in ("name", "kind", *(f"CV {c[3:]}" for c in scores), "CV on", "test lwlrap", "weights"):
-        view.add_column(col)
+        # a trial's name folds on a narrow terminal rather than being cut with "…"
+        view.add_column(col, overflow="fold" if col == "name" else "ellipsis")
     for r in result.table.to_dict(orient="records"):
         mark = " *" if r["chosen"] else ""
         view.add_row(f"{escape(str(r['name']))}{mark}", r["kind"], *(f"{r[c]:.4f}" for c in scores), r["cv_method"],
@@ -44,7 +45,7 @@ def ensemble_command(experiment: str, storage: str = "results", top: Optional[in
 
 def pull_command(experiment: str, storage: str, to: Path) -> PullResult:
     files.check_name(experiment, "EXPERIMENT")
-    console = Console(stderr=True)
+    console = output_console(stderr=True)
     result = pull(experiment, storage, to)
     if result.replaced is not None:  # the folder held another experiment: say what went
         old = result.replaced

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from rich.console import Console
 from rich.markup import escape
 
+from raytag.console import output_console
 from raytag.predict import failures_path, output_format, save_outputs, tag_inputs
 
 
@@ -15,7 +15,7 @@ def predict_command(artifact: Path, inputs: list[Path], out: Optional[Path] = No
     """`format` None: json for an --out ending in .json, else csv; `out` "-": stdout."""
     format = output_format(format, out)
     tagged = tag_inputs(artifact, inputs, format=format, batch_size=batch_size, out=out, compile=compile)
-    console = Console(stderr=True)
+    console = output_console(stderr=True)
     failures, files = tagged.failures, tagged.files
     if len(failures):
         # JSON output carries its failures itself; a CSV on stdout has no file beside it: all are printed

@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from raytag.config import Config, parse_cli_overrides
+from raytag.console import output_console
 from raytag.console.train import members_keep_their_own
 from raytag.features.store import (FeatureStore, PreparedFeatures, default_feature_cache, feature_cache_folder,
                                    prepare_features)
@@ -19,7 +19,7 @@ def prepare_command(data, config: Optional[Path], cache: Optional[str],
                     overrides: Sequence[str] = ()) -> list[FeatureStore]:
     """`raytag prepare`: read the dataset, build or reuse the features a run of `config` (a
     run config or a search space, `overrides` applied) trains on, print a summary."""
-    console = Console()
+    console = output_console()
     cfg, notes = config_to_prepare(config, overrides)
     for note in notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)

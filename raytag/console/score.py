@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
+from raytag.console import output_console
 from raytag.data.truth import few as _few
 from raytag.scoring import score_files
 
@@ -14,8 +14,8 @@ from raytag.scoring import score_files
 def score_command(truth, submission, per_class: bool = False) -> dict:
     """`raytag score`: print lwlrap (2019, optionally per class) or MAP@3 (2018)."""
     result = score_files(Path(truth), Path(submission))
-    out = Console()
-    err = Console(stderr=True)
+    out = output_console()
+    err = output_console(stderr=True)
     if result.get("ignored"):
         err.print(f"note: {len(result['ignored'])} submission rows are truth clips with usage 'Ignored', not scored "
                   f"(as on Kaggle): {_few(result['ignored'])}")

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import pandas as pd
-from rich.console import Console
 from rich.markup import escape
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.config import parse_cli_overrides
+from raytag.console import output_console
 from raytag.console.tables import print_leaderboard
 from raytag.ensemble.noisy_teacher import noisy_teacher_targets
 from raytag.errors import os_error_text
@@ -26,7 +26,7 @@ def tune_command(space, data, storage="results", name=None, samples=None, resume
                        scheduler=scheduler, settings=parse_cli_overrides(list(overrides)),
                        noisy_teacher=noisy_teacher_targets, feature_cache=cache)
     print_leaderboard(result.leaderboard)
-    Console(stderr=True).print(f"leaderboard: {files.join(result.experiment_dir, 'leaderboard.csv')}"
+    output_console(stderr=True).print(f"leaderboard: {files.join(result.experiment_dir, 'leaderboard.csv')}"
                                + (f"\nplot: {result.plot_path}" if result.plot_path else ""), highlight=False)
     if not has_scored_trials(result.leaderboard):
         print_no_result(result.leaderboard)
@@ -45,7 +45,7 @@ def print_no_result(board: pd.DataFrame) -> None:
 
     reasons = board["reason"].fillna("").replace("", "(no reason recorded)").value_counts()
     lines = [f"  {count} x {escape(str(reason))}" for reason, count in reasons.items()]
-    Console(stderr=True).print(
+    output_console(stderr=True).print(
         f"[bold red]error:[/] no trial of the sweep has a score ({len(board)} trials)"
         + (":\n" + "\n".join(lines) if lines else "")
         + "\nFix the cause above (the space's settings, --data, the cluster) and run a new sweep.",
@@ -57,7 +57,7 @@ def report_command(experiment: str, storage: str = "results") -> pd.DataFrame:
     files.check_name(experiment, "EXPERIMENT")
     exp_dir, board, space = read_sweep_board(experiment, storage)
     print_leaderboard(board)  # shown before anything is written: the folder may be read-only
-    err = Console(stderr=True)
+    err = output_console(stderr=True)
     try:
         plot = save_report(exp_dir, board, space)
     except OSError as fault:  # a colleague's sweep, a read-only mount: the leaderboard above is the result

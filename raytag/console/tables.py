@@ -5,10 +5,10 @@ import math
 
 import numpy as np
 import pandas as pd
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from raytag.console import output_console
 from raytag.search.leaderboard import board_metric
 
 # stages.csv column -> short console heading (the CSV keeps every column)
@@ -88,7 +88,7 @@ def print_leaderboard(board: pd.DataFrame, top: int = 20) -> None:
             _board_cell(r["test_lwlrap"]), str(r["epochs_run"]), f"{float(r['seconds']):.0f}",
             *[_board_cell(r[c]) for c in params],
         )
-    console = Console(width=None if Console().is_terminal else 160)
+    console = output_console()
     console.print(table)
     for _, r in board[board["status"] == "failed"].iterrows():
         # escape: a reason quoting a path ("[/tmp/x]") is text, not rich markup

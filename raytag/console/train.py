@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from rich.console import Console
 from rich.markup import escape
 
 from raytag.cluster import check_data, check_data_folder, check_storage
 from raytag.config import Config, ConfigError, parse_cli_overrides
+from raytag.console import output_console
 from raytag.console.tables import fold_table, stage_table
 from raytag.ensemble.members import fit_members, save_run_artifact
 from raytag.ensemble.noisy_teacher import noisy_teacher_targets
@@ -63,7 +63,7 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
                   quiet: bool = False, feature_cache: Optional[str] = None):
     """`quiet`: no line per epoch (the run's tables at the end only). `feature_cache`: where
     features are built and read (None: default_feature_cache)."""
-    console = Console()
+    console = output_console()
     if name is not None:  # "" too: it would mean the config's name, or the storage itself
         check_name(name, "--name")
     check_data_folder(data)  # a typo is named before Ray starts and the run folder is made
