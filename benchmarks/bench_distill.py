@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 
 from raytag.data.layouts import load_dataset
-from raytag.ensemble.artifact import experiment_artifact, load_artifact
-from raytag.ensemble.distill import labelled_test_rows, probability_teacher, scores_on_test
+from raytag.ensemble.artifact import experiment_artifact, load_artifact, probability_teacher
+from raytag.ensemble.distill import labelled_test_rows, scores_on_test
 from raytag.ensemble.tagging import predict_files
 from raytag.metrics import paired_bootstrap_lwlrap
 

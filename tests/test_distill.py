@@ -26,12 +26,12 @@ from raytag import storage
 from raytag.config import Config
 from raytag.data.labels import labels_to_matrix
 from raytag.data.layouts import load_dataset
-from raytag.ensemble.artifact import Artifact, Member, describe, load_artifact
+from raytag.ensemble.artifact import Artifact, Member, describe, load_artifact, probability_teacher
 from raytag.ensemble.distill import (
-    StudentSettings, distill, probability_teacher, scores_on_test, student_config, student_targets, teacher_oof_scores,
-    teacher_targets, template_member, train_student,
+    StudentSettings, distill, score_on_test, scores_on_test, student_config, student_targets, targets_oof_scores,
+    teacher_oof_scores, template_member, train_student,
 )
-from raytag.ensemble.distill import score_on_test, targets_oof_scores, teacher_test_predictions
+from raytag.ensemble.teacher_targets import teacher_targets, teacher_test_predictions
 from raytag.ensemble.job import build_ensemble
 from raytag.ensemble.tagging import FAILURE_COLUMNS
 from raytag.errors import RaytagError
@@ -731,7 +731,7 @@ def _refusing_teacher(tmp_path: Path, monkeypatch, caplog, noisy_targets: str) -
     refuses noisy/n1.wav for memory; targets() runs teacher_targets with the warnings of
     that run alone in caplog. With --noisy-targets oof, a member lacks the noisy clips'
     out-of-fold predictions, so the artifact predicts them there too."""
-    import raytag.ensemble.distill as distill_module
+    import raytag.ensemble.teacher_targets as teacher_module
 
     art, dataset = _hand_teacher(tmp_path, CURATED, NOISY, extra_noisy=("n3.wav",))
     if noisy_targets == "oof":
@@ -739,10 +739,10 @@ def _refusing_teacher(tmp_path: Path, monkeypatch, caplog, noisy_targets: str) -
     _write_audio_stand_ins(dataset)
     refused = str(tmp_path / "data" / "noisy" / "n1.wav")
     calls, out = [], str(tmp_path / "distill")
-    monkeypatch.setattr(distill_module, "predict_files", _predict_failing(calls, {refused: True}))
+    monkeypatch.setattr(teacher_module, "predict_files", _predict_failing(calls, {refused: True}))
 
     def targets(where: str = out) -> pd.DataFrame:
-        with caplog.at_level(logging.WARNING, logger="raytag.ensemble.distill"):
+        with caplog.at_level(logging.WARNING, logger="raytag.ensemble.teacher_targets"):
             caplog.clear()
             return teacher_targets(art, dataset, where, noisy_targets=noisy_targets)
     return targets, calls, refused
@@ -771,11 +771,11 @@ def test_a_clip_refused_for_memory_then_tagged_completes_the_table(tmp_path, mon
     """Once the refused clip can be tagged, the next run tags it alone and the table is whole,
     as one run would have made it (the student's crops follow its order); a run after that
     tags nothing."""
-    import raytag.ensemble.distill as distill_module
+    import raytag.ensemble.teacher_targets as teacher_module
 
     targets, calls, refused = _refusing_teacher(tmp_path, monkeypatch, caplog, noisy_targets)
     targets()
-    monkeypatch.setattr(distill_module, "predict_files", _predict_by_size(calls))  # the memory is there now
+    monkeypatch.setattr(teacher_module, "predict_files", _predict_by_size(calls))  # the memory is there now
     whole = targets()
     assert calls[1:] == [[refused]] and whole.loc["noisy/n1.wav", "bark"] == pytest.approx(0.1) and not caplog.text
     assert targets().equals(whole) and len(calls) == 2 and not caplog.text
@@ -787,22 +787,22 @@ def test_a_clip_refused_for_memory_then_tagged_completes_the_table(tmp_path, mon
 def test_a_damaged_clip_is_kept_out_and_named_on_every_run_without_tagging_again(tmp_path, monkeypatch, caplog):
     """A clip that fails the same way every time (damaged) is recorded with the targets: a
     rerun tags nothing for it and still names it (file: reason); it has no row, never zeros."""
-    import raytag.ensemble.distill as distill_module
+    import raytag.ensemble.teacher_targets as teacher_module
 
     art, dataset = _hand_teacher(tmp_path, CURATED, NOISY)
     _write_audio_stand_ins(dataset)
     damaged = str(tmp_path / "data" / "noisy" / "n2.wav")
     calls, out = [], str(tmp_path / "distill")
-    monkeypatch.setattr(distill_module, "predict_files", _predict_failing(calls, {damaged: False}))
+    monkeypatch.setattr(teacher_module, "predict_files", _predict_failing(calls, {damaged: False}))
     for _ in range(2):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="raytag.ensemble.distill"):
+        with caplog.at_level(logging.WARNING, logger="raytag.ensemble.teacher_targets"):
             table = teacher_targets(art, dataset, out, noisy_targets="ensemble")
         assert "noisy/n2.wav" not in table.index and "noisy/n1.wav" in table.index
         assert f"{damaged}: cannot decode: damaged" in caplog.text and "tags those again" not in caplog.text
     assert len(calls) == 1
     Path(damaged).write_bytes(b"b" * 20)  # replaced: another key, so every clip is tagged again
-    monkeypatch.setattr(distill_module, "predict_files", _predict_by_size(calls))
+    monkeypatch.setattr(teacher_module, "predict_files", _predict_by_size(calls))
     table = teacher_targets(art, dataset, out, noisy_targets="ensemble")
     assert table.loc["noisy/n2.wav", "bark"] == pytest.approx(0.2)
     assert len(calls[1]) == 2
@@ -812,7 +812,7 @@ def test_the_teachers_test_predictions_are_kept_and_only_a_file_refused_for_memo
         tmp_path, monkeypatch, caplog):
     """A test file refused for memory kept teacher_test.npz from being written, so every run
     tagged the whole test set with the full teacher again; now only that file is."""
-    import raytag.ensemble.distill as distill_module
+    import raytag.ensemble.teacher_targets as teacher_module
 
     art, _ = _hand_teacher(tmp_path, CURATED, NOISY)
     paths = [str(tmp_path / "data" / "test" / f"t{i}.wav") for i in range(3)]
@@ -820,16 +820,16 @@ def test_the_teachers_test_predictions_are_kept_and_only_a_file_refused_for_memo
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(b"a" * 10)
     calls, out = [], str(tmp_path / "distill")
-    monkeypatch.setattr(distill_module, "predict_files", _predict_failing(calls, {paths[1]: True}))
-    with caplog.at_level(logging.WARNING, logger="raytag.ensemble.distill"):
+    monkeypatch.setattr(teacher_module, "predict_files", _predict_failing(calls, {paths[1]: True}))
+    with caplog.at_level(logging.WARNING, logger="raytag.ensemble.teacher_targets"):
         assert list(teacher_test_predictions(art, paths, out, 8, False).index) == [paths[0], paths[2]]
     assert f"{paths[1]}: too long to decode whole" in caplog.text
     assert (tmp_path / "distill" / "teacher_test.npz").exists()
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="raytag.ensemble.distill"):
+    with caplog.at_level(logging.WARNING, logger="raytag.ensemble.teacher_targets"):
         assert list(teacher_test_predictions(art, paths, out, 8, False).index) == [paths[0], paths[2]]
     assert calls[1:] == [[paths[1]]] and f"{paths[1]}: too long to decode whole" in caplog.text
-    monkeypatch.setattr(distill_module, "predict_files", _predict_by_size(calls))
+    monkeypatch.setattr(teacher_module, "predict_files", _predict_by_size(calls))
     assert list(teacher_test_predictions(art, paths, out, 8, False).index) == paths and calls[2:] == [[paths[1]]]
     assert list(teacher_test_predictions(art, paths, out, 8, False).index) == paths and len(calls) == 3
 
@@ -840,6 +840,7 @@ def test_the_segment_teachers_cache_computes_only_the_clips_it_lacks(tmp_path, m
     from types import SimpleNamespace
 
     import raytag.ensemble.distill as distill_module
+    import raytag.ensemble.teacher_targets as teacher_module
 
     art, dataset = _hand_teacher(tmp_path, CURATED, NOISY)
     ids = list(dataset.clips["clip_id"])
@@ -849,8 +850,8 @@ def test_the_segment_teachers_cache_computes_only_the_clips_it_lacks(tmp_path, m
         asked.append(list(clip_ids))
         return {c: (np.arange(3, dtype=np.float64), np.full((3, 3), ids.index(c), np.float32)) for c in clip_ids}
 
-    monkeypatch.setattr(distill_module, "teacher_segments", grid)
-    monkeypatch.setattr(distill_module, "held_out_folds", lambda *a, **k: {})
+    monkeypatch.setattr(teacher_module, "teacher_segments", grid)
+    monkeypatch.setattr(teacher_module, "held_out_folds", lambda *a, **k: {})
     monkeypatch.setattr(distill_module, "SegmentTargetCrops", lambda store, data, crop, batch, by_clip, *a: by_clip)
     cfg = SimpleNamespace(crop_frames=lambda: 64, features=None, train=SimpleNamespace(batch_size=4))
     settings = StudentSettings(target_grain="segment")
@@ -875,12 +876,13 @@ def test_the_segment_teachers_cache_is_written_without_a_copy_in_memory(tmp_path
     from types import SimpleNamespace
 
     import raytag.ensemble.distill as distill_module
+    import raytag.ensemble.teacher_targets as teacher_module
 
     art, dataset = _hand_teacher(tmp_path, CURATED, NOISY)
     ids = list(dataset.clips["clip_id"])
     rng = np.random.default_rng(0)
     grid = {c: (np.arange(625_000, dtype=np.float32), rng.random((625_000, 3), dtype=np.float32)) for c in ids}
-    monkeypatch.setattr(distill_module, "teacher_segments", lambda *a, **k: grid)
+    monkeypatch.setattr(teacher_module, "teacher_segments", lambda *a, **k: grid)
     monkeypatch.setattr(distill_module, "SegmentTargetCrops", lambda *a, **k: "crops")
     cfg = SimpleNamespace(crop_frames=lambda: 64, features=None, train=SimpleNamespace(batch_size=4))
     targets = LabelledSet(ids, np.zeros((len(ids), len(HAND_CLASSES))), np.zeros(len(ids), bool))
@@ -904,13 +906,13 @@ def test_the_teacher_cache_follows_the_audio_the_members_outputs_and_the_feature
     """teacher.parquet was keyed on clip ids and labels only: a noisy clip's audio replaced
     under its name, a member's out-of-fold predictions written again, or another front-end
     code (FEATURES_VERSION, librosa) kept the old targets."""
-    import raytag.ensemble.distill as distill_module
+    import raytag.ensemble.teacher_targets as teacher_module
     import raytag.features.store as feature_store
 
     art, dataset = _hand_teacher(tmp_path, CURATED, NOISY)
     _write_audio_stand_ins(dataset)
     calls = []
-    monkeypatch.setattr(distill_module, "predict_files", _predict_by_size(calls))
+    monkeypatch.setattr(teacher_module, "predict_files", _predict_by_size(calls))
     out = str(tmp_path / "distill")
 
     def targets() -> pd.DataFrame:  # the noisy clips from the artifact's predictions (predict_files)
@@ -943,6 +945,7 @@ def test_the_teachers_test_predictions_are_made_once_per_teacher_and_files(tmp_p
     networks), so another student cost more than its training; they are cached now, and
     made again when a test file or the teacher changes, or the cache cannot be read."""
     import raytag.ensemble.distill as distill_module
+    import raytag.ensemble.teacher_targets as teacher_module
     from raytag.data.layouts import Dataset
 
     art, _ = _hand_teacher(tmp_path, CURATED, NOISY)
@@ -954,7 +957,8 @@ def test_the_teachers_test_predictions_are_made_once_per_teacher_and_files(tmp_p
                       skipped=pd.DataFrame(columns=["file", "reason"]))
     _write_audio_stand_ins(dataset)
     calls = []
-    monkeypatch.setattr(distill_module, "predict_files", _predict_by_size(calls))
+    for module in (teacher_module, distill_module):  # the teacher's test pass, and the student's
+        monkeypatch.setattr(module, "predict_files", _predict_by_size(calls))
     student = dataclasses.replace(art, path=str(tmp_path / "student"))
     out = str(tmp_path / "distill")
     score_on_test(student, art, dataset, 8, False, out)
@@ -985,12 +989,12 @@ def test_the_teachers_caches_follow_a_clip_replaced_keeping_its_size_and_mtime(t
     """teacher.parquet and teacher_test.npz were keyed on each file's size and mtime, which
     `cp -p`, `rsync -a` or an archive extracted again keep: other audio under the same name
     kept the old targets and test predictions. The change time moves, and the key holds it."""
-    import raytag.ensemble.distill as distill_module
+    import raytag.ensemble.teacher_targets as teacher_module
 
     art, dataset = _hand_teacher(tmp_path, CURATED, NOISY)
     _write_audio_stand_ins(dataset)
     calls = []
-    monkeypatch.setattr(distill_module, "predict_files", _predict_by_size(calls))
+    monkeypatch.setattr(teacher_module, "predict_files", _predict_by_size(calls))
     out = str(tmp_path / "distill")
     paths = [str(p) for p in dataset.clips["path"]]
 
