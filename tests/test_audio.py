@@ -252,15 +252,22 @@ def _fake_machine(tmp_path, cgroups: dict, own: str = "/", mem_available: int = 
     """A stand-in for / under tmp_path (pass it as `root`): /proc/meminfo, /proc/self/cgroup
     and a cgroup v2 tree; `cgroups` maps a cgroup path to its (memory.max, memory.current,
     memory.stat text)."""
-    for name, (limit, current, stat) in cgroups.items():
-        folder = tmp_path / "sys/fs/cgroup" / name.strip("/")
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "memory.max").write_text(f"{limit}\n")
-        (folder / "memory.current").write_text(f"{current}\n")
-        (folder / "memory.stat").write_text(stat)
+    _write_cgroups(tmp_path / "sys/fs/cgroup", cgroups, ("memory.max", "memory.current"))
     _write_meminfo(tmp_path, f"MemTotal: 67108864 kB\nMemAvailable: {mem_available // 1024} kB\n")
     _write_self_cgroup(tmp_path, f"0::{own}\n")
     return tmp_path
+
+
+def _write_cgroups(hierarchy, cgroups: dict, files: tuple[str, str]) -> None:
+    """Each cgroup's folder under `hierarchy` with its limit and usage in `files` (v2:
+    memory.max, memory.current; v1: memory.limit_in_bytes, memory.usage_in_bytes) and its
+    memory.stat."""
+    for name, (limit, usage, stat) in cgroups.items():
+        folder = hierarchy / name.strip("/")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / files[0]).write_text(f"{limit}\n")
+        (folder / files[1]).write_text(f"{usage}\n")
+        (folder / "memory.stat").write_text(stat)
 
 
 def _write_meminfo(root, text: str) -> None:
@@ -276,12 +283,7 @@ def _write_self_cgroup(root, text: str) -> None:
 def _fake_v1_machine(tmp_path, cgroups: dict, own: str, meminfo: str):
     """A stand-in for / with cgroup v1's memory hierarchy: `cgroups` maps a cgroup path to
     its (memory.limit_in_bytes, memory.usage_in_bytes, memory.stat text)."""
-    for name, (limit, usage, stat) in cgroups.items():
-        folder = tmp_path / "sys/fs/cgroup/memory" / name.strip("/")
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "memory.limit_in_bytes").write_text(f"{limit}\n")
-        (folder / "memory.usage_in_bytes").write_text(f"{usage}\n")
-        (folder / "memory.stat").write_text(stat)
+    _write_cgroups(tmp_path / "sys/fs/cgroup/memory", cgroups, ("memory.limit_in_bytes", "memory.usage_in_bytes"))
     _write_meminfo(tmp_path, meminfo)
     # a v1 machine lists each controller's hierarchy, and the (empty) unified one
     _write_self_cgroup(tmp_path, f"12:cpu,cpuacct:{own}\n11:memory:{own}\n0::/\n")
