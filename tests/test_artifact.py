@@ -462,6 +462,48 @@ def test_pull_resumes_after_an_interruption_into_a_folder_it_wrote(ensemble, tmp
     load_artifact(to / "artifact")
 
 
+@pytest.mark.parametrize("own_files", [
+    ["outputs/metrics.json", "run_settings.json"],  # a `raytag train` run
+    ["comparison.csv", "ensemble_summary.json"],  # a sweep's ensemble/
+    ["distill_summary.json", "teacher.parquet"],  # a distill/ folder
+])
+def test_pull_refuses_a_run_or_ensemble_folder_holding_its_own_artifact(ensemble, tmp_path, own_files):
+    """train, ensemble and distill write <folder>/artifact/manifest.json too: without pulled.json,
+    only a folder holding nothing but what a pull writes is an (older) pull's; pulling another
+    experiment into a run's folder would delete the run's artifact."""
+    exp_dir = Path(ensemble.artifact_path).parents[1]
+    store = tmp_path / "store"
+    storage.copy_tree(str(exp_dir / "ensemble" / "artifact"), str(store / "other" / "artifact"))
+    run = tmp_path / "results" / "default"
+    (run / "artifact" / "members" / "cnn2d").mkdir(parents=True)
+    (run / "artifact" / "members" / "cnn2d" / "fold0.safetensors").write_bytes(b"MY TRAINED MODEL")
+    (run / "artifact" / "ensemble.json").write_text('{"mine": 1}')
+    (run / "artifact" / "manifest.json").write_text('{"files": {}}')
+    for rel in own_files:
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_text("mine")
+    before = {p.relative_to(run).as_posix(): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(StorageError, match=r"holds an artifact that is not from a raytag pull \(beside it: "
+                                           + own_files[0].split("/")[0]):
+        pull("other", str(store), run)
+    assert {p.relative_to(run).as_posix(): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_pull_replaces_an_older_pulls_folder_without_pulled_json(ensemble, tmp_path):
+    """A raytag before pulled.json left artifact/ and the reports only: still a pull's folder."""
+    exp_dir = Path(ensemble.artifact_path).parents[1]
+    store = tmp_path / "store"
+    storage.copy_tree(str(exp_dir), str(store / "exp"))
+    storage.copy_tree(str(exp_dir / "ensemble" / "artifact"), str(store / "default" / "artifact"))
+    to = tmp_path / "got"
+    pull("exp", str(store), to)
+    (to / "pulled.json").unlink()
+    (to / ".DS_Store").write_bytes(b"finder")
+    result = pull("default", str(store), to)
+    assert "leaderboard.csv" in result.removed and not (to / "leaderboard.csv").exists()
+    load_artifact(to / "artifact")
+
+
 def test_pull_of_other_experiment_leaves_no_stale_reports(ensemble, tmp_path):
     """A sweep pulled into a folder, then a train run into the same one: the sweep's leaderboard
     and reports must not stay beside the run's artifact, and pulled.json names the run."""

@@ -14,8 +14,10 @@ never holds a manifest whose files are not all there and verified.
     DIR/ensemble/            comparison.csv, comparison.png, ensemble_summary.json
     DIR/pulled.json          what DIR holds: {"experiment", "storage", "source"}
 
-DIR is a new or empty folder, or one an earlier pull wrote (it holds pulled.json or
-artifact/manifest.json). Into such a folder a pull of another experiment replaces the
+DIR is a new or empty folder, or one an earlier pull wrote (it holds pulled.json, or, from a
+raytag before pulled.json, an artifact with its manifest and only the files a pull writes: a
+train run's, a sweep's ensemble/ or a distill/ folder, which hold other files beside their
+artifact, is not one and is refused). Into such a folder a pull of another experiment replaces the
 artifact and the reports, and deletes the reports the new source lacks, so DIR never
 describes two experiments. Anywhere else, a file pull would delete or overwrite (a file in
 DIR/artifact that is not the artifact's, a leaderboard.csv) makes it refuse, before it writes.
@@ -121,7 +123,7 @@ def _claim_folder(to: Path, record: dict, listed: set[str], reports: list[str]) 
     Returns whether an earlier pull wrote the folder, and that pull's record where it was of
     another experiment (its reports are then replaced or removed)."""
     previous = _previous_pull(to)
-    ours = previous is not None or (to / "artifact" / MANIFEST).is_file()
+    ours = previous is not None or _older_pulls_folder(to)
     if not ours:
         _refuse_foreign_files(to, listed, reports)
     replaced = previous if previous is not None and _other_experiment(previous, record) else None
@@ -140,6 +142,48 @@ def _previous_pull(to: Path) -> Optional[dict]:
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
+
+
+def _older_pulls_folder(to: Path) -> bool:
+    """Whether `to`, which has no pulled.json, is the output of a pull by a raytag before
+    pulled.json: an artifact with its manifest and nothing beside it that a pull does not
+    write. A train run, a sweep's ensemble/ or a distill/ folder also holds artifact/manifest.json,
+    but always beside files of its own (outputs/, run_settings.json, comparison.csv,
+    distill_summary.json...): refused, naming them, since the pull would replace their artifact."""
+    if not (to / "artifact" / MANIFEST).is_file():
+        return False
+    others = _not_a_pulls_files(to)
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise StorageError(f"--to {to}: holds an artifact that is not from a raytag pull (beside it: {shown}; "
+                           "a train run's, sweep's, ensemble's or distill folder?), which the pull would delete "
+                           "or overwrite; give an empty or new folder")
+    return True
+
+
+def _not_a_pulls_files(to: Path) -> list[str]:
+    """The entries of `to` (and of its ensemble/) that no pull writes: a pull writes artifact/,
+    the reports and pulled.json, and leaves ".partial" files when interrupted; hidden files
+    (.DS_Store) are nobody's."""
+    ours = {"artifact", PULLED, "ensemble", *SWEEP_REPORTS}
+    others = [_entry_name(path, to) for path in sorted(to.iterdir()) if not _pulls_entry(path, ours)]
+    reports_dir = to / "ensemble"
+    if reports_dir.is_dir():
+        others += [_entry_name(path, to) for path in sorted(reports_dir.iterdir())
+                   if not _pulls_entry(path, set(ENSEMBLE_REPORTS))]
+    return others
+
+
+def _pulls_entry(path: Path, names: set[str]) -> bool:
+    name = path.name
+    if name.startswith(".") or name.endswith(storage.PARTIAL_SUFFIX):
+        return True
+    return name in names and (path.is_dir() if name in ("artifact", "ensemble") else path.is_file())
+
+
+def _entry_name(path: Path, to: Path) -> str:
+    rel = path.relative_to(to).as_posix()
+    return f"{rel}/" if path.is_dir() else rel
 
 
 def _other_experiment(previous: dict, record: dict) -> bool:
