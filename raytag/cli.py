@@ -243,7 +243,7 @@ def distill(
 def pull(
     experiment: str = typer.Argument(..., help="A sweep with an ensemble, or a `raytag train` run: its name."),
     storage: str = typer.Option("results", help=STORAGE_HELP),
-    to: Path = typer.Option(..., help="Local folder to copy the artifact, leaderboard and report to."),
+    to: str = typer.Option(..., help="Local folder to copy the artifact, leaderboard and report to."),
 ):
     """Copy the best ensemble artifact from a sweep's storage (or a train run's artifact),
     verifying checksums."""

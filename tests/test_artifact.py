@@ -547,6 +547,22 @@ def test_pull_to_a_file_is_refused_without_a_traceback(ensemble, tmp_path):
     assert (tmp_path / "truth.csv").read_text() == "fname,labels\n"
 
 
+def test_pull_to_an_empty_path_is_refused_not_the_current_folder(ensemble, tmp_path, monkeypatch):
+    """`--to "$DEST"` with DEST unset: Path("") is ".", which would fill the current folder."""
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+
+    exp_dir = Path(ensemble.artifact_path).parents[1]
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    result = CliRunner().invoke(app, ["pull", exp_dir.name, "--storage", str(exp_dir.parent), "--to", ""])
+    assert result.exit_code == 2, result.output
+    assert "--to '': empty; give the local folder" in result.output and "Traceback" not in result.output
+    assert not any(here.iterdir())
+
+
 def test_pull_to_a_read_only_folder_is_refused_before_copying(ensemble, tmp_path, monkeypatch):
     """Root writes anywhere, so the folder is made read-only by answering os.access for it."""
     import os

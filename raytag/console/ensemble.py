@@ -43,7 +43,7 @@ def ensemble_command(experiment: str, storage: str = "results", top: Optional[in
     return result
 
 
-def pull_command(experiment: str, storage: str, to: Path) -> PullResult:
+def pull_command(experiment: str, storage: str, to: str | Path) -> PullResult:
     files.check_name(experiment, "EXPERIMENT")
     console = output_console(stderr=True)
     result = pull(experiment, storage, to)

@@ -51,7 +51,9 @@ class PullResult:
     replaced: Optional[dict] = None  # the previous pull's record, when it was of another experiment
 
 
-def pull(experiment: str, storage_uri: str, to: Path) -> PullResult:
+def pull(experiment: str, storage_uri: str, to: str | Path) -> PullResult:
+    if str(to) == "":  # an unset shell variable: Path("") would be the current folder
+        raise StorageError("--to '': empty; give the local folder to copy the artifact to")
     if storage.is_uri(to):  # Path("s3://b/k") is the local folder "s3:/b"
         raise StorageError(f"--to {storage.normalize_uri(to)}: pull copies the artifact to a local folder; "
                            "give a local path (the artifact stays in --storage too)")
