@@ -198,7 +198,7 @@ def test_bad_spaces_fail_with_the_key_named(patch, needle):
         else:
             data[section] = value
     with pytest.raises(SpaceError) as err:
-        parse_space(yaml.safe_dump(data), source="bad.yaml")
+        parse_space(yaml.safe_dump(data), source="bad.yaml", combinations=True)  # a new sweep's (load_space)
     assert "bad.yaml" in str(err.value) and needle in str(err.value)
 
 
@@ -387,3 +387,36 @@ def test_a_run_config_and_a_space_given_for_each_other_are_named(tmp_path, monke
     typo.write_text("name: t\nbase: {}\nspce: {}\n")
     with pytest.raises(SpaceError, match="unknown section 'spce'"):
         load_space(typo)
+
+
+def test_a_stored_sweep_whose_range_config_now_refuses_still_reports_and_resumes(tmp_path):
+    """train.lr above 0 (5285120) is newer than sweeps that searched it from 0: their stored
+    space.yaml must still be read by `raytag report` and --resume; a new sweep is refused."""
+    import json
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+    from raytag.search.tuner import resumed_space
+
+    text = "name: old\nspace:\n  train.lr: {uniform: [0.0, 0.01]}\nsearch: {samples: 2, scheduler: fifo}\n"
+    exp = tmp_path / "r" / "old"
+    exp.mkdir(parents=True)
+    (exp / "space.yaml").write_text(text)
+    pd.DataFrame([{"rank": 1, "trial_id": "a", "status": "ok", "reason": "", "rank_by": "cv_lwlrap",
+                   "cv_lwlrap": 0.5, "test_lwlrap": None, "epochs_run": 3, "seconds": 10.0, "outputs_dir": "",
+                   "train.lr": 0.004}]).to_csv(exp / "leaderboard.csv", index=False)
+    result = CliRunner().invoke(app, ["report", "old", "--storage", str(tmp_path / "r")], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "0.004" in result.output
+    (exp / "sweep.json").write_text(json.dumps({
+        "search": {"samples": 2, "scheduler": "fifo", "max_concurrent_trials": 1, "metric": "cv_lwlrap"},
+        "settings": {}, "data": str(tmp_path / "data")}))
+    space = resumed_space(str(exp), None, space_path=str(exp / "space.yaml"), name="old", data=str(tmp_path / "data"),
+                          samples=None, scheduler=None, settings=None, say=lambda _: None)
+    assert space.param_keys() == ["train.lr"]
+    new = tmp_path / "new.yaml"
+    new.write_text(text)
+    with pytest.raises(SpaceError, match=r"space.train.lr = 0.0: train.lr: 0.0 must be above 0.0"):
+        load_space(new)  # what a new `raytag tune --space` reads

@@ -447,8 +447,11 @@ def parse_space(text: str, source: str = "<space>", default_name: str = "sweep",
                 combinations: bool = False) -> SearchSpace:
     """Read and validate a space's YAML text. `combinations`: the space of a new sweep
     (load_space, --set): also try the settings' extremes together (_check_combinations) and
-    refuse what a new sweep may no longer use (_check_new_sweep: hyperband); a sweep's stored
-    space is read without it, so that its resume and report keep working."""
+    refuse what a new sweep may no longer use (_check_new_sweep: hyperband), and check every
+    parameter's extreme values against Config; a sweep's stored space is read without them, so
+    that its resume and report keep working when Config's bounds grow stricter (a sweep that
+    searched train.lr from 0; a resumed trial that samples such a value is refused by its own
+    Config, as a failed trial)."""
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
@@ -478,7 +481,7 @@ def parse_space(text: str, source: str = "<space>", default_name: str = "sweep",
     if combinations:
         _check_new_sweep(space)
     _check_one_distribution_per_key(space)
-    _validate_against_config(space)
+    _validate_against_config(space, extremes=combinations)
     if combinations:  # before the rungs: a step list that fails would read there as 1 epoch
         _check_combinations(space)
     _check_rungs(space)
@@ -753,9 +756,10 @@ def _check_settings(space: SearchSpace):
             raise SpaceError(f"{src}: resources.{name}: must not be negative")
 
 
-def _validate_against_config(space: SearchSpace):
-    """Build a Config for the base alone and for every parameter at each extreme value
-    (with its block's conditions met), so a bad key or value fails now, named."""
+def _validate_against_config(space: SearchSpace, extremes: bool = True):
+    """Build a Config for the base alone and (`extremes`: a new sweep's space) for every
+    parameter at each extreme value (with its block's conditions met), so a bad key or value
+    fails now, named."""
     src = space.source
     try:
         base = space.base_config()
@@ -763,6 +767,8 @@ def _validate_against_config(space: SearchSpace):
         raise SpaceError(f"{src}: base/resources: {err}") from None
     _check_model_names(space, base)
     _check_model_params(base, f"{src}: base")
+    if not extremes:
+        return
 
     def walk(block: Block, conditions: dict, models: list, where: str):
         for key, allowed in block.when:
