@@ -3,6 +3,8 @@ command in raytag.console (which calls the library and prints the result); impor
 lazy so that `raytag --help` stays instant."""
 from __future__ import annotations
 
+import os
+import select
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -39,20 +41,47 @@ DATA_HELP = ("Dataset folder in the FSDKaggle2019 or FSDKaggle2018 layout (see R
 
 def _run(fn, *args, **kwargs):
     """Call a command's implementation; user errors, and files it could not read or write,
-    print as one clear message (exit 2)."""
+    print as one clear message (exit 2). A reader closing stdout (`| head`) ends it quietly."""
     from raytag.config import ConfigError
     from raytag.errors import os_error_text
 
     try:
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
+        return result
     except (RaytagError, ConfigError) as err:
         # soft_wrap: never split or crop a path in the message (80 columns, piped output);
         # escape: a "[...]" in the message is text, not rich markup
         console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(code=2)
     except OSError as err:  # a file or folder the command could not read or write: named, no traceback
+        if isinstance(err, BrokenPipeError) and _stdout_reader_gone():  # `| head` has what it wanted
+            _quiet_closed_stdout()
         console.print(f"[bold red]error:[/] {escape(os_error_text(err))}", soft_wrap=True)
         raise typer.Exit(code=2)
+
+
+SIGPIPE_EXIT = 128 + 13  # what a shell reports for a command a closed pipe stopped (`seq 1e9 | head`)
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (`raytag predict ... --out - | head`
+    has read its lines): poll reports an error on a pipe with no reader left."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is not a file
+        return False
+
+
+def _quiet_closed_stdout() -> None:
+    """A reader that stops reading is normal in a pipeline: stop without a message. stdout
+    goes to devnull so that Python's flush at exit does not fail on the closed pipe again
+    (https://docs.python.org/3/library/signal.html#note-on-sigpipe)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise typer.Exit(code=SIGPIPE_EXIT)
 
 
 def _html_report(exp_dir: str, required: bool = False) -> None:

@@ -180,6 +180,39 @@ def test_json_output_and_cli(artifact_2019, audio, tmp_path):
     assert bad.exit_code == 2 and "could be read" in bad.output
 
 
+def test_out_dash_into_a_closed_pipe_ends_quietly(artifact_2019, audio):
+    """`raytag predict ... --out - | head -1`: the reader closing the pipe is normal, not
+    "error: [Errno 32] Broken pipe" with exit 2. Here the reader is closed before raytag writes."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-c", "from raytag.cli import app; app()", "predict",
+                               str(artifact_2019), str(audio["tone.wav"]), "--out", "-"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr  # as a shell reports `seq 1e9 | head`
+    assert "error" not in done.stderr.lower() and "Broken pipe" not in done.stderr, done.stderr
+
+
+def test_a_broken_pipe_other_than_stdout_is_still_an_error(capsys):
+    """Only a closed stdout ends quietly; a BrokenPipeError from another pipe or socket is reported."""
+    import typer
+
+    from raytag.cli import _run
+
+    def talks_to_a_dead_worker():
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(typer.Exit) as stopped:
+        _run(talks_to_a_dead_worker)
+    assert stopped.value.exit_code == 2 and "Broken pipe" in capsys.readouterr().err
+
+
 def test_out_dash_is_stdout_for_both_formats_and_a_json_name_chooses_json(artifact_2019, audio, tmp_path, monkeypatch):
     """`--out -` wrote a CSV file named "-" (a CSV could not go to stdout at all), and
     `--out tags.json` without --format json wrote CSV into it."""
