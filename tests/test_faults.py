@@ -633,6 +633,40 @@ def test_a_trial_that_meets_the_full_disk_first_is_continued_by_resume(ray_sessi
 
 
 # ----------------------------------------------------------------------------- a trial's process is killed (quick)
+def _failed_trial(tmp_path, error, num_failures=1, max_failures=2):
+    """A stand-in for a Tune Trial after a failure: its pickled error on disk, Tune's counts."""
+    from types import SimpleNamespace
+
+    from ray import cloudpickle
+
+    path = tmp_path / f"error_{num_failures}_{type(error).__name__}.pkl"
+    path.write_bytes(cloudpickle.dumps(error))
+    return SimpleNamespace(pickled_error_file=str(path), num_failures=num_failures, max_failures=max_failures)
+
+
+def test_only_a_dead_trial_process_keeps_its_restarts(tmp_path):
+    """The killed-trial test below passes even without RestartKilledTrials (a self-failed trial's
+    extra starts write nothing it checks): check the classification and the cap on their own."""
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    from raytag.search.tuner import RestartKilledTrials, trial_process_died
+
+    died = _failed_trial(tmp_path, ActorDiedError())  # SIGKILL, the out-of-memory killer
+    # run_trial raised; its cause may itself be another actor's death (a Train worker's)
+    raised_over_death = _failed_trial(tmp_path, RayTaskError("run_trial", "tb", ActorDiedError()).as_instanceof_cause())
+    raised = _failed_trial(tmp_path, RayTaskError("run_trial", "tb", RuntimeError("its own failure")))
+    unreadable = _failed_trial(tmp_path, ActorDiedError(), num_failures=2)
+    Path(unreadable.pickled_error_file).write_bytes(b"not a pickle")
+    assert [trial_process_died(t) for t in (died, raised_over_death, raised, unreadable)] == [True, False, False, False]
+
+    callback = RestartKilledTrials()
+    for trial in (died, raised_over_death, raised, unreadable):
+        callback.on_trial_recover(iteration=1, trials=[trial], trial=trial)
+    assert died.max_failures == 2  # a death keeps its restarts (train.max_failures)
+    # any other failure: the restart Tune queued is its last
+    assert (raised_over_death.max_failures, raised.max_failures, unreadable.max_failures) == (1, 1, 2)
+
+
 @pytest.mark.ray
 def test_a_trial_whose_process_is_killed_is_started_again_from_its_checkpoint(ray_session, tmp_path):
     """A trial that trains in its own process (train.runner) dies with it (the out-of-memory
