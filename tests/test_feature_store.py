@@ -296,10 +296,12 @@ def test_a_clip_added_or_removed_recomputes_only_the_shards_around_it(tmp_path):
 def test_a_clip_missing_for_one_build_finds_its_shard_again_when_it_is_back(tmp_path):
     """A file that could not be listed for one build (an NFS hiccup at the header check)
     changes its shard for that build; the next, with it back, reuses the shard it was in,
-    whose sidecar the build without it kept (younger than STALE_AFTER_S)."""
+    whose sidecar the build without it kept (the index it replaced names that shard's file),
+    however long ago the store was built."""
     dataset = load_dataset(make_fat2019(tmp_path / "data"), sample_rate=CFG.sample_rate)
     first = _build_here(dataset, tmp_path / "cache")
     expected = {c: first.get(c) for c in first.clip_ids}
+    _backdate(first.path.glob("shard-*"), 86400)  # built yesterday: older than STALE_AFTER_S
     without = dataclasses.replace(dataset, clips=dataset.clips[dataset.clips["clip_id"] != "noisy/n0.wav"])
     assert _build_here(without, tmp_path / "cache").build_info["computed"] == 1
     back = _build_here(dataset, tmp_path / "cache")
@@ -377,6 +379,11 @@ def _backdate_shard_files(folder, seconds=3600):
     """Written `seconds` ago: clearly older than any build's grace period."""
     for npy in folder.glob("shard-*.npy"):
         os.utime(npy, (npy.stat().st_atime - seconds, npy.stat().st_mtime - seconds))
+
+
+def _backdate(paths, seconds):
+    for path in paths:
+        os.utime(path, (path.stat().st_atime - seconds, path.stat().st_mtime - seconds))
 
 
 def test_a_shard_whose_clips_all_failed_is_kept_and_not_decoded_again(tmp_path):
@@ -552,6 +559,35 @@ def test_a_process_without_ray_builds_the_same_store_in_forked_processes(ray_ses
     assert forked.failed["file"].tolist() == by_ray.failed["file"].tolist() == [f"train_noisy/{BAD}"]
 
 
+def _add_older_format_shard(folder: Path, age=86400) -> list[Path]:
+    """A shard of a store cut every chunk_size-th clip (before shard_id), `age` seconds old,
+    as the build that replaced that store leaves it: its .npy and its sidecar naming it."""
+    npy, side = folder / "shard-00000-0123456789abcdef.npy", folder / "shard-00000.json"
+    npy.write_bytes(b"an older raytag's shard")
+    side.write_text(json.dumps({"shard": 0, "file": npy.name}))
+    _backdate([npy, side], age)
+    return [npy, side]
+
+
+def test_an_older_formats_files_are_deleted_by_a_build_that_computes_nothing_a_day_on(tmp_path):
+    """After an upgrade the older store's files stay beside the new one for readers that
+    opened it; a build that reuses every shard (and writes no index) deletes them once the
+    new index is a day old, not never."""
+    from raytag.features.store import OLDER_FORMAT_KEPT_S
+
+    dataset = load_dataset(make_fat2019(tmp_path / "data"), sample_rate=CFG.sample_rate)
+    first = _build_here(dataset, tmp_path / "cache")
+    older = _add_older_format_shard(first.path)
+    _backdate(first.path.glob("shard-*"), 3600)
+    assert _build_here(dataset, tmp_path / "cache").build_info["computed"] == 0
+    assert all(path.exists() for path in older)  # the new index is young: a reader may hold them
+    _backdate([first.path / "index.parquet"], OLDER_FORMAT_KEPT_S + 60)
+    again = _build_here(dataset, tmp_path / "cache")
+    assert again.build_info["computed"] == 0 and not any(path.exists() for path in older)
+    assert {p.name for p in again.path.glob("shard-*.npy")} == set(first._files.values())
+    _same_frames(again, {c: first.get(c) for c in first.clip_ids})
+
+
 def test_open_refuses_a_folder_that_is_not_a_store(tmp_path):
     with pytest.raises(FeatureStoreError, match="meta.json"):
         FeatureStore.open(tmp_path)
@@ -692,10 +728,13 @@ def test_a_cache_this_user_may_only_read_serves_a_build_that_reuses_every_shard(
     nothing, so it needs no write access, not even to the build lock's file."""
     root = make_fat2019(shared_tmp / "data")
     built = _build_here(load_dataset(root, sample_rate=CFG.sample_rate), shared_tmp / "cache")
+    older = _add_older_format_shard(built.path)  # due to be deleted, but not by this user
+    _backdate([built.path / "index.parquet"], 2 * 86400)
     _read_only(shared_tmp / "cache")
     info = _build_as_another_user(root, shared_tmp / "cache")
     assert "error" not in info, info
     assert info["computed"] == 0 and info["reused"] == built.build_info["chunks"] == 3
+    assert all(path.exists() for path in older)
 
 
 def test_a_build_that_must_write_into_a_cache_it_cannot_write_says_where_and_what_to_do(shared_tmp):
@@ -894,12 +933,14 @@ def _files_of_dataset(root):
     return [p for p in sorted(Path(root).rglob("*")) if p.is_file()]
 
 
-def test_a_change_of_status_alone_hashes_the_files_and_reuses_every_shard(tmp_path, monkeypatch):
+def test_a_change_of_status_alone_hashes_the_files_and_reuses_every_shard(tmp_path, monkeypatch, caplog):
     """chown -R (even to the owner already), chmod, a hard link (rsnapshot, cp -al) or a
     rename move a file's change time, not its audio: each such file is hashed once, its shard
     reused, and the sidecar keeps the new change time, so the next build hashes nothing (a
-    cache this user may only read keeps the old one: the next build hashes them again)."""
+    cache this user may only read keeps the old one, and says so at INFO: the next build
+    hashes them again)."""
     import errno
+    import logging
 
     import raytag.features.store as store_module
 
@@ -913,7 +954,9 @@ def test_a_change_of_status_alone_hashes_the_files_and_reuses_every_shard(tmp_pa
     with monkeypatch.context() as read_only:
         read_only.setattr(store_module, "write_local_atomically",
                           lambda *a: (_ for _ in ()).throw(PermissionError(errno.EACCES, "Permission denied")))
+        caplog.set_level(logging.INFO, logger="raytag.features")
         assert _build_here(dataset, tmp_path / "cache").build_info["computed"] == 0
+    assert "change times (Permission denied)" in caplog.text and "cannot record shard " in caplog.text
     again = _build_here(dataset, tmp_path / "cache")
     assert again.build_info["computed"] == 0 and again.clip_ids == first.clip_ids
     assert again.identity(again.clip_ids) == first.identity(first.clip_ids)

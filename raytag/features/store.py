@@ -60,11 +60,13 @@ store (every clip is read each epoch); a read copies the frames and maps nothing
 `FeatureStore` pickles as its path and index only; each process reopens the shards it touches.
 
 A rebuild leaves the .npy files of the index it replaces, so a reader that opened the
-store before it (a training run beside a `raytag prepare`) still reads what it indexed;
-files of older builds are deleted. A reader two rebuilds behind gets an error, never
-another clip's frames. A file that a current sidecar names (a shard whose clips all
-failed, which no index lists; a concurrent build's new shard) is never deleted, and an
-unnamed one only once STALE_AFTER_S old (its mtime), so a concurrent build may index it
+store before it (a training run beside a `raytag prepare`) still reads what it indexed,
+and their sidecars, so a clip missing for one build finds its shard again in the next;
+files of older builds are deleted. (An older format's files, `shard-00000-...`, are also
+deleted by a build that writes no index, once the index replacing them is a day old.)
+A reader two rebuilds behind gets an error, never another clip's frames. A file that a
+current sidecar names (a shard whose clips all failed, which no index lists; a concurrent
+build's new shard) is never deleted, and an unnamed one only once STALE_AFTER_S old (its mtime), so a concurrent build may index it
 first. The limit: a concurrent build whose shard another build has since replaced, and
 that indexes it more than STALE_AFTER_S after writing it (or with a file server clock that
 far off), may find it deleted: its readers get the "shard gone" error, and running
@@ -115,6 +117,12 @@ MAX_OPEN_SHARDS = 256  # per store; FSDKaggle2019 (24k clips) is ~190 shards of 
 # A shard file nothing names is deleted only once this old (by mtime): younger, it may be a
 # concurrent build's not yet indexed. Minutes, so a file server's clock skew does not matter.
 STALE_AFTER_S = 600.0
+# The files of a store cut every chunk_size-th clip (an older raytag's, `shard-00000-...`) stay
+# beside the store that replaced them until its index is this old: then a build that computes
+# nothing deletes them (one that writes the index does anyway), so a reader that opened the
+# older store (a long training run) keeps reading it meanwhile, and its disk is not held forever.
+OLDER_FORMAT_KEPT_S = 86400.0
+OLDER_FORMAT_NAME = re.compile(r"shard-\d{5}[-.]")  # its shards had 5-digit numbers, not shard_ids
 STD_FLOOR = 1e-5  # a constant bin (e.g. an empty mel band) gets this std, so x/std stays finite
 
 
@@ -405,8 +413,9 @@ def build_feature_store(
     `store.build_info` says how many shards were computed and how many reused, where they
     ran, the time taken and the peak RSS of the processes that computed them. A build that
     reuses every shard writes no shard or index of the store (only, where it may, its lock's
-    holder record and the sidecars of shards whose files' change times moved, with the new
-    ones), so a cache this user may only read serves it.
+    holder record, the sidecars of shards whose files' change times moved, with the new
+    ones, and, a day after an upgrade, the deletion of an older format's files), so a cache
+    this user may only read serves it.
     `lock_wait_s`: how long to wait for another builder of this store before building
     beside it (None: until it is done).
     """
@@ -486,6 +495,7 @@ def _build_locked(dataset, feature_cfg: FeatureConfig, root: Path, shape, progre
         # Rewriting them (meta.json last) would open a window in which a sweep's concurrent
         # trial, opening the same store, finds no meta.json and fails.
         store.build_info = build_info
+        _remove_older_format(root, merged)
     store.audio_digests = merged.digests
     for file, reason in store.failed.itertuples(index=False):
         log.warning("feature extraction skipped %s: %s", file, reason)
@@ -756,7 +766,7 @@ def _unchanged_contents(root: Path, info: dict, rows: list) -> Optional[dict]:
     try:
         write_local_atomically(root / _sidecar_name(info["shard"]), lambda fh: fh.write(json.dumps(info).encode()))
     except OSError as err:  # a cache this user may only read: the next build hashes them again
-        log.info("%s: cannot record shard %d's new change times (%s)", root, info["shard"], err.strerror or err)
+        log.info("%s: cannot record shard %s's new change times (%s)", root, info["shard"], err.strerror or err)
     return info
 
 
@@ -956,15 +966,17 @@ def _indexed_files(root: Path) -> set[str]:
         return set()
 
 
+def _sidecar_file(side: Path) -> Optional[str]:
+    """The shard file sidecar `side` names (None if it is being replaced, or removed meanwhile)."""
+    try:
+        return str(json.loads(side.read_text())["file"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _sidecar_files(root: Path) -> set[str]:
     """The shard files the sidecars now at `root` name (a concurrent build's included)."""
-    files = set()
-    for side in root.glob("shard-*.json"):
-        try:
-            files.add(str(json.loads(side.read_text())["file"]))
-        except (OSError, ValueError, KeyError, TypeError):  # being replaced, or removed meanwhile
-            continue
-    return files
+    return {file for side in root.glob("shard-*.json") if (file := _sidecar_file(side)) is not None}
 
 
 def _older_than(path: Path, when: float) -> bool:
@@ -977,21 +989,41 @@ def _older_than(path: Path, when: float) -> bool:
 def _remove_stale_shards(root: Path, merged: _Merged) -> None:
     """Delete the sidecars and shard files that nothing names and that are STALE_AFTER_S old.
 
-    Sidecars kept: this build's, and younger ones: a concurrent build's, or the shard of a
-    clip list a build or two ago (a clip that could not be listed for one build makes its
-    shard another; the next build, with the clip back, reuses the shard it was in). Files
-    kept: the new index's, the replaced index's (a reader that opened it keeps reading what
-    it indexed), and every file a sidecar kept names (a shard whose clips all failed; a
-    concurrent build's shard). A younger file may be a concurrent build's whose sidecar is
-    not written yet."""
+    Sidecars kept: this build's, those of the replaced index's shards (a clip that could not
+    be listed for one build makes its shard another; the next build, with the clip back,
+    reuses the shard it was in: their files are kept anyway), and younger ones (a concurrent
+    build's). Files kept: the new index's, the replaced index's (a reader that opened it
+    keeps reading what it indexed), and every file a sidecar kept names (a shard whose clips
+    all failed; a concurrent build's shard). A younger file may be a concurrent build's
+    whose sidecar is not written yet."""
     cutoff = time.time() - STALE_AFTER_S
+    replaced = _indexed_files(root)
     for side in root.glob("shard-*.json"):  # shards of other clip lists (or an older raytag's)
-        if side.name not in merged.sidecars and _older_than(side, cutoff):
+        if side.name not in merged.sidecars and _older_than(side, cutoff) and _sidecar_file(side) not in replaced:
             side.unlink(missing_ok=True)
-    keep = merged.files | set(_files_of(merged.index).values()) | _indexed_files(root) | _sidecar_files(root)
+    keep = merged.files | set(_files_of(merged.index).values()) | replaced | _sidecar_files(root)
     for npy in root.glob("shard-*.npy"):
         if npy.name not in keep and _older_than(npy, cutoff):
             npy.unlink(missing_ok=True)
+
+
+def _remove_older_format(root: Path, merged: _Merged) -> None:
+    """In a build that writes no index: delete an older format's shard files and sidecars
+    (and any other STALE_AFTER_S old that nothing names) once the index that replaced them
+    is OLDER_FORMAT_KEPT_S old. Nothing in a cache this user may only read: it serves the
+    build all the same, and its owner's next build tidies it."""
+    if not any(OLDER_FORMAT_NAME.match(path.name) for path in root.glob("shard-*")):
+        return
+    if not os.access(root, os.W_OK | os.X_OK):
+        return
+    if not _older_than(root / "index.parquet", time.time() - OLDER_FORMAT_KEPT_S):
+        return
+    try:
+        # the index at `root` is this build's: the older format's files, which only the index
+        # it replaced named, and their sidecars, are no longer kept
+        _remove_stale_shards(root, merged)
+    except OSError as err:  # a file of a group-shared cache this user may not delete
+        log.info("%s: cannot delete the older format's shard files (%s)", root, err.strerror or err)
 
 
 class _progress:
