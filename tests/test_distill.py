@@ -808,6 +808,57 @@ def test_a_damaged_clip_is_kept_out_and_named_on_every_run_without_tagging_again
     assert len(calls[1]) == 2
 
 
+def _teacher_failing_everywhere(tmp_path: Path, monkeypatch) -> tuple:
+    """(artifact, dataset, calls, damaged, refused): a hand teacher with no out-of-fold
+    prediction of any clip of its dataset (curated z1.wav is new to it; noisy clips are
+    tagged with --noisy-targets ensemble), whose artifact fails on every clip: the first
+    damaged, the others refused for memory."""
+    import raytag.ensemble.teacher_targets as teacher_module
+
+    art, _ = _hand_teacher(tmp_path, CURATED, NOISY)
+    dataset = _hand_dataset(tmp_path / "data", {"z1.wav": ("bark",)}, NOISY)
+    _write_audio_stand_ins(dataset)
+    damaged, *refused = [str(p) for p in dataset.clips["path"]]
+    calls = []
+    failing = {damaged: False, **{p: True for p in refused}}
+    monkeypatch.setattr(teacher_module, "predict_files", _predict_failing(calls, failing))
+    return art, dataset, calls, damaged, refused
+
+
+def test_a_teacher_that_tagged_no_clip_keeps_its_failures_for_the_next_run(tmp_path, monkeypatch, caplog):
+    """With every clip failing, teacher.parquet was written without the class columns, so
+    every rerun found it "unreadable" and tagged every clip again, the damaged ones too.
+    Now a rerun reads it and tags only the clips refused for memory."""
+    art, dataset, calls, damaged, refused = _teacher_failing_everywhere(tmp_path, monkeypatch)
+    out = str(tmp_path / "distill")
+    assert teacher_targets(art, dataset, out, noisy_targets="ensemble").empty
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="raytag.ensemble.teacher_targets"):
+        assert teacher_targets(art, dataset, out, noisy_targets="ensemble").empty
+    assert calls == [[damaged, *refused], refused]
+    assert "unreadable" not in caplog.text and f"{damaged}: cannot decode: damaged" in caplog.text
+
+
+def test_a_distillation_whose_teacher_tagged_no_clip_says_so(tmp_path, monkeypatch):
+    """With no teacher target at all, distill died in np.stack ("need at least one array to
+    stack"); now it names the cause and what to do."""
+    from types import SimpleNamespace
+
+    import raytag.ensemble.distill as distill_module
+
+    exp = _experiment_that_must_not_start(tmp_path, monkeypatch)
+    art, dataset, *_ = _teacher_failing_everywhere(tmp_path, monkeypatch)
+    for member in art.members:
+        member.settings.update(model=dict(TEACHER_MODEL), crop_frames=62, segment_frames=62)
+    monkeypatch.setattr(distill_module, "load_artifact", lambda path: art)
+    monkeypatch.setattr(distill_module, "ensure_ray", lambda: None)
+    store = SimpleNamespace(clip_ids=list(dataset.clips["clip_id"]))
+    monkeypatch.setattr(distill_module, "prepare_data",
+                        lambda *a, **k: (dataset, store, SimpleNamespace(classes=list(HAND_CLASSES))))
+    with pytest.raises(RaytagError, match="the teacher could not tag any training clip: see the failures above"):
+        distill(exp, StudentSettings(noisy_targets="ensemble", students=1), data=str(tmp_path / "data"))
+
+
 def test_the_teachers_test_predictions_are_kept_and_only_a_file_refused_for_memory_is_tagged_again(
         tmp_path, monkeypatch, caplog):
     """A test file refused for memory kept teacher_test.npz from being written, so every run
@@ -1077,6 +1128,9 @@ def test_several_students_are_averaged_like_fold_models(experiment, distilled, d
     assert np.allclose(mean.to_numpy(), np.mean([e.to_numpy() for e in each], axis=0), atol=1e-6)
     again = distill(experiment, StudentSettings(**small, seed=3, students=1), feature_cache=cache)
     assert len(load_artifact(again.artifact_path).members[0].models) == 1
+    # the artifact packs only the folds model.json lists: the folder shows a former student left behind
+    weights = Path(experiment) / "distill" / "student" / "weights"
+    assert sorted(p.name for p in weights.iterdir()) == ["fold0.safetensors"]
     with pytest.raises(RaytagError, match="--students"):
         distill(experiment, StudentSettings(students=0))
 

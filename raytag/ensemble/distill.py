@@ -388,6 +388,19 @@ def distill(experiment_dir: str, settings: StudentSettings = StudentSettings(), 
         return _distill(artifact_path, out_dir, settings, data, feature_cache, progress, say, started)
 
 
+def _refuse_no_targets(table: pd.DataFrame, out_dir: str) -> None:
+    """A student needs at least one teacher target: with none (the teacher failed on every
+    clip it had to tag, and no member has an out-of-fold prediction of any), say so rather
+    than fail deep in the student's training set."""
+    if table.empty:
+        raise RaytagError(
+            "the teacher could not tag any training clip: see the failures above; once the files refused for "
+            "memory or I/O can be read (more memory, fewer parallel jobs), run `raytag distill` again and it tags "
+            "those; damaged files are tried again once replaced (the failures are recorded in "
+            f"{storage.join(out_dir, TEACHER)})"
+        )
+
+
 def _distill(artifact_path: str, out_dir: str, settings: StudentSettings, data: str, feature_cache: Optional[str],
              progress: bool, say, started: float) -> DistillResult:
     """distill(), once it holds the lock of `out_dir`."""
@@ -401,6 +414,7 @@ def _distill(artifact_path: str, out_dir: str, settings: StudentSettings, data: 
         raise RaytagError(f"{data}: its classes differ from the artifact's; distil on the dataset the sweep ran on")
     say(f"teacher: {len(art.members)} member(s) ({art.combiner}); targets for curated (OOF) and noisy clips")
     table = teacher_targets(art, dataset, out_dir, progress=progress, noisy_targets=settings.noisy_targets)
+    _refuse_no_targets(table, out_dir)
     table = table[table.index.isin(store.clip_ids)]  # clips the student's front end could read
     untaught = _untaught_clips(dataset, store, table)  # counted: the teacher's warning names them once
     if untaught:

@@ -250,6 +250,9 @@ def _save_teacher(path: str, key: str, table: pd.DataFrame, failures: pd.DataFra
     untagged = failures.rename(columns=UNTAGGED_COLUMNS).assign(
         clip_id=[clip_of[f] for f in failures["file"]], **{SOURCE_COLUMN: UNTAGGED})
     frame = _concat([table.reset_index(), untagged]).reset_index(drop=True)
+    for column in classes:  # no scores where no clip was tagged: still one column per class, or it reads as damaged
+        if column not in frame.columns:
+            frame[column] = np.nan
     for column in UNTAGGED_COLUMNS.values():  # on every row: empty where the clip was tagged
         if column not in frame.columns:
             frame[column] = None
