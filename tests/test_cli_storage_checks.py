@@ -94,6 +94,22 @@ def test_train_refuses_a_config_whose_name_is_a_path(tmp_path, monkeypatch):
     assert f"{cfg}: name '../elsewhere'" in " ".join(result.output.split())
 
 
+def test_tune_refuses_a_space_whose_name_is_a_path(tmp_path, monkeypatch):
+    """Without --name a sweep is named by its space's `name:`; `../x` made its folder beside --storage."""
+    import raytag.search.tuner
+
+    monkeypatch.setattr(raytag.search.tuner, "ensure_ray", _no_ray)
+    space = tmp_path / "s.yaml"
+    space.write_text("name: ../escaped\nspace: {train.lr: {loguniform: [1.0e-4, 1.0e-3]}}\n"
+                     "search: {samples: 2, scheduler: fifo}\n")
+    (tmp_path / "data").mkdir()
+    result = CliRunner().invoke(app, ["tune", "--space", str(space), "--data", str(tmp_path / "data"),
+                                      "--storage", str(tmp_path / "st" / "res")], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert f"{space}: name '../escaped'" in " ".join(result.output.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "s.yaml"]  # no sweep folder anywhere
+
+
 def test_a_file_system_error_is_one_line_naming_the_file(monkeypatch):
     """Backstop: an OSError no command turned into a RaytagError prints `error: <file>: <reason>`
     and exits 2, with no traceback."""

@@ -558,6 +558,9 @@ def run_sweep(
     }
     if not resume:  # checked as the file's own settings, before anything is written
         fixed = with_search_overrides(fixed, overrides)
+    if not name and space is not None and not resume:  # --name is checked by the command line
+        # a new sweep's folder: a space's `name: ../x` would make it outside --storage
+        files.check_name(space.name, f"{space_path}: name")
     # the name the space file gives; without the file (a resume), the name load_space would give it
     name = name or (space.name if space is not None else Path(str(space_path)).stem)
     local = check_data_folder(data)  # None: a URI, copied onto each node by raytag.cluster.materialize_data
