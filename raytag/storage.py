@@ -165,13 +165,14 @@ def safe_relpath(name, where: str = "", error: type = StorageError) -> str:
 
 def check_name(name: str, option: str) -> str:
     """An experiment or run name as the command line gave it (`option`: "--name",
-    "EXPERIMENT"...), or StorageError: it is one folder directly under --storage, so an empty
-    name (the storage itself), ".", ".." or a "/" (a folder elsewhere) is refused."""
-    text = str(name)
+    "EXPERIMENT"...), without trailing slashes (`report fat2019/`, as shell completion and
+    `aws s3 ls` give it), or StorageError: it is one folder directly under --storage, so an
+    empty name (the storage itself), ".", ".." or a "/" (a folder elsewhere) is refused."""
+    text = str(name).rstrip("/") or str(name)  # "/" alone stays, refused as a path
     if not text.strip():
         why = "empty"
     elif re.search(r"[/\\]", text):
-        why = "a name is one folder directly under --storage, not a path"
+        why = "a name is one folder directly under --storage, not a path" + _parent_hint(text)
     elif text in (".", ".."):
         why = f"'{text}' names no folder of its own"
     elif "\0" in text:
@@ -180,6 +181,15 @@ def check_name(name: str, option: str) -> str:
         return text
     raise StorageError(f"{option} {text!r}: {why}; give a name such as fat2019 (the folder it has, "
                        "or will have, in --storage)")
+
+
+def _parent_hint(text: str) -> str:
+    """How to name a folder deeper down: its parent as --storage, the last part as the name."""
+    parent, _, last = text.rpartition("/")
+    if "\\" in text or not parent or last in ("", ".", ".."):
+        return ""
+    return (f"; to use the folder {last!r} in {parent}/ under --storage, point --storage at the folder "
+            f"that holds it: --storage <storage>/{parent} with the name {last}")
 
 
 def safe_join(root, name, where: str = "", error: type = StorageError) -> str:

@@ -123,3 +123,34 @@ def test_a_file_system_error_is_one_line_naming_the_file(monkeypatch):
     assert result.exit_code == 2, result.output
     assert "error: /srv/results/quick/leaderboard.csv: Permission denied" in result.output
     assert "Traceback" not in result.output
+
+
+def _stored_sweep(storage, name="demo"):
+    import pandas as pd
+
+    exp = storage / name
+    exp.mkdir(parents=True)
+    (exp / "space.yaml").write_text(f"name: {name}\nspace:\n  train.lr: {{uniform: [0.001, 0.01]}}\n"
+                                    "search: {samples: 2, scheduler: fifo}\n")
+    pd.DataFrame([{"rank": 1, "trial_id": "t1", "status": "ok", "reason": "", "rank_by": "cv_lwlrap",
+                   "cv_lwlrap": 0.5, "test_lwlrap": None, "epochs_run": 3, "seconds": 10.0, "outputs_dir": "",
+                   "train.lr": 0.004}]).to_csv(exp / "leaderboard.csv", index=False)
+
+
+def test_a_name_with_a_trailing_slash_is_the_folder_itself(tmp_path):
+    """`raytag report demo/` (shell completion; `aws s3 ls` prints `PRE demo/`) was refused as a path."""
+    _stored_sweep(tmp_path / "r")
+    plain, slashed = (CliRunner().invoke(app, ["report", name, "--storage", str(tmp_path / "r")], env={"COLUMNS": "300"})
+                      for name in ("demo", "demo/"))
+    assert plain.exit_code == slashed.exit_code == 0, slashed.output
+    assert "t1" in slashed.output and slashed.output == plain.output
+
+
+def test_a_name_that_is_a_path_is_told_to_point_storage_at_its_parent(tmp_path):
+    _stored_sweep(tmp_path / "r" / "team")
+    result = CliRunner().invoke(app, ["report", "team/demo", "--storage", str(tmp_path / "r")], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert "point --storage at the folder that holds it: --storage <storage>/team with the name demo" in " ".join(
+        result.output.split())
+    moved = CliRunner().invoke(app, ["report", "demo", "--storage", str(tmp_path / "r" / "team")], env={"COLUMNS": "300"})
+    assert moved.exit_code == 0 and "t1" in moved.output, moved.output  # as the message says

@@ -15,7 +15,7 @@ from raytag.features.store import feature_cache_folder
 
 def distill_command(experiment: str, storage: str = "results", data: Optional[str] = None,
                     feature_cache: Optional[str] = None, settings: StudentSettings = StudentSettings()) -> DistillResult:
-    files.check_name(experiment, "EXPERIMENT")
+    experiment = files.check_name(experiment, "EXPERIMENT")
     console = output_console(stderr=True)
     cache = feature_cache_folder(feature_cache) if feature_cache is not None else None
     result = distill(files.join(storage, experiment), settings, data=data, feature_cache=cache,

@@ -16,9 +16,8 @@ from raytag.ensemble.pull import PullResult, pull
 
 def ensemble_command(experiment: str, storage: str = "results", top: Optional[int] = 5,
                      min_cv: Optional[float] = None, also: Sequence[str] = ()) -> EnsembleResult:
-    files.check_name(experiment, "EXPERIMENT")
-    for name in also:
-        files.check_name(name, "--with")
+    experiment = files.check_name(experiment, "EXPERIMENT")  # "fat2019/" is fat2019
+    also = [files.check_name(name, "--with") for name in also]
     console = output_console(stderr=True)
     result = build_ensemble(files.join(storage, experiment), top=top, min_cv=min_cv, console=console,
                             also=[files.join(storage, name) for name in also])
@@ -44,7 +43,7 @@ def ensemble_command(experiment: str, storage: str = "results", top: Optional[in
 
 
 def pull_command(experiment: str, storage: str, to: str | Path) -> PullResult:
-    files.check_name(experiment, "EXPERIMENT")
+    experiment = files.check_name(experiment, "EXPERIMENT")  # "fat2019/", as `aws s3 ls` lists it
     console = output_console(stderr=True)
     result = pull(experiment, storage, to)
     if result.replaced is not None:  # the folder held another experiment: say what went

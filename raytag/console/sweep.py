@@ -20,7 +20,7 @@ def tune_command(space, data, storage="results", name=None, samples=None, resume
     """`raytag tune`: run the sweep and print its leaderboard. `feature_cache`: where the
     trials build and read features (None: each node's default, default_feature_cache)."""
     if name is not None:  # "" too: it would mean the space's name
-        files.check_name(name, "--name")
+        name = files.check_name(name, "--name")
     cache = feature_cache_folder(feature_cache) if feature_cache is not None else None
     result = run_sweep(space, data, storage=storage, name=name, samples=samples, resume=resume,
                        scheduler=scheduler, settings=parse_cli_overrides(list(overrides)),
@@ -54,7 +54,7 @@ def print_no_result(board: pd.DataFrame) -> None:
 
 def report_command(experiment: str, storage: str = "results") -> pd.DataFrame:
     """`raytag report EXPERIMENT`: rebuild the leaderboard and plots from the experiment folder."""
-    files.check_name(experiment, "EXPERIMENT")
+    experiment = files.check_name(experiment, "EXPERIMENT")  # "fat2019/", as shell completion gives it
     exp_dir, board, space = read_sweep_board(experiment, storage)
     print_leaderboard(board)  # shown before anything is written: the folder may be read-only
     err = output_console(stderr=True)

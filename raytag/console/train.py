@@ -65,7 +65,7 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
     features are built and read (None: default_feature_cache)."""
     console = output_console()
     if name is not None:  # "" too: it would mean the config's name, or the storage itself
-        check_name(name, "--name")
+        name = check_name(name, "--name")
     check_data_folder(data)  # a typo is named before Ray starts and the run folder is made
     cache = feature_cache_folder(feature_cache) if feature_cache is not None else None
     if is_space_file(config):  # its base/space sections would read as unknown settings
