@@ -115,7 +115,7 @@ def main(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("results"), help="Folder for the demo's data cache and results."),
+    out: str = typer.Option("results", help="Folder for the demo's data cache and results."),
     tiny: bool = typer.Option(False, help="A much smaller run (used by the tests)."),
     samples: Optional[int] = typer.Option(None, help="Trials in a new demo sweep (default: from search_spaces/demo.yaml). A rerun resumes the sweep under --out with its first count: give a fresh --out (or delete results/demo) to change it."),
 ):

@@ -42,10 +42,10 @@ def demo_space() -> Path:
     return path
 
 
-def run_demo(out: Path = Path("results"), tiny: bool = False, samples: Optional[int] = None) -> dict:
+def run_demo(out: str | Path = "results", tiny: bool = False, samples: Optional[int] = None) -> dict:
     started = time.time()
     check_samples(samples)
-    out = Path(out).resolve()
+    out = demo_folder(out)
     name = "demo-tiny" if tiny else "demo"
     console.rule(f"[bold]raytag demo[/] (results under {out})")
 
@@ -76,6 +76,15 @@ def run_demo(out: Path = Path("results"), tiny: bool = False, samples: Optional[
 
     summary = _summary(sweep, ens, best, clip, top3, time.time() - started, out, data)
     return summary
+
+
+def demo_folder(out: str | Path) -> Path:
+    """--out as an absolute path. An empty one (an unset shell variable) would mean the current
+    folder, filled with the demo's data, features and sweep beside the user's own files."""
+    if not str(out).strip():
+        raise RaytagError(f"--out {str(out)!r}: empty; give the folder for the demo's data and results "
+                          "(the default is results)")
+    return Path(out).resolve()
 
 
 def check_samples(samples: Optional[int]) -> None:

@@ -43,3 +43,15 @@ def test_a_bad_samples_count_is_refused_before_the_demo_data_is_made(tmp_path, m
     assert result.exit_code == 2, result.output
     assert f"--samples {samples}: give the number of trials of a new demo sweep, at least 1" in result.output
     assert not any(tmp_path.iterdir())
+
+
+def test_an_empty_out_is_refused_before_the_demo_data_is_made(tmp_path, monkeypatch):
+    """`raytag demo --out ""` (an unset shell variable) filled the current folder."""
+    import raytag.demo
+
+    monkeypatch.setattr(raytag.demo, "make_demo_dataset", lambda *a, **k: pytest.fail("made the data first"))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["demo", "--out", ""], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert "--out '': empty; give the folder for the demo's data and results" in result.output
+    assert not any(tmp_path.iterdir())
