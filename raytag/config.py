@@ -823,6 +823,22 @@ def _check_model_takes_features(cfg: "Config") -> None:
                           "train.specaugment.enabled: false, or train on logmel, mfcc or colormel")
 
 
+def members_keep_their_own(cfg: Config, cli: dict) -> list[str]:
+    """A note for each `--set` key that a member's own `set` names (or a key inside it): the
+    member's value wins there, so the override reaches only the other members."""
+    def overlaps(a: str, b: str) -> bool:
+        return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+    return [f"--set {key}: member {m.name} sets {own} itself ({m.set[own]!r}), so the override does not reach it"
+            for key in cli for m in cfg.members for own in m.set if overlaps(key, own)]
+
+
+def value_range(cls_name: str, name: str) -> tuple:
+    """(low, high) inclusive of a setting's range (None = open), for a caller that checks the
+    same value under another name (an option of its own) before a Config is made."""
+    return _RANGES[(cls_name, name)]
+
+
 def _out_of_range(value, low, high, exclusive: bool) -> Optional[str]:
     """What is wrong with `value` for the bounds (low, high), None = open; None if nothing."""
     if exclusive:

@@ -40,7 +40,7 @@ from safetensors.torch import save_file
 
 from raytag import storage
 from raytag.cluster import check_data_folder
-from raytag.config import Config
+from raytag.config import Config, value_range
 from raytag.data.labels import labels_to_matrix
 from raytag.ensemble.artifact import (
     Artifact, Member, MemberSpec, experiment_artifact, load_artifact, probability_teacher, save_artifact,
@@ -53,9 +53,9 @@ from raytag.ensemble.teacher_targets import (
     training_clips,
 )
 from raytag.errors import RaytagError
-from raytag.features.frontends import frontend_shape
 from raytag.metrics import lwlrap
 from raytag.models import MODELS, ModelConfigError, build_model
+from raytag.models.registry import check_run_models
 from raytag.search.report import SWEEP_RECORD, read_sweep_record
 from raytag.session import ensure_ray
 from raytag.training.averaging import WeightAverage
@@ -78,8 +78,8 @@ INITS = ("scratch", "member")  # the student's first weights: random, or the tem
 # combiners fitted on the members' out-of-fold predictions: the ensemble job scores them
 # nested (each clip by a fit without its fold); their targets' score here would be in-sample
 FITTED = {"weighted": "weights fitted on these clips: in-sample", "rank": "the members' mean"}
-MAX_OVERLAP = 0.95  # inference.overlap's range in raytag.config (tests/test_distill.py checks they agree)
-MAX_SEED = 2**32 - 1  # numpy, iterstrat and sklearn take seeds up to this (cv.seed, seed)
+MAX_OVERLAP = value_range("InferenceConfig", "overlap")[1]  # --overlap is the student's inference.overlap
+MAX_SEED = value_range("Config", "seed")[1]  # --seed is its seed and cv.seed
 
 
 @dataclass
@@ -279,7 +279,7 @@ def check_student_model(cfg: Config, s: StudentSettings) -> None:
     its family lacks, a waveform model on spectrograms) is refused before Ray starts, features
     are built and the teacher tags every training clip; the message names the options given."""
     try:
-        build_model(cfg.model, 2, *frontend_shape(cfg.features))
+        check_run_models(cfg)  # the student's config has no members: its one model
     except ModelConfigError as err:
         given = [f"{option} {value}" for option, value in (("--model", s.model), ("--width", s.width),
                                                              ("--depth", s.depth)) if value is not None]
