@@ -143,9 +143,10 @@ def check_out_path(out: Optional[Path], format: str) -> None:
         raise RaytagError(f"--out {out}: the file exists and cannot be overwritten (permission denied)")
 
 
-def failures_path(out: Optional[Path]) -> Optional[Path]:
-    """Where a CSV output's failures are listed; None for a CSV on stdout (they are printed)."""
-    if out is not None and str(out) == STDOUT:
+def failures_path(out: Optional[Path], format: str) -> Optional[Path]:
+    """Where a CSV output's failures are listed; None for JSON (it carries its failures
+    itself) and for a CSV on stdout (they are printed)."""
+    if format != "csv" or to_stdout(out, format):
         return None
     out = Path(out or "submission.csv")
     return out.with_name(out.stem + ".failures.csv")
@@ -185,7 +186,7 @@ def save_outputs(tagged: Tagged, out: Optional[Path], format: str) -> tuple[Opti
     then the output, and remove a failures list an earlier run left. Returns (the output
     written, None for JSON on stdout; the failures list written, or None). Raises when no
     input file could be read."""
-    listed = failures_path(out) if format == "csv" else None  # JSON carries its failures itself
+    listed = failures_path(out, format)
     fail_file = None
     if len(tagged.failures) and listed is not None:
         fail_file = listed

@@ -19,7 +19,7 @@ def predict_command(artifact: Path, inputs: list[Path], out: Optional[Path] = No
     failures, files = tagged.failures, tagged.files
     if len(failures):
         # JSON output carries its failures itself; a CSV on stdout has no file beside it: all are printed
-        listed = failures_path(out) if format == "csv" else None
+        listed = failures_path(out, format)
         where_listed = ("in the JSON's failures" if format == "json" else
                         "below" if listed is None else str(listed))
         shown = len(failures) if format == "csv" and listed is None else 10
