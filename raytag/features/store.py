@@ -99,7 +99,9 @@ from raytag.errors import AudioDecodeError, RaytagError, StorageError
 from raytag.features.frontends import build_frontend, frontend_shape
 from raytag.features.locking import exclusive_lock
 from raytag.session import ensure_ray
-from raytag.storage import is_local_path, is_uri, normalize_uri, resolve, write_local_atomically
+from raytag.storage import (
+    is_local_path, is_uri, local_file_stamp, normalize_uri, resolve, write_local_atomically,
+)
 
 log = logging.getLogger("raytag.features")
 
@@ -458,8 +460,10 @@ def _build_locked(dataset, feature_cfg: FeatureConfig, root: Path, shape, progre
     key = shard_key(feature_cfg)
     started = time.perf_counter()
     clips = dataset.clips.sort_values("clip_id", kind="stable").reset_index(drop=True)
-    chunks = [clips.iloc[start:stop] for start, stop in shard_bounds(clips["clip_id"].astype(str).tolist(), chunk_size)]
-    shards = [shard_id(chunk["clip_id"].astype(str).tolist()) for chunk in chunks]
+    ids = clips["clip_id"].astype(str).tolist()
+    bounds = shard_bounds(ids, chunk_size)
+    chunks = [clips.iloc[start:stop] for start, stop in bounds]
+    shards = [shard_id(ids[start:stop]) for start, stop in bounds]
     results, todo = _reusable_shards(root, zip(shards, chunks), dataset.root, feature_cfg, key)
     if todo:
         _check_writable(root, f"{len(todo)} of its {len(chunks)} shards must be computed")
@@ -709,11 +713,7 @@ def _clip_row(row, dataset_root) -> dict:
     no tool can set back: see _unchanged_contents) and the signature that decides shard
     reuse (clip_id, path, size, mtime)."""
     path = str(row.path)
-    try:
-        st = os.stat(path)
-        stamp, ctime = [st.st_size, st.st_mtime_ns], st.st_ctime_ns
-    except OSError:
-        stamp, ctime = [-1, -1], -1  # missing now: the task reports the decode failure
+    size, mtime, ctime = local_file_stamp(path)  # -1s when missing now: the task reports the decode failure
     try:
         file = str(Path(path).relative_to(dataset_root))
     except ValueError:
@@ -721,7 +721,7 @@ def _clip_row(row, dataset_root) -> dict:
     return {
         "clip_id": str(row.clip_id), "path": path, "file": file, "ctime": ctime,
         "in_stats": row.split != "test",  # statistics over training material only
-        "signature": [str(row.clip_id), path, *stamp],
+        "signature": [str(row.clip_id), path, size, mtime],
     }
 
 
