@@ -7,9 +7,8 @@ from typing import Optional, Sequence
 from rich.markup import escape
 from rich.table import Table
 
-from raytag.config import Config, parse_cli_overrides
+from raytag.config import Config, members_keep_their_own, parse_cli_overrides
 from raytag.console import output_console
-from raytag.console.train import members_keep_their_own
 from raytag.features.store import (FeatureStore, PreparedFeatures, default_feature_cache, feature_cache_folder,
                                    prepare_features)
 from raytag.search.space import SearchSpace, is_space_file, load_space, with_fixed_settings

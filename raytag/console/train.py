@@ -7,7 +7,7 @@ from typing import Optional
 from rich.markup import escape
 
 from raytag.cluster import check_data, check_data_folder, check_storage
-from raytag.config import Config, ConfigError, parse_cli_overrides
+from raytag.config import Config, ConfigError, members_keep_their_own, parse_cli_overrides
 from raytag.console import output_console
 from raytag.console.tables import fold_table, stage_table
 from raytag.ensemble.members import fit_members, save_run_artifact
@@ -47,16 +47,6 @@ def epoch_line(event: EpochEvent) -> str:
     return (f"{event.stage:<10} {fold:<9}  epoch {event.epoch:>{width}}/{event.epochs}  "
             f"loss {event.train_loss:.4f}  val lwlrap {event.val_lwlrap:.3f}  {map3}"
             f"{event.seconds:.1f} s  {eta}")
-
-
-def members_keep_their_own(cfg: Config, cli: dict) -> list[str]:
-    """A note for each `--set` key that a member's own `set` names (or a key inside it): the
-    member's value wins there, so the override reaches only the other members."""
-    def overlaps(a: str, b: str) -> bool:
-        return a == b or a.startswith(b + ".") or b.startswith(a + ".")
-
-    return [f"--set {key}: member {m.name} sets {own} itself ({m.set[own]!r}), so the override does not reach it"
-            for key in cli for m in cfg.members for own in m.set if overlaps(key, own)]
 
 
 def train_command(config: Path, data: Path, storage: str, name: Optional[str], overrides: list[str],

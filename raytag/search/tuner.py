@@ -642,7 +642,7 @@ def run_sweep(
                        "settings": settings or {},  # --set: a resume compares the space file with it
                        "rung_metric": rung_metric,  # null: the layout's own; a resume keeps it
                        "data": data, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-            files.write_text(files.join(exp_dir, "sweep.json"), json.dumps(started, indent=1))
+            files.write_text(files.join(exp_dir, SWEEP_RECORD), json.dumps(started, indent=1))
             s = space.search
             say(f"sweep '{name}': {s.samples} trials, {s.scheduler} scheduler, up to {n_parallel} at once, "
                 f"metric {s.metric} ({s.mode}; the scheduler compares {RUNG_SCORE} at first-fold epochs, "
