@@ -70,18 +70,17 @@ def main():
     full = load_artifact(str(args.experiment / "distill" / "artifact"))
     n = len(full.members[0].models)
     student_dir = args.experiment / "distill" / "student"
-    args.work.mkdir(parents=True, exist_ok=True)
-    artifacts = {k: k_student_artifact(student_dir, k, args.work, full) for k in range(1, n + 1)}
     load_before = os.getloadavg()
-    teachers, rows = {}, {}
-    for k in artifacts:
-        rows[k] = compare(args.experiment, dataset, teachers, k)
+    teachers = {}
+    rows = {k: compare(args.experiment, dataset, teachers, k) for k in range(1, n + 1)}
+    seconds = {k: [] for k in rows}
+    if args.rounds:  # `raytag predict` reads artifacts on disk: one of the first k students for each k
+        args.work.mkdir(parents=True, exist_ok=True)
+        artifacts = {k: k_student_artifact(student_dir, k, args.work, full) for k in rows}
+        for _ in range(args.rounds):
+            for k, art in artifacts.items():
+                seconds[k].append(predict_seconds(art, args.data / "test", args.work / f"sub_{k}.csv"))
     audio_s = sum(sf.info(str(p)).duration for p in dataset.split("test")["path"])
-    test_dir = args.data / "test"
-    seconds = {k: [] for k in artifacts}
-    for _ in range(args.rounds):
-        for k, art in artifacts.items():
-            seconds[k].append(predict_seconds(art, test_dir, args.work / f"sub_{k}.csv"))
     for k, r in rows.items():
         speed = ""
         if seconds[k]:  # --rounds 0: quality only

@@ -28,7 +28,7 @@ from raytag.ensemble.combiners import combine
 from raytag.metrics import lwlrap, paired_bootstrap_lwlrap
 
 
-def member_tests(run_members: Path, classes: list[str], clips: list[str]) -> list[pd.DataFrame]:
+def member_tests(run_members: Path, classes: list[str]) -> list[pd.DataFrame]:
     """Each member's test.parquet (fold, fname -> class scores), in member-name order."""
     out = []
     for member in sorted(p for p in run_members.iterdir() if (p / "outputs" / "test.parquet").exists()):
@@ -60,8 +60,8 @@ def main():
     truth = test_truth(args.data, classes)
     clips = list(truth.index)
     y = truth.to_numpy()
-    base = member_tests(args.base, classes, clips)
-    pool = [m for run in args.pool for m in member_tests(run, classes, clips)]
+    base = member_tests(args.base, classes)
+    pool = [m for run in args.pool for m in member_tests(run, classes)]
     folds = sorted(set(base[0].index.get_level_values("fold")))
     per_fold = []
     for k in folds:
