@@ -49,8 +49,8 @@ from raytag.ensemble.artifact import (
 from raytag.ensemble.crop_targets import SegmentTargetCrops
 from raytag.ensemble.tagging import predict_files, progress_bar
 from raytag.ensemble.teacher_targets import (
-    SOURCE_COLUMN, TEACHER, local_output, manifest_id, teacher_grid, teacher_targets, teacher_test_predictions,
-    training_clips,
+    SOURCE_COLUMN, TEACHER, CacheIds, local_output, manifest_id, teacher_grid, teacher_targets,
+    teacher_test_predictions, training_clips,
 )
 from raytag.errors import RaytagError
 from raytag.metrics import lwlrap
@@ -208,12 +208,12 @@ def given_labels(dataset, clip_ids: list[str]) -> np.ndarray:
 
 
 def segment_batches(art: Artifact, cfg: Config, store, dataset, targets: LabelledSet, settings: StudentSettings,
-                    out_dir: str) -> SegmentTargetCrops:
+                    out_dir: str, ids: Optional[CacheIds] = None) -> SegmentTargetCrops:
     """The student's crops with targets that follow the teacher along each clip (the
-    teacher's grid: `teacher_grid`, cached in `<out_dir>/teacher_segments.npz`)."""
+    teacher's grid: `teacher_grid`, cached in `<out_dir>/teacher_segments.npz` under `ids`)."""
     crop = cfg.crop_frames()
     segments = teacher_grid(art, cfg.features, store, dataset, targets.clip_ids, crop, settings.noisy_targets,
-                            settings.batch_size, out_dir)
+                            settings.batch_size, out_dir, ids=ids)
     return SegmentTargetCrops(store, targets, crop, cfg.train.batch_size, segments,
                               given_labels(dataset, targets.clip_ids), settings.label_weight)
 
@@ -413,7 +413,8 @@ def _distill(artifact_path: str, out_dir: str, settings: StudentSettings, data: 
     if list(plan.classes) != list(art.classes):
         raise RaytagError(f"{data}: its classes differ from the artifact's; distil on the dataset the sweep ran on")
     say(f"teacher: {len(art.members)} member(s) ({art.combiner}); targets for curated (OOF) and noisy clips")
-    table = teacher_targets(art, dataset, out_dir, progress=progress, noisy_targets=settings.noisy_targets)
+    ids = CacheIds.of(art, dataset)  # the caches' keys, once: the dataset's stats every training file
+    table = teacher_targets(art, dataset, out_dir, progress=progress, noisy_targets=settings.noisy_targets, ids=ids)
     _refuse_no_targets(table, out_dir)
     table = table[table.index.isin(store.clip_ids)]  # clips the student's front end could read
     untaught = _untaught_clips(dataset, store, table)  # counted: the teacher's warning names them once
@@ -428,7 +429,7 @@ def _distill(artifact_path: str, out_dir: str, settings: StudentSettings, data: 
     batches = None
     if settings.target_grain == "segment":
         say("teacher along each clip: its members score every quarter-crop segment of the student's features")
-        batches = segment_batches(art, cfg, store, dataset, targets, settings, out_dir)
+        batches = segment_batches(art, cfg, store, dataset, targets, settings, out_dir, ids=ids)
     init_from = template.models[0] if settings.init == "member" else None
     if init_from is not None:
         say(f"student starts from member {template.name}'s first fold model")
@@ -465,7 +466,8 @@ def _distill(artifact_path: str, out_dir: str, settings: StudentSettings, data: 
     # the student's test scores through the predict path, as the saved artifact will tag
     student = Artifact(path=student_dir, combiner="mean", weights=None, classes=classes, layout=art.layout,
                        members=[Member("student", trial_settings(student_dir), models)])
-    scores.update(score_on_test(student, probability_teacher(art), dataset, settings.batch_size, progress, out_dir))
+    scores.update(score_on_test(student, probability_teacher(art), dataset, settings.batch_size, progress, out_dir,
+                                teacher_id=ids.teacher))
     dest = _save_student(out_dir, student_dir, classes, art.layout, scores, record)
     result = DistillResult(artifact_path=dest, teacher_path=storage.join(out_dir, TEACHER), n_oof=n_oof,
                            n_ensemble=len(targets) - n_oof, epochs=settings.epochs, seconds=time.time() - started,
@@ -550,16 +552,18 @@ def targets_oof_scores(table: pd.DataFrame, dataset, classes: list[str]) -> dict
     return {"targets_curated_oof_lwlrap": score, "targets_curated_oof_clips": len(oof)}
 
 
-def score_on_test(student: Artifact, teacher: Artifact, dataset, batch_size, progress, out_dir: str) -> dict:
+def score_on_test(student: Artifact, teacher: Artifact, dataset, batch_size, progress, out_dir: str,
+                  teacher_id: Optional[str] = None) -> dict:
     """On the test clips, which neither model trained on: how well the student agrees with
     its teacher (lwlrap against the teacher's top labels, as `_score` on the training clips;
     no labels used, so it is there for any dataset and may guide a choice of student), and
     its lwlrap on the clips with labels (reported only, never used to choose). The
-    teacher's predictions are cached in `out_dir` (`teacher_test_predictions`)."""
+    teacher's predictions are cached in `out_dir` (`teacher_test_predictions`, under
+    `teacher_id` when the caller has it)."""
     paths = [str(p) for p in dataset.split("test")["path"]]
     if not paths:
         return {"test_agreement_lwlrap": None, "test_lwlrap": None}
-    t_probs = teacher_test_predictions(teacher, paths, out_dir, batch_size, progress)
+    t_probs = teacher_test_predictions(teacher, paths, out_dir, batch_size, progress, teacher_id=teacher_id)
     probs, _ = predict_files(student, paths, batch_size=batch_size, progress=progress)
     return scores_on_test(probs, t_probs, dataset)
 

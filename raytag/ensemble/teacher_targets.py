@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -100,6 +101,19 @@ def _teacher_id(art: Artifact) -> str:
     return f"{manifest_id(art.path)}:{art.combiner}:{digest}"
 
 
+@dataclass(frozen=True)
+class CacheIds:
+    """The teacher's and the dataset's parts of the caches' keys (`_teacher_id`,
+    `_dataset_id`), worked out once per `raytag distill` run and handed to each cache: the
+    dataset's stats every training file."""
+    teacher: str
+    dataset: str
+
+    @classmethod
+    def of(cls, art: Artifact, dataset) -> "CacheIds":
+        return cls(_teacher_id(probability_teacher(art)), _dataset_id(dataset))
+
+
 def _out_of_fold_stamps(source) -> list:
     """(name, (size, mtime)) of a member's out-of-fold files; none without its outputs
     (teacher_targets then refuses the member)."""
@@ -116,7 +130,8 @@ def training_clips(dataset) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- training clips
 def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
-                    progress: bool = False, noisy_targets: str = "oof") -> pd.DataFrame:
+                    progress: bool = False, noisy_targets: str = "oof",
+                    ids: Optional[CacheIds] = None) -> pd.DataFrame:
     """DataFrame indexed by clip_id: one column per class and `target_source`; out-of-fold
     rows ("oof") from the members' out-of-fold predictions on curated clips and, where every
     member has them (cv.noisy_folds), on noisy clips, combined as the artifact combines (a
@@ -125,11 +140,13 @@ def teacher_targets(art: Artifact, dataset, out_dir: str, batch_size: int = 32,
     tag has no row (never zeros); its failure is logged on every run (`_warn_untagged`).
     Cached in `<out_dir>/teacher.parquet` with those failures (`_cached_teacher`): a later
     run for the same key tags only the clips whose failure may pass (memory, I/O) and any
-    the table lacks, and merges them in."""
+    the table lacks, and merges them in. `ids`: the cache keys' parts (CacheIds.of),
+    when the caller has them."""
     path = storage.join(out_dir, TEACHER)
+    ids = ids or CacheIds.of(art, dataset)
     art = probability_teacher(art)
     # nor another teacher's, kind's or dataset's
-    key = f"v{CACHE_VERSION}:{_teacher_id(art)}:{noisy_targets}:{_dataset_id(dataset)}"
+    key = f"v{CACHE_VERSION}:{ids.teacher}:{noisy_targets}:{ids.dataset}"
     cached = _cached_teacher(path, key)
     if cached is None:
         table, failures = _out_of_fold_rows(art, dataset, noisy_targets), _no_failures()
@@ -290,15 +307,16 @@ def _cached_teacher(path: str, key: str) -> Optional[tuple[pd.DataFrame, pd.Data
 
 # ----------------------------------------------------------------------------- test clips
 def teacher_test_predictions(teacher: Artifact, paths: list[str], out_dir: str, batch_size: int,
-                             progress: bool) -> pd.DataFrame:
+                             progress: bool, teacher_id: Optional[str] = None) -> pd.DataFrame:
     """The teacher's predictions on the test files (indexed by path, in the order of `paths`;
     the files it could read), from `<out_dir>/teacher_test.npz` while the teacher and the
     files are unchanged: the full ensemble (K x F networks) on every test file is the slow
     part of a student's test pass, and the same for every student of that teacher. The
     files it could not tag are kept with it (their failures), and a later run tags only
-    those another try may pass (memory, I/O), as `teacher_targets` does."""
+    those another try may pass (memory, I/O), as `teacher_targets` does. `teacher_id`:
+    `_teacher_id(teacher)` (CacheIds.teacher), when the caller has it."""
     cache = local_output(storage.join(out_dir, TEACHER_TEST))
-    key = f"v{CACHE_VERSION}:{_teacher_id(teacher)}:{_files_id(paths)}"
+    key = f"v{CACHE_VERSION}:{teacher_id or _teacher_id(teacher)}:{_files_id(paths)}"
     paths = [str(p) for p in paths]
     cached = _cached_test_predictions(cache, key, teacher.classes)
     if cached is None:
@@ -347,13 +365,15 @@ def _cached_test_predictions(cache: Path, key: str, classes: list[str]) -> Optio
 
 # ----------------------------------------------------------------------------- along each clip (--target-grain segment)
 def teacher_grid(art: Artifact, features, store, dataset, clip_ids: list[str], crop: int, noisy_targets: str,
-                 batch_size: int, out_dir: str) -> dict:
+                 batch_size: int, out_dir: str, ids: Optional[CacheIds] = None) -> dict:
     """{clip: (starts, probs)}: the teacher along each of `clip_ids` at every quarter-crop of
     the student's features (raytag.ensemble.crop_targets), cached in
     `<out_dir>/teacher_segments.npz` for this teacher and crop; a clip the cache lacks, e.g.
-    one the teacher tagged on a later try, is computed and added, the others reused."""
+    one the teacher tagged on a later try, is computed and added, the others reused.
+    `ids`: the cache keys' parts (CacheIds.of), when the caller has them."""
     teacher = probability_teacher(art)
-    key = f"{_teacher_id(teacher)}:{noisy_targets}:{crop}:{HOP_FRACTION}:{_dataset_id(dataset)}"
+    ids = ids or CacheIds.of(teacher, dataset)
+    key = f"{ids.teacher}:{noisy_targets}:{crop}:{HOP_FRACTION}:{ids.dataset}"
     cache = local_output(storage.join(out_dir, SEGMENTS))
     segments = _cached_segments(cache, key)
     missing = [c for c in clip_ids if c not in segments]
