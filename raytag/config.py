@@ -34,7 +34,7 @@ class ConfigError(RaytagError, ValueError):
 class FeatureConfig:
     """Front end: waveform -> [channels, bins, frames]. Cached by `cache_key()`."""
 
-    kind: Literal["logmel", "mfcc", "raw", "colormel"] = "logmel"
+    kind: Literal["logmel", "mfcc", "raw", "colormel", "pcen"] = "logmel"
     sample_rate: int = 16000
     n_fft: int = 1024
     hop_length: int = 320
@@ -812,7 +812,7 @@ def _check_model_takes_features(cfg: "Config") -> None:
     raw_in, raw_model = cfg.features.kind == "raw", cfg.model.name == "rawwave_cnn"
     if raw_in and not raw_model:
         raise ConfigError(f"features.kind: raw (waveforms) needs model.name: rawwave_cnn; {cfg.model.name} "
-                          "takes spectrogram-like features (logmel, mfcc, colormel)")
+                          "takes spectrogram-like features (logmel, mfcc, colormel, pcen)")
     if raw_model and not raw_in:
         raise ConfigError(f"model.name: rawwave_cnn takes waveforms; set features.kind: raw "
                           f"(not {cfg.features.kind})")
@@ -820,7 +820,13 @@ def _check_model_takes_features(cfg: "Config") -> None:
         # its masks cut time-frequency bins; the training step applies them to spectrogram-like features only
         raise ConfigError("train.specaugment.enabled: SpecAugment masks time and mel bins, which raw waveforms "
                           "(features.kind: raw) do not have, so it would be skipped without a word; set "
-                          "train.specaugment.enabled: false, or train on logmel, mfcc or colormel")
+                          "train.specaugment.enabled: false, or train on logmel, mfcc, colormel or pcen")
+    if cfg.features.kind == "pcen" and cfg.train.augment.gain_db:
+        # PCEN divides each band by its own smoothed level (gain 0.98): a clip's gain hardly moves
+        # its features, and an additive dB offset on them would be a different, made-up transform
+        raise ConfigError(f"train.augment.gain_db: {cfg.train.augment.gain_db} with features.kind: pcen, whose "
+                          "per-band gain control removes a clip's gain, so the random gain would change nothing "
+                          "real; set train.augment.gain_db: 0, or train on logmel, mfcc or colormel")
 
 
 def members_keep_their_own(cfg: Config, cli: dict) -> list[str]:

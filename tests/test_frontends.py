@@ -118,7 +118,7 @@ def test_deltas_on_clips_shorter_than_the_window_run():
     assert np.isfinite(out).all()
 
 
-@pytest.mark.parametrize("kind", ["logmel", "mfcc", "colormel", "raw"])
+@pytest.mark.parametrize("kind", ["logmel", "mfcc", "colormel", "pcen", "raw"])
 def test_batch_shapes_and_frame_count_match_librosa(kind):
     cfg = FeatureConfig(kind=kind, n_mels=32)
     waves = np.stack([realish(cfg.sample_rate, 1.0, seed=s) for s in range(3)])
@@ -157,3 +157,51 @@ def test_logmel_matches_librosa_on_real_audio(bench_data):
     cfg = FeatureConfig(kind="logmel", sample_rate=16000)
     y, _ = librosa.load(wav, sr=cfg.sample_rate)
     np.testing.assert_allclose(run(cfg, y)[0], librosa_logmel(y, cfg), atol=2e-3, rtol=1e-5)
+
+
+def pcen_steady_start(S: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """librosa.pcen with its smoother started in the steady state of the clip's first frame, as
+    raytag's is (librosa's own default starts it at 1, a loud transient on scaled magnitudes)."""
+    import scipy.signal
+
+    t_frames = 0.4 * cfg.sample_rate / cfg.hop_length
+    b = (np.sqrt(1 + 4 * t_frames**2) - 1) / (2 * t_frames**2)
+    zi = scipy.signal.lfilter_zi([b], [1, b - 1])[None, :] * S[:, :1]
+    return librosa.pcen(S, sr=cfg.sample_rate, hop_length=cfg.hop_length, zi=zi)
+
+
+@pytest.mark.parametrize("settings, seconds", [({}, 7.0), (FAT2019, 4.0), ({}, 0.5)])
+def test_pcen_matches_librosa(settings, seconds):
+    """7 s at 50 frames/s spans three of the smoother's blocks; 0.5 s is shorter than one."""
+    cfg = FeatureConfig(kind="pcen", **settings)
+    y = realish(cfg.sample_rate, seconds, seed=4)
+    magnitude = librosa.feature.melspectrogram(
+        y=y, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length, n_mels=cfg.n_mels,
+        fmin=cfg.fmin, power=1,
+    ) * 2.0**31
+    ref = pcen_steady_start(magnitude, cfg)
+    ours = run(cfg, y)
+    assert ours.shape == (1, *ref.shape)
+    # PCEN scales each band by its own smoothed level, so bins at FFT round-off (the quiet
+    # lead-in) come out O(1) and carry the two FFTs' round-off differences; loud bins are tight
+    loud = magnitude > magnitude.max() * 1e-4
+    np.testing.assert_allclose(ours[0][loud], ref[loud], atol=5e-3, rtol=1e-4)
+    np.testing.assert_allclose(ours[0][~loud], ref[~loud], atol=0.1)
+
+
+def test_pcen_smoother_is_librosas_filter_across_blocks():
+    """The blocked recursion equals scipy's IIR filter on the same input, block edges included."""
+    import scipy.signal
+
+    from raytag.features.frontends import PCEN
+
+    cfg = FeatureConfig(kind="pcen", n_mels=8)
+    rng = np.random.default_rng(0)
+    s = rng.gamma(0.5, 1e6, size=(2, 8, 3 * PCEN.BLOCK + 17)).astype(np.float32)
+    t_frames = 0.4 * cfg.sample_rate / cfg.hop_length
+    b = (np.sqrt(1 + 4 * t_frames**2) - 1) / (2 * t_frames**2)
+    zi = scipy.signal.lfilter_zi([b], [1, b - 1])[None, None, :] * s[..., :1]
+    ref, _ = scipy.signal.lfilter([b], [1, b - 1], s.astype(np.float64), zi=zi, axis=-1)
+    with torch.no_grad():
+        ours = PCEN(cfg)._smooth(torch.from_numpy(s)).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-5)

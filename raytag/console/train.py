@@ -119,5 +119,5 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
 
 def member_model(cfg: Config) -> str:
     """'cnn2d width 16 on 64 mels' (a member's line before its epochs)."""
-    bins = f"{cfg.features.n_mels} mels" if cfg.features.kind in ("logmel", "colormel") else cfg.features.kind
+    bins = f"{cfg.features.n_mels} mels" if cfg.features.kind in ("logmel", "colormel", "pcen") else cfg.features.kind
     return f"{cfg.model.name} width {cfg.model.width} on {bins}"

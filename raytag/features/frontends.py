@@ -17,6 +17,14 @@ conventions and is tested against librosa:
             mid and high thirds become channels 0, 1, 2 with n_mels bins each. So the three
             channels carry different frequency ranges at three times the mel resolution,
             instead of three copies of one grey image. C=3, F=n_mels.
+- pcen:     `librosa.pcen` of the mel *magnitude* spectrogram (power 1) scaled by 2**31, as
+            librosa's documentation does for audio in [-1, 1], with its default parameters
+            (time constant 0.4 s, gain 0.98, bias 2, power 0.5, eps 1e-6). Per-channel energy
+            normalisation is an automatic gain control per mel band: it divides each band by a
+            smoothed copy of itself, which flattens stationary background and keeps onsets, a
+            different view of the sound than dB (Wang et al. 2017; Lostanlen et al. 2019).
+            C=1, F=n_mels. Computed over the whole clip (the smoother runs through time), so
+            crops are cut from it, never computed on their own.
 - raw:      the waveform itself, C=1, F=1, T=N.
 - deltas:   1 appends the delta channel, 2 also the delta-delta channel, for each base
             channel (librosa.feature.delta: width 9, mode "interp"; order 2 is the second
@@ -24,6 +32,8 @@ conventions and is tested against librosa:
             Not defined for raw.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -41,7 +51,7 @@ def frontend_shape(cfg: FeatureConfig) -> tuple[int, int]:
     if cfg.kind == "raw":
         return 1, 1
     channels = 3 if cfg.kind == "colormel" else 1
-    bins = cfg.n_mfcc if cfg.kind == "mfcc" else cfg.n_mels
+    bins = cfg.n_mfcc if cfg.kind == "mfcc" else cfg.n_mels  # logmel, colormel, pcen: n_mels
     return channels * (1 + cfg.deltas), bins
 
 
@@ -56,6 +66,8 @@ def build_frontend(cfg: FeatureConfig) -> nn.Module:
         base = MFCC(cfg)
     elif cfg.kind == "colormel":
         base = ColorMel(cfg)
+    elif cfg.kind == "pcen":
+        base = PCEN(cfg)
     else:  # config validation already restricts kind; this guards new kinds added there only
         raise ConfigError(f"features.kind: no front end for {cfg.kind!r}")
     if cfg.deltas:
@@ -84,8 +96,9 @@ def power_to_db(power: torch.Tensor, top_db: float | None) -> torch.Tensor:
 class MelPower(nn.Module):
     """Power mel spectrogram [B, n_mels, T], as librosa.feature.melspectrogram."""
 
-    def __init__(self, cfg: FeatureConfig, n_mels: int):
+    def __init__(self, cfg: FeatureConfig, n_mels: int, magnitude: bool = False):
         super().__init__()
+        self.magnitude = magnitude  # True: |STFT| (librosa's power=1), as PCEN takes
         self.n_fft = cfg.n_fft
         self.hop_length = cfg.hop_length
         # librosa's "hann" is the periodic (fftbins=True) window
@@ -106,7 +119,7 @@ class MelPower(nn.Module):
             center=True, pad_mode="constant", return_complex=True,
         )
         power = spec.real.square() + spec.imag.square()  # [B, n_fft//2+1, T]
-        return torch.matmul(self.mel_basis, power)
+        return torch.matmul(self.mel_basis, power.sqrt() if self.magnitude else power)
 
 
 class LogMel(nn.Module):
@@ -148,6 +161,52 @@ class ColorMel(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         db = self.logmel(wave)  # [B, 1, 3*n_mels, T], low frequencies first
         return db.reshape(db.shape[0], 3, self.n_mels, db.shape[-1])
+
+
+class PCEN(nn.Module):
+    """librosa.pcen of the scaled mel magnitude, [B, 1, n_mels, T].
+
+    The smoother M[t] = (1 - b) M[t-1] + b S[t] starts in librosa's steady state (M[-1] =
+    S[0], what its `lfilter_zi` initial condition gives). A Python loop over frames would be
+    slow and torch has no IIR filter (torchaudio's lfilter is not installable here), so the
+    recursion runs in blocks of `BLOCK` frames: inside a block it is one matmul with the
+    filter's impulse-response matrix, and only the state at each block's end is carried.
+    """
+
+    SCALE = 2.0 ** 31  # librosa's documented scaling for float audio in [-1, 1]
+    TIME_CONSTANT, GAIN, BIAS, POWER, EPS = 0.4, 0.98, 2.0, 0.5, 1e-6  # librosa.pcen's defaults
+    BLOCK = 128
+
+    def __init__(self, cfg: FeatureConfig):
+        super().__init__()
+        self.mel = MelPower(cfg, cfg.n_mels, magnitude=True)
+        t_frames = self.TIME_CONSTANT * cfg.sample_rate / cfg.hop_length
+        b = (math.sqrt(1 + 4 * t_frames**2) - 1) / (2 * t_frames**2)  # as librosa.pcen works it out
+        k = torch.arange(self.BLOCK, dtype=torch.float64)
+        lag = k[:, None] - k[None, :]
+        response = torch.where(lag >= 0, b * (1 - b) ** lag.clamp_min(0), torch.zeros(()))  # [out k, in j]
+        self.register_buffer("response_t", response.T.contiguous().float())  # x[..., j] @ -> y[..., k]
+        self.register_buffer("carry", ((1 - b) ** (k + 1)).float())  # weight of the previous block's state
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        s = self.mel(wave) * self.SCALE  # [B, F, T]
+        smooth = self._smooth(s)
+        gain = torch.exp(-self.GAIN * (math.log(self.EPS) + torch.log1p(smooth / self.EPS)))
+        out = self.BIAS**self.POWER * torch.expm1(self.POWER * torch.log1p(s * gain / self.BIAS))
+        return out.unsqueeze(1)
+
+    def _smooth(self, s: torch.Tensor) -> torch.Tensor:
+        n_frames = s.shape[-1]
+        blocks = -(-n_frames // self.BLOCK)
+        padded = nn.functional.pad(s, (0, blocks * self.BLOCK - n_frames))  # causal: the tail changes nothing before it
+        within = torch.matmul(padded.unflatten(-1, (blocks, self.BLOCK)), self.response_t)  # zero-state responses
+        state = s[..., 0]  # the steady state librosa starts from
+        out = []
+        for i in range(blocks):
+            block = within[..., i, :] + self.carry * state[..., None]
+            out.append(block)
+            state = block[..., -1]
+        return torch.cat(out, dim=-1)[..., :n_frames]
 
 
 class RawWave(nn.Module):

@@ -107,7 +107,8 @@ def gain_pattern(feature_cfg: FeatureConfig, std: Optional[np.ndarray] = None) -
     logmel/colormel: +1 on the dB channels, 0 on delta channels (a constant offset has no
     derivative). mfcc (ortho DCT-II of dB mels): only c0 moves, by sqrt(n_mels). With
     `std` (the store's per-bin std, [C, F]) the pattern is for features already divided
-    by it. raw: all ones (the gain there is multiplicative; the pattern is unused).
+    by it. raw: all ones (the gain there is multiplicative; the pattern is unused). pcen
+    refuses a random gain (config validation): its gain control removes it.
     """
     channels, bins = frontend_shape(feature_cfg)
     pattern = torch.zeros(channels, bins)
