@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+log = logging.getLogger("raytag.data")
 
 
 def header_fields(path: str | Path) -> list[str]:
@@ -114,11 +117,25 @@ def split_overlong_rows(text: str) -> CsvRows:
     if has_row_names(header, [row.fields for row in rows]):
         return CsvRows(text, [row.start for row in rows], row_names=True)
     every_row = len(rows) > 1 and all(len(row.fields) == len(header) + 1 for row in rows)
-    overlong = [OverlongRow(row.start, row.fields, header, every_row)
-                for row in rows if len(row.fields) > len(header)]
-    drop = {n for row in rows if len(row.fields) > len(header) for n in range(row.start, row.end + 1)}
+    overlong, kept_starts, drop = [], [], set()
+    for row in rows:
+        if len(row.fields) > len(header):
+            overlong.append(OverlongRow(row.start, row.fields, header, every_row))
+            drop.update(range(row.start, row.end + 1))
+        else:
+            kept_starts.append(row.start)
     kept = "".join(line for n, line in enumerate(lines, start=1) if n not in drop) if drop else text
-    return CsvRows(kept, [row.start for row in rows if len(row.fields) <= len(header)], overlong)
+    return CsvRows(kept, kept_starts, overlong)
+
+
+def read_rows(text: str, path) -> CsvRows:
+    """`split_overlong_rows`, warning that the row names of file `path` are left out when it
+    has them: pandas reads them as its index, which every reader drops."""
+    rows = split_overlong_rows(text)
+    if rows.row_names:
+        log.warning("%s: every row has one field more than the header, first a row number (R's write.table "
+                    "row names): read without it; R: write.csv(df, row.names = FALSE) leaves it out", path)
+    return rows
 
 
 def _records(lines: list[str]) -> list[_Record]:
@@ -141,12 +158,6 @@ def has_row_names(header: list[str], rows: list[list[str]]) -> bool:
         return False
     names = [row[0].strip() for row in rows]
     return all(re.fullmatch(r"\d+", name) for name in names) and len(set(names)) == len(names)
-
-
-def row_names_note(path) -> str:
-    """That a file's row names (`CsvRows.row_names`) are left out, and how to write it without."""
-    return (f"{path}: every row has one field more than the header, first a row number (R's write.table "
-            "row names): read without it; R: write.csv(df, row.names = FALSE) leaves it out")
 
 
 def describe_overlong(rows: list[OverlongRow]) -> str:

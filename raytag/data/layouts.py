@@ -30,8 +30,7 @@ import pandas as pd
 from raytag import storage
 from raytag.data.audio import audio_info, load_audio, resampled_length
 from raytag.data.audio import min_samples as audio_min_samples
-from raytag.data.csvcheck import (OverlongRow, repeated_fields, row_names_note, split_overlong_rows,
-                                  unnamed_fields)
+from raytag.data.csvcheck import OverlongRow, read_rows, repeated_fields, unnamed_fields
 from raytag.data.labels import labels_to_matrix, parse_label_field
 from raytag.data.truth import read_truth
 from raytag.errors import AudioDecodeError, DatasetError
@@ -443,9 +442,7 @@ def _read_csv(path: Path, required: list[str]) -> tuple[pd.DataFrame, list[Overl
         raise DatasetError(f"{path}: not UTF-8 text ({err}); save the file as UTF-8") from err
     except OSError as err:
         raise DatasetError(f"{path}: not a readable CSV file ({err}); fix or replace it") from err
-    rows = split_overlong_rows(text)
-    if rows.row_names:
-        log.warning("%s", row_names_note(path))
+    rows = read_rows(text, path)
     try:
         table = pd.read_csv(io.StringIO(rows.text), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:

@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from raytag import storage
-from raytag.data.csvcheck import (describe_overlong, header_fields, repeated_fields, repeated_names,
-                                  row_names_note, split_overlong_rows, unnamed_fields)
+from raytag.data.csvcheck import (describe_overlong, header_fields, read_rows, repeated_fields, repeated_names,
+                                  unnamed_fields)
 from raytag.data.labels import labels_to_matrix, parse_label_field
 from raytag.errors import TruthError
 
@@ -79,15 +79,13 @@ def read_keyed_csv(path, what: str, error: type[Exception] = TruthError,
         text = storage.read_bytes(path).decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise error(f"{path}: the {what} file is not UTF-8 text ({err}); save the file as UTF-8") from None
-    rows = split_overlong_rows(text)
+    rows = read_rows(text, path)
     if rows.overlong:  # pandas would shift every row a column left: fnames would be labels
         raise error(f"{path}: {describe_overlong(rows.overlong)}")
-    if rows.row_names:
-        log.warning("%s", row_names_note(path))
     try:
         # everything as text: "None" or "NA" stay labels, and bad numbers can be reported as written;
         # row names (R's write.table) are pandas' index, dropped
-        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False).reset_index(drop=True)
+        df = pd.read_csv(io.StringIO(rows.text), dtype=str, keep_default_na=False).reset_index(drop=True)
     except pd.errors.EmptyDataError:
         raise error(f"{path}: the {what} file is empty") from None
     except pd.errors.ParserError as err:
@@ -185,12 +183,10 @@ def _read_lenient(path, classes) -> Optional[Truth]:
     except UnicodeDecodeError as err:
         log.warning("%s ignored: not UTF-8 text (%s); save the file as UTF-8", path, err)
         return None
-    rows = split_overlong_rows(text)
+    rows = read_rows(text, path)
     if rows.overlong:  # left out, as rows with bad labels are: the others are read as usual
         log.warning("%s: %d rows with more fields than the header ignored; %s",
                     path, len(rows.overlong), describe_overlong(rows.overlong))
-    if rows.row_names:
-        log.warning("%s", row_names_note(path))
     try:
         df = pd.read_csv(io.StringIO(rows.text), dtype=str, keep_default_na=False).reset_index(drop=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
