@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from raytag.errors import DatasetError, StorageError
-from raytag.storage import is_local_path, is_uri, normalize_uri, safe_join, safe_relpath
+from raytag.storage import is_local_path, is_uri, nonempty_option, normalize_uri, safe_join, safe_relpath
 
 SHARED_FS_ENV = "RAYTAG_SHARED_FS"  # "1": local paths are on a filesystem mounted on every node
 DATA_CACHE_ENV = "RAYTAG_DATA_CACHE"  # node-local folder for copies of data URIs
@@ -147,10 +147,8 @@ def check_data_folder(data: str | os.PathLike) -> Path | None:
     copies it onto each node); DatasetError when it is empty (an unset shell variable: it
     would mean the current folder), a file or not there. Cheap, so the commands call it
     before Ray starts or a run folder is made."""
-    text = normalize_uri(data)
-    if not text.strip():
-        raise DatasetError(f"--data {text!r}: empty; give the dataset folder (the one holding train_curated.csv "
-                           "or train.csv)")
+    text = nonempty_option(data, "--data", "give the dataset folder (the one holding train_curated.csv or train.csv)",
+                           DatasetError)
     if is_uri(text):
         return None
     path = Path(text).expanduser()

@@ -192,6 +192,29 @@ def _parent_hint(text: str) -> str:
             f"that holds it: --storage <storage>/{parent} with the name {last}")
 
 
+def nonempty_option(value, option: str, give: str, error: type = StorageError) -> str:
+    """The path or URI a command-line `option` names, as text (a URI pathlib mangled
+    repaired), or `error`: an empty one is an unset shell variable ("$DIR"), which as a path
+    would mean the current folder. `give`: what to give instead."""
+    text = normalize_uri(value)
+    if not text.strip():
+        raise error(f"{option} {text!r}: empty; {give}")
+    return text
+
+
+def local_folder_option(value, option: str, give: str, why_local: str, error: type = StorageError) -> Path:
+    """The folder on this machine a command-line `option` names, absolute: a file:// URI is
+    its path, "~" is expanded. Refused with `error`: an empty one (`nonempty_option`), and a
+    URI of another file system (Path("s3://b/k") would be a local folder "s3:"); `why_local`
+    says why the folder must be local and what to give."""
+    text = nonempty_option(value, option, give, error)
+    if is_uri(text):
+        if not is_local_path(text):
+            raise error(f"{option} {text}: a URI, but {why_local}")
+        text = resolve(text)[1]
+    return Path(text).expanduser().absolute()
+
+
 def safe_join(root, name, where: str = "", error: type = StorageError) -> str:
     """`root` joined with the untrusted relative `name` (see `safe_relpath`); for a local
     folder the result must also resolve inside `root` (no symlink out of it)."""

@@ -39,6 +39,21 @@ def test_the_parent_of_a_uri_keeps_its_options():
     assert storage.parent("/r/x/exp/") == "/r/x"
 
 
+def test_a_local_folder_option_reads_file_uris_and_home_and_refuses_empty_and_bucket_values(tmp_path, monkeypatch):
+    """A folder option that must be on this machine (make-demo-data's OUT): absolute, whatever
+    form the user wrote it in; an empty or bucket value refused with the caller's error class."""
+    from raytag.errors import DatasetError
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    folder = lambda value: storage.local_folder_option(value, "--dir", "give a folder", "give a local one",
+                                                       DatasetError)
+    assert folder(f"file://{tmp_path}/a") == folder("~/a") == folder(tmp_path / "a") == tmp_path / "a"
+    with pytest.raises(DatasetError, match="--dir '': empty; give a folder"):
+        folder("")
+    with pytest.raises(DatasetError, match="--dir s3://b/k: a URI, but give a local one"):
+        folder("s3://b/k")
+
+
 def test_a_local_write_is_flushed_to_disk_and_a_failed_one_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     """write_bytes had its own temporary-then-rename write, which never flushed the file to
     disk (a power cut after the rename could leave an empty file); it now goes through

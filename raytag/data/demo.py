@@ -32,7 +32,7 @@ import soundfile as sf
 from scipy.fft import irfft, next_fast_len, rfft, rfftfreq
 
 from raytag.errors import DatasetError, RaytagError
-from raytag.storage import is_local_path, is_uri, normalize_uri, resolve
+from raytag.storage import local_folder_option
 
 log = logging.getLogger("raytag.data")
 
@@ -264,24 +264,12 @@ def _plan(seed, scale):
     return [plan[i] for i in order]
 
 
-def _local_folder(out: str | Path) -> Path:
-    """`out` as an absolute local path; a file:// URI is its path. An empty one (an unset shell
-    variable) would mean the current folder and a bucket URI a local folder named "s3:", each
-    filled with clips and CSVs beside the user's own files: both are refused."""
-    text = normalize_uri(out)
-    if not text.strip():
-        raise RaytagError("OUT '': empty; give the folder to write the demo dataset to")
-    if is_uri(text):
-        if not is_local_path(text):
-            raise RaytagError(f"OUT {text}: a URI, but the demo dataset is written to a local folder; give a "
-                              "local path, then copy it (e.g. aws s3 sync DIR s3://bucket/prefix)")
-        text = resolve(text)[1]
-    return Path(text).expanduser().absolute()
-
-
 def make_demo_dataset(out: str | Path, seed: int = 0, scale: float = 1.0) -> Path:
     """Write (or reuse) the demo dataset in `out`; returns the folder."""
-    out = _local_folder(out)
+    # not the current folder nor a local "s3:": clips and CSVs would land beside the user's own files
+    out = local_folder_option(out, "OUT", "give the folder to write the demo dataset to",
+                              "the demo dataset is written to a local folder; give a local path, then copy it "
+                              "(e.g. aws s3 sync DIR s3://bucket/prefix)", RaytagError)
     if not scale > 0:  # also refuses NaN
         raise RaytagError(f"--scale {scale}: must be a positive number (1.0 is the full demo set)")
     if int(seed) < 0:  # checked before an earlier set is cleared: numpy refuses it only later
