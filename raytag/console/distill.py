@@ -9,15 +9,15 @@ from rich.table import Table
 
 from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.console import output_console
+from raytag.console.feature_cache import feature_cache_option
 from raytag.ensemble.distill import DistillResult, StudentSettings, distill
-from raytag.features.store import feature_cache_folder
 
 
 def distill_command(experiment: str, storage: str = "results", data: Optional[str] = None,
                     feature_cache: Optional[str] = None, settings: StudentSettings = StudentSettings()) -> DistillResult:
     experiment = files.check_name(experiment, "EXPERIMENT")
     console = output_console(stderr=True)
-    cache = feature_cache_folder(feature_cache) if feature_cache is not None else None
+    cache = feature_cache_option(feature_cache)
     result = distill(files.join(storage, experiment), settings, data=data, feature_cache=cache,
                      progress=True, say=console.print)
     s = result.scores

@@ -7,10 +7,10 @@ from rich.markup import escape
 from raytag import storage as files  # local folder or URI through pyarrow.fs
 from raytag.config import parse_cli_overrides
 from raytag.console import output_console
+from raytag.console.feature_cache import feature_cache_option
 from raytag.console.tables import print_leaderboard
 from raytag.ensemble.noisy_teacher import noisy_teacher_targets
 from raytag.errors import os_error_text
-from raytag.features.store import feature_cache_folder
 from raytag.search.report import PLOT_NAME, read_sweep_board, save_report
 from raytag.search.tuner import run_sweep
 
@@ -21,7 +21,7 @@ def tune_command(space, data, storage="results", name=None, samples=None, resume
     trials build and read features (None: each node's default, default_feature_cache)."""
     if name is not None:  # "" too: it would mean the space's name
         name = files.check_name(name, "--name")
-    cache = feature_cache_folder(feature_cache) if feature_cache is not None else None
+    cache = feature_cache_option(feature_cache)
     result = run_sweep(space, data, storage=storage, name=name, samples=samples, resume=resume,
                        scheduler=scheduler, settings=parse_cli_overrides(list(overrides)),
                        noisy_teacher=noisy_teacher_targets, feature_cache=cache)

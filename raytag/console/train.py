@@ -9,10 +9,10 @@ from rich.markup import escape
 from raytag.cluster import check_data, check_data_folder, check_storage
 from raytag.config import Config, ConfigError, members_keep_their_own, parse_cli_overrides
 from raytag.console import output_console
+from raytag.console.feature_cache import feature_cache_option
 from raytag.console.tables import fold_table, stage_table
 from raytag.ensemble.members import fit_members, save_run_artifact
 from raytag.ensemble.noisy_teacher import noisy_teacher_targets
-from raytag.features.store import feature_cache_folder
 from raytag.search.space import is_space_file
 from raytag.session import ensure_ray
 from raytag.storage import check_name
@@ -57,7 +57,7 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
     if name is not None:  # "" too: it would mean the config's name, or the storage itself
         name = check_name(name, "--name")
     check_data_folder(data)  # a typo is named before Ray starts and the run folder is made
-    cache = feature_cache_folder(feature_cache) if feature_cache is not None else None
+    cache = feature_cache_option(feature_cache)
     if is_space_file(config):  # its base/space sections would read as unknown settings
         raise ConfigError(f"{config}: this is a search space, not a run config; run it with "
                           f"`raytag tune --space {config}`, or give a run config (see configs/)")
