@@ -132,13 +132,11 @@ def check_out_path(out: Optional[Path], format: str) -> None:
     out = Path(out or "submission.csv")
     if out.is_dir():
         raise RaytagError(f"--out {out}: is a folder; give a file name, e.g. --out {out / 'submission.csv'}")
-    for parent in out.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise RaytagError(f"--out {out}: {parent} is a file, not a folder")
-            if not os.access(parent, os.W_OK):
-                raise RaytagError(f"--out {out}: cannot write in {parent} (permission denied)")
-            break
+    parent = storage.nearest_existing(out.absolute().parent)
+    if not parent.is_dir():
+        raise RaytagError(f"--out {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise RaytagError(f"--out {out}: cannot write in {parent} (permission denied)")
     if out.exists() and not os.access(out, os.W_OK):
         raise RaytagError(f"--out {out}: the file exists and cannot be overwritten (permission denied)")
 

@@ -215,6 +215,12 @@ def local_folder_option(value, option: str, give: str, why_local: str, error: ty
     return Path(text).expanduser().absolute()
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path` if it exists, else its nearest parent that does: what decides whether
+    something can be written there (it may be a file, or a folder without write access)."""
+    return next(folder for folder in (path, *path.parents) if folder.exists())
+
+
 def safe_join(root, name, where: str = "", error: type = StorageError) -> str:
     """`root` joined with the untrusted relative `name` (see `safe_relpath`); for a local
     folder the result must also resolve inside `root` (no symlink out of it)."""

@@ -109,14 +109,11 @@ def _check_to_folder(to: Path) -> None:
     folder that exists says), before anything is copied or written."""
     if to.exists() and not to.is_dir():
         raise StorageError(f"--to {to}: is a file; give a folder (pull writes the artifact and the reports in it)")
-    for folder in (to, *to.parents):
-        if not folder.exists():
-            continue
-        if not folder.is_dir():
-            raise StorageError(f"--to {to}: {folder} is a file, not a folder; give a folder")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise StorageError(f"--to {to}: cannot write in {folder} (permission denied); give a folder you can write")
-        return
+    folder = storage.nearest_existing(to)
+    if not folder.is_dir():
+        raise StorageError(f"--to {to}: {folder} is a file, not a folder; give a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StorageError(f"--to {to}: cannot write in {folder} (permission denied); give a folder you can write")
 
 
 def _claim_folder(to: Path, record: dict, listed: set[str], reports: list[str]) -> tuple[bool, Optional[dict]]:
