@@ -589,10 +589,12 @@ def run_sweep(
                 f"a sweep named '{name}' already exists in {exp_dir}; add --resume to continue it "
                 "or give --name for a new one"
             )
+        started = None  # a resumed sweep's sweep.json, read once for its space and its rung metric
         if resume and restorable:
+            started = started_record(exp_dir)
             space = resumed_space(exp_dir, space, space_path=space_path, name=name, data=data,
                                   samples=samples, scheduler=scheduler, settings=settings, say=say,
-                                  file_error=file_error)
+                                  file_error=file_error, started=started)
         else:
             if file_error is not None:  # a new sweep needs its space file
                 raise _no_sweep_without_space(file_error, name, exp_dir)
@@ -605,8 +607,8 @@ def run_sweep(
         layout = detect_layout(data)
         space.search = dataclasses.replace(space.search, metric=resolve_metric(space.search.metric, layout, str(data)))
         rung_metric = rung_metric_for(space.search.metric, layout)
-        if resume and restorable:  # its recorded rungs and Optuna's values are in the one it started with
-            rung_metric = resumed_rung_metric(exp_dir, rung_metric, layout, say)
+        if started is not None:  # its recorded rungs and Optuna's values are in the one it started with
+            rung_metric = resumed_rung_metric(started, rung_metric, layout, say)
         if noisy_teacher is None and space.base_config().train.noisy_teacher.artifact:
             raise RaytagError("train.noisy_teacher: this caller of run_sweep gives no way to load a teacher "
                               "(noisy_teacher=); run the sweep with `raytag tune`")
@@ -647,6 +649,7 @@ def run_sweep(
             say(f"sweep '{name}': {s.samples} trials, {s.scheduler} scheduler, up to {n_parallel} at once, "
                 f"metric {s.metric} ({s.mode}; the scheduler compares {RUNG_SCORE} at first-fold epochs, "
                 f"grace {s.grace_period}); results in {exp_dir}\n{describe(space)}")
+            sweep_progress = SweepProgress(space.search.metric, progress)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
@@ -662,8 +665,8 @@ def run_sweep(
                     storage_path=storage,
                     # result.json per trial even where TUNE_DISABLE_AUTO_CALLBACK_LOGGERS is set:
                     # the leaderboard and `raytag report` read it back
-                    callbacks=[SweepProgress(space.search.metric, progress), JsonLoggerCallback(), CSVLoggerCallback(),
-                               StorageWatch(exp_dir, setup.trials_dir, name), RestartKilledTrials()],
+                    callbacks=[sweep_progress, JsonLoggerCallback(), CSVLoggerCallback(),
+                               StorageWatch(exp_dir, setup.trials_dir, name), RestartKilledTrials(sweep_progress)],
                     stop=EpochBudget(s.epoch_budget) if s.epoch_budget else None,
                     # a trial whose process died starts again (its pipeline resumes its checkpoints);
                     # one that raised does not (RestartKilledTrials); Train workers: train.max_failures
@@ -704,17 +707,19 @@ def _settings_in_force(space, settings: dict) -> bool:
 
 def resumed_space(exp_dir: str, space: Optional[SearchSpace], *, space_path, name: str, data: str,
                   samples: Optional[int], scheduler: Optional[str], settings: Optional[dict],
-                  say: Callable[[str], None], file_error: Optional[Exception] = None) -> SearchSpace:
+                  say: Callable[[str], None], file_error: Optional[Exception] = None,
+                  started: Optional[dict] = None) -> SearchSpace:
     """The space a sweep started with (its space.yaml and sweep.json's search settings), for
     --resume; notes what of this command it ignores and what changed since the start.
     `space` is the space file as it is now (None, with `file_error`, where it cannot be
-    loaded, or with --set no longer applies): it is used only for those notes."""
+    loaded, or with --set no longer applies): it is used only for those notes. `started`:
+    the sweep.json (started_record), when the caller has read it."""
     repaired = repair_state(exp_dir)  # a state file cut short by a storage fault
     if repaired:
         say(f"note: {', '.join(repaired)} was cut short when the storage failed; "
             "resuming from its last complete copy")
     stored = files.read_text(files.join(exp_dir, "space.yaml"))
-    started = started_record(exp_dir)
+    started = started if started is not None else started_record(exp_dir)
     if file_error is not None:
         say(f"note: the space file cannot be used now ({file_error}); resuming with the space the sweep "
             f"stored when it started ({files.join(exp_dir, 'space.yaml')})")
@@ -747,13 +752,14 @@ def started_record(exp_dir: str) -> dict:
     return record
 
 
-def resumed_rung_metric(exp_dir: str, chosen_now: Optional[str], layout: Optional[str],
+def resumed_rung_metric(started: dict, chosen_now: Optional[str], layout: Optional[str],
                         say: Callable[[str], None]) -> Optional[str]:
-    """The score a resumed sweep's trials put in rung_score: the one its sweep.json records
-    (None: the layout's own), not the one rung_metric_for picks today, since ASHA's replayed
-    rungs and Optuna's intermediate values already hold scores in it; a sweep started before
-    it was recorded scored rungs in the layout's metric, and keeps that."""
-    recorded = started_record(exp_dir).get("rung_metric")
+    """The score a resumed sweep's trials put in rung_score: the one its sweep.json
+    (`started`: started_record) records (None: the layout's own), not the one
+    rung_metric_for picks today, since ASHA's replayed rungs and Optuna's intermediate
+    values already hold scores in it; a sweep started before it was recorded scored rungs in
+    the layout's metric, and keeps that."""
+    recorded = started.get("rung_metric")
     if recorded != chosen_now:
         say(f"note: this sweep's trials score their rungs (rung_score) in {_rung_score_name(recorded, layout)} "
             f"as when it started, not in {_rung_score_name(chosen_now, layout)} as a new sweep would: the "
@@ -927,7 +933,8 @@ except ImportError:  # pragma: no cover - ray is a dependency
 
 
 class SweepProgress(_TuneCallback):
-    """One line per trial event, and the newest epoch of a running trial every 15 s."""
+    """One line per trial event, and the newest epoch of a running trial every 15 s (a restart
+    of a trial whose process died: from RestartKilledTrials, which reads the trial's error)."""
 
     def __init__(self, metric: str = "cv_lwlrap", enabled: bool = True, every_s: float = 15.0):
         self.metric, self.enabled, self.every_s = metric, enabled, every_s
@@ -962,10 +969,11 @@ class SweepProgress(_TuneCallback):
         self._done += 1
         self._say(f"trial {trial.trial_id} FAILED: {error_reason(trial)} [{self._done} done]")
 
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        if trial_process_died(trial):  # another failure's restart is only a check (RestartKilledTrials)
-            self._say(f"trial {trial.trial_id}: its process died; starting it again from its last checkpoint "
-                      f"(restart {trial.num_failures} of {trial.max_failures})")
+    def process_died(self, trial) -> None:
+        """A trial's process died and Tune starts it again (another failure's restart is only a
+        check: RestartKilledTrials)."""
+        self._say(f"trial {trial.trial_id}: its process died; starting it again from its last checkpoint "
+                  f"(restart {trial.num_failures} of {trial.max_failures})")
 
 
 def _fmt(x: Any) -> str:
@@ -1012,11 +1020,22 @@ class RestartKilledTrials(_TuneCallback):
     restart Tune has queued the trial's last. That start costs no training: run_trial finds
     TRIAL_FAILURE and raises at once; a trial the storage stopped goes on from its checkpoint
     only where StorageWatch's probe (at the end of this step, before the restart) finds the
-    storage writable again, else the sweep stops with the trial left for --resume."""
+    storage writable again, else the sweep stops with the trial left for --resume.
+
+    It reads the trial's error once per failure (`trial_process_died`) and tells `progress` of
+    a dead process's restart."""
+
+    # None: no progress lines; also the callback of a sweep Tune pickled before it had this attribute
+    progress: Optional[SweepProgress] = None
+
+    def __init__(self, progress: Optional[SweepProgress] = None):
+        self.progress = progress
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         if not trial_process_died(trial):
             trial.max_failures = trial.num_failures  # its next failure is its last
+        elif self.progress is not None:
+            self.progress.process_died(trial)
 
 
 # ----------------------------------------------------------------------------- storage faults
