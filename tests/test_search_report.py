@@ -86,7 +86,7 @@ def test_best_and_importance_come_from_finished_trials_only():
 def test_report_of_a_train_run_says_what_it_is_and_where_its_tables_are(tmp_path, finished):
     """`raytag report NAME` on a `raytag train` run said "no sweep named NAME ... check the name"."""
     from raytag.errors import RaytagError
-    from raytag.search.report import rebuild_report
+    from raytag.search.report import read_sweep_board
 
     run = tmp_path / "r" / "quick"
     (run / "outputs").mkdir(parents=True)
@@ -95,9 +95,9 @@ def test_report_of_a_train_run_says_what_it_is_and_where_its_tables_are(tmp_path
         (run / "outputs" / "stages.csv").write_text("stage,cv_lwlrap\nfinal,0.5\n")
     with pytest.raises(RaytagError, match=r"'quick' is a `raytag train` run, not a sweep: .* tables are in "
                                           rf".*quick/outputs/stages.csv and .*metrics.json{'' if finished else ' .once'}"):
-        rebuild_report("quick", storage=str(tmp_path / "r"))
+        read_sweep_board("quick", storage=str(tmp_path / "r"))
     with pytest.raises(RaytagError, match="no sweep named 'other'"):
-        rebuild_report("other", storage=str(tmp_path / "r"))
+        read_sweep_board("other", storage=str(tmp_path / "r"))
 
 
 def test_report_of_a_read_only_sweep_prints_the_leaderboard_and_warns(tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """Sweep report: leaderboard.csv, importance.csv and search.png (the ranking metric, cv_map3
 on FSDKaggle2018 and cv_lwlrap on FSDKaggle2019, over trials and against the most important
 settings); `read_sweep_board` reads a finished sweep's leaderboard for `raytag report EXPERIMENT`
-(which shows it, then redraws them), `rebuild_report` reads and redraws in one.
+(which shows it, then redraws them with `save_report`).
 
 Importance is Optuna's fANOVA (`optuna.importance.get_param_importances`) on a study
 rebuilt from the finished trials; it needs a few trials with a score, so a tiny sweep
@@ -228,12 +228,6 @@ def _refuse_a_train_run(experiment: str, exp_dir: str) -> None:
     raise RaytagError(f"'{experiment}' is a `raytag train` run, not a sweep: it has no leaderboard. Its tables "
                       f"are in {files.join(outputs, STAGES)} and {files.join(outputs, METRICS)}{state}; "
                       "`raytag report` is for `raytag tune` sweeps")
-
-
-def rebuild_report(experiment: str, storage: str = "results") -> tuple[pd.DataFrame, Optional[str]]:
-    """Rebuild a sweep's leaderboard and plots from its experiment folder; (board, plot path)."""
-    exp_dir, board, space = read_sweep_board(experiment, storage)
-    return board, save_report(exp_dir, board, space)
 
 
 def read_sweep_board(experiment: str, storage: str = "results") -> tuple[str, pd.DataFrame, SearchSpace]:
