@@ -24,7 +24,8 @@ import pytest
 from raytag.config import ConfigError
 from raytag.errors import RaytagError
 
-from sweep_util import fake_space
+import sweep_util
+from sweep_util import fake_space, lr_score
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,8 +34,13 @@ FAKE_SEARCH = dict(scheduler="asha", grace_period=2, reduction_factor=2, startup
 FIRST_TRIALS = [{"train.lr": 1.0e-3}, {"train.lr": 2.0e-3}]
 
 
-def expected_score(lr: float) -> float:
-    return 1.0 - abs(math.log10(lr) + 3.0) / 2.0  # best at lr = 1e-3
+def send_fake_fit_to_workers() -> None:
+    """Ray's workers cannot import tests/: fake_fit, and sweep_util's lr_score it scores
+    with, go to them by value."""
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cloudpickle.register_pickle_by_value(sweep_util)
 
 
 def fake_fit(cfg, data, storage, name, callbacks=(), feature_cache=None, progress=True):
@@ -46,7 +52,7 @@ def fake_fit(cfg, data, storage, name, callbacks=(), feature_cache=None, progres
     if cfg.model.width == 48:
         raise ConfigError("model.width: 48 is refused by this fake runner")
     steps = cfg.pipeline.finetune.epochs
-    final = expected_score(cfg.train.lr) if cfg.train.lr <= 5e-3 else math.nan
+    final = lr_score(cfg.train.lr) if cfg.train.lr <= 5e-3 else math.nan  # best at lr = 1e-3
     # on a 2018-layout folder the trials also report MAP@3, ordered unlike lwlrap (by width)
     map3 = (0.2 + cfg.model.width / 100) if (Path(data) / "train.csv").exists() else None
     for step in range(1, steps + 1):
@@ -85,12 +91,10 @@ def expected_status(row) -> str:
 
 @pytest.mark.ray
 def test_sweep_records_every_trial_and_its_reason(ray_session, tmp_path):
-    from ray import cloudpickle
-
     from raytag.console.sweep import report_command
     from raytag.search.tuner import run_sweep
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    send_fake_fit_to_workers()
     data = tmp_path / "data"
     data.mkdir()
     # seed 0's first 6 trials: one finished, two stopped by ASHA, two refused (width 48), one
@@ -108,12 +112,12 @@ def test_sweep_records_every_trial_and_its_reason(ray_session, tmp_path):
         elif row["train.lr"] > 5e-3:
             assert "cv_lwlrap is nan" in row["reason"]
         elif row["status"] == "ok":  # ran its whole pipeline with the config it was given
-            assert row["cv_lwlrap"] == pytest.approx(expected_score(row["train.lr"]))
+            assert row["cv_lwlrap"] == pytest.approx(lr_score(row["train.lr"]))
             assert row["epochs_run"] == 6 and row["test_lwlrap"] == 0.5
             assert Path(row["outputs_dir"]).is_dir()
         else:  # stopped by ASHA at a rung: fewer epochs, score so far
             assert row["epochs_run"] < 6
-            assert row["cv_lwlrap"] < expected_score(row["train.lr"])
+            assert row["cv_lwlrap"] < lr_score(row["train.lr"])
     statuses = board["status"].value_counts()
     assert statuses.get("ok", 0) >= 1 and statuses.get("stopped early", 0) >= 1
     assert statuses.get("failed", 0) >= 1  # failures do not end the sweep
@@ -176,13 +180,11 @@ def _study(exp_dir):
 def test_on_2018_data_the_sweep_ranks_by_map3(ray_session, tmp_path):
     """metric auto on an FSDKaggle2018 folder: Optuna, the leaderboard and `best` use cv_map3
     (here ordered unlike lwlrap), with lwlrap beside it."""
-    from ray import cloudpickle
-
     from raytag.search.space import parse_space
 
     from raytag.search.tuner import run_sweep
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    send_fake_fit_to_workers()
     data = tmp_path / "data2018"
     data.mkdir()
     (data / "train.csv").write_text("fname,label,manually_verified\n")  # the layout's marker file
@@ -305,9 +307,8 @@ def test_a_resume_notes_command_line_search_settings_instead_of_checking_them(tm
 DRIVER = """
 import sys
 sys.path.insert(0, {tests!r})
-from ray import cloudpickle
 import test_tune
-cloudpickle.register_pickle_by_value(test_tune)
+test_tune.send_fake_fit_to_workers()
 from raytag.search.tuner import run_sweep
 run_sweep({space!r}, {data!r}, storage={storage!r}, name="kill", resume={resume}, trial_fn=test_tune.fake_fit)
 """
