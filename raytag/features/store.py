@@ -99,9 +99,7 @@ from raytag.errors import AudioDecodeError, RaytagError, StorageError
 from raytag.features.frontends import build_frontend, frontend_shape
 from raytag.features.locking import exclusive_lock
 from raytag.session import ensure_ray
-from raytag.storage import (
-    is_local_path, is_uri, local_file_stamp, normalize_uri, resolve, write_local_atomically,
-)
+from raytag.storage import local_file_stamp, local_folder_option, write_local_atomically
 
 log = logging.getLogger("raytag.features")
 
@@ -1068,25 +1066,20 @@ def feature_cache_folder(cache: Optional[str | os.PathLike], option: str = "--fe
     copy. Features are read with os.pread from a path on each node (its own disk by default,
     each node building its own copy; or a file system the nodes share): a URI (s3://...) is
     refused; a file:// URI is its local path."""
-    text = normalize_uri(str(cache)) if cache is not None else default_feature_cache()
-    if not text.strip():  # an unset shell variable (--feature-cache "$CACHE"): the current folder
-        raise FeatureStoreError(f"{option} {text!r}: empty; give a folder for the feature cache, or leave "
-                                f"{option} out for the default ($RAYTAG_CACHE, else ~/.cache/raytag/features)")
-    if is_uri(text):
-        if not is_local_path(text):
-            raise FeatureStoreError(
-                f"{option} {text}: a URI, but features are read by byte range from a folder on each node (its "
-                "own disk, where each node builds its own copy, or a file system the nodes share); give a "
-                "local folder, e.g. /mnt/nvme/raytag-features")
-        text = resolve(text)[1]
-    path = Path(text).expanduser().absolute()
+    path = local_folder_option(
+        cache if cache is not None else default_feature_cache(), option,
+        f"give a folder for the feature cache, or leave {option} out for the default ($RAYTAG_CACHE, else "
+        "~/.cache/raytag/features)",
+        "features are read by byte range from a folder on each node (its own disk, where each node builds its "
+        "own copy, or a file system the nodes share); give a local folder, e.g. /mnt/nvme/raytag-features",
+        FeatureStoreError)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as err:
-        raise FeatureStoreError(f"{option} {text}: not a folder ({err.strerror}: {err.filename}); "
+        raise FeatureStoreError(f"{option} {path}: not a folder ({err.strerror}: {err.filename}); "
                                 "give a folder for the feature cache") from None
     except OSError as err:
-        raise FeatureStoreError(f"{option} {text}: cannot create it ({err.strerror}: {err.filename}); "
+        raise FeatureStoreError(f"{option} {path}: cannot create it ({err.strerror}: {err.filename}); "
                                 "give a folder you can write to") from None
     return str(path)
 
