@@ -1112,11 +1112,11 @@ def front_ends(cfg: Config) -> list[tuple[list[str], FeatureConfig]]:
     return list(by_key.values())
 
 
-def prepare_features(data, cfg: Config, cache: Optional[str] = None) -> list[PreparedFeatures]:
+def prepare_features(data, cfg: Config, cache: str) -> list[PreparedFeatures]:
     """Read the dataset, build or reuse the features of every front end a run of `cfg` trains
-    on (front_ends), and write skipped.csv beside each store. `cache`: as
-    feature_cache_folder takes it (None: where train and tune look by default)."""
-    cache = feature_cache_folder(cache)
+    on (front_ends), and write skipped.csv beside each store. `cache`: the folder as
+    feature_cache_folder returns it, already checked and created (`raytag prepare` resolves
+    it before this, so a wrong one costs no data copy)."""
     root = materialize_data(data, progress=True)
     return [_prepare_one(root, members, features, cache) for members, features in front_ends(cfg)]
 
