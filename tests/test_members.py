@@ -111,10 +111,11 @@ def test_a_pipeline_run_refuses_members(tmp_path):
         fit_pipeline(Config.from_dict(MEMBERS), tmp_path, str(tmp_path / "results"), "x")
 
 
-def test_the_default_config_trains_two_model_families():
+def test_the_default_config_trains_two_model_families_on_two_front_ends():
     cfg = Config.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
-    families = {c.model.name for _, c in cfg.member_configs()}
-    assert families == {"resnet18", "vgg_small"} and cfg.combine == "geometric"
+    members = {name: (c.model.name, c.features.kind) for name, c in cfg.member_configs()}
+    assert members == {"resnet18": ("resnet18", "logmel"), "vgg_small": ("vgg_small", "logmel"),
+                       "vgg_pcen": ("vgg_small", "pcen")} and cfg.combine == "geometric"
 
 
 def test_members_whose_front_ends_keep_other_clips_are_refused_before_any_trains(monkeypatch, tmp_path):

@@ -183,9 +183,10 @@ def test_a_set_that_a_member_sets_itself_is_noted():
 
     cfg = Config.from_yaml("configs/default.yaml")
     notes = members_keep_their_own(cfg, {"train.lr": 3e-4, "train.mixup": {"alpha": 0.2}, "seed": 1})
-    assert notes == ["--set train.lr: member vgg_small sets train.lr itself (0.002), so the override does not reach it",
-                     "--set train.mixup: member vgg_small sets train.mixup.alpha itself (0.3), so the override does "
-                     "not reach it"]
+    assert notes == [f"--set train.lr: member {m} sets train.lr itself (0.002), so the override does not reach it"
+                     for m in ("vgg_small", "vgg_pcen")] + [
+                     f"--set train.mixup: member {m} sets train.mixup.alpha itself (0.3), so the override does "
+                     "not reach it" for m in ("vgg_small", "vgg_pcen")]
     assert members_keep_their_own(cfg.with_overrides({"members": []}), {"train.lr": 3e-4}) == []
 
 
