@@ -214,4 +214,14 @@ def test_train_builds_and_reads_features_in_the_feature_cache_given(tmp_path, mo
                                       "--feature-cache", "features"])
     assert "stopped by the test" in result.output, result.output
     assert seen == [str(tmp_path / "features")] and (tmp_path / "features").is_dir()
+    # the header names every member's front end, not only the config's own
+    assert ("on logmel, 5 fold(s)" if family else "on logmel and pcen, 5 fold(s)") in result.output, result.output
+
+
+def test_a_members_line_names_its_front_end():
+    from raytag.config import Config
+    from raytag.console.train import member_model
+
+    lines = [member_model(c) for _, c in Config.from_yaml("configs/default.yaml").member_configs()]
+    assert lines == ["resnet18 width 32 on 64 mels", "vgg_small width 16 on 64 mels", "vgg_small width 16 on 64 PCEN mels"]
 

@@ -75,7 +75,8 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
     members = cfg.member_configs()
     what = (f"{len(members)} members ({', '.join(n for n, _ in members)}), {cfg.combine} mean" if members
             else cfg.model.name)
-    console.print(f"[bold]raytag train[/] {name}: {what} on {cfg.features.kind}, "
+    kinds = list(dict.fromkeys(c.features.kind for _, c in members)) or [cfg.features.kind]  # members may differ
+    console.print(f"[bold]raytag train[/] {name}: {what} on {' and '.join(kinds)}, "
                   f"{n_folds} fold(s), {cfg.train.num_workers} worker(s)", soft_wrap=True)
 
     def on_epoch(event: EpochEvent):  # soft_wrap: one line each, whatever the terminal's width
@@ -119,5 +120,7 @@ def train_command(config: Path, data: Path, storage: str, name: Optional[str], o
 
 def member_model(cfg: Config) -> str:
     """'cnn2d width 16 on 64 mels' (a member's line before its epochs)."""
-    bins = f"{cfg.features.n_mels} mels" if cfg.features.kind in ("logmel", "colormel", "pcen") else cfg.features.kind
+    kind = cfg.features.kind
+    bins = {"logmel": f"{cfg.features.n_mels} mels", "colormel": f"{cfg.features.n_mels} colour-mel bands",
+            "pcen": f"{cfg.features.n_mels} PCEN mels"}.get(kind, kind)
     return f"{cfg.model.name} width {cfg.model.width} on {bins}"
