@@ -38,7 +38,7 @@ class FeatureConfig:
     sample_rate: int = 16000
     n_fft: int = 1024
     hop_length: int = 320
-    n_mels: int = 96  # one family (resnet18 w32): +0.013 CV over 64, mean of 3 seeds; default.yaml's two members share 64
+    n_mels: int = 96  # one family (resnet18 w32): +0.013 CV over 64, mean of 3 seeds; default.yaml's members share 64
     fmin: float = 20.0
     fmax: Optional[float] = None  # None: sample_rate / 2
     n_mfcc: int = 20  # kind == "mfcc" only

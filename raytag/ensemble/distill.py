@@ -2,7 +2,7 @@
 saved as an artifact that `raytag predict` and `raytag serve` take like any other.
 
 The teacher is the experiment's artifact (`experiment_artifact`): a sweep's ensemble, or a
-`raytag train` run's own (the default's two members), whose members' outputs hold the same
+`raytag train` run's own (the default's members), whose members' outputs hold the same
 out-of-fold predictions a sweep's trials do.
 
 The teacher's targets (one row per training clip: the ensemble's out-of-fold predictions

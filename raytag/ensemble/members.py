@@ -5,8 +5,9 @@ Why inside `raytag train` and not only as a sweep plus `raytag ensemble`: two mo
 that err differently are worth more than any one family's settings. On the dev benchmark
 (grouped folds) resnet18 and cnn2d, geometric mean, gained about +0.045 on CV and on test
 over either alone, while two variants of one family gained +0.03 CV and +0.004 test
-(results/benchmarks/members.json); resnet18 and vgg_small, the default's pair now, gained
-more (results/benchmarks/members_vgg_small.json). Nothing is fitted on the out-of-fold predictions here:
+(results/benchmarks/members.json); resnet18 and vgg_small gained more
+(results/benchmarks/members_vgg_small.json), and a third member on another front end (vgg_small
+on PCEN) more again (results/benchmarks/members_pcen.json). Nothing is fitted on the out-of-fold predictions here:
 the combiner is a fixed mean, so the combined CV is as honest as a member's.
 
 Layout of <storage>/<name>/:

@@ -2,7 +2,7 @@
 `<experiment>/distill/` for `raytag distill` (raytag.ensemble.distill trains the student on it).
 
 The teacher is the experiment's artifact (`experiment_artifact`): a sweep's ensemble, or a
-`raytag train` run's own (the default's two members), whose members' outputs hold the same
+`raytag train` run's own (the default's members), whose members' outputs hold the same
 out-of-fold predictions a sweep's trials do.
 
 Teacher targets, one row per training clip (`teacher.parquet`: `teacher_targets`):
