@@ -23,8 +23,9 @@ conventions and is tested against librosa:
             normalisation is an automatic gain control per mel band: it divides each band by a
             smoothed copy of itself, which flattens stationary background and keeps onsets, a
             different view of the sound than dB (Wang et al. 2017; Lostanlen et al. 2019).
-            C=1, F=n_mels. Computed over the whole clip (the smoother runs through time), so
-            crops are cut from it, never computed on their own.
+            C=1, F=n_mels. The smoother starts in the first frame's steady state (librosa's
+            starts at 1: a loud transient at every clip's start). Computed over the whole clip
+            (the smoother runs through time), so crops are cut from it, never computed alone.
 - raw:      the waveform itself, C=1, F=1, T=N.
 - deltas:   1 appends the delta channel, 2 also the delta-delta channel, for each base
             channel (librosa.feature.delta: width 9, mode "interp"; order 2 is the second
@@ -166,8 +167,11 @@ class ColorMel(nn.Module):
 class PCEN(nn.Module):
     """librosa.pcen of the scaled mel magnitude, [B, 1, n_mels, T].
 
-    The smoother M[t] = (1 - b) M[t-1] + b S[t] starts in librosa's steady state (M[-1] =
-    S[0], what its `lfilter_zi` initial condition gives). A Python loop over frames would be
+    The smoother M[t] = (1 - b) M[t-1] + b S[t] starts in the steady state of the clip's
+    first frame (M[-1] = S[0]: librosa's `pcen(..., zi=lfilter_zi * S[:, :1])`). librosa's
+    own default starts it at 1, which on magnitudes scaled by 2**31 leaves every clip's first
+    half second or so barely normalised, a loud onset that is not in the sound; the tests
+    compare against librosa with that `zi`. A Python loop over frames would be
     slow and torch has no IIR filter (torchaudio's lfilter is not installable here), so the
     recursion runs in blocks of `BLOCK` frames: inside a block it is one matmul with the
     filter's impulse-response matrix, and only the state at each block's end is carried.
