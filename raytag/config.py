@@ -44,10 +44,18 @@ class FeatureConfig:
     n_mfcc: int = 20  # kind == "mfcc" only
     top_db: Optional[float] = 80.0  # dynamic range kept by power_to_db; None keeps all
     deltas: int = 0  # 0: none, 1: + delta channel, 2: + delta and delta-delta channels
+    # kind == "pcen" only: librosa.pcen's parameters, at its defaults (raytag.features.frontends.PCEN)
+    pcen_time_constant: float = 0.4  # seconds the per-band smoother averages over
+    pcen_gain: float = 0.98  # how far each band is divided by its smoothed level (1: fully)
+    pcen_bias: float = 2.0
+    pcen_power: float = 0.5  # root compression of the normalised bands
 
     def cache_key(self) -> str:
-        """Hash of every setting that changes the stored features."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        """Hash of every setting that changes the stored features. The pcen_* settings count for
+        kind pcen only, so other kinds keep the keys (and the stored features) they had before
+        those settings existed."""
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if self.kind == "pcen" or not k.startswith("pcen_")}
+        blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @property
@@ -734,6 +742,10 @@ _RANGES = {
     ("FeatureConfig", "n_mels"): (4, 512),
     ("FeatureConfig", "deltas"): (0, 2),
     ("FeatureConfig", "top_db"): (0, None),  # below 0 every value becomes the clip's peak: a constant
+    ("FeatureConfig", "pcen_time_constant"): (0.001, None),
+    ("FeatureConfig", "pcen_gain"): (0.0, 1.0),
+    ("FeatureConfig", "pcen_bias"): (0.001, None),  # 0 is librosa's other formula, not this one's
+    ("FeatureConfig", "pcen_power"): (0.01, 1.0),  # 0 is librosa's log1p formula, not this one's
     ("MixupConfig", "alpha"): (0.0, None),
     ("MixupConfig", "prob"): (0.0, 1.0),
     ("TrainConfig", "batch_size"): (1, None),

@@ -43,6 +43,7 @@ def test_infinite_numbers_are_refused_with_the_key():
     (["features.kind=raw", "model.name=rawwave_cnn", "train.specaugment.enabled=true"],
      "train.specaugment.enabled: SpecAugment masks time and mel bins"),  # was skipped without a word
     (["features.kind=pcen", "train.augment.gain_db=6"], "train.augment.gain_db: 6.0 with features.kind: pcen"),
+    (["features.kind=pcen", "features.pcen_power=0"], "features.pcen_power: 0.0 is below the minimum 0.01"),
     (['cv.folds=["0","1"]'], "cv.folds: .*give fold numbers from 0 to 4"),
     (["cv.folds=[]"], "cv.folds: \\[\\]: give fold numbers"),
     (["cv.folds=[5]"], "cv.folds: \\[5\\]: give fold numbers from 0 to 4"),

@@ -164,15 +164,20 @@ def pcen_steady_start(S: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     raytag's is (librosa's own default starts it at 1, a loud transient on scaled magnitudes)."""
     import scipy.signal
 
-    t_frames = 0.4 * cfg.sample_rate / cfg.hop_length
+    t_frames = cfg.pcen_time_constant * cfg.sample_rate / cfg.hop_length
     b = (np.sqrt(1 + 4 * t_frames**2) - 1) / (2 * t_frames**2)
     zi = scipy.signal.lfilter_zi([b], [1, b - 1])[None, :] * S[:, :1]
-    return librosa.pcen(S, sr=cfg.sample_rate, hop_length=cfg.hop_length, zi=zi)
+    return librosa.pcen(S, sr=cfg.sample_rate, hop_length=cfg.hop_length, zi=zi, time_constant=cfg.pcen_time_constant,
+                        gain=cfg.pcen_gain, bias=cfg.pcen_bias, power=cfg.pcen_power)
 
 
-@pytest.mark.parametrize("settings, seconds", [({}, 7.0), (FAT2019, 4.0), ({}, 0.5)])
+ONSETS = dict(pcen_time_constant=0.06, pcen_gain=0.8, pcen_bias=10.0, pcen_power=0.25)
+
+
+@pytest.mark.parametrize("settings, seconds", [({}, 7.0), (FAT2019, 4.0), ({}, 0.5), (ONSETS, 3.0)])
 def test_pcen_matches_librosa(settings, seconds):
-    """7 s at 50 frames/s spans three of the smoother's blocks; 0.5 s is shorter than one."""
+    """7 s at 50 frames/s spans three of the smoother's blocks; 0.5 s is shorter than one;
+    ONSETS sets every pcen_* parameter away from librosa's defaults."""
     cfg = FeatureConfig(kind="pcen", **settings)
     y = realish(cfg.sample_rate, seconds, seed=4)
     magnitude = librosa.feature.melspectrogram(
@@ -205,3 +210,10 @@ def test_pcen_smoother_is_librosas_filter_across_blocks():
     with torch.no_grad():
         ours = PCEN(cfg)._smooth(torch.from_numpy(s)).numpy()
     np.testing.assert_allclose(ours, ref, rtol=1e-5)
+
+
+def test_pcen_settings_change_only_pcen_cache_keys():
+    """pcen_* are PCEN's own: a log-mel store keeps the key it had before they existed."""
+    assert FeatureConfig(kind="logmel").cache_key() == FeatureConfig(kind="logmel", pcen_gain=0.5).cache_key()
+    assert FeatureConfig(kind="pcen").cache_key() != FeatureConfig(kind="pcen", pcen_gain=0.5).cache_key()
+    assert FeatureConfig(kind="logmel").cache_key() == "20bdc320bce93cf5"  # its key before pcen_* existed

@@ -18,8 +18,9 @@ conventions and is tested against librosa:
             channels carry different frequency ranges at three times the mel resolution,
             instead of three copies of one grey image. C=3, F=n_mels.
 - pcen:     `librosa.pcen` of the mel *magnitude* spectrogram (power 1) scaled by 2**31, as
-            librosa's documentation does for audio in [-1, 1], with its default parameters
-            (time constant 0.4 s, gain 0.98, bias 2, power 0.5, eps 1e-6). Per-channel energy
+            librosa's documentation does for audio in [-1, 1], with cfg.pcen_time_constant,
+            pcen_gain, pcen_bias and pcen_power (librosa's defaults: 0.4 s, 0.98, 2, 0.5;
+            eps 1e-6). Per-channel energy
             normalisation is an automatic gain control per mel band: it divides each band by a
             smoothed copy of itself, which flattens stationary background and keeps onsets, a
             different view of the sound than dB (Wang et al. 2017; Lostanlen et al. 2019).
@@ -178,13 +179,14 @@ class PCEN(nn.Module):
     """
 
     SCALE = 2.0 ** 31  # librosa's documented scaling for float audio in [-1, 1]
-    TIME_CONSTANT, GAIN, BIAS, POWER, EPS = 0.4, 0.98, 2.0, 0.5, 1e-6  # librosa.pcen's defaults
+    EPS = 1e-6  # librosa.pcen's default
     BLOCK = 128
 
     def __init__(self, cfg: FeatureConfig):
         super().__init__()
         self.mel = MelPower(cfg, cfg.n_mels, magnitude=True)
-        t_frames = self.TIME_CONSTANT * cfg.sample_rate / cfg.hop_length
+        self.gain, self.bias, self.power = cfg.pcen_gain, cfg.pcen_bias, cfg.pcen_power
+        t_frames = cfg.pcen_time_constant * cfg.sample_rate / cfg.hop_length
         b = (math.sqrt(1 + 4 * t_frames**2) - 1) / (2 * t_frames**2)  # as librosa.pcen works it out
         k = torch.arange(self.BLOCK, dtype=torch.float64)
         lag = k[:, None] - k[None, :]
@@ -195,8 +197,8 @@ class PCEN(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         s = self.mel(wave) * self.SCALE  # [B, F, T]
         smooth = self._smooth(s)
-        gain = torch.exp(-self.GAIN * (math.log(self.EPS) + torch.log1p(smooth / self.EPS)))
-        out = self.BIAS**self.POWER * torch.expm1(self.POWER * torch.log1p(s * gain / self.BIAS))
+        gain = torch.exp(-self.gain * (math.log(self.EPS) + torch.log1p(smooth / self.EPS)))
+        out = self.bias**self.power * torch.expm1(self.power * torch.log1p(s * gain / self.bias))
         return out.unsqueeze(1)
 
     def _smooth(self, s: torch.Tensor) -> torch.Tensor:
