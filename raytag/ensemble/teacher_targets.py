@@ -382,10 +382,10 @@ def teacher_grid(art: Artifact, features, store, dataset, clip_ids: list[str], c
         held_out = [held_out_folds(m.settings["source"], noisy=noisy_targets == "oof") for m in teacher.members]
         segments.update(teacher_segments(teacher.members, teacher.combine, store, features, missing,
                                          crop, held_out, batch_size=batch_size))
-        ids = list(segments)
-        arrays = {f"s{i}": segments[c][0] for i, c in enumerate(ids)}
-        arrays.update({f"p{i}": segments[c][1] for i, c in enumerate(ids)})
-        _save_npz(cache, key=np.array(key), clip_ids=np.array(ids), **arrays)
+        clip_order = list(segments)
+        arrays = {f"s{i}": segments[c][0] for i, c in enumerate(clip_order)}
+        arrays.update({f"p{i}": segments[c][1] for i, c in enumerate(clip_order)})
+        _save_npz(cache, key=np.array(key), clip_ids=np.array(clip_order), **arrays)
     return segments
 
 

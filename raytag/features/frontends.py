@@ -197,8 +197,8 @@ class PCEN(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         s = self.mel(wave) * self.SCALE  # [B, F, T]
         smooth = self._smooth(s)
-        gain = torch.exp(-self.gain * (math.log(self.EPS) + torch.log1p(smooth / self.EPS)))
-        out = self.bias**self.power * torch.expm1(self.power * torch.log1p(s * gain / self.bias))
+        agc = torch.exp(-self.gain * (math.log(self.EPS) + torch.log1p(smooth / self.EPS)))  # (eps + M)^-gain
+        out = self.bias**self.power * torch.expm1(self.power * torch.log1p(s * agc / self.bias))
         return out.unsqueeze(1)
 
     def _smooth(self, s: torch.Tensor) -> torch.Tensor:

@@ -589,12 +589,12 @@ def run_sweep(
                 f"a sweep named '{name}' already exists in {exp_dir}; add --resume to continue it "
                 "or give --name for a new one"
             )
-        started = None  # a resumed sweep's sweep.json, read once for its space and its rung metric
+        resumed_record = None  # a resumed sweep's sweep.json, read once for its space and its rung metric
         if resume and restorable:
-            started = started_record(exp_dir)
+            resumed_record = started_record(exp_dir)
             space = resumed_space(exp_dir, space, space_path=space_path, name=name, data=data,
                                   samples=samples, scheduler=scheduler, settings=settings, say=say,
-                                  file_error=file_error, started=started)
+                                  file_error=file_error, started=resumed_record)
         else:
             if file_error is not None:  # a new sweep needs its space file
                 raise _no_sweep_without_space(file_error, name, exp_dir)
@@ -607,8 +607,8 @@ def run_sweep(
         layout = detect_layout(data)
         space.search = dataclasses.replace(space.search, metric=resolve_metric(space.search.metric, layout, str(data)))
         rung_metric = rung_metric_for(space.search.metric, layout)
-        if started is not None:  # its recorded rungs and Optuna's values are in the one it started with
-            rung_metric = resumed_rung_metric(started, rung_metric, layout, say)
+        if resumed_record is not None:  # its recorded rungs and Optuna's values are in the one it started with
+            rung_metric = resumed_rung_metric(resumed_record, rung_metric, layout, say)
         if noisy_teacher is None and space.base_config().train.noisy_teacher.artifact:
             raise RaytagError("train.noisy_teacher: this caller of run_sweep gives no way to load a teacher "
                               "(noisy_teacher=); run the sweep with `raytag tune`")
