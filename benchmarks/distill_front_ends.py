@@ -21,6 +21,7 @@ only), and the agreement with the teacher's top labels (no labels used: what a c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -28,11 +29,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from raytag.data.layouts import load_dataset
-from raytag.ensemble.artifact import Artifact, Member, load_artifact
+from raytag.ensemble.artifact import load_artifact
 from raytag.ensemble.combiners import combine
-from raytag.ensemble.distill import StudentSettings, _top_labels, distill, labelled_test_rows
+from raytag.ensemble.distill import StudentSettings, distill, labelled_test_rows, scores_on_test
 from raytag.ensemble.tagging import predict_files
 from raytag.metrics import lwlrap, paired_bootstrap_lwlrap
 
@@ -59,9 +61,8 @@ def per_student(artifact: str, paths: list[str]) -> list[np.ndarray]:
     art = load_artifact(artifact)
     member = art.members[0]
     out = []
-    for model in member.models:
-        one = Artifact(path=art.path, combiner="mean", weights=None, classes=art.classes, layout=art.layout,
-                       members=[Member(member.name, member.settings, [model])])
+    for model in member.models:  # the artifact with this student alone (bench_distill.first_students' way)
+        one = dataclasses.replace(art, members=[dataclasses.replace(member, models=[model])])
         probs, _ = predict_files(one, paths, batch_size=64)
         out.append(probs.loc[paths].to_numpy())
     return out
@@ -86,12 +87,13 @@ def main():
     y, rows = labelled_test_rows(paths, dataset)
     teacher_probs, _ = predict_files(load_artifact(str(args.teacher / "artifact")), paths, batch_size=64)
     teacher = teacher_probs.loc[paths].to_numpy()
-    top = _top_labels(teacher)
     students = {name: per_student(art, paths) for name, art in runs.items()}
 
     def entry(probs: np.ndarray) -> dict:
-        return {"test_lwlrap": round(float(lwlrap(y, probs[rows])), 4),
-                "agreement": round(float(lwlrap(top, probs)), 4),
+        # test lwlrap and agreement with the teacher's top labels as `raytag distill` reports them
+        scores = scores_on_test(pd.DataFrame(probs, index=paths), teacher_probs.loc[paths], dataset)
+        return {"test_lwlrap": round(scores["test_lwlrap"], 4),
+                "agreement": round(scores["test_agreement_lwlrap"], 4),
                 "vs_teacher": paired_bootstrap_lwlrap(y, teacher[rows], probs[rows])}
 
     report = {"what": "distilled students per front end against their teacher, on the test clips",
