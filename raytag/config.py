@@ -34,7 +34,7 @@ class ConfigError(RaytagError, ValueError):
 class FeatureConfig:
     """Front end: waveform -> [channels, bins, frames]. Cached by `cache_key()`."""
 
-    kind: Literal["logmel", "mfcc", "raw", "colormel", "pcen"] = "logmel"
+    kind: Literal["logmel", "mfcc", "raw", "colormel", "pcen", "logmel_pcen"] = "logmel"
     sample_rate: int = 16000
     n_fft: int = 1024
     hop_length: int = 320
@@ -44,7 +44,7 @@ class FeatureConfig:
     n_mfcc: int = 20  # kind == "mfcc" only
     top_db: Optional[float] = 80.0  # dynamic range kept by power_to_db; None keeps all
     deltas: int = 0  # 0: none, 1: + delta channel, 2: + delta and delta-delta channels
-    # kind == "pcen" only: librosa.pcen's parameters, at its defaults (raytag.features.frontends.PCEN)
+    # kinds pcen and logmel_pcen only: librosa.pcen's parameters, at its defaults (raytag.features.frontends.PCEN)
     pcen_time_constant: float = 0.4  # seconds the per-band smoother averages over
     pcen_gain: float = 0.98  # how far each band is divided by its smoothed level (1: fully)
     pcen_bias: float = 2.0
@@ -52,9 +52,10 @@ class FeatureConfig:
 
     def cache_key(self) -> str:
         """Hash of every setting that changes the stored features. The pcen_* settings count for
-        kind pcen only, so other kinds keep the keys (and the stored features) they had before
-        those settings existed."""
-        settings = {k: v for k, v in dataclasses.asdict(self).items() if self.kind == "pcen" or not k.startswith("pcen_")}
+        the kinds with a PCEN channel only, so other kinds keep the keys (and the stored features)
+        they had before those settings existed."""
+        has_pcen = self.kind in ("pcen", "logmel_pcen")
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if has_pcen or not k.startswith("pcen_")}
         blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -824,7 +825,7 @@ def _check_model_takes_features(cfg: "Config") -> None:
     raw_in, raw_model = cfg.features.kind == "raw", cfg.model.name == "rawwave_cnn"
     if raw_in and not raw_model:
         raise ConfigError(f"features.kind: raw (waveforms) needs model.name: rawwave_cnn; {cfg.model.name} "
-                          "takes spectrogram-like features (logmel, mfcc, colormel, pcen)")
+                          "takes spectrogram-like features (logmel, mfcc, colormel, pcen, logmel_pcen)")
     if raw_model and not raw_in:
         raise ConfigError(f"model.name: rawwave_cnn takes waveforms; set features.kind: raw "
                           f"(not {cfg.features.kind})")
@@ -832,13 +833,14 @@ def _check_model_takes_features(cfg: "Config") -> None:
         # its masks cut time-frequency bins; the training step applies them to spectrogram-like features only
         raise ConfigError("train.specaugment.enabled: SpecAugment masks time and mel bins, which raw waveforms "
                           "(features.kind: raw) do not have, so it would be skipped without a word; set "
-                          "train.specaugment.enabled: false, or train on logmel, mfcc, colormel or pcen")
+                          "train.specaugment.enabled: false, or train on logmel, mfcc, colormel, pcen or logmel_pcen")
     if cfg.features.kind == "pcen" and cfg.train.augment.gain_db:
         # PCEN divides each band by its own smoothed level (gain 0.98): a clip's gain hardly moves
         # its features, and an additive dB offset on them would be a different, made-up transform
         raise ConfigError(f"train.augment.gain_db: {cfg.train.augment.gain_db} with features.kind: pcen, whose "
                           "per-band gain control removes a clip's gain, so the random gain would change nothing "
-                          "real; set train.augment.gain_db: 0, or train on logmel, mfcc or colormel")
+                          "real; set train.augment.gain_db: 0, or train on logmel, mfcc, colormel or logmel_pcen (whose "
+                          "gain moves the log-mel channel only)")
 
 
 def members_keep_their_own(cfg: Config, cli: dict) -> list[str]:

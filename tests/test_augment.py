@@ -131,6 +131,8 @@ def test_gain_pattern_spares_deltas_and_moves_only_c0_of_mfcc():
     assert p[0, 0] == pytest.approx(8.0) and p.sum() == pytest.approx(8.0)
     p = gain_pattern(FeatureConfig(kind="logmel", n_mels=4), std=np.full((1, 4), 2.0))
     assert torch.all(p == 0.5)
+    p = gain_pattern(FeatureConfig(kind="logmel_pcen", n_mels=8, deltas=1))  # the dB channel only
+    assert p.shape == (4, 8) and torch.all(p[0] == 1) and torch.all(p[1:] == 0)
 
 
 def test_mfcc_pattern_matches_a_real_gain():

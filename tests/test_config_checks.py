@@ -82,6 +82,11 @@ def test_the_pseudo_bound_check_follows_the_schedule():
     assert _with("pipeline.pseudo.enabled=false", "pipeline.pseudo.upper=0.6")  # off: not used
 
 
+def test_a_random_gain_is_refused_on_pcen_alone_not_beside_log_mel():
+    """logmel_pcen's gain moves its log-mel channel (augment.gain_pattern), so it is a real transform there."""
+    assert _with("features.kind=logmel_pcen", "train.augment.gain_db=6").train.augment.gain_db == 6
+
+
 def test_raw_waveforms_reach_every_member_only_as_the_raw_wave_cnn():
     default = Config.from_yaml("configs/default.yaml")
     with pytest.raises(ConfigError, match=r"members\[1\]\.set: features.kind: raw"):

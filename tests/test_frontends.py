@@ -118,7 +118,7 @@ def test_deltas_on_clips_shorter_than_the_window_run():
     assert np.isfinite(out).all()
 
 
-@pytest.mark.parametrize("kind", ["logmel", "mfcc", "colormel", "pcen", "raw"])
+@pytest.mark.parametrize("kind", ["logmel", "mfcc", "colormel", "pcen", "logmel_pcen", "raw"])
 def test_batch_shapes_and_frame_count_match_librosa(kind):
     cfg = FeatureConfig(kind=kind, n_mels=32)
     waves = np.stack([realish(cfg.sample_rate, 1.0, seed=s) for s in range(3)])
@@ -216,4 +216,20 @@ def test_pcen_settings_change_only_pcen_cache_keys():
     """pcen_* are PCEN's own: a log-mel store keeps the key it had before they existed."""
     assert FeatureConfig(kind="logmel").cache_key() == FeatureConfig(kind="logmel", pcen_gain=0.5).cache_key()
     assert FeatureConfig(kind="pcen").cache_key() != FeatureConfig(kind="pcen", pcen_gain=0.5).cache_key()
+    assert FeatureConfig(kind="logmel_pcen").cache_key() != FeatureConfig(kind="logmel_pcen", pcen_gain=0.5).cache_key()
     assert FeatureConfig(kind="logmel").cache_key() == "20bdc320bce93cf5"  # its key before pcen_* existed
+
+
+@pytest.mark.parametrize("settings", [{}, dict(ONSETS, deltas=1, n_mels=32)])
+def test_logmel_pcen_is_the_two_front_ends_stacked(settings):
+    """Channel 0 is kind logmel's output and channel 1 kind pcen's, from one STFT (and with
+    deltas, each base channel's delta follows both base channels)."""
+    cfg = FeatureConfig(kind="logmel_pcen", **settings)
+    y = realish(cfg.sample_rate, 3.0, seed=5)
+    ours = run(cfg, y)
+    assert ours.shape[:2] == frontend_shape(cfg) == (2 * (1 + cfg.deltas), cfg.n_mels)
+    no_deltas = dict(settings, deltas=0)
+    np.testing.assert_allclose(ours[0], run(FeatureConfig(kind="logmel", **no_deltas), y)[0], atol=1e-4)
+    np.testing.assert_allclose(ours[1], run(FeatureConfig(kind="pcen", **no_deltas), y)[0], rtol=1e-5, atol=1e-5)
+    if cfg.deltas:
+        np.testing.assert_allclose(ours[3], librosa.feature.delta(ours[1], order=1), atol=1e-3)

@@ -275,7 +275,8 @@ def test_input_errors(tmp_path):
 
 
 def test_members_with_different_front_ends_and_rates(tmp_path, audio):
-    """One member on log-mel at 8 kHz, one on MFCC+deltas at 16 kHz, one on colour mel, one on PCEN."""
+    """One member on log-mel at 8 kHz, one on MFCC+deltas at 16 kHz, one on colour mel, one on PCEN,
+    one on log-mel and PCEN stacked."""
     y, yt = make_truth(30, 1), make_truth(10, 2)
     specs = []
     variants = [
@@ -284,6 +285,7 @@ def test_members_with_different_front_ends_and_rates(tmp_path, audio):
           "n_mfcc": 13, "deltas": 1}, "cnn2d"),
         ({"kind": "colormel", "sample_rate": 16000, "n_fft": 512, "hop_length": 256, "n_mels": 16}, "cnn2d"),
         ({"kind": "pcen", "sample_rate": 16000, "n_fft": 512, "hop_length": 256, "n_mels": 16}, "cnn2d"),
+        ({"kind": "logmel_pcen", "sample_rate": 16000, "n_fft": 512, "hop_length": 256, "n_mels": 16}, "cnn2d"),
     ]
     for i, (feat, model) in enumerate(variants):
         out, _ = make_trial_outputs(tmp_path / "exp", f"m{i}", y, yt, 1.0, i, n_folds=2, features=feat,

@@ -122,5 +122,6 @@ def member_model(cfg: Config) -> str:
     """'cnn2d width 16 on 64 mels' (a member's line before its epochs)."""
     kind = cfg.features.kind
     bins = {"logmel": f"{cfg.features.n_mels} mels", "colormel": f"{cfg.features.n_mels} colour-mel bands",
-            "pcen": f"{cfg.features.n_mels} PCEN mels"}.get(kind, kind)
+            "pcen": f"{cfg.features.n_mels} PCEN mels",
+            "logmel_pcen": f"{cfg.features.n_mels} mels, log-mel and PCEN"}.get(kind, kind)
     return f"{cfg.model.name} width {cfg.model.width} on {bins}"

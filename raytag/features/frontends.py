@@ -27,6 +27,9 @@ conventions and is tested against librosa:
             C=1, F=n_mels. The smoother starts in the first frame's steady state (librosa's
             starts at 1: a loud transient at every clip's start). Computed over the whole clip
             (the smoother runs through time), so crops are cut from it, never computed alone.
+- logmel_pcen: the two views above as two channels of one input, from one STFT: channel 0
+            the log-mel (dB) of `logmel`, channel 1 the PCEN of `pcen`. One network then sees
+            both the level of each band and its onsets against its own background. C=2, F=n_mels.
 - raw:      the waveform itself, C=1, F=1, T=N.
 - deltas:   1 appends the delta channel, 2 also the delta-delta channel, for each base
             channel (librosa.feature.delta: width 9, mode "interp"; order 2 is the second
@@ -52,8 +55,8 @@ def frontend_shape(cfg: FeatureConfig) -> tuple[int, int]:
     _check(cfg)
     if cfg.kind == "raw":
         return 1, 1
-    channels = 3 if cfg.kind == "colormel" else 1
-    bins = cfg.n_mfcc if cfg.kind == "mfcc" else cfg.n_mels  # logmel, colormel, pcen: n_mels
+    channels = {"colormel": 3, "logmel_pcen": 2}.get(cfg.kind, 1)
+    bins = cfg.n_mfcc if cfg.kind == "mfcc" else cfg.n_mels  # logmel, colormel, pcen, logmel_pcen: n_mels
     return channels * (1 + cfg.deltas), bins
 
 
@@ -70,6 +73,8 @@ def build_frontend(cfg: FeatureConfig) -> nn.Module:
         base = ColorMel(cfg)
     elif cfg.kind == "pcen":
         base = PCEN(cfg)
+    elif cfg.kind == "logmel_pcen":
+        base = LogMelPCEN(cfg)
     else:  # config validation already restricts kind; this guards new kinds added there only
         raise ConfigError(f"features.kind: no front end for {cfg.kind!r}")
     if cfg.deltas:
@@ -116,12 +121,20 @@ class MelPower(nn.Module):
         self.register_buffer("mel_basis", torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32)))
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        power = self.stft_power(wave)
+        return torch.matmul(self.mel_basis, power.sqrt() if self.magnitude else power)
+
+    def power_and_magnitude(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The power and the magnitude mel spectrograms of one STFT (for logmel_pcen)."""
+        power = self.stft_power(wave)
+        return torch.matmul(self.mel_basis, power), torch.matmul(self.mel_basis, power.sqrt())
+
+    def stft_power(self, wave: torch.Tensor) -> torch.Tensor:
         spec = torch.stft(
             wave, n_fft=self.n_fft, hop_length=self.hop_length, window=self.window,
             center=True, pad_mode="constant", return_complex=True,
         )
-        power = spec.real.square() + spec.imag.square()  # [B, n_fft//2+1, T]
-        return torch.matmul(self.mel_basis, power.sqrt() if self.magnitude else power)
+        return spec.real.square() + spec.imag.square()  # [B, n_fft//2+1, T]
 
 
 class LogMel(nn.Module):
@@ -195,7 +208,11 @@ class PCEN(nn.Module):
         self.register_buffer("carry", ((1 - b) ** (k + 1)).float())  # weight of the previous block's state
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        s = self.mel(wave) * self.SCALE  # [B, F, T]
+        return self.from_magnitude(self.mel(wave))
+
+    def from_magnitude(self, mel_magnitude: torch.Tensor) -> torch.Tensor:
+        """[B, F, T] mel magnitudes -> [B, 1, F, T] PCEN."""
+        s = mel_magnitude * self.SCALE
         smooth = self._smooth(s)
         agc = torch.exp(-self.gain * (math.log(self.EPS) + torch.log1p(smooth / self.EPS)))  # (eps + M)^-gain
         out = self.bias**self.power * torch.expm1(self.power * torch.log1p(s * agc / self.bias))
@@ -213,6 +230,19 @@ class PCEN(nn.Module):
             out.append(block)
             state = block[..., -1]
         return torch.cat(out, dim=-1)[..., :n_frames]
+
+
+class LogMelPCEN(nn.Module):
+    """[B, 2, n_mels, T]: channel 0 `LogMel`, channel 1 `PCEN`, both from one STFT."""
+
+    def __init__(self, cfg: FeatureConfig):
+        super().__init__()
+        self.pcen = PCEN(cfg)  # holds the magnitude MelPower; its filterbank serves both channels
+        self.top_db = cfg.top_db
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        power, magnitude = self.pcen.mel.power_and_magnitude(wave)
+        return torch.cat([power_to_db(power, self.top_db).unsqueeze(1), self.pcen.from_magnitude(magnitude)], dim=1)
 
 
 class RawWave(nn.Module):

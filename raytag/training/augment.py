@@ -108,7 +108,8 @@ def gain_pattern(feature_cfg: FeatureConfig, std: Optional[np.ndarray] = None) -
     derivative). mfcc (ortho DCT-II of dB mels): only c0 moves, by sqrt(n_mels). With
     `std` (the store's per-bin std, [C, F]) the pattern is for features already divided
     by it. raw: all ones (the gain there is multiplicative; the pattern is unused). pcen
-    refuses a random gain (config validation): its gain control removes it.
+    refuses a random gain (config validation): its gain control removes it. logmel_pcen: +1 on
+    the log-mel channel (0) only, as PCEN's channel hardly moves with a clip's gain.
     """
     channels, bins = frontend_shape(feature_cfg)
     pattern = torch.zeros(channels, bins)
@@ -117,6 +118,8 @@ def gain_pattern(feature_cfg: FeatureConfig, std: Optional[np.ndarray] = None) -
     base_channels = channels // (1 + feature_cfg.deltas)
     if feature_cfg.kind == "mfcc":
         pattern[:base_channels, 0] = math.sqrt(feature_cfg.n_mels)
+    elif feature_cfg.kind == "logmel_pcen":
+        pattern[0] = 1.0
     else:
         pattern[:base_channels] = 1.0
     if std is not None:
