@@ -26,6 +26,7 @@ from raytag.ensemble.tagging import predict_files
 from raytag.errors import RaytagError
 from raytag.search.space import load_space
 from raytag.search.tuner import run_sweep
+from raytag.storage import local_folder_option
 from raytag.training.outputs import SKIPPED, read_stages
 from raytag.training.runner import prepare_data
 
@@ -79,12 +80,13 @@ def run_demo(out: str | Path = "results", tiny: bool = False, samples: Optional[
 
 
 def demo_folder(out: str | Path) -> Path:
-    """--out as an absolute path. An empty one (an unset shell variable) would mean the current
-    folder, filled with the demo's data, features and sweep beside the user's own files."""
-    if not str(out).strip():
-        raise RaytagError(f"--out {str(out)!r}: empty; give the folder for the demo's data and results "
-                          "(the default is results)")
-    return Path(out).resolve()
+    """--out as an absolute path ("~" expanded, a file:// URI its path), as the other folder
+    options read it. An empty one (an unset shell variable) would mean the current folder,
+    filled with the demo's data, features and sweep beside the user's own files."""
+    return local_folder_option(
+        out, "--out", "give the folder for the demo's data and results (the default is results)",
+        "the demo writes its data, features and sweep to a local folder; give a local path",
+        RaytagError).resolve()
 
 
 def check_samples(samples: Optional[int]) -> None:

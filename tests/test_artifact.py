@@ -357,7 +357,7 @@ def test_pull_refuses_damaged_source_and_missing_artifact(ensemble, tmp_path):
     storage.copy_tree(str(exp_dir), str(copy_root / "exp"))
     with pytest.raises(StorageError, match="no ensemble artifact; run `raytag ensemble other"):
         pull("other", str(copy_root), tmp_path / "x")
-    with pytest.raises(StorageError, match="s3://bucket/x: pull copies the artifact to a local folder"):
+    with pytest.raises(StorageError, match="--to s3://bucket/x: a URI, but pull copies the artifact to a local folder"):
         pull("exp", str(copy_root), Path("s3://bucket/x"))
     victim = copy_root / "exp" / "ensemble" / "artifact" / "members" / "trial_2" / "member.json"
     victim.write_text(victim.read_text().replace("cnn2d", "cnn2e"))
@@ -560,6 +560,35 @@ def test_pull_to_an_empty_path_is_refused_not_the_current_folder(ensemble, tmp_p
     result = CliRunner().invoke(app, ["pull", exp_dir.name, "--storage", str(exp_dir.parent), "--to", ""])
     assert result.exit_code == 2, result.output
     assert "--to '': empty; give the local folder" in result.output and "Traceback" not in result.output
+    assert not any(here.iterdir())
+
+
+def test_pull_to_a_blank_path_is_refused_before_the_source_is_read(tmp_path, monkeypatch):
+    """`--to "  "` passed the empty check and would pull into a folder named by two spaces; it
+    is refused first, as an empty one is, even where the experiment does not exist."""
+    from typer.testing import CliRunner
+
+    from raytag.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["pull", "nope", "--storage", str(tmp_path), "--to", "  "])
+    assert result.exit_code == 2, result.output
+    assert "--to '  ': empty; give the local folder to copy the artifact to" in result.output
+    assert "no ensemble artifact" not in result.output and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("given, landed", [("~/got", "home/got"), ("file://{tmp}/by-uri", "by-uri")])
+def test_pull_reads_to_as_the_other_folder_options_do(ensemble, tmp_path, monkeypatch, given, landed):
+    """`--to ~/got` pulled into "./~/got" and `--to file:///...` was refused as a URI; "~" is
+    expanded and a file:// URI is its local path, as for --feature-cache."""
+    exp_dir = Path(ensemble.artifact_path).parents[1]
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    result = pull(exp_dir.name, str(exp_dir.parent), given.format(tmp=tmp_path))
+    assert result.artifact == tmp_path / landed / "artifact"
+    load_artifact(result.artifact)
     assert not any(here.iterdir())
 
 

@@ -55,3 +55,28 @@ def test_an_empty_out_is_refused_before_the_demo_data_is_made(tmp_path, monkeypa
     assert result.exit_code == 2, result.output
     assert "--out '': empty; give the folder for the demo's data and results" in result.output
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("given, expected", [("~/demo-out", "home/demo-out"), ("file://{tmp}/uri-out", "uri-out")])
+def test_out_is_read_as_the_other_folder_options_read_it(tmp_path, monkeypatch, given, expected):
+    """`--out ~/x` was the folder "./~/x" and `--out file:///x` the folder "./file:/x"; like
+    --feature-cache and make-demo-data's OUT, "~" is expanded and a file:// URI is its path."""
+    from raytag.demo import demo_folder
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert demo_folder(given.format(tmp=tmp_path)) == tmp_path / expected
+
+
+@pytest.mark.parametrize("out, said", [("  ", "--out '  ': empty; give the folder for the demo's data"),
+                                       ("s3://bucket/demo", "--out s3://bucket/demo: a URI, but the demo writes")])
+def test_a_blank_or_remote_out_is_refused_before_the_demo_data_is_made(tmp_path, monkeypatch, out, said):
+    """A blank --out would be a folder named by spaces; an s3:// one the local folder "s3:"."""
+    import raytag.demo
+
+    monkeypatch.setattr(raytag.demo, "make_demo_dataset", lambda *a, **k: pytest.fail("made the data first"))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["demo", "--out", out], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert said in result.output and "Traceback" not in result.output
+    assert not any(tmp_path.iterdir())

@@ -52,11 +52,7 @@ class PullResult:
 
 
 def pull(experiment: str, storage_uri: str, to: str | Path) -> PullResult:
-    if str(to) == "":  # an unset shell variable: Path("") would be the current folder
-        raise StorageError("--to '': empty; give the local folder to copy the artifact to")
-    if storage.is_uri(to):  # Path("s3://b/k") is the local folder "s3:/b"
-        raise StorageError(f"--to {storage.normalize_uri(to)}: pull copies the artifact to a local folder; "
-                           "give a local path (the artifact stays in --storage too)")
+    to = _to_folder(to)  # before the source is read: a wrong --to costs no listing
     source = storage.join(storage_uri, experiment)
     src_artifact = experiment_artifact(source)  # refuses an artifact folder without its manifest
     if src_artifact is None:
@@ -65,7 +61,6 @@ def pull(experiment: str, storage_uri: str, to: str | Path) -> PullResult:
             f"{where}: no ensemble artifact; run `raytag ensemble {experiment} --storage {storage_uri}` first "
             "(or `raytag train` to make a run of that name)"
         )
-    to = Path(to).resolve()
     _check_to_folder(to)
     dst_artifact = str(to / "artifact")
     manifest = read_manifest(src_artifact)
@@ -102,6 +97,17 @@ def pull(experiment: str, storage_uri: str, to: str | Path) -> PullResult:
     result.copied += stats.copied
     result.skipped += stats.skipped
     return result
+
+
+def _to_folder(to: str | Path) -> Path:
+    """--to as an absolute local folder, as the other folder options read it: "~" expanded, a
+    file:// URI its path. Refused: an empty or blank one (an unset shell variable; Path("")
+    would be the current folder) and another file system's URI (Path("s3://b/k") is the
+    local folder "s3:/b/k")."""
+    return storage.local_folder_option(
+        to, "--to", "give the local folder to copy the artifact to",
+        "pull copies the artifact to a local folder; give a local path (the artifact stays in --storage too)",
+        StorageError).resolve()
 
 
 def _check_to_folder(to: Path) -> None:
