@@ -2,6 +2,7 @@
 sampling through Optuna's define-by-run interface, and the shipped spaces."""
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -344,6 +345,45 @@ def test_searched_model_params_are_checked_against_every_model_in_scope(tmp_path
     path.write_text(text)
     with pytest.raises(SpaceError, match=rf"space.model.params.{key} = 32: model.params.{key}: "
                                          rf"not a setting of model '{model}'"):
+        load_space(path)
+
+
+PCEN_WITHOUT_GAIN = """
+base: {train.augment.gain_db: 6}
+space: {features.kind: {choice: [logmel, pcen]}}
+conditional:
+  - when: {features.kind: pcen}
+    space: {train.augment.gain_db: {choice: [0]}}
+"""
+
+
+def test_a_setting_a_conditional_block_fixes_lets_its_condition_be_searched(tmp_path):
+    """gain_db 6 in base is refused with pcen, but every pcen trial samples the block that fixes
+    it to 0: the space loaded as a refusal of features.kind = pcen (its check built the config
+    without the block's values), though its trials all ran."""
+    path = tmp_path / "pcen.yaml"
+    path.write_text(PCEN_WITHOUT_GAIN)
+    space = load_space(path)
+    for kind, gain in [("pcen", 0.0), ("logmel", 6.0)]:
+        study = optuna.create_study()
+        study.enqueue_trial({"features.kind": kind})
+        trial = study.ask()
+        space.define_by_run(trial)
+        cfg = space.trial_config(trial.params)
+        assert (cfg.features.kind, cfg.train.augment.gain_db) == (kind, gain)
+
+
+@pytest.mark.parametrize("text, named", [
+    # no block fixes gain_db for pcen: refused as before, at the searched kind
+    (PCEN_WITHOUT_GAIN.split("conditional:")[0], "space.features.kind = 'pcen'"),
+    # the block fixes a gain pcen refuses too: named at the block's own key
+    (PCEN_WITHOUT_GAIN.replace("gain_db: 6", "gain_db: 0").replace("choice: [0]", "choice: [3]"),
+     "conditional[0].space.train.augment.gain_db = 3"),
+], ids=["no-block", "block-fixes-3"])
+def test_a_gain_for_pcen_no_block_sets_to_0_is_still_refused(tmp_path, text, named):
+    path = tmp_path / "pcen.yaml"
+    path.write_text(text)
+    with pytest.raises(SpaceError, match=rf"{re.escape(named)}: train.augment.gain_db: \d\.0 with features.kind: pcen"):
         load_space(path)
 
 

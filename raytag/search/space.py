@@ -27,6 +27,8 @@ simply never sampled and TPE models it only over the trials where it exists.
 
 Every key and every extreme value is checked against `raytag.config.Config` when the file is
 loaded, so "train.mixup.alhpa" or a threshold range past 1.0 fails before any compute is spent.
+A choice of one in a conditional block fixes a setting for the trials that sample it; the check
+applies it as they get it (a block `when: {features.kind: pcen}` setting gain_db to 0).
 """
 from __future__ import annotations
 
@@ -777,19 +779,53 @@ def _validate_against_config(space: SearchSpace, extremes: bool = True):
         for p in block.params:
             for value in p.extremes():
                 try:
-                    cfg = space.trial_config({**conditions, p.key: value})
+                    cfg = _sampled_config(space, {**conditions, p.key: value})
                 except ConfigError as err:
                     raise SpaceError(f"{src}: {where}space.{p.key} = {value!r}: {err}") from None
                 if p.key == "model.name":  # the base's model.params against each searched model
                     _check_model_params(cfg, f"{src}: {where}space.{p.key} = {value!r}")
                 elif p.key.startswith("model.params."):  # against every model a trial here can have
                     for model in models:
-                        cfg = space.trial_config({**conditions, "model.name": model, p.key: value})
+                        cfg = _sampled_config(space, {**conditions, "model.name": model, p.key: value})
                         _check_model_params(cfg, f"{src}: {where}space.{p.key} = {value!r}")  # names the model
         for i, child in enumerate(block.children):
             walk(child, conditions, models, f"{where}conditional[{i}].")
 
     walk(space.root, {}, [base.model.name], "")
+
+
+def _sampled_config(space: SearchSpace, sampled: dict) -> Config:
+    """The Config of a trial that samples `sampled`. Where these values alone fail, a trial
+    still gets the values fixed (a choice of one) in the conditional blocks they make active,
+    as define_by_run samples them: a block `when: {features.kind: pcen}` that sets
+    train.augment.gain_db to 0 makes a base gain_db of 6 fine for pcen. Tried only on a
+    failure, so that a fixed value that is itself wrong is named at its own key."""
+    try:
+        return space.trial_config(sampled)
+    except ConfigError:
+        fixed = _fixed_choices(space.root, sampled)
+        if not fixed:
+            raise
+    return space.trial_config({**sampled, **fixed})
+
+
+def _fixed_choices(root: Block, sampled: dict) -> dict:
+    """The values that blocks active for `sampled` fix (a choice of one) and `sampled` lacks,
+    visited in define_by_run's order, so a fixed value can make a nested block active."""
+    values = dict(sampled)
+    fixed: dict = {}
+
+    def visit(block: Block):
+        if not block.active(values):
+            return
+        for p in block.params:
+            if p.key not in values and p.kind == "choice" and len(p.values) == 1:
+                values[p.key] = fixed[p.key] = p.values[0]
+        for child in block.children:
+            visit(child)
+
+    visit(root)
+    return fixed
 
 
 COMBINATIONS = 200  # extreme-value combinations tried at load (about 1 ms each)
