@@ -249,6 +249,7 @@ def distill(
     noisy_targets: str = typer.Option("oof", help="The teacher's predictions on noisy clips: 'oof' (its members' out-of-fold ones, where every member trained with cv.noisy_folds; else the artifact's) or 'ensemble' (the artifact's)."),
     target_grain: str = typer.Option("clip", help="The teacher's part of a crop's target: 'clip' (its clip's prediction, for every crop of the clip) or 'segment' (the teacher along the clip: its members' predictions on segments every quarter crop, at the crop's start)."),
     init: str = typer.Option("scratch", help="The student's first weights: 'scratch' (random) or 'member' (the template member's first fold model, fine-tuned on the targets; pair it with fewer --epochs and a lower --lr)."),
+    front_end: str = typer.Option("auto", help="The student's front end: 'auto' (log-mel and PCEN as two channels, logmel_pcen, where the teacher has members on both; else that member's), 'member' (the front end of the member it is made like), or a features.kind (logmel, pcen, logmel_pcen, mfcc, colormel) with that member's other settings."),
 ):
     """Distil the ensemble (a sweep's, or a train run's members) into one small, fast model:
     trained on its soft predictions for every training clip (out-of-fold on curated clips;
@@ -263,7 +264,7 @@ def distill(
                                batch_size=batch_size, overlap=overlap, seed=seed, students=students,
                                label_weight=label_weight,
                                teacher_scale=teacher_scale, noisy_targets=noisy_targets, target_grain=target_grain,
-                               average_last=average_last, init=init)
+                               average_last=average_last, init=init, front_end=front_end)
     _run(distill_command, experiment=experiment, storage=storage, data=data, feature_cache=feature_cache,
          settings=settings)
 

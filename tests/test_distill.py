@@ -28,8 +28,8 @@ from raytag.data.labels import labels_to_matrix
 from raytag.data.layouts import load_dataset
 from raytag.ensemble.artifact import Artifact, Member, describe, load_artifact, probability_teacher
 from raytag.ensemble.distill import (
-    StudentSettings, distill, score_on_test, scores_on_test, student_config, student_targets, targets_oof_scores,
-    teacher_oof_scores, template_member, train_student,
+    StudentSettings, distill, score_on_test, scores_on_test, student_config, student_features, student_targets,
+    targets_oof_scores, teacher_oof_scores, template_member, train_student,
 )
 from raytag.ensemble.teacher_targets import teacher_targets, teacher_test_predictions
 from raytag.ensemble.job import build_ensemble
@@ -200,6 +200,37 @@ def test_the_student_is_made_like_the_member_with_the_best_out_of_fold_score():
     assert template_member(art, "crnn").name == "vgg"  # one it lacks: the best of all
     unscored = dataclasses.replace(art, members=[member(m.name, m.settings["model"]["name"]) for m in art.members])
     assert template_member(unscored).name == "r18"
+
+
+def test_a_teacher_on_log_mel_and_pcen_gets_students_that_see_both():
+    """auto: logmel_pcen where the teacher has members on log-mel and PCEN with the template's mel
+    settings (the PCEN member's pcen_* kept); the template's own front end otherwise."""
+    mels = {"sample_rate": 16000, "n_fft": 1024, "hop_length": 320, "n_mels": 64, "fmin": 20.0, "fmax": None,
+            "top_db": 80.0, "deltas": 0, "pcen_time_constant": 0.4}
+
+    def member(name, kind, cv, **changed):
+        return Member(name, {"model": {"name": "vgg_small"}, "cv_lwlrap": cv, "features": {**mels, "kind": kind, **changed}}, [])
+
+    def teacher(*members):
+        return Artifact(path="x", combiner="geometric", weights=None, classes=["a"], layout="fat2019", members=list(members))
+
+    def kind_of(art, **settings):
+        return student_features(art, template_member(art), StudentSettings(**settings))
+
+    both = teacher(member("log", "logmel", 0.7), member("pcen", "pcen", 0.6, pcen_time_constant=0.06))
+    assert kind_of(both) == {**mels, "kind": "logmel_pcen", "pcen_time_constant": 0.06}
+    assert kind_of(both, front_end="member")["kind"] == "logmel"
+    assert kind_of(both, init="member")["kind"] == "logmel"  # its network reads the member's front end
+    assert kind_of(both, front_end="pcen") == {**mels, "kind": "pcen", "pcen_time_constant": 0.06}
+    assert kind_of(teacher(member("log", "logmel", 0.7)))["kind"] == "logmel"  # one front end: the member's
+    assert kind_of(teacher(member("log", "logmel", 0.7)), front_end="logmel_pcen")["kind"] == "logmel_pcen"
+    other_mels = teacher(member("log", "logmel", 0.7), member("pcen", "pcen", 0.6, n_mels=96))
+    assert kind_of(other_mels)["kind"] == "logmel"  # one STFT cannot give both: the member's
+    assert kind_of(both, features={"kind": "mfcc"}) == {"kind": "mfcc"}  # features given whole win
+    with pytest.raises(RaytagError, match="--front-end raw: must be one of"):
+        StudentSettings(front_end="raw").check()
+    with pytest.raises(RaytagError, match="--init member starts from the member's own network"):
+        StudentSettings(init="member", front_end="logmel").check()
 
 
 def test_targets_blend_the_given_labels_with_the_teachers_and_flag_noisy_clips(demo_data):
