@@ -46,6 +46,11 @@ def _run(fn, *args, **kwargs):
     from raytag.errors import os_error_text
 
     try:
+        if "storage" in kwargs:  # every command's --storage: "" (an unset shell variable) is not the current folder
+            from raytag.storage import nonempty_option
+
+            kwargs["storage"] = nonempty_option(kwargs["storage"], "--storage", "give the folder or URI that holds "
+                                                "the experiments (without --storage: results)")
         result = fn(*args, **kwargs)
         sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
         return result

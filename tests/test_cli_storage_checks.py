@@ -83,6 +83,27 @@ def test_a_name_that_is_not_one_folder_under_storage_is_refused(command, bad, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml", "st"] and not any((tmp_path / "st").iterdir())
 
 
+@pytest.mark.parametrize("command", list(NAMED))
+def test_an_empty_storage_is_refused_not_read_as_the_current_folder(command, tmp_path, monkeypatch):
+    """`--storage "$UNSET"`: report and ensemble looked for the experiment in the current folder and
+    train would have written its run there."""
+    import raytag.console.train
+    import raytag.search.tuner
+
+    monkeypatch.setattr(raytag.console.train, "ensure_ray", _no_ray)
+    monkeypatch.setattr(raytag.search.tuner, "ensure_ray", _no_ray)
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("name: run\n")
+    args, _ = NAMED[command]
+    fill = dict(cfg=str(cfg), data=str(tmp_path), st="", bad="run")
+    result = CliRunner().invoke(app, [a.format(**fill) for a in args], env={"COLUMNS": "300"})
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, text
+    assert "error: --storage '': empty; give the folder or URI that holds the experiments" in text, text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml"]
+
+
 def test_train_refuses_a_config_whose_name_is_a_path(tmp_path, monkeypatch):
     import raytag.console.train
 
