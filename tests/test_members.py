@@ -118,6 +118,30 @@ def test_the_default_config_trains_two_model_families_on_two_front_ends():
                        "vgg_pcen": ("vgg_small", "pcen")} and cfg.combine == "geometric"
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def test_the_taught_config_is_the_defaults_vgg_members_taught_by_it_for_60_epochs():
+    """configs/taught.yaml's comment quotes the two taught runs measured: each member must be the
+    default's member of that name, with the default's run as teacher and 60 epochs, and nothing else."""
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    default = dict(Config.from_yaml(configs / "default.yaml").member_configs())
+    taught = dict(Config.from_yaml(configs / "taught.yaml").member_configs())
+    assert list(taught) == ["vgg_small", "vgg_pcen"]
+    off_stages = ("pipeline.warmup.", "pipeline.filter.", "pipeline.pseudo.", "pipeline.label_spreading.")
+    for name, cfg in taught.items():
+        want, got = _flat(default[name].to_dict()), _flat(cfg.to_dict())
+        changed = {k for k in want.keys() | got.keys() if want.get(k) != got.get(k)
+                   and not (k.startswith(off_stages) and not k.endswith(".enabled"))}
+        assert changed == {"name", "train.noisy_teacher.artifact", "pipeline.finetune.epochs"}, name
+        assert (got["train.noisy_teacher.artifact"], got["pipeline.finetune.epochs"]) == ("results/default", 60)
+        assert not any(got[k] for k in got if k.startswith(off_stages) and k.endswith(".enabled"))
+
+
 def test_members_whose_front_ends_keep_other_clips_are_refused_before_any_trains(monkeypatch, tmp_path):
     """A longer frame (n_fft) drops short clips: the members' folds would differ, found before
     only after every member trained. Clips are read from headers (faked here), once per rule."""
