@@ -94,8 +94,8 @@ class StudentSettings:
     width: Optional[int] = None
     depth: Optional[int] = None
     # 60, not the members' 30: on soft targets a student keeps learning. Trained without one curated
-    # fold and scored on it (true labels, folds 0 and 1 of the dev benchmark), two students' 30
-    # epochs scored 0.705 and 60 0.803 (+0.098 [+0.063, +0.138];
+    # fold and scored on it (true labels, folds 0 and 1 of the dev benchmark: one student per
+    # fold), 30 epochs scored 0.705 and 60 0.803 (+0.098 [+0.063, +0.138]; 100: 0.800;
     # results/benchmarks/distill_holdout.json, benchmarks/distill_holdout.py)
     epochs: int = 60
     lr: Optional[float] = None  # None: the member's peak learning rate
@@ -257,9 +257,9 @@ def student_features(art: Artifact, template: Member, s: StudentSettings) -> dic
     a teacher that gained from seeing both is learnt better by a student that sees both (one
     network, one STFT) than by one on either alone; else, and always with --init member, the
     template member's own."""
-    own = dict(template.settings["features"])
     if s.features is not None:
         return dict(s.features)
+    own = dict(template.settings["features"])
     kind = s.front_end
     if kind == "auto":
         seen = [m.settings["features"] for m in art.members if m.settings["features"]["kind"] in ("logmel", "pcen")]
@@ -494,7 +494,8 @@ def _distill(artifact_path: str, out_dir: str, settings: StudentSettings, data: 
     scores.update(teacher_oof_scores(art, table, dataset, classes))
     record = {"teacher": artifact_path, "teacher_manifest_sha256": manifest_id(artifact_path),
               "teacher_members": [m.name for m in art.members], "teacher_combiner": art.combiner,
-              "student_template": template.name,  # the member whose recipe, front end and model it took
+              "student_template": template.name,  # the member whose recipe and model it took
+              "student_features": cfg.features.kind,  # its front end: the member's, or --front-end's
               "target_combiner": probability_teacher(art).combiner,  # a rank teacher teaches through its mean
               "targets": {"oof": n_oof, "ensemble": len(targets) - n_oof}, "untaught_clips": untaught,
               "label_weight": settings.label_weight, "teacher_scale": settings.teacher_scale,
