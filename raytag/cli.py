@@ -241,7 +241,7 @@ def distill(
     model: Optional[str] = typer.Option(None, help="The student's architecture (a model name, as in search spaces; default: that of the teacher's member with the best out-of-fold lwlrap, whose recipe it takes)."),
     width: Optional[int] = typer.Option(None, help="The student's width (channels of its first block; default: that member's, or 32 with a --model no member has)."),
     depth: Optional[int] = typer.Option(None, help="The student's depth (blocks; default: that member's, or 4 with a --model no member has)."),
-    epochs: int = typer.Option(60, help="Training epochs over every training clip (twice a member's 30: on soft targets a student keeps learning; results/benchmarks/distill_holdout.json)."),
+    epochs: int = typer.Option(60, help="Training epochs over every training clip (twice a member's 30, which stopped students well short; results/benchmarks/distill_holdout.json)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: that member's; its optimizer and schedule)."),
     batch_size: int = typer.Option(32, help="Clips per training batch."),
     overlap: Optional[float] = typer.Option(None, help="Segment overlap when tagging, 0 to 0.95 (default: that of the member the student is made like, see --model); 0 is fastest."),

@@ -93,7 +93,7 @@ class StudentSettings:
     model: Optional[str] = None  # None: the best member's model (its params and dropout too)
     width: Optional[int] = None
     depth: Optional[int] = None
-    # 60, not the members' 30: on soft targets a student keeps learning. Trained without one curated
+    # 60, not the members' 30, which stopped students well short. Trained without one curated
     # fold and scored on it (true labels, folds 0 and 1 of the dev benchmark: one student per
     # fold), 30 epochs scored 0.705 and 60 0.803 (+0.098 [+0.063, +0.138]; 100: 0.800;
     # results/benchmarks/distill_holdout.json, benchmarks/distill_holdout.py)
