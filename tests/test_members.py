@@ -138,7 +138,7 @@ def test_the_taught_config_is_the_defaults_vgg_members_taught_by_it_for_60_epoch
         changed = {k for k in want.keys() | got.keys() if want.get(k) != got.get(k)
                    and not (k.startswith(off_stages) and not k.endswith(".enabled"))}
         assert changed == {"name", "train.noisy_teacher.artifact", "pipeline.finetune.epochs"}, name
-        assert (got["train.noisy_teacher.artifact"], got["pipeline.finetune.epochs"]) == ("results/default", 60)
+        assert (got["train.noisy_teacher.artifact"], got["pipeline.finetune.epochs"]) == ("results/default/artifact", 60)
         assert not any(got[k] for k in got if k.startswith(off_stages) and k.endswith(".enabled"))
 
 
