@@ -47,3 +47,18 @@ def test_a_local_session_polls_its_train_workers_every_half_second_unless_asked(
     assert local_init_kwargs()["runtime_env"]["env_vars"][CONTROLLER_POLL] == "0.5"
     monkeypatch.setenv(CONTROLLER_POLL, "3")
     assert local_init_kwargs()["runtime_env"]["env_vars"][CONTROLLER_POLL] == "3"
+
+
+def test_a_worker_and_the_controller_unpickle_a_run_without_the_heavy_libraries():
+    """Ray Train's controller and each worker import what a run's train function and loop
+    config need, serially, before the first epoch: sklearn (through iterstrat), librosa and
+    scipy's signal and stats code cost 0.4-1 s each there and none is used by a worker.
+    Checked in a fresh interpreter, since this test process has imported them all."""
+    import subprocess
+    import sys
+
+    heavy = ("sklearn", "iterstrat", "librosa", "scipy.signal", "scipy.stats", "scipy.fft")
+    code = ("import sys, raytag.training.worker, raytag.training.plan, raytag.training.runner; "
+            f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == []

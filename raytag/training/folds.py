@@ -18,7 +18,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from raytag.config import ConfigError
 from raytag.errors import DatasetError
@@ -69,6 +68,10 @@ def _stratified_folds(y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     if labels.shape[1] < 2:
         # iterstrat accepts only multi-label indicator matrices: add the complement column
         labels = np.concatenate([labels, ~labels], axis=1)
+    # imported here: iterstrat brings sklearn (0.8-1 s), which Ray Train's controller and every
+    # worker would otherwise import at start-up, unpickling a run's plan that never splits folds
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     folds = np.full(n, -1, dtype=np.int64)
     for k, (_, test_idx) in enumerate(splitter.split(np.zeros((n, 1)), labels)):
