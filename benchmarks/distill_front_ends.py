@@ -7,11 +7,9 @@ keep more of the teacher than students on its best member's front end alone?
 
 RUN_DIR is a `raytag train` run (its artifact is the teacher). Each `--students NAME=ARTIFACT` is a
 `raytag distill` artifact of that teacher (all its students on one front end). `--train KIND=WORK`
-first distils the teacher again with the students on `features.kind: KIND` (the front end of the
-teacher's member on that kind, or where no member has it, its log-mel member's front end with the
-kind changed: `logmel_pcen` students of a teacher on logmel and pcen; `raytag distill` has no option for it, so this calls
-`raytag.ensemble.distill.distill` with `StudentSettings.features`), in a copy of RUN_DIR made under
-WORK, and adds it as NAME=KIND. Students default to 3 (`--n`); the first k of a run are what
+first distils the teacher again with the students on `features.kind: KIND`, as `raytag distill
+--front-end KIND` does (the template member's front end with the kind changed), in a copy of
+RUN_DIR made under WORK, and adds it as NAME=KIND. Students default to 3 (`--n`); the first k of a run are what
 `--students k` trains.
 
 On the test clips: every student alone, the first k of each front end averaged (as the artifact
@@ -41,21 +39,15 @@ from raytag.metrics import lwlrap, paired_bootstrap_lwlrap
 
 
 def train_on_front_end(run_dir: Path, kind: str, work: Path, data: Path, n: int) -> Path:
-    """Distil `run_dir`'s artifact with students on the front end of its member on `kind` (or of its
-    log-mel member, with the kind changed)."""
-    art = load_artifact(str(run_dir / "artifact"))
-    member = next((m for m in art.members if m.settings["features"]["kind"] == kind), None)
-    like = member or next((m for m in art.members if m.settings["features"]["kind"] == "logmel"), None)
-    if like is None:
-        raise SystemExit(f"{run_dir}: no member on features.kind {kind} or logmel")
+    """Distil `run_dir`'s artifact with students on front end `kind`, as `raytag distill --front-end
+    KIND` makes them (distill.student_features: the template member's settings, the kind changed)."""
     copy = work / run_dir.name
     if copy.exists():
         shutil.rmtree(copy)
     copy.mkdir(parents=True)
     for part in ("artifact", "members", "outputs"):
         shutil.copytree(run_dir / part, copy / part, symlinks=True)
-    features = dict(like.settings["features"], kind=kind)
-    distill(str(copy), StudentSettings(students=n, features=features), data=str(data), say=print)
+    distill(str(copy), StudentSettings(students=n, front_end=kind), data=str(data), say=print)
     return copy / "distill" / "artifact"
 
 

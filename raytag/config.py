@@ -542,6 +542,15 @@ def _setting_type(dotted: str):
     return tp
 
 
+def setting_choices(dotted: str) -> tuple:
+    """The allowed values of a Literal setting (features.kind -> ("logmel", ...)), for a caller
+    that offers them under another name, so a value added here is offered there too."""
+    tp = _optional_inner(_setting_type(dotted))
+    if get_origin(tp) is not Literal:
+        raise KeyError(f"{dotted} is not a setting with a fixed set of values")
+    return get_args(tp)
+
+
 def _optional_inner(tp):
     """Optional[X] -> X; other types unchanged."""
     if get_origin(tp) in (Union, types.UnionType):

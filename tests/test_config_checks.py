@@ -245,3 +245,13 @@ def test_value_errors_say_how_to_write_the_value():
         Config.from_dict(yaml.safe_load("features:\n  fmax: None\n"))  # a config file, not --set
     with pytest.raises(ConfigError, match=r"cv.clip_groups: 'none' is text in YAML; write null"):
         Config.from_dict({"cv": {"clip_groups": "none"}})
+
+
+def test_a_fixed_choice_settings_values_are_read_from_its_declaration():
+    from raytag.config import FeatureConfig, setting_choices
+
+    kinds = setting_choices("features.kind")
+    assert "logmel_pcen" in kinds and "raw" in kinds and FeatureConfig().kind in kinds
+    assert setting_choices("train.normalize.kind") == ("per_bin", "global", "fixed")
+    with pytest.raises(KeyError, match="train.lr is not a setting with a fixed set"):
+        setting_choices("train.lr")

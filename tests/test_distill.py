@@ -229,6 +229,8 @@ def test_a_teacher_on_log_mel_and_pcen_gets_students_that_see_both():
     assert kind_of(both, features={"kind": "mfcc"}) == {"kind": "mfcc"}  # features given whole win
     with pytest.raises(RaytagError, match="--front-end raw: must be one of"):
         StudentSettings(front_end="raw").check()
+    for kind in ("logmel_pcen", "colormel", "mfcc"):  # every 2-D front end is offered
+        StudentSettings(front_end=kind).check()
     with pytest.raises(RaytagError, match="--init member starts from the member's own network"):
         StudentSettings(init="member", front_end="logmel").check()
 

@@ -40,7 +40,7 @@ from safetensors.torch import save_file
 
 from raytag import storage
 from raytag.cluster import check_data_folder
-from raytag.config import Config, value_range
+from raytag.config import Config, setting_choices, value_range
 from raytag.data.labels import labels_to_matrix
 from raytag.ensemble.artifact import (
     Artifact, Member, MemberSpec, experiment_artifact, load_artifact, probability_teacher, save_artifact,
@@ -76,8 +76,9 @@ NOISY_TARGETS = ("oof", "ensemble")  # where the noisy clips' teacher prediction
 TARGET_GRAINS = ("clip", "segment")  # a crop's teacher target: its clip's, or the teacher's at the crop (StudentSettings)
 INITS = ("scratch", "member")  # the student's first weights: random, or the template member's first fold model's
 # the student's front end (StudentSettings.front_end): "member" is the template member's; a kind is
-# that member's settings with the kind changed; "auto" picks (`student_features`)
-FRONT_ENDS = ("auto", "member", "logmel", "pcen", "logmel_pcen", "mfcc", "colormel")
+# that member's settings with the kind changed (any features.kind but the raw wave, which needs a
+# network of its own); "auto" picks (`student_features`)
+FRONT_ENDS = ("auto", "member", *(kind for kind in setting_choices("features.kind") if kind != "raw"))
 # combiners fitted on the members' out-of-fold predictions: the ensemble job scores them
 # nested (each clip by a fit without its fold); their targets' score here would be in-sample
 FITTED = {"weighted": "weights fitted on these clips: in-sample", "rank": "the members' mean"}
