@@ -7,8 +7,7 @@
 labels, whether a setting (here: the number of epochs) makes a better student; agreement with
 the teacher cannot, as a student better than its teacher disagrees with it more. Here, for each
 held-out fold k (the teacher's own out-of-fold assignment of the curated clips), one student is
-trained as `raytag distill` trains it (the same code: `student_features`, `student_config`,
-`teacher_targets`, `student_targets`, `train_students`) on every training clip but fold k's
+trained as `raytag distill` trains it (the same code: `prepare_student`, `train_students`) on every training clip but fold k's
 curated ones, and scored on those clips against their true labels; the folds are pooled, and
 each setting is compared with the first by a paired bootstrap over the held-out clips.
 
@@ -20,7 +19,6 @@ RUN_DIR/distill, as `raytag distill` keeps them.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -29,31 +27,21 @@ from pathlib import Path
 import numpy as np
 
 from raytag import storage
-from raytag.ensemble.artifact import load_artifact
 from raytag.ensemble.crop_targets import held_out_folds
-from raytag.ensemble.distill import (
-    DISTILL_DIR, StudentSettings, student_config, student_features, student_targets, template_member, train_students,
-)
-from raytag.ensemble.teacher_targets import teacher_targets
+from raytag.ensemble.distill import DISTILL_DIR, StudentSettings, prepare_student, train_students
 from raytag.metrics import lwlrap, paired_bootstrap_lwlrap
 from raytag.session import ensure_ray
 from raytag.training.inference import iter_store_clips, predict_segments
-from raytag.training.runner import prepare_data
 
 
 def held_out_scores(run_dir: Path, data: Path, epochs: int, folds: list[int], feature_cache: str | None) -> dict:
     """{clip: student probabilities} for fold k's curated clips, k in `folds`, each by a student
     trained without them; and the truth of those clips."""
-    art = load_artifact(str(run_dir / "artifact"))
-    template = template_member(art)
-    settings = StudentSettings(epochs=epochs, students=1)
-    settings = dataclasses.replace(settings, features=student_features(art, template, settings))
-    cfg = student_config(template, settings)
-    dataset, store, plan = prepare_data(cfg, str(data), feature_cache, False)
-    table = teacher_targets(art, dataset, storage.join(str(run_dir), DISTILL_DIR), noisy_targets=settings.noisy_targets)
-    table = table[table.index.isin(store.clip_ids)]
-    targets = student_targets(table, dataset, list(art.classes), settings.label_weight, settings.teacher_scale)
-    fold_of = held_out_folds(template.settings["source"], noisy=False)
+    prepared = prepare_student(str(run_dir / "artifact"), storage.join(str(run_dir), DISTILL_DIR),
+                               StudentSettings(epochs=epochs, students=1), str(data), feature_cache, progress=False)
+    cfg, dataset, store, plan, targets = (prepared.cfg, prepared.dataset, prepared.store, prepared.plan,
+                                          prepared.targets)
+    fold_of = held_out_folds(prepared.template.settings["source"], noisy=False)
     truth = dict(zip(dataset.split("curated")["clip_id"], dataset.label_matrix("curated")))
     probs, y = {}, {}
     for k in folds:

@@ -42,6 +42,7 @@ from raytag import storage
 from raytag.cluster import check_data_folder
 from raytag.config import Config, setting_choices, value_range
 from raytag.data.labels import labels_to_matrix
+from raytag.data.layouts import Dataset
 from raytag.ensemble.artifact import (
     Artifact, Member, MemberSpec, experiment_artifact, load_artifact, probability_teacher, save_artifact,
     trial_settings,
@@ -53,6 +54,7 @@ from raytag.ensemble.teacher_targets import (
     teacher_test_predictions, training_clips,
 )
 from raytag.errors import RaytagError
+from raytag.features.store import FeatureStore
 from raytag.metrics import lwlrap
 from raytag.models import MODELS, ModelConfigError, build_model
 from raytag.models.registry import check_run_models
@@ -64,6 +66,7 @@ from raytag.training.epoch import build_optimizer, train_epoch
 from raytag.training.inference import iter_store_clips, predict_segments
 from raytag.training.losses import build_loss
 from raytag.training.outputs import CONFIG, MODEL_CARD, WEIGHTS, model_card
+from raytag.training.plan import Plan
 from raytag.training.precision import resolve_precision
 from raytag.training.runner import prepare_data, run_folder
 from raytag.training.steps import Step
@@ -444,9 +447,27 @@ def _refuse_no_targets(table: pd.DataFrame, out_dir: str) -> None:
         )
 
 
-def _distill(artifact_path: str, out_dir: str, settings: StudentSettings, data: str, feature_cache: Optional[str],
-             progress: bool, say, started: float) -> DistillResult:
-    """distill(), once it holds the lock of `out_dir`."""
+@dataclass
+class StudentData:
+    """What a student trains on (`prepare_student`): its settings with the front end resolved,
+    its Config, the dataset and its features, and the teacher's targets for every clip they hold."""
+    art: Artifact
+    template: Member  # the member whose recipe (and model, unless set) the student takes
+    settings: StudentSettings
+    cfg: Config
+    dataset: Dataset
+    store: FeatureStore
+    plan: Plan
+    ids: CacheIds
+    table: pd.DataFrame  # the teacher's predictions by clip (teacher_targets)
+    targets: LabelledSet
+    untaught: int  # training clips the features hold that the teacher could not tag, left out
+
+
+def prepare_student(artifact_path: str, out_dir: str, settings: StudentSettings, data: str,
+                    feature_cache: Optional[str], progress: bool, say=lambda _: None) -> StudentData:
+    """The teacher, the student's Config and features, and its targets: what `raytag distill`
+    trains on, and what a benchmark that holds clips out of it (distill_holdout.py) starts from."""
     art = load_artifact(artifact_path)
     template = template_member(art, settings.model)
     settings = replace(settings, features=student_features(art, template, settings))
@@ -465,8 +486,18 @@ def _distill(artifact_path: str, out_dir: str, settings: StudentSettings, data: 
     if untaught:
         say(f"{untaught} training clip(s) the student's features hold have no teacher target (the teacher could not "
             "tag them) and are left out")
+    targets = student_targets(table, dataset, list(art.classes), settings.label_weight, settings.teacher_scale)
+    return StudentData(art, template, settings, cfg, dataset, store, plan, ids, table, targets, untaught)
+
+
+def _distill(artifact_path: str, out_dir: str, settings: StudentSettings, data: str, feature_cache: Optional[str],
+             progress: bool, say, started: float) -> DistillResult:
+    """distill(), once it holds the lock of `out_dir`."""
+    prepared = prepare_student(artifact_path, out_dir, settings, data, feature_cache, progress, say)
+    art, template, settings, cfg = prepared.art, prepared.template, prepared.settings, prepared.cfg
+    dataset, store, plan, ids = prepared.dataset, prepared.store, prepared.plan, prepared.ids
+    table, targets, untaught = prepared.table, prepared.targets, prepared.untaught
     classes = list(art.classes)
-    targets = student_targets(table, dataset, classes, settings.label_weight, settings.teacher_scale)
     n_oof = int((table[SOURCE_COLUMN] == "oof").sum())
     say(f"student: {cfg.model.name} width {cfg.model.width} depth {cfg.model.depth} on {cfg.features.kind}, "
         f"trained as member {template.name} was; {len(targets)} clips ({n_oof} with OOF targets, {len(targets) - n_oof} with the ensemble's), {settings.epochs} epochs")
