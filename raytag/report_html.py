@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 import re
 from datetime import datetime, timezone
-from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np

@@ -1,5 +1,4 @@
 """raytag.data.audio: decoding, mono mixing, resampling and every decode error."""
-import logging
 
 import numpy as np
 import pytest

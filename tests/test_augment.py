@@ -1,5 +1,4 @@
 """Augmentations: seeded, bounded, and doing what they claim."""
-import math
 
 import numpy as np
 import pytest

@@ -5,7 +5,6 @@ altered or named outside its folder stops the resume with an error that says so.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
 from pathlib import Path

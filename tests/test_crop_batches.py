@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from raytag.config import ModelConfig
 from raytag.models import build_model

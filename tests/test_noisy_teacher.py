@@ -19,7 +19,7 @@ from raytag.data.layouts import load_dataset
 from raytag.ensemble.artifact import Artifact, Member, load_artifact
 from raytag.ensemble.members import save_run_artifact
 from raytag.ensemble.noisy_teacher import (
-    CACHE_DIR, cache_key, fold_safe_teacher, fold_teachers, noisy_teacher_targets, teacher_identity,
+    CACHE_DIR, cache_key, fold_safe_teacher, noisy_teacher_targets, teacher_identity,
 )
 from raytag.ensemble.tagging import predict_files
 from raytag.errors import RaytagError

@@ -3,7 +3,6 @@ sampling through Optuna's define-by-run interface, and the shipped spaces."""
 from __future__ import annotations
 
 import re
-import textwrap
 from pathlib import Path
 
 import optuna

@@ -3,7 +3,6 @@ the time-left estimate, the line's format, and a real tiny run through the comma
 whose lines match the run's own history; --quiet leaves only the tables."""
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import replace
 from pathlib import Path
