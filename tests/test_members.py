@@ -118,11 +118,10 @@ def test_the_default_config_trains_two_model_families_on_two_front_ends():
                        "vgg_pcen": ("vgg_small", "pcen")} and cfg.combine == "geometric"
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
+def _flat(cfg: Config) -> dict:
+    from raytag.search.space import flatten_settings  # Config sections -> dotted keys, as a space's `base`
+
+    return flatten_settings(cfg.to_dict(), "config", "")
 
 
 def test_the_taught_config_is_the_defaults_vgg_members_taught_by_it_for_60_epochs():
@@ -134,7 +133,7 @@ def test_the_taught_config_is_the_defaults_vgg_members_taught_by_it_for_60_epoch
     assert list(taught) == ["vgg_small", "vgg_pcen"]
     off_stages = ("pipeline.warmup.", "pipeline.filter.", "pipeline.pseudo.", "pipeline.label_spreading.")
     for name, cfg in taught.items():
-        want, got = _flat(default[name].to_dict()), _flat(cfg.to_dict())
+        want, got = _flat(default[name]), _flat(cfg)
         changed = {k for k in want.keys() | got.keys() if want.get(k) != got.get(k)
                    and not (k.startswith(off_stages) and not k.endswith(".enabled"))}
         assert changed == {"name", "train.noisy_teacher.artifact", "pipeline.finetune.epochs"}, name
